@@ -1,0 +1,401 @@
+//! Tests of the instance with real SQLite files and a real journal in a temporary folder.
+
+use std::sync::Arc;
+
+use rusqlite::types::Value;
+
+use super::sql::QueryResult;
+use super::*;
+use crate::journal::RecordBody;
+
+fn open(dir: &std::path::Path) -> Arc<Instance> {
+    Instance::open(
+        InstanceSettings::for_dir(dir),
+        Box::new(|why| panic!("fatal: {why}")),
+    )
+    .unwrap()
+}
+
+fn ns(name: &str) -> NamespaceName {
+    NamespaceName::new(name).unwrap()
+}
+
+async fn sql(instance: &Instance, namespace: &str, text: &str) -> Result<QueryResult> {
+    instance.sql(&ns(namespace), text.to_string(), vec![]).await
+}
+
+async fn count(instance: &Instance, namespace: &str, table: &str) -> i64 {
+    let result = sql(
+        instance,
+        namespace,
+        &format!("SELECT count(*) FROM {table}"),
+    )
+    .await
+    .unwrap();
+    match result.rows[0][0] {
+        Value::Integer(n) => n,
+        ref other => panic!("count gave {other:?}"),
+    }
+}
+
+async fn insert_company(instance: &Instance, name: &str) -> Result<QueryResult> {
+    instance
+        .write(
+            &ns("COMPANY"),
+            "INSERT INTO Company(name, created_at) VALUES (?1, '2026-01-01') RETURNING id",
+            vec![Value::Text(name.into())],
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_share_fsyncs_and_every_write_lands() {
+    let dir = tempfile::tempdir().unwrap();
+    let instance = open(dir.path());
+    let syncs_before = instance.journal.syncs();
+    let mut tasks = Vec::new();
+    for writer in 0..32 {
+        let instance = instance.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20 {
+                let result = insert_company(&instance, &format!("w{writer}-{i}"))
+                    .await
+                    .unwrap();
+                assert!(result.position.is_some());
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(count(&instance, "COMPANY", "Company").await, 640);
+    let syncs = instance.journal.syncs() - syncs_before;
+    assert_eq!(instance.journal.appended(), 640);
+    assert!(
+        syncs < 640,
+        "group commit should share fsyncs: {syncs} fsyncs for 640 writes"
+    );
+    // Positions are dense and ordered.
+    let positions: Vec<u64> = instance
+        .journal
+        .read_after(JournalPos::ZERO)
+        .map(|r| r.unwrap().pos.0)
+        .collect();
+    assert_eq!(positions, (1..=640).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_statement_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let instance = open(dir.path());
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let instance = instance.clone();
+        // Every fifth name is empty, which the CHECK constraint refuses.
+        let name = if i % 5 == 0 {
+            String::new()
+        } else {
+            format!("ok-{i}")
+        };
+        tasks.push(tokio::spawn(async move {
+            (i, insert_company(&instance, &name).await)
+        }));
+    }
+    for task in tasks {
+        let (i, result) = task.await.unwrap();
+        if i % 5 == 0 {
+            assert!(
+                matches!(result, Err(Error::Sql(ref m)) if m.contains("CHECK")),
+                "{result:?}"
+            );
+        } else {
+            result.unwrap();
+        }
+    }
+    assert_eq!(count(&instance, "COMPANY", "Company").await, 32);
+    assert_eq!(instance.journal.appended(), 32);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_carry_row_changes_not_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let instance = open(dir.path());
+    sql(&instance, "COMPANY", "INSERT INTO Company(name, mission, created_at) VALUES ('Acme', hex(randomblob(8)), datetime('now'))")
+        .await
+        .unwrap();
+    let record = instance
+        .journal
+        .read_after(JournalPos::ZERO)
+        .next()
+        .unwrap()
+        .unwrap();
+    match record.body {
+        RecordBody::Changes(changes) => {
+            assert_eq!(changes.len(), 1);
+            assert_eq!(changes[0].db, "COMPANY");
+            let text = String::from_utf8_lossy(&changes[0].changeset);
+            assert!(
+                text.contains("Acme") && !text.contains("randomblob"),
+                "{text}"
+            );
+        }
+        other => panic!("expected row changes, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_up_replays_what_a_database_file_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mgr/company/database.sqlite");
+    let saved = dir.path().join("older-copy.sqlite");
+    {
+        let instance = open(dir.path());
+        for i in 0..5 {
+            insert_company(&instance, &format!("before-{i}"))
+                .await
+                .unwrap();
+        }
+        instance
+            .dismount(DbName::new("COMPANY").unwrap())
+            .await
+            .unwrap();
+        std::fs::copy(&file, &saved).unwrap();
+        instance
+            .mount(DbName::new("COMPANY").unwrap())
+            .await
+            .unwrap();
+        for i in 0..7 {
+            insert_company(&instance, &format!("after-{i}"))
+                .await
+                .unwrap();
+        }
+        sql(
+            &instance,
+            "COMPANY",
+            "CREATE TABLE Audit(id INTEGER PRIMARY KEY, note TEXT)",
+        )
+        .await
+        .unwrap();
+        sql(&instance, "COMPANY", "INSERT INTO Audit(note) VALUES ('x')")
+            .await
+            .unwrap();
+        sql(
+            &instance,
+            "COMPANY",
+            "UPDATE Company SET mission = 'm' WHERE name = 'before-1'",
+        )
+        .await
+        .unwrap();
+        sql(
+            &instance,
+            "COMPANY",
+            "DELETE FROM Company WHERE name = 'before-2'",
+        )
+        .await
+        .unwrap();
+    }
+    // The database file goes back to its older state, as if its last pages never reached the
+    // disk; the journal still has everything.
+    std::fs::copy(&saved, &file).unwrap();
+    let instance = open(dir.path());
+    let (_, replay) = &instance
+        .startup
+        .recovered
+        .iter()
+        .find(|(n, _)| n.as_str() == "COMPANY")
+        .unwrap();
+    assert_eq!(replay.applied, 11);
+    assert_eq!(count(&instance, "COMPANY", "Company").await, 11);
+    assert_eq!(count(&instance, "COMPANY", "Audit").await, 1);
+    let m = sql(
+        &instance,
+        "COMPANY",
+        "SELECT mission FROM Company WHERE name = 'before-1'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(m.rows[0][0], Value::Text("m".into()));
+    // Replay is idempotent: a second start applies nothing.
+    drop(instance);
+    let instance = open(dir.path());
+    assert!(
+        instance
+            .startup
+            .recovered
+            .iter()
+            .all(|(_, r)| r.applied == 0)
+    );
+    assert_eq!(count(&instance, "COMPANY", "Company").await, 11);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_guard_refuses_what_user_statements_must_not_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let instance = open(dir.path());
+    let refused = [
+        (
+            "UPDATE mirrorlab_meta SET value = 99 WHERE key = 'applied_pos'",
+            "kept by the instance",
+        ),
+        ("BEGIN", "transactions are managed"),
+        ("ATTACH DATABASE '/tmp/x.db' AS x", "ATTACH"),
+        ("PRAGMA journal_mode = DELETE", "PRAGMA journal_mode"),
+        ("CREATE TEMP TABLE t(x)", "temporary"),
+        ("CREATE TABLE NoKey(x TEXT)", "no PRIMARY KEY"),
+        ("SELECT 1; SELECT 2", "one statement at a time"),
+    ];
+    for (statement, why) in refused {
+        let err = sql(&instance, "COMPANY", statement).await.unwrap_err();
+        assert!(err.to_string().contains(why), "{statement}: {err}");
+    }
+    // Nothing of it reached the journal or the schema.
+    assert_eq!(instance.journal.appended(), 0);
+    let tables = sql(
+        &instance,
+        "COMPANY",
+        "SELECT name FROM sqlite_schema WHERE name = 'NoKey'",
+    )
+    .await
+    .unwrap();
+    assert!(tables.rows.is_empty());
+    // Reading pragmas is fine.
+    let info = sql(&instance, "COMPANY", "PRAGMA table_info(Company)")
+        .await
+        .unwrap();
+    assert!(info.rows.len() >= 5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn phonebook_joins_across_databases() {
+    let dir = tempfile::tempdir().unwrap();
+    let instance = open(dir.path());
+    let id = match &insert_company(&instance, "Acme").await.unwrap().rows[0][0] {
+        Value::Integer(id) => *id,
+        other => panic!("{other:?}"),
+    };
+    sql(&instance, "PHONEBOOK", &format!(
+        "INSERT INTO Contact(name, phone, company_id, created_at) VALUES ('Ann', '555', {id}, 'now')"
+    ))
+    .await
+    .unwrap();
+    let joined = sql(
+        &instance,
+        "PHONEBOOK",
+        "SELECT c.name, co.name FROM Contact c JOIN Company co ON co.id = c.company_id",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        joined.rows,
+        vec![vec![Value::Text("Ann".into()), Value::Text("Acme".into())]]
+    );
+    // One record for the contact, touching PERSONAL only.
+    let last = instance
+        .journal
+        .read_after(JournalPos(1))
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(last.databases().collect::<Vec<_>>(), ["PERSONAL"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dismount_releases_the_file_and_mount_brings_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let instance = open(dir.path());
+    insert_company(&instance, "Acme").await.unwrap();
+    // A read leaves a pooled connection on the file; the dismount must close it too.
+    count(&instance, "PHONEBOOK", "Company").await;
+    let company = DbName::new("COMPANY").unwrap();
+    let message = instance.dismount(company.clone()).await.unwrap();
+    assert!(message.contains("dismounted"), "{message}");
+    assert!(
+        instance
+            .dismount(company.clone())
+            .await
+            .unwrap()
+            .contains("already dismounted")
+    );
+    let file = dir.path().join("mgr/company/database.sqlite");
+    assert!(
+        !crate::storage::database::wal_path(&file).exists(),
+        "WAL folded into the file"
+    );
+    // The file alone is complete: it holds the row.
+    let copy = rusqlite::Connection::open(&file).unwrap();
+    let n: i64 = copy
+        .query_row("SELECT count(*) FROM Company", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+    drop(copy);
+
+    let err = sql(&instance, "COMPANY", "SELECT * FROM Company")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("default database COMPANY is dismounted"),
+        "{err}"
+    );
+    let err = insert_company(&instance, "Nope").await.unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+    let err = sql(&instance, "PHONEBOOK", "SELECT * FROM Company")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("dismounted: COMPANY"), "{err}");
+    // Contacts still work while COMPANY is away.
+    count(&instance, "PHONEBOOK", "Contact").await;
+
+    // The dismount survives a restart.
+    drop(instance);
+    let instance = open(dir.path());
+    assert!(sql(&instance, "COMPANY", "SELECT 1").await.is_err());
+    assert_eq!(
+        instance.mount(company.clone()).await.unwrap(),
+        "COMPANY mounted"
+    );
+    assert!(
+        instance
+            .mount(company)
+            .await
+            .unwrap()
+            .contains("already mounted")
+    );
+    assert_eq!(count(&instance, "COMPANY", "Company").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreign_file_is_refused_at_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    drop(open(other.path()));
+    let instance = open(dir.path());
+    let company = DbName::new("COMPANY").unwrap();
+    instance.dismount(company.clone()).await.unwrap();
+    // Another instance's COMPANY: same name, different journal.
+    std::fs::copy(
+        other.path().join("mgr/company/database.sqlite"),
+        dir.path().join("mgr/company/database.sqlite"),
+    )
+    .unwrap();
+    let err = instance.mount(company.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("from another instance"), "{err}");
+    // PERSONAL's file in COMPANY's place: wrong database.
+    std::fs::copy(
+        dir.path().join("mgr/personal/database.sqlite"),
+        dir.path().join("mgr/company/database.sqlite"),
+    )
+    .unwrap();
+    let err = instance.mount(company).await.unwrap_err();
+    assert!(err.to_string().contains("holds database PERSONAL"), "{err}");
+}
+
+#[test]
+fn a_second_instance_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = open(dir.path());
+    let err = Instance::open(InstanceSettings::for_dir(dir.path()), Box::new(|_| {}))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("already using"), "{err}");
+}

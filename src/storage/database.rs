@@ -1,0 +1,309 @@
+//! One database: one SQLite file under `mgr/<name>/`, plus the bookkeeping row that says which
+//! journal it follows and how far it has applied it.
+//!
+//! Every database file carries a small table, `mirrorlab_meta`, with its identity (a random id
+//! given at creation, its name, the id of the journal its positions refer to) and its *applied
+//! position*. The applied position is updated in the same SQLite transaction as the rows it
+//! accounts for, so after any crash the file says exactly which journal records it holds: replay
+//! starts right after it, and a copied file carries the point from which it must be caught up.
+//!
+//! Files are opened in WAL mode with `synchronous = NORMAL`: a commit does not wait for the disk.
+//! That is safe because the journal, fsynced before every acknowledgement, is the durable copy; a
+//! database that lost its newest pages in a power cut is simply replayed further at start-up.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::session::{ConflictAction, ConflictType};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::error::{Error, IoContext, Result};
+use crate::journal::{JournalPos, Record, RecordBody};
+use crate::names::DbName;
+use crate::util::{random_hex, sync_dir};
+
+/// The bookkeeping table inside every database file.
+pub const META_TABLE: &str = "mirrorlab_meta";
+/// The database file's name inside its folder.
+pub const DB_FILE_NAME: &str = "database.sqlite";
+/// How long a connection waits for a lock held by another connection before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a database file says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseIdentity {
+    /// Random id given when the database was created; copies keep it.
+    pub guid: String,
+    /// The database name it was created as.
+    pub name: String,
+    /// Hex id of the journal its applied position refers to.
+    pub stream: String,
+    /// Last journal position whose changes it holds.
+    pub applied_pos: JournalPos,
+}
+
+/// Opens a database file (which must exist) with the settings every connection uses.
+pub fn open(path: &Path) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| Error::Io(format!("open database file {}: {e}", path.display())))?;
+    configure(&conn, "main")?;
+    Ok(conn)
+}
+
+/// Applies the per-connection settings to one schema (`main` or an attached database).
+pub fn configure(conn: &Connection, schema: &str) -> Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // WAL: readers never block the writer. NORMAL: commits skip fsync (the journal is durable).
+    let mode: String = conn.query_row(
+        &format!("PRAGMA \"{schema}\".journal_mode = WAL"),
+        [],
+        |r| r.get(0),
+    )?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Internal(format!(
+            "could not switch {schema} to WAL mode (got {mode})"
+        )));
+    }
+    conn.execute_batch(&format!("PRAGMA \"{schema}\".synchronous = NORMAL"))?;
+    Ok(())
+}
+
+/// Creates a new database file at `file` with its identity row and the given schema, applied
+/// position 0. The file is built under a temporary name and renamed into place, so a crash never
+/// leaves a half-made database where the configuration expects one.
+pub fn create(file: &Path, name: &DbName, stream: &str, schema_sql: &str) -> Result<String> {
+    let dir = file
+        .parent()
+        .ok_or_else(|| Error::Internal("database file has no folder".into()))?;
+    fs::create_dir_all(dir).io_context(format!("create folder {}", dir.display()))?;
+    let tmp = file.with_extension("creating");
+    for stale in [tmp.clone(), wal_path(&tmp), shm_path(&tmp)] {
+        let _ = fs::remove_file(stale);
+    }
+    let guid = random_hex(16);
+    {
+        let conn = Connection::open(&tmp)
+            .map_err(|e| Error::Io(format!("create {}: {e}", tmp.display())))?;
+        configure(&conn, "main")?;
+        conn.execute_batch(&format!(
+            "BEGIN;
+             CREATE TABLE {META_TABLE} (key TEXT PRIMARY KEY NOT NULL, value NOT NULL) WITHOUT ROWID;
+             COMMIT;"
+        ))?;
+        let tx = conn.unchecked_transaction()?;
+        for (key, value) in [
+            ("guid", guid.as_str()),
+            ("name", name.as_str()),
+            ("stream", stream),
+        ] {
+            tx.execute(
+                &format!("INSERT INTO {META_TABLE}(key, value) VALUES (?1, ?2)"),
+                [key, value],
+            )?;
+        }
+        tx.execute(
+            &format!("INSERT INTO {META_TABLE}(key, value) VALUES ('applied_pos', 0)"),
+            [],
+        )?;
+        tx.execute_batch(schema_sql)
+            .map_err(|e| Error::InvalidInput(format!("schema for database {name}: {e}")))?;
+        tx.commit()?;
+        // Fold the WAL into the main file so the renamed file is complete on its own.
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+    }
+    fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .io_context("fsync new database")?;
+    fs::rename(&tmp, file).io_context(format!("move new database into {}", file.display()))?;
+    sync_dir(dir)?;
+    Ok(guid)
+}
+
+/// Reads the identity row of `schema` (`main` or an attached name).
+pub fn read_identity(conn: &Connection, schema: &str) -> Result<DatabaseIdentity> {
+    let has_meta: Option<String> = conn
+        .query_row(
+            &format!(
+                "SELECT name FROM \"{schema}\".sqlite_schema WHERE type = 'table' AND name = ?1"
+            ),
+            [META_TABLE],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| Error::Conflict(format!("not a readable SQLite database: {e}")))?;
+    if has_meta.is_none() {
+        return Err(Error::Conflict(format!(
+            "this file is not a mirrorlab database (it has no {META_TABLE} table)"
+        )));
+    }
+    let mut stmt = conn.prepare(&format!("SELECT key, value FROM \"{schema}\".{META_TABLE}"))?;
+    let mut rows = stmt.query([])?;
+    let (mut guid, mut name, mut stream, mut applied) = (None, None, None, None);
+    while let Some(row) = rows.next()? {
+        let key: String = row.get(0)?;
+        match key.as_str() {
+            "guid" => guid = Some(row.get::<_, String>(1)?),
+            "name" => name = Some(row.get::<_, String>(1)?),
+            "stream" => stream = Some(row.get::<_, String>(1)?),
+            "applied_pos" => applied = Some(row.get::<_, i64>(1)?),
+            _ => {}
+        }
+    }
+    match (guid, name, stream, applied) {
+        (Some(guid), Some(name), Some(stream), Some(applied)) if applied >= 0 => {
+            Ok(DatabaseIdentity {
+                guid,
+                name,
+                stream,
+                applied_pos: JournalPos(applied as u64),
+            })
+        }
+        _ => Err(Error::Corrupt(format!(
+            "the {META_TABLE} table of {schema} is incomplete"
+        ))),
+    }
+}
+
+/// The statement that records a new applied position for `schema`.
+pub fn set_applied_sql(schema: &str) -> String {
+    format!("UPDATE \"{schema}\".{META_TABLE} SET value = ?1 WHERE key = 'applied_pos'")
+}
+
+/// Path of the WAL file SQLite keeps beside `file`.
+pub fn wal_path(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+fn shm_path(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push("-shm");
+    PathBuf::from(name)
+}
+
+/// Folds the WAL into the main file and removes it, so the main file is complete on its own (what
+/// a user copies with `cp`). Called with no other connection open on the file.
+pub fn checkpoint_and_close(file: &Path) -> Result<()> {
+    let conn = open(file)?;
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+    conn.close().map_err(|(_, e)| Error::from(e))?;
+    Ok(())
+}
+
+/// Applies journal records to one database: the connection's `main` is that database.
+///
+/// Each call to [`Applier::apply`] runs inside the transaction the caller opened, and the
+/// caller records the applied position in that same transaction.
+pub struct Applier<'c> {
+    conn: &'c Connection,
+    name: &'c str,
+    file: &'c Path,
+    conflict: Arc<Mutex<Option<String>>>,
+}
+
+impl<'c> Applier<'c> {
+    /// An applier for database `name` stored in `file`, reachable as `main` through `conn`.
+    pub fn new(conn: &'c Connection, name: &'c str, file: &'c Path) -> Self {
+        Applier {
+            conn,
+            name,
+            file,
+            conflict: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Applies this database's part of `record`; returns false when the record does not touch it.
+    ///
+    /// A conflict (a row to insert already exists, a row to change is missing or differs) means
+    /// the file does not hold what its applied position claims. That is never papered over: the
+    /// whole apply aborts with an error naming the position.
+    pub fn apply(&self, record: &Record) -> Result<bool> {
+        match &record.body {
+            RecordBody::Changes(changes) => {
+                let Some(change) = changes.iter().find(|c| c.db == self.name) else {
+                    return Ok(false);
+                };
+                let conflict = self.conflict.clone();
+                let result = self.conn.apply_strm(
+                    &mut &change.changeset[..],
+                    None::<fn(&str) -> bool>,
+                    move |kind: ConflictType, _item| {
+                        *conflict.lock().unwrap() = Some(format!("{kind:?}"));
+                        ConflictAction::SQLITE_CHANGESET_ABORT
+                    },
+                );
+                if let Err(err) = result {
+                    let detail = self
+                        .conflict
+                        .lock()
+                        .unwrap()
+                        .take()
+                        .unwrap_or_else(|| err.to_string());
+                    return Err(Error::Corrupt(format!(
+                        "database {} does not match the journal at position {}: {detail}",
+                        self.name, record.pos
+                    )));
+                }
+                Ok(true)
+            }
+            RecordBody::Schema(schema) if schema.db == self.name => {
+                if schema.qualified {
+                    // The statement names the database (`COMPANY.t`): run it where the file is
+                    // attached under that name. Needs its own connection, hence its own
+                    // transaction; callers commit their open transaction first.
+                    return Err(Error::Internal(
+                        "qualified schema records are applied by apply_schema_qualified".into(),
+                    ));
+                }
+                self.conn.execute_batch(&schema.sql).map_err(|e| {
+                    Error::Corrupt(format!(
+                        "schema statement at journal position {} failed on {}: {e}",
+                        record.pos, self.name
+                    ))
+                })?;
+                Ok(true)
+            }
+            RecordBody::Schema(_) => Ok(false),
+        }
+    }
+
+    /// The file this applier writes.
+    pub fn file(&self) -> &Path {
+        self.file
+    }
+}
+
+/// True when `record` is a schema statement for `db` that names the database itself.
+pub fn is_qualified_schema(record: &Record, db: &str) -> bool {
+    matches!(&record.body, RecordBody::Schema(s) if s.db == db && s.qualified)
+}
+
+/// Applies a qualified schema statement (`CREATE TABLE COMPANY.t ...`) and its applied position in
+/// one transaction, on a connection where the file is attached under its own name.
+pub fn apply_schema_qualified(file: &Path, name: &str, record: &Record) -> Result<()> {
+    let RecordBody::Schema(schema) = &record.body else {
+        return Err(Error::Internal("not a schema record".into()));
+    };
+    let conn = Connection::open_in_memory()?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.execute(
+        "ATTACH DATABASE ?1 AS ?2",
+        rusqlite::params![file.to_string_lossy(), name],
+    )?;
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(&schema.sql).map_err(|e| {
+        Error::Corrupt(format!(
+            "schema statement at journal position {} failed on {name}: {e}",
+            record.pos
+        ))
+    })?;
+    tx.execute(&set_applied_sql(name), [record.pos.0 as i64])?;
+    tx.commit()?;
+    Ok(())
+}

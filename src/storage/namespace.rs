@@ -1,0 +1,326 @@
+//! Namespace connections and the statement guard.
+//!
+//! A namespace is one SQLite connection: its default database is `main`, and each mapped database
+//! is attached under its own name. SQLite resolves unqualified table names in `main` first and
+//! then in the attached databases in order, so in PHONEBOOK (`PERSONAL` + `COMPANY` + `CUSTOMER`)
+//! `SELECT ... FROM Contact JOIN Company ...` joins across databases exactly as an IRIS namespace
+//! mapping would.
+//!
+//! Every connection carries a *statement guard*, an SQLite authorizer that sees each statement
+//! as it is prepared. It refuses what a user statement must not do — write to a read-only
+//! database, open its own transaction, attach files, change pragmas, touch the bookkeeping table —
+//! with a message a person understands, and it notes whether the statement changes the schema,
+//! which the writer journals differently from row changes.
+
+use std::sync::{Arc, Mutex};
+
+use rusqlite::Connection;
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+
+use crate::error::{Error, Result};
+use crate::names::{DbName, NamespaceName};
+
+use super::catalog::CatalogState;
+use super::database::{self, META_TABLE};
+
+/// Pragmas a user statement may run with an argument naming what to describe
+/// (`PRAGMA table_info(Company)`): they only read.
+const DESCRIBING_PRAGMAS: &[&str] = &[
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+    "integrity_check",
+    "quick_check",
+];
+
+/// Pragmas a user statement may read but never set (an argument would set them).
+const READABLE_PRAGMAS: &[&str] = &[
+    "database_list",
+    "page_count",
+    "page_size",
+    "freelist_count",
+    "journal_mode",
+    "user_version",
+    "compile_options",
+    "function_list",
+    "collation_list",
+];
+
+/// What the guard learned about the statement being prepared.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StatementFacts {
+    /// Why the statement was refused, when it was.
+    pub denied: Option<String>,
+    /// The database a schema statement changes.
+    pub ddl_db: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct GuardState {
+    /// True while the instance prepares its own bookkeeping statements.
+    internal: bool,
+    facts: StatementFacts,
+}
+
+/// The authorizer's shared state for one connection.
+#[derive(Clone)]
+pub struct StatementGuard {
+    state: Arc<Mutex<GuardState>>,
+    main: String,
+    read_only: Arc<Vec<String>>,
+    read_only_reason: Arc<str>,
+}
+
+impl StatementGuard {
+    fn new(main: &DbName, read_only: Vec<String>, read_only_reason: &str) -> Self {
+        StatementGuard {
+            state: Arc::new(Mutex::new(GuardState {
+                internal: true,
+                facts: StatementFacts::default(),
+            })),
+            main: main.to_string(),
+            read_only: Arc::new(read_only),
+            read_only_reason: read_only_reason.into(),
+        }
+    }
+
+    fn db_name<'a>(&'a self, schema: Option<&'a str>) -> &'a str {
+        match schema {
+            None | Some("main") => &self.main,
+            Some(other) => other,
+        }
+    }
+
+    fn decide(&self, ctx: AuthContext<'_>) -> Authorization {
+        let mut state = self.state.lock().unwrap();
+        let internal = state.internal;
+        let db = self.db_name(ctx.database_name);
+        let refuse = |state: &mut GuardState, why: String| {
+            state.facts.denied.get_or_insert(why);
+            Authorization::Deny
+        };
+        // Read-only databases refuse writes from every statement, the instance's own included:
+        // a cached statement re-prepared after a schema change must not slip past the check.
+        let writes_table = match ctx.action {
+            AuthAction::Insert { table_name }
+            | AuthAction::Delete { table_name }
+            | AuthAction::Update { table_name, .. } => Some(table_name),
+            _ => None,
+        };
+        let changes_schema = matches!(
+            ctx.action,
+            AuthAction::CreateTable { .. }
+                | AuthAction::CreateIndex { .. }
+                | AuthAction::CreateView { .. }
+                | AuthAction::CreateTrigger { .. }
+                | AuthAction::DropTable { .. }
+                | AuthAction::DropIndex { .. }
+                | AuthAction::DropView { .. }
+                | AuthAction::DropTrigger { .. }
+                | AuthAction::AlterTable { .. }
+        );
+        if (writes_table.is_some() || changes_schema)
+            && db != "temp"
+            && self.read_only.iter().any(|r| r == db)
+        {
+            return refuse(
+                &mut state,
+                format!("database {db} is read-only{}", self.read_only_reason),
+            );
+        }
+        if internal {
+            return Authorization::Allow;
+        }
+        if writes_table == Some(META_TABLE) {
+            return refuse(
+                &mut state,
+                format!("{META_TABLE} is kept by the instance and cannot be changed"),
+            );
+        }
+        if changes_schema {
+            let db = match ctx.action {
+                AuthAction::AlterTable { database_name, .. } => database_name,
+                _ => db,
+            };
+            state
+                .facts
+                .ddl_db
+                .get_or_insert_with(|| self.db_name(Some(db)).to_string());
+            return Authorization::Allow;
+        }
+        match ctx.action {
+            AuthAction::CreateTempTable { .. }
+            | AuthAction::CreateTempIndex { .. }
+            | AuthAction::CreateTempView { .. }
+            | AuthAction::CreateTempTrigger { .. }
+            | AuthAction::DropTempTable { .. }
+            | AuthAction::DropTempIndex { .. }
+            | AuthAction::DropTempView { .. }
+            | AuthAction::DropTempTrigger { .. } => {
+                refuse(&mut state, "temporary tables, views and triggers are not supported".into())
+            }
+            AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => refuse(
+                &mut state,
+                "transactions are managed by the instance: each statement commits on its own".into(),
+            ),
+            AuthAction::Attach { .. } | AuthAction::Detach { .. } => refuse(
+                &mut state,
+                "ATTACH and DETACH are not allowed: the namespace decides which databases a statement sees".into(),
+            ),
+            AuthAction::Pragma { pragma_name, pragma_value } => {
+                let name = pragma_name.to_ascii_lowercase();
+                if DESCRIBING_PRAGMAS.contains(&name.as_str())
+                    || (pragma_value.is_none() && READABLE_PRAGMAS.contains(&name.as_str()))
+                {
+                    Authorization::Allow
+                } else {
+                    refuse(&mut state, format!("PRAGMA {pragma_name} cannot be run from a statement"))
+                }
+            }
+            AuthAction::CreateVtable { .. }
+            | AuthAction::DropVtable { .. }
+            | AuthAction::Analyze { .. }
+            | AuthAction::Reindex { .. } => refuse(&mut state, "this kind of statement is not supported".into()),
+            _ => Authorization::Allow,
+        }
+    }
+
+    /// Switches the guard to judging a user statement; returns the facts when done.
+    pub fn judge<T>(&self, prepare: impl FnOnce() -> T) -> (T, StatementFacts) {
+        {
+            let mut state = self.state.lock().unwrap();
+            state.internal = false;
+            state.facts = StatementFacts::default();
+        }
+        let result = prepare();
+        let mut state = self.state.lock().unwrap();
+        state.internal = true;
+        (result, std::mem::take(&mut state.facts))
+    }
+}
+
+/// A connection for one namespace, built for one catalog generation.
+pub struct NamespaceConn {
+    /// The SQLite connection.
+    pub conn: Connection,
+    /// Which namespace.
+    pub namespace: NamespaceName,
+    /// The catalog generation it reflects.
+    pub generation: u64,
+    /// The default database (`main`).
+    pub main: DbName,
+    /// All databases reachable, default first.
+    pub attached: Vec<DbName>,
+    /// Mapped databases left out because they are dismounted.
+    pub missing: Vec<DbName>,
+    /// The databases writes may go to (mounted, not read-only).
+    pub writable: Vec<DbName>,
+    /// The authorizer state.
+    pub guard: StatementGuard,
+}
+
+/// Whether a connection is for reading only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// The writer's connection.
+    Write,
+    /// A pooled reader connection (`query_only`).
+    Read,
+}
+
+impl NamespaceConn {
+    /// Opens the namespace's connection according to the catalog snapshot.
+    pub fn open(
+        state: &CatalogState,
+        namespace: &NamespaceName,
+        purpose: Purpose,
+    ) -> Result<NamespaceConn> {
+        let ns = state.namespace(namespace)?;
+        let main = state.database(&ns.default_db)?;
+        if !main.mounted {
+            return Err(Error::Conflict(format!(
+                "namespace {namespace} cannot be used: its default database {} is dismounted",
+                main.name
+            )));
+        }
+        let mut conn = database::open(&main.file)?;
+        let mut attached = vec![main.name.clone()];
+        let mut missing = Vec::new();
+        for name in &ns.mapped {
+            let entry = state.database(name)?;
+            if !entry.mounted {
+                missing.push(name.clone());
+                continue;
+            }
+            conn.execute(
+                "ATTACH DATABASE ?1 AS ?2",
+                rusqlite::params![entry.file.to_string_lossy(), name.as_str()],
+            )
+            .map_err(|e| Error::Io(format!("attach {name} to namespace {namespace}: {e}")))?;
+            database::configure(&conn, name.as_str())?;
+            attached.push(name.clone());
+        }
+        // Reader connections are `query_only`: a writing statement prepared there is noticed
+        // (`Statement::readonly`) and handed to the writer, whose guard judges it.
+        let read_only: Vec<String> = attached
+            .iter()
+            .filter(|db| state.databases[*db].read_only)
+            .map(|db| db.to_string())
+            .collect();
+        let writable = match purpose {
+            Purpose::Read => Vec::new(),
+            Purpose::Write => attached
+                .iter()
+                .filter(|db| !read_only.contains(&db.to_string()))
+                .cloned()
+                .collect(),
+        };
+        let reason =
+            " on this member (it is a mirrored database and this member is not the primary)";
+        let guard = StatementGuard::new(&main.name, read_only, reason);
+        let judge = guard.clone();
+        conn.authorizer(Some(move |ctx: AuthContext<'_>| judge.decide(ctx)))?;
+        if purpose == Purpose::Read {
+            conn.execute_batch("PRAGMA query_only = 1")?;
+        }
+        Ok(NamespaceConn {
+            conn,
+            namespace: namespace.clone(),
+            generation: state.generation,
+            main: main.name.clone(),
+            attached,
+            missing,
+            writable,
+            guard,
+        })
+    }
+
+    /// Explains a SQLite error from a user statement, adding what the guard knows: the reason for
+    /// a refusal, or which mapped database is dismounted when a table is missing.
+    pub fn explain(&self, err: rusqlite::Error, facts: &StatementFacts) -> Error {
+        if let Some(denied) = &facts.denied {
+            return Error::Conflict(denied.clone());
+        }
+        if let rusqlite::Error::MultipleStatement = err {
+            return Error::InvalidInput("run one statement at a time".into());
+        }
+        let mut message = match &err {
+            rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
+            rusqlite::Error::SqlInputError { msg, .. } => msg.clone(),
+            other => other.to_string(),
+        };
+        if message.contains("no such table") && !self.missing.is_empty() {
+            let names: Vec<&str> = self.missing.iter().map(|d| d.as_str()).collect();
+            message.push_str(&format!(
+                " (mapped into namespace {} but dismounted: {})",
+                self.namespace,
+                names.join(", ")
+            ));
+        }
+        Error::Sql(message)
+    }
+}
