@@ -1,0 +1,279 @@
+//! The agent: a small process beside the instance, the analogue of the ISCAgent.
+//!
+//! # What it is
+//!
+//! `mirrorlab member` starts the agent; the agent listens on the agent port (2188) and starts the
+//! instance as a child process (`mirrorlab instance` with the same settings). Because it is a
+//! separate process, it outlives an instance crash and can answer truthfully "my instance is
+//! down" — the fact a backup needs to take over safely. It never restarts the instance by
+//! itself: a crashed instance stays down until someone starts it again (`mirrorlab ctl start`,
+//! or a new `mirrorlab member`), as in IRIS.
+//!
+//! # Protocol
+//!
+//! Length-prefixed JSON frames ([`crate::wire`]): a request `{"op": "status" | "start" | "stop"}`
+//! gets one [`AgentReply`] with the instance's state (`running` with its pid, or `down` with the
+//! reason it ended).
+//!
+//! # Signals
+//!
+//! SIGTERM or SIGINT to the agent stops the instance gracefully (SIGTERM, then SIGKILL after
+//! [`STOP_TIMEOUT`]) and then the agent itself: `docker stop` stops the whole member cleanly.
+//!
+//! # Left out
+//!
+//! Serving a down instance's journal, forcing a hung instance down and the arbiter role: they
+//! come with automatic failover.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::Command;
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::os::{Signal, send_signal};
+use crate::util::now_ms;
+use crate::wire::{MAX_AGENT_FRAME, read_frame, write_frame};
+
+/// How long a graceful stop may take before the instance is killed.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A request to the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AgentRequest {
+    /// Report the instance's state.
+    Status,
+    /// Start the instance if it is down.
+    Start,
+    /// Stop the instance gracefully.
+    Stop,
+}
+
+/// The instance's state as the agent sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    /// `running` or `down`.
+    pub state: String,
+    /// The instance's process id while it runs.
+    pub pid: Option<u32>,
+    /// When the state began (ms since the Unix epoch).
+    pub since_ms: i64,
+    /// How the last run ended (`exit status: 0`, `killed by signal 9`, …).
+    pub last_exit: Option<String>,
+    /// How many times the agent started the instance.
+    pub starts: u32,
+}
+
+/// The agent's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentReply {
+    /// Whether the request was carried out.
+    pub ok: bool,
+    /// What happened, for people.
+    pub message: String,
+    /// The instance's state afterwards.
+    pub instance: InstanceStatus,
+    /// The agent's host name.
+    pub host: String,
+}
+
+/// How the agent starts its instance.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// Address to listen on.
+    pub listen: String,
+    /// The program to run (this binary).
+    pub program: PathBuf,
+    /// Its arguments (`instance --data-dir ...`).
+    pub args: Vec<OsString>,
+    /// Host name reported.
+    pub host_name: String,
+}
+
+struct Supervisor {
+    settings: AgentSettings,
+    status: Mutex<InstanceStatus>,
+    /// Bumped whenever the instance exits, so a stop can wait for it.
+    exits: watch::Sender<u64>,
+}
+
+impl Supervisor {
+    fn status(&self) -> InstanceStatus {
+        self.status.lock().unwrap().clone()
+    }
+
+    fn reply(&self, ok: bool, message: impl Into<String>) -> AgentReply {
+        AgentReply {
+            ok,
+            message: message.into(),
+            instance: self.status(),
+            host: self.settings.host_name.clone(),
+        }
+    }
+
+    /// Starts the instance unless it runs.
+    fn start(self: &Arc<Self>) -> AgentReply {
+        let mut status = self.status.lock().unwrap();
+        if status.state == "running" {
+            let pid = status.pid.unwrap_or(0);
+            drop(status);
+            return self.reply(true, format!("the instance is already running (pid {pid})"));
+        }
+        let mut command = Command::new(&self.settings.program);
+        command
+            .args(&self.settings.args)
+            .stdin(Stdio::null())
+            .kill_on_drop(false);
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(err) => {
+                drop(status);
+                return self.reply(false, format!("could not start the instance: {err}"));
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        *status = InstanceStatus {
+            state: "running".into(),
+            pid: Some(pid),
+            since_ms: now_ms(),
+            last_exit: status.last_exit.clone(),
+            starts: status.starts + 1,
+        };
+        drop(status);
+        tracing::info!("agent: started the instance (pid {pid})");
+        let supervisor = self.clone();
+        tokio::spawn(async move {
+            let ended = match child.wait().await {
+                Ok(exit) => describe_exit(exit),
+                Err(err) => format!("lost track of the instance: {err}"),
+            };
+            tracing::warn!("agent: the instance (pid {pid}) ended: {ended}");
+            {
+                let mut status = supervisor.status.lock().unwrap();
+                status.state = "down".into();
+                status.pid = None;
+                status.since_ms = now_ms();
+                status.last_exit = Some(ended);
+            }
+            supervisor.exits.send_modify(|n| *n += 1);
+        });
+        self.reply(true, format!("the instance started (pid {pid})"))
+    }
+
+    /// Stops the instance gracefully; kills it if it does not stop within [`STOP_TIMEOUT`].
+    async fn stop(&self) -> AgentReply {
+        // Subscribe before reading the pid, so an exit between the two is still seen.
+        let mut exits = self.exits.subscribe();
+        let before = *exits.borrow_and_update();
+        let Some(pid) = self.status().pid else {
+            return self.reply(true, "the instance is already down");
+        };
+        if let Err(err) = send_signal(pid, Signal::Term) {
+            return self.reply(false, format!("could not signal the instance: {err}"));
+        }
+        let stopped = tokio::time::timeout(STOP_TIMEOUT, exits.wait_for(|n| *n != before))
+            .await
+            .is_ok();
+        if !stopped {
+            tracing::warn!("agent: the instance did not stop within {STOP_TIMEOUT:?}; killing it");
+            let _ = send_signal(pid, Signal::Kill);
+            let _ = exits.wait_for(|n| *n != before).await;
+        }
+        self.reply(true, "the instance stopped")
+    }
+}
+
+fn describe_exit(exit: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (exit.code(), exit.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        _ => "ended".into(),
+    }
+}
+
+async fn serve_connection(supervisor: Arc<Supervisor>, mut stream: TcpStream) -> Result<()> {
+    while let Some(request) = read_frame::<_, AgentRequest>(&mut stream, MAX_AGENT_FRAME).await? {
+        let reply = match request {
+            AgentRequest::Status => supervisor.reply(true, "status"),
+            AgentRequest::Start => supervisor.start(),
+            AgentRequest::Stop => supervisor.stop().await,
+        };
+        write_frame(&mut stream, &reply).await?;
+    }
+    Ok(())
+}
+
+/// Runs the agent: starts the instance, answers on the agent port, stops everything on
+/// `shutdown`.
+pub async fn run(
+    settings: AgentSettings,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let listener = TcpListener::bind(&settings.listen)
+        .await
+        .map_err(|e| Error::Io(format!("agent: listen on {}: {e}", settings.listen)))?;
+    tracing::info!(
+        "agent listening on {}",
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
+    let (exits, _) = watch::channel(0);
+    let supervisor = Arc::new(Supervisor {
+        settings,
+        status: Mutex::new(InstanceStatus {
+            state: "down".into(),
+            pid: None,
+            since_ms: now_ms(),
+            last_exit: None,
+            starts: 0,
+        }),
+        exits,
+    });
+    let first = supervisor.start();
+    if !first.ok {
+        return Err(Error::Unavailable(first.message));
+    }
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let supervisor = supervisor.clone();
+                    tokio::spawn(async move {
+                        if let Err(err) = serve_connection(supervisor, stream).await {
+                            tracing::debug!("agent connection ended: {err}");
+                        }
+                    });
+                }
+                Err(err) => tracing::warn!("agent: accept failed: {err}"),
+            },
+            _ = &mut shutdown => break,
+        }
+    }
+    tracing::info!("agent: stopping the instance");
+    supervisor.stop().await;
+    Ok(())
+}
+
+/// Sends one request to an agent and returns its reply.
+pub async fn call(address: &str, request: AgentRequest) -> Result<AgentReply> {
+    let connect = TcpStream::connect(address);
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), connect)
+        .await
+        .map_err(|_| Error::Unavailable(format!("agent at {address} did not answer")))?
+        .map_err(|e| Error::Unavailable(format!("agent at {address}: {e}")))?;
+    write_frame(&mut stream, &request).await?;
+    read_frame(&mut stream, MAX_AGENT_FRAME)
+        .await?
+        .ok_or_else(|| Error::Unavailable(format!("agent at {address} closed the connection")))
+}

@@ -1,0 +1,143 @@
+//! The command line: `mirrorlab member | instance | ctl | bench`.
+//!
+//! Every setting is a flag and an environment variable (`MIRRORLAB_*`), so Docker Compose can set
+//! them without a command line.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::agent::AgentSettings;
+use crate::instance::{DEFAULT_INSTANCE_NAME, InstanceSettings};
+use crate::journal::DEFAULT_MAX_SEGMENT_BYTES;
+
+/// mirrorlab: an open lab kit that reproduces IRIS-style database mirroring.
+#[derive(Debug, Parser)]
+#[command(name = "mirrorlab", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a member: the agent, which starts and watches the instance.
+    Member(MemberArgs),
+    /// Run the instance alone (the agent runs this for a member).
+    Instance(MemberArgs),
+    /// Talk to a running member from a shell.
+    Ctl(crate::ctl::CtlArgs),
+    /// Measure write throughput and latency through the API.
+    Bench(crate::bench::BenchArgs),
+}
+
+/// Settings of a member and its instance.
+#[derive(Debug, Clone, Args)]
+pub struct MemberArgs {
+    /// Data directory: configuration, databases, journal, logs.
+    #[arg(long, env = "MIRRORLAB_DATA_DIR", default_value = "/shared/durable")]
+    pub data_dir: PathBuf,
+    /// Portal and API address.
+    #[arg(long, env = "MIRRORLAB_WEB", default_value = "0.0.0.0:52773")]
+    pub web: String,
+    /// Superserver address (the mirror data channel).
+    #[arg(long, env = "MIRRORLAB_SUPERSERVER", default_value = "0.0.0.0:1972")]
+    pub superserver: String,
+    /// Agent address.
+    #[arg(long, env = "MIRRORLAB_AGENT", default_value = "0.0.0.0:2188")]
+    pub agent: String,
+    /// Host name shown in the portal and used in member names (default: this machine's).
+    #[arg(long, env = "MIRRORLAB_HOST_NAME")]
+    pub host_name: Option<String>,
+    /// Instance name.
+    #[arg(long, env = "MIRRORLAB_INSTANCE_NAME", default_value = DEFAULT_INSTANCE_NAME)]
+    pub instance_name: String,
+    /// Folder with the install manifest (the built-in copy is used when it has none).
+    #[arg(long, env = "MIRRORLAB_INSTALL", default_value = "/install")]
+    pub install: PathBuf,
+    /// Journal segment size in bytes before a new file is started.
+    #[arg(long, env = "MIRRORLAB_JOURNAL_SEGMENT_BYTES", default_value_t = DEFAULT_MAX_SEGMENT_BYTES)]
+    pub journal_segment_bytes: u64,
+}
+
+impl MemberArgs {
+    fn host(&self) -> String {
+        self.host_name.clone().unwrap_or_else(crate::os::host_name)
+    }
+
+    fn instance_settings(&self) -> InstanceSettings {
+        InstanceSettings {
+            data_dir: self.data_dir.clone(),
+            web: self.web.clone(),
+            superserver: self.superserver.clone(),
+            agent: self.agent.clone(),
+            host_name: self.host(),
+            instance_name: self.instance_name.to_ascii_uppercase(),
+            install_dir: self.install.clone(),
+            max_segment_bytes: self.journal_segment_bytes,
+        }
+    }
+
+    /// The arguments that make `mirrorlab instance` run with these settings.
+    fn instance_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["instance".into()];
+        let mut push = |flag: &str, value: OsString| {
+            args.push(flag.into());
+            args.push(value);
+        };
+        push("--data-dir", self.data_dir.clone().into());
+        push("--web", self.web.clone().into());
+        push("--superserver", self.superserver.clone().into());
+        push("--agent", self.agent.clone().into());
+        push("--host-name", self.host().into());
+        push("--instance-name", self.instance_name.clone().into());
+        push("--install", self.install.clone().into());
+        push(
+            "--journal-segment-bytes",
+            self.journal_segment_bytes.to_string().into(),
+        );
+        args
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("start the async runtime")
+}
+
+/// Parses the command line and runs the chosen command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Member(args) => {
+            crate::server::init_logging(None);
+            let settings = AgentSettings {
+                listen: args.agent.clone(),
+                program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("mirrorlab")),
+                args: args.instance_args(),
+                host_name: args.host(),
+            };
+            runtime().block_on(crate::server::run_member(settings))
+        }
+        Command::Instance(args) => {
+            crate::server::init_logging(Some(&args.data_dir.join("mgr/messages.log")));
+            runtime().block_on(crate::server::run_instance(args.instance_settings()))
+        }
+        Command::Ctl(args) => runtime().block_on(crate::ctl::run(args)),
+        Command::Bench(args) => {
+            crate::server::init_logging(None);
+            runtime().block_on(crate::bench::run(args))
+        }
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("mirrorlab: {err}");
+            ExitCode::from(1)
+        }
+    }
+}

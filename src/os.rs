@@ -1,0 +1,47 @@
+//! The few operating-system calls the crate makes directly: sending signals and reading the host
+//! name. Kept in one place because sending a signal needs `unsafe`.
+
+use std::io;
+
+/// Signals the agent sends to its instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Ask to stop gracefully (what `docker stop` sends).
+    Term,
+    /// Stop now, without cleanup (a crash).
+    Kill,
+    /// Freeze the process (a hang).
+    Stop,
+    /// Resume a frozen process.
+    Cont,
+}
+
+/// Sends `signal` to process `pid`.
+#[allow(unsafe_code)]
+pub fn send_signal(pid: u32, signal: Signal) -> io::Result<()> {
+    let number = match signal {
+        Signal::Term => libc::SIGTERM,
+        Signal::Kill => libc::SIGKILL,
+        Signal::Stop => libc::SIGSTOP,
+        Signal::Cont => libc::SIGCONT,
+    };
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+    // SAFETY: kill(2) takes plain integers and touches no memory of this process.
+    let rc = unsafe { libc::kill(pid, number) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// This machine's host name (in a container: the container's `hostname`).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}

@@ -1,0 +1,118 @@
+//! Running the processes: the instance server and the member (agent + instance), with logging
+//! and graceful shutdown on SIGTERM / Ctrl-C.
+
+use std::fs::OpenOptions;
+use std::sync::{Arc, Mutex};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, fmt};
+
+use crate::agent::{self, AgentSettings};
+use crate::error::{Error, Result};
+use crate::instance::{Instance, InstanceSettings};
+
+/// Exit code of an instance that stopped because its writer failed (fail-stop).
+pub const EXIT_WRITER_FAILED: u8 = 70;
+
+/// Logs to stderr and, when given, appends to a file (`mgr/messages.log`).
+pub fn init_logging(file: Option<&std::path::Path>) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let stderr = fmt::layer().with_writer(std::io::stderr).with_target(false);
+    let file_layer = file.and_then(|path| {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok()?;
+        Some(
+            fmt::layer()
+                .with_writer(Mutex::new(file))
+                .with_ansi(false)
+                .with_target(false),
+        )
+    });
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(file_layer)
+        .try_init();
+}
+
+/// Resolves when the process is asked to stop (SIGTERM, as `docker stop` sends, or Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Runs an instance until SIGTERM (exit 0) or until its writer fails (exit 70).
+pub async fn run_instance(settings: InstanceSettings) -> Result<u8> {
+    let (failed_tx, mut failed_rx) = watch::channel(false);
+    let failed_tx = Arc::new(failed_tx);
+    let hook_tx = failed_tx.clone();
+    let open_settings = settings.clone();
+    let instance = tokio::task::spawn_blocking(move || {
+        Instance::open(
+            open_settings,
+            Box::new(move |_| {
+                let _ = hook_tx.send(true);
+            }),
+        )
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("start-up task failed: {e}")))??;
+    let listener = TcpListener::bind(&settings.web)
+        .await
+        .map_err(|e| Error::Io(format!("listen on {}: {e}", settings.web)))?;
+    tracing::info!(
+        "instance {} on {} ready: portal http://{}/portal/ (data directory {})",
+        settings.instance_name,
+        settings.host_name,
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        settings.data_dir.display()
+    );
+    let app = crate::web::router(instance.clone());
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown_signal() => tracing::info!("stopping (signal)"),
+            _ = failed_rx.wait_for(|f| *f) => tracing::error!("stopping: the writer failed; restart to recover from the journal"),
+        }
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+        .map_err(|e| Error::Io(format!("web server: {e}")))?;
+    let failed = instance.failure().is_some();
+    tokio::task::spawn_blocking(move || instance.close())
+        .await
+        .ok();
+    tracing::info!("instance stopped");
+    Ok(if failed { EXIT_WRITER_FAILED } else { 0 })
+}
+
+/// Runs a member: the agent, which starts the instance, until SIGTERM.
+pub async fn run_member(settings: AgentSettings) -> Result<u8> {
+    agent::run(settings, shutdown_signal()).await?;
+    Ok(0)
+}

@@ -1,0 +1,243 @@
+//! The `/api` endpoints of the portal's own pages (the applications' endpoints live with the
+//! applications). JSON in, JSON out; a refusal is a 4xx with `{"error": "<message>"}`.
+
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value as Json_, json};
+
+use crate::error::Error;
+use crate::instance::sql::{QueryResult, SqlValue};
+use crate::names::{DbName, NamespaceName};
+
+use super::AppState;
+use super::error::ApiError;
+
+/// The authenticated caller of an `/api` request (set by the authentication middleware).
+#[derive(Debug, Clone)]
+pub struct ApiUser(pub String);
+
+/// Routes that need credentials.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/databases", get(databases))
+        .route("/databases/{db}/{action}", post(database_action))
+        .route("/namespaces", get(namespaces))
+        .route("/journal", get(journal))
+        .route("/sql", post(sql))
+        .route("/mirror", get(mirror))
+        .route("/password", post(password))
+}
+
+type ApiResult = Result<Json<Json_>, ApiError>;
+
+/// A JSON body whose rejections (malformed JSON, wrong content type, too large) are answered as
+/// `{"error": ...}` like every other API error.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(ApiError::response(
+                rejection.status(),
+                rejection.body_text(),
+            )),
+        }
+    }
+}
+
+/// Liveness (no authentication): answers as long as the instance serves HTTP.
+pub async fn health(State(state): State<AppState>) -> Json<Json_> {
+    let instance = &state.instance;
+    Json(json!({
+        "status": "ok",
+        "host": instance.settings.host_name,
+        "instance": instance.settings.instance_name,
+        "journal_position": instance.journal.durable_end().0,
+        "writer": instance.failure().map(|why| format!("stopped: {why}")).unwrap_or_else(|| "running".into()),
+        "pid": std::process::id(),
+    }))
+}
+
+async fn databases(State(state): State<AppState>) -> ApiResult {
+    let list: Vec<Json_> = state
+        .instance
+        .databases()
+        .await?
+        .into_iter()
+        .map(|d| {
+            json!({
+                "name": d.name,
+                "directory": d.directory,
+                "mounted": d.mounted,
+                "read_only": d.read_only,
+                "mirrored": d.mirrored,
+                "size_bytes": d.size_bytes,
+                "applied_position": d.applied_pos.map(|p| p.0),
+            })
+        })
+        .collect();
+    Ok(Json(Json_::Array(list)))
+}
+
+async fn database_action(
+    State(state): State<AppState>,
+    Path((db, action)): Path<(String, String)>,
+) -> ApiResult {
+    let db = DbName::new(&db)?;
+    let message = match action.as_str() {
+        "mount" => state.instance.mount(db.clone()).await?,
+        "dismount" => state.instance.dismount(db.clone()).await?,
+        "add-to-mirror" | "activate" | "catchup" => {
+            return Err(Error::Conflict(format!(
+                "{action} needs a mirror: mirror service disabled"
+            ))
+            .into());
+        }
+        other => {
+            return Err(Error::NotFound(format!("there is no database action {other:?}")).into());
+        }
+    };
+    let mounted = state.instance.catalog.snapshot().database(&db)?.mounted;
+    Ok(Json(
+        json!({ "database": db, "mounted": mounted, "message": message }),
+    ))
+}
+
+async fn namespaces(State(state): State<AppState>) -> Json<Json_> {
+    let catalog = state.instance.catalog.snapshot();
+    let list: Vec<Json_> = catalog
+        .namespaces
+        .values()
+        .map(|n| json!({ "name": n.name, "default_database": n.default_db, "mapped": n.mapped }))
+        .collect();
+    Json(Json_::Array(list))
+}
+
+async fn journal(State(state): State<AppState>) -> Json<Json_> {
+    let journal = &state.instance.journal;
+    let files: Vec<Json_> = journal
+        .segments()
+        .iter()
+        .map(|s| json!({ "name": s.name, "first_position": s.first_pos.0, "created_ms": s.created_ms, "bytes": s.bytes }))
+        .collect();
+    Json(json!({
+        "directory": journal.dir(),
+        "end_position": journal.durable_end().0,
+        "files": files,
+        "records_appended": journal.appended(),
+        "fsyncs": journal.syncs(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct SqlRequest {
+    namespace: String,
+    sql: String,
+    #[serde(default)]
+    params: Vec<Json_>,
+}
+
+/// A JSON parameter as a SQL value; arrays and objects have no SQL counterpart.
+pub fn json_to_sql(value: &Json_) -> Result<SqlValue, Error> {
+    Ok(match value {
+        Json_::Null => SqlValue::Null,
+        Json_::Bool(b) => SqlValue::Integer(*b as i64),
+        Json_::Number(n) => match n.as_i64() {
+            Some(i) => SqlValue::Integer(i),
+            None => SqlValue::Real(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Json_::String(s) => SqlValue::Text(s.clone()),
+        other => {
+            return Err(Error::InvalidInput(format!(
+                "a SQL parameter must be a scalar, not {other}"
+            )));
+        }
+    })
+}
+
+/// A SQL value as JSON (blobs as `x'hex'` text).
+pub fn sql_to_json(value: &SqlValue) -> Json_ {
+    match value {
+        SqlValue::Null => Json_::Null,
+        SqlValue::Integer(i) => json!(i),
+        SqlValue::Real(f) => serde_json::Number::from_f64(*f)
+            .map(Json_::Number)
+            .unwrap_or(Json_::Null),
+        SqlValue::Text(s) => json!(s),
+        SqlValue::Blob(_) => json!(crate::instance::sql::display_value(value)),
+    }
+}
+
+/// A statement's result as JSON.
+pub fn result_json(result: &QueryResult) -> Json_ {
+    let rows: Vec<Json_> = result
+        .rows
+        .iter()
+        .map(|r| Json_::Array(r.iter().map(sql_to_json).collect()))
+        .collect();
+    json!({
+        "columns": result.columns,
+        "rows": rows,
+        "truncated": result.truncated,
+        "rows_affected": result.rows_affected,
+        "journal_position": result.position.map(|p| p.0),
+    })
+}
+
+async fn sql(State(state): State<AppState>, ApiJson(request): ApiJson<SqlRequest>) -> ApiResult {
+    let namespace = NamespaceName::new(&request.namespace)?;
+    if request.sql.trim().is_empty() {
+        return Err(Error::InvalidInput("the statement is empty".into()).into());
+    }
+    let params = request
+        .params
+        .iter()
+        .map(json_to_sql)
+        .collect::<Result<Vec<_>, _>>()?;
+    let result = state.instance.sql(&namespace, request.sql, params).await?;
+    Ok(Json(result_json(&result)))
+}
+
+async fn mirror(State(state): State<AppState>) -> Json<Json_> {
+    Json(json!({
+        "service_enabled": false,
+        "status": "Mirror service disabled",
+        "host": state.instance.settings.host_name,
+        "member_name": Json_::Null,
+        "mirror_name": Json_::Null,
+        "role": Json_::Null,
+        "failover_mode": Json_::Null,
+        "members": [],
+        "arbiter": Json_::Null,
+        "databases": [],
+    }))
+}
+
+#[derive(Deserialize)]
+struct PasswordRequest {
+    current_password: String,
+    new_password: String,
+}
+
+async fn password(
+    State(state): State<AppState>,
+    Extension(ApiUser(user)): Extension<ApiUser>,
+    ApiJson(request): ApiJson<PasswordRequest>,
+) -> Result<Response, ApiError> {
+    let message = super::portal::change_password(
+        &state,
+        &user,
+        Some(request.current_password),
+        request.new_password,
+    )
+    .await?;
+    state.auth.password_changed(&user, "");
+    Ok(Json(json!({ "message": message })).into_response())
+}

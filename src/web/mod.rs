@@ -1,0 +1,198 @@
+//! The web side of the instance: the management portal, the demo applications' pages and the
+//! `/api` endpoints, all on the web port.
+//!
+//! # Shape
+//!
+//! [`router`] builds one axum `Router` from an [`Instance`]; tests call it directly with
+//! `tower::ServiceExt::oneshot`, the binary serves it. Pages are askama templates rendered on the
+//! server and work without JavaScript: every action is a form post answered with a redirect
+//! (post/redirect/get), its result shown once as a flash message. Every form carries the
+//! session's CSRF token. Each portal action is also a JSON endpoint under `/api`, with the same
+//! messages and status codes as the page shows.
+//!
+//! # Menus
+//!
+//! The menu follows the IRIS Management Portal so the article can be followed literally: System
+//! Administration (Configuration › Mirror Settings; System Configuration › Local Databases,
+//! Databases, Namespaces; Security), System Operation (Mirror Monitor, Journals), System
+//! Explorer (SQL), and the COMPANY and PHONEBOOK applications.
+//!
+//! # Left out
+//!
+//! Login rate limiting and TLS for the portal.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod portal;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{StatusCode, header};
+use axum::middleware;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::Error;
+use crate::instance::Instance;
+
+use auth::{Auth, Flash, PortalUser};
+use error::{ApiError, PageError};
+
+/// Largest request body accepted (forms, JSON, SQL text).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// A request that takes longer than this is answered with 408.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    /// The instance.
+    pub instance: Arc<Instance>,
+    /// Sessions and credentials.
+    pub auth: Arc<Auth>,
+}
+
+/// The whole web application of an instance.
+pub fn router(instance: Arc<Instance>) -> Router {
+    let auth = Arc::new(Auth::new(
+        instance.config.clone(),
+        &instance.config.get().instance_guid,
+    ));
+    let state = AppState { instance, auth };
+    let protected_api =
+        api::routes()
+            .merge(crate::apps::api_routes())
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                auth::require_api_user,
+            ));
+    let api = Router::new()
+        .route("/health", get(api::health))
+        .merge(protected_api)
+        .fallback(api_not_found);
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/portal/") }))
+        .route("/mirror_status", get(mirror_status))
+        .route("/static/portal.css", get(css))
+        .route("/static/favicon.svg", get(favicon))
+        .nest("/api", api)
+        .merge(portal::routes())
+        .merge(crate::apps::page_routes())
+        .fallback(page_not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Load balancers ask this: 200 `SUCCESS` on the primary, 503 `FAILED` elsewhere. A member that
+/// is not in a mirror is never the primary.
+async fn mirror_status() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, "FAILED").into_response()
+}
+
+async fn css() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        include_str!("../../static/portal.css"),
+    )
+        .into_response()
+}
+
+async fn favicon() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        include_str!("../../static/favicon.svg"),
+    )
+        .into_response()
+}
+
+async fn api_not_found() -> ApiError {
+    ApiError(Error::NotFound("no such API endpoint".into()))
+}
+
+async fn page_not_found() -> PageError {
+    PageError(Error::NotFound("there is no page at this address".into()))
+}
+
+/// The parts of every portal page around its content.
+pub struct Layout {
+    /// Page title.
+    pub title: String,
+    /// Menu path to the page.
+    pub crumbs: Vec<&'static str>,
+    /// Which menu entry is highlighted.
+    pub nav: &'static str,
+    /// Host name.
+    pub host: String,
+    /// Instance name.
+    pub instance: String,
+    /// Logged-in user.
+    pub user: String,
+    /// CSRF token for the page's forms.
+    pub csrf: String,
+    /// Message left by the previous post.
+    pub flash: Option<Flash>,
+    /// Mirror role shown in the header.
+    pub mirror: String,
+    /// True while the user still has the installed password.
+    pub default_password: bool,
+}
+
+impl Layout {
+    /// A layout for `user` on a page.
+    pub fn new(
+        state: &AppState,
+        user: &PortalUser,
+        title: impl Into<String>,
+        crumbs: Vec<&'static str>,
+        nav: &'static str,
+    ) -> Self {
+        let config = state.instance.config.get();
+        let default_password = config
+            .users
+            .iter()
+            .any(|u| u.name == user.name && u.default_password);
+        Layout {
+            title: title.into(),
+            crumbs,
+            nav,
+            host: state.instance.settings.host_name.clone(),
+            instance: state.instance.settings.instance_name.clone(),
+            user: user.name.clone(),
+            csrf: user.csrf.clone(),
+            flash: user.flash.clone(),
+            mirror: "Not a member".into(),
+            default_password,
+        }
+    }
+}
+
+/// Leaves `result`'s message as the next page's flash and redirects to `to`.
+pub fn flash_and_redirect(
+    state: &AppState,
+    user: &PortalUser,
+    result: crate::error::Result<String>,
+    to: &str,
+) -> Response {
+    match result {
+        Ok(message) => state.auth.flash(&user.token, true, message),
+        Err(err) => state.auth.flash(&user.token, false, err.to_string()),
+    }
+    Redirect::to(to).into_response()
+}

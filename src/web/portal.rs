@@ -1,0 +1,681 @@
+//! The management portal's pages: login, home, mirror settings and monitor, databases,
+//! namespaces, journals, the SQL page and the password page.
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::Form;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+
+use crate::error::Error;
+use crate::instance::sql::display_value;
+use crate::instance::users::{check_new_password, hash_password};
+use crate::names::{DbName, NamespaceName};
+use crate::util::{format_bytes, format_time, random_hex};
+
+use super::auth::{CsrfForm, PortalUser, constant_time_eq, cookie, set_cookie, with_cookie};
+use super::error::PageError;
+use super::{AppState, Layout, flash_and_redirect};
+
+/// Routes of the portal.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/portal", get(|| async { Redirect::permanent("/portal/") }))
+        .route("/portal/", get(home))
+        .route("/portal/login", get(login_page).post(login_submit))
+        .route("/portal/logout", post(logout))
+        .route("/portal/mirror/settings", get(mirror_settings))
+        .route("/portal/mirror/monitor", get(mirror_monitor))
+        .route("/portal/config/local-databases", get(local_databases))
+        .route("/portal/config/databases", get(databases))
+        .route(
+            "/portal/config/databases/{db}/{action}",
+            post(database_action),
+        )
+        .route("/portal/config/namespaces", get(namespaces))
+        .route("/portal/operation/journals", get(journals))
+        .route("/portal/explorer/sql", get(sql_page).post(sql_run))
+        .route(
+            "/portal/security/password",
+            get(password_page).post(password_change),
+        )
+}
+
+type PageResult<T> = Result<T, PageError>;
+
+// ---------------------------------------------------------------------------------------------
+// Login and logout
+
+#[derive(Template, WebTemplate)]
+#[template(path = "login.html")]
+struct LoginPage {
+    host: String,
+    instance: String,
+    csrf: String,
+    next: String,
+    username: String,
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct LoginQuery {
+    next: Option<String>,
+}
+
+/// Only local paths are followed after login, never another site.
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.contains('\\')
+                && !n.starts_with("/portal/login") =>
+        {
+            n.to_string()
+        }
+        _ => "/portal/".to_string(),
+    }
+}
+
+fn login_form(
+    state: &AppState,
+    next: String,
+    username: String,
+    error: Option<String>,
+    status: StatusCode,
+) -> Response {
+    let csrf = random_hex(16);
+    let page = LoginPage {
+        host: state.instance.settings.host_name.clone(),
+        instance: state.instance.settings.instance_name.clone(),
+        csrf: csrf.clone(),
+        next,
+        username,
+        error,
+    };
+    with_cookie(
+        (status, page).into_response(),
+        set_cookie(&state.auth.login_cookie, &csrf, Some(3600)),
+    )
+}
+
+async fn login_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<LoginQuery>,
+) -> Response {
+    let next = safe_next(query.next.as_deref());
+    if state.auth.user_of(&headers, false).is_some() {
+        return Redirect::to(&next).into_response();
+    }
+    login_form(&state, next, String::new(), None, StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    next: String,
+}
+
+async fn login_submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let next = safe_next(Some(&form.next));
+    let expected = cookie(&headers, &state.auth.login_cookie).unwrap_or_default();
+    if expected.is_empty() || !constant_time_eq(expected.as_bytes(), form.csrf.as_bytes()) {
+        let why = "The login form expired or cookies are disabled; please try again.".to_string();
+        return login_form(
+            &state,
+            next,
+            form.username,
+            Some(why),
+            StatusCode::FORBIDDEN,
+        );
+    }
+    let auth = state.auth.clone();
+    let (user, password) = (form.username.clone(), form.password);
+    let ok = tokio::task::spawn_blocking(move || auth.check_password(&user, &password))
+        .await
+        .unwrap_or(false);
+    if !ok {
+        let why = "Wrong user name or password.".to_string();
+        return login_form(
+            &state,
+            next,
+            form.username,
+            Some(why),
+            StatusCode::UNAUTHORIZED,
+        );
+    }
+    let token = state.auth.create_session(&form.username);
+    let response = with_cookie(
+        Redirect::to(&next).into_response(),
+        set_cookie(&state.auth.cookie, &token, None),
+    );
+    with_cookie(response, set_cookie(&state.auth.login_cookie, "", Some(0)))
+}
+
+#[derive(Deserialize)]
+struct Empty {}
+
+async fn logout(
+    State(state): State<AppState>,
+    CsrfForm(user, Empty {}): CsrfForm<Empty>,
+) -> Response {
+    state.auth.end_session(&user.token);
+    with_cookie(
+        Redirect::to("/portal/login").into_response(),
+        set_cookie(&state.auth.cookie, "", Some(0)),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Home
+
+#[derive(Template, WebTemplate)]
+#[template(path = "portal/home.html")]
+struct HomePage {
+    layout: Layout,
+    version: &'static str,
+    sqlite_version: &'static str,
+    started: String,
+    data_dir: String,
+    web: String,
+    superserver: String,
+    agent: String,
+    journal_end: String,
+    databases: usize,
+    mounted: usize,
+}
+
+async fn home(State(state): State<AppState>, user: PortalUser) -> HomePage {
+    let instance = &state.instance;
+    let catalog = instance.catalog.snapshot();
+    HomePage {
+        layout: Layout::new(&state, &user, "Home", vec!["Management Portal"], "home"),
+        version: env!("CARGO_PKG_VERSION"),
+        sqlite_version: rusqlite::version(),
+        started: format_time(instance.started_ms),
+        data_dir: instance.settings.data_dir.display().to_string(),
+        web: instance.settings.web.clone(),
+        superserver: instance.settings.superserver.clone(),
+        agent: instance.settings.agent.clone(),
+        journal_end: instance.journal.durable_end().to_string(),
+        databases: catalog.databases.len(),
+        mounted: catalog.databases.values().filter(|d| d.mounted).count(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mirror pages (the mirror service arrives with mirroring)
+
+#[derive(Template, WebTemplate)]
+#[template(path = "portal/mirror_settings.html")]
+struct MirrorSettingsPage {
+    layout: Layout,
+}
+
+async fn mirror_settings(State(state): State<AppState>, user: PortalUser) -> MirrorSettingsPage {
+    let crumbs = vec!["System Administration", "Configuration"];
+    MirrorSettingsPage {
+        layout: Layout::new(&state, &user, "Mirror Settings", crumbs, "mirror-settings"),
+    }
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "portal/mirror_monitor.html")]
+struct MirrorMonitorPage {
+    layout: Layout,
+}
+
+async fn mirror_monitor(State(state): State<AppState>, user: PortalUser) -> MirrorMonitorPage {
+    MirrorMonitorPage {
+        layout: Layout::new(
+            &state,
+            &user,
+            "Mirror Monitor",
+            vec!["System Operation"],
+            "mirror-monitor",
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Databases and namespaces
+
+struct DatabaseRow {
+    name: String,
+    directory: String,
+    mounted: bool,
+    read_only: bool,
+    mirrored: Option<String>,
+    size: String,
+    applied: String,
+}
+
+async fn database_rows(state: &AppState) -> Result<Vec<DatabaseRow>, Error> {
+    Ok(state
+        .instance
+        .databases()
+        .await?
+        .into_iter()
+        .map(|d| DatabaseRow {
+            name: d.name.to_string(),
+            directory: d.directory,
+            mounted: d.mounted,
+            read_only: d.read_only,
+            mirrored: d.mirrored,
+            size: format_bytes(d.size_bytes),
+            applied: d
+                .applied_pos
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "—".into()),
+        })
+        .collect())
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "portal/local_databases.html")]
+struct LocalDatabasesPage {
+    layout: Layout,
+    databases: Vec<DatabaseRow>,
+}
+
+async fn local_databases(
+    State(state): State<AppState>,
+    user: PortalUser,
+) -> PageResult<LocalDatabasesPage> {
+    let crumbs = vec![
+        "System Administration",
+        "Configuration",
+        "System Configuration",
+    ];
+    Ok(LocalDatabasesPage {
+        layout: Layout::new(&state, &user, "Local Databases", crumbs, "local-databases"),
+        databases: database_rows(&state).await?,
+    })
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "portal/databases.html")]
+struct DatabasesPage {
+    layout: Layout,
+    databases: Vec<DatabaseRow>,
+}
+
+async fn databases(State(state): State<AppState>, user: PortalUser) -> PageResult<DatabasesPage> {
+    let crumbs = vec![
+        "System Administration",
+        "Configuration",
+        "System Configuration",
+    ];
+    Ok(DatabasesPage {
+        layout: Layout::new(&state, &user, "Databases", crumbs, "databases"),
+        databases: database_rows(&state).await?,
+    })
+}
+
+async fn database_action(
+    State(state): State<AppState>,
+    Path((db, action)): Path<(String, String)>,
+    CsrfForm(user, Empty {}): CsrfForm<Empty>,
+) -> PageResult<Response> {
+    let db = DbName::new(&db)?;
+    let result = match action.as_str() {
+        "mount" => state.instance.mount(db).await,
+        "dismount" => state.instance.dismount(db).await,
+        other => {
+            return Err(Error::NotFound(format!("there is no database action {other:?}")).into());
+        }
+    };
+    Ok(flash_and_redirect(
+        &state,
+        &user,
+        result,
+        "/portal/config/databases",
+    ))
+}
+
+struct NamespaceRow {
+    name: String,
+    default_db: String,
+    mapped: String,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "portal/namespaces.html")]
+struct NamespacesPage {
+    layout: Layout,
+    namespaces: Vec<NamespaceRow>,
+}
+
+async fn namespaces(State(state): State<AppState>, user: PortalUser) -> NamespacesPage {
+    let catalog = state.instance.catalog.snapshot();
+    let namespaces = catalog
+        .namespaces
+        .values()
+        .map(|n| NamespaceRow {
+            name: n.name.to_string(),
+            default_db: n.default_db.to_string(),
+            mapped: n
+                .mapped
+                .iter()
+                .map(|d| d.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+        .collect();
+    let crumbs = vec![
+        "System Administration",
+        "Configuration",
+        "System Configuration",
+    ];
+    NamespacesPage {
+        layout: Layout::new(&state, &user, "Namespaces", crumbs, "namespaces"),
+        namespaces,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Journals
+
+struct SegmentRow {
+    name: String,
+    first: u64,
+    created: String,
+    size: String,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "portal/journals.html")]
+struct JournalsPage {
+    layout: Layout,
+    directory: String,
+    end: u64,
+    current: String,
+    total_size: String,
+    appended: u64,
+    syncs: u64,
+    per_sync: String,
+    segments: Vec<SegmentRow>,
+}
+
+async fn journals(State(state): State<AppState>, user: PortalUser) -> JournalsPage {
+    let journal = &state.instance.journal;
+    let segments = journal.segments();
+    let (appended, syncs) = (journal.appended(), journal.syncs());
+    JournalsPage {
+        layout: Layout::new(
+            &state,
+            &user,
+            "Journals",
+            vec!["System Operation"],
+            "journals",
+        ),
+        directory: journal.dir().display().to_string(),
+        end: journal.durable_end().0,
+        current: segments.last().map(|s| s.name.clone()).unwrap_or_default(),
+        total_size: format_bytes(segments.iter().map(|s| s.bytes).sum()),
+        appended,
+        syncs,
+        per_sync: format!("{:.1}", appended as f64 / syncs.max(1) as f64),
+        segments: segments
+            .iter()
+            .rev()
+            .map(|s| SegmentRow {
+                name: s.name.clone(),
+                first: s.first_pos.0,
+                created: format_time(s.created_ms),
+                size: format_bytes(s.bytes),
+            })
+            .collect(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// System Explorer > SQL
+
+struct SqlView {
+    summary: String,
+    columns: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "portal/sql.html")]
+struct SqlPage {
+    layout: Layout,
+    namespaces: Vec<String>,
+    namespace: String,
+    sql: String,
+    tables: Vec<String>,
+    result: Option<SqlView>,
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SqlQuery {
+    namespace: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SqlForm {
+    #[serde(default)]
+    namespace: String,
+    #[serde(default)]
+    sql: String,
+}
+
+/// The tables reachable from a namespace, qualified by database.
+async fn tables_of(state: &AppState, namespace: &NamespaceName) -> Vec<String> {
+    let Ok(default_db) = state
+        .instance
+        .catalog
+        .snapshot()
+        .namespace(namespace)
+        .map(|n| n.default_db.to_string())
+    else {
+        return Vec::new();
+    };
+    let listed = state
+        .instance
+        .read(
+            namespace,
+            "SELECT schema, name FROM pragma_table_list
+             WHERE type = 'table' AND schema <> 'temp' AND name NOT LIKE 'sqlite%' AND name <> 'mirrorlab_meta'
+             ORDER BY schema, name",
+            vec![],
+        )
+        .await;
+    listed
+        .map(|r| {
+            r.rows
+                .iter()
+                .map(|row| {
+                    let schema = display_value(&row[0]);
+                    let schema = if schema == "main" {
+                        default_db.clone()
+                    } else {
+                        schema
+                    };
+                    format!("{schema}.{}", display_value(&row[1]))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn sql_view(state: &AppState, user: &PortalUser, namespace: String, sql: String) -> Response {
+    let names: Vec<String> = state
+        .instance
+        .catalog
+        .snapshot()
+        .namespaces
+        .keys()
+        .map(|n| n.to_string())
+        .collect();
+    let namespace = if namespace.is_empty() {
+        names.first().cloned().unwrap_or_default()
+    } else {
+        namespace
+    };
+    let mut page = SqlPage {
+        layout: Layout::new(state, user, "SQL", vec!["System Explorer"], "sql"),
+        namespaces: names,
+        namespace: namespace.clone(),
+        sql: sql.clone(),
+        tables: Vec::new(),
+        result: None,
+        error: None,
+    };
+    let ns = match NamespaceName::new(&namespace) {
+        Ok(ns) => ns,
+        Err(err) => {
+            page.error = Some(err.to_string());
+            return (StatusCode::BAD_REQUEST, page).into_response();
+        }
+    };
+    page.tables = tables_of(state, &ns).await;
+    if sql.trim().is_empty() {
+        return page.into_response();
+    }
+    match state.instance.sql(&ns, sql, vec![]).await {
+        Ok(result) => {
+            let mut summary = if result.columns.is_empty() {
+                format!("{} row(s) affected", result.rows_affected)
+            } else {
+                format!("{} row(s)", result.rows.len())
+            };
+            if result.truncated {
+                summary.push_str(" (only the first rows are shown)");
+            }
+            if let Some(pos) = result.position {
+                summary.push_str(&format!("; journaled at position {pos}"));
+            }
+            page.result = Some(SqlView {
+                summary,
+                columns: result.columns,
+                rows: result
+                    .rows
+                    .iter()
+                    .map(|r| r.iter().map(display_value).collect())
+                    .collect(),
+            });
+            page.into_response()
+        }
+        Err(err) => {
+            let status = StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+            page.error = Some(err.to_string());
+            (status, page).into_response()
+        }
+    }
+}
+
+async fn sql_page(
+    State(state): State<AppState>,
+    user: PortalUser,
+    Query(query): Query<SqlQuery>,
+) -> Response {
+    sql_view(
+        &state,
+        &user,
+        query.namespace.unwrap_or_default(),
+        String::new(),
+    )
+    .await
+}
+
+async fn sql_run(
+    State(state): State<AppState>,
+    CsrfForm(user, form): CsrfForm<SqlForm>,
+) -> Response {
+    sql_view(&state, &user, form.namespace, form.sql).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Security > Change Password
+
+#[derive(Template, WebTemplate)]
+#[template(path = "portal/password.html")]
+struct PasswordPage {
+    layout: Layout,
+}
+
+async fn password_page(State(state): State<AppState>, user: PortalUser) -> PasswordPage {
+    let crumbs = vec!["System Administration", "Security"];
+    PasswordPage {
+        layout: Layout::new(&state, &user, "Change Password", crumbs, "password"),
+    }
+}
+
+#[derive(Deserialize)]
+struct PasswordForm {
+    #[serde(default)]
+    current: String,
+    #[serde(default)]
+    new_password: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+/// Changes `user`'s password after checking the current one.
+pub async fn change_password(
+    state: &AppState,
+    user: &str,
+    current: Option<String>,
+    new_password: String,
+) -> Result<String, Error> {
+    check_new_password(&new_password)?;
+    let auth = state.auth.clone();
+    let name = user.to_string();
+    let hash = tokio::task::spawn_blocking(move || {
+        if let Some(current) = current
+            && !auth.check_password(&name, &current)
+        {
+            return Err(Error::InvalidInput("the current password is wrong".into()));
+        }
+        hash_password(&new_password)
+    })
+    .await
+    .map_err(|e| Error::Internal(e.to_string()))??;
+    state.instance.config.update(|c| {
+        let entry = c
+            .users
+            .iter_mut()
+            .find(|u| u.name == user)
+            .ok_or_else(|| Error::NotFound(format!("user {user} does not exist")))?;
+        entry.password_hash = hash;
+        entry.default_password = false;
+        Ok(())
+    })?;
+    Ok(format!("the password of {user} was changed"))
+}
+
+async fn password_change(
+    State(state): State<AppState>,
+    CsrfForm(user, form): CsrfForm<PasswordForm>,
+) -> Response {
+    let result = if form.new_password != form.confirm {
+        Err(Error::InvalidInput(
+            "the new password and its confirmation differ".into(),
+        ))
+    } else {
+        change_password(&state, &user.name, Some(form.current), form.new_password).await
+    };
+    if result.is_ok() {
+        state.auth.password_changed(&user.name, &user.token);
+    }
+    flash_and_redirect(&state, &user, result, "/portal/security/password")
+}

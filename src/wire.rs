@@ -1,0 +1,88 @@
+//! Length-prefixed JSON frames over TCP, for the agent protocol (and later the mirror's control
+//! messages).
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of JSON. A length above the
+//! receiver's limit closes the connection instead of allocating: a peer cannot make a member
+//! reserve memory by sending a large number.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::{Error, Result};
+
+/// Largest frame accepted on the agent port.
+pub const MAX_AGENT_FRAME: usize = 1 << 20;
+
+/// Writes one frame.
+pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
+    writer: &mut W,
+    value: &T,
+) -> Result<()> {
+    let body =
+        serde_json::to_vec(value).map_err(|e| Error::Internal(format!("encode frame: {e}")))?;
+    let len = u32::try_from(body.len()).map_err(|_| Error::Internal("frame too large".into()))?;
+    writer.write_all(&len.to_be_bytes()).await?;
+    writer.write_all(&body).await?;
+    writer.flush().await?;
+    Ok(())
+}
+
+/// Reads one frame; `None` when the peer closed the connection between frames.
+pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    reader: &mut R,
+    max: usize,
+) -> Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match reader.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(Error::InvalidInput(format!(
+            "frame of {len} bytes exceeds the limit of {max}"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).await?;
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| Error::InvalidInput(format!("bad frame: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_oversized_frames_are_refused() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &serde_json::json!({"op": "status"}))
+            .await
+            .unwrap();
+        let mut reader = &buf[..];
+        let value: serde_json::Value = read_frame(&mut reader, 100).await.unwrap().unwrap();
+        assert_eq!(value["op"], "status");
+        assert!(
+            read_frame::<_, serde_json::Value>(&mut reader, 100)
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        let mut reader = &buf[..];
+        assert!(
+            read_frame::<_, serde_json::Value>(&mut reader, 3)
+                .await
+                .is_err()
+        );
+        let garbage = [0u8, 0, 0, 3, b'{', b'{', b'{'];
+        assert!(
+            read_frame::<_, serde_json::Value>(&mut &garbage[..], 100)
+                .await
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,209 @@
+//! Helpers for tests that run the real `mirrorlab` binary: a member (agent + instance) on free
+//! loopback ports in a temporary folder, its API, and ways to crash it.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mirrorlab::agent::{self, AgentRequest, InstanceStatus};
+use mirrorlab::os::{Signal, send_signal};
+use serde_json::{Value, json};
+
+/// The binary under test, built once by cargo for all integration tests.
+pub const BINARY: &str = env!("CARGO_BIN_EXE_mirrorlab");
+
+/// A free loopback port (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A small deterministic random source; each test prints its seed so a failure can be replayed.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from `MIRRORLAB_TEST_SEED` or the clock.
+    pub fn from_env_or_clock() -> Rng {
+        let seed = std::env::var("MIRRORLAB_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        eprintln!("random seed: {seed} (set MIRRORLAB_TEST_SEED={seed} to replay)");
+        Rng(seed | 1)
+    }
+
+    /// The next number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+/// A running member.
+pub struct TestMember {
+    pub dir: tempfile::TempDir,
+    pub web: String,
+    pub agent: String,
+    pub url: String,
+    agent_process: Child,
+    pub client: reqwest::Client,
+}
+
+impl TestMember {
+    /// Starts `mirrorlab member` and waits until the portal answers.
+    pub async fn start() -> TestMember {
+        let dir = tempfile::tempdir().unwrap();
+        let web = format!("127.0.0.1:{}", free_port());
+        let agent = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(dir.path().join("member.log")).unwrap();
+        let agent_process = Command::new(BINARY)
+            .arg("member")
+            .arg("--data-dir")
+            .arg(dir.path().join("durable"))
+            .args(["--web", &web, "--agent", &agent])
+            .args(["--superserver", &format!("127.0.0.1:{}", free_port())])
+            .args(["--host-name", "testhost", "--install", "/nonexistent"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let member = TestMember {
+            url: format!("http://{web}"),
+            dir,
+            web,
+            agent,
+            agent_process,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        };
+        member.wait_ready().await;
+        member
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("durable")
+    }
+
+    /// The log of agent and instance.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("member.log")).unwrap_or_default()
+    }
+
+    /// Waits until `/api/health` answers.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = self
+                .client
+                .get(format!("{}/api/health", self.url))
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member did not become ready; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The instance's state according to the agent.
+    pub async fn status(&self) -> InstanceStatus {
+        agent::call(&self.agent, AgentRequest::Status)
+            .await
+            .unwrap()
+            .instance
+    }
+
+    /// Kills the instance with SIGKILL (the agent stays) and waits until the agent sees it down.
+    pub async fn kill_instance(&self) {
+        let pid = self.status().await.pid.expect("instance running");
+        send_signal(pid, Signal::Kill).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.status().await.state != "down" {
+            assert!(Instant::now() < deadline, "agent did not notice the kill");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Asks the agent to start the instance again (does not wait for readiness).
+    pub async fn start_instance(&self) {
+        let reply = agent::call(&self.agent, AgentRequest::Start).await.unwrap();
+        assert!(reply.ok, "{}", reply.message);
+    }
+
+    /// GET an API path with the default credentials.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .basic_auth("superuser", Some("SYS"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POST JSON to an API path with the default credentials.
+    pub async fn post(&self, path: &str, body: Value) -> reqwest::Result<(u16, Value)> {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .basic_auth("superuser", Some("SYS"))
+            .json(&body)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Runs SQL through `/api/sql`.
+    pub async fn sql(&self, namespace: &str, sql: &str) -> Value {
+        let (status, body) = self
+            .post("/api/sql", json!({"namespace": namespace, "sql": sql}))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{sql}: {body}");
+        body
+    }
+}
+
+impl Drop for TestMember {
+    fn drop(&mut self) {
+        if std::env::var_os("MIRRORLAB_KEEP_TEST_DIRS").is_some() {
+            eprintln!("keeping {}", self.dir.path().display());
+            let _ = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()).keep();
+        }
+        // Leave no process behind, whatever happened in the test: the agent stops its instance
+        // on SIGTERM before it exits.
+        let _ = send_signal(self.agent_process.id(), Signal::Term);
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.agent_process.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.agent_process.kill();
+    }
+}
