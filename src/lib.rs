@@ -1,4 +1,41 @@
-//! mirrorlab (library part; essay to be completed)
+//! # mirrorlab
+//!
+//! An open, license-free lab kit that reproduces IRIS-style database mirroring: real SQLite
+//! databases, a real journal with fsync and crash recovery, a management portal that shows the
+//! true state, and (as the project grows) a primary and a backup kept identical by shipping that
+//! journal, an arbiter, and automatic failover. It is an independent project that imitates how
+//! IRIS mirroring behaves; it is not affiliated with InterSystems.
+//!
+//! ## Layout
+//!
+//! The folders follow the architecture, from the disk up:
+//!
+//! - [`journal`] — the durable, ordered history of committed transactions: segment files of
+//!   CRC-framed records carrying SQLite changesets; torn-tail repair and corruption reports.
+//! - [`storage`] — database files (one SQLite file each, with its applied journal position inside
+//!   it), the catalog of databases and namespaces, and namespace connections with the statement
+//!   guard.
+//! - [`instance`] — the database server: configuration (the CPF analogue), first-start install,
+//!   crash recovery, the writer thread with group commit, the reader pool.
+//! - [`web`] — the management portal and the `/api` endpoints; [`apps`] — the COMPANY and
+//!   PHONEBOOK demo applications (pages and API).
+//! - [`agent`] — the process beside the instance that starts it and reports whether it runs.
+//! - [`server`], [`cli`], [`ctl`], [`bench`] — running the processes, the command line, a shell
+//!   client, and the benchmark.
+//! - [`error`], [`names`], [`util`], [`os`], [`wire`] — shared small pieces.
+//!
+//! ## Who may call whom
+//!
+//! `journal` knows nothing of SQLite or tokio. `storage` knows SQLite but not the journal's
+//! writer or the web. `instance` ties them together and owns every thread that touches a file.
+//! `web` and `apps` reach data only through `instance` (writes through its writer, reads through
+//! its reader pool) and never open a database or journal file themselves.
+//!
+//! ## The one rule of the write path
+//!
+//! A write is acknowledged only after its journal record is fsynced — and, once mirroring
+//! exists, acknowledged by the active backup. The database files follow the journal, never lead
+//! it; see [`instance::writer`] for the ordering argument.
 
 pub mod agent;
 pub mod apps;

@@ -154,7 +154,11 @@ impl Supervisor {
                 Ok(exit) => describe_exit(exit),
                 Err(err) => format!("lost track of the instance: {err}"),
             };
-            tracing::warn!("agent: the instance (pid {pid}) ended: {ended}");
+            if ended == "exit status 0" {
+                tracing::info!("agent: the instance (pid {pid}) stopped");
+            } else {
+                tracing::warn!("agent: the instance (pid {pid}) ended: {ended}");
+            }
             {
                 let mut status = supervisor.status.lock().unwrap();
                 status.state = "down".into();

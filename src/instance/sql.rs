@@ -58,7 +58,7 @@ pub fn collect_rows(
     stmt: &mut Statement<'_>,
     params: &[SqlValue],
 ) -> Result<QueryResult> {
-    let columns: Vec<String> = stmt.column_names().into_iter().map(String::from).collect();
+    let columns: Vec<String> = stmt.column_names().map(String::from).collect();
     let width = columns.len();
     let no_facts = StatementFacts::default();
     let mut rows = stmt

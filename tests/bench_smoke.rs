@@ -1,0 +1,32 @@
+//! Keeps `mirrorlab bench` working: a one-second run against a temporary member must produce
+//! figures. No timing is asserted here; figures are for people (see the README).
+
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn bench_runs_against_a_temporary_member_and_prints_figures() {
+    let output = Command::new(common::BINARY)
+        .args(["bench", "--clients", "1,3", "--seconds", "1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|cols| cols.len() == 6 && cols[0].parse::<usize>().is_ok())
+        .collect();
+    assert_eq!(rows.len(), 2, "two steps expected:\n{stdout}");
+    for row in rows {
+        let commits: f64 = row[1].parse().unwrap();
+        let errors: u64 = row[4].parse().unwrap();
+        assert!(commits > 0.0, "no commits in {row:?}");
+        assert_eq!(errors, 0, "errors in {row:?}");
+    }
+}

@@ -1,0 +1,169 @@
+//! The member as processes: the agent outlives its instance and reports it truthfully, SIGTERM
+//! stops everything gracefully, settings come from flags or environment variables, and a
+//! restart installs nothing twice.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BINARY, TestMember, free_port};
+use mirrorlab::agent::{self, AgentRequest};
+use mirrorlab::os::{Signal, send_signal};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_outlives_its_instance_and_does_not_restart_it() {
+    let member = TestMember::start().await;
+    let (status, _) = member
+        .post("/api/apps/companies", json!({"name": "Acme"}))
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+    let before = member.status().await;
+    assert_eq!(before.state, "running");
+    assert_eq!(before.starts, 1);
+
+    member.kill_instance().await;
+    let down = member.status().await;
+    assert_eq!(down.pid, None);
+    assert_eq!(down.last_exit.as_deref(), Some("killed by signal 9"));
+    // It stays down: the agent answers, the portal does not.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(member.status().await.state, "down");
+    assert!(
+        member
+            .client
+            .get(format!("{}/api/health", member.url))
+            .send()
+            .await
+            .is_err()
+    );
+
+    member.start_instance().await;
+    let again = agent::call(&member.agent, AgentRequest::Start)
+        .await
+        .unwrap();
+    assert!(
+        again.message.contains("already running"),
+        "{}",
+        again.message
+    );
+    member.wait_ready().await;
+    let (_, companies) = member.get("/api/apps/companies").await;
+    assert_eq!(companies[0]["name"], "Acme");
+    assert_eq!(member.status().await.starts, 2);
+
+    // A graceful stop through the agent, then a start.
+    let stopped = agent::call(&member.agent, AgentRequest::Stop)
+        .await
+        .unwrap();
+    assert_eq!(stopped.instance.last_exit.as_deref(), Some("exit status 0"));
+    member.start_instance().await;
+    member.wait_ready().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_instance_and_agent_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = format!("127.0.0.1:{}", free_port());
+    let agent_addr = format!("127.0.0.1:{}", free_port());
+    // Settings through environment variables only, as Docker Compose passes them.
+    let mut child = Command::new(BINARY)
+        .arg("member")
+        .env("MIRRORLAB_DATA_DIR", dir.path().join("durable"))
+        .env("MIRRORLAB_WEB", &web)
+        .env("MIRRORLAB_AGENT", &agent_addr)
+        .env(
+            "MIRRORLAB_SUPERSERVER",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("MIRRORLAB_HOST_NAME", "envhost")
+        .env("MIRRORLAB_INSTALL", "/nonexistent")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let health = loop {
+        if let Ok(r) = client.get(format!("http://{web}/api/health")).send().await {
+            break r.json::<serde_json::Value>().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "member did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(health["host"], "envhost");
+    let instance_pid = agent::call(&agent_addr, AgentRequest::Status)
+        .await
+        .unwrap()
+        .instance
+        .pid
+        .unwrap();
+
+    send_signal(child.id(), Signal::Term).unwrap();
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "member did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "agent exit: {exit:?}");
+    // The instance is gone too, and it closed its databases cleanly (no WAL left behind).
+    assert!(
+        !std::path::Path::new(&format!("/proc/{instance_pid}")).exists(),
+        "instance still running"
+    );
+    let log = std::fs::read_to_string(dir.path().join("durable/mgr/messages.log")).unwrap();
+    assert!(log.contains("instance stopped"), "{log}");
+    assert!(
+        !dir.path()
+            .join("durable/mgr/company/database.sqlite-wal")
+            .exists()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restarting_installs_nothing_twice() {
+    let member = TestMember::start().await;
+    let config_path = member.data_dir().join("mirrorlab.cpf");
+    let config_before = std::fs::read(&config_path).unwrap();
+    let identity = |m: &TestMember| {
+        let conn =
+            rusqlite::Connection::open(m.data_dir().join("mgr/company/database.sqlite")).unwrap();
+        conn.query_row(
+            "SELECT value FROM mirrorlab_meta WHERE key = 'guid'",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .unwrap()
+    };
+    let guid_before = identity(&member);
+    member
+        .post("/api/apps/companies", json!({"name": "Kept"}))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let stopped = agent::call(&member.agent, AgentRequest::Stop)
+            .await
+            .unwrap();
+        assert!(stopped.ok);
+        member.start_instance().await;
+        member.wait_ready().await;
+    }
+    assert_eq!(
+        std::fs::read(&config_path).unwrap(),
+        config_before,
+        "configuration unchanged"
+    );
+    assert_eq!(identity(&member), guid_before, "database not recreated");
+    let (_, companies) = member.get("/api/apps/companies").await;
+    assert_eq!(companies.as_array().unwrap().len(), 1);
+    let (_, namespaces) = member.get("/api/namespaces").await;
+    assert_eq!(namespaces.as_array().unwrap().len(), 2);
+}
