@@ -168,11 +168,24 @@ impl Instance {
         let source = InstallSource::load(&settings.install_dir)?;
         let install = install::install(&config, &data_dir, &source)?;
         if !install.created_databases.is_empty() || !install.created_namespaces.is_empty() {
+            let join = |names: Vec<String>| names.join(", ");
             tracing::info!(
-                "installed from {}: databases {:?}, namespaces {:?}",
+                "installed from {}: databases {}; namespaces {}",
                 source.origin,
-                install.created_databases,
-                install.created_namespaces
+                join(
+                    install
+                        .created_databases
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect()
+                ),
+                join(
+                    install
+                        .created_namespaces
+                        .iter()
+                        .map(|n| n.to_string())
+                        .collect()
+                )
             );
         }
 

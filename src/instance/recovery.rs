@@ -38,7 +38,7 @@ pub fn catch_up(
     stream_hex: &str,
 ) -> Result<CatchUp> {
     let name = entry.name.as_str();
-    let conn = database::open(&entry.file)?;
+    let conn = database::open_for_apply(&entry.file)?;
     let identity = database::read_identity(&conn, "main")
         .map_err(|e| Error::Conflict(format!("{} ({}): {e}", entry.name, entry.file.display())))?;
     if identity.name != name {

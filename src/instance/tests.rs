@@ -193,6 +193,12 @@ async fn start_up_replays_what_a_database_file_lacks() {
         )
         .await
         .unwrap();
+        // A trigger's effects are in the changesets; replay must not fire it a second time.
+        let trigger = "CREATE TRIGGER audit_company AFTER INSERT ON Company \
+                       BEGIN INSERT INTO Audit(note) VALUES (new.name); END";
+        sql(&instance, "COMPANY", trigger).await.unwrap();
+        insert_company(&instance, "triggered").await.unwrap();
+        assert_eq!(count(&instance, "COMPANY", "Audit").await, 2);
     }
     // The database file goes back to its older state, as if its last pages never reached the
     // disk; the journal still has everything.
@@ -204,9 +210,9 @@ async fn start_up_replays_what_a_database_file_lacks() {
         .iter()
         .find(|(n, _)| n.as_str() == "COMPANY")
         .unwrap();
-    assert_eq!(replay.applied, 11);
-    assert_eq!(count(&instance, "COMPANY", "Company").await, 11);
-    assert_eq!(count(&instance, "COMPANY", "Audit").await, 1);
+    assert_eq!(replay.applied, 13);
+    assert_eq!(count(&instance, "COMPANY", "Company").await, 12);
+    assert_eq!(count(&instance, "COMPANY", "Audit").await, 2);
     let m = sql(
         &instance,
         "COMPANY",
@@ -225,7 +231,7 @@ async fn start_up_replays_what_a_database_file_lacks() {
             .iter()
             .all(|(_, r)| r.applied == 0)
     );
-    assert_eq!(count(&instance, "COMPANY", "Company").await, 11);
+    assert_eq!(count(&instance, "COMPANY", "Company").await, 12);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -55,6 +55,20 @@ pub fn open(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// Opens a database file for applying journal records (replay, and dejournaling later).
+///
+/// Triggers are switched off on this connection: a changeset already holds every row change the
+/// original statement made, trigger effects included (sessions record them). Firing the triggers
+/// again while applying would do their work twice.
+pub fn open_for_apply(path: &Path) -> Result<Connection> {
+    let conn = open(path)?;
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
+        false,
+    )?;
+    Ok(conn)
+}
+
 /// Applies the per-connection settings to one schema (`main` or an attached database).
 pub fn configure(conn: &Connection, schema: &str) -> Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -292,6 +306,11 @@ pub fn apply_schema_qualified(file: &Path, name: &str, record: &Record) -> Resul
     };
     let conn = Connection::open_in_memory()?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    // As in `open_for_apply`: the journal already holds what triggers did.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
+        false,
+    )?;
     conn.execute(
         "ATTACH DATABASE ?1 AS ?2",
         rusqlite::params![file.to_string_lossy(), name],

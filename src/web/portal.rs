@@ -639,28 +639,30 @@ pub async fn change_password(
 ) -> Result<String, Error> {
     check_new_password(&new_password)?;
     let auth = state.auth.clone();
+    let config = state.instance.config.clone();
     let name = user.to_string();
-    let hash = tokio::task::spawn_blocking(move || {
+    // Hashing is slow on purpose and the configuration write fsyncs: both off the async threads.
+    tokio::task::spawn_blocking(move || {
         if let Some(current) = current
             && !auth.check_password(&name, &current)
         {
             return Err(Error::InvalidInput("the current password is wrong".into()));
         }
-        hash_password(&new_password)
+        let hash = hash_password(&new_password)?;
+        config.update(|c| {
+            let entry = c
+                .users
+                .iter_mut()
+                .find(|u| u.name == name)
+                .ok_or_else(|| Error::NotFound(format!("user {name} does not exist")))?;
+            entry.password_hash = hash;
+            entry.default_password = false;
+            Ok(())
+        })?;
+        Ok(format!("the password of {name} was changed"))
     })
     .await
-    .map_err(|e| Error::Internal(e.to_string()))??;
-    state.instance.config.update(|c| {
-        let entry = c
-            .users
-            .iter_mut()
-            .find(|u| u.name == user)
-            .ok_or_else(|| Error::NotFound(format!("user {user} does not exist")))?;
-        entry.password_hash = hash;
-        entry.default_password = false;
-        Ok(())
-    })?;
-    Ok(format!("the password of {user} was changed"))
+    .map_err(|e| Error::Internal(e.to_string()))?
 }
 
 async fn password_change(
