@@ -44,7 +44,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::error::{Error, IoContext, Result};
-use crate::journal::{DEFAULT_MAX_SEGMENT_BYTES, Journal, JournalPos, JournalShared, OpenReport};
+use crate::journal::{DEFAULT_MAX_SEGMENT_BYTES, Journal, JournalOptions, JournalPos, JournalShared, OpenReport};
 use crate::names::{DbName, NamespaceName};
 use crate::storage::Catalog;
 use crate::storage::database;
@@ -191,7 +191,7 @@ impl Instance {
 
         let stream = config.get().stream_id()?;
         let (journal, journal_report) =
-            Journal::open(&mgr.join("journal"), stream, settings.max_segment_bytes)?;
+            Journal::open(&mgr.join("journal"), stream, JournalOptions::local(settings.max_segment_bytes))?;
         if let Some((segment, offset, bytes)) = &journal_report.truncated {
             tracing::warn!(
                 "journal file {segment}: cut {bytes} bytes of an incomplete write at byte {offset}"

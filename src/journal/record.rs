@@ -20,7 +20,7 @@
 //!      0     8  position              u64, 1 for the first record, +1 for each next one
 //!      8     8  epoch                 u64, the mirror epoch (failover generation) that wrote it
 //!     16     8  commit time           i64, milliseconds since the Unix epoch
-//!     24     1  kind                  1 = row changes, 2 = schema statement
+//!     24     1  kind                  1 = row changes, 2 = schema statement, 3 = mirror event
 //!     25     …  payload
 //!
 //! payload of kind 1 (row changes):
@@ -37,6 +37,11 @@
 //!                                              (`CREATE TABLE COMPANY.t ...`), 0 when it
 //!                                              relies on it being the namespace's default
 //!            4  statement length S, S bytes    UTF-8 SQL text of the one DDL statement
+//!
+//! payload of kind 3 (mirror event):
+//!            1  name length L (0 = none), L name bytes   the database the event is about
+//!            4  event length E, E bytes                  UTF-8 JSON describing the event
+//!                                                        (mirror created, database added, …)
 //! ```
 //!
 //! The CRC covers the length as well as the body, so a flipped bit in the length is caught
@@ -59,6 +64,7 @@ const BODY_FIXED_LEN: usize = 25;
 
 const KIND_CHANGES: u8 = 1;
 const KIND_SCHEMA: u8 = 2;
+const KIND_EVENT: u8 = 3;
 
 /// A position in the journal: the sequence number of a record. Position 0 means "before the first
 /// record", so a database that has applied nothing stores 0.
@@ -101,6 +107,17 @@ pub enum RecordBody {
     Changes(Vec<DbChanges>),
     /// One schema statement in one database.
     Schema(SchemaChange),
+    /// A mirror event (the mirror module gives the JSON its meaning).
+    Event(MirrorEvent),
+}
+
+/// A mirror event as the journal stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorEvent {
+    /// The database it is about, if any.
+    pub db: Option<String>,
+    /// The event, as JSON text.
+    pub json: String,
 }
 
 /// The row changes a transaction made in one database.
@@ -126,11 +143,12 @@ pub struct SchemaChange {
 impl Record {
     /// The databases this record changes.
     pub fn databases(&self) -> impl Iterator<Item = &str> {
-        let (changes, schema) = match &self.body {
+        let (changes, single) = match &self.body {
             RecordBody::Changes(c) => (c.as_slice(), None),
             RecordBody::Schema(s) => (&[][..], Some(s.db.as_str())),
+            RecordBody::Event(e) => (&[][..], e.db.as_deref()),
         };
-        changes.iter().map(|c| c.db.as_str()).chain(schema)
+        changes.iter().map(|c| c.db.as_str()).chain(single)
     }
 
     /// Appends this record's frame to `out`.
@@ -148,6 +166,7 @@ impl Record {
                 }
             }
             RecordBody::Schema(s) => frame.set_schema(&s.db, s.qualified, &s.sql),
+            RecordBody::Event(e) => frame.set_event(e.db.as_deref(), &e.json),
         }
         frame.finish();
     }
@@ -218,7 +237,7 @@ impl<'a> FrameBuilder<'a> {
 
     /// True while the frame holds no changes and no schema statement.
     pub fn is_empty(&self) -> bool {
-        self.count == 0 && self.kind != Some(KIND_SCHEMA)
+        self.count == 0 && !matches!(self.kind, Some(KIND_SCHEMA) | Some(KIND_EVENT))
     }
 
     /// Makes this frame a schema statement.
@@ -230,6 +249,15 @@ impl<'a> FrameBuilder<'a> {
         self.buf
             .extend_from_slice(&(sql.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(sql.as_bytes());
+    }
+
+    /// Makes this frame a mirror event.
+    pub fn set_event(&mut self, db: Option<&str>, json: &str) {
+        assert!(self.kind.is_none(), "a frame holds one payload");
+        self.kind = Some(KIND_EVENT);
+        push_short_str(self.buf, db.unwrap_or(""));
+        self.buf.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(json.as_bytes());
     }
 
     /// Completes the frame: kind, count, length, CRC.
@@ -344,6 +372,13 @@ fn decode_body(body: &[u8]) -> std::result::Result<Record, String> {
                 .map_err(|_| "schema statement is not UTF-8".to_string())?;
             RecordBody::Schema(SchemaChange { db, qualified, sql })
         }
+        KIND_EVENT => {
+            let db = r.short_str()?;
+            let len = r.u32()? as usize;
+            let json = String::from_utf8(r.take(len)?.to_vec())
+                .map_err(|_| "mirror event is not UTF-8".to_string())?;
+            RecordBody::Event(MirrorEvent { db: (!db.is_empty()).then_some(db), json })
+        }
         other => return Err(format!("unknown record kind {other}")),
     };
     if r.at != r.bytes.len() {
@@ -429,7 +464,13 @@ mod tests {
                 sql: "CREATE TABLE COMPANY.t(id INTEGER PRIMARY KEY)".into(),
             }),
         };
-        for record in [sample(1), schema] {
+        let event = Record {
+            pos: JournalPos(10),
+            epoch: 1,
+            time_ms: 6,
+            body: RecordBody::Event(MirrorEvent { db: Some("COMPANY".into()), json: "{\"event\":\"add\"}".into() }),
+        };
+        for record in [sample(1), schema, event] {
             let mut buf = Vec::new();
             record.encode_into(&mut buf);
             match decode_frame(&buf) {

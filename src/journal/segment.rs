@@ -92,11 +92,22 @@ impl SegmentHeader {
     }
 }
 
+/// Every this-many positions a segment remembers where a record starts, so readers can seek
+/// close to any position instead of scanning a whole file.
+pub const MARK_EVERY: u64 = 64;
+
+/// True when the record at `pos` gets a seek mark (the first record of a segment always does).
+pub fn is_mark(pos: JournalPos, first_of_segment: bool) -> bool {
+    first_of_segment || pos.0 % MARK_EVERY == 0
+}
+
 /// What a scan found in one segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scan {
     /// Position of the last valid record, if the segment holds any.
     pub last_pos: Option<JournalPos>,
+    /// Seek marks: (position, byte offset) of some valid records, in order.
+    pub marks: Vec<(u64, u64)>,
     /// Bytes from the start of the file through the last valid frame.
     pub valid_len: u64,
     /// The first invalid spot, if the valid frames do not reach the end of the file.
@@ -119,17 +130,22 @@ pub fn scan(bytes: &[u8], header: &SegmentHeader) -> Scan {
     let mut offset = HEADER_LEN;
     let mut expected = header.first_pos;
     let mut last_pos = None;
+    let mut marks = Vec::new();
     loop {
         let rest = &bytes[offset..];
         if rest.is_empty() {
             return Scan {
                 last_pos,
+                marks,
                 valid_len: offset as u64,
                 damage: None,
             };
         }
         let (reason, valid_data_follows) = match decode_frame(rest) {
             Decoded::Record(record, used) if record.pos == expected => {
+                if is_mark(record.pos, last_pos.is_none()) {
+                    marks.push((record.pos.0, offset as u64));
+                }
                 last_pos = Some(record.pos);
                 expected = expected.next();
                 offset += used;
@@ -153,6 +169,7 @@ pub fn scan(bytes: &[u8], header: &SegmentHeader) -> Scan {
         };
         return Scan {
             last_pos,
+            marks,
             valid_len: offset as u64,
             damage: Some(Damage {
                 offset: offset as u64,
@@ -200,6 +217,25 @@ pub struct SegmentReader {
 }
 
 impl SegmentReader {
+    /// Opens a segment and positions the reader at byte `offset` (a frame start).
+    pub fn open_at(path: &std::path::Path, name: &str, offset: u64) -> Result<Self> {
+        use std::io::{Seek, SeekFrom};
+        let mut reader = Self::open(path, name)?;
+        if offset > HEADER_LEN as u64 {
+            reader
+                .file
+                .seek(SeekFrom::Start(offset))
+                .map_err(|e| Error::Io(format!("seek in journal file {name}: {e}")))?;
+            reader.offset = offset;
+        }
+        Ok(reader)
+    }
+
+    /// Byte offset of the next frame.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
     /// Opens a segment and positions the reader at its first frame.
     pub fn open(path: &std::path::Path, name: &str) -> Result<Self> {
         use std::io::Read;

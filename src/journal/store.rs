@@ -1,10 +1,17 @@
 //! The journal folder: a sequence of segment files, one of which is open for appending.
 //!
-//! [`Journal`] is owned by exactly one thread, the instance's writer. It appends whole batches of
-//! frames with one `write` and makes them durable with one `fdatasync` ([`Journal::sync`]): that is
-//! the group commit. Other threads see the journal through [`JournalShared`]: the durable end
-//! position, the list of segments, and readers that replay records from any position up to the
-//! durable end.
+//! [`Journal`] has exactly one owner at a time: the instance's writer for the local journal and,
+//! on a primary, for the mirror journal; the mirror receiver for the mirror journal on a backup.
+//! It appends whole batches of frames with one `write` and makes them durable with one
+//! `fdatasync` ([`Journal::sync`]): that is the group commit. Other threads see the journal
+//! through [`JournalShared`]: the appended and durable end positions, the list of segments, and
+//! readers that replay any range of positions.
+//!
+//! Two journals may share a folder: the instance's own (`20261126.001`) and a mirror's
+//! (`MIRROR-MIRRORSET-20261126.001`). Each only considers the files with its name prefix.
+//!
+//! Each segment keeps *seek marks* in memory — the byte offset of every 64th record — so a
+//! reader starting at any position opens the right file and seeks close to it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -15,16 +22,39 @@ use std::sync::{Arc, RwLock};
 use crate::error::{Error, IoContext, Result};
 use crate::util::{format_date_compact, now_ms, sync_dir};
 
-use super::record::{JournalPos, Record};
-use super::segment::{self, HEADER_LEN, SegmentHeader, SegmentReader, StreamId};
+use super::record::{FRAME_HEADER_LEN, JournalPos, Record};
+use super::segment::{self, HEADER_LEN, SegmentHeader, SegmentReader, StreamId, is_mark};
 
 /// Default size at which a new segment is started.
 pub const DEFAULT_MAX_SEGMENT_BYTES: u64 = 64 << 20;
 
+/// How a journal names its files and where a new one starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalOptions {
+    /// File name prefix: empty for the instance's journal, `MIRROR-<NAME>-` for a mirror's.
+    pub prefix: String,
+    /// Size at which a new segment is started.
+    pub max_segment_bytes: u64,
+    /// Position of the first record of a journal that does not exist yet.
+    pub first_pos: JournalPos,
+}
+
+impl JournalOptions {
+    /// The instance's own journal.
+    pub fn local(max_segment_bytes: u64) -> Self {
+        JournalOptions { prefix: String::new(), max_segment_bytes, first_pos: JournalPos(1) }
+    }
+
+    /// The journal of mirror `name` (files `MIRROR-<NAME>-YYYYMMDD.NNN`).
+    pub fn mirror(name: &str, max_segment_bytes: u64, first_pos: JournalPos) -> Self {
+        JournalOptions { prefix: format!("MIRROR-{name}-"), max_segment_bytes, first_pos }
+    }
+}
+
 /// One segment file as listed on the Journals page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentInfo {
-    /// File name, IRIS style: `20261126.001`.
+    /// File name, IRIS style: `20261126.001` or `MIRROR-MIRRORSET-20261126.001`.
     pub name: String,
     /// Full path.
     pub path: PathBuf,
@@ -34,6 +64,13 @@ pub struct SegmentInfo {
     pub created_ms: i64,
     /// Size in bytes.
     pub bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Segment {
+    info: SegmentInfo,
+    /// (position, offset) of some records, in order; see `segment::MARK_EVERY`.
+    marks: Vec<(u64, u64)>,
 }
 
 /// What opening the journal found and repaired.
@@ -50,9 +87,12 @@ pub struct OpenReport {
 /// The part of the journal other threads may look at.
 pub struct JournalShared {
     dir: PathBuf,
+    prefix: String,
     stream: StreamId,
-    /// Last position known to be on disk (fsynced). Readers never go past it.
+    /// Last position known to be on disk (fsynced).
     durable_end: AtomicU64,
+    /// Last position written to the file (complete frames, maybe not yet fsynced).
+    appended_end: AtomicU64,
     /// Size of the newest segment in bytes.
     current_bytes: AtomicU64,
     /// Number of fsyncs so far (one per group commit).
@@ -60,13 +100,18 @@ pub struct JournalShared {
     /// Number of records appended since start.
     appended: AtomicU64,
     /// Segments in position order; the last one is being appended to.
-    segments: RwLock<Vec<SegmentInfo>>,
+    segments: RwLock<Vec<Segment>>,
 }
 
 impl JournalShared {
     /// The journal folder.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The file name prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// The id of this journal.
@@ -77,6 +122,16 @@ impl JournalShared {
     /// Last durable position.
     pub fn durable_end(&self) -> JournalPos {
         JournalPos(self.durable_end.load(Ordering::Acquire))
+    }
+
+    /// Last position written to a file (complete, possibly not yet durable).
+    pub fn appended_end(&self) -> JournalPos {
+        JournalPos(self.appended_end.load(Ordering::Acquire))
+    }
+
+    /// The oldest position still in the journal's files.
+    pub fn first_pos(&self) -> JournalPos {
+        self.segments.read().unwrap().first().map(|s| s.info.first_pos).unwrap_or(JournalPos(1))
     }
 
     /// Number of fsyncs since start.
@@ -91,46 +146,54 @@ impl JournalShared {
 
     /// The segment files, oldest first, with current sizes.
     pub fn segments(&self) -> Vec<SegmentInfo> {
-        let mut list = self.segments.read().unwrap().clone();
+        let mut list: Vec<SegmentInfo> = self.segments.read().unwrap().iter().map(|s| s.info.clone()).collect();
         if let Some(last) = list.last_mut() {
             last.bytes = self.current_bytes.load(Ordering::Relaxed);
         }
         list
     }
 
-    /// The segment a position lives in, by name (for "next record to dejournal" displays).
-    pub fn segment_of(&self, pos: JournalPos) -> Option<String> {
-        let list = self.segments.read().unwrap();
-        list.iter()
-            .rev()
-            .find(|s| s.first_pos <= pos)
-            .map(|s| s.name.clone())
+    /// The file a position lives in, and the byte offset of the nearest mark at or before it.
+    pub fn locate(&self, pos: JournalPos) -> Option<(String, u64)> {
+        let segments = self.segments.read().unwrap();
+        let i = segments.iter().rposition(|s| s.info.first_pos <= pos)?;
+        let offset = nearest_mark(&segments[i].marks, pos);
+        Some((segments[i].info.name.clone(), offset))
     }
 
     /// Reads every durable record after `after`, in order.
     pub fn read_after(&self, after: JournalPos) -> JournalIter {
-        let until = self.durable_end();
-        let segments = self.segments.read().unwrap().clone();
-        // Start at the last segment that begins at or before the first wanted position.
+        self.read_range(after, self.durable_end())
+    }
+
+    /// Reads the records `after + 1 ..= until`, in order. `until` may lie beyond the durable
+    /// end but not beyond the appended end.
+    pub fn read_range(&self, after: JournalPos, until: JournalPos) -> JournalIter {
+        let segments = self.segments.read().unwrap();
         let wanted = after.next();
-        let start = segments
+        let start = segments.iter().rposition(|s| s.info.first_pos <= wanted).unwrap_or(0);
+        let offset = segments.get(start).map(|s| nearest_mark(&s.marks, wanted)).unwrap_or(0);
+        let files = segments[start.min(segments.len())..]
             .iter()
-            .rposition(|s| s.first_pos <= wanted)
-            .unwrap_or(0);
-        JournalIter {
-            segments,
-            next_segment: start,
-            reader: None,
-            after,
-            until,
-        }
+            .map(|s| (s.info.path.clone(), s.info.name.clone()))
+            .collect();
+        JournalIter { files, next_file: 0, first_offset: offset, reader: None, after, until }
     }
 }
 
-/// Iterator over records from [`JournalShared::read_after`].
+/// The offset of the last mark at or before `pos` (0 = start of the file).
+fn nearest_mark(marks: &[(u64, u64)], pos: JournalPos) -> u64 {
+    match marks.partition_point(|(p, _)| *p <= pos.0) {
+        0 => 0,
+        i => marks[i - 1].1,
+    }
+}
+
+/// Iterator over records from [`JournalShared::read_range`].
 pub struct JournalIter {
-    segments: Vec<SegmentInfo>,
-    next_segment: usize,
+    files: Vec<(PathBuf, String)>,
+    next_file: usize,
+    first_offset: u64,
     reader: Option<SegmentReader>,
     after: JournalPos,
     until: JournalPos,
@@ -145,9 +208,10 @@ impl Iterator for JournalIter {
                 return None;
             }
             if self.reader.is_none() {
-                let info = self.segments.get(self.next_segment)?;
-                self.next_segment += 1;
-                match SegmentReader::open(&info.path, &info.name) {
+                let (path, name) = self.files.get(self.next_file)?;
+                let offset = if self.next_file == 0 { self.first_offset } else { 0 };
+                self.next_file += 1;
+                match SegmentReader::open_at(path, name, offset) {
                     Ok(reader) => self.reader = Some(reader),
                     Err(err) => return Some(Err(err)),
                 }
@@ -176,72 +240,65 @@ impl Iterator for JournalIter {
     }
 }
 
-/// The journal, as owned by the writer thread.
+/// The journal, as owned by the thread that appends to it.
 pub struct Journal {
     shared: Arc<JournalShared>,
     file: File,
     current_len: u64,
     end: JournalPos,
-    max_segment_bytes: u64,
+    options: JournalOptions,
+}
+
+/// True when `name` is `<prefix>YYYYMMDD.NNN`.
+fn is_segment_name(name: &str, prefix: &str) -> bool {
+    let Some(rest) = name.strip_prefix(prefix) else { return false };
+    let Some((date, counter)) = rest.split_once('.') else { return false };
+    date.len() == 8
+        && date.bytes().all(|b| b.is_ascii_digit())
+        && counter.len() >= 3
+        && counter.bytes().all(|b| b.is_ascii_digit())
 }
 
 impl Journal {
-    /// Opens (or creates) the journal in `dir`.
+    /// Opens (or creates) the journal with `options.prefix` in `dir`.
     ///
     /// Every segment is scanned. A torn tail of the newest segment is cut off and reported in
     /// the [`OpenReport`]; any other damage is an [`Error::Corrupt`] naming file and offset. A
-    /// new journal gets the id `new_stream`; an existing one must carry that id too, so a journal
-    /// folder from another instance is never mixed with this instance's databases.
-    pub fn open(
-        dir: &Path,
-        new_stream: StreamId,
-        max_segment_bytes: u64,
-    ) -> Result<(Journal, OpenReport)> {
+    /// new journal gets the id `stream` and starts at `options.first_pos`; an existing one must
+    /// carry that id, so a journal of another instance or mirror is never mixed in.
+    pub fn open(dir: &Path, stream: StreamId, options: JournalOptions) -> Result<(Journal, OpenReport)> {
         fs::create_dir_all(dir).io_context(format!("create journal folder {}", dir.display()))?;
-        let mut found: Vec<(SegmentHeader, SegmentInfo)> = Vec::new();
+        let mut found: Vec<(SegmentHeader, Segment)> = Vec::new();
         for entry in fs::read_dir(dir).io_context("list journal folder")? {
             let entry = entry.io_context("list journal folder")?;
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !entry.file_type().io_context("stat journal file")?.is_file()
-                || name.ends_with(".tmp")
-            {
+            if !is_segment_name(&name, &options.prefix) || !entry.file_type().io_context("stat journal file")?.is_file() {
                 continue;
             }
             let mut head = [0u8; HEADER_LEN];
             let n = read_prefix(&path, &mut head)?;
             let header = match SegmentHeader::decode(&head[..n]) {
-                None => continue, // not a journal segment
-                Some(Err(reason)) => {
-                    return Err(Error::Corrupt(format!("journal file {name}: {reason}")));
-                }
+                None => return Err(Error::Corrupt(format!("journal file {name} has no journal header"))),
+                Some(Err(reason)) => return Err(Error::Corrupt(format!("journal file {name}: {reason}"))),
                 Some(Ok(header)) => header,
             };
-            if header.stream != new_stream {
+            if header.stream != stream {
                 return Err(Error::Corrupt(format!(
-                    "journal file {name} belongs to another journal (its id does not match this instance's)"
+                    "journal file {name} belongs to another journal (its id does not match)"
                 )));
             }
             let bytes = entry.metadata().io_context("stat journal file")?.len();
-            let info = SegmentInfo {
-                name,
-                path,
-                first_pos: header.first_pos,
-                created_ms: header.created_ms,
-                bytes,
-            };
-            found.push((header, info));
+            let info = SegmentInfo { name, path, first_pos: header.first_pos, created_ms: header.created_ms, bytes };
+            found.push((header, Segment { info, marks: Vec::new() }));
         }
         found.sort_by_key(|(h, _)| h.first_pos);
 
-        let mut report = OpenReport {
-            segments: 0,
-            end: JournalPos::ZERO,
-            truncated: None,
-        };
+        let mut report = OpenReport { segments: 0, end: JournalPos::ZERO, truncated: None };
         let mut end = None::<JournalPos>;
         let count = found.len();
-        for (i, (header, info)) in found.iter_mut().enumerate() {
+        for (i, (header, segment)) in found.iter_mut().enumerate() {
+            let info = &mut segment.info;
             if let Some(prev_end) = end
                 && header.first_pos != prev_end.next()
             {
@@ -250,8 +307,7 @@ impl Journal {
                     info.name, header.first_pos, prev_end
                 )));
             }
-            let bytes =
-                fs::read(&info.path).io_context(format!("read journal file {}", info.name))?;
+            let bytes = fs::read(&info.path).io_context(format!("read journal file {}", info.name))?;
             let scan = segment::scan(&bytes, header);
             if let Some(damage) = &scan.damage {
                 let newest = i + 1 == count;
@@ -260,29 +316,23 @@ impl Journal {
                 }
                 // A torn tail: the newest file ends in a write that never completed. Nothing in
                 // it was acknowledged (acknowledgement waits for fsync), so cutting it is safe.
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(&info.path)
-                    .io_context("open journal file")?;
-                file.set_len(scan.valid_len)
-                    .io_context("truncate torn journal tail")?;
+                let file = OpenOptions::new().write(true).open(&info.path).io_context("open journal file")?;
+                file.set_len(scan.valid_len).io_context("truncate torn journal tail")?;
                 file.sync_all().io_context("fsync truncated journal file")?;
-                report.truncated = Some((
-                    info.name.clone(),
-                    scan.valid_len,
-                    bytes.len() as u64 - scan.valid_len,
-                ));
+                report.truncated = Some((info.name.clone(), scan.valid_len, bytes.len() as u64 - scan.valid_len));
                 info.bytes = scan.valid_len;
             }
+            segment.marks = scan.marks;
             end = Some(scan.last_pos.unwrap_or(JournalPos(header.first_pos.0 - 1)));
         }
 
-        let mut segments: Vec<SegmentInfo> = found.into_iter().map(|(_, info)| info).collect();
+        let mut segments: Vec<Segment> = found.into_iter().map(|(_, s)| s).collect();
         if segments.is_empty() {
-            segments.push(create_segment(dir, new_stream, JournalPos(1))?);
+            let info = create_segment(dir, &options.prefix, stream, options.first_pos)?;
+            segments.push(Segment { info, marks: Vec::new() });
         }
-        let end = end.unwrap_or(JournalPos::ZERO);
-        let last = segments.last().unwrap();
+        let end = end.unwrap_or(JournalPos(options.first_pos.0 - 1));
+        let last = &segments.last().unwrap().info;
         let file = OpenOptions::new()
             .append(true)
             .open(&last.path)
@@ -292,23 +342,16 @@ impl Journal {
         report.end = end;
         let shared = Arc::new(JournalShared {
             dir: dir.to_path_buf(),
-            stream: new_stream,
+            prefix: options.prefix.clone(),
+            stream,
             durable_end: AtomicU64::new(end.0),
+            appended_end: AtomicU64::new(end.0),
             current_bytes: AtomicU64::new(current_len),
             syncs: AtomicU64::new(0),
             appended: AtomicU64::new(0),
             segments: RwLock::new(segments),
         });
-        Ok((
-            Journal {
-                shared,
-                file,
-                current_len,
-                end,
-                max_segment_bytes,
-            },
-            report,
-        ))
+        Ok((Journal { shared, file, current_len, end, options }, report))
     }
 
     /// The view other threads use.
@@ -324,10 +367,13 @@ impl Journal {
     /// Appends a batch of frames whose records are `end() + 1 ..= last`. One `write` call; not
     /// yet durable. Starts a new segment first when the current one is full.
     pub fn append(&mut self, frames: &[u8], last: JournalPos, records: u64) -> Result<()> {
-        debug_assert_eq!(last.0, self.end.0 + records, "positions must be contiguous");
-        if self.current_len > HEADER_LEN as u64
-            && self.current_len + frames.len() as u64 > self.max_segment_bytes
-        {
+        if last.0 != self.end.0 + records {
+            return Err(Error::Internal(format!(
+                "append of {records} records ending at {last} does not continue the journal at {}",
+                self.end
+            )));
+        }
+        if self.current_len > HEADER_LEN as u64 && self.current_len + frames.len() as u64 > self.options.max_segment_bytes {
             self.roll_over()?;
         }
         if let Err(err) = self.file.write_all(frames) {
@@ -336,12 +382,27 @@ impl Journal {
             let _ = self.file.set_len(self.current_len);
             return Err(Error::Io(format!("append to journal: {err}")));
         }
+        let base = self.current_len;
+        {
+            let mut segments = self.shared.segments.write().unwrap();
+            let segment = segments.last_mut().expect("a journal has a segment");
+            let mut at = 0usize;
+            while at + FRAME_HEADER_LEN + 8 <= frames.len() {
+                let body_len = u32::from_le_bytes(frames[at + 4..at + 8].try_into().unwrap()) as usize;
+                let pos = JournalPos(u64::from_le_bytes(
+                    frames[at + FRAME_HEADER_LEN..at + FRAME_HEADER_LEN + 8].try_into().unwrap(),
+                ));
+                if is_mark(pos, segment.marks.is_empty() && base + at as u64 == HEADER_LEN as u64) {
+                    segment.marks.push((pos.0, base + at as u64));
+                }
+                at += FRAME_HEADER_LEN + body_len;
+            }
+        }
         self.current_len += frames.len() as u64;
         self.end = last;
-        self.shared
-            .current_bytes
-            .store(self.current_len, Ordering::Relaxed);
+        self.shared.current_bytes.store(self.current_len, Ordering::Relaxed);
         self.shared.appended.fetch_add(records, Ordering::Relaxed);
+        self.shared.appended_end.store(last.0, Ordering::Release);
         Ok(())
     }
 
@@ -354,71 +415,132 @@ impl Journal {
         Ok(())
     }
 
+    /// Removes every record after `pos` (a mirror backup that received records its primary
+    /// never made durable). Whole later segments are deleted; the one holding `pos` is cut.
+    pub fn truncate_after(&mut self, pos: JournalPos) -> Result<()> {
+        if pos >= self.end {
+            return Ok(());
+        }
+        let mut segments = self.shared.segments.write().unwrap();
+        while segments.len() > 1 && segments.last().unwrap().info.first_pos > pos.next() {
+            let gone = segments.pop().unwrap();
+            fs::remove_file(&gone.info.path).io_context(format!("remove journal file {}", gone.info.name))?;
+        }
+        let last = segments.last_mut().unwrap();
+        // Find where record pos + 1 starts: from the nearest mark, read frame by frame.
+        let mut reader = SegmentReader::open_at(&last.info.path, &last.info.name, nearest_mark(&last.marks, pos.next()))?;
+        let cut = loop {
+            let at = reader.offset();
+            match reader.next_record()? {
+                Some(record) if record.pos > pos => break at,
+                Some(_) => continue,
+                None => break at,
+            }
+        };
+        let file = OpenOptions::new().write(true).open(&last.info.path).io_context("open journal file")?;
+        file.set_len(cut).io_context("truncate journal")?;
+        file.sync_all().io_context("fsync truncated journal")?;
+        last.marks.retain(|(p, _)| *p <= pos.0);
+        last.info.bytes = cut;
+        self.file = OpenOptions::new().append(true).open(&last.info.path).io_context("open journal file")?;
+        drop(segments);
+        sync_dir(&self.shared.dir)?;
+        self.current_len = cut;
+        self.end = pos;
+        self.shared.current_bytes.store(cut, Ordering::Relaxed);
+        self.shared.appended_end.store(pos.0, Ordering::Release);
+        self.shared.durable_end.store(pos.0, Ordering::Release);
+        Ok(())
+    }
+
+    /// Adds older records in front of the journal (`frames` holds `first..=last`, and `last` is
+    /// just before the oldest record present): a backup fetching what its copy of a database
+    /// needs from the primary. The new file is complete and fsynced before it is listed.
+    pub fn prepend(&mut self, frames: &[u8], first: JournalPos, last: JournalPos) -> Result<()> {
+        let oldest = self.shared.first_pos();
+        if last.next() != oldest || first > last {
+            return Err(Error::Internal(format!(
+                "records {first}..={last} do not end right before the journal's first record {oldest}"
+            )));
+        }
+        let mut info = create_segment(&self.shared.dir, &self.options.prefix, self.shared.stream, first)?;
+        {
+            let mut file = OpenOptions::new().append(true).open(&info.path).io_context("open journal file")?;
+            file.write_all(frames).io_context("write fetched journal records")?;
+            file.sync_all().io_context("fsync fetched journal records")?;
+        }
+        let bytes = fs::read(&info.path).io_context("read back fetched journal records")?;
+        let header = SegmentHeader { stream: self.shared.stream, first_pos: first, created_ms: info.created_ms };
+        let scan = segment::scan(&bytes, &header);
+        if scan.damage.is_some() || scan.last_pos != Some(last) {
+            let _ = fs::remove_file(&info.path);
+            return Err(Error::Corrupt(format!("fetched journal records {first}..={last} are not valid")));
+        }
+        info.bytes = bytes.len() as u64;
+        self.shared.segments.write().unwrap().insert(0, Segment { info, marks: scan.marks });
+        Ok(())
+    }
+
+    /// Deletes whole segments whose records all lie before `keep_from`, never the newest one.
+    /// Returns the names of the files removed.
+    pub fn purge_before(&mut self, keep_from: JournalPos) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        let mut segments = self.shared.segments.write().unwrap();
+        while segments.len() > 1 && segments[1].info.first_pos <= keep_from {
+            let gone = segments.remove(0);
+            fs::remove_file(&gone.info.path).io_context(format!("remove journal file {}", gone.info.name))?;
+            removed.push(gone.info.name);
+        }
+        drop(segments);
+        if !removed.is_empty() {
+            sync_dir(&self.shared.dir)?;
+        }
+        Ok(removed)
+    }
+
     /// Closes the current segment and starts the next one at `end + 1`.
     fn roll_over(&mut self) -> Result<()> {
         // The old segment holds only synced batches (every batch is synced before the next one
         // is appended), so it needs no further fsync here.
-        let info = create_segment(&self.shared.dir, self.shared.stream, self.end.next())?;
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(&info.path)
-            .io_context("open new journal file")?;
+        let info = create_segment(&self.shared.dir, &self.options.prefix, self.shared.stream, self.end.next())?;
+        self.file = OpenOptions::new().append(true).open(&info.path).io_context("open new journal file")?;
         self.current_len = info.bytes;
         let mut segments = self.shared.segments.write().unwrap();
         if let Some(last) = segments.last_mut() {
-            last.bytes = self.shared.current_bytes.load(Ordering::Relaxed);
+            last.info.bytes = self.shared.current_bytes.load(Ordering::Relaxed);
         }
-        segments.push(info);
-        self.shared
-            .current_bytes
-            .store(self.current_len, Ordering::Relaxed);
+        segments.push(Segment { info, marks: Vec::new() });
+        self.shared.current_bytes.store(self.current_len, Ordering::Relaxed);
         Ok(())
     }
 }
 
-/// Creates a segment file with only a header, named `YYYYMMDD.NNN` after today's date and the
-/// next free counter. The header goes to a temporary file that is fsynced and then renamed, so a
-/// crash never leaves a segment with half a header.
-fn create_segment(dir: &Path, stream: StreamId, first_pos: JournalPos) -> Result<SegmentInfo> {
+/// Creates a segment file with only a header, named `<prefix>YYYYMMDD.NNN` after today's date
+/// and the next free counter. The header goes to a temporary file that is fsynced and then
+/// renamed, so a crash never leaves a segment with half a header.
+fn create_segment(dir: &Path, prefix: &str, stream: StreamId, first_pos: JournalPos) -> Result<SegmentInfo> {
     let created_ms = now_ms();
     let date = format_date_compact(created_ms);
+    let stem = format!("{prefix}{date}.");
     let mut counter = 1;
     for entry in fs::read_dir(dir).io_context("list journal folder")? {
-        let name = entry
-            .io_context("list journal folder")?
-            .file_name()
-            .to_string_lossy()
-            .into_owned();
-        if let Some(n) = name
-            .strip_prefix(&format!("{date}."))
-            .and_then(|n| n.parse::<u32>().ok())
-        {
+        let name = entry.io_context("list journal folder")?.file_name().to_string_lossy().into_owned();
+        if let Some(n) = name.strip_prefix(&stem).and_then(|n| n.parse::<u32>().ok()) {
             counter = counter.max(n + 1);
         }
     }
-    let name = format!("{date}.{counter:03}");
+    let name = format!("{stem}{counter:03}");
     let path = dir.join(&name);
     let tmp = dir.join(format!("{name}.tmp"));
-    let header = SegmentHeader {
-        stream,
-        first_pos,
-        created_ms,
-    };
+    let header = SegmentHeader { stream, first_pos, created_ms };
     {
         let mut file = File::create(&tmp).io_context("create journal file")?;
-        file.write_all(&header.encode())
-            .io_context("write journal header")?;
+        file.write_all(&header.encode()).io_context("write journal header")?;
         file.sync_all().io_context("fsync journal header")?;
     }
     fs::rename(&tmp, &path).io_context("name journal file")?;
     sync_dir(dir)?;
-    Ok(SegmentInfo {
-        name,
-        path,
-        first_pos,
-        created_ms,
-        bytes: HEADER_LEN as u64,
-    })
+    Ok(SegmentInfo { name, path, first_pos, created_ms, bytes: HEADER_LEN as u64 })
 }
 
 fn read_prefix(path: &Path, buf: &mut [u8]) -> Result<usize> {
@@ -426,9 +548,7 @@ fn read_prefix(path: &Path, buf: &mut [u8]) -> Result<usize> {
     let mut file = File::open(path).io_context(format!("open {}", path.display()))?;
     let mut filled = 0;
     while filled < buf.len() {
-        let n = file
-            .read(&mut buf[filled..])
-            .io_context("read journal header")?;
+        let n = file.read(&mut buf[filled..]).io_context("read journal header")?;
         if n == 0 {
             break;
         }

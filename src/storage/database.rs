@@ -284,6 +284,8 @@ impl<'c> Applier<'c> {
                 Ok(true)
             }
             RecordBody::Schema(_) => Ok(false),
+            // Events change no rows; one about this database still counts as applied.
+            RecordBody::Event(event) => Ok(event.db.as_deref() == Some(self.name)),
         }
     }
 
