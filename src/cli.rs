@@ -77,6 +77,7 @@ impl MemberArgs {
             instance_name: self.instance_name.to_ascii_uppercase(),
             install_dir: self.install.clone(),
             max_segment_bytes: self.journal_segment_bytes,
+            statement_timeout_ms: crate::storage::namespace::STATEMENT_TIMEOUT_MS,
         }
     }
 

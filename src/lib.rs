@@ -45,6 +45,7 @@ pub mod ctl;
 pub mod error;
 pub mod instance;
 pub mod journal;
+pub mod mirror;
 pub mod names;
 pub mod os;
 pub mod server;

@@ -812,6 +812,36 @@ async fn the_api_answers_bad_input_with_clear_json_errors() {
     let listed = portal.api("GET", "/api/apps/companies", None).await.json();
     assert_eq!(listed[0]["name"], evil);
 
+    // A browser request from another site may not change anything, even with credentials.
+    for (header, value) in [
+        ("origin", "http://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let request = Request::post("/api/databases/COMPANY/dismount")
+            .header(header::AUTHORIZATION, basic())
+            .header(header, value)
+            .body(Body::empty())
+            .unwrap();
+        let reply = portal.send(request).await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{header}: {value}");
+    }
+    assert!(
+        portal
+            .instance
+            .catalog
+            .snapshot()
+            .databases
+            .values()
+            .all(|d| d.mounted)
+    );
+    let same_site = Request::post("/api/databases/COMPANY/mount")
+        .header(header::AUTHORIZATION, basic())
+        .header("host", "localhost:52773")
+        .header("origin", "http://localhost:52773")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(portal.send(same_site).await.status, StatusCode::OK);
+
     // Load balancers see a member that is not primary.
     let status = portal
         .send(Request::get("/mirror_status").body(Body::empty()).unwrap())

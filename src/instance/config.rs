@@ -9,11 +9,12 @@
 //! to disk, and only then becomes the current configuration — a failed write changes nothing.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
+use crate::mirror::config::MirrorConfig;
 use crate::names::{DbName, NamespaceName};
 use crate::storage::{CatalogState, DatabaseEntry, NamespaceEntry};
 use crate::util::{random_hex, write_file_atomically};
@@ -55,6 +56,10 @@ pub struct DatabaseConfig {
     /// Whether it is mounted. A dismount survives a restart, so a database being replaced by a
     /// copied file is not reopened halfway through the copy.
     pub mounted: bool,
+    /// Whether the file here is this member's copy of a mirrored database (its journal position
+    /// refers to the mirror's journal).
+    #[serde(default)]
+    pub mirrored: bool,
 }
 
 /// A namespace of the instance.
@@ -79,14 +84,6 @@ pub struct UserConfig {
     /// True until the password is changed from the installed default.
     #[serde(default)]
     pub default_password: bool,
-}
-
-/// Mirror settings (IRIS: `%Service_Mirror` and the `[Mirrors]` sections).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MirrorConfig {
-    /// Whether the mirror service is enabled.
-    #[serde(default)]
-    pub service_enabled: bool,
 }
 
 impl InstanceConfig {
@@ -114,27 +111,21 @@ impl InstanceConfig {
 
     /// The journal id as bytes.
     pub fn stream_id(&self) -> Result<[u8; 16]> {
-        let bytes = self.journal_stream.as_bytes();
-        if bytes.len() != 32 {
-            return Err(Error::Corrupt(
-                "journal_stream in the configuration is not 32 hex digits".into(),
-            ));
-        }
-        let mut out = [0u8; 16];
-        for (i, chunk) in bytes.chunks(2).enumerate() {
-            let hex = std::str::from_utf8(chunk)
-                .map_err(|_| Error::Corrupt("bad journal_stream".into()))?;
-            out[i] = u8::from_str_radix(hex, 16)
-                .map_err(|_| Error::Corrupt("bad journal_stream".into()))?;
-        }
-        Ok(out)
+        crate::util::parse_hex16(&self.journal_stream).ok_or_else(|| {
+            Error::Corrupt("journal_stream in the configuration is not 32 hex digits".into())
+        })
     }
 }
 
 /// The configuration file and its current contents.
+///
+/// Readers get the current configuration as a shared snapshot without waiting for a write in
+/// progress: a change takes the write lock, writes and fsyncs the file, and only then swaps the
+/// snapshot in (a brief lock).
 pub struct ConfigStore {
     path: PathBuf,
-    current: Mutex<InstanceConfig>,
+    current: RwLock<Arc<InstanceConfig>>,
+    writing: Mutex<()>,
 }
 
 impl ConfigStore {
@@ -173,47 +164,59 @@ impl ConfigStore {
         };
         Ok(ConfigStore {
             path,
-            current: Mutex::new(config),
+            current: RwLock::new(Arc::new(config)),
+            writing: Mutex::new(()),
         })
     }
 
-    /// A copy of the current configuration.
-    pub fn get(&self) -> InstanceConfig {
-        self.current.lock().unwrap().clone()
+    /// The current configuration.
+    pub fn get(&self) -> Arc<InstanceConfig> {
+        self.current.read().unwrap().clone()
     }
 
     /// Changes the configuration: `change` edits a copy, the copy is written to disk atomically,
     /// and only then does it replace the current configuration. When `change` fails, or the
     /// write fails, nothing changes.
     pub fn update<R>(&self, change: impl FnOnce(&mut InstanceConfig) -> Result<R>) -> Result<R> {
-        let mut current = self.current.lock().unwrap();
-        let mut next = current.clone();
+        let _one_writer = self.writing.lock().unwrap();
+        let current = self.get();
+        let mut next = (*current).clone();
         let result = change(&mut next)?;
         if next != *current {
             write_file_atomically(
                 &self.path,
                 &serde_json::to_vec_pretty(&next).expect("config serializes"),
             )?;
-            *current = next;
+            *self.current.write().unwrap() = Arc::new(next);
         }
         Ok(result)
     }
 }
 
-/// The catalog (runtime view) that a configuration describes. Mirror state (read-only and
-/// mirrored databases) is folded in here as well, so every connection sees one consistent view.
-pub fn catalog_state(config: &InstanceConfig, data_dir: &Path) -> CatalogState {
+/// The catalog (runtime view) that a configuration describes, for a member that is (or is not)
+/// the primary. A mirrored database is writable only on the primary; everywhere else it is a
+/// read-only copy the journal is applied to.
+pub fn catalog_state(config: &InstanceConfig, data_dir: &Path, primary: bool) -> CatalogState {
+    let mirror = config
+        .mirror
+        .membership
+        .as_ref()
+        .map(|m| m.mirror.name.clone());
     let databases = config
         .databases
         .iter()
         .map(|d| {
+            let mirrored = match (&mirror, d.mirrored) {
+                (Some(name), true) => Some(format!(":mirror:{name}:{}", d.name)),
+                _ => None,
+            };
             let entry = DatabaseEntry {
                 name: d.name.clone(),
                 directory: d.directory.clone(),
                 file: CatalogState::file_path(data_dir, &d.directory),
                 mounted: d.mounted,
-                read_only: false,
-                mirrored: None,
+                read_only: mirrored.is_some() && !primary,
+                mirrored,
             };
             (d.name.clone(), entry)
         })

@@ -156,7 +156,7 @@ pub fn install(
     source: &InstallSource,
 ) -> Result<InstallReport> {
     let mut report = InstallReport::default();
-    let stream = store.get().journal_stream;
+    let stream = store.get().journal_stream.clone();
     for db in &source.manifest.databases {
         if store.get().databases.iter().any(|d| d.name == db.name) {
             continue;
@@ -184,6 +184,7 @@ pub fn install(
                 name: db.name.clone(),
                 directory,
                 mounted: true,
+                mirrored: false,
             });
             Ok(())
         })?;

@@ -44,7 +44,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::error::{Error, IoContext, Result};
-use crate::journal::{DEFAULT_MAX_SEGMENT_BYTES, Journal, JournalOptions, JournalPos, JournalShared, OpenReport};
+use crate::journal::{
+    DEFAULT_MAX_SEGMENT_BYTES, Journal, JournalOptions, JournalPos, JournalShared, OpenReport,
+};
 use crate::names::{DbName, NamespaceName};
 use crate::storage::Catalog;
 use crate::storage::database;
@@ -55,7 +57,10 @@ use install::{InstallReport, InstallSource};
 use reader::{ReadOutcome, ReadPool};
 use recovery::CatchUp;
 use sql::{QueryResult, SqlValue};
-use writer::{FatalHook, Standalone, WriteRequest, Writer, WriterHandle};
+use writer::{FatalHook, WriteRequest, Writer, WriterHandle};
+
+use crate::mirror::config::Membership;
+use crate::mirror::state::{MirrorState, Role};
 
 /// The IRIS instance name this lab reports by default (the article joins an instance called IRIS).
 pub const DEFAULT_INSTANCE_NAME: &str = "IRIS";
@@ -79,6 +84,8 @@ pub struct InstanceSettings {
     pub install_dir: PathBuf,
     /// Segment size at which the journal starts a new file.
     pub max_segment_bytes: u64,
+    /// How long one user statement may run before it is stopped (ms).
+    pub statement_timeout_ms: i64,
 }
 
 impl InstanceSettings {
@@ -93,6 +100,7 @@ impl InstanceSettings {
             instance_name: DEFAULT_INSTANCE_NAME.into(),
             install_dir: PathBuf::from("/nonexistent-install-folder"),
             max_segment_bytes: DEFAULT_MAX_SEGMENT_BYTES,
+            statement_timeout_ms: crate::storage::namespace::STATEMENT_TIMEOUT_MS,
         }
     }
 }
@@ -106,6 +114,8 @@ pub struct StartupReport {
     pub journal: OpenReport,
     /// Replay per mounted database.
     pub recovered: Vec<(DbName, CatchUp)>,
+    /// Problems met (databases left dismounted), shown on the home page.
+    pub warnings: Vec<String>,
 }
 
 /// A database as the portal and `/api/databases` show it.
@@ -137,6 +147,8 @@ pub struct Instance {
     pub catalog: Arc<Catalog>,
     /// The journal, as other threads see it.
     pub journal: Arc<JournalShared>,
+    /// The mirror state.
+    pub mirror: Arc<MirrorState>,
     /// What start-up did.
     pub startup: StartupReport,
     /// When it started (ms since the Unix epoch).
@@ -144,6 +156,8 @@ pub struct Instance {
     readers: Arc<ReadPool>,
     writer: WriterHandle,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
+    /// A backup's mirror journal, until the mirror service starts the receiver with it.
+    pub receiver_journal: Mutex<Option<Journal>>,
     _lock: File,
 }
 
@@ -190,8 +204,12 @@ impl Instance {
         }
 
         let stream = config.get().stream_id()?;
-        let (journal, journal_report) =
-            Journal::open(&mgr.join("journal"), stream, JournalOptions::local(settings.max_segment_bytes))?;
+        let journal_dir = mgr.join("journal");
+        let (journal, journal_report) = Journal::open(
+            &journal_dir,
+            stream,
+            JournalOptions::local(settings.max_segment_bytes),
+        )?;
         if let Some((segment, offset, bytes)) = &journal_report.truncated {
             tracing::warn!(
                 "journal file {segment}: cut {bytes} bytes of an incomplete write at byte {offset}"
@@ -199,30 +217,108 @@ impl Instance {
         }
         let shared = journal.shared();
 
-        let catalog = Arc::new(Catalog::new());
-        catalog.replace(catalog_state(&config.get(), &data_dir));
-        let stream_hex = hex(&stream);
-        let mut recovered = Vec::new();
-        for entry in catalog.snapshot().databases.values().filter(|d| d.mounted) {
-            let caught_up = recovery::catch_up(entry, &shared, &stream_hex)?;
-            if caught_up.applied > 0 {
-                tracing::info!(
-                    "recovery: applied {} journal records to {}",
-                    caught_up.applied,
-                    entry.name
+        // The mirror: its journal, and this member's role in it.
+        let membership = config.get().mirror.membership.clone();
+        let mirror = Arc::new(MirrorState::new(
+            membership
+                .as_ref()
+                .map(|m| m.mirror.qos_timeout_ms)
+                .unwrap_or(crate::mirror::config::DEFAULT_QOS_MS),
+        ));
+        let mut mirror_journal = None;
+        if let Some(m) = &membership {
+            let id = crate::util::parse_hex16(&m.mirror.id).ok_or_else(|| {
+                Error::Corrupt("the mirror id in the configuration is not 32 hex digits".into())
+            })?;
+            let options =
+                JournalOptions::mirror(&m.mirror.name, settings.max_segment_bytes, JournalPos(1));
+            let exists = crate::mirror::journal_exists(&journal_dir, &options.prefix)?;
+            if exists || m.was_primary {
+                let (mj, report) = Journal::open(&journal_dir, id, options)?;
+                if let Some((segment, offset, bytes)) = &report.truncated {
+                    tracing::warn!(
+                        "mirror journal file {segment}: cut {bytes} bytes of an incomplete write at byte {offset}"
+                    );
+                }
+                mirror.set_journal(Some(mj.shared()));
+                mirror_journal = Some(mj);
+            }
+            if m.was_primary {
+                mirror.set_role(Role::Primary);
+                if let Some(mj) = &mirror_journal {
+                    mirror.hub.reset(mj.end());
+                }
+            } else {
+                mirror.set_role(
+                    if m.this.kind == crate::mirror::config::MemberKind::Failover {
+                        Role::Backup
+                    } else {
+                        Role::Async(m.this.kind)
+                    },
                 );
             }
-            recovered.push((entry.name.clone(), caught_up));
+        }
+        let primary = mirror.role() == Role::Primary;
+        if primary && let (Some(m), Some(mj)) = (&membership, &mirror_journal) {
+            crate::mirror::finish_pending_adds(&config, &data_dir, m, &mj.shared())?;
         }
 
-        let readers = Arc::new(ReadPool::new(catalog.clone()));
+        let catalog = Arc::new(Catalog::new());
+        catalog.replace(catalog_state(&config.get(), &data_dir, primary));
+        let stream_hex = hex(&stream);
+        let mut recovered = Vec::new();
+        let mut warnings = Vec::new();
+        for entry in catalog.snapshot().databases.values().filter(|d| d.mounted) {
+            match recover_database(
+                entry,
+                &shared,
+                &stream_hex,
+                membership.as_ref(),
+                mirror_journal.as_ref().filter(|_| primary),
+            ) {
+                Ok(Some(caught_up)) => {
+                    if caught_up.applied > 0 {
+                        tracing::info!(
+                            "recovery: applied {} journal records to {}",
+                            caught_up.applied,
+                            entry.name
+                        );
+                    }
+                    recovered.push((entry.name.clone(), caught_up));
+                }
+                Ok(None) => {}
+                Err(err @ Error::Conflict(_)) => {
+                    // A file that is not what this instance expects (replaced while it was
+                    // down): leave it dismounted and say so, rather than refusing to start.
+                    let warning = format!("{} was left dismounted: {err}", entry.name);
+                    tracing::error!("{warning}");
+                    config.update(|c| {
+                        c.database_mut(&entry.name)?.mounted = false;
+                        Ok(())
+                    })?;
+                    warnings.push(warning);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        if !warnings.is_empty() {
+            catalog.replace(catalog_state(&config.get(), &data_dir, primary));
+        }
+
+        let readers = Arc::new(ReadPool::new(
+            catalog.clone(),
+            settings.statement_timeout_ms,
+        ));
+        let receiver_journal = if primary { None } else { mirror_journal.take() };
+        let writer_journal = if primary { mirror_journal } else { None };
         let (writer, writer_thread) = Writer::spawn(
             data_dir,
             catalog.clone(),
             config.clone(),
             journal,
+            writer_journal,
             readers.clone(),
-            Box::new(Standalone),
+            mirror.clone(),
             on_fatal,
         );
         Ok(Arc::new(Instance {
@@ -230,15 +326,18 @@ impl Instance {
             config,
             catalog,
             journal: shared,
+            mirror,
             startup: StartupReport {
                 install,
                 journal: journal_report,
                 recovered,
+                warnings,
             },
             started_ms: crate::util::now_ms(),
             readers,
             writer,
             writer_thread: Mutex::new(Some(writer_thread)),
+            receiver_journal: Mutex::new(receiver_journal),
             _lock: lock,
         }))
     }
@@ -356,6 +455,11 @@ impl Instance {
         Ok(out)
     }
 
+    /// The writer, for mirror work.
+    pub fn writer(&self) -> &WriterHandle {
+        &self.writer
+    }
+
     /// Why the writer stopped, if it failed.
     pub fn failure(&self) -> Option<String> {
         self.writer.failure()
@@ -367,6 +471,43 @@ impl Instance {
         if let Some(thread) = self.writer_thread.lock().unwrap().take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// Recovery of one mounted database at start-up: replayed from the journal its file follows.
+/// `Ok(None)` for a backup's mirrored copy, which is brought up to date by dejournaling once the
+/// primary says how far its journal is durable.
+fn recover_database(
+    entry: &crate::storage::DatabaseEntry,
+    local: &JournalShared,
+    local_hex: &str,
+    membership: Option<&Membership>,
+    primary_journal: Option<&Journal>,
+) -> Result<Option<CatchUp>> {
+    let identity = recovery::identity_of(entry)?;
+    if identity.stream == local_hex {
+        return recovery::catch_up(entry, local, local_hex, local.durable_end()).map(Some);
+    }
+    let Some(m) = membership.filter(|m| m.mirror.id == identity.stream) else {
+        return Err(Error::Conflict(format!(
+            "the file in {} is a copy made by another instance or mirror",
+            entry.directory
+        )));
+    };
+    if m.database(&entry.name)
+        .is_some_and(|d| d.guid != identity.guid)
+    {
+        return Err(Error::Conflict(format!(
+            "the file in {} is another database named {}",
+            entry.directory, entry.name
+        )));
+    }
+    match primary_journal {
+        Some(journal) => {
+            let shared = journal.shared();
+            recovery::catch_up(entry, &shared, &m.mirror.id, shared.durable_end()).map(Some)
+        }
+        None => Ok(None),
     }
 }
 

@@ -30,14 +30,16 @@ pub enum ReadOutcome {
 pub struct ReadPool {
     catalog: Arc<Catalog>,
     idle: Mutex<Vec<NamespaceConn>>,
+    timeout_ms: i64,
 }
 
 impl ReadPool {
-    /// An empty pool over `catalog`.
-    pub fn new(catalog: Arc<Catalog>) -> Self {
+    /// An empty pool over `catalog`; user statements may run `timeout_ms`.
+    pub fn new(catalog: Arc<Catalog>, timeout_ms: i64) -> Self {
         ReadPool {
             catalog,
             idle: Mutex::new(Vec::new()),
+            timeout_ms,
         }
     }
 
@@ -70,7 +72,7 @@ impl ReadPool {
                 return Ok(idle.swap_remove(i));
             }
         }
-        NamespaceConn::open(&state, namespace, Purpose::Read)
+        NamespaceConn::open(&state, namespace, Purpose::Read, self.timeout_ms)
     }
 
     fn give_back(&self, conn: NamespaceConn) {
@@ -81,6 +83,11 @@ impl ReadPool {
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }
+    }
+
+    /// How long a user statement may run (ms).
+    pub fn timeout_ms(&self) -> i64 {
+        self.timeout_ms
     }
 
     /// Closes idle connections built for an older catalog generation.

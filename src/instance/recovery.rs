@@ -1,5 +1,5 @@
-//! Bringing a database file up to date from the journal: at start-up (crash recovery) and when a
-//! database is mounted.
+//! Bringing a database file up to date from a journal: crash recovery at start-up, a mount, and
+//! (on a mirror backup) Catchup.
 //!
 //! The file's identity row says which journal it follows and how far it has applied it; every
 //! record after that position that touches the database is applied, in order, with the new
@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::journal::{JournalPos, JournalShared};
 use crate::storage::DatabaseEntry;
 use crate::storage::database::{
-    self, Applier, apply_schema_qualified, is_qualified_schema, set_applied_sql,
+    self, Applier, DatabaseIdentity, apply_schema_qualified, is_qualified_schema, set_applied_sql,
 };
 
 /// Records applied per SQLite transaction while replaying.
@@ -25,32 +25,40 @@ const REPLAY_BATCH: u64 = 1_000;
 pub struct CatchUp {
     /// Applied position before.
     pub from: JournalPos,
-    /// Applied position after (the last record that touched the database).
+    /// Applied position after.
     pub to: JournalPos,
     /// Records applied.
     pub applied: u64,
 }
 
-/// Checks the file of `entry` and applies the journal records it lacks.
+/// Reads the identity of `entry`'s file and checks that it is the database it should be.
+pub fn identity_of(entry: &DatabaseEntry) -> Result<DatabaseIdentity> {
+    let conn = database::open(&entry.file)?;
+    let identity = database::read_identity(&conn, "main")
+        .map_err(|e| Error::Conflict(format!("{} ({}): {e}", entry.name, entry.directory)))?;
+    if identity.name != entry.name.as_str() {
+        return Err(Error::Conflict(format!(
+            "the file in {} holds database {}, not {}",
+            entry.directory, identity.name, entry.name
+        )));
+    }
+    Ok(identity)
+}
+
+/// Checks the file of `entry` against the journal `stream_hex` and applies the records after its
+/// applied position up to `until` (at most the journal's durable end).
 pub fn catch_up(
     entry: &DatabaseEntry,
     journal: &JournalShared,
     stream_hex: &str,
+    until: JournalPos,
 ) -> Result<CatchUp> {
     let name = entry.name.as_str();
-    let conn = database::open_for_apply(&entry.file)?;
-    let identity = database::read_identity(&conn, "main")
-        .map_err(|e| Error::Conflict(format!("{} ({}): {e}", entry.name, entry.file.display())))?;
-    if identity.name != name {
-        return Err(Error::Conflict(format!(
-            "the file in {} holds database {}, not {name}",
-            entry.directory, identity.name
-        )));
-    }
+    let identity = identity_of(entry)?;
     if identity.stream != stream_hex {
         return Err(Error::Conflict(format!(
-            "the file in {} is a copy of {name} from another instance: its changes cannot be \
-             brought up to date from this instance's journal",
+            "the file in {} is a copy of {name} made elsewhere (another instance or mirror): its \
+             changes cannot be brought up to date from this journal",
             entry.directory
         )));
     }
@@ -62,6 +70,15 @@ pub fn catch_up(
             identity.applied_pos
         )));
     }
+    if identity.applied_pos.next() < journal.first_pos() && identity.applied_pos < until.min(end) {
+        return Err(Error::Conflict(format!(
+            "database {name} needs journal records from position {} but the oldest journal file \
+             starts at {}",
+            identity.applied_pos.next(),
+            journal.first_pos()
+        )));
+    }
+    let conn = database::open_for_apply(&entry.file)?;
     let applier = Applier::new(&conn, name, &entry.file);
     let update = set_applied_sql("main");
     let mut result = CatchUp {
@@ -76,7 +93,7 @@ pub fn catch_up(
         conn.execute_batch("COMMIT")?;
         Ok(())
     };
-    for record in journal.read_after(identity.applied_pos) {
+    for record in journal.read_range(identity.applied_pos, until.min(end)) {
         let record = record?;
         if is_qualified_schema(&record, name) {
             if in_tx {

@@ -61,32 +61,33 @@ pub fn collect_rows(
     let columns: Vec<String> = stmt.column_names().map(String::from).collect();
     let width = columns.len();
     let no_facts = StatementFacts::default();
-    let mut rows = stmt
-        .query(rusqlite::params_from_iter(params.iter()))
-        .map_err(|e| ns.explain(e, &no_facts))?;
-    let mut out = Vec::new();
-    let mut truncated = false;
-    while let Some(row) = rows.next().map_err(|e| ns.explain(e, &no_facts))? {
-        if out.len() == MAX_ROWS {
-            truncated = true;
-            break;
+    ns.with_deadline(|| {
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(params.iter()))
+            .map_err(|e| ns.explain(e, &no_facts))?;
+        let mut out = Vec::new();
+        let mut truncated = false;
+        while let Some(row) = rows.next().map_err(|e| ns.explain(e, &no_facts))? {
+            if out.len() == MAX_ROWS {
+                truncated = true;
+                break;
+            }
+            let mut values = Vec::with_capacity(width);
+            for i in 0..width {
+                values.push(
+                    row.get::<_, Value>(i)
+                        .map_err(|e| ns.explain(e, &no_facts))?,
+                );
+            }
+            out.push(values);
         }
-        let mut values = Vec::with_capacity(width);
-        for i in 0..width {
-            values.push(
-                row.get::<_, Value>(i)
-                    .map_err(|e| ns.explain(e, &no_facts))?,
-            );
-        }
-        out.push(values);
-    }
-    drop(rows);
-    Ok(QueryResult {
-        columns,
-        rows: out,
-        truncated,
-        rows_affected: 0,
-        position: None,
+        Ok(QueryResult {
+            columns,
+            rows: out,
+            truncated,
+            rows_affected: 0,
+            position: None,
+        })
     })
 }
 

@@ -405,3 +405,184 @@ fn a_second_instance_on_the_same_directory_is_refused() {
         .unwrap();
     assert!(err.to_string().contains("already using"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cascades_are_replayed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mgr/company/database.sqlite");
+    let saved = dir.path().join("older.sqlite");
+    {
+        let instance = open(dir.path());
+        for statement in [
+            "CREATE TABLE P(id INTEGER PRIMARY KEY)",
+            "CREATE TABLE K(id INTEGER PRIMARY KEY, p INTEGER REFERENCES P(id) ON DELETE CASCADE)",
+            "INSERT INTO P(id) VALUES (1), (2)",
+            "INSERT INTO K(id, p) VALUES (10, 1), (11, 1), (12, 2)",
+        ] {
+            sql(&instance, "COMPANY", statement).await.unwrap();
+        }
+        instance
+            .dismount(DbName::new("COMPANY").unwrap())
+            .await
+            .unwrap();
+        std::fs::copy(&file, &saved).unwrap();
+        instance
+            .mount(DbName::new("COMPANY").unwrap())
+            .await
+            .unwrap();
+        // The cascade deletes K 10 and 11; the changeset holds all three deletes.
+        sql(&instance, "COMPANY", "DELETE FROM P WHERE id = 1")
+            .await
+            .unwrap();
+        assert_eq!(count(&instance, "COMPANY", "K").await, 1);
+    }
+    std::fs::copy(&saved, &file).unwrap();
+    let instance = open(dir.path());
+    assert_eq!(count(&instance, "COMPANY", "P").await, 1);
+    assert_eq!(count(&instance, "COMPANY", "K").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bookkeeping_table_cannot_be_reached_through_triggers_or_schema_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let instance = open(dir.path());
+    for statement in [
+        "ALTER TABLE mirrorlab_meta RENAME TO x",
+        "CREATE TRIGGER t AFTER UPDATE ON mirrorlab_meta BEGIN DELETE FROM Company; END",
+        "CREATE INDEX i ON mirrorlab_meta(value)",
+        "DROP TABLE mirrorlab_meta",
+    ] {
+        let err = sql(&instance, "COMPANY", statement).await.unwrap_err();
+        assert!(
+            err.to_string().contains("kept by the instance"),
+            "{statement}: {err}"
+        );
+    }
+    // A trigger on a user table that writes the bookkeeping table is refused when it fires, also
+    // for the applications' cached statements.
+    sql(
+        &instance,
+        "COMPANY",
+        "CREATE TRIGGER sneaky AFTER INSERT ON Company BEGIN UPDATE mirrorlab_meta SET value = 'x' WHERE key = 'stream'; END",
+    )
+    .await
+    .unwrap();
+    let err = insert_company(&instance, "Acme").await.unwrap_err();
+    assert!(err.to_string().contains("kept by the instance"), "{err}");
+    let stream = sql(
+        &instance,
+        "COMPANY",
+        "SELECT value FROM mirrorlab_meta WHERE key = 'stream'",
+    )
+    .await
+    .unwrap();
+    assert_ne!(stream.rows[0][0], Value::Text("x".into()));
+    // Other writes of the same batch are not affected by a refused one.
+    sql(&instance, "COMPANY", "DROP TRIGGER sneaky")
+        .await
+        .unwrap();
+    insert_company(&instance, "Acme").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tables_whose_rows_could_not_be_journaled_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let instance = open(dir.path());
+    let err = sql(
+        &instance,
+        "COMPANY",
+        "CREATE TABLE T1(name TEXT PRIMARY KEY, v)",
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("may be NULL"), "{err}");
+    sql(
+        &instance,
+        "COMPANY",
+        "CREATE TABLE T2(name TEXT PRIMARY KEY NOT NULL, v)",
+    )
+    .await
+    .unwrap();
+    sql(
+        &instance,
+        "COMPANY",
+        "CREATE TABLE T3(a TEXT, b TEXT, PRIMARY KEY (a, b)) WITHOUT ROWID",
+    )
+    .await
+    .unwrap();
+    let written = sql(
+        &instance,
+        "COMPANY",
+        "INSERT INTO T2(name, v) VALUES ('k', 1)",
+    )
+    .await
+    .unwrap();
+    assert!(written.position.is_some(), "the row is journaled");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runaway_statement_is_stopped_and_does_not_block_dismount() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = InstanceSettings {
+        statement_timeout_ms: 300,
+        ..InstanceSettings::for_dir(dir.path())
+    };
+    let instance = Instance::open(settings, Box::new(|why| panic!("fatal: {why}"))).unwrap();
+    let forever =
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n";
+    let started = std::time::Instant::now();
+    let (read, dismount) = tokio::join!(sql(&instance, "PHONEBOOK", forever), async {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        instance.dismount(DbName::new("CUSTOMER").unwrap()).await
+    });
+    let err = read.unwrap_err();
+    assert!(err.to_string().contains("was stopped"), "{err}");
+    dismount.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // Runaway writes are stopped the same way.
+    let err = sql(&instance, "COMPANY", "INSERT INTO Company(name, created_at) SELECT 'x', 'y' FROM (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT i FROM n) LIMIT 1 OFFSET 100000000")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("was stopped"), "{err}");
+    assert_eq!(count(&instance, "COMPANY", "Company").await, 0);
+
+    // Alongside a runaway write, other writes of the same batches either land (and are
+    // journaled) or are told to try again (and are nowhere): never half of each.
+    let appended_before = instance.journal.appended();
+    let runaway = "INSERT INTO Company(name, created_at) SELECT 'runaway', 'y' FROM (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT i FROM n) LIMIT 1 OFFSET 100000000";
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let instance = instance.clone();
+        tasks.push(tokio::spawn(async move {
+            if i == 3 {
+                (None, sql(&instance, "COMPANY", runaway).await.map(|_| ()))
+            } else {
+                (
+                    Some(format!("n{i}")),
+                    insert_company(&instance, &format!("n{i}"))
+                        .await
+                        .map(|_| ()),
+                )
+            }
+        }));
+    }
+    let mut landed = 0;
+    for task in tasks {
+        let (name, result) = task.await.unwrap();
+        let Some(name) = name else {
+            assert!(result.is_err());
+            continue;
+        };
+        let found = sql(
+            &instance,
+            "COMPANY",
+            &format!("SELECT count(*) FROM Company WHERE name = '{name}'"),
+        )
+        .await
+        .unwrap();
+        let present = found.rows[0][0] == Value::Integer(1);
+        assert_eq!(present, result.is_ok(), "{name}: {result:?}");
+        landed += result.is_ok() as u64;
+    }
+    assert_eq!(instance.journal.appended() - appended_before, landed);
+}

@@ -7,53 +7,62 @@
 //! namespace that queued up behind it (up to [`MAX_BATCH`]), and for the whole batch:
 //!
 //! 1. `BEGIN` on the namespace's connection.
-//! 2. For each request: a savepoint; a SQLite session per writable database records the
-//!    statement's row changes; the changesets are streamed straight into one journal frame at the
-//!    next position (schema statements are journaled as their text); the savepoint is released.
-//!    A failing statement rolls back to its savepoint and only its own client gets the error.
-//! 3. Each database the batch touched gets its new applied position — *in the same transaction*
-//!    as its rows.
-//! 4. All frames are appended to the journal with one `write`, handed to the commit gate (a
-//!    mirror ships them to the backup here, while this member flushes), and made durable with one
-//!    `fdatasync`: **one fsync for the whole batch**.
-//! 5. The commit gate's wait: the point where a durable batch waits before it is acknowledged
-//!    (a mirror's primary waits for its backup's acknowledgement here).
-//! 6. `COMMIT`, then every client of the batch is answered.
+//! 2. For each request, under its own savepoint: a SQLite session per writable database records
+//!    the statement's row changes; the changesets are streamed straight into a journal frame at
+//!    the next position — in the mirror's journal for mirrored databases, in the instance's own
+//!    journal for the others (schema statements are journaled as their text); each database it
+//!    changed gets its new applied position *in the same transaction as its rows*. A failing
+//!    statement rolls back to its savepoint and only its own client gets the error.
+//! 3. The mirror frames are appended and handed to the mirror's members ([`Hub::publish`]: the
+//!    backup's disk write overlaps ours); the local frames are appended; each journal is made
+//!    durable with one `fdatasync` — **one fsync per journal for the whole batch**.
+//! 4. The wait: the batch is held until the active backup acknowledged its mirror records
+//!    ([`Hub::wait_acknowledged`]) — one round trip for the whole batch.
+//! 5. `COMMIT`, then every client of the batch is answered.
 //!
-//! Ordering is the whole argument for safety. Nothing is acknowledged before step 4's fsync, so
-//! an acknowledged write is always in the journal. The SQLite commit comes after the fsync, so a
-//! database file is never ahead of the durable journal: a crash before step 6 leaves records the
-//! files lack, which recovery replays; a crash before step 4 leaves neither.
+//! Ordering is the whole argument for safety. Nothing is acknowledged before step 3's fsync (and
+//! step 4's acknowledgement), so an acknowledged write is in the journal — on the backup too. The
+//! SQLite commit comes after the fsync, so a database file is never ahead of its durable journal:
+//! a crash before step 5 leaves records the files lack, which recovery replays; a crash before
+//! step 3 leaves neither.
 //!
 //! # Failures
 //!
-//! A statement error is the client's. A failure of the journal or of the commit after the
-//! journal write is not: the state on disk is then uncertain, so the writer stops (fail-stop),
-//! answers everyone with "unavailable", and calls the fatal hook; the process exits and the next
-//! start recovers from the journal. Limping on after a failed fsync is how databases lose data.
+//! A statement error is the client's. A failure of a journal, or of the commit after a journal
+//! write, is not: the state on disk is then uncertain, so the writer stops (fail-stop), answers
+//! everyone with "unavailable", and calls the fatal hook; the process exits and the next start
+//! recovers from the journal. Limping on after a failed fsync is how databases lose data.
 //!
-//! # Also here
+//! # Everything else that changes a database
 //!
-//! Mount and dismount run on this thread too, in order with the writes, so a database is never
-//! dismounted in the middle of a batch. After a second without writes the WAL files are folded
+//! Mount and dismount, and the mirror's work — Add to Mirror, Activate, Catchup and dejournaling
+//! on a backup, Freeze and Thaw — run on this thread too, in order with the writes, so no two
+//! things ever change one file at once. Dejournaling works in chunks so writes and acknowledgements
+//! are never stuck behind a long Catchup. After a second without writes the WAL files are folded
 //! into the database files, so a plain `cp` of an idle database file is complete.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use rusqlite::Connection;
 use rusqlite::session::Session;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::journal::{FrameBuilder, Journal, JournalPos};
+use crate::journal::{FrameBuilder, Journal, JournalPos, JournalShared};
+use crate::mirror::config::MirroredDatabase;
+use crate::mirror::state::{CatchupPhase, MirrorState, Role};
 use crate::names::{DbName, NamespaceName};
-use crate::storage::database::{self, META_TABLE, set_applied_sql};
-use crate::storage::{Catalog, NamespaceConn, Purpose};
+use crate::storage::database::{
+    self, Applier, META_TABLE, apply_schema_qualified, is_qualified_schema, set_applied_sql,
+};
+use crate::storage::{Catalog, DatabaseEntry, NamespaceConn, Purpose};
 use crate::util::{hex, now_ms};
 
 use super::config::{ConfigStore, catalog_state};
@@ -65,6 +74,8 @@ use super::sql::{QueryResult, SqlValue, collect_rows, with_statement};
 pub const MAX_BATCH: usize = 256;
 /// Quiet time after which the WAL files are checkpointed into the database files.
 const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
+/// Records a dejournal round applies before other work gets a turn.
+const DEJOURNAL_CHUNK: u64 = 2_000;
 
 /// One statement to run as its own transaction.
 #[derive(Debug, Clone)]
@@ -81,35 +92,65 @@ pub struct WriteRequest {
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
+/// Mirror work, done by the writer in order with the writes.
+pub enum MirrorCommand {
+    /// Become the primary of a new mirror: `journal` is its new, empty journal. The membership is
+    /// stored and the mirror's first record written.
+    Create {
+        /// The new mirror journal.
+        journal: Journal,
+        /// The membership to store.
+        membership: Box<crate::mirror::config::Membership>,
+        /// Answer.
+        reply: Reply<String>,
+    },
+    /// Add databases to the mirror (primary).
+    AddDatabases {
+        /// The databases.
+        dbs: Vec<DbName>,
+        /// Answer.
+        reply: Reply<String>,
+    },
+    /// Activate a mirrored database's copy (backup).
+    Activate {
+        /// The database.
+        db: DbName,
+        /// Answer.
+        reply: Reply<String>,
+    },
+    /// Start applying the journal to an activated copy (backup).
+    Catchup {
+        /// The database.
+        db: DbName,
+        /// Answer.
+        reply: Reply<String>,
+    },
+    /// Stop writes and make every database file complete.
+    Freeze {
+        /// Thaw by itself after this long.
+        timeout: Duration,
+        /// Answer.
+        reply: Reply<String>,
+    },
+    /// Resume writes.
+    Thaw {
+        /// Answer.
+        reply: Reply<String>,
+    },
+    /// Leave the mirror: copies of mirrored databases become local databases.
+    Leave {
+        /// Answer.
+        reply: Reply<String>,
+    },
+}
+
 enum Command {
     Write(WriteRequest, Reply<QueryResult>),
     Mount(DbName, Reply<String>),
     Dismount(DbName, Reply<String>),
+    Mirror(MirrorCommand),
+    Dejournal,
     Shutdown,
-}
-
-/// The point where a durable batch waits before its writers are acknowledged.
-///
-/// A standalone member acknowledges as soon as its own journal is durable ([`Standalone`]);
-/// a mirror's primary ships the batch to its backup and waits for the backup's acknowledgement.
-pub trait CommitGate: Send {
-    /// Called with a batch's frames (records `first..=last`) after they are appended and before
-    /// the local fsync, so a replica can receive them while this member flushes.
-    fn ship(&mut self, frames: &[u8], first: JournalPos, last: JournalPos) -> Result<()>;
-    /// Returns once whoever must hold the batch besides this member acknowledged `last`.
-    fn wait_acknowledged(&mut self, last: JournalPos) -> Result<()>;
-}
-
-/// A member with nobody else to wait for.
-pub struct Standalone;
-
-impl CommitGate for Standalone {
-    fn ship(&mut self, _: &[u8], _: JournalPos, _: JournalPos) -> Result<()> {
-        Ok(())
-    }
-    fn wait_acknowledged(&mut self, _: JournalPos) -> Result<()> {
-        Ok(())
-    }
 }
 
 /// Called once when the writer stops after a failure it cannot survive.
@@ -120,6 +161,7 @@ pub type FatalHook = Box<dyn Fn(&str) + Send + Sync>;
 pub struct WriterHandle {
     tx: mpsc::Sender<Command>,
     failure: Arc<Mutex<Option<String>>>,
+    mirror: Arc<MirrorState>,
 }
 
 impl WriterHandle {
@@ -155,6 +197,19 @@ impl WriterHandle {
         self.call(|reply| Command::Dismount(db, reply)).await
     }
 
+    /// Runs a mirror command (build it with the reply sender given).
+    pub async fn mirror<T>(&self, make: impl FnOnce(Reply<T>) -> MirrorCommand) -> Result<T> {
+        self.call(|reply| Command::Mirror(make(reply))).await
+    }
+
+    /// Asks the writer to apply what the mirror journal received (coalesced: at most one
+    /// request waits in the queue).
+    pub fn dejournal(&self) {
+        if !self.mirror.dejournal_queued.swap(true, Ordering::AcqRel) {
+            let _ = self.tx.send(Command::Dejournal);
+        }
+    }
+
     /// Asks the writer to finish queued work and stop.
     pub fn shutdown(&self) {
         let _ = self.tx.send(Command::Shutdown);
@@ -171,52 +226,85 @@ pub struct Writer {
     data_dir: PathBuf,
     catalog: Arc<Catalog>,
     config: Arc<ConfigStore>,
-    journal: Journal,
     readers: Arc<ReadPool>,
-    gate: Box<dyn CommitGate>,
+    mirror: Arc<MirrorState>,
+    local: Journal,
+    local_hex: String,
+    /// The mirror's journal while this member is its primary.
+    mirror_journal: Option<Journal>,
     epoch: u64,
-    stream_hex: String,
     conns: HashMap<NamespaceName, NamespaceConn>,
+    /// Backup: databases the mirror journal is applied to, with the position applied so far.
+    cursors: BTreeMap<DbName, JournalPos>,
     /// Frames of the batch being committed; reused so the write path does not allocate per batch.
-    frames: Vec<u8>,
+    local_frames: Vec<u8>,
+    mirror_frames: Vec<u8>,
     deferred: VecDeque<Command>,
+    /// Writes (and dejournaling) waiting for a Thaw.
+    held: VecDeque<Command>,
+    frozen_until: Option<Instant>,
     dirty: bool,
+    statement_timeout_ms: i64,
 }
 
 /// How one request of a batch ended.
 type Outcome = (Result<QueryResult>, Reply<QueryResult>);
 
+/// Where the frames of the batch being built go.
+struct Streams<'a> {
+    local: &'a mut Vec<u8>,
+    next_local: JournalPos,
+    mirror: Option<&'a mut Vec<u8>>,
+    next_mirror: JournalPos,
+    epoch: u64,
+    time_ms: i64,
+}
+
+/// A failure that stops the writer.
+struct Fatal(String);
+
 impl Writer {
-    /// Starts the writer thread.
+    /// Starts the writer thread. `mirror_journal` is the mirror's journal when this member
+    /// starts as its primary.
+    #[allow(clippy::too_many_arguments)]
     pub fn spawn(
         data_dir: PathBuf,
         catalog: Arc<Catalog>,
         config: Arc<ConfigStore>,
-        journal: Journal,
+        local: Journal,
+        mirror_journal: Option<Journal>,
         readers: Arc<ReadPool>,
-        gate: Box<dyn CommitGate>,
+        mirror: Arc<MirrorState>,
         on_fatal: FatalHook,
     ) -> (WriterHandle, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel();
         let failure = Arc::new(Mutex::new(None));
         let handle = WriterHandle {
-            tx,
+            tx: tx.clone(),
             failure: failure.clone(),
+            mirror: mirror.clone(),
         };
         let cfg = config.get();
+        let readers_for_timeout = readers.clone();
         let writer = Writer {
             data_dir,
             catalog,
             config,
-            stream_hex: hex(&journal.shared().stream()),
-            journal,
             readers,
-            gate,
+            mirror,
+            local_hex: hex(&local.shared().stream()),
+            local,
+            mirror_journal,
             epoch: cfg.epoch,
             conns: HashMap::new(),
-            frames: Vec::with_capacity(64 * 1024),
+            cursors: BTreeMap::new(),
+            local_frames: Vec::with_capacity(64 * 1024),
+            mirror_frames: Vec::with_capacity(64 * 1024),
             deferred: VecDeque::new(),
+            held: VecDeque::new(),
+            frozen_until: None,
             dirty: false,
+            statement_timeout_ms: readers_for_timeout.timeout_ms(),
         };
         let thread = std::thread::Builder::new()
             .name("writer".into())
@@ -231,6 +319,7 @@ impl Writer {
         failure: Arc<Mutex<Option<String>>>,
         on_fatal: FatalHook,
     ) {
+        self.follow_activated_copies();
         while let Some(command) = self.next_command(&rx) {
             let fatal = match command {
                 Command::Write(request, reply) => {
@@ -246,15 +335,21 @@ impl Writer {
                     let _ = reply.send(self.dismount(&db));
                     None
                 }
+                Command::Mirror(command) => self.mirror_command(command).err(),
+                Command::Dejournal => {
+                    self.dejournal();
+                    None
+                }
                 Command::Shutdown => break,
             };
-            if let Some(why) = fatal {
+            if let Some(Fatal(why)) = fatal {
                 tracing::error!("writer stopped: {why}");
                 *failure.lock().unwrap() = Some(why.clone());
                 on_fatal(&why);
-                // Answer whatever is still queued; the handles report the failure from now on.
+                // Whatever is still queued is answered by the handles from now on.
                 drop(rx);
                 self.deferred.clear();
+                self.held.clear();
                 return;
             }
         }
@@ -262,24 +357,58 @@ impl Writer {
         self.conns.clear();
     }
 
+    fn is_held(&self, command: &Command) -> bool {
+        self.frozen_until.is_some() && matches!(command, Command::Write(..) | Command::Dejournal)
+    }
+
     fn next_command(&mut self, rx: &mpsc::Receiver<Command>) -> Option<Command> {
-        if let Some(command) = self.deferred.pop_front() {
-            return Some(command);
-        }
         loop {
-            if !self.dirty {
-                return rx.recv().ok();
+            if let Some(until) = self.frozen_until
+                && Instant::now() >= until
+            {
+                tracing::warn!("the freeze timed out; writes resume");
+                self.frozen_until = None;
             }
-            match rx.recv_timeout(IDLE_CHECKPOINT) {
-                Ok(command) => return Some(command),
-                Err(RecvTimeoutError::Timeout) => self.idle_checkpoint(),
-                Err(RecvTimeoutError::Disconnected) => return None,
+            if self.frozen_until.is_none()
+                && let Some(command) = self.held.pop_front()
+            {
+                return Some(command);
             }
+            if let Some(command) = self.deferred.pop_front() {
+                if self.is_held(&command) {
+                    self.held.push_back(command);
+                    continue;
+                }
+                return Some(command);
+            }
+            let wait = match (self.frozen_until, self.dirty) {
+                (Some(until), _) => Some(until.saturating_duration_since(Instant::now())),
+                (None, true) => Some(IDLE_CHECKPOINT),
+                (None, false) => None,
+            };
+            let command = match wait {
+                None => rx.recv().ok()?,
+                Some(wait) => match rx.recv_timeout(wait) {
+                    Ok(command) => command,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if self.frozen_until.is_none() {
+                            self.idle_checkpoint();
+                        }
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return None,
+                },
+            };
+            if self.is_held(&command) {
+                self.held.push_back(command);
+                continue;
+            }
+            return Some(command);
         }
     }
 
     /// Adds to `batch` the queued writes for the same namespace. Writes for other namespaces wait
-    /// for the next batch; a mount or dismount ends the collection so it keeps its place in line.
+    /// for the next batch; any other command ends the collection so it keeps its place in line.
     fn collect_batch(
         &mut self,
         rx: &mpsc::Receiver<Command>,
@@ -320,15 +449,19 @@ impl Writer {
         let generation = self.catalog.generation();
         match self.conns.remove(namespace) {
             Some(conn) if conn.generation == generation => Ok(conn),
-            _ => NamespaceConn::open(&self.catalog.snapshot(), namespace, Purpose::Write),
+            _ => NamespaceConn::open(
+                &self.catalog.snapshot(),
+                namespace,
+                Purpose::Write,
+                self.statement_timeout_ms,
+            ),
         }
     }
 
-    /// Commits one batch (see the module essay). `Err` is a fatal failure.
     fn commit_batch(
         &mut self,
         batch: Vec<(WriteRequest, Reply<QueryResult>)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Fatal> {
         let namespace = batch[0].0.namespace.clone();
         let conn = match self.take_connection(&namespace) {
             Ok(conn) => conn,
@@ -344,91 +477,99 @@ impl Writer {
         result
     }
 
+    /// Commits one batch (see the module essay).
     fn commit_on(
         &mut self,
         conn: &NamespaceConn,
         batch: Vec<(WriteRequest, Reply<QueryResult>)>,
-    ) -> Result<(), String> {
-        if let Err(err) = conn.conn.execute_batch("BEGIN") {
+    ) -> Result<(), Fatal> {
+        if let Err(err) = conn.internal(|c| c.execute_batch("BEGIN")) {
             let err = Error::from(err);
             for (_, reply) in batch {
                 let _ = reply.send(Err(err.clone()));
             }
             return Ok(());
         }
-        self.frames.clear();
-        let first = self.journal.end().next();
-        let mut next = first;
-        let time_ms = now_ms();
-        // Last position per database touched, for its applied-position row.
-        let mut touched: Vec<(DbName, JournalPos)> = Vec::new();
+        self.local_frames.clear();
+        self.mirror_frames.clear();
+        let first_local = self.local.end().next();
+        let first_mirror = self
+            .mirror_journal
+            .as_ref()
+            .map(|j| j.end().next())
+            .unwrap_or(JournalPos(1));
+        let mut streams = Streams {
+            local: &mut self.local_frames,
+            next_local: first_local,
+            mirror: self
+                .mirror_journal
+                .as_ref()
+                .map(|_| &mut self.mirror_frames),
+            next_mirror: first_mirror,
+            epoch: self.epoch,
+            time_ms: now_ms(),
+        };
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(batch.len());
         for (request, reply) in batch {
-            let result = execute_one(
-                conn,
-                &request,
-                &mut self.frames,
-                next,
-                self.epoch,
-                time_ms,
-                &mut touched,
-            );
-            if matches!(&result, Ok(r) if r.position.is_some()) {
-                next = next.next();
-            }
-            outcomes.push((result, reply));
-        }
-        let last = JournalPos(next.0 - 1);
-        let records = next.0 - first.0;
-
-        if records > 0 {
-            // The applied positions go into the same transaction as the rows they account for.
-            for (db, pos) in &touched {
-                let schema = if db == &conn.main {
-                    "main"
-                } else {
-                    db.as_str()
-                };
-                let updated = conn
-                    .conn
-                    .prepare_cached(&set_applied_sql(schema))
-                    .and_then(|mut s| s.execute([pos.0 as i64]));
-                if let Err(err) = updated {
-                    // Nothing is journaled yet: undo and report, the instance stays healthy.
-                    let _ = conn.conn.execute_batch("ROLLBACK");
-                    let err = Error::Internal(format!("record applied position of {db}: {err}"));
-                    fail_all(outcomes, &err);
-                    return Ok(());
+            match execute_one(conn, &request, &mut streams) {
+                Ok(Step::Done(result)) => outcomes.push((result, reply)),
+                Ok(Step::TransactionLost(err)) => {
+                    // SQLite rolled back the whole transaction (an interrupted or failed
+                    // statement can do that): the batch so far is undone and nothing of it was
+                    // journaled. Its clients are told to retry; the rest continue afresh.
+                    streams.local.clear();
+                    if let Some(m) = streams.mirror.as_mut() {
+                        m.clear();
+                    }
+                    streams.next_local = first_local;
+                    streams.next_mirror = first_mirror;
+                    let retry = Error::Conflict(
+                        "the write was rolled back together with another statement of its batch; try again".into(),
+                    );
+                    for (result, earlier) in outcomes.drain(..) {
+                        let _ = earlier.send(result.and(Err(retry.clone())));
+                    }
+                    let _ = reply.send(Err(err));
+                    if let Err(err) = conn.internal(|c| c.execute_batch("BEGIN")) {
+                        return Err(Fatal(format!("could not start a transaction again: {err}")));
+                    }
+                }
+                Err(Fatal(why)) => {
+                    outcomes.push((Err(Error::Unavailable(why.clone())), reply));
+                    let _ = conn.internal(|c| c.execute_batch("ROLLBACK"));
+                    fail_all(outcomes, &Error::Unavailable(why.clone()));
+                    return Err(Fatal(why));
                 }
             }
+        }
+        let (next_local, next_mirror) = (streams.next_local, streams.next_mirror);
+        let local_records = next_local.0 - first_local.0;
+        let mirror_records = next_mirror.0 - first_mirror.0;
+
+        if local_records + mirror_records > 0 {
             // From here on a failure leaves the disk in a state only recovery can sort out.
-            let durable = self
-                .journal
-                .append(&self.frames, last, records)
-                .and_then(|_| self.gate.ship(&self.frames, first, last))
-                .and_then(|_| self.journal.sync())
-                .and_then(|_| self.gate.wait_acknowledged(last));
-            if let Err(err) = durable {
-                let _ = conn.conn.execute_batch("ROLLBACK");
-                fail_all(
-                    outcomes,
-                    &Error::Unavailable(format!("the journal write failed: {err}")),
+            if let Err(err) = self.make_durable(first_local, next_local, first_mirror, next_mirror)
+            {
+                let _ = conn.internal(|c| c.execute_batch("ROLLBACK"));
+                let why = format!(
+                    "journal write failed ({err}); whether the last writes are durable is unknown"
                 );
-                return Err(format!("journal write failed: {err}"));
+                fail_all(outcomes, &Error::Unavailable(why.clone()));
+                return Err(Fatal(why));
             }
         }
         // Only now, with the batch durable (and acknowledged), do its changes become visible.
-        if let Err(err) = conn.conn.execute_batch("COMMIT") {
-            let _ = conn.conn.execute_batch("ROLLBACK");
+        if let Err(err) = conn.internal(|c| c.execute_batch("COMMIT")) {
+            let _ = conn.internal(|c| c.execute_batch("ROLLBACK"));
             let err = Error::Internal(format!("commit failed: {err}"));
             fail_all(outcomes, &err);
-            return if records > 0 {
-                Err(err.to_string())
+            return if local_records + mirror_records > 0 {
+                Err(Fatal(err.to_string()))
             } else {
                 Ok(())
             };
         }
-        if records > 0 {
+        if local_records + mirror_records > 0 {
             self.dirty = true;
         }
         for (result, reply) in outcomes {
@@ -437,19 +578,79 @@ impl Writer {
         Ok(())
     }
 
+    /// Steps 3 and 4 of the essay: append, ship, fsync, wait for the backup.
+    fn make_durable(
+        &mut self,
+        first_local: JournalPos,
+        next_local: JournalPos,
+        first_mirror: JournalPos,
+        next_mirror: JournalPos,
+    ) -> Result<()> {
+        let mirror_last = JournalPos(next_mirror.0 - 1);
+        let mirror_records = next_mirror.0 - first_mirror.0;
+        if mirror_records > 0 {
+            let journal = self
+                .mirror_journal
+                .as_mut()
+                .expect("mirror frames need the mirror journal");
+            self.mirror
+                .hub
+                .publish(journal, &self.mirror_frames, first_mirror, mirror_last)?;
+        }
+        let local_records = next_local.0 - first_local.0;
+        if local_records > 0 {
+            self.local.append(
+                &self.local_frames,
+                JournalPos(next_local.0 - 1),
+                local_records,
+            )?;
+            self.local.sync()?;
+        }
+        if mirror_records > 0 {
+            let journal = self
+                .mirror_journal
+                .as_mut()
+                .expect("mirror frames need the mirror journal");
+            journal.sync()?;
+            self.mirror.hub.durable(mirror_last);
+            self.mirror.hub.wait_acknowledged(mirror_last);
+        }
+        Ok(())
+    }
+
     fn idle_checkpoint(&mut self) {
         for conn in self.conns.values() {
-            if let Err(err) = conn.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+            if let Err(err) = conn.internal(|c| c.execute_batch("PRAGMA wal_checkpoint(PASSIVE)")) {
                 tracing::warn!("checkpoint of namespace {} failed: {err}", conn.namespace);
             }
         }
         self.dirty = false;
     }
 
-    fn reload_catalog(&self) {
-        self.catalog
-            .replace(catalog_state(&self.config.get(), &self.data_dir));
+    fn is_primary(&self) -> bool {
+        self.mirror.role() == Role::Primary
     }
+
+    fn reload_catalog(&mut self) {
+        self.catalog.replace(catalog_state(
+            &self.config.get(),
+            &self.data_dir,
+            self.is_primary(),
+        ));
+        self.conns.clear();
+    }
+
+    fn mirror_id(&self) -> Option<String> {
+        self.config
+            .get()
+            .mirror
+            .membership
+            .as_ref()
+            .map(|m| m.mirror.id.clone())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Mount and dismount
 
     fn mount(&mut self, name: &DbName) -> Result<String> {
         let entry = self.catalog.snapshot().database(name)?.clone();
@@ -463,21 +664,77 @@ impl Writer {
                 database::DB_FILE_NAME
             )));
         }
-        // Check the file and bring it up to date before any connection can see it.
-        let caught_up = recovery::catch_up(&entry, &self.journal.shared(), &self.stream_hex)?;
+        let identity = recovery::identity_of(&entry)?;
+        let config = self.config.get();
+        let membership = config.mirror.membership.as_ref();
+        let mirrored = if identity.stream == self.local_hex {
+            let caught_up = recovery::catch_up(
+                &entry,
+                &self.local.shared(),
+                &self.local_hex,
+                self.local.shared().durable_end(),
+            )?;
+            if caught_up.applied > 0 {
+                tracing::info!(
+                    "mount {name}: applied {} journal records",
+                    caught_up.applied
+                );
+            }
+            false
+        } else if let Some(m) = membership.filter(|m| m.mirror.id == identity.stream) {
+            let Some(known) = m.database(name) else {
+                return Err(Error::Conflict(format!(
+                    "the file in {} is a copy of {name} from mirror {}, but {name} is not (yet) one of \
+                     the mirror's databases on this member",
+                    entry.directory, m.mirror.name
+                )));
+            };
+            if known.guid != identity.guid {
+                return Err(Error::Conflict(format!(
+                    "the file in {} is not a copy of the mirrored database {name}: it is another \
+                     database of the same name (its id differs)",
+                    entry.directory
+                )));
+            }
+            if let Some(journal) = self.mirror_journal.as_ref().filter(|_| self.is_primary()) {
+                let shared = journal.shared();
+                recovery::catch_up(&entry, &shared, &m.mirror.id, shared.durable_end())?;
+            }
+            true
+        } else {
+            return Err(Error::Conflict(format!(
+                "the file in {} is a copy of {name} from another instance or another mirror: it \
+                 cannot be brought up to date from this member's journals",
+                entry.directory
+            )));
+        };
         self.config.update(|c| {
-            c.database_mut(name)?.mounted = true;
+            let db = c.database_mut(name)?;
+            db.mounted = true;
+            db.mirrored = mirrored;
             Ok(())
         })?;
         self.reload_catalog();
-        tracing::info!(
-            "mounted {name} (applied {} journal records)",
-            caught_up.applied
-        );
-        Ok(match caught_up.applied {
-            0 => format!("{name} mounted"),
-            n => format!("{name} mounted; {n} journal records it lacked were applied"),
-        })
+        tracing::info!("mounted {name}");
+        let mut message = format!("{name} mounted");
+        if mirrored && !self.is_primary() {
+            let activated = self
+                .config
+                .get()
+                .mirror
+                .membership
+                .as_ref()
+                .is_some_and(|m| m.activated.contains(name));
+            if activated {
+                let _ = self.start_catchup(name);
+                message.push_str("; catching up from the mirror journal");
+            } else {
+                message.push_str(
+                    " as a copy of the mirrored database: it needs Activate, then Catchup",
+                );
+            }
+        }
+        Ok(message)
     }
 
     fn dismount(&mut self, name: &DbName) -> Result<String> {
@@ -489,10 +746,14 @@ impl Writer {
             c.database_mut(name)?.mounted = false;
             Ok(())
         })?;
+        self.cursors.remove(name);
+        self.mirror.update_database(name, |d| {
+            d.dejournaling = false;
+            d.phase = CatchupPhase::Idle;
+        });
         self.reload_catalog();
         // Close every connection that could have the file open: the writer's own now, the
         // readers' once reads in flight finish (the exclusive file gate waits for them).
-        self.conns.clear();
         {
             let _no_reads = self.catalog.exclusive_files();
             self.readers.drop_stale();
@@ -505,6 +766,548 @@ impl Writer {
             database::DB_FILE_NAME
         ))
     }
+
+    // -----------------------------------------------------------------------------------------
+    // Mirror work
+
+    fn mirror_command(&mut self, command: MirrorCommand) -> Result<(), Fatal> {
+        match command {
+            MirrorCommand::Create {
+                journal,
+                membership,
+                reply,
+            } => {
+                let result = self.create_mirror(journal, *membership);
+                match result {
+                    Err(Fatal(why)) => {
+                        let _ = reply.send(Err(Error::Unavailable(why.clone())));
+                        return Err(Fatal(why));
+                    }
+                    Ok(answer) => {
+                        let _ = reply.send(answer);
+                    }
+                }
+            }
+            MirrorCommand::AddDatabases { dbs, reply } => match self.add_databases(&dbs) {
+                Err(Fatal(why)) => {
+                    let _ = reply.send(Err(Error::Unavailable(why.clone())));
+                    return Err(Fatal(why));
+                }
+                Ok(answer) => {
+                    let _ = reply.send(answer);
+                }
+            },
+            MirrorCommand::Activate { db, reply } => {
+                let _ = reply.send(self.activate(&db));
+            }
+            MirrorCommand::Catchup { db, reply } => {
+                let result = self.activate(&db).and_then(|_| self.start_catchup(&db));
+                let _ = reply.send(result);
+            }
+            MirrorCommand::Freeze { timeout, reply } => {
+                let _ = reply.send(self.freeze(timeout));
+            }
+            MirrorCommand::Thaw { reply } => {
+                let message = match self.frozen_until.take() {
+                    Some(_) => "writes resumed".to_string(),
+                    None => "writes were not frozen".to_string(),
+                };
+                let _ = reply.send(Ok(message));
+            }
+            MirrorCommand::Leave { reply } => {
+                let _ = reply.send(self.leave());
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one mirror event record and waits for it like a commit. Returns its position.
+    fn commit_event(&mut self, db: Option<&DbName>, json: &str) -> Result<JournalPos, Fatal> {
+        let journal = self
+            .mirror_journal
+            .as_mut()
+            .ok_or_else(|| Fatal("no mirror journal".into()))?;
+        let pos = journal.end().next();
+        self.mirror_frames.clear();
+        let mut frame = FrameBuilder::begin(&mut self.mirror_frames, pos, self.epoch, now_ms());
+        frame.set_event(db.map(|d| d.as_str()), json);
+        frame.finish();
+        let durable = self
+            .mirror
+            .hub
+            .publish(journal, &self.mirror_frames, pos, pos)
+            .and_then(|_| journal.sync());
+        if let Err(err) = durable {
+            return Err(Fatal(format!("mirror journal write failed: {err}")));
+        }
+        self.mirror.hub.durable(pos);
+        self.mirror.hub.wait_acknowledged(pos);
+        Ok(pos)
+    }
+
+    fn create_mirror(
+        &mut self,
+        journal: Journal,
+        membership: crate::mirror::config::Membership,
+    ) -> Result<Result<String>, Fatal> {
+        if self.config.get().mirror.membership.is_some() {
+            return Ok(Err(Error::Conflict(
+                "this instance already belongs to a mirror".into(),
+            )));
+        }
+        let shared = journal.shared();
+        self.mirror.hub.reset(journal.end());
+        self.mirror.hub.set_qos(membership.mirror.qos_timeout_ms);
+        self.mirror_journal = Some(journal);
+        self.mirror.set_journal(Some(shared));
+        let name = membership.mirror.name.clone();
+        let member = membership.this.name.clone();
+        if let Err(err) = self.config.update(|c| {
+            c.mirror.membership = Some(membership.clone());
+            Ok(())
+        }) {
+            self.mirror_journal = None;
+            self.mirror.set_journal(None);
+            return Ok(Err(err));
+        }
+        self.mirror.set_role(Role::Primary);
+        let json =
+            serde_json::json!({ "event": "mirror_created", "mirror": name, "member": member })
+                .to_string();
+        self.commit_event(None, &json)?;
+        self.reload_catalog();
+        tracing::info!("created mirror {name}; {member} is its primary");
+        Ok(Ok(format!(
+            "mirror {name} created; this member ({member}) is its primary"
+        )))
+    }
+
+    fn add_databases(&mut self, dbs: &[DbName]) -> Result<Result<String>, Fatal> {
+        let config = self.config.get();
+        let Some(membership) = config.mirror.membership.clone() else {
+            return Ok(Err(Error::Conflict(
+                "this instance is not a mirror member".into(),
+            )));
+        };
+        if !self.is_primary() || self.mirror_journal.is_none() {
+            return Ok(Err(Error::Conflict(
+                "databases are added to a mirror on its primary".into(),
+            )));
+        }
+        if dbs.is_empty() {
+            return Ok(Err(Error::InvalidInput(
+                "select at least one database to add to the mirror".into(),
+            )));
+        }
+        let state = self.catalog.snapshot();
+        let mut entries: Vec<DatabaseEntry> = Vec::new();
+        let mut already = Vec::new();
+        for name in dbs {
+            let entry = match state.database(name) {
+                Ok(entry) => entry.clone(),
+                Err(err) => return Ok(Err(err)),
+            };
+            if entry.mirrored.is_some() {
+                already.push(name.to_string());
+                continue;
+            }
+            if !entry.mounted {
+                return Ok(Err(Error::Conflict(format!(
+                    "{name} is dismounted: mount it before adding it to the mirror"
+                ))));
+            }
+            entries.push(entry);
+        }
+        if entries.is_empty() {
+            return Ok(Ok(format!(
+                "already in mirror {}: {}",
+                membership.mirror.name,
+                already.join(", ")
+            )));
+        }
+        let mirror_id = membership.mirror.id.clone();
+        let mut added = Vec::new();
+        for entry in entries {
+            let identity = match recovery::identity_of(&entry) {
+                Ok(identity) => identity,
+                Err(err) => return Ok(Err(err)),
+            };
+            let json = serde_json::json!({
+                "event": "add_database",
+                "db": entry.name,
+                "guid": identity.guid,
+                "mirror": membership.mirror.name,
+            })
+            .to_string();
+            // Remember the intent first: a crash between the event and the switch below is
+            // finished (or dropped, if the event never got written) at the next start.
+            let expected = self
+                .mirror_journal
+                .as_ref()
+                .map(|j| j.end().next())
+                .unwrap_or(JournalPos(1));
+            let pending = MirroredDatabase {
+                name: entry.name.clone(),
+                guid: identity.guid.clone(),
+                added_at: expected.0,
+            };
+            let noted = self.config.update(|c| {
+                if let Some(m) = c.mirror.membership.as_mut() {
+                    m.pending_adds.push(pending.clone());
+                }
+                Ok(())
+            });
+            if let Err(err) = noted {
+                return Ok(Err(err));
+            }
+            let pos = self.commit_event(Some(&entry.name), &json)?;
+            // The file holds every change so far; from `pos` on its changes belong in the mirror's
+            // journal. The switch and the configuration follow the durable event, and are
+            // completed at start-up if a crash comes in between.
+            if let Err(err) = database::switch_stream(&entry.file, &mirror_id, pos) {
+                return Err(Fatal(format!(
+                    "switching {} to the mirror journal failed: {err}",
+                    entry.name
+                )));
+            }
+            let database = MirroredDatabase {
+                name: entry.name.clone(),
+                guid: identity.guid.clone(),
+                added_at: pos.0,
+            };
+            let update = self.config.update(|c| {
+                c.database_mut(&entry.name)?.mirrored = true;
+                if let Some(m) = c.mirror.membership.as_mut() {
+                    m.pending_adds.retain(|p| p.name != entry.name);
+                    if m.database(&entry.name).is_none() {
+                        m.databases.push(database.clone());
+                    }
+                }
+                Ok(())
+            });
+            if let Err(err) = update {
+                return Err(Fatal(format!(
+                    "recording {} as mirrored failed: {err}",
+                    entry.name
+                )));
+            }
+            self.mirror
+                .hub
+                .announce(crate::mirror::protocol::Control::DatabaseAdded { database });
+            added.push(entry.name.to_string());
+        }
+        self.reload_catalog();
+        tracing::info!(
+            "added to mirror {}: {}",
+            membership.mirror.name,
+            added.join(", ")
+        );
+        Ok(Ok(format!(
+            "added to mirror {}: {}. The other members need a copy of each database: dismount it \
+             there, copy mgr/<db>/database.sqlite from this member (while no one writes, or after \
+             Freeze), mount it, then Activate and Catchup",
+            membership.mirror.name,
+            added.join(", ")
+        )))
+    }
+
+    fn activate(&mut self, name: &DbName) -> Result<String> {
+        let config = self.config.get();
+        let membership = config
+            .mirror
+            .membership
+            .as_ref()
+            .ok_or_else(|| Error::Conflict("this instance is not a mirror member".into()))?;
+        if self.is_primary() {
+            return Ok(format!(
+                "{name} is Normal on the primary: nothing to activate"
+            ));
+        }
+        let entry = self.catalog.snapshot().database(name)?.clone();
+        if membership.database(name).is_none() {
+            return Err(Error::Conflict(format!(
+                "{name} is not a database of mirror {}",
+                membership.mirror.name
+            )));
+        }
+        if !entry.mounted {
+            return Err(Error::Conflict(format!(
+                "{name} is dismounted: mount its copy first"
+            )));
+        }
+        if entry.mirrored.is_none() {
+            return Err(Error::Conflict(format!(
+                "{name} here is not a copy of the mirrored database: dismount it, copy the file from \
+                 the primary, and mount it"
+            )));
+        }
+        if membership.activated.contains(name) {
+            return Ok(format!("{name} is already activated"));
+        }
+        self.config.update(|c| {
+            if let Some(m) = c.mirror.membership.as_mut() {
+                m.activated.push(name.clone());
+            }
+            Ok(())
+        })?;
+        Ok(format!("{name} activated; it needs Catchup"))
+    }
+
+    /// Adds an activated copy to the databases the journal is applied to.
+    fn start_catchup(&mut self, name: &DbName) -> Result<String> {
+        if self.is_primary() {
+            return Ok(format!("{name} is Normal on the primary"));
+        }
+        if self.cursors.contains_key(name) {
+            return Ok(format!("{name} is already catching up or dejournaling"));
+        }
+        let entry = self.catalog.snapshot().database(name)?.clone();
+        let journal = self
+            .mirror
+            .journal()
+            .ok_or_else(|| Error::Conflict("this member has no mirror journal yet".into()))?;
+        let identity = recovery::identity_of(&entry)?;
+        if Some(&identity.stream) != self.mirror_id().as_ref() {
+            return Err(Error::Conflict(format!(
+                "{name} here is not a copy of the mirrored database"
+            )));
+        }
+        if identity.applied_pos.next() < journal.first_pos() {
+            let message = format!(
+                "the copy of {name} needs journal records from position {}, but the oldest mirror \
+                 journal file here starts at {}: copy a newer file from the primary (or let Catchup \
+                 fetch them from the primary)",
+                identity.applied_pos.next(),
+                journal.first_pos()
+            );
+            self.mirror
+                .update_database(name, |d| d.phase = CatchupPhase::Obsolete(message.clone()));
+            return Err(Error::Conflict(message));
+        }
+        let target = self.mirror.dejournal_target();
+        self.cursors.insert(name.clone(), identity.applied_pos);
+        self.mirror.update_database(name, |d| {
+            d.dejournaling = false;
+            d.phase = CatchupPhase::Running {
+                done: 0,
+                total: target.0.saturating_sub(identity.applied_pos.0),
+            };
+        });
+        self.queue_dejournal();
+        tracing::info!(
+            "catchup started for {name} from journal position {}",
+            identity.applied_pos
+        );
+        Ok(format!(
+            "Catchup started for {name} from journal position {}",
+            identity.applied_pos
+        ))
+    }
+
+    /// On a backup, activated copies follow the journal from the start.
+    fn follow_activated_copies(&mut self) {
+        if self.is_primary() {
+            return;
+        }
+        let config = self.config.get();
+        let Some(membership) = config.mirror.membership.as_ref() else {
+            return;
+        };
+        let state = self.catalog.snapshot();
+        for name in &membership.activated {
+            if state
+                .databases
+                .get(name)
+                .is_some_and(|d| d.mounted && d.mirrored.is_some())
+                && let Err(err) = self.start_catchup(name)
+            {
+                tracing::warn!("{name}: {err}");
+            }
+        }
+    }
+
+    fn queue_dejournal(&mut self) {
+        if !self.mirror.dejournal_queued.swap(true, Ordering::AcqRel) {
+            self.deferred.push_back(Command::Dejournal);
+        }
+    }
+
+    /// Applies up to [`DEJOURNAL_CHUNK`] received records to the databases that follow the
+    /// mirror journal, each in one transaction with its new applied position.
+    fn dejournal(&mut self) {
+        self.mirror.dejournal_queued.store(false, Ordering::Release);
+        let Some(journal) = self.mirror.journal() else {
+            return;
+        };
+        if self.is_primary() || self.cursors.is_empty() {
+            return;
+        }
+        let target = self.mirror.dejournal_target();
+        let from = *self.cursors.values().min().expect("not empty");
+        if from < target {
+            let until = JournalPos(target.0.min(from.0 + DEJOURNAL_CHUNK));
+            if let Err((failed, err)) = self.apply_range(&journal, from, until) {
+                for db in failed {
+                    tracing::error!("dejournaling {db} stopped: {err}");
+                    self.cursors.remove(&db);
+                    self.mirror.update_database(&db, |d| {
+                        d.dejournaling = false;
+                        d.phase = CatchupPhase::Failed(err.to_string());
+                    });
+                }
+            }
+            if until < target {
+                self.queue_dejournal();
+            }
+        }
+        // Databases that reached the target have caught up.
+        for (db, pos) in &self.cursors {
+            let caught_up = *pos >= target;
+            self.mirror.update_database(db, |d| match &mut d.phase {
+                CatchupPhase::Running { done, total } if !caught_up => {
+                    *done = total.saturating_sub(target.0.saturating_sub(pos.0));
+                }
+                _ if caught_up => {
+                    if matches!(d.phase, CatchupPhase::Running { .. }) {
+                        tracing::info!("Mirror Catchup completed for {db}");
+                    }
+                    d.phase = CatchupPhase::Idle;
+                    d.dejournaling = true;
+                }
+                _ => {}
+            });
+        }
+    }
+
+    /// Applies records `from+1..=until` to every following database behind `until`. On failure,
+    /// names the database that failed (all of them when the journal itself could not be read).
+    fn apply_range(
+        &mut self,
+        journal: &JournalShared,
+        from: JournalPos,
+        until: JournalPos,
+    ) -> Result<(), (Vec<DbName>, Error)> {
+        let state = self.catalog.snapshot();
+        let behind: Vec<(DbName, DatabaseEntry)> = self
+            .cursors
+            .iter()
+            .filter(|(_, pos)| **pos < until)
+            .filter_map(|(db, _)| state.databases.get(db).map(|e| (db.clone(), e.clone())))
+            .collect();
+        let mut conns: Vec<(DbName, DatabaseEntry, Connection)> = Vec::with_capacity(behind.len());
+        for (db, entry) in behind {
+            let conn = database::open_for_apply(&entry.file)
+                .and_then(|c| c.execute_batch("BEGIN").map(|_| c).map_err(Error::from))
+                .map_err(|e| (vec![db.clone()], e))?;
+            conns.push((db, entry, conn));
+        }
+        let update = set_applied_sql("main");
+        for record in journal.read_range(from, until) {
+            let record =
+                record.map_err(|e| (conns.iter().map(|c| c.0.clone()).collect::<Vec<_>>(), e))?;
+            for (db, entry, conn) in conns.iter() {
+                if self.cursors[db] >= record.pos {
+                    continue;
+                }
+                let result = if is_qualified_schema(&record, db.as_str()) {
+                    conn.execute(&update, [record.pos.0 as i64 - 1])
+                        .and_then(|_| conn.execute_batch("COMMIT"))
+                        .map_err(Error::from)
+                        .and_then(|_| apply_schema_qualified(&entry.file, db.as_str(), &record))
+                        .and_then(|_| conn.execute_batch("BEGIN").map_err(Error::from))
+                } else {
+                    Applier::new(conn, db.as_str(), &entry.file)
+                        .apply(&record)
+                        .map(|_| ())
+                };
+                result.map_err(|e| (vec![db.clone()], e))?;
+            }
+        }
+        for (db, _, conn) in conns {
+            conn.execute(&update, [until.0 as i64])
+                .and_then(|_| conn.execute_batch("COMMIT"))
+                .map_err(|e| (vec![db.clone()], Error::from(e)))?;
+            self.cursors.insert(db, until);
+        }
+        Ok(())
+    }
+
+    fn freeze(&mut self, timeout: Duration) -> Result<String> {
+        if self.frozen_until.is_some() {
+            return Ok("writes are already frozen".into());
+        }
+        // Fold every WAL into its database file; a reader in the middle of a query can hold
+        // the last frames back for a moment, so try again briefly.
+        let state = self.catalog.snapshot();
+        for entry in state.databases.values().filter(|d| d.mounted) {
+            let conn = database::open(&entry.file)?;
+            let mut complete = false;
+            for _ in 0..100 {
+                let (busy, log, done): (i64, i64, i64) =
+                    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?;
+                if busy == 0 && log == done {
+                    complete = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !complete {
+                return Err(Error::Conflict(format!(
+                    "{} is busy; try Freeze again",
+                    entry.name
+                )));
+            }
+        }
+        self.frozen_until = Some(Instant::now() + timeout);
+        tracing::info!("writes frozen for at most {} s", timeout.as_secs());
+        Ok(format!(
+            "writes are frozen and every database file is complete: copy them now, then Thaw \
+             (writes resume by themselves after {} s)",
+            timeout.as_secs()
+        ))
+    }
+
+    fn leave(&mut self) -> Result<String> {
+        let config = self.config.get();
+        let Some(membership) = config.mirror.membership.as_ref() else {
+            return Ok("this instance is not a mirror member".into());
+        };
+        if self.is_primary() && !membership.others.is_empty() {
+            return Err(Error::Conflict(
+                "remove the other mirror members first (Edit Mirror), then remove the mirror configuration".into(),
+            ));
+        }
+        let local_end = self.local.end();
+        let state = self.catalog.snapshot();
+        for db in config.databases.iter().filter(|d| d.mirrored) {
+            let entry = state.database(&db.name)?;
+            if entry.file.is_file() {
+                database::switch_stream(&entry.file, &self.local_hex, local_end)?;
+            }
+        }
+        let name = membership.mirror.name.clone();
+        self.config.update(|c| {
+            c.mirror.membership = None;
+            for db in c.databases.iter_mut() {
+                db.mirrored = false;
+            }
+            Ok(())
+        })?;
+        self.mirror
+            .hub
+            .close_all("the mirror configuration was removed");
+        self.mirror_journal = None;
+        self.mirror.set_journal(None);
+        self.cursors.clear();
+        self.mirror.databases.lock().unwrap().clear();
+        self.mirror.set_role(Role::NotMember);
+        self.reload_catalog();
+        Ok(format!(
+            "this member left mirror {name}; its copies of the mirrored databases are now local databases"
+        ))
+    }
 }
 
 fn fail_all(outcomes: Vec<Outcome>, err: &Error) {
@@ -514,52 +1317,66 @@ fn fail_all(outcomes: Vec<Outcome>, err: &Error) {
     }
 }
 
-/// Runs one request inside the batch transaction and appends its frame. The frame gets position
-/// `pos` only if the statement changed something; `touched` then learns the databases it changed.
+/// How one request ended.
+enum Step {
+    /// The request ran (or failed on its own); the batch goes on.
+    Done(Result<QueryResult>),
+    /// The request failed and SQLite rolled back the whole batch transaction with it.
+    TransactionLost(Error),
+}
+
+/// Runs one request inside the batch transaction, under its own savepoint: the statement, its
+/// frames, and the applied positions of the databases it changed. Anything failing undoes all
+/// three for this request only. `Err` is fatal (a savepoint that cannot be undone).
 fn execute_one(
     conn: &NamespaceConn,
     request: &WriteRequest,
-    frames: &mut Vec<u8>,
-    pos: JournalPos,
-    epoch: u64,
-    time_ms: i64,
-    touched: &mut Vec<(DbName, JournalPos)>,
-) -> Result<QueryResult> {
-    conn.conn.prepare_cached("SAVEPOINT request")?.execute([])?;
-    let frames_before = frames.len();
-    let result = record_one(conn, request, frames, pos, epoch, time_ms);
-    let result = match result {
-        Ok((result, dbs)) => {
-            for db in dbs {
-                match touched.iter_mut().find(|(d, _)| *d == db) {
-                    Some(entry) => entry.1 = pos,
-                    None => touched.push((db, pos)),
-                }
-            }
-            Ok(result)
+    streams: &mut Streams<'_>,
+) -> Result<Step, Fatal> {
+    if let Err(err) = conn.internal(|c| {
+        c.prepare_cached("SAVEPOINT request")
+            .and_then(|mut s| s.execute([]))
+    }) {
+        return Ok(Step::Done(Err(Error::from(err))));
+    }
+    let local_before = streams.local.len();
+    let mirror_before = streams.mirror.as_ref().map(|m| m.len()).unwrap_or(0);
+    let result = record_one(conn, request, streams);
+    if let Err(err) = result {
+        streams.local.truncate(local_before);
+        if let Some(m) = streams.mirror.as_mut() {
+            m.truncate(mirror_before);
         }
-        Err(err) => {
-            frames.truncate(frames_before);
-            conn.conn
-                .prepare_cached("ROLLBACK TO request")?
-                .execute([])?;
-            Err(err)
+        if conn.conn.is_autocommit() {
+            return Ok(Step::TransactionLost(err));
         }
-    };
-    conn.conn.prepare_cached("RELEASE request")?.execute([])?;
-    result
+        conn.internal(|c| {
+            c.prepare_cached("ROLLBACK TO request")
+                .and_then(|mut s| s.execute([]))
+        })
+        .map_err(|e| Fatal(format!("could not undo a failed statement: {e}")))?;
+        conn.internal(|c| {
+            c.prepare_cached("RELEASE request")
+                .and_then(|mut s| s.execute([]))
+        })
+        .map_err(|e| Fatal(format!("could not release a statement's savepoint: {e}")))?;
+        return Ok(Step::Done(Err(err)));
+    }
+    conn.internal(|c| {
+        c.prepare_cached("RELEASE request")
+            .and_then(|mut s| s.execute([]))
+    })
+    .map_err(|e| Fatal(format!("could not release a statement's savepoint: {e}")))?;
+    Ok(Step::Done(result))
 }
 
-/// Runs the statement with sessions recording its row changes and writes its frame; returns the
-/// result and the databases the frame changes.
+/// Runs the statement with sessions recording its row changes, writes its frames and the
+/// applied positions. Advances the stream positions only when everything succeeded.
 fn record_one(
     conn: &NamespaceConn,
     request: &WriteRequest,
-    frames: &mut Vec<u8>,
-    pos: JournalPos,
-    epoch: u64,
-    time_ms: i64,
-) -> Result<(QueryResult, Vec<DbName>)> {
+    streams: &mut Streams<'_>,
+) -> Result<QueryResult> {
     // One session per writable database captures this statement's row changes.
     let mut sessions = Vec::with_capacity(conn.writable.len());
     for db in &conn.writable {
@@ -580,59 +1397,137 @@ fn record_one(
         })?;
     result.rows_affected = conn.conn.changes() as usize;
 
-    let mut changed = Vec::new();
-    let mut frame = FrameBuilder::begin(frames, pos, epoch, time_ms);
-    if let Some(db) = ddl_db {
-        if let Err(err) = check_primary_keys(conn, &db) {
-            frame.abandon();
-            return Err(err);
+    let local_pos = streams.next_local;
+    let mirror_pos = streams.next_mirror;
+    let mut local_frame =
+        FrameBuilder::begin(streams.local, local_pos, streams.epoch, streams.time_ms);
+    let mut mirror_frame = streams
+        .mirror
+        .as_deref_mut()
+        .map(|m| FrameBuilder::begin(m, mirror_pos, streams.epoch, streams.time_ms));
+    // (database, position) whose applied-position row must move.
+    let mut changed: Vec<(&DbName, JournalPos)> = Vec::new();
+    let outcome = (|| -> Result<()> {
+        if let Some(db) = ddl_db {
+            check_primary_keys(conn, &db)?;
+            let name = DbName::new(&db)?;
+            let qualified = db != conn.main.as_str();
+            let db_ref =
+                conn.writable.iter().find(|d| **d == name).ok_or_else(|| {
+                    Error::Conflict(format!("database {db} cannot be changed here"))
+                })?;
+            if conn.mirrored.contains(&name) {
+                let frame = mirror_frame.as_mut().ok_or_else(not_primary)?;
+                frame.set_schema(&db, qualified, &request.sql);
+                changed.push((db_ref, mirror_pos));
+            } else {
+                local_frame.set_schema(&db, qualified, &request.sql);
+                changed.push((db_ref, local_pos));
+            }
+            result.rows_affected = 0;
+            return Ok(());
         }
-        let qualified = db != conn.main.as_str();
-        frame.set_schema(&db, qualified, &request.sql);
-        changed.push(DbName::new(&db)?);
-        result.rows_affected = 0;
-    } else {
         for (db, session) in sessions.iter_mut() {
             if session.is_empty() {
                 continue;
             }
-            let added = frame.add_changes(db.as_str(), |buf| {
-                session.changeset_strm(buf).map_err(Error::from)
-            });
-            match added {
-                Ok(true) => changed.push((*db).clone()),
-                Ok(false) => {}
-                Err(err) => {
-                    frame.abandon();
-                    return Err(err);
-                }
+            let (frame, pos) = if conn.mirrored.contains(db) {
+                (mirror_frame.as_mut().ok_or_else(not_primary)?, mirror_pos)
+            } else {
+                (&mut local_frame, local_pos)
+            };
+            // Generating a changeset runs SQLite's own SAVEPOINT: the instance's, not the user's.
+            let write = |buf: &mut Vec<u8>| {
+                conn.guard
+                    .internal(|| session.changeset_strm(buf))
+                    .map_err(Error::from)
+            };
+            if frame.add_changes(db.as_str(), write)? {
+                changed.push((db, pos));
             }
         }
+        Ok(())
+    })();
+    if let Err(err) = outcome {
+        local_frame.abandon();
+        if let Some(f) = mirror_frame {
+            f.abandon();
+        }
+        return Err(err);
     }
-    if frame.is_empty() {
-        frame.abandon();
+    // The applied positions, inside this request's savepoint: same transaction as the rows.
+    for (db, pos) in &changed {
+        let schema = if *db == &conn.main {
+            "main"
+        } else {
+            db.as_str()
+        };
+        conn.internal(|c| {
+            c.prepare_cached(&set_applied_sql(schema))
+                .and_then(|mut s| s.execute([pos.0 as i64]))
+        })
+        .map_err(|e| Error::Internal(format!("record applied position of {db}: {e}")))?;
+    }
+    if local_frame.is_empty() {
+        local_frame.abandon();
     } else {
-        frame.finish();
-        result.position = Some(pos);
+        local_frame.finish();
+        result.position = Some(local_pos);
+        streams.next_local = local_pos.next();
     }
-    Ok((result, changed))
+    if let Some(frame) = mirror_frame {
+        if frame.is_empty() {
+            frame.abandon();
+        } else {
+            frame.finish();
+            result.position = Some(mirror_pos);
+            streams.next_mirror = mirror_pos.next();
+        }
+    }
+    Ok(result)
 }
 
-/// Refuses a schema change that leaves a table without a primary key in `db`: its row changes
-/// could not be journaled (SQLite sessions identify rows by primary key).
+fn not_primary() -> Error {
+    Error::Conflict("mirrored databases are written on the mirror's primary only".into())
+}
+
+/// Refuses a schema change that leaves a table in `db` whose rows could not be journaled:
+/// without a primary key, or with a primary key that may be NULL (SQLite sessions identify rows
+/// by primary key and skip rows whose key is NULL).
 fn check_primary_keys(conn: &NamespaceConn, db: &str) -> Result<()> {
     let schema = if db == conn.main.as_str() { "main" } else { db };
     let sql = format!(
-        "SELECT m.name FROM \"{schema}\".sqlite_schema AS m
-         WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite%'
-           AND NOT EXISTS (SELECT 1 FROM pragma_table_info(m.name, '{schema}') WHERE pk > 0)"
+        "SELECT m.name,
+                (SELECT count(*) FROM pragma_table_info(m.name, '{schema}') WHERE pk > 0),
+                (SELECT count(*) FROM pragma_table_info(m.name, '{schema}') WHERE pk > 0 AND \"notnull\" = 0
+                   AND NOT (upper(type) = 'INTEGER' AND (SELECT count(*) FROM pragma_table_info(m.name, '{schema}') WHERE pk > 0) = 1))
+         FROM \"{schema}\".sqlite_schema AS m
+         WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite%' AND m.sql NOT LIKE '%WITHOUT ROWID%'
+         UNION ALL
+         SELECT m.name, (SELECT count(*) FROM pragma_table_info(m.name, '{schema}') WHERE pk > 0), 0
+         FROM \"{schema}\".sqlite_schema AS m
+         WHERE m.type = 'table' AND m.sql LIKE '%WITHOUT ROWID%'"
     );
-    let missing: Option<String> = conn.conn.query_row(&sql, [], |r| r.get(0)).ok();
-    match missing {
-        Some(table) => Err(Error::InvalidInput(format!(
-            "table {table} has no PRIMARY KEY: row changes are journaled by primary key, so every \
-             table in a journaled database needs one"
-        ))),
-        None => Ok(()),
+    let tables: Vec<(String, i64, i64)> = conn
+        .internal(|c| -> rusqlite::Result<Vec<(String, i64, i64)>> {
+            let mut stmt = c.prepare(&sql)?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect()
+        })
+        .map_err(|e| Error::Internal(format!("check primary keys: {e}")))?;
+    for (table, keys, nullable) in tables {
+        if keys == 0 {
+            return Err(Error::InvalidInput(format!(
+                "table {table} has no PRIMARY KEY: row changes are journaled by primary key, so \
+                 every table in a journaled database needs one"
+            )));
+        }
+        if nullable > 0 {
+            return Err(Error::InvalidInput(format!(
+                "table {table} has a PRIMARY KEY that may be NULL: declare its key columns NOT NULL \
+                 (or use INTEGER PRIMARY KEY), since rows with a NULL key cannot be journaled"
+            )));
+        }
     }
+    Ok(())
 }

@@ -44,9 +44,14 @@ pub mod record;
 pub mod segment;
 pub mod store;
 
-pub use record::{DbChanges, FrameBuilder, JournalPos, MirrorEvent, Record, RecordBody, SchemaChange};
+pub use record::{
+    DbChanges, FrameBuilder, JournalPos, MirrorEvent, Record, RecordBody, SchemaChange,
+};
 pub use segment::StreamId;
-pub use store::{DEFAULT_MAX_SEGMENT_BYTES, Journal, JournalIter, JournalOptions, JournalShared, OpenReport, SegmentInfo};
+pub use store::{
+    DEFAULT_MAX_SEGMENT_BYTES, Journal, JournalIter, JournalOptions, JournalShared, OpenReport,
+    SegmentInfo,
+};
 
 #[cfg(test)]
 mod tests {
@@ -99,8 +104,12 @@ mod tests {
     #[test]
     fn records_round_trip_through_files_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut journal, report) =
-            Journal::open(dir.path(), STREAM, JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES)).unwrap();
+        let (mut journal, report) = Journal::open(
+            dir.path(),
+            STREAM,
+            JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES),
+        )
+        .unwrap();
         assert_eq!(report.end, JournalPos::ZERO);
         append_batch(&mut journal, 1, 3);
         append_batch(&mut journal, 4, 10);
@@ -112,8 +121,12 @@ mod tests {
         );
         drop(journal);
 
-        let (journal, report) =
-            Journal::open(dir.path(), STREAM, JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES)).unwrap();
+        let (journal, report) = Journal::open(
+            dir.path(),
+            STREAM,
+            JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES),
+        )
+        .unwrap();
         assert_eq!(report.end, JournalPos(10));
         assert_eq!(report.truncated, None);
         let from_seven: Vec<_> = journal
@@ -128,7 +141,8 @@ mod tests {
     fn positions_stay_ordered_across_segment_rollover() {
         let dir = tempfile::tempdir().unwrap();
         // Small segments: every couple of batches starts a new file.
-        let (mut journal, _) = Journal::open(dir.path(), STREAM, JournalOptions::local(600)).unwrap();
+        let (mut journal, _) =
+            Journal::open(dir.path(), STREAM, JournalOptions::local(600)).unwrap();
         for batch in 0..10 {
             append_batch(&mut journal, batch * 3 + 1, batch * 3 + 3);
         }
@@ -159,8 +173,12 @@ mod tests {
     #[test]
     fn torn_tail_is_truncated_on_open_and_appending_continues() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut journal, _) =
-            Journal::open(dir.path(), STREAM, JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES)).unwrap();
+        let (mut journal, _) = Journal::open(
+            dir.path(),
+            STREAM,
+            JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES),
+        )
+        .unwrap();
         append_batch(&mut journal, 1, 5);
         drop(journal);
         // Half of record 6 reaches the disk, then the process dies.
@@ -175,8 +193,12 @@ mod tests {
             .write_all(&half[..half.len() / 2])
             .unwrap();
 
-        let (mut journal, report) =
-            Journal::open(dir.path(), STREAM, JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES)).unwrap();
+        let (mut journal, report) = Journal::open(
+            dir.path(),
+            STREAM,
+            JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES),
+        )
+        .unwrap();
         assert_eq!(report.end, JournalPos(5));
         let (_, offset, cut) = report.truncated.clone().expect("torn tail reported");
         assert_eq!(offset, before);
@@ -189,8 +211,12 @@ mod tests {
     #[test]
     fn bad_crc_in_the_middle_is_reported_not_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut journal, _) =
-            Journal::open(dir.path(), STREAM, JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES)).unwrap();
+        let (mut journal, _) = Journal::open(
+            dir.path(),
+            STREAM,
+            JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES),
+        )
+        .unwrap();
         append_batch(&mut journal, 1, 5);
         drop(journal);
         let path = newest_segment(dir.path());
@@ -202,9 +228,13 @@ mod tests {
         bytes[at] ^= 0x55;
         fs::write(&path, &bytes).unwrap();
 
-        let err = Journal::open(dir.path(), STREAM, JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES))
-            .err()
-            .unwrap();
+        let err = Journal::open(
+            dir.path(),
+            STREAM,
+            JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES),
+        )
+        .err()
+        .unwrap();
         match err {
             Error::Corrupt(msg) => {
                 assert!(
@@ -222,7 +252,8 @@ mod tests {
     #[test]
     fn damage_in_an_older_segment_is_corruption_even_at_its_end() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut journal, _) = Journal::open(dir.path(), STREAM, JournalOptions::local(600)).unwrap();
+        let (mut journal, _) =
+            Journal::open(dir.path(), STREAM, JournalOptions::local(600)).unwrap();
         for batch in 0..4 {
             append_batch(&mut journal, batch * 3 + 1, batch * 3 + 3);
         }
@@ -244,47 +275,76 @@ mod tests {
     #[test]
     fn a_journal_of_another_stream_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut journal, _) =
-            Journal::open(dir.path(), STREAM, JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES)).unwrap();
+        let (mut journal, _) = Journal::open(
+            dir.path(),
+            STREAM,
+            JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES),
+        )
+        .unwrap();
         append_batch(&mut journal, 1, 1);
         drop(journal);
-        let err = Journal::open(dir.path(), [1; 16], JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES))
-            .err()
-            .unwrap();
+        let err = Journal::open(
+            dir.path(),
+            [1; 16],
+            JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES),
+        )
+        .err()
+        .unwrap();
         assert!(err.to_string().contains("another journal"), "{err}");
     }
 
     #[test]
     fn reads_seek_to_any_position_through_the_marks() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut journal, _) = Journal::open(dir.path(), STREAM, JournalOptions::local(20_000)).unwrap();
+        let (mut journal, _) =
+            Journal::open(dir.path(), STREAM, JournalOptions::local(20_000)).unwrap();
         for batch in 0..50 {
             append_batch(&mut journal, batch * 10 + 1, batch * 10 + 10);
         }
         let shared = journal.shared();
         for after in [0u64, 1, 63, 64, 65, 127, 128, 300, 499] {
-            let got: Vec<u64> = shared.read_after(JournalPos(after)).map(|r| r.unwrap().pos.0).collect();
-            assert_eq!(got, ((after + 1)..=500).collect::<Vec<_>>(), "after {after}");
+            let got: Vec<u64> = shared
+                .read_after(JournalPos(after))
+                .map(|r| r.unwrap().pos.0)
+                .collect();
+            assert_eq!(
+                got,
+                ((after + 1)..=500).collect::<Vec<_>>(),
+                "after {after}"
+            );
         }
         let (name, offset) = shared.locate(JournalPos(200)).unwrap();
         assert!(!name.is_empty() && offset >= 64);
         // The marks survive a reopen (they are rebuilt by the scan).
         drop(journal);
-        let (journal, _) = Journal::open(dir.path(), STREAM, JournalOptions::local(20_000)).unwrap();
-        let got: Vec<u64> = journal.shared().read_after(JournalPos(333)).map(|r| r.unwrap().pos.0).collect();
+        let (journal, _) =
+            Journal::open(dir.path(), STREAM, JournalOptions::local(20_000)).unwrap();
+        let got: Vec<u64> = journal
+            .shared()
+            .read_after(JournalPos(333))
+            .map(|r| r.unwrap().pos.0)
+            .collect();
         assert_eq!(got, (334..=500).collect::<Vec<_>>());
     }
 
     #[test]
     fn appended_records_can_be_read_before_they_are_durable() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut journal, _) = Journal::open(dir.path(), STREAM, JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES)).unwrap();
+        let (mut journal, _) = Journal::open(
+            dir.path(),
+            STREAM,
+            JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES),
+        )
+        .unwrap();
         append_batch(&mut journal, 1, 3);
         let mut buf = Vec::new();
         record(4, 4).encode_into(&mut buf);
         journal.append(&buf, JournalPos(4), 1).unwrap();
         let shared = journal.shared();
-        assert_eq!((shared.durable_end(), shared.appended_end()), (JournalPos(3), JournalPos(4)));
+        assert_eq!(
+            (shared.durable_end(), shared.appended_end()),
+            (JournalPos(3), JournalPos(4))
+        );
         assert_eq!(shared.read_after(JournalPos(0)).count(), 3);
         assert_eq!(shared.read_range(JournalPos(0), JournalPos(4)).count(), 4);
         // Appending something that does not continue the journal is refused.
@@ -294,15 +354,35 @@ mod tests {
     #[test]
     fn two_journals_share_a_folder_by_prefix() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut local, _) = Journal::open(dir.path(), STREAM, JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES)).unwrap();
-        let mirror_options = JournalOptions::mirror("MIRRORSET", DEFAULT_MAX_SEGMENT_BYTES, JournalPos(500));
-        let (mut mirror, report) = Journal::open(dir.path(), [9; 16], mirror_options.clone()).unwrap();
-        assert_eq!(report.end, JournalPos(499), "a new mirror journal starts where it is told");
+        let (mut local, _) = Journal::open(
+            dir.path(),
+            STREAM,
+            JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES),
+        )
+        .unwrap();
+        let mirror_options =
+            JournalOptions::mirror("MIRRORSET", DEFAULT_MAX_SEGMENT_BYTES, JournalPos(500));
+        let (mut mirror, report) =
+            Journal::open(dir.path(), [9; 16], mirror_options.clone()).unwrap();
+        assert_eq!(
+            report.end,
+            JournalPos(499),
+            "a new mirror journal starts where it is told"
+        );
         append_batch(&mut local, 1, 2);
         append_batch(&mut mirror, 500, 504);
-        assert!(mirror.shared().segments()[0].name.starts_with("MIRROR-MIRRORSET-"));
+        assert!(
+            mirror.shared().segments()[0]
+                .name
+                .starts_with("MIRROR-MIRRORSET-")
+        );
         drop((local, mirror));
-        let (local, _) = Journal::open(dir.path(), STREAM, JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES)).unwrap();
+        let (local, _) = Journal::open(
+            dir.path(),
+            STREAM,
+            JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES),
+        )
+        .unwrap();
         let (mirror, _) = Journal::open(dir.path(), [9; 16], mirror_options).unwrap();
         assert_eq!(local.end(), JournalPos(2));
         assert_eq!(mirror.end(), JournalPos(504));
@@ -312,7 +392,8 @@ mod tests {
     #[test]
     fn truncate_after_removes_later_records_across_segments() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut journal, _) = Journal::open(dir.path(), STREAM, JournalOptions::local(600)).unwrap();
+        let (mut journal, _) =
+            Journal::open(dir.path(), STREAM, JournalOptions::local(600)).unwrap();
         for batch in 0..6 {
             append_batch(&mut journal, batch * 3 + 1, batch * 3 + 3);
         }
@@ -323,7 +404,8 @@ mod tests {
         assert_eq!(journal.shared().durable_end(), JournalPos(7));
         append_batch(&mut journal, 8, 9);
         drop(journal);
-        let (journal, report) = Journal::open(dir.path(), STREAM, JournalOptions::local(600)).unwrap();
+        let (journal, report) =
+            Journal::open(dir.path(), STREAM, JournalOptions::local(600)).unwrap();
         assert_eq!(report.end, JournalPos(9));
         assert_eq!(read_all(&journal.shared()).len(), 9);
     }
@@ -331,18 +413,34 @@ mod tests {
     #[test]
     fn older_records_can_be_fetched_in_front_and_old_files_purged() {
         let dir = tempfile::tempdir().unwrap();
-        let options = JournalOptions { first_pos: JournalPos(11), ..JournalOptions::local(600) };
+        let options = JournalOptions {
+            first_pos: JournalPos(11),
+            ..JournalOptions::local(600)
+        };
         let (mut journal, _) = Journal::open(dir.path(), STREAM, options.clone()).unwrap();
         append_batch(&mut journal, 11, 20);
         let mut older = Vec::new();
         for pos in 1..=10 {
             record(pos, pos as u8).encode_into(&mut older);
         }
-        assert!(journal.prepend(&older, JournalPos(1), JournalPos(9)).is_err(), "a gap is refused");
-        journal.prepend(&older, JournalPos(1), JournalPos(10)).unwrap();
+        assert!(
+            journal
+                .prepend(&older, JournalPos(1), JournalPos(9))
+                .is_err(),
+            "a gap is refused"
+        );
+        journal
+            .prepend(&older, JournalPos(1), JournalPos(10))
+            .unwrap();
         let shared = journal.shared();
         assert_eq!(shared.first_pos(), JournalPos(1));
-        assert_eq!(read_all(&shared).iter().map(|r| r.pos.0).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
+        assert_eq!(
+            read_all(&shared)
+                .iter()
+                .map(|r| r.pos.0)
+                .collect::<Vec<_>>(),
+            (1..=20).collect::<Vec<_>>()
+        );
         drop(shared);
         drop(journal);
         let (mut journal, report) = Journal::open(dir.path(), STREAM, options.clone()).unwrap();
@@ -350,8 +448,15 @@ mod tests {
         let removed = journal.purge_before(JournalPos(15)).unwrap();
         assert!(!removed.is_empty());
         let first = journal.shared().first_pos();
-        assert!(first > JournalPos(1) && first <= JournalPos(15), "first now {first}");
-        let got: Vec<u64> = journal.shared().read_after(JournalPos(14)).map(|r| r.unwrap().pos.0).collect();
+        assert!(
+            first > JournalPos(1) && first <= JournalPos(15),
+            "first now {first}"
+        );
+        let got: Vec<u64> = journal
+            .shared()
+            .read_after(JournalPos(14))
+            .map(|r| r.unwrap().pos.0)
+            .collect();
         assert_eq!(got, (15..=20).collect::<Vec<_>>());
         // Purging never removes the newest file.
         journal.purge_before(JournalPos(1000)).unwrap();

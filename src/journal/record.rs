@@ -256,7 +256,8 @@ impl<'a> FrameBuilder<'a> {
         assert!(self.kind.is_none(), "a frame holds one payload");
         self.kind = Some(KIND_EVENT);
         push_short_str(self.buf, db.unwrap_or(""));
-        self.buf.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        self.buf
+            .extend_from_slice(&(json.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(json.as_bytes());
     }
 
@@ -377,7 +378,10 @@ fn decode_body(body: &[u8]) -> std::result::Result<Record, String> {
             let len = r.u32()? as usize;
             let json = String::from_utf8(r.take(len)?.to_vec())
                 .map_err(|_| "mirror event is not UTF-8".to_string())?;
-            RecordBody::Event(MirrorEvent { db: (!db.is_empty()).then_some(db), json })
+            RecordBody::Event(MirrorEvent {
+                db: (!db.is_empty()).then_some(db),
+                json,
+            })
         }
         other => return Err(format!("unknown record kind {other}")),
     };
@@ -468,7 +472,10 @@ mod tests {
             pos: JournalPos(10),
             epoch: 1,
             time_ms: 6,
-            body: RecordBody::Event(MirrorEvent { db: Some("COMPANY".into()), json: "{\"event\":\"add\"}".into() }),
+            body: RecordBody::Event(MirrorEvent {
+                db: Some("COMPANY".into()),
+                json: "{\"event\":\"add\"}".into(),
+            }),
         };
         for record in [sample(1), schema, event] {
             let mut buf = Vec::new();

@@ -98,7 +98,7 @@ pub const MARK_EVERY: u64 = 64;
 
 /// True when the record at `pos` gets a seek mark (the first record of a segment always does).
 pub fn is_mark(pos: JournalPos, first_of_segment: bool) -> bool {
-    first_of_segment || pos.0 % MARK_EVERY == 0
+    first_of_segment || pos.0.is_multiple_of(MARK_EVERY)
 }
 
 /// What a scan found in one segment.
@@ -160,7 +160,12 @@ pub fn scan(bytes: &[u8], header: &SegmentHeader) -> Scan {
                 ),
                 true,
             ),
-            Decoded::Incomplete => ("the last frame is incomplete".to_string(), false),
+            // "Incomplete" means the length field points past the end of the file: a torn
+            // write if nothing valid follows, a damaged length field if something does.
+            Decoded::Incomplete => {
+                let follows = valid_frame_after(bytes, offset + 1, expected);
+                ("the frame is cut short".to_string(), follows)
+            }
             Decoded::Invalid(reason) => {
                 let follows =
                     !rest.iter().all(|&b| b == 0) && valid_frame_after(bytes, offset + 1, expected);
@@ -386,6 +391,20 @@ mod tests {
         let damage = scan.damage.unwrap();
         assert_eq!(damage.offset, second_frame as u64);
         assert!(damage.valid_data_follows);
+    }
+
+    #[test]
+    fn a_length_pointing_past_the_end_in_the_middle_is_damage() {
+        let mut bytes = segment_with(5);
+        let second_frame = segment_with(1).len();
+        // Frame 2 claims 5000 bytes; the file has fewer left, but valid frames follow.
+        bytes[second_frame + 4..second_frame + 8].copy_from_slice(&5000u32.to_le_bytes());
+        let damage = scan(&bytes, &header()).damage.unwrap();
+        assert_eq!(damage.offset, second_frame as u64);
+        assert!(
+            damage.valid_data_follows,
+            "must not be taken for a torn tail"
+        );
     }
 
     #[test]

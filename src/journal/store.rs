@@ -42,12 +42,20 @@ pub struct JournalOptions {
 impl JournalOptions {
     /// The instance's own journal.
     pub fn local(max_segment_bytes: u64) -> Self {
-        JournalOptions { prefix: String::new(), max_segment_bytes, first_pos: JournalPos(1) }
+        JournalOptions {
+            prefix: String::new(),
+            max_segment_bytes,
+            first_pos: JournalPos(1),
+        }
     }
 
     /// The journal of mirror `name` (files `MIRROR-<NAME>-YYYYMMDD.NNN`).
     pub fn mirror(name: &str, max_segment_bytes: u64, first_pos: JournalPos) -> Self {
-        JournalOptions { prefix: format!("MIRROR-{name}-"), max_segment_bytes, first_pos }
+        JournalOptions {
+            prefix: format!("MIRROR-{name}-"),
+            max_segment_bytes,
+            first_pos,
+        }
     }
 }
 
@@ -131,7 +139,12 @@ impl JournalShared {
 
     /// The oldest position still in the journal's files.
     pub fn first_pos(&self) -> JournalPos {
-        self.segments.read().unwrap().first().map(|s| s.info.first_pos).unwrap_or(JournalPos(1))
+        self.segments
+            .read()
+            .unwrap()
+            .first()
+            .map(|s| s.info.first_pos)
+            .unwrap_or(JournalPos(1))
     }
 
     /// Number of fsyncs since start.
@@ -146,7 +159,13 @@ impl JournalShared {
 
     /// The segment files, oldest first, with current sizes.
     pub fn segments(&self) -> Vec<SegmentInfo> {
-        let mut list: Vec<SegmentInfo> = self.segments.read().unwrap().iter().map(|s| s.info.clone()).collect();
+        let mut list: Vec<SegmentInfo> = self
+            .segments
+            .read()
+            .unwrap()
+            .iter()
+            .map(|s| s.info.clone())
+            .collect();
         if let Some(last) = list.last_mut() {
             last.bytes = self.current_bytes.load(Ordering::Relaxed);
         }
@@ -171,13 +190,26 @@ impl JournalShared {
     pub fn read_range(&self, after: JournalPos, until: JournalPos) -> JournalIter {
         let segments = self.segments.read().unwrap();
         let wanted = after.next();
-        let start = segments.iter().rposition(|s| s.info.first_pos <= wanted).unwrap_or(0);
-        let offset = segments.get(start).map(|s| nearest_mark(&s.marks, wanted)).unwrap_or(0);
+        let start = segments
+            .iter()
+            .rposition(|s| s.info.first_pos <= wanted)
+            .unwrap_or(0);
+        let offset = segments
+            .get(start)
+            .map(|s| nearest_mark(&s.marks, wanted))
+            .unwrap_or(0);
         let files = segments[start.min(segments.len())..]
             .iter()
             .map(|s| (s.info.path.clone(), s.info.name.clone()))
             .collect();
-        JournalIter { files, next_file: 0, first_offset: offset, reader: None, after, until }
+        JournalIter {
+            files,
+            next_file: 0,
+            first_offset: offset,
+            reader: None,
+            after,
+            until,
+        }
     }
 }
 
@@ -209,7 +241,11 @@ impl Iterator for JournalIter {
             }
             if self.reader.is_none() {
                 let (path, name) = self.files.get(self.next_file)?;
-                let offset = if self.next_file == 0 { self.first_offset } else { 0 };
+                let offset = if self.next_file == 0 {
+                    self.first_offset
+                } else {
+                    0
+                };
                 self.next_file += 1;
                 match SegmentReader::open_at(path, name, offset) {
                     Ok(reader) => self.reader = Some(reader),
@@ -251,8 +287,12 @@ pub struct Journal {
 
 /// True when `name` is `<prefix>YYYYMMDD.NNN`.
 fn is_segment_name(name: &str, prefix: &str) -> bool {
-    let Some(rest) = name.strip_prefix(prefix) else { return false };
-    let Some((date, counter)) = rest.split_once('.') else { return false };
+    let Some(rest) = name.strip_prefix(prefix) else {
+        return false;
+    };
+    let Some((date, counter)) = rest.split_once('.') else {
+        return false;
+    };
     date.len() == 8
         && date.bytes().all(|b| b.is_ascii_digit())
         && counter.len() >= 3
@@ -266,21 +306,33 @@ impl Journal {
     /// the [`OpenReport`]; any other damage is an [`Error::Corrupt`] naming file and offset. A
     /// new journal gets the id `stream` and starts at `options.first_pos`; an existing one must
     /// carry that id, so a journal of another instance or mirror is never mixed in.
-    pub fn open(dir: &Path, stream: StreamId, options: JournalOptions) -> Result<(Journal, OpenReport)> {
+    pub fn open(
+        dir: &Path,
+        stream: StreamId,
+        options: JournalOptions,
+    ) -> Result<(Journal, OpenReport)> {
         fs::create_dir_all(dir).io_context(format!("create journal folder {}", dir.display()))?;
         let mut found: Vec<(SegmentHeader, Segment)> = Vec::new();
         for entry in fs::read_dir(dir).io_context("list journal folder")? {
             let entry = entry.io_context("list journal folder")?;
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !is_segment_name(&name, &options.prefix) || !entry.file_type().io_context("stat journal file")?.is_file() {
+            if !is_segment_name(&name, &options.prefix)
+                || !entry.file_type().io_context("stat journal file")?.is_file()
+            {
                 continue;
             }
             let mut head = [0u8; HEADER_LEN];
             let n = read_prefix(&path, &mut head)?;
             let header = match SegmentHeader::decode(&head[..n]) {
-                None => return Err(Error::Corrupt(format!("journal file {name} has no journal header"))),
-                Some(Err(reason)) => return Err(Error::Corrupt(format!("journal file {name}: {reason}"))),
+                None => {
+                    return Err(Error::Corrupt(format!(
+                        "journal file {name} has no journal header"
+                    )));
+                }
+                Some(Err(reason)) => {
+                    return Err(Error::Corrupt(format!("journal file {name}: {reason}")));
+                }
                 Some(Ok(header)) => header,
             };
             if header.stream != stream {
@@ -289,12 +341,28 @@ impl Journal {
                 )));
             }
             let bytes = entry.metadata().io_context("stat journal file")?.len();
-            let info = SegmentInfo { name, path, first_pos: header.first_pos, created_ms: header.created_ms, bytes };
-            found.push((header, Segment { info, marks: Vec::new() }));
+            let info = SegmentInfo {
+                name,
+                path,
+                first_pos: header.first_pos,
+                created_ms: header.created_ms,
+                bytes,
+            };
+            found.push((
+                header,
+                Segment {
+                    info,
+                    marks: Vec::new(),
+                },
+            ));
         }
         found.sort_by_key(|(h, _)| h.first_pos);
 
-        let mut report = OpenReport { segments: 0, end: JournalPos::ZERO, truncated: None };
+        let mut report = OpenReport {
+            segments: 0,
+            end: JournalPos::ZERO,
+            truncated: None,
+        };
         let mut end = None::<JournalPos>;
         let count = found.len();
         for (i, (header, segment)) in found.iter_mut().enumerate() {
@@ -307,7 +375,8 @@ impl Journal {
                     info.name, header.first_pos, prev_end
                 )));
             }
-            let bytes = fs::read(&info.path).io_context(format!("read journal file {}", info.name))?;
+            let bytes =
+                fs::read(&info.path).io_context(format!("read journal file {}", info.name))?;
             let scan = segment::scan(&bytes, header);
             if let Some(damage) = &scan.damage {
                 let newest = i + 1 == count;
@@ -316,10 +385,18 @@ impl Journal {
                 }
                 // A torn tail: the newest file ends in a write that never completed. Nothing in
                 // it was acknowledged (acknowledgement waits for fsync), so cutting it is safe.
-                let file = OpenOptions::new().write(true).open(&info.path).io_context("open journal file")?;
-                file.set_len(scan.valid_len).io_context("truncate torn journal tail")?;
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&info.path)
+                    .io_context("open journal file")?;
+                file.set_len(scan.valid_len)
+                    .io_context("truncate torn journal tail")?;
                 file.sync_all().io_context("fsync truncated journal file")?;
-                report.truncated = Some((info.name.clone(), scan.valid_len, bytes.len() as u64 - scan.valid_len));
+                report.truncated = Some((
+                    info.name.clone(),
+                    scan.valid_len,
+                    bytes.len() as u64 - scan.valid_len,
+                ));
                 info.bytes = scan.valid_len;
             }
             segment.marks = scan.marks;
@@ -329,7 +406,10 @@ impl Journal {
         let mut segments: Vec<Segment> = found.into_iter().map(|(_, s)| s).collect();
         if segments.is_empty() {
             let info = create_segment(dir, &options.prefix, stream, options.first_pos)?;
-            segments.push(Segment { info, marks: Vec::new() });
+            segments.push(Segment {
+                info,
+                marks: Vec::new(),
+            });
         }
         let end = end.unwrap_or(JournalPos(options.first_pos.0 - 1));
         let last = &segments.last().unwrap().info;
@@ -337,6 +417,11 @@ impl Journal {
             .append(true)
             .open(&last.path)
             .io_context(format!("open journal file {}", last.name))?;
+        // What the scan found is now treated as durable and may be replayed into databases, so
+        // make it so: after a crash between write and fsync the tail may only be in the page
+        // cache.
+        file.sync_data()
+            .io_context(format!("fsync journal file {}", last.name))?;
         let current_len = last.bytes;
         report.segments = segments.len();
         report.end = end;
@@ -351,7 +436,16 @@ impl Journal {
             appended: AtomicU64::new(0),
             segments: RwLock::new(segments),
         });
-        Ok((Journal { shared, file, current_len, end, options }, report))
+        Ok((
+            Journal {
+                shared,
+                file,
+                current_len,
+                end,
+                options,
+            },
+            report,
+        ))
     }
 
     /// The view other threads use.
@@ -373,7 +467,9 @@ impl Journal {
                 self.end
             )));
         }
-        if self.current_len > HEADER_LEN as u64 && self.current_len + frames.len() as u64 > self.options.max_segment_bytes {
+        if self.current_len > HEADER_LEN as u64
+            && self.current_len + frames.len() as u64 > self.options.max_segment_bytes
+        {
             self.roll_over()?;
         }
         if let Err(err) = self.file.write_all(frames) {
@@ -388,11 +484,17 @@ impl Journal {
             let segment = segments.last_mut().expect("a journal has a segment");
             let mut at = 0usize;
             while at + FRAME_HEADER_LEN + 8 <= frames.len() {
-                let body_len = u32::from_le_bytes(frames[at + 4..at + 8].try_into().unwrap()) as usize;
+                let body_len =
+                    u32::from_le_bytes(frames[at + 4..at + 8].try_into().unwrap()) as usize;
                 let pos = JournalPos(u64::from_le_bytes(
-                    frames[at + FRAME_HEADER_LEN..at + FRAME_HEADER_LEN + 8].try_into().unwrap(),
+                    frames[at + FRAME_HEADER_LEN..at + FRAME_HEADER_LEN + 8]
+                        .try_into()
+                        .unwrap(),
                 ));
-                if is_mark(pos, segment.marks.is_empty() && base + at as u64 == HEADER_LEN as u64) {
+                if is_mark(
+                    pos,
+                    segment.marks.is_empty() && base + at as u64 == HEADER_LEN as u64,
+                ) {
                     segment.marks.push((pos.0, base + at as u64));
                 }
                 at += FRAME_HEADER_LEN + body_len;
@@ -400,7 +502,9 @@ impl Journal {
         }
         self.current_len += frames.len() as u64;
         self.end = last;
-        self.shared.current_bytes.store(self.current_len, Ordering::Relaxed);
+        self.shared
+            .current_bytes
+            .store(self.current_len, Ordering::Relaxed);
         self.shared.appended.fetch_add(records, Ordering::Relaxed);
         self.shared.appended_end.store(last.0, Ordering::Release);
         Ok(())
@@ -424,11 +528,16 @@ impl Journal {
         let mut segments = self.shared.segments.write().unwrap();
         while segments.len() > 1 && segments.last().unwrap().info.first_pos > pos.next() {
             let gone = segments.pop().unwrap();
-            fs::remove_file(&gone.info.path).io_context(format!("remove journal file {}", gone.info.name))?;
+            fs::remove_file(&gone.info.path)
+                .io_context(format!("remove journal file {}", gone.info.name))?;
         }
         let last = segments.last_mut().unwrap();
         // Find where record pos + 1 starts: from the nearest mark, read frame by frame.
-        let mut reader = SegmentReader::open_at(&last.info.path, &last.info.name, nearest_mark(&last.marks, pos.next()))?;
+        let mut reader = SegmentReader::open_at(
+            &last.info.path,
+            &last.info.name,
+            nearest_mark(&last.marks, pos.next()),
+        )?;
         let cut = loop {
             let at = reader.offset();
             match reader.next_record()? {
@@ -437,12 +546,18 @@ impl Journal {
                 None => break at,
             }
         };
-        let file = OpenOptions::new().write(true).open(&last.info.path).io_context("open journal file")?;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&last.info.path)
+            .io_context("open journal file")?;
         file.set_len(cut).io_context("truncate journal")?;
         file.sync_all().io_context("fsync truncated journal")?;
         last.marks.retain(|(p, _)| *p <= pos.0);
         last.info.bytes = cut;
-        self.file = OpenOptions::new().append(true).open(&last.info.path).io_context("open journal file")?;
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&last.info.path)
+            .io_context("open journal file")?;
         drop(segments);
         sync_dir(&self.shared.dir)?;
         self.current_len = cut;
@@ -463,21 +578,43 @@ impl Journal {
                 "records {first}..={last} do not end right before the journal's first record {oldest}"
             )));
         }
-        let mut info = create_segment(&self.shared.dir, &self.options.prefix, self.shared.stream, first)?;
+        let mut info = create_segment(
+            &self.shared.dir,
+            &self.options.prefix,
+            self.shared.stream,
+            first,
+        )?;
         {
-            let mut file = OpenOptions::new().append(true).open(&info.path).io_context("open journal file")?;
-            file.write_all(frames).io_context("write fetched journal records")?;
-            file.sync_all().io_context("fsync fetched journal records")?;
+            let mut file = OpenOptions::new()
+                .append(true)
+                .open(&info.path)
+                .io_context("open journal file")?;
+            file.write_all(frames)
+                .io_context("write fetched journal records")?;
+            file.sync_all()
+                .io_context("fsync fetched journal records")?;
         }
         let bytes = fs::read(&info.path).io_context("read back fetched journal records")?;
-        let header = SegmentHeader { stream: self.shared.stream, first_pos: first, created_ms: info.created_ms };
+        let header = SegmentHeader {
+            stream: self.shared.stream,
+            first_pos: first,
+            created_ms: info.created_ms,
+        };
         let scan = segment::scan(&bytes, &header);
         if scan.damage.is_some() || scan.last_pos != Some(last) {
             let _ = fs::remove_file(&info.path);
-            return Err(Error::Corrupt(format!("fetched journal records {first}..={last} are not valid")));
+            return Err(Error::Corrupt(format!(
+                "fetched journal records {first}..={last} are not valid"
+            )));
         }
         info.bytes = bytes.len() as u64;
-        self.shared.segments.write().unwrap().insert(0, Segment { info, marks: scan.marks });
+        self.shared.segments.write().unwrap().insert(
+            0,
+            Segment {
+                info,
+                marks: scan.marks,
+            },
+        );
         Ok(())
     }
 
@@ -488,7 +625,8 @@ impl Journal {
         let mut segments = self.shared.segments.write().unwrap();
         while segments.len() > 1 && segments[1].info.first_pos <= keep_from {
             let gone = segments.remove(0);
-            fs::remove_file(&gone.info.path).io_context(format!("remove journal file {}", gone.info.name))?;
+            fs::remove_file(&gone.info.path)
+                .io_context(format!("remove journal file {}", gone.info.name))?;
             removed.push(gone.info.name);
         }
         drop(segments);
@@ -502,15 +640,28 @@ impl Journal {
     fn roll_over(&mut self) -> Result<()> {
         // The old segment holds only synced batches (every batch is synced before the next one
         // is appended), so it needs no further fsync here.
-        let info = create_segment(&self.shared.dir, &self.options.prefix, self.shared.stream, self.end.next())?;
-        self.file = OpenOptions::new().append(true).open(&info.path).io_context("open new journal file")?;
+        let info = create_segment(
+            &self.shared.dir,
+            &self.options.prefix,
+            self.shared.stream,
+            self.end.next(),
+        )?;
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&info.path)
+            .io_context("open new journal file")?;
         self.current_len = info.bytes;
         let mut segments = self.shared.segments.write().unwrap();
         if let Some(last) = segments.last_mut() {
             last.info.bytes = self.shared.current_bytes.load(Ordering::Relaxed);
         }
-        segments.push(Segment { info, marks: Vec::new() });
-        self.shared.current_bytes.store(self.current_len, Ordering::Relaxed);
+        segments.push(Segment {
+            info,
+            marks: Vec::new(),
+        });
+        self.shared
+            .current_bytes
+            .store(self.current_len, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -518,13 +669,22 @@ impl Journal {
 /// Creates a segment file with only a header, named `<prefix>YYYYMMDD.NNN` after today's date
 /// and the next free counter. The header goes to a temporary file that is fsynced and then
 /// renamed, so a crash never leaves a segment with half a header.
-fn create_segment(dir: &Path, prefix: &str, stream: StreamId, first_pos: JournalPos) -> Result<SegmentInfo> {
+fn create_segment(
+    dir: &Path,
+    prefix: &str,
+    stream: StreamId,
+    first_pos: JournalPos,
+) -> Result<SegmentInfo> {
     let created_ms = now_ms();
     let date = format_date_compact(created_ms);
     let stem = format!("{prefix}{date}.");
     let mut counter = 1;
     for entry in fs::read_dir(dir).io_context("list journal folder")? {
-        let name = entry.io_context("list journal folder")?.file_name().to_string_lossy().into_owned();
+        let name = entry
+            .io_context("list journal folder")?
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
         if let Some(n) = name.strip_prefix(&stem).and_then(|n| n.parse::<u32>().ok()) {
             counter = counter.max(n + 1);
         }
@@ -532,15 +692,26 @@ fn create_segment(dir: &Path, prefix: &str, stream: StreamId, first_pos: Journal
     let name = format!("{stem}{counter:03}");
     let path = dir.join(&name);
     let tmp = dir.join(format!("{name}.tmp"));
-    let header = SegmentHeader { stream, first_pos, created_ms };
+    let header = SegmentHeader {
+        stream,
+        first_pos,
+        created_ms,
+    };
     {
         let mut file = File::create(&tmp).io_context("create journal file")?;
-        file.write_all(&header.encode()).io_context("write journal header")?;
+        file.write_all(&header.encode())
+            .io_context("write journal header")?;
         file.sync_all().io_context("fsync journal header")?;
     }
     fs::rename(&tmp, &path).io_context("name journal file")?;
     sync_dir(dir)?;
-    Ok(SegmentInfo { name, path, first_pos, created_ms, bytes: HEADER_LEN as u64 })
+    Ok(SegmentInfo {
+        name,
+        path,
+        first_pos,
+        created_ms,
+        bytes: HEADER_LEN as u64,
+    })
 }
 
 fn read_prefix(path: &Path, buf: &mut [u8]) -> Result<usize> {
@@ -548,7 +719,9 @@ fn read_prefix(path: &Path, buf: &mut [u8]) -> Result<usize> {
     let mut file = File::open(path).io_context(format!("open {}", path.display()))?;
     let mut filled = 0;
     while filled < buf.len() {
-        let n = file.read(&mut buf[filled..]).io_context("read journal header")?;
+        let n = file
+            .read(&mut buf[filled..])
+            .io_context("read journal header")?;
         if n == 0 {
             break;
         }

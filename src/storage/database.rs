@@ -60,13 +60,23 @@ pub fn open(path: &Path) -> Result<Connection> {
 /// Triggers are switched off on this connection: a changeset already holds every row change the
 /// original statement made, trigger effects included (sessions record them). Firing the triggers
 /// again while applying would do their work twice.
+///
+/// Foreign-key actions are switched off for the same reason: a cascade the original statement
+/// caused is in the changeset as its own row changes.
 pub fn open_for_apply(path: &Path) -> Result<Connection> {
     let conn = open(path)?;
+    quiet_for_apply(&conn)?;
+    Ok(conn)
+}
+
+/// Turns off triggers and foreign-key actions on a connection that applies journal records.
+fn quiet_for_apply(conn: &Connection) -> Result<()> {
     conn.set_db_config(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
         false,
     )?;
-    Ok(conn)
+    conn.execute_batch("PRAGMA foreign_keys = OFF")?;
+    Ok(())
 }
 
 /// Applies the per-connection settings to one schema (`main` or an attached database).
@@ -186,6 +196,20 @@ pub fn read_identity(conn: &Connection, schema: &str) -> Result<DatabaseIdentity
 /// The statement that records a new applied position for `schema`.
 pub fn set_applied_sql(schema: &str) -> String {
     format!("UPDATE \"{schema}\".{META_TABLE} SET value = ?1 WHERE key = 'applied_pos'")
+}
+
+/// Points a database file at another journal: `stream`, applied up to `pos` (Add to Mirror,
+/// leaving a mirror). One transaction.
+pub fn switch_stream(file: &Path, stream: &str, pos: JournalPos) -> Result<()> {
+    let conn = open(file)?;
+    let tx = conn.unchecked_transaction()?;
+    tx.execute(
+        &format!("UPDATE {META_TABLE} SET value = ?1 WHERE key = 'stream'"),
+        [stream],
+    )?;
+    tx.execute(&set_applied_sql("main"), [pos.0 as i64])?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// Path of the WAL file SQLite keeps beside `file`.
@@ -308,11 +332,8 @@ pub fn apply_schema_qualified(file: &Path, name: &str, record: &Record) -> Resul
     };
     let conn = Connection::open_in_memory()?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    // As in `open_for_apply`: the journal already holds what triggers did.
-    conn.set_db_config(
-        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
-        false,
-    )?;
+    // As in `open_for_apply`: the journal already holds what triggers and cascades did.
+    quiet_for_apply(&conn)?;
     conn.execute(
         "ATTACH DATABASE ?1 AS ?2",
         rusqlite::params![file.to_string_lossy(), name],

@@ -61,7 +61,9 @@ pub struct StatementFacts {
 
 #[derive(Debug, Default)]
 struct GuardState {
-    /// True while the instance prepares its own bookkeeping statements.
+    /// True only while the instance runs its own bookkeeping statements; everything else —
+    /// including a cached statement SQLite re-prepares in the middle of running it, and the
+    /// statements inside triggers — is judged as a user statement.
     internal: bool,
     facts: StatementFacts,
 }
@@ -78,10 +80,7 @@ pub struct StatementGuard {
 impl StatementGuard {
     fn new(main: &DbName, read_only: Vec<String>, read_only_reason: &str) -> Self {
         StatementGuard {
-            state: Arc::new(Mutex::new(GuardState {
-                internal: true,
-                facts: StatementFacts::default(),
-            })),
+            state: Arc::new(Mutex::new(GuardState::default())),
             main: main.to_string(),
             read_only: Arc::new(read_only),
             read_only_reason: read_only_reason.into(),
@@ -98,32 +97,52 @@ impl StatementGuard {
     fn decide(&self, ctx: AuthContext<'_>) -> Authorization {
         let mut state = self.state.lock().unwrap();
         let internal = state.internal;
-        let db = self.db_name(ctx.database_name);
         let refuse = |state: &mut GuardState, why: String| {
             state.facts.denied.get_or_insert(why);
             Authorization::Deny
         };
-        // Read-only databases refuse writes from every statement, the instance's own included:
-        // a cached statement re-prepared after a schema change must not slip past the check.
+        // ALTER TABLE names its database in the action, not in the context.
+        let db = match ctx.action {
+            AuthAction::AlterTable { database_name, .. } => self.db_name(Some(database_name)),
+            _ => self.db_name(ctx.database_name),
+        };
         let writes_table = match ctx.action {
             AuthAction::Insert { table_name }
             | AuthAction::Delete { table_name }
             | AuthAction::Update { table_name, .. } => Some(table_name),
             _ => None,
         };
-        let changes_schema = matches!(
-            ctx.action,
-            AuthAction::CreateTable { .. }
-                | AuthAction::CreateIndex { .. }
-                | AuthAction::CreateView { .. }
-                | AuthAction::CreateTrigger { .. }
-                | AuthAction::DropTable { .. }
-                | AuthAction::DropIndex { .. }
-                | AuthAction::DropView { .. }
-                | AuthAction::DropTrigger { .. }
-                | AuthAction::AlterTable { .. }
-        );
-        if (writes_table.is_some() || changes_schema)
+        let schema_table = match ctx.action {
+            AuthAction::CreateTable { table_name }
+            | AuthAction::CreateIndex { table_name, .. }
+            | AuthAction::CreateTrigger { table_name, .. }
+            | AuthAction::DropTable { table_name }
+            | AuthAction::DropIndex { table_name, .. }
+            | AuthAction::DropTrigger { table_name, .. }
+            | AuthAction::AlterTable { table_name, .. } => Some(table_name),
+            AuthAction::CreateView { view_name } | AuthAction::DropView { view_name } => {
+                Some(view_name)
+            }
+            _ => None,
+        };
+        // The bookkeeping table: only the instance's own top-level statements write it, and
+        // nobody changes its schema or hangs a trigger on it.
+        if writes_table == Some(META_TABLE) && (!internal || ctx.accessor.is_some()) {
+            return refuse(
+                &mut state,
+                format!("{META_TABLE} is kept by the instance and cannot be changed"),
+            );
+        }
+        if schema_table == Some(META_TABLE) {
+            return refuse(
+                &mut state,
+                format!(
+                    "{META_TABLE} is kept by the instance: no schema changes or triggers on it"
+                ),
+            );
+        }
+        // Read-only databases refuse writes from every statement, the instance's own included.
+        if (writes_table.is_some() || schema_table.is_some())
             && db != "temp"
             && self.read_only.iter().any(|r| r == db)
         {
@@ -135,21 +154,9 @@ impl StatementGuard {
         if internal {
             return Authorization::Allow;
         }
-        if writes_table == Some(META_TABLE) {
-            return refuse(
-                &mut state,
-                format!("{META_TABLE} is kept by the instance and cannot be changed"),
-            );
-        }
-        if changes_schema {
-            let db = match ctx.action {
-                AuthAction::AlterTable { database_name, .. } => database_name,
-                _ => db,
-            };
-            state
-                .facts
-                .ddl_db
-                .get_or_insert_with(|| self.db_name(Some(db)).to_string());
+        if schema_table.is_some() {
+            let db = db.to_string();
+            state.facts.ddl_db.get_or_insert(db);
             return Authorization::Allow;
         }
         match ctx.action {
@@ -189,19 +196,25 @@ impl StatementGuard {
         }
     }
 
-    /// Switches the guard to judging a user statement; returns the facts when done.
+    /// Prepares a user statement under the guard; returns what the guard learned.
     pub fn judge<T>(&self, prepare: impl FnOnce() -> T) -> (T, StatementFacts) {
-        {
-            let mut state = self.state.lock().unwrap();
-            state.internal = false;
-            state.facts = StatementFacts::default();
-        }
+        self.state.lock().unwrap().facts = StatementFacts::default();
         let result = prepare();
-        let mut state = self.state.lock().unwrap();
-        state.internal = true;
-        (result, std::mem::take(&mut state.facts))
+        let facts = std::mem::take(&mut self.state.lock().unwrap().facts);
+        (result, facts)
+    }
+
+    /// Runs the instance's own bookkeeping (savepoints, applied positions, checkpoints).
+    pub fn internal<T>(&self, run: impl FnOnce() -> T) -> T {
+        self.state.lock().unwrap().internal = true;
+        let result = run();
+        self.state.lock().unwrap().internal = false;
+        result
     }
 }
+
+/// How long one user statement may run, by default, before SQLite is told to stop it.
+pub const STATEMENT_TIMEOUT_MS: i64 = 30_000;
 
 /// A connection for one namespace, built for one catalog generation.
 pub struct NamespaceConn {
@@ -219,8 +232,14 @@ pub struct NamespaceConn {
     pub missing: Vec<DbName>,
     /// The databases writes may go to (mounted, not read-only).
     pub writable: Vec<DbName>,
+    /// The databases whose changes belong in the mirror's journal.
+    pub mirrored: Vec<DbName>,
     /// The authorizer state.
     pub guard: StatementGuard,
+    /// When the running user statement must stop (ms since the Unix epoch; 0 = no limit).
+    deadline: Arc<std::sync::atomic::AtomicI64>,
+    /// How long a user statement may run (ms).
+    timeout_ms: i64,
 }
 
 /// Whether a connection is for reading only.
@@ -238,6 +257,7 @@ impl NamespaceConn {
         state: &CatalogState,
         namespace: &NamespaceName,
         purpose: Purpose,
+        timeout_ms: i64,
     ) -> Result<NamespaceConn> {
         let ns = state.namespace(namespace)?;
         let main = state.database(&ns.default_db)?;
@@ -281,12 +301,28 @@ impl NamespaceConn {
         };
         let reason =
             " on this member (it is a mirrored database and this member is not the primary)";
-        let guard = StatementGuard::new(&main.name, read_only, reason);
-        let judge = guard.clone();
-        conn.authorizer(Some(move |ctx: AuthContext<'_>| judge.decide(ctx)))?;
         if purpose == Purpose::Read {
             conn.execute_batch("PRAGMA query_only = 1")?;
         }
+        let guard = StatementGuard::new(&main.name, read_only, reason);
+        let judge = guard.clone();
+        conn.authorizer(Some(move |ctx: AuthContext<'_>| judge.decide(ctx)))?;
+        // A statement past its deadline is interrupted: no read holds a file (or the writer)
+        // forever.
+        let deadline = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let watch = deadline.clone();
+        conn.progress_handler(
+            20_000,
+            Some(move || {
+                let until = watch.load(std::sync::atomic::Ordering::Relaxed);
+                until != 0 && crate::util::now_ms() > until
+            }),
+        )?;
+        let mirrored = attached
+            .iter()
+            .filter(|db| state.databases[*db].mirrored.is_some())
+            .cloned()
+            .collect();
         Ok(NamespaceConn {
             conn,
             namespace: namespace.clone(),
@@ -295,8 +331,26 @@ impl NamespaceConn {
             attached,
             missing,
             writable,
+            mirrored,
             guard,
+            deadline,
+            timeout_ms,
         })
+    }
+
+    /// Runs the instance's own statements on this connection (see [`StatementGuard::internal`]).
+    pub fn internal<T>(&self, run: impl FnOnce(&Connection) -> T) -> T {
+        self.guard.internal(|| run(&self.conn))
+    }
+
+    /// Runs a user statement with the statement deadline armed.
+    pub fn with_deadline<T>(&self, run: impl FnOnce() -> T) -> T {
+        use std::sync::atomic::Ordering;
+        self.deadline
+            .store(crate::util::now_ms() + self.timeout_ms, Ordering::Relaxed);
+        let result = run();
+        self.deadline.store(0, Ordering::Relaxed);
+        result
     }
 
     /// Explains a SQLite error from a user statement, adding what the guard knows: the reason for
@@ -307,6 +361,12 @@ impl NamespaceConn {
         }
         if let rusqlite::Error::MultipleStatement = err {
             return Error::InvalidInput("run one statement at a time".into());
+        }
+        if err.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted) {
+            return Error::Conflict(format!(
+                "the statement ran longer than {} ms and was stopped",
+                self.timeout_ms
+            ));
         }
         let mut message = match &err {
             rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),

@@ -65,6 +65,10 @@ pub struct Auth {
     config: Arc<ConfigStore>,
     sessions: Mutex<HashMap<String, SessionData>>,
     verified_basic: Mutex<HashMap<String, String>>,
+    /// Bumped on every password change.
+    password_generation: std::sync::atomic::AtomicU64,
+    /// Bounds concurrent password checks.
+    checks: tokio::sync::Semaphore,
     dummy_hash: OnceLock<String>,
     /// Name of the session cookie.
     pub cookie: String,
@@ -93,6 +97,8 @@ impl Auth {
             config,
             sessions: Mutex::new(HashMap::new()),
             verified_basic: Mutex::new(HashMap::new()),
+            password_generation: std::sync::atomic::AtomicU64::new(0),
+            checks: tokio::sync::Semaphore::new(4),
             dummy_hash: OnceLock::new(),
             cookie: format!("mirrorlab_{tag}"),
             login_cookie: format!("mirrorlab_login_{tag}"),
@@ -185,6 +191,12 @@ impl Auth {
         if let Some(user) = self.verified_basic.lock().unwrap().get(&header) {
             return Some(user.clone());
         }
+        // A password change while this check runs must not let the old password back in.
+        let generation = self
+            .password_generation
+            .load(std::sync::atomic::Ordering::Acquire);
+        // Argon2 is slow and memory-hungry on purpose: a few checks at a time.
+        let _permit = self.checks.acquire().await.ok()?;
         let encoded = header.strip_prefix("Basic ")?;
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(encoded.trim())
@@ -199,6 +211,13 @@ impl Auth {
         .await
         .ok()??;
         let mut cache = self.verified_basic.lock().unwrap();
+        if self
+            .password_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+            != generation
+        {
+            return None;
+        }
         if cache.len() >= MAX_CACHED_CREDENTIALS {
             cache.clear();
         }
@@ -316,6 +335,17 @@ pub async fn require_api_user(
         }
         None => None,
     };
+    // Browsers remember Basic credentials and send them with cross-site requests: a request
+    // that a browser marks as coming from another site may only read.
+    if request.method() != Method::GET
+        && request.method() != Method::HEAD
+        && from_another_site(request.headers())
+    {
+        return ApiError::response(
+            StatusCode::FORBIDDEN,
+            "cross-site requests may not change anything: call the API from a script or from this portal",
+        );
+    }
     let Some(user) = user else {
         let mut response = ApiError::response(
             StatusCode::UNAUTHORIZED,
@@ -329,6 +359,29 @@ pub async fn require_api_user(
     };
     request.extensions_mut().insert(super::api::ApiUser(user));
     next.run(request).await
+}
+
+/// True when the browser says the request comes from another site (`Sec-Fetch-Site`), or its
+/// `Origin` names another host than the one asked.
+pub fn from_another_site(headers: &HeaderMap) -> bool {
+    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    if matches!(fetch_site, Some(site) if site != "same-origin" && site != "none") {
+        return true;
+    }
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok());
+    match headers
+        .get(axum::http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+    {
+        None | Some("null") if fetch_site.is_none() => false,
+        None => false,
+        Some(origin) => {
+            let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or(origin);
+            Some(origin_host) != host
+        }
+    }
 }
 
 /// Adds a `Set-Cookie` header to a response.

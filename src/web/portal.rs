@@ -73,6 +73,7 @@ fn safe_next(next: Option<&str>) -> String {
             if n.starts_with('/')
                 && !n.starts_with("//")
                 && !n.contains('\\')
+                && n.chars().all(|c| !c.is_control() && !c.is_whitespace())
                 && !n.starts_with("/portal/login") =>
         {
             n.to_string()

@@ -1,0 +1,383 @@
+//! Mirror settings as the configuration file stores them, and the rules their fields follow.
+//!
+//! Names and defaults follow IRIS: a mirror name is 1–15 letters and digits, upper-cased; a member
+//! name is at most 32 characters, upper-cased, defaulting to `HOST/INSTANCE`; the quality of
+//! service timeout defaults to 8000 ms; the agent port to 2188 and the superserver port to 1972.
+//! Addresses may carry a port (`127.0.0.1:19720`); without one the default port applies, which
+//! is what lets several members share one host in tests.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::names::DbName;
+
+/// IRIS's default quality of service timeout.
+pub const DEFAULT_QOS_MS: u64 = 8000;
+/// Smallest QoS timeout accepted.
+pub const MIN_QOS_MS: u64 = 200;
+/// Largest QoS timeout accepted.
+pub const MAX_QOS_MS: u64 = 60_000;
+/// Default agent port.
+pub const DEFAULT_AGENT_PORT: u16 = 2188;
+/// Default superserver port.
+pub const DEFAULT_SUPERSERVER_PORT: u16 = 1972;
+/// Longest member name.
+pub const MAX_MEMBER_NAME: usize = 32;
+
+/// Characters a typed member name may not contain (`/` is allowed once, as in `HOST/INSTANCE`).
+const FORBIDDEN_IN_MEMBER_NAME: &[char] =
+    &[' ', '\t', ':', '[', ']', '#', ';', '*', '=', '^', '~', ','];
+
+/// Checks and upper-cases a mirror name: 1–15 letters and digits.
+pub fn mirror_name(raw: &str) -> Result<String> {
+    let name = raw.trim();
+    if name.is_empty() || name.len() > 15 || !name.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(Error::InvalidInput(format!(
+            "Mirror Name {name:?} is not valid: use 1 to 15 letters and digits"
+        )));
+    }
+    Ok(name.to_ascii_uppercase())
+}
+
+/// Checks and upper-cases a member name.
+pub fn member_name(raw: &str) -> Result<String> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err(Error::InvalidInput("Mirror Member Name is required".into()));
+    }
+    if name.chars().count() > MAX_MEMBER_NAME {
+        return Err(Error::InvalidInput(format!(
+            "Mirror Member Name {name:?} is too long (at most {MAX_MEMBER_NAME} characters)"
+        )));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| FORBIDDEN_IN_MEMBER_NAME.contains(c) || c.is_control())
+    {
+        return Err(Error::InvalidInput(format!(
+            "Mirror Member Name {name:?} may not contain {bad:?}"
+        )));
+    }
+    if name.matches('/').count() > 1 || name.starts_with('/') || name.ends_with('/') {
+        return Err(Error::InvalidInput(format!(
+            "Mirror Member Name {name:?} may contain one / between two parts (HOST/INSTANCE)"
+        )));
+    }
+    Ok(name.to_ascii_uppercase())
+}
+
+/// The default member name `HOST/INSTANCE`, or empty when that would be too long (as IRIS does).
+pub fn default_member_name(host: &str, instance: &str) -> String {
+    let name = format!("{host}/{instance}").to_ascii_uppercase();
+    if name.chars().count() > MAX_MEMBER_NAME {
+        String::new()
+    } else {
+        name
+    }
+}
+
+/// Splits `host[:port]` (IPv6 as `[addr]:port`), checking both parts.
+pub fn split_address(raw: &str, default_port: u16) -> Result<(String, u16)> {
+    let text = raw.trim();
+    let bad = || {
+        Error::InvalidInput(format!(
+            "address {text:?} is not a host name or IP address (with an optional :port)"
+        ))
+    };
+    if text.is_empty() {
+        return Err(Error::InvalidInput("an address is required".into()));
+    }
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err(bad()),
+        };
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad());
+        }
+        (host.to_string(), port)
+    } else {
+        match text.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') => (host.to_string(), Some(port)),
+            Some(_) => return Err(bad()),
+            None => (text.to_string(), None),
+        }
+    };
+    if !text.starts_with('[')
+        && (host.is_empty()
+            || host.len() > 253
+            || !host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_')
+            || host.starts_with('-'))
+    {
+        return Err(bad());
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "port {p:?} in address {text:?} is not a number from 1 to 65535"
+            ))
+        })?,
+    };
+    Ok((host, port))
+}
+
+/// Normalises an address for storage: `host` when it uses the default port, else `host:port`.
+pub fn normalize_address(raw: &str, default_port: u16) -> Result<String> {
+    let (host, port) = split_address(raw, default_port)?;
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    Ok(if port == default_port {
+        host
+    } else {
+        format!("{host}:{port}")
+    })
+}
+
+/// `host:port` to connect to.
+pub fn connect_address(address: &str, default_port: u16) -> Result<String> {
+    let (host, port) = split_address(address, default_port)?;
+    Ok(if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    })
+}
+
+/// What kind of member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberKind {
+    /// One of the two failover members.
+    Failover,
+    /// Disaster recovery async.
+    Dr,
+    /// Read-only reporting async.
+    ReportingRo,
+    /// Read-write reporting async.
+    ReportingRw,
+}
+
+impl MemberKind {
+    /// The Type column of the Mirror Monitor.
+    pub fn display(self) -> &'static str {
+        match self {
+            MemberKind::Failover => "Failover",
+            MemberKind::Dr => "Disaster Recovery",
+            MemberKind::ReportingRo => "Read-Only Reporting",
+            MemberKind::ReportingRw => "Read-Write Reporting",
+        }
+    }
+}
+
+/// One member of a mirror, as every member knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// Member name (`MIRRORA/IRIS`).
+    pub name: String,
+    /// Failover or async.
+    pub kind: MemberKind,
+    /// Superserver address (clients and other members).
+    pub superserver_address: String,
+    /// Address the data channel uses.
+    pub mirror_private_address: String,
+    /// The host's agent address.
+    pub agent_address: String,
+    /// The agent's port.
+    pub agent_port: u16,
+    /// The instance's id.
+    pub instance_guid: String,
+}
+
+impl MemberInfo {
+    /// Where to open the data channel to this member.
+    pub fn data_channel_address(&self) -> Result<String> {
+        connect_address(&self.mirror_private_address, DEFAULT_SUPERSERVER_PORT)
+    }
+
+    /// Where this member's agent listens.
+    pub fn agent_connect_address(&self) -> Result<String> {
+        connect_address(&self.agent_address, self.agent_port)
+    }
+}
+
+/// The mirror as a whole (what Create Mirror defines; the primary's copy is authoritative).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorDefinition {
+    /// Mirror name (`MIRRORSET`).
+    pub name: String,
+    /// Hex id of the mirror's journal stream.
+    pub id: String,
+    /// Quality of service timeout (ms).
+    pub qos_timeout_ms: u64,
+    /// Whether an arbiter is configured.
+    pub use_arbiter: bool,
+    /// Arbiter host.
+    pub arbiter_address: String,
+    /// Arbiter port.
+    pub arbiter_port: u16,
+    /// Require SSL/TLS (refused for now).
+    pub require_tls: bool,
+    /// Allow Parallel Dejournaling setting (shown; dejournaling here is ordered per database).
+    pub parallel_dejournaling: String,
+    /// Compression mode for failover members (shown).
+    pub compression_failover: String,
+    /// Compression mode for async members (shown).
+    pub compression_async: String,
+}
+
+impl MirrorDefinition {
+    /// `host|port` as the monitor shows the arbiter, or empty.
+    pub fn arbiter_display(&self) -> String {
+        if self.use_arbiter {
+            format!("{}|{}", self.arbiter_address, self.arbiter_port)
+        } else {
+            String::new()
+        }
+    }
+}
+
+/// A database of the mirror: what Add to Mirror recorded on the primary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirroredDatabase {
+    /// Local name (also the mirror database name).
+    pub name: DbName,
+    /// The database's id; a copy must carry the same one.
+    pub guid: String,
+    /// Journal position of the event that added it.
+    pub added_at: u64,
+}
+
+impl MirroredDatabase {
+    /// `:mirror:MIRRORSET:COMPANY`.
+    pub fn mirror_path(&self, mirror: &str) -> String {
+        format!(":mirror:{mirror}:{}", self.name)
+    }
+}
+
+/// This instance's membership in a mirror.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    /// The mirror.
+    pub mirror: MirrorDefinition,
+    /// This member.
+    pub this: MemberInfo,
+    /// The other members known.
+    #[serde(default)]
+    pub others: Vec<MemberInfo>,
+    /// Whether this member was the primary when it last ran.
+    #[serde(default)]
+    pub was_primary: bool,
+    /// The mirror's databases.
+    #[serde(default)]
+    pub databases: Vec<MirroredDatabase>,
+    /// Databases activated on this member (their copy may be dejournaled).
+    #[serde(default)]
+    pub activated: Vec<DbName>,
+    /// The member this one follows (its primary), by name.
+    #[serde(default)]
+    pub primary_name: Option<String>,
+    /// Add to Mirror steps begun but not finished (see the writer): completed or dropped at
+    /// start-up, depending on whether their journal event was written.
+    #[serde(default)]
+    pub pending_adds: Vec<MirroredDatabase>,
+}
+
+impl Membership {
+    /// The member called `name`, this one included.
+    pub fn member(&self, name: &str) -> Option<&MemberInfo> {
+        std::iter::once(&self.this)
+            .chain(&self.others)
+            .find(|m| m.name == name)
+    }
+
+    /// The mirrored database called `name`.
+    pub fn database(&self, name: &DbName) -> Option<&MirroredDatabase> {
+        self.databases.iter().find(|d| &d.name == name)
+    }
+}
+
+/// Mirror settings of an instance (IRIS: `%Service_Mirror` and the `[Mirrors]` sections).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorConfig {
+    /// Whether the mirror service is enabled.
+    #[serde(default)]
+    pub service_enabled: bool,
+    /// The mirror this instance belongs to.
+    #[serde(default)]
+    pub membership: Option<Membership>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirror_names_follow_the_rules() {
+        assert_eq!(mirror_name(" mirrorset ").unwrap(), "MIRRORSET");
+        assert_eq!(mirror_name("A1").unwrap(), "A1");
+        for bad in ["", "MIRROR-SET", "MIRROR SET", "ABCDEFGHIJKLMNOP", "naïve"] {
+            assert!(mirror_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(mirror_name("ABCDEFGHIJKLMNO").unwrap().len(), 15);
+    }
+
+    #[test]
+    fn member_names_follow_the_rules() {
+        assert_eq!(member_name("mirrorA/iris").unwrap(), "MIRRORA/IRIS");
+        assert_eq!(member_name("BACKUP_1").unwrap(), "BACKUP_1");
+        for bad in [
+            "",
+            "a b",
+            "a:b",
+            "a,b",
+            "a/b/c",
+            "/a",
+            "x=y",
+            &"X".repeat(33),
+        ] {
+            assert!(member_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(default_member_name("mirrorA", "IRIS"), "MIRRORA/IRIS");
+        assert_eq!(default_member_name(&"h".repeat(40), "IRIS"), "");
+    }
+
+    #[test]
+    fn addresses_may_carry_a_port() {
+        assert_eq!(
+            split_address("mirrorA", 1972).unwrap(),
+            ("mirrorA".into(), 1972)
+        );
+        assert_eq!(
+            split_address("127.0.0.1:19720", 1972).unwrap(),
+            ("127.0.0.1".into(), 19720)
+        );
+        assert_eq!(split_address("[::1]:5", 1972).unwrap(), ("::1".into(), 5));
+        assert_eq!(connect_address("[::1]", 2188).unwrap(), "[::1]:2188");
+        assert_eq!(normalize_address("mirrorA:1972", 1972).unwrap(), "mirrorA");
+        assert_eq!(
+            normalize_address("mirrorA:2000", 1972).unwrap(),
+            "mirrorA:2000"
+        );
+        for bad in [
+            "",
+            "a b",
+            "host:0",
+            "host:70000",
+            "host:x",
+            "::1",
+            "[zz]:1",
+            "-host",
+            "a/b",
+        ] {
+            assert!(split_address(bad, 1972).is_err(), "{bad:?}");
+        }
+    }
+}

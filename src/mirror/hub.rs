@@ -1,0 +1,413 @@
+//! The primary's side of journal transfer: who is connected, what they have acknowledged, and
+//! the wait that makes a commit synchronous.
+//!
+//! # Publishing
+//!
+//! The writer appends a batch to the mirror journal *through* the hub ([`Hub::publish`]): under
+//! the hub's lock the frames are written to the journal file and handed to every connected
+//! member's sender. A member that connects registers under the same lock and learns the
+//! journal's appended end at that instant: it reads everything up to there from the files and
+//! gets everything after it from its queue. No batch can fall between the two.
+//!
+//! Batches are shipped *before* the primary's own fsync, so the backup's disk write overlaps the
+//! primary's. The primary then announces its durable end ([`Hub::durable`]); members apply
+//! (dejournal) nothing beyond what the primary has announced, so records a crashed primary never
+//! made durable are never applied anywhere, and can be cut from a member's journal.
+//!
+//! # Synchronous commit
+//!
+//! A failover member whose acknowledgements reach the journal end it was shown when it
+//! connected becomes *active*: from then on [`Hub::wait_acknowledged`] holds every batch until the
+//! active backup acknowledges it — one round trip for the whole batch (group commit). If the
+//! acknowledgement does not come within the quality of service timeout, the backup loses its
+//! active status and its connection (it reconnects and catches up), and the batch is
+//! acknowledged without it. Asyncs never delay a commit.
+//!
+//! Left out here: the trouble state and the failover rules, which decide what a primary may do
+//! when it loses its backup.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::journal::{Journal, JournalPos};
+use crate::util::now_ms;
+
+use super::config::{MemberInfo, MemberKind};
+use super::protocol::Control;
+
+/// What a member's sender thread is asked to send.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// A batch of journal frames.
+    Frames(Arc<Vec<u8>>, JournalPos, JournalPos),
+    /// A control message.
+    Control(Box<Control>),
+    /// Close the connection, saying why.
+    Close(String),
+}
+
+#[derive(Debug)]
+struct Link {
+    id: u64,
+    member: MemberInfo,
+    tx: mpsc::Sender<Outgoing>,
+    acked: JournalPos,
+    /// The journal end when the member connected; acknowledging it makes a backup active.
+    activation_point: JournalPos,
+    active: bool,
+    connected_ms: i64,
+    last_heard_ms: i64,
+    dejournaling: String,
+}
+
+/// A connected member as the monitor shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkView {
+    /// The member.
+    pub member: MemberInfo,
+    /// Its durable end.
+    pub acked: JournalPos,
+    /// Whether commits wait for it.
+    pub active: bool,
+    /// When it connected.
+    pub connected_ms: i64,
+    /// What it last said about its dejournaling.
+    pub dejournaling: String,
+    /// Commit time of the oldest record it lacks, if it lacks any.
+    pub behind_since_ms: Option<i64>,
+}
+
+#[derive(Debug, Default)]
+struct HubState {
+    appended_end: JournalPos,
+    durable_end: JournalPos,
+    links: Vec<Link>,
+    next_id: u64,
+    /// (last position, commit time) of recent batches, to say how far behind a member is.
+    batch_times: VecDeque<(u64, i64)>,
+    /// When each member that is not connected lost its connection.
+    disconnected: HashMap<String, i64>,
+}
+
+/// Batches remembered for lag displays.
+const BATCH_TIMES_KEPT: usize = 20_000;
+
+/// The primary's replication state.
+pub struct Hub {
+    state: Mutex<HubState>,
+    acked: Condvar,
+    qos_ms: AtomicU64,
+}
+
+impl Hub {
+    /// A hub with the given quality of service timeout.
+    pub fn new(qos_ms: u64) -> Hub {
+        Hub {
+            state: Mutex::new(HubState::default()),
+            acked: Condvar::new(),
+            qos_ms: AtomicU64::new(qos_ms),
+        }
+    }
+
+    /// The quality of service timeout.
+    pub fn qos(&self) -> Duration {
+        Duration::from_millis(self.qos_ms.load(Ordering::Relaxed))
+    }
+
+    /// Changes the quality of service timeout.
+    pub fn set_qos(&self, ms: u64) {
+        self.qos_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Starts serving a journal that ends at `end` (on becoming primary).
+    pub fn reset(&self, end: JournalPos) {
+        let mut state = self.state.lock().unwrap();
+        state.appended_end = end;
+        state.durable_end = end;
+    }
+
+    /// The last published and the last durable position.
+    pub fn ends(&self) -> (JournalPos, JournalPos) {
+        let state = self.state.lock().unwrap();
+        (state.appended_end, state.durable_end)
+    }
+
+    /// Registers a member that will receive everything after `snapshot` (returned) through the
+    /// queue, and must be sent what it lacks up to `snapshot` from the journal files first.
+    pub fn register(
+        &self,
+        member: MemberInfo,
+    ) -> Result<(u64, mpsc::Receiver<Outgoing>, JournalPos)> {
+        let mut state = self.state.lock().unwrap();
+        if let Some(old) = state
+            .links
+            .iter()
+            .position(|l| l.member.name == member.name)
+        {
+            // The same member reconnecting: its old connection is dead.
+            let old = state.links.remove(old);
+            let _ = old
+                .tx
+                .send(Outgoing::Close("replaced by a new connection".into()));
+        }
+        if member.kind == MemberKind::Failover
+            && let Some(other) = state
+                .links
+                .iter()
+                .find(|l| l.member.kind == MemberKind::Failover)
+        {
+            return Err(Error::Conflict(format!(
+                "the mirror already has a backup failover member connected ({})",
+                other.member.name
+            )));
+        }
+        let (tx, rx) = mpsc::channel();
+        state.next_id += 1;
+        let id = state.next_id;
+        let snapshot = state.appended_end;
+        let now = now_ms();
+        state.disconnected.remove(&member.name);
+        state.links.push(Link {
+            id,
+            member,
+            tx,
+            acked: JournalPos::ZERO,
+            activation_point: snapshot,
+            active: false,
+            connected_ms: now,
+            last_heard_ms: now,
+            dejournaling: String::new(),
+        });
+        Ok((id, rx, snapshot))
+    }
+
+    /// Forgets a member's connection.
+    pub fn unregister(&self, id: u64, why: &str) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(i) = state.links.iter().position(|l| l.id == id) {
+            let link = state.links.remove(i);
+            tracing::warn!("mirror: {} disconnected: {why}", link.member.name);
+            state.disconnected.insert(link.member.name, now_ms());
+        }
+        drop(state);
+        self.acked.notify_all();
+    }
+
+    /// Records a member's acknowledgement; a backup that has caught up becomes active.
+    pub fn on_ack(&self, id: u64, pos: JournalPos) {
+        let mut state = self.state.lock().unwrap();
+        let Some(link) = state.links.iter_mut().find(|l| l.id == id) else {
+            return;
+        };
+        link.acked = link.acked.max(pos);
+        link.last_heard_ms = now_ms();
+        if link.member.kind == MemberKind::Failover
+            && !link.active
+            && link.acked >= link.activation_point
+        {
+            link.active = true;
+            tracing::info!(
+                "mirror: {} is the active backup (journal transfer Active)",
+                link.member.name
+            );
+            let _ = link
+                .tx
+                .send(Outgoing::Control(Box::new(Control::Activated)));
+        }
+        drop(state);
+        self.acked.notify_all();
+    }
+
+    /// Records a member's report about its dejournaling.
+    pub fn on_status(&self, id: u64, dejournaling: String) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(link) = state.links.iter_mut().find(|l| l.id == id) {
+            link.dejournaling = dejournaling;
+            link.last_heard_ms = now_ms();
+        }
+    }
+
+    /// Appends a batch to the mirror journal and hands it to every connected member, as one
+    /// step under the hub's lock (see the module essay).
+    pub fn publish(
+        &self,
+        journal: &mut Journal,
+        frames: &[u8],
+        first: JournalPos,
+        last: JournalPos,
+    ) -> Result<()> {
+        let mut state = self.state.lock().unwrap();
+        journal.append(frames, last, last.0 + 1 - first.0)?;
+        state.appended_end = last;
+        if !state.links.is_empty() {
+            let shared = Arc::new(frames.to_vec());
+            for link in &state.links {
+                let _ = link.tx.send(Outgoing::Frames(shared.clone(), first, last));
+            }
+        }
+        state.batch_times.push_back((last.0, now_ms()));
+        if state.batch_times.len() > BATCH_TIMES_KEPT {
+            state.batch_times.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Sends a control message to every connected member.
+    pub fn announce(&self, control: Control) {
+        let state = self.state.lock().unwrap();
+        for link in &state.links {
+            let _ = link.tx.send(Outgoing::Control(Box::new(control.clone())));
+        }
+    }
+
+    /// Announces that the journal is durable up to `pos` here.
+    pub fn durable(&self, pos: JournalPos) {
+        let mut state = self.state.lock().unwrap();
+        state.durable_end = pos;
+        for link in &state.links {
+            let _ = link
+                .tx
+                .send(Outgoing::Control(Box::new(Control::Durable { pos: pos.0 })));
+        }
+    }
+
+    /// Holds the calling writer until the active backup acknowledged `last`. A backup that does
+    /// not answer within the quality of service timeout loses its active status and its
+    /// connection; the wait then ends. Returns the member whose active status was revoked, if any.
+    pub fn wait_acknowledged(&self, last: JournalPos) -> Option<String> {
+        let qos = self.qos();
+        let deadline = Instant::now() + qos;
+        let mut state = self.state.lock().unwrap();
+        loop {
+            let link = state.links.iter_mut().find(|l| l.active)?;
+            if link.acked >= last {
+                return None;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                link.active = false;
+                let name = link.member.name.clone();
+                let why = format!(
+                    "it did not acknowledge journal position {last} within the QoS timeout ({} ms)",
+                    qos.as_millis()
+                );
+                let _ = link.tx.send(Outgoing::Close(why.clone()));
+                tracing::warn!("mirror: {name} is no longer the active backup: {why}");
+                return Some(name);
+            }
+            state = self.acked.wait_timeout(state, deadline - now).unwrap().0;
+        }
+    }
+
+    /// The connected members, for the monitor.
+    pub fn links(&self) -> Vec<LinkView> {
+        let state = self.state.lock().unwrap();
+        state
+            .links
+            .iter()
+            .map(|l| LinkView {
+                member: l.member.clone(),
+                acked: l.acked,
+                active: l.active,
+                connected_ms: l.connected_ms,
+                dejournaling: l.dejournaling.clone(),
+                behind_since_ms: if l.acked >= state.appended_end {
+                    None
+                } else {
+                    state
+                        .batch_times
+                        .iter()
+                        .find(|(end, _)| *end > l.acked.0)
+                        .map(|(_, t)| *t)
+                },
+            })
+            .collect()
+    }
+
+    /// When a member that is not connected lost its connection.
+    pub fn disconnected_at(&self, member: &str) -> Option<i64> {
+        self.state.lock().unwrap().disconnected.get(member).copied()
+    }
+
+    /// Whether an active backup is connected.
+    pub fn has_active_backup(&self) -> bool {
+        self.state.lock().unwrap().links.iter().any(|l| l.active)
+    }
+
+    /// Closes every connection (on losing the primary role or shutting down).
+    pub fn close_all(&self, why: &str) {
+        let mut state = self.state.lock().unwrap();
+        for link in state.links.drain(..) {
+            let _ = link.tx.send(Outgoing::Close(why.to_string()));
+        }
+        drop(state);
+        self.acked.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mirror::config::MemberKind;
+
+    fn member(name: &str, kind: MemberKind) -> MemberInfo {
+        MemberInfo {
+            name: name.into(),
+            kind,
+            superserver_address: "h".into(),
+            mirror_private_address: "h".into(),
+            agent_address: "h".into(),
+            agent_port: 2188,
+            instance_guid: "g".into(),
+        }
+    }
+
+    #[test]
+    fn a_backup_becomes_active_once_it_acknowledges_the_snapshot() {
+        let hub = Hub::new(200);
+        hub.reset(JournalPos(10));
+        let (id, rx, snapshot) = hub.register(member("B", MemberKind::Failover)).unwrap();
+        assert_eq!(snapshot, JournalPos(10));
+        hub.on_ack(id, JournalPos(9));
+        assert!(!hub.has_active_backup());
+        hub.on_ack(id, JournalPos(10));
+        assert!(hub.has_active_backup());
+        assert!(matches!(rx.try_recv(), Ok(Outgoing::Control(c)) if *c == Control::Activated));
+        // A second failover member is refused while one is connected; an async is fine.
+        assert!(hub.register(member("C", MemberKind::Failover)).is_err());
+        assert!(hub.register(member("D", MemberKind::Dr)).is_ok());
+    }
+
+    #[test]
+    fn the_wait_ends_at_the_acknowledgement_or_revokes_after_qos() {
+        let hub = Arc::new(Hub::new(300));
+        hub.reset(JournalPos(0));
+        let (id, rx, _) = hub.register(member("B", MemberKind::Failover)).unwrap();
+        hub.on_ack(id, JournalPos(0));
+        assert!(hub.has_active_backup());
+        let acker = {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                hub.on_ack(id, JournalPos(5));
+            })
+        };
+        let started = Instant::now();
+        assert_eq!(hub.wait_acknowledged(JournalPos(5)), None);
+        assert!(started.elapsed() >= Duration::from_millis(40));
+        acker.join().unwrap();
+        // Nobody acknowledges position 6: after QoS the backup is revoked and told to go.
+        assert_eq!(hub.wait_acknowledged(JournalPos(6)), Some("B".into()));
+        assert!(!hub.has_active_backup());
+        let closed = rx.try_iter().any(|m| matches!(m, Outgoing::Close(_)));
+        assert!(closed);
+        // Without an active backup nothing waits.
+        let started = Instant::now();
+        assert_eq!(hub.wait_acknowledged(JournalPos(7)), None);
+        assert!(started.elapsed() < Duration::from_millis(50));
+    }
+}

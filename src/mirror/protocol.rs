@@ -1,0 +1,375 @@
+//! The data channel on the superserver port: how members talk.
+//!
+//! # Framing
+//!
+//! ```text
+//! offset  size  field
+//!      0     4  length N of what follows (big-endian), at most MAX_MESSAGE
+//!      4     1  kind: 1 = control (JSON), 2 = journal frames, 3 = acknowledgement
+//!      5   N-1  payload
+//!
+//! kind 2 payload:  first position u64 BE | last position u64 BE | journal frames, exactly as the
+//!                  journal stores them (each with its own CRC, see journal::record)
+//! kind 3 payload:  position u64 BE — "everything up to here is durable in my journal"
+//! ```
+//!
+//! Journal data travels in the journal's own frame format, so the receiver can check every
+//! record's CRC and position before it stores a byte, and stores them at the same positions.
+//!
+//! # Conversations
+//!
+//! - *Stream* (backup or async → primary): `Hello` → `Welcome` (or `Refused`), then the primary
+//!   sends `Frames` (backlog first, then live batches), `Durable` after each of its own fsyncs,
+//!   `Heartbeat` when idle and `Activated` once the backup counts as active; the member answers
+//!   each batch with an `Ack` of its durable end and reports its dejournaling with `Status`.
+//! - *Fetch* (a member → primary): `Fetch` → `Frames`… → `FetchDone` (or `Refused`): older
+//!   journal records a member's Catchup needs.
+//! - *Info* (the local agent → instance): `Info` → `InfoReply`: what Join as Failover shows
+//!   before the member commits to joining.
+
+use std::io::{Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::journal::JournalPos;
+
+use super::config::{MemberInfo, MirrorDefinition, MirroredDatabase};
+
+/// Largest message accepted (a batch of journal frames).
+pub const MAX_MESSAGE: usize = 64 << 20;
+
+const KIND_CONTROL: u8 = 1;
+const KIND_FRAMES: u8 = 2;
+const KIND_ACK: u8 = 3;
+
+/// Everything a member needs to know about a mirror to join it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorDescription {
+    /// The mirror.
+    pub mirror: MirrorDefinition,
+    /// Its members, primary first.
+    pub members: Vec<MemberInfo>,
+    /// Name of the current primary.
+    pub primary: String,
+    /// The mirrored databases.
+    pub databases: Vec<MirroredDatabase>,
+    /// Oldest position the primary's journal still holds.
+    pub journal_first: u64,
+    /// The primary's durable end.
+    pub journal_end: u64,
+    /// Current epoch.
+    pub epoch: u64,
+}
+
+/// Control messages (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Control {
+    /// A member asks to receive the journal from `journal_end + 1`.
+    Hello {
+        /// Mirror name.
+        mirror_name: String,
+        /// Mirror id.
+        mirror_id: String,
+        /// The member.
+        member: MemberInfo,
+        /// Oldest position the member's journal holds (0 when empty).
+        journal_first: u64,
+        /// Last position the member holds.
+        journal_end: u64,
+    },
+    /// The primary accepts and describes the mirror. When the member holds records the primary
+    /// never made durable (the primary restarted), it must first cut its journal after
+    /// `truncate_after`.
+    Welcome {
+        /// The mirror.
+        description: MirrorDescription,
+        /// Cut the member's journal after this position first.
+        truncate_after: Option<u64>,
+        /// The first position the primary will send.
+        from: u64,
+    },
+    /// The request is refused, with a reason for people.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// The primary's journal is durable up to `pos` (dejournal up to here).
+    Durable {
+        /// Position.
+        pos: u64,
+    },
+    /// Sent when idle so both sides know the link lives.
+    Heartbeat {
+        /// The primary's durable end.
+        durable: u64,
+        /// The primary's clock (ms since the Unix epoch).
+        time_ms: i64,
+    },
+    /// The primary now waits for this member's acknowledgements: Journal Transfer `Active`.
+    Activated,
+    /// A database was added to the mirror (also in the journal as an event).
+    DatabaseAdded {
+        /// The database.
+        database: MirroredDatabase,
+    },
+    /// What the member's dejournaling looks like, for the primary's monitor.
+    Status {
+        /// The Dejournaling column text.
+        dejournaling: String,
+    },
+    /// A member asks for older records `from..=to`.
+    Fetch {
+        /// Mirror id.
+        mirror_id: String,
+        /// First position wanted.
+        from: u64,
+        /// Last position wanted.
+        to: u64,
+    },
+    /// All fetched records were sent.
+    FetchDone,
+    /// The local agent asks the instance about its mirror.
+    Info {
+        /// The mirror name the joining member typed.
+        mirror_name: String,
+    },
+    /// The answer to `Info`.
+    InfoReply {
+        /// The mirror.
+        description: MirrorDescription,
+    },
+}
+
+/// One message on the data channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// A control message.
+    Control(Box<Control>),
+    /// Journal frames for records `first..=last`.
+    Frames {
+        /// First position.
+        first: JournalPos,
+        /// Last position.
+        last: JournalPos,
+        /// The frames.
+        bytes: Vec<u8>,
+    },
+    /// Everything up to this position is durable at the sender.
+    Ack(JournalPos),
+}
+
+/// Writes a control message.
+pub fn write_control(out: &mut impl Write, control: &Control) -> Result<()> {
+    let json =
+        serde_json::to_vec(control).map_err(|e| Error::Internal(format!("encode message: {e}")))?;
+    write_raw(out, KIND_CONTROL, &[&json])
+}
+
+/// Writes journal frames for `first..=last`.
+pub fn write_frames(
+    out: &mut impl Write,
+    first: JournalPos,
+    last: JournalPos,
+    frames: &[u8],
+) -> Result<()> {
+    write_raw(
+        out,
+        KIND_FRAMES,
+        &[&first.0.to_be_bytes(), &last.0.to_be_bytes(), frames],
+    )
+}
+
+/// Writes an acknowledgement.
+pub fn write_ack(out: &mut impl Write, pos: JournalPos) -> Result<()> {
+    write_raw(out, KIND_ACK, &[&pos.0.to_be_bytes()])
+}
+
+fn write_raw(out: &mut impl Write, kind: u8, parts: &[&[u8]]) -> Result<()> {
+    let len = 1 + parts.iter().map(|p| p.len()).sum::<usize>();
+    if len > MAX_MESSAGE {
+        return Err(Error::Internal(format!(
+            "message of {len} bytes exceeds the limit"
+        )));
+    }
+    let mut head = [0u8; 5];
+    head[0..4].copy_from_slice(&(len as u32).to_be_bytes());
+    head[4] = kind;
+    out.write_all(&head)?;
+    for part in parts {
+        out.write_all(part)?;
+    }
+    Ok(())
+}
+
+/// Reads one message; `None` when the peer closed the connection between messages.
+pub fn read_message(input: &mut impl Read) -> Result<Option<Message>> {
+    let mut head = [0u8; 5];
+    match input.read_exact(&mut head[..1]) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    input.read_exact(&mut head[1..])?;
+    let len = u32::from_be_bytes(head[0..4].try_into().unwrap()) as usize;
+    if len == 0 || len > MAX_MESSAGE {
+        return Err(Error::InvalidInput(format!(
+            "message length {len} is out of range"
+        )));
+    }
+    let mut payload = vec![0u8; len - 1];
+    input.read_exact(&mut payload)?;
+    match head[4] {
+        KIND_CONTROL => serde_json::from_slice(&payload)
+            .map(|c| Some(Message::Control(Box::new(c))))
+            .map_err(|e| Error::InvalidInput(format!("bad control message: {e}"))),
+        KIND_FRAMES if payload.len() >= 16 => {
+            let first = JournalPos(u64::from_be_bytes(payload[0..8].try_into().unwrap()));
+            let last = JournalPos(u64::from_be_bytes(payload[8..16].try_into().unwrap()));
+            payload.drain(..16);
+            Ok(Some(Message::Frames {
+                first,
+                last,
+                bytes: payload,
+            }))
+        }
+        KIND_ACK if payload.len() == 8 => Ok(Some(Message::Ack(JournalPos(u64::from_be_bytes(
+            payload[..].try_into().unwrap(),
+        ))))),
+        kind => Err(Error::InvalidInput(format!(
+            "unknown message kind {kind} ({} bytes)",
+            payload.len()
+        ))),
+    }
+}
+
+/// Splits a buffer of journal frames into records, checking each frame's CRC and that the
+/// positions run `first..=last` without a gap. Returns how many records it holds.
+pub fn check_frames(bytes: &[u8], first: JournalPos, last: JournalPos) -> Result<u64> {
+    use crate::journal::record::{Decoded, decode_frame};
+    let mut at = 0;
+    let mut expected = first;
+    while at < bytes.len() {
+        match decode_frame(&bytes[at..]) {
+            Decoded::Record(record, used) if record.pos == expected => {
+                expected = expected.next();
+                at += used;
+            }
+            Decoded::Record(record, _) => {
+                return Err(Error::Corrupt(format!(
+                    "received record {} where {expected} was expected",
+                    record.pos
+                )));
+            }
+            Decoded::Incomplete => {
+                return Err(Error::Corrupt("received a cut-off journal frame".into()));
+            }
+            Decoded::Invalid(reason) => {
+                return Err(Error::Corrupt(format!(
+                    "received a damaged journal frame: {reason}"
+                )));
+            }
+        }
+    }
+    if expected != last.next() {
+        return Err(Error::Corrupt(format!(
+            "received records end at {} instead of {last}",
+            JournalPos(expected.0 - 1)
+        )));
+    }
+    Ok(last.0 + 1 - first.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{DbChanges, Record, RecordBody};
+
+    fn frames(range: std::ops::RangeInclusive<u64>) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for pos in range {
+            Record {
+                pos: JournalPos(pos),
+                epoch: 1,
+                time_ms: 0,
+                body: RecordBody::Changes(vec![DbChanges {
+                    db: "COMPANY".into(),
+                    changeset: vec![1, 2, 3],
+                }]),
+            }
+            .encode_into(&mut buf);
+        }
+        buf
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let mut wire = Vec::new();
+        write_control(&mut wire, &Control::Durable { pos: 7 }).unwrap();
+        let body = frames(3..=5);
+        write_frames(&mut wire, JournalPos(3), JournalPos(5), &body).unwrap();
+        write_ack(&mut wire, JournalPos(5)).unwrap();
+        let mut input = &wire[..];
+        assert_eq!(
+            read_message(&mut input).unwrap(),
+            Some(Message::Control(Box::new(Control::Durable { pos: 7 })))
+        );
+        assert_eq!(
+            read_message(&mut input).unwrap(),
+            Some(Message::Frames {
+                first: JournalPos(3),
+                last: JournalPos(5),
+                bytes: body.clone()
+            })
+        );
+        assert_eq!(
+            read_message(&mut input).unwrap(),
+            Some(Message::Ack(JournalPos(5)))
+        );
+        assert_eq!(read_message(&mut input).unwrap(), None);
+        assert_eq!(
+            check_frames(&body, JournalPos(3), JournalPos(5)).unwrap(),
+            3
+        );
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        assert!(
+            read_message(&mut &[0u8, 0, 0, 0, 1][..]).is_err(),
+            "zero length"
+        );
+        assert!(
+            read_message(&mut &[0xffu8, 0xff, 0xff, 0xff, 1][..]).is_err(),
+            "huge length"
+        );
+        assert!(
+            read_message(&mut &[0u8, 0, 0, 2, 9, 0][..]).is_err(),
+            "unknown kind"
+        );
+        assert!(
+            read_message(&mut &[0u8, 0, 0, 3, 1, b'{', b'x'][..]).is_err(),
+            "bad JSON"
+        );
+        assert!(
+            read_message(&mut &[0u8, 0, 0, 9, 1][..]).is_err(),
+            "cut short"
+        );
+        let body = frames(3..=5);
+        assert!(
+            check_frames(&body, JournalPos(3), JournalPos(6)).is_err(),
+            "claims more than it holds"
+        );
+        assert!(
+            check_frames(&body, JournalPos(2), JournalPos(4)).is_err(),
+            "wrong positions"
+        );
+        let mut damaged = body.clone();
+        damaged[30] ^= 1;
+        assert!(
+            check_frames(&damaged, JournalPos(3), JournalPos(5)).is_err(),
+            "bad CRC"
+        );
+    }
+}

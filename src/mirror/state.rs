@@ -1,0 +1,190 @@
+//! What this member knows about its mirror while it runs: its role, the mirror journal's view,
+//! the state of its link to the primary (on a backup or async), and the progress of each
+//! mirrored database's Catchup. Written by the writer and the receiver, read by the portal.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::journal::{JournalPos, JournalShared};
+use crate::names::DbName;
+use crate::util::now_ms;
+
+use super::config::{MemberInfo, MemberKind};
+use super::hub::Hub;
+
+/// This member's role right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Not in a mirror.
+    NotMember,
+    /// The primary: the only member that accepts writes to mirrored databases.
+    Primary,
+    /// The backup failover member.
+    Backup,
+    /// An async member.
+    Async(MemberKind),
+}
+
+/// The link of a backup or async to its primary.
+#[derive(Debug, Clone, Default)]
+pub struct LinkStatus {
+    /// Whether the data channel is up.
+    pub connected: bool,
+    /// The primary, when known.
+    pub primary: Option<MemberInfo>,
+    /// Whether the primary counts this member as its active backup.
+    pub active: bool,
+    /// When the link came up or went down.
+    pub since_ms: i64,
+    /// When it went down (shown as `Disconnected on <time>`).
+    pub disconnected_ms: Option<i64>,
+    /// The last connection problem, for people.
+    pub last_error: Option<String>,
+    /// The primary's durable end as last announced.
+    pub primary_durable: JournalPos,
+    /// Last position this member holds durably.
+    pub received_end: JournalPos,
+    /// Bytes of journal received since start.
+    pub received_bytes: u64,
+    /// (time ms, bytes) samples for the transfer rate.
+    pub rate_samples: Vec<(i64, u64)>,
+}
+
+impl LinkStatus {
+    /// `NNN KB/s (Ns interval)` over the last samples, or the IRIS placeholder before a second
+    /// sample exists.
+    pub fn transfer_rate(&self) -> String {
+        match (self.rate_samples.first(), self.rate_samples.last()) {
+            (Some((t0, b0)), Some((t1, b1))) if t1 > t0 => {
+                let seconds = (t1 - t0) as f64 / 1000.0;
+                let kb = (b1 - b0) as f64 / 1024.0 / seconds;
+                format!("{kb:.0} KB/s ({:.0}s interval)", seconds)
+            }
+            _ => "--- (will be displayed on refresh)".into(),
+        }
+    }
+
+    /// Adds a rate sample (kept for the last 10 seconds).
+    pub fn sample(&mut self) {
+        let now = now_ms();
+        self.rate_samples.push((now, self.received_bytes));
+        self.rate_samples.retain(|(t, _)| now - t <= 10_000);
+    }
+}
+
+/// Where a mirrored database's Catchup stands on this member.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CatchupPhase {
+    /// Nothing running; see the activated and dejournaling flags.
+    #[default]
+    Idle,
+    /// Fetching older journal from the primary or applying records.
+    Running {
+        /// Records applied so far.
+        done: u64,
+        /// Records to apply in all (as far as known).
+        total: u64,
+    },
+    /// The copy is older than any journal still kept: it must be replaced.
+    Obsolete(String),
+    /// Catchup stopped with an error.
+    Failed(String),
+}
+
+/// Runtime facts about one mirrored database on this member.
+#[derive(Debug, Clone, Default)]
+pub struct DatabaseRuntime {
+    /// Catchup progress.
+    pub phase: CatchupPhase,
+    /// Whether it follows the journal live (Dejournaling).
+    pub dejournaling: bool,
+}
+
+/// The mirror state shared inside the instance.
+pub struct MirrorState {
+    /// The primary's replication hub.
+    pub hub: Hub,
+    role: RwLock<Role>,
+    journal: RwLock<Option<Arc<JournalShared>>>,
+    /// The link to the primary (backup and async).
+    pub link: Mutex<LinkStatus>,
+    /// Per mirrored database.
+    pub databases: Mutex<BTreeMap<DbName, DatabaseRuntime>>,
+    /// Highest position this member may dejournal: durable here and announced durable by the
+    /// primary.
+    dejournal_target: AtomicU64,
+    /// Set while a dejournal request is queued for the writer (requests are coalesced).
+    pub dejournal_queued: AtomicBool,
+}
+
+impl MirrorState {
+    /// State of an instance that is not (yet) a member.
+    pub fn new(qos_ms: u64) -> MirrorState {
+        MirrorState {
+            hub: Hub::new(qos_ms),
+            role: RwLock::new(Role::NotMember),
+            journal: RwLock::new(None),
+            link: Mutex::new(LinkStatus::default()),
+            databases: Mutex::new(BTreeMap::new()),
+            dejournal_target: AtomicU64::new(0),
+            dejournal_queued: AtomicBool::new(false),
+        }
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        *self.role.read().unwrap()
+    }
+
+    /// Changes the role.
+    pub fn set_role(&self, role: Role) {
+        *self.role.write().unwrap() = role;
+    }
+
+    /// The mirror journal, when this member has one.
+    pub fn journal(&self) -> Option<Arc<JournalShared>> {
+        self.journal.read().unwrap().clone()
+    }
+
+    /// Installs the mirror journal's view.
+    pub fn set_journal(&self, journal: Option<Arc<JournalShared>>) {
+        *self.journal.write().unwrap() = journal;
+    }
+
+    /// The highest position that may be dejournaled.
+    pub fn dejournal_target(&self) -> JournalPos {
+        JournalPos(self.dejournal_target.load(Ordering::Acquire))
+    }
+
+    /// Raises the dejournal target (never lowers it).
+    pub fn raise_dejournal_target(&self, pos: JournalPos) {
+        self.dejournal_target.fetch_max(pos.0, Ordering::AcqRel);
+    }
+
+    /// Sets the dejournal target (after a journal was cut back).
+    pub fn set_dejournal_target(&self, pos: JournalPos) {
+        self.dejournal_target.store(pos.0, Ordering::Release);
+    }
+
+    /// Updates one database's runtime facts.
+    pub fn update_database(&self, db: &DbName, change: impl FnOnce(&mut DatabaseRuntime)) {
+        change(
+            self.databases
+                .lock()
+                .unwrap()
+                .entry(db.clone())
+                .or_default(),
+        );
+    }
+
+    /// One database's runtime facts.
+    pub fn database(&self, db: &DbName) -> DatabaseRuntime {
+        self.databases
+            .lock()
+            .unwrap()
+            .get(db)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
