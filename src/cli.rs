@@ -121,6 +121,8 @@ pub fn main() -> ExitCode {
                 program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("mirrorlab")),
                 args: args.instance_args(),
                 host_name: args.host(),
+                instance_name: args.instance_name.to_ascii_uppercase(),
+                superserver: args.superserver.clone(),
             };
             runtime().block_on(crate::server::run_member(settings))
         }

@@ -45,7 +45,7 @@ use crate::wire::{MAX_AGENT_FRAME, read_frame, write_frame};
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A request to the agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum AgentRequest {
     /// Report the instance's state.
@@ -54,6 +54,13 @@ pub enum AgentRequest {
     Start,
     /// Stop the instance gracefully.
     Stop,
+    /// Describe the instance's mirror (Join as Failover, first step).
+    MirrorInfo {
+        /// The mirror the joining member names.
+        mirror_name: String,
+        /// The instance name the joining member names.
+        instance_name: String,
+    },
 }
 
 /// The instance's state as the agent sees it.
@@ -82,6 +89,9 @@ pub struct AgentReply {
     pub instance: InstanceStatus,
     /// The agent's host name.
     pub host: String,
+    /// The mirror's description (answer to `mirror_info`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<crate::mirror::protocol::MirrorDescription>,
 }
 
 /// How the agent starts its instance.
@@ -95,6 +105,10 @@ pub struct AgentSettings {
     pub args: Vec<OsString>,
     /// Host name reported.
     pub host_name: String,
+    /// The instance's name.
+    pub instance_name: String,
+    /// The instance's superserver address (to ask it about its mirror).
+    pub superserver: String,
 }
 
 struct Supervisor {
@@ -115,6 +129,7 @@ impl Supervisor {
             message: message.into(),
             instance: self.status(),
             host: self.settings.host_name.clone(),
+            mirror: None,
         }
     }
 
@@ -194,6 +209,79 @@ impl Supervisor {
     }
 }
 
+impl Supervisor {
+    /// Asks the local instance about its mirror, for a member that wants to join it.
+    async fn mirror_info(&self, mirror_name: String, instance_name: String) -> AgentReply {
+        if !instance_name.eq_ignore_ascii_case(&self.settings.instance_name) {
+            return self.reply(
+                false,
+                format!(
+                    "this host runs instance {}, not {instance_name}",
+                    self.settings.instance_name
+                ),
+            );
+        }
+        if self.status().state != "running" {
+            return self.reply(
+                false,
+                format!("instance {} is down", self.settings.instance_name),
+            );
+        }
+        let address = local_address(&self.settings.superserver);
+        let asked = tokio::task::spawn_blocking(move || ask_instance(&address, &mirror_name)).await;
+        match asked {
+            Ok(Ok(description)) => AgentReply {
+                mirror: Some(description),
+                ..self.reply(true, "mirror information")
+            },
+            Ok(Err(err)) => self.reply(false, err.to_string()),
+            Err(err) => self.reply(false, err.to_string()),
+        }
+    }
+}
+
+/// `127.0.0.1:port` for a wildcard bind address.
+fn local_address(bind: &str) -> String {
+    match bind.rsplit_once(':') {
+        Some(("0.0.0.0", port)) | Some(("[::]", port)) => format!("127.0.0.1:{port}"),
+        _ => bind.to_string(),
+    }
+}
+
+fn ask_instance(
+    address: &str,
+    mirror_name: &str,
+) -> Result<crate::mirror::protocol::MirrorDescription> {
+    use crate::mirror::protocol::{Control, Message, read_message, write_control};
+    use std::io::Write;
+    let addr: std::net::SocketAddr = address
+        .parse()
+        .or_else(|_| {
+            std::net::ToSocketAddrs::to_socket_addrs(address)
+                .map_err(|e| e.to_string())
+                .and_then(|mut a| a.next().ok_or_else(|| "no address".to_string()))
+        })
+        .map_err(|e| Error::Unavailable(format!("instance superserver {address}: {e}")))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| Error::Unavailable(format!("instance superserver {address}: {e}")))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write_control(
+        &mut stream,
+        &Control::Info {
+            mirror_name: mirror_name.to_string(),
+        },
+    )?;
+    stream.flush()?;
+    match read_message(&mut stream)? {
+        Some(Message::Control(control)) => match *control {
+            Control::InfoReply { description } => Ok(description),
+            Control::Refused { reason } => Err(Error::Conflict(reason)),
+            other => Err(Error::InvalidInput(format!("unexpected answer {other:?}"))),
+        },
+        _ => Err(Error::Unavailable("the instance did not answer".into())),
+    }
+}
+
 fn describe_exit(exit: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (exit.code(), exit.signal()) {
@@ -209,6 +297,10 @@ async fn serve_connection(supervisor: Arc<Supervisor>, mut stream: TcpStream) ->
             AgentRequest::Status => supervisor.reply(true, "status"),
             AgentRequest::Start => supervisor.start(),
             AgentRequest::Stop => supervisor.stop().await,
+            AgentRequest::MirrorInfo {
+                mirror_name,
+                instance_name,
+            } => supervisor.mirror_info(mirror_name, instance_name).await,
         };
         write_frame(&mut stream, &reply).await?;
     }

@@ -59,7 +59,9 @@ use recovery::CatchUp;
 use sql::{QueryResult, SqlValue};
 use writer::{FatalHook, WriteRequest, Writer, WriterHandle};
 
+use crate::mirror::MirrorContext;
 use crate::mirror::config::Membership;
+use crate::mirror::service::MirrorService;
 use crate::mirror::state::{MirrorState, Role};
 
 /// The IRIS instance name this lab reports by default (the article joins an instance called IRIS).
@@ -156,8 +158,8 @@ pub struct Instance {
     readers: Arc<ReadPool>,
     writer: WriterHandle,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
-    /// A backup's mirror journal, until the mirror service starts the receiver with it.
-    pub receiver_journal: Mutex<Option<Journal>>,
+    /// The mirror actions and the superserver.
+    pub mirror_service: Arc<MirrorService>,
     _lock: File,
 }
 
@@ -311,6 +313,12 @@ impl Instance {
         ));
         let receiver_journal = if primary { None } else { mirror_journal.take() };
         let writer_journal = if primary { mirror_journal } else { None };
+        let superserver = std::net::TcpListener::bind(&settings.superserver).map_err(|e| {
+            Error::Io(format!(
+                "listen on the superserver address {}: {e}",
+                settings.superserver
+            ))
+        })?;
         let (writer, writer_thread) = Writer::spawn(
             data_dir,
             catalog.clone(),
@@ -321,12 +329,27 @@ impl Instance {
             mirror.clone(),
             on_fatal,
         );
+        let context = Arc::new(MirrorContext {
+            config: config.clone(),
+            catalog: catalog.clone(),
+            mirror: mirror.clone(),
+            writer: writer.clone(),
+            data_dir: settings.data_dir.clone(),
+            journal_dir,
+            max_segment_bytes: settings.max_segment_bytes,
+            host_name: settings.host_name.clone(),
+            instance_name: settings.instance_name.clone(),
+            superserver: settings.superserver.clone(),
+            agent: settings.agent.clone(),
+        });
+        let mirror_service = MirrorService::start(context, superserver, receiver_journal);
         Ok(Arc::new(Instance {
             settings,
             config,
             catalog,
             journal: shared,
             mirror,
+            mirror_service,
             startup: StartupReport {
                 install,
                 journal: journal_report,
@@ -337,7 +360,6 @@ impl Instance {
             readers,
             writer,
             writer_thread: Mutex::new(Some(writer_thread)),
-            receiver_journal: Mutex::new(receiver_journal),
             _lock: lock,
         }))
     }
@@ -460,6 +482,43 @@ impl Instance {
         &self.writer
     }
 
+    /// Writes a consistent copy of a mounted database to `mgr/backup/<db>-<time>.sqlite`
+    /// (SQLite's `VACUUM INTO` reads one snapshot), while applications keep writing. Returns the
+    /// path of the copy, relative to the data directory.
+    pub async fn backup_copy(self: &Arc<Self>, db: DbName) -> Result<String> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _files = this.catalog.enter_files();
+            let entry = this.catalog.snapshot().database(&db)?.clone();
+            if !entry.mounted {
+                return Err(Error::Conflict(format!(
+                    "{db} is dismounted: mount it to back it up"
+                )));
+            }
+            let stamp = crate::util::format_time(crate::util::now_ms())
+                .replace([' ', ':'], "")
+                .replace('-', "");
+            let relative = format!("mgr/backup/{}-{stamp}.sqlite", db.directory_name());
+            let target = this.settings.data_dir.join(&relative);
+            std::fs::create_dir_all(target.parent().expect("has a folder"))
+                .io_context("create the backup folder")?;
+            if target.exists() {
+                return Err(Error::Conflict(format!(
+                    "{relative} already exists; try again in a second"
+                )));
+            }
+            let conn = database::open(&entry.file)?;
+            conn.execute("VACUUM INTO ?1", [target.to_string_lossy()])
+                .map_err(|e| Error::Io(format!("back up {db}: {e}")))?;
+            std::fs::File::open(&target)
+                .and_then(|f| f.sync_all())
+                .io_context("fsync the backup")?;
+            Ok(relative)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("backup task failed: {e}")))?
+    }
+
     /// Why the writer stopped, if it failed.
     pub fn failure(&self) -> Option<String> {
         self.writer.failure()
@@ -467,6 +526,7 @@ impl Instance {
 
     /// Stops the writer after the work already queued (blocking).
     pub fn close(&self) {
+        self.mirror_service.stop();
         self.writer.shutdown();
         if let Some(thread) = self.writer_thread.lock().unwrap().take() {
             let _ = thread.join();

@@ -172,7 +172,7 @@ async fn start_up_replays_what_a_database_file_lacks() {
         sql(
             &instance,
             "COMPANY",
-            "CREATE TABLE Audit(id INTEGER PRIMARY KEY, note TEXT)",
+            "CREATE TABLE COMPANY.Audit(id INTEGER PRIMARY KEY, note TEXT)",
         )
         .await
         .unwrap();
@@ -194,7 +194,7 @@ async fn start_up_replays_what_a_database_file_lacks() {
         .await
         .unwrap();
         // A trigger's effects are in the changesets; replay must not fire it a second time.
-        let trigger = "CREATE TRIGGER audit_company AFTER INSERT ON Company \
+        let trigger = "CREATE TRIGGER COMPANY.audit_company AFTER INSERT ON Company \
                        BEGIN INSERT INTO Audit(note) VALUES (new.name); END";
         sql(&instance, "COMPANY", trigger).await.unwrap();
         insert_company(&instance, "triggered").await.unwrap();
@@ -247,7 +247,11 @@ async fn the_guard_refuses_what_user_statements_must_not_do() {
         ("ATTACH DATABASE '/tmp/x.db' AS x", "ATTACH"),
         ("PRAGMA journal_mode = DELETE", "PRAGMA journal_mode"),
         ("CREATE TEMP TABLE t(x)", "temporary"),
-        ("CREATE TABLE NoKey(x TEXT)", "no PRIMARY KEY"),
+        ("CREATE TABLE COMPANY.NoKey(x TEXT)", "no PRIMARY KEY"),
+        (
+            "CREATE TABLE Unnamed(id INTEGER PRIMARY KEY)",
+            "name the database",
+        ),
         ("SELECT 1; SELECT 2", "one statement at a time"),
     ];
     for (statement, why) in refused {
@@ -414,8 +418,8 @@ async fn cascades_are_replayed_once() {
     {
         let instance = open(dir.path());
         for statement in [
-            "CREATE TABLE P(id INTEGER PRIMARY KEY)",
-            "CREATE TABLE K(id INTEGER PRIMARY KEY, p INTEGER REFERENCES P(id) ON DELETE CASCADE)",
+            "CREATE TABLE COMPANY.P(id INTEGER PRIMARY KEY)",
+            "CREATE TABLE COMPANY.K(id INTEGER PRIMARY KEY, p INTEGER REFERENCES P(id) ON DELETE CASCADE)",
             "INSERT INTO P(id) VALUES (1), (2)",
             "INSERT INTO K(id, p) VALUES (10, 1), (11, 1), (12, 2)",
         ] {
@@ -448,9 +452,9 @@ async fn the_bookkeeping_table_cannot_be_reached_through_triggers_or_schema_chan
     let instance = open(dir.path());
     for statement in [
         "ALTER TABLE mirrorlab_meta RENAME TO x",
-        "CREATE TRIGGER t AFTER UPDATE ON mirrorlab_meta BEGIN DELETE FROM Company; END",
-        "CREATE INDEX i ON mirrorlab_meta(value)",
-        "DROP TABLE mirrorlab_meta",
+        "CREATE TRIGGER COMPANY.t AFTER UPDATE ON mirrorlab_meta BEGIN DELETE FROM Company; END",
+        "CREATE INDEX COMPANY.i ON mirrorlab_meta(value)",
+        "DROP TABLE COMPANY.mirrorlab_meta",
     ] {
         let err = sql(&instance, "COMPANY", statement).await.unwrap_err();
         assert!(
@@ -463,7 +467,7 @@ async fn the_bookkeeping_table_cannot_be_reached_through_triggers_or_schema_chan
     sql(
         &instance,
         "COMPANY",
-        "CREATE TRIGGER sneaky AFTER INSERT ON Company BEGIN UPDATE mirrorlab_meta SET value = 'x' WHERE key = 'stream'; END",
+        "CREATE TRIGGER COMPANY.sneaky AFTER INSERT ON Company BEGIN UPDATE mirrorlab_meta SET value = 'x' WHERE key = 'stream'; END",
     )
     .await
     .unwrap();
@@ -478,7 +482,7 @@ async fn the_bookkeeping_table_cannot_be_reached_through_triggers_or_schema_chan
     .unwrap();
     assert_ne!(stream.rows[0][0], Value::Text("x".into()));
     // Other writes of the same batch are not affected by a refused one.
-    sql(&instance, "COMPANY", "DROP TRIGGER sneaky")
+    sql(&instance, "COMPANY", "DROP TRIGGER COMPANY.sneaky")
         .await
         .unwrap();
     insert_company(&instance, "Acme").await.unwrap();
@@ -491,7 +495,7 @@ async fn tables_whose_rows_could_not_be_journaled_are_refused() {
     let err = sql(
         &instance,
         "COMPANY",
-        "CREATE TABLE T1(name TEXT PRIMARY KEY, v)",
+        "CREATE TABLE COMPANY.T1(name TEXT PRIMARY KEY, v)",
     )
     .await
     .unwrap_err();
@@ -499,14 +503,14 @@ async fn tables_whose_rows_could_not_be_journaled_are_refused() {
     sql(
         &instance,
         "COMPANY",
-        "CREATE TABLE T2(name TEXT PRIMARY KEY NOT NULL, v)",
+        "CREATE TABLE COMPANY.T2(name TEXT PRIMARY KEY NOT NULL, v)",
     )
     .await
     .unwrap();
     sql(
         &instance,
         "COMPANY",
-        "CREATE TABLE T3(a TEXT, b TEXT, PRIMARY KEY (a, b)) WITHOUT ROWID",
+        "CREATE TABLE COMPANY.T3(a TEXT, b TEXT, PRIMARY KEY (a, b)) WITHOUT ROWID",
     )
     .await
     .unwrap();

@@ -1088,6 +1088,7 @@ impl Writer {
         self.cursors.insert(name.clone(), identity.applied_pos);
         self.mirror.update_database(name, |d| {
             d.dejournaling = false;
+            d.applied = identity.applied_pos;
             d.phase = CatchupPhase::Running {
                 done: 0,
                 total: target.0.saturating_sub(identity.applied_pos.0),
@@ -1227,6 +1228,7 @@ impl Writer {
             conn.execute(&update, [until.0 as i64])
                 .and_then(|_| conn.execute_batch("COMMIT"))
                 .map_err(|e| (vec![db.clone()], Error::from(e)))?;
+            self.mirror.update_database(&db, |d| d.applied = until);
             self.cursors.insert(db, until);
         }
         Ok(())
@@ -1380,11 +1382,7 @@ fn record_one(
     // One session per writable database captures this statement's row changes.
     let mut sessions = Vec::with_capacity(conn.writable.len());
     for db in &conn.writable {
-        let schema = if db == &conn.main {
-            "main"
-        } else {
-            db.as_str()
-        };
+        let schema = db.as_str();
         let mut session = Session::new_with_name(&conn.conn, schema)?;
         session.table_filter(Some(|table: &str| table != META_TABLE));
         session.attach::<&str>(None)?;
@@ -1411,7 +1409,8 @@ fn record_one(
         if let Some(db) = ddl_db {
             check_primary_keys(conn, &db)?;
             let name = DbName::new(&db)?;
-            let qualified = db != conn.main.as_str();
+            // Namespace connections attach every database under its name: DDL always names it.
+            let qualified = true;
             let db_ref =
                 conn.writable.iter().find(|d| **d == name).ok_or_else(|| {
                     Error::Conflict(format!("database {db} cannot be changed here"))
@@ -1457,11 +1456,7 @@ fn record_one(
     }
     // The applied positions, inside this request's savepoint: same transaction as the rows.
     for (db, pos) in &changed {
-        let schema = if *db == &conn.main {
-            "main"
-        } else {
-            db.as_str()
-        };
+        let schema = db.as_str();
         conn.internal(|c| {
             c.prepare_cached(&set_applied_sql(schema))
                 .and_then(|mut s| s.execute([pos.0 as i64]))
@@ -1495,7 +1490,7 @@ fn not_primary() -> Error {
 /// without a primary key, or with a primary key that may be NULL (SQLite sessions identify rows
 /// by primary key and skip rows whose key is NULL).
 fn check_primary_keys(conn: &NamespaceConn, db: &str) -> Result<()> {
-    let schema = if db == conn.main.as_str() { "main" } else { db };
+    let schema = db;
     let sql = format!(
         "SELECT m.name,
                 (SELECT count(*) FROM pragma_table_info(m.name, '{schema}') WHERE pk > 0),

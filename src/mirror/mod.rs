@@ -1,13 +1,60 @@
-//! Mirroring: a primary and a backup kept identical by shipping the journal (essay to be
-//! completed with the data channel).
+//! Mirroring: a primary and a backup kept identical by shipping the journal, as IRIS does.
+//!
+//! # Members and roles
+//!
+//! A mirror has one primary — the only member whose mirrored databases accept writes — and a
+//! backup, the other failover member, which keeps read-only copies up to date and is ready to
+//! take over. (Async members and the failover rules come later; see the issues.) Creating a
+//! mirror makes the creating member its primary at once. Another instance joins as failover in
+//! two steps: it asks the primary's agent about the mirror, then stores its own member
+//! information and connects.
+//!
+//! # Two journals
+//!
+//! Every member keeps its own journal for its local databases and a *mirror journal*
+//! (`MIRROR-<NAME>-YYYYMMDD.NNN`) whose positions are the same on every member. A database added
+//! to the mirror switches its applied position to the mirror journal: from then on its changes
+//! are written to the mirror journal on the primary and *applied* (dejournaled) from it on the
+//! backup. Mirror events (mirror created, database added) are records of the mirror journal too.
+//!
+//! # Synchronous transfer
+//!
+//! The backup connects to the primary's mirror private address on the superserver port
+//! ([`server`], [`receiver`]) and asks for the journal after its last position. The primary's
+//! writer hands each batch to the [`hub`] before its own fsync; the backup appends it at the same
+//! positions, fsyncs and acknowledges; the primary answers its clients only after that
+//! acknowledgement (when the backup is *active*). One round trip serves a whole batch.
+//!
+//! # Copies, Activate, Catchup
+//!
+//! Add to Mirror marks databases mirrored. Every other member needs a copy of each file: dismount
+//! it there, copy the primary's file (`cp`, while no one writes or after Freeze), mount it. The
+//! member checks that the copy is the mirrored database (same mirror, same database id), and
+//! after Activate and Catchup applies the mirror journal from the position stored inside the
+//! copy — fetching older records from the primary when its own journal does not reach back.
+//!
+//! # Invariants
+//!
+//! - Only the primary writes mirrored databases; everywhere else they are read-only.
+//! - A commit acknowledged while a backup is active is in the backup's journal.
+//! - A member applies nothing beyond what the primary announced as durable, so a restarted
+//!   primary can always tell a member to cut records it never made durable.
+//!
+//! # Left out (for now)
+//!
+//! The arbiter, automatic failover and the trouble state, async members, TLS and virtual IPs.
 
 pub mod config;
 pub mod hub;
 pub mod protocol;
+pub mod receiver;
+pub mod server;
+pub mod service;
 pub mod state;
 pub mod status;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{IoContext, Result};
 use crate::instance::config::ConfigStore;
@@ -80,4 +127,151 @@ pub fn finish_pending_adds(
         })?;
     }
     Ok(())
+}
+
+/// What the mirror's threads and actions share.
+pub struct MirrorContext {
+    /// The instance configuration.
+    pub config: Arc<ConfigStore>,
+    /// Databases and namespaces.
+    pub catalog: Arc<crate::storage::Catalog>,
+    /// Runtime mirror state.
+    pub mirror: Arc<state::MirrorState>,
+    /// The writer.
+    pub writer: crate::instance::writer::WriterHandle,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The journal folder.
+    pub journal_dir: PathBuf,
+    /// Journal segment size.
+    pub max_segment_bytes: u64,
+    /// This host's name.
+    pub host_name: String,
+    /// This instance's name.
+    pub instance_name: String,
+    /// The superserver bind address.
+    pub superserver: String,
+    /// The agent bind address.
+    pub agent: String,
+}
+
+impl MirrorContext {
+    /// The mirror as this member describes it to others.
+    pub fn describe(&self) -> Option<protocol::MirrorDescription> {
+        let config = self.config.get();
+        let m = config.mirror.membership.as_ref()?;
+        let journal = self.mirror.journal();
+        let primary = if self.mirror.role() == state::Role::Primary {
+            m.this.name.clone()
+        } else {
+            m.primary_name.clone().unwrap_or_default()
+        };
+        let mut members: Vec<config::MemberInfo> = std::iter::once(m.this.clone())
+            .chain(m.others.iter().cloned())
+            .collect();
+        members.sort_by_key(|member| member.name != primary); // primary first
+        Some(protocol::MirrorDescription {
+            mirror: m.mirror.clone(),
+            members,
+            primary,
+            databases: m.databases.clone(),
+            journal_first: journal.as_ref().map(|j| j.first_pos().0).unwrap_or(1),
+            journal_end: journal.as_ref().map(|j| j.durable_end().0).unwrap_or(0),
+            epoch: config.epoch,
+        })
+    }
+
+    /// A backup learns the mirror's current definition, members and databases from its primary.
+    pub fn learn(&self, description: &protocol::MirrorDescription) -> Result<()> {
+        self.mirror.hub.set_qos(description.mirror.qos_timeout_ms);
+        self.config.update(|c| {
+            if let Some(m) = c.mirror.membership.as_mut() {
+                m.mirror = description.mirror.clone();
+                m.others = description
+                    .members
+                    .iter()
+                    .filter(|o| o.name != m.this.name)
+                    .cloned()
+                    .collect();
+                m.primary_name = Some(description.primary.clone());
+                for db in &description.databases {
+                    if m.database(&db.name).is_none() {
+                        m.databases.push(db.clone());
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// A backup learns that a database was added to the mirror.
+    pub fn add_database(&self, database: config::MirroredDatabase) -> Result<()> {
+        tracing::info!("mirror: {} was added to the mirror", database.name);
+        self.config.update(|c| {
+            if let Some(m) = c.mirror.membership.as_mut()
+                && m.database(&database.name).is_none()
+            {
+                m.databases.push(database.clone());
+            }
+            Ok(())
+        })
+    }
+
+    /// Facts about one mirrored database here, for the status rules.
+    pub fn database_facts(&self, name: &crate::names::DbName) -> status::DatabaseFacts {
+        let config = self.config.get();
+        let activated = config
+            .mirror
+            .membership
+            .as_ref()
+            .is_some_and(|m| m.activated.contains(name));
+        let state = self.catalog.snapshot();
+        let entry = state.databases.get(name);
+        let runtime = self.mirror.database(name);
+        status::DatabaseFacts {
+            primary: self.mirror.role() == state::Role::Primary,
+            mounted: entry.is_some_and(|e| e.mounted),
+            is_copy: entry.is_some_and(|e| e.mirrored.is_some()),
+            activated,
+            catchup_running: matches!(runtime.phase, state::CatchupPhase::Running { .. }),
+            obsolete: matches!(runtime.phase, state::CatchupPhase::Obsolete(_)),
+            stopped: matches!(runtime.phase, state::CatchupPhase::Failed(_)),
+            dejournaling: runtime.dejournaling,
+        }
+    }
+
+    /// The Dejournaling column for this member: `Caught up`, `<time> behind`, or a warning.
+    pub fn dejournal_summary(&self) -> String {
+        let config = self.config.get();
+        let Some(m) = config.mirror.membership.as_ref() else {
+            return "N/A".into();
+        };
+        if self.mirror.role() == state::Role::Primary {
+            return "N/A".into();
+        }
+        let target = self.mirror.dejournal_target();
+        let mut oldest: Option<JournalPos> = None;
+        for db in &m.databases {
+            let facts = self.database_facts(&db.name);
+            match status::database_status(facts) {
+                Some("Dejournaling") | Some("Catchup Running") => {
+                    let applied = self.mirror.database(&db.name).applied;
+                    if applied < target {
+                        oldest = Some(oldest.map_or(applied, |o| o.min(applied)));
+                    }
+                }
+                _ => return "Warning! Some databases need attention.".into(),
+            }
+        }
+        let Some(applied) = oldest else {
+            return "Caught up".into();
+        };
+        let Some(journal) = self.mirror.journal() else {
+            return "Caught up".into();
+        };
+        match journal.read_range(applied, applied.next()).next() {
+            Some(Ok(record)) => status::behind(crate::util::now_ms() - record.time_ms),
+            _ => "Caught up".into(),
+        }
+    }
 }

@@ -99,6 +99,8 @@ pub struct DatabaseRuntime {
     pub phase: CatchupPhase,
     /// Whether it follows the journal live (Dejournaling).
     pub dejournaling: bool,
+    /// The journal position applied so far.
+    pub applied: JournalPos,
 }
 
 /// The mirror state shared inside the instance.

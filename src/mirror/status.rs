@@ -18,6 +18,8 @@ pub struct DatabaseFacts {
     pub catchup_running: bool,
     /// The copy is older than the kept journal.
     pub obsolete: bool,
+    /// Applying the journal stopped on an error.
+    pub stopped: bool,
     /// It follows the journal live.
     pub dejournaling: bool,
 }
@@ -34,6 +36,8 @@ pub fn database_status(f: DatabaseFacts) -> Option<&'static str> {
         "Normal"
     } else if f.obsolete {
         "Obsolete"
+    } else if f.stopped {
+        "Dejournaling Stopped"
     } else if !f.activated {
         "Needs Activation"
     } else if f.catchup_running {
@@ -105,6 +109,7 @@ mod tests {
             activated: false,
             catchup_running: false,
             obsolete: false,
+            stopped: false,
             dejournaling: false,
         }
     }

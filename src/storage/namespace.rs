@@ -88,10 +88,7 @@ impl StatementGuard {
     }
 
     fn db_name<'a>(&'a self, schema: Option<&'a str>) -> &'a str {
-        match schema {
-            None | Some("main") => &self.main,
-            Some(other) => other,
-        }
+        schema.unwrap_or("main")
     }
 
     fn decide(&self, ctx: AuthContext<'_>) -> Authorization {
@@ -153,6 +150,16 @@ impl StatementGuard {
         }
         if internal {
             return Authorization::Allow;
+        }
+        if schema_table.is_some() && db == "main" {
+            return refuse(
+                &mut state,
+                format!(
+                    "name the database the object belongs to, e.g. CREATE TABLE {}.Notes (...): in a namespace every \
+                     table lives in one of its databases",
+                    self.main
+                ),
+            );
         }
         if schema_table.is_some() {
             let db = db.to_string();
@@ -224,7 +231,7 @@ pub struct NamespaceConn {
     pub namespace: NamespaceName,
     /// The catalog generation it reflects.
     pub generation: u64,
-    /// The default database (`main`).
+    /// The default database (attached first, so unqualified names resolve to it).
     pub main: DbName,
     /// All databases reachable, default first.
     pub attached: Vec<DbName>,
@@ -267,10 +274,18 @@ impl NamespaceConn {
                 main.name
             )));
         }
-        let mut conn = database::open(&main.file)?;
-        let mut attached = vec![main.name.clone()];
+        // An empty main database, and every database attached under its own name, the default
+        // first: unqualified names resolve to the default database, and `PERSONAL.Contact`
+        // works for every database of the namespace, the default included.
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+            | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+            | rusqlite::OpenFlags::SQLITE_OPEN_URI
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = rusqlite::Connection::open_with_flags(":memory:", flags)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let mut attached = Vec::new();
         let mut missing = Vec::new();
-        for name in &ns.mapped {
+        for name in ns.databases() {
             let entry = state.database(name)?;
             if !entry.mounted {
                 missing.push(name.clone());

@@ -11,6 +11,7 @@ use serde_json::{Value as Json_, json};
 
 use crate::error::Error;
 use crate::instance::sql::{QueryResult, SqlValue};
+use crate::mirror::service::{CreateRequest, EditRequest, JoinInfoRequest, JoinRequest};
 use crate::names::{DbName, NamespaceName};
 
 use super::AppState;
@@ -29,6 +30,16 @@ pub fn routes() -> Router<AppState> {
         .route("/journal", get(journal))
         .route("/sql", post(sql))
         .route("/mirror", get(mirror))
+        .route("/mirror/service", post(mirror_service))
+        .route("/mirror/create", post(mirror_create))
+        .route("/mirror/join-info", post(mirror_join_info))
+        .route("/mirror/join-failover", post(mirror_join_failover))
+        .route("/mirror/edit", post(mirror_edit))
+        .route("/mirror/remove", post(mirror_remove))
+        .route("/mirror/remove-member", post(mirror_remove_member))
+        .route("/mirror/add-databases", post(mirror_add_databases))
+        .route("/mirror/freeze", post(mirror_freeze))
+        .route("/mirror/thaw", post(mirror_thaw))
         .route("/password", post(password))
 }
 
@@ -91,23 +102,31 @@ async fn database_action(
     Path((db, action)): Path<(String, String)>,
 ) -> ApiResult {
     let db = DbName::new(&db)?;
+    let service = &state.instance.mirror_service;
     let message = match action.as_str() {
         "mount" => state.instance.mount(db.clone()).await?,
         "dismount" => state.instance.dismount(db.clone()).await?,
-        "add-to-mirror" | "activate" | "catchup" => {
-            return Err(Error::Conflict(format!(
-                "{action} needs a mirror: mirror service disabled"
-            ))
-            .into());
+        "add-to-mirror" => service.add_databases(vec![db.clone()]).await?,
+        "activate" => service.activate(db.clone()).await?,
+        "catchup" => service.catchup(db.clone()).await?,
+        "backup" => {
+            let file = state.instance.backup_copy(db.clone()).await?;
+            return Ok(Json(
+                json!({ "database": db, "file": file, "message": format!("{db} copied to {file}") }),
+            ));
         }
         other => {
             return Err(Error::NotFound(format!("there is no database action {other:?}")).into());
         }
     };
-    let mounted = state.instance.catalog.snapshot().database(&db)?.mounted;
-    Ok(Json(
-        json!({ "database": db, "mounted": mounted, "message": message }),
-    ))
+    let entry = state.instance.catalog.snapshot().database(&db)?.clone();
+    Ok(Json(json!({
+        "database": db,
+        "mounted": entry.mounted,
+        "read_only": entry.read_only,
+        "mirrored": entry.mirrored,
+        "message": message,
+    })))
 }
 
 async fn namespaces(State(state): State<AppState>) -> Json<Json_> {
@@ -205,19 +224,161 @@ async fn sql(State(state): State<AppState>, ApiJson(request): ApiJson<SqlRequest
     Ok(Json(result_json(&result)))
 }
 
+/// `GET /api/mirror`: this member's view, with the same strings the Mirror Monitor shows.
 async fn mirror(State(state): State<AppState>) -> Json<Json_> {
+    let view = state.instance.mirror_service.view();
+    let databases: Vec<Json_> = view
+        .databases
+        .iter()
+        .map(|d| {
+            json!({
+                "name": d.name,
+                "mirror_path": d.mirror_path,
+                "directory": d.directory,
+                "status": d.status,
+                "read_only": d.read_only,
+                "next_record": d.next_record,
+                "message": d.message,
+            })
+        })
+        .collect();
     Json(json!({
-        "service_enabled": false,
-        "status": "Mirror service disabled",
+        "service_enabled": view.service_enabled,
+        "member_name": view.member_name,
+        "mirror_name": view.mirror_name,
+        "role": view.role,
+        "status": view.status,
+        "failover_mode": view.failover_mode,
+        "members": view.members,
+        "arbiter": view.arbiter,
+        "databases": databases,
+        "missing_databases": view.missing,
+        "incoming_transfer_rate": view.transfer_rate,
+        "qos_timeout_ms": view.qos_timeout_ms,
+        "journal_position": view.journal_end,
+        "link_error": view.link_error,
         "host": state.instance.settings.host_name,
-        "member_name": Json_::Null,
-        "mirror_name": Json_::Null,
-        "role": Json_::Null,
-        "failover_mode": Json_::Null,
-        "members": [],
-        "arbiter": Json_::Null,
-        "databases": [],
     }))
+}
+
+fn done(message: String) -> ApiResult {
+    Ok(Json(json!({ "message": message })))
+}
+
+#[derive(Deserialize)]
+struct ServiceRequest {
+    enabled: bool,
+}
+
+async fn mirror_service(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<ServiceRequest>,
+) -> ApiResult {
+    done(state.instance.mirror_service.set_service(request.enabled)?)
+}
+
+async fn mirror_create(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<CreateRequest>,
+) -> ApiResult {
+    done(state.instance.mirror_service.create(request).await?)
+}
+
+async fn mirror_join_info(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<JoinInfoRequest>,
+) -> ApiResult {
+    let description = state.instance.mirror_service.join_info(&request).await?;
+    Ok(Json(
+        serde_json::to_value(description).map_err(|e| Error::Internal(e.to_string()))?,
+    ))
+}
+
+async fn mirror_join_failover(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<JoinRequest>,
+) -> ApiResult {
+    done(state.instance.mirror_service.join_failover(request).await?)
+}
+
+async fn mirror_edit(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<EditRequest>,
+) -> ApiResult {
+    done(state.instance.mirror_service.edit(request).await?)
+}
+
+async fn mirror_remove(State(state): State<AppState>) -> ApiResult {
+    done(state.instance.mirror_service.remove().await?)
+}
+
+#[derive(Deserialize)]
+struct MemberRequest {
+    member_name: String,
+}
+
+async fn mirror_remove_member(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<MemberRequest>,
+) -> ApiResult {
+    done(
+        state
+            .instance
+            .mirror_service
+            .remove_member(&request.member_name.to_ascii_uppercase())?,
+    )
+}
+
+#[derive(Deserialize)]
+struct DatabasesRequest {
+    databases: Vec<String>,
+}
+
+async fn mirror_add_databases(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<DatabasesRequest>,
+) -> ApiResult {
+    let dbs = request
+        .databases
+        .iter()
+        .map(|d| DbName::new(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    done(state.instance.mirror_service.add_databases(dbs).await?)
+}
+
+#[derive(Deserialize, Default)]
+struct FreezeRequest {
+    #[serde(default)]
+    timeout_s: Option<u64>,
+}
+
+/// Longest freeze allowed (a forgotten freeze must not stop the primary for good).
+pub const MAX_FREEZE_S: u64 = 3600;
+
+async fn mirror_freeze(State(state): State<AppState>, body: axum::body::Bytes) -> ApiResult {
+    // The body is optional: `{"timeout_s": 300}` or nothing for the default.
+    let request: FreezeRequest = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        FreezeRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(Error::from)?
+    };
+    let timeout = request.timeout_s.unwrap_or(600);
+    if timeout == 0 || timeout > MAX_FREEZE_S {
+        return Err(
+            Error::InvalidInput(format!("timeout_s must be between 1 and {MAX_FREEZE_S}")).into(),
+        );
+    }
+    done(
+        state
+            .instance
+            .mirror_service
+            .freeze(std::time::Duration::from_secs(timeout))
+            .await?,
+    )
+}
+
+async fn mirror_thaw(State(state): State<AppState>) -> ApiResult {
+    done(state.instance.mirror_service.thaw().await?)
 }
 
 #[derive(Deserialize)]

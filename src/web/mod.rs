@@ -94,10 +94,13 @@ pub fn router(instance: Arc<Instance>) -> Router {
         .with_state(state)
 }
 
-/// Load balancers ask this: 200 `SUCCESS` on the primary, 503 `FAILED` elsewhere. A member that
-/// is not in a mirror is never the primary.
-async fn mirror_status() -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, "FAILED").into_response()
+/// Load balancers ask this: 200 `SUCCESS` on the primary, 503 `FAILED` elsewhere.
+async fn mirror_status(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    if state.instance.mirror.role() == crate::mirror::state::Role::Primary {
+        (StatusCode::OK, "SUCCESS").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "FAILED").into_response()
+    }
 }
 
 async fn css() -> Response {

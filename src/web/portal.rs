@@ -481,21 +481,12 @@ struct SqlForm {
 
 /// The tables reachable from a namespace, qualified by database.
 async fn tables_of(state: &AppState, namespace: &NamespaceName) -> Vec<String> {
-    let Ok(default_db) = state
-        .instance
-        .catalog
-        .snapshot()
-        .namespace(namespace)
-        .map(|n| n.default_db.to_string())
-    else {
-        return Vec::new();
-    };
     let listed = state
         .instance
         .read(
             namespace,
             "SELECT schema, name FROM pragma_table_list
-             WHERE type = 'table' AND schema <> 'temp' AND name NOT LIKE 'sqlite%' AND name <> 'mirrorlab_meta'
+             WHERE type = 'table' AND schema NOT IN ('temp', 'main') AND name NOT LIKE 'sqlite%' AND name <> 'mirrorlab_meta'
              ORDER BY schema, name",
             vec![],
         )
@@ -504,15 +495,7 @@ async fn tables_of(state: &AppState, namespace: &NamespaceName) -> Vec<String> {
         .map(|r| {
             r.rows
                 .iter()
-                .map(|row| {
-                    let schema = display_value(&row[0]);
-                    let schema = if schema == "main" {
-                        default_db.clone()
-                    } else {
-                        schema
-                    };
-                    format!("{schema}.{}", display_value(&row[1]))
-                })
+                .map(|row| format!("{}.{}", display_value(&row[0]), display_value(&row[1])))
                 .collect()
         })
         .unwrap_or_default()

@@ -56,6 +56,7 @@ pub struct TestMember {
     pub dir: tempfile::TempDir,
     pub web: String,
     pub agent: String,
+    pub superserver: String,
     pub url: String,
     agent_process: Child,
     pub client: reqwest::Client,
@@ -64,17 +65,29 @@ pub struct TestMember {
 impl TestMember {
     /// Starts `mirrorlab member` and waits until the portal answers.
     pub async fn start() -> TestMember {
+        Self::start_named("testhost").await
+    }
+
+    /// Starts a member with the given host name.
+    pub async fn start_named(host: &str) -> TestMember {
         let dir = tempfile::tempdir().unwrap();
         let web = format!("127.0.0.1:{}", free_port());
         let agent = format!("127.0.0.1:{}", free_port());
+        let superserver = format!("127.0.0.1:{}", free_port());
         let log = std::fs::File::create(dir.path().join("member.log")).unwrap();
         let agent_process = Command::new(BINARY)
             .arg("member")
             .arg("--data-dir")
             .arg(dir.path().join("durable"))
-            .args(["--web", &web, "--agent", &agent])
-            .args(["--superserver", &format!("127.0.0.1:{}", free_port())])
-            .args(["--host-name", "testhost", "--install", "/nonexistent"])
+            .args([
+                "--web",
+                &web,
+                "--agent",
+                &agent,
+                "--superserver",
+                &superserver,
+            ])
+            .args(["--host-name", host, "--install", "/nonexistent"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -85,6 +98,7 @@ impl TestMember {
             dir,
             web,
             agent,
+            superserver,
             agent_process,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -177,6 +191,86 @@ impl TestMember {
         Ok((status, r.json().await.unwrap_or(Value::Null)))
     }
 
+    /// The agent's port.
+    pub fn agent_port(&self) -> u16 {
+        self.agent.rsplit_once(':').unwrap().1.parse().unwrap()
+    }
+
+    /// POST JSON and expect 200; returns the body.
+    pub async fn ok(&self, path: &str, body: Value) -> Value {
+        let (status, reply) = self.post(path, body).await.unwrap();
+        assert_eq!(status, 200, "POST {path}: {reply}");
+        reply
+    }
+
+    /// Waits until `check` holds for `GET /api/mirror` (up to `seconds`).
+    pub async fn wait_mirror(
+        &self,
+        seconds: u64,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        loop {
+            let (_, view) = self.get("/api/mirror").await;
+            if check(&view) {
+                return view;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never became {what}: {view:#}\nlog:\n{}",
+                self.url,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The status of mirrored database `db` in this member's view.
+    pub async fn db_status(&self, db: &str) -> String {
+        let (_, view) = self.get("/api/mirror").await;
+        view["databases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["name"] == db)
+            .map(|d| d["status"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+
+    /// The member row called `name` in this member's view.
+    pub fn member_row(view: &Value, name: &str) -> Value {
+        view["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// Row-level checksums of every table of a database (reached through `namespace`): one
+    /// FNV-1a hash per row, sorted, per table.
+    pub async fn checksums(&self, namespace: &str, db: &str) -> Vec<(String, Vec<u64>)> {
+        let tables = self.sql(namespace, &format!("SELECT name FROM {db}.sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite%' AND name <> 'mirrorlab_meta' ORDER BY name")).await;
+        let mut out = Vec::new();
+        for table in tables["rows"].as_array().unwrap() {
+            let table = table[0].as_str().unwrap().to_string();
+            let rows = self
+                .sql(namespace, &format!("SELECT * FROM {db}.\"{table}\""))
+                .await;
+            let mut hashes: Vec<u64> = rows["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| fnv(r.to_string().as_bytes()))
+                .collect();
+            hashes.sort_unstable();
+            out.push((table, hashes));
+        }
+        out
+    }
+
     /// Runs SQL through `/api/sql`.
     pub async fn sql(&self, namespace: &str, sql: &str) -> Value {
         let (status, body) = self
@@ -206,4 +300,11 @@ impl Drop for TestMember {
         }
         let _ = self.agent_process.kill();
     }
+}
+
+/// FNV-1a, 64 bits: a row's checksum.
+pub fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100000001b3)
+    })
 }

@@ -1,0 +1,349 @@
+//! The receiving end of journal transfer, on a backup (or async).
+//!
+//! One thread keeps a connection to the primary's mirror private address. It says how far its
+//! mirror journal goes (`Hello`), cuts records the primary says it never made durable, then
+//! stores every batch it receives at the same positions: all batches that have arrived are
+//! appended together and made durable with one `fdatasync`, then acknowledged with one `Ack`
+//! (group acknowledgement). The writer is asked to dejournal up to what is durable here *and*
+//! announced durable by the primary — never further, so nothing is applied that a restarted
+//! primary might not have.
+//!
+//! If the link fails it is retried every second; the monitor shows `Disconnected on <time>`
+//! meanwhile. Taking over as primary when the primary is gone belongs to the failover rules, not
+//! here.
+
+use std::io::{BufReader, BufWriter, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::journal::{Journal, JournalOptions, JournalPos};
+use crate::util::now_ms;
+
+use super::MirrorContext;
+use super::config::MemberInfo;
+use super::protocol::{Control, Message, check_frames, read_message, write_ack, write_control};
+
+/// How often the link is tried again after it failed.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The backup's mirror journal, shared by the receiver (appends) and Catchup's fetch (prepends).
+pub type SharedJournal = Arc<Mutex<Option<Journal>>>;
+
+/// Starts the receiver thread.
+pub fn start(
+    context: Arc<MirrorContext>,
+    journal: SharedJournal,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("mirror-receiver".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                let result = receive(&context, &journal, &stop);
+                let now = now_ms();
+                let mut link = context.mirror.link.lock().unwrap();
+                if link.connected || link.disconnected_ms.is_none() {
+                    link.disconnected_ms = Some(now);
+                }
+                link.connected = false;
+                link.active = false;
+                if let Err(err) = result {
+                    if link.last_error.as_deref() != Some(&err.to_string()) {
+                        tracing::warn!("mirror: link to the primary: {err}");
+                    }
+                    link.last_error = Some(err.to_string());
+                }
+                drop(link);
+                std::thread::sleep(RETRY);
+            }
+        })
+        .expect("spawn the mirror receiver")
+}
+
+/// The primary this member follows.
+fn primary_of(context: &MirrorContext) -> Result<MemberInfo> {
+    let config = context.config.get();
+    let membership = config
+        .mirror
+        .membership
+        .as_ref()
+        .ok_or_else(|| Error::Conflict("not a mirror member".into()))?;
+    let name = membership
+        .primary_name
+        .as_deref()
+        .ok_or_else(|| Error::Conflict("the primary is not known".into()))?;
+    membership
+        .member(name)
+        .cloned()
+        .ok_or_else(|| Error::Conflict(format!("member {name} is not known")))
+}
+
+fn connect(address: &str, timeout: Duration) -> Result<TcpStream> {
+    let mut last = Error::Unavailable(format!("{address} did not resolve"));
+    for addr in address
+        .to_socket_addrs()
+        .map_err(|e| Error::Unavailable(format!("{address}: {e}")))?
+    {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(stream) => return Ok(stream),
+            Err(err) => last = Error::Unavailable(format!("{address}: {err}")),
+        }
+    }
+    Err(last)
+}
+
+/// One connection's life.
+fn receive(context: &Arc<MirrorContext>, shared: &SharedJournal, stop: &AtomicBool) -> Result<()> {
+    let primary = primary_of(context)?;
+    let config = context.config.get();
+    let membership = config
+        .mirror
+        .membership
+        .clone()
+        .ok_or_else(|| Error::Conflict("not a mirror member".into()))?;
+    let qos = Duration::from_millis(membership.mirror.qos_timeout_ms);
+    let stream = connect(
+        &primary.data_channel_address()?,
+        qos.max(Duration::from_secs(2)),
+    )?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::with_capacity(1 << 20, stream.try_clone()?);
+    let mut writer = BufWriter::new(stream.try_clone()?);
+    let (first, end) = match shared.lock().unwrap().as_ref() {
+        Some(j) => (j.shared().first_pos().0, j.end().0),
+        None => (0, 0),
+    };
+    write_control(
+        &mut writer,
+        &Control::Hello {
+            mirror_name: membership.mirror.name.clone(),
+            mirror_id: membership.mirror.id.clone(),
+            member: membership.this.clone(),
+            journal_first: first,
+            journal_end: end,
+        },
+    )?;
+    writer.flush()?;
+    let (description, truncate_after, from) = match read_message(&mut reader)? {
+        Some(Message::Control(control)) => match *control {
+            Control::Welcome {
+                description,
+                truncate_after,
+                from,
+            } => (description, truncate_after, from),
+            Control::Refused { reason } => {
+                return Err(Error::Conflict(format!("the primary refused: {reason}")));
+            }
+            other => return Err(Error::InvalidInput(format!("unexpected answer {other:?}"))),
+        },
+        _ => return Err(Error::InvalidInput("the primary did not answer".into())),
+    };
+    context.learn(&description)?;
+    {
+        let mut guard = shared.lock().unwrap();
+        if guard.is_none() {
+            // A new member's journal starts where the primary starts sending.
+            let options = JournalOptions::mirror(
+                &membership.mirror.name,
+                context.max_segment_bytes,
+                JournalPos(from),
+            );
+            let id = crate::util::parse_hex16(&membership.mirror.id)
+                .ok_or_else(|| Error::Corrupt("bad mirror id".into()))?;
+            let (journal, _) = Journal::open(&context.journal_dir, id, options)?;
+            context.mirror.set_journal(Some(journal.shared()));
+            *guard = Some(journal);
+        }
+        let journal = guard.as_mut().unwrap();
+        if let Some(cut) = truncate_after {
+            tracing::warn!(
+                "mirror: dropping journal records after {cut} that the primary never made durable"
+            );
+            journal.truncate_after(JournalPos(cut))?;
+            context
+                .mirror
+                .set_dejournal_target(context.mirror.dejournal_target().min(JournalPos(cut)));
+        }
+        if journal.end().next() != JournalPos(from) {
+            return Err(Error::Conflict(format!(
+                "the primary sends from position {from} but this member's mirror journal ends at {}",
+                journal.end()
+            )));
+        }
+    }
+    {
+        let mut link = context.mirror.link.lock().unwrap();
+        link.connected = true;
+        link.primary = Some(primary.clone());
+        link.since_ms = now_ms();
+        link.disconnected_ms = None;
+        link.last_error = None;
+    }
+    tracing::info!(
+        "mirror: connected to primary {} (receiving from position {from})",
+        primary.name
+    );
+    stream.set_read_timeout(Some(qos.max(Duration::from_secs(1)) * 2))?;
+
+    let mut primary_durable = JournalPos::ZERO;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut last_status = Instant::now() - Duration::from_secs(10);
+    while !stop.load(Ordering::Acquire) {
+        let message = read_message(&mut reader)?
+            .ok_or_else(|| Error::Unavailable("the primary closed the connection".into()))?;
+        let mut batch_first = None;
+        let mut batch_last = JournalPos::ZERO;
+        let mut handle = |message: Message, pending: &mut Vec<u8>| -> Result<()> {
+            match message {
+                Message::Frames { first, last, bytes } => {
+                    let expected = batch_last.next().max(JournalPos(1));
+                    let continues = match batch_first {
+                        None => true,
+                        Some(_) => first == expected,
+                    };
+                    if !continues {
+                        return Err(Error::Corrupt(format!(
+                            "received records from {first} where {expected} was expected"
+                        )));
+                    }
+                    check_frames(&bytes, first, last)?;
+                    batch_first.get_or_insert(first);
+                    batch_last = last;
+                    pending.extend_from_slice(&bytes);
+                }
+                Message::Control(control) => match *control {
+                    Control::Durable { pos } => {
+                        primary_durable = primary_durable.max(JournalPos(pos))
+                    }
+                    Control::Heartbeat { durable, .. } => {
+                        primary_durable = primary_durable.max(JournalPos(durable))
+                    }
+                    Control::Activated => {
+                        tracing::info!("mirror: this member is the active backup");
+                        context.mirror.link.lock().unwrap().active = true;
+                    }
+                    Control::DatabaseAdded { database } => context.add_database(database)?,
+                    Control::Refused { reason } => {
+                        return Err(Error::Unavailable(format!(
+                            "the primary closed the link: {reason}"
+                        )));
+                    }
+                    _ => {}
+                },
+                Message::Ack(_) => {
+                    return Err(Error::InvalidInput("unexpected acknowledgement".into()));
+                }
+            }
+            Ok(())
+        };
+        handle(message, &mut pending)?;
+        // Everything already buffered joins this round: one fsync, one acknowledgement.
+        while buffered_message(&reader) {
+            let Some(message) = read_message(&mut reader)? else {
+                break;
+            };
+            handle(message, &mut pending)?;
+        }
+        let received_end = {
+            let mut guard = shared.lock().unwrap();
+            let journal = guard.as_mut().expect("opened above");
+            if let Some(first) = batch_first {
+                if first != journal.end().next() {
+                    return Err(Error::Corrupt(format!(
+                        "received records from {first} but this member's journal ends at {}",
+                        journal.end()
+                    )));
+                }
+                journal.append(&pending, batch_last, batch_last.0 + 1 - first.0)?;
+                journal.sync()?;
+            }
+            journal.end()
+        };
+        write_ack(&mut writer, received_end)?;
+        if !pending.is_empty() || last_status.elapsed() >= Duration::from_secs(1) {
+            write_control(
+                &mut writer,
+                &Control::Status {
+                    dejournaling: context.dejournal_summary(),
+                },
+            )?;
+            last_status = Instant::now();
+        }
+        writer.flush()?;
+        {
+            let mut link = context.mirror.link.lock().unwrap();
+            link.received_bytes += pending.len() as u64;
+            link.received_end = received_end;
+            link.primary_durable = primary_durable;
+            link.sample();
+        }
+        pending.clear();
+        let target = received_end.min(primary_durable);
+        if target > context.mirror.dejournal_target() {
+            context.mirror.raise_dejournal_target(target);
+            context.writer.dejournal();
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+    Ok(())
+}
+
+/// True when a whole message is already in the read buffer.
+fn buffered_message(reader: &BufReader<TcpStream>) -> bool {
+    let buf = reader.buffer();
+    buf.len() >= 4 && buf.len() >= 4 + u32::from_be_bytes(buf[0..4].try_into().unwrap()) as usize
+}
+
+/// Fetches records `from..=to` from the primary (for a Catchup that needs older journal).
+pub fn fetch(
+    address: &str,
+    mirror_id: &str,
+    from: JournalPos,
+    to: JournalPos,
+) -> Result<(JournalPos, JournalPos, Vec<u8>)> {
+    let stream = connect(address, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = BufWriter::new(stream);
+    write_control(
+        &mut writer,
+        &Control::Fetch {
+            mirror_id: mirror_id.to_string(),
+            from: from.0,
+            to: to.0,
+        },
+    )?;
+    writer.flush()?;
+    let mut frames = Vec::new();
+    let mut next = from;
+    loop {
+        match read_message(&mut reader)? {
+            Some(Message::Frames { first, last, bytes }) => {
+                if first != next {
+                    return Err(Error::Corrupt(format!(
+                        "fetched records start at {first}, {next} expected"
+                    )));
+                }
+                check_frames(&bytes, first, last)?;
+                frames.extend_from_slice(&bytes);
+                next = last.next();
+            }
+            Some(Message::Control(control)) => match *control {
+                Control::FetchDone => break,
+                Control::Refused { reason } => return Err(Error::Conflict(reason)),
+                other => return Err(Error::InvalidInput(format!("unexpected answer {other:?}"))),
+            },
+            _ => {
+                return Err(Error::Unavailable(
+                    "the primary closed the connection during a fetch".into(),
+                ));
+            }
+        }
+    }
+    Ok((from, JournalPos(next.0 - 1), frames))
+}
