@@ -230,3 +230,325 @@ async fn the_walkthrough_replicates_to_the_backup() {
 
     assert_identical(&a, &b).await;
 }
+
+/// Writers inserting companies on A until stopped; returns the names acknowledged.
+fn start_writers(
+    a: &std::sync::Arc<TestMember>,
+    count: usize,
+    prefix: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+    (0..count)
+        .map(|w| {
+            let (a, stop, prefix) = (a.clone(), stop.clone(), prefix.to_string());
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let name = format!("{prefix}-{w}-{n}");
+                    match a.post("/api/apps/companies", json!({"name": name})).await {
+                        Ok((201, _)) => acked.push(name),
+                        Ok(_) | Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+                acked
+            })
+        })
+        .collect()
+}
+
+async fn all_names(member: &TestMember) -> std::collections::HashSet<String> {
+    names(&member.sql("COMPANY", "SELECT name FROM Company").await)
+        .into_iter()
+        .collect()
+}
+
+async fn stop_writers(
+    stop: &std::sync::atomic::AtomicBool,
+    writers: Vec<tokio::task::JoinHandle<Vec<String>>>,
+) -> Vec<String> {
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_made_during_freeze_while_applications_write_catches_up() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let (a, b) = pair(2000).await;
+    let a = Arc::new(a);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(&a, 4, "freeze", stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.ok("/api/mirror/add-databases", json!({"databases": DATABASES}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for db in DATABASES {
+        b.ok(&format!("/api/databases/{db}/dismount"), json!({}))
+            .await;
+    }
+    // Freeze, copy while the writers wait, thaw.
+    let frozen = a.ok("/api/mirror/freeze", json!({"timeout_s": 60})).await;
+    assert!(
+        frozen["message"].as_str().unwrap().contains("frozen"),
+        "{frozen}"
+    );
+    for db in DATABASES {
+        let dir = db.to_ascii_lowercase();
+        std::fs::copy(
+            a.data_dir().join(format!("mgr/{dir}/database.sqlite")),
+            b.data_dir().join(format!("mgr/{dir}/database.sqlite")),
+        )
+        .unwrap();
+    }
+    a.ok("/api/mirror/thaw", json!({})).await;
+    for db in DATABASES {
+        b.ok(&format!("/api/databases/{db}/mount"), json!({})).await;
+        b.ok(&format!("/api/databases/{db}/catchup"), json!({}))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acked = stop_writers(&stop, writers).await;
+    assert!(
+        acked.len() > 20,
+        "the writers barely wrote: {}",
+        acked.len()
+    );
+    for db in DATABASES {
+        b.wait_mirror(20, &format!("dejournaling {db}"), |v| {
+            v["databases"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["name"] == db && d["status"] == "Dejournaling")
+        })
+        .await;
+    }
+    assert_identical(&a, &b).await;
+    let on_b = all_names(&b).await;
+    for name in &acked {
+        assert!(on_b.contains(name), "acknowledged {name} is missing on B");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_killed_mid_stream_catches_up_without_losing_or_repeating() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let (a, b) = pair(1000).await;
+    mirror_databases(&a, &b).await;
+    let a = Arc::new(a);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(&a, 4, "bkill", stop.clone());
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        b.kill_instance().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        b.start_instance().await;
+        b.wait_ready().await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let acked = stop_writers(&stop, writers).await;
+    assert!(
+        acked.len() > 20,
+        "the writers barely wrote: {}",
+        acked.len()
+    );
+    a.wait_mirror(20, "with an active backup again", |v| {
+        TestMember::member_row(v, "MIRRORB/IRIS")["journal_transfer"] == "Active"
+    })
+    .await;
+    assert_identical(&a, &b).await;
+    let on_b = all_names(&b).await;
+    for name in &acked {
+        assert!(on_b.contains(name), "acknowledged {name} is missing on B");
+    }
+    for db in DATABASES {
+        assert_eq!(b.db_status(db).await, "Dejournaling", "{db}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_primary_is_followed_again() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let (a, b) = pair(1000).await;
+    mirror_databases(&a, &b).await;
+    let a = Arc::new(a);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(&a, 4, "akill", stop.clone());
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        a.kill_instance().await;
+        b.wait_mirror(10, "disconnected", |v| v["status"] == "Waiting")
+            .await;
+        a.start_instance().await;
+        a.wait_ready().await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let acked = stop_writers(&stop, writers).await;
+    assert!(
+        acked.len() > 20,
+        "the writers barely wrote: {}",
+        acked.len()
+    );
+    b.wait_mirror(20, "an active backup again", |v| v["status"] == "Backup")
+        .await;
+    assert_identical(&a, &b).await;
+    let on_a = all_names(&a).await;
+    for name in &acked {
+        assert!(on_a.contains(name), "acknowledged {name} is missing on A");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn catchup_fetches_older_journal_from_the_primary() {
+    // A mirrors its databases and keeps a copy before B ever joins: B's own mirror journal
+    // starts later than the copy needs.
+    let a = TestMember::start_named("mirrora").await;
+    let b = TestMember::start_named("mirrorb").await;
+    a.ok("/api/mirror/service", json!({"enabled": true})).await;
+    a.ok("/api/mirror/create", json!({"mirror_name": "MIRRORSET", "superserver_address": a.superserver, "agent_address": "127.0.0.1", "agent_port": a.agent_port(), "qos_timeout_ms": 2000})).await;
+    a.ok("/api/mirror/add-databases", json!({"databases": DATABASES}))
+        .await;
+    a.post("/api/apps/companies", json!({"name": "before the copy"}))
+        .await
+        .unwrap();
+    let saved = a.dir.path().join("saved");
+    std::fs::create_dir_all(&saved).unwrap();
+    a.ok("/api/mirror/freeze", json!({})).await;
+    for db in DATABASES {
+        let dir = db.to_ascii_lowercase();
+        std::fs::copy(
+            a.data_dir().join(format!("mgr/{dir}/database.sqlite")),
+            saved.join(format!("{dir}.sqlite")),
+        )
+        .unwrap();
+    }
+    a.ok("/api/mirror/thaw", json!({})).await;
+    for i in 0..30 {
+        a.post(
+            "/api/apps/companies",
+            json!({"name": format!("after the copy {i}")}),
+        )
+        .await
+        .unwrap();
+    }
+    b.ok("/api/mirror/service", json!({"enabled": true})).await;
+    b.ok("/api/mirror/join-failover", json!({"mirror_name": "MIRRORSET", "agent_address": format!("127.0.0.1:{}", a.agent_port()), "superserver_address": b.superserver, "agent_address_local": "127.0.0.1", "agent_port_local": b.agent_port()})).await;
+    b.wait_mirror(15, "a backup", |v| v["status"] == "Backup")
+        .await;
+    for db in DATABASES {
+        let dir = db.to_ascii_lowercase();
+        b.ok(&format!("/api/databases/{db}/dismount"), json!({}))
+            .await;
+        std::fs::copy(
+            saved.join(format!("{dir}.sqlite")),
+            b.data_dir().join(format!("mgr/{dir}/database.sqlite")),
+        )
+        .unwrap();
+        b.ok(&format!("/api/databases/{db}/mount"), json!({})).await;
+        // Catchup on a database that needs activation does both.
+        b.ok(&format!("/api/databases/{db}/catchup"), json!({}))
+            .await;
+    }
+    for db in DATABASES {
+        b.wait_mirror(20, &format!("dejournaling {db}"), |v| {
+            v["databases"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["name"] == db && d["status"] == "Dejournaling")
+        })
+        .await;
+    }
+    assert!(
+        b.log().contains("fetching journal records"),
+        "B should have fetched from A"
+    );
+    assert_identical(&a, &b).await;
+    assert_eq!(all_names(&b).await.len(), 31);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_of_something_else_are_refused() {
+    let (a, b) = pair(2000).await;
+    a.ok("/api/mirror/add-databases", json!({"databases": DATABASES}))
+        .await;
+    b.wait_mirror(10, "aware of the mirrored databases", |v| {
+        v["missing_databases"].as_array().map(|m| m.len()) == Some(3)
+    })
+    .await;
+    b.ok("/api/databases/COMPANY/dismount", json!({})).await;
+    // Another database's file in COMPANY's place.
+    std::fs::copy(
+        a.data_dir().join("mgr/personal/database.sqlite"),
+        b.data_dir().join("mgr/company/database.sqlite"),
+    )
+    .unwrap();
+    let (status, err) = b
+        .post("/api/databases/COMPANY/mount", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("holds database PERSONAL"),
+        "{err}"
+    );
+    // A copy of COMPANY from an instance outside the mirror.
+    let c = TestMember::start_named("other").await;
+    c.post("/api/apps/companies", json!({"name": "elsewhere"}))
+        .await
+        .unwrap();
+    c.ok("/api/databases/COMPANY/dismount", json!({})).await;
+    std::fs::copy(
+        c.data_dir().join("mgr/company/database.sqlite"),
+        b.data_dir().join("mgr/company/database.sqlite"),
+    )
+    .unwrap();
+    let (status, err) = b
+        .post("/api/databases/COMPANY/mount", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("another instance or another mirror"),
+        "{err}"
+    );
+    // The right file is accepted.
+    std::fs::copy(
+        a.data_dir().join("mgr/company/database.sqlite"),
+        b.data_dir().join("mgr/company/database.sqlite"),
+    )
+    .unwrap();
+    b.ok("/api/databases/COMPANY/mount", json!({})).await;
+    assert_eq!(b.db_status("COMPANY").await, "Needs Activation");
+    // A second Activate and a second Catchup do no harm.
+    b.ok("/api/databases/COMPANY/activate", json!({})).await;
+    let again = b.ok("/api/databases/COMPANY/activate", json!({})).await;
+    assert!(
+        again["message"].as_str().unwrap().contains("already"),
+        "{again}"
+    );
+    b.ok("/api/databases/COMPANY/catchup", json!({})).await;
+    b.ok("/api/databases/COMPANY/catchup", json!({})).await;
+    b.wait_mirror(10, "dejournaling COMPANY", |v| {
+        v["databases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "COMPANY" && d["status"] == "Dejournaling")
+    })
+    .await;
+}

@@ -112,15 +112,19 @@ fn serve(stream: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
             mirror_name,
             mirror_id,
             member,
-            journal_first: _,
+            journal_first,
             journal_end,
         } => {
+            // A member without a mirror journal starts at the current end; the database copies
+            // it receives carry the rest (and Catchup fetches what a copy lacks).
+            let fresh = journal_first == 0;
             let accepted = accept_member(
                 context,
                 &mirror_name,
                 &mirror_id,
                 &member,
                 JournalPos(journal_end),
+                fresh,
             );
             match accepted {
                 Ok((journal, truncate_after, from)) => serve_member(
@@ -222,6 +226,7 @@ fn accept_member(
     mirror_id: &str,
     member: &MemberInfo,
     member_end: JournalPos,
+    fresh: bool,
 ) -> Result<(Arc<JournalShared>, Option<JournalPos>, JournalPos)> {
     let config = context.config.get();
     let membership = config
@@ -267,8 +272,12 @@ fn accept_member(
     let durable = journal.durable_end();
     // A member holding records this primary never made durable (it restarted before its own
     // fsync) must drop them: nothing was applied from them, nothing was acknowledged.
-    let truncate_after = (member_end > durable).then_some(durable);
-    let from = truncate_after.unwrap_or(member_end).next();
+    let truncate_after = (!fresh && member_end > durable).then_some(durable);
+    let from = if fresh {
+        durable.next()
+    } else {
+        truncate_after.unwrap_or(member_end).next()
+    };
     if from < journal.first_pos() {
         return Err(Error::Conflict(format!(
             "this member's mirror journal ends at {} but the primary keeps records from {} only: \
@@ -373,24 +382,15 @@ fn serve_member(
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             };
-            if !send_outgoing(&mut writer, next)? {
-                break;
-            }
+            let mut open = send_outgoing(&mut writer, next)?;
             // Send whatever else is queued before the flush: one write for a burst of batches.
-            loop {
-                match outgoing.try_recv() {
-                    Ok(next) => {
-                        if !send_outgoing(&mut writer, next)? {
-                            writer.flush()?;
-                            let _ = stream.shutdown(Shutdown::Both);
-                            let _ = acks.join();
-                            return Ok(());
-                        }
-                    }
-                    Err(_) => break,
-                }
+            while open && let Ok(next) = outgoing.try_recv() {
+                open = send_outgoing(&mut writer, next)?;
             }
             writer.flush()?;
+            if !open {
+                break;
+            }
         }
         let _ = stream.shutdown(Shutdown::Both);
         let _ = acks.join();

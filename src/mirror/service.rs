@@ -198,12 +198,15 @@ pub struct ArbiterView {
     pub connection_status: String,
 }
 
+/// A running thread, the flag that stops it, and (for the listener) its address.
+type Running<T> = Mutex<Option<(JoinHandle<()>, Arc<AtomicBool>, T)>>;
+
 /// The mirror service of an instance.
 pub struct MirrorService {
     context: Arc<MirrorContext>,
     receiver_journal: SharedJournal,
-    receiver: Mutex<Option<(JoinHandle<()>, Arc<AtomicBool>)>>,
-    listener: Mutex<Option<(JoinHandle<()>, Arc<AtomicBool>, std::net::SocketAddr)>>,
+    receiver: Running<()>,
+    listener: Running<std::net::SocketAddr>,
 }
 
 fn host_of(address: &str) -> String {
@@ -267,11 +270,11 @@ impl MirrorService {
             self.receiver_journal.clone(),
             stop.clone(),
         );
-        *slot = Some((thread, stop));
+        *slot = Some((thread, stop, ()));
     }
 
     fn stop_receiver(&self) {
-        if let Some((thread, stop)) = self.receiver.lock().unwrap().take() {
+        if let Some((thread, stop, ())) = self.receiver.lock().unwrap().take() {
             stop.store(true, Ordering::Release);
             let _ = thread.join();
         }
