@@ -648,7 +648,7 @@ async fn the_api_answers_bad_input_with_clear_json_errors() {
             "/api/databases/COMPANY/add-to-mirror",
             None,
             StatusCode::CONFLICT,
-            "mirror service disabled",
+            "not a mirror member",
         ),
         (
             "POST",
