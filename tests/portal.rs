@@ -158,6 +158,7 @@ const PAGES: &[&str] = &[
     "/portal/config/databases",
     "/portal/config/namespaces",
     "/portal/operation/journals",
+    "/portal/operation/backup",
     "/portal/explorer/sql",
     "/portal/security/password",
     "/apps/company",
@@ -256,7 +257,36 @@ async fn every_page_renders_for_a_logged_in_user() {
         assert!(reply.body.contains("Management Portal"), "{page}");
     }
     let mirror = portal.get("/portal/mirror/settings", &session).await;
-    assert!(mirror.body.contains("Mirror service disabled"));
+    assert!(mirror.body.contains("mirror service is disabled"));
+    let monitor = portal.get("/portal/mirror/monitor", &session).await;
+    assert!(monitor.body.contains("Mirror service disabled"));
+    // Create and Join wait for the mirror service.
+    let create = portal.get("/portal/mirror/create", &session).await;
+    assert_eq!(create.location.as_deref(), Some("/portal/mirror/settings"));
+    let csrf = csrf_of(&portal.get("/portal/", &session).await.body);
+    portal
+        .post_form(
+            "/portal/mirror/service",
+            &session,
+            &[("csrf", &csrf), ("enabled", "on")],
+        )
+        .await;
+    let settings = portal.get("/portal/mirror/settings", &session).await;
+    assert!(
+        settings.body.contains("the mirror service is enabled"),
+        "{}",
+        settings.body
+    );
+    assert!(settings.body.contains("id=\"create-mirror\""));
+    let create = portal.get("/portal/mirror/create", &session).await;
+    assert_eq!(create.status, StatusCode::OK);
+    assert!(
+        create.body.contains("value=\"LOCALHOST/IRIS\""),
+        "default member name"
+    );
+    assert!(create.body.contains("value=\"8000\""), "default QoS");
+    let join = portal.get("/portal/mirror/join", &session).await;
+    assert!(join.body.contains("Agent Address on Other System"));
     let databases = portal.get("/portal/config/local-databases", &session).await;
     for db in ["COMPANY", "CUSTOMER", "PERSONAL"] {
         assert!(databases.body.contains(db), "{db} listed");

@@ -162,6 +162,7 @@ pub struct WriterHandle {
     tx: mpsc::Sender<Command>,
     failure: Arc<Mutex<Option<String>>>,
     mirror: Arc<MirrorState>,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl WriterHandle {
@@ -219,6 +220,11 @@ impl WriterHandle {
     pub fn failure(&self) -> Option<String> {
         self.failure.lock().unwrap().clone()
     }
+
+    /// Whether writes are frozen.
+    pub fn frozen(&self) -> bool {
+        self.frozen.load(Ordering::Acquire)
+    }
 }
 
 /// The writer thread's state.
@@ -243,6 +249,8 @@ pub struct Writer {
     /// Writes (and dejournaling) waiting for a Thaw.
     held: VecDeque<Command>,
     frozen_until: Option<Instant>,
+    /// Mirrors `frozen_until.is_some()` for the portal.
+    frozen_flag: Arc<std::sync::atomic::AtomicBool>,
     dirty: bool,
     statement_timeout_ms: i64,
 }
@@ -279,10 +287,12 @@ impl Writer {
     ) -> (WriterHandle, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel();
         let failure = Arc::new(Mutex::new(None));
+        let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let handle = WriterHandle {
             tx: tx.clone(),
             failure: failure.clone(),
             mirror: mirror.clone(),
+            frozen: frozen.clone(),
         };
         let cfg = config.get();
         let readers_for_timeout = readers.clone();
@@ -303,6 +313,7 @@ impl Writer {
             deferred: VecDeque::new(),
             held: VecDeque::new(),
             frozen_until: None,
+            frozen_flag: frozen,
             dirty: false,
             statement_timeout_ms: readers_for_timeout.timeout_ms(),
         };
@@ -368,6 +379,7 @@ impl Writer {
             {
                 tracing::warn!("the freeze timed out; writes resume");
                 self.frozen_until = None;
+                self.frozen_flag.store(false, Ordering::Release);
             }
             if self.frozen_until.is_none()
                 && let Some(command) = self.held.pop_front()
@@ -808,6 +820,7 @@ impl Writer {
                 let _ = reply.send(self.freeze(timeout));
             }
             MirrorCommand::Thaw { reply } => {
+                self.frozen_flag.store(false, Ordering::Release);
                 let message = match self.frozen_until.take() {
                     Some(_) => "writes resumed".to_string(),
                     None => "writes were not frozen".to_string(),
@@ -1238,31 +1251,15 @@ impl Writer {
         if self.frozen_until.is_some() {
             return Ok("writes are already frozen".into());
         }
-        // Fold every WAL into its database file; a reader in the middle of a query can hold
-        // the last frames back for a moment, so try again briefly.
+        // Fold every WAL into its database file, so each file is complete on its own.
         let state = self.catalog.snapshot();
         for entry in state.databases.values().filter(|d| d.mounted) {
-            let conn = database::open(&entry.file)?;
-            let mut complete = false;
-            for _ in 0..100 {
-                let (busy, log, done): (i64, i64, i64) =
-                    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                    })?;
-                if busy == 0 && log == done {
-                    complete = true;
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if !complete {
-                return Err(Error::Conflict(format!(
-                    "{} is busy; try Freeze again",
-                    entry.name
-                )));
-            }
+            database::checkpoint(&database::open(&entry.file)?).map_err(|_| {
+                Error::Conflict(format!("{} is busy; try Freeze again", entry.name))
+            })?;
         }
         self.frozen_until = Some(Instant::now() + timeout);
+        self.frozen_flag.store(true, Ordering::Release);
         tracing::info!("writes frozen for at most {} s", timeout.as_secs());
         Ok(format!(
             "writes are frozen and every database file is complete: copy them now, then Thaw \

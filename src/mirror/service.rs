@@ -990,7 +990,8 @@ impl MirrorService {
             };
             let runtime = context.mirror.database(&db.name);
             let entry = state.databases.get(&db.name);
-            let next_record = if primary || !facts.mounted {
+            let following = facts.dejournaling || facts.catchup_running;
+            let next_record = if primary || !facts.mounted || !following {
                 "N/A".to_string()
             } else if facts.dejournaling && runtime.applied >= context.mirror.dejournal_target() {
                 "Current".to_string()

@@ -209,7 +209,26 @@ pub fn switch_stream(file: &Path, stream: &str, pos: JournalPos) -> Result<()> {
     )?;
     tx.execute(&set_applied_sql("main"), [pos.0 as i64])?;
     tx.commit()?;
-    Ok(())
+    // The file a person copies right afterwards must already say which journal it follows.
+    checkpoint(&conn)
+}
+
+/// Folds the WAL into the main file (`TRUNCATE` checkpoint), retrying briefly while a reader in
+/// the middle of a query holds the last frames back.
+pub fn checkpoint(conn: &Connection) -> Result<()> {
+    for _ in 0..100 {
+        let (busy, log, done): (i64, i64, i64) =
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+        if busy == 0 && log == done {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(Error::Conflict(
+        "the database is busy; its file could not be completed on disk, try again".into(),
+    ))
 }
 
 /// Path of the WAL file SQLite keeps beside `file`.

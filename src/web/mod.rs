@@ -24,6 +24,7 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod mirror;
 pub mod portal;
 
 use std::sync::Arc;
@@ -83,6 +84,7 @@ pub fn router(instance: Arc<Instance>) -> Router {
         .route("/static/favicon.svg", get(favicon))
         .nest("/api", api)
         .merge(portal::routes())
+        .merge(mirror::routes())
         .merge(crate::apps::page_routes())
         .fallback(page_not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -180,8 +182,25 @@ impl Layout {
             user: user.name.clone(),
             csrf: user.csrf.clone(),
             flash: user.flash.clone(),
-            mirror: "Not a member".into(),
+            mirror: mirror_label(state),
             default_password,
+        }
+    }
+}
+
+/// `MIRRORSET: Primary`, or `Not a member`, for the page header.
+fn mirror_label(state: &AppState) -> String {
+    let config = state.instance.config.get();
+    match &config.mirror.membership {
+        None => "Not a member".into(),
+        Some(m) => {
+            let role = match state.instance.mirror.role() {
+                crate::mirror::state::Role::Primary => "Primary".to_string(),
+                crate::mirror::state::Role::Backup => "Backup".to_string(),
+                crate::mirror::state::Role::Async(kind) => kind.display().to_string(),
+                crate::mirror::state::Role::NotMember => "Not a member".to_string(),
+            };
+            format!("{}: {role}", m.mirror.name)
         }
     }
 }

@@ -28,9 +28,6 @@ pub fn routes() -> Router<AppState> {
         .route("/portal/", get(home))
         .route("/portal/login", get(login_page).post(login_submit))
         .route("/portal/logout", post(logout))
-        .route("/portal/mirror/settings", get(mirror_settings))
-        .route("/portal/mirror/monitor", get(mirror_monitor))
-        .route("/portal/config/local-databases", get(local_databases))
         .route("/portal/config/databases", get(databases))
         .route(
             "/portal/config/databases/{db}/{action}",
@@ -169,7 +166,7 @@ async fn login_submit(
 }
 
 #[derive(Deserialize)]
-struct Empty {}
+pub(super) struct Empty {}
 
 async fn logout(
     State(state): State<AppState>,
@@ -220,53 +217,19 @@ async fn home(State(state): State<AppState>, user: PortalUser) -> HomePage {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Mirror pages (the mirror service arrives with mirroring)
-
-#[derive(Template, WebTemplate)]
-#[template(path = "portal/mirror_settings.html")]
-struct MirrorSettingsPage {
-    layout: Layout,
-}
-
-async fn mirror_settings(State(state): State<AppState>, user: PortalUser) -> MirrorSettingsPage {
-    let crumbs = vec!["System Administration", "Configuration"];
-    MirrorSettingsPage {
-        layout: Layout::new(&state, &user, "Mirror Settings", crumbs, "mirror-settings"),
-    }
-}
-
-#[derive(Template, WebTemplate)]
-#[template(path = "portal/mirror_monitor.html")]
-struct MirrorMonitorPage {
-    layout: Layout,
-}
-
-async fn mirror_monitor(State(state): State<AppState>, user: PortalUser) -> MirrorMonitorPage {
-    MirrorMonitorPage {
-        layout: Layout::new(
-            &state,
-            &user,
-            "Mirror Monitor",
-            vec!["System Operation"],
-            "mirror-monitor",
-        ),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Databases and namespaces
 
-struct DatabaseRow {
-    name: String,
-    directory: String,
-    mounted: bool,
-    read_only: bool,
-    mirrored: Option<String>,
-    size: String,
-    applied: String,
+pub(super) struct DatabaseRow {
+    pub(super) name: String,
+    pub(super) directory: String,
+    pub(super) mounted: bool,
+    pub(super) read_only: bool,
+    pub(super) mirrored: Option<String>,
+    pub(super) size: String,
+    pub(super) applied: String,
 }
 
-async fn database_rows(state: &AppState) -> Result<Vec<DatabaseRow>, Error> {
+pub(super) async fn database_rows(state: &AppState) -> Result<Vec<DatabaseRow>, Error> {
     Ok(state
         .instance
         .databases()
@@ -285,28 +248,6 @@ async fn database_rows(state: &AppState) -> Result<Vec<DatabaseRow>, Error> {
                 .unwrap_or_else(|| "—".into()),
         })
         .collect())
-}
-
-#[derive(Template, WebTemplate)]
-#[template(path = "portal/local_databases.html")]
-struct LocalDatabasesPage {
-    layout: Layout,
-    databases: Vec<DatabaseRow>,
-}
-
-async fn local_databases(
-    State(state): State<AppState>,
-    user: PortalUser,
-) -> PageResult<LocalDatabasesPage> {
-    let crumbs = vec![
-        "System Administration",
-        "Configuration",
-        "System Configuration",
-    ];
-    Ok(LocalDatabasesPage {
-        layout: Layout::new(&state, &user, "Local Databases", crumbs, "local-databases"),
-        databases: database_rows(&state).await?,
-    })
 }
 
 #[derive(Template, WebTemplate)]

@@ -1,0 +1,609 @@
+//! The portal's mirror pages: Mirror Settings (Enable Mirror Service), Create a Mirror, Join as
+//! Failover (two steps), Edit Mirror, the Mirror Monitor, Local Databases with Add to Mirror,
+//! and System Operation › Backup (Freeze, Thaw, consistent copies).
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::mirror::protocol::MirrorDescription;
+use crate::mirror::service::{
+    CreateRequest, EditRequest, JoinInfoRequest, JoinRequest, MirrorService, MirrorView,
+};
+use crate::mirror::state::Role;
+use crate::names::DbName;
+
+use super::auth::{CsrfForm, PortalUser};
+use super::error::PageError;
+use super::portal::{DatabaseRow, Empty, database_rows};
+use super::{AppState, Layout, flash_and_redirect};
+
+/// Routes of the mirror pages.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/portal/mirror/settings", get(settings))
+        .route("/portal/mirror/service", post(set_service))
+        .route("/portal/mirror/create", get(create_page).post(create))
+        .route("/portal/mirror/join", get(join_page).post(join))
+        .route("/portal/mirror/join/next", post(join_next))
+        .route("/portal/mirror/edit", get(edit_page).post(edit))
+        .route("/portal/mirror/remove", post(remove))
+        .route("/portal/mirror/remove-member", post(remove_member))
+        .route("/portal/mirror/monitor", get(monitor))
+        .route(
+            "/portal/mirror/databases/{db}/{action}",
+            post(database_action),
+        )
+        .route("/portal/config/local-databases", get(local_databases))
+        .route(
+            "/portal/config/local-databases/add-to-mirror",
+            post(add_to_mirror),
+        )
+        .route("/portal/operation/backup", get(backup_page))
+        .route("/portal/operation/backup/{db}", post(backup))
+        .route("/portal/operation/freeze", post(freeze))
+        .route("/portal/operation/thaw", post(thaw))
+}
+
+fn service(state: &AppState) -> &MirrorService {
+    &state.instance.mirror_service
+}
+
+/// A form field that may be empty: `None` when it is.
+fn filled(value: &Option<String>) -> Option<String> {
+    value
+        .as_ref()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+fn number<T: std::str::FromStr>(label: &str, value: &Option<String>) -> Result<Option<T>> {
+    match filled(value) {
+        None => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::InvalidInput(format!("{label} must be a number, not {v:?}"))),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mirror Settings
+
+#[derive(Template, WebTemplate)]
+#[template(path = "portal/mirror_settings.html")]
+struct SettingsPage {
+    layout: Layout,
+    enabled: bool,
+    member: bool,
+    mirror_name: String,
+}
+
+async fn settings(State(state): State<AppState>, user: PortalUser) -> SettingsPage {
+    let config = state.instance.config.get();
+    let crumbs = vec!["System Administration", "Configuration"];
+    SettingsPage {
+        layout: Layout::new(&state, &user, "Mirror Settings", crumbs, "mirror-settings"),
+        enabled: config.mirror.service_enabled,
+        member: config.mirror.membership.is_some(),
+        mirror_name: config
+            .mirror
+            .membership
+            .as_ref()
+            .map(|m| m.mirror.name.clone())
+            .unwrap_or_default(),
+    }
+}
+
+#[derive(Deserialize)]
+struct ServiceForm {
+    #[serde(default)]
+    enabled: Option<String>,
+}
+
+async fn set_service(
+    State(state): State<AppState>,
+    CsrfForm(user, form): CsrfForm<ServiceForm>,
+) -> Response {
+    let result = service(&state).set_service(form.enabled.is_some());
+    flash_and_redirect(&state, &user, result, "/portal/mirror/settings")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Create a Mirror
+
+#[derive(Template, WebTemplate)]
+#[template(path = "portal/mirror_create.html")]
+struct CreatePage {
+    layout: Layout,
+    member_name: String,
+    superserver: String,
+    agent_port: u16,
+    agent_host: String,
+}
+
+fn agent_host(superserver: &str) -> String {
+    crate::mirror::config::split_address(superserver, 1972)
+        .map(|(h, _)| h)
+        .unwrap_or_default()
+}
+
+async fn create_page(State(state): State<AppState>, user: PortalUser) -> Response {
+    if !state.instance.config.get().mirror.service_enabled {
+        return flash_and_redirect(
+            &state,
+            &user,
+            Err(Error::Conflict(
+                "the mirror service is disabled: enable it first".into(),
+            )),
+            "/portal/mirror/settings",
+        );
+    }
+    let (member_name, superserver, agent_port) = service(&state).defaults();
+    let crumbs = vec!["System Administration", "Configuration", "Mirror Settings"];
+    CreatePage {
+        layout: Layout::new(&state, &user, "Create Mirror", crumbs, "mirror-settings"),
+        member_name,
+        agent_host: agent_host(&superserver),
+        superserver,
+        agent_port,
+    }
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct CreateForm {
+    #[serde(default)]
+    mirror_name: String,
+    require_tls: Option<String>,
+    use_arbiter: Option<String>,
+    arbiter_address: Option<String>,
+    arbiter_port: Option<String>,
+    use_virtual_ip: Option<String>,
+    member_name: Option<String>,
+    superserver_address: Option<String>,
+    agent_port: Option<String>,
+    qos_timeout_ms: Option<String>,
+    mirror_private_address: Option<String>,
+    agent_address: Option<String>,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    CsrfForm(user, form): CsrfForm<CreateForm>,
+) -> Response {
+    let result = async {
+        let request = CreateRequest {
+            mirror_name: form.mirror_name,
+            use_arbiter: form.use_arbiter.is_some(),
+            arbiter_address: filled(&form.arbiter_address).unwrap_or_default(),
+            arbiter_port: number("Arbiter port", &form.arbiter_port)?,
+            member_name: filled(&form.member_name),
+            superserver_address: filled(&form.superserver_address),
+            agent_port: number("Agent Port", &form.agent_port)?,
+            qos_timeout_ms: number("Quality of Service Timeout", &form.qos_timeout_ms)?,
+            require_tls: form.require_tls.is_some(),
+            use_virtual_ip: form.use_virtual_ip.is_some(),
+            mirror_private_address: filled(&form.mirror_private_address),
+            agent_address: filled(&form.agent_address),
+        };
+        service(&state).create(request).await
+    }
+    .await;
+    let to = if result.is_ok() {
+        "/portal/mirror/monitor"
+    } else {
+        "/portal/mirror/create"
+    };
+    flash_and_redirect(&state, &user, result, to)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Join as Failover
+
+#[derive(Template, WebTemplate)]
+#[template(path = "portal/mirror_join.html")]
+struct JoinPage {
+    layout: Layout,
+    description: Option<MirrorDescription>,
+    mirror_name: String,
+    agent_address: String,
+    agent_port: String,
+    instance_name: String,
+    member_name: String,
+    superserver: String,
+    local_agent_port: u16,
+    agent_host: String,
+}
+
+fn join_page_for(
+    state: &AppState,
+    user: &PortalUser,
+    step1: &JoinForm,
+    description: Option<MirrorDescription>,
+) -> JoinPage {
+    let (member_name, superserver, local_agent_port) = service(state).defaults();
+    let crumbs = vec!["System Administration", "Configuration", "Mirror Settings"];
+    JoinPage {
+        layout: Layout::new(
+            state,
+            user,
+            "Join Mirror as Failover",
+            crumbs,
+            "mirror-settings",
+        ),
+        description,
+        mirror_name: step1.mirror_name.clone().unwrap_or_default(),
+        agent_address: step1.agent_address.clone().unwrap_or_default(),
+        agent_port: step1.agent_port.clone().unwrap_or_else(|| "2188".into()),
+        instance_name: step1
+            .instance_name
+            .clone()
+            .unwrap_or_else(|| crate::instance::DEFAULT_INSTANCE_NAME.into()),
+        member_name,
+        agent_host: agent_host(&superserver),
+        superserver,
+        local_agent_port,
+    }
+}
+
+async fn join_page(State(state): State<AppState>, user: PortalUser) -> Response {
+    if !state.instance.config.get().mirror.service_enabled {
+        return flash_and_redirect(
+            &state,
+            &user,
+            Err(Error::Conflict(
+                "the mirror service is disabled: enable it first".into(),
+            )),
+            "/portal/mirror/settings",
+        );
+    }
+    let empty = JoinForm::default();
+    join_page_for(&state, &user, &empty, None).into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct JoinForm {
+    mirror_name: Option<String>,
+    agent_address: Option<String>,
+    agent_port: Option<String>,
+    instance_name: Option<String>,
+    member_name: Option<String>,
+    superserver_address: Option<String>,
+    mirror_private_address: Option<String>,
+    agent_address_local: Option<String>,
+    agent_port_local: Option<String>,
+}
+
+impl JoinForm {
+    fn info(&self) -> Result<JoinInfoRequest> {
+        Ok(JoinInfoRequest {
+            mirror_name: filled(&self.mirror_name).unwrap_or_default(),
+            agent_address: filled(&self.agent_address).ok_or_else(|| {
+                Error::InvalidInput("Agent Address on Other System is required".into())
+            })?,
+            agent_port: number("Agent Port", &self.agent_port)?,
+            instance_name: filled(&self.instance_name),
+        })
+    }
+}
+
+/// Step 1's Next: fetch the mirror's information from the other member's agent.
+async fn join_next(
+    State(state): State<AppState>,
+    CsrfForm(user, form): CsrfForm<JoinForm>,
+) -> Response {
+    let described = async { service(&state).join_info(&form.info()?).await }.await;
+    match described {
+        Ok(description) => join_page_for(&state, &user, &form, Some(description)).into_response(),
+        Err(err) => {
+            let mut page = join_page_for(&state, &user, &form, None);
+            page.layout.flash = Some(super::auth::Flash {
+                ok: false,
+                text: err.to_string(),
+            });
+            page.into_response()
+        }
+    }
+}
+
+async fn join(State(state): State<AppState>, CsrfForm(user, form): CsrfForm<JoinForm>) -> Response {
+    let result = async {
+        let request = JoinRequest {
+            info: form.info()?,
+            member_name: filled(&form.member_name),
+            superserver_address: filled(&form.superserver_address),
+            mirror_private_address: filled(&form.mirror_private_address),
+            agent_address_local: filled(&form.agent_address_local),
+            agent_port_local: number("Agent Port", &form.agent_port_local)?,
+        };
+        service(&state).join_failover(request).await
+    }
+    .await;
+    let to = if result.is_ok() {
+        "/portal/mirror/monitor"
+    } else {
+        "/portal/mirror/join"
+    };
+    flash_and_redirect(&state, &user, result, to)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Edit Mirror
+
+#[derive(Template, WebTemplate)]
+#[template(path = "portal/mirror_edit.html")]
+struct EditPage {
+    layout: Layout,
+    view: MirrorView,
+    primary: bool,
+}
+
+async fn edit_page(State(state): State<AppState>, user: PortalUser) -> Result<EditPage, PageError> {
+    if state.instance.config.get().mirror.membership.is_none() {
+        return Err(Error::Conflict("this instance is not a mirror member".into()).into());
+    }
+    let crumbs = vec!["System Administration", "Configuration", "Mirror Settings"];
+    Ok(EditPage {
+        layout: Layout::new(&state, &user, "Edit Mirror", crumbs, "mirror-settings"),
+        view: service(&state).view(),
+        primary: state.instance.mirror.role() == Role::Primary,
+    })
+}
+
+#[derive(Deserialize)]
+struct EditForm {
+    qos_timeout_ms: Option<String>,
+}
+
+async fn edit(State(state): State<AppState>, CsrfForm(user, form): CsrfForm<EditForm>) -> Response {
+    let result = async {
+        let request = EditRequest {
+            qos_timeout_ms: number("Quality of Service Timeout", &form.qos_timeout_ms)?,
+        };
+        service(&state).edit(request).await
+    }
+    .await;
+    flash_and_redirect(&state, &user, result, "/portal/mirror/edit")
+}
+
+#[derive(Deserialize)]
+struct RemoveForm {
+    confirm: Option<String>,
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    CsrfForm(user, form): CsrfForm<RemoveForm>,
+) -> Response {
+    if form.confirm.is_none() {
+        let err = Err(Error::InvalidInput(
+            "tick “I understand” to remove the mirror configuration".into(),
+        ));
+        return flash_and_redirect(&state, &user, err, "/portal/mirror/edit");
+    }
+    let result = service(&state).remove().await;
+    let to = if result.is_ok() {
+        "/portal/mirror/settings"
+    } else {
+        "/portal/mirror/edit"
+    };
+    flash_and_redirect(&state, &user, result, to)
+}
+
+#[derive(Deserialize)]
+struct MemberForm {
+    #[serde(default)]
+    member_name: String,
+}
+
+async fn remove_member(
+    State(state): State<AppState>,
+    CsrfForm(user, form): CsrfForm<MemberForm>,
+) -> Response {
+    let result = service(&state).remove_member(&form.member_name);
+    flash_and_redirect(&state, &user, result, "/portal/mirror/edit")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mirror Monitor
+
+#[derive(Template, WebTemplate)]
+#[template(path = "portal/mirror_monitor.html")]
+struct MonitorPage {
+    layout: Layout,
+    view: MirrorView,
+    now: String,
+}
+
+async fn monitor(State(state): State<AppState>, user: PortalUser) -> MonitorPage {
+    MonitorPage {
+        layout: Layout::new(
+            &state,
+            &user,
+            "Mirror Monitor",
+            vec!["System Operation"],
+            "mirror-monitor",
+        ),
+        view: service(&state).view(),
+        now: MirrorService::now_text(),
+    }
+}
+
+async fn database_action(
+    State(state): State<AppState>,
+    Path((db, action)): Path<(String, String)>,
+    CsrfForm(user, Empty {}): CsrfForm<Empty>,
+) -> Result<Response, PageError> {
+    let db = DbName::new(&db)?;
+    let result = match action.as_str() {
+        "mount" => state.instance.mount(db).await,
+        "activate" => service(&state).activate(db).await,
+        "catchup" => service(&state).catchup(db).await,
+        other => {
+            return Err(
+                Error::NotFound(format!("there is no mirrored database action {other:?}")).into(),
+            );
+        }
+    };
+    Ok(flash_and_redirect(
+        &state,
+        &user,
+        result,
+        "/portal/mirror/monitor",
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Local Databases and Add to Mirror
+
+#[derive(Template, WebTemplate)]
+#[template(path = "portal/local_databases.html")]
+struct LocalDatabasesPage {
+    layout: Layout,
+    databases: Vec<DatabaseRow>,
+    primary: bool,
+    mirror_name: String,
+    add_hint: String,
+}
+
+async fn local_databases(
+    State(state): State<AppState>,
+    user: PortalUser,
+) -> Result<LocalDatabasesPage, PageError> {
+    let config = state.instance.config.get();
+    let primary = state.instance.mirror.role() == Role::Primary;
+    let add_hint = match (&config.mirror.membership, config.mirror.service_enabled) {
+        (Some(_), _) if !primary => {
+            "Add to Mirror: databases are added on the mirror's primary".into()
+        }
+        (None, true) => {
+            "Add to Mirror: this instance is not a mirror member yet (Mirror Settings)".into()
+        }
+        (None, false) => "Add to Mirror: mirror service disabled".into(),
+        _ => String::new(),
+    };
+    let crumbs = vec![
+        "System Administration",
+        "Configuration",
+        "System Configuration",
+    ];
+    Ok(LocalDatabasesPage {
+        layout: Layout::new(&state, &user, "Local Databases", crumbs, "local-databases"),
+        databases: database_rows(&state).await?,
+        primary,
+        mirror_name: config
+            .mirror
+            .membership
+            .as_ref()
+            .map(|m| m.mirror.name.clone())
+            .unwrap_or_default(),
+        add_hint,
+    })
+}
+
+async fn add_to_mirror(
+    State(state): State<AppState>,
+    CsrfForm(user, fields): CsrfForm<Vec<(String, String)>>,
+) -> Response {
+    let result = async {
+        let dbs = fields
+            .iter()
+            .filter(|(k, _)| k == "db")
+            .map(|(_, v)| DbName::new(v))
+            .collect::<Result<Vec<_>>>()?;
+        service(&state).add_databases(dbs).await
+    }
+    .await;
+    flash_and_redirect(&state, &user, result, "/portal/config/local-databases")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backup, Freeze, Thaw
+
+#[derive(Template, WebTemplate)]
+#[template(path = "portal/backup.html")]
+struct BackupPage {
+    layout: Layout,
+    databases: Vec<DatabaseRow>,
+    files: Vec<String>,
+    frozen: bool,
+}
+
+async fn backup_page(
+    State(state): State<AppState>,
+    user: PortalUser,
+) -> Result<BackupPage, PageError> {
+    let folder = state.instance.settings.data_dir.join("mgr/backup");
+    let files = tokio::task::spawn_blocking(move || {
+        let mut files: Vec<String> = std::fs::read_dir(folder)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| format!("mgr/backup/{}", e.file_name().to_string_lossy()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files
+    })
+    .await
+    .unwrap_or_default();
+    Ok(BackupPage {
+        layout: Layout::new(&state, &user, "Backup", vec!["System Operation"], "backup"),
+        databases: database_rows(&state).await?,
+        files,
+        frozen: state.instance.writer().frozen(),
+    })
+}
+
+async fn backup(
+    State(state): State<AppState>,
+    Path(db): Path<String>,
+    CsrfForm(user, Empty {}): CsrfForm<Empty>,
+) -> Response {
+    let result = async {
+        let db = DbName::new(&db)?;
+        let file = state.instance.backup_copy(db.clone()).await?;
+        Ok(format!("{db} copied to {file}"))
+    }
+    .await;
+    flash_and_redirect(&state, &user, result, "/portal/operation/backup")
+}
+
+#[derive(Deserialize)]
+struct FreezeForm {
+    timeout_s: Option<String>,
+}
+
+async fn freeze(
+    State(state): State<AppState>,
+    CsrfForm(user, form): CsrfForm<FreezeForm>,
+) -> Response {
+    let result = async {
+        let timeout: u64 = number("Timeout", &form.timeout_s)?.unwrap_or(600);
+        if timeout == 0 || timeout > super::api::MAX_FREEZE_S {
+            return Err(Error::InvalidInput(format!(
+                "the timeout must be between 1 and {} seconds",
+                super::api::MAX_FREEZE_S
+            )));
+        }
+        service(&state)
+            .freeze(std::time::Duration::from_secs(timeout))
+            .await
+    }
+    .await;
+    flash_and_redirect(&state, &user, result, "/portal/operation/backup")
+}
+
+async fn thaw(
+    State(state): State<AppState>,
+    CsrfForm(user, Empty {}): CsrfForm<Empty>,
+) -> Response {
+    let result = service(&state).thaw().await;
+    flash_and_redirect(&state, &user, result, "/portal/operation/backup")
+}
