@@ -1,10 +1,13 @@
 //! `mirrorlab bench`: N concurrent clients inserting companies through the API for T seconds;
-//! prints commits per second, median and 99th-percentile latency, and how many journal records
-//! each fsync carried (group commit at work).
+//! prints commits per second, median and 99th-percentile latency, and how many commits each
+//! journal fsync carried (group commit at work).
 //!
-//! Without `--url` it starts a temporary member (agent + instance, this binary) on free loopback
-//! ports in a temporary folder and removes it afterwards, so `mirrorlab bench` alone measures a
-//! fresh standalone member. Timing targets live here, never in tests.
+//! Without `--url` it starts temporary members (agent + instance, this binary) on free loopback
+//! ports in temporary folders and removes them afterwards: a standalone member, and a mirrored
+//! pair — primary and active backup set up exactly as a person would (Create, Join as Failover,
+//! Add to Mirror, a copy of the database file, Catchup), so the backup stores, acknowledges and
+//! dejournals every batch during the run. Both run the same steps; the table shows both and the
+//! ratio. Timing targets live here, never in tests.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -35,6 +38,9 @@ pub struct BenchArgs {
     /// API password.
     #[arg(long, default_value = "SYS")]
     password: String,
+    /// What to measure without `--url`: `both`, `standalone` or `mirrored`.
+    #[arg(long, default_value = "both")]
+    mode: String,
 }
 
 /// The figures of one step.
@@ -50,8 +56,8 @@ pub struct StepResult {
     pub p99_ms: f64,
     /// Failed requests.
     pub errors: u64,
-    /// Journal records per fsync during the step.
-    pub records_per_fsync: f64,
+    /// Commits per journal fsync during the step (group commit at work).
+    pub commits_per_fsync: f64,
 }
 
 /// A member started for the benchmark.
@@ -59,6 +65,8 @@ struct TemporaryMember {
     child: Child,
     dir: PathBuf,
     url: String,
+    superserver: String,
+    agent: String,
 }
 
 fn free_port() -> Result<u16> {
@@ -68,18 +76,25 @@ fn free_port() -> Result<u16> {
 }
 
 impl TemporaryMember {
-    async fn start(client: &reqwest::Client) -> Result<TemporaryMember> {
+    async fn start(client: &reqwest::Client, host: &str) -> Result<TemporaryMember> {
         let dir =
             std::env::temp_dir().join(format!("mirrorlab-bench-{}", crate::util::random_hex(6)));
         let web = format!("127.0.0.1:{}", free_port()?);
+        let superserver = format!("127.0.0.1:{}", free_port()?);
+        let agent = format!("127.0.0.1:{}", free_port()?);
         let child = Command::new(std::env::current_exe()?)
             .arg("member")
             .arg("--data-dir")
             .arg(&dir)
-            .args(["--web", &web])
-            .args(["--superserver", &format!("127.0.0.1:{}", free_port()?)])
-            .args(["--agent", &format!("127.0.0.1:{}", free_port()?)])
-            .args(["--host-name", "bench", "--install", "/nonexistent"])
+            .args([
+                "--web",
+                &web,
+                "--superserver",
+                &superserver,
+                "--agent",
+                &agent,
+            ])
+            .args(["--host-name", host, "--install", "/nonexistent"])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()?;
@@ -87,6 +102,8 @@ impl TemporaryMember {
             child,
             dir,
             url: format!("http://{web}"),
+            superserver,
+            agent,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -105,6 +122,59 @@ impl TemporaryMember {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    fn agent_port(&self) -> u16 {
+        self.agent
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(2188)
+    }
+
+    async fn call(&self, client: &reqwest::Client, path: &str, body: Value) -> Result<Value> {
+        let response = client
+            .post(format!("{}{path}", self.url))
+            .basic_auth("superuser", Some("SYS"))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        let status = response.status();
+        let value: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(Error::Conflict(format!("POST {path}: {value}")));
+        }
+        Ok(value)
+    }
+
+    async fn mirror_view(&self, client: &reqwest::Client) -> Value {
+        let answer = client
+            .get(format!("{}/api/mirror", self.url))
+            .basic_auth("superuser", Some("SYS"))
+            .send()
+            .await;
+        match answer {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        }
+    }
+
+    async fn wait_for(
+        &self,
+        client: &reqwest::Client,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !check(&self.mirror_view(client).await) {
+            if Instant::now() > deadline {
+                return Err(Error::Unavailable(format!(
+                    "the benchmark pair never became {what}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
     }
 
     async fn stop(mut self) {
@@ -134,7 +204,15 @@ async fn journal_counters(
             .ok()
     }
     .await;
-    let get = |k: &str| answer.as_ref().and_then(|v| v[k].as_u64()).unwrap_or(0);
+    // Both journals: a mirrored pair writes its companies to the mirror journal.
+    let get = |k: &str| {
+        let local = answer.as_ref().and_then(|v| v[k].as_u64()).unwrap_or(0);
+        let mirror = answer
+            .as_ref()
+            .and_then(|v| v["mirror"][k].as_u64())
+            .unwrap_or(0);
+        local + mirror
+    };
     (get("records_appended"), get("fsyncs"))
 }
 
@@ -155,7 +233,7 @@ pub async fn step(
     clients: usize,
     duration: Duration,
 ) -> StepResult {
-    let (records_before, syncs_before) = journal_counters(client, url, user, password).await;
+    let (_, syncs_before) = journal_counters(client, url, user, password).await;
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::with_capacity(clients);
@@ -199,7 +277,7 @@ pub async fn step(
     }
     let elapsed = start.elapsed().as_secs_f64();
     latencies.sort_unstable();
-    let (records_after, syncs_after) = journal_counters(client, url, user, password).await;
+    let (_, syncs_after) = journal_counters(client, url, user, password).await;
     let syncs = syncs_after.saturating_sub(syncs_before);
     StepResult {
         clients,
@@ -207,10 +285,10 @@ pub async fn step(
         p50_ms: percentile(&latencies, 50.0),
         p99_ms: percentile(&latencies, 99.0),
         errors,
-        records_per_fsync: if syncs == 0 {
+        commits_per_fsync: if syncs == 0 {
             0.0
         } else {
-            records_after.saturating_sub(records_before) as f64 / syncs as f64
+            latencies.len() as f64 / syncs as f64
         },
     }
 }
@@ -219,7 +297,7 @@ pub async fn step(
 pub fn print_header() {
     println!(
         "{:>8} {:>11} {:>8} {:>8} {:>7} {:>14}",
-        "clients", "commits/s", "p50 ms", "p99 ms", "errors", "records/fsync"
+        "clients", "commits/s", "p50 ms", "p99 ms", "errors", "commits/fsync"
     );
 }
 
@@ -227,8 +305,76 @@ pub fn print_header() {
 pub fn print_row(r: &StepResult) {
     println!(
         "{:>8} {:>11.0} {:>8.2} {:>8.2} {:>7} {:>14.1}",
-        r.clients, r.commits_per_s, r.p50_ms, r.p99_ms, r.errors, r.records_per_fsync
+        r.clients, r.commits_per_s, r.p50_ms, r.p99_ms, r.errors, r.commits_per_fsync
     );
+}
+
+/// Sets up a mirrored pair: A primary of mirror BENCH with COMPANY mirrored, B its active backup
+/// dejournaling a copy of COMPANY.
+async fn mirrored_pair(client: &reqwest::Client) -> Result<(TemporaryMember, TemporaryMember)> {
+    let a = TemporaryMember::start(client, "bencha").await?;
+    let b = TemporaryMember::start(client, "benchb").await?;
+    a.call(client, "/api/mirror/service", json!({"enabled": true}))
+        .await?;
+    a.call(
+        client,
+        "/api/mirror/create",
+        json!({"mirror_name": "BENCH", "superserver_address": a.superserver, "agent_address": "127.0.0.1", "agent_port": a.agent_port()}),
+    )
+    .await?;
+    b.call(client, "/api/mirror/service", json!({"enabled": true}))
+        .await?;
+    b.call(
+        client,
+        "/api/mirror/join-failover",
+        json!({
+            "mirror_name": "BENCH",
+            "agent_address": format!("127.0.0.1:{}", a.agent_port()),
+            "superserver_address": b.superserver,
+            "agent_address_local": "127.0.0.1",
+            "agent_port_local": b.agent_port(),
+        }),
+    )
+    .await?;
+    a.wait_for(client, "active", |v| {
+        v["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| m["journal_transfer"] == "Active")
+    })
+    .await?;
+    a.call(
+        client,
+        "/api/mirror/add-databases",
+        json!({"databases": ["COMPANY"]}),
+    )
+    .await?;
+    b.wait_for(client, "aware of COMPANY", |v| {
+        v["missing_databases"]
+            .as_array()
+            .is_some_and(|m| !m.is_empty())
+    })
+    .await?;
+    b.call(client, "/api/databases/COMPANY/dismount", json!({}))
+        .await?;
+    std::fs::copy(
+        a.dir.join("mgr/company/database.sqlite"),
+        b.dir.join("mgr/company/database.sqlite"),
+    )?;
+    b.call(client, "/api/databases/COMPANY/mount", json!({}))
+        .await?;
+    b.call(client, "/api/databases/COMPANY/catchup", json!({}))
+        .await?;
+    b.wait_for(client, "dejournaling", |v| {
+        v["databases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|d| d["name"] == "COMPANY" && d["status"] == "Dejournaling")
+    })
+    .await?;
+    Ok((a, b))
 }
 
 /// Runs the benchmark.
@@ -237,41 +383,121 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
         .pool_max_idle_per_host(256)
         .build()
         .map_err(|e| Error::Internal(e.to_string()))?;
-    let (member, url) = match &args.url {
-        Some(url) => (None, url.trim_end_matches('/').to_string()),
-        None => {
-            let member = TemporaryMember::start(&client).await?;
-            let url = member.url.clone();
-            (Some(member), url)
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let duration = Duration::from_secs(args.seconds);
+    if let Some(url) = &args.url {
+        let url = url.trim_end_matches('/');
+        println!(
+            "mirrorlab bench: POST /api/apps/companies on {url}, {} s per step, {cores} CPU cores",
+            args.seconds
+        );
+        print_header();
+        for &clients in &args.clients {
+            print_row(
+                &step(
+                    &client,
+                    url,
+                    &args.user,
+                    &args.password,
+                    clients.max(1),
+                    duration,
+                )
+                .await,
+            );
+        }
+        return Ok(0);
+    }
+    let (standalone, mirrored) = match args.mode.as_str() {
+        "both" => (true, true),
+        "standalone" => (true, false),
+        "mirrored" => (false, true),
+        other => {
+            return Err(Error::InvalidInput(format!(
+                "--mode must be both, standalone or mirrored, not {other:?}"
+            )));
         }
     };
-    let target = if member.is_some() {
-        "a temporary standalone member"
-    } else {
-        url.as_str()
-    };
     println!(
-        "mirrorlab bench: POST /api/apps/companies on {target}, {} s per step, {} CPU cores",
+        "mirrorlab bench: POST /api/apps/companies, {} s per step, {cores} CPU cores; every commit fsynced{}",
         args.seconds,
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
+        if mirrored {
+            " (and, mirrored, acknowledged by the active backup)"
+        } else {
+            ""
+        }
     );
-    print_header();
-    for &clients in &args.clients {
-        let result = step(
-            &client,
-            &url,
-            &args.user,
-            &args.password,
-            clients.max(1),
-            Duration::from_secs(args.seconds),
-        )
-        .await;
-        print_row(&result);
-    }
-    if let Some(member) = member {
+    let mut results: Vec<(Option<StepResult>, Option<StepResult>)> =
+        args.clients.iter().map(|_| (None, None)).collect();
+    if standalone {
+        let member = TemporaryMember::start(&client, "bench").await?;
+        for (i, &clients) in args.clients.iter().enumerate() {
+            results[i].0 = Some(
+                step(
+                    &client,
+                    &member.url,
+                    "superuser",
+                    "SYS",
+                    clients.max(1),
+                    duration,
+                )
+                .await,
+            );
+        }
         member.stop().await;
+    }
+    if mirrored {
+        let (a, b) = mirrored_pair(&client).await?;
+        for (i, &clients) in args.clients.iter().enumerate() {
+            results[i].1 = Some(
+                step(
+                    &client,
+                    &a.url,
+                    "superuser",
+                    "SYS",
+                    clients.max(1),
+                    duration,
+                )
+                .await,
+            );
+        }
+        a.stop().await;
+        b.stop().await;
+    }
+    for (title, pick) in [
+        ("standalone member", 0usize),
+        ("mirrored pair (primary + active backup)", 1),
+    ] {
+        let rows: Vec<&StepResult> = results
+            .iter()
+            .filter_map(|r| {
+                if pick == 0 {
+                    r.0.as_ref()
+                } else {
+                    r.1.as_ref()
+                }
+            })
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        println!("\n{title}");
+        print_header();
+        for row in rows {
+            print_row(row);
+        }
+    }
+    if standalone && mirrored {
+        println!("\nmirrored / standalone commits per second");
+        for (clients, (s, m)) in args.clients.iter().zip(&results) {
+            if let (Some(s), Some(m)) = (s, m) {
+                println!(
+                    "{clients:>8} clients: {:.2}",
+                    m.commits_per_s / s.commits_per_s.max(1.0)
+                );
+            }
+        }
     }
     Ok(0)
 }

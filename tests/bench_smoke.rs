@@ -1,5 +1,6 @@
-//! Keeps `mirrorlab bench` working: a one-second run against a temporary member must produce
-//! figures. No timing is asserted here; figures are for people (see the README).
+//! Keeps `mirrorlab bench` working: one-second runs against a temporary standalone member and a
+//! temporary mirrored pair must both produce figures. No timing is asserted here; figures are for
+//! people (see the README).
 
 mod common;
 
@@ -22,7 +23,10 @@ fn bench_runs_against_a_temporary_member_and_prints_figures() {
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .filter(|cols| cols.len() == 6 && cols[0].parse::<usize>().is_ok())
         .collect();
-    assert_eq!(rows.len(), 2, "two steps expected:\n{stdout}");
+    // Two client counts for the standalone member, two for the mirrored pair.
+    assert_eq!(rows.len(), 4, "four steps expected:\n{stdout}");
+    assert!(stdout.contains("standalone member"), "{stdout}");
+    assert!(stdout.contains("mirrored pair"), "{stdout}");
     for row in rows {
         let commits: f64 = row[1].parse().unwrap();
         let errors: u64 = row[4].parse().unwrap();

@@ -16,15 +16,18 @@
 //! 3. The mirror frames are appended and handed to the mirror's members ([`Hub::publish`]: the
 //!    backup's disk write overlaps ours); the local frames are appended; each journal is made
 //!    durable with one `fdatasync` — **one fsync per journal for the whole batch**.
-//! 4. The wait: the batch is held until the active backup acknowledged its mirror records
-//!    ([`Hub::wait_acknowledged`]) — one round trip for the whole batch.
-//! 5. `COMMIT`, then every client of the batch is answered.
+//! 4. `COMMIT`: the batch becomes visible on this member.
+//! 5. The answer. A batch with only local records is answered at once. A mirrored batch is
+//!    handed to the *acknowledger*, which answers its clients once the active backup
+//!    acknowledged the batch ([`Hub::wait_acknowledged`]) — one round trip for the whole batch —
+//!    while the writer already works on the next batch.
 //!
-//! Ordering is the whole argument for safety. Nothing is acknowledged before step 3's fsync (and
-//! step 4's acknowledgement), so an acknowledged write is in the journal — on the backup too. The
-//! SQLite commit comes after the fsync, so a database file is never ahead of its durable journal:
-//! a crash before step 5 leaves records the files lack, which recovery replays; a crash before
-//! step 3 leaves neither.
+//! Ordering is the whole argument for safety. Nothing is acknowledged before step 3's fsync (and,
+//! mirrored, before the backup's acknowledgement), so an acknowledged write is in the journal —
+//! on the backup too. The SQLite commit comes after the fsync, so a database file is never ahead
+//! of its durable journal: a crash before step 4 leaves records the files lack, which recovery
+//! replays; a crash before step 3 leaves neither. A mirrored write can be seen on the primary a
+//! moment before the backup acknowledges it (as in IRIS); it is acknowledged to no one until then.
 //!
 //! # Failures
 //!
@@ -55,7 +58,7 @@ use rusqlite::session::Session;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::journal::{FrameBuilder, Journal, JournalPos, JournalShared};
+use crate::journal::{FrameBuilder, Journal, JournalPos, JournalShared, RecordBody};
 use crate::mirror::config::MirroredDatabase;
 use crate::mirror::state::{CatchupPhase, MirrorState, Role};
 use crate::names::{DbName, NamespaceName};
@@ -76,6 +79,9 @@ pub const MAX_BATCH: usize = 256;
 const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
 /// Records a dejournal round applies before other work gets a turn.
 const DEJOURNAL_CHUNK: u64 = 2_000;
+/// How long dejournaling lets received records gather before a round (unless many are waiting):
+/// one round applies them with one transaction per database instead of one per batch.
+const DEJOURNAL_GATHER: Duration = Duration::from_millis(5);
 
 /// One statement to run as its own transaction.
 #[derive(Debug, Clone)]
@@ -242,6 +248,11 @@ pub struct Writer {
     conns: HashMap<NamespaceName, NamespaceConn>,
     /// Backup: databases the mirror journal is applied to, with the position applied so far.
     cursors: BTreeMap<DbName, JournalPos>,
+    /// Backup: the connections dejournaling uses, kept open between rounds.
+    appliers: HashMap<DbName, Connection>,
+    /// Mirrored batches waiting for the backup's acknowledgement before their clients are
+    /// answered (see `make_durable`).
+    acknowledger: mpsc::Sender<(JournalPos, Vec<Outcome>)>,
     /// Frames of the batch being committed; reused so the write path does not allocate per batch.
     local_frames: Vec<u8>,
     mirror_frames: Vec<u8>,
@@ -249,6 +260,9 @@ pub struct Writer {
     /// Writes (and dejournaling) waiting for a Thaw.
     held: VecDeque<Command>,
     frozen_until: Option<Instant>,
+    /// Backup: when the next dejournal round may run (rounds gather records for a moment).
+    dejournal_due: Option<Instant>,
+    last_dejournal: Instant,
     /// Mirrors `frozen_until.is_some()` for the portal.
     frozen_flag: Arc<std::sync::atomic::AtomicBool>,
     dirty: bool,
@@ -296,6 +310,7 @@ impl Writer {
         };
         let cfg = config.get();
         let readers_for_timeout = readers.clone();
+        let mirror_for_acks = mirror.clone();
         let writer = Writer {
             data_dir,
             catalog,
@@ -308,11 +323,15 @@ impl Writer {
             epoch: cfg.epoch,
             conns: HashMap::new(),
             cursors: BTreeMap::new(),
+            appliers: HashMap::new(),
+            acknowledger: start_acknowledger(mirror_for_acks),
             local_frames: Vec::with_capacity(64 * 1024),
             mirror_frames: Vec::with_capacity(64 * 1024),
             deferred: VecDeque::new(),
             held: VecDeque::new(),
             frozen_until: None,
+            dejournal_due: None,
+            last_dejournal: Instant::now(),
             frozen_flag: frozen,
             dirty: false,
             statement_timeout_ms: readers_for_timeout.timeout_ms(),
@@ -348,6 +367,9 @@ impl Writer {
                 }
                 Command::Mirror(command) => self.mirror_command(command).err(),
                 Command::Dejournal => {
+                    if self.dejournal_later() {
+                        continue;
+                    }
                     self.dejournal();
                     None
                 }
@@ -393,17 +415,31 @@ impl Writer {
                 }
                 return Some(command);
             }
-            let wait = match (self.frozen_until, self.dirty) {
-                (Some(until), _) => Some(until.saturating_duration_since(Instant::now())),
-                (None, true) => Some(IDLE_CHECKPOINT),
-                (None, false) => None,
-            };
+            let now = Instant::now();
+            if let Some(due) = self.dejournal_due
+                && due <= now
+                && self.frozen_until.is_none()
+            {
+                self.dejournal_due = None;
+                return Some(Command::Dejournal);
+            }
+            let deadlines = [
+                self.frozen_until,
+                self.dirty.then(|| now + IDLE_CHECKPOINT),
+                self.dejournal_due.filter(|_| self.frozen_until.is_none()),
+            ];
+            let wait = deadlines
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|at| at.saturating_duration_since(now));
             let command = match wait {
                 None => rx.recv().ok()?,
                 Some(wait) => match rx.recv_timeout(wait) {
                     Ok(command) => command,
                     Err(RecvTimeoutError::Timeout) => {
-                        if self.frozen_until.is_none() {
+                        if self.frozen_until.is_none() && self.dirty && self.dejournal_due.is_none()
+                        {
                             self.idle_checkpoint();
                         }
                         continue;
@@ -522,13 +558,23 @@ impl Writer {
             time_ms: now_ms(),
         };
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(batch.len());
+        // The requests since the last schema statement share one session per database: their
+        // net row changes become one record per journal (see `Segment`).
+        let mut segment: Option<Segment<'_>> = None;
         for (request, reply) in batch {
-            match execute_one(conn, &request, &mut streams) {
-                Ok(Step::Done(result)) => outcomes.push((result, reply)),
+            let step = run_request(conn, &request, &mut segment, &mut streams, &mut outcomes);
+            match step {
+                Ok(Step::Done(result, changed)) => {
+                    if changed && let Some(segment) = segment.as_mut() {
+                        segment.members.push(outcomes.len());
+                    }
+                    outcomes.push((result, reply));
+                }
                 Ok(Step::TransactionLost(err)) => {
                     // SQLite rolled back the whole transaction (an interrupted or failed
                     // statement can do that): the batch so far is undone and nothing of it was
                     // journaled. Its clients are told to retry; the rest continue afresh.
+                    segment = None;
                     streams.local.clear();
                     if let Some(m) = streams.mirror.as_mut() {
                         m.clear();
@@ -548,11 +594,20 @@ impl Writer {
                 }
                 Err(Fatal(why)) => {
                     outcomes.push((Err(Error::Unavailable(why.clone())), reply));
+                    drop(segment);
                     let _ = conn.internal(|c| c.execute_batch("ROLLBACK"));
                     fail_all(outcomes, &Error::Unavailable(why.clone()));
                     return Err(Fatal(why));
                 }
             }
+        }
+        if let Some(segment) = segment.take()
+            && let Err(err) = segment.flush(conn, &mut streams, &mut outcomes)
+        {
+            // Nothing is journaled yet: undo the batch and report; the instance stays healthy.
+            let _ = conn.internal(|c| c.execute_batch("ROLLBACK"));
+            fail_all(outcomes, &err);
+            return Ok(());
         }
         let (next_local, next_mirror) = (streams.next_local, streams.next_mirror);
         let local_records = next_local.0 - first_local.0;
@@ -583,6 +638,18 @@ impl Writer {
         }
         if local_records + mirror_records > 0 {
             self.dirty = true;
+        }
+        if mirror_records > 0 {
+            // Step 4: answered once the active backup holds the batch. The writer goes on with
+            // the next batch meanwhile: one batch's round trip overlaps the next one's work.
+            let last = JournalPos(next_mirror.0 - 1);
+            if let Err(mpsc::SendError((_, outcomes))) = self.acknowledger.send((last, outcomes)) {
+                fail_all(
+                    outcomes,
+                    &Error::Unavailable("the instance is stopping".into()),
+                );
+            }
+            return Ok(());
         }
         for (result, reply) in outcomes {
             let _ = reply.send(result);
@@ -625,7 +692,6 @@ impl Writer {
                 .expect("mirror frames need the mirror journal");
             journal.sync()?;
             self.mirror.hub.durable(mirror_last);
-            self.mirror.hub.wait_acknowledged(mirror_last);
         }
         Ok(())
     }
@@ -759,6 +825,7 @@ impl Writer {
             Ok(())
         })?;
         self.cursors.remove(name);
+        self.appliers.remove(name);
         self.mirror.update_database(name, |d| {
             d.dejournaling = false;
             d.phase = CatchupPhase::Idle;
@@ -1148,7 +1215,23 @@ impl Writer {
 
     /// Applies up to [`DEJOURNAL_CHUNK`] received records to the databases that follow the
     /// mirror journal, each in one transaction with its new applied position.
+    /// Postpones a dejournal round that comes too soon after the last one, unless many records
+    /// wait. True when postponed (the round runs when `dejournal_due` passes).
+    fn dejournal_later(&mut self) -> bool {
+        let waiting = match self.cursors.values().min() {
+            Some(from) => self.mirror.dejournal_target().0.saturating_sub(from.0),
+            None => 0,
+        };
+        let due = self.last_dejournal + DEJOURNAL_GATHER;
+        if waiting > 0 && waiting < DEJOURNAL_CHUNK && Instant::now() < due {
+            self.dejournal_due = Some(due);
+            return true;
+        }
+        false
+    }
+
     fn dejournal(&mut self) {
+        self.last_dejournal = Instant::now();
         self.mirror.dejournal_queued.store(false, Ordering::Release);
         let Some(journal) = self.mirror.journal() else {
             return;
@@ -1210,12 +1293,33 @@ impl Writer {
             .collect();
         let mut conns: Vec<(DbName, DatabaseEntry, Connection)> = Vec::with_capacity(behind.len());
         for (db, entry) in behind {
-            let conn = database::open_for_apply(&entry.file)
+            let conn = match self.appliers.remove(&db) {
+                Some(conn) => Ok(conn),
+                None => database::open_for_apply(&entry.file),
+            };
+            let conn = conn
                 .and_then(|c| c.execute_batch("BEGIN").map(|_| c).map_err(Error::from))
                 .map_err(|e| (vec![db.clone()], e))?;
             conns.push((db, entry, conn));
         }
         let update = set_applied_sql("main");
+        // Consecutive changesets of one database are applied in one call (SQLite prepares its
+        // statements once per run of a table); a schema statement ends the run.
+        let mut pending: HashMap<DbName, (Vec<u8>, JournalPos, JournalPos)> = HashMap::new();
+        let flush = |db: &DbName,
+                     conn: &Connection,
+                     pending: &mut HashMap<DbName, (Vec<u8>, JournalPos, JournalPos)>|
+         -> Result<()> {
+            if let Some((bytes, first, last)) = pending.remove(db) {
+                database::apply_changesets(
+                    conn,
+                    db.as_str(),
+                    &bytes,
+                    &format!("positions {first}..={last}"),
+                )?;
+            }
+            Ok(())
+        };
         for record in journal.read_range(from, until) {
             let record =
                 record.map_err(|e| (conns.iter().map(|c| c.0.clone()).collect::<Vec<_>>(), e))?;
@@ -1223,26 +1327,44 @@ impl Writer {
                 if self.cursors[db] >= record.pos {
                     continue;
                 }
-                let result = if is_qualified_schema(&record, db.as_str()) {
-                    conn.execute(&update, [record.pos.0 as i64 - 1])
-                        .and_then(|_| conn.execute_batch("COMMIT"))
-                        .map_err(Error::from)
+                let result = match &record.body {
+                    RecordBody::Changes(changes) => {
+                        if let Some(change) = changes.iter().find(|c| c.db == db.as_str()) {
+                            let run = pending
+                                .entry(db.clone())
+                                .or_insert_with(|| (Vec::new(), record.pos, record.pos));
+                            run.0.extend_from_slice(&change.changeset);
+                            run.2 = record.pos;
+                        }
+                        Ok(())
+                    }
+                    _ if is_qualified_schema(&record, db.as_str()) => flush(db, conn, &mut pending)
+                        .and_then(|_| {
+                            conn.execute(&update, [record.pos.0 as i64 - 1])
+                                .map_err(Error::from)
+                        })
+                        .and_then(|_| conn.execute_batch("COMMIT").map_err(Error::from))
                         .and_then(|_| apply_schema_qualified(&entry.file, db.as_str(), &record))
-                        .and_then(|_| conn.execute_batch("BEGIN").map_err(Error::from))
-                } else {
-                    Applier::new(conn, db.as_str(), &entry.file)
-                        .apply(&record)
-                        .map(|_| ())
+                        .and_then(|_| conn.execute_batch("BEGIN").map_err(Error::from)),
+                    _ => flush(db, conn, &mut pending).and_then(|_| {
+                        Applier::new(conn, db.as_str(), &entry.file)
+                            .apply(&record)
+                            .map(|_| ())
+                    }),
                 };
                 result.map_err(|e| (vec![db.clone()], e))?;
             }
+        }
+        for (db, _, conn) in conns.iter() {
+            flush(db, conn, &mut pending).map_err(|e| (vec![db.clone()], e))?;
         }
         for (db, _, conn) in conns {
             conn.execute(&update, [until.0 as i64])
                 .and_then(|_| conn.execute_batch("COMMIT"))
                 .map_err(|e| (vec![db.clone()], Error::from(e)))?;
             self.mirror.update_database(&db, |d| d.applied = until);
-            self.cursors.insert(db, until);
+            self.cursors.insert(db.clone(), until);
+            self.appliers.insert(db, conn);
         }
         Ok(())
     }
@@ -1300,6 +1422,7 @@ impl Writer {
         self.mirror_journal = None;
         self.mirror.set_journal(None);
         self.cursors.clear();
+        self.appliers.clear();
         self.mirror.databases.lock().unwrap().clear();
         self.mirror.set_role(Role::NotMember);
         self.reload_catalog();
@@ -1307,6 +1430,24 @@ impl Writer {
             "this member left mirror {name}; its copies of the mirrored databases are now local databases"
         ))
     }
+}
+
+/// Starts the thread that answers the clients of mirrored batches, in order, once the active
+/// backup acknowledged each batch (or lost its active status after the QoS timeout).
+fn start_acknowledger(mirror: Arc<MirrorState>) -> mpsc::Sender<(JournalPos, Vec<Outcome>)> {
+    let (tx, rx) = mpsc::channel::<(JournalPos, Vec<Outcome>)>();
+    std::thread::Builder::new()
+        .name("acknowledger".into())
+        .spawn(move || {
+            for (last, outcomes) in rx {
+                mirror.hub.wait_acknowledged(last);
+                for (result, reply) in outcomes {
+                    let _ = reply.send(result);
+                }
+            }
+        })
+        .expect("spawn the acknowledger thread");
+    tx
 }
 
 fn fail_all(outcomes: Vec<Outcome>, err: &Error) {
@@ -1318,34 +1459,174 @@ fn fail_all(outcomes: Vec<Outcome>, err: &Error) {
 
 /// How one request ended.
 enum Step {
-    /// The request ran (or failed on its own); the batch goes on.
-    Done(Result<QueryResult>),
+    /// The request ran (or failed on its own); whether it changed rows; the batch goes on.
+    Done(Result<QueryResult>, bool),
     /// The request failed and SQLite rolled back the whole batch transaction with it.
     TransactionLost(Error),
 }
 
-/// Runs one request inside the batch transaction, under its own savepoint: the statement, its
-/// frames, and the applied positions of the databases it changed. Anything failing undoes all
-/// three for this request only. `Err` is fatal (a savepoint that cannot be undone).
-fn execute_one(
-    conn: &NamespaceConn,
+/// The requests of a batch between schema statements. One SQLite session per writable database
+/// records their row changes; a session keeps the *net* effect between a row's first change and
+/// the moment the changeset is taken, so a request rolled back to its savepoint leaves nothing
+/// in it. At the end the segment becomes at most one journal record per journal: its
+/// transactions are committed together anyway, and one record per group commit means one
+/// changeset to build here and one to apply on the backup, instead of one per request.
+struct Segment<'c> {
+    sessions: Vec<(&'c DbName, Session<'c>)>,
+    /// Indexes (in the batch's outcomes) of the requests that changed rows, to receive the
+    /// segment's position.
+    members: Vec<usize>,
+}
+
+impl<'c> Segment<'c> {
+    fn open(conn: &'c NamespaceConn) -> Result<Segment<'c>> {
+        let mut sessions = Vec::with_capacity(conn.writable.len());
+        for db in &conn.writable {
+            let mut session = Session::new_with_name(&conn.conn, db.as_str())?;
+            session.table_filter(Some(|table: &str| table != META_TABLE));
+            session.attach::<&str>(None)?;
+            sessions.push((db, session));
+        }
+        Ok(Segment {
+            sessions,
+            members: Vec::new(),
+        })
+    }
+
+    /// Journals the segment's row changes, records the applied positions (same transaction as
+    /// the rows), and gives its members their position.
+    fn flush(
+        mut self,
+        conn: &NamespaceConn,
+        streams: &mut Streams<'_>,
+        outcomes: &mut [Outcome],
+    ) -> Result<()> {
+        let local_pos = streams.next_local;
+        let mirror_pos = streams.next_mirror;
+        let mut local_frame =
+            FrameBuilder::begin(streams.local, local_pos, streams.epoch, streams.time_ms);
+        let mut mirror_frame = streams
+            .mirror
+            .as_deref_mut()
+            .map(|m| FrameBuilder::begin(m, mirror_pos, streams.epoch, streams.time_ms));
+        let mut changed: Vec<(&DbName, JournalPos)> = Vec::new();
+        let outcome = (|| -> Result<()> {
+            for (db, session) in self.sessions.iter_mut() {
+                if session.is_empty() {
+                    continue;
+                }
+                let (frame, pos) = if conn.mirrored.contains(db) {
+                    (mirror_frame.as_mut().ok_or_else(not_primary)?, mirror_pos)
+                } else {
+                    (&mut local_frame, local_pos)
+                };
+                // Generating a changeset runs SQLite's own SAVEPOINT: the instance's, not a user's.
+                let write = |buf: &mut Vec<u8>| {
+                    conn.guard
+                        .internal(|| session.changeset_strm(buf))
+                        .map_err(Error::from)
+                };
+                if frame.add_changes(db.as_str(), write)? {
+                    changed.push((db, pos));
+                }
+            }
+            for (db, pos) in &changed {
+                conn.internal(|c| {
+                    c.prepare_cached(&set_applied_sql(db.as_str()))
+                        .and_then(|mut s| s.execute([pos.0 as i64]))
+                })
+                .map_err(|e| Error::Internal(format!("record applied position of {db}: {e}")))?;
+            }
+            Ok(())
+        })();
+        if let Err(err) = outcome {
+            local_frame.abandon();
+            if let Some(frame) = mirror_frame {
+                frame.abandon();
+            }
+            return Err(err);
+        }
+        let mut position = None;
+        if local_frame.is_empty() {
+            local_frame.abandon();
+        } else {
+            local_frame.finish();
+            position = Some(local_pos);
+            streams.next_local = local_pos.next();
+        }
+        if let Some(frame) = mirror_frame {
+            if frame.is_empty() {
+                frame.abandon();
+            } else {
+                frame.finish();
+                position = Some(mirror_pos);
+                streams.next_mirror = mirror_pos.next();
+            }
+        }
+        for i in self.members {
+            if let Ok(result) = &mut outcomes[i].0 {
+                result.position = position;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs one request inside the batch transaction, under its own savepoint. A schema statement
+/// first closes the current segment (so records keep the statements' order) and is journaled as
+/// its own record. `Err` is fatal (a savepoint that cannot be undone).
+fn run_request<'c>(
+    conn: &'c NamespaceConn,
     request: &WriteRequest,
+    segment: &mut Option<Segment<'c>>,
     streams: &mut Streams<'_>,
+    outcomes: &mut [Outcome],
 ) -> Result<Step, Fatal> {
+    // The applications' cached statements are never schema statements; a user's might be.
+    let ddl = if request.cached {
+        None
+    } else {
+        match with_statement(conn, &request.sql, false, |_, facts| {
+            Ok(facts.ddl_db.clone())
+        }) {
+            Ok(ddl) => ddl,
+            Err(err) => return Ok(Step::Done(Err(err), false)),
+        }
+    };
+    if ddl.is_some()
+        && let Some(open) = segment.take()
+        && let Err(err) = open.flush(conn, streams, outcomes)
+    {
+        return Err(Fatal(format!(
+            "could not journal the changes before a schema statement: {err}"
+        )));
+    }
+    if ddl.is_none() && segment.is_none() {
+        match Segment::open(conn) {
+            Ok(open) => *segment = Some(open),
+            Err(err) => return Ok(Step::Done(Err(err), false)),
+        }
+    }
     if let Err(err) = conn.internal(|c| {
         c.prepare_cached("SAVEPOINT request")
             .and_then(|mut s| s.execute([]))
     }) {
-        return Ok(Step::Done(Err(Error::from(err))));
+        return Ok(Step::Done(Err(Error::from(err)), false));
     }
     let local_before = streams.local.len();
     let mirror_before = streams.mirror.as_ref().map(|m| m.len()).unwrap_or(0);
-    let result = record_one(conn, request, streams);
+    let (next_local, next_mirror) = (streams.next_local, streams.next_mirror);
+    let result = match &ddl {
+        None => run_statement(conn, request),
+        Some(db) => run_schema_statement(conn, request, db, streams),
+    };
     if let Err(err) = result {
         streams.local.truncate(local_before);
         if let Some(m) = streams.mirror.as_mut() {
             m.truncate(mirror_before);
         }
+        streams.next_local = next_local;
+        streams.next_mirror = next_mirror;
         if conn.conn.is_autocommit() {
             return Ok(Step::TransactionLost(err));
         }
@@ -1359,123 +1640,64 @@ fn execute_one(
                 .and_then(|mut s| s.execute([]))
         })
         .map_err(|e| Fatal(format!("could not release a statement's savepoint: {e}")))?;
-        return Ok(Step::Done(Err(err)));
+        return Ok(Step::Done(Err(err), false));
     }
     conn.internal(|c| {
         c.prepare_cached("RELEASE request")
             .and_then(|mut s| s.execute([]))
     })
     .map_err(|e| Fatal(format!("could not release a statement's savepoint: {e}")))?;
-    Ok(Step::Done(result))
+    let changed = ddl.is_none() && result.as_ref().is_ok_and(|r| r.rows_affected > 0);
+    Ok(Step::Done(result, changed))
 }
 
-/// Runs the statement with sessions recording its row changes, writes its frames and the
-/// applied positions. Advances the stream positions only when everything succeeded.
-fn record_one(
+/// Runs a row-changing statement; the segment's sessions record what it changes.
+fn run_statement(conn: &NamespaceConn, request: &WriteRequest) -> Result<QueryResult> {
+    let mut result = with_statement(conn, &request.sql, request.cached, |stmt, _| {
+        collect_rows(conn, stmt, &request.params)
+    })?;
+    result.rows_affected = conn.conn.changes() as usize;
+    Ok(result)
+}
+
+/// Runs a schema statement and journals it as its own record, with the applied position of the
+/// database it changes.
+fn run_schema_statement(
     conn: &NamespaceConn,
     request: &WriteRequest,
+    db: &str,
     streams: &mut Streams<'_>,
 ) -> Result<QueryResult> {
-    // One session per writable database captures this statement's row changes.
-    let mut sessions = Vec::with_capacity(conn.writable.len());
-    for db in &conn.writable {
-        let schema = db.as_str();
-        let mut session = Session::new_with_name(&conn.conn, schema)?;
-        session.table_filter(Some(|table: &str| table != META_TABLE));
-        session.attach::<&str>(None)?;
-        sessions.push((db, session));
+    let mut result = with_statement(conn, &request.sql, false, |stmt, _| {
+        collect_rows(conn, stmt, &request.params)
+    })?;
+    check_primary_keys(conn, db)?;
+    let name = DbName::new(db)?;
+    if !conn.writable.contains(&name) {
+        return Err(Error::Conflict(format!(
+            "database {db} cannot be changed here"
+        )));
     }
-    let (mut result, ddl_db) =
-        with_statement(conn, &request.sql, request.cached, |stmt, facts| {
-            let result = collect_rows(conn, stmt, &request.params)?;
-            Ok((result, facts.ddl_db.clone()))
-        })?;
-    result.rows_affected = conn.conn.changes() as usize;
-
-    let local_pos = streams.next_local;
-    let mirror_pos = streams.next_mirror;
-    let mut local_frame =
-        FrameBuilder::begin(streams.local, local_pos, streams.epoch, streams.time_ms);
-    let mut mirror_frame = streams
-        .mirror
-        .as_deref_mut()
-        .map(|m| FrameBuilder::begin(m, mirror_pos, streams.epoch, streams.time_ms));
-    // (database, position) whose applied-position row must move.
-    let mut changed: Vec<(&DbName, JournalPos)> = Vec::new();
-    let outcome = (|| -> Result<()> {
-        if let Some(db) = ddl_db {
-            check_primary_keys(conn, &db)?;
-            let name = DbName::new(&db)?;
-            // Namespace connections attach every database under its name: DDL always names it.
-            let qualified = true;
-            let db_ref =
-                conn.writable.iter().find(|d| **d == name).ok_or_else(|| {
-                    Error::Conflict(format!("database {db} cannot be changed here"))
-                })?;
-            if conn.mirrored.contains(&name) {
-                let frame = mirror_frame.as_mut().ok_or_else(not_primary)?;
-                frame.set_schema(&db, qualified, &request.sql);
-                changed.push((db_ref, mirror_pos));
-            } else {
-                local_frame.set_schema(&db, qualified, &request.sql);
-                changed.push((db_ref, local_pos));
-            }
-            result.rows_affected = 0;
-            return Ok(());
-        }
-        for (db, session) in sessions.iter_mut() {
-            if session.is_empty() {
-                continue;
-            }
-            let (frame, pos) = if conn.mirrored.contains(db) {
-                (mirror_frame.as_mut().ok_or_else(not_primary)?, mirror_pos)
-            } else {
-                (&mut local_frame, local_pos)
-            };
-            // Generating a changeset runs SQLite's own SAVEPOINT: the instance's, not the user's.
-            let write = |buf: &mut Vec<u8>| {
-                conn.guard
-                    .internal(|| session.changeset_strm(buf))
-                    .map_err(Error::from)
-            };
-            if frame.add_changes(db.as_str(), write)? {
-                changed.push((db, pos));
-            }
-        }
-        Ok(())
-    })();
-    if let Err(err) = outcome {
-        local_frame.abandon();
-        if let Some(f) = mirror_frame {
-            f.abandon();
-        }
-        return Err(err);
-    }
-    // The applied positions, inside this request's savepoint: same transaction as the rows.
-    for (db, pos) in &changed {
-        let schema = db.as_str();
-        conn.internal(|c| {
-            c.prepare_cached(&set_applied_sql(schema))
-                .and_then(|mut s| s.execute([pos.0 as i64]))
-        })
-        .map_err(|e| Error::Internal(format!("record applied position of {db}: {e}")))?;
-    }
-    if local_frame.is_empty() {
-        local_frame.abandon();
+    let (buffer, pos) = if conn.mirrored.contains(&name) {
+        (
+            streams.mirror.as_deref_mut().ok_or_else(not_primary)?,
+            &mut streams.next_mirror,
+        )
     } else {
-        local_frame.finish();
-        result.position = Some(local_pos);
-        streams.next_local = local_pos.next();
-    }
-    if let Some(frame) = mirror_frame {
-        if frame.is_empty() {
-            frame.abandon();
-        } else {
-            frame.finish();
-            result.position = Some(mirror_pos);
-            streams.next_mirror = mirror_pos.next();
-        }
-    }
+        (&mut *streams.local, &mut streams.next_local)
+    };
+    let mut frame = FrameBuilder::begin(buffer, *pos, streams.epoch, streams.time_ms);
+    // Namespace connections attach every database under its name: DDL always names it.
+    frame.set_schema(db, true, &request.sql);
+    frame.finish();
+    conn.internal(|c| {
+        c.prepare_cached(&set_applied_sql(db))
+            .and_then(|mut s| s.execute([pos.0 as i64]))
+    })
+    .map_err(|e| Error::Internal(format!("record applied position of {db}: {e}")))?;
+    result.position = Some(*pos);
+    result.rows_affected = 0;
+    *pos = pos.next();
     Ok(result)
 }
 

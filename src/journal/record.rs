@@ -294,7 +294,8 @@ fn push_short_str(buf: &mut Vec<u8>, s: &str) {
     buf.extend_from_slice(s.as_bytes());
 }
 
-fn frame_crc(len_bytes: &[u8], body: &[u8]) -> u32 {
+/// The CRC of a frame: over its length field and its body.
+pub fn frame_crc(len_bytes: &[u8], body: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(len_bytes);
     hasher.update(body);

@@ -265,7 +265,7 @@ fn receive(context: &Arc<MirrorContext>, shared: &SharedJournal, stop: &AtomicBo
             journal.end()
         };
         write_ack(&mut writer, received_end)?;
-        if !pending.is_empty() || last_status.elapsed() >= Duration::from_secs(1) {
+        if last_status.elapsed() >= Duration::from_secs(1) {
             write_control(
                 &mut writer,
                 &Control::Status {

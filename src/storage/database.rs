@@ -338,6 +338,38 @@ impl<'c> Applier<'c> {
     }
 }
 
+/// Applies changesets (several, concatenated as they were journaled) to the `main` database of
+/// `conn` in one call: SQLite prepares its statements once for a run of the same table. A
+/// conflict aborts the whole call with an error naming `what`.
+pub fn apply_changesets(
+    conn: &Connection,
+    name: &str,
+    changesets: &[u8],
+    what: &str,
+) -> Result<()> {
+    let conflict = Arc::new(Mutex::new(None));
+    let seen = conflict.clone();
+    let result = conn.apply_strm(
+        &mut &changesets[..],
+        None::<fn(&str) -> bool>,
+        move |kind: ConflictType, _item| {
+            *seen.lock().unwrap() = Some(format!("{kind:?}"));
+            ConflictAction::SQLITE_CHANGESET_ABORT
+        },
+    );
+    if let Err(err) = result {
+        let detail = conflict
+            .lock()
+            .unwrap()
+            .take()
+            .unwrap_or_else(|| err.to_string());
+        return Err(Error::Corrupt(format!(
+            "database {name} does not match the journal at {what}: {detail}"
+        )));
+    }
+    Ok(())
+}
+
 /// True when `record` is a schema statement for `db` that names the database itself.
 pub fn is_qualified_schema(record: &Record, db: &str) -> bool {
     matches!(&record.body, RecordBody::Schema(s) if s.db == db && s.qualified)

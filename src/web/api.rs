@@ -139,20 +139,32 @@ async fn namespaces(State(state): State<AppState>) -> Json<Json_> {
     Json(Json_::Array(list))
 }
 
-async fn journal(State(state): State<AppState>) -> Json<Json_> {
-    let journal = &state.instance.journal;
+fn journal_json(journal: &crate::journal::JournalShared) -> Json_ {
     let files: Vec<Json_> = journal
         .segments()
         .iter()
         .map(|s| json!({ "name": s.name, "first_position": s.first_pos.0, "created_ms": s.created_ms, "bytes": s.bytes }))
         .collect();
-    Json(json!({
+    json!({
         "directory": journal.dir(),
         "end_position": journal.durable_end().0,
+        "first_position": journal.first_pos().0,
         "files": files,
         "records_appended": journal.appended(),
         "fsyncs": journal.syncs(),
-    }))
+    })
+}
+
+/// `GET /api/journal`: the instance's journal, and the mirror journal when there is one.
+async fn journal(State(state): State<AppState>) -> Json<Json_> {
+    let mut answer = journal_json(&state.instance.journal);
+    answer["mirror"] = state
+        .instance
+        .mirror
+        .journal()
+        .map(|j| journal_json(&j))
+        .unwrap_or(Json_::Null);
+    Json(answer)
 }
 
 #[derive(Deserialize)]
