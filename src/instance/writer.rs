@@ -625,7 +625,9 @@ impl Writer {
                 return Err(Fatal(why));
             }
         }
-        // Only now, with the batch durable (and acknowledged), do its changes become visible.
+        // Only now, with the batch durable here and on its way to the backup, do its changes
+        // become visible. Readers may see a mirrored batch a moment before the backup has
+        // acknowledged it; its clients are answered only after that (the acknowledger below).
         if let Err(err) = conn.internal(|c| c.execute_batch("COMMIT")) {
             let _ = conn.internal(|c| c.execute_batch("ROLLBACK"));
             let err = Error::Internal(format!("commit failed: {err}"));

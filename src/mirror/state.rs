@@ -2,7 +2,7 @@
 //! the state of its link to the primary (on a backup or async), and the progress of each
 //! mirrored database's Catchup. Written by the writer and the receiver, read by the portal.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -47,15 +47,15 @@ pub struct LinkStatus {
     pub received_end: JournalPos,
     /// Bytes of journal received since start.
     pub received_bytes: u64,
-    /// (time ms, bytes) samples for the transfer rate.
-    pub rate_samples: Vec<(i64, u64)>,
+    /// (time ms, bytes) samples for the transfer rate, oldest first, at most four a second.
+    pub rate_samples: VecDeque<(i64, u64)>,
 }
 
 impl LinkStatus {
     /// `NNN KB/s (Ns interval)` over the last samples, or the IRIS placeholder before a second
     /// sample exists.
     pub fn transfer_rate(&self) -> String {
-        match (self.rate_samples.first(), self.rate_samples.last()) {
+        match (self.rate_samples.front(), self.rate_samples.back()) {
             (Some((t0, b0)), Some((t1, b1))) if t1 > t0 => {
                 let seconds = (t1 - t0) as f64 / 1000.0;
                 let kb = (b1 - b0) as f64 / 1024.0 / seconds;
@@ -65,11 +65,22 @@ impl LinkStatus {
         }
     }
 
-    /// Adds a rate sample (kept for the last 10 seconds).
+    /// Adds a rate sample (kept for the last 10 seconds). Called after every receive round, so
+    /// it keeps one sample per quarter second: the rate needs no more, and the receiver's hot
+    /// loop stays cheap.
     pub fn sample(&mut self) {
         let now = now_ms();
-        self.rate_samples.push((now, self.received_bytes));
-        self.rate_samples.retain(|(t, _)| now - t <= 10_000);
+        if let Some((last, _)) = self.rate_samples.back()
+            && now - last < 250
+        {
+            return;
+        }
+        self.rate_samples.push_back((now, self.received_bytes));
+        while let Some((t, _)) = self.rate_samples.front()
+            && now - t > 10_000
+        {
+            self.rate_samples.pop_front();
+        }
     }
 }
 

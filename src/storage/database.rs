@@ -52,6 +52,7 @@ pub fn open(path: &Path) -> Result<Connection> {
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| Error::Io(format!("open database file {}: {e}", path.display())))?;
     configure(&conn, "main")?;
+    statement_journal_in_memory(&conn)?;
     Ok(conn)
 }
 
@@ -76,6 +77,15 @@ fn quiet_for_apply(conn: &Connection) -> Result<()> {
         false,
     )?;
     conn.execute_batch("PRAGMA foreign_keys = OFF")?;
+    Ok(())
+}
+
+/// Keeps statement journals (what a savepoint needs to roll back) in memory. By default SQLite
+/// spills one to a temporary file once it outgrows 64 KiB, and a large batch or a gathered run of
+/// changesets would create and delete a file each time. They hold only what the open transaction
+/// may undo, so memory bounds them by the batch size.
+pub fn statement_journal_in_memory(conn: &Connection) -> Result<()> {
+    conn.execute_batch("PRAGMA temp_store = MEMORY")?;
     Ok(())
 }
 

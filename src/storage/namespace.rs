@@ -283,6 +283,7 @@ impl NamespaceConn {
             | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = rusqlite::Connection::open_with_flags(":memory:", flags)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        database::statement_journal_in_memory(&conn)?;
         let mut attached = Vec::new();
         let mut missing = Vec::new();
         for name in ns.databases() {
