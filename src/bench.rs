@@ -97,6 +97,10 @@ impl TemporaryMember {
             .args(["--host-name", host, "--install", "/nonexistent"])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
+            // The member's own log goes to a file beside its data: a process that inherited the
+            // benchmark's output would hold it open after the benchmark ends.
+            .stdout(std::fs::File::create(log_path(&dir))?)
+            .stderr(std::fs::File::create(log_path(&dir))?)
             .spawn()?;
         let member = TemporaryMember {
             child,
@@ -183,7 +187,12 @@ impl TemporaryMember {
         }
         let _ = tokio::time::timeout(Duration::from_secs(40), self.child.wait()).await;
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(log_path(&self.dir));
     }
+}
+
+fn log_path(dir: &std::path::Path) -> PathBuf {
+    dir.with_extension("log")
 }
 
 async fn journal_counters(
@@ -313,7 +322,28 @@ pub fn print_row(r: &StepResult) {
 /// dejournaling a copy of COMPANY.
 async fn mirrored_pair(client: &reqwest::Client) -> Result<(TemporaryMember, TemporaryMember)> {
     let a = TemporaryMember::start(client, "bencha").await?;
-    let b = TemporaryMember::start(client, "benchb").await?;
+    let b = match TemporaryMember::start(client, "benchb").await {
+        Ok(b) => b,
+        Err(err) => {
+            a.stop().await;
+            return Err(err);
+        }
+    };
+    match join_pair(client, &a, &b).await {
+        Ok(()) => Ok((a, b)),
+        Err(err) => {
+            a.stop().await;
+            b.stop().await;
+            Err(err)
+        }
+    }
+}
+
+async fn join_pair(
+    client: &reqwest::Client,
+    a: &TemporaryMember,
+    b: &TemporaryMember,
+) -> Result<()> {
     a.call(client, "/api/mirror/service", json!({"enabled": true}))
         .await?;
     a.call(
@@ -364,6 +394,8 @@ async fn mirrored_pair(client: &reqwest::Client) -> Result<(TemporaryMember, Tem
     )?;
     b.call(client, "/api/databases/COMPANY/mount", json!({}))
         .await?;
+    b.call(client, "/api/databases/COMPANY/activate", json!({}))
+        .await?;
     b.call(client, "/api/databases/COMPANY/catchup", json!({}))
         .await?;
     b.wait_for(client, "dejournaling", |v| {
@@ -374,7 +406,7 @@ async fn mirrored_pair(client: &reqwest::Client) -> Result<(TemporaryMember, Tem
             .any(|d| d["name"] == "COMPANY" && d["status"] == "Dejournaling")
     })
     .await?;
-    Ok((a, b))
+    Ok(())
 }
 
 /// Runs the benchmark.

@@ -58,7 +58,12 @@ pub struct MemberArgs {
     #[arg(long, env = "MIRRORLAB_INSTALL", default_value = "/install")]
     pub install: PathBuf,
     /// Journal segment size in bytes before a new file is started.
-    #[arg(long, env = "MIRRORLAB_JOURNAL_SEGMENT_BYTES", default_value_t = DEFAULT_MAX_SEGMENT_BYTES)]
+    #[arg(
+        long,
+        env = "MIRRORLAB_JOURNAL_SEGMENT_BYTES",
+        default_value_t = DEFAULT_MAX_SEGMENT_BYTES,
+        value_parser = clap::value_parser!(u64).range(4096..)
+    )]
     pub journal_segment_bytes: u64,
 }
 

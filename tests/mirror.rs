@@ -13,8 +13,13 @@ const DATABASES: [&str; 3] = ["COMPANY", "CUSTOMER", "PERSONAL"];
 
 /// A started pair: A primary of MIRRORSET, B its active backup.
 async fn pair(qos_ms: u64) -> (TestMember, TestMember) {
-    let a = TestMember::start_named("mirrora").await;
-    let b = TestMember::start_named("mirrorb").await;
+    pair_with(qos_ms, &[]).await
+}
+
+/// A started pair whose members got `extra` arguments.
+async fn pair_with(qos_ms: u64, extra: &[&str]) -> (TestMember, TestMember) {
+    let a = TestMember::start_with("mirrora", extra).await;
+    let b = TestMember::start_with("mirrorb", extra).await;
     a.ok("/api/mirror/service", json!({"enabled": true})).await;
     a.ok(
         "/api/mirror/create",
@@ -309,6 +314,8 @@ async fn a_copy_made_during_freeze_while_applications_write_catches_up() {
     a.ok("/api/mirror/thaw", json!({})).await;
     for db in DATABASES {
         b.ok(&format!("/api/databases/{db}/mount"), json!({})).await;
+        b.ok(&format!("/api/databases/{db}/activate"), json!({}))
+            .await;
         b.ok(&format!("/api/databases/{db}/catchup"), json!({}))
             .await;
     }
@@ -453,7 +460,8 @@ async fn catchup_fetches_older_journal_from_the_primary() {
         )
         .unwrap();
         b.ok(&format!("/api/databases/{db}/mount"), json!({})).await;
-        // Catchup on a database that needs activation does both.
+        b.ok(&format!("/api/databases/{db}/activate"), json!({}))
+            .await;
         b.ok(&format!("/api/databases/{db}/catchup"), json!({}))
             .await;
     }
@@ -551,4 +559,313 @@ async fn copies_of_something_else_are_refused() {
             .any(|d| d["name"] == "COMPANY" && d["status"] == "Dejournaling")
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_mirror_input_is_refused_clearly_and_changes_nothing() {
+    let (a, b) = pair(2000).await;
+    a.post("/api/apps/companies", json!({"name": "before the copy"}))
+        .await
+        .unwrap();
+
+    // Joins that must fail, each with a message that says why; C stays outside the mirror.
+    let c = TestMember::start_named("mirrorc").await;
+    c.ok("/api/mirror/service", json!({"enabled": true})).await;
+    let join = |mirror: &str, agent: String| {
+        json!({
+            "mirror_name": mirror,
+            "agent_address": agent,
+            "instance_name": "IRIS",
+            "superserver_address": c.superserver,
+            "agent_address_local": "127.0.0.1",
+            "agent_port_local": c.agent_port(),
+        })
+    };
+    let a_agent = format!("127.0.0.1:{}", a.agent_port());
+    let nobody = format!("127.0.0.1:{}", common::free_port());
+    for (body, status, says) in [
+        (join("OTHERSET", a_agent.clone()), 409, "not OTHERSET"),
+        (join("no spaces!", a_agent.clone()), 400, "is not valid"),
+        (join("MIRRORSET", nobody), 409, "could not reach"),
+        (
+            join("MIRRORSET", a_agent.clone()),
+            409,
+            "already has two failover members",
+        ),
+    ] {
+        let (got, err) = c.post("/api/mirror/join-failover", body).await.unwrap();
+        assert_eq!(got, status, "{err}");
+        assert!(err["error"].as_str().unwrap().contains(says), "{err}");
+    }
+    let view = c.get("/api/mirror").await.1;
+    assert!(view["mirror_name"].is_null(), "{view}");
+    let view = a.get("/api/mirror").await.1;
+    assert_eq!(view["members"].as_array().unwrap().len(), 2, "{view}");
+
+    // Adding a database twice: the second click says so and changes nothing.
+    a.ok(
+        "/api/mirror/add-databases",
+        json!({"databases": ["COMPANY", "CUSTOMER"]}),
+    )
+    .await;
+    let again = a
+        .ok(
+            "/api/mirror/add-databases",
+            json!({"databases": ["COMPANY"]}),
+        )
+        .await;
+    assert!(
+        again["message"]
+            .as_str()
+            .unwrap()
+            .contains("already in mirror"),
+        "{again}"
+    );
+    b.wait_mirror(10, "aware of COMPANY and CUSTOMER", |v| {
+        v["missing_databases"].as_array().map(|m| m.len()) == Some(2)
+    })
+    .await;
+
+    // A truncated copy and a damaged copy are refused at Mount, and stay dismounted.
+    b.ok("/api/databases/COMPANY/dismount", json!({})).await;
+    let target = b.data_dir().join("mgr/company/database.sqlite");
+    a.ok("/api/mirror/freeze", json!({})).await;
+    let original = std::fs::read(a.data_dir().join("mgr/company/database.sqlite")).unwrap();
+    a.ok("/api/mirror/thaw", json!({})).await;
+    let mut damaged = original.clone();
+    let middle = damaged.len() / 2;
+    for byte in &mut damaged[middle..middle + 512] {
+        *byte ^= 0x5a;
+    }
+    for bad in [&original[..original.len() / 2], &damaged[..]] {
+        std::fs::write(&target, bad).unwrap();
+        let (status, err) = b
+            .post("/api/databases/COMPANY/mount", json!({}))
+            .await
+            .unwrap();
+        assert_eq!(status, 409, "{err}");
+        assert!(
+            err["error"]
+                .as_str()
+                .unwrap()
+                .contains("is damaged or incomplete"),
+            "{err}"
+        );
+        let databases = b.get("/api/databases").await.1;
+        let company = databases
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == "COMPANY")
+            .unwrap()
+            .clone();
+        assert_eq!(company["mounted"], false, "{company}");
+    }
+
+    // The good copy mounts; Catchup before Activate is refused; then both work.
+    std::fs::write(&target, &original).unwrap();
+    b.ok("/api/databases/COMPANY/mount", json!({})).await;
+    let (status, err) = b
+        .post("/api/databases/COMPANY/catchup", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("needs Activate before Catchup"),
+        "{err}"
+    );
+    assert_eq!(b.db_status("COMPANY").await, "Needs Activation");
+    b.ok("/api/databases/COMPANY/activate", json!({})).await;
+    b.ok("/api/databases/COMPANY/catchup", json!({})).await;
+    a.post("/api/apps/companies", json!({"name": "after the copy"}))
+        .await
+        .unwrap();
+    b.wait_mirror(10, "dejournaling COMPANY", |v| {
+        v["databases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "COMPANY" && d["status"] == "Dejournaling")
+    })
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while a.checksums("COMPANY", "COMPANY").await != b.checksums("COMPANY", "COMPANY").await {
+        assert!(std::time::Instant::now() < deadline, "COMPANY differs");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// POSTs a new application row and returns it (201 expected).
+async fn created(member: &TestMember, path: &str, body: Value) -> Value {
+    let (status, row) = member.post(path, body).await.unwrap();
+    assert_eq!(status, 201, "{path}: {row}");
+    row
+}
+
+/// Files of a journal as `GET /api/journal` lists them (`mirror` for the mirror journal).
+async fn journal_files(member: &TestMember, mirror: bool) -> Vec<String> {
+    let journal = member.get("/api/journal").await.1;
+    let journal = if mirror { &journal["mirror"] } else { &journal };
+    journal["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn purged_journal_makes_a_stale_copy_obsolete_and_loses_nothing() {
+    // Small journal files, so a few hundred writes fill several.
+    let (a, b) = pair_with(2000, &["--journal-segment-bytes", "8192"]).await;
+    a.ok(
+        "/api/mirror/add-databases",
+        json!({"databases": ["COMPANY"]}),
+    )
+    .await;
+    b.wait_mirror(10, "aware of COMPANY", |v| {
+        v["missing_databases"].as_array().map(|m| m.len()) == Some(1)
+    })
+    .await;
+    // The stale copy: taken now, used after the journal it needs is gone.
+    a.ok("/api/mirror/freeze", json!({})).await;
+    let stale = std::fs::read(a.data_dir().join("mgr/company/database.sqlite")).unwrap();
+    a.ok("/api/mirror/thaw", json!({})).await;
+    b.ok("/api/databases/COMPANY/dismount", json!({})).await;
+
+    // Mirrored writes (COMPANY) and local writes (PERSONAL, not mirrored) fill several files.
+    for i in 0..300 {
+        let company = created(
+            &a,
+            "/api/apps/companies",
+            json!({"name": format!("company {i}")}),
+        )
+        .await;
+        created(
+            &a,
+            "/api/apps/contacts",
+            json!({"name": format!("contact {i}"), "company_id": company["id"]}),
+        )
+        .await;
+    }
+    let (local_before, mirror_before) = (
+        journal_files(&a, false).await,
+        journal_files(&a, true).await,
+    );
+    assert!(
+        local_before.len() > 2 && mirror_before.len() > 2,
+        "{local_before:?} {mirror_before:?}"
+    );
+
+    // Purge on both. A keeps what B has not acknowledged; B has nothing mounted that needs its
+    // mirror journal (its COMPANY is dismounted).
+    let purged = a.ok("/api/journal/purge", json!({})).await;
+    assert!(
+        !purged["removed"].as_array().unwrap().is_empty(),
+        "{purged}"
+    );
+    assert!(
+        !purged["mirror_removed"].as_array().unwrap().is_empty(),
+        "{purged}"
+    );
+    b.ok("/api/journal/purge", json!({})).await;
+    let again = a.ok("/api/journal/purge", json!({})).await;
+    assert!(
+        again["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("no journal file"),
+        "{again}"
+    );
+    assert!(journal_files(&a, true).await.len() < mirror_before.len());
+
+    // Nothing acknowledged is lost to the purge, even across a crash: every database position
+    // needed after restart is still in the journal.
+    a.kill_instance().await;
+    a.start_instance().await;
+    a.wait_ready().await;
+    let contacts = a
+        .sql(
+            "PHONEBOOK",
+            "SELECT count(*) FROM Contact WHERE name LIKE 'contact %'",
+        )
+        .await;
+    assert_eq!(contacts["rows"][0][0], 300, "{contacts}");
+    b.wait_mirror(15, "active again after A restarted", |v| {
+        TestMember::member_row(v, "MIRRORB/IRIS")["journal_transfer"] == "Active"
+            || v["status"] == "Backup" && v["link_error"].is_null()
+    })
+    .await;
+
+    // The stale copy: Activate works, Catchup says Obsolete and what to do.
+    std::fs::write(b.data_dir().join("mgr/company/database.sqlite"), &stale).unwrap();
+    b.ok("/api/databases/COMPANY/mount", json!({})).await;
+    b.ok("/api/databases/COMPANY/activate", json!({})).await;
+    let (status, err) = b
+        .post("/api/databases/COMPANY/catchup", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "{err}");
+    let message = err["error"].as_str().unwrap();
+    assert!(
+        message.contains("Obsolete") && message.contains("Copy the database file"),
+        "{err}"
+    );
+    assert_eq!(b.db_status("COMPANY").await, "Obsolete");
+
+    // A fresh copy replaces it and catches up.
+    b.ok("/api/databases/COMPANY/dismount", json!({})).await;
+    a.ok("/api/mirror/freeze", json!({})).await;
+    std::fs::copy(
+        a.data_dir().join("mgr/company/database.sqlite"),
+        b.data_dir().join("mgr/company/database.sqlite"),
+    )
+    .unwrap();
+    a.ok("/api/mirror/thaw", json!({})).await;
+    b.ok("/api/databases/COMPANY/mount", json!({})).await;
+    created(
+        &a,
+        "/api/apps/companies",
+        json!({"name": "after the fresh copy"}),
+    )
+    .await;
+    b.wait_mirror(15, "dejournaling COMPANY", |v| {
+        v["databases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "COMPANY" && d["status"] == "Dejournaling")
+    })
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while a.checksums("COMPANY", "COMPANY").await != b.checksums("COMPANY", "COMPANY").await {
+        assert!(std::time::Instant::now() < deadline, "COMPANY differs");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // With B down, A keeps its mirror journal whole for it.
+    for i in 0..100 {
+        created(
+            &a,
+            "/api/apps/companies",
+            json!({"name": format!("before B goes {i}")}),
+        )
+        .await;
+    }
+    b.kill_instance().await;
+    let kept = a.ok("/api/journal/purge", json!({})).await;
+    assert!(
+        kept["mirror_removed"].as_array().unwrap().is_empty(),
+        "{kept}"
+    );
+    assert!(
+        kept["message"]
+            .as_str()
+            .unwrap()
+            .contains("MIRRORB/IRIS is not connected"),
+        "{kept}"
+    );
 }

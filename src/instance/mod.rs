@@ -31,6 +31,7 @@
 
 pub mod config;
 pub mod install;
+pub mod purge;
 pub mod reader;
 pub mod recovery;
 pub mod sql;
@@ -517,6 +518,15 @@ impl Instance {
         })
         .await
         .map_err(|e| Error::Internal(format!("backup task failed: {e}")))?
+    }
+
+    /// Deletes the journal files nothing needs any more (see [`purge`]).
+    pub async fn purge_journals(self: &Arc<Self>) -> Result<purge::PurgeReport> {
+        self.writer.stamp_positions().await?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || purge::purge(&this))
+            .await
+            .map_err(|e| Error::Internal(format!("purge task failed: {e}")))?
     }
 
     /// Why the writer stopped, if it failed.

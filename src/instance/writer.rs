@@ -154,6 +154,7 @@ enum Command {
     Write(WriteRequest, Reply<QueryResult>),
     Mount(DbName, Reply<String>),
     Dismount(DbName, Reply<String>),
+    StampPositions(Reply<()>),
     Mirror(MirrorCommand),
     Dejournal,
     Shutdown,
@@ -202,6 +203,12 @@ impl WriterHandle {
     /// Dismounts a database; afterwards no connection has its file open.
     pub async fn dismount(&self, db: DbName) -> Result<String> {
         self.call(|reply| Command::Dismount(db, reply)).await
+    }
+
+    /// Records in every database this member writes that it holds all changes up to the end of
+    /// its journal (see the writer's `stamp_positions`).
+    pub async fn stamp_positions(&self) -> Result<()> {
+        self.call(Command::StampPositions).await
     }
 
     /// Runs a mirror command (build it with the reply sender given).
@@ -363,6 +370,10 @@ impl Writer {
                 }
                 Command::Dismount(db, reply) => {
                     let _ = reply.send(self.dismount(&db));
+                    None
+                }
+                Command::StampPositions(reply) => {
+                    let _ = reply.send(self.stamp_positions());
                     None
                 }
                 Command::Mirror(command) => self.mirror_command(command).err(),
@@ -744,6 +755,7 @@ impl Writer {
                 database::DB_FILE_NAME
             )));
         }
+        database::verify_file(&entry.file, &entry.directory)?;
         let identity = recovery::identity_of(&entry)?;
         let config = self.config.get();
         let membership = config.mirror.membership.as_ref();
@@ -817,6 +829,42 @@ impl Writer {
         Ok(message)
     }
 
+    /// Moves the applied position of every database this writer writes up to its journal's end.
+    ///
+    /// A database's applied position is the last record *applied to it*; one that nobody wrote
+    /// for a while keeps an old position, and would pin every journal file after it (recovery
+    /// replays from there). Between batches the writer knows better: every record up to the end
+    /// is committed, and those after the database's position did not touch it, so the database
+    /// holds everything up to the end. Journal purge calls this first. Copies the backup
+    /// dejournals are left alone: their position is exactly how far dejournaling got.
+    fn stamp_positions(&mut self) -> Result<()> {
+        if self.frozen_until.is_some() {
+            // Someone may be copying the files right now: not a byte changes until Thaw.
+            return Err(Error::Conflict(
+                "writes are frozen: purge the journal after Thaw".into(),
+            ));
+        }
+        let state = self.catalog.snapshot();
+        let local_end = self.local.end();
+        let mirror_end = self.mirror_journal.as_ref().map(|j| j.end());
+        for entry in state.databases.values().filter(|e| e.mounted) {
+            let end = match (&entry.mirrored, mirror_end) {
+                (None, _) => local_end,
+                (Some(_), Some(end)) if self.is_primary() => end,
+                _ => continue,
+            };
+            let conn = database::open(&entry.file)?;
+            conn.execute(
+                &format!(
+                    "{} AND CAST(value AS INTEGER) < ?1",
+                    database::set_applied_sql("main")
+                ),
+                [end.0 as i64],
+            )?;
+        }
+        Ok(())
+    }
+
     fn dismount(&mut self, name: &DbName) -> Result<String> {
         let entry = self.catalog.snapshot().database(name)?.clone();
         if !entry.mounted {
@@ -882,7 +930,9 @@ impl Writer {
                 let _ = reply.send(self.activate(&db));
             }
             MirrorCommand::Catchup { db, reply } => {
-                let result = self.activate(&db).and_then(|_| self.start_catchup(&db));
+                let result = self
+                    .require_activated(&db)
+                    .and_then(|_| self.start_catchup(&db));
                 let _ = reply.send(result);
             }
             MirrorCommand::Freeze { timeout, reply } => {
@@ -1133,6 +1183,27 @@ impl Writer {
             Ok(())
         })?;
         Ok(format!("{name} activated; it needs Catchup"))
+    }
+
+    /// Catchup applies the journal to a copy only after the user activated it: Activate is the
+    /// step where they confirm that this file is the copy they meant to bring in.
+    fn require_activated(&self, name: &DbName) -> Result<()> {
+        if self.is_primary() {
+            return Ok(());
+        }
+        let config = self.config.get();
+        let membership = config
+            .mirror
+            .membership
+            .as_ref()
+            .ok_or_else(|| Error::Conflict("this instance is not a mirror member".into()))?;
+        if membership.activated.contains(name) {
+            Ok(())
+        } else {
+            Err(Error::Conflict(format!(
+                "{name} needs Activate before Catchup"
+            )))
+        }
     }
 
     /// Adds an activated copy to the databases the journal is applied to.

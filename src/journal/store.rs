@@ -112,6 +112,32 @@ pub struct JournalShared {
 }
 
 impl JournalShared {
+    /// Deletes whole segments whose records all lie before `keep_from`, never the newest one.
+    /// Returns the names of the files removed.
+    ///
+    /// Safe beside the appender: the newest segment, the only one written to, is never removed,
+    /// and the segment list changes under its write lock, so a reader sees a file either listed
+    /// and present or not listed. A reader already inside a removed file keeps reading it (the
+    /// open handle outlives the name); one that asks for purged positions gets an error, which
+    /// is what a purge means. The caller decides what nobody needs any more.
+    pub fn purge_before(&self, keep_from: JournalPos) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        let mut segments = self.segments.write().unwrap();
+        while segments.len() > 1 && segments[1].info.first_pos <= keep_from {
+            let gone = segments.remove(0);
+            // Forget the file first, then delete it: a crash in between leaves a file that
+            // the next start simply lists again (it is whole), never a listed file that is gone.
+            fs::remove_file(&gone.info.path)
+                .io_context(format!("remove journal file {}", gone.info.name))?;
+            removed.push(gone.info.name);
+        }
+        drop(segments);
+        if !removed.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        Ok(removed)
+    }
+
     /// The journal folder.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -618,22 +644,10 @@ impl Journal {
         Ok(())
     }
 
-    /// Deletes whole segments whose records all lie before `keep_from`, never the newest one.
-    /// Returns the names of the files removed.
+    /// Deletes whole segments whose records all lie before `keep_from`, never the newest one
+    /// (see [`JournalShared::purge_before`]).
     pub fn purge_before(&mut self, keep_from: JournalPos) -> Result<Vec<String>> {
-        let mut removed = Vec::new();
-        let mut segments = self.shared.segments.write().unwrap();
-        while segments.len() > 1 && segments[1].info.first_pos <= keep_from {
-            let gone = segments.remove(0);
-            fs::remove_file(&gone.info.path)
-                .io_context(format!("remove journal file {}", gone.info.name))?;
-            removed.push(gone.info.name);
-        }
-        drop(segments);
-        if !removed.is_empty() {
-            sync_dir(&self.shared.dir)?;
-        }
-        Ok(removed)
+        self.shared.purge_before(keep_from)
     }
 
     /// Closes the current segment and starts the next one at `end + 1`.

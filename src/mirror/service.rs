@@ -501,7 +501,11 @@ impl MirrorService {
             },
         )
         .await
-        .map_err(|e| Error::Conflict(format!("could not reach the agent at {address}: {e}")))?;
+        .map_err(|e| {
+            Error::Conflict(format!(
+                "could not reach the other member's agent ({e}); check its address and port"
+            ))
+        })?;
         if !reply.ok {
             return Err(Error::Conflict(reply.message));
         }
@@ -632,7 +636,20 @@ impl MirrorService {
     /// Catchup a copy (backup): fetches older journal from the primary first when needed.
     pub async fn catchup(&self, db: DbName) -> Result<String> {
         let entry = self.context.catalog.snapshot().database(&db)?.clone();
-        if self.context.mirror.role() == Role::Backup && entry.mounted && entry.mirrored.is_some() {
+        let activated = self
+            .context
+            .config
+            .get()
+            .mirror
+            .membership
+            .as_ref()
+            .is_some_and(|m| m.activated.contains(&db));
+        // Nothing is fetched for a copy the user has not activated; the writer says why.
+        if self.context.mirror.role() == Role::Backup
+            && activated
+            && entry.mounted
+            && entry.mirrored.is_some()
+        {
             self.fetch_if_needed(&db, &entry).await?;
         }
         self.context

@@ -80,6 +80,33 @@ fn quiet_for_apply(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Checks that the file at `path` is a whole SQLite database whose pages hang together
+/// (`PRAGMA quick_check`: every page read, every b-tree walked). Run before a file is mounted:
+/// a copy cut short or damaged on its way must be refused before anything reads or applies to it.
+/// `directory` names the folder in the message.
+pub fn verify_file(path: &Path, directory: &str) -> Result<()> {
+    let damaged = |detail: String| {
+        Error::Conflict(format!(
+            "the file in {directory} is damaged or incomplete ({detail}): replace it with a good \
+             copy (from the primary, while no one writes or during Freeze) and mount again"
+        ))
+    };
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| damaged(e.to_string()))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mut stmt = conn
+        .prepare("PRAGMA quick_check(5)")
+        .map_err(|e| damaged(e.to_string()))?;
+    let problems: Vec<String> = stmt
+        .query_map([], |row| row.get::<_, String>(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| damaged(e.to_string()))?;
+    if problems != ["ok"] {
+        return Err(damaged(problems.join("; ")));
+    }
+    Ok(())
+}
+
 /// Keeps statement journals (what a savepoint needs to roll back) in memory. By default SQLite
 /// spills one to a temporary file once it outgrows 64 KiB, and a large batch or a gathered run of
 /// changesets would create and delete a file each time. They hold only what the open transaction

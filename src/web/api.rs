@@ -28,6 +28,7 @@ pub fn routes() -> Router<AppState> {
         .route("/databases/{db}/{action}", post(database_action))
         .route("/namespaces", get(namespaces))
         .route("/journal", get(journal))
+        .route("/journal/purge", post(journal_purge))
         .route("/sql", post(sql))
         .route("/mirror", get(mirror))
         .route("/mirror/service", post(mirror_service))
@@ -165,6 +166,17 @@ async fn journal(State(state): State<AppState>) -> Json<Json_> {
         .map(|j| journal_json(&j))
         .unwrap_or(Json_::Null);
     Json(answer)
+}
+
+/// `POST /api/journal/purge`: deletes the journal files nothing needs any more.
+async fn journal_purge(State(state): State<AppState>) -> ApiResult {
+    let report = state.instance.purge_journals().await?;
+    Ok(Json(json!({
+        "message": report.message(),
+        "removed": report.local_removed,
+        "mirror_removed": report.mirror_removed,
+        "kept_because": report.kept_because,
+    })))
 }
 
 #[derive(Deserialize)]

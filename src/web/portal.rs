@@ -35,6 +35,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/portal/config/namespaces", get(namespaces))
         .route("/portal/operation/journals", get(journals))
+        .route("/portal/operation/journals/purge", post(purge_journals))
         .route("/portal/explorer/sql", get(sql_page).post(sql_run))
         .route(
             "/portal/security/password",
@@ -344,6 +345,12 @@ struct SegmentRow {
 #[template(path = "portal/journals.html")]
 struct JournalsPage {
     layout: Layout,
+    local: JournalView,
+    mirror: Option<JournalView>,
+}
+
+/// One journal's facts and files, newest file first.
+struct JournalView {
     directory: String,
     end: u64,
     current: String,
@@ -354,10 +361,33 @@ struct JournalsPage {
     segments: Vec<SegmentRow>,
 }
 
+impl JournalView {
+    fn of(journal: &crate::journal::JournalShared) -> JournalView {
+        let segments = journal.segments();
+        let (appended, syncs) = (journal.appended(), journal.syncs());
+        JournalView {
+            directory: journal.dir().display().to_string(),
+            end: journal.durable_end().0,
+            current: segments.last().map(|s| s.name.clone()).unwrap_or_default(),
+            total_size: format_bytes(segments.iter().map(|s| s.bytes).sum()),
+            appended,
+            syncs,
+            per_sync: format!("{:.1}", appended as f64 / syncs.max(1) as f64),
+            segments: segments
+                .iter()
+                .rev()
+                .map(|s| SegmentRow {
+                    name: s.name.clone(),
+                    first: s.first_pos.0,
+                    created: format_time(s.created_ms),
+                    size: format_bytes(s.bytes),
+                })
+                .collect(),
+        }
+    }
+}
+
 async fn journals(State(state): State<AppState>, user: PortalUser) -> JournalsPage {
-    let journal = &state.instance.journal;
-    let segments = journal.segments();
-    let (appended, syncs) = (journal.appended(), journal.syncs());
     JournalsPage {
         layout: Layout::new(
             &state,
@@ -366,24 +396,21 @@ async fn journals(State(state): State<AppState>, user: PortalUser) -> JournalsPa
             vec!["System Operation"],
             "journals",
         ),
-        directory: journal.dir().display().to_string(),
-        end: journal.durable_end().0,
-        current: segments.last().map(|s| s.name.clone()).unwrap_or_default(),
-        total_size: format_bytes(segments.iter().map(|s| s.bytes).sum()),
-        appended,
-        syncs,
-        per_sync: format!("{:.1}", appended as f64 / syncs.max(1) as f64),
-        segments: segments
-            .iter()
-            .rev()
-            .map(|s| SegmentRow {
-                name: s.name.clone(),
-                first: s.first_pos.0,
-                created: format_time(s.created_ms),
-                size: format_bytes(s.bytes),
-            })
-            .collect(),
+        local: JournalView::of(&state.instance.journal),
+        mirror: state.instance.mirror.journal().map(|j| JournalView::of(&j)),
     }
+}
+
+async fn purge_journals(
+    State(state): State<AppState>,
+    CsrfForm(user, Empty {}): CsrfForm<Empty>,
+) -> Response {
+    let result = state
+        .instance
+        .purge_journals()
+        .await
+        .map(|report| report.message());
+    flash_and_redirect(&state, &user, result, "/portal/operation/journals")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -70,6 +70,11 @@ impl TestMember {
 
     /// Starts a member with the given host name.
     pub async fn start_named(host: &str) -> TestMember {
+        Self::start_with(host, &[]).await
+    }
+
+    /// Starts a member with the given host name and extra `member` arguments.
+    pub async fn start_with(host: &str, extra: &[&str]) -> TestMember {
         let dir = tempfile::tempdir().unwrap();
         let web = format!("127.0.0.1:{}", free_port());
         let agent = format!("127.0.0.1:{}", free_port());
@@ -88,6 +93,7 @@ impl TestMember {
                 &superserver,
             ])
             .args(["--host-name", host, "--install", "/nonexistent"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
