@@ -40,12 +40,15 @@ fn basic() -> String {
 
 impl Portal {
     fn new() -> Portal {
+        Self::with(|_| {})
+    }
+
+    /// A portal over an instance whose settings `adjust` changed.
+    fn with(adjust: impl FnOnce(&mut InstanceSettings)) -> Portal {
         let dir = tempfile::tempdir().unwrap();
-        let instance = Instance::open(
-            InstanceSettings::for_dir(dir.path()),
-            Box::new(|why| panic!("fatal: {why}")),
-        )
-        .unwrap();
+        let mut settings = InstanceSettings::for_dir(dir.path());
+        adjust(&mut settings);
+        let instance = Instance::open(settings, Box::new(|why| panic!("fatal: {why}"))).unwrap();
         let app = mirrorlab::web::router(instance.clone());
         Portal {
             _dir: dir,
@@ -590,6 +593,56 @@ async fn mount_and_dismount_from_the_databases_page() {
         )
         .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_journals_page_purges_files_nothing_needs() {
+    let portal = Portal::with(|s| s.max_segment_bytes = 4096);
+    let (session, csrf) = portal.login().await;
+    for i in 0..100 {
+        let reply = portal
+            .api(
+                "POST",
+                "/api/apps/companies",
+                Some(json!({"name": format!("company {i}")})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    }
+    let files = |reply: Reply| reply.json()["files"].as_array().unwrap().len();
+    let before = files(portal.api("GET", "/api/journal", None).await);
+    assert!(before > 2, "{before} files");
+    let reply = portal
+        .post_form(
+            "/portal/operation/journals/purge",
+            &session,
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(
+        reply.location.as_deref(),
+        Some("/portal/operation/journals")
+    );
+    let page = portal.get("/portal/operation/journals", &session).await;
+    assert!(page.body.contains("purged "), "{}", page.body);
+    assert_eq!(files(portal.api("GET", "/api/journal", None).await), 1);
+    // The second click finds nothing more to do and says so.
+    portal
+        .post_form(
+            "/portal/operation/journals/purge",
+            &session,
+            &[("csrf", &csrf)],
+        )
+        .await;
+    let page = portal.get("/portal/operation/journals", &session).await;
+    assert!(
+        page.body.contains("no journal file could be purged"),
+        "{}",
+        page.body
+    );
+    // Nothing was lost: every company is still there.
+    let list = portal.api("GET", "/api/apps/companies", None).await;
+    assert_eq!(list.json().as_array().unwrap().len(), 100);
 }
 
 #[tokio::test(flavor = "multi_thread")]
