@@ -1145,11 +1145,7 @@ impl Writer {
 
     fn activate(&mut self, name: &DbName) -> Result<String> {
         let config = self.config.get();
-        let membership = config
-            .mirror
-            .membership
-            .as_ref()
-            .ok_or_else(|| Error::Conflict("this instance is not a mirror member".into()))?;
+        let membership = config.mirror.member()?;
         if self.is_primary() {
             return Ok(format!(
                 "{name} is Normal on the primary: nothing to activate"
@@ -1192,11 +1188,7 @@ impl Writer {
             return Ok(());
         }
         let config = self.config.get();
-        let membership = config
-            .mirror
-            .membership
-            .as_ref()
-            .ok_or_else(|| Error::Conflict("this instance is not a mirror member".into()))?;
+        let membership = config.mirror.member()?;
         if membership.activated.contains(name) {
             Ok(())
         } else {

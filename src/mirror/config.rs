@@ -315,6 +315,15 @@ pub struct MirrorConfig {
     pub membership: Option<Membership>,
 }
 
+impl MirrorConfig {
+    /// The membership, or the error every mirror action gives outside a mirror.
+    pub fn member(&self) -> Result<&Membership> {
+        self.membership
+            .as_ref()
+            .ok_or_else(|| Error::Conflict("this instance is not a mirror member".into()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

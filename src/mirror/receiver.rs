@@ -67,11 +67,7 @@ pub fn start(
 /// The primary this member follows.
 fn primary_of(context: &MirrorContext) -> Result<MemberInfo> {
     let config = context.config.get();
-    let membership = config
-        .mirror
-        .membership
-        .as_ref()
-        .ok_or_else(|| Error::Conflict("not a mirror member".into()))?;
+    let membership = config.mirror.member()?;
     let name = membership
         .primary_name
         .as_deref()

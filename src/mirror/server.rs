@@ -146,11 +146,7 @@ fn serve(stream: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
 
 fn fetch_source(context: &MirrorContext, mirror_id: &str) -> Result<Arc<JournalShared>> {
     let config = context.config.get();
-    let membership = config
-        .mirror
-        .membership
-        .as_ref()
-        .ok_or_else(|| Error::Conflict("not a mirror member".into()))?;
+    let membership = config.mirror.member()?;
     if membership.mirror.id != mirror_id {
         return Err(Error::Conflict(
             "this member belongs to another mirror".into(),

@@ -754,11 +754,7 @@ impl MirrorService {
     /// Edit Mirror: the QoS timeout (on the primary; the others learn it when they connect).
     pub async fn edit(&self, request: EditRequest) -> Result<String> {
         let config = self.context.config.get();
-        let m = config
-            .mirror
-            .membership
-            .as_ref()
-            .ok_or_else(|| Error::Conflict("this instance is not a mirror member".into()))?;
+        let m = config.mirror.member()?;
         let Some(qos) = request.qos_timeout_ms else {
             return Ok("nothing to change".into());
         };

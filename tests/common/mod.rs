@@ -172,6 +172,17 @@ impl TestMember {
         assert!(reply.ok, "{}", reply.message);
     }
 
+    /// POSTs and expects a refusal: `status`, and an error message containing `says`.
+    pub async fn refused(&self, path: &str, body: Value, status: u16, says: &str) {
+        let (got, err) = self.post(path, body).await.unwrap();
+        assert_eq!(got, status, "POST {path}: {err}");
+        let message = err["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(says),
+            "POST {path}: expected {says:?} in {err}"
+        );
+    }
+
     /// GET an API path with the default credentials.
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let r = self
