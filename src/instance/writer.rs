@@ -13,13 +13,13 @@
 //!    journal for the others (schema statements are journaled as their text); each database it
 //!    changed gets its new applied position *in the same transaction as its rows*. A failing
 //!    statement rolls back to its savepoint and only its own client gets the error.
-//! 3. The mirror frames are appended and handed to the mirror's members ([`Hub::publish`]: the
+//! 3. The mirror frames are appended and handed to the mirror's members ([`Hub::publish`](crate::mirror::hub::Hub::publish): the
 //!    backup's disk write overlaps ours); the local frames are appended; each journal is made
 //!    durable with one `fdatasync` — **one fsync per journal for the whole batch**.
 //! 4. `COMMIT`: the batch becomes visible on this member.
 //! 5. The answer. A batch with only local records is answered at once. A mirrored batch is
 //!    handed to the *acknowledger*, which answers its clients once the active backup
-//!    acknowledged the batch ([`Hub::wait_acknowledged`]) — one round trip for the whole batch —
+//!    acknowledged the batch ([`Hub::wait_acknowledged`](crate::mirror::hub::Hub::wait_acknowledged)) — one round trip for the whole batch —
 //!    while the writer already works on the next batch.
 //!
 //! Ordering is the whole argument for safety. Nothing is acknowledged before step 3's fsync (and,

@@ -4,7 +4,7 @@
 //!
 //! A mirror has one primary — the only member whose mirrored databases accept writes — and a
 //! backup, the other failover member, which keeps read-only copies up to date and is ready to
-//! take over. (Async members and the failover rules come later; see the issues.) Creating a
+//! take over. Creating a
 //! mirror makes the creating member its primary at once. Another instance joins as failover in
 //! two steps: it asks the primary's agent about the mirror, then stores its own member
 //! information and connects.
@@ -33,6 +33,15 @@
 //! after Activate and Catchup applies the mirror journal from the position stored inside the
 //! copy — fetching older records from the primary when its own journal does not reach back.
 //!
+//! # Failover rules
+//!
+//! What a failover member does when links break, the arbiter answers or the other host's agent
+//! reports is decided by one pure state machine, [`failover`]: events and the time in, actions
+//! out, every rule of the reference a unit test beside it, and an explorer that checks the
+//! invariants below over every interleaving of faults up to a depth. The member process carries
+//! out its actions (wiring it into the instance, the agent and an arbiter process is still to
+//! come).
+//!
 //! # Invariants
 //!
 //! - Only the primary writes mirrored databases; everywhere else they are read-only.
@@ -42,9 +51,11 @@
 //!
 //! # Left out (for now)
 //!
-//! The arbiter, automatic failover and the trouble state, async members, TLS and virtual IPs.
+//! The arbiter process, carrying out the failover rules (automatic takeover, the trouble state),
+//! async members, TLS and virtual IPs.
 
 pub mod config;
+pub mod failover;
 pub mod hub;
 pub mod protocol;
 pub mod receiver;

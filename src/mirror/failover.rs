@@ -1,0 +1,689 @@
+//! The automatic failover rules of one failover member, as a pure state machine.
+//!
+//! # What
+//!
+//! [`Failover`] is what one failover member (primary or backup) decides when something happens:
+//! its link to the other member breaks, the arbiter tells it what it sees, the other host's agent
+//! answers, a timer runs out. It holds no sockets, threads or clocks: the caller feeds it
+//! [`Event`]s with the current time and carries out the [`Action`]s it returns (stop accepting
+//! writes, take over, ask an agent, switch modes). Every rule of the behavioural reference (§4:
+//! agent-controlled and arbiter-controlled modes, the trouble state, active and non-active
+//! backups, No Failover, the lost-connection matrix and the outage list) is a unit test beside it,
+//! and an explorer in the tests drives two members and an arbiter through every interleaving of
+//! link cuts, crashes and timers up to a depth, checking the mirror's invariants.
+//!
+//! # The rules, in short
+//!
+//! - **Agent controlled** (every mirror starts here). A primary that loses an *active* backup
+//!   stops committing (trouble) until the backup says it is no longer active or `2 × QoS` passes,
+//!   then goes on alone. A backup that loses the primary asks the primary's agent: "running" →
+//!   stand down and reconnect; "down" → take over, if it was active and is still inside its
+//!   takeover window, otherwise only with the down primary's journal fetched through the agent.
+//!   No answer → no takeover.
+//! - **Arbiter controlled** (both members connected to each other and to the arbiter, backup
+//!   active). A primary that loses the backup asks the arbiter: it lost the backup too → go on
+//!   alone in agent mode; it still sees it → trouble until the backup stands down; arbiter lost as
+//!   well → trouble *indefinitely*. A backup that loses the primary asks the arbiter for a
+//!   verdict: take over only if the arbiter lost the primary while the primary was still in
+//!   arbiter mode (so it is frozen); otherwise stand down. Without the arbiter: agent mode, ask
+//!   the agent.
+//!
+//! # Why the arbiter keeps a book
+//!
+//! "The arbiter no longer sees the primary" is not enough for a takeover: a primary that earlier
+//! went on alone (arbiter mode left, backup no longer active) may be writing while merely cut off
+//! from the arbiter. So the arbiter answers from its [`ArbiterBook`], in which each answer is also
+//! a record: telling the primary "I do not see the backup" records that the primary goes on alone,
+//! and telling the backup "take over" records the takeover, which the old primary hears when it
+//! comes back. Both questions are answered one after the other, so they never both win.
+//!
+//! Mode changes are ordered for the same reason: the primary enters arbiter mode first (and tells
+//! the arbiter and the backup), the backup follows; on the way back the backup leaves first, and
+//! the primary leaves only when the backup says it has. A primary in arbiter mode with a backup in
+//! agent mode is safe (the backup only takes over through the agent); the reverse is not, so it
+//! never happens.
+//!
+/// Which member this is right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailoverRole {
+    /// Accepts writes unless in trouble.
+    Primary,
+    /// Follows the primary; may take over.
+    Backup,
+    /// A former primary that learned the other member took over: it must stop for good.
+    Down,
+}
+
+/// Who decides about failover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// The agents decide (no arbiter, or not all connected).
+    Agent,
+    /// The arbiter's book decides.
+    Arbiter,
+}
+
+impl Mode {
+    /// The Failover Mode text of the Mirror Monitor.
+    pub fn display(self) -> &'static str {
+        match self {
+            Mode::Agent => "Agent Controlled",
+            Mode::Arbiter => "Arbiter Controlled",
+        }
+    }
+}
+
+/// Why a primary is not committing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Trouble {
+    /// Agent mode: until the backup stands down or this time (ms) passes.
+    Until(u64),
+    /// Arbiter mode: until the arbiter says it lost the backup, or the backup stands down.
+    Coordinating,
+    /// Arbiter mode, lost the backup and the arbiter: until one of them is heard from again.
+    Indefinite,
+}
+
+/// What the primary's agent said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AgentAnswer {
+    /// The primary instance runs: it is still the primary.
+    PrimaryRunning,
+    /// The primary instance is down (or was forced down); `journal` says whether the agent
+    /// supplied its journal up to the end.
+    PrimaryDown {
+        /// The down primary's journal was fetched through its agent.
+        journal: bool,
+    },
+    /// No answer: the primary's host is down or cut off.
+    Unreachable,
+}
+
+/// Something that happened, as one failover member saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// Time passed (timers are checked on every event).
+    Tick,
+    /// The data channel to the other member is up (primary: a backup connected; backup: it
+    /// connected to the primary). The backup is not active yet.
+    PartnerConnected,
+    /// Primary: the backup caught up and acknowledges; it is active. Backup: the primary said
+    /// this member is its active backup (a backup never decides that alone).
+    PartnerActive,
+    /// The data channel broke, or nothing came over it for a QoS timeout. Always about the
+    /// current channel: a late notice about an earlier one must not be delivered.
+    PartnerLost,
+    /// Primary: the backup is no longer active (said over the channel, or relayed by the
+    /// arbiter).
+    PartnerStoodDown,
+    /// Backup: the primary is shutting down gracefully and hands over.
+    PartnerHandsOver,
+    /// Primary: the other member took over (said on reconnecting, or by the arbiter).
+    PartnerIsPrimary,
+    /// The other member's mode: from the primary, a request; from the backup, a report.
+    PartnerMode(Mode),
+    /// Connected to the arbiter.
+    ArbiterConnected,
+    /// Lost the arbiter.
+    ArbiterLost,
+    /// The arbiter says whether it sees the other member. To a primary that asked, `false` also
+    /// means the arbiter recorded that it goes on alone.
+    ArbiterSeesPartner(bool),
+    /// Backup: the arbiter's answer to "may I take over?".
+    ArbiterVerdict {
+        /// The arbiter lost the primary while it was in arbiter mode, and recorded the takeover.
+        take_over: bool,
+    },
+    /// The primary's agent answered (backup).
+    Agent(AgentAnswer),
+    /// No Failover was set or cleared.
+    NoFailover(bool),
+    /// Whether every mirrored database that must be mounted is mounted, activated and caught up.
+    DatabasesReady(bool),
+}
+
+/// What the member must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Stop committing writes to mirrored databases. Writes already waiting for the backup's
+    /// acknowledgement stay unanswered too, until [`Action::ResumeWrites`].
+    SuspendWrites,
+    /// Commit (and answer) again.
+    ResumeWrites,
+    /// The backup is no longer active: writes stop waiting for its acknowledgements.
+    RevokeActive,
+    /// This member's mode changed: show it, and tell the other member and the arbiter.
+    SwitchMode(Mode),
+    /// Primary: ask the backup to leave arbiter mode (the primary follows when it has).
+    AskPartnerToLeaveArbiterMode,
+    /// Backup: tell the primary this member is no longer an active backup (over the channel,
+    /// or through the arbiter).
+    StandDown,
+    /// Ask the arbiter (primary: does it see the backup; backup: may it take over).
+    AskArbiter,
+    /// Ask the primary's agent whether the primary is down (forcing a hung one down, fetching
+    /// its journal).
+    AskAgent,
+    /// Become the primary (a new epoch).
+    TakeOver,
+    /// Force the former primary down as soon as it can be reached.
+    ForceOtherDown,
+    /// Reconnect to the primary.
+    Reconnect,
+    /// This former primary stops: the other member took over.
+    ShutDown,
+}
+
+/// One failover member's failover state.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Failover {
+    role: FailoverRole,
+    mode: Mode,
+    qos_ms: u64,
+    trouble: Option<Trouble>,
+    partner_connected: bool,
+    /// Primary: the backup is active. Backup: this member is the active backup.
+    active: bool,
+    arbiter_connected: bool,
+    /// The arbiter's last word on the other member (None: not known).
+    arbiter_sees_partner: Option<bool>,
+    /// Primary: asked the backup to leave arbiter mode, waiting for its report.
+    leaving_arbiter_mode: bool,
+    /// Backup: when it noticed the primary was gone (ms).
+    lost_ms: Option<u64>,
+    /// Backup: an agent question is outstanding since this time (ms).
+    asked_agent_ms: Option<u64>,
+    /// Waiting for the arbiter's answer after losing the other member.
+    asked_arbiter: bool,
+    no_failover: bool,
+    databases_ready: bool,
+}
+
+impl Failover {
+    /// A member starting as `role` in agent mode, connected to nothing. A backup starts
+    /// non-active (a restarting failover member behaves like a non-active backup).
+    pub fn new(role: FailoverRole, qos_ms: u64) -> Failover {
+        Failover {
+            role,
+            mode: Mode::Agent,
+            qos_ms,
+            trouble: None,
+            partner_connected: false,
+            active: false,
+            arbiter_connected: false,
+            arbiter_sees_partner: None,
+            leaving_arbiter_mode: false,
+            lost_ms: None,
+            asked_agent_ms: None,
+            asked_arbiter: false,
+            no_failover: false,
+            databases_ready: true,
+        }
+    }
+
+    /// Current role.
+    pub fn role(&self) -> FailoverRole {
+        self.role
+    }
+
+    /// Current mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Why the primary is not committing, if it is not.
+    pub fn trouble(&self) -> Option<Trouble> {
+        self.trouble
+    }
+
+    /// Whether this member commits writes to mirrored databases now.
+    pub fn accepts_writes(&self) -> bool {
+        self.role == FailoverRole::Primary && self.trouble.is_none()
+    }
+
+    /// Primary: the backup is active. Backup: this member is the active backup.
+    pub fn active(&self) -> bool {
+        self.active
+    }
+
+    /// Whether a backup may open the data channel to the primary now. Not while it waits for
+    /// the arbiter's verdict or the agent's answer: a takeover booked while it reconnected would
+    /// leave two members writing.
+    pub fn may_connect(&self) -> bool {
+        match self.role {
+            FailoverRole::Backup => !self.asked_arbiter && self.asked_agent_ms.is_none(),
+            FailoverRole::Primary => true,
+            FailoverRole::Down => false,
+        }
+    }
+
+    /// The member's Status in the Mirror Monitor.
+    pub fn status(&self) -> &'static str {
+        match (self.role, self.trouble, self.partner_connected) {
+            (FailoverRole::Primary, Some(_), _) => "In Trouble",
+            (FailoverRole::Primary, None, _) => "Primary",
+            (FailoverRole::Backup, _, true) => "Backup",
+            (FailoverRole::Backup, _, false) => "Waiting",
+            (FailoverRole::Down, _, _) => "Down",
+        }
+    }
+
+    /// Handles one event at time `now_ms`; returns what to do, in order.
+    pub fn handle(&mut self, now_ms: u64, event: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.role == FailoverRole::Down {
+            return out;
+        }
+        match event {
+            Event::Tick => {}
+            Event::NoFailover(on) => self.no_failover = on,
+            Event::DatabasesReady(ready) => self.databases_ready = ready,
+            Event::ArbiterConnected => self.arbiter_connected = true,
+            Event::ArbiterLost => self.arbiter_lost(&mut out),
+            Event::ArbiterSeesPartner(sees) => self.arbiter_sees(sees, &mut out),
+            Event::ArbiterVerdict { take_over } => self.verdict(take_over, &mut out),
+            Event::PartnerConnected => self.partner_connected(&mut out),
+            Event::PartnerActive => {
+                if self.partner_connected {
+                    self.active = true;
+                }
+            }
+            Event::PartnerLost => self.partner_lost(now_ms, &mut out),
+            Event::PartnerStoodDown => self.partner_stood_down(&mut out),
+            Event::PartnerHandsOver => {
+                if self.role == FailoverRole::Backup && self.active {
+                    self.take_over_if_allowed(&mut out);
+                }
+            }
+            Event::PartnerIsPrimary => {
+                if self.role == FailoverRole::Primary {
+                    // The other member took over while this one was cut off: there is one
+                    // primary, and it is not this one.
+                    self.role = FailoverRole::Down;
+                    self.trouble = None;
+                    out.push(Action::ShutDown);
+                    return out;
+                }
+            }
+            Event::PartnerMode(mode) => self.partner_mode(mode, &mut out),
+            Event::Agent(answer) => self.agent_answer(now_ms, answer, &mut out),
+        }
+        self.timers(now_ms, &mut out);
+        self.maybe_enter_arbiter_mode(&mut out);
+        out
+    }
+
+    fn timers(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        if let Some(Trouble::Until(until)) = self.trouble
+            && now_ms >= until
+        {
+            self.leave_trouble(out);
+        }
+        if self.role == FailoverRole::Backup {
+            // Past its window, a backup can no longer be sure it holds everything acknowledged.
+            if self.lost_ms.is_some_and(|lost| now_ms > lost + self.qos_ms) {
+                self.active = false;
+            }
+            // Without an answer from the agent, ask again every QoS timeout.
+            if let Some(asked) = self.asked_agent_ms
+                && now_ms >= asked + self.qos_ms
+            {
+                self.asked_agent_ms = Some(now_ms);
+                out.push(Action::AskAgent);
+            }
+        }
+    }
+
+    /// The primary enters arbiter mode when the backup is active and both are on the arbiter;
+    /// it tells the backup, which follows (see [`Failover::partner_mode`]).
+    fn maybe_enter_arbiter_mode(&mut self, out: &mut Vec<Action>) {
+        if self.role == FailoverRole::Primary
+            && self.mode == Mode::Agent
+            && self.trouble.is_none()
+            && self.partner_connected
+            && self.active
+            && self.arbiter_connected
+            && self.arbiter_sees_partner == Some(true)
+        {
+            self.mode = Mode::Arbiter;
+            self.leaving_arbiter_mode = false;
+            out.push(Action::SwitchMode(Mode::Arbiter));
+        }
+    }
+
+    /// Leaves arbiter mode: a backup at once (and reports it), a primary by asking the backup
+    /// first when it is connected (and going at once when it is not: its own rules then made
+    /// sure the backup cannot take over through the arbiter).
+    fn leave_arbiter_mode(&mut self, out: &mut Vec<Action>) {
+        if self.mode != Mode::Arbiter {
+            return;
+        }
+        if self.role == FailoverRole::Primary && self.partner_connected {
+            if !self.leaving_arbiter_mode {
+                self.leaving_arbiter_mode = true;
+                out.push(Action::AskPartnerToLeaveArbiterMode);
+            }
+            return;
+        }
+        self.mode = Mode::Agent;
+        self.leaving_arbiter_mode = false;
+        out.push(Action::SwitchMode(Mode::Agent));
+    }
+
+    fn partner_mode(&mut self, mode: Mode, out: &mut Vec<Action>) {
+        let backup_may_follow = self.mode == Mode::Agent
+            && self.partner_connected
+            && self.active
+            && self.arbiter_connected
+            && self.arbiter_sees_partner == Some(true);
+        match (self.role, mode) {
+            (FailoverRole::Backup, Mode::Arbiter) if backup_may_follow => {
+                self.mode = Mode::Arbiter;
+                out.push(Action::SwitchMode(Mode::Arbiter));
+            }
+            (FailoverRole::Backup, Mode::Agent) => {
+                // Leave (or say it already left), so the primary can follow.
+                self.mode = Mode::Agent;
+                out.push(Action::SwitchMode(Mode::Agent));
+            }
+            (FailoverRole::Primary, Mode::Agent) if self.mode == Mode::Arbiter => {
+                // The backup is in agent mode now: the primary may follow.
+                self.mode = Mode::Agent;
+                self.leaving_arbiter_mode = false;
+                out.push(Action::SwitchMode(Mode::Agent));
+            }
+            _ => {}
+        }
+    }
+
+    fn enter_trouble(&mut self, trouble: Trouble, out: &mut Vec<Action>) {
+        if self.trouble.is_none() {
+            out.push(Action::SuspendWrites);
+        }
+        self.trouble = Some(trouble);
+    }
+
+    fn leave_trouble(&mut self, out: &mut Vec<Action>) {
+        if self.trouble.take().is_some() {
+            out.push(Action::ResumeWrites);
+        }
+    }
+
+    fn partner_connected(&mut self, out: &mut Vec<Action>) {
+        self.partner_connected = true;
+        self.lost_ms = None;
+        self.asked_agent_ms = None;
+        self.asked_arbiter = false;
+        self.active = false;
+        if self.role == FailoverRole::Primary {
+            // The backup is back and did not take over (it would have said so instead): it is
+            // not active, so the trouble is over.
+            if self.trouble.is_some() {
+                self.leave_trouble(out);
+                self.mode = Mode::Agent;
+                self.leaving_arbiter_mode = false;
+                out.push(Action::SwitchMode(Mode::Agent));
+            }
+        } else if self.mode == Mode::Arbiter {
+            self.mode = Mode::Agent;
+            out.push(Action::SwitchMode(Mode::Agent));
+        }
+    }
+
+    fn partner_stood_down(&mut self, out: &mut Vec<Action>) {
+        if self.role != FailoverRole::Primary {
+            return;
+        }
+        self.active = false;
+        if matches!(
+            self.trouble,
+            Some(Trouble::Until(_)) | Some(Trouble::Coordinating) | Some(Trouble::Indefinite)
+        ) {
+            self.leave_trouble(out);
+        }
+        // The backup stands down only in agent mode: the primary follows.
+        if self.mode == Mode::Arbiter {
+            self.mode = Mode::Agent;
+            self.leaving_arbiter_mode = false;
+            out.push(Action::SwitchMode(Mode::Agent));
+        }
+    }
+
+    fn arbiter_lost(&mut self, out: &mut Vec<Action>) {
+        self.arbiter_connected = false;
+        self.arbiter_sees_partner = None;
+        match self.role {
+            FailoverRole::Primary => {
+                if self.mode != Mode::Arbiter {
+                    return;
+                }
+                if self.partner_connected {
+                    // Only the arbiter is gone: leave arbiter mode together with the backup.
+                    self.leave_arbiter_mode(out);
+                } else if self.trouble.is_some() {
+                    // Lost the backup before and now the arbiter: nobody can tell this primary
+                    // whether the backup took over.
+                    self.asked_arbiter = false;
+                    self.trouble = Some(Trouble::Indefinite);
+                }
+            }
+            FailoverRole::Backup => {
+                self.leave_arbiter_mode(out);
+                if self.asked_arbiter {
+                    // The arbiter will not answer: fall back to the agent.
+                    self.asked_arbiter = false;
+                    self.ask_agent_now(out);
+                }
+            }
+            FailoverRole::Down => {}
+        }
+    }
+
+    fn arbiter_sees(&mut self, sees: bool, out: &mut Vec<Action>) {
+        if !self.arbiter_connected {
+            return;
+        }
+        self.arbiter_sees_partner = Some(sees);
+        if sees {
+            return;
+        }
+        match self.role {
+            FailoverRole::Primary => {
+                if self.partner_connected {
+                    // The backup lost the arbiter but is still here: agent mode, together.
+                    self.leave_arbiter_mode(out);
+                } else if self.asked_arbiter
+                    || matches!(
+                        self.trouble,
+                        Some(Trouble::Coordinating | Trouble::Indefinite)
+                    )
+                {
+                    // The arbiter lost the backup too, and booked that this primary goes on
+                    // alone: the backup cannot take over through it any more.
+                    self.asked_arbiter = false;
+                    self.active = false;
+                    self.leave_trouble(out);
+                    self.mode = Mode::Agent;
+                    self.leaving_arbiter_mode = false;
+                    out.push(Action::SwitchMode(Mode::Agent));
+                }
+            }
+            FailoverRole::Backup => {
+                if self.partner_connected {
+                    // The primary lost the arbiter but is still here: leave arbiter mode.
+                    self.leave_arbiter_mode(out);
+                }
+            }
+            FailoverRole::Down => {}
+        }
+    }
+
+    fn verdict(&mut self, take_over: bool, out: &mut Vec<Action>) {
+        if self.role != FailoverRole::Backup || !self.asked_arbiter {
+            return;
+        }
+        self.asked_arbiter = false;
+        if take_over {
+            // The arbiter lost the primary while it was in arbiter mode: it is frozen in
+            // indefinite trouble (or gone), and the arbiter booked this takeover.
+            self.take_over_if_allowed(out);
+            if self.role == FailoverRole::Primary {
+                self.mode = Mode::Agent;
+                out.push(Action::SwitchMode(Mode::Agent));
+                out.push(Action::ForceOtherDown);
+                return;
+            }
+        }
+        // The primary is alive, or went on alone, or this member may not take over.
+        self.active = false;
+        self.leave_arbiter_mode(out);
+        out.push(Action::StandDown);
+        out.push(Action::Reconnect);
+    }
+
+    fn partner_lost(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        if !self.partner_connected {
+            return;
+        }
+        self.partner_connected = false;
+        match self.role {
+            FailoverRole::Primary => {
+                let was_active = self.active;
+                if !was_active {
+                    // A non-active backup is not waited for: nothing changes.
+                    self.leave_arbiter_mode(out);
+                    return;
+                }
+                out.push(Action::RevokeActive);
+                match self.mode {
+                    Mode::Agent => {
+                        self.active = false;
+                        self.enter_trouble(Trouble::Until(now_ms + 2 * self.qos_ms), out);
+                    }
+                    Mode::Arbiter if self.arbiter_connected => {
+                        self.enter_trouble(Trouble::Coordinating, out);
+                        self.asked_arbiter = true;
+                        out.push(Action::AskArbiter);
+                    }
+                    Mode::Arbiter => self.enter_trouble(Trouble::Indefinite, out),
+                }
+            }
+            FailoverRole::Backup => {
+                self.lost_ms = Some(now_ms);
+                if self.mode == Mode::Arbiter && self.arbiter_connected {
+                    self.asked_arbiter = true;
+                    out.push(Action::AskArbiter);
+                } else {
+                    self.leave_arbiter_mode(out);
+                    self.ask_agent_now(out);
+                }
+            }
+            FailoverRole::Down => {}
+        }
+    }
+
+    fn ask_agent_now(&mut self, out: &mut Vec<Action>) {
+        if self.asked_agent_ms.is_none() {
+            self.asked_agent_ms = Some(self.lost_ms.unwrap_or_default());
+            out.push(Action::AskAgent);
+        }
+    }
+
+    fn agent_answer(&mut self, now_ms: u64, answer: AgentAnswer, out: &mut Vec<Action>) {
+        if self.role != FailoverRole::Backup || self.partner_connected {
+            return;
+        }
+        match answer {
+            AgentAnswer::PrimaryRunning => {
+                self.asked_agent_ms = None;
+                self.active = false;
+                out.push(Action::StandDown);
+                out.push(Action::Reconnect);
+            }
+            AgentAnswer::PrimaryDown { journal } => {
+                let in_window = self
+                    .lost_ms
+                    .is_some_and(|lost| now_ms <= lost + self.qos_ms);
+                if (self.active && in_window) || journal {
+                    self.take_over_if_allowed(out);
+                } else {
+                    // Too late to be sure nothing was acknowledged without this member, and no
+                    // journal to make up for it: keep asking until the agent supplies it.
+                    self.active = false;
+                }
+            }
+            AgentAnswer::Unreachable => {}
+        }
+    }
+
+    fn take_over_if_allowed(&mut self, out: &mut Vec<Action>) {
+        if self.no_failover || !self.databases_ready {
+            return;
+        }
+        self.role = FailoverRole::Primary;
+        self.active = false;
+        self.trouble = None;
+        self.lost_ms = None;
+        self.asked_agent_ms = None;
+        self.asked_arbiter = false;
+        out.push(Action::TakeOver);
+    }
+}
+
+/// The arbiter's record of one mirror: what it sees, and what it has answered.
+///
+/// Answers are records (see the module essay): "I do not see the backup" books the primary as
+/// alone; "take over" books the takeover. The arbiter process keeps one book per mirror.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ArbiterBook {
+    /// Connected to the primary.
+    pub sees_primary: bool,
+    /// Connected to the backup.
+    pub sees_backup: bool,
+    /// The primary told it it is in arbiter mode (and has not gone on alone since).
+    pub primary_in_arbiter_mode: bool,
+    /// The backup was told to take over.
+    pub backup_took_over: bool,
+}
+
+/// What the arbiter tells the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToPrimary {
+    /// Whether it sees the backup (`false`: booked as going on alone).
+    SeesBackup(bool),
+    /// The backup took over: stop.
+    BackupTookOver,
+}
+
+impl ArbiterBook {
+    /// The primary reports its mode.
+    pub fn primary_mode(&mut self, mode: Mode) {
+        self.primary_in_arbiter_mode = mode == Mode::Arbiter;
+    }
+
+    /// The primary asks whether the arbiter sees the backup (or the arbiter reports it).
+    pub fn ask_from_primary(&mut self) -> ToPrimary {
+        if self.backup_took_over {
+            ToPrimary::BackupTookOver
+        } else if self.sees_backup {
+            ToPrimary::SeesBackup(true)
+        } else {
+            self.primary_in_arbiter_mode = false;
+            ToPrimary::SeesBackup(false)
+        }
+    }
+
+    /// The backup asks whether it may take over.
+    pub fn ask_from_backup(&mut self) -> bool {
+        if !self.sees_primary && self.primary_in_arbiter_mode {
+            self.backup_took_over = true;
+            self.primary_in_arbiter_mode = false;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

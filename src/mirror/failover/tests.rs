@@ -1,0 +1,478 @@
+//! The failover rules, one test per rule of the behavioural reference (§4: the modes, the trouble
+//! state, active and non-active backups, No Failover, every row of the lost-connection matrix and
+//! of the outage list), then an explorer that checks the mirror's invariants over every
+//! interleaving of faults up to a depth (see `explorer`).
+
+use super::*;
+
+mod explorer;
+
+const QOS: u64 = 8_000;
+
+/// Feeds `events` at time `now` and returns every action, in order.
+fn feed(member: &mut Failover, now: u64, events: &[Event]) -> Vec<Action> {
+    events.iter().flat_map(|e| member.handle(now, *e)).collect()
+}
+
+/// A primary and its active backup, connected to each other and (when `arbiter`) both to the
+/// arbiter, in the mode that gives.
+fn pair(arbiter: bool) -> (Failover, Failover, ArbiterBook) {
+    let mut p = Failover::new(FailoverRole::Primary, QOS);
+    let mut b = Failover::new(FailoverRole::Backup, QOS);
+    let mut book = ArbiterBook::default();
+    feed(&mut p, 0, &[Event::PartnerConnected, Event::PartnerActive]);
+    feed(&mut b, 0, &[Event::PartnerConnected, Event::PartnerActive]);
+    if arbiter {
+        book.sees_primary = true;
+        book.sees_backup = true;
+        let to_p = book.ask_from_primary();
+        assert_eq!(to_p, ToPrimary::SeesBackup(true));
+        let actions = feed(
+            &mut p,
+            0,
+            &[Event::ArbiterConnected, Event::ArbiterSeesPartner(true)],
+        );
+        assert_eq!(actions, vec![Action::SwitchMode(Mode::Arbiter)]);
+        book.primary_mode(Mode::Arbiter);
+        feed(
+            &mut b,
+            0,
+            &[Event::ArbiterConnected, Event::ArbiterSeesPartner(true)],
+        );
+        assert_eq!(b.mode(), Mode::Agent, "the backup waits for the primary");
+        let actions = feed(&mut b, 0, &[Event::PartnerMode(Mode::Arbiter)]);
+        assert_eq!(actions, vec![Action::SwitchMode(Mode::Arbiter)]);
+    }
+    assert!(p.accepts_writes() && p.active() && b.active());
+    (p, b, book)
+}
+
+fn to_primary(answer: ToPrimary) -> Event {
+    match answer {
+        ToPrimary::SeesBackup(sees) => Event::ArbiterSeesPartner(sees),
+        ToPrimary::BackupTookOver => Event::PartnerIsPrimary,
+    }
+}
+
+#[test]
+fn every_mirror_starts_agent_controlled_and_enters_arbiter_mode_primary_first() {
+    let (p, b, _) = pair(false);
+    assert_eq!((p.mode(), b.mode()), (Mode::Agent, Mode::Agent));
+    assert_eq!(p.status(), "Primary");
+    assert_eq!(b.status(), "Backup");
+    let (p, b, _) = pair(true);
+    assert_eq!((p.mode(), b.mode()), (Mode::Arbiter, Mode::Arbiter));
+    assert_eq!(Mode::Arbiter.display(), "Arbiter Controlled");
+    assert_eq!(Mode::Agent.display(), "Agent Controlled");
+}
+
+#[test]
+fn a_backup_that_is_not_active_keeps_the_pair_in_agent_mode() {
+    let mut p = Failover::new(FailoverRole::Primary, QOS);
+    let actions = feed(
+        &mut p,
+        0,
+        &[
+            Event::PartnerConnected,
+            Event::ArbiterConnected,
+            Event::ArbiterSeesPartner(true),
+        ],
+    );
+    assert!(actions.is_empty(), "{actions:?}");
+    assert_eq!(p.mode(), Mode::Agent);
+    let actions = feed(&mut p, 0, &[Event::PartnerActive]);
+    assert_eq!(actions, vec![Action::SwitchMode(Mode::Arbiter)]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Agent controlled mode
+
+#[test]
+fn agent_mode_primary_losing_its_active_backup_is_in_trouble_for_two_qos_timeouts() {
+    let (mut p, _, _) = pair(false);
+    let actions = feed(&mut p, 1_000, &[Event::PartnerLost]);
+    assert_eq!(actions, vec![Action::RevokeActive, Action::SuspendWrites]);
+    assert_eq!(p.trouble(), Some(Trouble::Until(1_000 + 2 * QOS)));
+    assert_eq!(p.status(), "In Trouble");
+    assert!(!p.accepts_writes());
+    assert!(feed(&mut p, 1_000 + 2 * QOS - 1, &[Event::Tick]).is_empty());
+    assert_eq!(
+        feed(&mut p, 1_000 + 2 * QOS, &[Event::Tick]),
+        vec![Action::ResumeWrites]
+    );
+    assert!(p.accepts_writes());
+}
+
+#[test]
+fn agent_mode_trouble_ends_early_when_the_backup_stands_down() {
+    let (mut p, _, _) = pair(false);
+    feed(&mut p, 1_000, &[Event::PartnerLost]);
+    assert_eq!(
+        feed(&mut p, 2_000, &[Event::PartnerStoodDown]),
+        vec![Action::ResumeWrites]
+    );
+    // And when it comes back (as backup, not having taken over).
+    let (mut p, _, _) = pair(false);
+    feed(&mut p, 1_000, &[Event::PartnerLost]);
+    let actions = feed(&mut p, 2_000, &[Event::PartnerConnected]);
+    assert!(actions.contains(&Action::ResumeWrites), "{actions:?}");
+    assert!(
+        !p.active(),
+        "a reconnected backup is not active until it caught up"
+    );
+}
+
+#[test]
+fn losing_a_non_active_backup_changes_nothing() {
+    let mut p = Failover::new(FailoverRole::Primary, QOS);
+    feed(&mut p, 0, &[Event::PartnerConnected]);
+    assert!(feed(&mut p, 1_000, &[Event::PartnerLost]).is_empty());
+    assert!(p.accepts_writes());
+}
+
+#[test]
+fn agent_mode_backup_asks_the_agent_and_reconnects_to_a_running_primary() {
+    let (_, mut b, _) = pair(false);
+    assert_eq!(
+        feed(&mut b, 1_000, &[Event::PartnerLost]),
+        vec![Action::AskAgent]
+    );
+    assert_eq!(b.status(), "Waiting");
+    let actions = feed(&mut b, 1_500, &[Event::Agent(AgentAnswer::PrimaryRunning)]);
+    assert_eq!(actions, vec![Action::StandDown, Action::Reconnect]);
+    assert_eq!(b.role(), FailoverRole::Backup);
+    assert!(!b.active());
+}
+
+#[test]
+fn agent_mode_active_backup_takes_over_when_the_agent_confirms_the_primary_down_in_time() {
+    let (_, mut b, _) = pair(false);
+    feed(&mut b, 1_000, &[Event::PartnerLost]);
+    let actions = feed(
+        &mut b,
+        1_000 + QOS,
+        &[Event::Agent(AgentAnswer::PrimaryDown { journal: false })],
+    );
+    assert_eq!(actions, vec![Action::TakeOver]);
+    assert_eq!(b.role(), FailoverRole::Primary);
+    assert!(b.accepts_writes());
+}
+
+#[test]
+fn after_its_window_a_backup_takes_over_only_with_the_primary_journal() {
+    let (_, mut b, _) = pair(false);
+    feed(&mut b, 1_000, &[Event::PartnerLost]);
+    let late = 1_000 + QOS + 1;
+    let actions = feed(
+        &mut b,
+        late,
+        &[Event::Agent(AgentAnswer::PrimaryDown { journal: false })],
+    );
+    assert!(!actions.contains(&Action::TakeOver), "{actions:?}");
+    assert_eq!(b.role(), FailoverRole::Backup);
+    let actions = feed(
+        &mut b,
+        late + 10,
+        &[Event::Agent(AgentAnswer::PrimaryDown { journal: true })],
+    );
+    assert_eq!(actions, vec![Action::TakeOver]);
+}
+
+#[test]
+fn a_non_active_backup_takes_over_only_with_the_primary_journal_from_its_agent() {
+    let mut b = Failover::new(FailoverRole::Backup, QOS);
+    feed(&mut b, 0, &[Event::PartnerConnected]);
+    feed(&mut b, 1_000, &[Event::PartnerLost]);
+    let actions = feed(
+        &mut b,
+        1_001,
+        &[Event::Agent(AgentAnswer::PrimaryDown { journal: false })],
+    );
+    assert!(actions.is_empty(), "{actions:?}");
+    let actions = feed(
+        &mut b,
+        1_002,
+        &[Event::Agent(AgentAnswer::PrimaryDown { journal: true })],
+    );
+    assert_eq!(actions, vec![Action::TakeOver]);
+}
+
+#[test]
+fn without_the_agent_there_is_no_takeover_and_the_backup_keeps_asking() {
+    // Primary host down (instance and agent), no arbiter: the backup waits.
+    let (_, mut b, _) = pair(false);
+    feed(&mut b, 1_000, &[Event::PartnerLost]);
+    let actions = feed(&mut b, 1_100, &[Event::Agent(AgentAnswer::Unreachable)]);
+    assert!(actions.is_empty(), "{actions:?}");
+    assert_eq!(b.status(), "Waiting");
+    assert_eq!(
+        feed(&mut b, 1_000 + QOS, &[Event::Tick]),
+        vec![Action::AskAgent]
+    );
+    assert_eq!(b.role(), FailoverRole::Backup);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The lost-connection matrix (arbiter mode, all connected beforehand)
+
+#[test]
+fn matrix_backup_arbiter_link_lost() {
+    // Agent mode; primary continues; backup retries the arbiter.
+    let (mut p, mut b, mut book) = pair(true);
+    book.sees_backup = false;
+    assert_eq!(
+        feed(&mut b, 1_000, &[Event::ArbiterLost]),
+        vec![Action::SwitchMode(Mode::Agent)]
+    );
+    let actions = feed(&mut p, 1_000, &[to_primary(book.ask_from_primary())]);
+    assert_eq!(actions, vec![Action::AskPartnerToLeaveArbiterMode]);
+    assert_eq!(
+        feed(&mut p, 1_001, &[Event::PartnerMode(Mode::Agent)]),
+        vec![Action::SwitchMode(Mode::Agent)]
+    );
+    assert!(p.accepts_writes());
+    assert_eq!((p.mode(), b.mode()), (Mode::Agent, Mode::Agent));
+}
+
+#[test]
+fn matrix_primary_arbiter_link_lost() {
+    // Agent mode; primary continues; primary retries the arbiter.
+    let (mut p, mut b, _) = pair(true);
+    assert_eq!(
+        feed(&mut p, 1_000, &[Event::ArbiterLost]),
+        vec![Action::AskPartnerToLeaveArbiterMode]
+    );
+    assert_eq!(
+        p.mode(),
+        Mode::Arbiter,
+        "the primary leaves after the backup"
+    );
+    assert_eq!(
+        feed(&mut b, 1_000, &[Event::PartnerMode(Mode::Agent)]),
+        vec![Action::SwitchMode(Mode::Agent)]
+    );
+    assert_eq!(
+        feed(&mut p, 1_001, &[Event::PartnerMode(Mode::Agent)]),
+        vec![Action::SwitchMode(Mode::Agent)]
+    );
+    assert!(p.accepts_writes());
+    // The arbiter's own report to the backup says the same; nothing more happens.
+    assert!(feed(&mut b, 1_002, &[Event::ArbiterSeesPartner(false)]).is_empty());
+}
+
+#[test]
+fn matrix_members_lose_each_other_but_both_still_see_the_arbiter() {
+    // Agent mode; primary continues; backup reconnects.
+    let (mut p, mut b, mut book) = pair(true);
+    let actions = feed(&mut p, 1_000, &[Event::PartnerLost]);
+    assert_eq!(
+        actions,
+        vec![
+            Action::RevokeActive,
+            Action::SuspendWrites,
+            Action::AskArbiter
+        ]
+    );
+    assert_eq!(p.trouble(), Some(Trouble::Coordinating));
+    assert!(feed(&mut p, 1_001, &[to_primary(book.ask_from_primary())]).is_empty());
+    assert_eq!(
+        feed(&mut b, 1_000, &[Event::PartnerLost]),
+        vec![Action::AskArbiter]
+    );
+    let take_over = book.ask_from_backup();
+    assert!(!take_over);
+    let actions = feed(&mut b, 1_002, &[Event::ArbiterVerdict { take_over }]);
+    assert_eq!(
+        actions,
+        vec![
+            Action::SwitchMode(Mode::Agent),
+            Action::StandDown,
+            Action::Reconnect
+        ]
+    );
+    // The stand-down reaches the primary through the arbiter.
+    let actions = feed(&mut p, 1_003, &[Event::PartnerStoodDown]);
+    assert_eq!(
+        actions,
+        vec![Action::ResumeWrites, Action::SwitchMode(Mode::Agent)]
+    );
+    assert!(p.accepts_writes());
+}
+
+#[test]
+fn matrix_arbiter_down() {
+    // Agent mode; primary continues; both retry the arbiter.
+    let (mut p, mut b, _) = pair(true);
+    feed(&mut b, 1_000, &[Event::ArbiterLost]);
+    feed(&mut p, 1_000, &[Event::ArbiterLost]);
+    feed(&mut p, 1_001, &[Event::PartnerMode(Mode::Agent)]);
+    assert_eq!((p.mode(), b.mode()), (Mode::Agent, Mode::Agent));
+    assert!(p.accepts_writes());
+}
+
+#[test]
+fn matrix_backup_down() {
+    // The primary goes to agent mode and continues.
+    let (mut p, _, mut book) = pair(true);
+    book.sees_backup = false;
+    feed(&mut p, 1_000, &[Event::PartnerLost]);
+    let actions = feed(&mut p, 1_001, &[to_primary(book.ask_from_primary())]);
+    assert_eq!(
+        actions,
+        vec![Action::ResumeWrites, Action::SwitchMode(Mode::Agent)]
+    );
+    assert!(p.accepts_writes());
+    assert!(!book.primary_in_arbiter_mode, "booked as alone");
+    // The backup, if alive and back on the arbiter later, may no longer take over.
+    book.sees_primary = false;
+    assert!(!book.ask_from_backup());
+}
+
+#[test]
+fn matrix_primary_isolated_while_backup_and_arbiter_still_connected() {
+    // The old primary stays in arbiter mode in indefinite trouble; the backup takes over, goes
+    // to agent mode, and forces the old primary down when it is reachable again.
+    let (mut p, mut b, mut book) = pair(true);
+    book.sees_primary = false;
+    feed(&mut p, 1_000, &[Event::ArbiterLost]);
+    let actions = feed(&mut p, 1_000, &[Event::PartnerLost]);
+    assert!(actions.contains(&Action::SuspendWrites), "{actions:?}");
+    assert_eq!(p.trouble(), Some(Trouble::Indefinite));
+    assert_eq!(p.mode(), Mode::Arbiter);
+    feed(&mut b, 1_000, &[Event::PartnerLost]);
+    let take_over = book.ask_from_backup();
+    let actions = feed(&mut b, 1_001, &[Event::ArbiterVerdict { take_over }]);
+    assert_eq!(
+        actions,
+        vec![
+            Action::TakeOver,
+            Action::SwitchMode(Mode::Agent),
+            Action::ForceOtherDown
+        ]
+    );
+    assert!(b.accepts_writes() && !p.accepts_writes());
+    // Much later the old primary hears of it (from the arbiter or the new primary) and stops.
+    book.sees_primary = true;
+    let actions = feed(&mut p, 900_000, &[to_primary(book.ask_from_primary())]);
+    assert_eq!(actions, vec![Action::ShutDown]);
+    assert_eq!(p.status(), "Down");
+}
+
+#[test]
+fn matrix_all_three_links_lost_at_once() {
+    // The primary is in indefinite trouble; the backup goes to agent mode and keeps
+    // reconnecting; when the backup gets back to the primary, the primary resumes.
+    let (mut p, mut b, _) = pair(true);
+    feed(&mut p, 1_000, &[Event::PartnerLost, Event::ArbiterLost]);
+    assert_eq!(p.trouble(), Some(Trouble::Indefinite));
+    let actions = feed(&mut b, 1_000, &[Event::PartnerLost, Event::ArbiterLost]);
+    assert_eq!(
+        actions,
+        vec![
+            Action::AskArbiter,
+            Action::SwitchMode(Mode::Agent),
+            Action::AskAgent
+        ]
+    );
+    feed(&mut b, 1_100, &[Event::Agent(AgentAnswer::Unreachable)]);
+    assert_eq!(b.role(), FailoverRole::Backup);
+    // Still frozen long after 2 × QoS: the trouble timeout does not apply in arbiter mode.
+    feed(&mut p, 1_000 + 10 * QOS, &[Event::Tick]);
+    assert!(!p.accepts_writes());
+    let actions = feed(&mut p, 1_000 + 11 * QOS, &[Event::PartnerConnected]);
+    assert!(actions.contains(&Action::ResumeWrites), "{actions:?}");
+    assert_eq!(p.mode(), Mode::Agent);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The outage list
+
+#[test]
+fn outage_graceful_shutdown_of_the_primary_hands_over_in_either_mode() {
+    for arbiter in [false, true] {
+        let (_, mut b, _) = pair(arbiter);
+        assert_eq!(
+            feed(&mut b, 1_000, &[Event::PartnerHandsOver]),
+            vec![Action::TakeOver]
+        );
+    }
+}
+
+#[test]
+fn outage_backup_and_arbiter_lost_together_freeze_the_primary_one_after_the_other_do_not() {
+    let (mut p, _, _) = pair(true);
+    feed(&mut p, 1_000, &[Event::PartnerLost, Event::ArbiterLost]);
+    feed(&mut p, 1_000 + 100 * QOS, &[Event::Tick]);
+    assert_eq!(p.trouble(), Some(Trouble::Indefinite));
+
+    // Arbiter first (the pair leaves arbiter mode together), then the backup: a brief pause.
+    let (mut p, mut b, _) = pair(true);
+    feed(&mut p, 1_000, &[Event::ArbiterLost]);
+    feed(&mut b, 1_000, &[Event::PartnerMode(Mode::Agent)]);
+    feed(&mut p, 1_001, &[Event::PartnerMode(Mode::Agent)]);
+    feed(&mut p, 5_000, &[Event::PartnerLost]);
+    assert_eq!(p.trouble(), Some(Trouble::Until(5_000 + 2 * QOS)));
+    feed(&mut p, 5_000 + 2 * QOS, &[Event::Tick]);
+    assert!(p.accepts_writes());
+}
+
+#[test]
+fn outage_arbiter_loss_alone_never_interrupts_the_primary() {
+    let (mut p, _, _) = pair(true);
+    let actions = feed(&mut p, 1_000, &[Event::ArbiterLost]);
+    assert!(!actions.contains(&Action::SuspendWrites));
+    assert!(p.accepts_writes());
+}
+
+#[test]
+fn no_failover_and_unready_databases_block_every_takeover() {
+    for blocker in [Event::NoFailover(true), Event::DatabasesReady(false)] {
+        let (_, mut b, _) = pair(false);
+        feed(&mut b, 0, &[blocker]);
+        feed(&mut b, 1_000, &[Event::PartnerLost]);
+        let actions = feed(
+            &mut b,
+            1_001,
+            &[Event::Agent(AgentAnswer::PrimaryDown { journal: true })],
+        );
+        assert!(!actions.contains(&Action::TakeOver), "{actions:?}");
+        let (_, mut b, _) = pair(false);
+        feed(&mut b, 0, &[blocker]);
+        assert!(!feed(&mut b, 1_000, &[Event::PartnerHandsOver]).contains(&Action::TakeOver));
+        let (_, mut b, mut book) = pair(true);
+        feed(&mut b, 0, &[blocker]);
+        book.sees_primary = false;
+        feed(&mut b, 1_000, &[Event::PartnerLost]);
+        let take_over = book.ask_from_backup();
+        let actions = feed(&mut b, 1_001, &[Event::ArbiterVerdict { take_over }]);
+        assert!(!actions.contains(&Action::TakeOver), "{actions:?}");
+    }
+    // Cleared again, the takeover goes through.
+    let (_, mut b, _) = pair(false);
+    feed(
+        &mut b,
+        0,
+        &[Event::NoFailover(true), Event::NoFailover(false)],
+    );
+    assert_eq!(
+        feed(&mut b, 1_000, &[Event::PartnerHandsOver]),
+        vec![Action::TakeOver]
+    );
+}
+
+#[test]
+fn the_arbiter_book_answers_one_question_at_a_time() {
+    let mut book = ArbiterBook {
+        sees_primary: false,
+        sees_backup: false,
+        primary_in_arbiter_mode: true,
+        backup_took_over: false,
+    };
+    // The primary asked first: booked alone, so the backup may not take over.
+    let mut first = book.clone();
+    assert_eq!(first.ask_from_primary(), ToPrimary::SeesBackup(false));
+    assert!(!first.ask_from_backup());
+    // The backup asked first: the takeover is booked and the primary is told.
+    assert!(book.ask_from_backup());
+    assert_eq!(book.ask_from_primary(), ToPrimary::BackupTookOver);
+}
