@@ -82,6 +82,9 @@ impl TemporaryMember {
         let web = format!("127.0.0.1:{}", free_port()?);
         let superserver = format!("127.0.0.1:{}", free_port()?);
         let agent = format!("127.0.0.1:{}", free_port()?);
+        // One file for both streams: two handles would each keep their own offset and
+        // overwrite each other's lines.
+        let log = std::fs::File::create(log_path(&dir))?;
         let child = Command::new(std::env::current_exe()?)
             .arg("member")
             .arg("--data-dir")
@@ -99,8 +102,8 @@ impl TemporaryMember {
             .stdin(Stdio::null())
             // The member's own log goes to a file beside its data: a process that inherited the
             // benchmark's output would hold it open after the benchmark ends.
-            .stdout(std::fs::File::create(log_path(&dir))?)
-            .stderr(std::fs::File::create(log_path(&dir))?)
+            .stdout(log.try_clone()?)
+            .stderr(log)
             .spawn()?;
         let member = TemporaryMember {
             child,

@@ -276,6 +276,17 @@ async fn all_names(member: &TestMember) -> std::collections::HashSet<String> {
         .collect()
 }
 
+/// Every acknowledged company name is on `member` (called `who` in the message).
+async fn assert_all_present(member: &TestMember, acked: &[String], who: &str) {
+    let present = all_names(member).await;
+    for name in acked {
+        assert!(
+            present.contains(name),
+            "acknowledged {name} is missing on {who}"
+        );
+    }
+}
+
 async fn stop_writers(
     stop: &std::sync::atomic::AtomicBool,
     writers: Vec<tokio::task::JoinHandle<Vec<String>>>,
@@ -337,10 +348,7 @@ async fn a_copy_made_during_freeze_while_applications_write_catches_up() {
         wait_dejournaling(&b, db).await;
     }
     assert_identical(&a, &b).await;
-    let on_b = all_names(&b).await;
-    for name in &acked {
-        assert!(on_b.contains(name), "acknowledged {name} is missing on B");
-    }
+    assert_all_present(&b, &acked, "B").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -371,10 +379,7 @@ async fn a_backup_killed_mid_stream_catches_up_without_losing_or_repeating() {
     })
     .await;
     assert_identical(&a, &b).await;
-    let on_b = all_names(&b).await;
-    for name in &acked {
-        assert!(on_b.contains(name), "acknowledged {name} is missing on B");
-    }
+    assert_all_present(&b, &acked, "B").await;
     for db in DATABASES {
         assert_eq!(b.db_status(db).await, "Dejournaling", "{db}");
     }
@@ -407,10 +412,7 @@ async fn a_restarted_primary_is_followed_again() {
     b.wait_mirror(20, "an active backup again", |v| v["status"] == "Backup")
         .await;
     assert_identical(&a, &b).await;
-    let on_a = all_names(&a).await;
-    for name in &acked {
-        assert!(on_a.contains(name), "acknowledged {name} is missing on A");
-    }
+    assert_all_present(&a, &acked, "A").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

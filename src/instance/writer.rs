@@ -810,14 +810,7 @@ impl Writer {
         tracing::info!("mounted {name}");
         let mut message = format!("{name} mounted");
         if mirrored && !self.is_primary() {
-            let activated = self
-                .config
-                .get()
-                .mirror
-                .membership
-                .as_ref()
-                .is_some_and(|m| m.activated.contains(name));
-            if activated {
+            if self.config.get().mirror.activated(name) {
                 let _ = self.start_catchup(name);
                 message.push_str("; catching up from the mirror journal");
             } else {

@@ -316,6 +316,13 @@ pub struct MirrorConfig {
 }
 
 impl MirrorConfig {
+    /// Whether `db` was activated on this member (a copy the journal may be applied to).
+    pub fn activated(&self, db: &DbName) -> bool {
+        self.membership
+            .as_ref()
+            .is_some_and(|m| m.activated.contains(db))
+    }
+
     /// The membership, or the error every mirror action gives outside a mirror.
     pub fn member(&self) -> Result<&Membership> {
         self.membership

@@ -435,12 +435,8 @@ impl Failover {
             return;
         }
         self.active = false;
-        if matches!(
-            self.trouble,
-            Some(Trouble::Until(_)) | Some(Trouble::Coordinating) | Some(Trouble::Indefinite)
-        ) {
-            self.leave_trouble(out);
-        }
+        // Whatever kind of trouble: the backup will not take over.
+        self.leave_trouble(out);
         // The backup stands down only in agent mode: the primary follows.
         if self.mode == Mode::Arbiter {
             self.mode = Mode::Agent;

@@ -231,11 +231,7 @@ impl MirrorContext {
     /// Facts about one mirrored database here, for the status rules.
     pub fn database_facts(&self, name: &crate::names::DbName) -> status::DatabaseFacts {
         let config = self.config.get();
-        let activated = config
-            .mirror
-            .membership
-            .as_ref()
-            .is_some_and(|m| m.activated.contains(name));
+        let activated = config.mirror.activated(name);
         let state = self.catalog.snapshot();
         let entry = state.databases.get(name);
         let runtime = self.mirror.database(name);

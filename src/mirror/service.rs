@@ -636,14 +636,7 @@ impl MirrorService {
     /// Catchup a copy (backup): fetches older journal from the primary first when needed.
     pub async fn catchup(&self, db: DbName) -> Result<String> {
         let entry = self.context.catalog.snapshot().database(&db)?.clone();
-        let activated = self
-            .context
-            .config
-            .get()
-            .mirror
-            .membership
-            .as_ref()
-            .is_some_and(|m| m.activated.contains(&db));
+        let activated = self.context.config.get().mirror.activated(&db);
         // Nothing is fetched for a copy the user has not activated; the writer says why.
         if self.context.mirror.role() == Role::Backup
             && activated
