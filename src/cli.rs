@@ -128,6 +128,7 @@ pub fn main() -> ExitCode {
                 host_name: args.host(),
                 instance_name: args.instance_name.to_ascii_uppercase(),
                 superserver: args.superserver.clone(),
+                data_dir: args.data_dir.clone(),
             };
             runtime().block_on(crate::server::run_member(settings))
         }

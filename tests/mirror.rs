@@ -18,8 +18,27 @@ async fn pair(qos_ms: u64) -> (TestMember, TestMember) {
 
 /// A started pair whose members got `extra` arguments.
 async fn pair_with(qos_ms: u64, extra: &[&str]) -> (TestMember, TestMember) {
+    let (a, b, _) = pair_full(qos_ms, extra, false).await;
+    (a, b)
+}
+
+/// A started pair; with `proxied`, B's data channel to A runs through a fault-injecting proxy
+/// (A's mirror private address is the proxy's).
+async fn pair_full(
+    qos_ms: u64,
+    extra: &[&str],
+    proxied: bool,
+) -> (TestMember, TestMember, Option<common::Proxy>) {
     let a = TestMember::start_with("mirrora", extra).await;
     let b = TestMember::start_with("mirrorb", extra).await;
+    let proxy = match proxied {
+        true => Some(common::Proxy::start(&a.superserver).await),
+        false => None,
+    };
+    let private = proxy
+        .as_ref()
+        .map(|p| p.address.clone())
+        .unwrap_or_else(|| a.superserver.clone());
     a.ok("/api/mirror/service", json!({"enabled": true})).await;
     a.ok(
         "/api/mirror/create",
@@ -27,6 +46,7 @@ async fn pair_with(qos_ms: u64, extra: &[&str]) -> (TestMember, TestMember) {
             "mirror_name": "mirrorset",
             "use_arbiter": false,
             "superserver_address": a.superserver,
+            "mirror_private_address": private,
             "agent_address": "127.0.0.1",
             "agent_port": a.agent_port(),
             "qos_timeout_ms": qos_ms,
@@ -67,7 +87,7 @@ async fn pair_with(qos_ms: u64, extra: &[&str]) -> (TestMember, TestMember) {
         TestMember::member_row(&view, "MIRRORA/IRIS")["status"],
         "Primary"
     );
-    (a, b)
+    (a, b, proxy)
 }
 
 /// Adds the demo databases to the mirror on A and copies them to B with `cp`.
@@ -386,11 +406,13 @@ async fn a_backup_killed_mid_stream_catches_up_without_losing_or_repeating() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_restarted_primary_is_followed_again() {
+async fn a_restarted_primary_resumes_when_the_backup_could_not_take_over() {
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
     let (a, b) = pair(1000).await;
-    mirror_databases(&a, &b).await;
+    // Mirrored on A, but B has no copies: it may not take over.
+    a.ok("/api/mirror/add-databases", json!({"databases": DATABASES}))
+        .await;
     let a = Arc::new(a);
     let stop = Arc::new(AtomicBool::new(false));
     let writers = start_writers(&a, 4, "akill", stop.clone());
@@ -401,6 +423,9 @@ async fn a_restarted_primary_is_followed_again() {
             .await;
         a.start_instance().await;
         a.wait_ready().await;
+        // A asks B who is primary before it resumes.
+        a.wait_mirror(15, "primary again", |v| v["role"] == "Primary")
+            .await;
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
     let acked = stop_writers(&stop, writers).await;
@@ -409,10 +434,201 @@ async fn a_restarted_primary_is_followed_again() {
         "the writers barely wrote: {}",
         acked.len()
     );
-    b.wait_mirror(20, "an active backup again", |v| v["status"] == "Backup")
+    let view = b
+        .wait_mirror(20, "a backup again", |v| v["status"] == "Backup")
         .await;
-    assert_identical(&a, &b).await;
+    assert_eq!(view["role"], "Backup");
     assert_all_present(&a, &acked, "A").await;
+    assert_eq!(b.get("/api/mirror").await.1["role"], "Backup");
+}
+
+/// Writers inserting companies on whichever member accepts them (A first); returns the names
+/// acknowledged.
+fn start_writers_on_primary(
+    members: [std::sync::Arc<TestMember>; 2],
+    count: usize,
+    prefix: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+    (0..count)
+        .map(|w| {
+            let (members, stop, prefix) = (members.clone(), stop.clone(), prefix.to_string());
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let mut target = 0;
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let name = format!("{prefix}-{w}-{n}");
+                    let body = json!({ "name": name });
+                    match members[target].post("/api/apps/companies", body).await {
+                        Ok((201, _)) => acked.push(name),
+                        Ok(_) | Err(_) => {
+                            target = 1 - target;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+                acked
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_backup_takes_over_when_the_primary_dies_and_the_old_primary_rejoins() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let (a, b) = pair(1000).await;
+    mirror_databases(&a, &b).await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers_on_primary([a.clone(), b.clone()], 4, "takeover", stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Step 10 of the walk-through: kill the primary's instance (its agent stays).
+    let killed = std::time::Instant::now();
+    a.kill_instance().await;
+    let view = b
+        .wait_mirror(10, "the primary", |v| {
+            v["role"] == "Primary" && v["status"] == "Primary"
+        })
+        .await;
+    eprintln!("B took over {:?} after the kill", killed.elapsed());
+    assert!(
+        view["failover_note"].as_str().unwrap().contains("epoch 2"),
+        "{view}"
+    );
+    let status = b
+        .client
+        .get(format!("{}/mirror_status", b.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status().as_u16(), 200);
+    // The applications keep working on B.
+    let (created, _) = b
+        .post("/api/apps/companies", json!({"name": "written on B"}))
+        .await
+        .unwrap();
+    assert_eq!(created, 201);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A comes back, learns that B took over, and follows it.
+    a.start_instance().await;
+    a.wait_ready().await;
+    let view = a
+        .wait_mirror(20, "B's backup", |v| {
+            v["role"] == "Backup" && v["status"] == "Backup"
+        })
+        .await;
+    assert_eq!(
+        TestMember::member_row(&view, "MIRRORB/IRIS")["status"],
+        "Primary"
+    );
+    b.wait_mirror(20, "with A as active backup", |v| {
+        TestMember::member_row(v, "MIRRORA/IRIS")["journal_transfer"] == "Active"
+    })
+    .await;
+    let status = a
+        .client
+        .get(format!("{}/mirror_status", a.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status().as_u16(), 503);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let acked = stop_writers(&stop, writers).await;
+    assert!(
+        acked.len() > 20,
+        "the writers barely wrote: {}",
+        acked.len()
+    );
+    // No acknowledged write is lost, and both members converge.
+    assert_all_present(&b, &acked, "B").await;
+    assert_identical(&a, &b).await;
+    for db in DATABASES {
+        assert_eq!(a.db_status(db).await, "Dejournaling", "{db}");
+        assert_eq!(b.db_status(db).await, "Normal", "{db}");
+    }
+    // A is read-only now.
+    let (status, _) = a
+        .post("/api/apps/companies", json!({"name": "refused on A"}))
+        .await
+        .unwrap();
+    assert_eq!(status, 409);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_divergent_tail_is_undone_and_quarantined_when_the_old_primary_rejoins() {
+    let (a, b, proxy) = pair_full(3000, &[], true).await;
+    let proxy = proxy.unwrap();
+    mirror_databases(&a, &b).await;
+    created(&a, "/api/apps/companies", json!({"name": "before"})).await;
+    assert_identical(&a, &b).await;
+
+    // Nothing reaches B any more; A commits a write locally that it can never acknowledge.
+    proxy.hold.store(true, std::sync::atomic::Ordering::Relaxed);
+    let a = std::sync::Arc::new(a);
+    let pending = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.post("/api/apps/companies", json!({"name": "never acknowledged"}))
+                .await
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !all_names(&a).await.contains("never acknowledged") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write never ran on A"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!pending.is_finished(), "acknowledged without the backup");
+
+    // A dies; B, active and inside its window, takes over without that record.
+    a.kill_instance().await;
+    b.wait_mirror(10, "the primary", |v| v["role"] == "Primary")
+        .await;
+    match pending.await.unwrap() {
+        Ok((status, body)) => assert_ne!(status, 201, "{body}"),
+        Err(_) => {}
+    }
+    assert!(!all_names(&b).await.contains("never acknowledged"));
+    created(
+        &b,
+        "/api/apps/companies",
+        json!({"name": "after the takeover"}),
+    )
+    .await;
+
+    // A comes back: its tail is undone, kept in quarantine, and it follows B.
+    a.start_instance().await;
+    a.wait_ready().await;
+    let view = a
+        .wait_mirror(20, "B's backup", |v| v["status"] == "Backup")
+        .await;
+    let quarantine = &view["quarantine"];
+    assert!(quarantine["count"].as_u64().unwrap() >= 1, "{view}");
+    assert!(
+        quarantine["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["table"] == "Company"
+                && r["operation"] == "INSERT"
+                && r["new"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|v| v == "never acknowledged")),
+        "{quarantine}"
+    );
+    assert_identical(&a, &b).await;
+    let on_a = all_names(&a).await;
+    assert!(on_a.contains("after the takeover") && on_a.contains("before"));
+    assert!(!on_a.contains("never acknowledged"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -13,7 +13,15 @@
 //!
 //! Length-prefixed JSON frames ([`crate::wire`]): a request `{"op": "status" | "start" | "stop"}`
 //! gets one [`AgentReply`] with the instance's state (`running` with its pid, or `down` with the
-//! reason it ended).
+//! reason it ended). For the failover rules it also answers:
+//!
+//! - `confirm_down`: the backup lost the primary and asks whether its instance is down. A
+//!   running instance is probed on its superserver port; one that accepts the connection but
+//!   does not answer within the given time is hung, and the agent forces it down (SIGKILL) before
+//!   it answers "down". A forced-down instance stays down until someone starts it.
+//! - `mirror_role`: a restarted former primary asks the other failover member who it says the
+//!   primary is, and in which epoch. A running instance is asked; for a down one the agent reads
+//!   its configuration file.
 //!
 //! # Signals
 //!
@@ -22,8 +30,8 @@
 //!
 //! # Left out
 //!
-//! Serving a down instance's journal, forcing a hung instance down and the arbiter role: they
-//! come with automatic failover.
+//! Serving a down instance's journal (so a backup that was not active could still take over)
+//! and the arbiter role.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -54,6 +62,17 @@ pub enum AgentRequest {
     Start,
     /// Stop the instance gracefully.
     Stop,
+    /// Confirm that the instance is down; force it down when it runs but does not answer on its
+    /// superserver port within `timeout_ms` (hung).
+    ConfirmDown {
+        /// How long the instance may take to answer.
+        timeout_ms: u64,
+    },
+    /// Who the instance says is the primary of `mirror_name`, and in which epoch.
+    MirrorRole {
+        /// The mirror.
+        mirror_name: String,
+    },
     /// Describe the instance's mirror (Join as Failover, first step).
     MirrorInfo {
         /// The mirror the joining member names.
@@ -92,6 +111,22 @@ pub struct AgentReply {
     /// The mirror's description (answer to `mirror_info`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<crate::mirror::protocol::MirrorDescription>,
+    /// The answer to `mirror_role`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<RoleReport>,
+}
+
+/// What an instance says about its mirror's primary (answer to `mirror_role`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleReport {
+    /// Whether it belongs to the mirror at all.
+    pub member: bool,
+    /// Whether the instance runs (false: read from its configuration file).
+    pub running: bool,
+    /// The member it names as primary.
+    pub primary: Option<String>,
+    /// Its epoch.
+    pub epoch: u64,
 }
 
 /// How the agent starts its instance.
@@ -109,6 +144,8 @@ pub struct AgentSettings {
     pub instance_name: String,
     /// The instance's superserver address (to ask it about its mirror).
     pub superserver: String,
+    /// The instance's data directory (its configuration is read there while it is down).
+    pub data_dir: PathBuf,
 }
 
 struct Supervisor {
@@ -130,6 +167,7 @@ impl Supervisor {
             instance: self.status(),
             host: self.settings.host_name.clone(),
             mirror: None,
+            role: None,
         }
     }
 
@@ -184,6 +222,92 @@ impl Supervisor {
             supervisor.exits.send_modify(|n| *n += 1);
         });
         self.reply(true, format!("the instance started (pid {pid})"))
+    }
+
+    /// Kills the instance (SIGKILL) and waits until it is gone.
+    async fn force_down(&self, why: &str) -> AgentReply {
+        let mut exits = self.exits.subscribe();
+        let before = *exits.borrow_and_update();
+        let Some(pid) = self.status().pid else {
+            return self.reply(true, "the instance is down");
+        };
+        tracing::warn!("agent: forcing the instance (pid {pid}) down: {why}");
+        if let Err(err) = send_signal(pid, Signal::Kill) {
+            return self.reply(false, format!("could not force the instance down: {err}"));
+        }
+        let _ = exits.wait_for(|n| *n != before).await;
+        self.reply(true, format!("the instance was forced down: {why}"))
+    }
+
+    /// See [`AgentRequest::ConfirmDown`].
+    async fn confirm_down(&self, timeout: Duration) -> AgentReply {
+        if self.status().state != "running" {
+            return self.reply(true, "the instance is down");
+        }
+        let address = local_address(&self.settings.superserver);
+        let probe = tokio::task::spawn_blocking(move || probe_instance(&address, timeout)).await;
+        match probe {
+            Ok(Probe::Silent) => {
+                self.force_down(&format!(
+                    "it did not answer within {} ms (hung)",
+                    timeout.as_millis()
+                ))
+                .await
+            }
+            Ok(Probe::Answered) => self.reply(true, "the instance is running"),
+            Ok(Probe::NotListening) => self.reply(
+                true,
+                "the instance is running but not listening yet (starting up)",
+            ),
+            Err(err) => self.reply(false, format!("probe failed: {err}")),
+        }
+    }
+
+    /// See [`AgentRequest::MirrorRole`].
+    async fn mirror_role(&self, mirror_name: String) -> AgentReply {
+        if self.status().state == "running" {
+            let address = local_address(&self.settings.superserver);
+            let name = mirror_name.clone();
+            let asked = tokio::task::spawn_blocking(move || ask_instance(&address, &name)).await;
+            let report = match asked {
+                Ok(Ok(description)) => RoleReport {
+                    member: true,
+                    running: true,
+                    primary: Some(description.primary).filter(|p| !p.is_empty()),
+                    epoch: description.epoch,
+                },
+                Ok(Err(Error::Conflict(_))) => RoleReport {
+                    member: false,
+                    running: true,
+                    primary: None,
+                    epoch: 0,
+                },
+                Ok(Err(err)) => return self.reply(false, err.to_string()),
+                Err(err) => return self.reply(false, err.to_string()),
+            };
+            return AgentReply {
+                role: Some(report),
+                ..self.reply(true, "mirror role")
+            };
+        }
+        let config = match crate::instance::config::read_config(&self.settings.data_dir) {
+            Ok(config) => config,
+            Err(err) => return self.reply(false, err.to_string()),
+        };
+        let membership = config
+            .as_ref()
+            .and_then(|c| c.mirror.membership.as_ref())
+            .filter(|m| m.mirror.name == mirror_name);
+        let report = RoleReport {
+            member: membership.is_some(),
+            running: false,
+            primary: membership.and_then(|m| m.primary_name.clone()),
+            epoch: config.as_ref().map(|c| c.epoch).unwrap_or(0),
+        };
+        AgentReply {
+            role: Some(report),
+            ..self.reply(true, "mirror role (the instance is down)")
+        }
     }
 
     /// Stops the instance gracefully; kills it if it does not stop within [`STOP_TIMEOUT`].
@@ -282,6 +406,46 @@ fn ask_instance(
     }
 }
 
+/// How a running instance reacted to a probe.
+enum Probe {
+    /// It answered: alive.
+    Answered,
+    /// Nothing listens on its port: it is starting up (or stopping), not hung.
+    NotListening,
+    /// It took the connection but said nothing in time: hung.
+    Silent,
+}
+
+fn probe_instance(address: &str, timeout: Duration) -> Probe {
+    use crate::mirror::protocol::{Control, read_message, write_control};
+    use std::io::Write;
+    let Ok(addr) = address.parse::<std::net::SocketAddr>() else {
+        return Probe::NotListening;
+    };
+    let mut stream = match std::net::TcpStream::connect_timeout(&addr, timeout) {
+        Ok(stream) => stream,
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Probe::NotListening;
+        }
+        Err(_) => return Probe::Silent,
+    };
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
+    let asked = write_control(
+        &mut stream,
+        &Control::Info {
+            mirror_name: String::new(),
+        },
+    )
+    .and_then(|_| stream.flush().map_err(Error::from));
+    match asked.and_then(|_| read_message(&mut stream)) {
+        Ok(_) => Probe::Answered,
+        Err(Error::Io(_)) => Probe::Silent,
+        // Anything it said, even nonsense, shows it is alive.
+        Err(_) => Probe::Answered,
+    }
+}
+
 fn describe_exit(exit: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (exit.code(), exit.signal()) {
@@ -301,6 +465,12 @@ async fn serve_connection(supervisor: Arc<Supervisor>, mut stream: TcpStream) ->
                 mirror_name,
                 instance_name,
             } => supervisor.mirror_info(mirror_name, instance_name).await,
+            AgentRequest::ConfirmDown { timeout_ms } => {
+                supervisor
+                    .confirm_down(Duration::from_millis(timeout_ms.clamp(100, 60_000)))
+                    .await
+            }
+            AgentRequest::MirrorRole { mirror_name } => supervisor.mirror_role(mirror_name).await,
         };
         write_frame(&mut stream, &reply).await?;
     }
@@ -359,6 +529,23 @@ pub async fn run(
     tracing::info!("agent: stopping the instance");
     supervisor.stop().await;
     Ok(())
+}
+
+/// [`call`] from a thread outside the async runtime, giving up after `timeout`.
+pub fn call_blocking(
+    address: &str,
+    request: AgentRequest,
+    timeout: Duration,
+) -> Result<AgentReply> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("start a runtime: {e}")))?;
+    runtime.block_on(async {
+        tokio::time::timeout(timeout, call(address, request))
+            .await
+            .map_err(|_| Error::Unavailable(format!("agent at {address} did not answer in time")))?
+    })
 }
 
 /// Sends one request to an agent and returns its reply.

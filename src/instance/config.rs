@@ -193,6 +193,22 @@ impl ConfigStore {
     }
 }
 
+/// Reads `<data_dir>/mirrorlab.cpf` without creating or changing anything (the agent reads a
+/// down instance's configuration this way). None when there is none.
+pub fn read_config(data_dir: &Path) -> Result<Option<InstanceConfig>> {
+    let path = data_dir.join(CONFIG_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            Error::Corrupt(format!(
+                "configuration file {} is not valid: {e}",
+                path.display()
+            ))
+        }),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err).io_context(format!("read {}", path.display())),
+    }
+}
+
 /// The catalog (runtime view) that a configuration describes, for a member that is (or is not)
 /// the primary. A mirrored database is writable only on the primary; everywhere else it is a
 /// read-only copy the journal is applied to.

@@ -246,7 +246,16 @@ impl Instance {
                 mirror.set_journal(Some(mj.shared()));
                 mirror_journal = Some(mj);
             }
-            if m.was_primary {
+            let other_failover = m
+                .others
+                .iter()
+                .any(|o| o.kind == crate::mirror::config::MemberKind::Failover);
+            if m.was_primary && other_failover {
+                // The other failover member may have taken over while this one was down: start
+                // read-only and let the failover driver find out (see mirror::driver).
+                mirror.set_role(Role::Backup);
+                mirror.set_deciding(true);
+            } else if m.was_primary {
                 mirror.set_role(Role::Primary);
                 if let Some(mj) = &mirror_journal {
                     mirror.hub.reset(mj.end());

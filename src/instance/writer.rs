@@ -60,6 +60,7 @@ use tokio::sync::oneshot;
 use crate::error::{Error, Result};
 use crate::journal::{FrameBuilder, Journal, JournalPos, JournalShared, RecordBody};
 use crate::mirror::config::MirroredDatabase;
+use crate::mirror::hub::Acknowledged;
 use crate::mirror::state::{CatchupPhase, MirrorState, Role};
 use crate::names::{DbName, NamespaceName};
 use crate::storage::database::{
@@ -148,6 +149,32 @@ pub enum MirrorCommand {
         /// Answer.
         reply: Reply<String>,
     },
+    /// Become the primary: a backup taking over (`new_epoch`), or a restarted former primary
+    /// that learned it still is one. The journal is taken from `source` only once every copy
+    /// holds everything in it; on a refusal it stays there.
+    BecomePrimary {
+        /// The receiver's mirror journal.
+        source: crate::mirror::receiver::SharedJournal,
+        /// Start a new epoch (a takeover).
+        new_epoch: bool,
+        /// Answer.
+        reply: Reply<String>,
+    },
+    /// A restarted former primary learned that `primary` took over: follow it as backup.
+    Demote {
+        /// The member now primary.
+        primary: String,
+        /// Answer.
+        reply: Reply<String>,
+    },
+    /// Undo what the copies here applied after `after` (a divergent tail), keeping its rows in
+    /// quarantine, before the journal is cut there.
+    RollBack {
+        /// The last position shared with the primary.
+        after: JournalPos,
+        /// Answer.
+        reply: Reply<String>,
+    },
 }
 
 enum Command {
@@ -214,6 +241,18 @@ impl WriterHandle {
     /// Runs a mirror command (build it with the reply sender given).
     pub async fn mirror<T>(&self, make: impl FnOnce(Reply<T>) -> MirrorCommand) -> Result<T> {
         self.call(|reply| Command::Mirror(make(reply))).await
+    }
+
+    /// [`WriterHandle::mirror`] for threads outside the async runtime (the receiver and the
+    /// failover driver): blocks until the writer answers.
+    pub fn mirror_blocking<T>(&self, make: impl FnOnce(Reply<T>) -> MirrorCommand) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(Command::Mirror(make(reply))).is_err() {
+            return Err(self.unavailable());
+        }
+        answer
+            .blocking_recv()
+            .unwrap_or_else(|_| Err(self.unavailable()))
     }
 
     /// Asks the writer to apply what the mirror journal received (coalesced: at most one
@@ -942,8 +981,218 @@ impl Writer {
             MirrorCommand::Leave { reply } => {
                 let _ = reply.send(self.leave());
             }
+            MirrorCommand::BecomePrimary {
+                source,
+                new_epoch,
+                reply,
+            } => match self.become_primary(&source, new_epoch) {
+                Err(Fatal(why)) => {
+                    let _ = reply.send(Err(Error::Unavailable(why.clone())));
+                    return Err(Fatal(why));
+                }
+                Ok(answer) => {
+                    let _ = reply.send(answer);
+                }
+            },
+            MirrorCommand::Demote { primary, reply } => {
+                let _ = reply.send(self.demote(primary));
+            }
+            MirrorCommand::RollBack { after, reply } => {
+                let _ = reply.send(self.roll_back(after));
+            }
         }
         Ok(())
+    }
+
+    /// See [`MirrorCommand::BecomePrimary`].
+    fn become_primary(
+        &mut self,
+        source: &crate::mirror::receiver::SharedJournal,
+        new_epoch: bool,
+    ) -> Result<Result<String>, Fatal> {
+        let config = self.config.get();
+        let Some(m) = config.mirror.membership.clone() else {
+            return Ok(Err(Error::Conflict("not a mirror member".into())));
+        };
+        let Some(journal) = self.mirror.journal() else {
+            return Ok(Err(Error::Conflict(
+                "this member has no mirror journal".into(),
+            )));
+        };
+        let end = journal.durable_end();
+        // Everything this member holds durably counts now — including records the old primary
+        // had not yet announced as durable: they may have been acknowledged to clients. Every
+        // copy of the mirror here is brought up to the journal's end before any write.
+        let state = self.catalog.snapshot();
+        for db in &m.databases {
+            if self.cursors.contains_key(&db.name) {
+                continue;
+            }
+            let Some(entry) = state
+                .databases
+                .get(&db.name)
+                .filter(|e| e.mounted && e.mirrored.is_some())
+            else {
+                continue;
+            };
+            if let Ok(identity) = recovery::identity_of(entry)
+                && identity.stream == m.mirror.id
+            {
+                self.cursors.insert(db.name.clone(), identity.applied_pos);
+            }
+        }
+        self.mirror.set_dejournal_target(end);
+        while let Some(from) = self.cursors.values().min().copied()
+            && from < end
+        {
+            let until = JournalPos(end.0.min(from.0 + DEJOURNAL_CHUNK));
+            if let Err((failed, err)) = self.apply_range(&journal, from, until) {
+                let names: Vec<String> = failed.iter().map(|d| d.to_string()).collect();
+                return Ok(Err(Error::Conflict(format!(
+                    "cannot become primary: applying the mirror journal to {} failed: {err}",
+                    names.join(", ")
+                ))));
+            }
+        }
+        let last_epoch = crate::mirror::last_epoch(&journal).unwrap_or(0);
+        let epoch = if new_epoch {
+            config.epoch.max(last_epoch) + 1
+        } else {
+            config.epoch.max(last_epoch)
+        };
+        let Some(taken) = source.lock().unwrap().take() else {
+            return Ok(Err(Error::Conflict("the mirror journal is in use".into())));
+        };
+        let this = m.this.name.clone();
+        // Durability: the new role and epoch are on disk before the first write of the epoch,
+        // so a crash right after restarts this member as the former primary of that epoch.
+        let stored = self.config.update(|c| {
+            c.epoch = epoch;
+            if let Some(m) = c.mirror.membership.as_mut() {
+                m.was_primary = true;
+                m.primary_name = Some(this.clone());
+                if new_epoch {
+                    m.epochs.push(crate::mirror::config::EpochStart {
+                        epoch,
+                        first: end.0 + 1,
+                    });
+                }
+            }
+            Ok(())
+        });
+        if let Err(err) = stored {
+            *source.lock().unwrap() = Some(taken);
+            return Ok(Err(err));
+        }
+        self.epoch = epoch;
+        self.cursors.clear();
+        self.appliers.clear();
+        for db in &m.databases {
+            self.mirror.update_database(&db.name, |d| {
+                d.dejournaling = false;
+                d.phase = CatchupPhase::Idle;
+                d.applied = end;
+            });
+        }
+        self.mirror.hub.reset(taken.end());
+        self.mirror_journal = Some(taken);
+        self.mirror.set_role(Role::Primary);
+        self.reload_catalog();
+        if new_epoch {
+            let json = serde_json::json!({
+                "event": "became_primary", "member": this, "epoch": epoch
+            })
+            .to_string();
+            self.commit_event(None, &json)?;
+            tracing::warn!(
+                "{this} took over as primary of mirror {} (epoch {epoch})",
+                m.mirror.name
+            );
+            Ok(Ok(format!("{this} is the primary now (epoch {epoch})")))
+        } else {
+            tracing::info!(
+                "{this} resumes as primary of mirror {} (epoch {epoch})",
+                m.mirror.name
+            );
+            Ok(Ok(format!("{this} is the primary again (epoch {epoch})")))
+        }
+    }
+
+    /// See [`MirrorCommand::Demote`]. The former primary's own files are full copies of the
+    /// mirrored databases: they are activated and follow the new primary's journal.
+    fn demote(&mut self, primary: String) -> Result<String> {
+        let config = self.config.get();
+        let m = config.mirror.member()?;
+        let state = self.catalog.snapshot();
+        let copies: Vec<DbName> = m
+            .databases
+            .iter()
+            .filter(|db| {
+                state
+                    .databases
+                    .get(&db.name)
+                    .is_some_and(|e| e.mounted && e.mirrored.is_some())
+            })
+            .map(|db| db.name.clone())
+            .collect();
+        self.config.update(|c| {
+            if let Some(m) = c.mirror.membership.as_mut() {
+                m.was_primary = false;
+                m.primary_name = Some(primary.clone());
+                for db in &copies {
+                    if !m.activated.contains(db) {
+                        m.activated.push(db.clone());
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        self.mirror.set_role(Role::Backup);
+        self.reload_catalog();
+        self.follow_activated_copies();
+        Ok(format!("following {primary} as backup"))
+    }
+
+    /// See [`MirrorCommand::RollBack`].
+    fn roll_back(&mut self, after: JournalPos) -> Result<String> {
+        let config = self.config.get();
+        let m = config.mirror.member()?;
+        let journal = self
+            .mirror
+            .journal()
+            .ok_or_else(|| Error::Conflict("no mirror journal".into()))?;
+        let quarantined =
+            crate::mirror::divergence::quarantine(&journal, after, &self.data_dir, &m.mirror.name)?;
+        let state = self.catalog.snapshot();
+        let mut undone = Vec::new();
+        for db in &m.databases {
+            let Some(entry) = state
+                .databases
+                .get(&db.name)
+                .filter(|e| e.mounted && e.mirrored.is_some())
+            else {
+                continue;
+            };
+            // The applier's open connection must not outlive the undo.
+            self.appliers.remove(&db.name);
+            let records = crate::mirror::divergence::undo(entry, &journal, after)?;
+            if records > 0 {
+                undone.push(format!("{} ({records} records)", db.name));
+            }
+            if let Some(cursor) = self.cursors.get_mut(&db.name) {
+                *cursor = (*cursor).min(after);
+            }
+            self.mirror
+                .update_database(&db.name, |d| d.applied = d.applied.min(after));
+        }
+        Ok(format!(
+            "divergent tail after position {after}: {quarantined} row changes kept in quarantine; undone in {}",
+            if undone.is_empty() {
+                "no database (none had applied it)".to_string()
+            } else {
+                undone.join(", ")
+            }
+        ))
     }
 
     /// Writes one mirror event record and waits for it like a commit. Returns its position.
@@ -1498,9 +1747,21 @@ fn start_acknowledger(mirror: Arc<MirrorState>) -> mpsc::Sender<(JournalPos, Vec
         .name("acknowledger".into())
         .spawn(move || {
             for (last, outcomes) in rx {
-                mirror.hub.wait_acknowledged(last);
-                for (result, reply) in outcomes {
-                    let _ = reply.send(result);
+                match mirror.hub.wait_acknowledged(last) {
+                    Acknowledged::Yes => {
+                        for (result, reply) in outcomes {
+                            let _ = reply.send(result);
+                        }
+                    }
+                    // Not known to be on the backup: the client must not be told it is safe.
+                    Acknowledged::Closed => fail_all(
+                        outcomes,
+                        &Error::Unavailable(
+                            "the instance stopped before the backup acknowledged the write; \
+                             whether it survives is not known"
+                                .into(),
+                        ),
+                    ),
                 }
             }
         })

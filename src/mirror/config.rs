@@ -288,6 +288,34 @@ pub struct Membership {
     /// start-up, depending on whether their journal event was written.
     #[serde(default)]
     pub pending_adds: Vec<MirroredDatabase>,
+    /// Where each epoch after the first began in the mirror journal (every takeover starts
+    /// one). A member that comes back from an older epoch holds only what came before the
+    /// next epoch's start; anything it has after that is a divergent tail.
+    #[serde(default)]
+    pub epochs: Vec<EpochStart>,
+    /// No Failover is set: the backup must not take over.
+    #[serde(default)]
+    pub no_failover: bool,
+}
+
+/// The first journal position of an epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochStart {
+    /// The epoch.
+    pub epoch: u64,
+    /// Its first position.
+    pub first: u64,
+}
+
+/// The last position a member whose newest record is from `last_epoch` shares with the
+/// mirror's history: the position before the first epoch that began after it (None: it shares
+/// everything it has).
+pub fn fork_point(epochs: &[EpochStart], last_epoch: u64) -> Option<u64> {
+    epochs
+        .iter()
+        .filter(|e| e.epoch > last_epoch)
+        .map(|e| e.first.saturating_sub(1))
+        .min()
 }
 
 impl Membership {
@@ -363,6 +391,24 @@ mod tests {
         }
         assert_eq!(default_member_name("mirrorA", "IRIS"), "MIRRORA/IRIS");
         assert_eq!(default_member_name(&"h".repeat(40), "IRIS"), "");
+    }
+
+    #[test]
+    fn the_fork_point_is_before_the_first_newer_epoch() {
+        let epochs = [
+            EpochStart {
+                epoch: 2,
+                first: 1501,
+            },
+            EpochStart {
+                epoch: 3,
+                first: 2001,
+            },
+        ];
+        assert_eq!(fork_point(&epochs, 1), Some(1500));
+        assert_eq!(fork_point(&epochs, 2), Some(2000));
+        assert_eq!(fork_point(&epochs, 3), None);
+        assert_eq!(fork_point(&[], 1), None);
     }
 
     #[test]

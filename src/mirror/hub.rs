@@ -20,11 +20,18 @@
 //! connected becomes *active*: from then on [`Hub::wait_acknowledged`] holds every batch until the
 //! active backup acknowledges it — one round trip for the whole batch (group commit). If the
 //! acknowledgement does not come within the quality of service timeout, the backup loses its
-//! active status and its connection (it reconnects and catches up), and the batch is
-//! acknowledged without it. Asyncs never delay a commit.
+//! active status and its connection (it reconnects and catches up). Asyncs never delay a commit.
 //!
-//! Left out here: the trouble state and the failover rules, which decide what a primary may do
-//! when it loses its backup.
+//! # The trouble state
+//!
+//! Losing an active backup (its connection breaks, or the QoS timeout revokes it) *suspends*
+//! acknowledgements at once, under the same lock that saw the loss: waiting batches stay
+//! unanswered, because the backup may be about to take over without them. Only the failover
+//! rules lift the suspension ([`Hub::resume`]) — when the backup comes back non-active, or when
+//! the trouble timeout has passed and the backup can no longer take over. The hub records every
+//! change of the failover link as a failover [`Event`] for the driver, so none is missed between
+//! two looks. A lift is refused when a newer loss happened since the driver looked (the loss
+//! generation), so a stale decision can never release writes a fresh loss must hold.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +44,7 @@ use crate::journal::{Journal, JournalPos};
 use crate::util::now_ms;
 
 use super::config::{MemberInfo, MemberKind};
+use super::failover::Event;
 use super::protocol::Control;
 
 /// What a member's sender thread is asked to send.
@@ -62,6 +70,8 @@ struct Link {
     connected_ms: i64,
     last_heard_ms: i64,
     dejournaling: String,
+    /// The failover driver was already told this link is lost (revoked before it closed).
+    reported_lost: bool,
 }
 
 /// A connected member as the monitor shows it.
@@ -91,6 +101,32 @@ struct HubState {
     batch_times: VecDeque<(u64, i64)>,
     /// When each member that is not connected lost its connection.
     disconnected: HashMap<String, i64>,
+    /// Acknowledgements are held (the trouble state, see the module essay).
+    suspended: bool,
+    /// Bumped whenever losing an active backup suspends acknowledgements.
+    loss_gen: u64,
+    /// The hub is closing: waiting batches are answered as not acknowledged.
+    closing: bool,
+    /// Changes of the failover link, for the failover driver.
+    events: VecDeque<Event>,
+}
+
+impl HubState {
+    /// An active backup is gone: hold acknowledgements until the failover rules decide.
+    fn lost_active(&mut self) {
+        self.suspended = true;
+        self.loss_gen += 1;
+    }
+}
+
+/// How a wait for the backup ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acknowledged {
+    /// The active backup holds the batch, or there is no active backup to wait for.
+    Yes,
+    /// The hub closed (shutdown, or this member stopped being primary): the batch's clients
+    /// must not be told it is safe.
+    Closed,
 }
 
 /// Batches remembered for lag displays.
@@ -128,6 +164,41 @@ impl Hub {
         let mut state = self.state.lock().unwrap();
         state.appended_end = end;
         state.durable_end = end;
+        state.suspended = false;
+        state.closing = false;
+        state.events.clear();
+    }
+
+    /// Failover link events since the last call, and the loss generation at that moment.
+    pub fn take_events(&self) -> (Vec<Event>, u64) {
+        let mut state = self.state.lock().unwrap();
+        (state.events.drain(..).collect(), state.loss_gen)
+    }
+
+    /// Holds acknowledgements (the failover rules entered the trouble state).
+    pub fn suspend(&self) {
+        self.state.lock().unwrap().suspended = true;
+    }
+
+    /// Releases acknowledgements, unless an active backup was lost after generation `seen`
+    /// (the caller decided without knowing it). True when released.
+    pub fn resume(&self, seen: u64) -> bool {
+        let mut state = self.state.lock().unwrap();
+        if state.loss_gen != seen {
+            return false;
+        }
+        let was = std::mem::replace(&mut state.suspended, false);
+        drop(state);
+        if was {
+            tracing::info!("mirror: the trouble state is over; commits are acknowledged again");
+        }
+        self.acked.notify_all();
+        true
+    }
+
+    /// Whether acknowledgements are held.
+    pub fn suspended(&self) -> bool {
+        self.state.lock().unwrap().suspended
     }
 
     /// The last published and the last durable position.
@@ -181,7 +252,11 @@ impl Hub {
             connected_ms: now,
             last_heard_ms: now,
             dejournaling: String::new(),
+            reported_lost: false,
         });
+        if state.links.last().unwrap().member.kind == MemberKind::Failover {
+            state.events.push_back(Event::PartnerConnected);
+        }
         Ok((id, rx, snapshot))
     }
 
@@ -191,6 +266,14 @@ impl Hub {
         if let Some(i) = state.links.iter().position(|l| l.id == id) {
             let link = state.links.remove(i);
             tracing::warn!("mirror: {} disconnected: {why}", link.member.name);
+            if link.member.kind == MemberKind::Failover && !link.reported_lost {
+                // Ordering: the suspension is set under the lock that removes the link, before
+                // any waiting batch can see that no active backup is left.
+                if link.active {
+                    state.lost_active();
+                }
+                state.events.push_back(Event::PartnerLost);
+            }
             state.disconnected.insert(link.member.name, now_ms());
         }
         drop(state);
@@ -217,6 +300,7 @@ impl Hub {
             let _ = link
                 .tx
                 .send(Outgoing::Control(Box::new(Control::Activated)));
+            state.events.push_back(Event::PartnerActive);
         }
         drop(state);
         self.acked.notify_all();
@@ -275,29 +359,43 @@ impl Hub {
         }
     }
 
-    /// Holds the calling writer until the active backup acknowledged `last`. A backup that does
-    /// not answer within the quality of service timeout loses its active status and its
-    /// connection; the wait then ends. Returns the member whose active status was revoked, if any.
-    pub fn wait_acknowledged(&self, last: JournalPos) -> Option<String> {
+    /// Holds the calling writer until the active backup acknowledged `last`, and while the
+    /// trouble state holds acknowledgements. A backup that does not answer within the quality
+    /// of service timeout loses its active status and its connection, which starts the trouble
+    /// state: the wait then goes on until the failover rules lift it.
+    pub fn wait_acknowledged(&self, last: JournalPos) -> Acknowledged {
         let qos = self.qos();
         let deadline = Instant::now() + qos;
         let mut state = self.state.lock().unwrap();
         loop {
-            let link = state.links.iter_mut().find(|l| l.active)?;
-            if link.acked >= last {
-                return None;
+            if state.closing {
+                return Acknowledged::Closed;
+            }
+            if state.suspended {
+                state = self.acked.wait(state).unwrap();
+                continue;
+            }
+            let Some(i) = state.links.iter().position(|l| l.active) else {
+                return Acknowledged::Yes;
+            };
+            if state.links[i].acked >= last {
+                return Acknowledged::Yes;
             }
             let now = Instant::now();
             if now >= deadline {
-                link.active = false;
-                let name = link.member.name.clone();
                 let why = format!(
                     "it did not acknowledge journal position {last} within the QoS timeout ({} ms)",
                     qos.as_millis()
                 );
+                let link = &mut state.links[i];
+                link.active = false;
+                link.reported_lost = true;
+                let name = link.member.name.clone();
                 let _ = link.tx.send(Outgoing::Close(why.clone()));
                 tracing::warn!("mirror: {name} is no longer the active backup: {why}");
-                return Some(name);
+                state.lost_active();
+                state.events.push_back(Event::PartnerLost);
+                continue;
             }
             state = self.acked.wait_timeout(state, deadline - now).unwrap().0;
         }
@@ -338,9 +436,11 @@ impl Hub {
         self.state.lock().unwrap().links.iter().any(|l| l.active)
     }
 
-    /// Closes every connection (on losing the primary role or shutting down).
+    /// Closes every connection (on losing the primary role or shutting down); batches still
+    /// waiting are answered as not acknowledged.
     pub fn close_all(&self, why: &str) {
         let mut state = self.state.lock().unwrap();
+        state.closing = true;
         for link in state.links.drain(..) {
             let _ = link.tx.send(Outgoing::Close(why.to_string()));
         }
@@ -383,7 +483,7 @@ mod tests {
     }
 
     #[test]
-    fn the_wait_ends_at_the_acknowledgement_or_revokes_after_qos() {
+    fn the_wait_ends_at_the_acknowledgement_or_holds_in_trouble_after_qos() {
         let hub = Arc::new(Hub::new(300));
         hub.reset(JournalPos(0));
         let (id, rx, _) = hub.register(member("B", MemberKind::Failover)).unwrap();
@@ -397,17 +497,56 @@ mod tests {
             })
         };
         let started = Instant::now();
-        assert_eq!(hub.wait_acknowledged(JournalPos(5)), None);
+        assert_eq!(hub.wait_acknowledged(JournalPos(5)), Acknowledged::Yes);
         assert!(started.elapsed() >= Duration::from_millis(40));
         acker.join().unwrap();
-        // Nobody acknowledges position 6: after QoS the backup is revoked and told to go.
-        assert_eq!(hub.wait_acknowledged(JournalPos(6)), Some("B".into()));
+        let (events, _) = hub.take_events();
+        assert_eq!(events, vec![Event::PartnerConnected, Event::PartnerActive]);
+        // Nobody acknowledges position 6: after QoS the backup is revoked and told to go, and
+        // the wait goes on (trouble) until the failover rules resume.
+        let waiter = {
+            let hub = hub.clone();
+            std::thread::spawn(move || hub.wait_acknowledged(JournalPos(6)))
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !hub.suspended() {
+            assert!(Instant::now() < deadline, "never suspended");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert!(!hub.has_active_backup());
-        let closed = rx.try_iter().any(|m| matches!(m, Outgoing::Close(_)));
-        assert!(closed);
+        assert!(rx.try_iter().any(|m| matches!(m, Outgoing::Close(_))));
+        let (events, generation) = hub.take_events();
+        assert_eq!(events, vec![Event::PartnerLost]);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!waiter.is_finished(), "released while in trouble");
+        // A decision taken before a newer loss does not release anything.
+        assert!(!hub.resume(generation - 1));
+        assert!(hub.resume(generation));
+        assert_eq!(waiter.join().unwrap(), Acknowledged::Yes);
+        // The closing link reports nothing twice.
+        hub.unregister(id, "closed");
+        assert_eq!(hub.take_events().0, vec![]);
         // Without an active backup nothing waits.
         let started = Instant::now();
-        assert_eq!(hub.wait_acknowledged(JournalPos(7)), None);
+        assert_eq!(hub.wait_acknowledged(JournalPos(7)), Acknowledged::Yes);
         assert!(started.elapsed() < Duration::from_millis(50));
+    }
+
+    #[test]
+    fn losing_an_active_backup_suspends_at_once_and_closing_answers_no() {
+        let hub = Arc::new(Hub::new(60_000));
+        hub.reset(JournalPos(0));
+        let (id, _rx, _) = hub.register(member("B", MemberKind::Failover)).unwrap();
+        hub.on_ack(id, JournalPos(0));
+        hub.unregister(id, "connection lost");
+        assert!(hub.suspended());
+        let waiter = {
+            let hub = hub.clone();
+            std::thread::spawn(move || hub.wait_acknowledged(JournalPos(1)))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiter.is_finished());
+        hub.close_all("stopping");
+        assert_eq!(waiter.join().unwrap(), Acknowledged::Closed);
     }
 }

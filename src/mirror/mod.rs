@@ -55,6 +55,8 @@
 //! async members, TLS and virtual IPs.
 
 pub mod config;
+pub mod divergence;
+pub mod driver;
 pub mod failover;
 pub mod hub;
 pub mod protocol;
@@ -89,6 +91,18 @@ pub fn journal_exists(dir: &Path, prefix: &str) -> Result<bool> {
         }
     }
     Ok(false)
+}
+
+/// The epoch of the last record of a mirror journal (0 when it is empty).
+pub fn last_epoch(journal: &JournalShared) -> Result<u64> {
+    let end = journal.appended_end();
+    if end == JournalPos::ZERO || end < journal.first_pos() {
+        return Ok(0);
+    }
+    match journal.read_range(JournalPos(end.0 - 1), end).next() {
+        Some(record) => Ok(record?.epoch),
+        None => Ok(0),
+    }
 }
 
 /// Finishes (or drops) Add to Mirror steps a crash interrupted on the primary: when the journal
@@ -189,6 +203,7 @@ impl MirrorContext {
             journal_first: journal.as_ref().map(|j| j.first_pos().0).unwrap_or(1),
             journal_end: journal.as_ref().map(|j| j.durable_end().0).unwrap_or(0),
             epoch: config.epoch,
+            epochs: m.epochs.clone(),
         })
     }
 
@@ -196,7 +211,10 @@ impl MirrorContext {
     pub fn learn(&self, description: &protocol::MirrorDescription) -> Result<()> {
         self.mirror.hub.set_qos(description.mirror.qos_timeout_ms);
         self.config.update(|c| {
+            // The epoch only grows: a member that takes over later starts the next one.
+            c.epoch = c.epoch.max(description.epoch);
             if let Some(m) = c.mirror.membership.as_mut() {
+                m.epochs = description.epochs.clone();
                 m.mirror = description.mirror.clone();
                 m.others = description
                     .members

@@ -60,6 +60,9 @@ pub struct MirrorDescription {
     pub journal_end: u64,
     /// Current epoch.
     pub epoch: u64,
+    /// Where each epoch after the first began.
+    #[serde(default)]
+    pub epochs: Vec<super::config::EpochStart>,
 }
 
 /// Control messages (JSON).
@@ -78,6 +81,9 @@ pub enum Control {
         journal_first: u64,
         /// Last position the member holds.
         journal_end: u64,
+        /// The epoch of the member's last record (0 when it has none).
+        #[serde(default)]
+        last_epoch: u64,
     },
     /// The primary accepts and describes the mirror. When the member holds records the primary
     /// never made durable (the primary restarted), it must first cut its journal after
@@ -87,6 +93,11 @@ pub enum Control {
         description: MirrorDescription,
         /// Cut the member's journal after this position first.
         truncate_after: Option<u64>,
+        /// The cut is a divergent tail: the member was primary in an older epoch and wrote
+        /// records the new primary never had. It must undo what it applied of them and keep
+        /// their rows in quarantine.
+        #[serde(default)]
+        divergent: bool,
         /// The first position the primary will send.
         from: u64,
     },

@@ -9,8 +9,13 @@
 //! primary might not have.
 //!
 //! If the link fails it is retried every second; the monitor shows `Disconnected on <time>`
-//! meanwhile. Taking over as primary when the primary is gone belongs to the failover rules, not
-//! here.
+//! meanwhile. Every change of the link (connected, active, lost) is reported to the failover
+//! driver, which decides about a takeover; while it asks the primary's agent the receiver does
+//! not reconnect (see [`Failover::may_connect`](super::failover::Failover::may_connect)).
+//!
+//! A former primary coming back from an older epoch may be told that the end of its journal is
+//! a *divergent tail*: it first has the writer undo what it applied of it (keeping the rows in
+//! quarantine), and only then cuts its journal.
 
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
@@ -25,6 +30,7 @@ use crate::util::now_ms;
 
 use super::MirrorContext;
 use super::config::MemberInfo;
+use super::failover::Event;
 use super::protocol::{Control, Message, check_frames, read_message, write_ack, write_control};
 
 /// How often the link is tried again after it failed.
@@ -43,9 +49,16 @@ pub fn start(
         .name("mirror-receiver".into())
         .spawn(move || {
             while !stop.load(Ordering::Acquire) {
+                if !context.mirror.may_connect() {
+                    pause(&stop, Duration::from_millis(50));
+                    continue;
+                }
                 let result = receive(&context, &journal, &stop);
                 let now = now_ms();
                 let mut link = context.mirror.link.lock().unwrap();
+                if link.connected {
+                    context.mirror.partner_event(Event::PartnerLost);
+                }
                 if link.connected || link.disconnected_ms.is_none() {
                     link.disconnected_ms = Some(now);
                 }
@@ -58,10 +71,18 @@ pub fn start(
                     link.last_error = Some(err.to_string());
                 }
                 drop(link);
-                std::thread::sleep(RETRY);
+                pause(&stop, RETRY);
             }
         })
         .expect("spawn the mirror receiver")
+}
+
+/// Sleeps for `how_long`, or less when asked to stop.
+fn pause(stop: &AtomicBool, how_long: Duration) {
+    let until = Instant::now() + how_long;
+    while !stop.load(Ordering::Acquire) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The primary this member follows.
@@ -110,9 +131,13 @@ fn receive(context: &Arc<MirrorContext>, shared: &SharedJournal, stop: &AtomicBo
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::with_capacity(1 << 20, stream.try_clone()?);
     let mut writer = BufWriter::new(stream.try_clone()?);
-    let (first, end) = match shared.lock().unwrap().as_ref() {
-        Some(j) => (j.shared().first_pos().0, j.end().0),
-        None => (0, 0),
+    let (first, end, last_epoch) = match shared.lock().unwrap().as_ref() {
+        Some(j) => (
+            j.shared().first_pos().0,
+            j.end().0,
+            super::last_epoch(&j.shared())?,
+        ),
+        None => (0, 0, 0),
     };
     write_control(
         &mut writer,
@@ -122,16 +147,18 @@ fn receive(context: &Arc<MirrorContext>, shared: &SharedJournal, stop: &AtomicBo
             member: membership.this.clone(),
             journal_first: first,
             journal_end: end,
+            last_epoch,
         },
     )?;
     writer.flush()?;
-    let (description, truncate_after, from) = match read_message(&mut reader)? {
+    let (description, truncate_after, divergent, from) = match read_message(&mut reader)? {
         Some(Message::Control(control)) => match *control {
             Control::Welcome {
                 description,
                 truncate_after,
+                divergent,
                 from,
-            } => (description, truncate_after, from),
+            } => (description, truncate_after, divergent, from),
             Control::Refused { reason } => {
                 return Err(Error::Conflict(format!("the primary refused: {reason}")));
             }
@@ -156,10 +183,27 @@ fn receive(context: &Arc<MirrorContext>, shared: &SharedJournal, stop: &AtomicBo
             *guard = Some(journal);
         }
         let journal = guard.as_mut().unwrap();
-        if let Some(cut) = truncate_after {
-            tracing::warn!(
-                "mirror: dropping journal records after {cut} that the primary never made durable"
-            );
+        if let Some(cut) = truncate_after.filter(|cut| *cut < journal.end().0) {
+            if divergent {
+                // Ordering: undo and quarantine first, cut second. A crash in between leaves
+                // the tail in the journal, and the next connection undoes nothing twice (each
+                // copy's applied position says what it holds).
+                tracing::warn!(
+                    "mirror: records after {cut} were written here in an older epoch and never \
+                     reached the new primary: undoing them"
+                );
+                let message = context.writer.mirror_blocking(|reply| {
+                    crate::instance::writer::MirrorCommand::RollBack {
+                        after: JournalPos(cut),
+                        reply,
+                    }
+                })?;
+                tracing::warn!("mirror: {message}");
+            } else {
+                tracing::warn!(
+                    "mirror: dropping journal records after {cut} that the primary never made durable"
+                );
+            }
             journal.truncate_after(JournalPos(cut))?;
             context
                 .mirror
@@ -174,7 +218,9 @@ fn receive(context: &Arc<MirrorContext>, shared: &SharedJournal, stop: &AtomicBo
     }
     {
         let mut link = context.mirror.link.lock().unwrap();
+        context.mirror.partner_event(Event::PartnerConnected);
         link.connected = true;
+        link.last_heard = Some(Instant::now());
         link.primary = Some(primary.clone());
         link.since_ms = now_ms();
         link.disconnected_ms = None;
@@ -184,7 +230,9 @@ fn receive(context: &Arc<MirrorContext>, shared: &SharedJournal, stop: &AtomicBo
         "mirror: connected to primary {} (receiving from position {from})",
         primary.name
     );
-    stream.set_read_timeout(Some(qos.max(Duration::from_secs(1)) * 2))?;
+    // The primary sends something at least every quarter QoS; a QoS without a word means the
+    // link is lost (the failover rules take it from there).
+    stream.set_read_timeout(Some(qos))?;
 
     let mut primary_durable = JournalPos::ZERO;
     let mut pending: Vec<u8> = Vec::new();
@@ -222,6 +270,7 @@ fn receive(context: &Arc<MirrorContext>, shared: &SharedJournal, stop: &AtomicBo
                     Control::Activated => {
                         tracing::info!("mirror: this member is the active backup");
                         context.mirror.link.lock().unwrap().active = true;
+                        context.mirror.partner_event(Event::PartnerActive);
                     }
                     Control::DatabaseAdded { database } => context.add_database(database)?,
                     Control::Refused { reason } => {
@@ -276,6 +325,7 @@ fn receive(context: &Arc<MirrorContext>, shared: &SharedJournal, stop: &AtomicBo
             link.received_bytes += pending.len() as u64;
             link.received_end = received_end;
             link.primary_durable = primary_durable;
+            link.last_heard = Some(Instant::now());
             link.sample();
         }
         pending.clear();

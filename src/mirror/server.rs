@@ -114,6 +114,7 @@ fn serve(stream: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
             member,
             journal_first,
             journal_end,
+            last_epoch,
         } => {
             // A member without a mirror journal starts at the current end; the database copies
             // it receives carry the rest (and Catchup fetches what a copy lacks).
@@ -124,19 +125,13 @@ fn serve(stream: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
                 &mirror_id,
                 &member,
                 JournalPos(journal_end),
+                last_epoch,
                 fresh,
             );
             match accepted {
-                Ok((journal, truncate_after, from)) => serve_member(
-                    stream,
-                    reader,
-                    writer,
-                    context,
-                    journal,
-                    member,
-                    truncate_after,
-                    from,
-                ),
+                Ok((journal, cut, from)) => {
+                    serve_member(stream, reader, writer, context, journal, member, cut, from)
+                }
                 Err(err) => refuse(&mut writer, err.to_string()),
             }
         }
@@ -222,8 +217,9 @@ fn accept_member(
     mirror_id: &str,
     member: &MemberInfo,
     member_end: JournalPos,
+    member_last_epoch: u64,
     fresh: bool,
-) -> Result<(Arc<JournalShared>, Option<JournalPos>, JournalPos)> {
+) -> Result<(Arc<JournalShared>, Option<Cut>, JournalPos)> {
     let config = context.config.get();
     let membership = config
         .mirror
@@ -266,13 +262,27 @@ fn accept_member(
         .journal()
         .ok_or_else(|| Error::Conflict("the primary has no mirror journal".into()))?;
     let durable = journal.durable_end();
-    // A member holding records this primary never made durable (it restarted before its own
-    // fsync) must drop them: nothing was applied from them, nothing was acknowledged.
-    let truncate_after = (!fresh && member_end > durable).then_some(durable);
+    // A member from an older epoch shares the history only up to where the next epoch began:
+    // what it has after that was written by it as an old primary and never reached this one
+    // (a divergent tail). Otherwise, a member holding records this primary never made durable
+    // (it restarted before its own fsync) must drop them: nothing was applied from them,
+    // nothing was acknowledged.
+    let fork = super::config::fork_point(&membership.epochs, member_last_epoch).map(JournalPos);
+    let cut = match fork {
+        Some(fork) if !fresh && member_end > fork => Some(Cut {
+            after: fork,
+            divergent: true,
+        }),
+        _ if !fresh && member_end > durable => Some(Cut {
+            after: durable,
+            divergent: false,
+        }),
+        _ => None,
+    };
     let from = if fresh {
         durable.next()
     } else {
-        truncate_after.unwrap_or(member_end).next()
+        cut.map(|c| c.after).unwrap_or(member_end).next()
     };
     if from < journal.first_pos() {
         return Err(Error::Conflict(format!(
@@ -292,7 +302,14 @@ fn accept_member(
         }
         Ok(())
     })?;
-    Ok((journal, truncate_after, from))
+    Ok((journal, cut, from))
+}
+
+/// Where a member must cut its journal before it receives, and why.
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    after: JournalPos,
+    divergent: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -303,7 +320,7 @@ fn serve_member(
     context: &Arc<MirrorContext>,
     journal: Arc<JournalShared>,
     member: MemberInfo,
-    truncate_after: Option<JournalPos>,
+    cut: Option<Cut>,
     from: JournalPos,
 ) -> Result<()> {
     let hub = &context.mirror.hub;
@@ -333,7 +350,8 @@ fn serve_member(
             &mut writer,
             &Control::Welcome {
                 description,
-                truncate_after: truncate_after.map(|p| p.0),
+                truncate_after: cut.map(|c| c.after.0),
+                divergent: cut.is_some_and(|c| c.divergent),
                 from: from.0,
             },
         )?;

@@ -187,7 +187,14 @@ pub struct MirrorView {
     pub link_error: Option<String>,
     /// The mirror journal's end here.
     pub journal_end: Option<u64>,
+    /// What the failover driver last did or found (a takeover, why a restarted primary waits).
+    pub failover_note: Option<String>,
+    /// Rows of divergent tails kept in quarantine here (the newest last), and how many in all.
+    pub quarantine: (Vec<super::divergence::QuarantinedRow>, usize),
 }
+
+/// Quarantined rows the monitor lists at most.
+const QUARANTINE_SHOWN: usize = 100;
 
 /// The arbiter block of the monitor.
 #[derive(Debug, Clone, Serialize)]
@@ -207,6 +214,7 @@ pub struct MirrorService {
     receiver_journal: SharedJournal,
     receiver: Running<()>,
     listener: Running<std::net::SocketAddr>,
+    driver: Running<()>,
 }
 
 fn host_of(address: &str) -> String {
@@ -247,11 +255,25 @@ impl MirrorService {
             receiver_journal: Arc::new(Mutex::new(backup_journal)),
             receiver: Mutex::new(None),
             listener: Mutex::new(Some((thread, stop, address))),
+            driver: Mutex::new(None),
         });
         if matches!(service.context.mirror.role(), Role::Backup | Role::Async(_)) {
             service.start_receiver();
         }
+        let stop = Arc::new(AtomicBool::new(false));
+        let driver = super::driver::start(service.clone(), stop.clone());
+        *service.driver.lock().unwrap() = Some((driver, stop, ()));
         service
+    }
+
+    /// What the mirror's threads share.
+    pub fn context(&self) -> &Arc<MirrorContext> {
+        &self.context
+    }
+
+    /// The receiver's mirror journal (a backup's; empty on the primary).
+    pub fn receiver_journal(&self) -> SharedJournal {
+        self.receiver_journal.clone()
     }
 
     /// The address the superserver listens on.
@@ -259,7 +281,8 @@ impl MirrorService {
         self.listener.lock().unwrap().as_ref().map(|(_, _, a)| *a)
     }
 
-    fn start_receiver(&self) {
+    /// Starts the receiver thread unless it runs.
+    pub fn start_receiver(&self) {
         let mut slot = self.receiver.lock().unwrap();
         if slot.is_some() {
             return;
@@ -273,7 +296,8 @@ impl MirrorService {
         *slot = Some((thread, stop, ()));
     }
 
-    fn stop_receiver(&self) {
+    /// Stops the receiver thread and waits for it.
+    pub fn stop_receiver(&self) {
         if let Some((thread, stop, ())) = self.receiver.lock().unwrap().take() {
             stop.store(true, Ordering::Release);
             let _ = thread.join();
@@ -282,6 +306,10 @@ impl MirrorService {
 
     /// Stops the threads (instance shutdown).
     pub fn stop(&self) {
+        if let Some((thread, stop, ())) = self.driver.lock().unwrap().take() {
+            stop.store(true, Ordering::Release);
+            let _ = thread.join();
+        }
         self.stop_receiver();
         if let Some((thread, stop, address)) = self.listener.lock().unwrap().take() {
             stop.store(true, Ordering::Release);
@@ -462,6 +490,8 @@ impl MirrorService {
             databases: Vec::new(),
             activated: Vec::new(),
             pending_adds: Vec::new(),
+            epochs: Vec::new(),
+            no_failover: false,
         };
         let stream = crate::util::parse_hex16(&id).expect("fresh id");
         let options = JournalOptions::mirror(&name, self.context.max_segment_bytes, JournalPos(1));
@@ -560,6 +590,8 @@ impl MirrorService {
             activated: Vec::new(),
             primary_name: Some(description.primary.clone()),
             pending_adds: Vec::new(),
+            epochs: Vec::new(),
+            no_failover: false,
         };
         let name = membership.mirror.name.clone();
         let prefix = JournalOptions::mirror(&name, 0, JournalPos(1)).prefix;
@@ -857,15 +889,18 @@ impl MirrorService {
                 qos_timeout_ms: None,
                 link_error: None,
                 journal_end: None,
+                failover_note: None,
+                quarantine: (Vec::new(), 0),
             };
         };
+        let failover = context.mirror.failover_view.lock().unwrap().clone();
         let now = now_ms();
         let link = context.mirror.link.lock().unwrap().clone();
         let primary = role == Role::Primary;
         let mut members = Vec::new();
         let this_status;
         if primary {
-            this_status = "Primary".to_string();
+            this_status = failover.status.unwrap_or("Primary").to_string();
             members.push(MemberRow {
                 name: m.this.name.clone(),
                 kind: m.this.kind.display().into(),
@@ -1056,7 +1091,7 @@ impl MirrorService {
                 Role::NotMember => "Not Member".into(),
             },
             status: this_status,
-            failover_mode: Some("Agent Controlled".into()),
+            failover_mode: Some(failover.mode.unwrap_or("Agent Controlled").into()),
             failover_info,
             arbiter: Some(ArbiterView {
                 address: m.mirror.arbiter_display(),
@@ -1073,6 +1108,13 @@ impl MirrorService {
                 link.last_error.clone()
             },
             journal_end: journal.map(|j| j.durable_end().0),
+            failover_note: failover.note.clone(),
+            quarantine: {
+                let mut rows = super::divergence::read_quarantine(&context.data_dir);
+                let total = rows.len();
+                rows.drain(..total.saturating_sub(QUARANTINE_SHOWN));
+                (rows, total)
+            },
         }
     }
 

@@ -11,6 +11,7 @@ use crate::names::DbName;
 use crate::util::now_ms;
 
 use super::config::{MemberInfo, MemberKind};
+use super::failover::Event;
 use super::hub::Hub;
 
 /// This member's role right now.
@@ -49,6 +50,9 @@ pub struct LinkStatus {
     pub received_bytes: u64,
     /// (time ms, bytes) samples for the transfer rate, oldest first, at most four a second.
     pub rate_samples: VecDeque<(i64, u64)>,
+    /// When the primary was last heard from. The backup lost it *then*, not when it noticed:
+    /// a backup that was itself stalled must not count as active on waking up.
+    pub last_heard: Option<std::time::Instant>,
 }
 
 impl LinkStatus {
@@ -129,6 +133,26 @@ pub struct MirrorState {
     dejournal_target: AtomicU64,
     /// Set while a dejournal request is queued for the writer (requests are coalesced).
     pub dejournal_queued: AtomicBool,
+    /// What happened to the link with the other failover member, in order, for the failover
+    /// driver (pushed by the hub on the primary and the receiver on the backup).
+    partner_events: Mutex<VecDeque<Event>>,
+    /// Whether the receiver may open the data channel now (the failover rules decide).
+    may_connect: AtomicBool,
+    /// A former primary that restarted and has not yet learned whether it is still the primary.
+    deciding: AtomicBool,
+    /// The failover state as the monitor shows it.
+    pub failover_view: Mutex<FailoverView>,
+}
+
+/// The failover driver's state, for the Mirror Monitor.
+#[derive(Debug, Clone, Default)]
+pub struct FailoverView {
+    /// `Agent Controlled` or `Arbiter Controlled`.
+    pub mode: Option<&'static str>,
+    /// This member's status (`Primary`, `In Trouble`, `Backup`, `Waiting`, …).
+    pub status: Option<&'static str>,
+    /// What the driver last did or found, for people.
+    pub note: Option<String>,
 }
 
 impl MirrorState {
@@ -142,7 +166,41 @@ impl MirrorState {
             databases: Mutex::new(BTreeMap::new()),
             dejournal_target: AtomicU64::new(0),
             dejournal_queued: AtomicBool::new(false),
+            partner_events: Mutex::new(VecDeque::new()),
+            may_connect: AtomicBool::new(true),
+            deciding: AtomicBool::new(false),
+            failover_view: Mutex::new(FailoverView::default()),
         }
+    }
+
+    /// Records something that happened to the link with the other failover member.
+    pub fn partner_event(&self, event: Event) {
+        self.partner_events.lock().unwrap().push_back(event);
+    }
+
+    /// Takes the link events recorded so far, oldest first.
+    pub fn take_partner_events(&self) -> Vec<Event> {
+        self.partner_events.lock().unwrap().drain(..).collect()
+    }
+
+    /// Whether the receiver may connect to the primary now.
+    pub fn may_connect(&self) -> bool {
+        self.may_connect.load(Ordering::Acquire) && !self.deciding()
+    }
+
+    /// Set by the failover driver.
+    pub fn set_may_connect(&self, may: bool) {
+        self.may_connect.store(may, Ordering::Release);
+    }
+
+    /// Whether this restarted former primary still has to learn its role.
+    pub fn deciding(&self) -> bool {
+        self.deciding.load(Ordering::Acquire)
+    }
+
+    /// Marks the start (or end) of the restart decision.
+    pub fn set_deciding(&self, deciding: bool) {
+        self.deciding.store(deciding, Ordering::Release);
     }
 
     /// The current role.

@@ -281,6 +281,8 @@ async fn mirror(State(state): State<AppState>) -> Json<Json_> {
         "qos_timeout_ms": view.qos_timeout_ms,
         "journal_position": view.journal_end,
         "link_error": view.link_error,
+        "failover_note": view.failover_note,
+        "quarantine": { "count": view.quarantine.1, "rows": view.quarantine.0 },
         "host": state.instance.settings.host_name,
     }))
 }

@@ -325,3 +325,76 @@ pub fn fnv(bytes: &[u8]) -> u64 {
         (h ^ *b as u64).wrapping_mul(0x100000001b3)
     })
 }
+
+/// A fault-injecting TCP proxy on loopback: forwards every connection to `target`, and while
+/// `hold` is set keeps what the target sends instead of passing it on (a link that goes quiet
+/// one way). When the target closes, the proxy closes the other side at once, as a dying host's
+/// kernel would.
+pub struct Proxy {
+    /// Where clients connect.
+    pub address: String,
+    /// Hold traffic from the target.
+    pub hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Starts a proxy to `target` (`host:port`).
+    pub async fn start(target: &str) -> Proxy {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let hold = Arc::new(AtomicBool::new(false));
+        let target = target.to_string();
+        let held_flag = hold.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(upstream) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut up_read, mut up_write) = upstream.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut up_write).await;
+                });
+                let hold = held_flag.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut held = Vec::new();
+                    loop {
+                        let read =
+                            tokio::time::timeout(Duration::from_millis(10), up_read.read(&mut buf))
+                                .await;
+                        match read {
+                            Ok(Ok(0)) | Ok(Err(_)) => return,
+                            Ok(Ok(n)) => held.extend_from_slice(&buf[..n]),
+                            Err(_) => {}
+                        }
+                        if !hold.load(Ordering::Relaxed) && !held.is_empty() {
+                            if client_write.write_all(&held).await.is_err() {
+                                return;
+                            }
+                            held.clear();
+                        }
+                    }
+                });
+            }
+        });
+        Proxy {
+            address,
+            hold,
+            task,
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -476,3 +476,37 @@ fn the_arbiter_book_answers_one_question_at_a_time() {
     assert!(book.ask_from_backup());
     assert_eq!(book.ask_from_primary(), ToPrimary::BackupTookOver);
 }
+
+#[test]
+fn a_restarted_primary_resumes_only_when_the_other_member_confirms() {
+    let says = |claims_primary, names_this_primary, epoch| OtherMember::Says {
+        claims_primary,
+        names_this_primary,
+        epoch,
+    };
+    // The backup still follows this member: resume.
+    assert_eq!(restart_as(3, says(false, true, 3)), Restart::Primary);
+    // The other member took over (a newer epoch): follow it.
+    assert_eq!(restart_as(3, says(true, false, 4)), Restart::Backup);
+    // The other member is an older former primary that restarted too: this one is newer.
+    assert_eq!(restart_as(4, says(true, false, 3)), Restart::Primary);
+    // Nobody can tell: wait.
+    assert!(matches!(
+        restart_as(3, OtherMember::Unreachable),
+        Restart::Wait(_)
+    ));
+    assert!(matches!(
+        restart_as(3, says(true, false, 3)),
+        Restart::Wait(_)
+    ));
+    assert!(matches!(
+        restart_as(3, says(false, true, 4)),
+        Restart::Wait(_)
+    ));
+    assert!(matches!(
+        restart_as(3, says(false, false, 3)),
+        Restart::Wait(_)
+    ));
+    // Alone in the mirror: resume.
+    assert_eq!(restart_as(3, OtherMember::NotMember), Restart::Primary);
+}

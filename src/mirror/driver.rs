@@ -1,0 +1,416 @@
+//! The failover driver: the thread that feeds the pure failover rules and carries out what
+//! they decide.
+//!
+//! # What it does
+//!
+//! Every [`TICK`] it collects what happened to the link with the other failover member (the
+//! hub's events on the primary, the receiver's on the backup), the answers of the other host's
+//! agent, No Failover and whether every mirrored copy here is ready, and hands them, with the
+//! time, to this member's [`Failover`]. The actions that come back are carried out here:
+//!
+//! - `SuspendWrites` / `ResumeWrites` hold and release the primary's acknowledgements in the
+//!   hub. Losing an active backup already suspended them at once (see the hub); the driver only
+//!   lifts the suspension when the rules are out of trouble, and the hub refuses a lift decided
+//!   before a newer loss.
+//! - `AskAgent` asks the primary's agent, on a helper thread, whether the primary is down
+//!   (the agent forces a hung one down). The answer comes back as an event on a later tick.
+//!   Meanwhile the receiver does not reconnect ([`Failover::may_connect`]).
+//! - `TakeOver` stops the receiver, hands its mirror journal to the writer and has it become
+//!   the primary in a new epoch: every copy is first brought to the end of the journal.
+//!
+//! # A former primary that restarts
+//!
+//! It does not know whether the backup took over while it was gone, so it starts *deciding*:
+//! read-only, not connected. The driver asks the other failover member's agent who it says the
+//! primary is and in which epoch, and [`restart_as`] decides: resume as primary, follow the other
+//! member as backup (its divergent tail is undone when it connects), or keep waiting.
+//!
+//! # Left out
+//!
+//! The arbiter (so the rules stay in agent-controlled mode), forcing the old primary down after
+//! an arbiter-approved takeover, and journal served by a down primary's agent (so only an active
+//! backup inside its window takes over).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::agent::{self, AgentRequest};
+use crate::instance::writer::MirrorCommand;
+
+use super::config::{MemberKind, Membership};
+use super::failover::{
+    Action, AgentAnswer, Event, Failover, FailoverRole, OtherMember, Restart, restart_as,
+};
+use super::service::MirrorService;
+use super::state::Role;
+
+/// How often the driver looks.
+pub const TICK: Duration = Duration::from_millis(25);
+
+/// How often a deciding former primary asks the other member again.
+const DECIDE_EVERY: Duration = Duration::from_secs(1);
+
+/// Starts the driver thread; it stops when `stop` is set.
+pub fn start(service: Arc<MirrorService>, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("failover".into())
+        .spawn(move || {
+            let mut driver = Driver::new(service);
+            while !stop.load(Ordering::Acquire) {
+                driver.step();
+                std::thread::sleep(TICK);
+            }
+        })
+        .expect("spawn the failover driver")
+}
+
+struct Driver {
+    service: Arc<MirrorService>,
+    failover: Option<Failover>,
+    started: Instant,
+    /// Answers of helper threads (agent questions) for the next tick.
+    answers_tx: mpsc::Sender<Answer>,
+    answers: mpsc::Receiver<Answer>,
+    /// An agent question is out.
+    asking: bool,
+    last_decide: Option<Instant>,
+    no_failover: Option<bool>,
+    ready: Option<bool>,
+}
+
+enum Answer {
+    Agent(AgentAnswer),
+    Restart(Restart, Option<String>),
+}
+
+impl Driver {
+    fn new(service: Arc<MirrorService>) -> Driver {
+        let (answers_tx, answers) = mpsc::channel();
+        Driver {
+            service,
+            failover: None,
+            started: Instant::now(),
+            answers_tx,
+            answers,
+            asking: false,
+            last_decide: None,
+            no_failover: None,
+            ready: None,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn step(&mut self) {
+        let context = self.service.context().clone();
+        let config = context.config.get();
+        let Some(m) = config
+            .mirror
+            .membership
+            .as_ref()
+            .filter(|m| m.this.kind == MemberKind::Failover)
+        else {
+            self.failover = None;
+            *context.mirror.failover_view.lock().unwrap() = Default::default();
+            return;
+        };
+        if context.mirror.deciding() {
+            self.decide(m);
+            return;
+        }
+        let role = match context.mirror.role() {
+            Role::Primary => FailoverRole::Primary,
+            Role::Backup => FailoverRole::Backup,
+            _ => {
+                self.failover = None;
+                return;
+            }
+        };
+        let qos = m.mirror.qos_timeout_ms;
+        let now = self.now_ms();
+        // A role changed by an action (create, join, takeover) starts the rules afresh.
+        if self.failover.as_ref().map(|f| f.role()) != Some(role) {
+            self.failover = Some(Failover::new(role, qos));
+            self.no_failover = None;
+            self.ready = None;
+            if role == FailoverRole::Primary {
+                // What the hub saw before is about a link the new rules know nothing of.
+                let _ = context.mirror.hub.take_events();
+            }
+        }
+        let (events, generation) = match role {
+            FailoverRole::Primary => context.mirror.hub.take_events(),
+            _ => (context.mirror.take_partner_events(), 0),
+        };
+        let mut inputs = events;
+        while let Ok(answer) = self.answers.try_recv() {
+            if let Answer::Agent(answer) = answer {
+                self.asking = false;
+                inputs.push(Event::Agent(answer));
+            }
+        }
+        if self.no_failover != Some(m.no_failover) {
+            self.no_failover = Some(m.no_failover);
+            inputs.push(Event::NoFailover(m.no_failover));
+        }
+        if role == FailoverRole::Backup {
+            let ready = databases_ready(&context, m);
+            if self.ready != Some(ready) {
+                self.ready = Some(ready);
+                inputs.push(Event::DatabasesReady(ready));
+            }
+        }
+        inputs.push(Event::Tick);
+        let last_heard = context.mirror.link.lock().unwrap().last_heard;
+        let heard_ms =
+            last_heard.map(|t| t.saturating_duration_since(self.started).as_millis() as u64);
+        let failover = self.failover.as_mut().expect("set above");
+        let mut actions = Vec::new();
+        for event in inputs {
+            // A backup lost the primary when it last heard from it (see `LinkStatus::last_heard`).
+            let at = match (role, event) {
+                (FailoverRole::Backup, Event::PartnerLost) => heard_ms.unwrap_or(now).min(now),
+                _ => now,
+            };
+            actions.extend(failover.handle(at, event));
+        }
+        for action in actions {
+            self.act(action, m);
+        }
+        let Some(failover) = self.failover.as_ref() else {
+            return;
+        };
+        if failover.role() == FailoverRole::Primary
+            && failover.trouble().is_none()
+            && context.mirror.hub.suspended()
+        {
+            context.mirror.hub.resume(generation);
+        }
+        context.mirror.set_may_connect(failover.may_connect());
+        let mut view = context.mirror.failover_view.lock().unwrap();
+        view.mode = Some(failover.mode().display());
+        view.status = Some(failover.status());
+    }
+
+    fn act(&mut self, action: Action, m: &Membership) {
+        let context = self.service.context().clone();
+        match action {
+            Action::SuspendWrites => {
+                tracing::warn!(
+                    "mirror: in trouble: commits wait until the backup is known not to take over"
+                );
+                context.mirror.hub.suspend();
+            }
+            // Lifted after the tick, with the hub's loss generation (see `step`).
+            Action::ResumeWrites | Action::RevokeActive => {}
+            Action::SwitchMode(mode) => tracing::info!("mirror: {}", mode.display()),
+            Action::AskAgent => self.ask_agent(m),
+            Action::TakeOver => self.take_over(),
+            Action::Reconnect | Action::StandDown => {
+                tracing::info!("mirror: the primary is alive; reconnecting as a non-active backup")
+            }
+            Action::AskArbiter | Action::AskPartnerToLeaveArbiterMode | Action::ForceOtherDown => {
+                // Only reachable in arbiter-controlled mode, which needs the arbiter.
+                tracing::debug!("mirror: {action:?} needs the arbiter");
+            }
+            Action::ShutDown => {
+                tracing::error!("mirror: the other member took over; this instance stops");
+                std::process::exit(3);
+            }
+        }
+    }
+
+    fn ask_agent(&mut self, m: &Membership) {
+        if self.asking {
+            return;
+        }
+        let Some(primary) = m.primary_name.as_deref().and_then(|p| m.member(p)) else {
+            return;
+        };
+        let Ok(address) = primary.agent_connect_address() else {
+            return;
+        };
+        self.asking = true;
+        let qos = Duration::from_millis(m.mirror.qos_timeout_ms);
+        let tx = self.answers_tx.clone();
+        tracing::warn!("mirror: lost the primary; asking its agent at {address}");
+        let _ = std::thread::Builder::new()
+            .name("ask-agent".into())
+            .spawn(move || {
+                // A hung instance gets half the QoS timeout to answer the agent's probe, so a
+                // backup inside its takeover window still hears back in time.
+                let request = AgentRequest::ConfirmDown {
+                    timeout_ms: (qos / 2).as_millis() as u64,
+                };
+                let answer = match agent::call_blocking(&address, request, qos) {
+                    Ok(reply) if reply.ok && reply.instance.state == "down" => {
+                        tracing::warn!("mirror: the primary's agent says: {}", reply.message);
+                        AgentAnswer::PrimaryDown { journal: false }
+                    }
+                    Ok(reply) if reply.ok => AgentAnswer::PrimaryRunning,
+                    Ok(reply) => {
+                        tracing::warn!("mirror: the primary's agent: {}", reply.message);
+                        AgentAnswer::Unreachable
+                    }
+                    Err(err) => {
+                        tracing::warn!("mirror: the primary's agent: {err}");
+                        AgentAnswer::Unreachable
+                    }
+                };
+                let _ = tx.send(Answer::Agent(answer));
+            });
+    }
+
+    fn take_over(&mut self) {
+        let service = self.service.clone();
+        let context = service.context().clone();
+        tracing::warn!("mirror: taking over as primary");
+        service.stop_receiver();
+        let source = service.receiver_journal();
+        let result = context
+            .writer
+            .mirror_blocking(|reply| MirrorCommand::BecomePrimary {
+                source,
+                new_epoch: true,
+                reply,
+            });
+        let mut view = context.mirror.failover_view.lock().unwrap();
+        match result {
+            Ok(message) => {
+                tracing::warn!("mirror: {message}");
+                view.note = Some(message);
+            }
+            Err(err) => {
+                tracing::error!("mirror: the takeover failed: {err}");
+                view.note = Some(format!("the takeover failed: {err}"));
+                drop(view);
+                // Still a backup: follow whoever is primary again.
+                self.failover = None;
+                service.start_receiver();
+            }
+        }
+    }
+
+    /// A restarted former primary: ask the other failover member, then resume or follow.
+    fn decide(&mut self, m: &Membership) {
+        let context = self.service.context().clone();
+        while let Ok(answer) = self.answers.try_recv() {
+            if let Answer::Restart(decision, other) = answer {
+                self.asking = false;
+                self.restart(decision, other);
+            }
+        }
+        if !context.mirror.deciding() || self.asking {
+            return;
+        }
+        if self
+            .last_decide
+            .is_some_and(|at| at.elapsed() < DECIDE_EVERY)
+        {
+            return;
+        }
+        self.last_decide = Some(Instant::now());
+        let my_epoch = context.config.get().epoch;
+        let other = m
+            .others
+            .iter()
+            .find(|o| o.kind == MemberKind::Failover)
+            .cloned();
+        let Some(other) = other else {
+            self.restart(Restart::Primary, None);
+            return;
+        };
+        let Ok(address) = other.agent_connect_address() else {
+            return;
+        };
+        let mirror = m.mirror.name.clone();
+        let this = m.this.name.clone();
+        let tx = self.answers_tx.clone();
+        self.asking = true;
+        let _ = std::thread::Builder::new()
+            .name("ask-agent".into())
+            .spawn(move || {
+                let request = AgentRequest::MirrorRole {
+                    mirror_name: mirror,
+                };
+                let said = match agent::call_blocking(&address, request, Duration::from_secs(5)) {
+                    Ok(reply) if reply.ok => match reply.role {
+                        Some(role) if role.member => OtherMember::Says {
+                            claims_primary: role.primary.as_deref() == Some(other.name.as_str()),
+                            names_this_primary: role.primary.as_deref() == Some(this.as_str()),
+                            epoch: role.epoch,
+                        },
+                        Some(_) => OtherMember::NotMember,
+                        None => OtherMember::Unreachable,
+                    },
+                    _ => OtherMember::Unreachable,
+                };
+                let decision = restart_as(my_epoch, said);
+                let _ = tx.send(Answer::Restart(decision, Some(other.name)));
+            });
+    }
+
+    fn restart(&mut self, decision: Restart, other: Option<String>) {
+        let service = self.service.clone();
+        let context = service.context().clone();
+        let result = match decision {
+            Restart::Wait(why) => {
+                let mut view = context.mirror.failover_view.lock().unwrap();
+                if view.note.as_deref() != Some(why) {
+                    tracing::warn!("mirror: not resuming as primary: {why}");
+                }
+                view.note = Some(why.to_string());
+                view.status = Some("Waiting");
+                return;
+            }
+            Restart::Primary => {
+                service.stop_receiver();
+                let source = service.receiver_journal();
+                context
+                    .writer
+                    .mirror_blocking(|reply| MirrorCommand::BecomePrimary {
+                        source,
+                        new_epoch: false,
+                        reply,
+                    })
+            }
+            Restart::Backup => {
+                let primary = other.unwrap_or_default();
+                context
+                    .writer
+                    .mirror_blocking(|reply| MirrorCommand::Demote { primary, reply })
+            }
+        };
+        match result {
+            Ok(message) => {
+                tracing::info!("mirror: after the restart: {message}");
+                context.mirror.failover_view.lock().unwrap().note = Some(message);
+                context.mirror.set_deciding(false);
+                if decision == Restart::Backup {
+                    service.start_receiver();
+                }
+            }
+            Err(err) => {
+                tracing::error!("mirror: after the restart: {err}");
+                context.mirror.failover_view.lock().unwrap().note = Some(err.to_string());
+                if decision == Restart::Primary {
+                    service.start_receiver();
+                }
+            }
+        }
+    }
+}
+
+/// Whether every mirrored database here is mounted, activated and following the journal: a
+/// backup never takes over without all of them.
+fn databases_ready(context: &super::MirrorContext, m: &Membership) -> bool {
+    m.databases.iter().all(|db| {
+        let facts = context.database_facts(&db.name);
+        super::status::database_status(facts) == Some("Dejournaling")
+    })
+}
