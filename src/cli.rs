@@ -1,4 +1,4 @@
-//! The command line: `mirrorlab member | instance | ctl | bench`.
+//! The command line: `mirrorlab member | instance | arbiter | ctl | bench`.
 //!
 //! Every setting is a flag and an environment variable (`MIRRORLAB_*`), so Docker Compose can set
 //! them without a command line.
@@ -27,10 +27,20 @@ enum Command {
     Member(MemberArgs),
     /// Run the instance alone (the agent runs this for a member).
     Instance(MemberArgs),
+    /// Run the arbiter: the agent of a third host that both failover members stay connected to.
+    Arbiter(ArbiterArgs),
     /// Talk to a running member from a shell.
     Ctl(crate::ctl::CtlArgs),
     /// Measure write throughput and latency through the API.
     Bench(crate::bench::BenchArgs),
+}
+
+/// Settings of the arbiter.
+#[derive(Debug, Clone, Args)]
+pub struct ArbiterArgs {
+    /// Agent address the arbiter listens on.
+    #[arg(long, env = "MIRRORLAB_AGENT", default_value = "0.0.0.0:2188")]
+    pub agent: String,
 }
 
 /// Settings of a member and its instance.
@@ -135,6 +145,10 @@ pub fn main() -> ExitCode {
         Command::Instance(args) => {
             crate::server::init_logging(Some(&args.data_dir.join("mgr/messages.log")));
             runtime().block_on(crate::server::run_instance(args.instance_settings()))
+        }
+        Command::Arbiter(args) => {
+            crate::server::init_logging(None);
+            runtime().block_on(crate::server::run_arbiter(args.agent))
         }
         Command::Ctl(args) => runtime().block_on(crate::ctl::run(args)),
         Command::Bench(args) => {

@@ -39,6 +39,7 @@
 
 pub mod agent;
 pub mod apps;
+pub mod arbiter;
 pub mod bench;
 pub mod cli;
 pub mod ctl;

@@ -116,3 +116,9 @@ pub async fn run_member(settings: AgentSettings) -> Result<u8> {
     agent::run(settings, shutdown_signal()).await?;
     Ok(0)
 }
+
+/// `mirrorlab arbiter`: the arbiter on the agent port until SIGTERM or SIGINT.
+pub async fn run_arbiter(listen: String) -> Result<u8> {
+    crate::arbiter::run(&listen, shutdown_signal()).await?;
+    Ok(0)
+}

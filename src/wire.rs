@@ -1,5 +1,5 @@
-//! Length-prefixed JSON frames over TCP, for the agent protocol (and later the mirror's control
-//! messages).
+//! Length-prefixed JSON frames over TCP, for the agent and arbiter protocols (async for the
+//! agent and arbiter processes, blocking for the instance's mirror threads).
 //!
 //! A frame is a 4-byte big-endian length followed by that many bytes of JSON. A length above the
 //! receiver's limit closes the connection instead of allocating: a peer cannot make a member
@@ -52,6 +52,41 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
         .map_err(|e| Error::InvalidInput(format!("bad frame: {e}")))
 }
 
+/// Writes one frame on a blocking stream.
+pub fn write_frame_sync<W: std::io::Write, T: Serialize>(writer: &mut W, value: &T) -> Result<()> {
+    let body =
+        serde_json::to_vec(value).map_err(|e| Error::Internal(format!("encode frame: {e}")))?;
+    let len = u32::try_from(body.len()).map_err(|_| Error::Internal("frame too large".into()))?;
+    writer.write_all(&len.to_be_bytes())?;
+    writer.write_all(&body)?;
+    writer.flush()?;
+    Ok(())
+}
+
+/// Reads one frame from a blocking stream; `None` when the peer closed between frames.
+pub fn read_frame_sync<R: std::io::Read, T: DeserializeOwned>(
+    reader: &mut R,
+    max: usize,
+) -> Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match reader.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(Error::InvalidInput(format!(
+            "frame of {len} bytes exceeds the limit of {max}"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| Error::InvalidInput(format!("bad frame: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +113,14 @@ mod tests {
                 .await
                 .is_err()
         );
+        // The blocking twins read and write the same frames.
+        let mut sync_buf = Vec::new();
+        write_frame_sync(&mut sync_buf, &serde_json::json!({"op": "status"})).unwrap();
+        assert_eq!(sync_buf, buf);
+        let value: serde_json::Value = read_frame_sync(&mut &buf[..], 100).unwrap().unwrap();
+        assert_eq!(value["op"], "status");
+        assert!(read_frame_sync::<_, serde_json::Value>(&mut &buf[..], 3).is_err());
+
         let garbage = [0u8, 0, 0, 3, b'{', b'{', b'{'];
         assert!(
             read_frame::<_, serde_json::Value>(&mut &garbage[..], 100)

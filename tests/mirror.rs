@@ -18,7 +18,7 @@ async fn pair(qos_ms: u64) -> (TestMember, TestMember) {
 
 /// A started pair whose members got `extra` arguments.
 async fn pair_with(qos_ms: u64, extra: &[&str]) -> (TestMember, TestMember) {
-    let (a, b, _) = pair_full(qos_ms, extra, false).await;
+    let (a, b, _) = pair_full(qos_ms, extra, false, None).await;
     (a, b)
 }
 
@@ -28,6 +28,7 @@ async fn pair_full(
     qos_ms: u64,
     extra: &[&str],
     proxied: bool,
+    arbiter: Option<&common::TestArbiter>,
 ) -> (TestMember, TestMember, Option<common::Proxy>) {
     let a = TestMember::start_with("mirrora", extra).await;
     let b = TestMember::start_with("mirrorb", extra).await;
@@ -44,7 +45,9 @@ async fn pair_full(
         "/api/mirror/create",
         json!({
             "mirror_name": "mirrorset",
-            "use_arbiter": false,
+            "use_arbiter": arbiter.is_some(),
+            "arbiter_address": "127.0.0.1",
+            "arbiter_port": arbiter.map(|a| a.port()),
             "superserver_address": a.superserver,
             "mirror_private_address": private,
             "agent_address": "127.0.0.1",
@@ -58,11 +61,13 @@ async fn pair_full(
         .await;
     assert_eq!(view["mirror_name"], "MIRRORSET");
     assert_eq!(view["member_name"], "MIRRORA/IRIS");
-    assert_eq!(view["failover_mode"], "Agent Controlled");
-    assert_eq!(
-        view["arbiter"]["connection_status"],
-        "This member is not connected to the arbiter"
-    );
+    if arbiter.is_none() {
+        assert_eq!(view["failover_mode"], "Agent Controlled");
+        assert_eq!(
+            view["arbiter"]["connection_status"],
+            "This member is not connected to the arbiter"
+        );
+    }
     b.ok("/api/mirror/service", json!({"enabled": true})).await;
     b.ok(
         "/api/mirror/join-failover",
@@ -290,10 +295,24 @@ fn start_writers(
         .collect()
 }
 
+/// Every company name on `member`, read in pages (one result holds at most 10 000 rows).
 async fn all_names(member: &TestMember) -> std::collections::HashSet<String> {
-    names(&member.sql("COMPANY", "SELECT name FROM Company").await)
-        .into_iter()
-        .collect()
+    let mut all = std::collections::HashSet::new();
+    let mut after = 0i64;
+    loop {
+        let page = member
+            .sql(
+                "COMPANY",
+                &format!("SELECT name, id FROM Company WHERE id > {after} ORDER BY id LIMIT 5000"),
+            )
+            .await;
+        let rows = page["rows"].as_array().unwrap();
+        let Some(last) = rows.last() else {
+            return all;
+        };
+        after = last[1].as_i64().unwrap();
+        all.extend(rows.iter().map(|r| r[0].as_str().unwrap().to_string()));
+    }
 }
 
 /// Every acknowledged company name is on `member` (called `who` in the message).
@@ -445,7 +464,7 @@ async fn a_restarted_primary_resumes_when_the_backup_could_not_take_over() {
 /// Writers inserting companies on whichever member accepts them (A first); returns the names
 /// acknowledged.
 fn start_writers_on_primary(
-    members: [std::sync::Arc<TestMember>; 2],
+    members: [common::Api; 2],
     count: usize,
     prefix: &str,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -483,7 +502,7 @@ async fn the_backup_takes_over_when_the_primary_dies_and_the_old_primary_rejoins
     mirror_databases(&a, &b).await;
     let (a, b) = (Arc::new(a), Arc::new(b));
     let stop = Arc::new(AtomicBool::new(false));
-    let writers = start_writers_on_primary([a.clone(), b.clone()], 4, "takeover", stop.clone());
+    let writers = start_writers_on_primary([a.api(), b.api()], 4, "takeover", stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Step 10 of the walk-through: kill the primary's instance (its agent stays).
@@ -561,7 +580,7 @@ async fn the_backup_takes_over_when_the_primary_dies_and_the_old_primary_rejoins
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_divergent_tail_is_undone_and_quarantined_when_the_old_primary_rejoins() {
-    let (a, b, proxy) = pair_full(3000, &[], true).await;
+    let (a, b, proxy) = pair_full(3000, &[], true, None).await;
     let proxy = proxy.unwrap();
     mirror_databases(&a, &b).await;
     created(&a, "/api/apps/companies", json!({"name": "before"})).await;
@@ -1030,4 +1049,108 @@ async fn purged_journal_makes_a_stale_copy_obsolete_and_loses_nothing() {
             .contains("MIRRORB/IRIS is not connected"),
         "{kept}"
     );
+}
+
+/// Waits until both members are in arbiter-controlled mode with both connected to the arbiter.
+async fn wait_arbiter_controlled(a: &TestMember, b: &TestMember) {
+    for member in [a, b] {
+        member
+            .wait_mirror(20, "arbiter controlled", |v| {
+                v["failover_mode"] == "Arbiter Controlled"
+                    && v["arbiter"]["connection_status"]
+                        == "Both failover members are connected to the arbiter"
+            })
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_an_arbiter_the_backup_takes_over_when_the_primary_host_is_lost() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let arbiter = common::TestArbiter::start().await;
+    let (a, b, _) = pair_full(1000, &[], false, Some(&arbiter)).await;
+    mirror_databases(&a, &b).await;
+    wait_arbiter_controlled(&a, &b).await;
+    let view = a.get("/api/mirror").await.1;
+    assert_eq!(
+        view["arbiter"]["address"],
+        format!("127.0.0.1|{}", arbiter.port())
+    );
+
+    let mut a = a;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers_on_primary([a.api(), b.api()], 4, "hostloss", stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The whole host of the primary dies: its agent cannot answer, the arbiter decides.
+    let killed = std::time::Instant::now();
+    a.kill_host().await;
+    b.wait_mirror(15, "the primary", |v| {
+        v["role"] == "Primary" && v["status"] == "Primary"
+    })
+    .await;
+    eprintln!("B took over {:?} after the host loss", killed.elapsed());
+    let view = b
+        .wait_mirror(10, "agent controlled", |v| {
+            v["failover_mode"] == "Agent Controlled"
+                && v["arbiter"]["connection_status"]
+                    == "Only this member is connected to the arbiter"
+        })
+        .await;
+    assert_eq!(view["role"], "Primary");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The host comes back: A learns that B took over and follows it.
+    a.restart_host();
+    a.wait_ready().await;
+    a.wait_mirror(20, "B's backup", |v| v["status"] == "Backup")
+        .await;
+    wait_arbiter_controlled(&a, &b).await;
+    let acked = stop_writers(&stop, writers).await;
+    assert!(
+        acked.len() > 20,
+        "the writers barely wrote: {}",
+        acked.len()
+    );
+    assert_all_present(&b, &acked, "B").await;
+    assert_identical(&a, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_the_arbiter_returns_to_agent_control_without_an_outage() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let mut arbiter = common::TestArbiter::start().await;
+    let (a, b, _) = pair_full(1000, &[], false, Some(&arbiter)).await;
+    mirror_databases(&a, &b).await;
+    wait_arbiter_controlled(&a, &b).await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(&a, 4, "noarbiter", stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    arbiter.kill();
+    for member in [&a, &b] {
+        member
+            .wait_mirror(10, "agent controlled", |v| {
+                v["failover_mode"] == "Agent Controlled"
+                    && v["arbiter"]["connection_status"]
+                        == "This member is not connected to the arbiter"
+            })
+            .await;
+    }
+    assert_eq!(a.get("/api/mirror").await.1["status"], "Primary");
+    assert_eq!(b.get("/api/mirror").await.1["status"], "Backup");
+    // Writes go on while the arbiter is away; when it returns, the mirror is arbiter controlled
+    // again.
+    let before = all_names(&a).await.len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(all_names(&a).await.len() > before, "writes stopped");
+    arbiter.restart().await;
+    wait_arbiter_controlled(&a, &b).await;
+    let acked = stop_writers(&stop, writers).await;
+    // B applies what A made durable a moment later: compare once they agree.
+    assert_identical(&a, &b).await;
+    assert_all_present(&b, &acked, "B").await;
 }

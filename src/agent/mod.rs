@@ -68,6 +68,8 @@ pub enum AgentRequest {
         /// How long the instance may take to answer.
         timeout_ms: u64,
     },
+    /// Force the instance down (SIGKILL): the other member took over through the arbiter.
+    ForceDown,
     /// Who the instance says is the primary of `mirror_name`, and in which epoch.
     MirrorRole {
         /// The mirror.
@@ -471,6 +473,11 @@ async fn serve_connection(supervisor: Arc<Supervisor>, mut stream: TcpStream) ->
                     .await
             }
             AgentRequest::MirrorRole { mirror_name } => supervisor.mirror_role(mirror_name).await,
+            AgentRequest::ForceDown => {
+                supervisor
+                    .force_down("the other failover member took over")
+                    .await
+            }
         };
         write_frame(&mut stream, &reply).await?;
     }

@@ -25,11 +25,14 @@
 //! primary is and in which epoch, and [`restart_as`] decides: resume as primary, follow the other
 //! member as backup (its divergent tail is undone when it connects), or keep waiting.
 //!
+//! With an arbiter, the arbiter link's events join the rest; mode switches are told to the
+//! arbiter (the primary's) and to the other member over the data channel, and a backup that
+//! the arbiter lets take over forces the old primary down through its agent.
+//!
 //! # Left out
 //!
-//! The arbiter (so the rules stay in agent-controlled mode), forcing the old primary down after
-//! an arbiter-approved takeover, and journal served by a down primary's agent (so only an active
-//! backup inside its window takes over).
+//! Journal served by a down primary's agent (so only an active backup inside its window takes
+//! over through the agent).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,10 +45,12 @@ use crate::instance::writer::MirrorCommand;
 
 use super::config::{MemberKind, Membership};
 use super::failover::{
-    Action, AgentAnswer, Event, Failover, FailoverRole, OtherMember, Restart, restart_as,
+    Action, AgentAnswer, Event, Failover, FailoverRole, Mode, OtherMember, Restart, restart_as,
 };
+use super::protocol::Control;
 use super::service::MirrorService;
 use super::state::Role;
+use crate::arbiter::ToArbiter;
 
 /// How often the driver looks.
 pub const TICK: Duration = Duration::from_millis(25);
@@ -79,7 +84,11 @@ struct Driver {
     last_decide: Option<Instant>,
     no_failover: Option<bool>,
     ready: Option<bool>,
+    last_mode_repeat: Instant,
 }
+
+/// How often a primary in arbiter mode repeats its mode to the backup.
+const MODE_REPEAT: Duration = Duration::from_millis(500);
 
 enum Answer {
     Agent(AgentAnswer),
@@ -99,6 +108,7 @@ impl Driver {
             last_decide: None,
             no_failover: None,
             ready: None,
+            last_mode_repeat: Instant::now(),
         }
     }
 
@@ -148,6 +158,7 @@ impl Driver {
             _ => (context.mirror.take_partner_events(), 0),
         };
         let mut inputs = events;
+        inputs.extend(context.mirror.arbiter.lock().unwrap().events.drain(..));
         while let Ok(answer) = self.answers.try_recv() {
             if let Answer::Agent(answer) = answer {
                 self.asking = false;
@@ -192,6 +203,19 @@ impl Driver {
             context.mirror.hub.resume(generation);
         }
         context.mirror.set_may_connect(failover.may_connect());
+        // A backup follows the primary into arbiter mode only once it sees the arbiter too,
+        // which may come later than the primary's word: the primary repeats it (the backup
+        // ignores a repeat).
+        if failover.role() == FailoverRole::Primary
+            && failover.mode() == Mode::Arbiter
+            && self.last_mode_repeat.elapsed() >= MODE_REPEAT
+        {
+            self.last_mode_repeat = Instant::now();
+            context
+                .mirror
+                .hub
+                .announce(Control::FailoverMode { arbiter: true });
+        }
         let mut view = context.mirror.failover_view.lock().unwrap();
         view.mode = Some(failover.mode().display());
         view.status = Some(failover.status());
@@ -208,16 +232,51 @@ impl Driver {
             }
             // Lifted after the tick, with the hub's loss generation (see `step`).
             Action::ResumeWrites | Action::RevokeActive => {}
-            Action::SwitchMode(mode) => tracing::info!("mirror: {}", mode.display()),
+            Action::SwitchMode(mode) => {
+                tracing::info!("mirror: {}", mode.display());
+                let arbiter = mode == Mode::Arbiter;
+                if context.mirror.role() == Role::Primary {
+                    // The arbiter books the primary's mode; the backup follows it.
+                    context
+                        .mirror
+                        .arbiter
+                        .lock()
+                        .unwrap()
+                        .outbox
+                        .push_back(ToArbiter::Mode { arbiter });
+                    context
+                        .mirror
+                        .hub
+                        .announce(Control::FailoverMode { arbiter });
+                } else {
+                    context
+                        .mirror
+                        .link_outbox
+                        .lock()
+                        .unwrap()
+                        .push_back(Control::FailoverMode { arbiter });
+                }
+            }
+            Action::AskPartnerToLeaveArbiterMode => context
+                .mirror
+                .hub
+                .announce(Control::FailoverMode { arbiter: false }),
+            Action::AskArbiter => {
+                tracing::warn!("mirror: lost the other failover member; asking the arbiter");
+                context
+                    .mirror
+                    .arbiter
+                    .lock()
+                    .unwrap()
+                    .outbox
+                    .push_back(ToArbiter::Ask);
+            }
             Action::AskAgent => self.ask_agent(m),
             Action::TakeOver => self.take_over(),
             Action::Reconnect | Action::StandDown => {
                 tracing::info!("mirror: the primary is alive; reconnecting as a non-active backup")
             }
-            Action::AskArbiter | Action::AskPartnerToLeaveArbiterMode | Action::ForceOtherDown => {
-                // Only reachable in arbiter-controlled mode, which needs the arbiter.
-                tracing::debug!("mirror: {action:?} needs the arbiter");
-            }
+            Action::ForceOtherDown => force_other_down(m),
             Action::ShutDown => {
                 tracing::error!("mirror: the other member took over; this instance stops");
                 std::process::exit(3);
@@ -404,6 +463,33 @@ impl Driver {
             }
         }
     }
+}
+
+/// After a takeover through the arbiter: force the old primary down through its agent as soon as
+/// it can be reached (it is frozen in trouble, or gone; if it comes back it must not resume).
+fn force_other_down(m: &Membership) {
+    let Some(old) = m.primary_name.as_deref().and_then(|p| m.member(p)).cloned() else {
+        return;
+    };
+    let Ok(address) = old.agent_connect_address() else {
+        return;
+    };
+    let qos = Duration::from_millis(m.mirror.qos_timeout_ms);
+    let _ = std::thread::Builder::new()
+        .name("force-down".into())
+        .spawn(move || {
+            // Try for a while: the old primary's host may be cut off for some time.
+            let until = Instant::now() + Duration::from_secs(300);
+            while Instant::now() < until {
+                match agent::call_blocking(&address, AgentRequest::ForceDown, qos) {
+                    Ok(reply) => {
+                        tracing::warn!("mirror: {}: {}", old.name, reply.message);
+                        return;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_secs(1)),
+                }
+            }
+        });
 }
 
 /// Whether every mirrored database here is mounted, activated and following the journal: a

@@ -306,6 +306,23 @@ impl Hub {
         self.acked.notify_all();
     }
 
+    /// The backup reports its failover mode.
+    pub fn on_partner_mode(&self, id: u64, arbiter: bool) {
+        let mut state = self.state.lock().unwrap();
+        if state
+            .links
+            .iter()
+            .any(|l| l.id == id && l.member.kind == MemberKind::Failover)
+        {
+            let mode = if arbiter {
+                super::failover::Mode::Arbiter
+            } else {
+                super::failover::Mode::Agent
+            };
+            state.events.push_back(Event::PartnerMode(mode));
+        }
+    }
+
     /// Records a member's report about its dejournaling.
     pub fn on_status(&self, id: u64, dejournaling: String) {
         let mut state = self.state.lock().unwrap();

@@ -54,6 +54,7 @@
 //! The arbiter process, carrying out the failover rules (automatic takeover, the trouble state),
 //! async members, TLS and virtual IPs.
 
+pub mod arbiter_link;
 pub mod config;
 pub mod divergence;
 pub mod driver;

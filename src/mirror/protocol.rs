@@ -125,6 +125,12 @@ pub enum Control {
         /// The database.
         database: MirroredDatabase,
     },
+    /// A failover member's mode: from the primary, a request to follow; from the backup, a
+    /// report of the mode it is in.
+    FailoverMode {
+        /// Arbiter controlled (else agent controlled).
+        arbiter: bool,
+    },
     /// What the member's dejournaling looks like, for the primary's monitor.
     Status {
         /// The Dejournaling column text.

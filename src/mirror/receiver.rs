@@ -30,7 +30,7 @@ use crate::util::now_ms;
 
 use super::MirrorContext;
 use super::config::MemberInfo;
-use super::failover::Event;
+use super::failover::{Event, Mode};
 use super::protocol::{Control, Message, check_frames, read_message, write_ack, write_control};
 
 /// How often the link is tried again after it failed.
@@ -219,6 +219,7 @@ fn receive(context: &Arc<MirrorContext>, shared: &SharedJournal, stop: &AtomicBo
     {
         let mut link = context.mirror.link.lock().unwrap();
         context.mirror.partner_event(Event::PartnerConnected);
+        context.mirror.link_outbox.lock().unwrap().clear();
         link.connected = true;
         link.last_heard = Some(Instant::now());
         link.primary = Some(primary.clone());
@@ -273,6 +274,13 @@ fn receive(context: &Arc<MirrorContext>, shared: &SharedJournal, stop: &AtomicBo
                         context.mirror.partner_event(Event::PartnerActive);
                     }
                     Control::DatabaseAdded { database } => context.add_database(database)?,
+                    Control::FailoverMode { arbiter } => {
+                        context.mirror.partner_event(Event::PartnerMode(if arbiter {
+                            Mode::Arbiter
+                        } else {
+                            Mode::Agent
+                        }))
+                    }
                     Control::Refused { reason } => {
                         return Err(Error::Unavailable(format!(
                             "the primary closed the link: {reason}"
@@ -310,6 +318,16 @@ fn receive(context: &Arc<MirrorContext>, shared: &SharedJournal, stop: &AtomicBo
             journal.end()
         };
         write_ack(&mut writer, received_end)?;
+        let reports: Vec<Control> = context
+            .mirror
+            .link_outbox
+            .lock()
+            .unwrap()
+            .drain(..)
+            .collect();
+        for report in &reports {
+            write_control(&mut writer, report)?;
+        }
         if last_status.elapsed() >= Duration::from_secs(1) {
             write_control(
                 &mut writer,

@@ -436,11 +436,13 @@ fn read_acks(reader: &mut BufReader<TcpStream>, context: &MirrorContext, id: u64
     loop {
         match read_message(reader) {
             Ok(Some(Message::Ack(pos))) => context.mirror.hub.on_ack(id, pos),
-            Ok(Some(Message::Control(control))) => {
-                if let Control::Status { dejournaling } = *control {
-                    context.mirror.hub.on_status(id, dejournaling);
+            Ok(Some(Message::Control(control))) => match *control {
+                Control::Status { dejournaling } => context.mirror.hub.on_status(id, dejournaling),
+                Control::FailoverMode { arbiter } => {
+                    context.mirror.hub.on_partner_mode(id, arbiter)
                 }
-            }
+                _ => {}
+            },
             Ok(Some(Message::Frames { .. })) => return "the member sent journal frames".into(),
             Ok(None) => return "the member closed the connection".into(),
             Err(err) => return format!("connection lost: {err}"),

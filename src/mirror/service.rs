@@ -215,6 +215,7 @@ pub struct MirrorService {
     receiver: Running<()>,
     listener: Running<std::net::SocketAddr>,
     driver: Running<()>,
+    arbiter_link: Running<()>,
 }
 
 fn host_of(address: &str) -> String {
@@ -256,6 +257,7 @@ impl MirrorService {
             receiver: Mutex::new(None),
             listener: Mutex::new(Some((thread, stop, address))),
             driver: Mutex::new(None),
+            arbiter_link: Mutex::new(None),
         });
         if matches!(service.context.mirror.role(), Role::Backup | Role::Async(_)) {
             service.start_receiver();
@@ -263,6 +265,9 @@ impl MirrorService {
         let stop = Arc::new(AtomicBool::new(false));
         let driver = super::driver::start(service.clone(), stop.clone());
         *service.driver.lock().unwrap() = Some((driver, stop, ()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let link = super::arbiter_link::start(service.context.clone(), stop.clone());
+        *service.arbiter_link.lock().unwrap() = Some((link, stop, ()));
         service
     }
 
@@ -306,9 +311,11 @@ impl MirrorService {
 
     /// Stops the threads (instance shutdown).
     pub fn stop(&self) {
-        if let Some((thread, stop, ())) = self.driver.lock().unwrap().take() {
-            stop.store(true, Ordering::Release);
-            let _ = thread.join();
+        for running in [&self.driver, &self.arbiter_link] {
+            if let Some((thread, stop, ())) = running.lock().unwrap().take() {
+                stop.store(true, Ordering::Release);
+                let _ = thread.join();
+            }
         }
         self.stop_receiver();
         if let Some((thread, stop, address)) = self.listener.lock().unwrap().take() {
@@ -1095,7 +1102,13 @@ impl MirrorService {
             failover_info,
             arbiter: Some(ArbiterView {
                 address: m.mirror.arbiter_display(),
-                connection_status: "This member is not connected to the arbiter".into(),
+                connection_status: context
+                    .mirror
+                    .arbiter
+                    .lock()
+                    .unwrap()
+                    .connection_status()
+                    .into(),
             }),
             members,
             transfer_rate: (!primary).then(|| link.transfer_rate()),

@@ -142,6 +142,35 @@ pub struct MirrorState {
     deciding: AtomicBool,
     /// The failover state as the monitor shows it.
     pub failover_view: Mutex<FailoverView>,
+    /// The link to the arbiter.
+    pub arbiter: Mutex<ArbiterLinkState>,
+    /// Control messages the backup's receiver sends to the primary on its next round (its
+    /// failover mode reports).
+    pub link_outbox: Mutex<VecDeque<super::protocol::Control>>,
+}
+
+/// The link to the arbiter, shared by its thread, the failover driver and the monitor.
+#[derive(Debug, Default)]
+pub struct ArbiterLinkState {
+    /// Connected to the arbiter.
+    pub connected: bool,
+    /// What the arbiter last said about the other failover member.
+    pub sees_partner: Option<bool>,
+    /// What happened, for the failover driver.
+    pub events: VecDeque<Event>,
+    /// What the driver wants said to the arbiter.
+    pub outbox: VecDeque<crate::arbiter::ToArbiter>,
+}
+
+impl ArbiterLinkState {
+    /// The Connection Status line of the Mirror Monitor.
+    pub fn connection_status(&self) -> &'static str {
+        match (self.connected, self.sees_partner) {
+            (true, Some(true)) => "Both failover members are connected to the arbiter",
+            (true, _) => "Only this member is connected to the arbiter",
+            (false, _) => "This member is not connected to the arbiter",
+        }
+    }
 }
 
 /// The failover driver's state, for the Mirror Monitor.
@@ -170,6 +199,8 @@ impl MirrorState {
             may_connect: AtomicBool::new(true),
             deciding: AtomicBool::new(false),
             failover_view: Mutex::new(FailoverView::default()),
+            arbiter: Mutex::new(ArbiterLinkState::default()),
+            link_outbox: Mutex::new(VecDeque::new()),
         }
     }
 

@@ -51,6 +51,29 @@ impl Rng {
     }
 }
 
+/// A member's API without the member's process: for tasks that outlive a host that is killed
+/// and restarted.
+#[derive(Clone)]
+pub struct Api {
+    pub url: String,
+    pub client: reqwest::Client,
+}
+
+impl Api {
+    /// POST JSON with the default credentials.
+    pub async fn post(&self, path: &str, body: Value) -> reqwest::Result<(u16, Value)> {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .basic_auth("superuser", Some("SYS"))
+            .json(&body)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+}
+
 /// A running member.
 pub struct TestMember {
     pub dir: tempfile::TempDir,
@@ -60,6 +83,8 @@ pub struct TestMember {
     pub url: String,
     agent_process: Child,
     pub client: reqwest::Client,
+    host: String,
+    extra: Vec<String>,
 }
 
 impl TestMember {
@@ -79,26 +104,8 @@ impl TestMember {
         let web = format!("127.0.0.1:{}", free_port());
         let agent = format!("127.0.0.1:{}", free_port());
         let superserver = format!("127.0.0.1:{}", free_port());
-        let log = std::fs::File::create(dir.path().join("member.log")).unwrap();
-        let agent_process = Command::new(BINARY)
-            .arg("member")
-            .arg("--data-dir")
-            .arg(dir.path().join("durable"))
-            .args([
-                "--web",
-                &web,
-                "--agent",
-                &agent,
-                "--superserver",
-                &superserver,
-            ])
-            .args(["--host-name", host, "--install", "/nonexistent"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let agent_process = spawn_member(&dir, &web, &agent, &superserver, host, &extra);
         let member = TestMember {
             url: format!("http://{web}"),
             dir,
@@ -110,9 +117,34 @@ impl TestMember {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
+            host: host.to_string(),
+            extra,
         };
         member.wait_ready().await;
         member
+    }
+
+    /// The whole host dies: agent and instance are killed with SIGKILL.
+    pub async fn kill_host(&mut self) {
+        let pid = self.status().await.pid;
+        send_signal(self.agent_process.id(), Signal::Kill).unwrap();
+        if let Some(pid) = pid {
+            let _ = send_signal(pid, Signal::Kill);
+        }
+        let _ = self.agent_process.wait();
+    }
+
+    /// The host comes back: a new `mirrorlab member` on the same data directory and ports
+    /// (does not wait for readiness).
+    pub fn restart_host(&mut self) {
+        self.agent_process = spawn_member(
+            &self.dir,
+            &self.web,
+            &self.agent,
+            &self.superserver,
+            &self.host,
+            &self.extra,
+        );
     }
 
     /// The data directory.
@@ -197,15 +229,15 @@ impl TestMember {
 
     /// POST JSON to an API path with the default credentials.
     pub async fn post(&self, path: &str, body: Value) -> reqwest::Result<(u16, Value)> {
-        let r = self
-            .client
-            .post(format!("{}{path}", self.url))
-            .basic_auth("superuser", Some("SYS"))
-            .json(&body)
-            .send()
-            .await?;
-        let status = r.status().as_u16();
-        Ok((status, r.json().await.unwrap_or(Value::Null)))
+        self.api().post(path, body).await
+    }
+
+    /// A handle on this member's API.
+    pub fn api(&self) -> Api {
+        Api {
+            url: self.url.clone(),
+            client: self.client.clone(),
+        }
     }
 
     /// The agent's port.
@@ -273,15 +305,24 @@ impl TestMember {
         let mut out = Vec::new();
         for table in tables["rows"].as_array().unwrap() {
             let table = table[0].as_str().unwrap().to_string();
-            let rows = self
-                .sql(namespace, &format!("SELECT * FROM {db}.\"{table}\""))
-                .await;
-            let mut hashes: Vec<u64> = rows["rows"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| fnv(r.to_string().as_bytes()))
-                .collect();
+            // One result holds at most 10 000 rows: read the table in pages.
+            let mut hashes: Vec<u64> = Vec::new();
+            loop {
+                let page = self
+                    .sql(
+                        namespace,
+                        &format!(
+                            "SELECT * FROM {db}.\"{table}\" ORDER BY rowid LIMIT 5000 OFFSET {}",
+                            hashes.len()
+                        ),
+                    )
+                    .await;
+                let rows = page["rows"].as_array().unwrap();
+                hashes.extend(rows.iter().map(|r| fnv(r.to_string().as_bytes())));
+                if rows.len() < 5000 {
+                    break;
+                }
+            }
             hashes.sort_unstable();
             out.push((table, hashes));
         }
@@ -307,6 +348,9 @@ impl Drop for TestMember {
         }
         // Leave no process behind, whatever happened in the test: the agent stops its instance
         // on SIGTERM before it exits.
+        if let Ok(Some(_)) = self.agent_process.try_wait() {
+            return;
+        }
         let _ = send_signal(self.agent_process.id(), Signal::Term);
         let deadline = Instant::now() + Duration::from_secs(40);
         while Instant::now() < deadline {
@@ -316,6 +360,108 @@ impl Drop for TestMember {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.agent_process.kill();
+    }
+}
+
+fn spawn_member(
+    dir: &tempfile::TempDir,
+    web: &str,
+    agent: &str,
+    superserver: &str,
+    host: &str,
+    extra: &[String],
+) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("member.log"))
+        .unwrap();
+    Command::new(BINARY)
+        .arg("member")
+        .arg("--data-dir")
+        .arg(dir.path().join("durable"))
+        .args(["--web", web, "--agent", agent, "--superserver", superserver])
+        .args(["--host-name", host, "--install", "/nonexistent"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// A running arbiter process on a free loopback port.
+pub struct TestArbiter {
+    pub address: String,
+    process: Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestArbiter {
+    /// Starts `mirrorlab arbiter` and waits until it answers.
+    pub async fn start() -> TestArbiter {
+        let dir = tempfile::tempdir().unwrap();
+        let address = format!("127.0.0.1:{}", free_port());
+        let process = TestArbiter::spawn(&dir, &address);
+        let arbiter = TestArbiter {
+            address,
+            process,
+            dir,
+        };
+        arbiter.wait_ready().await;
+        arbiter
+    }
+
+    fn spawn(dir: &tempfile::TempDir, address: &str) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("arbiter.log"))
+            .unwrap();
+        Command::new(BINARY)
+            .args(["arbiter", "--agent", address])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(&self.address).await.is_err() {
+            assert!(Instant::now() < deadline, "the arbiter did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.address.rsplit_once(':').unwrap().1.parse().unwrap()
+    }
+
+    /// Kills the arbiter with SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+
+    /// Starts it again on the same port.
+    pub async fn restart(&mut self) {
+        self.process = TestArbiter::spawn(&self.dir, &self.address);
+        self.wait_ready().await;
+    }
+
+    /// Its log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("arbiter.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TestArbiter {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
     }
 }
 

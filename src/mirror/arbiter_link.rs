@@ -1,0 +1,215 @@
+//! A failover member's connection to the arbiter.
+//!
+//! One thread keeps the connection while this member is a failover member of a mirror with an
+//! arbiter and knows its role (primary or backup): it says hello with its role and epoch, pings
+//! every quarter of the QoS timeout, passes on what the failover driver wants said (the
+//! primary's mode, the questions of the failover rules), and turns what the arbiter says into
+//! failover events (`ArbiterConnected`, `ArbiterSeesPartner`, `ArbiterVerdict`, `ArbiterLost`,
+//! and `PartnerIsPrimary` for a former primary). When the role changes it reconnects, so the
+//! arbiter always knows who is primary. A reader thread per connection reads the arbiter's
+//! messages; a connection silent for a QoS timeout counts as lost.
+
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::arbiter::{FromArbiter, ToArbiter};
+use crate::error::{Error, Result};
+use crate::wire::{MAX_AGENT_FRAME, read_frame_sync, write_frame_sync};
+
+use super::MirrorContext;
+use super::config::{DEFAULT_AGENT_PORT, MemberKind, connect_address};
+use super::failover::Event;
+use super::state::Role;
+
+/// Starts the arbiter link thread; it stops when `stop` is set.
+pub fn start(context: Arc<MirrorContext>, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("arbiter-link".into())
+        .spawn(move || {
+            let mut last_error = String::new();
+            while !stop.load(Ordering::Acquire) {
+                let Some((address, qos, primary)) = target(&context) else {
+                    pause(&stop, Duration::from_millis(100));
+                    continue;
+                };
+                match connection(&context, &stop, &address, qos, primary) {
+                    Ok(()) => {}
+                    Err(err) => {
+                        let err = err.to_string();
+                        if err != last_error {
+                            tracing::warn!("mirror: arbiter at {address}: {err}");
+                            last_error = err;
+                        }
+                    }
+                }
+                let mut arbiter = context.mirror.arbiter.lock().unwrap();
+                if arbiter.connected {
+                    arbiter.events.push_back(Event::ArbiterLost);
+                }
+                arbiter.connected = false;
+                arbiter.sees_partner = None;
+                drop(arbiter);
+                pause(&stop, Duration::from_millis(500));
+            }
+        })
+        .expect("spawn the arbiter link")
+}
+
+fn pause(stop: &AtomicBool, how_long: Duration) {
+    let until = Instant::now() + how_long;
+    while !stop.load(Ordering::Acquire) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The arbiter's address, the QoS timeout and this member's role, when it should be connected.
+fn target(context: &MirrorContext) -> Option<(String, Duration, bool)> {
+    let config = context.config.get();
+    let m = config.mirror.membership.as_ref()?;
+    if !m.mirror.use_arbiter || m.this.kind != MemberKind::Failover || context.mirror.deciding() {
+        return None;
+    }
+    let primary = match context.mirror.role() {
+        Role::Primary => true,
+        Role::Backup => false,
+        _ => return None,
+    };
+    let address = connect_address(
+        &format!("{}:{}", m.mirror.arbiter_address, m.mirror.arbiter_port),
+        DEFAULT_AGENT_PORT,
+    )
+    .ok()?;
+    Some((
+        address,
+        Duration::from_millis(m.mirror.qos_timeout_ms),
+        primary,
+    ))
+}
+
+fn connect(address: &str) -> Result<TcpStream> {
+    let mut last = Error::Unavailable(format!("{address} did not resolve"));
+    for addr in address
+        .to_socket_addrs()
+        .map_err(|e| Error::Unavailable(format!("{e}")))?
+    {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Ok(stream) => return Ok(stream),
+            Err(err) => last = Error::Unavailable(err.to_string()),
+        }
+    }
+    Err(last)
+}
+
+/// One connection's life.
+fn connection(
+    context: &MirrorContext,
+    stop: &AtomicBool,
+    address: &str,
+    qos: Duration,
+    primary: bool,
+) -> Result<()> {
+    let stream = connect(address)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(qos))?;
+    stream.set_write_timeout(Some(qos))?;
+    let config = context.config.get();
+    let m = config.mirror.member()?;
+    let mut writer = stream.try_clone()?;
+    write_frame_sync(
+        &mut writer,
+        &ToArbiter::Hello {
+            mirror_id: m.mirror.id.clone(),
+            mirror_name: m.mirror.name.clone(),
+            member: m.this.name.clone(),
+            primary,
+            epoch: config.epoch,
+            qos_ms: qos.as_millis() as u64,
+        },
+    )?;
+    let (tx, rx) = mpsc::channel::<Result<FromArbiter>>();
+    let mut reader = stream.try_clone()?;
+    std::thread::Builder::new()
+        .name("arbiter-read".into())
+        .spawn(move || {
+            loop {
+                let message = match read_frame_sync::<_, FromArbiter>(&mut reader, MAX_AGENT_FRAME)
+                {
+                    Ok(Some(message)) => Ok(message),
+                    Ok(None) => Err(Error::Unavailable(
+                        "the arbiter closed the connection".into(),
+                    )),
+                    Err(err) => Err(err),
+                };
+                let end = message.is_err();
+                if tx.send(message).is_err() || end {
+                    return;
+                }
+            }
+        })?;
+    {
+        let mut arbiter = context.mirror.arbiter.lock().unwrap();
+        arbiter.outbox.clear();
+        arbiter.connected = true;
+        arbiter.events.push_back(Event::ArbiterConnected);
+    }
+    tracing::info!("mirror: connected to the arbiter at {address}");
+    let ping_every = (qos / 4).max(Duration::from_millis(25));
+    let mut last_ping = Instant::now();
+    let result = loop {
+        if stop.load(Ordering::Acquire) {
+            break Ok(());
+        }
+        // Reconnect under the new role, so the arbiter knows who is primary now.
+        if target(context).map(|t| t.2) != Some(primary) {
+            break Ok(());
+        }
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(Ok(message)) => {
+                let mut arbiter = context.mirror.arbiter.lock().unwrap();
+                match message {
+                    FromArbiter::SeesPartner { sees } => {
+                        arbiter.sees_partner = Some(sees);
+                        arbiter.events.push_back(Event::ArbiterSeesPartner(sees));
+                    }
+                    FromArbiter::Verdict { take_over } => arbiter
+                        .events
+                        .push_back(Event::ArbiterVerdict { take_over }),
+                    FromArbiter::BackupTookOver => {
+                        arbiter.events.push_back(Event::PartnerIsPrimary)
+                    }
+                    FromArbiter::Heartbeat | FromArbiter::Status { .. } => {}
+                }
+            }
+            Ok(Err(err)) => break Err(err),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                break Err(Error::Unavailable("the arbiter link ended".into()));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        let outgoing: Vec<ToArbiter> = context
+            .mirror
+            .arbiter
+            .lock()
+            .unwrap()
+            .outbox
+            .drain(..)
+            .collect();
+        for message in &outgoing {
+            if let Err(err) = write_frame_sync(&mut writer, message) {
+                return Err(err);
+            }
+        }
+        if !outgoing.is_empty() {
+            last_ping = Instant::now();
+        } else if last_ping.elapsed() >= ping_every {
+            write_frame_sync(&mut writer, &ToArbiter::Ping)?;
+            last_ping = Instant::now();
+        }
+    };
+    let _ = stream.shutdown(Shutdown::Both);
+    result
+}
