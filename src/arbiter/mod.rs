@@ -387,16 +387,14 @@ async fn serve(state: Arc<Mutex<Arbiter>>, stream: TcpStream) -> Result<()> {
     let Some(conn) = state.lock().unwrap().hello(tx, &first) else {
         return Ok(());
     };
-    loop {
-        match tokio::time::timeout(
-            qos,
-            read_frame::<_, ToArbiter>(&mut reader, MAX_AGENT_FRAME),
-        )
-        .await
-        {
-            Ok(Ok(Some(message))) => state.lock().unwrap().message(conn, &message),
-            _ => break,
-        }
+    // A member silent for its QoS timeout is lost.
+    while let Ok(Ok(Some(message))) = tokio::time::timeout(
+        qos,
+        read_frame::<_, ToArbiter>(&mut reader, MAX_AGENT_FRAME),
+    )
+    .await
+    {
+        state.lock().unwrap().message(conn, &message);
     }
     state.lock().unwrap().lost(conn);
     send.abort();

@@ -199,9 +199,7 @@ fn connection(
             .drain(..)
             .collect();
         for message in &outgoing {
-            if let Err(err) = write_frame_sync(&mut writer, message) {
-                return Err(err);
-            }
+            write_frame_sync(&mut writer, message)?;
         }
         if !outgoing.is_empty() {
             last_ping = Instant::now();
