@@ -159,7 +159,7 @@ fn connection(
     tracing::info!("mirror: connected to the arbiter at {address}");
     let ping_every = (qos / 4).max(Duration::from_millis(25));
     let mut last_ping = Instant::now();
-    let result = loop {
+    let result = (|| loop {
         if stop.load(Ordering::Acquire) {
             break Ok(());
         }
@@ -207,7 +207,8 @@ fn connection(
             write_frame_sync(&mut writer, &ToArbiter::Ping)?;
             last_ping = Instant::now();
         }
-    };
+    })();
+    // The reader thread holds a clone of the socket: shut it down so the arbiter sees the end.
     let _ = stream.shutdown(Shutdown::Both);
     result
 }
