@@ -1154,3 +1154,169 @@ async fn losing_the_arbiter_returns_to_agent_control_without_an_outage() {
     assert_identical(&a, &b).await;
     assert_all_present(&b, &acked, "B").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_failover_keeps_the_backup_from_taking_over_until_cleared() {
+    let (a, b) = pair(1000).await;
+    mirror_databases(&a, &b).await;
+    // Set on the backup: the primary stores it and both show it.
+    let set = b.ok("/api/mirror/no-failover", json!({"set": true})).await;
+    assert!(
+        set["message"]
+            .as_str()
+            .unwrap()
+            .contains("No Failover is set"),
+        "{set}"
+    );
+    a.wait_mirror(10, "No Failover", |v| v["no_failover"] == true)
+        .await;
+    b.wait_mirror(10, "No Failover", |v| v["no_failover"] == true)
+        .await;
+
+    a.kill_instance().await;
+    b.wait_mirror(10, "waiting", |v| v["status"] == "Waiting")
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let view = b.get("/api/mirror").await.1;
+    assert_eq!(
+        view["role"], "Backup",
+        "took over despite No Failover: {view}"
+    );
+
+    // The primary comes back, resumes, and No Failover ends with that.
+    a.start_instance().await;
+    a.wait_ready().await;
+    a.wait_mirror(15, "primary, No Failover cleared", |v| {
+        v["role"] == "Primary" && v["no_failover"] == false
+    })
+    .await;
+    b.wait_mirror(15, "backup, No Failover cleared", |v| {
+        v["status"] == "Backup" && v["no_failover"] == false
+    })
+    .await;
+    created(
+        &a,
+        "/api/apps/companies",
+        json!({"name": "after no failover"}),
+    )
+    .await;
+
+    // Without it, the next crash fails over.
+    a.kill_instance().await;
+    b.wait_mirror(10, "the primary", |v| v["role"] == "Primary")
+        .await;
+    assert!(all_names(&b).await.contains("after no failover"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_backup_stays_stopped_across_restarts_until_started() {
+    let (a, b) = pair(1000).await;
+    mirror_databases(&a, &b).await;
+    b.ok("/api/mirror/stop", json!({})).await;
+    b.wait_mirror(10, "stopped", |v| v["status"] == "Stopped")
+        .await;
+    a.wait_mirror(10, "B down", |v| {
+        TestMember::member_row(v, "MIRRORB/IRIS")["status"] == "Down"
+    })
+    .await;
+    created(
+        &a,
+        "/api/apps/companies",
+        json!({"name": "while B is stopped"}),
+    )
+    .await;
+    b.kill_instance().await;
+    b.start_instance().await;
+    b.wait_ready().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(b.get("/api/mirror").await.1["status"], "Stopped");
+    assert!(!all_names(&b).await.contains("while B is stopped"));
+
+    b.ok("/api/mirror/start", json!({})).await;
+    b.wait_mirror(15, "a backup again", |v| v["status"] == "Backup")
+        .await;
+    assert_identical(&a, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_primary_is_forced_down_and_the_backup_takes_over() {
+    use mirrorlab::os::{Signal, send_signal};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let (a, b) = pair(1000).await;
+    mirror_databases(&a, &b).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers_on_primary([a.api(), b.api()], 4, "hang", stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The primary hangs: its agent finds it silent, forces it down, and B takes over.
+    let pid = a.status().await.pid.unwrap();
+    send_signal(pid, Signal::Stop).unwrap();
+    let hung = std::time::Instant::now();
+    b.wait_mirror(15, "the primary", |v| v["role"] == "Primary")
+        .await;
+    eprintln!("B took over {:?} after the hang", hung.elapsed());
+    let status = a.status().await;
+    assert_eq!(status.state, "down", "{status:?}");
+    assert!(
+        status
+            .last_exit
+            .as_deref()
+            .unwrap_or_default()
+            .contains("signal 9"),
+        "{status:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    a.start_instance().await;
+    a.wait_ready().await;
+    a.wait_mirror(20, "B's backup", |v| v["status"] == "Backup")
+        .await;
+    let acked = stop_writers(&stop, writers).await;
+    assert!(
+        acked.len() > 20,
+        "the writers barely wrote: {}",
+        acked.len()
+    );
+    assert_all_present(&b, &acked, "B").await;
+    assert_identical(&a, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_an_arbiter_a_lost_primary_host_needs_a_person_to_force_the_backup() {
+    let (mut a, b) = pair(1000).await;
+    mirror_databases(&a, &b).await;
+    created(
+        &a,
+        "/api/apps/companies",
+        json!({"name": "before the host loss"}),
+    )
+    .await;
+    a.kill_host().await;
+    // The agent cannot answer: no automatic takeover.
+    b.wait_mirror(10, "waiting", |v| v["status"] == "Waiting")
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(b.get("/api/mirror").await.1["role"], "Backup");
+    // A person forces it, after the warning.
+    b.refused("/api/mirror/force-primary", json!({}), 409, "active backup")
+        .await;
+    let forced = b
+        .ok("/api/mirror/force-primary", json!({"confirm": true}))
+        .await;
+    assert!(
+        forced["message"].as_str().unwrap().contains("forced"),
+        "{forced}"
+    );
+    b.wait_mirror(10, "the primary", |v| v["role"] == "Primary")
+        .await;
+    created(&b, "/api/apps/companies", json!({"name": "after forcing"})).await;
+    assert!(all_names(&b).await.contains("before the host loss"));
+
+    // The old primary's host returns: it learns B is primary and follows.
+    a.restart_host();
+    a.wait_ready().await;
+    a.wait_mirror(20, "B's backup", |v| v["status"] == "Backup")
+        .await;
+    assert_identical(&a, &b).await;
+}

@@ -1071,6 +1071,10 @@ impl Writer {
             if let Some(m) = c.mirror.membership.as_mut() {
                 m.was_primary = true;
                 m.primary_name = Some(this.clone());
+                // No Failover ends when the member it protected resumes as primary.
+                if !new_epoch && m.mirror.defined_primary.as_deref() == Some(this.as_str()) {
+                    m.mirror.defined_primary = None;
+                }
                 if new_epoch {
                     m.epochs.push(crate::mirror::config::EpochStart {
                         epoch,

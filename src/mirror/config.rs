@@ -231,6 +231,11 @@ pub struct MirrorDefinition {
     pub compression_failover: String,
     /// Compression mode for async members (shown).
     pub compression_async: String,
+    /// No Failover: the member that must stay primary (IRIS's `DefinedPrimary`). While it is
+    /// set the backup does not take over; it is cleared when that member resumes as primary
+    /// after a restart, or by Clear No Failover.
+    #[serde(default)]
+    pub defined_primary: Option<String>,
 }
 
 impl MirrorDefinition {
@@ -293,9 +298,9 @@ pub struct Membership {
     /// next epoch's start; anything it has after that is a divergent tail.
     #[serde(default)]
     pub epochs: Vec<EpochStart>,
-    /// No Failover is set: the backup must not take over.
+    /// Stop Mirror On This Member (a backup): it does not connect until started again.
     #[serde(default)]
-    pub no_failover: bool,
+    pub stopped: bool,
 }
 
 /// The first journal position of an epoch.

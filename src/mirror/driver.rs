@@ -165,9 +165,10 @@ impl Driver {
                 inputs.push(Event::Agent(answer));
             }
         }
-        if self.no_failover != Some(m.no_failover) {
-            self.no_failover = Some(m.no_failover);
-            inputs.push(Event::NoFailover(m.no_failover));
+        let no_failover = m.mirror.defined_primary.is_some();
+        if self.no_failover != Some(no_failover) {
+            self.no_failover = Some(no_failover);
+            inputs.push(Event::NoFailover(no_failover));
         }
         if role == FailoverRole::Backup {
             let ready = databases_ready(&context, m);
@@ -301,10 +302,11 @@ impl Driver {
         let _ = std::thread::Builder::new()
             .name("ask-agent".into())
             .spawn(move || {
-                // A hung instance gets half the QoS timeout to answer the agent's probe, so a
-                // backup inside its takeover window still hears back in time.
+                // A hung instance gets a quarter of the QoS timeout to answer the agent's probe:
+                // noticed after half a QoS of silence, the backup then still hears back inside
+                // its takeover window (one QoS after it last heard from the primary).
                 let request = AgentRequest::ConfirmDown {
-                    timeout_ms: (qos / 2).as_millis() as u64,
+                    timeout_ms: (qos / 4).as_millis() as u64,
                 };
                 let answer = match agent::call_blocking(&address, request, qos) {
                     Ok(reply) if reply.ok && reply.instance.state == "down" => {

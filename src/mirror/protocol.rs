@@ -131,6 +131,12 @@ pub enum Control {
         /// Arbiter controlled (else agent controlled).
         arbiter: bool,
     },
+    /// No Failover set (the member that must stay primary) or cleared (`None`): from the
+    /// primary, the mirror's setting; from the backup, a request to the primary.
+    NoFailover {
+        /// The member that must stay primary.
+        defined_primary: Option<String>,
+    },
     /// What the member's dejournaling looks like, for the primary's monitor.
     Status {
         /// The Dejournaling column text.

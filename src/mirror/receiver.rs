@@ -49,7 +49,14 @@ pub fn start(
         .name("mirror-receiver".into())
         .spawn(move || {
             while !stop.load(Ordering::Acquire) {
-                if !context.mirror.may_connect() {
+                let stopped = context
+                    .config
+                    .get()
+                    .mirror
+                    .membership
+                    .as_ref()
+                    .is_some_and(|m| m.stopped);
+                if !context.mirror.may_connect() || stopped {
                     pause(&stop, Duration::from_millis(50));
                     continue;
                 }
@@ -231,9 +238,10 @@ fn receive(context: &Arc<MirrorContext>, shared: &SharedJournal, stop: &AtomicBo
         "mirror: connected to primary {} (receiving from position {from})",
         primary.name
     );
-    // The primary sends something at least every quarter QoS; a QoS without a word means the
-    // link is lost (the failover rules take it from there).
-    stream.set_read_timeout(Some(qos))?;
+    // The primary sends something at least every quarter QoS; half a QoS without a word means
+    // the link is lost (IRIS's effective wait is QoS/2 to QoS). Noticing early leaves the
+    // backup time, inside its takeover window, to have the agent confirm a hung primary down.
+    stream.set_read_timeout(Some((qos / 2).max(Duration::from_millis(100))))?;
 
     let mut primary_durable = JournalPos::ZERO;
     let mut pending: Vec<u8> = Vec::new();
@@ -274,6 +282,9 @@ fn receive(context: &Arc<MirrorContext>, shared: &SharedJournal, stop: &AtomicBo
                         context.mirror.partner_event(Event::PartnerActive);
                     }
                     Control::DatabaseAdded { database } => context.add_database(database)?,
+                    Control::NoFailover { defined_primary } => {
+                        super::service::store_no_failover(context, defined_primary)?
+                    }
                     Control::FailoverMode { arbiter } => {
                         context.mirror.partner_event(Event::PartnerMode(if arbiter {
                             Mode::Arbiter

@@ -441,6 +441,17 @@ fn read_acks(reader: &mut BufReader<TcpStream>, context: &MirrorContext, id: u64
                 Control::FailoverMode { arbiter } => {
                     context.mirror.hub.on_partner_mode(id, arbiter)
                 }
+                // The backup asked: the primary's setting is the mirror's, and every member
+                // hears it back.
+                Control::NoFailover { defined_primary }
+                    if super::service::store_no_failover(context, defined_primary.clone())
+                        .is_ok() =>
+                {
+                    context
+                        .mirror
+                        .hub
+                        .announce(Control::NoFailover { defined_primary })
+                }
                 _ => {}
             },
             Ok(Some(Message::Frames { .. })) => return "the member sent journal frames".into(),

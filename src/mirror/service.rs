@@ -191,6 +191,13 @@ pub struct MirrorView {
     pub failover_note: Option<String>,
     /// Rows of divergent tails kept in quarantine here (the newest last), and how many in all.
     pub quarantine: (Vec<super::divergence::QuarantinedRow>, usize),
+    /// No Failover is set (the member that must stay primary).
+    pub no_failover: Option<String>,
+    /// Stop Mirror On This Member is in effect.
+    pub stopped: bool,
+    /// Whether this member may be forced to become primary (a failover member that is not
+    /// primary and not connected to one).
+    pub may_force: bool,
 }
 
 /// Quarantined rows the monitor lists at most.
@@ -241,6 +248,16 @@ fn reachable(bind: &str, host: &str, default_port: u16) -> String {
     }
 }
 
+/// Stores the mirror's No Failover setting.
+pub fn store_no_failover(context: &MirrorContext, defined_primary: Option<String>) -> Result<()> {
+    context.config.update(|c| {
+        if let Some(m) = c.mirror.membership.as_mut() {
+            m.mirror.defined_primary = defined_primary;
+        }
+        Ok(())
+    })
+}
+
 impl MirrorService {
     /// Starts the superserver listener (and, on a backup, the receiver).
     pub fn start(
@@ -259,7 +276,15 @@ impl MirrorService {
             driver: Mutex::new(None),
             arbiter_link: Mutex::new(None),
         });
-        if matches!(service.context.mirror.role(), Role::Backup | Role::Async(_)) {
+        let stopped = service
+            .context
+            .config
+            .get()
+            .mirror
+            .membership
+            .as_ref()
+            .is_some_and(|m| m.stopped);
+        if matches!(service.context.mirror.role(), Role::Backup | Role::Async(_)) && !stopped {
             service.start_receiver();
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -487,6 +512,7 @@ impl MirrorService {
             parallel_dejournaling: "Failover Members and DR".into(),
             compression_failover: "System Selected".into(),
             compression_async: "System Selected".into(),
+            defined_primary: None,
         };
         let membership = Membership {
             mirror: definition,
@@ -498,7 +524,7 @@ impl MirrorService {
             activated: Vec::new(),
             pending_adds: Vec::new(),
             epochs: Vec::new(),
-            no_failover: false,
+            stopped: false,
         };
         let stream = crate::util::parse_hex16(&id).expect("fresh id");
         let options = JournalOptions::mirror(&name, self.context.max_segment_bytes, JournalPos(1));
@@ -598,7 +624,7 @@ impl MirrorService {
             primary_name: Some(description.primary.clone()),
             pending_adds: Vec::new(),
             epochs: Vec::new(),
-            no_failover: false,
+            stopped: false,
         };
         let name = membership.mirror.name.clone();
         let prefix = JournalOptions::mirror(&name, 0, JournalPos(1)).prefix;
@@ -847,6 +873,185 @@ impl MirrorService {
         })
     }
 
+    /// Set (or Clear) No Failover, on either failover member: the backup must not take over
+    /// while the primary named here is down. The primary's setting is the mirror's; a backup
+    /// asks the primary to change it.
+    pub fn set_no_failover(&self, on: bool) -> Result<String> {
+        let config = self.context.config.get();
+        let m = config.mirror.member()?;
+        if m.this.kind != MemberKind::Failover {
+            return Err(Error::Conflict(
+                "No Failover is set on a failover member".into(),
+            ));
+        }
+        let role = self.context.mirror.role();
+        let primary = match role {
+            Role::Primary => m.this.name.clone(),
+            _ => match (
+                &m.primary_name,
+                self.context.mirror.link.lock().unwrap().connected,
+            ) {
+                (Some(p), true) => p.clone(),
+                _ => {
+                    return Err(Error::Conflict(
+                        "this member is not connected to the primary: No Failover is changed while both failover members are connected"
+                            .into(),
+                    ));
+                }
+            },
+        };
+        let defined_primary = on.then(|| primary.clone());
+        if m.mirror.defined_primary == defined_primary {
+            return Ok(if on {
+                "No Failover was already set".into()
+            } else {
+                "No Failover was not set".into()
+            });
+        }
+        self.store_no_failover(defined_primary.clone())?;
+        let control = super::protocol::Control::NoFailover { defined_primary };
+        if role == Role::Primary {
+            self.context.mirror.hub.announce(control);
+        } else {
+            self.context
+                .mirror
+                .link_outbox
+                .lock()
+                .unwrap()
+                .push_back(control);
+        }
+        Ok(if on {
+            format!("No Failover is set: the backup will not take over while {primary} is down")
+        } else {
+            "No Failover is cleared".into()
+        })
+    }
+
+    /// Stores the mirror's No Failover setting (also when the other member reports it).
+    pub fn store_no_failover(&self, defined_primary: Option<String>) -> Result<()> {
+        store_no_failover(&self.context, defined_primary)
+    }
+
+    /// Stop Mirror On This Member (a backup): disconnect and stay disconnected, across
+    /// restarts, until Start Mirror On This Member.
+    pub fn stop_mirror(&self) -> Result<String> {
+        let config = self.context.config.get();
+        let m = config.mirror.member()?;
+        if self.context.mirror.role() == Role::Primary {
+            return Err(Error::Conflict(
+                "the primary cannot stop mirroring: only another member can".into(),
+            ));
+        }
+        if m.stopped {
+            return Ok("mirroring was already stopped on this member".into());
+        }
+        self.context.config.update(|c| {
+            if let Some(m) = c.mirror.membership.as_mut() {
+                m.stopped = true;
+            }
+            Ok(())
+        })?;
+        self.stop_receiver();
+        Ok("mirroring stopped on this member: it neither receives nor takes over until Start Mirror On This Member".into())
+    }
+
+    /// Start Mirror On This Member.
+    pub fn start_mirror(&self) -> Result<String> {
+        let config = self.context.config.get();
+        let m = config.mirror.member()?;
+        if !m.stopped {
+            return Ok("mirroring was not stopped on this member".into());
+        }
+        self.context.config.update(|c| {
+            if let Some(m) = c.mirror.membership.as_mut() {
+                m.stopped = false;
+            }
+            Ok(())
+        })?;
+        self.start_receiver();
+        Ok("mirroring started on this member".into())
+    }
+
+    /// What forcing this member to become primary would risk, for the warning.
+    fn force_warning(&self) -> String {
+        let config = self.context.config.get();
+        let journal = self.context.mirror.journal();
+        let end = journal
+            .as_ref()
+            .map(|j| j.durable_end())
+            .unwrap_or_default();
+        let (file, _) = journal
+            .as_ref()
+            .and_then(|j| j.locate(end))
+            .unwrap_or_default();
+        let active = self.context.mirror.link.lock().unwrap().active;
+        let other = config
+            .mirror
+            .membership
+            .as_ref()
+            .and_then(|m| m.primary_name.clone())
+            .unwrap_or_else(|| "the other member".into());
+        format!(
+            "This member {} the active backup when it lost the primary; it holds mirror journal data up to              position {end}{}. If {other} acknowledged writes after that, they are lost, and {other} will              have to be rebuilt before it can join again. Confirm to force this member to become the primary.",
+            if active { "was" } else { "was NOT" },
+            if file.is_empty() {
+                String::new()
+            } else {
+                format!(" (file {file})")
+            }
+        )
+    }
+
+    /// Force this member to become the primary (the operator's override when no automatic
+    /// takeover happened). Refused while a primary is connected; needs `confirm` after the
+    /// warning.
+    pub async fn force_primary(&self, confirm: bool) -> Result<String> {
+        let config = self.context.config.get();
+        let m = config.mirror.member()?;
+        if m.this.kind != MemberKind::Failover {
+            return Err(Error::Conflict(
+                "only a failover member can become primary (promote a DR member to failover first)"
+                    .into(),
+            ));
+        }
+        if self.context.mirror.role() == Role::Primary && !self.context.mirror.deciding() {
+            return Ok("this member is already the primary".into());
+        }
+        if self.context.mirror.link.lock().unwrap().connected {
+            return Err(Error::Conflict(format!(
+                "this member is connected to the primary {}: it cannot be forced while the primary runs",
+                m.primary_name.clone().unwrap_or_default()
+            )));
+        }
+        if !confirm {
+            return Err(Error::Conflict(self.force_warning()));
+        }
+        self.stop_receiver();
+        let source = self.receiver_journal.clone();
+        let result = self
+            .context
+            .writer
+            .mirror(|reply| MirrorCommand::BecomePrimary {
+                source,
+                new_epoch: true,
+                reply,
+            })
+            .await;
+        match result {
+            Ok(message) => {
+                self.context.mirror.set_deciding(false);
+                tracing::warn!("mirror: forced to become the primary: {message}");
+                Ok(format!("forced: {message}"))
+            }
+            Err(err) => {
+                if self.context.mirror.role() != Role::Primary {
+                    self.start_receiver();
+                }
+                Err(err)
+            }
+        }
+    }
+
     /// Remove Mirror Configuration: this member leaves the mirror.
     pub async fn remove(&self) -> Result<String> {
         if self.context.config.get().mirror.membership.is_none() {
@@ -898,6 +1103,9 @@ impl MirrorService {
                 journal_end: None,
                 failover_note: None,
                 quarantine: (Vec::new(), 0),
+                no_failover: None,
+                stopped: false,
+                may_force: false,
             };
         };
         let failover = context.mirror.failover_view.lock().unwrap().clone();
@@ -962,6 +1170,7 @@ impl MirrorService {
         } else {
             let caught_up = link.received_end >= link.primary_durable;
             this_status = match (link.connected, link.active) {
+                _ if m.stopped => "Stopped",
                 (true, true) => "Backup",
                 (true, false) => "Synchronizing",
                 (false, _) => "Waiting",
@@ -1128,6 +1337,11 @@ impl MirrorService {
                 rows.drain(..total.saturating_sub(QUARANTINE_SHOWN));
                 (rows, total)
             },
+            no_failover: m.mirror.defined_primary.clone(),
+            stopped: m.stopped,
+            may_force: m.this.kind == MemberKind::Failover
+                && (!primary || context.mirror.deciding())
+                && !link.connected,
         }
     }
 

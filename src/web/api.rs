@@ -40,6 +40,10 @@ pub fn routes() -> Router<AppState> {
         .route("/mirror/remove-member", post(mirror_remove_member))
         .route("/mirror/add-databases", post(mirror_add_databases))
         .route("/mirror/freeze", post(mirror_freeze))
+        .route("/mirror/no-failover", post(mirror_no_failover))
+        .route("/mirror/stop", post(mirror_stop))
+        .route("/mirror/start", post(mirror_start))
+        .route("/mirror/force-primary", post(mirror_force_primary))
         .route("/mirror/thaw", post(mirror_thaw))
         .route("/password", post(password))
 }
@@ -282,6 +286,8 @@ async fn mirror(State(state): State<AppState>) -> Json<Json_> {
         "journal_position": view.journal_end,
         "link_error": view.link_error,
         "failover_note": view.failover_note,
+        "no_failover": view.no_failover.is_some(),
+        "stopped": view.stopped,
         "quarantine": { "count": view.quarantine.1, "rows": view.quarantine.0 },
         "host": state.instance.settings.host_name,
     }))
@@ -332,6 +338,45 @@ async fn mirror_edit(
     ApiJson(request): ApiJson<EditRequest>,
 ) -> ApiResult {
     done(state.instance.mirror_service.edit(request).await?)
+}
+
+#[derive(Deserialize)]
+struct NoFailoverRequest {
+    set: bool,
+}
+
+async fn mirror_no_failover(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<NoFailoverRequest>,
+) -> ApiResult {
+    done(state.instance.mirror_service.set_no_failover(request.set)?)
+}
+
+async fn mirror_stop(State(state): State<AppState>) -> ApiResult {
+    done(state.instance.mirror_service.stop_mirror()?)
+}
+
+async fn mirror_start(State(state): State<AppState>) -> ApiResult {
+    done(state.instance.mirror_service.start_mirror()?)
+}
+
+#[derive(Deserialize, Default)]
+struct ForceRequest {
+    #[serde(default)]
+    confirm: bool,
+}
+
+async fn mirror_force_primary(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<ForceRequest>,
+) -> ApiResult {
+    done(
+        state
+            .instance
+            .mirror_service
+            .force_primary(request.confirm)
+            .await?,
+    )
 }
 
 async fn mirror_remove(State(state): State<AppState>) -> ApiResult {

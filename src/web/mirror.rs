@@ -35,6 +35,7 @@ pub fn routes() -> Router<AppState> {
         .route("/portal/mirror/remove", post(remove))
         .route("/portal/mirror/remove-member", post(remove_member))
         .route("/portal/mirror/monitor", get(monitor))
+        .route("/portal/mirror/monitor/{action}", post(monitor_action))
         .route(
             "/portal/mirror/databases/{db}/{action}",
             post(database_action),
@@ -433,6 +434,38 @@ async fn monitor(State(state): State<AppState>, user: PortalUser) -> MonitorPage
         view: service(&state).view(),
         now: MirrorService::now_text(),
     }
+}
+
+#[derive(Deserialize)]
+struct MonitorActionForm {
+    #[serde(default)]
+    confirm: Option<String>,
+}
+
+/// The Mirror Monitor's buttons: Set / Clear No Failover, Stop / Start Mirror On This Member,
+/// Force This Member To Become Primary.
+async fn monitor_action(
+    State(state): State<AppState>,
+    Path(action): Path<String>,
+    CsrfForm(user, form): CsrfForm<MonitorActionForm>,
+) -> Result<Response, PageError> {
+    let service = service(&state);
+    let result = match action.as_str() {
+        "set-no-failover" => service.set_no_failover(true),
+        "clear-no-failover" => service.set_no_failover(false),
+        "stop" => service.stop_mirror(),
+        "start" => service.start_mirror(),
+        "force-primary" => service.force_primary(form.confirm.is_some()).await,
+        other => {
+            return Err(Error::NotFound(format!("there is no monitor action {other:?}")).into());
+        }
+    };
+    Ok(flash_and_redirect(
+        &state,
+        &user,
+        result,
+        "/portal/mirror/monitor",
+    ))
 }
 
 async fn database_action(
