@@ -34,3 +34,28 @@ fn bench_runs_against_a_temporary_member_and_prints_figures() {
         assert_eq!(errors, 0, "errors in {row:?}");
     }
 }
+
+#[test]
+fn the_failover_bench_kills_each_way_once_and_prints_figures() {
+    let output = Command::new(common::BINARY)
+        .args([
+            "bench", "--mode", "failover", "--kills", "1", "--qos-ms", "1000",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for kind in ["instance crash", "host killed", "host silent"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(kind))
+            .unwrap_or_else(|| panic!("no {kind} row:\n{stdout}"));
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        let kills: u64 = cols[cols.len() - 5].parse().unwrap();
+        assert_eq!(kills, 1, "{row}");
+    }
+}

@@ -68,8 +68,17 @@ pub enum AgentRequest {
         /// How long the instance may take to answer.
         timeout_ms: u64,
     },
-    /// Force the instance down (SIGKILL): the other member took over through the arbiter.
-    ForceDown,
+    /// Force the instance down (SIGKILL) if it still acts as `member`, primary of `mirror_name`
+    /// in an epoch before `epoch` (or does not answer): the other member took over through the
+    /// arbiter. A restarted instance that no longer claims the role is left alone.
+    ForceDown {
+        /// The mirror.
+        mirror_name: String,
+        /// The old primary's member name.
+        member: String,
+        /// The epoch of the takeover.
+        epoch: u64,
+    },
     /// Who the instance says is the primary of `mirror_name`, and in which epoch.
     MirrorRole {
         /// The mirror.
@@ -239,6 +248,41 @@ impl Supervisor {
         }
         let _ = exits.wait_for(|n| *n != before).await;
         self.reply(true, format!("the instance was forced down: {why}"))
+    }
+
+    /// See [`AgentRequest::ForceDown`].
+    async fn force_down_stale(
+        &self,
+        mirror_name: String,
+        member: String,
+        epoch: u64,
+    ) -> AgentReply {
+        if self.status().state != "running" {
+            return self.reply(true, "the instance is down");
+        }
+        let address = local_address(&self.settings.superserver);
+        let probe = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::task::spawn_blocking(move || ask_instance(&address, &mirror_name)),
+        )
+        .await;
+        match probe {
+            Ok(Ok(Ok(d))) if d.primary == member && d.epoch < epoch && !d.deciding => {
+                self.force_down(&format!(
+                    "it still acts as primary of epoch {} and the other failover member took over in epoch {epoch}",
+                    d.epoch
+                ))
+                .await
+            }
+            Ok(Ok(Ok(_))) | Ok(Ok(Err(Error::Conflict(_)))) => {
+                self.reply(true, "the instance no longer acts as the primary: left running")
+            }
+            // Not listening yet: starting up, so not acting as primary.
+            Ok(Ok(Err(Error::Unavailable(why)))) if why.contains("refused") => {
+                self.reply(true, "the instance is starting: left running")
+            }
+            _ => self.force_down("it does not answer").await,
+        }
     }
 
     /// See [`AgentRequest::ConfirmDown`].
@@ -473,9 +517,13 @@ async fn serve_connection(supervisor: Arc<Supervisor>, mut stream: TcpStream) ->
                     .await
             }
             AgentRequest::MirrorRole { mirror_name } => supervisor.mirror_role(mirror_name).await,
-            AgentRequest::ForceDown => {
+            AgentRequest::ForceDown {
+                mirror_name,
+                member,
+                epoch,
+            } => {
                 supervisor
-                    .force_down("the other failover member took over")
+                    .force_down_stale(mirror_name, member, epoch)
                     .await
             }
         };

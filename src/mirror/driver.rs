@@ -277,7 +277,7 @@ impl Driver {
             Action::Reconnect | Action::StandDown => {
                 tracing::info!("mirror: the primary is alive; reconnecting as a non-active backup")
             }
-            Action::ForceOtherDown => force_other_down(m),
+            Action::ForceOtherDown => force_other_down(m, context.config.get().epoch),
             Action::ShutDown => {
                 tracing::error!("mirror: the other member took over; this instance stops");
                 std::process::exit(3);
@@ -469,7 +469,7 @@ impl Driver {
 
 /// After a takeover through the arbiter: force the old primary down through its agent as soon as
 /// it can be reached (it is frozen in trouble, or gone; if it comes back it must not resume).
-fn force_other_down(m: &Membership) {
+fn force_other_down(m: &Membership, epoch: u64) {
     let Some(old) = m.primary_name.as_deref().and_then(|p| m.member(p)).cloned() else {
         return;
     };
@@ -477,13 +477,18 @@ fn force_other_down(m: &Membership) {
         return;
     };
     let qos = Duration::from_millis(m.mirror.qos_timeout_ms);
+    let request = AgentRequest::ForceDown {
+        mirror_name: m.mirror.name.clone(),
+        member: old.name.clone(),
+        epoch,
+    };
     let _ = std::thread::Builder::new()
         .name("force-down".into())
         .spawn(move || {
             // Try for a while: the old primary's host may be cut off for some time.
             let until = Instant::now() + Duration::from_secs(300);
             while Instant::now() < until {
-                match agent::call_blocking(&address, AgentRequest::ForceDown, qos) {
+                match agent::call_blocking(&address, request.clone(), qos) {
                     Ok(reply) => {
                         tracing::warn!("mirror: {}: {}", old.name, reply.message);
                         return;

@@ -63,6 +63,9 @@ pub struct MirrorDescription {
     /// Where each epoch after the first began.
     #[serde(default)]
     pub epochs: Vec<super::config::EpochStart>,
+    /// The describing member restarted as a former primary and does not know its role yet.
+    #[serde(default)]
+    pub deciding: bool,
 }
 
 /// Control messages (JSON).

@@ -8,6 +8,10 @@
 //! Add to Mirror, a copy of the database file, Catchup), so the backup stores, acknowledges and
 //! dejournals every batch during the run. Both run the same steps; the table shows both and the
 //! ratio. Timing targets live here, never in tests.
+//!
+//! `--mode failover` measures takeovers instead ([`failover`]).
+
+mod failover;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -38,9 +42,16 @@ pub struct BenchArgs {
     /// API password.
     #[arg(long, default_value = "SYS")]
     password: String,
-    /// What to measure without `--url`: `both`, `standalone` or `mirrored`.
+    /// What to measure without `--url`: `both`, `standalone`, `mirrored`, or `failover` (time
+    /// from a kill to the first write accepted by the new primary).
     #[arg(long, default_value = "both")]
     mode: String,
+    /// `--mode failover`: kills of each kind (instance crash, host loss).
+    #[arg(long, default_value_t = 10)]
+    kills: usize,
+    /// `--mode failover`: the mirror's QoS timeout (ms).
+    #[arg(long, default_value_t = 2000)]
+    qos_ms: u64,
 }
 
 /// The figures of one step.
@@ -65,8 +76,10 @@ struct TemporaryMember {
     child: Child,
     dir: PathBuf,
     url: String,
+    web: String,
     superserver: String,
     agent: String,
+    host: String,
 }
 
 fn free_port() -> Result<u16> {
@@ -82,53 +95,51 @@ impl TemporaryMember {
         let web = format!("127.0.0.1:{}", free_port()?);
         let superserver = format!("127.0.0.1:{}", free_port()?);
         let agent = format!("127.0.0.1:{}", free_port()?);
-        // One file for both streams: two handles would each keep their own offset and
-        // overwrite each other's lines.
-        let log = std::fs::File::create(log_path(&dir))?;
-        let child = Command::new(std::env::current_exe()?)
-            .arg("member")
-            .arg("--data-dir")
-            .arg(&dir)
-            .args([
-                "--web",
-                &web,
-                "--superserver",
-                &superserver,
-                "--agent",
-                &agent,
-            ])
-            .args(["--host-name", host, "--install", "/nonexistent"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            // The member's own log goes to a file beside its data: a process that inherited the
-            // benchmark's output would hold it open after the benchmark ends.
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
+        let child = spawn_member(&dir, &web, &superserver, &agent, host)?;
         let member = TemporaryMember {
             child,
             dir,
             url: format!("http://{web}"),
+            web,
             superserver,
             agent,
+            host: host.to_string(),
         };
+        if let Err(err) = member.wait_ready(client).await {
+            member.stop().await;
+            return Err(err);
+        }
+        Ok(member)
+    }
+
+    /// Waits until the portal answers.
+    async fn wait_ready(&self, client: &reqwest::Client) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(r) = client
-                .get(format!("{}/api/health", member.url))
-                .send()
-                .await
+            if let Ok(r) = client.get(format!("{}/api/health", self.url)).send().await
                 && r.status().is_success()
             {
-                return Ok(member);
+                return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(Error::Unavailable(
                     "the temporary member did not start within 60 s".into(),
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A new `mirrorlab member` on the same folder and ports (after a host loss).
+    fn respawn(&mut self) -> Result<()> {
+        self.child = spawn_member(
+            &self.dir,
+            &self.web,
+            &self.superserver,
+            &self.agent,
+            &self.host,
+        )?;
+        Ok(())
     }
 
     fn agent_port(&self) -> u16 {
@@ -173,15 +184,27 @@ impl TemporaryMember {
         check: impl Fn(&Value) -> bool,
     ) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !check(&self.mirror_view(client).await) {
+        loop {
+            let view = self.mirror_view(client).await;
+            if check(&view) {
+                return Ok(());
+            }
             if Instant::now() > deadline {
                 return Err(Error::Unavailable(format!(
-                    "the benchmark pair never became {what}"
+                    "{} never became {what} (its log: {}); it shows: {}",
+                    self.url,
+                    log_path(&self.dir).display(),
+                    serde_json::json!({
+                        "status": view["status"],
+                        "failover_mode": view["failover_mode"],
+                        "arbiter": view["arbiter"],
+                        "link_error": view["link_error"],
+                        "failover_note": view["failover_note"],
+                    })
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(())
     }
 
     async fn stop(mut self) {
@@ -189,9 +212,41 @@ impl TemporaryMember {
             let _ = send_signal(pid, Signal::Term);
         }
         let _ = tokio::time::timeout(Duration::from_secs(40), self.child.wait()).await;
+        if std::env::var_os("MIRRORLAB_BENCH_KEEP").is_some() {
+            eprintln!("kept {} and its log", self.dir.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_file(log_path(&self.dir));
     }
+}
+
+fn spawn_member(
+    dir: &std::path::Path,
+    web: &str,
+    superserver: &str,
+    agent: &str,
+    host: &str,
+) -> Result<Child> {
+    // One file for both streams: two handles would each keep their own offset and overwrite
+    // each other's lines. Appended to, so a restarted member keeps the earlier lines.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(dir))?;
+    Ok(Command::new(std::env::current_exe()?)
+        .arg("member")
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--web", web, "--superserver", superserver, "--agent", agent])
+        .args(["--host-name", host, "--install", "/nonexistent"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        // The member's own log goes to a file beside its data: a process that inherited the
+        // benchmark's output would hold it open after the benchmark ends.
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?)
 }
 
 fn log_path(dir: &std::path::Path) -> PathBuf {
@@ -324,6 +379,15 @@ pub fn print_row(r: &StepResult) {
 /// Sets up a mirrored pair: A primary of mirror BENCH with COMPANY mirrored, B its active backup
 /// dejournaling a copy of COMPANY.
 async fn mirrored_pair(client: &reqwest::Client) -> Result<(TemporaryMember, TemporaryMember)> {
+    mirrored_pair_with(client, None, None).await
+}
+
+/// [`mirrored_pair`] with an arbiter (`host:port`) and a QoS timeout.
+async fn mirrored_pair_with(
+    client: &reqwest::Client,
+    arbiter: Option<&str>,
+    qos_ms: Option<u64>,
+) -> Result<(TemporaryMember, TemporaryMember)> {
     let a = TemporaryMember::start(client, "bencha").await?;
     let b = match TemporaryMember::start(client, "benchb").await {
         Ok(b) => b,
@@ -332,7 +396,7 @@ async fn mirrored_pair(client: &reqwest::Client) -> Result<(TemporaryMember, Tem
             return Err(err);
         }
     };
-    match join_pair(client, &a, &b).await {
+    match join_pair(client, &a, &b, arbiter, qos_ms).await {
         Ok(()) => Ok((a, b)),
         Err(err) => {
             a.stop().await;
@@ -346,15 +410,25 @@ async fn join_pair(
     client: &reqwest::Client,
     a: &TemporaryMember,
     b: &TemporaryMember,
+    arbiter: Option<&str>,
+    qos_ms: Option<u64>,
 ) -> Result<()> {
     a.call(client, "/api/mirror/service", json!({"enabled": true}))
         .await?;
-    a.call(
-        client,
-        "/api/mirror/create",
-        json!({"mirror_name": "BENCH", "superserver_address": a.superserver, "agent_address": "127.0.0.1", "agent_port": a.agent_port()}),
-    )
-    .await?;
+    let mut create = json!({
+        "mirror_name": "BENCH",
+        "superserver_address": a.superserver,
+        "agent_address": "127.0.0.1",
+        "agent_port": a.agent_port(),
+    });
+    if let Some(qos) = qos_ms {
+        create["qos_timeout_ms"] = qos.into();
+    }
+    if let Some(arbiter) = arbiter {
+        create["use_arbiter"] = true.into();
+        create["arbiter_address"] = arbiter.into();
+    }
+    a.call(client, "/api/mirror/create", create).await?;
     b.call(client, "/api/mirror/service", json!({"enabled": true}))
         .await?;
     b.call(
@@ -445,12 +519,13 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
         return Ok(0);
     }
     let (standalone, mirrored) = match args.mode.as_str() {
+        "failover" => return failover::run(&client, args.kills.max(1), args.qos_ms).await,
         "both" => (true, true),
         "standalone" => (true, false),
         "mirrored" => (false, true),
         other => {
             return Err(Error::InvalidInput(format!(
-                "--mode must be both, standalone or mirrored, not {other:?}"
+                "--mode must be both, standalone, mirrored or failover, not {other:?}"
             )));
         }
     };
