@@ -93,6 +93,7 @@ pub async fn run_instance(settings: InstanceSettings) -> Result<u8> {
         settings.data_dir.display()
     );
     let app = crate::web::router(instance.clone());
+    let productions = tokio::spawn(crate::instance::productions::run(instance.clone()));
     let stop = async move {
         tokio::select! {
             _ = shutdown_signal() => tracing::info!("stopping (signal)"),
@@ -103,6 +104,7 @@ pub async fn run_instance(settings: InstanceSettings) -> Result<u8> {
         .with_graceful_shutdown(stop)
         .await
         .map_err(|e| Error::Io(format!("web server: {e}")))?;
+    productions.abort();
     let failed = instance.failure().is_some();
     tokio::task::spawn_blocking(move || instance.close())
         .await

@@ -525,6 +525,27 @@ async fn the_backup_takes_over_when_the_primary_dies_and_the_old_primary_rejoins
         .await
         .unwrap();
     assert_eq!(status.status().as_u16(), 200);
+    // The primary's background job (the HEARTBEAT production) starts by itself on B.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let rows = b
+            .sql(
+                "COMPANY",
+                "SELECT count(*) FROM Heartbeat WHERE member = 'MIRRORB/IRIS'",
+            )
+            .await;
+        if rows["rows"][0][0].as_i64().unwrap() > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the HEARTBEAT production never ran on B"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let productions = b.get("/api/mirror").await.1["productions"].clone();
+    assert_eq!(productions[0]["name"], "HEARTBEAT", "{productions}");
+    assert_eq!(productions[0]["running"], true, "{productions}");
     // The applications keep working on B.
     let (created, _) = b
         .post("/api/apps/companies", json!({"name": "written on B"}))
@@ -570,6 +591,9 @@ async fn the_backup_takes_over_when_the_primary_dies_and_the_old_primary_rejoins
         assert_eq!(a.db_status(db).await, "Dejournaling", "{db}");
         assert_eq!(b.db_status(db).await, "Normal", "{db}");
     }
+    // A no longer runs the primary's jobs; its heartbeats from before are replicated history.
+    let productions = a.get("/api/mirror").await.1["productions"].clone();
+    assert_eq!(productions[0]["running"], false, "{productions}");
     // A is read-only now.
     let (status, _) = a
         .post("/api/apps/companies", json!({"name": "refused on A"}))
@@ -839,14 +863,24 @@ async fn bad_mirror_input_is_refused_clearly_and_changes_nothing() {
     })
     .await;
 
-    // A truncated copy and a damaged copy are refused at Mount, and stay dismounted.
+    // A truncated copy and a damaged copy are refused at Mount, and stay dismounted. Enough
+    // rows first that the middle of the file is table pages.
+    for i in 0..300 {
+        created(
+            &a,
+            "/api/apps/companies",
+            json!({"name": format!("filler {i}")}),
+        )
+        .await;
+    }
     b.ok("/api/databases/COMPANY/dismount", json!({})).await;
     let target = b.data_dir().join("mgr/company/database.sqlite");
     a.ok("/api/mirror/freeze", json!({})).await;
     let original = std::fs::read(a.data_dir().join("mgr/company/database.sqlite")).unwrap();
     a.ok("/api/mirror/thaw", json!({})).await;
     let mut damaged = original.clone();
-    let middle = damaged.len() / 2;
+    // The start of a page in the middle: its b-tree page header and cell pointers.
+    let middle = damaged.len() / 2 / 4096 * 4096;
     for byte in &mut damaged[middle..middle + 512] {
         *byte ^= 0x5a;
     }

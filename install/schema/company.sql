@@ -9,3 +9,10 @@ CREATE TABLE Company (
     created_at TEXT NOT NULL
 );
 CREATE INDEX Company_name ON Company(name);
+
+-- Written by the HEARTBEAT production (see manifest.json), on the primary only.
+CREATE TABLE Heartbeat (
+    id     INTEGER PRIMARY KEY,
+    member TEXT NOT NULL,
+    at     TEXT NOT NULL
+);

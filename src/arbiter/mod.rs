@@ -57,6 +57,9 @@ pub enum ToArbiter {
         epoch: u64,
         /// The mirror's QoS timeout (ms).
         qos_ms: u64,
+        /// The primary is in arbiter-controlled mode.
+        #[serde(default)]
+        arbiter_mode: bool,
     },
     /// Still here.
     Ping,
@@ -211,6 +214,7 @@ impl Arbiter {
             primary,
             epoch,
             qos_ms,
+            arbiter_mode,
         } = hello
         else {
             return None;
@@ -236,6 +240,13 @@ impl Arbiter {
         }
         *record.slot(*primary) = Some(Slot { conn, tx });
         record.sync_book();
+        if *primary {
+            record.book.primary_mode(if *arbiter_mode {
+                Mode::Arbiter
+            } else {
+                Mode::Agent
+            });
+        }
         self.conns.insert(conn, (mirror_id.clone(), *primary));
         tracing::info!(
             "arbiter: {mirror_name}: {member} connected as {}",
@@ -458,6 +469,7 @@ mod tests {
             primary,
             epoch,
             qos_ms: 1000,
+            arbiter_mode: false,
         }
     }
 

@@ -1,7 +1,7 @@
 //! First-start installation from `install/`: the demo databases, their schemas and namespaces.
 //!
 //! The analogue of the install script in the article's Docker project. `install/manifest.json`
-//! lists databases (each with a schema file) and namespaces. The instance reads it on *every*
+//! lists databases (each with a schema file), namespaces and productions (background jobs). The instance reads it on *every*
 //! start and installs only what its configuration does not have yet, so restarting changes
 //! nothing, and a database added to the manifest later is installed on the next start.
 //!
@@ -49,6 +49,9 @@ pub struct Manifest {
     /// Namespaces to create.
     #[serde(default)]
     pub namespaces: Vec<NamespaceConfig>,
+    /// Background jobs that run on the primary only (see [`super::productions`]).
+    #[serde(default)]
+    pub productions: Vec<super::productions::Production>,
 }
 
 /// A database in the manifest.

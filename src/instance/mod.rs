@@ -31,6 +31,7 @@
 
 pub mod config;
 pub mod install;
+pub mod productions;
 pub mod purge;
 pub mod reader;
 pub mod recovery;
@@ -161,6 +162,10 @@ pub struct Instance {
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     /// The mirror actions and the superserver.
     pub mirror_service: Arc<MirrorService>,
+    /// The manifest's productions (background jobs run on the primary only).
+    pub productions: Vec<productions::Production>,
+    /// Their states.
+    pub productions_board: productions::ProductionBoard,
     _lock: File,
 }
 
@@ -367,6 +372,8 @@ impl Instance {
                 warnings,
             },
             started_ms: crate::util::now_ms(),
+            productions: source.manifest.productions.clone(),
+            productions_board: Default::default(),
             readers,
             writer,
             writer_thread: Mutex::new(Some(writer_thread)),

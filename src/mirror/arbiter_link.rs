@@ -119,6 +119,13 @@ fn connection(
     let config = context.config.get();
     let m = config.mirror.member()?;
     let mut writer = stream.try_clone()?;
+    // Under one lock: forget what was meant for the old connection, and take the mode the
+    // hello must carry (a mode change queued now is sent after the hello).
+    let arbiter_mode = {
+        let mut arbiter = context.mirror.arbiter.lock().unwrap();
+        arbiter.outbox.clear();
+        primary && arbiter.primary_in_arbiter_mode
+    };
     write_frame_sync(
         &mut writer,
         &ToArbiter::Hello {
@@ -128,6 +135,7 @@ fn connection(
             primary,
             epoch: config.epoch,
             qos_ms: qos.as_millis() as u64,
+            arbiter_mode,
         },
     )?;
     let (tx, rx) = mpsc::channel::<Result<FromArbiter>>();
@@ -152,7 +160,6 @@ fn connection(
         })?;
     {
         let mut arbiter = context.mirror.arbiter.lock().unwrap();
-        arbiter.outbox.clear();
         arbiter.connected = true;
         arbiter.events.push_back(Event::ArbiterConnected);
     }

@@ -238,13 +238,10 @@ impl Driver {
                 let arbiter = mode == Mode::Arbiter;
                 if context.mirror.role() == Role::Primary {
                     // The arbiter books the primary's mode; the backup follows it.
-                    context
-                        .mirror
-                        .arbiter
-                        .lock()
-                        .unwrap()
-                        .outbox
-                        .push_back(ToArbiter::Mode { arbiter });
+                    let mut link = context.mirror.arbiter.lock().unwrap();
+                    link.primary_in_arbiter_mode = arbiter;
+                    link.outbox.push_back(ToArbiter::Mode { arbiter });
+                    drop(link);
                     context
                         .mirror
                         .hub

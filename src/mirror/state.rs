@@ -160,6 +160,9 @@ pub struct ArbiterLinkState {
     pub events: VecDeque<Event>,
     /// What the driver wants said to the arbiter.
     pub outbox: VecDeque<crate::arbiter::ToArbiter>,
+    /// The primary's failover mode is arbiter controlled: said in every hello, so a new
+    /// connection never loses a mode change queued on the old one.
+    pub primary_in_arbiter_mode: bool,
 }
 
 impl ArbiterLinkState {

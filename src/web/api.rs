@@ -289,6 +289,14 @@ async fn mirror(State(state): State<AppState>) -> Json<Json_> {
         "no_failover": view.no_failover.is_some(),
         "stopped": view.stopped,
         "quarantine": { "count": view.quarantine.1, "rows": view.quarantine.0 },
+        "productions": state
+            .instance
+            .productions_board
+            .lock()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect::<Vec<_>>(),
         "host": state.instance.settings.host_name,
     }))
 }
