@@ -70,6 +70,9 @@ pub enum ToArbiter {
     },
     /// The failover question of the member's role.
     Ask,
+    /// The backup is no longer active (it lost the primary and will not take over): relayed to
+    /// the primary, which may then go on in agent-controlled mode.
+    StoodDown,
     /// A health check: what does the arbiter serve?
     Status,
 }
@@ -91,6 +94,8 @@ pub enum FromArbiter {
     },
     /// To a former primary: the backup took over.
     BackupTookOver,
+    /// To the primary: the backup stood down (it will not take over).
+    PartnerStoodDown,
     /// Sent when idle.
     Heartbeat,
     /// The answer to a health check.
@@ -280,6 +285,11 @@ impl Arbiter {
                 record
                     .book
                     .primary_mode(if *arbiter { Mode::Arbiter } else { Mode::Agent });
+            }
+            ToArbiter::StoodDown if !primary => {
+                // It cannot take over through the arbiter any more: the primary may go on.
+                record.book.primary_in_arbiter_mode = false;
+                record.send(true, FromArbiter::PartnerStoodDown);
             }
             ToArbiter::Ask => {
                 let partner_seen = if primary {
@@ -520,6 +530,21 @@ mod tests {
                 FromArbiter::Verdict { take_over: true }
             ]
         );
+        // A backup that stands down is relayed to the primary, and can no longer win.
+        let (ptx, mut prx) = unbounded_channel();
+        let (btx, mut brx) = unbounded_channel();
+        let mut second = Arbiter::default();
+        let p2 = second.hello(ptx, &hello(true, 1)).unwrap();
+        let b2 = second.hello(btx, &hello(false, 1)).unwrap();
+        second.message(p2, &ToArbiter::Mode { arbiter: true });
+        drain(&mut prx);
+        drain(&mut brx);
+        second.message(b2, &ToArbiter::StoodDown);
+        assert_eq!(drain(&mut prx), vec![FromArbiter::PartnerStoodDown]);
+        second.lost(p2);
+        second.message(b2, &ToArbiter::Ask);
+        assert!(drain(&mut brx).contains(&FromArbiter::Verdict { take_over: false }));
+
         // The old primary comes back in the old epoch: it hears of the takeover.
         let (otx, mut orx) = unbounded_channel();
         arbiter.hello(otx, &hello(true, 1)).unwrap();

@@ -188,6 +188,9 @@ fn connection(
                     FromArbiter::BackupTookOver => {
                         arbiter.events.push_back(Event::PartnerIsPrimary)
                     }
+                    FromArbiter::PartnerStoodDown => {
+                        arbiter.events.push_back(Event::PartnerStoodDown)
+                    }
                     FromArbiter::Heartbeat | FromArbiter::Status { .. } => {}
                 }
             }

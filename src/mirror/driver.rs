@@ -271,9 +271,20 @@ impl Driver {
             }
             Action::AskAgent => self.ask_agent(m),
             Action::TakeOver => self.take_over(),
-            Action::Reconnect | Action::StandDown => {
-                tracing::info!("mirror: the primary is alive; reconnecting as a non-active backup")
+            Action::StandDown => {
+                // Through the arbiter: the data channel is what was lost.
+                tracing::info!(
+                    "mirror: the primary is alive; standing down as a non-active backup"
+                );
+                context
+                    .mirror
+                    .arbiter
+                    .lock()
+                    .unwrap()
+                    .outbox
+                    .push_back(ToArbiter::StoodDown);
             }
+            Action::Reconnect => {}
             Action::ForceOtherDown => force_other_down(m, context.config.get().epoch),
             Action::ShutDown => {
                 tracing::error!("mirror: the other member took over; this instance stops");

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod pair;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -472,61 +474,143 @@ pub fn fnv(bytes: &[u8]) -> u64 {
     })
 }
 
-/// A fault-injecting TCP proxy on loopback: forwards every connection to `target`, and while
-/// `hold` is set keeps what the target sends instead of passing it on (a link that goes quiet
-/// one way). When the target closes, the proxy closes the other side at once, as a dying host's
-/// kernel would.
+/// A fault-injecting TCP proxy on loopback: forwards every connection to `target`. While
+/// `hold` is set it keeps what the target sends instead of passing it on (a link that goes quiet
+/// one way); while `blackhole` is set nothing moves either way and nothing is closed (a network
+/// partition: both ends only notice by timeouts). When one end closes, the proxy closes the
+/// other at once, as a dying host's kernel would. With `by_member`, the first frame of each
+/// connection (an arbiter hello) names the member, and `cut_member` blackholes that member's
+/// connections only.
 pub struct Proxy {
     /// Where clients connect.
     pub address: String,
     /// Hold traffic from the target.
     pub hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Hold traffic both ways.
+    pub blackhole: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+type Gate = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Moves bytes from `from` to `to` while `open()`; `held()` keeps them back; returns at either
+/// end's close.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    open: Gate,
+    held: Gate,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pending = Vec::new();
+    loop {
+        if !open() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        let read = tokio::time::timeout(Duration::from_millis(10), from.read(&mut buf)).await;
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => pending.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if !held() && !pending.is_empty() {
+            if to.write_all(&pending).await.is_err() {
+                return;
+            }
+            pending.clear();
+        }
+    }
 }
 
 impl Proxy {
     /// Starts a proxy to `target` (`host:port`).
     pub async fn start(target: &str) -> Proxy {
+        Self::start_with(target, false).await
+    }
+
+    /// Starts a proxy in front of an arbiter that can cut one member's link.
+    pub async fn start_by_member(target: &str) -> Proxy {
+        Self::start_with(target, true).await
+    }
+
+    async fn start_with(target: &str, by_member: bool) -> Proxy {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, Ordering};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let hold = Arc::new(AtomicBool::new(false));
+        let blackhole = Arc::new(AtomicBool::new(false));
+        let cut: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Default::default();
         let target = target.to_string();
-        let held_flag = hold.clone();
+        let (hold2, black2, cut2) = (hold.clone(), blackhole.clone(), cut.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((client, _)) = listener.accept().await else {
+                let Ok((mut client, _)) = listener.accept().await else {
                     return;
                 };
-                let Ok(upstream) = tokio::net::TcpStream::connect(&target).await else {
-                    continue;
-                };
-                let (mut client_read, mut client_write) = client.into_split();
-                let (mut up_read, mut up_write) = upstream.into_split();
+                let (target, hold, blackhole, cut) =
+                    (target.clone(), hold2.clone(), black2.clone(), cut2.clone());
                 tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut client_read, &mut up_write).await;
-                });
-                let hold = held_flag.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    let mut held = Vec::new();
-                    loop {
-                        let read =
-                            tokio::time::timeout(Duration::from_millis(10), up_read.read(&mut buf))
-                                .await;
-                        match read {
-                            Ok(Ok(0)) | Ok(Err(_)) => return,
-                            Ok(Ok(n)) => held.extend_from_slice(&buf[..n]),
-                            Err(_) => {}
+                    let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let mut member = String::new();
+                    if by_member {
+                        // The hello: a 4-byte length and a JSON object naming the member.
+                        let mut len = [0u8; 4];
+                        if client.read_exact(&mut len).await.is_err() {
+                            return;
                         }
-                        if !hold.load(Ordering::Relaxed) && !held.is_empty() {
-                            if client_write.write_all(&held).await.is_err() {
+                        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+                        if client.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                        let hello: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        member = hello["member"].as_str().unwrap_or_default().to_string();
+                        // A cut member's hello does not get through either (until healed).
+                        while cut.lock().unwrap().contains(&member) {
+                            let mut probe = [0u8; 1];
+                            let peek = tokio::time::timeout(
+                                Duration::from_millis(10),
+                                client.peek(&mut probe),
+                            )
+                            .await;
+                            if matches!(peek, Ok(Ok(0)) | Ok(Err(_))) {
                                 return;
                             }
-                            held.clear();
+                            if peek.is_ok() {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
                         }
+                        if upstream.write_all(&len).await.is_err()
+                            || upstream.write_all(&body).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    let open: Gate = {
+                        let (blackhole, cut, member) =
+                            (blackhole.clone(), cut.clone(), member.clone());
+                        Arc::new(move || {
+                            !blackhole.load(Ordering::Relaxed)
+                                && !cut.lock().unwrap().contains(&member)
+                        })
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (up_read, up_write) = upstream.into_split();
+                    let never: Gate = Arc::new(|| false);
+                    let held: Gate = {
+                        let hold = hold.clone();
+                        Arc::new(move || hold.load(Ordering::Relaxed))
+                    };
+                    // Whichever direction ends first ends both.
+                    tokio::select! {
+                        _ = pump(client_read, up_write, open.clone(), never) => {}
+                        _ = pump(up_read, client_write, open, held) => {}
                     }
                 });
             }
@@ -534,8 +618,20 @@ impl Proxy {
         Proxy {
             address,
             hold,
+            blackhole,
+            cut,
             task,
         }
+    }
+
+    /// Blackholes the connections of `member` (an arbiter proxy).
+    pub fn cut_member(&self, member: &str) {
+        self.cut.lock().unwrap().insert(member.to_string());
+    }
+
+    /// Lets `member`'s traffic through again.
+    pub fn heal_member(&self, member: &str) {
+        self.cut.lock().unwrap().remove(member);
     }
 }
 

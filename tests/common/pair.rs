@@ -1,0 +1,307 @@
+//! A mirrored pair for the tests that run real members: set up as a person would (Enable,
+//! Create, Join as Failover, Add to Mirror, `cp`, Activate, Catchup), writers that record what
+//! was acknowledged, and the checks every mirror test ends with — every acknowledged write is
+//! present, and the mirrored databases are identical row by row.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::TestMember;
+
+pub const DATABASES: [&str; 3] = ["COMPANY", "CUSTOMER", "PERSONAL"];
+
+/// A started pair: A primary of MIRRORSET, B its active backup.
+pub async fn pair(qos_ms: u64) -> (TestMember, TestMember) {
+    pair_with(qos_ms, &[]).await
+}
+
+/// A started pair whose members got `extra` arguments.
+pub async fn pair_with(qos_ms: u64, extra: &[&str]) -> (TestMember, TestMember) {
+    let (a, b, _) = pair_full(qos_ms, extra, false, None).await;
+    (a, b)
+}
+
+/// A started pair; with `proxied`, B's data channel to A runs through a fault-injecting proxy
+/// (A's mirror private address is the proxy's).
+pub async fn pair_full(
+    qos_ms: u64,
+    extra: &[&str],
+    proxied: bool,
+    arbiter: Option<&str>,
+) -> (TestMember, TestMember, Option<super::Proxy>) {
+    let a = TestMember::start_with("mirrora", extra).await;
+    let b = TestMember::start_with("mirrorb", extra).await;
+    let proxy = match proxied {
+        true => Some(super::Proxy::start(&a.superserver).await),
+        false => None,
+    };
+    let private = proxy
+        .as_ref()
+        .map(|p| p.address.clone())
+        .unwrap_or_else(|| a.superserver.clone());
+    a.ok("/api/mirror/service", json!({"enabled": true})).await;
+    a.ok(
+        "/api/mirror/create",
+        json!({
+            "mirror_name": "mirrorset",
+            "use_arbiter": arbiter.is_some(),
+            "arbiter_address": arbiter.unwrap_or_default(),
+            "superserver_address": a.superserver,
+            "mirror_private_address": private,
+            "agent_address": "127.0.0.1",
+            "agent_port": a.agent_port(),
+            "qos_timeout_ms": qos_ms,
+        }),
+    )
+    .await;
+    let view = a
+        .wait_mirror(5, "primary", |v| v["role"] == "Primary")
+        .await;
+    assert_eq!(view["mirror_name"], "MIRRORSET");
+    assert_eq!(view["member_name"], "MIRRORA/IRIS");
+    if arbiter.is_none() {
+        assert_eq!(view["failover_mode"], "Agent Controlled");
+        assert_eq!(
+            view["arbiter"]["connection_status"],
+            "This member is not connected to the arbiter"
+        );
+    }
+    b.ok("/api/mirror/service", json!({"enabled": true})).await;
+    b.ok(
+        "/api/mirror/join-failover",
+        json!({
+            "mirror_name": "MIRRORSET",
+            "agent_address": format!("127.0.0.1:{}", a.agent_port()),
+            "instance_name": "IRIS",
+            "superserver_address": b.superserver,
+            "agent_address_local": "127.0.0.1",
+            "agent_port_local": b.agent_port(),
+        }),
+    )
+    .await;
+    a.wait_mirror(15, "with an active backup", |v| {
+        TestMember::member_row(v, "MIRRORB/IRIS")["journal_transfer"] == "Active"
+    })
+    .await;
+    let view = b
+        .wait_mirror(15, "an active backup", |v| v["status"] == "Backup")
+        .await;
+    assert_eq!(
+        TestMember::member_row(&view, "MIRRORA/IRIS")["status"],
+        "Primary"
+    );
+    (a, b, proxy)
+}
+
+/// Adds the demo databases to the mirror on A and copies them to B with `cp`.
+pub async fn mirror_databases(a: &TestMember, b: &TestMember) {
+    let added = a
+        .ok("/api/mirror/add-databases", json!({"databases": DATABASES}))
+        .await;
+    assert!(
+        added["message"].as_str().unwrap().contains("need a copy"),
+        "{added}"
+    );
+    let view = b
+        .wait_mirror(10, "aware of the mirrored databases", |v| {
+            v["missing_databases"].as_array().map(|m| m.len()) == Some(3)
+        })
+        .await;
+    assert_eq!(view["missing_databases"][0], ":mirror:MIRRORSET:COMPANY");
+    for db in DATABASES {
+        b.ok(&format!("/api/databases/{db}/dismount"), json!({}))
+            .await;
+        let dir = db.to_ascii_lowercase();
+        std::fs::copy(
+            a.data_dir().join(format!("mgr/{dir}/database.sqlite")),
+            b.data_dir().join(format!("mgr/{dir}/database.sqlite")),
+        )
+        .unwrap();
+        b.ok(&format!("/api/databases/{db}/mount"), json!({})).await;
+        assert_eq!(b.db_status(db).await, "Needs Activation");
+        b.ok(&format!("/api/databases/{db}/activate"), json!({}))
+            .await;
+        assert_eq!(b.db_status(db).await, "Needs Catchup");
+        b.ok(&format!("/api/databases/{db}/catchup"), json!({}))
+            .await;
+    }
+    for db in DATABASES {
+        wait_dejournaling(b, db).await;
+    }
+}
+
+pub async fn assert_identical(a: &TestMember, b: &TestMember) {
+    assert_identical_in(a, b, &DATABASES).await
+}
+
+/// Waits until `dbs` hold the same rows on both members (B applies what A made durable shortly
+/// after), and fails with both logs if they do not within 15 s.
+pub async fn assert_identical_in(a: &TestMember, b: &TestMember, dbs: &[&str]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut same = true;
+        for db in dbs {
+            // The PHONEBOOK namespace attaches all three demo databases.
+            if a.checksums("PHONEBOOK", db).await != b.checksums("PHONEBOOK", db).await {
+                same = false;
+            }
+        }
+        if same {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mirrored databases differ:\nA log:\n{}\nB log:\n{}",
+            a.log(),
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits (up to 20 s) until `db` is dejournaling on backup `b`.
+pub async fn wait_dejournaling(b: &TestMember, db: &str) {
+    b.wait_mirror(20, &format!("dejournaling {db}"), |v| {
+        v["databases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == db && d["status"] == "Dejournaling")
+    })
+    .await;
+}
+
+pub fn names(result: &Value) -> Vec<String> {
+    result["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Writers inserting companies on A until stopped; returns the names acknowledged.
+pub fn start_writers(
+    a: &std::sync::Arc<TestMember>,
+    count: usize,
+    prefix: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+    (0..count)
+        .map(|w| {
+            let (a, stop, prefix) = (a.clone(), stop.clone(), prefix.to_string());
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let name = format!("{prefix}-{w}-{n}");
+                    match a.post("/api/apps/companies", json!({"name": name})).await {
+                        Ok((201, _)) => acked.push(name),
+                        Ok(_) | Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+                acked
+            })
+        })
+        .collect()
+}
+
+/// Every company name on `member`, read in pages (one result holds at most 10 000 rows).
+pub async fn all_names(member: &TestMember) -> std::collections::HashSet<String> {
+    let mut all = std::collections::HashSet::new();
+    let mut after = 0i64;
+    loop {
+        let page = member
+            .sql(
+                "COMPANY",
+                &format!("SELECT name, id FROM Company WHERE id > {after} ORDER BY id LIMIT 5000"),
+            )
+            .await;
+        let rows = page["rows"].as_array().unwrap();
+        let Some(last) = rows.last() else {
+            return all;
+        };
+        after = last[1].as_i64().unwrap();
+        all.extend(rows.iter().map(|r| r[0].as_str().unwrap().to_string()));
+    }
+}
+
+/// Every acknowledged company name is on `member` (called `who` in the message).
+pub async fn assert_all_present(member: &TestMember, acked: &[String], who: &str) {
+    let present = all_names(member).await;
+    for name in acked {
+        assert!(
+            present.contains(name),
+            "acknowledged {name} is missing on {who}"
+        );
+    }
+}
+
+pub async fn stop_writers(
+    stop: &std::sync::atomic::AtomicBool,
+    writers: Vec<tokio::task::JoinHandle<Vec<String>>>,
+) -> Vec<String> {
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    acked
+}
+
+/// Writers inserting companies on whichever member accepts them (A first); returns the names
+/// acknowledged.
+pub fn start_writers_on_primary(
+    members: [super::Api; 2],
+    count: usize,
+    prefix: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+    (0..count)
+        .map(|w| {
+            let (members, stop, prefix) = (members.clone(), stop.clone(), prefix.to_string());
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let mut target = 0;
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let name = format!("{prefix}-{w}-{n}");
+                    let body = json!({ "name": name });
+                    match members[target].post("/api/apps/companies", body).await {
+                        Ok((201, _)) => acked.push(name),
+                        Ok(_) | Err(_) => {
+                            target = 1 - target;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+                acked
+            })
+        })
+        .collect()
+}
+
+/// POSTs a new application row and returns it (201 expected).
+pub async fn created(member: &TestMember, path: &str, body: Value) -> Value {
+    let (status, row) = member.post(path, body).await.unwrap();
+    assert_eq!(status, 201, "{path}: {row}");
+    row
+}
+
+/// Waits until both members are in arbiter-controlled mode with both connected to the arbiter.
+pub async fn wait_arbiter_controlled(a: &TestMember, b: &TestMember) {
+    for member in [a, b] {
+        member
+            .wait_mirror(20, "arbiter controlled", |v| {
+                v["failover_mode"] == "Arbiter Controlled"
+                    && v["arbiter"]["connection_status"]
+                        == "Both failover members are connected to the arbiter"
+            })
+            .await;
+    }
+}

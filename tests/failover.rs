@@ -1,0 +1,670 @@
+//! Automatic failover between real member processes on loopback: the backup taking over when
+//! the primary's instance dies, hangs or its host is lost (with an arbiter), the old primary
+//! rejoining (its divergent tail undone and quarantined), a restarted primary that resumes, the
+//! arbiter's comings and goings, and the monitor's No Failover, Stop Mirror and Force actions.
+//! Every test runs writers and ends with the mirror's invariants: every acknowledged write is on
+//! the primary, and the members converge row by row.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestMember;
+use common::pair::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_primary_resumes_when_the_backup_could_not_take_over() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let (a, b) = pair(1000).await;
+    // Mirrored on A, but B has no copies: it may not take over.
+    a.ok("/api/mirror/add-databases", json!({"databases": DATABASES}))
+        .await;
+    let a = Arc::new(a);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(&a, 4, "akill", stop.clone());
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        a.kill_instance().await;
+        b.wait_mirror(10, "disconnected", |v| v["status"] == "Waiting")
+            .await;
+        a.start_instance().await;
+        a.wait_ready().await;
+        // A asks B who is primary before it resumes.
+        a.wait_mirror(15, "primary again", |v| v["role"] == "Primary")
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let acked = stop_writers(&stop, writers).await;
+    assert!(
+        acked.len() > 20,
+        "the writers barely wrote: {}",
+        acked.len()
+    );
+    let view = b
+        .wait_mirror(20, "a backup again", |v| v["status"] == "Backup")
+        .await;
+    assert_eq!(view["role"], "Backup");
+    assert_all_present(&a, &acked, "A").await;
+    assert_eq!(b.get("/api/mirror").await.1["role"], "Backup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_backup_takes_over_when_the_primary_dies_and_the_old_primary_rejoins() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let (a, b) = pair(1000).await;
+    mirror_databases(&a, &b).await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers_on_primary([a.api(), b.api()], 4, "takeover", stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Step 10 of the walk-through: kill the primary's instance (its agent stays).
+    let killed = std::time::Instant::now();
+    a.kill_instance().await;
+    let view = b
+        .wait_mirror(10, "the primary", |v| {
+            v["role"] == "Primary" && v["status"] == "Primary"
+        })
+        .await;
+    eprintln!("B took over {:?} after the kill", killed.elapsed());
+    assert!(
+        view["failover_note"].as_str().unwrap().contains("epoch 2"),
+        "{view}"
+    );
+    let status = b
+        .client
+        .get(format!("{}/mirror_status", b.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status().as_u16(), 200);
+    // The primary's background job (the HEARTBEAT production) starts by itself on B.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let rows = b
+            .sql(
+                "COMPANY",
+                "SELECT count(*) FROM Heartbeat WHERE member = 'MIRRORB/IRIS'",
+            )
+            .await;
+        if rows["rows"][0][0].as_i64().unwrap() > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the HEARTBEAT production never ran on B"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let productions = b.get("/api/mirror").await.1["productions"].clone();
+    assert_eq!(productions[0]["name"], "HEARTBEAT", "{productions}");
+    assert_eq!(productions[0]["running"], true, "{productions}");
+    // The applications keep working on B.
+    let (created, _) = b
+        .post("/api/apps/companies", json!({"name": "written on B"}))
+        .await
+        .unwrap();
+    assert_eq!(created, 201);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A comes back, learns that B took over, and follows it.
+    a.start_instance().await;
+    a.wait_ready().await;
+    let view = a
+        .wait_mirror(20, "B's backup", |v| {
+            v["role"] == "Backup" && v["status"] == "Backup"
+        })
+        .await;
+    assert_eq!(
+        TestMember::member_row(&view, "MIRRORB/IRIS")["status"],
+        "Primary"
+    );
+    b.wait_mirror(20, "with A as active backup", |v| {
+        TestMember::member_row(v, "MIRRORA/IRIS")["journal_transfer"] == "Active"
+    })
+    .await;
+    let status = a
+        .client
+        .get(format!("{}/mirror_status", a.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status().as_u16(), 503);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let acked = stop_writers(&stop, writers).await;
+    assert!(
+        acked.len() > 20,
+        "the writers barely wrote: {}",
+        acked.len()
+    );
+    // No acknowledged write is lost, and both members converge.
+    assert_all_present(&b, &acked, "B").await;
+    assert_identical(&a, &b).await;
+    for db in DATABASES {
+        assert_eq!(a.db_status(db).await, "Dejournaling", "{db}");
+        assert_eq!(b.db_status(db).await, "Normal", "{db}");
+    }
+    // A no longer runs the primary's jobs; its heartbeats from before are replicated history.
+    let productions = a.get("/api/mirror").await.1["productions"].clone();
+    assert_eq!(productions[0]["running"], false, "{productions}");
+    // A is read-only now.
+    let (status, _) = a
+        .post("/api/apps/companies", json!({"name": "refused on A"}))
+        .await
+        .unwrap();
+    assert_eq!(status, 409);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_divergent_tail_is_undone_and_quarantined_when_the_old_primary_rejoins() {
+    let (a, b, proxy) = pair_full(3000, &[], true, None).await;
+    let proxy = proxy.unwrap();
+    mirror_databases(&a, &b).await;
+    created(&a, "/api/apps/companies", json!({"name": "before"})).await;
+    assert_identical(&a, &b).await;
+
+    // Nothing reaches B any more; A commits a write locally that it can never acknowledge.
+    proxy.hold.store(true, std::sync::atomic::Ordering::Relaxed);
+    let a = std::sync::Arc::new(a);
+    let pending = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.post("/api/apps/companies", json!({"name": "never acknowledged"}))
+                .await
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !all_names(&a).await.contains("never acknowledged") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write never ran on A"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!pending.is_finished(), "acknowledged without the backup");
+
+    // A dies; B, active and inside its window, takes over without that record.
+    a.kill_instance().await;
+    b.wait_mirror(10, "the primary", |v| v["role"] == "Primary")
+        .await;
+    // The client hears an error or nothing at all, never "created".
+    if let Ok((status, body)) = pending.await.unwrap() {
+        assert_ne!(status, 201, "{body}");
+    }
+    assert!(!all_names(&b).await.contains("never acknowledged"));
+    created(
+        &b,
+        "/api/apps/companies",
+        json!({"name": "after the takeover"}),
+    )
+    .await;
+
+    // A comes back: its tail is undone, kept in quarantine, and it follows B.
+    a.start_instance().await;
+    a.wait_ready().await;
+    let view = a
+        .wait_mirror(20, "B's backup", |v| v["status"] == "Backup")
+        .await;
+    let quarantine = &view["quarantine"];
+    assert!(quarantine["count"].as_u64().unwrap() >= 1, "{view}");
+    assert!(
+        quarantine["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["table"] == "Company"
+                && r["operation"] == "INSERT"
+                && r["new"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|v| v == "never acknowledged")),
+        "{quarantine}"
+    );
+    assert_identical(&a, &b).await;
+    let on_a = all_names(&a).await;
+    assert!(on_a.contains("after the takeover") && on_a.contains("before"));
+    assert!(!on_a.contains("never acknowledged"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_an_arbiter_the_backup_takes_over_when_the_primary_host_is_lost() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let arbiter = common::TestArbiter::start().await;
+    let (a, b, _) = pair_full(1000, &[], false, Some(&arbiter.address)).await;
+    mirror_databases(&a, &b).await;
+    wait_arbiter_controlled(&a, &b).await;
+    let view = a.get("/api/mirror").await.1;
+    assert_eq!(
+        view["arbiter"]["address"],
+        format!("127.0.0.1|{}", arbiter.port())
+    );
+
+    let mut a = a;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers_on_primary([a.api(), b.api()], 4, "hostloss", stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The whole host of the primary dies: its agent cannot answer, the arbiter decides.
+    let killed = std::time::Instant::now();
+    a.kill_host().await;
+    b.wait_mirror(15, "the primary", |v| {
+        v["role"] == "Primary" && v["status"] == "Primary"
+    })
+    .await;
+    eprintln!("B took over {:?} after the host loss", killed.elapsed());
+    let view = b
+        .wait_mirror(10, "agent controlled", |v| {
+            v["failover_mode"] == "Agent Controlled"
+                && v["arbiter"]["connection_status"]
+                    == "Only this member is connected to the arbiter"
+        })
+        .await;
+    assert_eq!(view["role"], "Primary");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The host comes back: A learns that B took over and follows it.
+    a.restart_host();
+    a.wait_ready().await;
+    a.wait_mirror(20, "B's backup", |v| v["status"] == "Backup")
+        .await;
+    wait_arbiter_controlled(&a, &b).await;
+    let acked = stop_writers(&stop, writers).await;
+    assert!(
+        acked.len() > 20,
+        "the writers barely wrote: {}",
+        acked.len()
+    );
+    assert_all_present(&b, &acked, "B").await;
+    assert_identical(&a, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_the_arbiter_returns_to_agent_control_without_an_outage() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let mut arbiter = common::TestArbiter::start().await;
+    let (a, b, _) = pair_full(1000, &[], false, Some(&arbiter.address)).await;
+    mirror_databases(&a, &b).await;
+    wait_arbiter_controlled(&a, &b).await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(&a, 4, "noarbiter", stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    arbiter.kill();
+    for member in [&a, &b] {
+        member
+            .wait_mirror(10, "agent controlled", |v| {
+                v["failover_mode"] == "Agent Controlled"
+                    && v["arbiter"]["connection_status"]
+                        == "This member is not connected to the arbiter"
+            })
+            .await;
+    }
+    assert_eq!(a.get("/api/mirror").await.1["status"], "Primary");
+    assert_eq!(b.get("/api/mirror").await.1["status"], "Backup");
+    // Writes go on while the arbiter is away; when it returns, the mirror is arbiter controlled
+    // again.
+    let before = all_names(&a).await.len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(all_names(&a).await.len() > before, "writes stopped");
+    arbiter.restart().await;
+    wait_arbiter_controlled(&a, &b).await;
+    let acked = stop_writers(&stop, writers).await;
+    // B applies what A made durable a moment later: compare once they agree.
+    assert_identical(&a, &b).await;
+    assert_all_present(&b, &acked, "B").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_failover_keeps_the_backup_from_taking_over_until_cleared() {
+    let (a, b) = pair(1000).await;
+    mirror_databases(&a, &b).await;
+    // Set on the backup: the primary stores it and both show it.
+    let set = b.ok("/api/mirror/no-failover", json!({"set": true})).await;
+    assert!(
+        set["message"]
+            .as_str()
+            .unwrap()
+            .contains("No Failover is set"),
+        "{set}"
+    );
+    a.wait_mirror(10, "No Failover", |v| v["no_failover"] == true)
+        .await;
+    b.wait_mirror(10, "No Failover", |v| v["no_failover"] == true)
+        .await;
+
+    a.kill_instance().await;
+    b.wait_mirror(10, "waiting", |v| v["status"] == "Waiting")
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let view = b.get("/api/mirror").await.1;
+    assert_eq!(
+        view["role"], "Backup",
+        "took over despite No Failover: {view}"
+    );
+
+    // The primary comes back, resumes, and No Failover ends with that.
+    a.start_instance().await;
+    a.wait_ready().await;
+    a.wait_mirror(15, "primary, No Failover cleared", |v| {
+        v["role"] == "Primary" && v["no_failover"] == false
+    })
+    .await;
+    b.wait_mirror(15, "backup, No Failover cleared", |v| {
+        v["status"] == "Backup" && v["no_failover"] == false
+    })
+    .await;
+    created(
+        &a,
+        "/api/apps/companies",
+        json!({"name": "after no failover"}),
+    )
+    .await;
+
+    // Without it, the next crash fails over.
+    a.kill_instance().await;
+    b.wait_mirror(10, "the primary", |v| v["role"] == "Primary")
+        .await;
+    assert!(all_names(&b).await.contains("after no failover"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_backup_stays_stopped_across_restarts_until_started() {
+    let (a, b) = pair(1000).await;
+    mirror_databases(&a, &b).await;
+    b.ok("/api/mirror/stop", json!({})).await;
+    b.wait_mirror(10, "stopped", |v| v["status"] == "Stopped")
+        .await;
+    a.wait_mirror(10, "B down", |v| {
+        TestMember::member_row(v, "MIRRORB/IRIS")["status"] == "Down"
+    })
+    .await;
+    created(
+        &a,
+        "/api/apps/companies",
+        json!({"name": "while B is stopped"}),
+    )
+    .await;
+    b.kill_instance().await;
+    b.start_instance().await;
+    b.wait_ready().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(b.get("/api/mirror").await.1["status"], "Stopped");
+    assert!(!all_names(&b).await.contains("while B is stopped"));
+
+    b.ok("/api/mirror/start", json!({})).await;
+    b.wait_mirror(15, "a backup again", |v| v["status"] == "Backup")
+        .await;
+    assert_identical(&a, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_primary_is_forced_down_and_the_backup_takes_over() {
+    use mirrorlab::os::{Signal, send_signal};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let (a, b) = pair(1000).await;
+    mirror_databases(&a, &b).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers_on_primary([a.api(), b.api()], 4, "hang", stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The primary hangs: its agent finds it silent, forces it down, and B takes over.
+    let pid = a.status().await.pid.unwrap();
+    send_signal(pid, Signal::Stop).unwrap();
+    let hung = std::time::Instant::now();
+    b.wait_mirror(15, "the primary", |v| v["role"] == "Primary")
+        .await;
+    eprintln!("B took over {:?} after the hang", hung.elapsed());
+    let status = a.status().await;
+    assert_eq!(status.state, "down", "{status:?}");
+    assert!(
+        status
+            .last_exit
+            .as_deref()
+            .unwrap_or_default()
+            .contains("signal 9"),
+        "{status:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    a.start_instance().await;
+    a.wait_ready().await;
+    a.wait_mirror(20, "B's backup", |v| v["status"] == "Backup")
+        .await;
+    let acked = stop_writers(&stop, writers).await;
+    assert!(
+        acked.len() > 20,
+        "the writers barely wrote: {}",
+        acked.len()
+    );
+    assert_all_present(&b, &acked, "B").await;
+    assert_identical(&a, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_an_arbiter_a_lost_primary_host_needs_a_person_to_force_the_backup() {
+    let (mut a, b) = pair(1000).await;
+    mirror_databases(&a, &b).await;
+    created(
+        &a,
+        "/api/apps/companies",
+        json!({"name": "before the host loss"}),
+    )
+    .await;
+    a.kill_host().await;
+    // The agent cannot answer: no automatic takeover.
+    b.wait_mirror(10, "waiting", |v| v["status"] == "Waiting")
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(b.get("/api/mirror").await.1["role"], "Backup");
+    // A person forces it, after the warning.
+    b.refused("/api/mirror/force-primary", json!({}), 409, "active backup")
+        .await;
+    let forced = b
+        .ok("/api/mirror/force-primary", json!({"confirm": true}))
+        .await;
+    assert!(
+        forced["message"].as_str().unwrap().contains("forced"),
+        "{forced}"
+    );
+    b.wait_mirror(10, "the primary", |v| v["role"] == "Primary")
+        .await;
+    created(&b, "/api/apps/companies", json!({"name": "after forcing"})).await;
+    assert!(all_names(&b).await.contains("before the host loss"));
+
+    // The old primary's host returns: it learns B is primary and follows.
+    a.restart_host();
+    a.wait_ready().await;
+    a.wait_mirror(20, "B's backup", |v| v["status"] == "Backup")
+        .await;
+    assert_identical(&a, &b).await;
+}
+
+/// A pair in arbiter-controlled mode whose links can be cut: B's data channel to A runs through
+/// `data`, both members reach the arbiter through `arbiter_proxy`.
+struct Lab {
+    _arbiter: common::TestArbiter,
+    arbiter_proxy: common::Proxy,
+    data: common::Proxy,
+    a: TestMember,
+    b: TestMember,
+}
+
+const A: &str = "MIRRORA/IRIS";
+const B: &str = "MIRRORB/IRIS";
+
+async fn arbiter_lab() -> Lab {
+    let arbiter = common::TestArbiter::start().await;
+    let arbiter_proxy = common::Proxy::start_by_member(&arbiter.address).await;
+    let (a, b, data) = pair_full(1000, &[], true, Some(&arbiter_proxy.address)).await;
+    mirror_databases(&a, &b).await;
+    wait_arbiter_controlled(&a, &b).await;
+    Lab {
+        _arbiter: arbiter,
+        arbiter_proxy,
+        data: data.unwrap(),
+        a,
+        b,
+    }
+}
+
+/// Both members show agent-controlled mode.
+async fn wait_agent_controlled(lab: &Lab) {
+    for member in [&lab.a, &lab.b] {
+        member
+            .wait_mirror(15, "agent controlled", |v| {
+                v["failover_mode"] == "Agent Controlled"
+            })
+            .await;
+    }
+}
+
+/// Writes go on on `member` (a company acknowledged within `seconds`).
+async fn writes_go_on(member: &TestMember, seconds: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let (status, _) = member
+            .post("/api/apps/companies", json!({"name": "still writing"}))
+            .await
+            .unwrap();
+        if status == 201 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} stopped accepting writes",
+            member.url
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn matrix_a_link_to_the_arbiter_lost_means_agent_control_and_no_outage() {
+    for cut in [B, A] {
+        let lab = arbiter_lab().await;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers = start_writers_on_primary([lab.a.api(), lab.b.api()], 3, "arb", stop.clone());
+        lab.arbiter_proxy.cut_member(cut);
+        wait_agent_controlled(&lab).await;
+        assert_eq!(lab.a.get("/api/mirror").await.1["status"], "Primary");
+        assert_eq!(lab.b.get("/api/mirror").await.1["status"], "Backup");
+        writes_go_on(&lab.a, 10).await;
+        lab.arbiter_proxy.heal_member(cut);
+        wait_arbiter_controlled(&lab.a, &lab.b).await;
+        let acked = stop_writers(&stop, writers).await;
+        assert_identical(&lab.a, &lab.b).await;
+        assert_all_present(&lab.b, &acked, "B").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn matrix_the_members_losing_each_other_while_both_see_the_arbiter_keeps_the_primary() {
+    let lab = arbiter_lab().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers = start_writers_on_primary([lab.a.api(), lab.b.api()], 3, "split", stop.clone());
+    lab.data
+        .blackhole
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    // The backup stands down through the arbiter; the primary goes on in agent mode.
+    wait_agent_controlled(&lab).await;
+    writes_go_on(&lab.a, 15).await;
+    assert_eq!(lab.b.get("/api/mirror").await.1["role"], "Backup");
+    lab.data
+        .blackhole
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    lab.b
+        .wait_mirror(30, "a backup again", |v| v["status"] == "Backup")
+        .await;
+    let acked = stop_writers(&stop, writers).await;
+    assert_identical(&lab.a, &lab.b).await;
+    assert_all_present(&lab.b, &acked, "B").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn matrix_an_isolated_primary_freezes_and_the_backup_takes_over_through_the_arbiter() {
+    let lab = arbiter_lab().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers = start_writers_on_primary([lab.a.api(), lab.b.api()], 3, "isolated", stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A is cut off from everyone (its agent stays reachable, as a separate path would).
+    lab.data
+        .blackhole
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    lab.arbiter_proxy.cut_member(A);
+    lab.b
+        .wait_mirror(20, "the primary", |v| v["role"] == "Primary")
+        .await;
+    writes_go_on(&lab.b, 10).await;
+    // Healing: the old primary learns that B took over and stops; started again, it follows.
+    lab.data
+        .blackhole
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    lab.arbiter_proxy.heal_member(A);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while lab.a.status().await.state != "down" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old primary kept running after the takeover:\n{}",
+            lab.a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    lab.a.start_instance().await;
+    lab.a.wait_ready().await;
+    lab.a
+        .wait_mirror(30, "B's backup", |v| v["status"] == "Backup")
+        .await;
+    let acked = stop_writers(&stop, writers).await;
+    assert!(!acked.is_empty());
+    assert_all_present(&lab.b, &acked, "B").await;
+    assert_identical(&lab.a, &lab.b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn matrix_all_links_lost_freezes_the_primary_until_they_heal() {
+    let lab = arbiter_lab().await;
+    lab.data
+        .blackhole
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    lab.arbiter_proxy.cut_member(A);
+    lab.arbiter_proxy.cut_member(B);
+    lab.a
+        .wait_mirror(20, "in trouble", |v| v["status"] == "In Trouble")
+        .await;
+    // A write waits: nobody can tell A whether B took over, so it is not acknowledged.
+    let pending = {
+        let api = lab.a.api();
+        tokio::spawn(async move {
+            api.post("/api/apps/companies", json!({"name": "during the outage"}))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !pending.is_finished(),
+        "acknowledged while cut off from everyone"
+    );
+    // B asked A's agent, which says A runs: no takeover.
+    assert_eq!(lab.b.get("/api/mirror").await.1["role"], "Backup");
+    lab.data
+        .blackhole
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    lab.arbiter_proxy.heal_member(A);
+    lab.arbiter_proxy.heal_member(B);
+    let (status, body) = pending.await.unwrap().unwrap();
+    assert_eq!(status, 201, "{body}");
+    lab.a
+        .wait_mirror(20, "primary again", |v| v["status"] == "Primary")
+        .await;
+    wait_arbiter_controlled(&lab.a, &lab.b).await;
+    assert_identical(&lab.a, &lab.b).await;
+    assert!(all_names(&lab.b).await.contains("during the outage"));
+}
