@@ -668,3 +668,42 @@ async fn matrix_all_links_lost_freezes_the_primary_until_they_heal() {
     assert_identical(&lab.a, &lab.b).await;
     assert!(all_names(&lab.b).await.contains("during the outage"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_that_was_not_active_takes_over_with_the_journal_from_the_primarys_agent() {
+    use mirrorlab::os::{Signal, send_signal};
+    let (a, b) = pair(1000).await;
+    mirror_databases(&a, &b).await;
+    // B hangs; A revokes it, waits out its trouble, and goes on alone: these writes are
+    // acknowledged without B.
+    let b_pid = b.status().await.pid.unwrap();
+    send_signal(b_pid, Signal::Stop).unwrap();
+    let mut alone = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while alone.len() < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never went on alone"
+        );
+        let name = format!("alone {}", alone.len());
+        if let Ok((201, _)) = a.post("/api/apps/companies", json!({"name": name})).await {
+            alone.push(name);
+        }
+    }
+    // A dies; B wakes up, is no longer active, and takes over only with A's journal.
+    a.kill_instance().await;
+    send_signal(b_pid, Signal::Cont).unwrap();
+    b.wait_mirror(20, "the primary", |v| v["role"] == "Primary")
+        .await;
+    assert!(
+        b.log().contains("of the down primary through its agent"),
+        "B did not fetch A's journal:\n{}",
+        b.log()
+    );
+    assert_all_present(&b, &alone, "B").await;
+    a.start_instance().await;
+    a.wait_ready().await;
+    a.wait_mirror(20, "B's backup", |v| v["status"] == "Backup")
+        .await;
+    assert_identical(&a, &b).await;
+}

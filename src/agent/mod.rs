@@ -19,6 +19,8 @@
 //!   running instance is probed on its superserver port; one that accepts the connection but
 //!   does not answer within the given time is hung, and the agent forces it down (SIGKILL) before
 //!   it answers "down". A forced-down instance stays down until someone starts it.
+//! - `journal_tail`: a backup that was not active asks for the mirror journal records of the
+//!   down instance after its own end; with them it holds everything and may take over.
 //! - `mirror_role`: a restarted former primary asks the other failover member who it says the
 //!   primary is, and in which epoch. A running instance is asked; for a down one the agent reads
 //!   its configuration file.
@@ -30,8 +32,7 @@
 //!
 //! # Left out
 //!
-//! Serving a down instance's journal (so a backup that was not active could still take over)
-//! and the arbiter role.
+//! Authentication of the requests (see the security issue).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -79,6 +80,16 @@ pub enum AgentRequest {
         /// The epoch of the takeover.
         epoch: u64,
     },
+    /// The mirror journal records from position `from` on, read from the files of the down
+    /// instance: what a backup that was not active needs to take over.
+    JournalTail {
+        /// The mirror.
+        mirror_name: String,
+        /// The mirror's id.
+        mirror_id: String,
+        /// The first position wanted.
+        from: u64,
+    },
     /// Who the instance says is the primary of `mirror_name`, and in which epoch.
     MirrorRole {
         /// The mirror.
@@ -125,7 +136,25 @@ pub struct AgentReply {
     /// The answer to `mirror_role`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<RoleReport>,
+    /// The answer to `journal_tail`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<JournalTail>,
 }
+
+/// Journal records of a down instance (answer to `journal_tail`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalTail {
+    /// The first position sent (the one asked for).
+    pub first: u64,
+    /// The last position sent (the end of the instance's mirror journal); `first - 1` when
+    /// there is nothing after what the asker has.
+    pub last: u64,
+    /// The records' frames, exactly as the journal stores them, in base64.
+    pub frames: String,
+}
+
+/// Most journal bytes one `journal_tail` answer carries (the frame limit, with room for base64).
+const MAX_TAIL_BYTES: usize = MAX_AGENT_FRAME / 2;
 
 /// What an instance says about its mirror's primary (answer to `mirror_role`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,6 +208,7 @@ impl Supervisor {
             host: self.settings.host_name.clone(),
             mirror: None,
             role: None,
+            journal: None,
         }
     }
 
@@ -248,6 +278,28 @@ impl Supervisor {
         }
         let _ = exits.wait_for(|n| *n != before).await;
         self.reply(true, format!("the instance was forced down: {why}"))
+    }
+
+    /// See [`AgentRequest::JournalTail`].
+    async fn journal_tail(&self, mirror_name: String, mirror_id: String, from: u64) -> AgentReply {
+        if self.status().state == "running" {
+            return self.reply(
+                false,
+                "the instance is running: its journal is served by the instance",
+            );
+        }
+        let dir = self.settings.data_dir.join("mgr").join("journal");
+        let read =
+            tokio::task::spawn_blocking(move || read_tail(&dir, &mirror_name, &mirror_id, from))
+                .await;
+        match read {
+            Ok(Ok(tail)) => AgentReply {
+                journal: Some(tail),
+                ..self.reply(true, "journal records of the down instance")
+            },
+            Ok(Err(err)) => self.reply(false, err.to_string()),
+            Err(err) => self.reply(false, err.to_string()),
+        }
     }
 
     /// See [`AgentRequest::ForceDown`].
@@ -452,6 +504,57 @@ fn ask_instance(
     }
 }
 
+/// Reads the mirror journal of a down instance from `from` to its end.
+fn read_tail(
+    dir: &std::path::Path,
+    mirror_name: &str,
+    mirror_id: &str,
+    from: u64,
+) -> Result<JournalTail> {
+    use crate::journal::{Journal, JournalOptions, JournalPos};
+    use base64::Engine;
+    let options = JournalOptions::mirror(
+        mirror_name,
+        crate::journal::DEFAULT_MAX_SEGMENT_BYTES,
+        JournalPos(1),
+    );
+    if !crate::mirror::journal_exists(dir, &options.prefix)? {
+        return Err(Error::Conflict(format!(
+            "this host has no journal of mirror {mirror_name}"
+        )));
+    }
+    let stream = crate::util::parse_hex16(mirror_id)
+        .ok_or_else(|| Error::InvalidInput("bad mirror id".into()))?;
+    // The instance is down and the agent starts it only on request: nothing else has these
+    // files open. Opening cuts a torn write at the end, as the instance's own start would.
+    let (journal, _) = Journal::open(dir, stream, options)?;
+    let shared = journal.shared();
+    let from = JournalPos(from.max(1));
+    if from < shared.first_pos() {
+        return Err(Error::Conflict(format!(
+            "the journal here starts at {}; records from {from} are no longer kept",
+            shared.first_pos()
+        )));
+    }
+    let mut frames = Vec::new();
+    let mut last = from.0 - 1;
+    for record in shared.read_range(JournalPos(from.0 - 1), shared.appended_end()) {
+        let record = record?;
+        record.encode_into(&mut frames);
+        last = record.pos.0;
+        if frames.len() > MAX_TAIL_BYTES {
+            return Err(Error::Conflict(
+                "the journal the asker lacks is too large to send through the agent".into(),
+            ));
+        }
+    }
+    Ok(JournalTail {
+        first: from.0,
+        last,
+        frames: base64::engine::general_purpose::STANDARD.encode(frames),
+    })
+}
+
 /// How a running instance reacted to a probe.
 enum Probe {
     /// It answered: alive.
@@ -517,6 +620,11 @@ async fn serve_connection(supervisor: Arc<Supervisor>, mut stream: TcpStream) ->
                     .await
             }
             AgentRequest::MirrorRole { mirror_name } => supervisor.mirror_role(mirror_name).await,
+            AgentRequest::JournalTail {
+                mirror_name,
+                mirror_id,
+                from,
+            } => supervisor.journal_tail(mirror_name, mirror_id, from).await,
             AgentRequest::ForceDown {
                 mirror_name,
                 member,

@@ -29,10 +29,13 @@
 //! arbiter (the primary's) and to the other member over the data channel, and a backup that
 //! the arbiter lets take over forces the old primary down through its agent.
 //!
+//! A backup that was not active fetches the down primary's journal through its agent before it
+//! may take over (the agent reads it from the down instance's files).
+//!
 //! # Left out
 //!
-//! Journal served by a down primary's agent (so only an active backup inside its window takes
-//! over through the agent).
+//! Fetching through the agent a tail too large for one agent answer (the backup then stays a
+//! backup and says why).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -269,7 +272,10 @@ impl Driver {
                     .outbox
                     .push_back(ToArbiter::Ask);
             }
-            Action::AskAgent => self.ask_agent(m),
+            Action::AskAgent => {
+                let active = self.failover.as_ref().is_some_and(|f| f.active());
+                self.ask_agent(m, active)
+            }
             Action::TakeOver => self.take_over(),
             Action::StandDown => {
                 // Through the arbiter: the data channel is what was lost.
@@ -293,7 +299,7 @@ impl Driver {
         }
     }
 
-    fn ask_agent(&mut self, m: &Membership) {
+    fn ask_agent(&mut self, m: &Membership, active: bool) {
         if self.asking {
             return;
         }
@@ -306,6 +312,8 @@ impl Driver {
         self.asking = true;
         let qos = Duration::from_millis(m.mirror.qos_timeout_ms);
         let tx = self.answers_tx.clone();
+        let journal = self.service.receiver_journal();
+        let (mirror_name, mirror_id) = (m.mirror.name.clone(), m.mirror.id.clone());
         tracing::warn!("mirror: lost the primary; asking its agent at {address}");
         let _ = std::thread::Builder::new()
             .name("ask-agent".into())
@@ -319,7 +327,17 @@ impl Driver {
                 let answer = match agent::call_blocking(&address, request, qos) {
                     Ok(reply) if reply.ok && reply.instance.state == "down" => {
                         tracing::warn!("mirror: the primary's agent says: {}", reply.message);
-                        AgentAnswer::PrimaryDown { journal: false }
+                        // A backup that was not active may lack acknowledged records: it takes
+                        // over only with the down primary's journal, fetched through its agent.
+                        let fetched = !active
+                            && fetch_tail(&address, &journal, &mirror_name, &mirror_id, qos)
+                                .inspect_err(|err| {
+                                    tracing::warn!(
+                                        "mirror: the primary's journal could not be fetched through its agent: {err}"
+                                    )
+                                })
+                                .is_ok();
+                        AgentAnswer::PrimaryDown { journal: fetched }
                     }
                     Ok(reply) if reply.ok => AgentAnswer::PrimaryRunning,
                     Ok(reply) => {
@@ -473,6 +491,60 @@ impl Driver {
             }
         }
     }
+}
+
+/// Fetches the down primary's mirror journal after this member's end through its agent, and
+/// appends it (made durable) to this member's mirror journal.
+fn fetch_tail(
+    address: &str,
+    journal: &super::receiver::SharedJournal,
+    mirror_name: &str,
+    mirror_id: &str,
+    qos: Duration,
+) -> crate::error::Result<()> {
+    use crate::error::Error;
+    use base64::Engine;
+    let from = match journal.lock().unwrap().as_ref() {
+        Some(j) => j.end().next(),
+        None => return Err(Error::Conflict("this member has no mirror journal".into())),
+    };
+    let request = AgentRequest::JournalTail {
+        mirror_name: mirror_name.to_string(),
+        mirror_id: mirror_id.to_string(),
+        from: from.0,
+    };
+    let reply = agent::call_blocking(address, request, qos.max(Duration::from_secs(5)))?;
+    let tail = match reply.journal {
+        Some(tail) if reply.ok => tail,
+        _ => return Err(Error::Unavailable(reply.message)),
+    };
+    if tail.first != from.0 {
+        return Err(Error::Corrupt(format!(
+            "the agent sent records from {} where {from} was asked for",
+            tail.first
+        )));
+    }
+    if tail.last < tail.first {
+        return Ok(());
+    }
+    let frames = base64::engine::general_purpose::STANDARD
+        .decode(tail.frames)
+        .map_err(|e| Error::Corrupt(format!("journal from the agent: {e}")))?;
+    let (first, last) = (from, crate::journal::JournalPos(tail.last));
+    let records = super::protocol::check_frames(&frames, first, last)?;
+    let mut guard = journal.lock().unwrap();
+    let journal = guard
+        .as_mut()
+        .ok_or_else(|| Error::Conflict("this member has no mirror journal".into()))?;
+    if journal.end().next() != first {
+        return Err(Error::Conflict("the mirror journal moved meanwhile".into()));
+    }
+    journal.append(&frames, last, records)?;
+    journal.sync()?;
+    tracing::warn!(
+        "mirror: fetched records {first}..={last} of the down primary through its agent"
+    );
+    Ok(())
 }
 
 /// After a takeover through the arbiter: force the old primary down through its agent as soon as
