@@ -59,7 +59,9 @@ async fn the_backup_takes_over_when_the_primary_dies_and_the_old_primary_rejoins
     let (a, b) = (Arc::new(a), Arc::new(b));
     let stop = Arc::new(AtomicBool::new(false));
     let writers = start_writers_on_primary([a.api(), b.api()], 4, "takeover", stop.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The kill lands at a different moment of the writers' stream on every run.
+    let mut rng = common::Rng::from_env_or_clock();
+    tokio::time::sleep(Duration::from_millis(200 + rng.below(800))).await;
 
     // Step 10 of the walk-through: kill the primary's instance (its agent stays).
     let killed = std::time::Instant::now();
@@ -156,6 +158,52 @@ async fn the_backup_takes_over_when_the_primary_dies_and_the_old_primary_rejoins
         .await
         .unwrap();
     assert_eq!(status, 409);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_primary_role_passes_back_and_forth_over_repeated_kills() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let (a, b) = pair(1000).await;
+    mirror_databases(&a, &b).await;
+    let members = [Arc::new(a), Arc::new(b)];
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers_on_primary(
+        [members[0].api(), members[1].api()],
+        4,
+        "pingpong",
+        stop.clone(),
+    );
+    let mut rng = common::Rng::from_env_or_clock();
+    let mut primary = 0;
+    for round in 0..4 {
+        let backup = 1 - primary;
+        members[backup]
+            .wait_mirror(20, "the active backup", |v| v["status"] == "Backup")
+            .await;
+        tokio::time::sleep(Duration::from_millis(100 + rng.below(700))).await;
+        members[primary].kill_instance().await;
+        members[backup]
+            .wait_mirror(10, &format!("the primary (round {round})"), |v| {
+                v["role"] == "Primary"
+            })
+            .await;
+        tokio::time::sleep(Duration::from_millis(rng.below(500))).await;
+        members[primary].start_instance().await;
+        members[primary].wait_ready().await;
+        primary = backup;
+    }
+    members[1 - primary]
+        .wait_mirror(20, "the active backup", |v| v["status"] == "Backup")
+        .await;
+    let acked = stop_writers(&stop, writers).await;
+    assert!(
+        acked.len() > 20,
+        "the writers barely wrote: {}",
+        acked.len()
+    );
+    assert_all_present(&members[primary], &acked, "the last primary").await;
+    assert_identical(&members[0], &members[1]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
