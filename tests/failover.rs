@@ -755,3 +755,90 @@ async fn a_backup_that_was_not_active_takes_over_with_the_journal_from_the_prima
         .await;
     assert_identical(&a, &b).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_async_member_never_delays_commits_and_follows_the_new_primary() {
+    use mirrorlab::os::{Signal, send_signal};
+    let (a, b) = pair(1000).await;
+    mirror_databases(&a, &b).await;
+    let c = TestMember::start_named("mirrorc").await;
+    c.ok("/api/mirror/service", json!({"enabled": true})).await;
+    let join = |async_type: &str| {
+        json!({
+            "mirror_name": "MIRRORSET",
+            "agent_address": format!("127.0.0.1:{}", a.agent_port()),
+            "instance_name": "IRIS",
+            "superserver_address": c.superserver,
+            "agent_address_local": "127.0.0.1",
+            "agent_port_local": c.agent_port(),
+            "async_type": async_type,
+        })
+    };
+    c.refused(
+        "/api/mirror/join-async",
+        join("reporting_rw"),
+        409,
+        "Read-Write Reporting",
+    )
+    .await;
+    c.refused(
+        "/api/mirror/join-async",
+        join("sideways"),
+        400,
+        "Async Member System Type",
+    )
+    .await;
+    let joined = c.ok("/api/mirror/join-async", join("dr")).await;
+    assert!(
+        joined["message"]
+            .as_str()
+            .unwrap()
+            .contains("disaster recovery"),
+        "{joined}"
+    );
+    let view = a
+        .wait_mirror(10, "with C connected", |v| {
+            TestMember::member_row(v, "MIRRORC/IRIS")["status"] == "Connected"
+        })
+        .await;
+    assert_eq!(
+        TestMember::member_row(&view, "MIRRORC/IRIS")["type"],
+        "Disaster Recovery"
+    );
+    copy_databases(&a, &c).await;
+    c.wait_mirror(10, "connected", |v| v["status"] == "Connected")
+        .await;
+
+    // C hangs: commits on A go on without waiting for it.
+    let c_pid = c.status().await.pid.unwrap();
+    send_signal(c_pid, Signal::Stop).unwrap();
+    for i in 0..10 {
+        created(
+            &a,
+            "/api/apps/companies",
+            json!({"name": format!("while C hangs {i}")}),
+        )
+        .await;
+    }
+    assert_eq!(a.get("/api/mirror").await.1["status"], "Primary");
+    send_signal(c_pid, Signal::Cont).unwrap();
+
+    // A dies, B takes over, and C follows B.
+    a.kill_instance().await;
+    b.wait_mirror(10, "the primary", |v| v["role"] == "Primary")
+        .await;
+    c.wait_mirror(20, "following B", |v| {
+        v["status"] == "Connected"
+            && TestMember::member_row(v, "MIRRORB/IRIS")["status"] == "Primary"
+    })
+    .await;
+    created(&b, "/api/apps/companies", json!({"name": "written on B"})).await;
+    a.start_instance().await;
+    a.wait_ready().await;
+    a.wait_mirror(20, "B's backup", |v| v["status"] == "Backup")
+        .await;
+    assert_identical(&a, &b).await;
+    assert_identical(&b, &c).await;
+    assert!(all_names(&c).await.contains("written on B"));
+    assert_eq!(c.get("/api/mirror").await.1["role"], "Disaster Recovery");
+}

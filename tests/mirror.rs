@@ -287,11 +287,13 @@ async fn copies_of_something_else_are_refused() {
     )
     .await;
     // The right file is accepted.
+    a.ok("/api/mirror/freeze", json!({})).await;
     std::fs::copy(
         a.data_dir().join("mgr/company/database.sqlite"),
         b.data_dir().join("mgr/company/database.sqlite"),
     )
     .unwrap();
+    a.ok("/api/mirror/thaw", json!({})).await;
     b.ok("/api/databases/COMPANY/mount", json!({})).await;
     assert_eq!(b.db_status("COMPANY").await, "Needs Activation");
     // A second Activate and a second Catchup do no harm.

@@ -465,10 +465,14 @@ async fn join_pair(
     .await?;
     b.call(client, "/api/databases/COMPANY/dismount", json!({}))
         .await?;
-    std::fs::copy(
+    // Freeze: the primary's HEARTBEAT production may be writing.
+    a.call(client, "/api/mirror/freeze", json!({})).await?;
+    let copied = std::fs::copy(
         a.dir.join("mgr/company/database.sqlite"),
         b.dir.join("mgr/company/database.sqlite"),
-    )?;
+    );
+    a.call(client, "/api/mirror/thaw", json!({})).await?;
+    copied?;
     b.call(client, "/api/databases/COMPANY/mount", json!({}))
         .await?;
     b.call(client, "/api/databases/COMPANY/activate", json!({}))

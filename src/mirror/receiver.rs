@@ -29,7 +29,7 @@ use crate::journal::{Journal, JournalOptions, JournalPos};
 use crate::util::now_ms;
 
 use super::MirrorContext;
-use super::config::MemberInfo;
+use super::config::{MemberInfo, MemberKind};
 use super::failover::{Event, Mode};
 use super::protocol::{Control, Message, check_frames, read_message, write_ack, write_control};
 
@@ -48,6 +48,9 @@ pub fn start(
     std::thread::Builder::new()
         .name("mirror-receiver".into())
         .spawn(move || {
+            // Failed attempts in a row: an async tries the failover members in turn, since
+            // after a failover the primary may be the other one.
+            let mut failures = 0usize;
             while !stop.load(Ordering::Acquire) {
                 let stopped = context
                     .config
@@ -60,7 +63,8 @@ pub fn start(
                     pause(&stop, Duration::from_millis(50));
                     continue;
                 }
-                let result = receive(&context, &journal, &stop);
+                let result = receive(&context, &journal, &stop, failures);
+                failures = if result.is_ok() { 0 } else { failures + 1 };
                 let now = now_ms();
                 let mut link = context.mirror.link.lock().unwrap();
                 if link.connected {
@@ -92,10 +96,22 @@ fn pause(stop: &AtomicBool, how_long: Duration) {
     }
 }
 
-/// The primary this member follows.
-fn primary_of(context: &MirrorContext) -> Result<MemberInfo> {
+/// The primary this member follows. An async that failed `failures` times in a row tries the
+/// next failover member instead: only the primary welcomes it, and its welcome names itself.
+fn primary_of(context: &MirrorContext, failures: usize) -> Result<MemberInfo> {
     let config = context.config.get();
     let membership = config.mirror.member()?;
+    if membership.this.kind != MemberKind::Failover && failures > 0 {
+        let mut failover: Vec<&MemberInfo> = membership
+            .others
+            .iter()
+            .filter(|o| o.kind == MemberKind::Failover)
+            .collect();
+        failover.sort_by(|a, b| a.name.cmp(&b.name));
+        if !failover.is_empty() {
+            return Ok(failover[failures % failover.len()].clone());
+        }
+    }
     let name = membership
         .primary_name
         .as_deref()
@@ -121,8 +137,13 @@ fn connect(address: &str, timeout: Duration) -> Result<TcpStream> {
 }
 
 /// One connection's life.
-fn receive(context: &Arc<MirrorContext>, shared: &SharedJournal, stop: &AtomicBool) -> Result<()> {
-    let primary = primary_of(context)?;
+fn receive(
+    context: &Arc<MirrorContext>,
+    shared: &SharedJournal,
+    stop: &AtomicBool,
+    failures: usize,
+) -> Result<()> {
+    let primary = primary_of(context, failures)?;
     let config = context.config.get();
     let membership = config
         .mirror

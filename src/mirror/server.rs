@@ -257,6 +257,20 @@ fn accept_member(
             "the mirror already has two failover members".into(),
         ));
     }
+    if member.kind != MemberKind::Failover
+        && !membership.others.iter().any(|o| o.name == member.name)
+        && membership
+            .others
+            .iter()
+            .filter(|o| o.kind != MemberKind::Failover)
+            .count()
+            >= super::service::MAX_ASYNC_MEMBERS
+    {
+        return Err(Error::Conflict(format!(
+            "the mirror already has {} async members",
+            super::service::MAX_ASYNC_MEMBERS
+        )));
+    }
     let journal = context
         .mirror
         .journal()

@@ -107,6 +107,28 @@ pub struct JoinRequest {
     /// This member's Agent Port.
     #[serde(default)]
     pub agent_port_local: Option<u16>,
+    /// Join as Async: `dr`, `reporting_ro` or `reporting_rw` (Async Member System Type).
+    #[serde(default)]
+    pub async_type: Option<String>,
+}
+
+/// Most async members a mirror has (16 members in all).
+pub const MAX_ASYNC_MEMBERS: usize = 14;
+
+/// The Async Member System Type named in a request.
+pub fn async_kind(raw: Option<&str>) -> Result<MemberKind> {
+    match raw.map(|t| t.trim().to_ascii_lowercase()).as_deref() {
+        Some("dr") | Some("disaster recovery") | None => Ok(MemberKind::Dr),
+        Some("reporting_ro") | Some("read-only reporting") => Ok(MemberKind::ReportingRo),
+        Some("reporting_rw") | Some("read-write reporting") => Err(Error::Conflict(
+            "Read-Write Reporting asyncs are not available in this lab yet: join as a Disaster Recovery (dr) or \
+             Read-Only Reporting (reporting_ro) async"
+                .into(),
+        )),
+        Some(other) => Err(Error::InvalidInput(format!(
+            "Async Member System Type {other:?} is not one of dr, reporting_ro, reporting_rw"
+        ))),
+    }
 }
 
 /// Edit Mirror (`POST /api/mirror/edit`).
@@ -579,6 +601,17 @@ impl MirrorService {
 
     /// Join as Failover: store this member's information and connect to the primary.
     pub async fn join_failover(&self, request: JoinRequest) -> Result<String> {
+        self.join(request, MemberKind::Failover).await
+    }
+
+    /// Join as Async: a disaster recovery or reporting member that receives the journal
+    /// asynchronously (it never delays a commit and never takes over by itself).
+    pub async fn join_async(&self, request: JoinRequest) -> Result<String> {
+        let kind = async_kind(request.async_type.as_deref())?;
+        self.join(request, kind).await
+    }
+
+    async fn join(&self, request: JoinRequest, kind: MemberKind) -> Result<String> {
         self.require_service()?;
         self.require_not_member()?;
         let description = self.join_info(&request.info).await?;
@@ -587,20 +620,27 @@ impl MirrorService {
                 "this mirror requires SSL/TLS, which this lab does not support yet".into(),
             ));
         }
-        if description
-            .members
-            .iter()
-            .filter(|m| m.kind == MemberKind::Failover)
-            .count()
-            >= 2
-        {
+        let count = |failover: bool| {
+            description
+                .members
+                .iter()
+                .filter(|m| (m.kind == MemberKind::Failover) == failover)
+                .count()
+        };
+        if kind == MemberKind::Failover && count(true) >= 2 {
             return Err(Error::Conflict(format!(
                 "mirror {} already has two failover members",
                 description.mirror.name
             )));
         }
+        if kind != MemberKind::Failover && count(false) >= MAX_ASYNC_MEMBERS {
+            return Err(Error::Conflict(format!(
+                "mirror {} already has {MAX_ASYNC_MEMBERS} async members",
+                description.mirror.name
+            )));
+        }
         let this = self.this_member(
-            MemberKind::Failover,
+            kind,
             request.member_name.as_deref(),
             request.superserver_address.as_deref(),
             request.mirror_private_address.as_deref(),
@@ -641,7 +681,13 @@ impl MirrorService {
             c.mirror.membership = Some(membership.clone());
             Ok(())
         })?;
-        self.context.mirror.set_role(Role::Backup);
+        self.context
+            .mirror
+            .set_role(if kind == MemberKind::Failover {
+                Role::Backup
+            } else {
+                Role::Async(kind)
+            });
         self.context
             .catalog
             .replace(crate::instance::config::catalog_state(
@@ -658,7 +704,8 @@ impl MirrorService {
             let link = self.context.mirror.link.lock().unwrap().clone();
             if link.connected {
                 return Ok(format!(
-                    "joined mirror {name} as failover member; the primary is {}",
+                    "joined mirror {name} as {} member; the primary is {}",
+                    kind.display().to_lowercase(),
                     description.primary
                 ));
             }
@@ -703,7 +750,7 @@ impl MirrorService {
         let entry = self.context.catalog.snapshot().database(&db)?.clone();
         let activated = self.context.config.get().mirror.activated(&db);
         // Nothing is fetched for a copy the user has not activated; the writer says why.
-        if self.context.mirror.role() == Role::Backup
+        if matches!(self.context.mirror.role(), Role::Backup | Role::Async(_))
             && activated
             && entry.mounted
             && entry.mirrored.is_some()
@@ -1169,8 +1216,10 @@ impl MirrorService {
             }
         } else {
             let caught_up = link.received_end >= link.primary_durable;
+            let is_async = m.this.kind != MemberKind::Failover;
             this_status = match (link.connected, link.active) {
                 _ if m.stopped => "Stopped",
+                (true, _) if is_async => "Connected",
                 (true, true) => "Backup",
                 (true, false) => "Synchronizing",
                 (false, _) => "Waiting",

@@ -35,6 +35,7 @@ pub fn routes() -> Router<AppState> {
         .route("/mirror/create", post(mirror_create))
         .route("/mirror/join-info", post(mirror_join_info))
         .route("/mirror/join-failover", post(mirror_join_failover))
+        .route("/mirror/join-async", post(mirror_join_async))
         .route("/mirror/edit", post(mirror_edit))
         .route("/mirror/remove", post(mirror_remove))
         .route("/mirror/remove-member", post(mirror_remove_member))
@@ -339,6 +340,13 @@ async fn mirror_join_failover(
     ApiJson(request): ApiJson<JoinRequest>,
 ) -> ApiResult {
     done(state.instance.mirror_service.join_failover(request).await?)
+}
+
+async fn mirror_join_async(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<JoinRequest>,
+) -> ApiResult {
+    done(state.instance.mirror_service.join_async(request).await?)
 }
 
 async fn mirror_edit(

@@ -31,6 +31,11 @@ pub fn routes() -> Router<AppState> {
         .route("/portal/mirror/create", get(create_page).post(create))
         .route("/portal/mirror/join", get(join_page).post(join))
         .route("/portal/mirror/join/next", post(join_next))
+        .route(
+            "/portal/mirror/join-async",
+            get(join_async_page).post(join_async),
+        )
+        .route("/portal/mirror/join-async/next", post(join_async_next))
         .route("/portal/mirror/edit", get(edit_page).post(edit))
         .route("/portal/mirror/remove", post(remove))
         .route("/portal/mirror/remove-member", post(remove_member))
@@ -220,6 +225,10 @@ struct JoinPage {
     superserver: String,
     local_agent_port: u16,
     agent_host: String,
+    /// Join as Async (else as Failover).
+    async_join: bool,
+    /// Where the forms post (`/portal/mirror/join` or `/portal/mirror/join-async`).
+    base: &'static str,
 }
 
 fn join_page_for(
@@ -227,6 +236,7 @@ fn join_page_for(
     user: &PortalUser,
     step1: &JoinForm,
     description: Option<MirrorDescription>,
+    async_join: bool,
 ) -> JoinPage {
     let (member_name, superserver, local_agent_port) = service(state).defaults();
     let crumbs = vec!["System Administration", "Configuration", "Mirror Settings"];
@@ -234,10 +244,20 @@ fn join_page_for(
         layout: Layout::new(
             state,
             user,
-            "Join Mirror as Failover",
+            if async_join {
+                "Join Mirror as Async"
+            } else {
+                "Join Mirror as Failover"
+            },
             crumbs,
             "mirror-settings",
         ),
+        async_join,
+        base: if async_join {
+            "/portal/mirror/join-async"
+        } else {
+            "/portal/mirror/join"
+        },
         description,
         mirror_name: step1.mirror_name.clone().unwrap_or_default(),
         agent_address: step1.agent_address.clone().unwrap_or_default(),
@@ -254,10 +274,18 @@ fn join_page_for(
 }
 
 async fn join_page(State(state): State<AppState>, user: PortalUser) -> Response {
+    join_page_of(&state, &user, false)
+}
+
+async fn join_async_page(State(state): State<AppState>, user: PortalUser) -> Response {
+    join_page_of(&state, &user, true)
+}
+
+fn join_page_of(state: &AppState, user: &PortalUser, async_join: bool) -> Response {
     if !state.instance.config.get().mirror.service_enabled {
         return flash_and_redirect(
-            &state,
-            &user,
+            state,
+            user,
             Err(Error::Conflict(
                 "the mirror service is disabled: enable it first".into(),
             )),
@@ -265,7 +293,7 @@ async fn join_page(State(state): State<AppState>, user: PortalUser) -> Response 
         );
     }
     let empty = JoinForm::default();
-    join_page_for(&state, &user, &empty, None).into_response()
+    join_page_for(state, user, &empty, None, async_join).into_response()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -279,6 +307,7 @@ struct JoinForm {
     mirror_private_address: Option<String>,
     agent_address_local: Option<String>,
     agent_port_local: Option<String>,
+    async_type: Option<String>,
 }
 
 impl JoinForm {
@@ -299,11 +328,29 @@ async fn join_next(
     State(state): State<AppState>,
     CsrfForm(user, form): CsrfForm<JoinForm>,
 ) -> Response {
-    let described = async { service(&state).join_info(&form.info()?).await }.await;
+    join_next_of(&state, &user, &form, false).await
+}
+
+async fn join_async_next(
+    State(state): State<AppState>,
+    CsrfForm(user, form): CsrfForm<JoinForm>,
+) -> Response {
+    join_next_of(&state, &user, &form, true).await
+}
+
+async fn join_next_of(
+    state: &AppState,
+    user: &PortalUser,
+    form: &JoinForm,
+    async_join: bool,
+) -> Response {
+    let described = async { service(state).join_info(&form.info()?).await }.await;
     match described {
-        Ok(description) => join_page_for(&state, &user, &form, Some(description)).into_response(),
+        Ok(description) => {
+            join_page_for(state, user, form, Some(description), async_join).into_response()
+        }
         Err(err) => {
-            let mut page = join_page_for(&state, &user, &form, None);
+            let mut page = join_page_for(state, user, form, None, async_join);
             page.layout.flash = Some(super::auth::Flash {
                 ok: false,
                 text: err.to_string(),
@@ -314,6 +361,22 @@ async fn join_next(
 }
 
 async fn join(State(state): State<AppState>, CsrfForm(user, form): CsrfForm<JoinForm>) -> Response {
+    join_of(&state, &user, form, false).await
+}
+
+async fn join_async(
+    State(state): State<AppState>,
+    CsrfForm(user, form): CsrfForm<JoinForm>,
+) -> Response {
+    join_of(&state, &user, form, true).await
+}
+
+async fn join_of(
+    state: &AppState,
+    user: &PortalUser,
+    form: JoinForm,
+    async_join: bool,
+) -> Response {
     let result = async {
         let request = JoinRequest {
             info: form.info()?,
@@ -322,16 +385,21 @@ async fn join(State(state): State<AppState>, CsrfForm(user, form): CsrfForm<Join
             mirror_private_address: filled(&form.mirror_private_address),
             agent_address_local: filled(&form.agent_address_local),
             agent_port_local: number("Agent Port", &form.agent_port_local)?,
+            async_type: filled(&form.async_type),
         };
-        service(&state).join_failover(request).await
+        if async_join {
+            service(state).join_async(request).await
+        } else {
+            service(state).join_failover(request).await
+        }
     }
     .await;
-    let to = if result.is_ok() {
-        "/portal/mirror/monitor"
-    } else {
-        "/portal/mirror/join"
+    let to = match (result.is_ok(), async_join) {
+        (true, _) => "/portal/mirror/monitor",
+        (false, true) => "/portal/mirror/join-async",
+        (false, false) => "/portal/mirror/join",
     };
-    flash_and_redirect(&state, &user, result, to)
+    flash_and_redirect(state, user, result, to)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -105,6 +105,12 @@ pub async fn mirror_databases(a: &TestMember, b: &TestMember) {
         added["message"].as_str().unwrap().contains("need a copy"),
         "{added}"
     );
+    copy_databases(a, b).await;
+}
+
+/// Gives member `b` copies of the mirrored demo databases of primary `a`: dismount, `cp`, mount,
+/// Activate, Catchup, until each is dejournaling.
+pub async fn copy_databases(a: &TestMember, b: &TestMember) {
     let view = b
         .wait_mirror(10, "aware of the mirrored databases", |v| {
             v["missing_databases"].as_array().map(|m| m.len()) == Some(3)
@@ -115,11 +121,15 @@ pub async fn mirror_databases(a: &TestMember, b: &TestMember) {
         b.ok(&format!("/api/databases/{db}/dismount"), json!({}))
             .await;
         let dir = db.to_ascii_lowercase();
+        // The primary's HEARTBEAT production writes COMPANY now and then: Freeze makes the
+        // copy safe, as the walk-through says.
+        a.ok("/api/mirror/freeze", json!({})).await;
         std::fs::copy(
             a.data_dir().join(format!("mgr/{dir}/database.sqlite")),
             b.data_dir().join(format!("mgr/{dir}/database.sqlite")),
         )
         .unwrap();
+        a.ok("/api/mirror/thaw", json!({})).await;
         b.ok(&format!("/api/databases/{db}/mount"), json!({})).await;
         assert_eq!(b.db_status(db).await, "Needs Activation");
         b.ok(&format!("/api/databases/{db}/activate"), json!({}))
