@@ -842,3 +842,77 @@ async fn an_async_member_never_delays_commits_and_follows_the_new_primary() {
     assert!(all_names(&c).await.contains("written on B"));
     assert_eq!(c.get("/api/mirror").await.1["role"], "Disaster Recovery");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dr_async_promoted_to_failover_takes_over_and_the_demoted_backup_follows() {
+    let (a, b) = pair(1000).await;
+    mirror_databases(&a, &b).await;
+    let c = TestMember::start_named("mirrorc").await;
+    c.ok("/api/mirror/service", json!({"enabled": true})).await;
+    c.ok(
+        "/api/mirror/join-async",
+        json!({
+            "mirror_name": "MIRRORSET",
+            "agent_address": format!("127.0.0.1:{}", a.agent_port()),
+            "superserver_address": c.superserver,
+            "agent_address_local": "127.0.0.1",
+            "agent_port_local": c.agent_port(),
+            "async_type": "dr",
+        }),
+    )
+    .await;
+    copy_databases(&a, &c).await;
+    // Two failover members already: C cannot be promoted.
+    c.refused(
+        "/api/mirror/promote",
+        json!({}),
+        409,
+        "two failover members",
+    )
+    .await;
+
+    // Demote Other Member on the primary: B becomes a DR async, and A does not stall.
+    a.ok("/api/mirror/demote-other", json!({})).await;
+    b.wait_mirror(15, "a DR async", |v| {
+        v["role"] == "Disaster Recovery" && v["status"] == "Connected"
+    })
+    .await;
+    a.wait_mirror(10, "B as DR", |v| {
+        TestMember::member_row(v, "MIRRORB/IRIS")["type"] == "Disaster Recovery"
+    })
+    .await;
+    created(
+        &a,
+        "/api/apps/companies",
+        json!({"name": "after the demotion"}),
+    )
+    .await;
+    assert_eq!(a.get("/api/mirror").await.1["status"], "Primary");
+
+    // Promote C: it becomes the active backup.
+    c.ok("/api/mirror/promote", json!({})).await;
+    c.wait_mirror(15, "the backup", |v| v["status"] == "Backup")
+        .await;
+    a.wait_mirror(15, "with C active", |v| {
+        TestMember::member_row(v, "MIRRORC/IRIS")["journal_transfer"] == "Active"
+    })
+    .await;
+
+    // A dies: C takes over, B (DR) follows C, A rejoins as C's backup.
+    a.kill_instance().await;
+    c.wait_mirror(10, "the primary", |v| v["role"] == "Primary")
+        .await;
+    created(&c, "/api/apps/companies", json!({"name": "written on C"})).await;
+    b.wait_mirror(20, "following C", |v| {
+        v["status"] == "Connected"
+            && TestMember::member_row(v, "MIRRORC/IRIS")["status"] == "Primary"
+    })
+    .await;
+    a.start_instance().await;
+    a.wait_ready().await;
+    a.wait_mirror(20, "C's backup", |v| v["status"] == "Backup")
+        .await;
+    assert_identical(&a, &c).await;
+    assert_identical(&b, &c).await;
+    assert!(all_names(&b).await.contains("written on C"));
+}

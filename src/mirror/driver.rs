@@ -136,6 +136,17 @@ impl Driver {
             self.decide(m);
             return;
         }
+        if context
+            .mirror
+            .demote_requested
+            .swap(false, Ordering::AcqRel)
+        {
+            match self.service.demote_to_dr() {
+                Ok(message) => tracing::warn!("mirror: {message}"),
+                Err(err) => tracing::warn!("mirror: the primary's demotion request: {err}"),
+            }
+            return;
+        }
         let role = match context.mirror.role() {
             Role::Primary => FailoverRole::Primary,
             Role::Backup => FailoverRole::Backup,

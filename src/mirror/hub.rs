@@ -306,6 +306,32 @@ impl Hub {
         self.acked.notify_all();
     }
 
+    /// The backup stood down for good (Demote To DR): it is no longer active, and losing its
+    /// connection next is no trouble.
+    pub fn on_stood_down(&self, id: u64) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(link) = state
+            .links
+            .iter_mut()
+            .find(|l| l.id == id && l.member.kind == MemberKind::Failover)
+        {
+            link.active = false;
+            state.events.push_back(Event::PartnerStoodDown);
+        }
+        drop(state);
+        self.acked.notify_all();
+    }
+
+    /// Sends a control message to one connected member; false when it is not connected.
+    pub fn tell(&self, member: &str, control: Control) -> bool {
+        let state = self.state.lock().unwrap();
+        state
+            .links
+            .iter()
+            .find(|l| l.member.name == member)
+            .is_some_and(|l| l.tx.send(Outgoing::Control(Box::new(control))).is_ok())
+    }
+
     /// The backup reports its failover mode.
     pub fn on_partner_mode(&self, id: u64, arbiter: bool) {
         let mut state = self.state.lock().unwrap();

@@ -140,6 +140,16 @@ pub enum Control {
         /// The member that must stay primary.
         defined_primary: Option<String>,
     },
+    /// Primary → members: the mirror's members changed (one joined, or changed its type).
+    MirrorChanged {
+        /// The mirror now.
+        description: MirrorDescription,
+    },
+    /// Backup → primary: this member stops being a failover member (Demote To DR): it will not
+    /// take over, so the primary need not wait for it.
+    StoodDown,
+    /// Primary → backup: Demote Other Member: become a disaster recovery async.
+    Demote,
     /// What the member's dejournaling looks like, for the primary's monitor.
     Status {
         /// The Dejournaling column text.

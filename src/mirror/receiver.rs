@@ -303,6 +303,14 @@ fn receive(
                         context.mirror.partner_event(Event::PartnerActive);
                     }
                     Control::DatabaseAdded { database } => context.add_database(database)?,
+                    Control::MirrorChanged { description } => context.learn(&description)?,
+                    Control::Demote => {
+                        tracing::warn!("mirror: the primary asks this member to become a DR async");
+                        context
+                            .mirror
+                            .demote_requested
+                            .store(true, Ordering::Release);
+                    }
                     Control::NoFailover { defined_primary } => {
                         super::service::store_no_failover(context, defined_primary)?
                     }

@@ -307,15 +307,30 @@ fn accept_member(
         )));
     }
     // Remember the member (no TLS: a member registers itself by joining).
-    context.config.update(|c| {
-        if let Some(m) = c.mirror.membership.as_mut() {
-            match m.others.iter_mut().find(|o| o.name == member.name) {
-                Some(known) => *known = member.clone(),
-                None => m.others.push(member.clone()),
+    let changed = context.config.update(|c| {
+        let Some(m) = c.mirror.membership.as_mut() else {
+            return Ok(false);
+        };
+        Ok(match m.others.iter_mut().find(|o| o.name == member.name) {
+            Some(known) if known == member => false,
+            Some(known) => {
+                *known = member.clone();
+                true
             }
-        }
-        Ok(())
+            None => {
+                m.others.push(member.clone());
+                true
+            }
+        })
     })?;
+    // The other connected members learn the new member list (a DR promoted later must know
+    // that the backup was demoted, for instance).
+    if changed && let Some(description) = context.describe() {
+        context
+            .mirror
+            .hub
+            .announce(Control::MirrorChanged { description });
+    }
     Ok((journal, cut, from))
 }
 
@@ -455,6 +470,7 @@ fn read_acks(reader: &mut BufReader<TcpStream>, context: &MirrorContext, id: u64
                 Control::FailoverMode { arbiter } => {
                     context.mirror.hub.on_partner_mode(id, arbiter)
                 }
+                Control::StoodDown => context.mirror.hub.on_stood_down(id),
                 // The backup asked: the primary's setting is the mirror's, and every member
                 // hears it back.
                 Control::NoFailover { defined_primary }

@@ -1019,6 +1019,135 @@ impl MirrorService {
         Ok("mirroring started on this member".into())
     }
 
+    /// Demote To DR Member (on the backup): this member stops being a failover member and
+    /// follows the primary as a disaster recovery async. The primary hears first that it stood
+    /// down, so it does not wait for it.
+    pub fn demote_to_dr(&self) -> Result<String> {
+        let config = self.context.config.get();
+        let m = config.mirror.member()?;
+        if m.this.kind != MemberKind::Failover || self.context.mirror.role() != Role::Backup {
+            return Err(Error::Conflict(
+                "only the backup can be demoted to a DR async".into(),
+            ));
+        }
+        if m.mirror.defined_primary.is_some() {
+            return Err(Error::Conflict(
+                "No Failover is set: clear it before demoting the backup".into(),
+            ));
+        }
+        if self.context.mirror.link.lock().unwrap().connected {
+            self.context
+                .mirror
+                .link_outbox
+                .lock()
+                .unwrap()
+                .push_back(super::protocol::Control::StoodDown);
+            // The receiver sends it on its next round (at least every quarter QoS).
+            let deadline = Instant::now() + Duration::from_millis(m.mirror.qos_timeout_ms);
+            while !self.context.mirror.link_outbox.lock().unwrap().is_empty()
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        self.context.config.update(|c| {
+            if let Some(m) = c.mirror.membership.as_mut() {
+                m.this.kind = MemberKind::Dr;
+            }
+            Ok(())
+        })?;
+        self.stop_receiver();
+        self.context.mirror.set_role(Role::Async(MemberKind::Dr));
+        self.start_receiver();
+        Ok(format!(
+            "{} is now a disaster recovery async of mirror {}",
+            m.this.name, m.mirror.name
+        ))
+    }
+
+    /// Demote Other Member (on the primary): the connected backup becomes a DR async.
+    pub fn demote_other(&self) -> Result<String> {
+        let config = self.context.config.get();
+        let m = config.mirror.member()?;
+        if self.context.mirror.role() != Role::Primary {
+            return Err(Error::Conflict(
+                "Demote Other Member is done on the primary".into(),
+            ));
+        }
+        let backup = self
+            .context
+            .mirror
+            .hub
+            .links()
+            .into_iter()
+            .find(|l| l.member.kind == MemberKind::Failover)
+            .ok_or_else(|| {
+                Error::Conflict(
+                    "no backup is connected: the other failover member must be reachable to be demoted"
+                        .into(),
+                )
+            })?;
+        if m.mirror.defined_primary.is_some() {
+            return Err(Error::Conflict(
+                "No Failover is set: clear it before demoting the backup".into(),
+            ));
+        }
+        if !self
+            .context
+            .mirror
+            .hub
+            .tell(&backup.member.name, super::protocol::Control::Demote)
+        {
+            return Err(Error::Conflict(format!(
+                "{} disconnected meanwhile",
+                backup.member.name
+            )));
+        }
+        Ok(format!(
+            "{} was asked to become a disaster recovery async",
+            backup.member.name
+        ))
+    }
+
+    /// Promote to Failover Member (on a DR async): it becomes the backup (when it reaches the
+    /// primary and the mirror has no other backup), or, with no primary, a failover member that
+    /// can then be forced to become the primary.
+    pub fn promote_to_failover(&self) -> Result<String> {
+        let config = self.context.config.get();
+        let m = config.mirror.member()?;
+        match m.this.kind {
+            MemberKind::Dr => {}
+            MemberKind::Failover => return Ok("this member is already a failover member".into()),
+            _ => {
+                return Err(Error::Conflict(
+                    "a reporting async can never be promoted: only a disaster recovery (DR) async can"
+                        .into(),
+                ));
+            }
+        }
+        if let Some(other) = m.others.iter().find(|o| {
+            o.kind == MemberKind::Failover && Some(o.name.as_str()) != m.primary_name.as_deref()
+        }) {
+            return Err(Error::Conflict(format!(
+                "the mirror already has two failover members ({} is the other): demote or remove it first",
+                other.name
+            )));
+        }
+        self.context.config.update(|c| {
+            if let Some(m) = c.mirror.membership.as_mut() {
+                m.this.kind = MemberKind::Failover;
+            }
+            Ok(())
+        })?;
+        self.stop_receiver();
+        self.context.mirror.set_role(Role::Backup);
+        self.start_receiver();
+        Ok(format!(
+            "{} is now a failover member of mirror {}",
+            m.this.name, m.mirror.name
+        ))
+    }
+
     /// What forcing this member to become primary would risk, for the warning.
     fn force_warning(&self) -> String {
         let config = self.context.config.get();

@@ -140,6 +140,9 @@ pub struct MirrorState {
     may_connect: AtomicBool,
     /// A former primary that restarted and has not yet learned whether it is still the primary.
     deciding: AtomicBool,
+    /// The primary asked this backup to become a DR async (Demote Other Member); the failover
+    /// driver carries it out.
+    pub demote_requested: AtomicBool,
     /// The failover state as the monitor shows it.
     pub failover_view: Mutex<FailoverView>,
     /// The link to the arbiter.
@@ -201,6 +204,7 @@ impl MirrorState {
             partner_events: Mutex::new(VecDeque::new()),
             may_connect: AtomicBool::new(true),
             deciding: AtomicBool::new(false),
+            demote_requested: AtomicBool::new(false),
             failover_view: Mutex::new(FailoverView::default()),
             arbiter: Mutex::new(ArbiterLinkState::default()),
             link_outbox: Mutex::new(VecDeque::new()),

@@ -45,6 +45,9 @@ pub fn routes() -> Router<AppState> {
         .route("/mirror/stop", post(mirror_stop))
         .route("/mirror/start", post(mirror_start))
         .route("/mirror/force-primary", post(mirror_force_primary))
+        .route("/mirror/demote-to-dr", post(mirror_demote_to_dr))
+        .route("/mirror/demote-other", post(mirror_demote_other))
+        .route("/mirror/promote", post(mirror_promote))
         .route("/mirror/thaw", post(mirror_thaw))
         .route("/password", post(password))
 }
@@ -366,6 +369,28 @@ async fn mirror_no_failover(
     ApiJson(request): ApiJson<NoFailoverRequest>,
 ) -> ApiResult {
     done(state.instance.mirror_service.set_no_failover(request.set)?)
+}
+
+async fn mirror_demote_to_dr(State(state): State<AppState>) -> ApiResult {
+    let service = state.instance.mirror_service.clone();
+    done(
+        tokio::task::spawn_blocking(move || service.demote_to_dr())
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??,
+    )
+}
+
+async fn mirror_demote_other(State(state): State<AppState>) -> ApiResult {
+    done(state.instance.mirror_service.demote_other()?)
+}
+
+async fn mirror_promote(State(state): State<AppState>) -> ApiResult {
+    let service = state.instance.mirror_service.clone();
+    done(
+        tokio::task::spawn_blocking(move || service.promote_to_failover())
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??,
+    )
 }
 
 async fn mirror_stop(State(state): State<AppState>) -> ApiResult {

@@ -511,7 +511,8 @@ struct MonitorActionForm {
 }
 
 /// The Mirror Monitor's buttons: Set / Clear No Failover, Stop / Start Mirror On This Member,
-/// Force This Member To Become Primary.
+/// Demote To DR Member, Demote Other Member, Promote to Failover Member, Force This Member To
+/// Become Primary.
 async fn monitor_action(
     State(state): State<AppState>,
     Path(action): Path<String>,
@@ -524,6 +525,20 @@ async fn monitor_action(
         "stop" => service.stop_mirror(),
         "start" => service.start_mirror(),
         "force-primary" => service.force_primary(form.confirm.is_some()).await,
+        "demote-other" => service.demote_other(),
+        "demote-to-dr" | "promote" => {
+            let service = state.instance.mirror_service.clone();
+            let promote = action == "promote";
+            tokio::task::spawn_blocking(move || {
+                if promote {
+                    service.promote_to_failover()
+                } else {
+                    service.demote_to_dr()
+                }
+            })
+            .await
+            .unwrap_or_else(|e| Err(Error::Internal(e.to_string())))
+        }
         other => {
             return Err(Error::NotFound(format!("there is no monitor action {other:?}")).into());
         }
