@@ -9,7 +9,7 @@
 //! dejournals every batch during the run. Both run the same steps; the table shows both and the
 //! ratio. Timing targets live here, never in tests.
 //!
-//! `--mode failover` measures takeovers instead ([`failover`]).
+//! `--mode failover` measures takeovers instead (see `bench/failover.rs`).
 
 mod failover;
 

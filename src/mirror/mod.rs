@@ -33,26 +33,35 @@
 //! after Activate and Catchup applies the mirror journal from the position stored inside the
 //! copy — fetching older records from the primary when its own journal does not reach back.
 //!
-//! # Failover rules
+//! # Failover
 //!
 //! What a failover member does when links break, the arbiter answers or the other host's agent
 //! reports is decided by one pure state machine, [`failover`]: events and the time in, actions
 //! out, every rule of the reference a unit test beside it, and an explorer that checks the
-//! invariants below over every interleaving of faults up to a depth. The member process carries
-//! out its actions (wiring it into the instance, the agent and an arbiter process is still to
-//! come).
+//! invariants below over every interleaving of faults up to a depth. The [`driver`] thread feeds
+//! it (from the [`hub`], the [`receiver`], the [`arbiter_link`] and the agents) and carries out
+//! its actions: holding acknowledgements in the trouble state, taking over in a new epoch,
+//! asking agents and the arbiter. A former primary that comes back learns its role from the
+//! other member, and one from an older epoch undoes its [`divergence`] before it follows.
+//!
+//! # Async members
+//!
+//! Disaster recovery and reporting members receive the journal like the backup but never count
+//! as active, so they never delay a commit and never take over; after a failover they try the
+//! failover members in turn until the new primary welcomes them.
 //!
 //! # Invariants
 //!
 //! - Only the primary writes mirrored databases; everywhere else they are read-only.
-//! - A commit acknowledged while a backup is active is in the backup's journal.
+//! - A commit acknowledged while a backup is active is in the backup's journal; losing an
+//!   active backup holds acknowledgements until it is known not to take over.
 //! - A member applies nothing beyond what the primary announced as durable, so a restarted
 //!   primary can always tell a member to cut records it never made durable.
+//! - Every takeover starts a new epoch, and a member's history is compared at the fork.
 //!
 //! # Left out (for now)
 //!
-//! The arbiter process, carrying out the failover rules (automatic takeover, the trouble state),
-//! async members, TLS and virtual IPs.
+//! Read-write reporting asyncs, TLS and virtual IPs.
 
 pub mod arbiter_link;
 pub mod config;
