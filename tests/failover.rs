@@ -916,3 +916,32 @@ async fn a_dr_async_promoted_to_failover_takes_over_and_the_demoted_backup_follo
     assert_identical(&b, &c).await;
     assert!(all_names(&b).await.contains("written on C"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_stopped_gracefully_hands_over_to_its_backup() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    // No arbiter: the stopping primary's agent goes away too, so only the hand-over can do it.
+    let (mut a, b) = pair(1000).await;
+    mirror_databases(&a, &b).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers_on_primary([a.api(), b.api()], 4, "handover", stop.clone());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    a.stop_host().await;
+    b.wait_mirror(10, "the primary", |v| v["role"] == "Primary")
+        .await;
+    assert!(b.log().contains("hands over"), "{}", b.log());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.restart_host();
+    a.wait_ready().await;
+    a.wait_mirror(20, "B's backup", |v| v["status"] == "Backup")
+        .await;
+    let acked = stop_writers(&stop, writers).await;
+    assert!(
+        acked.len() > 20,
+        "the writers barely wrote: {}",
+        acked.len()
+    );
+    assert_all_present(&b, &acked, "B").await;
+    assert_identical(&a, &b).await;
+}

@@ -550,13 +550,26 @@ impl Instance {
         self.writer.failure()
     }
 
-    /// Stops the writer after the work already queued (blocking).
+    /// Stops the writer after the work already queued, then the mirror (blocking). A primary
+    /// with an active backup hands over to it: everything it committed has been sent first, so
+    /// the backup holds it all and may take over at once (a graceful shutdown is the first
+    /// outage the backup covers).
     pub fn close(&self) {
-        self.mirror_service.stop();
         self.writer.shutdown();
         if let Some(thread) = self.writer_thread.lock().unwrap().take() {
+            // A writer waiting for a backup in the trouble state would wait forever: after a
+            // moment, closing the hub answers those writes as not acknowledged.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !thread.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            if !thread.is_finished() {
+                self.mirror.hub.close_all("the instance is stopping");
+            }
             let _ = thread.join();
         }
+        self.mirror_service.hand_over();
+        self.mirror_service.stop();
     }
 }
 

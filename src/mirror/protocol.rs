@@ -150,6 +150,9 @@ pub enum Control {
     StoodDown,
     /// Primary → backup: Demote Other Member: become a disaster recovery async.
     Demote,
+    /// Primary → active backup: this primary is shutting down gracefully and has sent
+    /// everything it committed: take over.
+    HandOver,
     /// What the member's dejournaling looks like, for the primary's monitor.
     Status {
         /// The Dejournaling column text.

@@ -304,6 +304,10 @@ fn receive(
                     }
                     Control::DatabaseAdded { database } => context.add_database(database)?,
                     Control::MirrorChanged { description } => context.learn(&description)?,
+                    Control::HandOver => {
+                        tracing::warn!("mirror: the primary is shutting down and hands over");
+                        context.mirror.partner_event(Event::PartnerHandsOver);
+                    }
                     Control::Demote => {
                         tracing::warn!("mirror: the primary asks this member to become a DR async");
                         context

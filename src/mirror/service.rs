@@ -356,6 +356,22 @@ impl MirrorService {
         }
     }
 
+    /// On a graceful shutdown of the primary (writes already stopped): tells the active backup
+    /// to take over. The message follows every batch on the link, so the backup has them all.
+    pub fn hand_over(&self) {
+        let hub = &self.context.mirror.hub;
+        if self.context.mirror.role() == Role::Primary
+            && !self.context.mirror.deciding()
+            && !hub.suspended()
+            && hub.has_active_backup()
+        {
+            tracing::warn!("mirror: shutting down: handing over to the active backup");
+            for link in hub.links().into_iter().filter(|l| l.active) {
+                hub.tell(&link.member.name, super::protocol::Control::HandOver);
+            }
+        }
+    }
+
     /// Stops the threads (instance shutdown).
     pub fn stop(&self) {
         for running in [&self.driver, &self.arbiter_link] {

@@ -136,6 +136,16 @@ impl TestMember {
         let _ = self.agent_process.wait();
     }
 
+    /// `docker stop`: SIGTERM to the agent, which stops its instance gracefully and exits.
+    pub async fn stop_host(&mut self) {
+        send_signal(self.agent_process.id(), Signal::Term).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while !matches!(self.agent_process.try_wait(), Ok(Some(_))) {
+            assert!(Instant::now() < deadline, "the member did not stop");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The host comes back: a new `mirrorlab member` on the same data directory and ports
     /// (does not wait for readiness).
     pub fn restart_host(&mut self) {
