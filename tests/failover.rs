@@ -945,3 +945,33 @@ async fn a_primary_stopped_gracefully_hands_over_to_its_backup() {
     assert_all_present(&b, &acked, "B").await;
     assert_identical(&a, &b).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn matrix_an_isolated_backup_leaves_the_primary_writing() {
+    let lab = arbiter_lab().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers = start_writers_on_primary([lab.a.api(), lab.b.api()], 3, "lonely", stop.clone());
+    // B is cut off from A and from the arbiter: the arbiter confirms it lost B too, and A goes
+    // on alone in agent mode after a brief pause.
+    lab.data
+        .blackhole
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    lab.arbiter_proxy.cut_member(B);
+    lab.a
+        .wait_mirror(20, "primary in agent mode", |v| {
+            v["status"] == "Primary" && v["failover_mode"] == "Agent Controlled"
+        })
+        .await;
+    writes_go_on(&lab.a, 15).await;
+    // B may not take over: it lost the arbiter as well, and A's agent says A runs.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(lab.b.get("/api/mirror").await.1["role"], "Backup");
+    lab.data
+        .blackhole
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    lab.arbiter_proxy.heal_member(B);
+    wait_arbiter_controlled(&lab.a, &lab.b).await;
+    let acked = stop_writers(&stop, writers).await;
+    assert_identical(&lab.a, &lab.b).await;
+    assert_all_present(&lab.b, &acked, "B").await;
+}
