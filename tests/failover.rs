@@ -321,14 +321,7 @@ async fn with_an_arbiter_the_backup_takes_over_when_the_primary_host_is_lost() {
     a.wait_mirror(20, "B's backup", |v| v["status"] == "Backup")
         .await;
     wait_arbiter_controlled(&a, &b).await;
-    let acked = stop_writers(&stop, writers).await;
-    assert!(
-        acked.len() > 20,
-        "the writers barely wrote: {}",
-        acked.len()
-    );
-    assert_all_present(&b, &acked, "B").await;
-    assert_identical(&a, &b).await;
+    finish_writers(&stop, writers, &b, &a).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -486,14 +479,7 @@ async fn a_hung_primary_is_forced_down_and_the_backup_takes_over() {
     a.wait_ready().await;
     a.wait_mirror(20, "B's backup", |v| v["status"] == "Backup")
         .await;
-    let acked = stop_writers(&stop, writers).await;
-    assert!(
-        acked.len() > 20,
-        "the writers barely wrote: {}",
-        acked.len()
-    );
-    assert_all_present(&b, &acked, "B").await;
-    assert_identical(&a, &b).await;
+    finish_writers(&stop, writers, &b, &a).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -936,14 +922,7 @@ async fn a_primary_stopped_gracefully_hands_over_to_its_backup() {
     a.wait_ready().await;
     a.wait_mirror(20, "B's backup", |v| v["status"] == "Backup")
         .await;
-    let acked = stop_writers(&stop, writers).await;
-    assert!(
-        acked.len() > 20,
-        "the writers barely wrote: {}",
-        acked.len()
-    );
-    assert_all_present(&b, &acked, "B").await;
-    assert_identical(&a, &b).await;
+    finish_writers(&stop, writers, &b, &a).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

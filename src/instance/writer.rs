@@ -939,25 +939,12 @@ impl Writer {
                 reply,
             } => {
                 let result = self.create_mirror(journal, *membership);
-                match result {
-                    Err(Fatal(why)) => {
-                        let _ = reply.send(Err(Error::Unavailable(why.clone())));
-                        return Err(Fatal(why));
-                    }
-                    Ok(answer) => {
-                        let _ = reply.send(answer);
-                    }
-                }
+                return answer_or_stop(reply, result);
             }
-            MirrorCommand::AddDatabases { dbs, reply } => match self.add_databases(&dbs) {
-                Err(Fatal(why)) => {
-                    let _ = reply.send(Err(Error::Unavailable(why.clone())));
-                    return Err(Fatal(why));
-                }
-                Ok(answer) => {
-                    let _ = reply.send(answer);
-                }
-            },
+            MirrorCommand::AddDatabases { dbs, reply } => {
+                let result = self.add_databases(&dbs);
+                return answer_or_stop(reply, result);
+            }
             MirrorCommand::Activate { db, reply } => {
                 let _ = reply.send(self.activate(&db));
             }
@@ -985,15 +972,10 @@ impl Writer {
                 source,
                 new_epoch,
                 reply,
-            } => match self.become_primary(&source, new_epoch) {
-                Err(Fatal(why)) => {
-                    let _ = reply.send(Err(Error::Unavailable(why.clone())));
-                    return Err(Fatal(why));
-                }
-                Ok(answer) => {
-                    let _ = reply.send(answer);
-                }
-            },
+            } => {
+                let result = self.become_primary(&source, new_epoch);
+                return answer_or_stop(reply, result);
+            }
             MirrorCommand::Demote { primary, reply } => {
                 let _ = reply.send(self.demote(primary));
             }
@@ -1028,11 +1010,7 @@ impl Writer {
             if self.cursors.contains_key(&db.name) {
                 continue;
             }
-            let Some(entry) = state
-                .databases
-                .get(&db.name)
-                .filter(|e| e.mounted && e.mirrored.is_some())
-            else {
+            let Some(entry) = mounted_copy(&state, &db.name) else {
                 continue;
             };
             if let Ok(identity) = recovery::identity_of(entry)
@@ -1131,12 +1109,7 @@ impl Writer {
         let copies: Vec<DbName> = m
             .databases
             .iter()
-            .filter(|db| {
-                state
-                    .databases
-                    .get(&db.name)
-                    .is_some_and(|e| e.mounted && e.mirrored.is_some())
-            })
+            .filter(|db| mounted_copy(&state, &db.name).is_some())
             .map(|db| db.name.clone())
             .collect();
         self.config.update(|c| {
@@ -1170,11 +1143,7 @@ impl Writer {
         let state = self.catalog.snapshot();
         let mut undone = Vec::new();
         for db in &m.databases {
-            let Some(entry) = state
-                .databases
-                .get(&db.name)
-                .filter(|e| e.mounted && e.mirrored.is_some())
-            else {
+            let Some(entry) = mounted_copy(&state, &db.name) else {
                 continue;
             };
             // The applier's open connection must not outlive the undo.
@@ -1771,6 +1740,35 @@ fn start_acknowledger(mirror: Arc<MirrorState>) -> mpsc::Sender<(JournalPos, Vec
         })
         .expect("spawn the acknowledger thread");
     tx
+}
+
+/// `name`'s entry when it is mounted and a copy of a mirrored database.
+fn mounted_copy<'s>(
+    state: &'s crate::storage::CatalogState,
+    name: &DbName,
+) -> Option<&'s DatabaseEntry> {
+    state
+        .databases
+        .get(name)
+        .filter(|e| e.mounted && e.mirrored.is_some())
+}
+
+/// Answers a mirror command whose failure may be fatal: a fatal one is answered "unavailable"
+/// and stops the writer.
+fn answer_or_stop(
+    reply: Reply<String>,
+    result: Result<Result<String>, Fatal>,
+) -> Result<(), Fatal> {
+    match result {
+        Err(Fatal(why)) => {
+            let _ = reply.send(Err(Error::Unavailable(why.clone())));
+            Err(Fatal(why))
+        }
+        Ok(answer) => {
+            let _ = reply.send(answer);
+            Ok(())
+        }
+    }
 }
 
 fn fail_all(outcomes: Vec<Outcome>, err: &Error) {

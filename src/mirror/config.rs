@@ -356,6 +356,11 @@ impl MirrorConfig {
             .is_some_and(|m| m.activated.contains(db))
     }
 
+    /// Stop Mirror On This Member is in effect.
+    pub fn stopped(&self) -> bool {
+        self.membership.as_ref().is_some_and(|m| m.stopped)
+    }
+
     /// The membership, or the error every mirror action gives outside a mirror.
     pub fn member(&self) -> Result<&Membership> {
         self.membership

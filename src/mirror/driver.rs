@@ -88,6 +88,8 @@ struct Driver {
     no_failover: Option<bool>,
     ready: Option<bool>,
     last_mode_repeat: Instant,
+    /// When the last step ran, to notice that this process stalled.
+    last_step: Instant,
 }
 
 /// How often a primary in arbiter mode repeats its mode to the backup.
@@ -112,6 +114,7 @@ impl Driver {
             no_failover: None,
             ready: None,
             last_mode_repeat: Instant::now(),
+            last_step: Instant::now(),
         }
     }
 
@@ -120,6 +123,8 @@ impl Driver {
     }
 
     fn step(&mut self) {
+        let gap = self.last_step.elapsed();
+        self.last_step = Instant::now();
         let context = self.service.context().clone();
         let config = context.config.get();
         let Some(m) = config
@@ -157,6 +162,32 @@ impl Driver {
         };
         let qos = m.mirror.qos_timeout_ms;
         let now = self.now_ms();
+        // A backup whose own process stalled (stopped, paused, starved) for half a QoS may have
+        // been revoked meanwhile, and what it reads now may be stale data buffered before the
+        // primary gave up on it: it must not count as the active backup any more. It starts its
+        // rules afresh, as a restarting member does, and connects again.
+        let mut prelude = Vec::new();
+        if role == FailoverRole::Backup
+            && self.failover.is_some()
+            && gap > Duration::from_millis(qos / 2)
+        {
+            tracing::warn!(
+                "mirror: this member stalled for {} ms: it no longer counts as the active backup; reconnecting",
+                gap.as_millis()
+            );
+            self.failover = Some(Failover::new(role, qos));
+            self.no_failover = None;
+            self.ready = None;
+            let _ = context.mirror.take_partner_events();
+            context.mirror.link.lock().unwrap().active = false;
+            context
+                .mirror
+                .reconnect_requested
+                .store(true, Ordering::Release);
+            // As far as it can tell, it lost the primary when it stalled, long before now: it
+            // asks the primary's agent (and fetches its journal) like any non-active backup.
+            prelude = vec![Event::PartnerConnected, Event::PartnerLost];
+        }
         // A role changed by an action (create, join, takeover) starts the rules afresh.
         if self.failover.as_ref().map(|f| f.role()) != Some(role) {
             self.failover = Some(Failover::new(role, qos));
@@ -197,6 +228,9 @@ impl Driver {
             last_heard.map(|t| t.saturating_duration_since(self.started).as_millis() as u64);
         let failover = self.failover.as_mut().expect("set above");
         let mut actions = Vec::new();
+        for event in prelude {
+            actions.extend(failover.handle(0, event));
+        }
         for event in inputs {
             // A backup lost the primary when it last heard from it (see `LinkStatus::last_heard`).
             let at = match (role, event) {
@@ -275,13 +309,7 @@ impl Driver {
                 .announce(Control::FailoverMode { arbiter: false }),
             Action::AskArbiter => {
                 tracing::warn!("mirror: lost the other failover member; asking the arbiter");
-                context
-                    .mirror
-                    .arbiter
-                    .lock()
-                    .unwrap()
-                    .outbox
-                    .push_back(ToArbiter::Ask);
+                context.mirror.tell_arbiter(ToArbiter::Ask);
             }
             Action::AskAgent => {
                 let active = self.failover.as_ref().is_some_and(|f| f.active());
@@ -293,13 +321,7 @@ impl Driver {
                 tracing::info!(
                     "mirror: the primary is alive; standing down as a non-active backup"
                 );
-                context
-                    .mirror
-                    .arbiter
-                    .lock()
-                    .unwrap()
-                    .outbox
-                    .push_back(ToArbiter::StoodDown);
+                context.mirror.tell_arbiter(ToArbiter::StoodDown);
             }
             Action::Reconnect => {}
             Action::ForceOtherDown => force_other_down(m, context.config.get().epoch),

@@ -52,14 +52,7 @@ pub fn start(
             // after a failover the primary may be the other one.
             let mut failures = 0usize;
             while !stop.load(Ordering::Acquire) {
-                let stopped = context
-                    .config
-                    .get()
-                    .mirror
-                    .membership
-                    .as_ref()
-                    .is_some_and(|m| m.stopped);
-                if !context.mirror.may_connect() || stopped {
+                if !context.mirror.may_connect() || context.config.get().mirror.stopped() {
                     pause(&stop, Duration::from_millis(50));
                     continue;
                 }
@@ -267,7 +260,21 @@ fn receive(
     let mut primary_durable = JournalPos::ZERO;
     let mut pending: Vec<u8> = Vec::new();
     let mut last_status = Instant::now() - Duration::from_secs(10);
+    context
+        .mirror
+        .reconnect_requested
+        .store(false, Ordering::Release);
     while !stop.load(Ordering::Acquire) {
+        if context
+            .mirror
+            .reconnect_requested
+            .swap(false, Ordering::AcqRel)
+        {
+            return Err(Error::Unavailable(
+                "reconnecting: this member stalled and no longer counts as the active backup"
+                    .into(),
+            ));
+        }
         let message = read_message(&mut reader)?
             .ok_or_else(|| Error::Unavailable("the primary closed the connection".into()))?;
         let mut batch_first = None;

@@ -298,14 +298,7 @@ impl MirrorService {
             driver: Mutex::new(None),
             arbiter_link: Mutex::new(None),
         });
-        let stopped = service
-            .context
-            .config
-            .get()
-            .mirror
-            .membership
-            .as_ref()
-            .is_some_and(|m| m.stopped);
+        let stopped = service.context.config.get().mirror.stopped();
         if matches!(service.context.mirror.role(), Role::Backup | Role::Async(_)) && !stopped {
             service.start_receiver();
         }

@@ -143,6 +143,8 @@ pub struct MirrorState {
     /// The primary asked this backup to become a DR async (Demote Other Member); the failover
     /// driver carries it out.
     pub demote_requested: AtomicBool,
+    /// The receiver must drop its connection and connect afresh (after this member stalled).
+    pub reconnect_requested: AtomicBool,
     /// The failover state as the monitor shows it.
     pub failover_view: Mutex<FailoverView>,
     /// The link to the arbiter.
@@ -205,6 +207,7 @@ impl MirrorState {
             may_connect: AtomicBool::new(true),
             deciding: AtomicBool::new(false),
             demote_requested: AtomicBool::new(false),
+            reconnect_requested: AtomicBool::new(false),
             failover_view: Mutex::new(FailoverView::default()),
             arbiter: Mutex::new(ArbiterLinkState::default()),
             link_outbox: Mutex::new(VecDeque::new()),
@@ -219,6 +222,11 @@ impl MirrorState {
     /// Takes the link events recorded so far, oldest first.
     pub fn take_partner_events(&self) -> Vec<Event> {
         self.partner_events.lock().unwrap().drain(..).collect()
+    }
+
+    /// Queues a message for the arbiter (sent by the arbiter link while connected).
+    pub fn tell_arbiter(&self, message: crate::arbiter::ToArbiter) {
+        self.arbiter.lock().unwrap().outbox.push_back(message);
     }
 
     /// Whether the receiver may connect to the primary now.

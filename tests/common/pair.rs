@@ -200,24 +200,7 @@ pub fn start_writers(
     prefix: &str,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
-    (0..count)
-        .map(|w| {
-            let (a, stop, prefix) = (a.clone(), stop.clone(), prefix.to_string());
-            tokio::spawn(async move {
-                let mut acked = Vec::new();
-                let mut n = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    n += 1;
-                    let name = format!("{prefix}-{w}-{n}");
-                    match a.post("/api/apps/companies", json!({"name": name})).await {
-                        Ok((201, _)) => acked.push(name),
-                        Ok(_) | Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                    }
-                }
-                acked
-            })
-        })
-        .collect()
+    start_writers_on_primary([a.api(), a.api()], count, prefix, stop)
 }
 
 /// Every company name on `member`, read in pages (one result holds at most 10 000 rows).
@@ -314,4 +297,23 @@ pub async fn wait_arbiter_controlled(a: &TestMember, b: &TestMember) {
             })
             .await;
     }
+}
+
+/// Stops the writers and checks the mirror's invariants: they wrote something worth checking,
+/// the members converge row by row, and every acknowledged write is on `primary`.
+pub async fn finish_writers(
+    stop: &std::sync::atomic::AtomicBool,
+    writers: Vec<tokio::task::JoinHandle<Vec<String>>>,
+    primary: &TestMember,
+    other: &TestMember,
+) -> Vec<String> {
+    let acked = stop_writers(stop, writers).await;
+    assert!(
+        acked.len() > 20,
+        "the writers barely wrote: {}",
+        acked.len()
+    );
+    assert_identical(other, primary).await;
+    assert_all_present(primary, &acked, "the primary").await;
+    acked
 }
