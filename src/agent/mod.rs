@@ -167,6 +167,9 @@ pub struct RoleReport {
     pub primary: Option<String>,
     /// Its epoch.
     pub epoch: u64,
+    /// It does not know its role yet (restarting former primary, or taking over).
+    #[serde(default)]
+    pub deciding: bool,
 }
 
 /// How the agent starts its instance.
@@ -373,12 +376,14 @@ impl Supervisor {
                     running: true,
                     primary: Some(description.primary).filter(|p| !p.is_empty()),
                     epoch: description.epoch,
+                    deciding: description.deciding,
                 },
                 Ok(Err(Error::Conflict(_))) => RoleReport {
                     member: false,
                     running: true,
                     primary: None,
                     epoch: 0,
+                    deciding: false,
                 },
                 Ok(Err(err)) => return self.reply(false, err.to_string()),
                 Err(err) => return self.reply(false, err.to_string()),
@@ -401,6 +406,7 @@ impl Supervisor {
             running: false,
             primary: membership.and_then(|m| m.primary_name.clone()),
             epoch: config.as_ref().map(|c| c.epoch).unwrap_or(0),
+            deciding: false,
         };
         AgentReply {
             role: Some(report),

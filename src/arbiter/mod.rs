@@ -227,8 +227,11 @@ impl Arbiter {
         self.next_conn += 1;
         let conn = self.next_conn;
         let record = self.mirrors.entry(mirror_id.clone()).or_default();
-        if *primary && *epoch < record.epoch {
-            // A former primary of an older epoch: someone took over since.
+        if *primary
+            && (*epoch < record.epoch || (*epoch == record.epoch && record.book.backup_took_over))
+        {
+            // A former primary of an older epoch, or the one whose backup this arbiter let take
+            // over: it must stop, and it must hear nothing else first.
             let _ = tx.send(FromArbiter::BackupTookOver);
             return None;
         }
@@ -257,16 +260,19 @@ impl Arbiter {
             "arbiter: {mirror_name}: {member} connected as {}",
             if *primary { "primary" } else { "backup" }
         );
-        let sees = if *primary {
-            record.backup.is_some()
+        // A primary hears "not seen" only as an answer that books it as going on alone (see
+        // `MirrorRecord::answer`): on connecting it is told only what the arbiter does see.
+        // This arbiter's book lives in memory, so after a restart it cannot know whether a
+        // takeover happened, and must not let a frozen primary resume on its word.
+        if *primary {
+            if record.backup.is_some() {
+                record.send(true, FromArbiter::SeesPartner { sees: true });
+            }
         } else {
-            record.primary.is_some()
-        };
-        record.send(*primary, FromArbiter::SeesPartner { sees });
-        record.send(!*primary, FromArbiter::SeesPartner { sees: true });
-        if *primary && record.book.backup_took_over {
-            record.send(true, FromArbiter::BackupTookOver);
+            let sees = record.primary.is_some();
+            record.send(false, FromArbiter::SeesPartner { sees });
         }
+        record.send(!*primary, FromArbiter::SeesPartner { sees: true });
         record.heard(*primary);
         Some(conn)
     }
@@ -500,10 +506,7 @@ mod tests {
         let b = arbiter.hello(btx, &hello(false, 1)).unwrap();
         assert_eq!(
             drain(&mut prx),
-            vec![
-                FromArbiter::SeesPartner { sees: false },
-                FromArbiter::SeesPartner { sees: true }
-            ]
+            vec![FromArbiter::SeesPartner { sees: true }]
         );
         assert_eq!(
             drain(&mut brx),
@@ -545,10 +548,10 @@ mod tests {
         second.message(b2, &ToArbiter::Ask);
         assert!(drain(&mut brx).contains(&FromArbiter::Verdict { take_over: false }));
 
-        // The old primary comes back in the old epoch: it hears of the takeover.
+        // The old primary comes back in the old epoch: it hears of the takeover, and only that.
         let (otx, mut orx) = unbounded_channel();
-        arbiter.hello(otx, &hello(true, 1)).unwrap();
-        assert!(drain(&mut orx).contains(&FromArbiter::BackupTookOver));
+        assert!(arbiter.hello(otx, &hello(true, 1)).is_none());
+        assert_eq!(drain(&mut orx), vec![FromArbiter::BackupTookOver]);
     }
 
     #[test]

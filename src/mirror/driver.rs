@@ -167,13 +167,22 @@ impl Driver {
         // primary gave up on it: it must not count as the active backup any more. It starts its
         // rules afresh, as a restarting member does, and connects again.
         let mut prelude = Vec::new();
+        let receiver_stalled = context
+            .mirror
+            .receiver_stalled
+            .swap(false, Ordering::AcqRel);
         if role == FailoverRole::Backup
             && self.failover.is_some()
-            && gap > Duration::from_millis(qos / 2)
+            && (gap > Duration::from_millis(qos / 2) || receiver_stalled)
         {
             tracing::warn!(
-                "mirror: this member stalled for {} ms: it no longer counts as the active backup; reconnecting",
-                gap.as_millis()
+                "mirror: this member stalled ({} ms between looks{}): it no longer counts as the active backup; reconnecting",
+                gap.as_millis(),
+                if receiver_stalled {
+                    ", a slow receive round"
+                } else {
+                    ""
+                }
             );
             self.failover = Some(Failover::new(role, qos));
             self.no_failover = None;
@@ -193,10 +202,6 @@ impl Driver {
             self.failover = Some(Failover::new(role, qos));
             self.no_failover = None;
             self.ready = None;
-            if role == FailoverRole::Primary {
-                // What the hub saw before is about a link the new rules know nothing of.
-                let _ = context.mirror.hub.take_events();
-            }
         }
         let (events, generation) = match role {
             FailoverRole::Primary => context.mirror.hub.take_events(),
@@ -205,8 +210,10 @@ impl Driver {
         let mut inputs = events;
         inputs.extend(context.mirror.arbiter.lock().unwrap().events.drain(..));
         while let Ok(answer) = self.answers.try_recv() {
+            self.asking = false;
+            // A restart answer arriving after the decision was made some other way (Force)
+            // has nothing left to decide.
             if let Answer::Agent(answer) = answer {
-                self.asking = false;
                 inputs.push(Event::Agent(answer));
             }
         }
@@ -239,7 +246,17 @@ impl Driver {
             };
             actions.extend(failover.handle(at, event));
         }
+        let mut takeover_failed = false;
         for action in actions {
+            // After a failed takeover the old primary must not be forced down: nobody would
+            // be primary.
+            if takeover_failed && action == Action::ForceOtherDown {
+                continue;
+            }
+            if action == Action::TakeOver {
+                takeover_failed = !self.take_over();
+                continue;
+            }
             self.act(action, m);
         }
         let Some(failover) = self.failover.as_ref() else {
@@ -315,7 +332,9 @@ impl Driver {
                 let active = self.failover.as_ref().is_some_and(|f| f.active());
                 self.ask_agent(m, active)
             }
-            Action::TakeOver => self.take_over(),
+            Action::TakeOver => {
+                self.take_over();
+            }
             Action::StandDown => {
                 // Through the arbiter: the data channel is what was lost.
                 tracing::info!(
@@ -386,10 +405,13 @@ impl Driver {
             });
     }
 
-    fn take_over(&mut self) {
+    /// Carries out a takeover; false when it failed (this member stays a backup).
+    fn take_over(&mut self) -> bool {
         let service = self.service.clone();
         let context = service.context().clone();
         tracing::warn!("mirror: taking over as primary");
+        // Said before anything else, so a former primary asking meanwhile waits.
+        context.mirror.taking_over.store(true, Ordering::Release);
         service.stop_receiver();
         let source = service.receiver_journal();
         let result = context
@@ -399,11 +421,13 @@ impl Driver {
                 new_epoch: true,
                 reply,
             });
+        context.mirror.taking_over.store(false, Ordering::Release);
         let mut view = context.mirror.failover_view.lock().unwrap();
         match result {
             Ok(message) => {
                 tracing::warn!("mirror: {message}");
                 view.note = Some(message);
+                true
             }
             Err(err) => {
                 tracing::error!("mirror: the takeover failed: {err}");
@@ -412,6 +436,7 @@ impl Driver {
                 // Still a backup: follow whoever is primary again.
                 self.failover = None;
                 service.start_receiver();
+                false
             }
         }
     }
@@ -464,6 +489,7 @@ impl Driver {
                             claims_primary: role.primary.as_deref() == Some(other.name.as_str()),
                             names_this_primary: role.primary.as_deref() == Some(this.as_str()),
                             epoch: role.epoch,
+                            deciding: role.deciding,
                         },
                         Some(_) => OtherMember::NotMember,
                         None => OtherMember::Unreachable,

@@ -642,6 +642,8 @@ pub enum OtherMember {
         names_this_primary: bool,
         /// Its epoch.
         epoch: u64,
+        /// It does not know its role yet: it restarted too, or it is taking over right now.
+        deciding: bool,
     },
 }
 
@@ -669,8 +671,14 @@ pub fn restart_as(my_epoch: u64, other: OtherMember) -> Restart {
             claims_primary,
             names_this_primary,
             epoch,
+            deciding,
         } => {
-            if claims_primary && epoch > my_epoch {
+            if deciding && epoch == my_epoch {
+                // It may be taking over this very moment (its epoch moves on only when done).
+                Restart::Wait(
+                    "the other failover member is deciding its role or taking over: asking again",
+                )
+            } else if claims_primary && epoch > my_epoch {
                 Restart::Backup
             } else if claims_primary && epoch < my_epoch {
                 // It is a former primary of an older epoch: this member's history is newer.

@@ -290,6 +290,7 @@ impl Hub {
         link.last_heard_ms = now_ms();
         if link.member.kind == MemberKind::Failover
             && !link.active
+            && !link.reported_lost
             && link.acked >= link.activation_point
         {
             link.active = true;

@@ -214,7 +214,11 @@ impl MirrorContext {
             journal_end: journal.as_ref().map(|j| j.durable_end().0).unwrap_or(0),
             epoch: config.epoch,
             epochs: m.epochs.clone(),
-            deciding: self.mirror.deciding(),
+            deciding: self.mirror.deciding()
+                || self
+                    .mirror
+                    .taking_over
+                    .load(std::sync::atomic::Ordering::Acquire),
         })
     }
 

@@ -63,7 +63,8 @@ pub struct MirrorDescription {
     /// Where each epoch after the first began.
     #[serde(default)]
     pub epochs: Vec<super::config::EpochStart>,
-    /// The describing member restarted as a former primary and does not know its role yet.
+    /// The describing member does not know its role yet: it restarted as a former primary, or
+    /// it is taking over.
     #[serde(default)]
     pub deciding: bool,
 }

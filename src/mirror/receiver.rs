@@ -277,6 +277,7 @@ fn receive(
         }
         let message = read_message(&mut reader)?
             .ok_or_else(|| Error::Unavailable("the primary closed the connection".into()))?;
+        let round = Instant::now();
         let mut batch_first = None;
         let mut batch_last = JournalPos::ZERO;
         let mut handle = |message: Message, pending: &mut Vec<u8>| -> Result<()> {
@@ -398,6 +399,15 @@ fn receive(
             link.sample();
         }
         pending.clear();
+        // A round that took half a QoS (a stalled fsync) may have let the primary give up on
+        // this member while it could not answer: what it reads next may be stale.
+        // (Only while active: a member catching up a large backlog is not waited for.)
+        if round.elapsed() > qos / 2 && context.mirror.link.lock().unwrap().active {
+            context
+                .mirror
+                .receiver_stalled
+                .store(true, Ordering::Release);
+        }
         let target = received_end.min(primary_durable);
         if target > context.mirror.dejournal_target() {
             context.mirror.raise_dejournal_target(target);

@@ -145,6 +145,12 @@ pub struct MirrorState {
     pub demote_requested: AtomicBool,
     /// The receiver must drop its connection and connect afresh (after this member stalled).
     pub reconnect_requested: AtomicBool,
+    /// The receiver noticed that one of its rounds took half a QoS (a stalled disk or thread):
+    /// the failover driver must stop counting this member as the active backup.
+    pub receiver_stalled: AtomicBool,
+    /// A takeover is under way (the journal is being applied before the role changes): a
+    /// restarted former primary asking now must wait, not resume.
+    pub taking_over: AtomicBool,
     /// The failover state as the monitor shows it.
     pub failover_view: Mutex<FailoverView>,
     /// The link to the arbiter.
@@ -208,6 +214,8 @@ impl MirrorState {
             deciding: AtomicBool::new(false),
             demote_requested: AtomicBool::new(false),
             reconnect_requested: AtomicBool::new(false),
+            receiver_stalled: AtomicBool::new(false),
+            taking_over: AtomicBool::new(false),
             failover_view: Mutex::new(FailoverView::default()),
             arbiter: Mutex::new(ArbiterLinkState::default()),
             link_outbox: Mutex::new(VecDeque::new()),

@@ -483,6 +483,7 @@ fn a_restarted_primary_resumes_only_when_the_other_member_confirms() {
         claims_primary,
         names_this_primary,
         epoch,
+        deciding: false,
     };
     // The backup still follows this member: resume.
     assert_eq!(restart_as(3, says(false, true, 3)), Restart::Primary);
@@ -509,4 +510,21 @@ fn a_restarted_primary_resumes_only_when_the_other_member_confirms() {
     ));
     // Alone in the mirror: resume.
     assert_eq!(restart_as(3, OtherMember::NotMember), Restart::Primary);
+    // The backup is taking over right now (its epoch has not moved on yet): wait, even though
+    // its configuration still names this member.
+    let taking_over = OtherMember::Says {
+        claims_primary: false,
+        names_this_primary: true,
+        epoch: 3,
+        deciding: true,
+    };
+    assert!(matches!(restart_as(3, taking_over), Restart::Wait(_)));
+    // Both restarted: the newer history wins.
+    let newer = OtherMember::Says {
+        claims_primary: true,
+        names_this_primary: false,
+        epoch: 4,
+        deciding: true,
+    };
+    assert_eq!(restart_as(3, newer), Restart::Backup);
 }
