@@ -16,13 +16,23 @@ use serde_json::{Value, json};
 /// The binary under test, built once by cargo for all integration tests.
 pub const BINARY: &str = env!("CARGO_BIN_EXE_mirrorlab");
 
-/// A free loopback port (bound and released).
+/// A free loopback port (bound and released), never one handed out before in this test
+/// process: a member restarted after a kill binds its old ports again, and another test must
+/// not have been given one of them meanwhile.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A small deterministic random source; each test prints its seed so a failure can be replayed.
@@ -550,7 +560,9 @@ impl Proxy {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, Ordering};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{}", free_port()))
+            .await
+            .unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let hold = Arc::new(AtomicBool::new(false));
         let blackhole = Arc::new(AtomicBool::new(false));
