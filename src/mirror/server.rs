@@ -4,7 +4,9 @@
 //!
 //! - `Hello` (a backup or async wants the journal): on the primary, the member is registered with
 //!   the hub, sent what it lacks from the journal files, then every live batch; a second thread
-//!   reads its acknowledgements. Anywhere else: refused with a reason.
+//!   reads its acknowledgements and reports (mode, stand-down, No Failover). Anywhere else:
+//!   refused with a reason. A member from an older epoch is first told where its history forks
+//!   from this primary's (its divergent tail).
 //! - `Fetch` (older records for a Catchup): streamed from the journal files, if still kept.
 //! - `Info` (the local agent, for a joining member): a description of the mirror.
 //!

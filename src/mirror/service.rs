@@ -1,6 +1,9 @@
 //! The mirror actions of the portal and `/api`: Enable Mirror Service, Create a Mirror, Join as
-//! Failover, Add to Mirror, Activate, Catchup, Freeze, Thaw, Backup, Edit Mirror and Remove
-//! Mirror Configuration — and the Mirror Monitor's view of the mirror.
+//! Failover, Join as Async, Add to Mirror, Activate, Catchup, Freeze, Thaw, Backup, Edit Mirror
+//! and Remove Mirror Configuration; the Mirror Monitor's actions (Set / Clear No Failover, Stop /
+//! Start Mirror On This Member, Demote To DR Member, Demote Other Member, Promote to Failover
+//! Member, Force This Member To Become The Primary); the hand-over of a primary that stops
+//! gracefully — and the Mirror Monitor's view of the mirror.
 //!
 //! Each action checks what a person could get wrong (service disabled, names, addresses, the
 //! local agent not running, a second click) and answers with a message that says what happened
