@@ -14,16 +14,40 @@ use crate::error::{Error, Result};
 /// Largest frame accepted on the agent port.
 pub const MAX_AGENT_FRAME: usize = 1 << 20;
 
+/// A frame's bytes: the length prefix and the JSON body.
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    let body =
+        serde_json::to_vec(value).map_err(|e| Error::Internal(format!("encode frame: {e}")))?;
+    let len = u32::try_from(body.len()).map_err(|_| Error::Internal("frame too large".into()))?;
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+/// The body length a prefix announces, refused above `max` before anything is allocated.
+fn body_len(prefix: [u8; 4], max: usize) -> Result<usize> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > max {
+        return Err(Error::InvalidInput(format!(
+            "frame of {len} bytes exceeds the limit of {max}"
+        )));
+    }
+    Ok(len)
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<Option<T>> {
+    serde_json::from_slice(body)
+        .map(Some)
+        .map_err(|e| Error::InvalidInput(format!("bad frame: {e}")))
+}
+
 /// Writes one frame.
 pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
     writer: &mut W,
     value: &T,
 ) -> Result<()> {
-    let body =
-        serde_json::to_vec(value).map_err(|e| Error::Internal(format!("encode frame: {e}")))?;
-    let len = u32::try_from(body.len()).map_err(|_| Error::Internal("frame too large".into()))?;
-    writer.write_all(&len.to_be_bytes()).await?;
-    writer.write_all(&body).await?;
+    writer.write_all(&encode(value)?).await?;
     writer.flush().await?;
     Ok(())
 }
@@ -33,32 +57,20 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
     reader: &mut R,
     max: usize,
 ) -> Result<Option<T>> {
-    let mut len = [0u8; 4];
-    match reader.read_exact(&mut len).await {
+    let mut prefix = [0u8; 4];
+    match reader.read_exact(&mut prefix).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(Error::InvalidInput(format!(
-            "frame of {len} bytes exceeds the limit of {max}"
-        )));
-    }
-    let mut body = vec![0u8; len];
+    let mut body = vec![0u8; body_len(prefix, max)?];
     reader.read_exact(&mut body).await?;
-    serde_json::from_slice(&body)
-        .map(Some)
-        .map_err(|e| Error::InvalidInput(format!("bad frame: {e}")))
+    decode(&body)
 }
 
 /// Writes one frame on a blocking stream.
 pub fn write_frame_sync<W: std::io::Write, T: Serialize>(writer: &mut W, value: &T) -> Result<()> {
-    let body =
-        serde_json::to_vec(value).map_err(|e| Error::Internal(format!("encode frame: {e}")))?;
-    let len = u32::try_from(body.len()).map_err(|_| Error::Internal("frame too large".into()))?;
-    writer.write_all(&len.to_be_bytes())?;
-    writer.write_all(&body)?;
+    writer.write_all(&encode(value)?)?;
     writer.flush()?;
     Ok(())
 }
@@ -68,23 +80,15 @@ pub fn read_frame_sync<R: std::io::Read, T: DeserializeOwned>(
     reader: &mut R,
     max: usize,
 ) -> Result<Option<T>> {
-    let mut len = [0u8; 4];
-    match reader.read_exact(&mut len) {
+    let mut prefix = [0u8; 4];
+    match reader.read_exact(&mut prefix) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(Error::InvalidInput(format!(
-            "frame of {len} bytes exceeds the limit of {max}"
-        )));
-    }
-    let mut body = vec![0u8; len];
+    let mut body = vec![0u8; body_len(prefix, max)?];
     reader.read_exact(&mut body)?;
-    serde_json::from_slice(&body)
-        .map(Some)
-        .map_err(|e| Error::InvalidInput(format!("bad frame: {e}")))
+    decode(&body)
 }
 
 #[cfg(test)]

@@ -6,18 +6,25 @@ mod common;
 
 use std::process::Command;
 
-#[test]
-fn bench_runs_against_a_temporary_member_and_prints_figures() {
+/// Runs `mirrorlab bench ARGS`, expects success, returns what it printed.
+fn bench(args: &[&str]) -> String {
     let output = Command::new(common::BINARY)
-        .args(["bench", "--clients", "1,3", "--seconds", "1"])
+        .arg("bench")
+        .args(args)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "bench failed: {stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    stdout
+}
+
+#[test]
+fn bench_runs_against_a_temporary_member_and_prints_figures() {
+    let stdout = bench(&["--clients", "1,3", "--seconds", "1"]);
     let rows: Vec<Vec<&str>> = stdout
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
@@ -37,18 +44,7 @@ fn bench_runs_against_a_temporary_member_and_prints_figures() {
 
 #[test]
 fn the_failover_bench_kills_each_way_once_and_prints_figures() {
-    let output = Command::new(common::BINARY)
-        .args([
-            "bench", "--mode", "failover", "--kills", "1", "--qos-ms", "1000",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "bench failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = bench(&["--mode", "failover", "--kills", "1", "--qos-ms", "1000"]);
     for kind in ["instance crash", "host killed", "host silent"] {
         let row = stdout
             .lines()
