@@ -287,13 +287,7 @@ async fn copies_of_something_else_are_refused() {
     )
     .await;
     // The right file is accepted.
-    a.ok("/api/mirror/freeze", json!({})).await;
-    std::fs::copy(
-        a.data_dir().join("mgr/company/database.sqlite"),
-        b.data_dir().join("mgr/company/database.sqlite"),
-    )
-    .unwrap();
-    a.ok("/api/mirror/thaw", json!({})).await;
+    copy_frozen(&a, &b, "company").await;
     b.ok("/api/databases/COMPANY/mount", json!({})).await;
     assert_eq!(b.db_status("COMPANY").await, "Needs Activation");
     // A second Activate and a second Catchup do no harm.
@@ -547,13 +541,7 @@ async fn purged_journal_makes_a_stale_copy_obsolete_and_loses_nothing() {
 
     // A fresh copy replaces it and catches up.
     b.ok("/api/databases/COMPANY/dismount", json!({})).await;
-    a.ok("/api/mirror/freeze", json!({})).await;
-    std::fs::copy(
-        a.data_dir().join("mgr/company/database.sqlite"),
-        b.data_dir().join("mgr/company/database.sqlite"),
-    )
-    .unwrap();
-    a.ok("/api/mirror/thaw", json!({})).await;
+    copy_frozen(&a, &b, "company").await;
     b.ok("/api/databases/COMPANY/mount", json!({})).await;
     created(
         &a,

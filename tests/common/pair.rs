@@ -121,15 +121,7 @@ pub async fn copy_databases(a: &TestMember, b: &TestMember) {
         b.ok(&format!("/api/databases/{db}/dismount"), json!({}))
             .await;
         let dir = db.to_ascii_lowercase();
-        // The primary's HEARTBEAT production writes COMPANY now and then: Freeze makes the
-        // copy safe, as the walk-through says.
-        a.ok("/api/mirror/freeze", json!({})).await;
-        std::fs::copy(
-            a.data_dir().join(format!("mgr/{dir}/database.sqlite")),
-            b.data_dir().join(format!("mgr/{dir}/database.sqlite")),
-        )
-        .unwrap();
-        a.ok("/api/mirror/thaw", json!({})).await;
+        copy_frozen(a, b, &dir).await;
         b.ok(&format!("/api/databases/{db}/mount"), json!({})).await;
         assert_eq!(b.db_status(db).await, "Needs Activation");
         b.ok(&format!("/api/databases/{db}/activate"), json!({}))
@@ -316,4 +308,16 @@ pub async fn finish_writers(
     assert_identical(other, primary).await;
     assert_all_present(primary, &acked, "the primary").await;
     acked
+}
+
+/// Copies the database file in `mgr/<dir>/` from primary `a` to member `b` under Freeze, as the
+/// walk-through says (the primary's HEARTBEAT production writes COMPANY now and then).
+pub async fn copy_frozen(a: &TestMember, b: &TestMember, dir: &str) {
+    a.ok("/api/mirror/freeze", json!({})).await;
+    std::fs::copy(
+        a.data_dir().join(format!("mgr/{dir}/database.sqlite")),
+        b.data_dir().join(format!("mgr/{dir}/database.sqlite")),
+    )
+    .unwrap();
+    a.ok("/api/mirror/thaw", json!({})).await;
 }
