@@ -1,5 +1,13 @@
 //! `mirrorlab ctl`: drive a member from a shell — its agent (instance status, start, stop) and
-//! its `/api` (any endpoint, with Basic credentials).
+//! its `/api` (any endpoint, with Basic credentials) — and `ctl health`, the container health
+//! check, which needs nothing but this binary (the image has no shell and no curl).
+//!
+//! `health` asks whatever answers on the agent port. The arbiter answers a status request with
+//! its summary: healthy. A member's agent answers with its instance's state: healthy only when the
+//! instance runs *and* its portal answers `/api/health`, so a member whose instance was stopped or
+//! hangs is reported unhealthy.
+
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
@@ -25,6 +33,10 @@ pub struct CtlArgs {
     /// Password for `/api`.
     #[arg(long, env = "MIRRORLAB_PASSWORD", default_value = "SYS")]
     password: String,
+    /// Give up on an answer after this many milliseconds (a primary that waits for its backup
+    /// holds a write until the failover rules decide).
+    #[arg(long, env = "MIRRORLAB_CTL_TIMEOUT_MS", default_value_t = 30_000)]
+    timeout_ms: u64,
     #[command(subcommand)]
     command: CtlCommand,
 }
@@ -33,6 +45,9 @@ pub struct CtlArgs {
 enum CtlCommand {
     /// Ask the agent whether the instance runs.
     Status,
+    /// Exit 0 when this host serves: the arbiter answers, or the member's instance runs and its
+    /// portal answers (the container health check).
+    Health,
     /// Ask the agent to start the instance (after a crash or a stop).
     Start,
     /// Ask the agent to stop the instance gracefully.
@@ -60,6 +75,9 @@ pub async fn run(args: CtlArgs) -> Result<u8> {
         CtlCommand::Stop => Some(AgentRequest::Stop),
         _ => None,
     };
+    if let CtlCommand::Health = args.command {
+        return health(&args).await;
+    }
     if let Some(request) = request {
         let reply = agent::call(&args.agent, request).await?;
         println!(
@@ -68,7 +86,7 @@ pub async fn run(args: CtlArgs) -> Result<u8> {
         );
         return Ok(if reply.ok { 0 } else { 1 });
     }
-    let client = reqwest::Client::new();
+    let client = client(&args)?;
     let url = |path: &str| format!("{}{}", args.url.trim_end_matches('/'), path);
     let response = match args.command {
         CtlCommand::Get { path } => client.get(url(&path)),
@@ -95,4 +113,48 @@ pub async fn run(args: CtlArgs) -> Result<u8> {
         Err(_) => println!("{text}"),
     }
     Ok(if status.is_success() { 0 } else { 1 })
+}
+
+fn client(args: &CtlArgs) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(args.timeout_ms))
+        .build()
+        .map_err(|e| Error::Io(e.to_string()))
+}
+
+/// `ctl health`: see the module documentation.
+async fn health(args: &CtlArgs) -> Result<u8> {
+    let limit = Duration::from_millis(args.timeout_ms.min(5_000));
+    let asked = tokio::time::timeout(limit, agent::call_raw(&args.agent, &AgentRequest::Status));
+    let reply = match asked.await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(err)) => return unhealthy(&format!("{err}")),
+        Err(_) => return unhealthy(&format!("agent at {} did not answer", args.agent)),
+    };
+    if reply["type"] == "status" {
+        println!("healthy: arbiter at {}", args.agent);
+        return Ok(0);
+    }
+    let state = reply["instance"]["state"].as_str().unwrap_or("unknown");
+    if state != "running" {
+        return unhealthy(&format!("instance is {state}"));
+    }
+    let url = format!("{}/api/health", args.url.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(limit)
+        .build()
+        .map_err(|e| Error::Io(e.to_string()))?;
+    match client.get(&url).send().await {
+        Ok(r) if r.status().is_success() => {
+            println!("healthy: instance running, portal answers at {url}");
+            Ok(0)
+        }
+        Ok(r) => unhealthy(&format!("{url} answered {}", r.status())),
+        Err(err) => unhealthy(&format!("{url}: {err}")),
+    }
+}
+
+fn unhealthy(why: &str) -> Result<u8> {
+    println!("unhealthy: {why}");
+    Ok(1)
 }

@@ -20,7 +20,11 @@ pub const EXIT_WRITER_FAILED: u8 = 70;
 /// Logs to stderr and, when given, appends to a file (`mgr/messages.log`).
 pub fn init_logging(file: Option<&std::path::Path>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let stderr = fmt::layer().with_writer(std::io::stderr).with_target(false);
+    // Colours only for a person at a terminal, not in `docker logs` or a log file.
+    let stderr = fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
     let file_layer = file.and_then(|path| {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);

@@ -1,9 +1,23 @@
 #!/usr/bin/env bash
-# Runs every test of mirrorlab. Installs what the build needs when it is missing and this
-# machine can (Debian/Ubuntu as root): libclang, which the SQLite session extension's bindings
-# are generated with.
+# Runs every test of mirrorlab. Installs what the tests need when it is missing and this
+# machine can (Debian/Ubuntu as root):
+#   - libclang, which the SQLite session extension's bindings are generated with;
+#   - Chromium and chromedriver, for the portal's browser test;
+# starts the Docker engine when it is installed but not running, and builds the image
+# mirrorlab:latest without a registry (tests/docker/build-offline.sh) for the compose test.
+# A test whose tool is missing fails; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+as_root() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; }
+apt_updated=no
+apt_install() {
+    if [ "$apt_updated" = no ]; then
+        apt-get update -qq
+        apt_updated=yes
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
 
 have_libclang() {
     ldconfig -p 2>/dev/null | grep -q 'libclang.*\.so' \
@@ -11,14 +25,35 @@ have_libclang() {
 }
 
 if ! have_libclang; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    if as_root; then
         echo "tests/run.sh: installing libclang-dev (needed to build rusqlite's session bindings)"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev >/dev/null
+        apt_install libclang-dev
     else
         echo "tests/run.sh: libclang is missing; install it first (Debian/Ubuntu: sudo apt-get install libclang-dev)" >&2
         exit 1
     fi
+fi
+
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if as_root; then
+        echo "tests/run.sh: installing chromium and chromium-driver (the portal's browser test)"
+        apt_install chromium chromium-driver
+    else
+        echo "tests/run.sh: chromium and chromedriver are missing; the browser test will fail" >&2
+        echo "  (Debian/Ubuntu: sudo apt-get install chromium chromium-driver)" >&2
+    fi
+fi
+
+if command -v docker >/dev/null && ! docker info >/dev/null 2>&1 \
+    && [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null; then
+    echo "tests/run.sh: starting the Docker engine"
+    (dockerd >/var/log/mirrorlab-dockerd.log 2>&1 &)
+    for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+fi
+if docker info >/dev/null 2>&1; then
+    tests/docker/build-offline.sh
+else
+    echo "tests/run.sh: no Docker engine answers; the compose test will fail" >&2
 fi
 
 cargo test --locked "$@"

@@ -719,12 +719,20 @@ pub fn call_blocking(
 
 /// Sends one request to an agent and returns its reply.
 pub async fn call(address: &str, request: AgentRequest) -> Result<AgentReply> {
+    let reply = call_raw(address, &request).await?;
+    serde_json::from_value(reply)
+        .map_err(|e| Error::Unavailable(format!("agent at {address} answered oddly: {e}")))
+}
+
+/// Sends one request and returns the answer as plain JSON: whoever listens on an agent port —
+/// a member's agent or the arbiter — can answer it (the health check asks both).
+pub async fn call_raw(address: &str, request: &AgentRequest) -> Result<serde_json::Value> {
     let connect = TcpStream::connect(address);
     let mut stream = tokio::time::timeout(Duration::from_secs(5), connect)
         .await
         .map_err(|_| Error::Unavailable(format!("agent at {address} did not answer")))?
         .map_err(|e| Error::Unavailable(format!("agent at {address}: {e}")))?;
-    write_frame(&mut stream, &request).await?;
+    write_frame(&mut stream, request).await?;
     read_frame(&mut stream, MAX_AGENT_FRAME)
         .await?
         .ok_or_else(|| Error::Unavailable(format!("agent at {address} closed the connection")))

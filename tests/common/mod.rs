@@ -63,15 +63,53 @@ impl Rng {
     }
 }
 
-/// A member's API without the member's process: for tasks that outlive a host that is killed
-/// and restarted.
+/// Where a member's log can be read, for failure messages.
+#[derive(Clone)]
+pub enum LogSource {
+    /// A file the member's processes write to.
+    File(PathBuf),
+    /// A Docker container's output (`docker logs`).
+    Container(String),
+}
+
+/// A member's portal API, reached over HTTP with the default credentials: the same for a member
+/// this process started and for one in a container. It outlives the process it talks to.
 #[derive(Clone)]
 pub struct Api {
     pub url: String,
     pub client: reqwest::Client,
+    pub log_source: LogSource,
 }
 
 impl Api {
+    /// An API at `url` whose member logs to `log_source`.
+    pub fn new(url: String, log_source: LogSource) -> Api {
+        Api {
+            url,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            log_source,
+        }
+    }
+
+    /// The member's log (for failure messages).
+    pub fn log(&self) -> String {
+        match &self.log_source {
+            LogSource::File(path) => std::fs::read_to_string(path).unwrap_or_default(),
+            LogSource::Container(name) => Command::new("docker")
+                .args(["logs", "--tail", "200", name])
+                .output()
+                .map(|o| {
+                    let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
+                    text.push_str(&String::from_utf8_lossy(&o.stderr));
+                    text
+                })
+                .unwrap_or_default(),
+        }
+    }
+
     /// POST JSON with the default credentials.
     pub async fn post(&self, path: &str, body: Value) -> reqwest::Result<(u16, Value)> {
         let r = self
@@ -84,6 +122,147 @@ impl Api {
         let status = r.status().as_u16();
         Ok((status, r.json().await.unwrap_or(Value::Null)))
     }
+
+    /// Waits (up to `seconds`) until `/api/health` answers.
+    pub async fn wait_ready_within(&self, seconds: u64) {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        loop {
+            if let Ok(r) = self
+                .client
+                .get(format!("{}/api/health", self.url))
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member did not become ready; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// POSTs and expects a refusal: `status`, and an error message containing `says`.
+    pub async fn refused(&self, path: &str, body: Value, status: u16, says: &str) {
+        let (got, err) = self.post(path, body).await.unwrap();
+        assert_eq!(got, status, "POST {path}: {err}");
+        let message = err["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(says),
+            "POST {path}: expected {says:?} in {err}"
+        );
+    }
+
+    /// GET an API path with the default credentials.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .basic_auth("superuser", Some("SYS"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POST JSON and expect 200; returns the body.
+    pub async fn ok(&self, path: &str, body: Value) -> Value {
+        let (status, reply) = self.post(path, body).await.unwrap();
+        assert_eq!(status, 200, "POST {path}: {reply}");
+        reply
+    }
+
+    /// Waits until `check` holds for `GET /api/mirror` (up to `seconds`).
+    pub async fn wait_mirror(
+        &self,
+        seconds: u64,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        loop {
+            let (_, view) = self.get("/api/mirror").await;
+            if check(&view) {
+                return view;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never became {what}: {view:#}\nlog:\n{}",
+                self.url,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The status of mirrored database `db` in this member's view.
+    pub async fn db_status(&self, db: &str) -> String {
+        let (_, view) = self.get("/api/mirror").await;
+        view["databases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["name"] == db)
+            .map(|d| d["status"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Row-level checksums of every table of a database (reached through `namespace`): one
+    /// FNV-1a hash per row, sorted, per table.
+    pub async fn checksums(&self, namespace: &str, db: &str) -> Vec<(String, Vec<u64>)> {
+        let tables = self.sql(namespace, &format!("SELECT name FROM {db}.sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite%' AND name <> 'mirrorlab_meta' ORDER BY name")).await;
+        let mut out = Vec::new();
+        for table in tables["rows"].as_array().unwrap() {
+            let table = table[0].as_str().unwrap().to_string();
+            // One result holds at most 10 000 rows: read the table in pages.
+            let mut hashes: Vec<u64> = Vec::new();
+            loop {
+                let page = self
+                    .sql(
+                        namespace,
+                        &format!(
+                            "SELECT * FROM {db}.\"{table}\" ORDER BY rowid LIMIT 5000 OFFSET {}",
+                            hashes.len()
+                        ),
+                    )
+                    .await;
+                let rows = page["rows"].as_array().unwrap();
+                hashes.extend(rows.iter().map(|r| fnv(r.to_string().as_bytes())));
+                if rows.len() < 5000 {
+                    break;
+                }
+            }
+            hashes.sort_unstable();
+            out.push((table, hashes));
+        }
+        out
+    }
+
+    /// Runs SQL through `/api/sql`.
+    pub async fn sql(&self, namespace: &str, sql: &str) -> Value {
+        let (status, body) = self
+            .post("/api/sql", json!({"namespace": namespace, "sql": sql}))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{sql}: {body}");
+        body
+    }
+}
+
+impl TestMember {
+    /// The member row called `name` in a member's mirror view.
+    pub fn member_row(view: &Value, name: &str) -> Value {
+        view["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
 }
 
 /// A running member.
@@ -92,9 +271,8 @@ pub struct TestMember {
     pub web: String,
     pub agent: String,
     pub superserver: String,
-    pub url: String,
+    api: Api,
     agent_process: Child,
-    pub client: reqwest::Client,
     host: String,
     extra: Vec<String>,
 }
@@ -118,17 +296,17 @@ impl TestMember {
         let superserver = format!("127.0.0.1:{}", free_port());
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let agent_process = spawn_member(&dir, &web, &agent, &superserver, host, &extra);
+        let api = Api::new(
+            format!("http://{web}"),
+            LogSource::File(dir.path().join("member.log")),
+        );
         let member = TestMember {
-            url: format!("http://{web}"),
+            api,
             dir,
             web,
             agent,
             superserver,
             agent_process,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
             host: host.to_string(),
             extra,
         };
@@ -176,29 +354,12 @@ impl TestMember {
 
     /// The log of agent and instance.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("member.log")).unwrap_or_default()
+        self.api.log()
     }
 
     /// Waits until `/api/health` answers.
     pub async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(r) = self
-                .client
-                .get(format!("{}/api/health", self.url))
-                .send()
-                .await
-                && r.status().is_success()
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "member did not become ready; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.api.wait_ready_within(60).await
     }
 
     /// The instance's state according to the agent.
@@ -226,139 +387,22 @@ impl TestMember {
         assert!(reply.ok, "{}", reply.message);
     }
 
-    /// POSTs and expects a refusal: `status`, and an error message containing `says`.
-    pub async fn refused(&self, path: &str, body: Value, status: u16, says: &str) {
-        let (got, err) = self.post(path, body).await.unwrap();
-        assert_eq!(got, status, "POST {path}: {err}");
-        let message = err["error"].as_str().unwrap_or_default();
-        assert!(
-            message.contains(says),
-            "POST {path}: expected {says:?} in {err}"
-        );
-    }
-
-    /// GET an API path with the default credentials.
-    pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .client
-            .get(format!("{}{path}", self.url))
-            .basic_auth("superuser", Some("SYS"))
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-    }
-
-    /// POST JSON to an API path with the default credentials.
-    pub async fn post(&self, path: &str, body: Value) -> reqwest::Result<(u16, Value)> {
-        self.api().post(path, body).await
-    }
-
     /// A handle on this member's API.
     pub fn api(&self) -> Api {
-        Api {
-            url: self.url.clone(),
-            client: self.client.clone(),
-        }
+        self.api.clone()
     }
 
     /// The agent's port.
     pub fn agent_port(&self) -> u16 {
         self.agent.rsplit_once(':').unwrap().1.parse().unwrap()
     }
+}
 
-    /// POST JSON and expect 200; returns the body.
-    pub async fn ok(&self, path: &str, body: Value) -> Value {
-        let (status, reply) = self.post(path, body).await.unwrap();
-        assert_eq!(status, 200, "POST {path}: {reply}");
-        reply
-    }
-
-    /// Waits until `check` holds for `GET /api/mirror` (up to `seconds`).
-    pub async fn wait_mirror(
-        &self,
-        seconds: u64,
-        what: &str,
-        check: impl Fn(&Value) -> bool,
-    ) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(seconds);
-        loop {
-            let (_, view) = self.get("/api/mirror").await;
-            if check(&view) {
-                return view;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} never became {what}: {view:#}\nlog:\n{}",
-                self.url,
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The status of mirrored database `db` in this member's view.
-    pub async fn db_status(&self, db: &str) -> String {
-        let (_, view) = self.get("/api/mirror").await;
-        view["databases"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|d| d["name"] == db)
-            .map(|d| d["status"].as_str().unwrap().to_string())
-            .unwrap_or_default()
-    }
-
-    /// The member row called `name` in this member's view.
-    pub fn member_row(view: &Value, name: &str) -> Value {
-        view["members"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|m| m["name"] == name)
-            .cloned()
-            .unwrap_or(Value::Null)
-    }
-
-    /// Row-level checksums of every table of a database (reached through `namespace`): one
-    /// FNV-1a hash per row, sorted, per table.
-    pub async fn checksums(&self, namespace: &str, db: &str) -> Vec<(String, Vec<u64>)> {
-        let tables = self.sql(namespace, &format!("SELECT name FROM {db}.sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite%' AND name <> 'mirrorlab_meta' ORDER BY name")).await;
-        let mut out = Vec::new();
-        for table in tables["rows"].as_array().unwrap() {
-            let table = table[0].as_str().unwrap().to_string();
-            // One result holds at most 10 000 rows: read the table in pages.
-            let mut hashes: Vec<u64> = Vec::new();
-            loop {
-                let page = self
-                    .sql(
-                        namespace,
-                        &format!(
-                            "SELECT * FROM {db}.\"{table}\" ORDER BY rowid LIMIT 5000 OFFSET {}",
-                            hashes.len()
-                        ),
-                    )
-                    .await;
-                let rows = page["rows"].as_array().unwrap();
-                hashes.extend(rows.iter().map(|r| fnv(r.to_string().as_bytes())));
-                if rows.len() < 5000 {
-                    break;
-                }
-            }
-            hashes.sort_unstable();
-            out.push((table, hashes));
-        }
-        out
-    }
-
-    /// Runs SQL through `/api/sql`.
-    pub async fn sql(&self, namespace: &str, sql: &str) -> Value {
-        let (status, body) = self
-            .post("/api/sql", json!({"namespace": namespace, "sql": sql}))
-            .await
-            .unwrap();
-        assert_eq!(status, 200, "{sql}: {body}");
-        body
+/// Everything the API offers, called on the member.
+impl std::ops::Deref for TestMember {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
     }
 }
 

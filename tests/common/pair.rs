@@ -5,11 +5,13 @@
 
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::TestMember;
+use std::path::Path;
+
+use super::{Api, TestMember};
 
 pub const DATABASES: [&str; 3] = ["COMPANY", "CUSTOMER", "PERSONAL"];
 
@@ -111,6 +113,11 @@ pub async fn mirror_databases(a: &TestMember, b: &TestMember) {
 /// Gives member `b` copies of the mirrored demo databases of primary `a`: dismount, `cp`, mount,
 /// Activate, Catchup, until each is dejournaling.
 pub async fn copy_databases(a: &TestMember, b: &TestMember) {
+    copy_databases_between(a, b, &a.data_dir(), &b.data_dir()).await
+}
+
+/// [`copy_databases`] for members whose data directories are `a_data` and `b_data` here.
+pub async fn copy_databases_between(a: &Api, b: &Api, a_data: &Path, b_data: &Path) {
     let view = b
         .wait_mirror(10, "aware of the mirrored databases", |v| {
             v["missing_databases"].as_array().map(|m| m.len()) == Some(3)
@@ -121,7 +128,7 @@ pub async fn copy_databases(a: &TestMember, b: &TestMember) {
         b.ok(&format!("/api/databases/{db}/dismount"), json!({}))
             .await;
         let dir = db.to_ascii_lowercase();
-        copy_frozen(a, b, &dir).await;
+        copy_frozen_between(a, a_data, b_data, &dir).await;
         b.ok(&format!("/api/databases/{db}/mount"), json!({})).await;
         assert_eq!(b.db_status(db).await, "Needs Activation");
         b.ok(&format!("/api/databases/{db}/activate"), json!({}))
@@ -135,13 +142,13 @@ pub async fn copy_databases(a: &TestMember, b: &TestMember) {
     }
 }
 
-pub async fn assert_identical(a: &TestMember, b: &TestMember) {
+pub async fn assert_identical(a: &Api, b: &Api) {
     assert_identical_in(a, b, &DATABASES).await
 }
 
 /// Waits until `dbs` hold the same rows on both members (B applies what A made durable shortly
 /// after), and fails with both logs if they do not within 15 s.
-pub async fn assert_identical_in(a: &TestMember, b: &TestMember, dbs: &[&str]) {
+pub async fn assert_identical_in(a: &Api, b: &Api, dbs: &[&str]) {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let mut same = true;
@@ -165,7 +172,7 @@ pub async fn assert_identical_in(a: &TestMember, b: &TestMember, dbs: &[&str]) {
 }
 
 /// Waits (up to 20 s) until `db` is dejournaling on backup `b`.
-pub async fn wait_dejournaling(b: &TestMember, db: &str) {
+pub async fn wait_dejournaling(b: &Api, db: &str) {
     b.wait_mirror(20, &format!("dejournaling {db}"), |v| {
         v["databases"]
             .as_array()
@@ -191,12 +198,12 @@ pub fn start_writers(
     count: usize,
     prefix: &str,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+) -> Writers {
     start_writers_on_primary([a.api(), a.api()], count, prefix, stop)
 }
 
 /// Every company name on `member`, read in pages (one result holds at most 10 000 rows).
-pub async fn all_names(member: &TestMember) -> std::collections::HashSet<String> {
+pub async fn all_names(member: &Api) -> std::collections::HashSet<String> {
     let mut all = std::collections::HashSet::new();
     let mut after = 0i64;
     loop {
@@ -216,7 +223,7 @@ pub async fn all_names(member: &TestMember) -> std::collections::HashSet<String>
 }
 
 /// Every acknowledged company name is on `member` (called `who` in the message).
-pub async fn assert_all_present(member: &TestMember, acked: &[String], who: &str) {
+pub async fn assert_all_present(member: &Api, acked: &[String], who: &str) {
     let present = all_names(member).await;
     for name in acked {
         assert!(
@@ -226,26 +233,66 @@ pub async fn assert_all_present(member: &TestMember, acked: &[String], who: &str
     }
 }
 
-pub async fn stop_writers(
-    stop: &std::sync::atomic::AtomicBool,
-    writers: Vec<tokio::task::JoinHandle<Vec<String>>>,
-) -> Vec<String> {
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut acked = Vec::new();
-    for w in writers {
-        acked.extend(w.await.unwrap());
-    }
-    acked
+/// One acknowledged write: its name, the member that acknowledged it, and when it was sent and
+/// when the acknowledgement came back.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    pub name: String,
+    pub member: String,
+    pub sent: Instant,
+    pub acked: Instant,
 }
 
-/// Writers inserting companies on whichever member accepts them (A first); returns the names
-/// acknowledged.
+/// Writers a test started: join handles that return what each acknowledged.
+pub type Writers = Vec<tokio::task::JoinHandle<Vec<Ack>>>;
+
+/// Stops the writers, checks that no two members accepted writes at the same time, and returns
+/// the names acknowledged.
+pub async fn stop_writers(stop: &std::sync::atomic::AtomicBool, writers: Writers) -> Vec<String> {
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acks = Vec::new();
+    for w in writers {
+        acks.extend(w.await.unwrap());
+    }
+    assert_one_writer_at_a_time(&mut acks);
+    acks.into_iter().map(|a| a.name).collect()
+}
+
+/// At most one member accepts writes: a write was accepted somewhere between its sending and
+/// its acknowledgement, so when the acknowledgements, in the order they came, pass from one
+/// member to another, the new member's first one must come after the old member's last write
+/// was sent. Otherwise the two accepted writes at overlapping times.
+pub fn assert_one_writer_at_a_time(acks: &mut [Ack]) {
+    acks.sort_by_key(|a| a.acked);
+    // Each reign: (member, latest send among its writes, its first acknowledgement).
+    let mut reigns: Vec<(&str, Instant, Instant)> = Vec::new();
+    for ack in acks.iter() {
+        match reigns.last_mut() {
+            Some((member, latest_sent, _)) if *member == ack.member => {
+                *latest_sent = (*latest_sent).max(ack.sent);
+            }
+            _ => reigns.push((&ack.member, ack.sent, ack.acked)),
+        }
+    }
+    for pair in reigns.windows(2) {
+        let ((old, old_latest_sent, _), (new, _, new_first_ack)) = (pair[0], pair[1]);
+        assert!(
+            new_first_ack > old_latest_sent,
+            "{new} acknowledged a write {:?} before {old} had accepted its last one: \
+             two members accepted writes at the same time (reigns: {reigns:?})",
+            old_latest_sent - new_first_ack,
+        );
+    }
+}
+
+/// Writers inserting companies on whichever member accepts them (A first); each returns what
+/// it got acknowledged.
 pub fn start_writers_on_primary(
     members: [super::Api; 2],
     count: usize,
     prefix: &str,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+) -> Writers {
     (0..count)
         .map(|w| {
             let (members, stop, prefix) = (members.clone(), stop.clone(), prefix.to_string());
@@ -257,8 +304,14 @@ pub fn start_writers_on_primary(
                     n += 1;
                     let name = format!("{prefix}-{w}-{n}");
                     let body = json!({ "name": name });
+                    let sent = Instant::now();
                     match members[target].post("/api/apps/companies", body).await {
-                        Ok((201, _)) => acked.push(name),
+                        Ok((201, _)) => acked.push(Ack {
+                            name,
+                            member: members[target].url.clone(),
+                            sent,
+                            acked: Instant::now(),
+                        }),
                         Ok(_) | Err(_) => {
                             target = 1 - target;
                             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -272,14 +325,14 @@ pub fn start_writers_on_primary(
 }
 
 /// POSTs a new application row and returns it (201 expected).
-pub async fn created(member: &TestMember, path: &str, body: Value) -> Value {
+pub async fn created(member: &Api, path: &str, body: Value) -> Value {
     let (status, row) = member.post(path, body).await.unwrap();
     assert_eq!(status, 201, "{path}: {row}");
     row
 }
 
 /// Waits until both members are in arbiter-controlled mode with both connected to the arbiter.
-pub async fn wait_arbiter_controlled(a: &TestMember, b: &TestMember) {
+pub async fn wait_arbiter_controlled(a: &Api, b: &Api) {
     for member in [a, b] {
         member
             .wait_mirror(20, "arbiter controlled", |v| {
@@ -295,9 +348,9 @@ pub async fn wait_arbiter_controlled(a: &TestMember, b: &TestMember) {
 /// the members converge row by row, and every acknowledged write is on `primary`.
 pub async fn finish_writers(
     stop: &std::sync::atomic::AtomicBool,
-    writers: Vec<tokio::task::JoinHandle<Vec<String>>>,
-    primary: &TestMember,
-    other: &TestMember,
+    writers: Writers,
+    primary: &Api,
+    other: &Api,
 ) -> Vec<String> {
     let acked = stop_writers(stop, writers).await;
     assert!(
@@ -313,10 +366,15 @@ pub async fn finish_writers(
 /// Copies the database file in `mgr/<dir>/` from primary `a` to member `b` under Freeze, as the
 /// walk-through says (the primary's HEARTBEAT production writes COMPANY now and then).
 pub async fn copy_frozen(a: &TestMember, b: &TestMember, dir: &str) {
+    copy_frozen_between(a, &a.data_dir(), &b.data_dir(), dir).await
+}
+
+/// [`copy_frozen`] for members whose data directories are `a_data` and `b_data` here.
+pub async fn copy_frozen_between(a: &Api, a_data: &Path, b_data: &Path, dir: &str) {
     a.ok("/api/mirror/freeze", json!({})).await;
     std::fs::copy(
-        a.data_dir().join(format!("mgr/{dir}/database.sqlite")),
-        b.data_dir().join(format!("mgr/{dir}/database.sqlite")),
+        a_data.join(format!("mgr/{dir}/database.sqlite")),
+        b_data.join(format!("mgr/{dir}/database.sqlite")),
     )
     .unwrap();
     a.ok("/api/mirror/thaw", json!({})).await;

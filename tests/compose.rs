@@ -1,0 +1,408 @@
+//! The Docker Compose lab end to end: the project's `docker-compose.yml`, the image that
+//! `tests/docker/build-offline.sh` built (`tests/run.sh` builds it first), and the walk-through
+//! over HTTP on ports 52775 and 52776 as a person would do it — then the faults a person can
+//! cause with Docker: `docker kill`, `docker network disconnect`, `docker pause`, `docker stop
+//! arbiter`.
+//!
+//! The lab runs in a temporary copy of the compose file and `install/`, so the checkout's own
+//! `sharedA` / `sharedB` are never touched, and its members run with this process's user and
+//! group ids, so everything they write can be removed afterwards. Writers insert companies
+//! through the whole fault sequence; at the end every acknowledged one must be on the primary,
+//! no two members may have accepted writes at the same time, and both members must hold the same
+//! rows.
+//!
+//! This test needs a Docker engine and the image `mirrorlab:latest`: without either it fails,
+//! it never skips. It uses the lab's fixed container names and host ports, so a lab that is
+//! already running makes it fail with a message saying so.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use common::pair::*;
+use common::{Api, LogSource, TestMember};
+use serde_json::json;
+
+const CONTAINERS: [&str; 3] = ["arbiter", "mirrorA", "mirrorB"];
+const QOS_MS: u64 = 2000;
+
+/// The running lab in its temporary folder; `docker compose down` when dropped.
+struct Lab {
+    dir: tempfile::TempDir,
+    compose: Vec<String>,
+}
+
+impl Lab {
+    /// Copies the compose file and `install/` into a fresh folder and runs `up -d --no-build`.
+    fn up() -> Lab {
+        let answered = Command::new("docker").arg("info").output();
+        assert!(
+            answered.as_ref().is_ok_and(|o| o.status.success()),
+            "no Docker engine answers (`docker info`): {answered:?}"
+        );
+        assert!(
+            docker(&["image", "inspect", "mirrorlab:latest"])
+                .status
+                .success(),
+            "the image mirrorlab:latest is missing: build it with tests/docker/build-offline.sh"
+        );
+        for name in CONTAINERS {
+            assert!(
+                !docker(&["container", "inspect", name]).status.success(),
+                "a container called {name} exists already (is the lab running? `docker compose down` it first)"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        std::fs::copy(
+            root.join("docker-compose.yml"),
+            dir.path().join("docker-compose.yml"),
+        )
+        .unwrap();
+        copy_tree(&root.join("install"), &dir.path().join("install"));
+        std::fs::create_dir(dir.path().join("sharedA")).unwrap();
+        std::fs::create_dir(dir.path().join("sharedB")).unwrap();
+        let lab = Lab {
+            dir,
+            compose: compose_command(),
+        };
+        let up = lab.compose(&["up", "-d", "--no-build"]);
+        assert!(up.status.success(), "compose up failed: {}", text(&up));
+        lab
+    }
+
+    fn compose(&self, args: &[&str]) -> Output {
+        // This process's ids, so the members write files this test may delete.
+        let (uid, gid) = ids();
+        Command::new(&self.compose[0])
+            .args(&self.compose[1..])
+            .args(["--project-name", "mirrorlabtest"])
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("MIRRORLAB_UID", uid)
+            .env("MIRRORLAB_GID", gid)
+            .output()
+            .unwrap()
+    }
+
+    fn data_dir(&self, shared: &str) -> PathBuf {
+        self.dir.path().join(shared).join("durable")
+    }
+
+    fn member(&self, port: u16, container: &str) -> Api {
+        Api::new(
+            format!("http://127.0.0.1:{port}"),
+            LogSource::Container(container.to_string()),
+        )
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let down = self.compose(&["down", "--volumes", "--remove-orphans", "--timeout", "20"]);
+        if !down.status.success() {
+            eprintln!("compose down failed: {}", text(&down));
+        }
+    }
+}
+
+fn compose_command() -> Vec<String> {
+    let v2 = Command::new("docker").args(["compose", "version"]).output();
+    if v2.is_ok_and(|o| o.status.success()) {
+        vec!["docker".into(), "compose".into()]
+    } else {
+        vec!["docker-compose".into()]
+    }
+}
+
+fn ids() -> (String, String) {
+    let id = |flag: &str| {
+        let out = Command::new("id").arg(flag).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    (id("-u"), id("-g"))
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker").args(args).output().unwrap()
+}
+
+fn docker_ok(args: &[&str]) {
+    let out = docker(args);
+    assert!(out.status.success(), "docker {args:?}: {}", text(&out));
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The container's health as Docker sees it (`healthy`, `starting`, `unhealthy`).
+fn health(container: &str) -> String {
+    let out = docker(&["inspect", "-f", "{{.State.Health.Status}}", container]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+async fn wait_healthy(containers: &[&str], seconds: u64) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    for container in containers {
+        while health(container) != "healthy" {
+            assert!(
+                Instant::now() < deadline,
+                "{container} is not healthy ({}):\n{}",
+                health(container),
+                text(&docker(&["logs", "--tail", "50", container]))
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The only network the container is on.
+fn network_of(container: &str) -> String {
+    let out = docker(&[
+        "inspect",
+        "-f",
+        "{{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{end}}",
+        container,
+    ]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Runs `mirrorlab ctl` inside a container (the image has no shell): for a member the host
+/// cannot reach.
+fn ctl_inside(container: &str, args: &[&str]) -> Output {
+    let mut all = vec!["exec", container, "/usr/local/bin/mirrorlab", "ctl"];
+    all.extend_from_slice(args);
+    docker(&all)
+}
+
+/// Prints how far the test got, for a failure's story.
+fn phase(started: Instant, what: &str) {
+    eprintln!("{:>8.1?} {what}", started.elapsed());
+}
+
+async fn wait_role(member: &Api, status: &str, seconds: u64) {
+    member
+        .wait_mirror(seconds, status, |v| v["status"] == status)
+        .await;
+}
+
+/// Waits until a former primary is back as backup. When the new primary had its agent force
+/// it down (it still acted as primary of the old epoch), it is started again, as a person would.
+async fn rejoin_as_backup(member: &Api, container: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let url = format!("{}/api/mirror", member.url);
+        let asked = member.client.get(&url).basic_auth("superuser", Some("SYS"));
+        let status = match asked.send().await {
+            Ok(r) => r.json::<serde_json::Value>().await.unwrap_or_default()["status"].clone(),
+            Err(_) => serde_json::Value::Null,
+        };
+        if status == "Backup" {
+            return;
+        }
+        if text(&ctl_inside(container, &["status"])).contains("\"down\"") {
+            let started = ctl_inside(container, &["start"]);
+            assert!(started.status.success(), "{}", text(&started));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{container} never rejoined as backup (status {status}):\n{}",
+            member.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_compose_lab_walkthrough_and_its_faults() {
+    let started = Instant::now();
+    let lab = Lab::up();
+    let a = lab.member(52775, "mirrorA");
+    let b = lab.member(52776, "mirrorB");
+    a.wait_ready_within(60).await;
+    b.wait_ready_within(60).await;
+    eprintln!(
+        "figure: compose up -> both portals ready: {:?}",
+        started.elapsed()
+    );
+    wait_healthy(&CONTAINERS, 60).await;
+
+    // Steps 3–4: Enable, Create with the arbiter, Join as Failover — names as typed in the portal.
+    a.ok("/api/mirror/service", json!({"enabled": true})).await;
+    a.ok(
+        "/api/mirror/create",
+        json!({"mirror_name": "MIRRORSET", "use_arbiter": true, "arbiter_address": "arbiter",
+               "arbiter_port": 2188, "qos_timeout_ms": QOS_MS}),
+    )
+    .await;
+    wait_role(&a, "Primary", 10).await;
+    b.ok("/api/mirror/service", json!({"enabled": true})).await;
+    b.ok(
+        "/api/mirror/join-failover",
+        json!({"mirror_name": "MIRRORSET", "agent_address": "mirrorA", "agent_port": 2188,
+               "instance_name": "IRIS"}),
+    )
+    .await;
+    let view = a
+        .wait_mirror(20, "with an active backup", |v| {
+            TestMember::member_row(v, "MIRRORB/IRIS")["journal_transfer"] == "Active"
+        })
+        .await;
+    assert_eq!(view["member_name"], "MIRRORA/IRIS");
+    wait_role(&b, "Backup", 10).await;
+    wait_arbiter_controlled(&a, &b).await;
+
+    // Step 5: the applications on A; B does not have them yet.
+    let company = created(&a, "/api/apps/companies", json!({"name": "Acme"})).await;
+    created(
+        &a,
+        "/api/apps/contacts",
+        json!({"name": "Ann", "company_id": company["id"]}),
+    )
+    .await;
+    assert!(names(&b.sql("COMPANY", "SELECT name FROM Company").await).is_empty());
+
+    // Steps 6–8: Add to Mirror; on B dismount, `cp` between ./sharedA and ./sharedB on this
+    // host under Freeze, mount, Activate, Catchup.
+    let added = a
+        .ok("/api/mirror/add-databases", json!({"databases": DATABASES}))
+        .await;
+    assert!(added["message"].as_str().unwrap().contains("need a copy"));
+    copy_databases_between(&a, &b, &lab.data_dir("sharedA"), &lab.data_dir("sharedB")).await;
+    created(
+        &a,
+        "/api/apps/companies",
+        json!({"name": "Another company"}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !names(&b.sql("COMPANY", "SELECT name FROM Company").await)
+        .contains(&"Another company".to_string())
+    {
+        assert!(Instant::now() < deadline, "Another company never reached B");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Step 9: read-only on B.
+    b.refused(
+        "/api/apps/companies",
+        json!({"name": "Nope"}),
+        409,
+        "read-only",
+    )
+    .await;
+
+    // Writers through every fault below, on whichever member accepts them.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers_on_primary([a.clone(), b.clone()], 2, "lab", stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Step 10: `docker kill mirrorA` — the whole host — and mirrorB takes over.
+    docker_ok(&["kill", "mirrorA"]);
+    wait_role(&b, "Primary", 20).await;
+    phase(started, "docker kill mirrorA: mirrorB is primary");
+    let starting = Instant::now();
+    docker_ok(&["start", "mirrorA"]);
+    a.wait_ready_within(60).await;
+    eprintln!(
+        "figure: docker start -> portal ready: {:?}",
+        starting.elapsed()
+    );
+    wait_role(&a, "Backup", 30).await;
+    wait_arbiter_controlled(&a, &b).await;
+    phase(started, "docker start mirrorA: mirrorA is backup");
+
+    // Isolate the primary (B) from everyone: A takes over through the arbiter; B cannot commit.
+    let network = network_of("mirrorB");
+    docker_ok(&["network", "disconnect", &network, "mirrorB"]);
+    wait_role(&a, "Primary", 30).await;
+    phase(started, "mirrorB isolated: mirrorA is primary");
+    let isolated = ctl_inside(
+        "mirrorB",
+        &[
+            "--timeout-ms",
+            "3000",
+            "post",
+            "/api/apps/companies",
+            r#"{"name":"written while isolated"}"#,
+        ],
+    );
+    assert!(
+        !isolated.status.success(),
+        "the isolated former primary accepted a write: {}",
+        text(&isolated)
+    );
+    docker_ok(&["network", "connect", &network, "mirrorB"]);
+    rejoin_as_backup(&b, "mirrorB").await;
+    phase(started, "mirrorB reconnected: it is backup");
+    wait_arbiter_controlled(&a, &b).await;
+    let on_a = names(&a.sql("COMPANY", "SELECT name FROM Company").await);
+    assert!(!on_a.contains(&"written while isolated".to_string()));
+
+    // `docker pause` the primary (A): a silent host; B takes over through the arbiter.
+    docker_ok(&["pause", "mirrorA"]);
+    wait_role(&b, "Primary", 30).await;
+    phase(started, "docker pause mirrorA: mirrorB is primary");
+    docker_ok(&["unpause", "mirrorA"]);
+    rejoin_as_backup(&a, "mirrorA").await;
+    phase(started, "docker unpause mirrorA: it is backup");
+    wait_arbiter_controlled(&a, &b).await;
+
+    // `docker stop arbiter`: both go Agent Controlled, and the primary keeps committing.
+    docker_ok(&["stop", "arbiter"]);
+    for member in [&a, &b] {
+        member
+            .wait_mirror(20, "agent controlled", |v| {
+                v["failover_mode"] == "Agent Controlled"
+            })
+            .await;
+    }
+    phase(started, "docker stop arbiter: both agent controlled");
+    let write = Instant::now();
+    created(
+        &b,
+        "/api/apps/companies",
+        json!({"name": "without the arbiter"}),
+    )
+    .await;
+    eprintln!(
+        "figure: a commit with the arbiter stopped: {:?}",
+        write.elapsed()
+    );
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let acked = finish_writers(&stop, writers, &b, &a).await;
+    eprintln!("{} writes acknowledged across the faults", acked.len());
+    drop(lab);
+    for name in CONTAINERS {
+        assert!(
+            !docker(&["container", "inspect", name]).status.success(),
+            "{name} is left after compose down"
+        );
+    }
+    assert!(
+        !docker(&["network", "inspect", &network]).status.success(),
+        "the network {network} is left after compose down"
+    );
+}
