@@ -1,254 +1,16 @@
-//! The portal in a real browser: headless Chromium driven through chromedriver (both from
-//! Debian's packages) with the WebDriver protocol. Two members and an arbiter run on loopback;
-//! the test logs in to both portals and clicks through the walk-through as a person would —
-//! Enable, Create a Mirror, Join as Failover, the applications, Add to Mirror, Dismount, Freeze,
-//! `cp`, Thaw, Mount, Activate, Catchup — and reads the outcome off the pages.
-//!
-//! Every page visited must leave nothing in the browser's console (no script error, no resource
-//! that failed to load), and every link seen on the way must answer 200. Screenshots of both
-//! Mirror Monitors and the applications go to `target/screenshots/`, or to the folder named by
-//! `MIRRORLAB_SCREENSHOTS` (the README's pictures come from `MIRRORLAB_SCREENSHOTS=docs/screenshots`).
+//! The portal in a real browser, on loopback: two members and an arbiter run as processes here,
+//! and a person's clicks go through the walk-through in both portals (see
+//! `common::browser`). The compose test clicks the same way through the Docker lab.
 //!
 //! The two portals are opened as `127.0.0.1` and `localhost`, two sites as far as the browser is
 //! concerned, as two tabs on the lab's ports would be.
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-use common::pair::DATABASES;
-use common::{TestArbiter, TestMember, free_port};
-use fantoccini::wd::WebDriverCompatibleCommand;
-use fantoccini::{Client, ClientBuilder, Locator};
-use serde_json::{Value, json};
-
-/// chromedriver on a free port; killed when dropped.
-struct Driver {
-    process: Child,
-    url: String,
-}
-
-impl Driver {
-    async fn start() -> Driver {
-        let port = free_port();
-        let process = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver runs (Debian: apt-get install chromium chromium-driver)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not listen");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Driver {
-            process,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    /// A new browser with its own profile folder (one profile serves one browser at a time).
-    async fn browser(&self, profile: &tempfile::TempDir) -> Client {
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "binary": chromium(),
-                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--disable-background-networking", "--disable-component-update",
-                         "--disable-sync", "--no-first-run", "--window-size=1280,1500",
-                         format!("--user-data-dir={}", profile.path().display())],
-            }),
-        );
-        caps.insert("goog:loggingPrefs".into(), json!({"browser": "ALL"}));
-        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps)
-            .connect(&self.url)
-            .await
-            .expect("a chromium session")
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
-
-fn chromium() -> String {
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .unwrap_or("chromium")
-        .to_string()
-}
-
-/// chromedriver's `POST /session/{id}/se/log`: the browser console since the last call.
-#[derive(Debug)]
-struct BrowserLog;
-
-impl WebDriverCompatibleCommand for BrowserLog {
-    fn endpoint(
-        &self,
-        base: &url::Url,
-        session: Option<&str>,
-    ) -> Result<url::Url, url::ParseError> {
-        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
-    }
-
-    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
-        (http::Method::POST, Some(r#"{"type":"browser"}"#.into()))
-    }
-}
-
-/// One portal in one browser tab, as a person uses it.
-struct Portal {
-    browser: Client,
-    _profile: tempfile::TempDir,
-    origin: String,
-    name: &'static str,
-    links: BTreeSet<String>,
-}
-
-impl Portal {
-    async fn open(driver: &Driver, origin: String, name: &'static str) -> Portal {
-        let profile = tempfile::tempdir().unwrap();
-        Portal {
-            browser: driver.browser(&profile).await,
-            _profile: profile,
-            origin,
-            name,
-            links: BTreeSet::new(),
-        }
-    }
-
-    /// Goes to a page of this portal and checks it.
-    async fn visit(&mut self, path: &str) {
-        self.browser
-            .goto(&format!("{}{path}", self.origin))
-            .await
-            .unwrap();
-        self.checked().await;
-    }
-
-    /// The page the browser shows now: no console entries, no failure flash; its links noted.
-    async fn checked(&mut self) {
-        let log = self.browser.issue_cmd(BrowserLog).await.unwrap();
-        let errors: Vec<&Value> = log
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|e| e["level"] != "INFO" && e["level"] != "DEBUG")
-            .collect();
-        let url = self.browser.current_url().await.unwrap();
-        assert!(errors.is_empty(), "{}: console says {errors:?}", url);
-        if let Ok(flash) = self.browser.find(Locator::Css(".flash.fail")).await {
-            panic!("{url}: the portal says {:?}", flash.text().await.unwrap());
-        }
-        let links = self
-            .browser
-            .execute(
-                "return Array.from(document.querySelectorAll('a[href]'), a => a.href)",
-                vec![],
-            )
-            .await
-            .unwrap();
-        for link in links.as_array().unwrap() {
-            self.links.insert(link.as_str().unwrap().to_string());
-        }
-    }
-
-    async fn log_in(&mut self) {
-        self.visit("/portal/").await;
-        self.type_into("input[name=username]", "superuser").await;
-        self.type_into("input[name=password]", "SYS").await;
-        self.click("form.login button[type=submit]").await;
-        let title = self.browser.title().await.unwrap();
-        assert!(
-            !title.starts_with("Login"),
-            "still on the login page: {title}"
-        );
-    }
-
-    /// Replaces the text of an input.
-    async fn type_into(&self, css: &str, text: &str) {
-        let input = self.browser.find(Locator::Css(css)).await.unwrap();
-        input.clear().await.unwrap();
-        input.send_keys(text).await.unwrap();
-    }
-
-    /// Clicks, waits for the page the click leads to, and checks it.
-    async fn click(&mut self, css: &str) {
-        let element = self.browser.find(Locator::Css(css)).await;
-        let element = element.unwrap_or_else(|e| panic!("{}: no {css}: {e}", self.name));
-        element.click().await.unwrap();
-        self.checked().await;
-    }
-
-    /// Reloads a page (the monitor refreshes itself too) until `text` is on it.
-    async fn wait_for_text(&mut self, path: &str, text: &str, seconds: u64) {
-        let deadline = Instant::now() + Duration::from_secs(seconds);
-        loop {
-            self.visit(path).await;
-            let body = self.body().await;
-            if body.contains(text) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} {path} never showed {text:?}:\n{body}",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
-
-    async fn body(&self) -> String {
-        let body = self.browser.find(Locator::Css("body")).await.unwrap();
-        body.text().await.unwrap()
-    }
-
-    async fn screenshot(&self, file: &str) {
-        let png = self.browser.screenshot().await.unwrap();
-        let dir = screenshot_dir();
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(file), png).unwrap();
-    }
-
-    /// Every link seen on this portal answers 200 (fetched by the browser, with its session).
-    async fn check_links(&mut self) {
-        self.visit("/portal/").await;
-        for link in std::mem::take(&mut self.links) {
-            assert!(
-                link.starts_with(&self.origin),
-                "{}: a link leaves the portal: {link}",
-                self.name
-            );
-            let status = self
-                .browser
-                .execute_async(
-                    "const [url, done] = arguments; \
-                     fetch(url).then(r => done(r.status)).catch(e => done(String(e)))",
-                    vec![json!(link)],
-                )
-                .await
-                .unwrap();
-            assert_eq!(status, json!(200), "{}: broken link {link}", self.name);
-        }
-    }
-}
-
-fn screenshot_dir() -> PathBuf {
-    match std::env::var_os("MIRRORLAB_SCREENSHOTS") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../screenshots"),
-    }
-}
+use common::browser::{
+    BrowserLog, Driver, Portal, Typed, click_through_walkthrough, take_pictures,
+};
+use common::{TestArbiter, TestMember};
 
 fn port_of(address: &str) -> &str {
     address.rsplit_once(':').unwrap().1
@@ -272,6 +34,7 @@ async fn a_person_clicks_through_the_walkthrough() {
         "B",
     )
     .await;
+
     // The console check can fail: a missing style sheet is reported.
     pa.browser
         .goto(&format!("{}/static/missing.css", pa.origin))
@@ -282,182 +45,30 @@ async fn a_person_clicks_through_the_walkthrough() {
         log.to_string().contains("404"),
         "the browser console does not report a missing resource: {log}"
     );
-    pa.log_in().await;
-    pb.log_in().await;
 
-    // mirrorA: Enable Mirror Service, Create a Mirror (with the arbiter).
-    pa.visit("/portal/mirror/settings").await;
-    pa.click("#enable-service input[name=enabled]").await;
-    pa.click("#enable-service button[type=submit]").await;
-    pa.click("#create-mirror").await;
-    pa.type_into("input[name=mirror_name]", "MIRRORSET").await;
-    pa.type_into("input[name=arbiter_address]", "127.0.0.1")
-        .await;
-    pa.type_into("input[name=arbiter_port]", port_of(&arbiter.address))
-        .await;
-    pa.type_into("input[name=superserver_address]", &a.superserver)
-        .await;
-    pa.type_into("input[name=agent_port]", &a.agent_port().to_string())
-        .await;
-    pa.type_into("input[name=mirror_private_address]", &a.superserver)
-        .await;
-    pa.type_into("input[name=agent_address]", "127.0.0.1").await;
-    pa.click("#create-form button[type=submit]").await;
-    pa.wait_for_text("/portal/mirror/monitor", "Primary", 10)
-        .await;
-
-    // mirrorB: Enable, Join as Failover in two steps.
-    pb.visit("/portal/mirror/settings").await;
-    pb.click("#enable-service input[name=enabled]").await;
-    pb.click("#enable-service button[type=submit]").await;
-    pb.click("#join-failover").await;
-    pb.type_into("input[name=mirror_name]", "MIRRORSET").await;
-    pb.type_into("input[name=agent_address]", "127.0.0.1").await;
-    pb.type_into("input[name=agent_port]", &a.agent_port().to_string())
-        .await;
-    pb.type_into("input[name=instance_name]", "IRIS").await;
-    pb.click("#join-step-1 button[type=submit]").await;
-    pb.type_into("input[name=superserver_address]", &b.superserver)
-        .await;
-    pb.type_into("input[name=agent_port_local]", &b.agent_port().to_string())
-        .await;
-    pb.type_into("input[name=mirror_private_address]", &b.superserver)
-        .await;
-    pb.type_into("input[name=agent_address_local]", "127.0.0.1")
-        .await;
-    pb.click("#join-form button[type=submit]").await;
-    pa.wait_for_text("/portal/mirror/monitor", "Arbiter Controlled", 20)
-        .await;
-    pa.wait_for_text("/portal/mirror/monitor", "Active", 20)
-        .await;
-
-    // The applications on A: a company and a contact.
-    pa.visit("/apps/company").await;
-    pa.type_into("#add-company input[name=name]", "Acme").await;
-    pa.type_into("#add-company input[name=mission]", "Anvils for everyone")
-        .await;
-    pa.click("#add-company button[type=submit]").await;
-    pa.visit("/apps/phonebook").await;
-    pa.type_into("#add-contact input[name=name]", "Ann").await;
-    pa.type_into("#add-contact input[name=phone]", "555-0100")
-        .await;
-    let company = pa
-        .browser
-        .find(Locator::Css("#add-contact select[name=company_id]"));
-    company
-        .await
-        .unwrap()
-        .select_by_label("Acme")
-        .await
-        .unwrap();
-    pa.click("#add-contact button[type=submit]").await;
-    assert!(pa.body().await.contains("Ann"));
-
-    // Add to Mirror on A's Local Databases.
-    pa.visit("/portal/config/local-databases").await;
-    for db in DATABASES {
-        pa.click(&format!("#local-databases input[value={db}]"))
-            .await;
-    }
-    pa.click("#add-to-mirror button[type=submit]").await;
-    pb.wait_for_text("/portal/mirror/monitor", ":mirror:MIRRORSET:COMPANY", 20)
-        .await;
-
-    // On B: dismount each, copy its file from A under Freeze, mount.
-    for db in DATABASES {
-        pb.visit("/portal/config/databases").await;
-        pb.click(&format!(
-            "form[action='/portal/config/databases/{db}/dismount'] button"
-        ))
-        .await;
-    }
-    pa.visit("/portal/operation/backup").await;
-    pa.click("form[action='/portal/operation/freeze'] button")
-        .await;
-    assert!(pa.body().await.contains("Writes are frozen"));
-    for db in DATABASES {
-        let dir = format!("mgr/{}/database.sqlite", db.to_ascii_lowercase());
-        std::fs::copy(a.data_dir().join(&dir), b.data_dir().join(&dir)).unwrap();
-    }
-    pa.click("form[action='/portal/operation/thaw'] button")
-        .await;
-    for db in DATABASES {
-        pb.visit("/portal/config/databases").await;
-        pb.click(&format!(
-            "form[action='/portal/config/databases/{db}/mount'] button"
-        ))
-        .await;
-    }
-
-    // B's Mirror Monitor: Activate, then Catchup, each database.
-    for action in ["activate", "catchup"] {
-        for db in DATABASES {
-            pb.visit("/portal/mirror/monitor").await;
-            pb.click(&format!(
-                "form[action='/portal/mirror/databases/{db}/{action}'] button"
-            ))
-            .await;
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        pb.visit("/portal/mirror/monitor").await;
-        let statuses = pb
-            .browser
-            .execute(
-                "return Array.from(document.querySelectorAll('#mirrored-databases td.status'), \
-                 td => td.innerText.trim())",
-                vec![],
-            )
-            .await
-            .unwrap();
-        if statuses == json!(["Dejournaling", "Dejournaling", "Dejournaling"]) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "B's databases: {statuses}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-
-    // What A wrote is on B, and a company added on A now appears there within a moment.
-    pa.visit("/apps/company").await;
-    pa.type_into("#add-company input[name=name]", "Another company")
-        .await;
-    pa.click("#add-company button[type=submit]").await;
-    pb.wait_for_text("/apps/company", "Another company", 10)
-        .await;
-    assert!(pb.body().await.contains("Acme"));
-    pb.wait_for_text("/apps/phonebook", "Ann", 10).await;
-
-    // B is read-only: adding a company there is refused with a message on the page.
-    pb.visit("/apps/company").await;
-    pb.type_into("#add-company input[name=name]", "Nope").await;
-    pb.browser
-        .find(Locator::Css("#add-company button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let refusal = pb.browser.find(Locator::Css(".flash.fail")).await;
-    let refusal = refusal.expect("B refuses the write with a message");
-    assert!(
-        refusal.text().await.unwrap().contains("read-only"),
-        "{}",
-        refusal.text().await.unwrap()
-    );
-
-    // The pictures for the README.
-    pa.visit("/portal/mirror/monitor").await;
-    pa.screenshot("monitor-mirrorA.png").await;
-    pb.visit("/portal/mirror/monitor").await;
-    pb.screenshot("monitor-mirrorB.png").await;
-    pa.visit("/apps/company").await;
-    pa.screenshot("company-mirrorA.png").await;
-    pb.visit("/apps/phonebook").await;
-    pb.screenshot("phonebook-mirrorB.png").await;
-    pa.visit("/portal/config/local-databases").await;
-    pa.screenshot("local-databases-mirrorA.png").await;
-
+    // On loopback every address must be typed; in the lab the defaults are right.
+    let typed = Typed {
+        create: vec![
+            ("arbiter_address", "127.0.0.1".into()),
+            ("arbiter_port", port_of(&arbiter.address).into()),
+            ("superserver_address", a.superserver.clone()),
+            ("agent_port", a.agent_port().to_string()),
+            ("mirror_private_address", a.superserver.clone()),
+            ("agent_address", "127.0.0.1".into()),
+        ],
+        join_first: vec![
+            ("agent_address", "127.0.0.1".into()),
+            ("agent_port", a.agent_port().to_string()),
+        ],
+        join_second: vec![
+            ("superserver_address", b.superserver.clone()),
+            ("agent_port_local", b.agent_port().to_string()),
+            ("mirror_private_address", b.superserver.clone()),
+            ("agent_address_local", "127.0.0.1".into()),
+        ],
+    };
+    click_through_walkthrough(&mut pa, &mut pb, &typed, &a.data_dir(), &b.data_dir()).await;
+    take_pictures(&mut pa, &mut pb, "loopback").await;
     pa.check_links().await;
     pb.check_links().await;
     pa.browser.close().await.unwrap();
