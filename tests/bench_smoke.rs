@@ -1,6 +1,7 @@
-//! Keeps `mirrorlab bench` working: one-second runs against a temporary standalone member and a
-//! temporary mirrored pair must both produce figures. No timing is asserted here; figures are for
-//! people (see the README).
+//! Keeps the benchmarks working: one-second runs against a temporary standalone member and a
+//! temporary mirrored pair, and the whole comparison harness (`bench/run.sh --smoke`, with
+//! PostgreSQL), must produce their figures. No timing is asserted here; figures are for people
+//! (see the README).
 
 mod common;
 
@@ -22,29 +23,86 @@ fn bench(args: &[&str]) -> String {
     stdout
 }
 
-#[test]
-fn bench_runs_against_a_temporary_member_and_prints_figures() {
-    let stdout = bench(&["--clients", "1,3", "--seconds", "1"]);
-    let rows: Vec<Vec<&str>> = stdout
+/// The rows of the comparison table: per client count, each system's four figures (commits/s,
+/// p50, p99, errors), then the two ratios.
+fn comparison_rows(stdout: &str) -> Vec<(usize, Vec<Vec<f64>>, Vec<String>)> {
+    stdout
         .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .filter(|cols| cols.len() == 6 && cols[0].parse::<usize>().is_ok())
-        .collect();
-    // Two client counts for the standalone member, two for the mirrored pair.
-    assert_eq!(rows.len(), 4, "four steps expected:\n{stdout}");
-    assert!(stdout.contains("standalone member"), "{stdout}");
-    assert!(stdout.contains("mirrored pair"), "{stdout}");
-    for row in rows {
-        let commits: f64 = row[1].parse().unwrap();
-        let errors: u64 = row[4].parse().unwrap();
-        assert!(commits > 0.0, "no commits in {row:?}");
-        assert_eq!(errors, 0, "errors in {row:?}");
-    }
+        .filter_map(|line| {
+            let parts: Vec<&str> = line.split('|').map(str::trim).collect();
+            let clients = parts.first()?.parse().ok()?;
+            let (systems, ratios) = parts[1..].split_at(parts.len().checked_sub(3)?);
+            let systems = systems
+                .iter()
+                .map(|s| s.split_whitespace().map(|n| n.parse().unwrap()).collect())
+                .collect();
+            Some((
+                clients,
+                systems,
+                ratios.iter().map(|r| r.to_string()).collect(),
+            ))
+        })
+        .collect()
 }
 
 #[test]
-fn the_failover_bench_kills_each_way_once_and_prints_figures() {
-    let stdout = bench(&["--mode", "failover", "--kills", "1", "--qos-ms", "1000"]);
+fn bench_runs_against_a_temporary_member_and_pair_and_prints_one_table() {
+    let stdout = bench(&["--clients", "1,3", "--seconds", "1"]);
+    let rows = comparison_rows(&stdout);
+    assert_eq!(rows.len(), 2, "two client counts expected:\n{stdout}");
+    for (clients, systems, ratios) in rows {
+        assert_eq!(systems.len(), 2, "standalone and mirrored:\n{stdout}");
+        for figures in systems {
+            assert!(
+                figures[0] > 0.0,
+                "no commits at {clients} clients:\n{stdout}"
+            );
+            assert_eq!(figures[3], 0.0, "errors at {clients} clients:\n{stdout}");
+        }
+        assert!(ratios[0].parse::<f64>().is_ok(), "{stdout}");
+        assert_eq!(ratios[1], "-", "no PostgreSQL in this run:\n{stdout}");
+    }
+}
+
+/// The whole harness (`bench/run.sh --smoke`): PostgreSQL with a synchronous standby beside
+/// both mirrorlab setups, the extra figures, and one kill of each kind.
+#[test]
+fn the_comparison_harness_runs_in_its_smoke_version() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let output = Command::new(format!("{root}/bench/run.sh"))
+        .arg("--smoke")
+        .env("MIRRORLAB_BIN", common::BINARY)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "bench/run.sh failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows = comparison_rows(&stdout);
+    assert_eq!(rows.len(), 2, "1 and 4 clients:\n{stdout}");
+    for (clients, systems, ratios) in rows {
+        assert_eq!(systems.len(), 3, "three systems:\n{stdout}");
+        for figures in systems {
+            assert!(
+                figures[0] > 0.0,
+                "no commits at {clients} clients:\n{stdout}"
+            );
+            assert_eq!(figures[3], 0.0, "errors at {clients} clients:\n{stdout}");
+        }
+        for ratio in ratios {
+            assert!(ratio.parse::<f64>().is_ok(), "{stdout}");
+        }
+    }
+    for line in [
+        "idle RSS of a fresh member",
+        "Mirror Monitor page on the primary",
+        "catchup of a 20000-row backlog",
+        "copy of COMPANY's file",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
+    }
     for kind in ["instance crash", "host killed", "host silent"] {
         let row = stdout
             .lines()

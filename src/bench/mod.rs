@@ -9,9 +9,15 @@
 //! dejournals every batch during the run. Both run the same steps; the table shows both and the
 //! ratio. Timing targets live here, never in tests.
 //!
-//! `--mode failover` measures takeovers instead (see `bench/failover.rs`).
+//! `--postgres CONNINFO` adds a third system to the same run: PostgreSQL with a synchronous
+//! standby, driven by `pgbench` (see `bench/postgres.rs`; `bench/run.sh` sets the servers up).
+//! `--mode all` adds the figures of `bench/extras.rs` (idle memory, the Mirror Monitor under
+//! load, catchup and copy rates). `--mode failover` measures takeovers instead (see
+//! `bench/failover.rs`).
 
+mod extras;
 mod failover;
+mod postgres;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -42,10 +48,18 @@ pub struct BenchArgs {
     /// API password.
     #[arg(long, default_value = "SYS")]
     password: String,
-    /// What to measure without `--url`: `both`, `standalone`, `mirrored`, or `failover` (time
+    /// What to measure without `--url`: `both`, `standalone`, `mirrored`, `all` (both, then
+    /// idle memory, the monitor page under load, catchup and copy rates), or `failover` (time
     /// from a kill to the first write accepted by the new primary).
     #[arg(long, default_value = "both")]
     mode: String,
+    /// Also measure PostgreSQL with a synchronous standby through `pgbench` at this primary
+    /// (a libpq connection string; `bench/run.sh` starts both servers).
+    #[arg(long)]
+    postgres: Option<String>,
+    /// `--mode all`: rows in the backlog the backup catches up on.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: u64,
     /// `--mode failover`: kills of each kind (instance crash, host loss).
     #[arg(long, default_value_t = 10)]
     kills: usize,
@@ -376,6 +390,118 @@ pub fn print_row(r: &StepResult) {
     );
 }
 
+/// The mirrored steps; with `extras`, the monitor page is timed during the step closest to 16
+/// clients, and catchup and copy are measured afterwards. Returns the extras' lines.
+async fn mirrored_steps(
+    client: &reqwest::Client,
+    args: &BenchArgs,
+    a: &TemporaryMember,
+    b: &TemporaryMember,
+    extras: bool,
+    results: &mut [Option<StepResult>],
+) -> Result<Vec<String>> {
+    let duration = Duration::from_secs(args.seconds);
+    let probe_at = args
+        .clients
+        .iter()
+        .copied()
+        .min_by_key(|c| c.abs_diff(16))
+        .unwrap_or(16);
+    let mut notes = Vec::new();
+    for (i, &clients) in args.clients.iter().enumerate() {
+        let writers = step(client, &a.url, "superuser", "SYS", clients.max(1), duration);
+        if extras && clients == probe_at && notes.is_empty() {
+            let cookie = extras::portal_session(&a.url, "superuser", "SYS").await?;
+            let monitor = extras::page_times(
+                client,
+                &a.url,
+                "/portal/mirror/monitor",
+                "Mirror Member Status",
+                &cookie,
+                duration,
+            );
+            let (r, times) = tokio::join!(writers, monitor);
+            let times = times?;
+            notes.push(format!(
+                "Mirror Monitor page on the primary during the {clients}-client mirrored step: \
+                 {} loads, p50 {:.2} ms, p99 {:.2} ms",
+                times.loads, times.p50_ms, times.p99_ms
+            ));
+            results[i] = Some(r);
+        } else {
+            results[i] = Some(writers.await);
+        }
+    }
+    if extras {
+        let caught = extras::catchup(client, a, b, args.rows).await?;
+        notes.push(format!(
+            "catchup of a {}-row backlog: {:.1} s, {:.0} rows/s; mirror journal {:.1} MB at {:.1} MB/s",
+            caught.rows,
+            caught.seconds,
+            caught.rows as f64 / caught.seconds.max(1e-9),
+            caught.journal_bytes as f64 / 1e6,
+            caught.journal_bytes as f64 / 1e6 / caught.seconds.max(1e-9)
+        ));
+        let copy = extras::copy_database(client, a).await?;
+        notes.push(format!(
+            "copy of COMPANY's file under Freeze (fsynced): {:.1} MB in {:.2} s, {:.0} MB/s",
+            copy.bytes as f64 / 1e6,
+            copy.seconds,
+            copy.bytes as f64 / 1e6 / copy.seconds.max(1e-9)
+        ));
+    }
+    Ok(notes)
+}
+
+/// One table: each system's commits/s, p50 and p99 per client count, and the ratios.
+fn print_comparison(clients: &[usize], results: &[Vec<Option<StepResult>>; 3]) {
+    let systems = ["standalone", "mirrored", "postgres-sync"];
+    let shown: Vec<usize> = (0..3)
+        .filter(|&s| results[s].iter().any(Option::is_some))
+        .collect();
+    println!();
+    let mut header = format!("{:>8}", "clients");
+    for &s in &shown {
+        header += &format!(
+            " | {:>13} {:>8} {:>8} {:>6}",
+            format!("{} c/s", systems[s]),
+            "p50 ms",
+            "p99 ms",
+            "errors"
+        );
+    }
+    header += " | mirrored/standalone | mirrored/postgres";
+    println!("{header}");
+    for (i, c) in clients.iter().enumerate() {
+        let mut line = format!("{c:>8}");
+        for &s in &shown {
+            match &results[s][i] {
+                Some(r) => {
+                    line += &format!(
+                        " | {:>13.0} {:>8.2} {:>8.2} {:>6}",
+                        r.commits_per_s, r.p50_ms, r.p99_ms, r.errors
+                    )
+                }
+                None => line += &format!(" | {:>38}", "-"),
+            }
+        }
+        let ratio = |over: usize| match (&results[1][i], &results[over][i]) {
+            (Some(m), Some(o)) => format!("{:.2}", m.commits_per_s / o.commits_per_s.max(1.0)),
+            _ => "-".into(),
+        };
+        line += &format!(" | {:>19} | {:>17}", ratio(0), ratio(2));
+        println!("{line}");
+    }
+    if let Some(fsyncs) = results[1]
+        .iter()
+        .flatten()
+        .map(|r| r.commits_per_fsync)
+        .reduce(f64::max)
+    {
+        println!("(mirrored: up to {fsyncs:.1} commits per journal fsync — group commit)");
+    }
+}
+
 /// Sets up a mirrored pair: A primary of mirror BENCH with COMPANY mirrored, B its active backup
 /// dejournaling a copy of COMPANY.
 async fn mirrored_pair(client: &reqwest::Client) -> Result<(TemporaryMember, TemporaryMember)> {
@@ -522,14 +648,15 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
         }
         return Ok(0);
     }
-    let (standalone, mirrored) = match args.mode.as_str() {
+    let (standalone, mirrored, extras) = match args.mode.as_str() {
         "failover" => return failover::run(&client, args.kills.max(1), args.qos_ms).await,
-        "both" => (true, true),
-        "standalone" => (true, false),
-        "mirrored" => (false, true),
+        "both" => (true, true, false),
+        "all" => (true, true, true),
+        "standalone" => (true, false, false),
+        "mirrored" => (false, true, false),
         other => {
             return Err(Error::InvalidInput(format!(
-                "--mode must be both, standalone, mirrored or failover, not {other:?}"
+                "--mode must be both, all, standalone, mirrored or failover, not {other:?}"
             )));
         }
     };
@@ -542,76 +669,51 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
             ""
         }
     );
-    let mut results: Vec<(Option<StepResult>, Option<StepResult>)> =
-        args.clients.iter().map(|_| (None, None)).collect();
+    let steps = args.clients.len();
+    let mut results: [Vec<Option<StepResult>>; 3] =
+        [vec![None; steps], vec![None; steps], vec![None; steps]];
+    let mut notes: Vec<String> = Vec::new();
     if standalone {
         let member = TemporaryMember::start(&client, "bench").await?;
+        if extras {
+            let idle = extras::idle_memory(&member).await?;
+            notes.push(format!(
+                "idle RSS of a fresh member: agent {:.1} MiB, instance {:.1} MiB, together {:.1} MiB",
+                idle.agent_kib as f64 / 1024.0,
+                idle.instance_kib as f64 / 1024.0,
+                (idle.agent_kib + idle.instance_kib) as f64 / 1024.0
+            ));
+        }
         for (i, &clients) in args.clients.iter().enumerate() {
-            results[i].0 = Some(
-                step(
-                    &client,
-                    &member.url,
-                    "superuser",
-                    "SYS",
-                    clients.max(1),
-                    duration,
-                )
-                .await,
-            );
+            let r = step(
+                &client,
+                &member.url,
+                "superuser",
+                "SYS",
+                clients.max(1),
+                duration,
+            )
+            .await;
+            results[0][i] = Some(r);
         }
         member.stop().await;
     }
     if mirrored {
         let (a, b) = mirrored_pair(&client).await?;
-        for (i, &clients) in args.clients.iter().enumerate() {
-            results[i].1 = Some(
-                step(
-                    &client,
-                    &a.url,
-                    "superuser",
-                    "SYS",
-                    clients.max(1),
-                    duration,
-                )
-                .await,
-            );
-        }
+        let outcome = mirrored_steps(&client, &args, &a, &b, extras, &mut results[1]).await;
         a.stop().await;
         b.stop().await;
+        notes.extend(outcome?);
     }
-    for (title, pick) in [
-        ("standalone member", 0usize),
-        ("mirrored pair (primary + active backup)", 1),
-    ] {
-        let rows: Vec<&StepResult> = results
-            .iter()
-            .filter_map(|r| {
-                if pick == 0 {
-                    r.0.as_ref()
-                } else {
-                    r.1.as_ref()
-                }
-            })
-            .collect();
-        if rows.is_empty() {
-            continue;
-        }
-        println!("\n{title}");
-        print_header();
-        for row in rows {
-            print_row(row);
+    if let Some(conninfo) = &args.postgres {
+        postgres::prepare(conninfo).await?;
+        for (i, &clients) in args.clients.iter().enumerate() {
+            results[2][i] = Some(postgres::step(conninfo, clients.max(1), duration).await?);
         }
     }
-    if standalone && mirrored {
-        println!("\nmirrored / standalone commits per second");
-        for (clients, (s, m)) in args.clients.iter().zip(&results) {
-            if let (Some(s), Some(m)) = (s, m) {
-                println!(
-                    "{clients:>8} clients: {:.2}",
-                    m.commits_per_s / s.commits_per_s.max(1.0)
-                );
-            }
-        }
+    print_comparison(&args.clients, &results);
+    for note in notes {
+        println!("{note}");
     }
     Ok(0)
 }
