@@ -5,8 +5,8 @@
 //! - **Idle RSS**: the resident memory (`VmRSS` in `/proc/<pid>/status`) of a fresh standalone
 //!   member's agent and instance, after two idle seconds.
 //! - **Monitor under load**: one client logs in to the portal like a browser (login form, CSRF
-//!   token, session cookie) and loads `/portal/mirror/monitor` over and over while the writers of
-//!   a mirrored step run; its p50 / p99 are the page's.
+//!   token, session cookie) and loads `/portal/mirror/monitor` twenty times a second while the
+//!   writers of a mirrored step run; its p50 / p99 are the page's.
 //! - **Catchup**: the backup is stopped (Stop Mirror On This Member), the primary inserts a
 //!   backlog of rows (10 000 per statement, so the backlog builds fast), the backup is started
 //!   again and the clock runs until its copy of COMPANY has applied the primary's last record:
@@ -111,6 +111,9 @@ fn cookies(headers: &reqwest::header::HeaderMap) -> String {
         .join("; ")
 }
 
+/// Time between the starts of two page loads.
+const PAGE_PACE: Duration = Duration::from_millis(50);
+
 /// Latency of a page loaded again and again for `duration`.
 pub struct PageTimes {
     pub loads: usize,
@@ -118,8 +121,8 @@ pub struct PageTimes {
     pub p99_ms: f64,
 }
 
-/// Loads `url` + `path` with the session `cookie` for `duration`, one load at a time; each
-/// must show `expect`.
+/// Loads `url` + `path` with the session `cookie` for `duration`, one load at a time and at
+/// most one per [`PAGE_PACE`]; each must show `expect`.
 pub async fn page_times(
     client: &reqwest::Client,
     url: &str,
@@ -153,6 +156,9 @@ pub async fn page_times(
                 "{url}{path} does not show {expect:?}"
             )));
         }
+        // Twenty loads a second: many people watching, not a flood that would itself take the
+        // writers' CPU away.
+        tokio::time::sleep(PAGE_PACE.saturating_sub(sent.elapsed())).await;
     }
     latencies_us.sort_unstable();
     Ok(PageTimes {
