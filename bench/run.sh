@@ -53,12 +53,23 @@ fi
 as_pg() {
     if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A port nothing listens on (a connection to it is refused).
+free_port() {
+    local port
+    while :; do
+        port=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return
+        fi
+    done
+}
 
 work="$(mktemp -d)"
 [ "$(id -u)" = 0 ] && chown postgres "$work"
 primary_port="$(free_port)"
 standby_port="$(free_port)"
+while [ "$standby_port" = "$primary_port" ]; do standby_port="$(free_port)"; done
 cleanup() {
     as_pg "$bin/pg_ctl" -D "$work/standby" -m fast stop >/dev/null 2>&1 || true
     as_pg "$bin/pg_ctl" -D "$work/primary" -m fast stop >/dev/null 2>&1 || true
