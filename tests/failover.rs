@@ -25,7 +25,7 @@ async fn a_restarted_primary_resumes_when_the_backup_could_not_take_over() {
     let stop = Arc::new(AtomicBool::new(false));
     let writers = start_writers(&a, 4, "akill", stop.clone());
     for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        common::before_fault(400).await;
         a.kill_instance().await;
         b.wait_mirror(10, "disconnected", |v| v["status"] == "Waiting")
             .await;
@@ -110,7 +110,7 @@ async fn the_backup_takes_over_when_the_primary_dies_and_the_old_primary_rejoins
         .await
         .unwrap();
     assert_eq!(created, 201);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::before_fault(500).await;
 
     // A comes back, learns that B took over, and follows it.
     a.start_instance().await;
@@ -295,7 +295,7 @@ async fn with_an_arbiter_the_backup_takes_over_when_the_primary_host_is_lost() {
     let mut a = a;
     let stop = Arc::new(AtomicBool::new(false));
     let writers = start_writers_on_primary([a.api(), b.api()], 4, "hostloss", stop.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::before_fault(500).await;
 
     // The whole host of the primary dies: its agent cannot answer, the arbiter decides.
     let killed = std::time::Instant::now();
@@ -313,7 +313,7 @@ async fn with_an_arbiter_the_backup_takes_over_when_the_primary_host_is_lost() {
         })
         .await;
     assert_eq!(view["role"], "Primary");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::before_fault(500).await;
 
     // The host comes back: A learns that B took over and follows it.
     a.restart_host();
@@ -335,7 +335,7 @@ async fn losing_the_arbiter_returns_to_agent_control_without_an_outage() {
     let (a, b) = (Arc::new(a), Arc::new(b));
     let stop = Arc::new(AtomicBool::new(false));
     let writers = start_writers(&a, 4, "noarbiter", stop.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::before_fault(300).await;
 
     arbiter.kill();
     for member in [&a, &b] {
@@ -454,7 +454,7 @@ async fn a_hung_primary_is_forced_down_and_the_backup_takes_over() {
     mirror_databases(&a, &b).await;
     let stop = Arc::new(AtomicBool::new(false));
     let writers = start_writers_on_primary([a.api(), b.api()], 4, "hang", stop.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::before_fault(500).await;
 
     // The primary hangs: its agent finds it silent, forces it down, and B takes over.
     let pid = a.status().await.pid.unwrap();
@@ -473,7 +473,7 @@ async fn a_hung_primary_is_forced_down_and_the_backup_takes_over() {
             .contains("signal 9"),
         "{status:?}"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::before_fault(500).await;
 
     a.start_instance().await;
     a.wait_ready().await;
@@ -586,6 +586,7 @@ async fn matrix_a_link_to_the_arbiter_lost_means_agent_control_and_no_outage() {
         let lab = arbiter_lab().await;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writers = start_writers_on_primary([lab.a.api(), lab.b.api()], 3, "arb", stop.clone());
+        common::before_fault(300).await;
         lab.arbiter_proxy.cut_member(cut);
         wait_agent_controlled(&lab).await;
         assert_eq!(lab.a.get("/api/mirror").await.1["status"], "Primary");
@@ -604,6 +605,7 @@ async fn matrix_the_members_losing_each_other_while_both_see_the_arbiter_keeps_t
     let lab = arbiter_lab().await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers = start_writers_on_primary([lab.a.api(), lab.b.api()], 3, "split", stop.clone());
+    common::before_fault(300).await;
     lab.data
         .blackhole
         .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -627,7 +629,7 @@ async fn matrix_an_isolated_primary_freezes_and_the_backup_takes_over_through_th
     let lab = arbiter_lab().await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers = start_writers_on_primary([lab.a.api(), lab.b.api()], 3, "isolated", stop.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::before_fault(300).await;
     // A is cut off from everyone (its agent stays reachable, as a separate path would).
     lab.data
         .blackhole
@@ -912,12 +914,12 @@ async fn a_primary_stopped_gracefully_hands_over_to_its_backup() {
     mirror_databases(&a, &b).await;
     let stop = Arc::new(AtomicBool::new(false));
     let writers = start_writers_on_primary([a.api(), b.api()], 4, "handover", stop.clone());
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    common::before_fault(400).await;
     a.stop_host().await;
     b.wait_mirror(10, "the primary", |v| v["role"] == "Primary")
         .await;
     assert!(b.log().contains("hands over"), "{}", b.log());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::before_fault(300).await;
     a.restart_host();
     a.wait_ready().await;
     a.wait_mirror(20, "B's backup", |v| v["status"] == "Backup")
@@ -930,6 +932,7 @@ async fn matrix_an_isolated_backup_leaves_the_primary_writing() {
     let lab = arbiter_lab().await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers = start_writers_on_primary([lab.a.api(), lab.b.api()], 3, "lonely", stop.clone());
+    common::before_fault(300).await;
     // B is cut off from A and from the arbiter: the arbiter confirms it lost B too, and A goes
     // on alone in agent mode after a brief pause.
     lab.data

@@ -57,3 +57,11 @@ else
 fi
 
 cargo test --locked "$@"
+
+# The fault tests again, with fresh seeds: their faults land at other moments of the write
+# stream each time (tests/common/mod.rs, before_fault). MIRRORLAB_FAULT_REPEATS sets how often.
+if [ $# -eq 0 ]; then
+    for _ in $(seq 1 "${MIRRORLAB_FAULT_REPEATS:-2}"); do
+        cargo test --locked --test failover
+    done
+fi

@@ -178,6 +178,9 @@ async fn measure(
                     send_signal(pid, Signal::Kill)?;
                 }
                 let _ = members[primary].child.wait().await;
+                // The killed instance is no child of ours: wait until it has really exited (and
+                // so let go of its data directory) before a new one starts on the same folder.
+                wait_exited(pid).await?;
                 members[primary].respawn()?;
             }
         }
@@ -185,4 +188,26 @@ async fn measure(
         primary = backup;
     }
     Ok(times)
+}
+
+/// Waits (up to 10 s) until process `pid` has exited: gone, or a zombie whose files are closed.
+async fn wait_exited(pid: u32) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let after_name = stat.rsplit_once(')')?.1.trim_start().to_string();
+                after_name.chars().next()
+            });
+        if matches!(state, None | Some('Z') | Some('X')) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Unavailable(format!(
+                "the killed instance (pid {pid}) did not exit"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

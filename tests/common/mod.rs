@@ -64,6 +64,19 @@ impl Rng {
     }
 }
 
+/// Lets writers run for about `ms` before the next fault: between half and one and a half times
+/// `ms`, drawn from one seeded random source per test process (its seed is printed), so that
+/// repeated runs — CI runs the fault tests more than once — hit each fault at a different moment
+/// of the write stream. `MIRRORLAB_TEST_SEED` replays a run.
+pub async fn before_fault(ms: u64) {
+    static RNG: std::sync::Mutex<Option<Rng>> = std::sync::Mutex::new(None);
+    let pause = {
+        let mut rng = RNG.lock().unwrap();
+        ms / 2 + rng.get_or_insert_with(Rng::from_env_or_clock).below(ms + 1)
+    };
+    tokio::time::sleep(Duration::from_millis(pause)).await;
+}
+
 /// Where a member's log can be read, for failure messages.
 #[derive(Clone)]
 pub enum LogSource {
