@@ -264,6 +264,9 @@ async fn the_compose_lab_walkthrough_and_its_faults() {
     take_pictures(&mut pa, &mut pb, "lab").await;
     pa.check_links().await;
     pb.check_links().await;
+    pa.browser.close().await.unwrap();
+    pb.browser.close().await.unwrap();
+    drop(driver);
     phase(started, "walk-through clicked");
 
     // The same facts through /api.

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,7 +30,10 @@ pub struct Driver {
 impl Driver {
     pub async fn start() -> Driver {
         let port = free_port();
+        // Its own process group, so that dropping the driver also ends every browser it
+        // started, whatever state the test left them in.
         let process = Command::new("chromedriver")
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -70,6 +74,11 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        let group = format!("-{}", self.process.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.process.kill();
         let _ = self.process.wait();
     }
@@ -179,10 +188,40 @@ impl Portal {
 
     /// Clicks, waits for the page the click leads to, and checks it.
     pub async fn click(&mut self, css: &str) {
+        // Mark the page shown now, so that the wait below sees the next one, not this one.
+        self.browser
+            .execute("document.documentElement.dataset.left = 'yes'", vec![])
+            .await
+            .unwrap();
+        self.tick(css).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let arrived = self
+                .browser
+                .execute(
+                    "return document.readyState === 'complete' \
+                     && document.documentElement.dataset.left !== 'yes'",
+                    vec![],
+                )
+                .await;
+            if arrived.is_ok_and(|v| v == json!(true)) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: clicking {css} led to no new page",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.checked().await;
+    }
+
+    /// Clicks something that stays on the page (a checkbox).
+    pub async fn tick(&self, css: &str) {
         let element = self.browser.find(Locator::Css(css)).await;
         let element = element.unwrap_or_else(|e| panic!("{}: no {css}: {e}", self.name));
         element.click().await.unwrap();
-        self.checked().await;
     }
 
     /// Reloads a page (the monitor refreshes itself too) until `text` is on it.
@@ -281,7 +320,7 @@ pub async fn click_through_walkthrough(
 
     // mirrorA: Enable Mirror Service, Create a Mirror (with the arbiter).
     pa.visit("/portal/mirror/settings").await;
-    pa.click("#enable-service input[name=enabled]").await;
+    pa.tick("#enable-service input[name=enabled]").await;
     pa.click("#enable-service button[type=submit]").await;
     pa.click("#create-mirror").await;
     pa.type_into("input[name=mirror_name]", "MIRRORSET").await;
@@ -292,7 +331,7 @@ pub async fn click_through_walkthrough(
 
     // mirrorB: Enable, Join as Failover in two steps.
     pb.visit("/portal/mirror/settings").await;
-    pb.click("#enable-service input[name=enabled]").await;
+    pb.tick("#enable-service input[name=enabled]").await;
     pb.click("#enable-service button[type=submit]").await;
     pb.click("#join-failover").await;
     pb.type_into("input[name=mirror_name]", "MIRRORSET").await;
@@ -332,7 +371,7 @@ pub async fn click_through_walkthrough(
     // Add to Mirror on A's Local Databases.
     pa.visit("/portal/config/local-databases").await;
     for db in DATABASES {
-        pa.click(&format!("#local-databases input[value={db}]"))
+        pa.tick(&format!("#local-databases input[value={db}]"))
             .await;
     }
     pa.click("#add-to-mirror button[type=submit]").await;
@@ -407,14 +446,14 @@ pub async fn click_through_walkthrough(
     // B is read-only: adding a company there is refused with a message on the page.
     pb.visit("/apps/company").await;
     pb.type_into("#add-company input[name=name]", "Nope").await;
-    pb.browser
-        .find(Locator::Css("#add-company button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let refusal = pb.browser.find(Locator::Css(".flash.fail")).await;
+    // Not `click`: the page that answers shows a failure, which `click` would reject.
+    pb.tick("#add-company button[type=submit]").await;
+    let refusal = pb
+        .browser
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(".flash.fail"))
+        .await;
     let refusal = refusal.expect("B refuses the write with a message");
     assert!(
         refusal.text().await.unwrap().contains("read-only"),
