@@ -610,8 +610,22 @@ fn describe_exit(exit: std::process::ExitStatus) -> String {
     }
 }
 
+/// How long a connection may wait between requests (or inside one) before the agent closes
+/// it: callers send their request at once, so a silent or half-sent request is not a caller's.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn serve_connection(supervisor: Arc<Supervisor>, mut stream: TcpStream) -> Result<()> {
-    while let Some(request) = read_frame::<_, AgentRequest>(&mut stream, MAX_AGENT_FRAME).await? {
+    loop {
+        let next = tokio::time::timeout(
+            IDLE_TIMEOUT,
+            read_frame::<_, AgentRequest>(&mut stream, MAX_AGENT_FRAME),
+        );
+        let Ok(next) = next.await else {
+            return Ok(());
+        };
+        let Some(request) = next? else {
+            return Ok(());
+        };
         let reply = match request {
             AgentRequest::Status => supervisor.reply(true, "status"),
             AgentRequest::Start => supervisor.start(),
@@ -643,7 +657,6 @@ async fn serve_connection(supervisor: Arc<Supervisor>, mut stream: TcpStream) ->
         };
         write_frame(&mut stream, &reply).await?;
     }
-    Ok(())
 }
 
 /// Runs the agent: starts the instance, answers on the agent port, stops everything on

@@ -55,6 +55,11 @@ impl Rng {
         Rng(seed | 1)
     }
 
+    /// A source with a given seed (for one of several tasks of a seeded test).
+    pub fn seeded(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
     /// The next number in `0..n`.
     pub fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;

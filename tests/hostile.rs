@@ -1,0 +1,130 @@
+//! Hostile bytes on the mirror's own ports. A mirrored pair with an arbiter runs with writers;
+//! meanwhile connections to both superserver ports, both agent ports and the arbiter send
+//! random bytes, a length prefix of 4 GiB, a body that is not JSON, JSON of the wrong shape,
+//! and half a frame followed by silence. Each such connection must be closed by the member
+//! (without an answer that acts on it), and afterwards nothing has changed: A is still the
+//! primary, B its active backup under the arbiter's control, every acknowledged write is on A,
+//! no two members accepted writes at once, and both hold the same rows.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use common::pair::*;
+use common::{Rng, TestArbiter, TestMember};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What one hostile connection sends.
+fn payload(kind: usize, rng: &mut Rng) -> Vec<u8> {
+    match kind {
+        // Random bytes, of a random length.
+        0 => (0..1 + rng.below(4096))
+            .map(|_| rng.below(256) as u8)
+            .collect(),
+        // A length prefix of 4 GiB, then a little.
+        1 => [0xff, 0xff, 0xff, 0xff, b'{', b'"'].to_vec(),
+        // A well-formed frame whose body is not JSON.
+        2 => frame(b"\x00\x01not json at all\xfe"),
+        // JSON of the wrong shape.
+        3 => frame(br#"{"op":"take_over","epoch":18446744073709551615,"member":"../../etc"}"#),
+        // Half a frame, then nothing.
+        _ => [0, 0, 0, 100, b'{'].to_vec(),
+    }
+}
+
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// Sends `bytes` to `address` and waits until the other side closes the connection; returns
+/// what it answered before closing.
+async fn send_and_wait_for_close(
+    name: &str,
+    address: &str,
+    bytes: &[u8],
+    within: Duration,
+) -> Vec<u8> {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    // The peer may close while we still write: that is a refusal too.
+    let _ = stream.write_all(bytes).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "{name} ({address}) kept a connection open {within:?} after {} hostile bytes ({:?}…)",
+        bytes.len(),
+        &bytes[..bytes.len().min(8)]
+    );
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_bytes_on_every_port_are_refused_and_the_mirror_keeps_working() {
+    let arbiter = TestArbiter::start().await;
+    let (a, b, _) = pair_full(2000, &[], false, Some(&arbiter.address)).await;
+    mirror_databases(&a, &b).await;
+    wait_arbiter_controlled(&a, &b).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers_on_primary([a.api(), b.api()], 3, "hostile", stop.clone());
+
+    let seed = Rng::from_env_or_clock().below(u64::MAX);
+    let ports = [
+        ("A's superserver", a.superserver.clone()),
+        ("B's superserver", b.superserver.clone()),
+        ("A's agent", a.agent.clone()),
+        ("B's agent", b.agent.clone()),
+        ("the arbiter", arbiter.address.clone()),
+    ];
+    // The ports are attacked at once; each gets every kind, three times but the slow last one
+    // (half a frame waits for the member's idle timeout).
+    let started = Instant::now();
+    let attacks = ports.into_iter().enumerate().map(|(i, (name, address))| {
+        tokio::spawn(async move {
+            let mut rng = Rng::seeded(seed.wrapping_add(i as u64));
+            for kind in 0..5 {
+                for _ in 0..if kind == 4 { 1 } else { 3 } {
+                    let bytes = payload(kind, &mut rng);
+                    let answer =
+                        send_and_wait_for_close(name, &address, &bytes, Duration::from_secs(15))
+                            .await;
+                    // An answer, if any, is a refusal.
+                    let text = String::from_utf8_lossy(&answer);
+                    assert!(
+                        !text.contains("\"ok\":true"),
+                        "{name} answered hostile bytes with {text}"
+                    );
+                }
+            }
+        })
+    });
+    for attack in attacks.collect::<Vec<_>>() {
+        attack.await.unwrap();
+    }
+    eprintln!("hostile connections done in {:?}", started.elapsed());
+
+    // Nothing changed.
+    let view = a.get("/api/mirror").await.1;
+    assert_eq!(view["status"], "Primary", "{view:#}");
+    assert_eq!(
+        TestMember::member_row(&view, "MIRRORB/IRIS")["journal_transfer"],
+        "Active",
+        "{view:#}"
+    );
+    wait_arbiter_controlled(&a, &b).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    finish_writers(&stop, writers, &a, &b).await;
+}
