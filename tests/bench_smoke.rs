@@ -45,20 +45,34 @@ fn comparison_rows(stdout: &str) -> Vec<(usize, Vec<Vec<f64>>, Vec<String>)> {
         .collect()
 }
 
+/// Checks the table has `steps` rows of `systems` systems, each with commits and no errors;
+/// returns each row's ratios.
+fn checked_rows(stdout: &str, steps: usize, systems: usize) -> Vec<Vec<String>> {
+    let rows = comparison_rows(stdout);
+    assert_eq!(
+        rows.len(),
+        steps,
+        "{steps} client counts expected:\n{stdout}"
+    );
+    rows.into_iter()
+        .map(|(clients, figures, ratios)| {
+            assert_eq!(figures.len(), systems, "{systems} systems:\n{stdout}");
+            for system in figures {
+                assert!(
+                    system[0] > 0.0,
+                    "no commits at {clients} clients:\n{stdout}"
+                );
+                assert_eq!(system[3], 0.0, "errors at {clients} clients:\n{stdout}");
+            }
+            ratios
+        })
+        .collect()
+}
+
 #[test]
 fn bench_runs_against_a_temporary_member_and_pair_and_prints_one_table() {
     let stdout = bench(&["--clients", "1,3", "--seconds", "1"]);
-    let rows = comparison_rows(&stdout);
-    assert_eq!(rows.len(), 2, "two client counts expected:\n{stdout}");
-    for (clients, systems, ratios) in rows {
-        assert_eq!(systems.len(), 2, "standalone and mirrored:\n{stdout}");
-        for figures in systems {
-            assert!(
-                figures[0] > 0.0,
-                "no commits at {clients} clients:\n{stdout}"
-            );
-            assert_eq!(figures[3], 0.0, "errors at {clients} clients:\n{stdout}");
-        }
+    for ratios in checked_rows(&stdout, 2, 2) {
         assert!(ratios[0].parse::<f64>().is_ok(), "{stdout}");
         assert_eq!(ratios[1], "-", "no PostgreSQL in this run:\n{stdout}");
     }
@@ -80,17 +94,7 @@ fn the_comparison_harness_runs_in_its_smoke_version() {
         "bench/run.sh failed: {stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let rows = comparison_rows(&stdout);
-    assert_eq!(rows.len(), 2, "1 and 4 clients:\n{stdout}");
-    for (clients, systems, ratios) in rows {
-        assert_eq!(systems.len(), 3, "three systems:\n{stdout}");
-        for figures in systems {
-            assert!(
-                figures[0] > 0.0,
-                "no commits at {clients} clients:\n{stdout}"
-            );
-            assert_eq!(figures[3], 0.0, "errors at {clients} clients:\n{stdout}");
-        }
+    for ratios in checked_rows(&stdout, 2, 3) {
         for ratio in ratios {
             assert!(ratio.parse::<f64>().is_ok(), "{stdout}");
         }
