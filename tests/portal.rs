@@ -250,6 +250,77 @@ async fn login_rejects_wrong_passwords_and_forged_forms() {
     assert_eq!(reply.location.as_deref(), Some("/portal/"));
 }
 
+/// GET `path` with the given `Authorization` header.
+async fn get_with(portal: &Portal, path: &str, authorization: &str) -> Reply {
+    let request = Request::get(path)
+        .header(header::AUTHORIZATION, authorization)
+        .body(Body::empty())
+        .unwrap();
+    portal.send(request).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_wrong_passwords_make_attempts_wait() {
+    let portal = Portal::new();
+    let encode = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let wrong = format!("Basic {}", encode("superuser:guess"));
+    // The right password in a header not seen before (the space is allowed), so it is checked.
+    let fresh_right = format!("Basic  {}", encode("superuser:SYS"));
+    // A script logged in before the guessing starts.
+    assert_eq!(portal.api("GET", "/api/databases", None).await.status, 200);
+    for _ in 0..mirrorlab::web::auth::FREE_FAILURES {
+        let reply = get_with(&portal, "/api/databases", &wrong).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.body);
+    }
+    // Now every attempt with that name waits — even with the right password, by either door.
+    let reply = get_with(&portal, "/api/databases", &fresh_right).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("try again in")
+    );
+    let page = portal.get("/portal/login", "").await;
+    let form = portal
+        .post_form(
+            "/portal/login",
+            &page.cookies[0],
+            &[
+                ("username", "superuser"),
+                ("password", "SYS"),
+                ("csrf", &csrf_of(&page.body)),
+            ],
+        )
+        .await;
+    assert_eq!(form.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        form.body.contains("Too many wrong passwords"),
+        "{}",
+        form.body
+    );
+    // The script that logged in before is not locked out.
+    assert_eq!(portal.api("GET", "/api/databases", None).await.status, 200);
+    // After the wait (one second after the fifth failure) the right password works, and the
+    // count starts over: the next wrong password is merely wrong.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        get_with(&portal, "/api/databases", &fresh_right)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_with(&portal, "/api/databases", &wrong).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_page_renders_for_a_logged_in_user() {
     let portal = Portal::new();

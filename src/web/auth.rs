@@ -16,6 +16,14 @@
 //! requests also accept a portal session, so the portal's own pages can refresh from `/api`.
 //! Writes through `/api` need Basic credentials and a JSON body, which a cross-site form cannot
 //! send.
+//!
+//! # Guessing
+//!
+//! After [`FREE_FAILURES`] wrong passwords in a row for one user name, every further attempt
+//! with that name — form or Basic — is refused without checking the password until a wait has
+//! passed: one second, doubling with each further failure, at most [`MAX_LOCKOUT`]. A right
+//! password after the wait clears the count. Credentials verified before keep working (a guesser
+//! cannot lock out the scripts already logged in), and an unknown name counts like a known one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -60,11 +68,37 @@ struct SessionData {
     flash: Option<Flash>,
 }
 
+/// Wrong passwords in a row for one user name before attempts must wait.
+pub const FREE_FAILURES: u32 = 5;
+/// The longest wait between attempts after repeated failures.
+pub const MAX_LOCKOUT: std::time::Duration = std::time::Duration::from_secs(300);
+/// User names whose failures are remembered at most (a flood of names starts over).
+const MAX_TRACKED_NAMES: usize = 10_000;
+
+/// Failed logins of one user name.
+#[derive(Debug, Default)]
+struct Failures {
+    in_a_row: u32,
+    locked_until: Option<std::time::Instant>,
+}
+
+/// The outcome of a login attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Login {
+    /// The password is right: the user's name.
+    Accepted(String),
+    /// Wrong user name or password (or none given).
+    Refused,
+    /// Too many failures for this name: try again after this long.
+    Throttled(std::time::Duration),
+}
+
 /// Sessions and remembered credentials.
 pub struct Auth {
     config: Arc<ConfigStore>,
     sessions: Mutex<HashMap<String, SessionData>>,
     verified_basic: Mutex<HashMap<String, String>>,
+    failures: Mutex<HashMap<String, Failures>>,
     /// Bumped on every password change.
     password_generation: std::sync::atomic::AtomicU64,
     /// Bounds concurrent password checks.
@@ -97,6 +131,7 @@ impl Auth {
             config,
             sessions: Mutex::new(HashMap::new()),
             verified_basic: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
             password_generation: std::sync::atomic::AtomicU64::new(0),
             checks: tokio::sync::Semaphore::new(4),
             dummy_hash: OnceLock::new(),
@@ -119,6 +154,37 @@ impl Auth {
                 false
             }
         }
+    }
+
+    /// A login attempt: the password is checked unless the name must wait (slow: call from a
+    /// blocking thread).
+    pub fn attempt_login(&self, user: &str, password: &str) -> Login {
+        if let Some(wait) = self.lockout(user) {
+            return Login::Throttled(wait);
+        }
+        if self.check_password(user, password) {
+            self.failures.lock().unwrap().remove(user);
+            return Login::Accepted(user.to_string());
+        }
+        let mut failures = self.failures.lock().unwrap();
+        if failures.len() >= MAX_TRACKED_NAMES && !failures.contains_key(user) {
+            failures.clear();
+        }
+        let entry = failures.entry(user.to_string()).or_default();
+        entry.in_a_row += 1;
+        if entry.in_a_row >= FREE_FAILURES {
+            let doublings = (entry.in_a_row - FREE_FAILURES).min(16);
+            let wait = std::time::Duration::from_secs(1 << doublings).min(MAX_LOCKOUT);
+            entry.locked_until = Some(std::time::Instant::now() + wait);
+        }
+        Login::Refused
+    }
+
+    /// How long attempts for `user` must still wait, if they must.
+    fn lockout(&self, user: &str) -> Option<std::time::Duration> {
+        let failures = self.failures.lock().unwrap();
+        let until = failures.get(user)?.locked_until?;
+        until.checked_duration_since(std::time::Instant::now())
     }
 
     /// Starts a session; returns its token.
@@ -185,11 +251,16 @@ impl Auth {
         self.session(&token, take_flash)
     }
 
-    /// The user named by a Basic `Authorization` header, if the credentials are right.
-    pub async fn basic_user(self: &Arc<Self>, headers: &HeaderMap) -> Option<String> {
+    /// The user named by a Basic `Authorization` header: accepted, refused (also without a
+    /// header), or throttled after too many failures.
+    pub async fn basic_user(self: &Arc<Self>, headers: &HeaderMap) -> Login {
+        self.check_basic(headers).await.unwrap_or(Login::Refused)
+    }
+
+    async fn check_basic(self: &Arc<Self>, headers: &HeaderMap) -> Option<Login> {
         let header = headers.get(AUTHORIZATION)?.to_str().ok()?.to_string();
         if let Some(user) = self.verified_basic.lock().unwrap().get(&header) {
-            return Some(user.clone());
+            return Some(Login::Accepted(user.clone()));
         }
         // A password change while this check runs must not let the old password back in.
         let generation = self
@@ -205,11 +276,12 @@ impl Auth {
         let (user, password) = decoded.split_once(':')?;
         let (user, password) = (user.to_string(), password.to_string());
         let auth = self.clone();
-        let ok = tokio::task::spawn_blocking(move || {
-            auth.check_password(&user, &password).then_some(user)
-        })
-        .await
-        .ok()??;
+        let login = tokio::task::spawn_blocking(move || auth.attempt_login(&user, &password))
+            .await
+            .ok()?;
+        let Login::Accepted(ok) = login else {
+            return Some(login);
+        };
         let mut cache = self.verified_basic.lock().unwrap();
         if self
             .password_generation
@@ -222,7 +294,7 @@ impl Auth {
             cache.clear();
         }
         cache.insert(header, ok.clone());
-        Some(ok)
+        Some(Login::Accepted(ok))
     }
 }
 
@@ -329,11 +401,20 @@ pub async fn require_api_user(
 ) -> Response {
     let headers = request.headers();
     let user = match state.auth.basic_user(headers).await {
-        Some(user) => Some(user),
-        None if request.method() == Method::GET => {
+        Login::Accepted(user) => Some(user),
+        Login::Throttled(wait) => {
+            return ApiError::response(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "too many wrong passwords for this user: try again in {} s",
+                    wait.as_secs() + 1
+                ),
+            );
+        }
+        Login::Refused if request.method() == Method::GET => {
             state.auth.user_of(headers, false).map(|u| u.name)
         }
-        None => None,
+        Login::Refused => None,
     };
     // Browsers remember Basic credentials and send them with cross-site requests: a request
     // that a browser marks as coming from another site may only read.

@@ -17,7 +17,7 @@ use crate::instance::users::{check_new_password, hash_password};
 use crate::names::{DbName, NamespaceName};
 use crate::util::{format_bytes, format_time, random_hex};
 
-use super::auth::{CsrfForm, PortalUser, constant_time_eq, cookie, set_cookie, with_cookie};
+use super::auth::{CsrfForm, Login, PortalUser, constant_time_eq, cookie, set_cookie, with_cookie};
 use super::error::PageError;
 use super::{AppState, Layout, flash_and_redirect};
 
@@ -145,18 +145,25 @@ async fn login_submit(
     }
     let auth = state.auth.clone();
     let (user, password) = (form.username.clone(), form.password);
-    let ok = tokio::task::spawn_blocking(move || auth.check_password(&user, &password))
+    let login = tokio::task::spawn_blocking(move || auth.attempt_login(&user, &password))
         .await
-        .unwrap_or(false);
-    if !ok {
-        let why = "Wrong user name or password.".to_string();
-        return login_form(
-            &state,
-            next,
-            form.username,
-            Some(why),
+        .unwrap_or(Login::Refused);
+    let refusal = match login {
+        Login::Accepted(_) => None,
+        Login::Refused => Some((
+            "Wrong user name or password.".to_string(),
             StatusCode::UNAUTHORIZED,
-        );
+        )),
+        Login::Throttled(wait) => Some((
+            format!(
+                "Too many wrong passwords for this user name: try again in {} seconds.",
+                wait.as_secs() + 1
+            ),
+            StatusCode::TOO_MANY_REQUESTS,
+        )),
+    };
+    if let Some((why, status)) = refusal {
+        return login_form(&state, next, form.username, Some(why), status);
     }
     let token = state.auth.create_session(&form.username);
     let response = with_cookie(
