@@ -405,7 +405,7 @@ pub async fn require_api_user(
         Login::Throttled(wait) => {
             return ApiError::response(
                 StatusCode::TOO_MANY_REQUESTS,
-                &format!(
+                format!(
                     "too many wrong passwords for this user: try again in {} s",
                     wait.as_secs() + 1
                 ),
