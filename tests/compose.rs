@@ -35,6 +35,9 @@ const QOS_MS: u64 = 2000;
 struct Lab {
     dir: tempfile::TempDir,
     compose: Vec<String>,
+    /// This process's user and group ids: the members run with them, so that everything they
+    /// write can be removed by this test.
+    ids: (String, String),
 }
 
 impl Lab {
@@ -70,6 +73,7 @@ impl Lab {
         let lab = Lab {
             dir,
             compose: compose_command(),
+            ids: ids(),
         };
         let up = lab.compose(&["up", "-d", "--no-build"]);
         assert!(up.status.success(), "compose up failed: {}", text(&up));
@@ -77,8 +81,7 @@ impl Lab {
     }
 
     fn compose(&self, args: &[&str]) -> Output {
-        // This process's ids, so the members write files this test may delete.
-        let (uid, gid) = ids();
+        let (uid, gid) = &self.ids;
         Command::new(&self.compose[0])
             .args(&self.compose[1..])
             .args(["--project-name", "mirrorlabtest"])

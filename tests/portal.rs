@@ -114,24 +114,27 @@ impl Portal {
         self.send(request.body(body).unwrap()).await
     }
 
-    /// Logs in through the form; returns the session cookie and the session's CSRF token.
-    async fn login(&self) -> (String, String) {
+    /// Opens the login page and submits its form as superuser with `password`, going on to
+    /// `next` afterwards.
+    async fn submit_login(&self, password: &str, next: &str) -> Reply {
         let page = self.get("/portal/login", "").await;
         assert_eq!(page.status, StatusCode::OK);
-        let login_cookie = page.cookies[0].clone();
-        let token = csrf_of(&page.body);
-        let reply = self
-            .post_form(
-                "/portal/login",
-                &login_cookie,
-                &[
-                    ("username", "superuser"),
-                    ("password", "SYS"),
-                    ("csrf", &token),
-                    ("next", "/portal/"),
-                ],
-            )
-            .await;
+        self.post_form(
+            "/portal/login",
+            &page.cookies[0],
+            &[
+                ("username", "superuser"),
+                ("password", password),
+                ("csrf", &csrf_of(&page.body)),
+                ("next", next),
+            ],
+        )
+        .await
+    }
+
+    /// Logs in through the form; returns the session cookie and the session's CSRF token.
+    async fn login(&self) -> (String, String) {
+        let reply = self.submit_login("SYS", "/portal/").await;
         assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
         let session = reply
             .cookies
@@ -234,19 +237,7 @@ async fn login_rejects_wrong_passwords_and_forged_forms() {
         .await;
     assert_eq!(forged.status, StatusCode::FORBIDDEN);
     // Only local paths are followed after login.
-    let page = portal.get("/portal/login", "").await;
-    let reply = portal
-        .post_form(
-            "/portal/login",
-            &page.cookies[0],
-            &[
-                ("username", "superuser"),
-                ("password", "SYS"),
-                ("csrf", &csrf_of(&page.body)),
-                ("next", "//evil.example/"),
-            ],
-        )
-        .await;
+    let reply = portal.submit_login("SYS", "//evil.example/").await;
     assert_eq!(reply.location.as_deref(), Some("/portal/"));
 }
 
@@ -286,18 +277,7 @@ async fn repeated_wrong_passwords_make_attempts_wait() {
             .unwrap()
             .contains("try again in")
     );
-    let page = portal.get("/portal/login", "").await;
-    let form = portal
-        .post_form(
-            "/portal/login",
-            &page.cookies[0],
-            &[
-                ("username", "superuser"),
-                ("password", "SYS"),
-                ("csrf", &csrf_of(&page.body)),
-            ],
-        )
-        .await;
+    let form = portal.submit_login("SYS", "/portal/").await;
     assert_eq!(form.status, StatusCode::TOO_MANY_REQUESTS);
     assert!(
         form.body.contains("Too many wrong passwords"),

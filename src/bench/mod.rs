@@ -408,9 +408,11 @@ async fn mirrored_steps(
         .min_by_key(|c| c.abs_diff(16))
         .unwrap_or(16);
     let mut notes = Vec::new();
+    let mut probed = false;
     for (i, &clients) in args.clients.iter().enumerate() {
         let writers = step(client, &a.url, "superuser", "SYS", clients.max(1), duration);
-        if extras && clients == probe_at && notes.is_empty() {
+        if extras && clients == probe_at && !probed {
+            probed = true;
             let cookie = extras::portal_session(&a.url, "superuser", "SYS").await?;
             let monitor = extras::page_times(
                 client,
