@@ -75,6 +75,8 @@ impl Lab {
             compose: compose_command(),
             ids: ids(),
         };
+        let version = lab.compose(&["version"]);
+        println!("compose: {} {}", lab.compose.join(" "), text(&version).trim());
         let up = lab.compose(&["up", "-d", "--no-build"]);
         assert!(up.status.success(), "compose up failed: {}", text(&up));
         lab
@@ -114,7 +116,15 @@ impl Drop for Lab {
     }
 }
 
+/// The Compose command the lab is driven with: `MIRRORLAB_COMPOSE` when set (a command line,
+/// e.g. the v2 binary `tests/docker/compose-v2.sh` prints, which also runs standalone), else
+/// `docker compose` (v2) when the Docker CLI has it, else `docker-compose` (1.29).
 fn compose_command() -> Vec<String> {
+    if let Ok(command) = std::env::var("MIRRORLAB_COMPOSE") {
+        let words: Vec<String> = command.split_whitespace().map(String::from).collect();
+        assert!(!words.is_empty(), "MIRRORLAB_COMPOSE is empty");
+        return words;
+    }
     let v2 = Command::new("docker").args(["compose", "version"]).output();
     if v2.is_ok_and(|o| o.status.success()) {
         vec!["docker".into(), "compose".into()]

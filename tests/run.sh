@@ -4,7 +4,8 @@
 #   - libclang, which the SQLite session extension's bindings are generated with;
 #   - Chromium and chromedriver, for the portal's browser test;
 # starts the Docker engine when it is installed but not running, and builds the image
-# mirrorlab:latest without a registry (tests/docker/build-offline.sh) for the compose test.
+# mirrorlab:latest without a registry (tests/docker/build-offline.sh) for the compose test,
+# which runs once with each Compose (v2 and 1.29).
 # A test whose tool is missing fails; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +58,20 @@ else
 fi
 
 cargo test --locked "$@"
+
+# The lab must work with Compose v2 and with docker-compose 1.29: the compose test ran with
+# the first of `docker compose` / `docker-compose` it found; run it again with the other one
+# (Compose v2 comes from Debian's packages when this machine has none: tests/docker/compose-v2.sh).
+if [ $# -eq 0 ]; then
+    if docker compose version >/dev/null 2>&1; then
+        if docker-compose version 2>/dev/null | grep -q 'version 1\.'; then
+            MIRRORLAB_COMPOSE=docker-compose cargo test --locked --test compose
+        fi
+    else
+        compose_v2=$(tests/docker/compose-v2.sh)
+        MIRRORLAB_COMPOSE="$compose_v2" cargo test --locked --test compose
+    fi
+fi
 
 # The fault tests again, with fresh seeds: their faults land at other moments of the write
 # stream each time (tests/common/mod.rs, before_fault). MIRRORLAB_FAULT_REPEATS sets how often.
