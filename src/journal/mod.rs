@@ -50,7 +50,7 @@ pub use record::{
 pub use segment::StreamId;
 pub use store::{
     DEFAULT_MAX_SEGMENT_BYTES, Journal, JournalIter, JournalOptions, JournalShared, OpenReport,
-    SegmentInfo,
+    ReadResume, SegmentInfo,
 };
 
 #[cfg(test)]
@@ -325,6 +325,68 @@ mod tests {
             .map(|r| r.unwrap().pos.0)
             .collect();
         assert_eq!(got, (334..=500).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn consecutive_reads_resume_where_the_last_stopped_across_files_and_cuts() {
+        let dir = tempfile::tempdir().unwrap();
+        // Small segments: reads cross file boundaries.
+        let (mut journal, _) =
+            Journal::open(dir.path(), STREAM, JournalOptions::local(3_000)).unwrap();
+        for batch in 0..30 {
+            append_batch(&mut journal, batch * 10 + 1, batch * 10 + 10);
+        }
+        let shared = journal.shared();
+        assert!(shared.segments().len() > 3, "{:?}", shared.segments());
+        let mut resume = None;
+        let mut after = JournalPos(0);
+        let mut seen = Vec::new();
+        for step in [7u64, 1, 30, 64, 5, 100, 93] {
+            let until = JournalPos(after.0 + step);
+            let mut records = shared.read_range_resuming(after, until, resume.as_ref());
+            seen.extend(records.by_ref().map(|r| r.unwrap().pos.0));
+            resume = records.resume_point();
+            after = until;
+        }
+        assert_eq!(seen, (1..=300).collect::<Vec<_>>());
+
+        // A resume point for another position is not used: the read starts where it is asked.
+        let mut records = shared.read_range(JournalPos(0), JournalPos(10));
+        records.by_ref().for_each(drop);
+        let stale = records.resume_point();
+        let got: Vec<u64> = shared
+            .read_range_resuming(JournalPos(200), JournalPos(205), stale.as_ref())
+            .map(|r| r.unwrap().pos.0)
+            .collect();
+        assert_eq!(got, (201..=205).collect::<Vec<_>>());
+
+        // After a cut, the same position may sit at another offset: the old point is not used.
+        let mut records = shared.read_range(JournalPos(0), JournalPos(295));
+        records.by_ref().for_each(drop);
+        let before_cut = records.resume_point();
+        journal.truncate_after(JournalPos(290)).unwrap();
+        // Rewritten with longer records: 296 no longer starts where it did.
+        let mut buf = Vec::new();
+        for pos in 291..=300 {
+            let mut longer = record(pos, 7);
+            if let RecordBody::Changes(changes) = &mut longer.body {
+                changes[0].changeset = vec![7; 333];
+            }
+            longer.encode_into(&mut buf);
+        }
+        journal.append(&buf, JournalPos(300), 10).unwrap();
+        journal.sync().unwrap();
+        let got: Vec<(u64, bool)> = shared
+            .read_range_resuming(JournalPos(295), JournalPos(300), before_cut.as_ref())
+            .map(|r| r.unwrap())
+            .map(|r| {
+                (
+                    r.pos.0,
+                    matches!(&r.body, RecordBody::Changes(c) if c[0].changeset.len() == 333),
+                )
+            })
+            .collect();
+        assert_eq!(got, (296..=300).map(|p| (p, true)).collect::<Vec<_>>());
     }
 
     #[test]

@@ -107,6 +107,9 @@ pub struct JournalShared {
     syncs: AtomicU64,
     /// Number of records appended since start.
     appended: AtomicU64,
+    /// Number of times records were cut off the end ([`Journal::truncate_after`]): a
+    /// [`ReadResume`] taken before a cut may point into rewritten bytes and is not used.
+    truncations: AtomicU64,
     /// Segments in position order; the last one is being appended to.
     segments: RwLock<Vec<Segment>>,
 }
@@ -211,9 +214,42 @@ impl JournalShared {
         self.read_range(after, self.durable_end())
     }
 
+    /// Like [`JournalShared::read_range`], but starts where an earlier read stopped when
+    /// `resume` says it stopped at `after`: no search from the nearest mark, no records read and
+    /// thrown away. Dejournaling reads the journal in many short consecutive ranges.
+    pub fn read_range_resuming(
+        &self,
+        after: JournalPos,
+        until: JournalPos,
+        resume: Option<&ReadResume>,
+    ) -> JournalIter {
+        let truncations = self.truncations.load(Ordering::Acquire);
+        if let Some(resume) = resume
+            .filter(|r| r.after == after && r.stream == self.stream && r.truncations == truncations)
+        {
+            let segments = self.segments.read().unwrap();
+            // A purged file is no longer listed: then read from the marks (and fail there).
+            if let Some(start) = segments.iter().position(|s| s.info.name == resume.name) {
+                return JournalIter {
+                    files: files_from(&segments[start..]),
+                    next_file: 0,
+                    first_offset: resume.offset,
+                    reader: None,
+                    after,
+                    until,
+                    stream: self.stream,
+                    truncations,
+                    failed: false,
+                };
+            }
+        }
+        self.read_range(after, until)
+    }
+
     /// Reads the records `after + 1 ..= until`, in order. `until` may lie beyond the durable
     /// end but not beyond the appended end.
     pub fn read_range(&self, after: JournalPos, until: JournalPos) -> JournalIter {
+        let truncations = self.truncations.load(Ordering::Acquire);
         let segments = self.segments.read().unwrap();
         let wanted = after.next();
         let start = segments
@@ -224,19 +260,39 @@ impl JournalShared {
             .get(start)
             .map(|s| nearest_mark(&s.marks, wanted))
             .unwrap_or(0);
-        let files = segments[start.min(segments.len())..]
-            .iter()
-            .map(|s| (s.info.path.clone(), s.info.name.clone()))
-            .collect();
         JournalIter {
-            files,
+            files: files_from(&segments[start.min(segments.len())..]),
             next_file: 0,
             first_offset: offset,
             reader: None,
             after,
             until,
+            stream: self.stream,
+            truncations,
+            failed: false,
         }
     }
+}
+
+fn files_from(segments: &[Segment]) -> Vec<(PathBuf, String)> {
+    segments
+        .iter()
+        .map(|s| (s.info.path.clone(), s.info.name.clone()))
+        .collect()
+}
+
+/// Where a read of the journal stopped, to start the next read of the following records there
+/// ([`JournalShared::read_range_resuming`]).
+#[derive(Debug, Clone)]
+pub struct ReadResume {
+    /// The last record read.
+    after: JournalPos,
+    /// The file and byte offset of the frame after it.
+    name: String,
+    offset: u64,
+    /// The journal it belongs to, and its truncation count when it was taken.
+    stream: StreamId,
+    truncations: u64,
 }
 
 /// The offset of the last mark at or before `pos` (0 = start of the file).
@@ -255,6 +311,29 @@ pub struct JournalIter {
     reader: Option<SegmentReader>,
     after: JournalPos,
     until: JournalPos,
+    stream: StreamId,
+    truncations: u64,
+    failed: bool,
+}
+
+impl JournalIter {
+    /// Where this read stopped, when a following read can start there: the last record read
+    /// and the offset of the frame after it in the file still open. `None` after an error, or
+    /// when the read stopped at a file's end (the next record is in the next file).
+    pub fn resume_point(&self) -> Option<ReadResume> {
+        if self.failed {
+            return None;
+        }
+        let reader = self.reader.as_ref()?;
+        let (_, name) = &self.files[self.next_file - 1];
+        Some(ReadResume {
+            after: self.after,
+            name: name.clone(),
+            offset: reader.offset(),
+            stream: self.stream,
+            truncations: self.truncations,
+        })
+    }
 }
 
 impl Iterator for JournalIter {
@@ -275,7 +354,10 @@ impl Iterator for JournalIter {
                 self.next_file += 1;
                 match SegmentReader::open_at(path, name, offset) {
                     Ok(reader) => self.reader = Some(reader),
-                    Err(err) => return Some(Err(err)),
+                    Err(err) => {
+                        self.failed = true;
+                        return Some(Err(err));
+                    }
                 }
             }
             match self.reader.as_mut().unwrap().next_record() {
@@ -283,6 +365,7 @@ impl Iterator for JournalIter {
                 Ok(Some(record)) => {
                     if record.pos != self.after.next() {
                         self.until = JournalPos::ZERO;
+                        self.failed = true;
                         return Some(Err(Error::Corrupt(format!(
                             "journal position {} is missing (found {} next)",
                             self.after.next(),
@@ -295,6 +378,7 @@ impl Iterator for JournalIter {
                 Ok(None) => self.reader = None,
                 Err(err) => {
                     self.until = JournalPos::ZERO;
+                    self.failed = true;
                     return Some(Err(err));
                 }
             }
@@ -460,6 +544,7 @@ impl Journal {
             current_bytes: AtomicU64::new(current_len),
             syncs: AtomicU64::new(0),
             appended: AtomicU64::new(0),
+            truncations: AtomicU64::new(0),
             segments: RwLock::new(segments),
         });
         Ok((
@@ -589,6 +674,7 @@ impl Journal {
         self.current_len = cut;
         self.end = pos;
         self.shared.current_bytes.store(cut, Ordering::Relaxed);
+        self.shared.truncations.fetch_add(1, Ordering::AcqRel);
         self.shared.appended_end.store(pos.0, Ordering::Release);
         self.shared.durable_end.store(pos.0, Ordering::Release);
         Ok(())
