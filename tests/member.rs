@@ -167,3 +167,95 @@ async fn restarting_installs_nothing_twice() {
     let (_, namespaces) = member.get("/api/namespaces").await;
     assert_eq!(namespaces.as_array().unwrap().len(), 2);
 }
+
+/// Text that would change the database if it were pasted into SQL instead of bound as a value.
+const INJECTIONS: [&str; 6] = [
+    "x'); DROP TABLE Company; --",
+    "' OR '1'='1",
+    "Robert'); DELETE FROM Company WHERE ('1'='1",
+    "1; UPDATE Company SET name = 'pwned'",
+    "\"; ATTACH DATABASE 'pwn.db' AS pwn; --",
+    "'||(SELECT group_concat(name) FROM sqlite_master)||'",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_injection_through_the_apps_is_stored_as_text_and_changes_nothing_else() {
+    let member = TestMember::start().await;
+    let (status, employer) = member
+        .post("/api/apps/companies", json!({"name": "Employer"}))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{employer}");
+    let schema_before = member
+        .sql(
+            "COMPANY",
+            "SELECT type, name, sql FROM sqlite_master ORDER BY name",
+        )
+        .await;
+
+    for text in INJECTIONS {
+        let tax_id: String = text.chars().take(40).collect(); // the field's limit
+        let (status, company) = member
+            .post(
+                "/api/apps/companies",
+                json!({"name": text, "mission": text, "tax_id": tax_id}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 201, "{text}: {company}");
+        assert_eq!(company["name"], json!(text), "{company}");
+        assert_eq!(company["mission"], json!(text), "{company}");
+        assert_eq!(company["tax_id"], json!(tax_id), "{company}");
+        let (status, contact) = member
+            .post(
+                "/api/apps/contacts",
+                json!({"name": text, "phone": "1", "company_id": employer["id"]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 201, "{text}: {contact}");
+        assert_eq!(contact["name"], json!(text));
+
+        // Ids and paging parameters are numbers or nothing.
+        let encoded = url::form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
+        for path in [
+            format!("/api/apps/companies/{encoded}"),
+            format!("/api/apps/companies?after={encoded}"),
+            format!("/api/apps/companies?limit={encoded}"),
+        ] {
+            let (status, body) = member.get(&path).await;
+            assert_eq!(status, 400, "{path}: {body}");
+        }
+    }
+
+    // Every text came back verbatim, nothing else changed: the other row, the table, the
+    // schema; no database was attached or created.
+    let (status, companies) = member.get("/api/apps/companies?limit=100").await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = companies
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    let mut expected = vec!["Employer"];
+    expected.extend(INJECTIONS);
+    assert_eq!(names, expected);
+    let schema_after = member
+        .sql(
+            "COMPANY",
+            "SELECT type, name, sql FROM sqlite_master ORDER BY name",
+        )
+        .await;
+    assert_eq!(schema_after, schema_before);
+    let attached = member.sql("COMPANY", "PRAGMA database_list").await;
+    assert!(!attached.to_string().contains("pwn"), "{attached}");
+    assert!(!member.data_dir().join("pwn.db").exists());
+    assert!(
+        std::fs::read_dir(member.data_dir()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("pwn"))
+    );
+}

@@ -151,7 +151,8 @@ impl Record {
         changes.iter().map(|c| c.db.as_str()).chain(single)
     }
 
-    /// Appends this record's frame to `out`.
+    /// Appends this record's frame to `out`: the inverse of [`decode_frame`] for every record it
+    /// returns (each `Changes` entry holds a non-empty changeset; an empty one is left out).
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         let mut frame = FrameBuilder::begin(out, self.pos, self.epoch, self.time_ms);
         match &self.body {
@@ -361,6 +362,11 @@ fn decode_body(body: &[u8]) -> std::result::Result<Record, String> {
             for _ in 0..count {
                 let db = r.short_str()?;
                 let len = r.u32()? as usize;
+                // The writer never journals an empty changeset (see `add_changes`): one here
+                // would also not survive re-encoding, which drops it.
+                if len == 0 {
+                    return Err(format!("empty changeset for database {db}"));
+                }
                 let changeset = r.take(len)?.to_vec();
                 changes.push(DbChanges { db, changeset });
             }
@@ -454,6 +460,41 @@ mod tests {
                     changeset: vec![9; 3],
                 },
             ]),
+        }
+    }
+
+    /// Found by `tests/fuzz.rs`: a record whose only changeset was empty encoded to a frame the
+    /// decoder refused, and one with an empty changeset beside others lost that entry on the way.
+    /// Such entries are now invalid in a frame, so encoding and decoding are exact inverses.
+    #[test]
+    fn an_empty_changeset_is_not_a_valid_entry() {
+        let mut frame = Vec::new();
+        let mut builder = FrameBuilder::begin(&mut frame, JournalPos(1), 1, 1);
+        assert!(!builder.add_changes("COMPANY", |_| Ok(())).unwrap());
+        assert!(builder.is_empty());
+        builder.abandon();
+        assert!(frame.is_empty());
+
+        // Written by hand: one entry of length 0.
+        let mut frame = Vec::new();
+        let mut builder = FrameBuilder::begin(&mut frame, JournalPos(1), 1, 1);
+        builder
+            .add_changes("COMPANY", |b| {
+                b.push(7);
+                Ok(())
+            })
+            .unwrap();
+        builder.finish();
+        let len_at = frame.len() - 5;
+        frame[len_at..len_at + 4].copy_from_slice(&0u32.to_le_bytes());
+        frame.pop();
+        let body_len = (frame.len() - FRAME_HEADER_LEN) as u32;
+        frame[4..8].copy_from_slice(&body_len.to_le_bytes());
+        let crc = frame_crc(&frame[4..8], &frame[FRAME_HEADER_LEN..]);
+        frame[8..12].copy_from_slice(&crc.to_le_bytes());
+        match decode_frame(&frame) {
+            Decoded::Invalid(why) => assert!(why.contains("empty changeset"), "{why}"),
+            other => panic!("decoded an empty changeset: {other:?}"),
         }
     }
 
