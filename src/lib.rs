@@ -46,6 +46,7 @@ pub mod ctl;
 pub mod error;
 pub mod instance;
 pub mod journal;
+pub mod limits;
 pub mod mirror;
 pub mod names;
 pub mod os;

@@ -128,3 +128,86 @@ async fn hostile_bytes_on_every_port_are_refused_and_the_mirror_keeps_working() 
     tokio::time::sleep(Duration::from_millis(300)).await;
     finish_writers(&stop, writers, &a, &b).await;
 }
+
+/// Opens `count` connections to `address` that send nothing, and returns them with how many the
+/// other side closed within two seconds.
+async fn idle_connections(address: &str, count: usize) -> (Vec<TcpStream>, usize) {
+    let mut streams = Vec::with_capacity(count);
+    for _ in 0..count {
+        streams.push(TcpStream::connect(address).await.unwrap());
+    }
+    let checks = streams.into_iter().map(|mut stream| {
+        tokio::spawn(async move {
+            let mut byte = [0u8; 1];
+            let closed = matches!(
+                tokio::time::timeout(Duration::from_secs(2), stream.read(&mut byte)).await,
+                Ok(Ok(0) | Err(_))
+            );
+            (stream, closed)
+        })
+    });
+    let mut kept = Vec::new();
+    let mut closed = 0;
+    for check in checks.collect::<Vec<_>>() {
+        let (stream, was_closed) = check.await.unwrap();
+        closed += was_closed as usize;
+        kept.push(stream);
+    }
+    (kept, closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_idle_connections_is_cut_off_and_the_mirror_keeps_working() {
+    use mirrorlab::limits::{AGENT_CONNECTIONS, ARBITER_CONNECTIONS, SUPERSERVER_CONNECTIONS};
+    let arbiter = TestArbiter::start().await;
+    let (a, b, _) = pair_full(2000, &[], false, Some(&arbiter.address)).await;
+    mirror_databases(&a, &b).await;
+    wait_arbiter_controlled(&a, &b).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers_on_primary([a.api(), b.api()], 3, "flood", stop.clone());
+
+    // More idle connections than each port serves: the surplus is closed at once, while the
+    // mirror's own connections (opened before) go on working.
+    let mut held = Vec::new();
+    for (name, address, limit) in [
+        (
+            "A's superserver",
+            a.superserver.clone(),
+            SUPERSERVER_CONNECTIONS,
+        ),
+        ("A's agent", a.agent.clone(), AGENT_CONNECTIONS),
+        ("the arbiter", arbiter.address.clone(), ARBITER_CONNECTIONS),
+    ] {
+        let extra = 40;
+        let (streams, closed) = idle_connections(&address, limit + extra).await;
+        eprintln!(
+            "{name}: {closed} of {} idle connections closed",
+            limit + extra
+        );
+        assert!(
+            closed >= extra,
+            "{name} kept {} idle connections open (limit {limit})",
+            limit + extra - closed
+        );
+        held.push(streams);
+    }
+    let (status, _) = a
+        .post(
+            "/api/apps/companies",
+            serde_json::json!({"name": "during the flood"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+    drop(held);
+
+    let view = a.get("/api/mirror").await.1;
+    assert_eq!(view["status"], "Primary", "{view:#}");
+    assert_eq!(
+        TestMember::member_row(&view, "MIRRORB/IRIS")["journal_transfer"],
+        "Active",
+        "{view:#}"
+    );
+    wait_arbiter_controlled(&a, &b).await;
+    finish_writers(&stop, writers, &a, &b).await;
+}

@@ -46,6 +46,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
+use crate::limits::{AGENT_CONNECTIONS, ConnectionSlots};
 use crate::os::{Signal, send_signal};
 use crate::util::now_ms;
 use crate::wire::{MAX_AGENT_FRAME, read_frame, write_frame};
@@ -692,12 +693,15 @@ pub async fn run(
         return Err(Error::Unavailable(first.message));
     }
     tokio::pin!(shutdown);
+    let slots = ConnectionSlots::new("agent", AGENT_CONNECTIONS);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    let Some(slot) = slots.try_take() else { continue };
                     let supervisor = supervisor.clone();
                     tokio::spawn(async move {
+                        let _slot = slot;
                         if let Err(err) = serve_connection(supervisor, stream).await {
                             tracing::debug!("agent connection ended: {err}");
                         }

@@ -36,6 +36,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 use crate::error::{Error, Result};
+use crate::limits::{ARBITER_CONNECTIONS, ConnectionSlots};
 use crate::mirror::failover::{ArbiterBook, Mode, ToPrimary};
 use crate::wire::{MAX_AGENT_FRAME, read_frame, write_frame};
 
@@ -451,12 +452,15 @@ pub async fn run(listen: &str, shutdown: impl std::future::Future<Output = ()>) 
         })
     };
     tokio::pin!(shutdown);
+    let slots = ConnectionSlots::new("arbiter", ARBITER_CONNECTIONS);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    let Some(slot) = slots.try_take() else { continue };
                     let state = state.clone();
                     tokio::spawn(async move {
+                        let _slot = slot;
                         if let Err(err) = serve(state, stream).await {
                             tracing::debug!("arbiter connection ended: {err}");
                         }

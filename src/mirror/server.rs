@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::journal::{JournalPos, JournalShared};
+use crate::limits::{ConnectionSlots, SUPERSERVER_CONNECTIONS};
 use crate::util::now_ms;
 
 use super::MirrorContext;
@@ -42,15 +43,21 @@ pub fn start(
     std::thread::Builder::new()
         .name("superserver".into())
         .spawn(move || {
+            let slots = ConnectionSlots::new("superserver", SUPERSERVER_CONNECTIONS);
             for stream in listener.incoming() {
                 if stop.load(Ordering::Acquire) {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
+                // Full: the connection is closed (dropped) before a thread is spent on it.
+                let Some(slot) = slots.try_take() else {
+                    continue;
+                };
                 let context = context.clone();
                 let _ = std::thread::Builder::new()
                     .name("mirror-link".into())
                     .spawn(move || {
+                        let _slot = slot;
                         let peer = stream
                             .peer_addr()
                             .map(|a| a.to_string())
