@@ -93,6 +93,11 @@ pub enum FromArbiter {
         /// Take over.
         take_over: bool,
     },
+    /// To the primary: its mode is booked (the answer to [`ToArbiter::Mode`]).
+    ModeBooked {
+        /// The mode booked is arbiter controlled.
+        arbiter: bool,
+    },
     /// To a former primary: the backup took over.
     BackupTookOver,
     /// To the primary: the backup stood down (it will not take over).
@@ -292,6 +297,8 @@ impl Arbiter {
                 record
                     .book
                     .primary_mode(if *arbiter { Mode::Arbiter } else { Mode::Agent });
+                // The primary enters arbiter mode only on this confirmation.
+                record.send(true, FromArbiter::ModeBooked { arbiter: *arbiter });
             }
             ToArbiter::StoodDown if !primary => {
                 // It cannot take over through the arbiter any more: the primary may go on.

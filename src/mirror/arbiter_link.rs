@@ -191,6 +191,9 @@ fn connection(
                     FromArbiter::PartnerStoodDown => {
                         arbiter.events.push_back(Event::PartnerStoodDown)
                     }
+                    FromArbiter::ModeBooked { arbiter: booked } => {
+                        arbiter.events.push_back(Event::ArbiterBookedMode(booked))
+                    }
                     FromArbiter::Heartbeat | FromArbiter::Status { .. } => {}
                 }
             }

@@ -298,14 +298,20 @@ impl Driver {
             }
             // Lifted after the tick, with the hub's loss generation (see `step`).
             Action::ResumeWrites | Action::RevokeActive => {}
+            Action::BookArbiterMode => context
+                .mirror
+                .tell_arbiter(ToArbiter::Mode { arbiter: true }),
             Action::SwitchMode(mode) => {
                 tracing::info!("mirror: {}", mode.display());
                 let arbiter = mode == Mode::Arbiter;
                 if context.mirror.role() == Role::Primary {
-                    // The arbiter books the primary's mode; the backup follows it.
+                    // The arbiter books the primary's mode (arbiter mode before the switch, see
+                    // `Action::BookArbiterMode`); the backup follows it.
                     let mut link = context.mirror.arbiter.lock().unwrap();
                     link.primary_in_arbiter_mode = arbiter;
-                    link.outbox.push_back(ToArbiter::Mode { arbiter });
+                    if !arbiter {
+                        link.outbox.push_back(ToArbiter::Mode { arbiter });
+                    }
                     drop(link);
                     context
                         .mirror

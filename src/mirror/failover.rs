@@ -129,6 +129,8 @@ pub enum Event {
     /// The arbiter says whether it sees the other member. To a primary that asked, `false` also
     /// means the arbiter recorded that it goes on alone.
     ArbiterSeesPartner(bool),
+    /// Primary: the arbiter booked the mode it was asked to (see [`Action::BookArbiterMode`]).
+    ArbiterBookedMode(bool),
     /// Backup: the arbiter's answer to "may I take over?".
     ArbiterVerdict {
         /// The arbiter lost the primary while it was in arbiter mode, and recorded the takeover.
@@ -152,6 +154,10 @@ pub enum Action {
     ResumeWrites,
     /// The backup is no longer active: writes stop waiting for its acknowledgements.
     RevokeActive,
+    /// Primary: ask the arbiter to book arbiter mode. The primary enters it (and shows it) only
+    /// once the arbiter confirmed ([`Event::ArbiterBookedMode`]): until the arbiter knows, a
+    /// backup that loses the primary could not take over through it.
+    BookArbiterMode,
     /// This member's mode changed: show it, and tell the other member and the arbiter.
     SwitchMode(Mode),
     /// Primary: ask the backup to leave arbiter mode (the primary follows when it has).
@@ -189,6 +195,8 @@ pub struct Failover {
     arbiter_sees_partner: Option<bool>,
     /// Primary: asked the backup to leave arbiter mode, waiting for its report.
     leaving_arbiter_mode: bool,
+    /// Primary: asked the arbiter to book arbiter mode, waiting for its confirmation.
+    booking_arbiter_mode: bool,
     /// Backup: when it noticed the primary was gone (ms).
     lost_ms: Option<u64>,
     /// Backup: an agent question is outstanding since this time (ms).
@@ -213,6 +221,7 @@ impl Failover {
             arbiter_connected: false,
             arbiter_sees_partner: None,
             leaving_arbiter_mode: false,
+            booking_arbiter_mode: false,
             lost_ms: None,
             asked_agent_ms: None,
             asked_arbiter: false,
@@ -282,6 +291,7 @@ impl Failover {
             Event::ArbiterLost => self.arbiter_lost(&mut out),
             Event::ArbiterSeesPartner(sees) => self.arbiter_sees(sees, &mut out),
             Event::ArbiterVerdict { take_over } => self.verdict(take_over, &mut out),
+            Event::ArbiterBookedMode(arbiter) => self.arbiter_booked(arbiter, &mut out),
             Event::PartnerConnected => self.partner_connected(&mut out),
             Event::PartnerActive => {
                 if self.partner_connected {
@@ -334,17 +344,39 @@ impl Failover {
         }
     }
 
-    /// The primary enters arbiter mode when the backup is active and both are on the arbiter;
-    /// it tells the backup, which follows (see [`Failover::partner_mode`]).
-    fn maybe_enter_arbiter_mode(&mut self, out: &mut Vec<Action>) {
-        if self.role == FailoverRole::Primary
+    /// Whether this primary may be in arbiter mode: the backup is active and both are on the
+    /// arbiter.
+    fn may_enter_arbiter_mode(&self) -> bool {
+        self.role == FailoverRole::Primary
             && self.mode == Mode::Agent
             && self.trouble.is_none()
             && self.partner_connected
             && self.active
             && self.arbiter_connected
             && self.arbiter_sees_partner == Some(true)
-        {
+    }
+
+    /// The primary enters arbiter mode when the backup is active and both are on the arbiter:
+    /// first the arbiter books it, then the primary switches and tells the backup, which follows
+    /// (see [`Failover::partner_mode`]). Switching first would leave a window in which everyone
+    /// shows Arbiter Controlled but the arbiter still refuses the backup a takeover, because it
+    /// never heard of the mode: a primary lost then would not be replaced.
+    fn maybe_enter_arbiter_mode(&mut self, out: &mut Vec<Action>) {
+        if self.may_enter_arbiter_mode() && !self.booking_arbiter_mode {
+            self.booking_arbiter_mode = true;
+            out.push(Action::BookArbiterMode);
+        }
+    }
+
+    /// The arbiter booked the mode: switch, if that still holds. (If it no longer does, the
+    /// booking is harmless: the backup asks the arbiter only in arbiter mode, which it enters
+    /// only when this primary tells it to.)
+    fn arbiter_booked(&mut self, arbiter: bool, out: &mut Vec<Action>) {
+        if !arbiter || !self.booking_arbiter_mode {
+            return;
+        }
+        self.booking_arbiter_mode = false;
+        if self.may_enter_arbiter_mode() {
             self.mode = Mode::Arbiter;
             self.leaving_arbiter_mode = false;
             out.push(Action::SwitchMode(Mode::Arbiter));
@@ -448,6 +480,8 @@ impl Failover {
     fn arbiter_lost(&mut self, out: &mut Vec<Action>) {
         self.arbiter_connected = false;
         self.arbiter_sees_partner = None;
+        // A booking asked of the lost connection gets no answer: ask again on the next one.
+        self.booking_arbiter_mode = false;
         match self.role {
             FailoverRole::Primary => {
                 if self.mode != Mode::Arbiter {

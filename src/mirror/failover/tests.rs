@@ -32,8 +32,11 @@ fn pair(arbiter: bool) -> (Failover, Failover, ArbiterBook) {
             0,
             &[Event::ArbiterConnected, Event::ArbiterSeesPartner(true)],
         );
-        assert_eq!(actions, vec![Action::SwitchMode(Mode::Arbiter)]);
+        assert_eq!(actions, vec![Action::BookArbiterMode]);
+        assert_eq!(p.mode(), Mode::Agent, "the primary waits for the arbiter's booking");
         book.primary_mode(Mode::Arbiter);
+        let actions = feed(&mut p, 0, &[Event::ArbiterBookedMode(true)]);
+        assert_eq!(actions, vec![Action::SwitchMode(Mode::Arbiter)]);
         feed(
             &mut b,
             0,
@@ -81,7 +84,35 @@ fn a_backup_that_is_not_active_keeps_the_pair_in_agent_mode() {
     assert!(actions.is_empty(), "{actions:?}");
     assert_eq!(p.mode(), Mode::Agent);
     let actions = feed(&mut p, 0, &[Event::PartnerActive]);
+    assert_eq!(actions, vec![Action::BookArbiterMode]);
+    let actions = feed(&mut p, 0, &[Event::ArbiterBookedMode(true)]);
     assert_eq!(actions, vec![Action::SwitchMode(Mode::Arbiter)]);
+}
+
+#[test]
+fn the_primary_enters_arbiter_mode_only_once_the_arbiter_booked_it() {
+    let mut p = Failover::new(FailoverRole::Primary, QOS);
+    let events = [
+        Event::PartnerConnected,
+        Event::PartnerActive,
+        Event::ArbiterConnected,
+        Event::ArbiterSeesPartner(true),
+    ];
+    assert_eq!(feed(&mut p, 0, &events), vec![Action::BookArbiterMode]);
+    // Asked once: further events do not ask again while the answer is on its way.
+    assert!(feed(&mut p, 10, &[Event::Tick, Event::ArbiterSeesPartner(true)]).is_empty());
+    assert_eq!(p.mode(), Mode::Agent);
+    // The arbiter connection breaks before the answer: ask again on the next one.
+    feed(&mut p, 20, &[Event::ArbiterLost]);
+    assert_eq!(
+        feed(&mut p, 30, &[Event::ArbiterConnected, Event::ArbiterSeesPartner(true)]),
+        vec![Action::BookArbiterMode]
+    );
+    // The backup is lost before the booking arrives: no switch.
+    feed(&mut p, 40, &[Event::PartnerLost]);
+    let actions = feed(&mut p, 50, &[Event::ArbiterBookedMode(true)]);
+    assert!(!actions.contains(&Action::SwitchMode(Mode::Arbiter)), "{actions:?}");
+    assert_eq!(p.mode(), Mode::Agent);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -84,7 +84,9 @@ impl World {
             b.handle(0, Event::ArbiterConnected);
             let answer = book.ask_from_primary();
             p.handle(0, super::to_primary(answer));
-            book.primary_mode(p.mode());
+            // The primary asks the arbiter to book arbiter mode, and switches on its answer.
+            book.primary_mode(Mode::Arbiter);
+            p.handle(0, Event::ArbiterBookedMode(true));
             b.handle(0, Event::ArbiterSeesPartner(true));
             b.handle(0, Event::PartnerMode(Mode::Arbiter));
             assert_eq!((p.mode(), b.mode()), (Mode::Arbiter, Mode::Arbiter));
@@ -184,6 +186,12 @@ impl World {
                     self.book.primary_mode(mode);
                 }
                 self.send(Who::B, Event::PartnerMode(mode), Link::Pb);
+            }
+            (Who::P, Action::BookArbiterMode) => {
+                if self.pa {
+                    self.book.primary_mode(Mode::Arbiter);
+                    self.send(Who::P, Event::ArbiterBookedMode(true), Link::Pa);
+                }
             }
             (Who::B, Action::SwitchMode(mode)) => {
                 self.send(Who::P, Event::PartnerMode(mode), Link::Pb)
