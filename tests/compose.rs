@@ -76,7 +76,11 @@ impl Lab {
             ids: ids(),
         };
         let version = lab.compose(&["version"]);
-        println!("compose: {} {}", lab.compose.join(" "), text(&version).trim());
+        println!(
+            "compose: {} {}",
+            lab.compose.join(" "),
+            text(&version).trim()
+        );
         let up = lab.compose(&["up", "-d", "--no-build"]);
         assert!(up.status.success(), "compose up failed: {}", text(&up));
         lab

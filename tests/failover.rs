@@ -9,9 +9,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestMember;
 use common::pair::*;
-use serde_json::json;
+use common::{Api, TestMember};
+use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_primary_resumes_when_the_backup_could_not_take_over() {
@@ -764,13 +764,6 @@ async fn an_async_member_never_delays_commits_and_follows_the_new_primary() {
     };
     c.refused(
         "/api/mirror/join-async",
-        join("reporting_rw"),
-        409,
-        "Read-Write Reporting",
-    )
-    .await;
-    c.refused(
-        "/api/mirror/join-async",
         join("sideways"),
         400,
         "Async Member System Type",
@@ -956,4 +949,129 @@ async fn matrix_an_isolated_backup_leaves_the_primary_writing() {
     let acked = stop_writers(&stop, writers).await;
     assert_identical(&lab.a, &lab.b).await;
     assert_all_present(&lab.b, &acked, "B").await;
+}
+
+/// The name of company `id` on `member`, if it has that row.
+async fn company_name(member: &Api, id: &Value) -> Option<String> {
+    let (status, body) = member.get(&format!("/api/apps/companies/{id}")).await;
+    (status == 200).then(|| body["name"].as_str().unwrap().to_string())
+}
+
+async fn rename_company(member: &Api, id: &Value, name: &str) {
+    let reply = member
+        .client
+        .put(format!("{}/api/apps/companies/{id}", member.url))
+        .basic_auth("superuser", Some("SYS"))
+        .json(&json!({ "name": name }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 200, "rename to {name}");
+}
+
+/// Waits (up to 10 s) until `check` holds for company `id` on `member`.
+async fn wait_company(member: &Api, id: &Value, what: &str, check: impl Fn(Option<&str>) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let name = company_name(member, id).await;
+        if check(name.as_deref()) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "company {id}: {what}; it is {name:?}\n{}",
+            member.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_write_reporting_async_takes_local_writes_that_are_never_propagated() {
+    let (a, b) = pair(1000).await;
+    mirror_databases(&a, &b).await;
+    let c = TestMember::start_named("mirrorc").await;
+    c.ok("/api/mirror/service", json!({"enabled": true})).await;
+    c.ok(
+        "/api/mirror/join-async",
+        json!({
+            "mirror_name": "MIRRORSET",
+            "agent_address": format!("127.0.0.1:{}", a.agent_port()),
+            "superserver_address": c.superserver,
+            "agent_address_local": "127.0.0.1",
+            "agent_port_local": c.agent_port(),
+            "async_type": "reporting_rw",
+        }),
+    )
+    .await;
+    copy_databases(&a, &c).await;
+    let view = a
+        .wait_mirror(10, "with C connected", |v| {
+            TestMember::member_row(v, "MIRRORC/IRIS")["status"] == "Connected"
+        })
+        .await;
+    assert_eq!(
+        TestMember::member_row(&view, "MIRRORC/IRIS")["type"],
+        "Read-Write Reporting"
+    );
+    c.refused("/api/mirror/promote", json!({}), 409, "never be promoted")
+        .await;
+
+    // The primary's rows arrive; C's own writes are accepted and stay on C.
+    let shared = created(&a, "/api/apps/companies", json!({"name": "from A"})).await;
+    wait_company(&c, &shared["id"], "reach C", |n| n == Some("from A")).await;
+    // (An id far above the primary's: a row the primary later writes under the same key would
+    // replace it, as the primary's version wins.)
+    c.sql(
+        "COMPANY",
+        "INSERT INTO Company (id, name, created_at) VALUES (1000000, 'only on C', 'now')",
+    )
+    .await;
+    let local = json!(1000000);
+    wait_company(&c, &local, "be written on C", |n| n == Some("only on C")).await;
+    rename_company(&c, &shared["id"], "changed on C").await;
+    created(&a, "/api/apps/companies", json!({"name": "after C wrote"})).await;
+    wait_company(&c, &shared["id"], "keep C's change", |n| {
+        n == Some("changed on C")
+    })
+    .await;
+    for member in [&a, &b] {
+        assert!(!all_names(member).await.contains("only on C"));
+        assert_eq!(
+            company_name(member, &shared["id"]).await.as_deref(),
+            Some("from A")
+        );
+    }
+
+    // The primary changes the row C changed: the primary's version wins on C, and dejournaling
+    // goes on.
+    rename_company(&a, &shared["id"], "A's version").await;
+    wait_company(&c, &shared["id"], "take A's version", |n| {
+        n == Some("A's version")
+    })
+    .await;
+
+    // C's local write survives a crash of its instance, and C follows again after it.
+    c.kill_instance().await;
+    c.start_instance().await;
+    c.wait_ready().await;
+    let later = created(
+        &a,
+        "/api/apps/companies",
+        json!({"name": "after C restarted"}),
+    )
+    .await;
+    wait_company(&c, &later["id"], "reach C after its restart", |n| {
+        n == Some("after C restarted")
+    })
+    .await;
+    let names = all_names(&c).await;
+    assert!(
+        names.contains("only on C") && names.contains("after C wrote"),
+        "{names:?}"
+    );
+    // Nothing of C's ever reached the failover members, and they are identical.
+    assert!(!all_names(&a).await.contains("only on C"));
+    assert_eq!(company_name(&a, &local).await, None);
+    assert_identical(&a, &b).await;
 }

@@ -211,13 +211,19 @@ pub fn read_config(data_dir: &Path) -> Result<Option<InstanceConfig>> {
 
 /// The catalog (runtime view) that a configuration describes, for a member that is (or is not)
 /// the primary. A mirrored database is writable only on the primary; everywhere else it is a
-/// read-only copy the journal is applied to.
+/// read-only copy the journal is applied to — except on a Read-Write Reporting async, whose
+/// copies also take local writes that are never propagated.
 pub fn catalog_state(config: &InstanceConfig, data_dir: &Path, primary: bool) -> CatalogState {
     let mirror = config
         .mirror
         .membership
         .as_ref()
         .map(|m| m.mirror.name.clone());
+    let read_write_reporting = config
+        .mirror
+        .membership
+        .as_ref()
+        .is_some_and(|m| m.this.kind == crate::mirror::config::MemberKind::ReportingRw);
     let databases = config
         .databases
         .iter()
@@ -231,7 +237,8 @@ pub fn catalog_state(config: &InstanceConfig, data_dir: &Path, primary: bool) ->
                 directory: d.directory.clone(),
                 file: CatalogState::file_path(data_dir, &d.directory),
                 mounted: d.mounted,
-                read_only: mirrored.is_some() && !primary,
+                read_only: mirrored.is_some() && !primary && !read_write_reporting,
+                local_writes: mirrored.is_some() && !primary && read_write_reporting,
                 mirrored,
             };
             (d.name.clone(), entry)

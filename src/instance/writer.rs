@@ -64,7 +64,8 @@ use crate::mirror::hub::Acknowledged;
 use crate::mirror::state::{CatchupPhase, MirrorState, Role};
 use crate::names::{DbName, NamespaceName};
 use crate::storage::database::{
-    self, Applier, META_TABLE, apply_schema_qualified, is_qualified_schema, set_applied_sql,
+    self, Applier, META_TABLE, OnConflict, apply_schema_qualified, is_qualified_schema,
+    set_applied_sql,
 };
 use crate::storage::{Catalog, DatabaseEntry, NamespaceConn, Purpose};
 use crate::util::{hex, now_ms};
@@ -1597,17 +1598,19 @@ impl Writer {
         // One run per connection, by index: (changesets, first position, last position).
         type Run = Option<(Vec<u8>, JournalPos, JournalPos)>;
         let mut pending: Vec<Run> = vec![None; conns.len()];
-        let flush = |db: &DbName, conn: &Connection, run: &mut Run| -> Result<()> {
-            if let Some((bytes, first, last)) = run.take() {
-                database::apply_changesets(
-                    conn,
-                    db.as_str(),
-                    &bytes,
-                    &format!("positions {first}..={last}"),
-                )?;
-            }
-            Ok(())
-        };
+        let flush =
+            |db: &DbName, entry: &DatabaseEntry, conn: &Connection, run: &mut Run| -> Result<()> {
+                if let Some((bytes, first, last)) = run.take() {
+                    database::apply_changesets(
+                        conn,
+                        db.as_str(),
+                        &bytes,
+                        &format!("positions {first}..={last}"),
+                        OnConflict::for_local_writes(entry.local_writes),
+                    )?;
+                }
+                Ok(())
+            };
         let mut records = journal.read_range_resuming(from, until, self.dejournal_resume.as_ref());
         for record in records.by_ref() {
             let record =
@@ -1627,7 +1630,7 @@ impl Writer {
                         Ok(())
                     }
                     _ if is_qualified_schema(&record, db.as_str()) => {
-                        flush(db, conn, &mut pending[i])
+                        flush(db, entry, conn, &mut pending[i])
                             .and_then(|_| {
                                 conn.execute(&update, [record.pos.0 as i64 - 1])
                                     .map_err(Error::from)
@@ -1636,8 +1639,9 @@ impl Writer {
                             .and_then(|_| apply_schema_qualified(&entry.file, db.as_str(), &record))
                             .and_then(|_| conn.execute_batch("BEGIN").map_err(Error::from))
                     }
-                    _ => flush(db, conn, &mut pending[i]).and_then(|_| {
+                    _ => flush(db, entry, conn, &mut pending[i]).and_then(|_| {
                         Applier::new(conn, db.as_str(), &entry.file)
+                            .on_conflict(OnConflict::for_local_writes(entry.local_writes))
                             .apply(&record)
                             .map(|_| ())
                     }),
@@ -1646,8 +1650,8 @@ impl Writer {
             }
         }
         self.dejournal_resume = records.resume_point();
-        for ((db, _, conn), run) in conns.iter().zip(pending.iter_mut()) {
-            flush(db, conn, run).map_err(|e| (vec![db.clone()], e))?;
+        for ((db, entry, conn), run) in conns.iter().zip(pending.iter_mut()) {
+            flush(db, entry, conn, run).map_err(|e| (vec![db.clone()], e))?;
         }
         for (db, _, conn) in conns {
             conn.execute(&update, [until.0 as i64])
@@ -1813,7 +1817,11 @@ struct Segment<'c> {
 impl<'c> Segment<'c> {
     fn open(conn: &'c NamespaceConn) -> Result<Segment<'c>> {
         let mut sessions = Vec::with_capacity(conn.writable.len());
-        for db in &conn.writable {
+        for db in conn
+            .writable
+            .iter()
+            .filter(|db| !conn.unjournaled.contains(db))
+        {
             let mut session = Session::new_with_name(&conn.conn, db.as_str())?;
             session.table_filter(Some(|table: &str| table != META_TABLE));
             session.attach::<&str>(None)?;

@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, IoContext, Result};
 use crate::journal::{JournalPos, JournalShared, RecordBody};
 use crate::storage::DatabaseEntry;
-use crate::storage::database::{self, apply_changesets, set_applied_sql};
+use crate::storage::database::{self, OnConflict, apply_changesets, set_applied_sql};
 use crate::util::now_ms;
 
 /// The quarantine file in the data directory.
@@ -232,8 +232,14 @@ pub fn undo(entry: &DatabaseEntry, journal: &JournalShared, after: JournalPos) -
         for (pos, changeset) in changesets.iter().rev() {
             let mut inverted = Vec::with_capacity(changeset.len());
             rusqlite::session::invert_strm(&mut &changeset[..], &mut inverted)?;
-            apply_changesets(&conn, name, &inverted, &format!("undo of position {pos}"))
-                .map_err(|e| rebuild(e.to_string()))?;
+            apply_changesets(
+                &conn,
+                name,
+                &inverted,
+                &format!("undo of position {pos}"),
+                OnConflict::Abort,
+            )
+            .map_err(|e| rebuild(e.to_string()))?;
         }
         // The new applied position goes in the same transaction as the undone rows.
         conn.execute(&set_applied_sql("main"), [after.0 as i64])?;

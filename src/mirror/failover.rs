@@ -538,13 +538,12 @@ impl Failover {
                     out.push(Action::SwitchMode(Mode::Agent));
                 }
             }
-            FailoverRole::Backup => {
-                if self.partner_connected {
-                    // The primary lost the arbiter but is still here: leave arbiter mode.
-                    self.leave_arbiter_mode(out);
-                }
-            }
-            FailoverRole::Down => {}
+            // A backup only notes it. When the primary's host dies, the arbiter may notice
+            // before this member's data channel does; leaving arbiter mode on that report would
+            // leave this member asking a dead agent instead of the arbiter, which would approve
+            // the takeover. A live primary that lost the arbiter asks this member to leave
+            // arbiter mode itself (see `arbiter_lost`).
+            FailoverRole::Backup | FailoverRole::Down => {}
         }
     }
 

@@ -123,11 +123,7 @@ pub fn async_kind(raw: Option<&str>) -> Result<MemberKind> {
     match raw.map(|t| t.trim().to_ascii_lowercase()).as_deref() {
         Some("dr") | Some("disaster recovery") | None => Ok(MemberKind::Dr),
         Some("reporting_ro") | Some("read-only reporting") => Ok(MemberKind::ReportingRo),
-        Some("reporting_rw") | Some("read-write reporting") => Err(Error::Conflict(
-            "Read-Write Reporting asyncs are not available in this lab yet: join as a Disaster Recovery (dr) or \
-             Read-Only Reporting (reporting_ro) async"
-                .into(),
-        )),
+        Some("reporting_rw") | Some("read-write reporting") => Ok(MemberKind::ReportingRw),
         Some(other) => Err(Error::InvalidInput(format!(
             "Async Member System Type {other:?} is not one of dr, reporting_ro, reporting_rw"
         ))),

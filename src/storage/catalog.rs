@@ -28,6 +28,10 @@ pub struct DatabaseEntry {
     pub mounted: bool,
     /// Whether writes to it are refused (mirrored databases on a backup).
     pub read_only: bool,
+    /// A mirrored database's copy on a Read-Write Reporting async: writable here, but its own
+    /// changes are neither journaled nor sent anywhere (SQLite makes each commit durable). What
+    /// the primary sends still applies, and wins over a local change of the same row.
+    pub local_writes: bool,
     /// Its mirrored name (`:mirror:MIRRORSET:COMPANY`) when it belongs to a mirror.
     pub mirrored: Option<String>,
 }

@@ -298,7 +298,43 @@ pub struct Applier<'c> {
     conn: &'c Connection,
     name: &'c str,
     file: &'c Path,
-    conflict: Arc<Mutex<Option<String>>>,
+    on_conflict: OnConflict,
+}
+
+/// What applying a changeset does with a row that does not match it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnConflict {
+    /// Stop with an error: the file does not hold what its applied position claims. Everywhere
+    /// but on a Read-Write Reporting async, where it would mean damage or a bug.
+    Abort,
+    /// The row as the primary has it wins (a row changed or added here is overwritten; one
+    /// deleted or never added here is left so). A Read-Write Reporting async's copies take local
+    /// writes the primary never hears of, so its changes may meet rows that differ.
+    PrimaryWins,
+}
+
+impl OnConflict {
+    /// The policy for a database: [`OnConflict::PrimaryWins`] where it takes local writes.
+    pub fn for_local_writes(local_writes: bool) -> OnConflict {
+        if local_writes {
+            OnConflict::PrimaryWins
+        } else {
+            OnConflict::Abort
+        }
+    }
+
+    fn action(self, kind: ConflictType) -> ConflictAction {
+        match (self, kind) {
+            (OnConflict::Abort, _) | (OnConflict::PrimaryWins, ConflictType::UNKNOWN) => {
+                ConflictAction::SQLITE_CHANGESET_ABORT
+            }
+            (
+                OnConflict::PrimaryWins,
+                ConflictType::SQLITE_CHANGESET_DATA | ConflictType::SQLITE_CHANGESET_CONFLICT,
+            ) => ConflictAction::SQLITE_CHANGESET_REPLACE,
+            (OnConflict::PrimaryWins, _) => ConflictAction::SQLITE_CHANGESET_OMIT,
+        }
+    }
 }
 
 impl<'c> Applier<'c> {
@@ -308,8 +344,14 @@ impl<'c> Applier<'c> {
             conn,
             name,
             file,
-            conflict: Arc::new(Mutex::new(None)),
+            on_conflict: OnConflict::Abort,
         }
+    }
+
+    /// Applies with `policy` for rows that do not match.
+    pub fn on_conflict(mut self, policy: OnConflict) -> Self {
+        self.on_conflict = policy;
+        self
     }
 
     /// Applies this database's part of `record`; returns false when the record does not touch it.
@@ -323,27 +365,13 @@ impl<'c> Applier<'c> {
                 let Some(change) = changes.iter().find(|c| c.db == self.name) else {
                     return Ok(false);
                 };
-                let conflict = self.conflict.clone();
-                let result = self.conn.apply_strm(
-                    &mut &change.changeset[..],
-                    None::<fn(&str) -> bool>,
-                    move |kind: ConflictType, _item| {
-                        *conflict.lock().unwrap() = Some(format!("{kind:?}"));
-                        ConflictAction::SQLITE_CHANGESET_ABORT
-                    },
-                );
-                if let Err(err) = result {
-                    let detail = self
-                        .conflict
-                        .lock()
-                        .unwrap()
-                        .take()
-                        .unwrap_or_else(|| err.to_string());
-                    return Err(Error::Corrupt(format!(
-                        "database {} does not match the journal at position {}: {detail}",
-                        self.name, record.pos
-                    )));
-                }
+                apply_changesets(
+                    self.conn,
+                    self.name,
+                    &change.changeset,
+                    &format!("position {}", record.pos),
+                    self.on_conflict,
+                )?;
                 Ok(true)
             }
             RecordBody::Schema(schema) if schema.db == self.name => {
@@ -377,12 +405,13 @@ impl<'c> Applier<'c> {
 
 /// Applies changesets (several, concatenated as they were journaled) to the `main` database of
 /// `conn` in one call: SQLite prepares its statements once for a run of the same table. A
-/// conflict aborts the whole call with an error naming `what`.
+/// conflict the policy does not settle aborts the whole call with an error naming `what`.
 pub fn apply_changesets(
     conn: &Connection,
     name: &str,
     changesets: &[u8],
     what: &str,
+    on_conflict: OnConflict,
 ) -> Result<()> {
     let conflict = Arc::new(Mutex::new(None));
     let seen = conflict.clone();
@@ -390,8 +419,12 @@ pub fn apply_changesets(
         &mut &changesets[..],
         None::<fn(&str) -> bool>,
         move |kind: ConflictType, _item| {
-            *seen.lock().unwrap() = Some(format!("{kind:?}"));
-            ConflictAction::SQLITE_CHANGESET_ABORT
+            let name = format!("{kind:?}");
+            let action = on_conflict.action(kind);
+            if action == ConflictAction::SQLITE_CHANGESET_ABORT {
+                *seen.lock().unwrap() = Some(name);
+            }
+            action
         },
     );
     if let Err(err) = result {

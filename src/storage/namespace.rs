@@ -241,6 +241,9 @@ pub struct NamespaceConn {
     pub writable: Vec<DbName>,
     /// The databases whose changes belong in the mirror's journal.
     pub mirrored: Vec<DbName>,
+    /// Writable databases whose changes are not journaled (copies on a Read-Write Reporting
+    /// async, see [`DatabaseEntry::local_writes`](super::DatabaseEntry::local_writes)).
+    pub unjournaled: Vec<DbName>,
     /// The authorizer state.
     pub guard: StatementGuard,
     /// When the running user statement must stop (ms since the Unix epoch; 0 = no limit).
@@ -298,6 +301,11 @@ impl NamespaceConn {
             )
             .map_err(|e| Error::Io(format!("attach {name} to namespace {namespace}: {e}")))?;
             database::configure(&conn, name.as_str())?;
+            if purpose == Purpose::Write && entry.local_writes {
+                // No journal makes these commits durable, so SQLite itself must: every commit
+                // is fsynced in the WAL before the writer answers.
+                conn.execute_batch(&format!("PRAGMA \"{name}\".synchronous = FULL"))?;
+            }
             attached.push(name.clone());
         }
         // Reader connections are `query_only`: a writing statement prepared there is noticed
@@ -334,9 +342,14 @@ impl NamespaceConn {
                 until != 0 && crate::util::now_ms() > until
             }),
         )?;
+        let unjournaled: Vec<DbName> = attached
+            .iter()
+            .filter(|db| state.databases[*db].local_writes)
+            .cloned()
+            .collect();
         let mirrored = attached
             .iter()
-            .filter(|db| state.databases[*db].mirrored.is_some())
+            .filter(|db| state.databases[*db].mirrored.is_some() && !unjournaled.contains(db))
             .cloned()
             .collect();
         Ok(NamespaceConn {
@@ -348,6 +361,7 @@ impl NamespaceConn {
             missing,
             writable,
             mirrored,
+            unjournaled,
             guard,
             deadline,
             timeout_ms,

@@ -33,7 +33,11 @@ fn pair(arbiter: bool) -> (Failover, Failover, ArbiterBook) {
             &[Event::ArbiterConnected, Event::ArbiterSeesPartner(true)],
         );
         assert_eq!(actions, vec![Action::BookArbiterMode]);
-        assert_eq!(p.mode(), Mode::Agent, "the primary waits for the arbiter's booking");
+        assert_eq!(
+            p.mode(),
+            Mode::Agent,
+            "the primary waits for the arbiter's booking"
+        );
         book.primary_mode(Mode::Arbiter);
         let actions = feed(&mut p, 0, &[Event::ArbiterBookedMode(true)]);
         assert_eq!(actions, vec![Action::SwitchMode(Mode::Arbiter)]);
@@ -105,13 +109,20 @@ fn the_primary_enters_arbiter_mode_only_once_the_arbiter_booked_it() {
     // The arbiter connection breaks before the answer: ask again on the next one.
     feed(&mut p, 20, &[Event::ArbiterLost]);
     assert_eq!(
-        feed(&mut p, 30, &[Event::ArbiterConnected, Event::ArbiterSeesPartner(true)]),
+        feed(
+            &mut p,
+            30,
+            &[Event::ArbiterConnected, Event::ArbiterSeesPartner(true)]
+        ),
         vec![Action::BookArbiterMode]
     );
     // The backup is lost before the booking arrives: no switch.
     feed(&mut p, 40, &[Event::PartnerLost]);
     let actions = feed(&mut p, 50, &[Event::ArbiterBookedMode(true)]);
-    assert!(!actions.contains(&Action::SwitchMode(Mode::Arbiter)), "{actions:?}");
+    assert!(
+        !actions.contains(&Action::SwitchMode(Mode::Arbiter)),
+        "{actions:?}"
+    );
     assert_eq!(p.mode(), Mode::Agent);
 }
 
