@@ -22,6 +22,7 @@ use mirrorlab::journal::record::{Decoded, FRAME_MAGIC, decode_frame};
 use mirrorlab::journal::segment::{HEADER_LEN, SegmentHeader, scan};
 use mirrorlab::journal::{DbChanges, JournalPos, MirrorEvent, Record, RecordBody, SchemaChange};
 use mirrorlab::mirror::protocol::{Message, check_frames, read_message};
+use mirrorlab::storage::database::{OnConflict, apply_changesets};
 use mirrorlab::wire::{MAX_AGENT_FRAME, read_frame_sync};
 use proptest::prelude::*;
 
@@ -255,6 +256,7 @@ proptest! {
         rows in prop::collection::vec((1i64..20, "[a-z]{0,12}"), 1..10),
         damage in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
         cut in prop::option::of(any::<prop::sample::Index>()),
+        local_writes in any::<bool>(),
     ) {
         let (dir, mut changeset) = database_and_changeset(&rows);
         for (at, byte) in &damage {
@@ -266,7 +268,9 @@ proptest! {
         }
         let conn = rusqlite::Connection::open(dir.path().join("mirror.db")).unwrap();
         conn.execute_batch("BEGIN").unwrap();
-        let applied = mirrorlab::storage::database::apply_changesets(&conn, "T", &changeset, "test");
+        // Both policies: a backup's (abort) and a Read-Write Reporting async's (primary wins).
+        let policy = OnConflict::for_local_writes(local_writes);
+        let applied = apply_changesets(&conn, "T", &changeset, "test", policy);
         // As the dejournaler does: a refused changeset is rolled back as a whole.
         conn.execute_batch(if applied.is_ok() { "COMMIT" } else { "ROLLBACK" }).unwrap();
         let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
