@@ -824,25 +824,32 @@ async fn an_async_member_never_delays_commits_and_follows_the_new_primary() {
     assert_eq!(c.get("/api/mirror").await.1["role"], "Disaster Recovery");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_dr_async_promoted_to_failover_takes_over_and_the_demoted_backup_follows() {
-    let (a, b) = pair(1000).await;
-    mirror_databases(&a, &b).await;
+/// A third member, `mirrorc`, joined to `primary`'s mirror as an async of `async_type`, with
+/// copies of the mirrored databases.
+async fn join_async(async_type: &str, primary: &TestMember) -> TestMember {
     let c = TestMember::start_named("mirrorc").await;
     c.ok("/api/mirror/service", json!({"enabled": true})).await;
     c.ok(
         "/api/mirror/join-async",
         json!({
             "mirror_name": "MIRRORSET",
-            "agent_address": format!("127.0.0.1:{}", a.agent_port()),
+            "agent_address": format!("127.0.0.1:{}", primary.agent_port()),
             "superserver_address": c.superserver,
             "agent_address_local": "127.0.0.1",
             "agent_port_local": c.agent_port(),
-            "async_type": "dr",
+            "async_type": async_type,
         }),
     )
     .await;
-    copy_databases(&a, &c).await;
+    copy_databases(primary, &c).await;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dr_async_promoted_to_failover_takes_over_and_the_demoted_backup_follows() {
+    let (a, b) = pair(1000).await;
+    mirror_databases(&a, &b).await;
+    let c = join_async("dr", &a).await;
     // Two failover members already: C cannot be promoted.
     c.refused(
         "/api/mirror/promote",
@@ -990,21 +997,7 @@ async fn wait_company(member: &Api, id: &Value, what: &str, check: impl Fn(Optio
 async fn a_read_write_reporting_async_takes_local_writes_that_are_never_propagated() {
     let (a, b) = pair(1000).await;
     mirror_databases(&a, &b).await;
-    let c = TestMember::start_named("mirrorc").await;
-    c.ok("/api/mirror/service", json!({"enabled": true})).await;
-    c.ok(
-        "/api/mirror/join-async",
-        json!({
-            "mirror_name": "MIRRORSET",
-            "agent_address": format!("127.0.0.1:{}", a.agent_port()),
-            "superserver_address": c.superserver,
-            "agent_address_local": "127.0.0.1",
-            "agent_port_local": c.agent_port(),
-            "async_type": "reporting_rw",
-        }),
-    )
-    .await;
-    copy_databases(&a, &c).await;
+    let c = join_async("reporting_rw", &a).await;
     let view = a
         .wait_mirror(10, "with C connected", |v| {
             TestMember::member_row(v, "MIRRORC/IRIS")["status"] == "Connected"

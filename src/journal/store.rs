@@ -230,17 +230,8 @@ impl JournalShared {
             let segments = self.segments.read().unwrap();
             // A purged file is no longer listed: then read from the marks (and fail there).
             if let Some(start) = segments.iter().position(|s| s.info.name == resume.name) {
-                return JournalIter {
-                    files: files_from(&segments[start..]),
-                    next_file: 0,
-                    first_offset: resume.offset,
-                    reader: None,
-                    after,
-                    until,
-                    stream: self.stream,
-                    truncations,
-                    failed: false,
-                };
+                let files = files_from(&segments[start..]);
+                return self.iter(files, resume.offset, after, until, truncations);
             }
         }
         self.read_range(after, until)
@@ -260,10 +251,23 @@ impl JournalShared {
             .get(start)
             .map(|s| nearest_mark(&s.marks, wanted))
             .unwrap_or(0);
+        let files = files_from(&segments[start.min(segments.len())..]);
+        self.iter(files, offset, after, until, truncations)
+    }
+
+    /// A read of `after + 1 ..= until` through `files`, the first from byte `first_offset`.
+    fn iter(
+        &self,
+        files: Vec<(PathBuf, String)>,
+        first_offset: u64,
+        after: JournalPos,
+        until: JournalPos,
+        truncations: u64,
+    ) -> JournalIter {
         JournalIter {
-            files: files_from(&segments[start.min(segments.len())..]),
+            files,
             next_file: 0,
-            first_offset: offset,
+            first_offset,
             reader: None,
             after,
             until,
