@@ -73,7 +73,10 @@ pub enum ToArbiter {
     Ask,
     /// The backup is no longer active (it lost the primary and will not take over): relayed to
     /// the primary, which may then go on in agent-controlled mode.
-    StoodDown,
+    StoodDown {
+        /// The activation it ends (the primary's token; 0 when it never was active).
+        activation: u64,
+    },
     /// A health check: what does the arbiter serve?
     Status,
 }
@@ -100,8 +103,12 @@ pub enum FromArbiter {
     },
     /// To a former primary: the backup took over.
     BackupTookOver,
-    /// To the primary: the backup stood down (it will not take over).
-    PartnerStoodDown,
+    /// To the primary: the backup stood down (it will not take over), ending the activation
+    /// named.
+    PartnerStoodDown {
+        /// The activation it ends.
+        activation: u64,
+    },
     /// Sent when idle.
     Heartbeat,
     /// The answer to a health check.
@@ -300,10 +307,15 @@ impl Arbiter {
                 // The primary enters arbiter mode only on this confirmation.
                 record.send(true, FromArbiter::ModeBooked { arbiter: *arbiter });
             }
-            ToArbiter::StoodDown if !primary => {
+            ToArbiter::StoodDown { activation } if !primary => {
                 // It cannot take over through the arbiter any more: the primary may go on.
                 record.book.primary_in_arbiter_mode = false;
-                record.send(true, FromArbiter::PartnerStoodDown);
+                record.send(
+                    true,
+                    FromArbiter::PartnerStoodDown {
+                        activation: *activation,
+                    },
+                );
             }
             ToArbiter::Ask => {
                 let partner_seen = if primary {
@@ -553,8 +565,11 @@ mod tests {
         second.message(p2, &ToArbiter::Mode { arbiter: true });
         drain(&mut prx);
         drain(&mut brx);
-        second.message(b2, &ToArbiter::StoodDown);
-        assert_eq!(drain(&mut prx), vec![FromArbiter::PartnerStoodDown]);
+        second.message(b2, &ToArbiter::StoodDown { activation: 7 });
+        assert_eq!(
+            drain(&mut prx),
+            vec![FromArbiter::PartnerStoodDown { activation: 7 }]
+        );
         second.lost(p2);
         second.message(b2, &ToArbiter::Ask);
         assert!(drain(&mut brx).contains(&FromArbiter::Verdict { take_over: false }));

@@ -188,8 +188,15 @@ fn connection(
                     FromArbiter::BackupTookOver => {
                         arbiter.events.push_back(Event::PartnerIsPrimary)
                     }
-                    FromArbiter::PartnerStoodDown => {
-                        arbiter.events.push_back(Event::PartnerStoodDown)
+                    FromArbiter::PartnerStoodDown { activation } => {
+                        if context.mirror.hub.is_latest_activation(activation) {
+                            arbiter.events.push_back(Event::PartnerStoodDown)
+                        } else {
+                            tracing::info!(
+                                "mirror: ignored a stand-down relayed by the arbiter: the backup \
+                                 was made active again since"
+                            );
+                        }
                     }
                     FromArbiter::ModeBooked { arbiter: booked } => {
                         arbiter.events.push_back(Event::ArbiterBookedMode(booked))

@@ -346,7 +346,12 @@ impl Driver {
                 tracing::info!(
                     "mirror: the primary is alive; standing down as a non-active backup"
                 );
-                context.mirror.tell_arbiter(ToArbiter::StoodDown);
+                // Named by the activation it ends: the primary ignores it if a newer one
+                // overtook it on the way (see `Hub::is_latest_activation`).
+                let activation = context.mirror.link.lock().unwrap().activation;
+                context
+                    .mirror
+                    .tell_arbiter(ToArbiter::StoodDown { activation });
             }
             Action::Reconnect => {}
             Action::ForceOtherDown => force_other_down(m, context.config.get().epoch),

@@ -107,8 +107,17 @@ struct HubState {
     loss_gen: u64,
     /// The hub is closing: waiting batches are answered as not acknowledged.
     closing: bool,
+    /// The token of the backup's latest activation (see `Control::Activated`); 0 before one.
+    last_activation: u64,
     /// Changes of the failover link, for the failover driver.
     events: VecDeque<Event>,
+}
+
+/// A random, non-zero token naming one activation of a backup.
+fn random_token() -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    u64::from_le_bytes(bytes).max(1)
 }
 
 impl HubState {
@@ -298,9 +307,11 @@ impl Hub {
                 "mirror: {} is the active backup (journal transfer Active)",
                 link.member.name
             );
-            let _ = link
-                .tx
-                .send(Outgoing::Control(Box::new(Control::Activated)));
+            let activation = random_token();
+            let _ = link.tx.send(Outgoing::Control(Box::new(Control::Activated {
+                activation,
+            })));
+            state.last_activation = activation;
             state.events.push_back(Event::PartnerActive);
         }
         drop(state);
@@ -321,6 +332,13 @@ impl Hub {
         }
         drop(state);
         self.acked.notify_all();
+    }
+
+    /// Whether `activation` is the backup's latest activation: a stand-down relayed by the
+    /// arbiter for an older one was overtaken (the backup reconnected and became active again
+    /// since) and must not end the current one.
+    pub fn is_latest_activation(&self, activation: u64) -> bool {
+        self.state.lock().unwrap().last_activation == activation
     }
 
     /// Sends a control message to one connected member; false when it is not connected.
@@ -520,7 +538,16 @@ mod tests {
         assert!(!hub.has_active_backup());
         hub.on_ack(id, JournalPos(10));
         assert!(hub.has_active_backup());
-        assert!(matches!(rx.try_recv(), Ok(Outgoing::Control(c)) if *c == Control::Activated));
+        let Ok(Outgoing::Control(c)) = rx.try_recv() else {
+            panic!("no Activated sent");
+        };
+        let Control::Activated { activation } = *c else {
+            panic!("sent {c:?} instead of Activated");
+        };
+        // Only the latest activation counts: a stand-down naming another one was overtaken.
+        assert!(activation != 0 && hub.is_latest_activation(activation));
+        assert!(!hub.is_latest_activation(activation.wrapping_add(1)));
+        assert!(!hub.is_latest_activation(0));
         // A second failover member is refused while one is connected; an async is fine.
         assert!(hub.register(member("C", MemberKind::Failover)).is_err());
         assert!(hub.register(member("D", MemberKind::Dr)).is_ok());

@@ -123,7 +123,13 @@ pub enum Control {
         time_ms: i64,
     },
     /// The primary now waits for this member's acknowledgements: Journal Transfer `Active`.
-    Activated,
+    /// `activation` names this activation: a stand-down the member later sends through the
+    /// arbiter carries it, so the primary can tell one that ends the current activation from
+    /// one that was overtaken by a newer one.
+    Activated {
+        /// A random token for this activation.
+        activation: u64,
+    },
     /// A database was added to the mirror (also in the journal as an event).
     DatabaseAdded {
         /// The database.

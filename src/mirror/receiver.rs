@@ -305,9 +305,12 @@ fn receive(
                     Control::Heartbeat { durable, .. } => {
                         primary_durable = primary_durable.max(JournalPos(durable))
                     }
-                    Control::Activated => {
+                    Control::Activated { activation } => {
                         tracing::info!("mirror: this member is the active backup");
-                        context.mirror.link.lock().unwrap().active = true;
+                        let mut link = context.mirror.link.lock().unwrap();
+                        link.active = true;
+                        link.activation = activation;
+                        drop(link);
                         context.mirror.partner_event(Event::PartnerActive);
                     }
                     Control::DatabaseAdded { database } => context.add_database(database)?,

@@ -36,6 +36,8 @@ pub struct LinkStatus {
     pub primary: Option<MemberInfo>,
     /// Whether the primary counts this member as its active backup.
     pub active: bool,
+    /// The primary's token for this member's latest activation (0: never activated).
+    pub activation: u64,
     /// When the link came up or went down.
     pub since_ms: i64,
     /// When it went down (shown as `Disconnected on <time>`).

@@ -43,6 +43,9 @@ struct Delivery {
     event: Event,
     via: Option<Link>,
     deadline: Option<u64>,
+    /// The activation a message names (0: none): "you are active" to the backup, and the
+    /// backup's stand-down relayed by the arbiter.
+    activation: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -66,6 +69,9 @@ struct World {
     p_pending: bool,
     faults: u8,
     writes: u8,
+    /// The primary's latest activation of the backup, and the latest one the backup heard of.
+    activation: u8,
+    b_activation: u8,
 }
 
 impl World {
@@ -108,6 +114,8 @@ impl World {
             p_pending: false,
             faults: 0,
             writes: 0,
+            activation: 1,
+            b_activation: 1,
         }
     }
 
@@ -136,12 +144,18 @@ impl World {
     /// Sends over a link; between the members only on the established channel (a message never
     /// outlives the connection it was sent on).
     fn send(&mut self, to: Who, event: Event, via: Link) {
+        self.send_naming(to, event, via, 0);
+    }
+
+    /// Sends a message that names an activation.
+    fn send_naming(&mut self, to: Who, event: Event, via: Link, activation: u8) {
         if self.link_up(via) && (via != Link::Pb || self.channel) {
             self.inbox.push(Delivery {
                 to,
                 event,
                 via: Some(via),
                 deadline: None,
+                activation,
             });
         }
     }
@@ -152,6 +166,7 @@ impl World {
             event,
             via: None,
             deadline: Some(self.now + QOS),
+            activation: 0,
         });
     }
 
@@ -217,8 +232,9 @@ impl World {
                 if self.pb && self.channel {
                     self.send(Who::P, Event::PartnerStoodDown, Link::Pb);
                 } else if self.ba && self.pa {
-                    // Relayed by the arbiter.
-                    self.send(Who::P, Event::PartnerStoodDown, Link::Pa);
+                    // Relayed by the arbiter, naming the activation it ends.
+                    let activation = self.b_activation;
+                    self.send_naming(Who::P, Event::PartnerStoodDown, Link::Pa, activation);
                 }
             }
             (Who::B, Action::AskAgent) => {
@@ -241,6 +257,7 @@ impl World {
                         event: Event::Agent(a),
                         via: None,
                         deadline: None,
+                        activation: 0,
                     });
                 }
             }
@@ -348,6 +365,17 @@ impl World {
         match *step {
             Step::Deliver(i) => {
                 let d = self.inbox.remove(i);
+                match (d.to, d.event) {
+                    (Who::B, Event::PartnerActive) => self.b_activation = d.activation,
+                    // The primary's driver drops a relayed stand-down that a newer activation
+                    // overtook (`Hub::is_latest_activation`).
+                    (Who::P, Event::PartnerStoodDown)
+                        if d.via == Some(Link::Pa) && d.activation != self.activation =>
+                    {
+                        return Ok(());
+                    }
+                    _ => {}
+                }
                 self.deliver(d.to, d.event)?;
             }
             Step::Advance => {
@@ -403,9 +431,14 @@ impl World {
                 // active and tells it so.
                 self.p_ahead = false;
                 self.p_pending = false;
+                let was_active = self.p.active();
                 self.deliver(Who::P, Event::PartnerActive)?;
                 if self.p.active() {
-                    self.send(Who::B, Event::PartnerActive, Link::Pb);
+                    if !was_active {
+                        self.activation += 1;
+                    }
+                    let activation = self.activation;
+                    self.send_naming(Who::B, Event::PartnerActive, Link::Pb, activation);
                 }
             }
             Step::ArbiterReportsToP => {
