@@ -18,6 +18,13 @@ pub fn random_hex(n: usize) -> String {
     hex(&bytes)
 }
 
+/// A random `u64` from the operating system.
+pub fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    u64::from_le_bytes(bytes)
+}
+
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;

@@ -777,15 +777,7 @@ async fn an_async_member_never_delays_commits_and_follows_the_new_primary() {
             .contains("disaster recovery"),
         "{joined}"
     );
-    let view = a
-        .wait_mirror(10, "with C connected", |v| {
-            TestMember::member_row(v, "MIRRORC/IRIS")["status"] == "Connected"
-        })
-        .await;
-    assert_eq!(
-        TestMember::member_row(&view, "MIRRORC/IRIS")["type"],
-        "Disaster Recovery"
-    );
+    wait_async_connected(&a, "Disaster Recovery").await;
     copy_databases(&a, &c).await;
     c.wait_mirror(10, "connected", |v| v["status"] == "Connected")
         .await;
@@ -822,6 +814,16 @@ async fn an_async_member_never_delays_commits_and_follows_the_new_primary() {
     assert_identical(&b, &c).await;
     assert!(all_names(&c).await.contains("written on B"));
     assert_eq!(c.get("/api/mirror").await.1["role"], "Disaster Recovery");
+}
+
+/// Waits until `primary` shows `mirrorc` connected, and checks the type it shows for it.
+async fn wait_async_connected(primary: &TestMember, kind: &str) {
+    let view = primary
+        .wait_mirror(10, "with C connected", |v| {
+            TestMember::member_row(v, "MIRRORC/IRIS")["status"] == "Connected"
+        })
+        .await;
+    assert_eq!(TestMember::member_row(&view, "MIRRORC/IRIS")["type"], kind);
 }
 
 /// A third member, `mirrorc`, joined to `primary`'s mirror as an async of `async_type`, with
@@ -998,15 +1000,7 @@ async fn a_read_write_reporting_async_takes_local_writes_that_are_never_propagat
     let (a, b) = pair(1000).await;
     mirror_databases(&a, &b).await;
     let c = join_async("reporting_rw", &a).await;
-    let view = a
-        .wait_mirror(10, "with C connected", |v| {
-            TestMember::member_row(v, "MIRRORC/IRIS")["status"] == "Connected"
-        })
-        .await;
-    assert_eq!(
-        TestMember::member_row(&view, "MIRRORC/IRIS")["type"],
-        "Read-Write Reporting"
-    );
+    wait_async_connected(&a, "Read-Write Reporting").await;
     c.refused("/api/mirror/promote", json!({}), 409, "never be promoted")
         .await;
 

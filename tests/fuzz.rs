@@ -11,8 +11,9 @@
 //! - a changeset with damaged bytes is refused or applied as a whole, and the database file stays
 //!   sound (`PRAGMA integrity_check`).
 //!
-//! A failing case is shrunk by proptest and written under `proptest-regressions/`; commit that
-//! file and the case is replayed first on every later run (the regression test).
+//! A failing case is shrunk by proptest and its seed written to `tests/fuzz.proptest-regressions`;
+//! that file is committed, and its cases are replayed first on every later run (the regression
+//! tests).
 
 use std::io::Cursor;
 
@@ -269,7 +270,7 @@ proptest! {
         let conn = rusqlite::Connection::open(dir.path().join("mirror.db")).unwrap();
         conn.execute_batch("BEGIN").unwrap();
         // Both policies: a backup's (abort) and a Read-Write Reporting async's (primary wins).
-        let policy = OnConflict::for_local_writes(local_writes);
+        let policy = if local_writes { OnConflict::PrimaryWins } else { OnConflict::Abort };
         let applied = apply_changesets(&conn, "T", &changeset, "test", policy);
         // As the dejournaler does: a refused changeset is rolled back as a whole.
         conn.execute_batch(if applied.is_ok() { "COMMIT" } else { "ROLLBACK" }).unwrap();

@@ -14,8 +14,7 @@ use crate::error::{Error, Result};
 use crate::journal::{JournalPos, JournalShared};
 use crate::storage::DatabaseEntry;
 use crate::storage::database::{
-    self, Applier, DatabaseIdentity, OnConflict, apply_schema_qualified, is_qualified_schema,
-    set_applied_sql,
+    self, Applier, DatabaseIdentity, apply_schema_qualified, is_qualified_schema, set_applied_sql,
 };
 
 /// Records applied per SQLite transaction while replaying.
@@ -80,8 +79,7 @@ pub fn catch_up(
         )));
     }
     let conn = database::open_for_apply(&entry.file)?;
-    let applier = Applier::new(&conn, name, &entry.file)
-        .on_conflict(OnConflict::for_local_writes(entry.local_writes));
+    let applier = Applier::new(&conn, name, &entry.file).on_conflict(entry.on_conflict());
     let update = set_applied_sql("main");
     let mut result = CatchUp {
         from: identity.applied_pos,

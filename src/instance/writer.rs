@@ -64,8 +64,7 @@ use crate::mirror::hub::Acknowledged;
 use crate::mirror::state::{CatchupPhase, MirrorState, Role};
 use crate::names::{DbName, NamespaceName};
 use crate::storage::database::{
-    self, Applier, META_TABLE, OnConflict, apply_schema_qualified, is_qualified_schema,
-    set_applied_sql,
+    self, Applier, META_TABLE, apply_schema_qualified, is_qualified_schema, set_applied_sql,
 };
 use crate::storage::{Catalog, DatabaseEntry, NamespaceConn, Purpose};
 use crate::util::{hex, now_ms};
@@ -1606,7 +1605,7 @@ impl Writer {
                         db.as_str(),
                         &bytes,
                         &format!("positions {first}..={last}"),
-                        OnConflict::for_local_writes(entry.local_writes),
+                        entry.on_conflict(),
                     )?;
                 }
                 Ok(())
@@ -1641,7 +1640,7 @@ impl Writer {
                     }
                     _ => flush(db, entry, conn, &mut pending[i]).and_then(|_| {
                         Applier::new(conn, db.as_str(), &entry.file)
-                            .on_conflict(OnConflict::for_local_writes(entry.local_writes))
+                            .on_conflict(entry.on_conflict())
                             .apply(&record)
                             .map(|_| ())
                     }),
@@ -1816,12 +1815,8 @@ struct Segment<'c> {
 
 impl<'c> Segment<'c> {
     fn open(conn: &'c NamespaceConn) -> Result<Segment<'c>> {
-        let mut sessions = Vec::with_capacity(conn.writable.len());
-        for db in conn
-            .writable
-            .iter()
-            .filter(|db| !conn.unjournaled.contains(db))
-        {
+        let mut sessions = Vec::with_capacity(conn.journaled.len());
+        for db in &conn.journaled {
             let mut session = Session::new_with_name(&conn.conn, db.as_str())?;
             session.table_filter(Some(|table: &str| table != META_TABLE));
             session.attach::<&str>(None)?;

@@ -113,13 +113,6 @@ struct HubState {
     events: VecDeque<Event>,
 }
 
-/// A random, non-zero token naming one activation of a backup.
-fn random_token() -> u64 {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
-    u64::from_le_bytes(bytes).max(1)
-}
-
 impl HubState {
     /// An active backup is gone: hold acknowledgements until the failover rules decide.
     fn lost_active(&mut self) {
@@ -307,7 +300,8 @@ impl Hub {
                 "mirror: {} is the active backup (journal transfer Active)",
                 link.member.name
             );
-            let activation = random_token();
+            // Random and non-zero (0 means "never activated").
+            let activation = crate::util::random_u64().max(1);
             let _ = link.tx.send(Outgoing::Control(Box::new(Control::Activated {
                 activation,
             })));

@@ -65,6 +65,19 @@ pub struct CatalogState {
     pub namespaces: BTreeMap<NamespaceName, NamespaceEntry>,
 }
 
+impl DatabaseEntry {
+    /// How applying the mirror journal treats a row that does not match:
+    /// [`OnConflict::PrimaryWins`](super::database::OnConflict::PrimaryWins) where this copy
+    /// takes local writes, else abort.
+    pub fn on_conflict(&self) -> super::database::OnConflict {
+        if self.local_writes {
+            super::database::OnConflict::PrimaryWins
+        } else {
+            super::database::OnConflict::Abort
+        }
+    }
+}
+
 impl CatalogState {
     /// The database called `name`, or a "does not exist" error.
     pub fn database(&self, name: &DbName) -> Result<&DatabaseEntry> {

@@ -314,15 +314,6 @@ pub enum OnConflict {
 }
 
 impl OnConflict {
-    /// The policy for a database: [`OnConflict::PrimaryWins`] where it takes local writes.
-    pub fn for_local_writes(local_writes: bool) -> OnConflict {
-        if local_writes {
-            OnConflict::PrimaryWins
-        } else {
-            OnConflict::Abort
-        }
-    }
-
     fn action(self, kind: ConflictType) -> ConflictAction {
         match (self, kind) {
             (OnConflict::Abort, _) | (OnConflict::PrimaryWins, ConflictType::UNKNOWN) => {

@@ -241,9 +241,9 @@ pub struct NamespaceConn {
     pub writable: Vec<DbName>,
     /// The databases whose changes belong in the mirror's journal.
     pub mirrored: Vec<DbName>,
-    /// Writable databases whose changes are not journaled (copies on a Read-Write Reporting
-    /// async, see [`DatabaseEntry::local_writes`](super::DatabaseEntry::local_writes)).
-    pub unjournaled: Vec<DbName>,
+    /// The writable databases whose row changes are journaled: all of them but the copies on a
+    /// Read-Write Reporting async (see [`DatabaseEntry::local_writes`](super::DatabaseEntry::local_writes)).
+    pub journaled: Vec<DbName>,
     /// The authorizer state.
     pub guard: StatementGuard,
     /// When the running user statement must stop (ms since the Unix epoch; 0 = no limit).
@@ -342,14 +342,17 @@ impl NamespaceConn {
                 until != 0 && crate::util::now_ms() > until
             }),
         )?;
-        let unjournaled: Vec<DbName> = attached
+        let journaled = writable
             .iter()
-            .filter(|db| state.databases[*db].local_writes)
+            .filter(|db| !state.databases[*db].local_writes)
             .cloned()
             .collect();
         let mirrored = attached
             .iter()
-            .filter(|db| state.databases[*db].mirrored.is_some() && !unjournaled.contains(db))
+            .filter(|db| {
+                let entry = &state.databases[*db];
+                entry.mirrored.is_some() && !entry.local_writes
+            })
             .cloned()
             .collect();
         Ok(NamespaceConn {
@@ -361,7 +364,7 @@ impl NamespaceConn {
             missing,
             writable,
             mirrored,
-            unjournaled,
+            journaled,
             guard,
             deadline,
             timeout_ms,
