@@ -139,6 +139,7 @@ pub fn main() -> ExitCode {
                 instance_name: args.instance_name.to_ascii_uppercase(),
                 superserver: args.superserver.clone(),
                 data_dir: args.data_dir.clone(),
+                install_dir: args.install.clone(),
             };
             runtime().block_on(crate::server::run_member(settings))
         }

@@ -52,6 +52,7 @@ pub mod names;
 pub mod os;
 pub mod server;
 pub mod storage;
+pub mod tls;
 pub mod util;
 pub mod web;
 pub mod wire;

@@ -25,6 +25,15 @@
 //!   primary is, and in which epoch. A running instance is asked; for a down one the agent reads
 //!   its configuration file.
 //!
+//! # Who may ask
+//!
+//! Anyone may ask for the status and start a down instance. When the instance's mirror
+//! requires SSL/TLS, everything else — stopping the instance, confirming or forcing it down,
+//! its journal, its role — is carried out only over TLS for a member of the mirror (its
+//! certificate fingerprint is in the configuration), and the mirror's description only over
+//! TLS; a plain request gets a refusal saying so. Without TLS the agent answers anyone on the
+//! network, as an ISCAgent of a mirror without TLS does.
+//!
 //! # Signals
 //!
 //! SIGTERM or SIGINT to the agent stops the instance gracefully (SIGTERM, then SIGKILL after
@@ -32,7 +41,7 @@
 //!
 //! # Left out
 //!
-//! Authentication of the requests (see the security issue).
+//! Authentication of requests in a mirror without TLS.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -41,6 +50,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
 use tokio::sync::watch;
@@ -48,6 +58,7 @@ use tokio::sync::watch;
 use crate::error::{Error, Result};
 use crate::limits::{AGENT_CONNECTIONS, ConnectionSlots};
 use crate::os::{Signal, send_signal};
+use crate::tls::{self, Identity};
 use crate::util::now_ms;
 use crate::wire::{MAX_AGENT_FRAME, read_frame, write_frame};
 
@@ -190,10 +201,14 @@ pub struct AgentSettings {
     pub superserver: String,
     /// The instance's data directory (its configuration is read there while it is down).
     pub data_dir: PathBuf,
+    /// The install folder (a supplied TLS certificate is looked for there).
+    pub install_dir: PathBuf,
 }
 
 struct Supervisor {
     settings: AgentSettings,
+    /// The member's TLS identity, shared with its instance (the same files).
+    identity: Arc<Identity>,
     status: Mutex<InstanceStatus>,
     /// Bumped whenever the instance exits, so a stop can wait for it.
     exits: watch::Sender<u64>,
@@ -202,6 +217,41 @@ struct Supervisor {
 impl Supervisor {
     fn status(&self) -> InstanceStatus {
         self.status.lock().unwrap().clone()
+    }
+
+    /// Whether `request` may be carried out for a caller showing `peer` (None: plain TCP).
+    /// The configuration is read at each request: it is small, and a member authorized a moment
+    /// ago on the primary is in it as soon as the instance wrote it.
+    fn permit(
+        &self,
+        request: &AgentRequest,
+        peer: Option<&str>,
+    ) -> std::result::Result<(), String> {
+        if matches!(request, AgentRequest::Status | AgentRequest::Start) {
+            return Ok(());
+        }
+        let config = crate::instance::config::read_config(&self.settings.data_dir)
+            .map_err(|e| e.to_string())?;
+        let Some(membership) = config
+            .as_ref()
+            .and_then(|c| c.mirror.membership.as_ref())
+            .filter(|m| m.mirror.require_tls)
+        else {
+            return Ok(());
+        };
+        match (request, peer) {
+            (_, None) => Err(format!(
+                "mirror {} requires SSL/TLS: this request is answered only over TLS",
+                membership.mirror.name
+            )),
+            // A member about to join shows a certificate nobody authorized yet.
+            (AgentRequest::MirrorInfo { .. }, Some(_)) => Ok(()),
+            (_, Some(peer)) if membership.authorized(peer) => Ok(()),
+            (_, Some(peer)) => Err(format!(
+                "the certificate {peer} is not one of mirror {}'s members",
+                membership.mirror.name
+            )),
+        }
     }
 
     fn reply(&self, ok: bool, message: impl Into<String>) -> AgentReply {
@@ -615,7 +665,24 @@ fn describe_exit(exit: std::process::ExitStatus) -> String {
 /// it: callers send their request at once, so a silent or half-sent request is not a caller's.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn serve_connection(supervisor: Arc<Supervisor>, mut stream: TcpStream) -> Result<()> {
+async fn serve_connection(supervisor: Arc<Supervisor>, stream: TcpStream) -> Result<()> {
+    // One peeked byte tells a TLS handshake from a plain frame.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(IDLE_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if tls::is_tls_start(first[0]) => {
+            let accepted = tls::accept(stream, &supervisor.identity).await?;
+            serve_requests(supervisor, accepted.stream, Some(accepted.peer)).await
+        }
+        Ok(Ok(1)) => serve_requests(supervisor, stream, None).await,
+        _ => Ok(()),
+    }
+}
+
+async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
+    supervisor: Arc<Supervisor>,
+    mut stream: S,
+    peer: Option<String>,
+) -> Result<()> {
     loop {
         let next = tokio::time::timeout(
             IDLE_TIMEOUT,
@@ -627,6 +694,10 @@ async fn serve_connection(supervisor: Arc<Supervisor>, mut stream: TcpStream) ->
         let Some(request) = next? else {
             return Ok(());
         };
+        if let Err(refusal) = supervisor.permit(&request, peer.as_deref()) {
+            write_frame(&mut stream, &supervisor.reply(false, refusal)).await?;
+            continue;
+        }
         let reply = match request {
             AgentRequest::Status => supervisor.reply(true, "status"),
             AgentRequest::Start => supervisor.start(),
@@ -677,7 +748,14 @@ pub async fn run(
             .unwrap_or_default()
     );
     let (exits, _) = watch::channel(0);
+    // Made before the instance starts, so the two never race to create the files.
+    let identity = Arc::new(Identity::load_or_create(
+        &settings.data_dir,
+        Some(&settings.install_dir),
+        &settings.host_name,
+    )?);
     let supervisor = Arc::new(Supervisor {
+        identity,
         settings,
         status: Mutex::new(InstanceStatus {
             state: "down".into(),
@@ -717,9 +795,29 @@ pub async fn run(
     Ok(())
 }
 
-/// [`call`] from a thread outside the async runtime, giving up after `timeout`.
+/// Where an agent request goes, and how: plain, or over TLS with this member's identity and,
+/// when known, the certificate the other member must show.
+#[derive(Clone)]
+pub struct Target {
+    /// The agent's address.
+    pub address: String,
+    /// TLS: this member's identity and the expected fingerprint.
+    pub tls: Option<(Arc<Identity>, Option<String>)>,
+}
+
+impl Target {
+    /// A plain target.
+    pub fn plain(address: impl Into<String>) -> Self {
+        Self {
+            address: address.into(),
+            tls: None,
+        }
+    }
+}
+
+/// [`call_to`] from a thread outside the async runtime, giving up after `timeout`.
 pub fn call_blocking(
-    address: &str,
+    target: &Target,
     request: AgentRequest,
     timeout: Duration,
 ) -> Result<AgentReply> {
@@ -728,27 +826,64 @@ pub fn call_blocking(
         .build()
         .map_err(|e| Error::Internal(format!("start a runtime: {e}")))?;
     runtime.block_on(async {
-        tokio::time::timeout(timeout, call(address, request))
+        tokio::time::timeout(timeout, call_to(target, request))
             .await
-            .map_err(|_| Error::Unavailable(format!("agent at {address} did not answer in time")))?
+            .map_err(|_| {
+                Error::Unavailable(format!(
+                    "agent at {} did not answer in time",
+                    target.address
+                ))
+            })?
+            .map(|(reply, _)| reply)
     })
 }
 
 /// Sends one request to an agent and returns its reply.
 pub async fn call(address: &str, request: AgentRequest) -> Result<AgentReply> {
-    let reply = call_raw(address, &request).await?;
-    serde_json::from_value(reply)
-        .map_err(|e| Error::Unavailable(format!("agent at {address} answered oddly: {e}")))
+    call_to(&Target::plain(address), request)
+        .await
+        .map(|(reply, _)| reply)
+}
+
+/// Sends one request as `target` says, and returns the reply and, over TLS, the fingerprint of
+/// the certificate the agent showed.
+pub async fn call_to(
+    target: &Target,
+    request: AgentRequest,
+) -> Result<(AgentReply, Option<String>)> {
+    let address = &target.address;
+    let stream = connect_agent(address).await?;
+    let (reply, peer) = match &target.tls {
+        None => (exchange(stream, &request, address).await?, None),
+        Some((identity, expected)) => {
+            let (stream, peer) = tls::connect(stream, identity, expected.as_deref()).await?;
+            (exchange(stream, &request, address).await?, Some(peer))
+        }
+    };
+    let reply = serde_json::from_value(reply)
+        .map_err(|e| Error::Unavailable(format!("agent at {address} answered oddly: {e}")))?;
+    Ok((reply, peer))
 }
 
 /// Sends one request and returns the answer as plain JSON: whoever listens on an agent port —
 /// a member's agent or the arbiter — can answer it (the health check asks both).
 pub async fn call_raw(address: &str, request: &AgentRequest) -> Result<serde_json::Value> {
+    exchange(connect_agent(address).await?, request, address).await
+}
+
+async fn connect_agent(address: &str) -> Result<TcpStream> {
     let connect = TcpStream::connect(address);
-    let mut stream = tokio::time::timeout(Duration::from_secs(5), connect)
+    tokio::time::timeout(Duration::from_secs(5), connect)
         .await
         .map_err(|_| Error::Unavailable(format!("agent at {address} did not answer")))?
-        .map_err(|e| Error::Unavailable(format!("agent at {address}: {e}")))?;
+        .map_err(|e| Error::Unavailable(format!("agent at {address}: {e}")))
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    request: &AgentRequest,
+    address: &str,
+) -> Result<serde_json::Value> {
     write_frame(&mut stream, request).await?;
     read_frame(&mut stream, MAX_AGENT_FRAME)
         .await?

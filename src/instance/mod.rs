@@ -328,6 +328,12 @@ impl Instance {
         ));
         let receiver_journal = if primary { None } else { mirror_journal.take() };
         let writer_journal = if primary { mirror_journal } else { None };
+        // The agent made the files before it started this instance; a lone instance makes them.
+        let identity = Arc::new(crate::tls::Identity::load_or_create(
+            &settings.data_dir,
+            Some(&settings.install_dir),
+            &settings.host_name,
+        )?);
         let superserver = std::net::TcpListener::bind(&settings.superserver).map_err(|e| {
             Error::Io(format!(
                 "listen on the superserver address {}: {e}",
@@ -356,6 +362,7 @@ impl Instance {
             instance_name: settings.instance_name.clone(),
             superserver: settings.superserver.clone(),
             agent: settings.agent.clone(),
+            identity,
         });
         let mirror_service = MirrorService::start(context, superserver, receiver_journal);
         Ok(Arc::new(Instance {

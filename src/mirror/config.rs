@@ -194,6 +194,23 @@ pub struct MemberInfo {
     pub agent_port: u16,
     /// The instance's id.
     pub instance_guid: String,
+    /// The SHA-256 fingerprint of the member's TLS certificate (see [`crate::tls`]). In a
+    /// mirror that requires SSL/TLS, the only certificate other members accept from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+}
+
+/// A member that asked to join a mirror requiring SSL/TLS and waits for someone on the primary
+/// to Authorize (or Reject) it (Edit Mirror → Pending New Members).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingMember {
+    /// The member as it described itself; its `certificate` is the fingerprint it showed.
+    pub info: MemberInfo,
+    /// When it first asked (ms since the Unix epoch).
+    pub since_ms: i64,
+    /// Rejected: its requests are refused until someone authorizes it after all.
+    #[serde(default)]
+    pub rejected: bool,
 }
 
 impl MemberInfo {
@@ -223,7 +240,8 @@ pub struct MirrorDefinition {
     pub arbiter_address: String,
     /// Arbiter port.
     pub arbiter_port: u16,
-    /// Require SSL/TLS (refused for now).
+    /// Require SSL/TLS: mutual TLS on the data channel and agent connections, and new members
+    /// wait for authorization on the primary.
     pub require_tls: bool,
     /// Allow Parallel Dejournaling setting (shown; dejournaling here is ordered per database).
     pub parallel_dejournaling: String,
@@ -301,6 +319,9 @@ pub struct Membership {
     /// Stop Mirror On This Member (a backup): it does not connect until started again.
     #[serde(default)]
     pub stopped: bool,
+    /// Members waiting for authorization (a primary of a mirror that requires SSL/TLS).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<PendingMember>,
 }
 
 /// The first journal position of an epoch.
@@ -329,6 +350,14 @@ impl Membership {
         std::iter::once(&self.this)
             .chain(&self.others)
             .find(|m| m.name == name)
+    }
+
+    /// Whether `fingerprint` is the certificate of a member of this mirror (this one included):
+    /// who may receive journal and make mirror requests when the mirror requires SSL/TLS.
+    pub fn authorized(&self, fingerprint: &str) -> bool {
+        std::iter::once(&self.this)
+            .chain(&self.others)
+            .any(|m| m.certificate.as_deref() == Some(fingerprint))
     }
 
     /// The mirrored database called `name`.
@@ -365,6 +394,13 @@ impl MirrorConfig {
     pub fn member(&self) -> Result<&Membership> {
         self.membership
             .as_ref()
+            .ok_or_else(|| Error::Conflict("this instance is not a mirror member".into()))
+    }
+
+    /// [`Self::member`], to change it.
+    pub fn member_mut(&mut self) -> Result<&mut Membership> {
+        self.membership
+            .as_mut()
             .ok_or_else(|| Error::Conflict("this instance is not a mirror member".into()))
     }
 }

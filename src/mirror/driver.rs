@@ -354,7 +354,9 @@ impl Driver {
                     .tell_arbiter(ToArbiter::StoodDown { activation });
             }
             Action::Reconnect => {}
-            Action::ForceOtherDown => force_other_down(m, context.config.get().epoch),
+            Action::ForceOtherDown => {
+                force_other_down(&context.identity, m, context.config.get().epoch)
+            }
             Action::ShutDown => {
                 tracing::error!("mirror: the other member took over; this instance stops");
                 std::process::exit(3);
@@ -369,7 +371,7 @@ impl Driver {
         let Some(primary) = m.primary_name.as_deref().and_then(|p| m.member(p)) else {
             return;
         };
-        let Ok(address) = primary.agent_connect_address() else {
+        let Ok(address) = super::agent_target(&self.service.context().identity, m, primary) else {
             return;
         };
         self.asking = true;
@@ -377,7 +379,10 @@ impl Driver {
         let tx = self.answers_tx.clone();
         let journal = self.service.receiver_journal();
         let (mirror_name, mirror_id) = (m.mirror.name.clone(), m.mirror.id.clone());
-        tracing::warn!("mirror: lost the primary; asking its agent at {address}");
+        tracing::warn!(
+            "mirror: lost the primary; asking its agent at {}",
+            address.address
+        );
         let _ = std::thread::Builder::new()
             .name("ask-agent".into())
             .spawn(move || {
@@ -481,7 +486,7 @@ impl Driver {
             self.restart(Restart::Primary, None);
             return;
         };
-        let Ok(address) = other.agent_connect_address() else {
+        let Ok(address) = super::agent_target(&context.identity, m, &other) else {
             return;
         };
         let mirror = m.mirror.name.clone();
@@ -566,7 +571,7 @@ impl Driver {
 /// Fetches the down primary's mirror journal after this member's end through its agent, and
 /// appends it (made durable) to this member's mirror journal.
 fn fetch_tail(
-    address: &str,
+    address: &crate::agent::Target,
     journal: &super::receiver::SharedJournal,
     mirror_name: &str,
     mirror_id: &str,
@@ -619,11 +624,11 @@ fn fetch_tail(
 
 /// After a takeover through the arbiter: force the old primary down through its agent as soon as
 /// it can be reached (it is frozen in trouble, or gone; if it comes back it must not resume).
-fn force_other_down(m: &Membership, epoch: u64) {
+fn force_other_down(identity: &Arc<crate::tls::Identity>, m: &Membership, epoch: u64) {
     let Some(old) = m.primary_name.as_deref().and_then(|p| m.member(p)).cloned() else {
         return;
     };
-    let Ok(address) = old.agent_connect_address() else {
+    let Ok(address) = super::agent_target(identity, m, &old) else {
         return;
     };
     let qos = Duration::from_millis(m.mirror.qos_timeout_ms);

@@ -519,6 +519,7 @@ mod tests {
             agent_address: "h".into(),
             agent_port: 2188,
             instance_guid: "g".into(),
+            certificate: None,
         }
     }
 

@@ -44,6 +44,13 @@
 //! asking agents and the arbiter. A former primary that comes back learns its role from the
 //! other member, and one from an older epoch undoes its [`divergence`] before it follows.
 //!
+//! # SSL/TLS
+//!
+//! A mirror created with Require SSL/TLS runs its data channel and agent requests over mutual
+//! TLS ([`crate::tls`]). Every member knows every other member's certificate fingerprint and
+//! accepts no other; a new member waits in Pending New Members on the primary ([`server`]) until
+//! someone authorizes it, and only then receives journal.
+//!
 //! # Async members
 //!
 //! Disaster recovery and reporting members receive the journal like the backup but never count
@@ -61,7 +68,7 @@
 //!
 //! # Left out (for now)
 //!
-//! Read-write reporting asyncs, TLS and virtual IPs.
+//! Virtual IPs, and TLS on the arbiter's connections.
 
 pub mod arbiter_link;
 pub mod config;
@@ -188,6 +195,52 @@ pub struct MirrorContext {
     pub superserver: String,
     /// The agent bind address.
     pub agent: String,
+    /// This member's TLS key and certificate.
+    pub identity: Arc<crate::tls::Identity>,
+}
+
+/// The certificate `member` must show in a mirror that requires SSL/TLS.
+fn expected_certificate(member: &config::MemberInfo) -> Result<String> {
+    member.certificate.clone().ok_or_else(|| {
+        crate::error::Error::Conflict(format!(
+            "no certificate is known for member {}; it must join the mirror again",
+            member.name
+        ))
+    })
+}
+
+/// How to reach `member`'s agent: over TLS, pinned to its certificate, when the mirror requires
+/// SSL/TLS; plain otherwise.
+pub fn agent_target(
+    identity: &Arc<crate::tls::Identity>,
+    m: &config::Membership,
+    member: &config::MemberInfo,
+) -> Result<crate::agent::Target> {
+    let address = member.agent_connect_address()?;
+    if !m.mirror.require_tls {
+        return Ok(crate::agent::Target::plain(address));
+    }
+    Ok(crate::agent::Target {
+        address,
+        tls: Some((identity.clone(), Some(expected_certificate(member)?))),
+    })
+}
+
+/// Opens a connection to `member` at `address` (its superserver port): over TLS, pinned to its
+/// certificate, when the mirror requires SSL/TLS; plain TCP otherwise.
+pub fn dial(
+    identity: &crate::tls::Identity,
+    m: &config::Membership,
+    member: &config::MemberInfo,
+    address: &str,
+    timeout: std::time::Duration,
+) -> Result<crate::tls::Channel> {
+    let tcp = receiver::connect(address, timeout)?;
+    tcp.set_nodelay(true)?;
+    if !m.mirror.require_tls {
+        return Ok(crate::tls::Channel::Plain(tcp));
+    }
+    crate::tls::connect_blocking(tcp, identity, &expected_certificate(member)?)
 }
 
 impl MirrorContext {

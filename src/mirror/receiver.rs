@@ -18,7 +18,7 @@
 //! quarantine), and only then cuts its journal.
 
 use std::io::{BufReader, BufWriter, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -29,9 +29,10 @@ use crate::journal::{Journal, JournalOptions, JournalPos};
 use crate::util::now_ms;
 
 use super::MirrorContext;
-use super::config::{MemberInfo, MemberKind};
+use super::config::{MemberInfo, MemberKind, Membership};
 use super::failover::{Event, Mode};
 use super::protocol::{Control, Message, check_frames, read_message, write_ack, write_control};
+use crate::tls::Channel;
 
 /// How often the link is tried again after it failed.
 const RETRY: Duration = Duration::from_secs(1);
@@ -115,7 +116,8 @@ fn primary_of(context: &MirrorContext, failures: usize) -> Result<MemberInfo> {
         .ok_or_else(|| Error::Conflict(format!("member {name} is not known")))
 }
 
-fn connect(address: &str, timeout: Duration) -> Result<TcpStream> {
+/// A TCP connection to `address`, trying each address it resolves to.
+pub(crate) fn connect(address: &str, timeout: Duration) -> Result<TcpStream> {
     let mut last = Error::Unavailable(format!("{address} did not resolve"));
     for addr in address
         .to_socket_addrs()
@@ -144,11 +146,13 @@ fn receive(
         .clone()
         .ok_or_else(|| Error::Conflict("not a mirror member".into()))?;
     let qos = Duration::from_millis(membership.mirror.qos_timeout_ms);
-    let stream = connect(
+    let stream = super::dial(
+        &context.identity,
+        &membership,
+        &primary,
         &primary.data_channel_address()?,
         qos.max(Duration::from_secs(2)),
     )?;
-    stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::with_capacity(1 << 20, stream.try_clone()?);
     let mut writer = BufWriter::new(stream.try_clone()?);
@@ -165,7 +169,12 @@ fn receive(
         &Control::Hello {
             mirror_name: membership.mirror.name.clone(),
             mirror_id: membership.mirror.id.clone(),
-            member: membership.this.clone(),
+            // The certificate this member holds now: if its key was replaced, the primary sees
+            // that it differs from the authorized one and says so.
+            member: MemberInfo {
+                certificate: Some(context.identity.fingerprint().to_string()),
+                ..membership.this.clone()
+            },
             journal_first: first,
             journal_end: end,
             last_epoch,
@@ -417,24 +426,33 @@ fn receive(
             context.writer.dejournal();
         }
     }
-    let _ = stream.shutdown(Shutdown::Both);
+    stream.close();
     Ok(())
 }
 
 /// True when a whole message is already in the read buffer.
-fn buffered_message(reader: &BufReader<TcpStream>) -> bool {
+fn buffered_message(reader: &BufReader<Channel>) -> bool {
     let buf = reader.buffer();
     buf.len() >= 4 && buf.len() >= 4 + u32::from_be_bytes(buf[0..4].try_into().unwrap()) as usize
 }
 
 /// Fetches records `from..=to` from the primary (for a Catchup that needs older journal).
 pub fn fetch(
-    address: &str,
-    mirror_id: &str,
+    identity: &crate::tls::Identity,
+    membership: &Membership,
+    primary: &MemberInfo,
     from: JournalPos,
     to: JournalPos,
 ) -> Result<(JournalPos, JournalPos, Vec<u8>)> {
-    let stream = connect(address, Duration::from_secs(5))?;
+    let mirror_id = &membership.mirror.id;
+    let address = primary.data_channel_address()?;
+    let stream = super::dial(
+        identity,
+        membership,
+        primary,
+        &address,
+        Duration::from_secs(5),
+    )?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = BufWriter::new(stream);

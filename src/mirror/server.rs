@@ -10,11 +10,20 @@
 //! - `Fetch` (older records for a Catchup): streamed from the journal files, if still kept.
 //! - `Info` (the local agent, for a joining member): a description of the mirror.
 //!
+//! # SSL/TLS
+//!
+//! A connection that starts with a TLS handshake is accepted as TLS, and the client's
+//! certificate fingerprint comes with it. In a mirror that requires SSL/TLS, journal (`Hello`,
+//! `Fetch`) goes only over TLS and only to members whose certificate the mirror lists; a member
+//! the primary does not know yet is recorded in Pending New Members and refused with
+//! [`AWAITING_AUTHORIZATION`] until someone authorizes it. Plain connections still get `Info`:
+//! the local agent's probes and questions arrive that way.
+//!
 //! Sockets are blocking with timeouts: a member that stops reading is dropped after the QoS
 //! timeout instead of stalling the primary.
 
 use std::io::{BufReader, BufWriter, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
@@ -23,13 +32,18 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::journal::{JournalPos, JournalShared};
 use crate::limits::{ConnectionSlots, SUPERSERVER_CONNECTIONS};
+use crate::tls::Channel;
 use crate::util::now_ms;
 
 use super::MirrorContext;
-use super::config::{MemberInfo, MemberKind};
+use super::config::{MemberInfo, MemberKind, PendingMember};
 use super::hub::Outgoing;
 use super::protocol::{Control, Message, read_message, write_control, write_frames};
 use super::state::Role;
+
+/// The words of the refusal a member gets while it waits in Pending New Members (a joining
+/// member keeps its configuration when it hears them).
+pub const AWAITING_AUTHORIZATION: &str = "awaiting authorization on the primary";
 
 /// Frames per message when sending from the journal files.
 const BACKLOG_CHUNK_BYTES: usize = 1 << 20;
@@ -71,9 +85,22 @@ pub fn start(
         .expect("spawn the superserver thread")
 }
 
-fn serve(stream: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+/// Takes TLS when the connection starts with a handshake; returns the connection and the
+/// client's certificate fingerprint (None: plain).
+fn open(tcp: TcpStream, context: &MirrorContext) -> Result<(Channel, Option<String>)> {
+    tcp.set_nodelay(true)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut first = [0u8; 1];
+    if tcp.peek(&mut first)? == 1 && crate::tls::is_tls_start(first[0]) {
+        let (channel, peer) = crate::tls::accept_blocking(tcp, &context.identity)?;
+        channel.set_read_timeout(Some(Duration::from_secs(10)))?;
+        return Ok((channel, Some(peer)));
+    }
+    Ok((Channel::Plain(tcp), None))
+}
+
+fn serve(tcp: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
+    let (stream, peer) = open(tcp, context)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = BufWriter::new(stream.try_clone()?);
     let first = match read_message(&mut reader)? {
@@ -85,7 +112,7 @@ fn serve(stream: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
         }
         None => return Ok(()),
     };
-    let refuse = |writer: &mut BufWriter<TcpStream>, reason: String| -> Result<()> {
+    let refuse = |writer: &mut BufWriter<Channel>, reason: String| -> Result<()> {
         write_control(writer, &Control::Refused { reason })?;
         writer.flush()?;
         Ok(())
@@ -113,7 +140,7 @@ fn serve(stream: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
             mirror_id,
             from,
             to,
-        } => match fetch_source(context, &mirror_id) {
+        } => match fetch_source(context, &mirror_id, peer.as_deref()) {
             Ok(journal) => serve_fetch(&mut writer, &journal, JournalPos(from), JournalPos(to)),
             Err(err) => refuse(&mut writer, err.to_string()),
         },
@@ -130,6 +157,7 @@ fn serve(stream: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
             let fresh = journal_first == 0;
             let accepted = accept_member(
                 context,
+                peer.as_deref(),
                 &mirror_name,
                 &mirror_id,
                 &member,
@@ -148,13 +176,23 @@ fn serve(stream: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
     }
 }
 
-fn fetch_source(context: &MirrorContext, mirror_id: &str) -> Result<Arc<JournalShared>> {
+fn fetch_source(
+    context: &MirrorContext,
+    mirror_id: &str,
+    peer: Option<&str>,
+) -> Result<Arc<JournalShared>> {
     let config = context.config.get();
     let membership = config.mirror.member()?;
     if membership.mirror.id != mirror_id {
         return Err(Error::Conflict(
             "this member belongs to another mirror".into(),
         ));
+    }
+    if membership.mirror.require_tls && !peer.is_some_and(|p| membership.authorized(p)) {
+        return Err(Error::Conflict(format!(
+            "mirror {} requires SSL/TLS: journal goes only to its members' certificates",
+            membership.mirror.name
+        )));
     }
     if context.mirror.role() != Role::Primary {
         return Err(Error::Conflict(
@@ -168,7 +206,7 @@ fn fetch_source(context: &MirrorContext, mirror_id: &str) -> Result<Arc<JournalS
 }
 
 fn serve_fetch(
-    writer: &mut BufWriter<TcpStream>,
+    writer: &mut BufWriter<Channel>,
     journal: &JournalShared,
     from: JournalPos,
     to: JournalPos,
@@ -195,7 +233,7 @@ fn serve_fetch(
 
 /// Sends records `after+1..=until` from the journal files in chunks.
 fn send_range(
-    writer: &mut BufWriter<TcpStream>,
+    writer: &mut BufWriter<Channel>,
     journal: &JournalShared,
     after: JournalPos,
     until: JournalPos,
@@ -220,8 +258,10 @@ fn send_range(
 }
 
 /// Decides whether a member may receive the journal, and from where.
+#[allow(clippy::too_many_arguments)]
 fn accept_member(
     context: &MirrorContext,
+    peer: Option<&str>,
     mirror_name: &str,
     mirror_id: &str,
     member: &MemberInfo,
@@ -255,6 +295,9 @@ fn accept_member(
             "{} is this member's own name",
             member.name
         )));
+    }
+    if membership.mirror.require_tls {
+        authorize_peer(context, membership, member, peer)?;
     }
     if member.kind == MemberKind::Failover
         && membership
@@ -315,7 +358,8 @@ fn accept_member(
             journal.first_pos()
         )));
     }
-    // Remember the member (no TLS: a member registers itself by joining).
+    // Remember the member. Without TLS a member registers itself by joining; with TLS it got
+    // here only as a member someone authorized, with the certificate it shows.
     let changed = context.config.update(|c| {
         let Some(m) = c.mirror.membership.as_mut() else {
             return Ok(false);
@@ -343,6 +387,80 @@ fn accept_member(
     Ok((journal, cut, from))
 }
 
+/// In a mirror that requires SSL/TLS: a member may receive journal only over TLS, showing the
+/// certificate the mirror lists for it. One the mirror does not know yet waits in Pending New
+/// Members; one that shows another certificate than its authorized one is refused.
+fn authorize_peer(
+    context: &MirrorContext,
+    membership: &super::config::Membership,
+    member: &MemberInfo,
+    peer: Option<&str>,
+) -> Result<()> {
+    let Some(peer) = peer else {
+        return Err(Error::Conflict(format!(
+            "mirror {} requires SSL/TLS: connect over TLS",
+            membership.mirror.name
+        )));
+    };
+    if member.certificate.as_deref() != Some(peer) {
+        return Err(Error::Conflict(format!(
+            "{} names a certificate other than the one it shows",
+            member.name
+        )));
+    }
+    match membership.others.iter().find(|o| o.name == member.name) {
+        Some(known) if known.certificate.as_deref() == Some(peer) => return Ok(()),
+        Some(_) => {
+            return Err(Error::Conflict(format!(
+                "{} shows a certificate that is not the one authorized for it",
+                member.name
+            )));
+        }
+        None => {}
+    }
+    let rejected = context.config.update(|c| {
+        let Some(m) = c.mirror.membership.as_mut() else {
+            return Ok(false);
+        };
+        let asked = PendingMember {
+            info: member.clone(),
+            since_ms: now_ms(),
+            rejected: false,
+        };
+        // One entry per member name; a new certificate replaces the old request (and is
+        // judged afresh).
+        Ok(
+            match m.pending.iter_mut().find(|p| p.info.name == member.name) {
+                Some(p) if p.info == *member => p.rejected,
+                Some(p) => {
+                    *p = asked;
+                    false
+                }
+                None => {
+                    tracing::warn!(
+                        "mirror: {} ({}) asks to join; it waits in Pending New Members",
+                        member.name,
+                        peer
+                    );
+                    m.pending.push(asked);
+                    false
+                }
+            },
+        )
+    })?;
+    Err(Error::Conflict(if rejected {
+        format!(
+            "the primary rejected {}: ask its administrator to authorize it",
+            member.name
+        )
+    } else {
+        format!(
+            "{} is {AWAITING_AUTHORIZATION}: there, Edit Mirror → Pending New Members → Authorize",
+            member.name
+        )
+    }))
+}
+
 /// Where a member must cut its journal before it receives, and why.
 #[derive(Debug, Clone, Copy)]
 struct Cut {
@@ -352,9 +470,9 @@ struct Cut {
 
 #[allow(clippy::too_many_arguments)]
 fn serve_member(
-    stream: TcpStream,
-    mut reader: BufReader<TcpStream>,
-    mut writer: BufWriter<TcpStream>,
+    stream: Channel,
+    mut reader: BufReader<Channel>,
+    mut writer: BufWriter<Channel>,
     context: &Arc<MirrorContext>,
     journal: Arc<JournalShared>,
     member: MemberInfo,
@@ -405,7 +523,7 @@ fn serve_member(
                 .spawn(move || {
                     let why = read_acks(&mut reader, &context, id);
                     context.mirror.hub.unregister(id, &why);
-                    let _ = stream.shutdown(Shutdown::Both);
+                    stream.close();
                 })?
         };
         // What the member lacks up to the snapshot comes from the files; the rest is queued.
@@ -444,19 +562,19 @@ fn serve_member(
                 break;
             }
         }
-        let _ = stream.shutdown(Shutdown::Both);
+        stream.close();
         let _ = acks.join();
         Ok(())
     })();
     if let Err(err) = &result {
         hub.unregister(id, &err.to_string());
-        let _ = stream.shutdown(Shutdown::Both);
+        stream.close();
     }
     result
 }
 
 /// Writes one queued item; false when the connection is to be closed.
-fn send_outgoing(writer: &mut BufWriter<TcpStream>, next: Outgoing) -> Result<bool> {
+fn send_outgoing(writer: &mut BufWriter<Channel>, next: Outgoing) -> Result<bool> {
     match next {
         Outgoing::Frames(bytes, first, last) => write_frames(writer, first, last, &bytes)?,
         Outgoing::Control(control) => write_control(writer, &control)?,
@@ -470,7 +588,7 @@ fn send_outgoing(writer: &mut BufWriter<TcpStream>, next: Outgoing) -> Result<bo
 }
 
 /// Reads a member's acknowledgements and reports until the connection ends; returns why.
-fn read_acks(reader: &mut BufReader<TcpStream>, context: &MirrorContext, id: u64) -> String {
+fn read_acks(reader: &mut BufReader<Channel>, context: &MirrorContext, id: u64) -> String {
     loop {
         match read_message(reader) {
             Ok(Some(Message::Ack(pos))) => context.mirror.hub.on_ack(id, pos),

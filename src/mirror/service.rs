@@ -25,11 +25,12 @@ use crate::names::DbName;
 use crate::util::{format_time, now_ms, random_hex};
 
 use super::MirrorContext;
+use super::config::PendingMember;
 use super::config::{
     self, DEFAULT_AGENT_PORT, DEFAULT_QOS_MS, DEFAULT_SUPERSERVER_PORT, MAX_QOS_MS, MIN_QOS_MS,
     MemberInfo, MemberKind, Membership, MirrorDefinition,
 };
-use super::protocol::MirrorDescription;
+use super::protocol::{Control, MirrorDescription};
 use super::receiver::{self, SharedJournal};
 use super::state::{CatchupPhase, Role};
 use super::status::{self, Transfer};
@@ -219,6 +220,12 @@ pub struct MirrorView {
     /// Whether this member may be forced to become primary (a failover member that is not
     /// primary and not connected to one).
     pub may_force: bool,
+    /// Require SSL/TLS is set.
+    pub require_tls: bool,
+    /// This member's certificate fingerprint.
+    pub certificate: String,
+    /// Pending New Members (on the primary of a mirror that requires SSL/TLS).
+    pub pending: Vec<PendingMember>,
 }
 
 /// Quarantined rows the monitor lists at most.
@@ -487,6 +494,7 @@ impl MirrorService {
             agent_address,
             agent_port,
             instance_guid: self.context.config.get().instance_guid.clone(),
+            certificate: Some(self.context.identity.fingerprint().to_string()),
         })
     }
 
@@ -495,12 +503,6 @@ impl MirrorService {
         self.require_service()?;
         self.require_not_member()?;
         let name = config::mirror_name(&request.mirror_name)?;
-        if request.require_tls {
-            return Err(Error::Conflict(
-                "Require SSL/TLS is not available in this lab yet: create the mirror without it"
-                    .into(),
-            ));
-        }
         if request.use_virtual_ip {
             return Err(Error::Conflict(
                 "Use Virtual IP is not available in this lab yet: create the mirror without it"
@@ -538,7 +540,7 @@ impl MirrorService {
             use_arbiter: request.use_arbiter,
             arbiter_address,
             arbiter_port,
-            require_tls: false,
+            require_tls: request.require_tls,
             parallel_dejournaling: "Failover Members and DR".into(),
             compression_failover: "System Selected".into(),
             compression_async: "System Selected".into(),
@@ -555,6 +557,7 @@ impl MirrorService {
             pending_adds: Vec::new(),
             epochs: Vec::new(),
             stopped: false,
+            pending: Vec::new(),
         };
         let stream = crate::util::parse_hex16(&id).expect("fresh id");
         let options = JournalOptions::mirror(&name, self.context.max_segment_bytes, JournalPos(1));
@@ -586,8 +589,14 @@ impl MirrorService {
             .instance_name
             .clone()
             .unwrap_or_else(|| crate::instance::DEFAULT_INSTANCE_NAME.into());
-        let reply = agent::call(
-            &address,
+        // Always over TLS: in a mirror that requires it, the certificate the agent shows is
+        // checked against the mirror's description before this member trusts it.
+        let target = agent::Target {
+            address,
+            tls: Some((self.context.identity.clone(), None)),
+        };
+        let (reply, shown) = agent::call_to(
+            &target,
             AgentRequest::MirrorInfo {
                 mirror_name,
                 instance_name: instance.to_ascii_uppercase(),
@@ -602,9 +611,21 @@ impl MirrorService {
         if !reply.ok {
             return Err(Error::Conflict(reply.message));
         }
-        reply
+        let description = reply
             .mirror
-            .ok_or_else(|| Error::Conflict("the agent did not describe the mirror".into()))
+            .ok_or_else(|| Error::Conflict("the agent did not describe the mirror".into()))?;
+        if description.mirror.require_tls
+            && !description
+                .members
+                .iter()
+                .any(|m| m.certificate.is_some() && m.certificate == shown)
+        {
+            return Err(Error::Conflict(format!(
+                "the agent at {} showed a certificate that belongs to no member of mirror {}",
+                target.address, description.mirror.name
+            )));
+        }
+        Ok(description)
     }
 
     /// Join as Failover: store this member's information and connect to the primary.
@@ -623,11 +644,6 @@ impl MirrorService {
         self.require_service()?;
         self.require_not_member()?;
         let description = self.join_info(&request.info).await?;
-        if description.mirror.require_tls {
-            return Err(Error::Conflict(
-                "this mirror requires SSL/TLS, which this lab does not support yet".into(),
-            ));
-        }
         let count = |failover: bool| {
             description
                 .members
@@ -673,6 +689,7 @@ impl MirrorService {
             pending_adds: Vec::new(),
             epochs: Vec::new(),
             stopped: false,
+            pending: Vec::new(),
         };
         let name = membership.mirror.name.clone();
         let prefix = JournalOptions::mirror(&name, 0, JournalPos(1)).prefix;
@@ -714,6 +731,19 @@ impl MirrorService {
                 return Ok(format!(
                     "joined mirror {name} as {} member; the primary is {}",
                     kind.display().to_lowercase(),
+                    description.primary
+                ));
+            }
+            // In a mirror that requires SSL/TLS the primary keeps this member waiting until
+            // someone authorizes it: the join stands, and the receiver keeps asking.
+            if link
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains(super::server::AWAITING_AUTHORIZATION))
+            {
+                return Ok(format!(
+                    "joined mirror {name}; this member waits for authorization: on the primary ({}), \
+                     Edit Mirror → Pending New Members → Authorize",
                     description.primary
                 ));
             }
@@ -802,8 +832,8 @@ impl MirrorService {
             .as_deref()
             .and_then(|p| m.member(p))
             .ok_or_else(|| Error::Conflict("the primary is not known".into()))?;
-        let address = primary.data_channel_address()?;
-        let mirror_id = m.mirror.id.clone();
+        let (membership, primary) = (m.clone(), primary.clone());
+        let tls_identity = self.context.identity.clone();
         self.context.mirror.update_database(db, |d| {
             d.phase = CatchupPhase::Running {
                 done: 0,
@@ -811,10 +841,11 @@ impl MirrorService {
             }
         });
         tracing::info!("catchup of {db}: fetching journal records {from}..={to} from the primary");
-        let fetched =
-            tokio::task::spawn_blocking(move || receiver::fetch(&address, &mirror_id, from, to))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))?;
+        let fetched = tokio::task::spawn_blocking(move || {
+            receiver::fetch(&tls_identity, &membership, &primary, from, to)
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?;
         match fetched {
             Ok((first, last, frames)) => {
                 let journal = self.receiver_journal.clone();
@@ -890,6 +921,108 @@ impl MirrorService {
         })?;
         self.context.mirror.hub.set_qos(qos);
         Ok(format!("mirror {name}: QoS timeout set to {qos} ms"))
+    }
+
+    /// Pending New Members: members waiting for authorization on this primary.
+    pub fn pending(&self) -> Vec<PendingMember> {
+        self.context
+            .config
+            .get()
+            .mirror
+            .membership
+            .as_ref()
+            .map(|m| m.pending.clone())
+            .unwrap_or_default()
+    }
+
+    /// Authorize a pending member (primary of a mirror that requires SSL/TLS): it becomes a
+    /// member with the certificate it showed, and its next attempt is welcomed.
+    pub fn authorize(&self, name: &str) -> Result<String> {
+        let name = config::member_name(name)?;
+        self.require_primary_for_pending()?;
+        let authorized = self.context.config.update(|c| {
+            let m = c.mirror.member_mut()?;
+            let Some(index) = m.pending.iter().position(|p| p.info.name == name) else {
+                return Ok(None);
+            };
+            let info = m.pending[index].info.clone();
+            if info.kind == MemberKind::Failover
+                && m.others
+                    .iter()
+                    .any(|o| o.kind == MemberKind::Failover && o.name != info.name)
+            {
+                return Err(Error::Conflict(
+                    "the mirror already has two failover members: reject this one".into(),
+                ));
+            }
+            m.pending.remove(index);
+            m.others.retain(|o| o.name != info.name);
+            m.others.push(info.clone());
+            Ok(Some(info))
+        })?;
+        let Some(info) = authorized else {
+            return Err(Error::NotFound(format!(
+                "no member named {name} waits for authorization"
+            )));
+        };
+        tracing::info!(
+            "mirror: authorized {} ({})",
+            info.name,
+            info.certificate.as_deref().unwrap_or("")
+        );
+        if let Some(description) = self.context.describe() {
+            self.context
+                .mirror
+                .hub
+                .announce(Control::MirrorChanged { description });
+        }
+        Ok(format!(
+            "authorized {}; it connects at its next attempt (within seconds)",
+            info.name
+        ))
+    }
+
+    /// Reject a pending member: its attempts are refused until someone authorizes it after all.
+    pub fn reject(&self, name: &str) -> Result<String> {
+        let name = config::member_name(name)?;
+        self.require_primary_for_pending()?;
+        let found = self.context.config.update(|c| {
+            let m = c.mirror.member_mut()?;
+            Ok(match m.pending.iter_mut().find(|p| p.info.name == name) {
+                Some(p) => {
+                    let was = p.rejected;
+                    p.rejected = true;
+                    Some(was)
+                }
+                None => None,
+            })
+        })?;
+        match found {
+            None => Err(Error::NotFound(format!(
+                "no member named {name} waits for authorization"
+            ))),
+            Some(true) => Ok(format!("{name} was already rejected")),
+            Some(false) => Ok(format!(
+                "rejected {name}; its requests are refused (Authorize still admits it)"
+            )),
+        }
+    }
+
+    fn require_primary_for_pending(&self) -> Result<()> {
+        let config = self.context.config.get();
+        let m = config.mirror.member()?;
+        if !m.mirror.require_tls {
+            return Err(Error::Conflict(format!(
+                "mirror {} does not require SSL/TLS: members join without authorization",
+                m.mirror.name
+            )));
+        }
+        if self.context.mirror.role() != Role::Primary {
+            return Err(Error::Conflict(
+                "pending members are authorized on the primary".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Edit Mirror › Remove Other Mirror Member (primary; the member must be disconnected).
@@ -1290,6 +1423,9 @@ impl MirrorService {
                 no_failover: None,
                 stopped: false,
                 may_force: false,
+                require_tls: false,
+                certificate: context.identity.fingerprint().to_string(),
+                pending: Vec::new(),
             };
         };
         let failover = context.mirror.failover_view.lock().unwrap().clone();
@@ -1528,6 +1664,13 @@ impl MirrorService {
             may_force: m.this.kind == MemberKind::Failover
                 && (!primary || context.mirror.deciding())
                 && !link.connected,
+            require_tls: m.mirror.require_tls,
+            certificate: context.identity.fingerprint().to_string(),
+            pending: if primary {
+                m.pending.clone()
+            } else {
+                Vec::new()
+            },
         }
     }
 

@@ -39,6 +39,9 @@ pub fn routes() -> Router<AppState> {
         .route("/mirror/edit", post(mirror_edit))
         .route("/mirror/remove", post(mirror_remove))
         .route("/mirror/remove-member", post(mirror_remove_member))
+        .route("/mirror/pending", get(mirror_pending))
+        .route("/mirror/authorize", post(mirror_authorize))
+        .route("/mirror/reject", post(mirror_reject))
         .route("/mirror/add-databases", post(mirror_add_databases))
         .route("/mirror/freeze", post(mirror_freeze))
         .route("/mirror/no-failover", post(mirror_no_failover))
@@ -292,6 +295,8 @@ async fn mirror(State(state): State<AppState>) -> Json<Json_> {
         "failover_note": view.failover_note,
         "no_failover": view.no_failover.is_some(),
         "stopped": view.stopped,
+        "require_tls": view.require_tls,
+        "certificate": view.certificate,
         "quarantine": { "count": view.quarantine.1, "rows": view.quarantine.0 },
         "productions": state
             .instance
@@ -439,6 +444,48 @@ async fn mirror_remove_member(
             .mirror_service
             .remove_member(&request.member_name.to_ascii_uppercase())?,
     )
+}
+
+/// Pending New Members: `{"pending": [{"member_name", "type", "certificate", "since_ms",
+/// "rejected", "superserver_address", "agent_address"}]}`.
+async fn mirror_pending(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let pending: Vec<serde_json::Value> = state
+        .instance
+        .mirror_service
+        .pending()
+        .into_iter()
+        .map(|p| {
+            serde_json::json!({
+                "member_name": p.info.name,
+                "type": p.info.kind.display(),
+                "certificate": p.info.certificate,
+                "superserver_address": p.info.superserver_address,
+                "agent_address": p.info.agent_address,
+                "since_ms": p.since_ms,
+                "rejected": p.rejected,
+            })
+        })
+        .collect();
+    Json(serde_json::json!({ "pending": pending }))
+}
+
+async fn mirror_authorize(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<MemberRequest>,
+) -> ApiResult {
+    done(
+        state
+            .instance
+            .mirror_service
+            .authorize(&request.member_name)?,
+    )
+}
+
+async fn mirror_reject(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<MemberRequest>,
+) -> ApiResult {
+    done(state.instance.mirror_service.reject(&request.member_name)?)
 }
 
 #[derive(Deserialize)]

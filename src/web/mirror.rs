@@ -39,6 +39,8 @@ pub fn routes() -> Router<AppState> {
         .route("/portal/mirror/edit", get(edit_page).post(edit))
         .route("/portal/mirror/remove", post(remove))
         .route("/portal/mirror/remove-member", post(remove_member))
+        .route("/portal/mirror/authorize", post(authorize))
+        .route("/portal/mirror/reject", post(reject))
         .route("/portal/mirror/monitor", get(monitor))
         .route("/portal/mirror/monitor/{action}", post(monitor_action))
         .route(
@@ -476,6 +478,22 @@ async fn remove_member(
     CsrfForm(user, form): CsrfForm<MemberForm>,
 ) -> Response {
     let result = service(&state).remove_member(&form.member_name);
+    flash_and_redirect(&state, &user, result, "/portal/mirror/edit")
+}
+
+async fn authorize(
+    State(state): State<AppState>,
+    CsrfForm(user, form): CsrfForm<MemberForm>,
+) -> Response {
+    let result = service(&state).authorize(&form.member_name);
+    flash_and_redirect(&state, &user, result, "/portal/mirror/edit")
+}
+
+async fn reject(
+    State(state): State<AppState>,
+    CsrfForm(user, form): CsrfForm<MemberForm>,
+) -> Response {
+    let result = service(&state).reject(&form.member_name);
     flash_and_redirect(&state, &user, result, "/portal/mirror/edit")
 }
 

@@ -1,0 +1,599 @@
+//! Mutual TLS between members: each member's key and certificate, and TLS on the data channel
+//! and the agent port when the mirror was created with **Require SSL/TLS**.
+//!
+//! # Identities, not a certificate authority
+//!
+//! Every member has its own key and a self-signed certificate, made at first start
+//! ([`Identity::load_or_create`]) under `<data dir>/tls/` (`CertificateFile.pem`,
+//! `PrivateKeyFile.pem`, the file names IRIS uses), or copied from `<install>/tls/<HOST>/` when
+//! someone supplies them there. A member is known by its certificate's SHA-256 *fingerprint*.
+//! Nothing here trusts a certificate because someone signed it: a member trusts exactly the
+//! fingerprints its mirror configuration lists, and a fingerprint gets there only when a person
+//! authorizes it (Edit Mirror → Pending New Members on the primary) or when a joining member
+//! takes the mirror's description from the primary's agent, whose certificate it checks against
+//! that description. That is the IRIS model — the primary authorizes each new member's
+//! certificate — without a CA to run.
+//!
+//! # How a connection is checked
+//!
+//! The handshake is TLS 1.3 with a client certificate required on both ports. The verifiers
+//! below check every handshake signature (the peer holds the key of the certificate it shows)
+//! and, when the caller names one, that the server's fingerprint is the expected one; they do
+//! not judge chains, names or dates, because the fingerprint is the whole of the trust. The
+//! server side learns the client's fingerprint ([`Accepted::peer`]) and decides by its own rules
+//! what that member may do: the primary sends journal only to members it authorized, the agent
+//! carries out mirror requests only for members of its instance's mirror.
+//!
+//! # Blocking threads on TLS
+//!
+//! The mirror's data channel runs on blocking threads, one reading and one writing the same
+//! connection. A TLS session cannot be shared by two threads that block, so a small runtime
+//! ([`pump`]) owns each TLS connection and copies between it and one end of a Unix socket pair;
+//! the mirror threads use the other end ([`Channel::Tls`]) exactly as they use a TCP socket,
+//! timeouts and shutdown included. Without TLS nothing changes: [`Channel::Plain`] is the
+//! TCP socket itself.
+//!
+//! # Telling TLS from plain frames
+//!
+//! Both ports also take plain connections (the local agent's probes, `ctl`, the arbiter's
+//! status questions). A TLS connection starts with a handshake record, byte `0x16`; a plain
+//! frame starts with the high byte of a length that is far below `0x16000000`, so one peeked
+//! byte tells them apart ([`is_tls_start`]).
+//!
+//! # Left out
+//!
+//! Certificate rotation (a member with a new key must be authorized again), revocation, and
+//! TLS for the arbiter's connections and for the portal.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use rustls::DigitallySignedStruct;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{ClientConfig, DistinguishedName, ServerConfig, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::error::{Error, Result};
+
+/// The certificate file in a member's `tls` folder.
+pub const CERTIFICATE_FILE: &str = "CertificateFile.pem";
+/// The private key file in a member's `tls` folder.
+pub const PRIVATE_KEY_FILE: &str = "PrivateKeyFile.pem";
+/// How long a handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The server name a client asks for; certificates are pinned by fingerprint, not by name.
+const SERVER_NAME: &str = "mirrorlab-member";
+
+/// A member's key and certificate.
+pub struct Identity {
+    certificate: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+    fingerprint: String,
+    server: Arc<ServerConfig>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// The member's identity from `<data_dir>/tls/`; copied there first from
+    /// `<install>/tls/<host>/` when supplied, or else made now (a new key and self-signed
+    /// certificate for `host`).
+    pub fn load_or_create(data_dir: &Path, install: Option<&Path>, host: &str) -> Result<Self> {
+        let dir = data_dir.join("tls");
+        let (cert, key) = (dir.join(CERTIFICATE_FILE), dir.join(PRIVATE_KEY_FILE));
+        if !(cert.exists() && key.exists()) {
+            fs::create_dir_all(&dir)?;
+            let supplied = install.map(|i| i.join("tls").join(host));
+            match supplied.filter(|s| s.join(CERTIFICATE_FILE).exists()) {
+                Some(source) => {
+                    let key_pem = fs::read(source.join(PRIVATE_KEY_FILE)).map_err(|e| {
+                        Error::Io(format!("{}: {e}", source.join(PRIVATE_KEY_FILE).display()))
+                    })?;
+                    write_private(&key, &key_pem)?;
+                    write_atomically(&cert, &fs::read(source.join(CERTIFICATE_FILE))?)?;
+                    tracing::info!(
+                        "tls: using the certificate supplied in {}",
+                        source.display()
+                    );
+                }
+                None => {
+                    let (cert_pem, key_pem) = generate(host)?;
+                    // The key first: a crash between the two writes leaves no certificate,
+                    // and the next start makes a new pair instead of pairing files that do
+                    // not match.
+                    write_private(&key, key_pem.as_bytes())?;
+                    write_atomically(&cert, cert_pem.as_bytes())?;
+                    tracing::info!("tls: made a key and certificate in {}", dir.display());
+                }
+            }
+        }
+        Self::from_files(&cert, &key)
+    }
+
+    /// Reads a certificate and its key.
+    pub fn from_files(cert: &Path, key: &Path) -> Result<Self> {
+        let certificate = CertificateDer::from_pem_file(cert)
+            .map_err(|e| Error::InvalidInput(format!("{}: {e}", cert.display())))?;
+        let key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| Error::InvalidInput(format!("{}: {e}", key.display())))?;
+        Self::new(certificate, key)
+    }
+
+    /// A fresh identity that exists only in memory (tests, and strangers in them).
+    pub fn ephemeral(host: &str) -> Result<Self> {
+        let (cert_pem, key_pem) = generate(host)?;
+        let certificate = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| Error::Internal(format!("certificate: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| Error::Internal(format!("key: {e}")))?;
+        Self::new(certificate, key)
+    }
+
+    fn new(certificate: CertificateDer<'static>, key: PrivateKeyDer<'static>) -> Result<Self> {
+        let provider = provider();
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_error)?
+            .with_client_cert_verifier(Arc::new(PinnedPeer::any(&provider)))
+            .with_single_cert(vec![certificate.clone()], key.clone_key())
+            .map_err(tls_error)?;
+        Ok(Self {
+            fingerprint: fingerprint(&certificate),
+            certificate,
+            key,
+            server: Arc::new(server),
+        })
+    }
+
+    /// The certificate's SHA-256 fingerprint: how other members know this one.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    fn client_config(&self, expected: Option<&str>) -> Result<Arc<ClientConfig>> {
+        let provider = provider();
+        let verifier = PinnedPeer {
+            expected: expected.map(str::to_string),
+            algorithms: provider.signature_verification_algorithms,
+        };
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_error)?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_auth_cert(vec![self.certificate.clone()], self.key.clone_key())
+            .map_err(tls_error)?;
+        Ok(Arc::new(config))
+    }
+}
+
+/// A key and self-signed certificate for `host`, as PEM.
+fn generate(host: &str) -> Result<(String, String)> {
+    let failed = |e: rcgen::Error| Error::Internal(format!("make a certificate: {e}"));
+    let key = rcgen::KeyPair::generate().map_err(failed)?;
+    let mut params = rcgen::CertificateParams::new(vec![host.to_string()]).map_err(failed)?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, host);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "mirrorlab member");
+    let cert = params.self_signed(&key).map_err(failed)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Writes a private key readable by its owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp: PathBuf = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// `SHA256:` and the hex digest of a certificate's DER bytes.
+pub fn fingerprint(certificate: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, certificate);
+    let mut text = String::with_capacity(7 + 64);
+    text.push_str("SHA256:");
+    for byte in digest.as_ref() {
+        text.push_str(&format!("{byte:02x}"));
+    }
+    text
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
+
+fn tls_error(e: rustls::Error) -> Error {
+    Error::Internal(format!("tls: {e}"))
+}
+
+/// Checks handshake signatures, and the server's fingerprint when one is expected.
+#[derive(Debug)]
+struct PinnedPeer {
+    expected: Option<String>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl PinnedPeer {
+    fn any(provider: &CryptoProvider) -> Self {
+        Self {
+            expected: None,
+            algorithms: provider.signature_verification_algorithms,
+        }
+    }
+
+    fn check(&self, end_entity: &CertificateDer<'_>) -> std::result::Result<(), rustls::Error> {
+        match &self.expected {
+            Some(expected) if *expected != fingerprint(end_entity) => Err(rustls::Error::General(
+                format!("the peer's certificate is not the authorized one ({expected})"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl ServerCertVerifier for PinnedPeer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        self.check(end_entity)
+            .map(|_| ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+impl ClientCertVerifier for PinnedPeer {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        self.check(end_entity)
+            .map(|_| ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Whether the first byte of a connection starts a TLS handshake rather than a plain frame.
+pub fn is_tls_start(first: u8) -> bool {
+    first == 0x16
+}
+
+fn peer_of(certificates: Option<&[CertificateDer<'static>]>) -> Result<String> {
+    certificates
+        .and_then(|c| c.first())
+        .map(|c| fingerprint(c))
+        .ok_or_else(|| Error::Unavailable("the peer showed no certificate".into()))
+}
+
+/// An accepted TLS connection and the fingerprint its client showed.
+pub struct Accepted<S> {
+    /// The connection.
+    pub stream: S,
+    /// The client's certificate fingerprint.
+    pub peer: String,
+}
+
+/// Accepts a TLS connection (async: the agent).
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    identity: &Identity,
+) -> Result<Accepted<tokio_rustls::server::TlsStream<S>>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(identity.server.clone());
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+        .await
+        .map_err(|_| Error::Unavailable("tls handshake timed out".into()))?
+        .map_err(|e| Error::Unavailable(format!("tls handshake: {e}")))?;
+    let peer = peer_of(stream.get_ref().1.peer_certificates())?;
+    Ok(Accepted { stream, peer })
+}
+
+/// Opens TLS on a connected stream, requiring the server's fingerprint to be `expected` when
+/// given (async: calls to agents). Returns the stream and the server's fingerprint.
+pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    identity: &Identity,
+    expected: Option<&str>,
+) -> Result<(tokio_rustls::client::TlsStream<S>, String)> {
+    let connector = tokio_rustls::TlsConnector::from(identity.client_config(expected)?);
+    let name = ServerName::try_from(SERVER_NAME).expect("a valid server name");
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, stream))
+        .await
+        .map_err(|_| Error::Unavailable("tls handshake timed out".into()))?
+        .map_err(|e| Error::Unavailable(format!("tls handshake: {e}")))?;
+    let peer = peer_of(stream.get_ref().1.peer_certificates())?;
+    Ok((stream, peer))
+}
+
+/// The runtime that carries TLS connections for blocking threads.
+fn pump() -> &'static tokio::runtime::Runtime {
+    static PUMP: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    PUMP.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("tls-pump")
+            .enable_all()
+            .build()
+            .expect("start the TLS runtime")
+    })
+}
+
+/// Hands a TLS stream to the pump and returns the socket the blocking side uses.
+fn splice<S>(stream: S) -> Result<UnixStream>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (local, pumped) = UnixStream::pair()?;
+    pumped.set_nonblocking(true)?;
+    pump().spawn(async move {
+        let Ok(mut pumped) = tokio::net::UnixStream::from_std(pumped) else {
+            return;
+        };
+        let mut stream = stream;
+        // Ends when both directions ended, or on the first error: either way both sockets
+        // close, and the blocking side sees the end of its connection.
+        let _ = tokio::io::copy_bidirectional(&mut stream, &mut pumped).await;
+    });
+    Ok(local)
+}
+
+/// Accepts TLS on a connection a blocking thread took; the client's fingerprint comes back
+/// with the channel.
+pub fn accept_blocking(tcp: TcpStream, identity: &Identity) -> Result<(Channel, String)> {
+    tcp.set_nonblocking(true)?;
+    let accepted = pump().block_on(async {
+        let tcp = tokio::net::TcpStream::from_std(tcp)?;
+        accept(tcp, identity).await
+    })?;
+    Ok((Channel::Tls(splice(accepted.stream)?), accepted.peer))
+}
+
+/// Opens TLS from a blocking thread, requiring the server's fingerprint to be `expected`.
+pub fn connect_blocking(tcp: TcpStream, identity: &Identity, expected: &str) -> Result<Channel> {
+    tcp.set_nonblocking(true)?;
+    let stream = pump().block_on(async {
+        let tcp = tokio::net::TcpStream::from_std(tcp)?;
+        connect(tcp, identity, Some(expected)).await.map(|(s, _)| s)
+    })?;
+    Ok(Channel::Tls(splice(stream)?))
+}
+
+/// A member-to-member connection for blocking threads: the TCP socket itself, or the local
+/// end of a TLS connection the pump carries.
+#[derive(Debug)]
+pub enum Channel {
+    /// No TLS.
+    Plain(TcpStream),
+    /// TLS, carried by the pump.
+    Tls(UnixStream),
+}
+
+impl Channel {
+    /// A second handle on the same connection (one thread reads, another writes).
+    pub fn try_clone(&self) -> std::io::Result<Channel> {
+        Ok(match self {
+            Channel::Plain(s) => Channel::Plain(s.try_clone()?),
+            Channel::Tls(s) => Channel::Tls(s.try_clone()?),
+        })
+    }
+
+    /// How long a read may block.
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Channel::Plain(s) => s.set_read_timeout(timeout),
+            Channel::Tls(s) => s.set_read_timeout(timeout),
+        }
+    }
+
+    /// How long a write may block.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Channel::Plain(s) => s.set_write_timeout(timeout),
+            Channel::Tls(s) => s.set_write_timeout(timeout),
+        }
+    }
+
+    /// Ends the connection in both directions (errors ignored: it may be gone already).
+    pub fn close(&self) {
+        let _ = match self {
+            Channel::Plain(s) => s.shutdown(Shutdown::Both),
+            Channel::Tls(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+}
+
+impl Read for Channel {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Channel::Plain(s) => s.read(buf),
+            Channel::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Channel {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Channel::Plain(s) => s.write(buf),
+            Channel::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Channel::Plain(s) => s.flush(),
+            Channel::Tls(s) => s.flush(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn pair(
+        server: Arc<Identity>,
+        client: &Identity,
+        expected: &str,
+    ) -> (Result<(Channel, String)>, Result<Channel>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepting = std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            accept_blocking(tcp, &server)
+        });
+        let connected = connect_blocking(TcpStream::connect(addr).unwrap(), client, expected);
+        (accepting.join().unwrap(), connected)
+    }
+
+    #[test]
+    fn both_sides_learn_the_other_and_bytes_cross_both_ways() {
+        let server = Arc::new(Identity::ephemeral("a").unwrap());
+        let client = Identity::ephemeral("b").unwrap();
+        let (accepted, connected) = pair(server.clone(), &client, server.fingerprint());
+        let (mut at_server, peer) = accepted.unwrap();
+        assert_eq!(peer, client.fingerprint());
+        let mut at_client = connected.unwrap();
+        let mut writer = at_client.try_clone().unwrap();
+        writer.write_all(b"hello").unwrap();
+        let mut got = [0u8; 5];
+        at_server.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello");
+        at_server.write_all(b"world").unwrap();
+        at_client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"world");
+        // Closing one end is seen as the end of the stream on the other.
+        at_server.close();
+        at_client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(at_client.read(&mut got).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_server_with_another_certificate_is_refused() {
+        let server = Arc::new(Identity::ephemeral("a").unwrap());
+        let impostor_expected = Identity::ephemeral("c").unwrap();
+        let client = Identity::ephemeral("b").unwrap();
+        let (_, connected) = pair(server, &client, impostor_expected.fingerprint());
+        let err = connected.unwrap_err().to_string();
+        assert!(err.contains("not the authorized one"), "{err}");
+    }
+
+    #[test]
+    fn an_identity_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Identity::load_or_create(dir.path(), None, "hosta").unwrap();
+        let again = Identity::load_or_create(dir.path(), None, "hosta").unwrap();
+        assert_eq!(first.fingerprint(), again.fingerprint());
+        assert!(first.fingerprint().starts_with("SHA256:"));
+        assert_eq!(first.fingerprint().len(), 7 + 64);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir.path().join("tls").join(PRIVATE_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the key is private");
+        // A supplied pair under install/tls/<host>/ is used instead of a new one.
+        let install = tempfile::tempdir().unwrap();
+        let supplied = install.path().join("tls").join("hostb");
+        fs::create_dir_all(&supplied).unwrap();
+        for file in [CERTIFICATE_FILE, PRIVATE_KEY_FILE] {
+            fs::copy(dir.path().join("tls").join(file), supplied.join(file)).unwrap();
+        }
+        let other = tempfile::tempdir().unwrap();
+        let copied = Identity::load_or_create(other.path(), Some(install.path()), "hostb").unwrap();
+        assert_eq!(copied.fingerprint(), first.fingerprint());
+    }
+}
