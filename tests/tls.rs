@@ -107,6 +107,94 @@ fn hello(mirror_id: &str, member: MemberInfo) -> Control {
     }
 }
 
+/// A portal session on a member, logged in through the form as a person would.
+struct Portal {
+    client: reqwest::Client,
+    url: String,
+    cookie: String,
+}
+
+impl Portal {
+    async fn login(url: &str) -> Portal {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let page = client
+            .get(format!("{url}/portal/login"))
+            .send()
+            .await
+            .unwrap();
+        let pre_login = cookies(&page);
+        let body = page.text().await.unwrap();
+        let form = [
+            ("username", "superuser"),
+            ("password", "SYS"),
+            ("csrf", &csrf_of(&body)),
+            ("next", "/portal/"),
+        ];
+        let reply = client
+            .post(format!("{url}/portal/login"))
+            .header("cookie", &pre_login)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded::to_string(form).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 303);
+        Portal {
+            client,
+            url: url.to_string(),
+            cookie: cookies(&reply),
+        }
+    }
+
+    async fn get(&self, path: &str) -> String {
+        let reply = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .header("cookie", &self.cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 200, "{path}");
+        reply.text().await.unwrap()
+    }
+
+    async fn post(&self, path: &str, form: &[(&str, &str)]) -> u16 {
+        self.client
+            .post(format!("{}{path}", self.url))
+            .header("cookie", &self.cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded::to_string(form).unwrap())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+}
+
+/// The `name=value` pairs a response sets, as one Cookie header.
+fn cookies(reply: &reqwest::Response) -> String {
+    reply
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok()?.split(';').next().map(str::to_string))
+        .filter(|c| !c.ends_with('='))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn csrf_of(html: &str) -> String {
+    let start = html
+        .find("name=\"csrf\" value=\"")
+        .expect("page has a CSRF field")
+        + 19;
+    html[start..start + html[start..].find('"').unwrap()].to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tls_mirror_admits_only_members_the_primary_authorized() {
     let a = TestMember::start_with("mirrora", &[]).await;
