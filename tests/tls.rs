@@ -420,8 +420,7 @@ async fn a_tls_mirror_admits_only_members_the_primary_authorized() {
     };
     let err = agent::call_to(&impostor, AgentRequest::Status)
         .await
-        .err()
-        .expect("B's agent does not pass for A");
+        .expect_err("B's agent does not pass for A");
     assert!(err.to_string().contains("not the authorized one"), "{err}");
 
     // Nothing changed: A is the same running primary, B its active backup, and the writers'
@@ -452,9 +451,30 @@ async fn a_tls_mirror_admits_only_members_the_primary_authorized() {
         "the rejected member has none of the mirror's rows"
     );
 
-    // The member authorized later after all connects: Authorize lifts a rejection.
-    a.ok("/api/mirror/authorize", json!({"member_name": C}))
+    // The portal's Edit Mirror lists C, rejected, with its certificate; a form without its
+    // CSRF token does nothing, and Authorize there lifts the rejection: C connects.
+    let c_certificate = c.get("/api/mirror").await.1["certificate"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let portal = Portal::login(&a.url).await;
+    let page = portal.get("/portal/mirror/edit").await;
+    assert!(page.contains("Pending New Members"), "{page}");
+    assert!(page.contains(C) && page.contains(&c_certificate), "{page}");
+    assert!(page.contains("Rejected"), "{page}");
+    let forged = portal
+        .post("/portal/mirror/authorize", &[("member_name", C)])
         .await;
+    assert_eq!(forged, 409, "a form without its CSRF token is refused");
+    assert_eq!(pending_names(&a.get("/api/mirror/pending").await.1), [C]);
+    let csrf = csrf_of(&page);
+    let authorized = portal
+        .post(
+            "/portal/mirror/authorize",
+            &[("member_name", C), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(authorized, 303);
     a.wait_mirror(20, "with C connected", |v| {
         TestMember::member_row(v, C)["status"] == "Connected"
     })
