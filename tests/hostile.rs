@@ -179,7 +179,9 @@ async fn idle_connections(address: &str, count: usize) -> (Vec<TcpStream>, usize
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flood_of_idle_connections_is_cut_off_and_the_mirror_keeps_working() {
-    use mirrorlab::limits::{AGENT_CONNECTIONS, ARBITER_CONNECTIONS, SUPERSERVER_CONNECTIONS};
+    use mirrorlab::limits::{
+        AGENT_CONNECTIONS, ARBITER_CONNECTIONS, PORTAL_CONNECTIONS, SUPERSERVER_CONNECTIONS,
+    };
     let (arbiter, a, b, stop, writers) = pair_with_writers("flood").await;
 
     // More idle connections than each port serves: the surplus is closed at once, while the
@@ -216,5 +218,19 @@ async fn a_flood_of_idle_connections_is_cut_off_and_the_mirror_keeps_working() {
         .unwrap();
     assert_eq!(status, 201);
     drop(held);
+    // The portal too; its flood ends before the writers need new connections.
+    let extra = 40;
+    let portal = a.web.clone();
+    let (streams, closed) = idle_connections(&portal, PORTAL_CONNECTIONS + extra).await;
+    eprintln!(
+        "A's portal: {closed} of {} idle connections closed",
+        PORTAL_CONNECTIONS + extra
+    );
+    assert!(
+        closed >= extra,
+        "A's portal kept {} idle connections open",
+        PORTAL_CONNECTIONS + extra - closed
+    );
+    drop(streams);
     nothing_changed(&a, &b, &stop, writers).await;
 }
