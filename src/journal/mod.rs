@@ -56,7 +56,6 @@ pub use store::{
 #[cfg(test)]
 mod tests {
     use std::fs::{self, OpenOptions};
-    use std::io::Write;
 
     use super::*;
     use crate::error::Error;
@@ -171,6 +170,55 @@ mod tests {
     }
 
     #[test]
+    fn preallocated_zeros_are_room_not_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = JournalOptions::local(4096);
+        let (mut journal, _) = Journal::open(dir.path(), STREAM, options.clone()).unwrap();
+        append_batch(&mut journal, 1, 3);
+        let newest = newest_segment(dir.path());
+        let frames_end = journal.shared().segments().last().unwrap().bytes;
+        assert!(fs::metadata(&newest).unwrap().len() >= frames_end + store::PREALLOCATE_BYTES);
+        drop(journal);
+        // Reopened: no torn tail reported, the zeros kept as room, appending goes on after the
+        // frames.
+        let (mut journal, report) = Journal::open(dir.path(), STREAM, options.clone()).unwrap();
+        assert_eq!(report.end, JournalPos(3));
+        assert!(report.truncated.is_none(), "{report:?}");
+        assert_eq!(
+            journal.shared().segments().last().unwrap().bytes,
+            frames_end
+        );
+        // Rolling over (4 KiB segments) cuts each finished file to its frames.
+        for pos in 4..=60 {
+            append_batch(&mut journal, pos, pos);
+        }
+        let segments = journal.shared().segments();
+        assert!(segments.len() > 2);
+        for older in &segments[..segments.len() - 1] {
+            assert_eq!(
+                fs::metadata(&older.path).unwrap().len(),
+                older.bytes,
+                "{}",
+                older.name
+            );
+        }
+        assert_eq!(read_all(&journal.shared()).len(), 60);
+        // An older file that still ends in zeros (its cut lost in a crash) is cut on open.
+        let first = segments[0].clone();
+        std::os::unix::fs::FileExt::write_all_at(
+            &OpenOptions::new().write(true).open(&first.path).unwrap(),
+            &[0u8; 5000],
+            first.bytes,
+        )
+        .unwrap();
+        drop(journal);
+        let (journal, report) = Journal::open(dir.path(), STREAM, options).unwrap();
+        assert_eq!(report.end, JournalPos(60));
+        assert_eq!(fs::metadata(&first.path).unwrap().len(), first.bytes);
+        assert_eq!(read_all(&journal.shared()).len(), 60);
+    }
+
+    #[test]
     fn torn_tail_is_truncated_on_open_and_appending_continues() {
         let dir = tempfile::tempdir().unwrap();
         let (mut journal, _) = Journal::open(
@@ -180,18 +228,23 @@ mod tests {
         )
         .unwrap();
         append_batch(&mut journal, 1, 5);
+        let before = journal.shared().segments().last().unwrap().bytes;
         drop(journal);
-        // Half of record 6 reaches the disk, then the process dies.
+        // Half of record 6 reaches the disk (where the frames end, in the preallocated zeros),
+        // then the process dies.
         let mut half = Vec::new();
         record(6, 6).encode_into(&mut half);
         let path = newest_segment(dir.path());
-        let before = fs::metadata(&path).unwrap().len();
-        OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap()
-            .write_all(&half[..half.len() / 2])
-            .unwrap();
+        assert!(
+            fs::metadata(&path).unwrap().len() > before,
+            "space is preallocated"
+        );
+        std::os::unix::fs::FileExt::write_all_at(
+            &OpenOptions::new().write(true).open(&path).unwrap(),
+            &half[..half.len() / 2],
+            before,
+        )
+        .unwrap();
 
         let (mut journal, report) = Journal::open(
             dir.path(),
@@ -202,7 +255,7 @@ mod tests {
         assert_eq!(report.end, JournalPos(5));
         let (_, offset, cut) = report.truncated.clone().expect("torn tail reported");
         assert_eq!(offset, before);
-        assert_eq!(cut, (half.len() / 2) as u64);
+        assert!(cut >= (half.len() / 2) as u64, "{cut}");
         assert_eq!(fs::metadata(&path).unwrap().len(), before);
         append_batch(&mut journal, 6, 7);
         assert_eq!(read_all(&journal.shared()).len(), 7);

@@ -10,11 +10,24 @@
 //! Two journals may share a folder: the instance's own (`20261126.001`) and a mirror's
 //! (`MIRROR-MIRRORSET-20261126.001`). Each only considers the files with its name prefix.
 //!
+//! # Preallocation
+//!
+//! The segment being appended to is kept ahead of its content: zeros are written in chunks of
+//! [`PREALLOCATE_BYTES`] and made durable once, and batches then overwrite them. A file that
+//! grows with every batch makes each `fdatasync` also write the file's new size (a metadata
+//! journal commit in ext4); overwriting blocks that already exist does not, which makes the
+//! per-batch fsync — the cost every commit waits for, on both members of a mirror — about a third
+//! cheaper (measured on the development machine: 171 µs → 105 µs). The zero tail is not part of
+//! the journal: positions end where the frames end, readers stop at positions, opening the
+//! journal keeps a zero tail of the newest file as room to append and cuts it from any other,
+//! and a file is cut to its frames (durably) before the next one is started.
+//!
 //! Each segment keeps *seek marks* in memory — the byte offset of every 64th record — so a
 //! reader starting at any position opens the right file and seeks close to it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -27,6 +40,9 @@ use super::segment::{self, HEADER_LEN, SegmentHeader, SegmentReader, StreamId, i
 
 /// Default size at which a new segment is started.
 pub const DEFAULT_MAX_SEGMENT_BYTES: u64 = 64 << 20;
+
+/// How far ahead of its frames the newest segment is filled with zeros (see the essay).
+pub const PREALLOCATE_BYTES: u64 = 1 << 20;
 
 /// How a journal names its files and where a new one starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -394,7 +410,10 @@ impl Iterator for JournalIter {
 pub struct Journal {
     shared: Arc<JournalShared>,
     file: File,
+    /// Bytes of the newest segment through its last frame.
     current_len: u64,
+    /// The newest segment's length on disk: its frames and the zeros after them.
+    allocated: u64,
     end: JournalPos,
     options: JournalOptions,
 }
@@ -479,6 +498,7 @@ impl Journal {
         };
         let mut end = None::<JournalPos>;
         let count = found.len();
+        let mut allocated = 0u64;
         for (i, (header, segment)) in found.iter_mut().enumerate() {
             let info = &mut segment.info;
             if let Some(prev_end) = end
@@ -492,20 +512,24 @@ impl Journal {
             let bytes =
                 fs::read(&info.path).io_context(format!("read journal file {}", info.name))?;
             let scan = segment::scan(&bytes, header);
-            if let Some(damage) = &scan.damage {
-                let newest = i + 1 == count;
+            let newest = i + 1 == count;
+            // Zeros after the frames are room made for appending, not damage (see the essay).
+            let zero_tail =
+                scan.damage.is_some() && bytes[scan.valid_len as usize..].iter().all(|b| *b == 0);
+            if zero_tail && newest {
+                allocated = bytes.len() as u64;
+                info.bytes = scan.valid_len;
+            } else if zero_tail {
+                // An older file whose cut at roll-over did not reach the disk before a crash.
+                cut_file(&info.path, scan.valid_len)?;
+                info.bytes = scan.valid_len;
+            } else if let Some(damage) = &scan.damage {
                 if damage.valid_data_follows || !newest {
                     return Err(segment::corruption(&info.name, damage));
                 }
                 // A torn tail: the newest file ends in a write that never completed. Nothing in
                 // it was acknowledged (acknowledgement waits for fsync), so cutting it is safe.
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(&info.path)
-                    .io_context("open journal file")?;
-                file.set_len(scan.valid_len)
-                    .io_context("truncate torn journal tail")?;
-                file.sync_all().io_context("fsync truncated journal file")?;
+                cut_file(&info.path, scan.valid_len)?;
                 report.truncated = Some((
                     info.name.clone(),
                     scan.valid_len,
@@ -527,8 +551,9 @@ impl Journal {
         }
         let end = end.unwrap_or(JournalPos(options.first_pos.0 - 1));
         let last = &segments.last().unwrap().info;
+        // Written at explicit offsets (not in append mode): the file may extend past the frames.
         let file = OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(&last.path)
             .io_context(format!("open journal file {}", last.name))?;
         // What the scan found is now treated as durable and may be replayed into databases, so
@@ -537,6 +562,7 @@ impl Journal {
         file.sync_data()
             .io_context(format!("fsync journal file {}", last.name))?;
         let current_len = last.bytes;
+        let allocated = allocated.max(current_len);
         report.segments = segments.len();
         report.end = end;
         let shared = Arc::new(JournalShared {
@@ -556,6 +582,7 @@ impl Journal {
                 shared,
                 file,
                 current_len,
+                allocated,
                 end,
                 options,
             },
@@ -587,10 +614,12 @@ impl Journal {
         {
             self.roll_over()?;
         }
-        if let Err(err) = self.file.write_all(frames) {
+        self.reserve(frames.len() as u64)?;
+        if let Err(err) = self.file.write_all_at(frames, self.current_len) {
             // Leave the file as it was so the next start does not see half a batch; the caller
             // treats any journal failure as fatal anyway.
             let _ = self.file.set_len(self.current_len);
+            self.allocated = self.current_len;
             return Err(Error::Io(format!("append to journal: {err}")));
         }
         let base = self.current_len;
@@ -622,6 +651,32 @@ impl Journal {
             .store(self.current_len, Ordering::Relaxed);
         self.shared.appended.fetch_add(records, Ordering::Relaxed);
         self.shared.appended_end.store(last.0, Ordering::Release);
+        Ok(())
+    }
+
+    /// Makes room for `more` bytes after the frames: zeros up to a chunk beyond them, made
+    /// durable now, so the batches that overwrite them are synced without a size change.
+    fn reserve(&mut self, more: u64) -> Result<()> {
+        let needed = self.current_len + more;
+        if needed <= self.allocated {
+            return Ok(());
+        }
+        let target = needed + PREALLOCATE_BYTES;
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let mut at = self.allocated.max(self.current_len);
+        while at < target {
+            let n = (target - at).min(ZEROS.len() as u64) as usize;
+            self.file
+                .write_all_at(&ZEROS[..n], at)
+                .io_context("preallocate journal space")?;
+            at += n as u64;
+        }
+        // The new length and blocks reach the disk here, once per chunk, instead of with
+        // every batch's fdatasync.
+        self.file
+            .sync_data()
+            .io_context("fsync preallocated journal space")?;
+        self.allocated = target;
         Ok(())
     }
 
@@ -670,12 +725,13 @@ impl Journal {
         last.marks.retain(|(p, _)| *p <= pos.0);
         last.info.bytes = cut;
         self.file = OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(&last.info.path)
             .io_context("open journal file")?;
         drop(segments);
         sync_dir(&self.shared.dir)?;
         self.current_len = cut;
+        self.allocated = cut;
         self.end = pos;
         self.shared.current_bytes.store(cut, Ordering::Relaxed);
         self.shared.truncations.fetch_add(1, Ordering::AcqRel);
@@ -743,7 +799,16 @@ impl Journal {
     /// Closes the current segment and starts the next one at `end + 1`.
     fn roll_over(&mut self) -> Result<()> {
         // The old segment holds only synced batches (every batch is synced before the next one
-        // is appended), so it needs no further fsync here.
+        // is appended); only its zero tail goes, durably, before the next file exists — so an
+        // older file never ends in zeros after a crash (and opening would cut them anyway).
+        if self.allocated > self.current_len {
+            self.file
+                .set_len(self.current_len)
+                .io_context("cut preallocated journal space")?;
+            self.file
+                .sync_all()
+                .io_context("fsync journal file before the next one")?;
+        }
         let info = create_segment(
             &self.shared.dir,
             &self.options.prefix,
@@ -751,10 +816,11 @@ impl Journal {
             self.end.next(),
         )?;
         self.file = OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(&info.path)
             .io_context("open new journal file")?;
         self.current_len = info.bytes;
+        self.allocated = info.bytes;
         let mut segments = self.shared.segments.write().unwrap();
         if let Some(last) = segments.last_mut() {
             last.info.bytes = self.shared.current_bytes.load(Ordering::Relaxed);
@@ -816,6 +882,17 @@ fn create_segment(
         created_ms,
         bytes: HEADER_LEN as u64,
     })
+}
+
+/// Cuts a journal file to `len` bytes, durably.
+fn cut_file(path: &Path, len: u64) -> Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .io_context("open journal file")?;
+    file.set_len(len).io_context("truncate journal file")?;
+    file.sync_all().io_context("fsync truncated journal file")?;
+    Ok(())
 }
 
 fn read_prefix(path: &Path, buf: &mut [u8]) -> Result<usize> {
