@@ -623,9 +623,8 @@ impl Proxy {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, Ordering};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{}", free_port()))
-            .await
-            .unwrap();
+        // Bound at once on a port the system picks: no gap for another socket to take it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let hold = Arc::new(AtomicBool::new(false));
         let blackhole = Arc::new(AtomicBool::new(false));
