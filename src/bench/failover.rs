@@ -54,7 +54,7 @@ pub async fn run(client: &reqwest::Client, kills: usize, qos_ms: u64) -> Result<
 }
 
 async fn rounds(client: &reqwest::Client, kills: usize, qos_ms: u64, arbiter: &str) -> Result<u8> {
-    let (a, b) = mirrored_pair_with(client, Some(arbiter), Some(qos_ms)).await?;
+    let (a, b) = mirrored_pair_with(client, Some(arbiter), Some(qos_ms), false).await?;
     let mut members = [a, b];
     let outcome = measure(client, &mut members, kills, qos_ms).await;
     let [a, b] = members;

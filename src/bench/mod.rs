@@ -66,6 +66,9 @@ pub struct BenchArgs {
     /// `--mode failover`: the mirror's QoS timeout (ms).
     #[arg(long, default_value_t = 2000)]
     qos_ms: u64,
+    /// The mirrored pair's mirror requires SSL/TLS (the backup is authorized on the primary).
+    #[arg(long)]
+    tls: bool,
 }
 
 /// The figures of one step.
@@ -506,8 +509,11 @@ fn print_comparison(clients: &[usize], results: &[Vec<Option<StepResult>>; 3]) {
 
 /// Sets up a mirrored pair: A primary of mirror BENCH with COMPANY mirrored, B its active backup
 /// dejournaling a copy of COMPANY.
-async fn mirrored_pair(client: &reqwest::Client) -> Result<(TemporaryMember, TemporaryMember)> {
-    mirrored_pair_with(client, None, None).await
+async fn mirrored_pair(
+    client: &reqwest::Client,
+    tls: bool,
+) -> Result<(TemporaryMember, TemporaryMember)> {
+    mirrored_pair_with(client, None, None, tls).await
 }
 
 /// [`mirrored_pair`] with an arbiter (`host:port`) and a QoS timeout.
@@ -515,6 +521,7 @@ async fn mirrored_pair_with(
     client: &reqwest::Client,
     arbiter: Option<&str>,
     qos_ms: Option<u64>,
+    tls: bool,
 ) -> Result<(TemporaryMember, TemporaryMember)> {
     let a = TemporaryMember::start(client, "bencha").await?;
     let b = match TemporaryMember::start(client, "benchb").await {
@@ -524,7 +531,7 @@ async fn mirrored_pair_with(
             return Err(err);
         }
     };
-    match join_pair(client, &a, &b, arbiter, qos_ms).await {
+    match join_pair(client, &a, &b, arbiter, qos_ms, tls).await {
         Ok(()) => Ok((a, b)),
         Err(err) => {
             a.stop().await;
@@ -540,6 +547,7 @@ async fn join_pair(
     b: &TemporaryMember,
     arbiter: Option<&str>,
     qos_ms: Option<u64>,
+    tls: bool,
 ) -> Result<()> {
     a.call(client, "/api/mirror/service", json!({"enabled": true}))
         .await?;
@@ -548,6 +556,7 @@ async fn join_pair(
         "superserver_address": a.superserver,
         "agent_address": "127.0.0.1",
         "agent_port": a.agent_port(),
+        "require_tls": tls,
     });
     if let Some(qos) = qos_ms {
         create["qos_timeout_ms"] = qos.into();
@@ -571,6 +580,15 @@ async fn join_pair(
         }),
     )
     .await?;
+    if tls {
+        // B waits in Pending New Members until the primary authorizes it.
+        a.call(
+            client,
+            "/api/mirror/authorize",
+            json!({"member_name": "BENCHB/IRIS"}),
+        )
+        .await?;
+    }
     a.wait_for(client, "active", |v| {
         v["members"]
             .as_array()
@@ -701,7 +719,7 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
         member.stop().await;
     }
     if mirrored {
-        let (a, b) = mirrored_pair(&client).await?;
+        let (a, b) = mirrored_pair(&client, args.tls).await?;
         let outcome = mirrored_steps(&client, &args, &a, &b, extras, &mut results[1]).await;
         a.stop().await;
         b.stop().await;
