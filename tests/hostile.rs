@@ -177,6 +177,23 @@ async fn idle_connections(address: &str, count: usize) -> (Vec<TcpStream>, usize
     (kept, closed)
 }
 
+/// Opens 40 idle connections more than `limit` to `address` and checks that at least the
+/// surplus was closed; returns the connections, still open where the port kept them.
+async fn flood(name: &str, address: &str, limit: usize) -> Vec<TcpStream> {
+    let extra = 40;
+    let (streams, closed) = idle_connections(address, limit + extra).await;
+    eprintln!(
+        "{name}: {closed} of {} idle connections closed",
+        limit + extra
+    );
+    assert!(
+        closed >= extra,
+        "{name} kept {} idle connections open (limit {limit})",
+        limit + extra - closed
+    );
+    streams
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flood_of_idle_connections_is_cut_off_and_the_mirror_keeps_working() {
     use mirrorlab::limits::{
@@ -196,18 +213,7 @@ async fn a_flood_of_idle_connections_is_cut_off_and_the_mirror_keeps_working() {
         ("A's agent", a.agent.clone(), AGENT_CONNECTIONS),
         ("the arbiter", arbiter.address.clone(), ARBITER_CONNECTIONS),
     ] {
-        let extra = 40;
-        let (streams, closed) = idle_connections(&address, limit + extra).await;
-        eprintln!(
-            "{name}: {closed} of {} idle connections closed",
-            limit + extra
-        );
-        assert!(
-            closed >= extra,
-            "{name} kept {} idle connections open (limit {limit})",
-            limit + extra - closed
-        );
-        held.push(streams);
+        held.push(flood(name, &address, limit).await);
     }
     let (status, _) = a
         .post(
@@ -219,18 +225,6 @@ async fn a_flood_of_idle_connections_is_cut_off_and_the_mirror_keeps_working() {
     assert_eq!(status, 201);
     drop(held);
     // The portal too; its flood ends before the writers need new connections.
-    let extra = 40;
-    let portal = a.web.clone();
-    let (streams, closed) = idle_connections(&portal, PORTAL_CONNECTIONS + extra).await;
-    eprintln!(
-        "A's portal: {closed} of {} idle connections closed",
-        PORTAL_CONNECTIONS + extra
-    );
-    assert!(
-        closed >= extra,
-        "A's portal kept {} idle connections open",
-        PORTAL_CONNECTIONS + extra - closed
-    );
-    drop(streams);
+    drop(flood("A's portal", &a.web, PORTAL_CONNECTIONS).await);
     nothing_changed(&a, &b, &stop, writers).await;
 }

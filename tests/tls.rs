@@ -2,9 +2,10 @@
 //! joins waits in Pending New Members until the primary authorizes it, then replicates over
 //! mutual TLS; a member the primary rejects never receives journal; and a stranger — plain or
 //! with a certificate of its own, even one claiming a member's name — can neither pull journal
-//! nor stop or force down the primary through its agent. Writers run throughout, and the test
-//! ends with the mirror's invariants: A stayed the only primary, every acknowledged write is on
-//! A, and A and B hold the same rows.
+//! nor stop or force down the primary through its agent. Writers run throughout, and the
+//! mirror's invariants are checked after the strangers: A stayed the only primary, every
+//! acknowledged write is on A, and A and B hold the same rows. Last, a failover over TLS: A's
+//! instance is killed, B takes over, A comes back as B's backup, and both converge.
 
 mod common;
 
@@ -481,4 +482,31 @@ async fn a_tls_mirror_admits_only_members_the_primary_authorized() {
     .await;
     c.wait_mirror(10, "connected", |v| v["status"] == "Connected")
         .await;
+
+    // Failover over TLS: A's instance dies; B asks A's agent (over TLS) and takes over. A,
+    // started again, asks B's agent who is primary (over TLS) and follows B as its backup.
+    a.kill_instance().await;
+    b.wait_mirror(20, "primary after the takeover", |v| {
+        v["status"] == "Primary"
+    })
+    .await;
+    created(
+        &b,
+        "/api/apps/companies",
+        json!({"name": "After the failover"}),
+    )
+    .await;
+    a.start_instance().await;
+    a.wait_ready().await;
+    a.wait_mirror(30, "the backup of B", |v| v["status"] == "Backup")
+        .await;
+    b.wait_mirror(15, "with A active", |v| {
+        TestMember::member_row(v, "MIRRORA/IRIS")["journal_transfer"] == "Active"
+    })
+    .await;
+    assert_identical(&b, &a).await;
+    assert!(
+        names(&a.sql("COMPANY", "SELECT name FROM Company").await)
+            .contains(&"After the failover".to_string())
+    );
 }
