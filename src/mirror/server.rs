@@ -16,8 +16,8 @@
 //! certificate fingerprint comes with it. In a mirror that requires SSL/TLS, journal (`Hello`,
 //! `Fetch`) goes only over TLS and only to members whose certificate the mirror lists; a member
 //! the primary does not know yet is recorded in Pending New Members and refused with
-//! [`AWAITING_AUTHORIZATION`] until someone authorizes it. Plain connections still get `Info`:
-//! the local agent's probes and questions arrive that way.
+//! [`AWAITING_AUTHORIZATION`] until someone authorizes it. Plain `Info` is still answered to
+//! this host (the local agent's probes and questions arrive that way), to others only over TLS.
 //!
 //! Sockets are blocking with timeouts: a member that stops reading is dropped after the QoS
 //! timeout instead of stalling the primary.
@@ -100,6 +100,11 @@ fn open(tcp: TcpStream, context: &MirrorContext) -> Result<(Channel, Option<Stri
 }
 
 fn serve(tcp: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
+    // Loopback, or this host's own address on both ends (an agent bound to a LAN address).
+    let from_this_host = match (tcp.peer_addr(), tcp.local_addr()) {
+        (Ok(peer), Ok(local)) => peer.ip().is_loopback() || peer.ip() == local.ip(),
+        _ => false,
+    };
     let (stream, peer) = open(tcp, context)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = BufWriter::new(stream.try_clone()?);
@@ -119,6 +124,19 @@ fn serve(tcp: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
     };
     match first {
         Control::Info { mirror_name } => match context.describe() {
+            // The member list, addresses and fingerprints go in plain only to this host's own
+            // agent; anyone else asks over TLS.
+            Some(description)
+                if description.mirror.require_tls && peer.is_none() && !from_this_host =>
+            {
+                refuse(
+                    &mut writer,
+                    format!(
+                        "mirror {} requires SSL/TLS: connect over TLS",
+                        description.mirror.name
+                    ),
+                )
+            }
             Some(description) if description.mirror.name == mirror_name => {
                 write_control(&mut writer, &Control::InfoReply { description })?;
                 writer.flush()?;
