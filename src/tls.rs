@@ -60,7 +60,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{ClientConfig, DistinguishedName, ServerConfig, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{Error, Result};
 
@@ -70,6 +70,9 @@ pub const CERTIFICATE_FILE: &str = "CertificateFile.pem";
 pub const PRIVATE_KEY_FILE: &str = "PrivateKeyFile.pem";
 /// How long a handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the pump lets one direction of a connection finish after the other ended.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// The server name a client asks for; certificates are pinned by fingerprint, not by name.
 const SERVER_NAME: &str = "mirrorlab-member";
@@ -416,13 +419,31 @@ where
     let (local, pumped) = UnixStream::pair()?;
     pumped.set_nonblocking(true)?;
     pump().spawn(async move {
-        let Ok(mut pumped) = tokio::net::UnixStream::from_std(pumped) else {
+        let Ok(pumped) = tokio::net::UnixStream::from_std(pumped) else {
             return;
         };
-        let mut stream = stream;
-        // Ends when both directions ended, or on the first error: either way both sockets
-        // close, and the blocking side sees the end of its connection.
-        let _ = tokio::io::copy_bidirectional(&mut stream, &mut pumped).await;
+        let (mut tls_in, mut tls_out) = tokio::io::split(stream);
+        let (mut local_in, mut local_out) = pumped.into_split();
+        let outbound = async {
+            let _ = tokio::io::copy(&mut local_in, &mut tls_out).await;
+            let _ = tls_out.shutdown().await;
+        };
+        let inbound = async {
+            let _ = tokio::io::copy(&mut tls_in, &mut local_out).await;
+            let _ = local_out.shutdown().await;
+        };
+        tokio::pin!(outbound, inbound);
+        // When one side is done, the other gets a moment to finish, then both sockets close:
+        // a peer that vanished without closing must not keep this task and its socket forever
+        // once the blocking side gave up on it.
+        tokio::select! {
+            _ = &mut outbound => {
+                let _ = tokio::time::timeout(CLOSE_GRACE, inbound).await;
+            }
+            _ = &mut inbound => {
+                let _ = tokio::time::timeout(CLOSE_GRACE, outbound).await;
+            }
+        }
     });
     Ok(local)
 }
