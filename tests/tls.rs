@@ -162,6 +162,25 @@ impl Portal {
         reply.text().await.unwrap()
     }
 
+    /// Posts a form with the session's CSRF token and returns the page it answers with.
+    async fn post_page(&self, path: &str, form: &[(&str, &str)]) -> String {
+        let home = self.get("/portal/").await;
+        let csrf = csrf_of(&home);
+        let mut fields = form.to_vec();
+        fields.push(("csrf", &csrf));
+        let reply = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .header("cookie", &self.cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded::to_string(&fields).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 200, "{path}");
+        reply.text().await.unwrap()
+    }
+
     async fn post(&self, path: &str, form: &[(&str, &str)]) -> u16 {
         self.client
             .post(format!("{}{path}", self.url))
@@ -458,6 +477,21 @@ async fn a_tls_mirror_admits_only_members_the_primary_authorized() {
         .as_str()
         .unwrap()
         .to_string();
+    // The Join page of a TLS mirror lists the members' fingerprints, A's among them.
+    let joining = Portal::login(&c.url).await;
+    let join_page = joining
+        .post_page(
+            "/portal/mirror/join/next",
+            &[
+                ("mirror_name", "MIRRORSET"),
+                ("agent_address", &format!("127.0.0.1:{}", a.agent_port())),
+                ("agent_port", ""),
+                ("instance_name", "IRIS"),
+            ],
+        )
+        .await;
+    assert!(join_page.contains("member-certificates"), "{join_page}");
+    assert!(join_page.contains(&a_certificate), "{join_page}");
     let portal = Portal::login(&a.url).await;
     let page = portal.get("/portal/mirror/edit").await;
     assert!(page.contains("Pending New Members"), "{page}");
