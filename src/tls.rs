@@ -109,7 +109,10 @@ impl Identity {
                         Error::Io(format!("{}: {e}", source.join(PRIVATE_KEY_FILE).display()))
                     })?;
                     write_private(&key, &key_pem)?;
-                    write_atomically(&cert, &fs::read(source.join(CERTIFICATE_FILE))?)?;
+                    crate::util::write_file_atomically(
+                        &cert,
+                        &fs::read(source.join(CERTIFICATE_FILE))?,
+                    )?;
                     tracing::info!(
                         "tls: using the certificate supplied in {}",
                         source.display()
@@ -121,7 +124,7 @@ impl Identity {
                     // and the next start makes a new pair instead of pairing files that do
                     // not match.
                     write_private(&key, key_pem.as_bytes())?;
-                    write_atomically(&cert, cert_pem.as_bytes())?;
+                    crate::util::write_file_atomically(&cert, cert_pem.as_bytes())?;
                     tracing::info!("tls: made a key and certificate in {}", dir.display());
                 }
             }
@@ -201,16 +204,8 @@ fn generate(host: &str) -> Result<(String, String)> {
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)?;
-    Ok(())
-}
-
-/// Writes a private key readable by its owner only.
+/// Writes a private key readable by its owner only (the certificate written after it, through
+/// `write_file_atomically`, makes both renames durable: same folder).
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp: PathBuf = path.with_extension("tmp");

@@ -20,6 +20,7 @@ use common::pair::*;
 use mirrorlab::agent::{self, AgentRequest, Target};
 use mirrorlab::mirror::config::{MemberInfo, MemberKind};
 use mirrorlab::mirror::protocol::{Control, Message, read_message, write_control};
+use mirrorlab::mirror::server::MAX_PENDING;
 use mirrorlab::tls::{Channel, Identity};
 use serde_json::{Value, json};
 
@@ -542,5 +543,44 @@ async fn a_tls_mirror_admits_only_members_the_primary_authorized() {
     assert!(
         names(&a.sql("COMPANY", "SELECT name FROM Company").await)
             .contains(&"After the failover".to_string())
+    );
+
+    // A stranger asking under name after name fills Pending New Members only up to its bound
+    // (on B, the primary now); the rest are refused unrecorded.
+    let (superserver, expected) = (b.superserver.clone(), b_certificate.clone());
+    let answers = tokio::task::spawn_blocking(move || {
+        (0..MAX_PENDING + 3)
+            .map(|i| {
+                let claim = MemberInfo {
+                    name: format!("STRANGER{i}/IRIS"),
+                    kind: MemberKind::Dr,
+                    ..claiming_b(stranger.fingerprint())
+                };
+                superserver_answer(
+                    &superserver,
+                    Some((&stranger, expected.as_str())),
+                    &hello(&mirror_id, claim),
+                )
+                .unwrap()
+            })
+            .collect::<Vec<String>>()
+    })
+    .await
+    .unwrap();
+    assert!(
+        answers[..MAX_PENDING]
+            .iter()
+            .all(|a| a.contains("awaiting authorization")),
+        "{answers:?}"
+    );
+    assert!(
+        answers[MAX_PENDING..]
+            .iter()
+            .all(|a| a.contains("already wait")),
+        "{answers:?}"
+    );
+    assert_eq!(
+        pending_names(&b.get("/api/mirror/pending").await.1).len(),
+        MAX_PENDING
     );
 }

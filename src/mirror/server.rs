@@ -45,6 +45,9 @@ use super::state::Role;
 /// member keeps its configuration when it hears them).
 pub const AWAITING_AUTHORIZATION: &str = "awaiting authorization on the primary";
 
+/// Most members waiting in Pending New Members at once (a mirror has at most 16 members).
+pub const MAX_PENDING: usize = 16;
+
 /// Frames per message when sending from the journal files.
 const BACKLOG_CHUNK_BYTES: usize = 1 << 20;
 
@@ -445,6 +448,7 @@ fn authorize_peer(
             since_ms: now_ms(),
             rejected: false,
         };
+        let full = m.pending.len() >= MAX_PENDING;
         // One entry per member name; a new certificate replaces the old request (and is
         // judged afresh).
         Ok(
@@ -453,6 +457,14 @@ fn authorize_peer(
                 Some(p) => {
                     *p = asked;
                     false
+                }
+                // The list is bounded: a stranger trying name after name must not grow the
+                // configuration file without end.
+                None if full => {
+                    return Err(Error::Conflict(format!(
+                        "{MAX_PENDING} members already wait for authorization on the primary: \
+                         authorize or reject them first"
+                    )));
                 }
                 None => {
                     tracing::warn!(

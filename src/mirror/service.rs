@@ -25,10 +25,9 @@ use crate::names::DbName;
 use crate::util::{format_time, now_ms, random_hex};
 
 use super::MirrorContext;
-use super::config::PendingMember;
 use super::config::{
     self, DEFAULT_AGENT_PORT, DEFAULT_QOS_MS, DEFAULT_SUPERSERVER_PORT, MAX_QOS_MS, MIN_QOS_MS,
-    MemberInfo, MemberKind, Membership, MirrorDefinition,
+    MemberInfo, MemberKind, Membership, MirrorDefinition, PendingMember,
 };
 use super::protocol::{Control, MirrorDescription};
 use super::receiver::{self, SharedJournal};
