@@ -1,5 +1,5 @@
-//! The few operating-system calls the crate makes directly: sending signals and reading the host
-//! name. Kept in one place because sending a signal needs `unsafe`.
+//! The few operating-system calls the crate makes directly: sending signals, a socket write that
+//! never waits, and reading the host name. Kept in one place because they need `unsafe`.
 
 use std::io;
 
@@ -33,6 +33,30 @@ pub fn send_signal(pid: u32, signal: Signal) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// Writes as much of `bytes` to the socket `fd` as fits in its send buffer *now*, and returns how
+/// much that was; `WouldBlock` when nothing fits. Unlike switching the socket to non-blocking
+/// mode, this leaves every other handle on the socket blocking. No SIGPIPE is raised on a closed
+/// connection: the error is returned.
+#[allow(unsafe_code)]
+pub fn send_without_waiting(fd: std::os::fd::BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the pointer and length describe `bytes`, which outlives the call; the descriptor is
+    // borrowed, so it stays open for the call's duration.
+    let sent = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
     }
 }
 

@@ -475,6 +475,16 @@ pub enum Channel {
 }
 
 impl Channel {
+    /// Writes what fits in the connection's send buffer without waiting (see
+    /// [`send_without_waiting`](crate::os::send_without_waiting)).
+    pub fn send_now(&self, bytes: &[u8]) -> std::io::Result<usize> {
+        use std::os::fd::AsFd;
+        match self {
+            Channel::Plain(s) => crate::os::send_without_waiting(s.as_fd(), bytes),
+            Channel::Tls(s) => crate::os::send_without_waiting(s.as_fd(), bytes),
+        }
+    }
+
     /// A second handle on the same connection (one thread reads, another writes).
     pub fn try_clone(&self) -> std::io::Result<Channel> {
         Ok(match self {

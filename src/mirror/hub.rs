@@ -4,10 +4,12 @@
 //! # Publishing
 //!
 //! The writer appends a batch to the mirror journal *through* the hub ([`Hub::publish`]): under
-//! the hub's lock the frames are written to the journal file and handed to every connected
-//! member's sender. A member that connects registers under the same lock and learns the
-//! journal's appended end at that instant: it reads everything up to there from the files and
-//! gets everything after it from its queue. No batch can fall between the two.
+//! the hub's lock the frames are written to the journal file and put in every connected
+//! member's [`Outbox`] — which usually means written to the member's socket right there, by the
+//! writer, without waiting for another thread. A member that connects registers under the same
+//! lock and learns the journal's appended end at that instant: it reads everything up to there
+//! from the files and gets everything after it from its outbox. No batch can fall between the
+//! two.
 //!
 //! Batches are shipped *before* the primary's own fsync, so the backup's disk write overlaps the
 //! primary's. The primary then announces its durable end ([`Hub::durable`]); members apply
@@ -35,7 +37,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,24 +46,14 @@ use crate::util::now_ms;
 
 use super::config::{MemberInfo, MemberKind};
 use super::failover::Event;
+use super::outbox::Outbox;
 use super::protocol::Control;
-
-/// What a member's sender thread is asked to send.
-#[derive(Debug, Clone)]
-pub enum Outgoing {
-    /// A batch of journal frames.
-    Frames(Arc<Vec<u8>>, JournalPos, JournalPos),
-    /// A control message.
-    Control(Box<Control>),
-    /// Close the connection, saying why.
-    Close(String),
-}
 
 #[derive(Debug)]
 struct Link {
     id: u64,
     member: MemberInfo,
-    tx: mpsc::Sender<Outgoing>,
+    outbox: Arc<Outbox>,
     acked: JournalPos,
     /// The journal end when the member connected; acknowledging it makes a backup active.
     activation_point: JournalPos,
@@ -72,6 +63,14 @@ struct Link {
     dejournaling: String,
     /// The failover driver was already told this link is lost (revoked before it closed).
     reported_lost: bool,
+}
+
+impl Drop for Link {
+    /// A link leaves the hub only when its connection is to end: the sender thread writes what
+    /// is queued and closes.
+    fn drop(&mut self) {
+        self.outbox.hang_up();
+    }
 }
 
 /// A connected member as the monitor shows it.
@@ -209,12 +208,9 @@ impl Hub {
         (state.appended_end, state.durable_end)
     }
 
-    /// Registers a member that will receive everything after `snapshot` (returned) through the
-    /// queue, and must be sent what it lacks up to `snapshot` from the journal files first.
-    pub fn register(
-        &self,
-        member: MemberInfo,
-    ) -> Result<(u64, mpsc::Receiver<Outgoing>, JournalPos)> {
+    /// Registers a member that will receive everything after `snapshot` (returned) through its
+    /// outbox, and must be sent what it lacks up to `snapshot` from the journal files first.
+    pub fn register(&self, member: MemberInfo) -> Result<(u64, Arc<Outbox>, JournalPos)> {
         let mut state = self.state.lock().unwrap();
         if let Some(old) = state
             .links
@@ -223,9 +219,7 @@ impl Hub {
         {
             // The same member reconnecting: its old connection is dead.
             let old = state.links.remove(old);
-            let _ = old
-                .tx
-                .send(Outgoing::Close("replaced by a new connection".into()));
+            old.outbox.close("replaced by a new connection".into());
         }
         if member.kind == MemberKind::Failover
             && let Some(other) = state
@@ -238,7 +232,7 @@ impl Hub {
                 other.member.name
             )));
         }
-        let (tx, rx) = mpsc::channel();
+        let outbox = Arc::new(Outbox::new());
         state.next_id += 1;
         let id = state.next_id;
         let snapshot = state.appended_end;
@@ -247,7 +241,7 @@ impl Hub {
         state.links.push(Link {
             id,
             member,
-            tx,
+            outbox: outbox.clone(),
             acked: JournalPos::ZERO,
             activation_point: snapshot,
             active: false,
@@ -259,7 +253,7 @@ impl Hub {
         if state.links.last().unwrap().member.kind == MemberKind::Failover {
             state.events.push_back(Event::PartnerConnected);
         }
-        Ok((id, rx, snapshot))
+        Ok((id, outbox, snapshot))
     }
 
     /// Forgets a member's connection.
@@ -276,7 +270,9 @@ impl Hub {
                 }
                 state.events.push_back(Event::PartnerLost);
             }
-            state.disconnected.insert(link.member.name, now_ms());
+            state
+                .disconnected
+                .insert(link.member.name.clone(), now_ms());
         }
         drop(state);
         self.acked.notify_all();
@@ -302,9 +298,7 @@ impl Hub {
             );
             // Random and non-zero (0 means "never activated").
             let activation = crate::util::random_u64().max(1);
-            let _ = link.tx.send(Outgoing::Control(Box::new(Control::Activated {
-                activation,
-            })));
+            link.outbox.control(&Control::Activated { activation });
             state.last_activation = activation;
             state.events.push_back(Event::PartnerActive);
         }
@@ -342,7 +336,10 @@ impl Hub {
             .links
             .iter()
             .find(|l| l.member.name == member)
-            .is_some_and(|l| l.tx.send(Outgoing::Control(Box::new(control))).is_ok())
+            .is_some_and(|l| {
+                l.outbox.control(&control);
+                l.outbox.is_open()
+            })
     }
 
     /// The backup reports its failover mode.
@@ -383,11 +380,9 @@ impl Hub {
         let mut state = self.state.lock().unwrap();
         journal.append(frames, last, last.0 + 1 - first.0)?;
         state.appended_end = last;
-        if !state.links.is_empty() {
-            let shared = Arc::new(frames.to_vec());
-            for link in &state.links {
-                let _ = link.tx.send(Outgoing::Frames(shared.clone(), first, last));
-            }
+        // Usually this writes the batch to each member's socket right here (see `outbox`).
+        for link in &state.links {
+            link.outbox.frames(first, last, frames);
         }
         state.batch_times.push_back((last.0, now_ms()));
         if state.batch_times.len() > BATCH_TIMES_KEPT {
@@ -400,7 +395,7 @@ impl Hub {
     pub fn announce(&self, control: Control) {
         let state = self.state.lock().unwrap();
         for link in &state.links {
-            let _ = link.tx.send(Outgoing::Control(Box::new(control.clone())));
+            link.outbox.control(&control);
         }
     }
 
@@ -408,10 +403,9 @@ impl Hub {
     pub fn durable(&self, pos: JournalPos) {
         let mut state = self.state.lock().unwrap();
         state.durable_end = pos;
+        let control = Control::Durable { pos: pos.0 };
         for link in &state.links {
-            let _ = link
-                .tx
-                .send(Outgoing::Control(Box::new(Control::Durable { pos: pos.0 })));
+            link.outbox.control(&control);
         }
     }
 
@@ -447,7 +441,7 @@ impl Hub {
                 link.active = false;
                 link.reported_lost = true;
                 let name = link.member.name.clone();
-                let _ = link.tx.send(Outgoing::Close(why.clone()));
+                link.outbox.close(why.clone());
                 tracing::warn!("mirror: {name} is no longer the active backup: {why}");
                 state.lost_active();
                 state.events.push_back(Event::PartnerLost);
@@ -498,7 +492,7 @@ impl Hub {
         let mut state = self.state.lock().unwrap();
         state.closing = true;
         for link in state.links.drain(..) {
-            let _ = link.tx.send(Outgoing::Close(why.to_string()));
+            link.outbox.close(why.to_string());
         }
         drop(state);
         self.acked.notify_all();
@@ -509,6 +503,7 @@ impl Hub {
 mod tests {
     use super::*;
     use crate::mirror::config::MemberKind;
+    use crate::mirror::protocol::Message;
 
     fn member(name: &str, kind: MemberKind) -> MemberInfo {
         MemberInfo {
@@ -527,13 +522,13 @@ mod tests {
     fn a_backup_becomes_active_once_it_acknowledges_the_snapshot() {
         let hub = Hub::new(200);
         hub.reset(JournalPos(10));
-        let (id, rx, snapshot) = hub.register(member("B", MemberKind::Failover)).unwrap();
+        let (id, outbox, snapshot) = hub.register(member("B", MemberKind::Failover)).unwrap();
         assert_eq!(snapshot, JournalPos(10));
         hub.on_ack(id, JournalPos(9));
         assert!(!hub.has_active_backup());
         hub.on_ack(id, JournalPos(10));
         assert!(hub.has_active_backup());
-        let Ok(Outgoing::Control(c)) = rx.try_recv() else {
+        let Some(Message::Control(c)) = outbox.queued_messages().pop() else {
             panic!("no Activated sent");
         };
         let Control::Activated { activation } = *c else {
@@ -552,7 +547,7 @@ mod tests {
     fn the_wait_ends_at_the_acknowledgement_or_holds_in_trouble_after_qos() {
         let hub = Arc::new(Hub::new(300));
         hub.reset(JournalPos(0));
-        let (id, rx, _) = hub.register(member("B", MemberKind::Failover)).unwrap();
+        let (id, outbox, _) = hub.register(member("B", MemberKind::Failover)).unwrap();
         hub.on_ack(id, JournalPos(0));
         assert!(hub.has_active_backup());
         let acker = {
@@ -580,7 +575,12 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(!hub.has_active_backup());
-        assert!(rx.try_iter().any(|m| matches!(m, Outgoing::Close(_))));
+        assert!(!outbox.is_open());
+        assert!(
+            outbox.queued_messages().iter().any(
+                |m| matches!(m, Message::Control(c) if matches!(**c, Control::Refused { .. }))
+            )
+        );
         let (events, generation) = hub.take_events();
         assert_eq!(events, vec![Event::PartnerLost]);
         std::thread::sleep(Duration::from_millis(100));
@@ -602,7 +602,7 @@ mod tests {
     fn losing_an_active_backup_suspends_at_once_and_closing_answers_no() {
         let hub = Arc::new(Hub::new(60_000));
         hub.reset(JournalPos(0));
-        let (id, _rx, _) = hub.register(member("B", MemberKind::Failover)).unwrap();
+        let (id, _outbox, _) = hub.register(member("B", MemberKind::Failover)).unwrap();
         hub.on_ack(id, JournalPos(0));
         hub.unregister(id, "connection lost");
         assert!(hub.suspended());

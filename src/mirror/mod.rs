@@ -76,6 +76,7 @@ pub mod divergence;
 pub mod driver;
 pub mod failover;
 pub mod hub;
+pub mod outbox;
 pub mod protocol;
 pub mod receiver;
 pub mod server;

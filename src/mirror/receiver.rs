@@ -36,6 +36,9 @@ use crate::tls::Channel;
 
 /// How often the link is tried again after it failed.
 const RETRY: Duration = Duration::from_secs(1);
+/// Longest time without an acknowledgement while the primary keeps sending, even when nothing
+/// new was stored.
+const ACK_REFRESH: Duration = Duration::from_millis(500);
 
 /// The backup's mirror journal, shared by the receiver (appends) and Catchup's fetch (prepends).
 pub type SharedJournal = Arc<Mutex<Option<Journal>>>;
@@ -269,6 +272,7 @@ fn receive(
     let mut primary_durable = JournalPos::ZERO;
     let mut pending: Vec<u8> = Vec::new();
     let mut last_status = Instant::now() - Duration::from_secs(10);
+    let mut last_ack: Option<(JournalPos, Instant)> = None;
     context
         .mirror
         .reconnect_requested
@@ -381,7 +385,17 @@ fn receive(
             }
             journal.end()
         };
-        write_ack(&mut writer, received_end)?;
+        // A round that stored nothing new (only the primary's durable end or a heartbeat came)
+        // has nothing to acknowledge: the primary would wake only to learn what it knows. Now
+        // and then the position is sent anyway, so an idle link is heard from both ways.
+        let ack_due = match last_ack {
+            None => true,
+            Some((pos, at)) => received_end > pos || at.elapsed() >= ACK_REFRESH,
+        };
+        if ack_due {
+            write_ack(&mut writer, received_end)?;
+            last_ack = Some((received_end, Instant::now()));
+        }
         let reports: Vec<Control> = context
             .mirror
             .link_outbox

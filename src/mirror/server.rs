@@ -24,8 +24,8 @@
 
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -37,7 +37,7 @@ use crate::util::now_ms;
 
 use super::MirrorContext;
 use super::config::{MemberInfo, MemberKind, PendingMember};
-use super::hub::Outgoing;
+use super::outbox::Next;
 use super::protocol::{Control, Message, read_message, write_control, write_frames};
 use super::state::Role;
 
@@ -511,7 +511,7 @@ fn serve_member(
 ) -> Result<()> {
     let hub = &context.mirror.hub;
     let qos = hub.qos();
-    let (id, outgoing, snapshot) = match hub.register(member.clone()) {
+    let (id, outbox, snapshot) = match hub.register(member.clone()) {
         Ok(registered) => registered,
         Err(err) => {
             write_control(
@@ -556,7 +556,7 @@ fn serve_member(
                     stream.close();
                 })?
         };
-        // What the member lacks up to the snapshot comes from the files; the rest is queued.
+        // What the member lacks up to the snapshot comes from the files; the rest waits in the outbox.
         send_range(&mut writer, &journal, JournalPos(from.0 - 1), snapshot)?;
         write_control(
             &mut writer,
@@ -566,30 +566,29 @@ fn serve_member(
         )?;
         writer.flush()?;
         let heartbeat = (qos / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        // From here on the writer usually sends batches itself; this thread writes what it
+        // leaves behind (a full socket buffer), and the heartbeats.
+        let mut socket = writer
+            .into_inner()
+            .map_err(|e| Error::from(e.into_error()))?;
+        outbox.open_direct(socket.try_clone()?);
+        let mut bytes = Vec::new();
         loop {
-            let next = match outgoing.recv_timeout(heartbeat) {
-                Ok(next) => next,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
+            match outbox.next(heartbeat, &mut bytes) {
+                Next::Write => {
+                    socket.write_all(&bytes)?;
+                    bytes.clear();
+                }
+                Next::Idle => {
                     write_control(
-                        &mut writer,
+                        &mut socket,
                         &Control::Heartbeat {
                             durable: journal.durable_end().0,
                             time_ms: now_ms(),
                         },
                     )?;
-                    writer.flush()?;
-                    continue;
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            };
-            let mut open = send_outgoing(&mut writer, next)?;
-            // Send whatever else is queued before the flush: one write for a burst of batches.
-            while open && let Ok(next) = outgoing.try_recv() {
-                open = send_outgoing(&mut writer, next)?;
-            }
-            writer.flush()?;
-            if !open {
-                break;
+                Next::End => break,
             }
         }
         stream.close();
@@ -601,20 +600,6 @@ fn serve_member(
         stream.close();
     }
     result
-}
-
-/// Writes one queued item; false when the connection is to be closed.
-fn send_outgoing(writer: &mut BufWriter<Channel>, next: Outgoing) -> Result<bool> {
-    match next {
-        Outgoing::Frames(bytes, first, last) => write_frames(writer, first, last, &bytes)?,
-        Outgoing::Control(control) => write_control(writer, &control)?,
-        Outgoing::Close(why) => {
-            write_control(writer, &Control::Refused { reason: why })?;
-            writer.flush()?;
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 /// Reads a member's acknowledgements and reports until the connection ends; returns why.
