@@ -13,7 +13,9 @@
 //!
 //! - **Order.** Bytes reach the socket in the order they were queued. A producer writes directly
 //!   only when nothing is queued *and* the sender thread is not writing (it writes outside the
-//!   lock); otherwise it appends to the queue, behind whatever is there.
+//!   lock); otherwise it appends to the queue, behind whatever is there. Whole messages only: the
+//!   sender thread ([`Outbox::serve`]) writes nothing but what [`Outbox::next`] handed it, so
+//!   even its heartbeats go through [`Outbox::control`].
 //! - **Never blocks a producer.** The direct write is `MSG_DONTWAIT`: a full send buffer (a slow
 //!   or stalled member) leaves the rest in the queue for the sender thread, whose blocking write
 //!   has a timeout. An async member can never delay a commit, and a stalled backup is handled
@@ -26,6 +28,7 @@
 //! Until the sender thread calls [`Outbox::open_direct`], messages only queue: a member that
 //! just connected must first be sent what it lacks from the journal files.
 
+use std::io::Write;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -36,7 +39,7 @@ use super::protocol::{Control, write_control, write_frames};
 
 /// What the sender thread is to do next.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Next {
+enum Next {
     /// Write these bytes (the queue, taken whole), then ask again.
     Write,
     /// Nothing was queued for the heartbeat interval.
@@ -154,7 +157,7 @@ impl Outbox {
     /// The sender thread's wait: hands over everything queued (swapped into `out`, which must be
     /// empty), or says the connection is idle or ended. Until the next call the sender thread
     /// counts as writing, so no producer writes past it.
-    pub fn next(&self, heartbeat: Duration, out: &mut Vec<u8>) -> Next {
+    fn next(&self, heartbeat: Duration, out: &mut Vec<u8>) -> Next {
         debug_assert!(out.is_empty());
         let mut state = self.state.lock().unwrap();
         state.sender_writing = false;
@@ -178,6 +181,30 @@ impl Outbox {
         self.state.lock().unwrap().queued.len()
     }
 
+    /// The sender thread's loop: writes what producers left queued, and a heartbeat (`beat`)
+    /// whenever nothing was queued for `heartbeat`; returns once the outbox is closed and
+    /// everything queued is written. The heartbeat goes through [`Outbox::control`] like every
+    /// other message: written here, outside the lock, it could interleave with a batch a
+    /// producer sends at the same moment.
+    pub fn serve(
+        &self,
+        socket: &mut impl Write,
+        heartbeat: Duration,
+        beat: impl Fn() -> Control,
+    ) -> std::io::Result<()> {
+        let mut bytes = Vec::new();
+        loop {
+            match self.next(heartbeat, &mut bytes) {
+                Next::Write => {
+                    socket.write_all(&bytes)?;
+                    bytes.clear();
+                }
+                Next::Idle => self.control(&beat()),
+                Next::End => return Ok(()),
+            }
+        }
+    }
+
     /// Decodes what is queued (whole messages only: nothing was partly sent), for tests.
     #[cfg(test)]
     pub fn queued_messages(&self) -> Vec<super::protocol::Message> {
@@ -195,7 +222,6 @@ impl Outbox {
 mod tests {
     use super::*;
     use crate::mirror::protocol::{Message, read_message};
-    use std::io::Write;
     use std::net::{TcpListener, TcpStream};
     use std::sync::Arc;
 
@@ -301,6 +327,64 @@ mod tests {
         assert_eq!(read_durable(&mut client), last);
         outbox.hang_up();
         sender.join().unwrap();
+    }
+
+    #[test]
+    fn heartbeats_and_batches_from_several_threads_arrive_whole_and_in_order() {
+        let (server, mut client) = pair();
+        let outbox = Arc::new(Outbox::new());
+        outbox.open_direct(server.try_clone().unwrap());
+        std::thread::scope(|scope| {
+            // The writer sends batches directly for a while, so nothing stays queued and the
+            // sender thread's heartbeat comes due every millisecond, between them.
+            let sender = scope.spawn(|| {
+                let mut socket = server.try_clone().unwrap();
+                outbox.serve(&mut socket, Duration::from_millis(1), || {
+                    Control::Heartbeat {
+                        durable: 0,
+                        time_ms: 0,
+                    }
+                })
+            });
+            let producer = scope.spawn(|| {
+                let frames = vec![1u8; 300];
+                let until = std::time::Instant::now() + Duration::from_millis(400);
+                let mut last = 0u64;
+                while std::time::Instant::now() < until {
+                    last += 1;
+                    outbox.frames(JournalPos(last), JournalPos(last), &frames);
+                    // Slower than the reader, so the way stays clear and sends stay direct.
+                    std::thread::sleep(Duration::from_micros(20));
+                }
+                outbox.control(&durable(last));
+                outbox.hang_up();
+                last
+            });
+            let (mut next, mut heartbeats) = (1u64, 0u64);
+            loop {
+                match read_message(&mut client).unwrap() {
+                    Some(Message::Frames { first, .. }) => {
+                        assert_eq!(first, JournalPos(next), "batches out of order");
+                        next += 1;
+                    }
+                    Some(Message::Control(c)) => match *c {
+                        Control::Heartbeat { .. } => heartbeats += 1,
+                        Control::Durable { pos } => {
+                            assert_eq!(pos, next - 1, "batches missing");
+                            break;
+                        }
+                        other => panic!("read {other:?}"),
+                    },
+                    other => panic!("read {other:?}"),
+                }
+            }
+            assert_eq!(producer.join().unwrap(), next - 1);
+            assert!(
+                heartbeats > 50,
+                "only {heartbeats} heartbeats raced the batches"
+            );
+            sender.join().unwrap().unwrap();
+        });
     }
 
     #[test]

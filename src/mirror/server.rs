@@ -37,7 +37,6 @@ use crate::util::now_ms;
 
 use super::MirrorContext;
 use super::config::{MemberInfo, MemberKind, PendingMember};
-use super::outbox::Next;
 use super::protocol::{Control, Message, read_message, write_control, write_frames};
 use super::state::Role;
 
@@ -572,25 +571,10 @@ fn serve_member(
             .into_inner()
             .map_err(|e| Error::from(e.into_error()))?;
         outbox.open_direct(socket.try_clone()?);
-        let mut bytes = Vec::new();
-        loop {
-            match outbox.next(heartbeat, &mut bytes) {
-                Next::Write => {
-                    socket.write_all(&bytes)?;
-                    bytes.clear();
-                }
-                Next::Idle => {
-                    write_control(
-                        &mut socket,
-                        &Control::Heartbeat {
-                            durable: journal.durable_end().0,
-                            time_ms: now_ms(),
-                        },
-                    )?;
-                }
-                Next::End => break,
-            }
-        }
+        outbox.serve(&mut socket, heartbeat, || Control::Heartbeat {
+            durable: journal.durable_end().0,
+            time_ms: now_ms(),
+        })?;
         stream.close();
         let _ = acks.join();
         Ok(())
