@@ -23,7 +23,8 @@
 //! - **The right socket.** The outbox owns its own handle on the connection, so a direct write
 //!   can never land on a descriptor number the sender thread closed and the system reused.
 //! - **Closing.** After [`Outbox::close`] (or [`Outbox::hang_up`]) nothing more is accepted; the
-//!   sender thread writes what is queued and ends.
+//!   sender thread writes what is queued and ends. A message too large for the protocol closes
+//!   the outbox the same way: skipping it would leave a gap the member waits on.
 //!
 //! Until the sender thread calls [`Outbox::open_direct`], messages only queue: a member that
 //! just connected must first be sent what it lacks from the journal files.
@@ -42,7 +43,8 @@ use super::protocol::{Control, write_control, write_frames};
 enum Next {
     /// Write these bytes (the queue, taken whole), then ask again.
     Write,
-    /// Nothing was queued for the heartbeat interval.
+    /// Nothing was left for the sender thread for the heartbeat interval (producers may have
+    /// sent directly meanwhile; a heartbeat then is merely redundant).
     Idle,
     /// The outbox is closed and everything queued was handed out: end the connection.
     End,
@@ -124,8 +126,16 @@ impl Outbox {
         let was_empty = state.queued.is_empty();
         let start = state.queued.len();
         if !encode(&mut state.queued) {
-            // Too large to send (the protocol's limit): nothing partial may stay behind.
+            // Too large for one message (the protocol's limit): nothing partial may stay
+            // behind, and nothing may be skipped either. The connection ends once what is
+            // queued is written; the member reconnects and is sent the records from the
+            // journal files, in chunks the limit allows.
             state.queued.truncate(start);
+            state.closing = true;
+            state.direct = None;
+            drop(state);
+            tracing::warn!("mirror: a message exceeds the protocol's limit; the link restarts");
+            self.wake.notify_all();
             return;
         }
         if was_empty && !state.sender_writing {
@@ -385,6 +395,25 @@ mod tests {
             );
             sender.join().unwrap().unwrap();
         });
+    }
+
+    #[test]
+    fn a_message_over_the_limit_ends_the_connection_instead_of_leaving_a_gap() {
+        let outbox = Outbox::new();
+        outbox.control(&durable(1));
+        let huge = vec![0u8; crate::mirror::protocol::MAX_MESSAGE];
+        outbox.frames(JournalPos(2), JournalPos(2), &huge);
+        outbox.control(&durable(3));
+        assert!(!outbox.is_open());
+        assert_eq!(
+            outbox.queued_messages().len(),
+            1,
+            "only what came before stays"
+        );
+        let mut out = Vec::new();
+        assert_eq!(outbox.next(Duration::from_secs(1), &mut out), Next::Write);
+        out.clear();
+        assert_eq!(outbox.next(Duration::from_secs(1), &mut out), Next::End);
     }
 
     #[test]
