@@ -15,6 +15,7 @@
 //! load, catchup and copy rates). `--mode failover` measures takeovers instead (see
 //! `bench/failover.rs`).
 
+mod cpu;
 mod extras;
 mod failover;
 mod postgres;
@@ -86,6 +87,10 @@ pub struct StepResult {
     pub errors: u64,
     /// Commits per journal fsync during the step (group commit at work).
     pub commits_per_fsync: f64,
+    /// Acknowledged commits during the step.
+    pub commits: u64,
+    /// Where the CPU time went, when the step's processes were accounted for.
+    pub cpu: Option<cpu::CpuUse>,
 }
 
 /// A member started for the benchmark.
@@ -157,6 +162,11 @@ impl TemporaryMember {
             &self.host,
         )?;
         Ok(())
+    }
+
+    /// The process id of the member's agent (its instance runs below it); 0 once it exited.
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
     }
 
     fn agent_port(&self) -> u16 {
@@ -374,6 +384,8 @@ pub async fn step(
         } else {
             latencies.len() as f64 / syncs as f64
         },
+        commits: latencies.len() as u64,
+        cpu: None,
     }
 }
 
@@ -413,6 +425,11 @@ async fn mirrored_steps(
     let mut notes = Vec::new();
     let mut probed = false;
     for (i, &clients) in args.clients.iter().enumerate() {
+        let clock = cpu::CpuClock::start(vec![
+            cpu::Group::Tree("primary", a.pid()),
+            cpu::Group::Tree("backup", b.pid()),
+            cpu::Group::ThisProcess("clients"),
+        ]);
         let writers = step(client, &a.url, "superuser", "SYS", clients.max(1), duration);
         if extras && clients == probe_at && !probed {
             probed = true;
@@ -425,7 +442,8 @@ async fn mirrored_steps(
                 &cookie,
                 duration,
             );
-            let (r, times) = tokio::join!(writers, monitor);
+            let (mut r, times) = tokio::join!(writers, monitor);
+            r.cpu = clock.stop(r.commits);
             let times = times?;
             notes.push(format!(
                 "Mirror Monitor page on the primary during the {clients}-client mirrored step: \
@@ -434,7 +452,9 @@ async fn mirrored_steps(
             ));
             results[i] = Some(r);
         } else {
-            results[i] = Some(writers.await);
+            let mut r = writers.await;
+            r.cpu = clock.stop(r.commits);
+            results[i] = Some(r);
         }
     }
     if extras {
@@ -504,6 +524,76 @@ fn print_comparison(clients: &[usize], results: &[Vec<Option<StepResult>>; 3]) {
         .reduce(f64::max)
     {
         println!("(mirrored: up to {fsyncs:.1} commits per journal fsync — group commit)");
+    }
+}
+
+/// A second table: the CPU time one commit cost in each process, and on the whole machine.
+///
+/// The last column is the mirrored pair's CPU bound (the commits per second `cores` could carry
+/// at its CPU time per commit, if nothing waited) over standalone's measured commits per second:
+/// how far the CPU alone would let the ratio go on this machine (see `bench/cpu.rs`).
+fn print_cpu(clients: &[usize], results: &[Vec<Option<StepResult>>; 3], cores: usize) {
+    let cpu = |s: usize, i: usize| results[s][i].as_ref().and_then(|r| r.cpu.as_ref());
+    let shown: Vec<(usize, &str)> = [(0, "standalone"), (1, "mirrored")]
+        .into_iter()
+        .filter(|&(s, _)| (0..clients.len()).any(|i| cpu(s, i).is_some()))
+        .collect();
+    if shown.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "CPU time per commit (µs): each process tree, the whole machine (all processes and the \
+         kernel), and how busy the machine was"
+    );
+    let mut header = format!("{:>8}", "clients");
+    let mut widths = Vec::new();
+    for &(s, name) in &shown {
+        let groups: Vec<&str> = (0..clients.len())
+            .find_map(|i| cpu(s, i))
+            .map(|c| c.per_commit_us.iter().map(|(g, _)| *g).collect())
+            .unwrap_or_default();
+        header += &format!(" | {name}:");
+        for g in &groups {
+            header += &format!(" {g:>8}");
+        }
+        header += &format!(" {:>8} {:>5}", "machine", "busy");
+        widths.push((s, name.len() + 1, groups.len()));
+    }
+    if shown.len() == 2 {
+        header += " | mirrored's CPU bound / standalone";
+    }
+    println!("{header}");
+    for (i, c) in clients.iter().enumerate() {
+        let mut line = format!("{c:>8}");
+        for &(s, label, groups) in &widths {
+            line += &format!(" | {:>label$}", "");
+            match cpu(s, i) {
+                Some(use_) => {
+                    for (_, us) in &use_.per_commit_us {
+                        line += &format!(" {us:>8.1}");
+                    }
+                    line += &format!(
+                        " {:>8.1} {:>4.0}%",
+                        use_.machine_per_commit_us,
+                        use_.busy * 100.0
+                    );
+                }
+                None => line += &format!(" {:>w$}", "-", w = groups * 9 + 14),
+            }
+        }
+        if shown.len() == 2 {
+            let standalone = results[0][i].as_ref().map(|r| r.commits_per_s);
+            let bound = match (standalone, cpu(1, i)) {
+                (Some(rate), Some(m)) if m.machine_per_commit_us > 0.0 && rate > 0.0 => {
+                    let mirrored_bound = cores as f64 * 1e6 / m.machine_per_commit_us;
+                    format!("{:.2}", mirrored_bound / rate)
+                }
+                _ => "-".into(),
+            };
+            line += &format!(" | {bound:>34}");
+        }
+        println!("{line}");
     }
 }
 
@@ -705,7 +795,11 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
             ));
         }
         for (i, &clients) in args.clients.iter().enumerate() {
-            let r = step(
+            let clock = cpu::CpuClock::start(vec![
+                cpu::Group::Tree("member", member.pid()),
+                cpu::Group::ThisProcess("clients"),
+            ]);
+            let mut r = step(
                 &client,
                 &member.url,
                 "superuser",
@@ -714,6 +808,7 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
                 duration,
             )
             .await;
+            r.cpu = clock.stop(r.commits);
             results[0][i] = Some(r);
         }
         member.stop().await;
@@ -732,6 +827,7 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
         }
     }
     print_comparison(&args.clients, &results);
+    print_cpu(&args.clients, &results, cores);
     for note in notes {
         println!("{note}");
     }

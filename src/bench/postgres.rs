@@ -117,5 +117,7 @@ async fn run_pgbench(
         p99_ms: percentile(&latencies_us, 99.0),
         errors,
         commits_per_fsync: 0.0,
+        commits: latencies_us.len() as u64,
+        cpu: None,
     })
 }
