@@ -23,11 +23,25 @@ fn bench(args: &[&str]) -> String {
     stdout
 }
 
+/// The rows of the table whose header line contains `header`: the lines after it that start
+/// with a client count.
+fn table<'a>(stdout: &'a str, header: &str) -> Vec<&'a str> {
+    stdout
+        .lines()
+        .skip_while(|line| !line.contains(header))
+        .skip(1)
+        .take_while(|line| {
+            let first = line.split('|').next().unwrap_or_default();
+            first.trim().parse::<usize>().is_ok()
+        })
+        .collect()
+}
+
 /// The rows of the comparison table: per client count, each system's four figures (commits/s,
 /// p50, p99, errors), then the two ratios.
 fn comparison_rows(stdout: &str) -> Vec<(usize, Vec<Vec<f64>>, Vec<String>)> {
-    stdout
-        .lines()
+    table(stdout, "mirrored/standalone")
+        .into_iter()
         .filter_map(|line| {
             let parts: Vec<&str> = line.split('|').map(str::trim).collect();
             let clients = parts.first()?.parse().ok()?;
@@ -69,6 +83,30 @@ fn checked_rows(stdout: &str, steps: usize, systems: usize) -> Vec<Vec<String>> 
         .collect()
 }
 
+/// Checks the CPU table: per client count, standalone's member, clients, machine time per
+/// commit and busy share, the mirrored pair's primary, backup, clients, machine and busy share,
+/// and the pair's CPU bound against standalone.
+fn check_cpu_table(stdout: &str, steps: usize) {
+    let rows = table(stdout, "CPU bound");
+    assert_eq!(rows.len(), steps, "{steps} CPU rows expected:\n{stdout}");
+    for row in rows {
+        let parts: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(parts.len(), 4, "{row}");
+        for (part, figures) in [(parts[1], 3), (parts[2], 4)] {
+            let fields: Vec<&str> = part.split_whitespace().collect();
+            assert_eq!(fields.len(), figures + 1, "{row}");
+            for us in &fields[..figures] {
+                let us: f64 = us.parse().unwrap_or_else(|_| panic!("{us:?} in {row}"));
+                assert!(us > 0.0, "no CPU time per commit in {row}");
+            }
+            let busy: f64 = fields[figures].trim_end_matches('%').parse().unwrap();
+            assert!(busy > 0.0 && busy <= 100.0, "busy {busy} % in {row}");
+        }
+        let bound: f64 = parts[3].parse().unwrap();
+        assert!(bound > 0.0, "{row}");
+    }
+}
+
 #[test]
 fn bench_runs_against_a_temporary_member_and_pair_and_prints_one_table() {
     let stdout = bench(&["--clients", "1,3", "--seconds", "1"]);
@@ -76,6 +114,7 @@ fn bench_runs_against_a_temporary_member_and_pair_and_prints_one_table() {
         assert!(ratios[0].parse::<f64>().is_ok(), "{stdout}");
         assert_eq!(ratios[1], "-", "no PostgreSQL in this run:\n{stdout}");
     }
+    check_cpu_table(&stdout, 2);
 }
 
 /// The whole harness (`bench/run.sh --smoke`): PostgreSQL with a synchronous standby beside
@@ -99,6 +138,7 @@ fn the_comparison_harness_runs_in_its_smoke_version() {
             assert!(ratio.parse::<f64>().is_ok(), "{stdout}");
         }
     }
+    check_cpu_table(&stdout, 2);
     for line in [
         "idle RSS of a fresh member",
         "Mirror Monitor page on the primary",
