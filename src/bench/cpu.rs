@@ -23,17 +23,18 @@
 
 use std::fs;
 
-/// CPU time used so far by one group of processes, or by the machine.
-#[derive(Debug, Clone, Copy)]
+/// CPU time used so far by each group of processes, and by the machine.
+#[derive(Debug, Clone)]
 struct Reading {
     /// Nanoseconds of CPU time used by each group, in the order given to [`CpuClock::start`].
-    groups: [u64; MAX_GROUPS],
+    groups: Vec<u64>,
     /// The machine's busy and total clock ticks.
     machine: (u64, u64),
 }
 
-/// Most groups one step accounts for (a primary, a backup and the benchmark's clients).
-const MAX_GROUPS: usize = 3;
+/// Clock ticks per second in `/proc/stat` (`USER_HZ`: 100 on Linux, whatever the kernel's own
+/// tick rate).
+const USER_HZ: u64 = 100;
 
 /// What to account for: a name and how to find its processes.
 #[derive(Debug, Clone)]
@@ -80,9 +81,8 @@ pub struct CpuUse {
 }
 
 impl CpuClock {
-    /// Starts accounting for `groups` (at most three).
+    /// Starts accounting for `groups`.
     pub fn start(groups: Vec<Group>) -> CpuClock {
-        assert!(groups.len() <= MAX_GROUPS, "at most {MAX_GROUPS} groups");
         let before = read(&groups);
         CpuClock { groups, before }
     }
@@ -106,7 +106,7 @@ impl CpuClock {
             .collect();
         let busy_ticks = after.machine.0.saturating_sub(before.machine.0);
         let total_ticks = after.machine.1.saturating_sub(before.machine.1).max(1);
-        let ns_per_tick = 1_000_000_000 / ticks_per_second();
+        let ns_per_tick = 1_000_000_000 / USER_HZ;
         Some(CpuUse {
             per_commit_us,
             machine_per_commit_us: per_commit(busy_ticks * ns_per_tick),
@@ -116,20 +116,10 @@ impl CpuClock {
 }
 
 fn read(groups: &[Group]) -> Option<Reading> {
-    let mut reading = Reading {
-        groups: [0; MAX_GROUPS],
+    Some(Reading {
+        groups: groups.iter().map(Group::cpu_ns).collect::<Option<_>>()?,
         machine: machine_ticks()?,
-    };
-    for (i, group) in groups.iter().enumerate() {
-        reading.groups[i] = group.cpu_ns()?;
-    }
-    Some(reading)
-}
-
-/// Clock ticks per second of `/proc/stat` (`USER_HZ`, 100 on Linux for every architecture
-/// this runs on).
-fn ticks_per_second() -> u64 {
-    100
+    })
 }
 
 /// Busy and total ticks of all CPUs from the first line of `/proc/stat`.
