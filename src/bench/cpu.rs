@@ -52,9 +52,10 @@ impl Group {
         }
     }
 
-    fn cpu_ns(&self) -> Option<u64> {
+    /// `parents`: every process's parent, read once for all the groups of one reading.
+    fn cpu_ns(&self, parents: &[(u32, u32)]) -> Option<u64> {
         match self {
-            Group::Tree(_, root) => descendants_and_self(*root)
+            Group::Tree(_, root) => descendants_and_self(*root, parents)
                 .into_iter()
                 .map(process_cpu_ns)
                 .sum(),
@@ -116,8 +117,16 @@ impl CpuClock {
 }
 
 fn read(groups: &[Group]) -> Option<Reading> {
+    let parents = if groups.iter().any(|g| matches!(g, Group::Tree(..))) {
+        parent_table()
+    } else {
+        Vec::new()
+    };
     Some(Reading {
-        groups: groups.iter().map(Group::cpu_ns).collect::<Option<_>>()?,
+        groups: groups
+            .iter()
+            .map(|g| g.cpu_ns(&parents))
+            .collect::<Option<_>>()?,
         machine: machine_ticks()?,
     })
 }
@@ -167,9 +176,9 @@ fn process_cpu_ns(pid: u32) -> Option<u64> {
     Some(total)
 }
 
-/// `root` and every process below it.
-fn descendants_and_self(root: u32) -> Vec<u32> {
-    let parents: Vec<(u32, u32)> = fs::read_dir("/proc")
+/// Every process and its parent, from `/proc/<pid>/stat`.
+fn parent_table() -> Vec<(u32, u32)> {
+    fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
@@ -178,7 +187,11 @@ fn descendants_and_self(root: u32) -> Vec<u32> {
             let stat = fs::read_to_string(entry.path().join("stat")).ok()?;
             Some((pid, parent_of(&stat)?))
         })
-        .collect();
+        .collect()
+}
+
+/// `root` and every process below it, according to `parents` (see [`parent_table`]).
+fn descendants_and_self(root: u32, parents: &[(u32, u32)]) -> Vec<u32> {
     let mut tree = vec![root];
     let mut i = 0;
     while i < tree.len() {
@@ -253,7 +266,7 @@ mod tests {
             .arg("5")
             .spawn()
             .expect("spawn sleep");
-        let tree = descendants_and_self(std::process::id());
+        let tree = descendants_and_self(std::process::id(), &parent_table());
         let _ = child.kill();
         let _ = child.wait();
         assert!(tree.contains(&std::process::id()));
