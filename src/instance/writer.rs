@@ -64,7 +64,8 @@ use crate::mirror::hub::Acknowledged;
 use crate::mirror::state::{CatchupPhase, MirrorState, Role};
 use crate::names::{DbName, NamespaceName};
 use crate::storage::database::{
-    self, Applier, META_TABLE, apply_schema_qualified, is_qualified_schema, set_applied_sql,
+    self, Applier, META_TABLE, OnConflict, apply_schema_qualified, is_qualified_schema,
+    set_applied_sql,
 };
 use crate::storage::{Catalog, DatabaseEntry, NamespaceConn, Purpose};
 use crate::util::{hex, now_ms};
@@ -1594,14 +1595,29 @@ impl Writer {
             conns.push((db, entry, conn));
         }
         let update = set_applied_sql("main");
-        // Consecutive changesets of one database are applied in one call (SQLite prepares its
-        // statements once per run of a table); a schema statement ends the run.
-        // One run per connection, by index: (changesets, first position, last position).
-        type Run = Option<(Vec<u8>, JournalPos, JournalPos)>;
+        // Consecutive changesets of one database are applied in one call; a schema statement
+        // ends the run. One run per connection, by index: (changesets, first position, last
+        // position, how many frames).
+        type Run = Option<(Vec<u8>, JournalPos, JournalPos, usize)>;
         let mut pending: Vec<Run> = vec![None; conns.len()];
         let flush =
             |db: &DbName, entry: &DatabaseEntry, conn: &Connection, run: &mut Run| -> Result<()> {
-                if let Some((bytes, first, last)) = run.take() {
+                if let Some((mut bytes, first, last, frames)) = run.take() {
+                    // Merged, a run has one table header per table instead of one per frame:
+                    // SQLite prepares its statements again at every header (see
+                    // `merge_changesets`). Only where a conflict aborts: a copy that takes
+                    // local writes must see each change as it was made, to let the primary's
+                    // row win row by row.
+                    if frames > 1
+                        && bytes.len() <= database::MERGE_LIMIT
+                        && entry.on_conflict() == OnConflict::Abort
+                    {
+                        // A run SQLite cannot merge is applied frame by frame, as it was
+                        // journaled: whatever is wrong with it is then reported there.
+                        if let Ok(merged) = database::merge_changesets(&bytes) {
+                            bytes = merged;
+                        }
+                    }
                     database::apply_changesets(
                         conn,
                         db.as_str(),
@@ -1624,9 +1640,10 @@ impl Writer {
                     RecordBody::Changes(changes) => {
                         if let Some(change) = changes.iter().find(|c| c.db == db.as_str()) {
                             let run = pending[i]
-                                .get_or_insert_with(|| (Vec::new(), record.pos, record.pos));
+                                .get_or_insert_with(|| (Vec::new(), record.pos, record.pos, 0));
                             run.0.extend_from_slice(&change.changeset);
                             run.2 = record.pos;
+                            run.3 += 1;
                         }
                         Ok(())
                     }
