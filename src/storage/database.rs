@@ -421,7 +421,8 @@ pub const MERGE_LIMIT: usize = 8 << 20;
 /// newer row, an insert then a delete is nothing. Applied to a copy that holds what its
 /// applied position says, the result is the same as applying the frames one after the other;
 /// changes that meet a constraint in the merged order are retried by SQLite at the end of the
-/// table, as in a single changeset.
+/// table, as in a single changeset. A copy that does not match is still caught by every row the
+/// run leaves changed; a row the run inserts and deletes again is no longer looked at.
 pub fn merge_changesets(changesets: &[u8]) -> Result<Vec<u8>> {
     let mut group = Changegroup::new()?;
     group.add_stream(&mut &changesets[..])?;
