@@ -64,7 +64,7 @@ use crate::mirror::hub::Acknowledged;
 use crate::mirror::state::{CatchupPhase, MirrorState, Role};
 use crate::names::{DbName, NamespaceName};
 use crate::storage::database::{
-    self, Applier, META_TABLE, OnConflict, apply_schema_qualified, is_qualified_schema,
+    self, Applier, ChangesetRun, META_TABLE, apply_schema_qualified, is_qualified_schema,
     set_applied_sql,
 };
 use crate::storage::{Catalog, DatabaseEntry, NamespaceConn, Purpose};
@@ -1596,38 +1596,18 @@ impl Writer {
         }
         let update = set_applied_sql("main");
         // Consecutive changesets of one database are applied in one call; a schema statement
-        // ends the run. One run per connection, by index: (changesets, first position, last
-        // position, how many frames).
-        type Run = Option<(Vec<u8>, JournalPos, JournalPos, usize)>;
-        let mut pending: Vec<Run> = vec![None; conns.len()];
-        let flush =
-            |db: &DbName, entry: &DatabaseEntry, conn: &Connection, run: &mut Run| -> Result<()> {
-                if let Some((mut bytes, first, last, frames)) = run.take() {
-                    // Merged, a run has one table header per table instead of one per frame:
-                    // SQLite prepares its statements again at every header (see
-                    // `merge_changesets`). Only where a conflict aborts: a copy that takes
-                    // local writes must see each change as it was made, to let the primary's
-                    // row win row by row.
-                    if frames > 1
-                        && bytes.len() <= database::MERGE_LIMIT
-                        && entry.on_conflict() == OnConflict::Abort
-                    {
-                        // A run SQLite cannot merge is applied frame by frame, as it was
-                        // journaled: whatever is wrong with it is then reported there.
-                        if let Ok(merged) = database::merge_changesets(&bytes) {
-                            bytes = merged;
-                        }
-                    }
-                    database::apply_changesets(
-                        conn,
-                        db.as_str(),
-                        &bytes,
-                        &format!("positions {first}..={last}"),
-                        entry.on_conflict(),
-                    )?;
-                }
-                Ok(())
-            };
+        // ends the run. One run per connection, by index.
+        let mut pending: Vec<Option<ChangesetRun>> = (0..conns.len()).map(|_| None).collect();
+        let flush = |db: &DbName,
+                     entry: &DatabaseEntry,
+                     conn: &Connection,
+                     run: &mut Option<ChangesetRun>|
+         -> Result<()> {
+            match run.take() {
+                Some(run) => run.apply(conn, db.as_str(), entry.on_conflict()),
+                None => Ok(()),
+            }
+        };
         let mut records = journal.read_range_resuming(from, until, self.dejournal_resume.as_ref());
         for record in records.by_ref() {
             let record =
@@ -1639,11 +1619,9 @@ impl Writer {
                 let result = match &record.body {
                     RecordBody::Changes(changes) => {
                         if let Some(change) = changes.iter().find(|c| c.db == db.as_str()) {
-                            let run = pending[i]
-                                .get_or_insert_with(|| (Vec::new(), record.pos, record.pos, 0));
-                            run.0.extend_from_slice(&change.changeset);
-                            run.2 = record.pos;
-                            run.3 += 1;
+                            pending[i]
+                                .get_or_insert_with(|| ChangesetRun::new(record.pos))
+                                .push(record.pos, &change.changeset);
                         }
                         Ok(())
                     }

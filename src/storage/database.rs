@@ -408,7 +408,62 @@ impl<'c> Applier<'c> {
 
 /// Largest run of changesets [`merge_changesets`] is given: merging holds every changed row in
 /// memory at once, and a run this large has few table headers per row to save anyway.
-pub const MERGE_LIMIT: usize = 8 << 20;
+const MERGE_LIMIT: usize = 8 << 20;
+
+/// The changesets of consecutive journal records for one database, gathered to be applied in
+/// one call (dejournaling and replay on a backup).
+#[derive(Debug)]
+pub struct ChangesetRun {
+    /// The changesets, concatenated as they were journaled.
+    changesets: Vec<u8>,
+    first: JournalPos,
+    last: JournalPos,
+    /// How many records' changesets `changesets` holds.
+    frames: usize,
+}
+
+impl ChangesetRun {
+    /// An empty run that starts at the record at `first`.
+    pub fn new(first: JournalPos) -> ChangesetRun {
+        ChangesetRun {
+            changesets: Vec::new(),
+            first,
+            last: first,
+            frames: 0,
+        }
+    }
+
+    /// Adds the changeset of the record at `pos` (after every record already in the run).
+    pub fn push(&mut self, pos: JournalPos, changeset: &[u8]) {
+        self.changesets.extend_from_slice(changeset);
+        self.last = pos;
+        self.frames += 1;
+    }
+
+    /// Applies the run to the `main` database of `conn` (named `name` in errors).
+    ///
+    /// A run of several records is merged first (see [`merge_changesets`]) — only where a
+    /// conflict aborts: a copy that takes local writes must see each change as it was made, to
+    /// let the primary's row win row by row. A run SQLite cannot merge is applied record by
+    /// record, as it was journaled: whatever is wrong with it is then reported there.
+    pub fn apply(self, conn: &Connection, name: &str, on_conflict: OnConflict) -> Result<()> {
+        let mut changesets = self.changesets;
+        if self.frames > 1
+            && changesets.len() <= MERGE_LIMIT
+            && on_conflict == OnConflict::Abort
+            && let Ok(merged) = merge_changesets(&changesets)
+        {
+            changesets = merged;
+        }
+        apply_changesets(
+            conn,
+            name,
+            &changesets,
+            &format!("positions {}..={}", self.first, self.last),
+            on_conflict,
+        )
+    }
+}
 
 /// Merges changesets (several, concatenated as they were journaled) into one changeset with the
 /// same net effect: one table header per table instead of one per journal frame.
@@ -423,7 +478,7 @@ pub const MERGE_LIMIT: usize = 8 << 20;
 /// changes that meet a constraint in the merged order are retried by SQLite at the end of the
 /// table, as in a single changeset. A copy that does not match is still caught by every row the
 /// run leaves changed; a row the run inserts and deletes again is no longer looked at.
-pub fn merge_changesets(changesets: &[u8]) -> Result<Vec<u8>> {
+fn merge_changesets(changesets: &[u8]) -> Result<Vec<u8>> {
     let mut group = Changegroup::new()?;
     group.add_stream(&mut &changesets[..])?;
     let mut merged = Vec::with_capacity(changesets.len());
@@ -547,10 +602,11 @@ mod tests {
             "DELETE FROM t WHERE id = 5;",
             "UPDATE t SET n = 7 WHERE id = 3;",
         ];
-        let mut concatenated = Vec::new();
-        for sql in frames {
-            concatenated.extend(changeset_of(&source, sql));
-        }
+        let per_frame: Vec<Vec<u8>> = frames
+            .iter()
+            .map(|sql| changeset_of(&source, sql))
+            .collect();
+        let concatenated = per_frame.concat();
         let merged = merge_changesets(&concatenated).unwrap();
         assert!(
             merged.len() < concatenated.len(),
@@ -572,6 +628,17 @@ mod tests {
         apply_changesets(&folded, "t", &merged, "test", OnConflict::Abort).unwrap();
         assert_eq!(rows(&one_by_one), rows(&source));
         assert_eq!(rows(&folded), rows(&source));
+
+        // The way dejournaling gets there: a run of the frames, merged or not by its policy.
+        for policy in [OnConflict::Abort, OnConflict::PrimaryWins] {
+            let mut run = ChangesetRun::new(JournalPos(1));
+            for (i, changeset) in per_frame.iter().enumerate() {
+                run.push(JournalPos(i as u64 + 1), changeset);
+            }
+            let through_run = copy();
+            run.apply(&through_run, "t", policy).unwrap();
+            assert_eq!(rows(&through_run), rows(&source), "{policy:?}");
+        }
     }
 
     /// The merge hides nothing a copy that does not match would have shown for rows the run
