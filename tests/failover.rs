@@ -214,7 +214,9 @@ async fn a_divergent_tail_is_undone_and_quarantined_when_the_old_primary_rejoins
     created(&a, "/api/apps/companies", json!({"name": "before"})).await;
     assert_identical(&a, &b).await;
 
-    // Nothing reaches B any more; A commits a write locally that it can never acknowledge.
+    // Nothing reaches B any more; A journals a write it can never acknowledge.
+    let mirror_end = |view: &Value| view["mirror"]["end_position"].as_u64().unwrap();
+    let before = mirror_end(&a.get("/api/journal").await.1);
     proxy.hold.store(true, std::sync::atomic::Ordering::Relaxed);
     let a = std::sync::Arc::new(a);
     let pending = {
@@ -225,13 +227,16 @@ async fn a_divergent_tail_is_undone_and_quarantined_when_the_old_primary_rejoins
         })
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !all_names(&a).await.contains("never acknowledged") {
+    while mirror_end(&a.get("/api/journal").await.1) == before {
         assert!(
             std::time::Instant::now() < deadline,
-            "the write never ran on A"
+            "the write never reached A's journal"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Durable in A's journal, but not visible on A: it is not committed before the backup
+    // holds it, so no reader ever sees a row the takeover below undoes.
+    assert!(!all_names(&a).await.contains("never acknowledged"));
     assert!(!pending.is_finished(), "acknowledged without the backup");
 
     // A dies; B, active and inside its window, takes over without that record.

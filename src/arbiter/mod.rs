@@ -61,6 +61,9 @@ pub enum ToArbiter {
         /// The primary is in arbiter-controlled mode.
         #[serde(default)]
         arbiter_mode: bool,
+        /// The backup's activation that arbiter mode was booked with.
+        #[serde(default)]
+        activation: u64,
     },
     /// Still here.
     Ping,
@@ -68,6 +71,10 @@ pub enum ToArbiter {
     Mode {
         /// In arbiter-controlled mode.
         arbiter: bool,
+        /// The backup's activation it is booked with (arbiter mode ends only with its
+        /// stand-down).
+        #[serde(default)]
+        activation: u64,
     },
     /// The failover question of the member's role.
     Ask,
@@ -100,6 +107,9 @@ pub enum FromArbiter {
     ModeBooked {
         /// The mode booked is arbiter controlled.
         arbiter: bool,
+        /// With this activation of the backup.
+        #[serde(default)]
+        activation: u64,
     },
     /// To a former primary: the backup took over.
     BackupTookOver,
@@ -233,6 +243,7 @@ impl Arbiter {
             epoch,
             qos_ms,
             arbiter_mode,
+            activation,
         } = hello
         else {
             return None;
@@ -262,11 +273,14 @@ impl Arbiter {
         *record.slot(*primary) = Some(Slot { conn, tx });
         record.sync_book();
         if *primary {
-            record.book.primary_mode(if *arbiter_mode {
-                Mode::Arbiter
-            } else {
-                Mode::Agent
-            });
+            record.book.primary_mode(
+                if *arbiter_mode {
+                    Mode::Arbiter
+                } else {
+                    Mode::Agent
+                },
+                *activation,
+            );
         }
         self.conns.insert(conn, (mirror_id.clone(), *primary));
         tracing::info!(
@@ -300,22 +314,35 @@ impl Arbiter {
         };
         record.heard(primary);
         match message {
-            ToArbiter::Mode { arbiter } if primary => {
-                record
-                    .book
-                    .primary_mode(if *arbiter { Mode::Arbiter } else { Mode::Agent });
+            ToArbiter::Mode {
+                arbiter,
+                activation,
+            } if primary => {
+                let mode = if *arbiter { Mode::Arbiter } else { Mode::Agent };
+                record.book.primary_mode(mode, *activation);
                 // The primary enters arbiter mode only on this confirmation.
-                record.send(true, FromArbiter::ModeBooked { arbiter: *arbiter });
-            }
-            ToArbiter::StoodDown { activation } if !primary => {
-                // It cannot take over through the arbiter any more: the primary may go on.
-                record.book.primary_in_arbiter_mode = false;
                 record.send(
                     true,
-                    FromArbiter::PartnerStoodDown {
+                    FromArbiter::ModeBooked {
+                        arbiter: *arbiter,
                         activation: *activation,
                     },
                 );
+            }
+            ToArbiter::StoodDown { activation } if !primary => {
+                // It cannot take over through the arbiter any more: the primary may go on. A
+                // takeover booked for it that it did not carry out is cancelled with it.
+                record.book.backup_stood_down(*activation);
+                // A backup that was never active (a restarted one cancelling what its earlier
+                // life was granted) has nothing to tell the primary.
+                if *activation != 0 {
+                    record.send(
+                        true,
+                        FromArbiter::PartnerStoodDown {
+                            activation: *activation,
+                        },
+                    );
+                }
             }
             ToArbiter::Ask => {
                 let partner_seen = if primary {
@@ -509,6 +536,7 @@ mod tests {
             epoch,
             qos_ms: 1000,
             arbiter_mode: false,
+            activation: 0,
         }
     }
 
@@ -535,7 +563,7 @@ mod tests {
             drain(&mut brx),
             vec![FromArbiter::SeesPartner { sees: true }]
         );
-        arbiter.message(p, &ToArbiter::Mode { arbiter: true });
+        arbiter.message(p, &ToArbiter::Mode { arbiter: true, activation: 7 });
 
         // The backup asks while the primary is still seen: no answer until the primary speaks.
         arbiter.message(b, &ToArbiter::Ask);
@@ -562,7 +590,7 @@ mod tests {
         let mut second = Arbiter::default();
         let p2 = second.hello(ptx, &hello(true, 1)).unwrap();
         let b2 = second.hello(btx, &hello(false, 1)).unwrap();
-        second.message(p2, &ToArbiter::Mode { arbiter: true });
+        second.message(p2, &ToArbiter::Mode { arbiter: true, activation: 7 });
         drain(&mut prx);
         drain(&mut brx);
         second.message(b2, &ToArbiter::StoodDown { activation: 7 });
@@ -587,7 +615,7 @@ mod tests {
         let (btx, mut brx) = unbounded_channel();
         let p = arbiter.hello(ptx, &hello(true, 1)).unwrap();
         let b = arbiter.hello(btx, &hello(false, 1)).unwrap();
-        arbiter.message(p, &ToArbiter::Mode { arbiter: true });
+        arbiter.message(p, &ToArbiter::Mode { arbiter: true, activation: 7 });
         drain(&mut prx);
         drain(&mut brx);
         // The backup falls silent; the primary asks and, after the QoS, hears "not seen".

@@ -16,18 +16,29 @@
 //! 3. The mirror frames are appended and handed to the mirror's members ([`Hub::publish`](crate::mirror::hub::Hub::publish): the
 //!    backup's disk write overlaps ours); the local frames are appended; each journal is made
 //!    durable with one `fdatasync` — **one fsync per journal for the whole batch**.
-//! 4. `COMMIT`: the batch becomes visible on this member.
-//! 5. The answer. A batch with only local records is answered at once. A mirrored batch is
-//!    handed to the *acknowledger*, which answers its clients once the active backup
-//!    acknowledged the batch ([`Hub::wait_acknowledged`](crate::mirror::hub::Hub::wait_acknowledged)) — one round trip for the whole batch —
-//!    while the writer already works on the next batch.
+//! 4. `COMMIT`: the batch becomes visible on this member, and its clients are answered. A batch
+//!    with mirrored records first waits for the active backup's acknowledgement — one round
+//!    trip for the whole batch, most of it spent while both disks sync. The writer does not
+//!    block on it: the batch is *parked* with its transaction open, writes to local databases
+//!    go on, and the hub wakes the writer when the acknowledgement comes
+//!    ([`Hub::acknowledgement`](crate::mirror::hub::Hub::acknowledgement)); mirrored writes
+//!    queue behind the parked batch and form the next one.
 //!
 //! Ordering is the whole argument for safety. Nothing is acknowledged before step 3's fsync (and,
 //! mirrored, before the backup's acknowledgement), so an acknowledged write is in the journal —
 //! on the backup too. The SQLite commit comes after the fsync, so a database file is never ahead
 //! of its durable journal: a crash before step 4 leaves records the files lack, which recovery
-//! replays; a crash before step 3 leaves neither. A mirrored write can be seen on the primary a
-//! moment before the backup acknowledges it (as in IRIS); it is acknowledged to no one until then.
+//! replays; a crash before step 3 leaves neither. A mirrored batch becomes visible only once the
+//! backup holds it, so no reader, here or on any member, ever sees a row that a takeover would
+//! undo: members apply only what the primary committed ([`Hub::committed`](crate::mirror::hub::Hub::committed)).
+//!
+//! # The trouble state
+//!
+//! While the mirror may not acknowledge mirrored writes (the trouble state: the backup was lost
+//! and may be taking over), the writer holds mirrored writes *before* `BEGIN`: they wait, in a
+//! bounded queue (a full one refuses with a message), until the trouble ends, and a client that
+//! gave up meanwhile is not written for. Writes to local databases go on. A batch that was
+//! parked when the trouble began stays parked, invisible, until then.
 //!
 //! # Failures
 //!
@@ -40,7 +51,8 @@
 //!
 //! Mount and dismount, and the mirror's work — Add to Mirror, Activate, Catchup and dejournaling
 //! on a backup, Freeze and Thaw — run on this thread too, in order with the writes, so no two
-//! things ever change one file at once. Dejournaling works in chunks so writes and acknowledgements
+//! things ever change one file at once (and after a parked batch). Add to Mirror's events are
+//! mirrored writes too: the databases switch to the mirror journal once the backup holds them. Dejournaling works in chunks so writes and acknowledgements
 //! are never stuck behind a long Catchup. After a second without writes the WAL files are folded
 //! into the database files, so a plain `cp` of an idle database file is complete.
 
@@ -77,6 +89,12 @@ use super::sql::{QueryResult, SqlValue, collect_rows, with_statement};
 
 /// Most requests committed together.
 pub const MAX_BATCH: usize = 256;
+/// Most commands queued for the writer: a handler finding the queue full is answered "try
+/// again" instead of adding to memory without end.
+const QUEUE: usize = 4_096;
+/// Most commands held back (behind a Freeze, or while mirrored writes may not commit): more
+/// are refused with a message.
+const MAX_HELD: usize = 10_000;
 /// Quiet time after which the WAL files are checkpointed into the database files.
 const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
 /// Records a dejournal round applies before other work gets a turn.
@@ -185,6 +203,25 @@ pub enum MirrorCommand {
     },
 }
 
+impl MirrorCommand {
+    /// Answers the command with `err` without carrying it out.
+    fn refuse(self, err: Error) {
+        let reply = match self {
+            MirrorCommand::Create { reply, .. }
+            | MirrorCommand::AddDatabases { reply, .. }
+            | MirrorCommand::Activate { reply, .. }
+            | MirrorCommand::Catchup { reply, .. }
+            | MirrorCommand::Freeze { reply, .. }
+            | MirrorCommand::Thaw { reply }
+            | MirrorCommand::Leave { reply }
+            | MirrorCommand::BecomePrimary { reply, .. }
+            | MirrorCommand::Demote { reply, .. }
+            | MirrorCommand::RollBack { reply, .. } => reply,
+        };
+        let _ = reply.send(Err(err));
+    }
+}
+
 enum Command {
     Write(WriteRequest, Reply<QueryResult>),
     Mount(DbName, Reply<String>),
@@ -192,6 +229,8 @@ enum Command {
     StampPositions(Reply<()>),
     Mirror(MirrorCommand),
     Dejournal,
+    /// Something a waiting batch depends on changed (the replication hub's wake-up).
+    Wake,
     Shutdown,
 }
 
@@ -201,7 +240,7 @@ pub type FatalHook = Box<dyn Fn(&str) + Send + Sync>;
 /// Sends work to the writer thread.
 #[derive(Clone)]
 pub struct WriterHandle {
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::SyncSender<Command>,
     failure: Arc<Mutex<Option<String>>>,
     mirror: Arc<MirrorState>,
     frozen: Arc<std::sync::atomic::AtomicBool>,
@@ -210,8 +249,15 @@ pub struct WriterHandle {
 impl WriterHandle {
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
         let (reply, answer) = oneshot::channel();
-        if self.tx.send(make(reply)).is_err() {
-            return Err(self.unavailable());
+        // Never blocks a task of the runtime: a full queue is answered at once.
+        match self.tx.try_send(make(reply)) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(_)) => {
+                return Err(Error::Unavailable(
+                    "the instance has too much work queued; try again in a moment".into(),
+                ));
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(self.unavailable()),
         }
         answer.await.unwrap_or_else(|_| Err(self.unavailable()))
     }
@@ -307,9 +353,12 @@ pub struct Writer {
     /// Backup: where the last dejournal round stopped reading the mirror journal, so the next
     /// round reads on from there instead of searching from a seek mark.
     dejournal_resume: Option<ReadResume>,
-    /// Mirrored batches waiting for the backup's acknowledgement before their clients are
-    /// answered (see `make_durable`).
-    acknowledger: mpsc::Sender<(JournalPos, Vec<Outcome>)>,
+    /// The mirrored batch (or Add to Mirror's events) durable here and shipped, waiting for the
+    /// active backup's acknowledgement before it commits (see the module essay).
+    parked: Option<Parked>,
+    /// Commands waiting until mirrored writes may commit again: behind the parked batch, or in
+    /// the trouble state.
+    waiting: VecDeque<Command>,
     /// Frames of the batch being committed; reused so the write path does not allocate per batch.
     local_frames: Vec<u8>,
     mirror_frames: Vec<u8>,
@@ -342,6 +391,56 @@ struct Streams<'a> {
 /// A failure that stops the writer.
 struct Fatal(String);
 
+/// How a batch left `commit_on`.
+enum Committed {
+    /// Committed (or failed) and answered.
+    Done,
+    /// Its mirrored records are durable here and shipped; it commits once the active backup
+    /// acknowledged `last`.
+    Waiting {
+        last: JournalPos,
+        outcomes: Vec<Outcome>,
+    },
+}
+
+/// Mirrored work durable in the journal and shipped, waiting for the active backup's
+/// acknowledgement before it becomes visible.
+struct Parked {
+    last: JournalPos,
+    since: Instant,
+    work: ParkedWork,
+}
+
+enum ParkedWork {
+    /// A batch: its transaction is open on its namespace's connection.
+    Batch {
+        namespace: NamespaceName,
+        conn: NamespaceConn,
+        outcomes: Vec<Outcome>,
+    },
+    /// Add to Mirror: its events are journaled; the databases switch to the mirror journal once
+    /// the backup holds them.
+    Add {
+        added: Vec<(DatabaseEntry, MirroredDatabase)>,
+        reply: Reply<String>,
+    },
+}
+
+impl Parked {
+    /// Answers everyone waiting on it with `err` (the work is left undone here).
+    fn fail(self, err: &Error) {
+        match self.work {
+            ParkedWork::Batch { conn, outcomes, .. } => {
+                let _ = conn.internal(|c| c.execute_batch("ROLLBACK"));
+                fail_all(outcomes, err);
+            }
+            ParkedWork::Add { reply, .. } => {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
 impl Writer {
     /// Starts the writer thread. `mirror_journal` is the mirror's journal when this member
     /// starts as its primary.
@@ -356,8 +455,14 @@ impl Writer {
         mirror: Arc<MirrorState>,
         on_fatal: FatalHook,
     ) -> (WriterHandle, JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
         let failure = Arc::new(Mutex::new(None));
+        // The hub wakes the writer when a batch's acknowledgement may have come; a full queue
+        // needs no wake-up (the writer looks again after every command).
+        let wake = tx.clone();
+        mirror
+            .hub
+            .set_waker(Box::new(move || drop(wake.try_send(Command::Wake))));
         let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let handle = WriterHandle {
             tx: tx.clone(),
@@ -367,7 +472,6 @@ impl Writer {
         };
         let cfg = config.get();
         let readers_for_timeout = readers.clone();
-        let mirror_for_acks = mirror.clone();
         let writer = Writer {
             data_dir,
             catalog,
@@ -382,7 +486,8 @@ impl Writer {
             cursors: BTreeMap::new(),
             appliers: HashMap::new(),
             dejournal_resume: None,
-            acknowledger: start_acknowledger(mirror_for_acks),
+            parked: None,
+            waiting: VecDeque::new(),
             local_frames: Vec::with_capacity(64 * 1024),
             mirror_frames: Vec::with_capacity(64 * 1024),
             deferred: VecDeque::new(),
@@ -408,7 +513,19 @@ impl Writer {
         on_fatal: FatalHook,
     ) {
         self.follow_activated_copies();
-        while let Some(command) = self.next_command(&rx) {
+        loop {
+            if let Err(Fatal(why)) = self.settle_parked() {
+                self.stop_failed(why, &failure, &on_fatal);
+                return;
+            }
+            self.release_waiting();
+            let Some(command) = self.next_command(&rx) else {
+                break;
+            };
+            if self.must_wait(&command) {
+                self.hold_for_mirror(command);
+                continue;
+            }
             let fatal = match command {
                 Command::Write(request, reply) => {
                     let mut batch = vec![(request, reply)];
@@ -435,21 +552,30 @@ impl Writer {
                     self.dejournal();
                     None
                 }
+                Command::Wake => None,
                 Command::Shutdown => break,
             };
             if let Some(Fatal(why)) = fatal {
-                tracing::error!("writer stopped: {why}");
-                *failure.lock().unwrap() = Some(why.clone());
-                on_fatal(&why);
-                // Whatever is still queued is answered by the handles from now on.
-                drop(rx);
-                self.deferred.clear();
-                self.held.clear();
+                self.stop_failed(why, &failure, &on_fatal);
                 return;
             }
         }
         // Orderly stop: closing the connections folds each WAL into its database file.
         self.conns.clear();
+    }
+
+    /// Fail-stop (see the module essay): whatever is still queued is answered by the handles
+    /// from now on.
+    fn stop_failed(&mut self, why: String, failure: &Mutex<Option<String>>, on_fatal: &FatalHook) {
+        tracing::error!("writer stopped: {why}");
+        *failure.lock().unwrap() = Some(why.clone());
+        on_fatal(&why);
+        self.deferred.clear();
+        self.held.clear();
+        self.waiting.clear();
+        if let Some(parked) = self.parked.take() {
+            parked.fail(&Error::Unavailable(why));
+        }
     }
 
     fn is_held(&self, command: &Command) -> bool {
@@ -485,10 +611,18 @@ impl Writer {
                 self.dejournal_due = None;
                 return Some(Command::Dejournal);
             }
+            // A parked batch is looked at again when the backup's QoS timeout for it runs out
+            // (the hub then revokes the backup); after that only a wake-up ends its wait.
+            let revoke_at = self
+                .parked
+                .as_ref()
+                .map(|p| p.since + self.mirror.hub.qos())
+                .filter(|at| *at > now);
             let deadlines = [
                 self.frozen_until,
                 self.dirty.then(|| now + IDLE_CHECKPOINT),
                 self.dejournal_due.filter(|_| self.frozen_until.is_none()),
+                revoke_at,
             ];
             let wait = deadlines
                 .into_iter()
@@ -500,7 +634,13 @@ impl Writer {
                 Some(wait) => match rx.recv_timeout(wait) {
                     Ok(command) => command,
                     Err(RecvTimeoutError::Timeout) => {
-                        if self.frozen_until.is_none() && self.dirty && self.dejournal_due.is_none()
+                        if revoke_at.is_some_and(|at| at <= Instant::now()) {
+                            return Some(Command::Wake);
+                        }
+                        if self.frozen_until.is_none()
+                            && self.dirty
+                            && self.dejournal_due.is_none()
+                            && self.parked.is_none()
                         {
                             self.idle_checkpoint();
                         }
@@ -582,23 +722,49 @@ impl Writer {
                 return Ok(());
             }
         };
-        let result = self.commit_on(&conn, batch);
-        self.conns.insert(namespace, conn);
-        result
+        match self.commit_on(&conn, batch)? {
+            Committed::Done => {
+                self.conns.insert(namespace, conn);
+            }
+            Committed::Waiting { last, outcomes } => {
+                // The transaction stays open on its connection until the backup acknowledged.
+                self.parked = Some(Parked {
+                    last,
+                    since: Instant::now(),
+                    work: ParkedWork::Batch {
+                        namespace,
+                        conn,
+                        outcomes,
+                    },
+                });
+                self.settle_parked()?;
+            }
+        }
+        Ok(())
     }
 
-    /// Commits one batch (see the module essay).
+    /// Commits one batch (see the module essay); a batch with mirrored records is left open,
+    /// durable in the journal and shipped, to commit once the backup acknowledged it.
     fn commit_on(
         &mut self,
         conn: &NamespaceConn,
         batch: Vec<(WriteRequest, Reply<QueryResult>)>,
-    ) -> Result<(), Fatal> {
+    ) -> Result<Committed, Fatal> {
+        // A client that gave up (its request timed out) is not written for: it was told
+        // nothing, and a retry of it must not become a second row.
+        let batch: Vec<_> = batch
+            .into_iter()
+            .filter(|(_, reply)| !reply.is_closed())
+            .collect();
+        if batch.is_empty() {
+            return Ok(Committed::Done);
+        }
         if let Err(err) = conn.internal(|c| c.execute_batch("BEGIN")) {
             let err = Error::from(err);
             for (_, reply) in batch {
                 let _ = reply.send(Err(err.clone()));
             }
-            return Ok(());
+            return Ok(Committed::Done);
         }
         self.local_frames.clear();
         self.mirror_frames.clear();
@@ -669,7 +835,7 @@ impl Writer {
             // Nothing is journaled yet: undo the batch and report; the instance stays healthy.
             let _ = conn.internal(|c| c.execute_batch("ROLLBACK"));
             fail_all(outcomes, &err);
-            return Ok(());
+            return Ok(Committed::Done);
         }
         let (next_local, next_mirror) = (streams.next_local, streams.next_mirror);
         let local_records = next_local.0 - first_local.0;
@@ -687,33 +853,40 @@ impl Writer {
                 return Err(Fatal(why));
             }
         }
-        // Only now, with the batch durable here and on its way to the backup, do its changes
-        // become visible. Readers may see a mirrored batch a moment before the backup has
-        // acknowledged it; its clients are answered only after that (the acknowledger below).
+        if mirror_records > 0 {
+            // Step 4: a mirrored batch becomes visible only once the active backup holds it.
+            // Committing it now would let readers here see rows a takeover undoes; the writer
+            // parks it and goes on with other work meanwhile (see `settle_parked`).
+            return Ok(Committed::Waiting {
+                last: JournalPos(next_mirror.0 - 1),
+                outcomes,
+            });
+        }
+        // Only now, with the batch durable here, do its changes become visible.
+        self.commit_and_answer(conn, outcomes, local_records > 0)?;
+        Ok(Committed::Done)
+    }
+
+    /// `COMMIT` and answer the batch's clients. After a journal write, a failed commit leaves
+    /// the files behind the durable journal: fail-stop, recovery replays it.
+    fn commit_and_answer(
+        &mut self,
+        conn: &NamespaceConn,
+        outcomes: Vec<Outcome>,
+        journaled: bool,
+    ) -> Result<(), Fatal> {
         if let Err(err) = conn.internal(|c| c.execute_batch("COMMIT")) {
             let _ = conn.internal(|c| c.execute_batch("ROLLBACK"));
             let err = Error::Internal(format!("commit failed: {err}"));
             fail_all(outcomes, &err);
-            return if local_records + mirror_records > 0 {
+            return if journaled {
                 Err(Fatal(err.to_string()))
             } else {
                 Ok(())
             };
         }
-        if local_records + mirror_records > 0 {
+        if journaled {
             self.dirty = true;
-        }
-        if mirror_records > 0 {
-            // Step 4: answered once the active backup holds the batch. The writer goes on with
-            // the next batch meanwhile: one batch's round trip overlaps the next one's work.
-            let last = JournalPos(next_mirror.0 - 1);
-            if let Err(mpsc::SendError((_, outcomes))) = self.acknowledger.send((last, outcomes)) {
-                fail_all(
-                    outcomes,
-                    &Error::Unavailable("the instance is stopping".into()),
-                );
-            }
-            return Ok(());
         }
         for (result, reply) in outcomes {
             let _ = reply.send(result);
@@ -721,7 +894,123 @@ impl Writer {
         Ok(())
     }
 
-    /// Steps 3 and 4 of the essay: append, ship, fsync, wait for the backup.
+    /// Looks at the parked work: commits it once the active backup acknowledged it (the
+    /// members then learn that they may apply it), or gives it up when the hub closed (the
+    /// instance stops, or this member is no longer primary: its records stay in the journal,
+    /// which the next start replays or undoes, and the clients hear that the outcome is not
+    /// known).
+    fn settle_parked(&mut self) -> Result<(), Fatal> {
+        let Some(parked) = &self.parked else {
+            return Ok(());
+        };
+        let (last, since) = (parked.last, parked.since);
+        match self.mirror.hub.acknowledgement(last, since) {
+            Acknowledged::Waiting => Ok(()),
+            Acknowledged::Closed => {
+                let parked = self.parked.take().expect("looked at above");
+                parked.fail(&Error::Unavailable(
+                    "the instance stopped before the backup acknowledged the write; whether it \
+                     survives is not known"
+                        .into(),
+                ));
+                Ok(())
+            }
+            Acknowledged::Yes => {
+                let parked = self.parked.take().expect("looked at above");
+                self.mirror.hub.committed(last);
+                match parked.work {
+                    ParkedWork::Batch {
+                        namespace,
+                        conn,
+                        outcomes,
+                    } => {
+                        let result = self.commit_and_answer(&conn, outcomes, true);
+                        self.conns.insert(namespace, conn);
+                        result
+                    }
+                    ParkedWork::Add { added, reply } => {
+                        let result = self.finish_add(added);
+                        answer_or_stop(reply, result)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether `command` must wait until mirrored writes may commit: while work is parked,
+    /// every command that could touch its files (writes of its namespace or of any namespace
+    /// with a mirrored database, and everything but writes), and in the trouble state every
+    /// mirrored write. Writes to local databases go on.
+    fn must_wait(&self, command: &Command) -> bool {
+        if self.mirror_journal.is_none() || matches!(command, Command::Wake) {
+            return false;
+        }
+        let parked = self.parked.as_ref();
+        match command {
+            Command::Write(request, _) => {
+                (parked.is_some() || !self.mirror.hub.may_commit())
+                    && self.touches_mirror(&request.namespace, parked)
+            }
+            Command::Mirror(MirrorCommand::AddDatabases { .. }) => {
+                parked.is_some() || !self.mirror.hub.may_commit()
+            }
+            _ => parked.is_some(),
+        }
+    }
+
+    /// Whether a write in `namespace` may touch a mirrored database, or a file of the parked
+    /// batch (whose transaction holds its files' write locks).
+    fn touches_mirror(&self, namespace: &NamespaceName, parked: Option<&Parked>) -> bool {
+        let state = self.catalog.snapshot();
+        let Ok(entry) = state.namespace(namespace) else {
+            return false;
+        };
+        let parked_dbs: Vec<&DbName> = match parked.map(|p| &p.work) {
+            Some(ParkedWork::Batch { namespace, .. }) => state
+                .namespace(namespace)
+                .map(|n| n.databases().collect())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        entry.databases().any(|db| {
+            parked_dbs.contains(&db)
+                || state
+                    .databases
+                    .get(db)
+                    .is_some_and(|d| d.mirrored.is_some() && !d.read_only)
+        })
+    }
+
+    /// Holds `command` until mirrored writes may commit; refuses it when too many wait.
+    fn hold_for_mirror(&mut self, command: Command) {
+        if self.waiting.len() + self.held.len() < MAX_HELD {
+            self.waiting.push_back(command);
+            return;
+        }
+        refuse(
+            command,
+            Error::Unavailable(
+                "writes to mirrored databases wait until the backup acknowledges (or the \
+                 trouble state ends), and too many are waiting: try again later"
+                    .into(),
+            ),
+        );
+    }
+
+    /// Puts the held commands back in line, first, once nothing keeps them waiting.
+    fn release_waiting(&mut self) {
+        if self.waiting.is_empty()
+            || self.parked.is_some()
+            || (self.mirror_journal.is_some() && !self.mirror.hub.may_commit())
+        {
+            return;
+        }
+        while let Some(command) = self.waiting.pop_back() {
+            self.deferred.push_front(command);
+        }
+    }
+
+    /// Step 3 of the essay: append, ship, fsync.
     fn make_durable(
         &mut self,
         first_local: JournalPos,
@@ -755,7 +1044,6 @@ impl Writer {
                 .as_mut()
                 .expect("mirror frames need the mirror journal");
             journal.sync()?;
-            self.mirror.hub.durable(mirror_last);
         }
         Ok(())
     }
@@ -953,10 +1241,7 @@ impl Writer {
                 let result = self.create_mirror(journal, *membership);
                 return answer_or_stop(reply, result);
             }
-            MirrorCommand::AddDatabases { dbs, reply } => {
-                let result = self.add_databases(&dbs);
-                return answer_or_stop(reply, result);
-            }
+            MirrorCommand::AddDatabases { dbs, reply } => return self.add_databases(&dbs, reply),
             MirrorCommand::Activate { db, reply } => {
                 let _ = reply.send(self.activate(&db));
             }
@@ -1097,7 +1382,7 @@ impl Writer {
                 "event": "became_primary", "member": this, "epoch": epoch
             })
             .to_string();
-            self.commit_event(None, &json)?;
+            self.commit_event_alone(&json)?;
             tracing::warn!(
                 "{this} took over as primary of mirror {} (epoch {epoch})",
                 m.mirror.name
@@ -1180,8 +1465,10 @@ impl Writer {
         ))
     }
 
-    /// Writes one mirror event record and waits for it like a commit. Returns its position.
-    fn commit_event(&mut self, db: Option<&DbName>, json: &str) -> Result<JournalPos, Fatal> {
+    /// Writes one mirror event record, shipped and durable here. Returns its position. Like a
+    /// batch, it counts as committed only once the active backup holds it: see
+    /// [`Writer::commit_event_alone`] and Add to Mirror.
+    fn write_event(&mut self, db: Option<&DbName>, json: &str) -> Result<JournalPos, Fatal> {
         let journal = self
             .mirror_journal
             .as_mut()
@@ -1199,8 +1486,14 @@ impl Writer {
         if let Err(err) = durable {
             return Err(Fatal(format!("mirror journal write failed: {err}")));
         }
-        self.mirror.hub.durable(pos);
-        self.mirror.hub.wait_acknowledged(pos);
+        Ok(pos)
+    }
+
+    /// Writes and commits an event of a primary that has no backup yet (a new mirror, a new
+    /// epoch): there is no acknowledgement to wait for.
+    fn commit_event_alone(&mut self, json: &str) -> Result<JournalPos, Fatal> {
+        let pos = self.write_event(None, json)?;
+        self.mirror.hub.committed(pos);
         Ok(pos)
     }
 
@@ -1233,7 +1526,7 @@ impl Writer {
         let json =
             serde_json::json!({ "event": "mirror_created", "mirror": name, "member": member })
                 .to_string();
-        self.commit_event(None, &json)?;
+        self.commit_event_alone(&json)?;
         self.reload_catalog();
         tracing::info!("created mirror {name}; {member} is its primary");
         Ok(Ok(format!(
@@ -1241,22 +1534,56 @@ impl Writer {
         )))
     }
 
-    fn add_databases(&mut self, dbs: &[DbName]) -> Result<Result<String>, Fatal> {
+    /// Add to Mirror: one event per database in the mirror journal (its position is where the
+    /// database's changes move to the mirror journal), then — once the active backup holds the
+    /// events, like any mirrored write — the switch of each file and the configuration
+    /// ([`Writer::finish_add`]). Meanwhile the writer goes on with other work.
+    fn add_databases(&mut self, dbs: &[DbName], reply: Reply<String>) -> Result<(), Fatal> {
+        let added = match self.journal_adds(dbs) {
+            Ok(Ok(added)) => added,
+            Ok(Err(answer)) => {
+                let _ = reply.send(answer);
+                return Ok(());
+            }
+            Err(fatal) => {
+                let _ = reply.send(Err(Error::Unavailable(fatal.0.clone())));
+                return Err(fatal);
+            }
+        };
+        let Some(last) = added.last().map(|(_, db)| JournalPos(db.added_at)) else {
+            return Ok(());
+        };
+        self.parked = Some(Parked {
+            last,
+            since: Instant::now(),
+            work: ParkedWork::Add { added, reply },
+        });
+        self.settle_parked()
+    }
+
+    /// Checks the request and writes Add to Mirror's events: `Ok(Err(answer))` when there is
+    /// nothing to add (the answer says why), else the databases with their events.
+    #[allow(clippy::type_complexity)]
+    fn journal_adds(
+        &mut self,
+        dbs: &[DbName],
+    ) -> Result<std::result::Result<Vec<(DatabaseEntry, MirroredDatabase)>, Result<String>>, Fatal>
+    {
         let config = self.config.get();
         let Some(membership) = config.mirror.membership.clone() else {
-            return Ok(Err(Error::Conflict(
+            return Ok(Err(Err(Error::Conflict(
                 "this instance is not a mirror member".into(),
-            )));
+            ))));
         };
         if !self.is_primary() || self.mirror_journal.is_none() {
-            return Ok(Err(Error::Conflict(
+            return Ok(Err(Err(Error::Conflict(
                 "databases are added to a mirror on its primary".into(),
-            )));
+            ))));
         }
         if dbs.is_empty() {
-            return Ok(Err(Error::InvalidInput(
+            return Ok(Err(Err(Error::InvalidInput(
                 "select at least one database to add to the mirror".into(),
-            )));
+            ))));
         }
         let state = self.catalog.snapshot();
         let mut entries: Vec<DatabaseEntry> = Vec::new();
@@ -1264,33 +1591,35 @@ impl Writer {
         for name in dbs {
             let entry = match state.database(name) {
                 Ok(entry) => entry.clone(),
-                Err(err) => return Ok(Err(err)),
+                Err(err) => return Ok(Err(Err(err))),
             };
             if entry.mirrored.is_some() {
                 already.push(name.to_string());
                 continue;
             }
             if !entry.mounted {
-                return Ok(Err(Error::Conflict(format!(
+                return Ok(Err(Err(Error::Conflict(format!(
                     "{name} is dismounted: mount it before adding it to the mirror"
-                ))));
+                )))));
             }
             entries.push(entry);
         }
         if entries.is_empty() {
-            return Ok(Ok(format!(
+            return Ok(Err(Ok(format!(
                 "already in mirror {}: {}",
                 membership.mirror.name,
                 already.join(", ")
-            )));
+            ))));
         }
-        let mirror_id = membership.mirror.id.clone();
+        let mut identities = Vec::new();
+        for entry in &entries {
+            match recovery::identity_of(entry) {
+                Ok(identity) => identities.push(identity),
+                Err(err) => return Ok(Err(Err(err))),
+            }
+        }
         let mut added = Vec::new();
-        for entry in entries {
-            let identity = match recovery::identity_of(&entry) {
-                Ok(identity) => identity,
-                Err(err) => return Ok(Err(err)),
-            };
+        for (entry, identity) in entries.into_iter().zip(identities) {
             let json = serde_json::json!({
                 "event": "add_database",
                 "db": entry.name,
@@ -1298,8 +1627,8 @@ impl Writer {
                 "mirror": membership.mirror.name,
             })
             .to_string();
-            // Remember the intent first: a crash between the event and the switch below is
-            // finished (or dropped, if the event never got written) at the next start.
+            // Remember the intent first: a crash between the event and the switch is finished
+            // (or dropped, if the event never got written) at the next start.
             let expected = self
                 .mirror_journal
                 .as_ref()
@@ -1317,23 +1646,41 @@ impl Writer {
                 Ok(())
             });
             if let Err(err) = noted {
-                return Ok(Err(err));
+                return Ok(Err(Err(err)));
             }
-            let pos = self.commit_event(Some(&entry.name), &json)?;
-            // The file holds every change so far; from `pos` on its changes belong in the mirror's
-            // journal. The switch and the configuration follow the durable event, and are
-            // completed at start-up if a crash comes in between.
+            let pos = self.write_event(Some(&entry.name), &json)?;
+            let database = MirroredDatabase {
+                added_at: pos.0,
+                ..pending
+            };
+            added.push((entry, database));
+        }
+        Ok(Ok(added))
+    }
+
+    /// Add to Mirror, once the backup holds the events: from each event's position on, the
+    /// database's changes belong in the mirror's journal. The switch and the configuration
+    /// follow the durable event, and are completed at start-up if a crash comes in between.
+    fn finish_add(
+        &mut self,
+        added: Vec<(DatabaseEntry, MirroredDatabase)>,
+    ) -> Result<Result<String>, Fatal> {
+        let config = self.config.get();
+        let Some(membership) = config.mirror.membership.clone() else {
+            return Ok(Err(Error::Conflict(
+                "this instance left the mirror meanwhile".into(),
+            )));
+        };
+        let mirror_id = membership.mirror.id.clone();
+        let mut names = Vec::new();
+        for (entry, database) in added {
+            let pos = JournalPos(database.added_at);
             if let Err(err) = database::switch_stream(&entry.file, &mirror_id, pos) {
                 return Err(Fatal(format!(
                     "switching {} to the mirror journal failed: {err}",
                     entry.name
                 )));
             }
-            let database = MirroredDatabase {
-                name: entry.name.clone(),
-                guid: identity.guid.clone(),
-                added_at: pos.0,
-            };
             let update = self.config.update(|c| {
                 c.database_mut(&entry.name)?.mirrored = true;
                 if let Some(m) = c.mirror.membership.as_mut() {
@@ -1353,20 +1700,20 @@ impl Writer {
             self.mirror
                 .hub
                 .announce(crate::mirror::protocol::Control::DatabaseAdded { database });
-            added.push(entry.name.to_string());
+            names.push(entry.name.to_string());
         }
         self.reload_catalog();
         tracing::info!(
             "added to mirror {}: {}",
             membership.mirror.name,
-            added.join(", ")
+            names.join(", ")
         );
         Ok(Ok(format!(
             "added to mirror {}: {}. The other members need a copy of each database: dismount it \
              there, copy mgr/<db>/database.sqlite from this member (while no one writes, or after \
              Freeze), mount it, then Activate and Catchup",
             membership.mirror.name,
-            added.join(", ")
+            names.join(", ")
         )))
     }
 
@@ -1723,34 +2070,15 @@ impl Writer {
     }
 }
 
-/// Starts the thread that answers the clients of mirrored batches, in order, once the active
-/// backup acknowledged each batch (or lost its active status after the QoS timeout).
-fn start_acknowledger(mirror: Arc<MirrorState>) -> mpsc::Sender<(JournalPos, Vec<Outcome>)> {
-    let (tx, rx) = mpsc::channel::<(JournalPos, Vec<Outcome>)>();
-    std::thread::Builder::new()
-        .name("acknowledger".into())
-        .spawn(move || {
-            for (last, outcomes) in rx {
-                match mirror.hub.wait_acknowledged(last) {
-                    Acknowledged::Yes => {
-                        for (result, reply) in outcomes {
-                            let _ = reply.send(result);
-                        }
-                    }
-                    // Not known to be on the backup: the client must not be told it is safe.
-                    Acknowledged::Closed => fail_all(
-                        outcomes,
-                        &Error::Unavailable(
-                            "the instance stopped before the backup acknowledged the write; \
-                             whether it survives is not known"
-                                .into(),
-                        ),
-                    ),
-                }
-            }
-        })
-        .expect("spawn the acknowledger thread");
-    tx
+/// Answers a command that cannot be carried out with `err`.
+fn refuse(command: Command, err: Error) {
+    match command {
+        Command::Write(_, reply) => drop(reply.send(Err(err))),
+        Command::Mount(_, reply) | Command::Dismount(_, reply) => drop(reply.send(Err(err))),
+        Command::StampPositions(reply) => drop(reply.send(Err(err))),
+        Command::Mirror(command) => command.refuse(err),
+        Command::Dejournal | Command::Wake | Command::Shutdown => {}
+    }
 }
 
 /// `name`'s entry when it is mounted and a copy of a mirrored database.

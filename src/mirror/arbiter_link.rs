@@ -121,10 +121,10 @@ fn connection(
     let mut writer = stream.try_clone()?;
     // Under one lock: forget what was meant for the old connection, and take the mode the
     // hello must carry (a mode change queued now is sent after the hello).
-    let arbiter_mode = {
+    let booked = {
         let mut arbiter = context.mirror.arbiter.lock().unwrap();
         arbiter.outbox.clear();
-        primary && arbiter.primary_in_arbiter_mode
+        arbiter.arbiter_mode_booked.filter(|_| primary)
     };
     write_frame_sync(
         &mut writer,
@@ -135,7 +135,8 @@ fn connection(
             primary,
             epoch: config.epoch,
             qos_ms: qos.as_millis() as u64,
-            arbiter_mode,
+            arbiter_mode: booked.is_some(),
+            activation: booked.unwrap_or(0),
         },
     )?;
     let (tx, rx) = mpsc::channel::<Result<FromArbiter>>();
@@ -198,9 +199,16 @@ fn connection(
                             );
                         }
                     }
-                    FromArbiter::ModeBooked { arbiter: booked } => {
-                        arbiter.events.push_back(Event::ArbiterBookedMode(booked))
+                    FromArbiter::ModeBooked {
+                        arbiter: true,
+                        activation,
+                    } => {
+                        // A booking made with an activation that a newer one overtook would
+                        // promise a takeover the arbiter no longer backs: the rules book again.
+                        let current = context.mirror.hub.is_latest_activation(activation);
+                        arbiter.events.push_back(Event::ArbiterBookedMode(current))
                     }
+                    FromArbiter::ModeBooked { arbiter: false, .. } => {}
                     FromArbiter::Heartbeat | FromArbiter::Status { .. } => {}
                 }
             }
@@ -210,16 +218,27 @@ fn connection(
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
-        let outgoing: Vec<ToArbiter> = context
-            .mirror
-            .arbiter
-            .lock()
-            .unwrap()
-            .outbox
-            .drain(..)
-            .collect();
+        let outgoing: Vec<ToArbiter> = {
+            let mut arbiter = context.mirror.arbiter.lock().unwrap();
+            // A stand-down goes first: it may cancel a takeover booked for rules that are gone,
+            // before these rules ask.
+            let stand_down = arbiter.stand_down.take().filter(|_| !primary);
+            let mut outgoing: Vec<ToArbiter> = stand_down
+                .map(|activation| ToArbiter::StoodDown { activation })
+                .into_iter()
+                .collect();
+            outgoing.extend(arbiter.outbox.drain(..));
+            outgoing
+        };
         for message in &outgoing {
-            write_frame_sync(&mut writer, message)?;
+            if let Err(err) = write_frame_sync(&mut writer, message) {
+                // A stand-down must reach the arbiter: the next connection carries it.
+                if let ToArbiter::StoodDown { activation } = message {
+                    let mut arbiter = context.mirror.arbiter.lock().unwrap();
+                    arbiter.stand_down.get_or_insert(*activation);
+                }
+                return Err(err);
+            }
         }
         if !outgoing.is_empty() {
             last_ping = Instant::now();

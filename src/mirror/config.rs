@@ -223,6 +223,35 @@ impl MemberInfo {
     pub fn agent_connect_address(&self) -> Result<String> {
         connect_address(&self.agent_address, self.agent_port)
     }
+
+    /// Whether `ip` is an address of this member: one its configured superserver, mirror
+    /// private or agent address resolves to (host names are resolved now, so a container that
+    /// came back with a new address is still recognised).
+    pub fn has_address(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::ToSocketAddrs;
+        [
+            connect_address(&self.superserver_address, DEFAULT_SUPERSERVER_PORT),
+            self.data_channel_address(),
+            self.agent_connect_address(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|address| address.to_socket_addrs().ok())
+        .flatten()
+        .any(|resolved| resolved.ip() == ip)
+    }
+
+    /// The same member with `other`'s addresses: a `hello` never changes a configured
+    /// member's addresses (Remove Other Mirror Member, then Join again, does).
+    pub fn keeping_addresses_of(&self, other: &MemberInfo) -> MemberInfo {
+        MemberInfo {
+            superserver_address: other.superserver_address.clone(),
+            mirror_private_address: other.mirror_private_address.clone(),
+            agent_address: other.agent_address.clone(),
+            agent_port: other.agent_port,
+            ..self.clone()
+        }
+    }
 }
 
 /// The mirror as a whole (what Create Mirror defines; the primary's copy is authoritative).

@@ -87,6 +87,7 @@ struct Driver {
     last_decide: Option<Instant>,
     no_failover: Option<bool>,
     ready: Option<bool>,
+    stopped: Option<bool>,
     last_mode_repeat: Instant,
     /// When the last step ran, to notice that this process stalled.
     last_step: Instant,
@@ -113,6 +114,7 @@ impl Driver {
             last_decide: None,
             no_failover: None,
             ready: None,
+            stopped: None,
             last_mode_repeat: Instant::now(),
             last_step: Instant::now(),
         }
@@ -120,6 +122,25 @@ impl Driver {
 
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// Starts the rules afresh in `role`: what the settings say is fed again on the next look,
+    /// and the arbiter mode that hellos carry is forgotten — it belonged to the old rules, and a
+    /// primary says it only once the arbiter booked it for *these* rules.
+    ///
+    /// Fresh backup rules know of no takeover the arbiter granted to earlier ones (that answer
+    /// died with them, or with the process): they stand down first, which cancels such a
+    /// booking before they ask anything.
+    fn fresh_rules(&mut self, role: FailoverRole, qos: u64) {
+        self.failover = Some(Failover::new(role, qos));
+        self.no_failover = None;
+        self.ready = None;
+        self.stopped = None;
+        let context = self.service.context();
+        let activation = context.mirror.link.lock().unwrap().activation;
+        let mut arbiter = context.mirror.arbiter.lock().unwrap();
+        arbiter.arbiter_mode_booked = None;
+        arbiter.stand_down = (role == FailoverRole::Backup).then_some(activation);
     }
 
     fn step(&mut self) {
@@ -184,9 +205,7 @@ impl Driver {
                     ""
                 }
             );
-            self.failover = Some(Failover::new(role, qos));
-            self.no_failover = None;
-            self.ready = None;
+            self.fresh_rules(role, qos);
             let _ = context.mirror.take_partner_events();
             context.mirror.link.lock().unwrap().active = false;
             context
@@ -199,9 +218,7 @@ impl Driver {
         }
         // A role changed by an action (create, join, takeover) starts the rules afresh.
         if self.failover.as_ref().map(|f| f.role()) != Some(role) {
-            self.failover = Some(Failover::new(role, qos));
-            self.no_failover = None;
-            self.ready = None;
+            self.fresh_rules(role, qos);
         }
         let (events, generation) = match role {
             FailoverRole::Primary => context.mirror.hub.take_events(),
@@ -221,6 +238,10 @@ impl Driver {
         if self.no_failover != Some(no_failover) {
             self.no_failover = Some(no_failover);
             inputs.push(Event::NoFailover(no_failover));
+        }
+        if self.stopped != Some(m.stopped) {
+            self.stopped = Some(m.stopped);
+            inputs.push(Event::MirrorStopped(m.stopped));
         }
         if role == FailoverRole::Backup {
             let ready = databases_ready(&context, m);
@@ -255,6 +276,11 @@ impl Driver {
             }
             if action == Action::TakeOver {
                 takeover_failed = !self.take_over();
+                if takeover_failed {
+                    // A takeover the arbiter may have booked for this member did not happen:
+                    // cancel it, or the old primary could never start again.
+                    stand_down(&context);
+                }
                 continue;
             }
             self.act(action, m);
@@ -272,9 +298,7 @@ impl Driver {
         // A backup follows the primary into arbiter mode only once it sees the arbiter too,
         // which may come later than the primary's word: the primary repeats it (the backup
         // ignores a repeat).
-        if failover.role() == FailoverRole::Primary
-            && failover.mode() == Mode::Arbiter
-            && self.last_mode_repeat.elapsed() >= MODE_REPEAT
+        if failover.repeats_arbiter_mode() && self.last_mode_repeat.elapsed() >= MODE_REPEAT
         {
             self.last_mode_repeat = Instant::now();
             context
@@ -298,9 +322,10 @@ impl Driver {
             }
             // Lifted after the tick, with the hub's loss generation (see `step`).
             Action::ResumeWrites | Action::RevokeActive => {}
-            Action::BookArbiterMode => context
-                .mirror
-                .tell_arbiter(ToArbiter::Mode { arbiter: true }),
+            Action::BookArbiterMode => context.mirror.tell_arbiter(ToArbiter::Mode {
+                arbiter: true,
+                activation: context.mirror.hub.last_activation(),
+            }),
             Action::SwitchMode(mode) => {
                 tracing::info!("mirror: {}", mode.display());
                 let arbiter = mode == Mode::Arbiter;
@@ -308,9 +333,13 @@ impl Driver {
                     // The arbiter books the primary's mode (arbiter mode before the switch, see
                     // `Action::BookArbiterMode`); the backup follows it.
                     let mut link = context.mirror.arbiter.lock().unwrap();
-                    link.primary_in_arbiter_mode = arbiter;
+                    let activation = context.mirror.hub.last_activation();
+                    link.arbiter_mode_booked = arbiter.then_some(activation);
                     if !arbiter {
-                        link.outbox.push_back(ToArbiter::Mode { arbiter });
+                        link.outbox.push_back(ToArbiter::Mode {
+                            arbiter,
+                            activation,
+                        });
                     }
                     drop(link);
                     context
@@ -342,16 +371,8 @@ impl Driver {
                 self.take_over();
             }
             Action::StandDown => {
-                // Through the arbiter: the data channel is what was lost.
-                tracing::info!(
-                    "mirror: the primary is alive; standing down as a non-active backup"
-                );
-                // Named by the activation it ends: the primary ignores it if a newer one
-                // overtook it on the way (see `Hub::is_latest_activation`).
-                let activation = context.mirror.link.lock().unwrap().activation;
-                context
-                    .mirror
-                    .tell_arbiter(ToArbiter::StoodDown { activation });
+                tracing::info!("mirror: standing down as a non-active backup");
+                stand_down(&context);
             }
             Action::Reconnect => {}
             Action::ForceOtherDown => {
@@ -566,6 +587,17 @@ impl Driver {
             }
         }
     }
+}
+
+/// Tells the arbiter that this backup stood down: the primary may go on without it, and a
+/// takeover booked for it is cancelled. Through the arbiter, since the data channel is what was
+/// lost; kept until a connection to the arbiter carries it (see
+/// [`ArbiterLinkState::stand_down`](super::state::ArbiterLinkState::stand_down)). It names the
+/// activation it ends: the primary ignores it if a newer one overtook it on the way (see
+/// `Hub::is_latest_activation`).
+fn stand_down(context: &super::MirrorContext) {
+    let activation = context.mirror.link.lock().unwrap().activation;
+    context.mirror.arbiter.lock().unwrap().stand_down = Some(activation);
 }
 
 /// Fetches the down primary's mirror journal after this member's end through its agent, and

@@ -25,8 +25,15 @@
 //!   alone in agent mode; it still sees it → trouble until the backup stands down; arbiter lost as
 //!   well → trouble *indefinitely*. A backup that loses the primary asks the arbiter for a
 //!   verdict: take over only if the arbiter lost the primary while the primary was still in
-//!   arbiter mode (so it is frozen); otherwise stand down. Without the arbiter: agent mode, ask
-//!   the agent.
+//!   arbiter mode (so it is frozen); otherwise stand down and ask the primary's agent as a
+//!   non-active backup (a primary that went on alone may still be down). Without the arbiter:
+//!   agent mode, ask the agent.
+//! - **A backup that may not take over** (No Failover, a mirrored database not ready, mirroring
+//!   stopped here) asks nobody: it stands down at once. Asking would book a takeover at the
+//!   arbiter that nobody carries out, and the old primary could then never start again. When the
+//!   blocker goes while the primary is still gone, it asks the primary's agent.
+//! - **Every takeover starts a fresh primary**, in agent mode: arbiter mode was booked for the
+//!   old primary, and a new primary enters it only through its own booking.
 //!
 //! # Why the arbiter keeps a book
 //!
@@ -35,14 +42,16 @@
 //! from the arbiter. So the arbiter answers from its [`ArbiterBook`], in which each answer is also
 //! a record: telling the primary "I do not see the backup" records that the primary goes on alone,
 //! and telling the backup "take over" records the takeover, which the old primary hears when it
-//! comes back. Both questions are answered one after the other, so they never both win.
+//! comes back. Both questions are answered one after the other, so they never both win. A booked
+//! takeover is answered again to a backup that asks again (its answer may have been lost), and
+//! a backup's stand-down cancels it (the backup did not, or could not, carry it out).
 //!
 //! Mode changes are ordered for the same reason: the primary enters arbiter mode first (and tells
 //! the arbiter and the backup), the backup follows; on the way back the backup leaves first, and
 //! the primary leaves only when the backup says it has. A primary in arbiter mode with a backup in
 //! agent mode is safe (the backup only takes over through the agent); the reverse is not, so it
 //! never happens.
-//!
+
 /// Which member this is right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FailoverRole {
@@ -129,7 +138,9 @@ pub enum Event {
     /// The arbiter says whether it sees the other member. To a primary that asked, `false` also
     /// means the arbiter recorded that it goes on alone.
     ArbiterSeesPartner(bool),
-    /// Primary: the arbiter booked the mode it was asked to (see [`Action::BookArbiterMode`]).
+    /// Primary: the arbiter booked arbiter mode as asked (see [`Action::BookArbiterMode`]);
+    /// `false` when it was booked with an activation of the backup that a newer one overtook
+    /// meanwhile.
     ArbiterBookedMode(bool),
     /// Backup: the arbiter's answer to "may I take over?".
     ArbiterVerdict {
@@ -142,6 +153,8 @@ pub enum Event {
     NoFailover(bool),
     /// Whether every mirrored database that must be mounted is mounted, activated and caught up.
     DatabasesReady(bool),
+    /// Stop Mirror On This Member was done (`true`) or undone (`false`).
+    MirrorStopped(bool),
 }
 
 /// What the member must do.
@@ -205,6 +218,21 @@ pub struct Failover {
     asked_arbiter: bool,
     no_failover: bool,
     databases_ready: bool,
+    /// Stop Mirror On This Member: it neither receives nor takes over.
+    stopped: bool,
+    /// Backup: it lost the primary while in arbiter mode, so the arbiter is the one to ask
+    /// (again, on reconnecting). A backup in agent mode never asks the arbiter: the primary
+    /// books arbiter mode *before* it switches, and until it does, a booking whose confirmation
+    /// was lost is no promise that the primary freezes.
+    lost_in_arbiter_mode: bool,
+    /// Backup: it stood down (Stop Mirror) from the current connection; activations that
+    /// still arrive on it are stale.
+    stood_down_from_link: bool,
+    /// Backup: the primary cannot have gone on alone inside this member's takeover window
+    /// without it. True from its activation until it loses the arbiter: a primary in arbiter
+    /// mode goes on alone as soon as the arbiter says it lost the backup, without waiting for
+    /// the trouble timeout that the window relies on in agent mode.
+    window_trusted: bool,
 }
 
 impl Failover {
@@ -227,6 +255,10 @@ impl Failover {
             asked_arbiter: false,
             no_failover: false,
             databases_ready: true,
+            stopped: false,
+            stood_down_from_link: false,
+            window_trusted: false,
+            lost_in_arbiter_mode: false,
         }
     }
 
@@ -253,6 +285,16 @@ impl Failover {
     /// Primary: the backup is active. Backup: this member is the active backup.
     pub fn active(&self) -> bool {
         self.active
+    }
+
+    /// Whether this primary keeps telling the backup it is in arbiter mode (so a backup that
+    /// sees the arbiter later than the primary's word still follows). Not while it asked the
+    /// backup to leave: a repeat arriving after the backup left would take it back into a mode
+    /// the primary is leaving.
+    pub fn repeats_arbiter_mode(&self) -> bool {
+        self.role == FailoverRole::Primary
+            && self.mode == Mode::Arbiter
+            && !self.leaving_arbiter_mode
     }
 
     /// Whether a backup may open the data channel to the primary now. Not while it waits for
@@ -285,17 +327,38 @@ impl Failover {
         }
         match event {
             Event::Tick => {}
-            Event::NoFailover(on) => self.no_failover = on,
-            Event::DatabasesReady(ready) => self.databases_ready = ready,
-            Event::ArbiterConnected => self.arbiter_connected = true,
+            Event::NoFailover(on) => {
+                self.no_failover = on;
+                self.blocker_changed(&mut out);
+            }
+            Event::DatabasesReady(ready) => {
+                self.databases_ready = ready;
+                self.blocker_changed(&mut out);
+            }
+            Event::MirrorStopped(stopped) => {
+                self.stopped = stopped;
+                if stopped {
+                    // It told the primary it stood down before it disconnected.
+                    self.active = false;
+                    self.stood_down_from_link = true;
+                }
+                self.blocker_changed(&mut out);
+            }
+            Event::ArbiterConnected => {
+                self.arbiter_connected = true;
+                self.ask_arbiter_again(&mut out);
+            }
             Event::ArbiterLost => self.arbiter_lost(&mut out),
             Event::ArbiterSeesPartner(sees) => self.arbiter_sees(sees, &mut out),
             Event::ArbiterVerdict { take_over } => self.verdict(take_over, &mut out),
             Event::ArbiterBookedMode(arbiter) => self.arbiter_booked(arbiter, &mut out),
             Event::PartnerConnected => self.partner_connected(&mut out),
             Event::PartnerActive => {
-                if self.partner_connected {
+                // After Stop Mirror, an activation still on its way from the old connection is
+                // one this member already stood down from.
+                if self.partner_connected && !self.stood_down_from_link {
                     self.active = true;
+                    self.window_trusted = true;
                 }
             }
             Event::PartnerLost => self.partner_lost(now_ms, &mut out),
@@ -371,12 +434,14 @@ impl Failover {
     /// The arbiter booked the mode: switch, if that still holds. (If it no longer does, the
     /// booking is harmless: the backup asks the arbiter only in arbiter mode, which it enters
     /// only when this primary tells it to.)
-    fn arbiter_booked(&mut self, arbiter: bool, out: &mut Vec<Action>) {
-        if !arbiter || !self.booking_arbiter_mode {
+    /// A booking made with an activation of the backup that a newer one overtook is no
+    /// booking (`current` false): the rules book again.
+    fn arbiter_booked(&mut self, current: bool, out: &mut Vec<Action>) {
+        if !self.booking_arbiter_mode {
             return;
         }
         self.booking_arbiter_mode = false;
-        if self.may_enter_arbiter_mode() {
+        if current && self.may_enter_arbiter_mode() {
             self.mode = Mode::Arbiter;
             self.leaving_arbiter_mode = false;
             out.push(Action::SwitchMode(Mode::Arbiter));
@@ -443,6 +508,8 @@ impl Failover {
 
     fn partner_connected(&mut self, out: &mut Vec<Action>) {
         self.partner_connected = true;
+        self.stood_down_from_link = false;
+        self.lost_in_arbiter_mode = false;
         self.lost_ms = None;
         self.asked_agent_ms = None;
         self.asked_arbiter = false;
@@ -498,6 +565,9 @@ impl Failover {
                 }
             }
             FailoverRole::Backup => {
+                // The arbiter may book the primary alone now that it lost this member: from
+                // here on the takeover window cannot be trusted.
+                self.window_trusted = false;
                 self.leave_arbiter_mode(out);
                 if self.asked_arbiter {
                     // The arbiter will not answer: fall back to the agent.
@@ -520,8 +590,16 @@ impl Failover {
         match self.role {
             FailoverRole::Primary => {
                 if self.partner_connected {
-                    // The backup lost the arbiter but is still here: agent mode, together.
-                    self.leave_arbiter_mode(out);
+                    // The backup lost the arbiter but is still here. Saying "not seen" booked
+                    // this primary as going on alone, so the backup can no longer take over
+                    // through the arbiter: leave arbiter mode at once (not after the backup, as
+                    // when only this member lost the arbiter, whose book still says arbiter
+                    // mode), and the backup follows.
+                    if self.mode == Mode::Arbiter {
+                        self.mode = Mode::Agent;
+                        self.leaving_arbiter_mode = false;
+                        out.push(Action::SwitchMode(Mode::Agent));
+                    }
                 } else if self.asked_arbiter
                     || matches!(
                         self.trouble,
@@ -555,19 +633,24 @@ impl Failover {
         if take_over {
             // The arbiter lost the primary while it was in arbiter mode: it is frozen in
             // indefinite trouble (or gone), and the arbiter booked this takeover.
-            self.take_over_if_allowed(out);
-            if self.role == FailoverRole::Primary {
-                self.mode = Mode::Agent;
-                out.push(Action::SwitchMode(Mode::Agent));
+            if self.take_over_if_allowed(out) {
                 out.push(Action::ForceOtherDown);
                 return;
             }
         }
-        // The primary is alive, or went on alone, or this member may not take over.
+        // The primary is alive, or went on alone, or this member may not take over. The
+        // stand-down also cancels a takeover the arbiter booked and this member did not carry
+        // out: otherwise the old primary could never start again.
         self.active = false;
         self.leave_arbiter_mode(out);
         out.push(Action::StandDown);
-        out.push(Action::Reconnect);
+        if self.may_take_over() {
+            // A primary that went on alone (or whose mode the arbiter never booked) may still be
+            // down: its agent can tell, and serve the journal a non-active backup needs.
+            self.ask_agent_now(out);
+        } else {
+            out.push(Action::Reconnect);
+        }
     }
 
     fn partner_lost(&mut self, now_ms: u64, out: &mut Vec<Action>) {
@@ -599,7 +682,16 @@ impl Failover {
             }
             FailoverRole::Backup => {
                 self.lost_ms = Some(now_ms);
-                if self.mode == Mode::Arbiter && self.arbiter_connected {
+                if !self.may_take_over() {
+                    // Asking the arbiter would book a takeover nobody carries out, and asking
+                    // the agent could force a hung primary down for nothing: stand down at once,
+                    // so the primary need not wait for this member.
+                    self.active = false;
+                    self.leave_arbiter_mode(out);
+                    out.push(Action::StandDown);
+                    out.push(Action::Reconnect);
+                } else if self.mode == Mode::Arbiter && self.arbiter_connected {
+                    self.lost_in_arbiter_mode = true;
                     self.asked_arbiter = true;
                     out.push(Action::AskArbiter);
                 } else {
@@ -611,6 +703,24 @@ impl Failover {
         }
     }
 
+    /// A backup that lost the primary and has no answer yet asks a reconnected arbiter (again):
+    /// a takeover the arbiter booked for it while the answer was lost with the connection is
+    /// granted again, and a primary the arbiter lost in arbiter mode is frozen or gone, whatever
+    /// mode this member is in now.
+    fn ask_arbiter_again(&mut self, out: &mut Vec<Action>) {
+        if self.role == FailoverRole::Backup
+            && self.lost_in_arbiter_mode
+            && !self.partner_connected
+            && self.lost_ms.is_some()
+            && self.asked_agent_ms.is_some()
+            && !self.asked_arbiter
+            && self.may_take_over()
+        {
+            self.asked_arbiter = true;
+            out.push(Action::AskArbiter);
+        }
+    }
+
     fn ask_agent_now(&mut self, out: &mut Vec<Action>) {
         if self.asked_agent_ms.is_none() {
             self.asked_agent_ms = Some(self.lost_ms.unwrap_or_default());
@@ -619,7 +729,12 @@ impl Failover {
     }
 
     fn agent_answer(&mut self, now_ms: u64, answer: AgentAnswer, out: &mut Vec<Action>) {
-        if self.role != FailoverRole::Backup || self.partner_connected {
+        // An answer nobody waits for any more (a newer one settled the question) is stale: the
+        // primary may have restarted since it was given.
+        if self.role != FailoverRole::Backup
+            || self.partner_connected
+            || self.asked_agent_ms.is_none()
+        {
             return;
         }
         match answer {
@@ -633,8 +748,11 @@ impl Failover {
                 let in_window = self
                     .lost_ms
                     .is_some_and(|lost| now_ms <= lost + self.qos_ms);
-                if (self.active && in_window) || journal {
-                    self.take_over_if_allowed(out);
+                if (self.active && self.window_trusted && in_window) || journal {
+                    if !self.take_over_if_allowed(out) {
+                        self.asked_agent_ms = None;
+                        self.active = false;
+                    }
                 } else {
                     // Too late to be sure nothing was acknowledged without this member, and no
                     // journal to make up for it: keep asking until the agent supplies it.
@@ -645,17 +763,52 @@ impl Failover {
         }
     }
 
-    fn take_over_if_allowed(&mut self, out: &mut Vec<Action>) {
-        if self.no_failover || !self.databases_ready {
-            return;
+    /// Whether this backup may become the primary: not while No Failover is set, a mirrored
+    /// database is not ready, or mirroring is stopped here.
+    fn may_take_over(&self) -> bool {
+        !self.no_failover && self.databases_ready && !self.stopped
+    }
+
+    /// No Failover, the databases' readiness or Stop Mirror changed. A backup that lost the
+    /// primary and may take over now (it could not before) asks the primary's agent, like any
+    /// non-active backup: the primary may still be down.
+    fn blocker_changed(&mut self, out: &mut Vec<Action>) {
+        if self.role == FailoverRole::Backup
+            && !self.partner_connected
+            && self.lost_ms.is_some()
+            && !self.asked_arbiter
+            && self.may_take_over()
+        {
+            self.active = false;
+            self.ask_agent_now(out);
         }
-        self.role = FailoverRole::Primary;
-        self.active = false;
-        self.trouble = None;
-        self.lost_ms = None;
-        self.asked_agent_ms = None;
-        self.asked_arbiter = false;
+    }
+
+    /// Becomes the primary, when allowed; true when it did. The new primary starts as every
+    /// primary does: in agent mode, with no backup, out of trouble. Nothing of its life as a
+    /// backup carries over — in particular not arbiter mode, which the arbiter booked for the
+    /// *old* primary: a new primary enters it only through its own booking
+    /// ([`Action::BookArbiterMode`]), so that a monitor never shows Arbiter Controlled while the
+    /// arbiter would refuse the backup a takeover.
+    fn take_over_if_allowed(&mut self, out: &mut Vec<Action>) -> bool {
+        if !self.may_take_over() {
+            return false;
+        }
+        let was_arbiter = self.mode == Mode::Arbiter;
+        *self = Failover {
+            // The arbiter connection stays until the arbiter link reconnects in the new role
+            // (it reports the loss first).
+            arbiter_connected: self.arbiter_connected,
+            no_failover: self.no_failover,
+            databases_ready: self.databases_ready,
+            stopped: self.stopped,
+            ..Failover::new(FailoverRole::Primary, self.qos_ms)
+        };
         out.push(Action::TakeOver);
+        if was_arbiter {
+            out.push(Action::SwitchMode(Mode::Agent));
+        }
+        true
     }
 }
 
@@ -743,6 +896,9 @@ pub struct ArbiterBook {
     pub sees_backup: bool,
     /// The primary told it it is in arbiter mode (and has not gone on alone since).
     pub primary_in_arbiter_mode: bool,
+    /// The backup's activation the primary booked arbiter mode with: only that activation's
+    /// stand-down ends it (an older one, relayed late, must not end a newer booking).
+    pub booked_activation: u64,
     /// The backup was told to take over.
     pub backup_took_over: bool,
 }
@@ -757,9 +913,10 @@ pub enum ToPrimary {
 }
 
 impl ArbiterBook {
-    /// The primary reports its mode.
-    pub fn primary_mode(&mut self, mode: Mode) {
+    /// The primary reports its mode, booked with the backup's activation it holds.
+    pub fn primary_mode(&mut self, mode: Mode, activation: u64) {
         self.primary_in_arbiter_mode = mode == Mode::Arbiter;
+        self.booked_activation = activation;
     }
 
     /// The primary asks whether the arbiter sees the backup (or the arbiter reports it).
@@ -774,8 +931,12 @@ impl ArbiterBook {
         }
     }
 
-    /// The backup asks whether it may take over.
+    /// The backup asks whether it may take over. A takeover once booked stays granted: a
+    /// backup whose answer was lost with its connection asks again and hears the same.
     pub fn ask_from_backup(&mut self) -> bool {
+        if self.backup_took_over {
+            return true;
+        }
         if !self.sees_primary && self.primary_in_arbiter_mode {
             self.backup_took_over = true;
             self.primary_in_arbiter_mode = false;
@@ -783,6 +944,17 @@ impl ArbiterBook {
         } else {
             false
         }
+    }
+
+    /// The backup stood down, ending `activation`: it is no longer an active backup, so the
+    /// arbiter mode booked with that activation ends (it cannot take over through the arbiter
+    /// any more), and a takeover booked for it that it did not carry out (it was not allowed
+    /// to, or it failed) is cancelled — the old primary may resume.
+    pub fn backup_stood_down(&mut self, activation: u64) {
+        if activation == self.booked_activation {
+            self.primary_in_arbiter_mode = false;
+        }
+        self.backup_took_over = false;
     }
 }
 

@@ -268,11 +268,18 @@ impl MirrorContext {
             journal_end: journal.as_ref().map(|j| j.durable_end().0).unwrap_or(0),
             epoch: config.epoch,
             epochs: m.epochs.clone(),
+            // A restarted former primary asking must wait while this member may be about to take
+            // over: it is deciding itself, taking over, or a backup that has not yet noticed
+            // the loss of the primary (it still counts itself connected) or still waits for the
+            // arbiter's or the agent's answer.
             deciding: self.mirror.deciding()
                 || self
                     .mirror
                     .taking_over
-                    .load(std::sync::atomic::Ordering::Acquire),
+                    .load(std::sync::atomic::Ordering::Acquire)
+                || (self.mirror.role() == state::Role::Backup
+                    && (self.mirror.link.lock().unwrap().connected
+                        || !self.mirror.may_connect())),
         })
     }
 

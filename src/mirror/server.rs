@@ -107,6 +107,7 @@ fn serve(tcp: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
         (Ok(peer), Ok(local)) => peer.ip().is_loopback() || peer.ip() == local.ip(),
         _ => false,
     };
+    let peer_ip = tcp.peer_addr().map(|a| a.ip()).ok();
     let (stream, peer) = open(tcp, context)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = BufWriter::new(stream.try_clone()?);
@@ -161,7 +162,13 @@ fn serve(tcp: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
             from,
             to,
         } => match fetch_source(context, &mirror_id, peer.as_deref()) {
-            Ok(journal) => serve_fetch(&mut writer, &journal, JournalPos(from), JournalPos(to)),
+            Ok(journal) => serve_fetch(
+                &mut writer,
+                &journal,
+                JournalPos(from),
+                // Only what the primary committed: a copy never gets ahead of the mirror.
+                JournalPos(to).min(context.mirror.hub.committed_end()),
+            ),
             Err(err) => refuse(&mut writer, err.to_string()),
         },
         Control::Hello {
@@ -178,6 +185,7 @@ fn serve(tcp: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
             let accepted = accept_member(
                 context,
                 peer.as_deref(),
+                peer_ip,
                 &mirror_name,
                 &mirror_id,
                 &member,
@@ -186,7 +194,7 @@ fn serve(tcp: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
                 fresh,
             );
             match accepted {
-                Ok((journal, cut, from)) => {
+                Ok((journal, member, cut, from)) => {
                     serve_member(stream, reader, writer, context, journal, member, cut, from)
                 }
                 Err(err) => refuse(&mut writer, err.to_string()),
@@ -282,13 +290,14 @@ fn send_range(
 fn accept_member(
     context: &MirrorContext,
     peer: Option<&str>,
+    peer_ip: Option<std::net::IpAddr>,
     mirror_name: &str,
     mirror_id: &str,
     member: &MemberInfo,
     member_end: JournalPos,
     member_last_epoch: u64,
     fresh: bool,
-) -> Result<(Arc<JournalShared>, Option<Cut>, JournalPos)> {
+) -> Result<(Arc<JournalShared>, MemberInfo, Option<Cut>, JournalPos)> {
     let config = context.config.get();
     let membership = config
         .mirror
@@ -316,8 +325,24 @@ fn accept_member(
             member.name
         )));
     }
+    let known = membership.others.iter().find(|o| o.name == member.name);
     if membership.mirror.require_tls {
         authorize_peer(context, membership, member, peer)?;
+    } else if let Some(known) = known {
+        // Without TLS nothing proves who says hello; a configured member must at least come
+        // from one of its own addresses, or anyone could replace it (see the README).
+        let from_known = peer_ip.is_some_and(|ip| known.has_address(ip));
+        if !from_known {
+            return Err(Error::Conflict(format!(
+                "a hello for {} came from {}, which is none of its configured addresses \
+                 ({}, {}, {}): refused",
+                member.name,
+                peer_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "an unknown address".into()),
+                known.superserver_address,
+                known.mirror_private_address,
+                known.agent_address
+            )));
+        }
     }
     if member.kind == MemberKind::Failover
         && membership
@@ -385,9 +410,11 @@ fn accept_member(
             return Ok(false);
         };
         Ok(match m.others.iter_mut().find(|o| o.name == member.name) {
-            Some(known) if known == member => false,
+            // Its kind (after Demote or Promote) and certificate may change; its addresses
+            // only through Edit Mirror (Remove Other Mirror Member and Join again).
+            Some(known) if member.keeping_addresses_of(known) == *known => false,
             Some(known) => {
-                *known = member.clone();
+                *known = member.keeping_addresses_of(known);
                 true
             }
             None => {
@@ -404,7 +431,16 @@ fn accept_member(
             .hub
             .announce(Control::MirrorChanged { description });
     }
-    Ok((journal, cut, from))
+    // The member as configured (its addresses are not the hello's to change).
+    let member = context
+        .config
+        .get()
+        .mirror
+        .membership
+        .as_ref()
+        .and_then(|m| m.others.iter().find(|o| o.name == member.name).cloned())
+        .unwrap_or_else(|| member.clone());
+    Ok((journal, member, cut, from))
 }
 
 /// In a mirror that requires SSL/TLS: a member may receive journal only over TLS, showing the
@@ -557,10 +593,11 @@ fn serve_member(
         };
         // What the member lacks up to the snapshot comes from the files; the rest waits in the outbox.
         send_range(&mut writer, &journal, JournalPos(from.0 - 1), snapshot)?;
+        // What it may apply: only what the primary committed (see `Hub::committed`).
         write_control(
             &mut writer,
             &Control::Durable {
-                pos: journal.durable_end().0,
+                pos: hub.committed_end().0,
             },
         )?;
         writer.flush()?;
@@ -572,7 +609,7 @@ fn serve_member(
             .map_err(|e| Error::from(e.into_error()))?;
         outbox.open_direct(socket.try_clone()?);
         outbox.serve(&mut socket, heartbeat, || Control::Heartbeat {
-            durable: journal.durable_end().0,
+            durable: context.mirror.hub.committed_end().0,
             time_ms: now_ms(),
         })?;
         stream.close();

@@ -354,20 +354,69 @@ impl MirrorService {
         }
     }
 
-    /// On a graceful shutdown of the primary (writes already stopped): tells the active backup
-    /// to take over. The message follows every batch on the link, so the backup has them all.
+    /// On a graceful shutdown (writes already stopped). The primary tells its active backup
+    /// to take over: the message follows every batch on the link, so the backup has them all.
+    /// It then waits until the backup closed the link (taking over, it stops receiving) or a
+    /// QoS timeout passed, so that this member, restarted, never finds the backup with the
+    /// handover still unread (a backup stalled for half a QoS drops what it had not read).
+    /// A backup tells the primary that it no longer counts as active, so the primary does not
+    /// wait for it in the trouble state.
     pub fn hand_over(&self) {
         let hub = &self.context.mirror.hub;
-        if self.context.mirror.role() == Role::Primary
-            && !self.context.mirror.deciding()
-            && !hub.suspended()
-            && hub.has_active_backup()
-        {
-            tracing::warn!("mirror: shutting down: handing over to the active backup");
-            for link in hub.links().into_iter().filter(|l| l.active) {
-                hub.tell(&link.member.name, super::protocol::Control::HandOver);
+        let qos = hub.qos();
+        match self.context.mirror.role() {
+            Role::Primary
+                if !self.context.mirror.deciding()
+                    && !hub.suspended()
+                    && hub.has_active_backup() =>
+            {
+                tracing::warn!("mirror: shutting down: handing over to the active backup");
+                let backups: Vec<String> = hub
+                    .links()
+                    .into_iter()
+                    .filter(|l| l.active)
+                    .map(|l| l.member.name)
+                    .collect();
+                for name in &backups {
+                    hub.tell(name, super::protocol::Control::HandOver);
+                }
+                let deadline = Instant::now() + qos;
+                while Instant::now() < deadline
+                    && hub.links().iter().any(|l| backups.contains(&l.member.name))
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
             }
+            Role::Backup => {
+                if self.stand_down_over_link(qos) {
+                    tracing::info!("mirror: shutting down: told the primary this backup stands down");
+                }
+            }
+            _ => {}
         }
+    }
+
+    /// Tells the primary over the data channel that this backup no longer counts as active
+    /// (it stops receiving: Stop Mirror, Demote To DR, shutdown), and waits up to `timeout`
+    /// for the receiver to send it. False when not connected.
+    fn stand_down_over_link(&self, timeout: Duration) -> bool {
+        if !self.context.mirror.link.lock().unwrap().connected {
+            return false;
+        }
+        self.context
+            .mirror
+            .link_outbox
+            .lock()
+            .unwrap()
+            .push_back(super::protocol::Control::StoodDown);
+        // The receiver sends it on its next round (at least every quarter QoS).
+        let deadline = Instant::now() + timeout;
+        while !self.context.mirror.link_outbox.lock().unwrap().is_empty()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
     }
 
     /// Stops the threads (instance shutdown).
@@ -1132,6 +1181,9 @@ impl MirrorService {
         if m.stopped {
             return Ok("mirroring was already stopped on this member".into());
         }
+        // The primary hears first that this member no longer counts as active, so it does not
+        // wait for it (in the trouble state) once the link closes.
+        self.stand_down_over_link(Duration::from_millis(m.mirror.qos_timeout_ms));
         self.context.config.update(|c| {
             if let Some(m) = c.mirror.membership.as_mut() {
                 m.stopped = true;
@@ -1175,21 +1227,7 @@ impl MirrorService {
                 "No Failover is set: clear it before demoting the backup".into(),
             ));
         }
-        if self.context.mirror.link.lock().unwrap().connected {
-            self.context
-                .mirror
-                .link_outbox
-                .lock()
-                .unwrap()
-                .push_back(super::protocol::Control::StoodDown);
-            // The receiver sends it on its next round (at least every quarter QoS).
-            let deadline = Instant::now() + Duration::from_millis(m.mirror.qos_timeout_ms);
-            while !self.context.mirror.link_outbox.lock().unwrap().is_empty()
-                && Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
+        self.stand_down_over_link(Duration::from_millis(m.mirror.qos_timeout_ms));
         self.context.config.update(|c| {
             if let Some(m) = c.mirror.membership.as_mut() {
                 m.this.kind = MemberKind::Dr;

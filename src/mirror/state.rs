@@ -173,9 +173,14 @@ pub struct ArbiterLinkState {
     pub events: VecDeque<Event>,
     /// What the driver wants said to the arbiter.
     pub outbox: VecDeque<crate::arbiter::ToArbiter>,
-    /// The primary's failover mode is arbiter controlled: said in every hello, so a new
-    /// connection never loses a mode change queued on the old one.
-    pub primary_in_arbiter_mode: bool,
+    /// The primary's failover mode is arbiter controlled, booked with this activation of the
+    /// backup: said in every hello, so a new connection never loses a mode change queued on the
+    /// old one.
+    pub arbiter_mode_booked: Option<u64>,
+    /// A backup's stand-down (naming the activation it ends) that no connection to the arbiter
+    /// has carried yet. Unlike the outbox it outlives a connection: a stand-down the arbiter
+    /// never hears leaves a takeover booked that nobody carries out.
+    pub stand_down: Option<u64>,
 }
 
 impl ArbiterLinkState {

@@ -96,9 +96,19 @@ pub fn router(instance: Arc<Instance>) -> Router {
         .with_state(state)
 }
 
-/// Load balancers ask this: 200 `SUCCESS` on the primary, 503 `FAILED` elsewhere.
+/// Load balancers ask this: 200 `SUCCESS` only while this member would acknowledge a write
+/// now — the primary, decided, not in trouble, its active backup (if any) answering, writes
+/// not frozen, its writer healthy — and 503 `FAILED` otherwise. A primary that is cut off stops
+/// saying SUCCESS long before another member takes over, so the balancer moves in time.
 async fn mirror_status(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
-    if state.instance.mirror.role() == crate::mirror::state::Role::Primary {
+    let instance = &state.instance;
+    let mirror = &instance.mirror;
+    if mirror.role() == crate::mirror::state::Role::Primary
+        && !mirror.deciding()
+        && mirror.hub.acknowledging_now()
+        && !instance.writer().frozen()
+        && instance.failure().is_none()
+    {
         (StatusCode::OK, "SUCCESS").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "FAILED").into_response()

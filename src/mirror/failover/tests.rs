@@ -38,7 +38,7 @@ fn pair(arbiter: bool) -> (Failover, Failover, ArbiterBook) {
             Mode::Agent,
             "the primary waits for the arbiter's booking"
         );
-        book.primary_mode(Mode::Arbiter);
+        book.primary_mode(Mode::Arbiter, 1);
         let actions = feed(&mut p, 0, &[Event::ArbiterBookedMode(true)]);
         assert_eq!(actions, vec![Action::SwitchMode(Mode::Arbiter)]);
         feed(
@@ -266,12 +266,12 @@ fn matrix_backup_arbiter_link_lost() {
         feed(&mut b, 1_000, &[Event::ArbiterLost]),
         vec![Action::SwitchMode(Mode::Agent)]
     );
+    // "Not seen" booked the primary alone: the backup can no longer take over through the
+    // arbiter, so the primary leaves arbiter mode at once (the backup follows, or already left).
     let actions = feed(&mut p, 1_000, &[to_primary(book.ask_from_primary())]);
-    assert_eq!(actions, vec![Action::AskPartnerToLeaveArbiterMode]);
-    assert_eq!(
-        feed(&mut p, 1_001, &[Event::PartnerMode(Mode::Agent)]),
-        vec![Action::SwitchMode(Mode::Agent)]
-    );
+    assert_eq!(actions, vec![Action::SwitchMode(Mode::Agent)]);
+    assert!(!book.primary_in_arbiter_mode);
+    assert!(feed(&mut p, 1_001, &[Event::PartnerMode(Mode::Agent)]).is_empty());
     assert!(p.accepts_writes());
     assert_eq!((p.mode(), b.mode()), (Mode::Agent, Mode::Agent));
 }
@@ -329,9 +329,13 @@ fn matrix_members_lose_each_other_but_both_still_see_the_arbiter() {
         vec![
             Action::SwitchMode(Mode::Agent),
             Action::StandDown,
-            Action::Reconnect
+            Action::AskAgent
         ]
     );
+    // The primary's agent says it runs: reconnect.
+    let actions = feed(&mut b, 1_003, &[Event::Agent(AgentAnswer::PrimaryRunning)]);
+    assert_eq!(actions, vec![Action::StandDown, Action::Reconnect]);
+    assert!(b.may_connect());
     // The stand-down reaches the primary through the arbiter.
     let actions = feed(&mut p, 1_003, &[Event::PartnerStoodDown]);
     assert_eq!(
@@ -433,11 +437,144 @@ fn matrix_all_three_links_lost_at_once() {
 fn outage_graceful_shutdown_of_the_primary_hands_over_in_either_mode() {
     for arbiter in [false, true] {
         let (_, mut b, _) = pair(arbiter);
-        assert_eq!(
-            feed(&mut b, 1_000, &[Event::PartnerHandsOver]),
-            vec![Action::TakeOver]
-        );
+        let mut expected = vec![Action::TakeOver];
+        if arbiter {
+            expected.push(Action::SwitchMode(Mode::Agent));
+        }
+        assert_eq!(feed(&mut b, 1_000, &[Event::PartnerHandsOver]), expected);
+        assert_eq!((b.role(), b.mode()), (FailoverRole::Primary, Mode::Agent));
     }
+}
+
+#[test]
+fn a_new_primary_starts_afresh_in_agent_mode_and_books_arbiter_mode_itself() {
+    // The backup was in arbiter mode, booked for the *old* primary. After taking over (here by
+    // a graceful handover) nothing of that carries over: the new primary shows Agent
+    // Controlled until the arbiter booked arbiter mode for it, so a monitor never promises a
+    // takeover the arbiter would refuse.
+    let (_, mut b, _) = pair(true);
+    feed(&mut b, 1_000, &[Event::PartnerHandsOver]);
+    assert_eq!(b.mode(), Mode::Agent);
+    assert!(b.accepts_writes() && !b.active());
+    // Its arbiter link reconnects in the new role; the old primary comes back as its backup.
+    let mut book = ArbiterBook {
+        sees_primary: true,
+        sees_backup: true,
+        ..Default::default()
+    };
+    feed(&mut b, 1_100, &[Event::ArbiterLost, Event::ArbiterConnected]);
+    let actions = feed(
+        &mut b,
+        1_200,
+        &[
+            Event::PartnerConnected,
+            Event::PartnerActive,
+            Event::ArbiterSeesPartner(true),
+        ],
+    );
+    assert_eq!(actions, vec![Action::BookArbiterMode]);
+    assert_eq!(b.mode(), Mode::Agent, "not before the arbiter booked it");
+    book.primary_mode(Mode::Arbiter, 2);
+    assert_eq!(
+        feed(&mut b, 1_300, &[Event::ArbiterBookedMode(true)]),
+        vec![Action::SwitchMode(Mode::Arbiter)]
+    );
+    // Now the promise holds: the arbiter approves a takeover once it loses this primary.
+    book.sees_primary = false;
+    assert!(book.ask_from_backup());
+}
+
+#[test]
+fn a_backup_that_may_not_take_over_asks_nobody_and_stands_down_at_once() {
+    for blocker in [
+        Event::NoFailover(true),
+        Event::DatabasesReady(false),
+        Event::MirrorStopped(true),
+    ] {
+        for arbiter in [false, true] {
+            let (_, mut b, _) = pair(arbiter);
+            feed(&mut b, 0, &[blocker]);
+            let actions = feed(&mut b, 1_000, &[Event::PartnerLost]);
+            let mut expected = vec![Action::StandDown, Action::Reconnect];
+            if arbiter {
+                expected.insert(0, Action::SwitchMode(Mode::Agent));
+            }
+            assert_eq!(actions, expected, "{blocker:?}, arbiter {arbiter}");
+            assert!(b.may_connect() && !b.active());
+            // Time passes: it never asks.
+            assert!(feed(&mut b, 1_000 + 5 * QOS, &[Event::Tick]).is_empty());
+        }
+    }
+}
+
+#[test]
+fn a_blocker_cleared_while_the_primary_is_gone_lets_the_backup_ask_the_agent() {
+    let (_, mut b, _) = pair(false);
+    feed(&mut b, 0, &[Event::NoFailover(true)]);
+    feed(&mut b, 1_000, &[Event::PartnerLost]);
+    // A person clears No Failover while the primary is down.
+    assert_eq!(
+        feed(&mut b, 5_000, &[Event::NoFailover(false)]),
+        vec![Action::AskAgent]
+    );
+    // Too late to count as the active backup: only with the journal.
+    let actions = feed(
+        &mut b,
+        5_100,
+        &[Event::Agent(AgentAnswer::PrimaryDown { journal: false })],
+    );
+    assert!(actions.is_empty(), "{actions:?}");
+    assert_eq!(
+        feed(
+            &mut b,
+            5_200,
+            &[Event::Agent(AgentAnswer::PrimaryDown { journal: true })]
+        ),
+        vec![Action::TakeOver]
+    );
+    // A backup that reconnected meanwhile has nothing to decide.
+    let (_, mut b, _) = pair(false);
+    feed(&mut b, 0, &[Event::DatabasesReady(false)]);
+    feed(&mut b, 1_000, &[Event::PartnerLost]);
+    feed(&mut b, 2_000, &[Event::PartnerConnected]);
+    assert!(feed(&mut b, 3_000, &[Event::DatabasesReady(true)]).is_empty());
+}
+
+#[test]
+fn a_refused_verdict_falls_back_to_the_agent_of_a_primary_that_went_on_alone() {
+    // The arbiter lost the primary, but the primary was not (or no longer) booked in arbiter
+    // mode: the arbiter refuses. The primary's agent can still tell that it is down, and serve
+    // the journal a non-active backup needs.
+    let (_, mut b, mut book) = pair(true);
+    book.primary_in_arbiter_mode = false;
+    book.sees_primary = false;
+    feed(&mut b, 1_000, &[Event::PartnerLost]);
+    let take_over = book.ask_from_backup();
+    assert!(!take_over);
+    let actions = feed(&mut b, 3_000, &[Event::ArbiterVerdict { take_over }]);
+    assert_eq!(
+        actions,
+        vec![
+            Action::SwitchMode(Mode::Agent),
+            Action::StandDown,
+            Action::AskAgent
+        ]
+    );
+    assert!(!b.may_connect(), "no reconnecting while the agent is asked");
+    let actions = feed(
+        &mut b,
+        3_100,
+        &[Event::Agent(AgentAnswer::PrimaryDown { journal: false })],
+    );
+    assert!(actions.is_empty(), "not active any more: {actions:?}");
+    assert_eq!(
+        feed(
+            &mut b,
+            3_200,
+            &[Event::Agent(AgentAnswer::PrimaryDown { journal: true })]
+        ),
+        vec![Action::TakeOver]
+    );
 }
 
 #[test]
@@ -508,8 +645,13 @@ fn the_arbiter_book_answers_one_question_at_a_time() {
         sees_primary: false,
         sees_backup: false,
         primary_in_arbiter_mode: true,
+        booked_activation: 7,
         backup_took_over: false,
     };
+    // A stand-down of an older activation, relayed late, does not end the booking.
+    let mut late = book.clone();
+    late.backup_stood_down(6);
+    assert!(late.primary_in_arbiter_mode);
     // The primary asked first: booked alone, so the backup may not take over.
     let mut first = book.clone();
     assert_eq!(first.ask_from_primary(), ToPrimary::SeesBackup(false));
@@ -517,6 +659,14 @@ fn the_arbiter_book_answers_one_question_at_a_time() {
     // The backup asked first: the takeover is booked and the primary is told.
     assert!(book.ask_from_backup());
     assert_eq!(book.ask_from_primary(), ToPrimary::BackupTookOver);
+    // A backup whose answer was lost asks again and hears the same, even with the primary back.
+    book.sees_primary = true;
+    assert!(book.ask_from_backup());
+    // It did not carry the takeover out (it may not, or it failed) and stood down: the booking
+    // is cancelled, and the old primary may resume.
+    book.backup_stood_down(0);
+    assert_eq!(book.ask_from_primary(), ToPrimary::SeesBackup(false));
+    assert!(!book.ask_from_backup());
 }
 
 #[test]
