@@ -212,6 +212,10 @@ struct Supervisor {
     status: Mutex<InstanceStatus>,
     /// Bumped whenever the instance exits, so a stop can wait for it.
     exits: watch::Sender<u64>,
+    /// Held while the agent reads the down instance's files (its journal) and while it starts
+    /// the instance: a Start waits for a read to end, and a read never begins beside a running
+    /// instance.
+    files: tokio::sync::Mutex<()>,
 }
 
 impl Supervisor {
@@ -266,8 +270,9 @@ impl Supervisor {
         }
     }
 
-    /// Starts the instance unless it runs.
-    fn start(self: &Arc<Self>) -> AgentReply {
+    /// Starts the instance unless it runs; waits while the agent reads its files.
+    async fn start(self: &Arc<Self>) -> AgentReply {
+        let _files = self.files.lock().await;
         let mut status = self.status.lock().unwrap();
         if status.state == "running" {
             let pid = status.pid.unwrap_or(0);
@@ -334,18 +339,24 @@ impl Supervisor {
         self.reply(true, format!("the instance was forced down: {why}"))
     }
 
-    /// See [`AgentRequest::JournalTail`].
+    /// See [`AgentRequest::JournalTail`]. Opening the journal may cut a torn tail and fsync, so
+    /// it happens only under the data directory's lock — the one the instance takes at start —
+    /// and a Start waits meanwhile.
     async fn journal_tail(&self, mirror_name: String, mirror_id: String, from: u64) -> AgentReply {
+        let _files = self.files.lock().await;
         if self.status().state == "running" {
             return self.reply(
                 false,
                 "the instance is running: its journal is served by the instance",
             );
         }
-        let dir = self.settings.data_dir.join("mgr").join("journal");
-        let read =
-            tokio::task::spawn_blocking(move || read_tail(&dir, &mirror_name, &mirror_id, from))
-                .await;
+        let data_dir = self.settings.data_dir.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let _lock = crate::instance::lock_data_dir(&data_dir)?;
+            let dir = data_dir.join("mgr").join("journal");
+            read_tail(&dir, &mirror_name, &mirror_id, from)
+        })
+        .await;
         match read {
             Ok(Ok(tail)) => AgentReply {
                 journal: Some(tail),
@@ -700,7 +711,7 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let reply = match request {
             AgentRequest::Status => supervisor.reply(true, "status"),
-            AgentRequest::Start => supervisor.start(),
+            AgentRequest::Start => supervisor.start().await,
             AgentRequest::Stop => supervisor.stop().await,
             AgentRequest::MirrorInfo {
                 mirror_name,
@@ -765,8 +776,9 @@ pub async fn run(
             starts: 0,
         }),
         exits,
+        files: tokio::sync::Mutex::new(()),
     });
-    let first = supervisor.start();
+    let first = supervisor.start().await;
     if !first.ok {
         return Err(Error::Unavailable(first.message));
     }

@@ -563,7 +563,13 @@ mod tests {
             drain(&mut brx),
             vec![FromArbiter::SeesPartner { sees: true }]
         );
-        arbiter.message(p, &ToArbiter::Mode { arbiter: true, activation: 7 });
+        arbiter.message(
+            p,
+            &ToArbiter::Mode {
+                arbiter: true,
+                activation: 7,
+            },
+        );
 
         // The backup asks while the primary is still seen: no answer until the primary speaks.
         arbiter.message(b, &ToArbiter::Ask);
@@ -590,7 +596,13 @@ mod tests {
         let mut second = Arbiter::default();
         let p2 = second.hello(ptx, &hello(true, 1)).unwrap();
         let b2 = second.hello(btx, &hello(false, 1)).unwrap();
-        second.message(p2, &ToArbiter::Mode { arbiter: true, activation: 7 });
+        second.message(
+            p2,
+            &ToArbiter::Mode {
+                arbiter: true,
+                activation: 7,
+            },
+        );
         drain(&mut prx);
         drain(&mut brx);
         second.message(b2, &ToArbiter::StoodDown { activation: 7 });
@@ -615,7 +627,13 @@ mod tests {
         let (btx, mut brx) = unbounded_channel();
         let p = arbiter.hello(ptx, &hello(true, 1)).unwrap();
         let b = arbiter.hello(btx, &hello(false, 1)).unwrap();
-        arbiter.message(p, &ToArbiter::Mode { arbiter: true, activation: 7 });
+        arbiter.message(
+            p,
+            &ToArbiter::Mode {
+                arbiter: true,
+                activation: 7,
+            },
+        );
         drain(&mut prx);
         drain(&mut brx);
         // The backup falls silent; the primary asks and, after the QoS, hears "not seen".

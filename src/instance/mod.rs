@@ -174,15 +174,7 @@ impl Instance {
     pub fn open(settings: InstanceSettings, on_fatal: FatalHook) -> Result<Arc<Instance>> {
         let data_dir = settings.data_dir.clone();
         let mgr = data_dir.join("mgr");
-        std::fs::create_dir_all(&mgr).io_context(format!("create {}", mgr.display()))?;
-        let lock =
-            File::create(mgr.join("instance.lck")).io_context("create the instance lock file")?;
-        lock.try_lock().map_err(|_| {
-            Error::Conflict(format!(
-                "another instance is already using the data directory {}",
-                data_dir.display()
-            ))
-        })?;
+        let lock = lock_data_dir(&data_dir)?;
 
         let config = Arc::new(ConfigStore::load_or_create(&data_dir, || {
             InstanceConfig::fresh(users::default_users())
@@ -578,6 +570,23 @@ impl Instance {
         self.mirror_service.hand_over();
         self.mirror_service.stop();
     }
+}
+
+/// Takes the data directory's lock (`mgr/instance.lck`), held while the returned file is open:
+/// by a running instance, and by its agent while it reads a down instance's journal.
+pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<File> {
+    let mgr = data_dir.join("mgr");
+    std::fs::create_dir_all(&mgr).io_context(format!("create {}", mgr.display()))?;
+    let lock =
+        File::create(mgr.join("instance.lck")).io_context("create the instance lock file")?;
+    lock.try_lock().map_err(|_| {
+        Error::Conflict(format!(
+            "another process is using the data directory {} (an instance, or its agent reading \
+             its journal)",
+            data_dir.display()
+        ))
+    })?;
+    Ok(lock)
 }
 
 /// Recovery of one mounted database at start-up: replayed from the journal its file follows.

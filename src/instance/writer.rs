@@ -109,6 +109,8 @@ const DEJOURNAL_CHUNK: u64 = 2_000;
 /// waits for a round but readers on the backup, who see a write up to this much later (commits
 /// wait for the journal, not for dejournaling).
 const DEJOURNAL_GATHER: Duration = Duration::from_millis(50);
+/// How often dejournaling that stopped on a full disk tries again by itself.
+const DISK_FULL_RETRY: Duration = Duration::from_secs(2);
 
 /// One statement to run as its own transaction.
 #[derive(Debug, Clone)]
@@ -353,6 +355,8 @@ pub struct Writer {
     /// Backup: where the last dejournal round stopped reading the mirror journal, so the next
     /// round reads on from there instead of searching from a seek mark.
     dejournal_resume: Option<ReadResume>,
+    /// Backup: databases whose dejournaling stopped on a full disk, and when to try again.
+    disk_full: BTreeMap<DbName, Instant>,
     /// The mirrored batch (or Add to Mirror's events) durable here and shipped, waiting for the
     /// active backup's acknowledgement before it commits (see the module essay).
     parked: Option<Parked>,
@@ -486,6 +490,7 @@ impl Writer {
             cursors: BTreeMap::new(),
             appliers: HashMap::new(),
             dejournal_resume: None,
+            disk_full: BTreeMap::new(),
             parked: None,
             waiting: VecDeque::new(),
             local_frames: Vec::with_capacity(64 * 1024),
@@ -618,11 +623,18 @@ impl Writer {
                 .as_ref()
                 .map(|p| p.since + self.mirror.hub.qos())
                 .filter(|at| *at > now);
+            let retry_at = self
+                .disk_full
+                .values()
+                .min()
+                .copied()
+                .filter(|_| self.frozen_until.is_none());
             let deadlines = [
                 self.frozen_until,
                 self.dirty.then(|| now + IDLE_CHECKPOINT),
                 self.dejournal_due.filter(|_| self.frozen_until.is_none()),
                 revoke_at,
+                retry_at,
             ];
             let wait = deadlines
                 .into_iter()
@@ -636,6 +648,9 @@ impl Writer {
                     Err(RecvTimeoutError::Timeout) => {
                         if revoke_at.is_some_and(|at| at <= Instant::now()) {
                             return Some(Command::Wake);
+                        }
+                        if retry_at.is_some_and(|at| at <= Instant::now()) {
+                            return Some(Command::Dejournal);
                         }
                         if self.frozen_until.is_none()
                             && self.dirty
@@ -1875,7 +1890,26 @@ impl Writer {
         let Some(journal) = self.mirror.journal() else {
             return;
         };
-        if self.is_primary() || self.cursors.is_empty() {
+        if self.is_primary() {
+            self.disk_full.clear();
+            return;
+        }
+        // Dejournaling that stopped on a full disk resumes by itself: if space came back, the
+        // copy catches up from the position it holds.
+        let now = Instant::now();
+        let due: Vec<DbName> = self
+            .disk_full
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(db, _)| db.clone())
+            .collect();
+        for db in due {
+            self.disk_full.remove(&db);
+            if let Err(err) = self.start_catchup(&db) {
+                tracing::warn!("dejournaling {db} could not resume: {err}");
+            }
+        }
+        if self.cursors.is_empty() {
             return;
         }
         let target = self.mirror.dejournal_target();
@@ -1883,12 +1917,20 @@ impl Writer {
         if from < target {
             let until = JournalPos(target.0.min(from.0 + DEJOURNAL_CHUNK));
             if let Err((failed, err)) = self.apply_range(&journal, from, until) {
+                let full = is_disk_full(&err);
                 for db in failed {
                     tracing::error!("dejournaling {db} stopped: {err}");
                     self.cursors.remove(&db);
+                    let message = if full {
+                        self.disk_full
+                            .insert(db.clone(), Instant::now() + DISK_FULL_RETRY);
+                        format!("{err} (dejournaling resumes by itself when space is free again)")
+                    } else {
+                        err.to_string()
+                    };
                     self.mirror.update_database(&db, |d| {
                         d.dejournaling = false;
-                        d.phase = CatchupPhase::Failed(err.to_string());
+                        d.phase = CatchupPhase::Failed(message);
                     });
                 }
             }
@@ -2068,6 +2110,13 @@ impl Writer {
             "this member left mirror {name}; its copies of the mirrored databases are now local databases"
         ))
     }
+}
+
+/// Whether `err` says the disk is full (SQLite's "database or disk is full", the system's "No
+/// space left on device"): a failure that goes away by itself once space is freed.
+fn is_disk_full(err: &Error) -> bool {
+    let text = err.to_string();
+    text.contains("disk is full") || text.contains("No space left")
 }
 
 /// Answers a command that cannot be carried out with `err`.

@@ -136,11 +136,11 @@ impl Driver {
         self.no_failover = None;
         self.ready = None;
         self.stopped = None;
-        let context = self.service.context();
-        let activation = context.mirror.link.lock().unwrap().activation;
-        let mut arbiter = context.mirror.arbiter.lock().unwrap();
+        let mut arbiter = self.service.context().mirror.arbiter.lock().unwrap();
         arbiter.arbiter_mode_booked = None;
-        arbiter.stand_down = (role == FailoverRole::Backup).then_some(activation);
+        // Naming no activation: it must not end one these rules have not even seen yet (the
+        // receiver may have been activated a moment ago), only what older rules were granted.
+        arbiter.stand_down = (role == FailoverRole::Backup).then_some(0);
     }
 
     fn step(&mut self) {
@@ -298,8 +298,7 @@ impl Driver {
         // A backup follows the primary into arbiter mode only once it sees the arbiter too,
         // which may come later than the primary's word: the primary repeats it (the backup
         // ignores a repeat).
-        if failover.repeats_arbiter_mode() && self.last_mode_repeat.elapsed() >= MODE_REPEAT
-        {
+        if failover.repeats_arbiter_mode() && self.last_mode_repeat.elapsed() >= MODE_REPEAT {
             self.last_mode_repeat = Instant::now();
             context
                 .mirror

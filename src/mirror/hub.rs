@@ -680,7 +680,10 @@ mod tests {
         assert!(hub.has_active_backup());
         hub.publish_end_for_tests(JournalPos(6));
         let since = Instant::now();
-        assert_eq!(hub.acknowledgement(JournalPos(5), since), Acknowledged::Waiting);
+        assert_eq!(
+            hub.acknowledgement(JournalPos(5), since),
+            Acknowledged::Waiting
+        );
         // An acknowledgement short of the batch wakes nobody; the one that covers it does.
         let before = wakes.load(Ordering::SeqCst);
         hub.on_ack(id, JournalPos(4));
@@ -695,9 +698,15 @@ mod tests {
         // Nobody acknowledges position 6: past QoS the backup is revoked and told to go, and the
         // batch waits (trouble) until the failover rules resume.
         let since = Instant::now();
-        assert_eq!(hub.acknowledgement(JournalPos(6), since), Acknowledged::Waiting);
+        assert_eq!(
+            hub.acknowledgement(JournalPos(6), since),
+            Acknowledged::Waiting
+        );
         std::thread::sleep(Duration::from_millis(320));
-        assert_eq!(hub.acknowledgement(JournalPos(6), since), Acknowledged::Waiting);
+        assert_eq!(
+            hub.acknowledgement(JournalPos(6), since),
+            Acknowledged::Waiting
+        );
         assert!(hub.suspended() && !hub.may_commit() && !hub.acknowledging_now());
         assert!(!hub.has_active_backup());
         assert!(!outbox.is_open());
@@ -712,7 +721,10 @@ mod tests {
         assert!(!hub.resume(generation - 1));
         let before = wakes.load(Ordering::SeqCst);
         assert!(hub.resume(generation));
-        assert!(wakes.load(Ordering::SeqCst) > before, "resuming wakes the writer");
+        assert!(
+            wakes.load(Ordering::SeqCst) > before,
+            "resuming wakes the writer"
+        );
         assert_eq!(hub.acknowledgement(JournalPos(6), since), Acknowledged::Yes);
         // The closing link reports nothing twice.
         hub.unregister(id, "closed");

@@ -278,8 +278,7 @@ impl MirrorContext {
                     .taking_over
                     .load(std::sync::atomic::Ordering::Acquire)
                 || (self.mirror.role() == state::Role::Backup
-                    && (self.mirror.link.lock().unwrap().connected
-                        || !self.mirror.may_connect())),
+                    && (self.mirror.link.lock().unwrap().connected || !self.mirror.may_connect())),
         })
     }
 

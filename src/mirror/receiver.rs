@@ -70,6 +70,9 @@ pub fn start(
                 if link.connected || link.disconnected_ms.is_none() {
                     link.disconnected_ms = Some(now);
                 }
+                if link.connected {
+                    link.active_when_lost = link.active;
+                }
                 link.connected = false;
                 link.active = false;
                 if let Err(err) = result {

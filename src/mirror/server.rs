@@ -337,7 +337,9 @@ fn accept_member(
                 "a hello for {} came from {}, which is none of its configured addresses \
                  ({}, {}, {}): refused",
                 member.name,
-                peer_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "an unknown address".into()),
+                peer_ip
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_else(|| "an unknown address".into()),
                 known.superserver_address,
                 known.mirror_private_address,
                 known.agent_address

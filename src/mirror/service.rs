@@ -389,7 +389,9 @@ impl MirrorService {
             }
             Role::Backup => {
                 if self.stand_down_over_link(qos) {
-                    tracing::info!("mirror: shutting down: told the primary this backup stands down");
+                    tracing::info!(
+                        "mirror: shutting down: told the primary this backup stands down"
+                    );
                 }
             }
             _ => {}
@@ -1121,16 +1123,29 @@ impl MirrorService {
             ));
         }
         let role = self.context.mirror.role();
+        let connected = self.context.mirror.link.lock().unwrap().connected;
+        if role != Role::Primary && !connected && !on {
+            // A person must be able to clear it whenever they need to: with the primary gone,
+            // this backup may then take over (it asks the primary's agent). The primary, back,
+            // resumes and clears it too.
+            if m.mirror.defined_primary.is_none() {
+                return Ok("No Failover was not set".into());
+            }
+            self.store_no_failover(None)?;
+            return Ok(
+                "No Failover is cleared on this member (the primary is not connected): it may \
+                 take over if the primary is down"
+                    .into(),
+            );
+        }
         let primary = match role {
             Role::Primary => m.this.name.clone(),
-            _ => match (
-                &m.primary_name,
-                self.context.mirror.link.lock().unwrap().connected,
-            ) {
+            _ => match (&m.primary_name, connected) {
                 (Some(p), true) => p.clone(),
                 _ => {
                     return Err(Error::Conflict(
-                        "this member is not connected to the primary: No Failover is changed while both failover members are connected"
+                        "this member is not connected to the primary: No Failover is set while \
+                         both failover members are connected"
                             .into(),
                     ));
                 }
@@ -1338,7 +1353,9 @@ impl MirrorService {
             .as_ref()
             .and_then(|j| j.locate(end))
             .unwrap_or_default();
-        let active = self.context.mirror.link.lock().unwrap().active;
+        let link = self.context.mirror.link.lock().unwrap().clone();
+        // Losing the link resets `active`: what counts is whether it was active then.
+        let active = link.active || (!link.connected && link.active_when_lost);
         let other = config
             .mirror
             .membership
@@ -1346,7 +1363,10 @@ impl MirrorService {
             .and_then(|m| m.primary_name.clone())
             .unwrap_or_else(|| "the other member".into());
         format!(
-            "This member {} the active backup when it lost the primary; it holds mirror journal data up to              position {end}{}. If {other} acknowledged writes after that, they are lost, and {other} will              have to be rebuilt before it can join again. Confirm to force this member to become the primary.",
+            "This member {} the active backup when it lost the primary; it holds mirror journal \
+             data up to position {end}{}. If {other} acknowledged writes after that, they are \
+             lost, and {other} will have to be rebuilt before it can join again. Confirm to force \
+             this member to become the primary.",
             if active { "was" } else { "was NOT" },
             if file.is_empty() {
                 String::new()
@@ -1547,7 +1567,20 @@ impl MirrorService {
                     now_ms: now,
                 }
             };
-            if let Some(p) = m.primary_name.as_deref().and_then(|p| m.member(p)) {
+            // The other failover member (the one this member follows, or — for a former primary
+            // still deciding its role, which names itself — the other one), then this member.
+            let partner = m
+                .primary_name
+                .as_deref()
+                .filter(|p| *p != m.this.name)
+                .and_then(|p| m.member(p))
+                .or_else(|| {
+                    m.others
+                        .iter()
+                        .find(|o| o.kind == MemberKind::Failover)
+                        .filter(|_| m.this.kind == MemberKind::Failover)
+                });
+            if let Some(p) = partner {
                 members.push(MemberRow {
                     name: p.name.clone(),
                     kind: p.kind.display().into(),

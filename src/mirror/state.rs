@@ -36,6 +36,8 @@ pub struct LinkStatus {
     pub primary: Option<MemberInfo>,
     /// Whether the primary counts this member as its active backup.
     pub active: bool,
+    /// Whether it was the active backup when the link was last lost (for the Force warning).
+    pub active_when_lost: bool,
     /// The primary's token for this member's latest activation (0: never activated).
     pub activation: u64,
     /// When the link came up or went down.

@@ -462,7 +462,11 @@ fn a_new_primary_starts_afresh_in_agent_mode_and_books_arbiter_mode_itself() {
         sees_backup: true,
         ..Default::default()
     };
-    feed(&mut b, 1_100, &[Event::ArbiterLost, Event::ArbiterConnected]);
+    feed(
+        &mut b,
+        1_100,
+        &[Event::ArbiterLost, Event::ArbiterConnected],
+    );
     let actions = feed(
         &mut b,
         1_200,

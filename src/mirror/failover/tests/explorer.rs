@@ -274,7 +274,9 @@ impl World {
         world.settle();
         if with_arbiter {
             for i in [0, 1] {
-                world.apply(&Step::ConnectArbiter(i)).expect("a healthy start");
+                world
+                    .apply(&Step::ConnectArbiter(i))
+                    .expect("a healthy start");
                 world.settle();
             }
             assert_eq!(
@@ -377,11 +379,16 @@ impl World {
         };
         let epoch = self.m[i].epoch;
         if primary
-            && (epoch < self.book_epoch
-                || (epoch == self.book_epoch && self.book.backup_took_over))
+            && (epoch < self.book_epoch || (epoch == self.book_epoch && self.book.backup_took_over))
         {
             // A former primary: it hears that the backup took over, and nothing else.
-            self.push(i, Event::PartnerIsPrimary, Queue::Arbiter, Carrier::Local, None);
+            self.push(
+                i,
+                Event::PartnerIsPrimary,
+                Queue::Arbiter,
+                Carrier::Local,
+                None,
+            );
             return Ok(());
         }
         if epoch > self.book_epoch {
@@ -680,7 +687,7 @@ impl World {
         if role == FailoverRole::Backup {
             // New rules know of no takeover granted to the old ones: whatever the arbiter
             // booked for this member is cancelled by the first connection.
-            m.owed_stand_down = Some(m.activation);
+            m.owed_stand_down = Some(0);
         }
         for event in [
             Event::NoFailover(no_failover),
@@ -809,10 +816,7 @@ impl World {
                     && m.host
                     && !m.arbiter
                     && loss_reported
-                    && matches!(
-                        m.role(),
-                        Some(FailoverRole::Primary | FailoverRole::Backup)
-                    )
+                    && matches!(m.role(), Some(FailoverRole::Primary | FailoverRole::Backup))
                 {
                     steps.push(Step::ConnectArbiter(i));
                 }
@@ -999,7 +1003,13 @@ impl World {
                 let c = self.channel.take().unwrap();
                 self.inbox
                     .retain(|d| d.carrier != Carrier::Channel(c.generation));
-                self.push(c.primary, Event::PartnerLost, Queue::Link, Carrier::Local, None);
+                self.push(
+                    c.primary,
+                    Event::PartnerLost,
+                    Queue::Link,
+                    Carrier::Local,
+                    None,
+                );
             }
             Step::RepeatMode => {
                 let b = self.backup().unwrap();
@@ -1198,8 +1208,8 @@ fn budget() -> Budget {
 #[test]
 fn explored_agent_mode_pair_keeps_the_invariants() {
     let depth = depth(9);
-    let states = explore(World::healthy(false), depth, budget())
-        .unwrap_or_else(|why| panic!("{why}"));
+    let states =
+        explore(World::healthy(false), depth, budget()).unwrap_or_else(|why| panic!("{why}"));
     println!("agent mode: {states} states to depth {depth}");
     assert!(states > 10_000, "explored only {states} states");
 }
@@ -1207,8 +1217,8 @@ fn explored_agent_mode_pair_keeps_the_invariants() {
 #[test]
 fn explored_arbiter_mode_pair_keeps_the_invariants() {
     let depth = depth(8);
-    let states = explore(World::healthy(true), depth, budget())
-        .unwrap_or_else(|why| panic!("{why}"));
+    let states =
+        explore(World::healthy(true), depth, budget()).unwrap_or_else(|why| panic!("{why}"));
     println!("arbiter mode: {states} states to depth {depth}");
     assert!(states > 10_000, "explored only {states} states");
 }
