@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::{Sender, channel};
 
 use crate::error::{Error, Result};
 use crate::limits::{ARBITER_CONNECTIONS, ConnectionSlots};
@@ -128,11 +128,15 @@ pub enum FromArbiter {
     },
 }
 
+/// Most messages waiting for one member's connection: the arbiter says little, and a member
+/// that lets this many pile up has stopped reading.
+const ARBITER_QUEUE: usize = 64;
+
 /// A connected failover member.
 #[derive(Debug, Clone)]
 struct Slot {
     conn: u64,
-    tx: UnboundedSender<FromArbiter>,
+    tx: Sender<FromArbiter>,
 }
 
 /// A question waiting for the partner to speak (or to be lost).
@@ -152,6 +156,8 @@ struct MirrorRecord {
     primary: Option<Slot>,
     backup: Option<Slot>,
     pending: Vec<Pending>,
+    /// Connections whose member stopped reading (see `send`).
+    overflowed: Vec<u64>,
 }
 
 impl MirrorRecord {
@@ -168,10 +174,15 @@ impl MirrorRecord {
         self.book.sees_backup = self.backup.is_some();
     }
 
-    fn send(&self, primary: bool, message: FromArbiter) {
+    /// Sends to the member in slot `primary`. A member that does not read what it is sent
+    /// (its queue is full) is dropped as lost — never a message skipped, never a queue without
+    /// end.
+    fn send(&mut self, primary: bool, message: FromArbiter) {
         let slot = if primary { &self.primary } else { &self.backup };
-        if let Some(slot) = slot {
-            let _ = slot.tx.send(message);
+        if let Some(slot) = slot
+            && let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) = slot.tx.try_send(message)
+        {
+            self.overflowed.push(slot.conn);
         }
     }
 
@@ -234,7 +245,31 @@ pub struct Arbiter {
 
 impl Arbiter {
     /// A member connected; returns its connection id.
-    pub fn hello(&mut self, tx: UnboundedSender<FromArbiter>, hello: &ToArbiter) -> Option<u64> {
+    pub fn hello(&mut self, tx: Sender<FromArbiter>, hello: &ToArbiter) -> Option<u64> {
+        let conn = self.hello_inner(tx, hello);
+        self.drop_overflowed();
+        conn
+    }
+
+    /// Members that stopped reading are lost (see `MirrorRecord::send`).
+    fn drop_overflowed(&mut self) {
+        loop {
+            let overflowed: Vec<u64> = self
+                .mirrors
+                .values_mut()
+                .flat_map(|r| r.overflowed.drain(..))
+                .collect();
+            if overflowed.is_empty() {
+                return;
+            }
+            for conn in overflowed {
+                tracing::warn!("arbiter: a member stopped reading; its connection counts as lost");
+                self.lost_inner(conn);
+            }
+        }
+    }
+
+    fn hello_inner(&mut self, tx: Sender<FromArbiter>, hello: &ToArbiter) -> Option<u64> {
         let ToArbiter::Hello {
             mirror_id,
             mirror_name,
@@ -256,7 +291,7 @@ impl Arbiter {
         {
             // A former primary of an older epoch, or the one whose backup this arbiter let take
             // over: it must stop, and it must hear nothing else first.
-            let _ = tx.send(FromArbiter::BackupTookOver);
+            let _ = tx.try_send(FromArbiter::BackupTookOver);
             return None;
         }
         if *epoch > record.epoch {
@@ -306,6 +341,11 @@ impl Arbiter {
 
     /// A member's message after its hello.
     pub fn message(&mut self, conn: u64, message: &ToArbiter) {
+        self.message_inner(conn, message);
+        self.drop_overflowed();
+    }
+
+    fn message_inner(&mut self, conn: u64, message: &ToArbiter) {
         let Some((mirror, primary)) = self.conns.get(&conn).cloned() else {
             return;
         };
@@ -366,6 +406,11 @@ impl Arbiter {
 
     /// A member's connection closed or fell silent.
     pub fn lost(&mut self, conn: u64) {
+        self.lost_inner(conn);
+        self.drop_overflowed();
+    }
+
+    fn lost_inner(&mut self, conn: u64) {
         let Some((mirror, primary)) = self.conns.remove(&conn) else {
             return;
         };
@@ -404,8 +449,9 @@ impl Arbiter {
             }
         }
         for (_, conn) in silent {
-            self.lost(conn);
+            self.lost_inner(conn);
         }
+        self.drop_overflowed();
     }
 
     /// The health check's summary.
@@ -443,7 +489,7 @@ async fn serve(state: Arc<Mutex<Arbiter>>, stream: TcpStream) -> Result<()> {
         return Err(Error::InvalidInput("a member must say hello first".into()));
     };
     let qos = Duration::from_millis((*qos_ms).clamp(100, 120_000));
-    let (tx, mut rx) = unbounded_channel::<FromArbiter>();
+    let (tx, mut rx) = channel::<FromArbiter>(ARBITER_QUEUE);
     let heartbeat = (qos / 4).max(Duration::from_millis(25));
     let send = tokio::spawn(async move {
         loop {
@@ -525,7 +571,7 @@ pub async fn run(listen: &str, shutdown: impl std::future::Future<Output = ()>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::sync::mpsc::UnboundedReceiver;
+    use tokio::sync::mpsc::Receiver;
 
     fn hello(primary: bool, epoch: u64) -> ToArbiter {
         ToArbiter::Hello {
@@ -540,7 +586,7 @@ mod tests {
         }
     }
 
-    fn drain(rx: &mut UnboundedReceiver<FromArbiter>) -> Vec<FromArbiter> {
+    fn drain(rx: &mut Receiver<FromArbiter>) -> Vec<FromArbiter> {
         let mut out = Vec::new();
         while let Ok(m) = rx.try_recv() {
             out.push(m);
@@ -551,8 +597,8 @@ mod tests {
     #[test]
     fn a_backup_takes_over_only_when_the_arbiter_lost_a_primary_in_arbiter_mode() {
         let mut arbiter = Arbiter::default();
-        let (ptx, mut prx) = unbounded_channel();
-        let (btx, mut brx) = unbounded_channel();
+        let (ptx, mut prx) = channel(ARBITER_QUEUE);
+        let (btx, mut brx) = channel(ARBITER_QUEUE);
         let p = arbiter.hello(ptx, &hello(true, 1)).unwrap();
         let b = arbiter.hello(btx, &hello(false, 1)).unwrap();
         assert_eq!(
@@ -591,8 +637,8 @@ mod tests {
             ]
         );
         // A backup that stands down is relayed to the primary, and can no longer win.
-        let (ptx, mut prx) = unbounded_channel();
-        let (btx, mut brx) = unbounded_channel();
+        let (ptx, mut prx) = channel(ARBITER_QUEUE);
+        let (btx, mut brx) = channel(ARBITER_QUEUE);
         let mut second = Arbiter::default();
         let p2 = second.hello(ptx, &hello(true, 1)).unwrap();
         let b2 = second.hello(btx, &hello(false, 1)).unwrap();
@@ -615,16 +661,36 @@ mod tests {
         assert!(drain(&mut brx).contains(&FromArbiter::Verdict { take_over: false }));
 
         // The old primary comes back in the old epoch: it hears of the takeover, and only that.
-        let (otx, mut orx) = unbounded_channel();
+        let (otx, mut orx) = channel(ARBITER_QUEUE);
         assert!(arbiter.hello(otx, &hello(true, 1)).is_none());
         assert_eq!(drain(&mut orx), vec![FromArbiter::BackupTookOver]);
     }
 
     #[test]
+    fn a_member_that_stops_reading_is_dropped_instead_of_queueing_without_end() {
+        let mut arbiter = Arbiter::default();
+        let (ptx, _never_read) = channel(ARBITER_QUEUE);
+        arbiter.hello(ptx, &hello(true, 1)).unwrap();
+        // The backup comes and goes; every change is news for the primary, which never reads.
+        for _ in 0..ARBITER_QUEUE {
+            let (btx, _brx) = channel(ARBITER_QUEUE);
+            let b = arbiter.hello(btx, &hello(false, 1)).unwrap();
+            arbiter.lost(b);
+        }
+        assert_eq!(
+            arbiter.status(),
+            FromArbiter::Status {
+                mirrors: vec![("MIRRORSET".into(), 0)]
+            },
+            "the primary that stopped reading is no longer counted as connected"
+        );
+    }
+
+    #[test]
     fn a_primary_that_went_on_alone_cannot_be_taken_over_through_the_arbiter() {
         let mut arbiter = Arbiter::default();
-        let (ptx, mut prx) = unbounded_channel();
-        let (btx, mut brx) = unbounded_channel();
+        let (ptx, mut prx) = channel(ARBITER_QUEUE);
+        let (btx, mut brx) = channel(ARBITER_QUEUE);
         let p = arbiter.hello(ptx, &hello(true, 1)).unwrap();
         let b = arbiter.hello(btx, &hello(false, 1)).unwrap();
         arbiter.message(
@@ -645,12 +711,12 @@ mod tests {
             vec![FromArbiter::SeesPartner { sees: false }]
         );
         // A stale former primary is told at once that someone took over.
-        let (stx, mut srx) = unbounded_channel();
+        let (stx, mut srx) = channel(ARBITER_QUEUE);
         assert!(arbiter.hello(stx, &hello(true, 0)).is_none());
         assert_eq!(drain(&mut srx), vec![FromArbiter::BackupTookOver]);
         // The primary is now booked as alone: a backup that comes back and asks cannot win,
         // even once the primary is gone.
-        let (btx, mut brx) = unbounded_channel();
+        let (btx, mut brx) = channel(ARBITER_QUEUE);
         let b2 = arbiter.hello(btx, &hello(false, 1)).unwrap();
         arbiter.lost(p);
         arbiter.message(b2, &ToArbiter::Ask);

@@ -185,13 +185,66 @@ pub fn quarantine(
     Ok(count)
 }
 
-/// Reads the quarantine file (empty when there is none); malformed lines are skipped.
-pub fn read_quarantine(data_dir: &Path) -> Vec<QuarantinedRow> {
-    std::fs::read_to_string(quarantine_file(data_dir))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .collect()
+/// What the monitor shows of the quarantine file: how many rows it holds, the newest few, and
+/// how many lines could not be read.
+#[derive(Debug, Clone, Default)]
+pub struct QuarantineSummary {
+    /// Rows in the file.
+    pub count: usize,
+    /// The newest rows, oldest first (at most the number asked for).
+    pub newest: Vec<QuarantinedRow>,
+    /// Lines that are not a row (a damaged file): counted, and said on the monitor.
+    pub unreadable: usize,
+}
+
+/// Reads the quarantine file incrementally: the file only grows, so each call reads just what
+/// was appended since the last one (the monitor refreshes every few seconds; re-reading a large
+/// file whole each time would cost without end). Keeps at most `keep` newest rows in memory.
+#[derive(Debug, Default)]
+pub struct QuarantineReader {
+    /// Bytes of the file read so far, and the summary up to there.
+    read: u64,
+    summary: QuarantineSummary,
+}
+
+impl QuarantineReader {
+    /// The summary of the file in `data_dir`, keeping the newest `keep` rows.
+    pub fn summary(&mut self, data_dir: &Path, keep: usize) -> QuarantineSummary {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut file) = std::fs::File::open(quarantine_file(data_dir)) else {
+            return QuarantineSummary::default();
+        };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < self.read {
+            // Replaced by a smaller file: start over.
+            *self = QuarantineReader::default();
+        }
+        let mut appended = String::new();
+        if file.seek(SeekFrom::Start(self.read)).is_ok()
+            && file.read_to_string(&mut appended).is_ok()
+        {
+            // Only whole lines: a line being written now is read next time.
+            let whole = appended.rfind('\n').map(|i| i + 1).unwrap_or(0);
+            for line in appended[..whole].lines().filter(|l| !l.is_empty()) {
+                match serde_json::from_str::<QuarantinedRow>(line) {
+                    Ok(row) => {
+                        self.summary.count += 1;
+                        self.summary.newest.push(row);
+                    }
+                    Err(err) => {
+                        self.summary.unreadable += 1;
+                        tracing::warn!(
+                            "mirror: a line of the quarantine file is unreadable: {err}"
+                        );
+                    }
+                }
+            }
+            let excess = self.summary.newest.len().saturating_sub(keep);
+            self.summary.newest.drain(..excess);
+            self.read += whole as u64;
+        }
+        self.summary.clone()
+    }
 }
 
 /// Rolls `entry`'s copy back to position `after`: inverts, newest first, the changesets it
@@ -255,5 +308,48 @@ pub fn undo(entry: &DatabaseEntry, journal: &JournalShared, after: JournalPos) -
             let _ = conn.execute_batch("ROLLBACK");
             Err(err)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn row(position: u64) -> String {
+        serde_json::json!({
+            "quarantined_ms": 1, "mirror": "MIRRORSET", "position": position, "epoch": 1,
+            "time_ms": 1, "database": "COMPANY", "table": "Company", "operation": "INSERT",
+            "old": [], "new": ["x"]
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn the_monitor_reads_only_what_was_appended_and_keeps_the_newest_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("mgr")).unwrap();
+        let path = quarantine_file(dir.path());
+        let mut reader = QuarantineReader::default();
+        assert_eq!(reader.summary(dir.path(), 2).count, 0);
+        let mut file = std::fs::File::create(&path).unwrap();
+        for position in 1..=3 {
+            writeln!(file, "{}", row(position)).unwrap();
+        }
+        // A damaged line, and half a line still being written.
+        writeln!(file, "not a row").unwrap();
+        let fourth = row(4);
+        write!(file, "{}", &fourth[..10]).unwrap();
+        let summary = reader.summary(dir.path(), 2);
+        assert_eq!((summary.count, summary.unreadable), (3, 1));
+        let positions: Vec<u64> = summary.newest.iter().map(|r| r.position).collect();
+        assert_eq!(positions, vec![2, 3]);
+        // The rest of the line arrives, and one more row: only they are read.
+        writeln!(file, "{}", &fourth[10..]).unwrap();
+        writeln!(file, "{}", row(5)).unwrap();
+        let summary = reader.summary(dir.path(), 2);
+        assert_eq!((summary.count, summary.unreadable), (5, 1));
+        let positions: Vec<u64> = summary.newest.iter().map(|r| r.position).collect();
+        assert_eq!(positions, vec![4, 5]);
     }
 }

@@ -25,6 +25,10 @@
 //! - **Closing.** After [`Outbox::close`] (or [`Outbox::hang_up`]) nothing more is accepted; the
 //!   sender thread writes what is queued and ends. A message too large for the protocol closes
 //!   the outbox the same way: skipping it would leave a gap the member waits on.
+//! - **Bounded.** At most [`MAX_QUEUED_BYTES`] wait for the sender thread. A member that reads
+//!   steadily but slower than the primary writes (an async on a slow link) would otherwise make
+//!   the queue grow without end: past the bound the outbox closes like that, and the member
+//!   reconnects and catches up from the journal files, as on any reconnect.
 //!
 //! Until the sender thread calls [`Outbox::open_direct`], messages only queue: a member that
 //! just connected must first be sent what it lacks from the journal files.
@@ -37,6 +41,9 @@ use crate::journal::JournalPos;
 use crate::tls::Channel;
 
 use super::protocol::{Control, write_control, write_frames};
+
+/// Most bytes queued for one member's sender thread (see the module essay).
+pub const MAX_QUEUED_BYTES: usize = 32 << 20;
 
 /// What the sender thread is to do next.
 #[derive(Debug, PartialEq, Eq)]
@@ -125,16 +132,24 @@ impl Outbox {
         }
         let was_empty = state.queued.is_empty();
         let start = state.queued.len();
-        if !encode(&mut state.queued) {
-            // Too large for one message (the protocol's limit): nothing partial may stay
-            // behind, and nothing may be skipped either. The connection ends once what is
-            // queued is written; the member reconnects and is sent the records from the
-            // journal files, in chunks the limit allows.
+        let encoded = encode(&mut state.queued);
+        if !encoded || state.queued.len() > MAX_QUEUED_BYTES {
+            // Too large for one message (the protocol's limit), or the member falls too far
+            // behind: nothing partial may stay behind, and nothing may be skipped either. The
+            // connection ends once what is queued is written; the member reconnects and is sent
+            // the records from the journal files, in chunks the limit allows.
             state.queued.truncate(start);
             state.closing = true;
             state.direct = None;
             drop(state);
-            tracing::warn!("mirror: a message exceeds the protocol's limit; the link restarts");
+            if encoded {
+                tracing::warn!(
+                    "mirror: a member falls behind by more than {} MiB; its link restarts",
+                    MAX_QUEUED_BYTES >> 20
+                );
+            } else {
+                tracing::warn!("mirror: a message exceeds the protocol's limit; the link restarts");
+            }
             self.wake.notify_all();
             return;
         }
@@ -410,6 +425,31 @@ mod tests {
             1,
             "only what came before stays"
         );
+        let mut out = Vec::new();
+        assert_eq!(outbox.next(Duration::from_secs(1), &mut out), Next::Write);
+        out.clear();
+        assert_eq!(outbox.next(Duration::from_secs(1), &mut out), Next::End);
+    }
+
+    #[test]
+    fn a_member_that_falls_too_far_behind_is_cut_off_with_a_bounded_queue() {
+        // Nothing drains the queue (the way is not open): a slow member's backlog.
+        let outbox = Outbox::new();
+        let batch = vec![7u8; 1 << 20];
+        let mut pos = 1;
+        while outbox.is_open() {
+            outbox.frames(JournalPos(pos), JournalPos(pos), &batch);
+            pos += 1;
+            assert!(pos < 1_000, "the queue never stopped growing");
+        }
+        assert!(
+            outbox.queued_len() <= MAX_QUEUED_BYTES,
+            "{}",
+            outbox.queued_len()
+        );
+        // What was queued is still written, whole, before the connection ends.
+        let queued = outbox.queued_messages().len();
+        assert_eq!(queued as u64, pos - 2);
         let mut out = Vec::new();
         assert_eq!(outbox.next(Duration::from_secs(1), &mut out), Next::Write);
         out.clear();

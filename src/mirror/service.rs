@@ -250,6 +250,8 @@ pub struct MirrorService {
     listener: Running<std::net::SocketAddr>,
     driver: Running<()>,
     arbiter_link: Running<()>,
+    /// Reads the quarantine file for the monitor, a little at a time.
+    quarantine: Mutex<super::divergence::QuarantineReader>,
 }
 
 fn host_of(address: &str) -> String {
@@ -302,6 +304,7 @@ impl MirrorService {
             listener: Mutex::new(Some((thread, stop, address))),
             driver: Mutex::new(None),
             arbiter_link: Mutex::new(None),
+            quarantine: Mutex::new(Default::default()),
         });
         let stopped = service.context.config.get().mirror.stopped();
         if matches!(service.context.mirror.role(), Role::Backup | Role::Async(_)) && !stopped {
@@ -1724,10 +1727,12 @@ impl MirrorService {
             journal_end: journal.map(|j| j.durable_end().0),
             failover_note: failover.note.clone(),
             quarantine: {
-                let mut rows = super::divergence::read_quarantine(&context.data_dir);
-                let total = rows.len();
-                rows.drain(..total.saturating_sub(QUARANTINE_SHOWN));
-                (rows, total)
+                let summary = self
+                    .quarantine
+                    .lock()
+                    .unwrap()
+                    .summary(&context.data_dir, QUARANTINE_SHOWN);
+                (summary.newest, summary.count)
             },
             no_failover: m.mirror.defined_primary.clone(),
             stopped: m.stopped,
