@@ -741,7 +741,7 @@ async fn a_backup_that_was_not_active_takes_over_with_the_journal_from_the_prima
         "B did not fetch A's journal:\n{}",
         b.log()
     );
-    assert_all_present(&b, &alone, "B").await;
+    assert_all_present(&b, &Outcome::from(alone), "B").await;
     a.start_instance().await;
     a.wait_ready().await;
     a.wait_mirror(20, "B's backup", |v| v["status"] == "Backup")

@@ -617,3 +617,5 @@ async fn a_runaway_statement_is_stopped_and_does_not_block_dismount() {
         landed as usize
     );
 }
+
+mod mirrored;

@@ -91,10 +91,10 @@ use super::sql::{QueryResult, SqlValue, collect_rows, with_statement};
 pub const MAX_BATCH: usize = 256;
 /// Most commands queued for the writer: a handler finding the queue full is answered "try
 /// again" instead of adding to memory without end.
-const QUEUE: usize = 4_096;
+const QUEUE: usize = 1_024;
 /// Most commands held back (behind a Freeze, or while mirrored writes may not commit): more
 /// are refused with a message.
-const MAX_HELD: usize = 10_000;
+const MAX_HELD: usize = 1_000;
 /// Quiet time after which the WAL files are checkpointed into the database files.
 const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
 /// Records a dejournal round applies before other work gets a turn.

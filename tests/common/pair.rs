@@ -222,14 +222,47 @@ pub async fn all_names(member: &Api) -> std::collections::HashSet<String> {
     }
 }
 
-/// Every acknowledged company name is on `member` (called `who` in the message).
-pub async fn assert_all_present(member: &Api, acked: &[String], who: &str) {
+/// Every acknowledged company name, and every company name a reader saw on any member, is on
+/// `member` (called `who` in the message): no acknowledged write was lost, and no read returned
+/// a row that the final primary lacks.
+pub async fn assert_all_present(member: &Api, outcome: &Outcome, who: &str) {
     let present = all_names(member).await;
-    for name in acked {
+    for name in &outcome.acked {
         assert!(
             present.contains(name),
             "acknowledged {name} is missing on {who}"
         );
+    }
+    for (name, on) in &outcome.read {
+        assert!(
+            present.contains(name),
+            "{name} was read on {on} but is missing on {who}: a read returned a row that \
+             never became part of the mirror's history"
+        );
+    }
+}
+
+/// What the writers got acknowledged, and what the readers saw (name → the member it was read
+/// on).
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub acked: Vec<String>,
+    pub read: std::collections::HashMap<String, String>,
+}
+
+impl From<Vec<String>> for Outcome {
+    fn from(acked: Vec<String>) -> Outcome {
+        Outcome {
+            acked,
+            read: Default::default(),
+        }
+    }
+}
+
+impl std::ops::Deref for Outcome {
+    type Target = Vec<String>;
+    fn deref(&self) -> &Vec<String> {
+        &self.acked
     }
 }
 
@@ -243,19 +276,30 @@ pub struct Ack {
     pub acked: Instant,
 }
 
-/// Writers a test started: join handles that return what each acknowledged.
-pub type Writers = Vec<tokio::task::JoinHandle<Vec<Ack>>>;
+/// Writers a test started, and readers beside them: join handles that return what each
+/// writer got acknowledged and what each reader saw.
+pub struct Writers {
+    writers: Vec<tokio::task::JoinHandle<Vec<Ack>>>,
+    readers: Vec<tokio::task::JoinHandle<std::collections::HashMap<String, String>>>,
+}
 
-/// Stops the writers, checks that no two members accepted writes at the same time, and returns
-/// the names acknowledged.
-pub async fn stop_writers(stop: &std::sync::atomic::AtomicBool, writers: Writers) -> Vec<String> {
+/// Stops the writers and readers, checks that no two members accepted writes at the same time,
+/// and returns what was acknowledged and read.
+pub async fn stop_writers(stop: &std::sync::atomic::AtomicBool, writers: Writers) -> Outcome {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut acks = Vec::new();
-    for w in writers {
+    for w in writers.writers {
         acks.extend(w.await.unwrap());
     }
     assert_one_writer_at_a_time(&mut acks);
-    acks.into_iter().map(|a| a.name).collect()
+    let mut read = std::collections::HashMap::new();
+    for r in writers.readers {
+        read.extend(r.await.unwrap());
+    }
+    Outcome {
+        acked: acks.into_iter().map(|a| a.name).collect(),
+        read,
+    }
 }
 
 /// At most one member accepts writes: a write was accepted somewhere between its sending and
@@ -286,14 +330,16 @@ pub fn assert_one_writer_at_a_time(acks: &mut [Ack]) {
 }
 
 /// Writers inserting companies on whichever member accepts them (A first); each returns what
-/// it got acknowledged.
+/// it got acknowledged. Beside them, a reader per member keeps reading the newest companies
+/// written with `prefix` (through SQL, on whichever member answers), so that every fault also
+/// checks that no read returns a row the final primary lacks.
 pub fn start_writers_on_primary(
     members: [super::Api; 2],
     count: usize,
     prefix: &str,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Writers {
-    (0..count)
+    let writers = (0..count)
         .map(|w| {
             let (members, stop, prefix) = (members.clone(), stop.clone(), prefix.to_string());
             tokio::spawn(async move {
@@ -321,7 +367,46 @@ pub fn start_writers_on_primary(
                 acked
             })
         })
-        .collect()
+        .collect();
+    let mut urls: Vec<String> = members.iter().map(|m| m.url.clone()).collect();
+    urls.dedup();
+    let readers = members
+        .into_iter()
+        .take(urls.len())
+        .map(|member| {
+            let (stop, prefix) = (stop.clone(), prefix.to_string());
+            tokio::spawn(async move { read_while(&member, &prefix, &stop).await })
+        })
+        .collect();
+    Writers { writers, readers }
+}
+
+/// Reads the newest companies named `prefix-…` on `member` until `stop`; returns every name
+/// seen, with the member it was read on.
+async fn read_while(
+    member: &Api,
+    prefix: &str,
+    stop: &std::sync::atomic::AtomicBool,
+) -> std::collections::HashMap<String, String> {
+    let mut seen = std::collections::HashMap::new();
+    let sql = json!({
+        "namespace": "COMPANY",
+        "sql": "SELECT name FROM Company WHERE name LIKE ?1 ORDER BY id DESC LIMIT 20",
+        "params": [format!("{prefix}-%")],
+    });
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        // A member that is down, stopping or not yet up answers nothing: no read happened.
+        if let Ok((200, body)) = member.post("/api/sql", sql.clone()).await {
+            for row in body["rows"].as_array().into_iter().flatten() {
+                if let Some(name) = row[0].as_str() {
+                    seen.entry(name.to_string())
+                        .or_insert_with(|| member.url.clone());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    seen
 }
 
 /// POSTs a new application row and returns it (201 expected).
@@ -351,7 +436,7 @@ pub async fn finish_writers(
     writers: Writers,
     primary: &Api,
     other: &Api,
-) -> Vec<String> {
+) -> Outcome {
     let acked = stop_writers(stop, writers).await;
     assert!(
         acked.len() > 20,

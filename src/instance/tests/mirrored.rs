@@ -1,0 +1,263 @@
+//! The writer's side of a mirrored commit, with a real hub: a batch is invisible until the
+//! active backup acknowledged it, mirrored writes wait before they begin in the trouble state
+//! (a bounded wait), writes to local databases go on meanwhile, and Add to Mirror waits the
+//! same way without freezing anything else. The backup here is a member registered with the
+//! hub that acknowledges when the test says so; the process-level tests run real backups.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::instance::writer::MirrorCommand;
+use crate::journal::{Journal, JournalOptions};
+use crate::mirror::config::{MemberInfo, MemberKind, Membership, MirrorDefinition};
+use crate::mirror::hub::Acknowledged;
+
+/// An instance whose install adds a namespace NOTES holding only the PERSONAL database.
+fn open_with_notes(dir: &std::path::Path) -> Arc<Instance> {
+    let install = dir.join("install");
+    std::fs::create_dir_all(install.join("schema")).unwrap();
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("install");
+    for schema in ["company.sql", "customer.sql", "personal.sql"] {
+        std::fs::copy(
+            source.join("schema").join(schema),
+            install.join("schema").join(schema),
+        )
+        .unwrap();
+    }
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(source.join("manifest.json")).unwrap()).unwrap();
+    manifest["namespaces"].as_array_mut().unwrap().push(
+        serde_json::json!({"name": "NOTES", "default_database": "PERSONAL", "mapped": []}),
+    );
+    manifest["productions"] = serde_json::json!([]);
+    std::fs::write(install.join("manifest.json"), manifest.to_string()).unwrap();
+    let mut settings = InstanceSettings::for_dir(dir.join("data"));
+    settings.install_dir = install;
+    Instance::open(settings, Box::new(|why| panic!("fatal: {why}"))).unwrap()
+}
+
+fn member(name: &str) -> MemberInfo {
+    MemberInfo {
+        name: name.into(),
+        kind: MemberKind::Failover,
+        superserver_address: "127.0.0.1:1".into(),
+        mirror_private_address: "127.0.0.1:1".into(),
+        agent_address: "127.0.0.1".into(),
+        agent_port: 1,
+        instance_guid: "g".into(),
+        certificate: None,
+    }
+}
+
+/// Makes `instance` the primary of a new mirror, alone, with COMPANY mirrored.
+async fn mirror_company(instance: &Instance, dir: &std::path::Path) {
+    let id = crate::util::random_hex(16);
+    let membership = Membership {
+        mirror: MirrorDefinition {
+            name: "MIRRORSET".into(),
+            id: id.clone(),
+            qos_timeout_ms: 60_000,
+            use_arbiter: false,
+            arbiter_address: String::new(),
+            arbiter_port: 2188,
+            require_tls: false,
+            parallel_dejournaling: String::new(),
+            compression_failover: String::new(),
+            compression_async: String::new(),
+            defined_primary: None,
+        },
+        this: member("MIRRORA/IRIS"),
+        others: Vec::new(),
+        was_primary: true,
+        databases: Vec::new(),
+        activated: Vec::new(),
+        primary_name: Some("MIRRORA/IRIS".into()),
+        pending_adds: Vec::new(),
+        epochs: Vec::new(),
+        stopped: false,
+        pending: Vec::new(),
+    };
+    let (journal, _) = Journal::open(
+        &dir.join("data/mgr/journal"),
+        crate::util::parse_hex16(&id).unwrap(),
+        JournalOptions::mirror("MIRRORSET", 1 << 20, JournalPos(1)),
+    )
+    .unwrap();
+    let writer = instance.writer();
+    writer
+        .mirror(|reply| MirrorCommand::Create {
+            journal,
+            membership: Box::new(membership),
+            reply,
+        })
+        .await
+        .unwrap();
+    writer
+        .mirror(|reply| MirrorCommand::AddDatabases {
+            dbs: vec![DbName::new("COMPANY").unwrap()],
+            reply,
+        })
+        .await
+        .unwrap();
+}
+
+async fn note(instance: &Instance, text: &str) -> Result<QueryResult> {
+    instance
+        .write(
+            &ns("NOTES"),
+            "INSERT INTO Contact(name, company_id, created_at) VALUES (?1, 1, '2026-01-01')",
+            vec![Value::Text(text.into())],
+        )
+        .await
+}
+
+/// Waits until `done` holds (at most 10 s).
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mirrored_batch_is_invisible_until_the_backup_acknowledges_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let instance = open_with_notes(dir.path());
+    mirror_company(&instance, dir.path()).await;
+    let hub = &instance.mirror.hub;
+    // An active backup: it acknowledged everything up to where it connected.
+    let (id, _outbox, snapshot) = hub.register(member("MIRRORB/IRIS")).unwrap();
+    hub.on_ack(id, snapshot);
+    assert!(hub.has_active_backup());
+
+    let before = count(&instance, "COMPANY", "Company").await;
+    let write = {
+        let instance = instance.clone();
+        tokio::spawn(async move { insert_company(&instance, "waits for B").await })
+    };
+    until("the batch is journaled and shipped", || {
+        hub.ends().0 > snapshot
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!write.is_finished(), "answered before the backup acknowledged");
+    assert_eq!(
+        count(&instance, "COMPANY", "Company").await,
+        before,
+        "visible before the backup acknowledged"
+    );
+    // Meanwhile writes to local databases go on.
+    note(&instance, "local").await.unwrap();
+    // The backup acknowledges: the batch commits, and its client hears.
+    let (published, committed) = hub.ends();
+    assert!(committed < published);
+    hub.on_ack(id, published);
+    write.await.unwrap().unwrap();
+    assert_eq!(count(&instance, "COMPANY", "Company").await, before + 1);
+    assert_eq!(hub.ends().1, published, "announced as committed");
+    // The backup goes (a stopping primary would otherwise hand over to it and wait).
+    hub.unregister(id, "the test ends");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_trouble_mirrored_writes_wait_before_they_begin_and_local_writes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let instance = open_with_notes(dir.path());
+    mirror_company(&instance, dir.path()).await;
+    let hub = &instance.mirror.hub;
+    // An active backup, lost: the trouble state (agent controlled, 2 × QoS — long enough).
+    let (id, _outbox, snapshot) = hub.register(member("MIRRORB/IRIS")).unwrap();
+    hub.on_ack(id, snapshot);
+    // The failover rules read the hub's events in order: connected, active, lost.
+    hub.unregister(id, "connection lost");
+    until("in trouble", || {
+        instance.mirror.failover_view.lock().unwrap().status == Some("In Trouble")
+    })
+    .await;
+    let journal_end = hub.ends().0;
+    let before = count(&instance, "COMPANY", "Company").await;
+    // More mirrored writes than may wait: the surplus is refused at once, with a message.
+    let writes: Vec<_> = (0..1_100)
+        .map(|n| {
+            let instance = instance.clone();
+            tokio::spawn(async move { insert_company(&instance, &format!("held {n}")).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused = writes.iter().filter(|w| w.is_finished()).count();
+    assert!(refused >= 100, "only {refused} refused");
+    // Nothing of them began: not journaled, not visible.
+    assert_eq!(hub.ends().0, journal_end, "a held write was journaled");
+    assert_eq!(count(&instance, "COMPANY", "Company").await, before);
+    // Local databases keep working.
+    note(&instance, "during the trouble").await.unwrap();
+    // The backup comes back (not having taken over): the trouble ends, and the held writes run
+    // in order.
+    let (back, _outbox, _) = hub.register(member("MIRRORB/IRIS")).unwrap();
+    let mut committed = 0;
+    let mut too_many = 0;
+    for write in writes {
+        match write.await.unwrap() {
+            Ok(_) => committed += 1,
+            Err(err) => {
+                let text = err.to_string();
+                assert!(
+                    text.contains("too many are waiting") || text.contains("too much work"),
+                    "{text}"
+                );
+                too_many += usize::from(text.contains("too many are waiting"));
+            }
+        }
+    }
+    assert!(too_many > 0, "the bound on waiting writes was never reached");
+    assert!(committed >= 1_000 - 1, "only {committed} held writes committed");
+    assert_eq!(
+        count(&instance, "COMPANY", "Company").await,
+        before + committed
+    );
+    hub.unregister(back, "the test ends");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn add_to_mirror_waits_for_the_backup_without_freezing_writes_and_fails_when_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let instance = open_with_notes(dir.path());
+    mirror_company(&instance, dir.path()).await;
+    let hub = &instance.mirror.hub;
+    let (id, _outbox, snapshot) = hub.register(member("MIRRORB/IRIS")).unwrap();
+    hub.on_ack(id, snapshot);
+    let add = {
+        let instance = instance.clone();
+        tokio::spawn(async move {
+            instance
+                .writer()
+                .mirror(|reply| MirrorCommand::AddDatabases {
+                    dbs: vec![DbName::new("CUSTOMER").unwrap()],
+                    reply,
+                })
+                .await
+        })
+    };
+    until("the event is shipped", || hub.ends().0 > snapshot).await;
+    // The backup does not answer: local writes still go on, and so do reads.
+    note(&instance, "while Add to Mirror waits").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!add.is_finished(), "Add to Mirror finished without the backup");
+    // The hub closes (the instance stops, or this member is no longer primary): the action
+    // fails with a message instead of reporting success.
+    hub.close_all("stopping");
+    let err = add.await.unwrap().expect_err("Add to Mirror succeeded without the backup");
+    assert!(err.to_string().contains("backup acknowledged"), "{err}");
+    let config = instance.config.get();
+    let customer = config
+        .databases
+        .iter()
+        .find(|d| d.name.as_str() == "CUSTOMER")
+        .unwrap();
+    assert!(!customer.mirrored, "recorded as mirrored without the backup");
+    assert_eq!(
+        hub.acknowledgement(JournalPos(1), Instant::now()),
+        Acknowledged::Closed
+    );
+}
