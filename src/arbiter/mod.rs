@@ -125,6 +125,10 @@ pub enum FromArbiter {
     Status {
         /// Mirror names served, with how many members are connected.
         mirrors: Vec<(String, usize)>,
+        /// The mirrors whose primary is booked in arbiter-controlled mode (a backup that
+        /// loses it gets the takeover approved): what the monitors' Arbiter Controlled promises.
+        #[serde(default)]
+        arbiter_mode: Vec<String>,
     },
 }
 
@@ -467,6 +471,12 @@ impl Arbiter {
                     )
                 })
                 .collect(),
+            arbiter_mode: self
+                .mirrors
+                .values()
+                .filter(|r| r.book.primary_in_arbiter_mode && !r.book.backup_took_over)
+                .map(|r| r.name.clone())
+                .collect(),
         }
     }
 }
@@ -680,7 +690,8 @@ mod tests {
         assert_eq!(
             arbiter.status(),
             FromArbiter::Status {
-                mirrors: vec![("MIRRORSET".into(), 0)]
+                mirrors: vec![("MIRRORSET".into(), 0)],
+                arbiter_mode: vec![],
             },
             "the primary that stopped reading is no longer counted as connected"
         );

@@ -400,6 +400,50 @@ impl TestMember {
         }
     }
 
+    /// `ctl stop`: asks the agent to stop the instance gracefully (the agent stays), and waits
+    /// until it is down.
+    pub async fn stop_instance(&self) {
+        let reply = agent::call(&self.agent, AgentRequest::Stop).await.unwrap();
+        assert!(reply.ok, "{}", reply.message);
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while self.status().await.state != "down" {
+            assert!(Instant::now() < deadline, "the instance did not stop");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Freezes the instance (SIGSTOP): it holds its connections and answers nothing, as a
+    /// paused container or a stalled host would. Returns its pid, for [`TestMember::thaw`].
+    pub async fn freeze(&self) -> u32 {
+        let pid = self.status().await.pid.expect("instance running");
+        send_signal(pid, Signal::Stop).unwrap();
+        pid
+    }
+
+    /// Freezes the whole host (SIGSTOP to agent and instance): nothing answers and nothing
+    /// closes, as with `docker pause`. Returns the instance's pid, for [`TestMember::thaw_host`].
+    pub async fn freeze_host(&self) -> Option<u32> {
+        let pid = self.status().await.pid;
+        send_signal(self.agent_process.id(), Signal::Stop).unwrap();
+        if let Some(pid) = pid {
+            send_signal(pid, Signal::Stop).unwrap();
+        }
+        pid
+    }
+
+    /// Lets a frozen host run again (`docker unpause`).
+    pub fn thaw_host(&self, pid: Option<u32>) {
+        if let Some(pid) = pid {
+            let _ = send_signal(pid, Signal::Cont);
+        }
+        let _ = send_signal(self.agent_process.id(), Signal::Cont);
+    }
+
+    /// Lets a frozen instance run again (SIGCONT); it may have been forced down meanwhile.
+    pub fn thaw(&self, pid: u32) {
+        let _ = send_signal(pid, Signal::Cont);
+    }
+
     /// Asks the agent to start the instance again (does not wait for readiness).
     pub async fn start_instance(&self) {
         let reply = agent::call(&self.agent, AgentRequest::Start).await.unwrap();
@@ -466,7 +510,14 @@ fn spawn_member(
         .arg("--data-dir")
         .arg(dir.path().join("durable"))
         .args(["--web", web, "--agent", agent, "--superserver", superserver])
-        .args(["--host-name", host, "--install", "/nonexistent"])
+        .args(["--host-name", host])
+        // The built-in install, unless the test gives its own.
+        .args(
+            (!extra.iter().any(|a| a == "--install"))
+                .then_some(["--install", "/nonexistent"])
+                .into_iter()
+                .flatten(),
+        )
         .args(extra)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -540,6 +591,21 @@ impl TestArbiter {
     /// Its log.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("arbiter.log")).unwrap_or_default()
+    }
+
+    /// The mirrors whose primary the arbiter holds booked in arbiter-controlled mode (a backup
+    /// that loses that primary gets the takeover approved).
+    pub async fn booked_arbiter_mode(&self) -> Vec<String> {
+        use mirrorlab::arbiter::{FromArbiter, ToArbiter};
+        let stream = tokio::net::TcpStream::connect(&self.address).await.unwrap();
+        let (mut reader, mut writer) = stream.into_split();
+        mirrorlab::wire::write_frame(&mut writer, &ToArbiter::Status)
+            .await
+            .unwrap();
+        match mirrorlab::wire::read_frame::<_, FromArbiter>(&mut reader, 1 << 20).await {
+            Ok(Some(FromArbiter::Status { arbiter_mode, .. })) => arbiter_mode,
+            other => panic!("the arbiter answered {other:?}"),
+        }
     }
 }
 

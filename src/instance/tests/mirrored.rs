@@ -26,9 +26,10 @@ fn open_with_notes(dir: &std::path::Path) -> Arc<Instance> {
     }
     let mut manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(source.join("manifest.json")).unwrap()).unwrap();
-    manifest["namespaces"].as_array_mut().unwrap().push(
-        serde_json::json!({"name": "NOTES", "default_database": "PERSONAL", "mapped": []}),
-    );
+    manifest["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"name": "NOTES", "default_database": "PERSONAL", "mapped": []}));
     manifest["productions"] = serde_json::json!([]);
     std::fs::write(install.join("manifest.json"), manifest.to_string()).unwrap();
     let mut settings = InstanceSettings::for_dir(dir.join("data"));
@@ -141,7 +142,10 @@ async fn a_mirrored_batch_is_invisible_until_the_backup_acknowledges_it() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!write.is_finished(), "answered before the backup acknowledged");
+    assert!(
+        !write.is_finished(),
+        "answered before the backup acknowledged"
+    );
     assert_eq!(
         count(&instance, "COMPANY", "Company").await,
         before,
@@ -210,8 +214,14 @@ async fn in_trouble_mirrored_writes_wait_before_they_begin_and_local_writes_go_o
             }
         }
     }
-    assert!(too_many > 0, "the bound on waiting writes was never reached");
-    assert!(committed >= 1_000 - 1, "only {committed} held writes committed");
+    assert!(
+        too_many > 0,
+        "the bound on waiting writes was never reached"
+    );
+    assert!(
+        committed >= 1_000 - 1,
+        "only {committed} held writes committed"
+    );
     assert_eq!(
         count(&instance, "COMPANY", "Company").await,
         before + committed
@@ -243,11 +253,17 @@ async fn add_to_mirror_waits_for_the_backup_without_freezing_writes_and_fails_wh
     // The backup does not answer: local writes still go on, and so do reads.
     note(&instance, "while Add to Mirror waits").await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!add.is_finished(), "Add to Mirror finished without the backup");
+    assert!(
+        !add.is_finished(),
+        "Add to Mirror finished without the backup"
+    );
     // The hub closes (the instance stops, or this member is no longer primary): the action
     // fails with a message instead of reporting success.
     hub.close_all("stopping");
-    let err = add.await.unwrap().expect_err("Add to Mirror succeeded without the backup");
+    let err = add
+        .await
+        .unwrap()
+        .expect_err("Add to Mirror succeeded without the backup");
     assert!(err.to_string().contains("backup acknowledged"), "{err}");
     let config = instance.config.get();
     let customer = config
@@ -255,7 +271,10 @@ async fn add_to_mirror_waits_for_the_backup_without_freezing_writes_and_fails_wh
         .iter()
         .find(|d| d.name.as_str() == "CUSTOMER")
         .unwrap();
-    assert!(!customer.mirrored, "recorded as mirrored without the backup");
+    assert!(
+        !customer.mirrored,
+        "recorded as mirrored without the backup"
+    );
     assert_eq!(
         hub.acknowledgement(JournalPos(1), Instant::now()),
         Acknowledged::Closed
