@@ -195,3 +195,538 @@ async fn after_handovers_and_restarts_the_arbiter_still_approves_a_takeover() {
     let (old, new) = (&m[primary], &m[backup]);
     finish_writers(&stop, writers, new, old).await;
 }
+
+/// How many takeovers the arbiter has granted so far.
+fn granted(arbiter: &TestArbiter) -> usize {
+    arbiter
+        .log()
+        .matches("told the backup take_over = true")
+        .count()
+}
+
+/// Stops `member`'s primary the way `how` says; returns whether the whole host went.
+async fn stop_primary(member: &mut TestMember, how: &str) -> bool {
+    match how {
+        "ctl stop" => member.stop_instance().await,
+        "kill -9" => member.kill_instance().await,
+        "docker stop" => {
+            member.stop_host().await;
+            return true;
+        }
+        other => panic!("no way to stop {other}"),
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_no_failover_the_backup_books_nothing_and_the_old_primary_starts_again() {
+    let (arbiter, mut m) = arbiter_pair().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers = start_writers_on_primary([m[0].api(), m[1].api()], 2, "nofo", stop.clone());
+    // Planned maintenance, each way the primary can go: No Failover, stop, start again.
+    for how in ["ctl stop", "kill -9", "docker stop"] {
+        common::before_fault(300).await;
+        m[0].ok("/api/mirror/no-failover", json!({"set": true}))
+            .await;
+        m[1].wait_mirror(10, "No Failover", |v| v["no_failover"] == true)
+            .await;
+        let granted_before = granted(&arbiter);
+        let host = stop_primary(&mut m[0], how).await;
+        tokio::time::sleep(Duration::from_millis(3 * QOS_MS)).await;
+        let view = m[1].get("/api/mirror").await.1;
+        assert_eq!(
+            view["role"], "Backup",
+            "{how}: took over despite No Failover"
+        );
+        assert_eq!(
+            granted(&arbiter),
+            granted_before,
+            "{how}: a backup that may not take over asked for a takeover:\n{}",
+            arbiter.log()
+        );
+        // The primary comes back, resumes, and No Failover ends with that.
+        if host {
+            m[0].restart_host();
+        } else {
+            m[0].start_instance().await;
+        }
+        m[0].wait_ready().await;
+        m[0].wait_mirror(20, "primary again, No Failover cleared", |v| {
+            v["role"] == "Primary" && v["no_failover"] == false
+        })
+        .await;
+        wait_backup(&m[1]).await;
+        assert_arbiter_backs_the_monitors(&arbiter, &m[0], &m[1]).await;
+    }
+    // A person clears No Failover on the backup while the primary is down: the backup may
+    // then take over (through the primary's agent, with its journal).
+    m[0].ok("/api/mirror/no-failover", json!({"set": true}))
+        .await;
+    m[1].wait_mirror(10, "No Failover", |v| v["no_failover"] == true)
+        .await;
+    m[0].kill_instance().await;
+    m[1].wait_mirror(10, "waiting", |v| v["status"] == "Waiting")
+        .await;
+    let cleared = m[1]
+        .ok("/api/mirror/no-failover", json!({"set": false}))
+        .await;
+    assert!(
+        cleared["message"].as_str().unwrap().contains("cleared"),
+        "{cleared}"
+    );
+    let took = wait_primary(&m[1], 20).await;
+    eprintln!("figure: after Clear No Failover the backup took over in {took:?}");
+    m[0].start_instance().await;
+    m[0].wait_ready().await;
+    wait_backup(&m[0]).await;
+    let (a, b) = (&m[0], &m[1]);
+    finish_writers(&stop, writers, b, a).await;
+}
+
+/// Mirrors `dbs` on primary `a` and gives backup `b` caught-up copies of them.
+async fn mirror_only(a: &TestMember, b: &TestMember, dbs: &[&str]) {
+    a.ok("/api/mirror/add-databases", json!({"databases": dbs}))
+        .await;
+    for db in dbs {
+        b.wait_mirror(10, &format!("aware of {db}"), |v| {
+            v["missing_databases"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|d| d.as_str().unwrap().ends_with(db)))
+        })
+        .await;
+        b.ok(&format!("/api/databases/{db}/dismount"), json!({}))
+            .await;
+        copy_frozen(a, b, &db.to_ascii_lowercase()).await;
+        b.ok(&format!("/api/databases/{db}/mount"), json!({})).await;
+        b.ok(&format!("/api/databases/{db}/activate"), json!({}))
+            .await;
+        b.ok(&format!("/api/databases/{db}/catchup"), json!({}))
+            .await;
+        wait_dejournaling(b, db).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_with_a_copy_not_ready_books_nothing_and_the_old_primary_starts_again() {
+    let arbiter = TestArbiter::start().await;
+    let (a, b, _) = pair_full(QOS_MS, &[], false, Some(&arbiter.address)).await;
+    let mut m = [a, b];
+    mirror_only(&m[0], &m[1], &["COMPANY", "CUSTOMER"]).await;
+    assert_arbiter_backs_the_monitors(&arbiter, &m[0], &m[1]).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers = start_writers_on_primary([m[0].api(), m[1].api()], 2, "unready", stop.clone());
+    // One more database is added to the healthy mirror; the backup has no copy yet.
+    m[0].ok(
+        "/api/mirror/add-databases",
+        json!({"databases": ["PERSONAL"]}),
+    )
+    .await;
+    m[1].wait_mirror(10, "missing PERSONAL", |v| {
+        v["missing_databases"]
+            .as_array()
+            .is_some_and(|m| !m.is_empty())
+    })
+    .await;
+    for how in ["kill -9", "docker stop"] {
+        common::before_fault(300).await;
+        let granted_before = granted(&arbiter);
+        let host = stop_primary(&mut m[0], how).await;
+        tokio::time::sleep(Duration::from_millis(3 * QOS_MS)).await;
+        assert_eq!(
+            m[1].get("/api/mirror").await.1["role"],
+            "Backup",
+            "{how}: took over without a copy"
+        );
+        assert_eq!(
+            granted(&arbiter),
+            granted_before,
+            "{how}: a backup that cannot take over asked for a takeover:\n{}",
+            arbiter.log()
+        );
+        if host {
+            m[0].restart_host();
+        } else {
+            m[0].start_instance().await;
+        }
+        m[0].wait_ready().await;
+        wait_primary(&m[0], 20).await;
+        wait_backup(&m[1]).await;
+    }
+    // With the copy in place the mirror fails over again.
+    let (a, b) = (&m[0], &m[1]);
+    b.wait_mirror(10, "missing PERSONAL", |v| {
+        v["missing_databases"]
+            .as_array()
+            .is_some_and(|m| !m.is_empty())
+    })
+    .await;
+    b.ok("/api/databases/PERSONAL/dismount", json!({})).await;
+    copy_frozen(a, b, "personal").await;
+    for action in ["mount", "activate", "catchup"] {
+        b.ok(&format!("/api/databases/PERSONAL/{action}"), json!({}))
+            .await;
+    }
+    wait_dejournaling(b, "PERSONAL").await;
+    assert_arbiter_backs_the_monitors(&arbiter, a, b).await;
+    m[0].kill_instance().await;
+    wait_primary(&m[1], 15).await;
+    m[0].start_instance().await;
+    m[0].wait_ready().await;
+    wait_backup(&m[0]).await;
+    let (a, b) = (&m[0], &m[1]);
+    finish_writers(&stop, writers, b, a).await;
+}
+
+/// Waits (up to 10 s) until `member`'s log says `text`; fails with `why` and the log.
+async fn wait_log(member: &Api, text: &str, why: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !member.log().contains(text) {
+        assert!(Instant::now() < deadline, "{why}:\n{}", member.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A connection to `address` from the local address `from` (another loopback address plays
+/// another host).
+async fn connect_from(from: &str, address: &str) -> std::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let stream = socket.connect(address.parse().unwrap()).await.unwrap();
+    let stream = stream.into_std().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// Says `first` on the superserver port of `address` from `from`; returns the connection and
+/// the first answer.
+async fn superserver_says(
+    from: &str,
+    address: &str,
+    first: &mirrorlab::mirror::protocol::Control,
+) -> (std::net::TcpStream, mirrorlab::mirror::protocol::Control) {
+    use mirrorlab::mirror::protocol::{Message, read_message, write_control};
+    let mut stream = connect_from(from, address).await;
+    write_control(&mut stream, first).unwrap();
+    match read_message(&mut stream) {
+        Ok(Some(Message::Control(answer))) => (stream, *answer),
+        other => panic!("{address} answered {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stranger_saying_hello_as_the_backup_is_refused_and_a_replaced_link_counts_as_lost() {
+    use mirrorlab::mirror::protocol::{Control, Message, read_message, write_ack};
+    let (a, b) = pair(QOS_MS).await;
+    mirror_databases(&a, &b).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers = start_writers_on_primary([a.api(), b.api()], 2, "hello", stop.clone());
+    // Anyone can learn the mirror's id and members without TLS, by asking.
+    let (_, info) = superserver_says(
+        "127.0.0.2",
+        &a.superserver,
+        &Control::Info {
+            mirror_name: "MIRRORSET".into(),
+        },
+    )
+    .await;
+    let Control::InfoReply { description } = info else {
+        panic!("no description: {info:?}");
+    };
+    let backup = description
+        .members
+        .iter()
+        .find(|m| m.name == "MIRRORB/IRIS")
+        .unwrap()
+        .clone();
+    let hello = |member| Control::Hello {
+        mirror_name: "MIRRORSET".into(),
+        mirror_id: description.mirror.id.clone(),
+        member,
+        journal_first: 0,
+        journal_end: 0,
+        last_epoch: 0,
+    };
+    // A stranger on another address claims to be the backup, with addresses of its own: refused,
+    // and the real backup stays the active one.
+    let forged = mirrorlab::mirror::config::MemberInfo {
+        superserver_address: "127.0.0.2:1".into(),
+        mirror_private_address: "127.0.0.2:1".into(),
+        agent_address: "127.0.0.2".into(),
+        ..backup.clone()
+    };
+    let (_, answer) = superserver_says("127.0.0.2", &a.superserver, &hello(forged)).await;
+    let Control::Refused { reason } = answer else {
+        panic!("the stranger was welcomed: {answer:?}");
+    };
+    assert!(
+        reason.contains("none of its configured addresses"),
+        "{reason}"
+    );
+    let view = a.get("/api/mirror").await.1;
+    let row = TestMember::member_row(&view, "MIRRORB/IRIS");
+    assert_eq!(row["journal_transfer"], "Active", "{view}");
+    let config = std::fs::read_to_string(a.data_dir().join("mirrorlab.cpf")).unwrap();
+    assert!(
+        !config.contains("127.0.0.2"),
+        "the stranger's addresses were stored"
+    );
+    // From the backup's own address the primary cannot tell a stranger from the backup (see the
+    // README): the hello replaces the backup's link — which counts as losing the active backup
+    // — and the new link is not active. Acknowledging what was never sent ends it.
+    common::before_fault(300).await;
+    let (mut stream, answer) = superserver_says("127.0.0.1", &a.superserver, &hello(backup)).await;
+    assert!(
+        matches!(answer, Control::Welcome { .. }),
+        "not welcomed: {answer:?}"
+    );
+    write_ack(&mut stream, mirrorlab::journal::JournalPos(u64::MAX / 2)).unwrap();
+    let ended = loop {
+        match read_message(&mut stream) {
+            Ok(Some(Message::Control(c))) => {
+                if let Control::Refused { reason } = *c {
+                    break reason;
+                }
+            }
+            Ok(Some(_)) => {}
+            other => panic!("the link did not end with a reason: {other:?}"),
+        }
+    };
+    assert!(ended.contains("beyond what was sent"), "{ended}");
+    wait_log(
+        &b,
+        "replaced by a new connection",
+        "the backup's link was not replaced",
+    )
+    .await;
+    wait_log(
+        &a,
+        "in trouble",
+        "losing the active link to a replacement did not start the trouble state",
+    )
+    .await;
+    // The real backup reconnects and becomes active again by catching up.
+    a.wait_mirror(20, "B active again", |v| {
+        TestMember::member_row(v, "MIRRORB/IRIS")["journal_transfer"] == "Active"
+    })
+    .await;
+    finish_writers(&stop, writers, &a, &b).await;
+}
+
+/// An install folder like the project's, plus a namespace NOTES that maps only the PERSONAL
+/// database (so that, with PERSONAL left out of the mirror, it is a purely local namespace).
+fn install_with_notes(dir: &std::path::Path) -> String {
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("install");
+    std::fs::create_dir_all(dir.join("schema")).unwrap();
+    for entry in std::fs::read_dir(source.join("schema")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join("schema").join(entry.file_name())).unwrap();
+    }
+    let mut manifest: Value =
+        serde_json::from_slice(&std::fs::read(source.join("manifest.json")).unwrap()).unwrap();
+    manifest["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "NOTES", "default_database": "PERSONAL", "mapped": []}));
+    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    dir.to_string_lossy().into_owned()
+}
+
+/// Writes a contact in the local PERSONAL database through the NOTES namespace.
+async fn local_write(member: &Api, text: &str) -> (u16, Value) {
+    member
+        .post(
+            "/api/sql",
+            json!({
+                "namespace": "NOTES",
+                "sql": "INSERT INTO Contact(name, company_id, created_at) VALUES (?1, 1, '2026-01-01')",
+                "params": [text],
+            }),
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_trouble_nothing_mirrored_commits_while_local_writes_and_add_to_mirror_go_on() {
+    let install = tempfile::tempdir().unwrap();
+    let install = install_with_notes(install.path());
+    let (a, b, proxy) = pair_full(2000, &["--install", &install], true, None).await;
+    let proxy = proxy.unwrap();
+    mirror_only(&a, &b, &["COMPANY"]).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers = start_writers_on_primary([a.api(), b.api()], 2, "trouble", stop.clone());
+    common::before_fault(300).await;
+    // Nothing reaches the backup any more: after the QoS timeout the primary revokes it and is
+    // in trouble (agent controlled: until the backup stands down, or 2 × QoS).
+    proxy.hold.store(true, std::sync::atomic::Ordering::Relaxed);
+    a.wait_mirror(10, "in trouble", |v| v["status"] == "In Trouble")
+        .await;
+    let held = {
+        let a = a.api();
+        tokio::spawn(async move {
+            a.post("/api/apps/companies", json!({"name": "held in trouble"}))
+                .await
+        })
+    };
+    let add = {
+        let a = a.api();
+        tokio::spawn(async move {
+            a.post(
+                "/api/mirror/add-databases",
+                json!({"databases": ["CUSTOMER"]}),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Local databases keep working, Add to Mirror or not.
+    let started = Instant::now();
+    let (status, body) = local_write(&a, "during the trouble").await;
+    assert_eq!(status, 200, "{body}");
+    eprintln!(
+        "figure: a local write in trouble took {:?}",
+        started.elapsed()
+    );
+    let view = a.get("/api/mirror").await.1;
+    if view["status"] == "In Trouble" {
+        // Still in trouble: the mirrored write has not begun — not visible, not answered.
+        assert!(
+            !held.is_finished(),
+            "a mirrored write was answered in trouble"
+        );
+        assert!(!add.is_finished(), "Add to Mirror finished in trouble");
+        assert!(!all_names(&a).await.contains("held in trouble"));
+    }
+    // The trouble ends (the backup stood down, or the timeout passed): they go through.
+    proxy
+        .hold
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let (status, body) = held.await.unwrap().unwrap();
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = add.await.unwrap().unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("CUSTOMER"),
+        "{body}"
+    );
+    wait_backup(&b).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let outcome = stop_writers(&stop, writers).await;
+    assert!(
+        outcome.len() > 20,
+        "the writers barely wrote: {}",
+        outcome.len()
+    );
+    assert_identical_in(&a, &b, &["COMPANY"]).await;
+    assert_all_present(&a, &outcome, "A").await;
+    assert_all_present(&b, &outcome, "B").await;
+}
+
+/// Asks `member`'s `/mirror_status` until stopped; returns (when, status code) of each answer.
+fn poll_mirror_status(
+    member: &Api,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(Instant, u16)>> {
+    let member = member.clone();
+    tokio::spawn(async move {
+        let mut answers = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let asked = member
+                .client
+                .get(format!("{}/mirror_status", member.url))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            if let Ok(reply) = asked {
+                answers.push((Instant::now(), reply.status().as_u16()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        answers
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_off_primary_stops_saying_success_before_the_backup_takes_over() {
+    let arbiter = TestArbiter::start().await;
+    let arbiter_proxy = common::Proxy::start_by_member(&arbiter.address).await;
+    let (a, b, data) = pair_full(QOS_MS, &[], true, Some(&arbiter_proxy.address)).await;
+    let data = data.unwrap();
+    mirror_databases(&a, &b).await;
+    assert_arbiter_backs_the_monitors(&arbiter, &a, &b).await;
+    let polled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (on_a, on_b) = (
+        poll_mirror_status(&a, polled.clone()),
+        poll_mirror_status(&b, polled.clone()),
+    );
+    // Idle for a while (the backup only hears heartbeats), then busy.
+    tokio::time::sleep(Duration::from_millis(2 * QOS_MS)).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers = start_writers_on_primary([a.api(), b.api()], 2, "balancer", stop.clone());
+    common::before_fault(1000).await;
+    // A is cut off from everyone (its portal stays reachable, as a load balancer's path would).
+    let cut = Instant::now();
+    data.blackhole
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    arbiter_proxy.cut_member("MIRRORA/IRIS");
+    let took = wait_primary(&b, 15).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    polled.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (on_a, on_b) = (on_a.await.unwrap(), on_b.await.unwrap());
+    // Before the cut: the primary says SUCCESS at every ask, idle or busy; the backup never.
+    assert!(
+        on_a.iter()
+            .filter(|(at, _)| *at < cut)
+            .all(|(_, code)| *code == 200),
+        "a healthy primary said FAILED: {on_a:?}"
+    );
+    assert!(
+        on_b.iter()
+            .filter(|(at, _)| *at < cut)
+            .all(|(_, code)| *code == 503)
+    );
+    let a_last_success = on_a
+        .iter()
+        .filter(|(_, code)| *code == 200)
+        .map(|(at, _)| *at)
+        .max()
+        .expect("A never said SUCCESS");
+    let b_first_success = on_b
+        .iter()
+        .filter(|(at, code)| *code == 200 && *at > cut)
+        .map(|(at, _)| *at)
+        .min()
+        .expect("B never said SUCCESS");
+    eprintln!(
+        "figure: cut off, A said SUCCESS for {:?} more; B took over after {took:?} and said \
+         SUCCESS {:?} after the cut",
+        a_last_success.saturating_duration_since(cut),
+        b_first_success - cut
+    );
+    assert!(
+        a_last_success < b_first_success,
+        "both members said SUCCESS: A until {:?} after the cut, B from {:?}",
+        a_last_success.saturating_duration_since(cut),
+        b_first_success - cut
+    );
+    // Healing: the old primary is forced down; started again, it follows.
+    data.blackhole
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    arbiter_proxy.heal_member("MIRRORA/IRIS");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.status().await.state != "down" {
+        assert!(
+            Instant::now() < deadline,
+            "the old primary kept running:\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.start_instance().await;
+    a.wait_ready().await;
+    wait_backup(&a).await;
+    finish_writers(&stop, writers, &b, &a).await;
+}

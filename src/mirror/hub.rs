@@ -533,20 +533,20 @@ impl Hub {
     }
 
     /// Whether this primary would acknowledge a write now (for load balancers): not in
-    /// trouble or closing, no batch waiting for the backup longer than a moment, and an active
-    /// backup (if any) heard from lately. A primary cut off from its backup stops saying so
-    /// long before the QoS timeout ends its wait, so a load balancer sends writes elsewhere in
-    /// time.
+    /// trouble or closing, no batch waiting for the backup longer than a quarter QoS (a backup
+    /// syncs in milliseconds), and an active backup (if any) heard from within half a QoS (it
+    /// acknowledges at least every quarter). A primary cut off from its backup stops saying so
+    /// well before the QoS timeout lets the backup take over, so a load balancer sends writes
+    /// elsewhere in time.
     pub fn acknowledging_now(&self) -> bool {
         let qos = self.qos();
-        let patience = (qos / 2).max(Duration::from_millis(1500));
         let state = self.state.lock().unwrap();
         if state.suspended || state.closing {
             return false;
         }
         if state
             .waiting_for
-            .is_some_and(|(_, since)| since.elapsed() > patience.min(Duration::from_secs(1)))
+            .is_some_and(|(_, since)| since.elapsed() > qos / 4)
         {
             return false;
         }
@@ -555,7 +555,7 @@ impl Hub {
             .links
             .iter()
             .filter(|l| l.active)
-            .all(|l| now - l.last_heard_ms <= patience.as_millis() as i64)
+            .all(|l| now - l.last_heard_ms <= (qos / 2).as_millis() as i64)
     }
 
     /// The connected members, for the monitor.

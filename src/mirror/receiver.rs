@@ -393,7 +393,9 @@ fn receive(
         // and then the position is sent anyway, so an idle link is heard from both ways.
         let ack_due = match last_ack {
             None => true,
-            Some((pos, at)) => received_end > pos || at.elapsed() >= ACK_REFRESH,
+            // At least every quarter QoS: the primary tells load balancers it acknowledges
+            // writes only while it heard from its active backup within half a QoS.
+            Some((pos, at)) => received_end > pos || at.elapsed() >= ACK_REFRESH.min(qos / 4),
         };
         if ack_due {
             write_ack(&mut writer, received_end)?;
