@@ -831,27 +831,6 @@ async fn wait_async_connected(primary: &TestMember, kind: &str) {
     assert_eq!(TestMember::member_row(&view, "MIRRORC/IRIS")["type"], kind);
 }
 
-/// A third member, `mirrorc`, joined to `primary`'s mirror as an async of `async_type`, with
-/// copies of the mirrored databases.
-async fn join_async(async_type: &str, primary: &TestMember) -> TestMember {
-    let c = TestMember::start_named("mirrorc").await;
-    c.ok("/api/mirror/service", json!({"enabled": true})).await;
-    c.ok(
-        "/api/mirror/join-async",
-        json!({
-            "mirror_name": "MIRRORSET",
-            "agent_address": format!("127.0.0.1:{}", primary.agent_port()),
-            "superserver_address": c.superserver,
-            "agent_address_local": "127.0.0.1",
-            "agent_port_local": c.agent_port(),
-            "async_type": async_type,
-        }),
-    )
-    .await;
-    copy_databases(primary, &c).await;
-    c
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dr_async_promoted_to_failover_takes_over_and_the_demoted_backup_follows() {
     let (a, b) = pair(1000).await;

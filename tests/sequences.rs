@@ -730,3 +730,268 @@ async fn a_cut_off_primary_stops_saying_success_before_the_backup_takes_over() {
     wait_backup(&a).await;
     finish_writers(&stop, writers, &b, &a).await;
 }
+
+/// Fills the file system of `dir` with a file there; returns the file (remove it to free the
+/// space).
+fn fill_disk(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 256 * 1024];
+    while file.write_all(&chunk).is_ok() {}
+    let _ = file.sync_all();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dejournaling_stopped_by_a_full_disk_resumes_by_itself_and_the_monitors_say_so() {
+    let segments = ["--journal-segment-bytes", "4194304"];
+    let a = TestMember::start_with("mirrora", &segments).await;
+    let b = TestMember::start_on_tmpfs("mirrorb", 64, &segments).await;
+    let (a, b, _) = join_pair(a, b, QOS_MS, false, None).await;
+    mirror_databases(&a, &b).await;
+    let a = std::sync::Arc::new(a);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers = start_writers(&a, 2, "full", stop.clone());
+    common::before_fault(300).await;
+    let filler = fill_disk(&b.data_dir());
+    // The backup's copies cannot take the changes any more: it says so, and so does the
+    // primary's monitor about it (journal transfer goes on: its journal files are allocated
+    // ahead).
+    b.wait_mirror(20, "dejournaling stopped", |v| {
+        v["databases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["status"] == "Dejournaling Stopped")
+    })
+    .await;
+    let view = a
+        .wait_mirror(20, "B's dejournaling shown as needing attention", |v| {
+            TestMember::member_row(v, "MIRRORB/IRIS")["dejournaling"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("Warning"))
+        })
+        .await;
+    eprintln!(
+        "the primary shows: {}",
+        TestMember::member_row(&view, "MIRRORB/IRIS")
+    );
+    // Space comes back: dejournaling resumes by itself, nobody clicks Catchup.
+    std::fs::remove_file(filler).unwrap();
+    for db in DATABASES {
+        wait_dejournaling(&b, db).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let outcome = stop_writers(&stop, writers).await;
+    assert!(
+        outcome.len() > 20,
+        "the writers barely wrote: {}",
+        outcome.len()
+    );
+    assert_identical(&a, &b).await;
+    assert_all_present(&a, &outcome, "A").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_monitor_tells_the_truth_about_a_lost_primary_and_a_restarted_former_primary() {
+    let (a, b) = pair(QOS_MS).await;
+    mirror_databases(&a, &b).await;
+    let mut m = [a, b];
+    created(&m[0], "/api/apps/companies", json!({"name": "before"})).await;
+    assert_identical(&m[0], &m[1]).await;
+    // The primary's host is lost (no arbiter): the backup waits for a person.
+    m[0].kill_host().await;
+    m[1].wait_mirror(10, "waiting", |v| v["status"] == "Waiting")
+        .await;
+    let (status, warning) = m[1]
+        .post("/api/mirror/force-primary", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "{warning}");
+    let warning = warning["error"].as_str().unwrap().to_string();
+    assert!(
+        warning.starts_with("This member was the active backup"),
+        "it was the active backup when it lost the primary: {warning}"
+    );
+    assert!(!warning.contains("  "), "runs of spaces: {warning:?}");
+    m[1].ok("/api/mirror/force-primary", json!({"confirm": true}))
+        .await;
+    wait_primary(&m[1], 10).await;
+    created(
+        &m[1],
+        "/api/apps/companies",
+        json!({"name": "after forcing"}),
+    )
+    .await;
+    // The new primary's host goes too, and the old primary comes back: it cannot tell who is
+    // primary, and its monitor lists each failover member once.
+    m[1].kill_host().await;
+    m[0].restart_host();
+    m[0].wait_ready().await;
+    let view = m[0]
+        .wait_mirror(15, "waiting", |v| v["status"] == "Waiting")
+        .await;
+    let names: Vec<&str> = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["MIRRORB/IRIS", "MIRRORA/IRIS"], "{view}");
+    assert_eq!(
+        TestMember::member_row(&view, "MIRRORB/IRIS")["status"],
+        "Down"
+    );
+    // Both back: the newer history wins, the other follows.
+    m[1].restart_host();
+    m[1].wait_ready().await;
+    wait_primary(&m[1], 20).await;
+    wait_backup(&m[0]).await;
+    assert_identical(&m[0], &m[1]).await;
+    let names = all_names(&m[0]).await;
+    assert!(names.contains("before") && names.contains("after forcing"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_async_that_falls_too_far_behind_is_cut_off_and_catches_up_from_the_files() {
+    let (a, b) = pair(QOS_MS).await;
+    mirror_databases(&a, &b).await;
+    let c = join_async("dr", &a).await;
+    a.wait_mirror(20, "C connected", |v| {
+        TestMember::member_row(v, "MIRRORC/IRIS")["status"] == "Connected"
+    })
+    .await;
+    a.sql(
+        "COMPANY",
+        "CREATE TABLE COMPANY.Big (id INTEGER PRIMARY KEY, b BLOB)",
+    )
+    .await;
+    // The async stops reading (its process is frozen): what the primary sends it piles up in
+    // its outbox — until the bound, where the link is cut. Commits never wait for it.
+    let pid = c.freeze().await;
+    let started = Instant::now();
+    let mut rows = 0;
+    while !a.log().contains("falls behind by more than") {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the async's backlog was never cut off after {rows} MiB:\n{}",
+            a.log()
+        );
+        a.sql("COMPANY", "INSERT INTO Big(b) VALUES (zeroblob(1048576))")
+            .await;
+        rows += 1;
+    }
+    eprintln!(
+        "figure: cut off after {rows} MiB written in {:?}",
+        started.elapsed()
+    );
+    assert!(rows >= 16, "cut off after only {rows} MiB");
+    // The async wakes up, reconnects and catches up from the journal files.
+    c.thaw(pid);
+    a.sql("COMPANY", "DROP TABLE COMPANY.Big").await;
+    created(
+        &a,
+        "/api/apps/companies",
+        json!({"name": "after the backlog"}),
+    )
+    .await;
+    assert_identical(&a, &c).await;
+    assert_identical(&a, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_agent_serves_a_down_instances_journal_only_under_its_lock_and_start_waits() {
+    use mirrorlab::agent::{self, AgentRequest};
+    let (a, b) = pair(QOS_MS).await;
+    mirror_databases(&a, &b).await;
+    let view = a.get("/api/mirror").await.1;
+    let mirror_id = {
+        let (_, info) = superserver_says(
+            "127.0.0.1",
+            &a.superserver,
+            &mirrorlab::mirror::protocol::Control::Info {
+                mirror_name: "MIRRORSET".into(),
+            },
+        )
+        .await;
+        let mirrorlab::mirror::protocol::Control::InfoReply { description } = info else {
+            panic!("{info:?}");
+        };
+        description.mirror.id
+    };
+    assert_eq!(view["role"], "Primary");
+    let mut rng = common::Rng::from_env_or_clock();
+    for round in 0..10 {
+        created(
+            &a,
+            "/api/apps/companies",
+            json!({"name": format!("round {round}")}),
+        )
+        .await;
+        a.kill_instance().await;
+        // Someone reads the down instance's journal while someone else starts it.
+        let reads: Vec<_> = (0..4)
+            .map(|_| {
+                let (agent, id) = (a.agent.clone(), mirror_id.clone());
+                tokio::spawn(async move {
+                    agent::call(
+                        &agent,
+                        AgentRequest::JournalTail {
+                            mirror_name: "MIRRORSET".into(),
+                            mirror_id: id,
+                            from: 1,
+                        },
+                    )
+                    .await
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(rng.below(30))).await;
+        a.start_instance().await;
+        for read in reads {
+            let reply = read.await.unwrap().unwrap();
+            assert!(
+                reply.ok || reply.message.contains("running"),
+                "round {round}: {}",
+                reply.message
+            );
+        }
+        // The instance started (it never found its files taken), and is primary again or
+        // the other took over.
+        a.wait_ready().await;
+        assert!(
+            !a.log()
+                .contains("another process is using the data directory"),
+            "round {round}: the instance found its files taken:\n{}",
+            a.log()
+        );
+        let ended = Instant::now() + Duration::from_secs(20);
+        loop {
+            let roles = (
+                a.get("/api/mirror").await.1["status"].clone(),
+                b.get("/api/mirror").await.1["status"].clone(),
+            );
+            if matches!(
+                (roles.0.as_str(), roles.1.as_str()),
+                (Some("Primary"), Some("Backup")) | (Some("Backup"), Some("Primary"))
+            ) {
+                break;
+            }
+            assert!(
+                Instant::now() < ended,
+                "round {round}: no pair again: {roles:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if b.get("/api/mirror").await.1["role"] == "Primary" {
+            // The backup took over meanwhile: let A have the role back for the next round.
+            b.kill_instance().await;
+            wait_primary(&a, 15).await;
+            b.start_instance().await;
+            b.wait_ready().await;
+            wait_backup(&b).await;
+        }
+    }
+    assert_identical(&a, &b).await;
+}

@@ -287,6 +287,8 @@ impl TestMember {
 /// A running member.
 pub struct TestMember {
     pub dir: tempfile::TempDir,
+    /// A small file system mounted over the data directory (see [`TestMember::start_on_tmpfs`]).
+    tmpfs: Option<PathBuf>,
     pub web: String,
     pub agent: String,
     pub superserver: String,
@@ -309,7 +311,33 @@ impl TestMember {
 
     /// Starts a member with the given host name and extra `member` arguments.
     pub async fn start_with(host: &str, extra: &[&str]) -> TestMember {
+        Self::start_in(tempfile::tempdir().unwrap(), None, host, extra).await
+    }
+
+    /// Starts a member whose data directory is a tmpfs of `megabytes` (so a test can fill the
+    /// disk). Needs the right to mount (root).
+    pub async fn start_on_tmpfs(host: &str, megabytes: u32, extra: &[&str]) -> TestMember {
         let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("durable");
+        std::fs::create_dir_all(&data).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(&data)
+            .status()
+            .expect("run mount");
+        assert!(
+            mounted.success(),
+            "mounting a tmpfs needs root (the test of a full disk): {mounted}"
+        );
+        Self::start_in(dir, Some(data), host, extra).await
+    }
+
+    async fn start_in(
+        dir: tempfile::TempDir,
+        tmpfs: Option<PathBuf>,
+        host: &str,
+        extra: &[&str],
+    ) -> TestMember {
         let web = format!("127.0.0.1:{}", free_port());
         let agent = format!("127.0.0.1:{}", free_port());
         let superserver = format!("127.0.0.1:{}", free_port());
@@ -322,6 +350,7 @@ impl TestMember {
         let member = TestMember {
             api,
             dir,
+            tmpfs,
             web,
             agent,
             superserver,
@@ -477,18 +506,21 @@ impl Drop for TestMember {
         }
         // Leave no process behind, whatever happened in the test: the agent stops its instance
         // on SIGTERM before it exits.
-        if let Ok(Some(_)) = self.agent_process.try_wait() {
-            return;
-        }
-        let _ = send_signal(self.agent_process.id(), Signal::Term);
-        let deadline = Instant::now() + Duration::from_secs(40);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.agent_process.try_wait() {
-                return;
+        if !matches!(self.agent_process.try_wait(), Ok(Some(_))) {
+            let _ = send_signal(self.agent_process.id(), Signal::Term);
+            let deadline = Instant::now() + Duration::from_secs(40);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.agent_process.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            let _ = self.agent_process.kill();
+            let _ = self.agent_process.wait();
         }
-        let _ = self.agent_process.kill();
+        if let Some(mount) = &self.tmpfs {
+            let _ = Command::new("umount").arg(mount).status();
+        }
     }
 }
 

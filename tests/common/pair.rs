@@ -36,6 +36,18 @@ pub async fn pair_full(
 ) -> (TestMember, TestMember, Option<super::Proxy>) {
     let a = TestMember::start_with("mirrora", extra).await;
     let b = TestMember::start_with("mirrorb", extra).await;
+    join_pair(a, b, qos_ms, proxied, arbiter).await
+}
+
+/// Makes started members `a` (primary) and `b` (its active backup) a mirrored pair, as
+/// [`pair_full`] does.
+pub async fn join_pair(
+    a: TestMember,
+    b: TestMember,
+    qos_ms: u64,
+    proxied: bool,
+    arbiter: Option<&str>,
+) -> (TestMember, TestMember, Option<super::Proxy>) {
     let proxy = match proxied {
         true => Some(super::Proxy::start(&a.superserver).await),
         false => None,
@@ -463,4 +475,25 @@ pub async fn copy_frozen_between(a: &Api, a_data: &Path, b_data: &Path, dir: &st
     )
     .unwrap();
     a.ok("/api/mirror/thaw", json!({})).await;
+}
+
+/// A third member, `mirrorc`, joined to `primary`'s mirror as an async of `async_type`, with
+/// copies of the mirrored databases.
+pub async fn join_async(async_type: &str, primary: &TestMember) -> TestMember {
+    let c = TestMember::start_named("mirrorc").await;
+    c.ok("/api/mirror/service", json!({"enabled": true})).await;
+    c.ok(
+        "/api/mirror/join-async",
+        json!({
+            "mirror_name": "MIRRORSET",
+            "agent_address": format!("127.0.0.1:{}", primary.agent_port()),
+            "superserver_address": c.superserver,
+            "agent_address_local": "127.0.0.1",
+            "agent_port_local": c.agent_port(),
+            "async_type": async_type,
+        }),
+    )
+    .await;
+    copy_databases(primary, &c).await;
+    c
 }
