@@ -359,6 +359,25 @@ async fn the_compose_lab_walkthrough_and_its_faults() {
     let on_a = names(&a.sql("COMPANY", "SELECT name FROM Company").await);
     assert!(!on_a.contains(&"written while isolated".to_string()));
 
+    // A graceful handover and back, then the new primary's host dies: the arbiter must still
+    // approve the takeover (after a handover it once never did).
+    docker_ok(&["stop", "mirrorA"]);
+    wait_role(&b, "Primary", 20).await;
+    phase(started, "docker stop mirrorA: mirrorB is primary");
+    docker_ok(&["start", "mirrorA"]);
+    a.wait_ready_within(60).await;
+    wait_role(&a, "Backup", 30).await;
+    wait_arbiter_controlled(&a, &b).await;
+    phase(started, "docker start mirrorA: mirrorA is backup");
+    docker_ok(&["kill", "mirrorB"]);
+    wait_role(&a, "Primary", 20).await;
+    phase(started, "docker kill mirrorB: mirrorA is primary");
+    docker_ok(&["start", "mirrorB"]);
+    b.wait_ready_within(60).await;
+    wait_role(&b, "Backup", 30).await;
+    wait_arbiter_controlled(&a, &b).await;
+    phase(started, "docker start mirrorB: mirrorB is backup");
+
     // `docker pause` the primary (A): a silent host; B takes over through the arbiter.
     docker_ok(&["pause", "mirrorA"]);
     wait_role(&b, "Primary", 30).await;

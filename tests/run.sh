@@ -77,6 +77,6 @@ fi
 # stream each time (tests/common/mod.rs, before_fault). MIRRORLAB_FAULT_REPEATS sets how often.
 if [ $# -eq 0 ]; then
     for _ in $(seq 1 "${MIRRORLAB_FAULT_REPEATS:-2}"); do
-        cargo test --locked --test failover
+        cargo test --locked --test failover --test sequences
     done
 fi

@@ -581,8 +581,8 @@ pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<File> {
         File::create(mgr.join("instance.lck")).io_context("create the instance lock file")?;
     lock.try_lock().map_err(|_| {
         Error::Conflict(format!(
-            "another process is using the data directory {} (an instance, or its agent reading \
-             its journal)",
+            "another process is already using the data directory {} (an instance, or its agent \
+             reading its journal)",
             data_dir.display()
         ))
     })?;

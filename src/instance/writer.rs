@@ -419,7 +419,7 @@ enum ParkedWork {
     /// A batch: its transaction is open on its namespace's connection.
     Batch {
         namespace: NamespaceName,
-        conn: NamespaceConn,
+        conn: Box<NamespaceConn>,
         outcomes: Vec<Outcome>,
     },
     /// Add to Mirror: its events are journaled; the databases switch to the mirror journal once
@@ -748,7 +748,7 @@ impl Writer {
                     since: Instant::now(),
                     work: ParkedWork::Batch {
                         namespace,
-                        conn,
+                        conn: Box::new(conn),
                         outcomes,
                     },
                 });
@@ -940,7 +940,7 @@ impl Writer {
                         outcomes,
                     } => {
                         let result = self.commit_and_answer(&conn, outcomes, true);
-                        self.conns.insert(namespace, conn);
+                        self.conns.insert(namespace, *conn);
                         result
                     }
                     ParkedWork::Add { added, reply } => {

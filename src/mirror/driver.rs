@@ -8,10 +8,13 @@
 //! agent, No Failover and whether every mirrored copy here is ready, and hands them, with the
 //! time, to this member's [`Failover`]. The actions that come back are carried out here:
 //!
-//! - `SuspendWrites` / `ResumeWrites` hold and release the primary's acknowledgements in the
-//!   hub. Losing an active backup already suspended them at once (see the hub); the driver only
-//!   lifts the suspension when the rules are out of trouble, and the hub refuses a lift decided
-//!   before a newer loss.
+//! - `SuspendWrites` / `ResumeWrites` hold and release the primary's mirrored commits in the
+//!   hub (the writer holds mirrored writes before they begin meanwhile). Losing an active backup
+//!   already suspended them at once (see the hub); the driver only lifts the suspension when the
+//!   rules are out of trouble, and the hub refuses a lift decided before a newer loss.
+//! - `StandDown` tells the arbiter, with the activation it ends, and is kept until a connection
+//!   to the arbiter carries it; fresh backup rules (a start, a new role) stand down first, which
+//!   cancels any takeover the arbiter granted to rules that are gone.
 //! - `AskAgent` asks the primary's agent, on a helper thread, whether the primary is down
 //!   (the agent forces a hung one down). The answer comes back as an event on a later tick.
 //!   Meanwhile the receiver does not reconnect ([`Failover::may_connect`]).

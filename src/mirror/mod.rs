@@ -22,8 +22,9 @@
 //! The backup connects to the primary's mirror private address on the superserver port
 //! ([`server`], [`receiver`]) and asks for the journal after its last position. The primary's
 //! writer hands each batch to the [`hub`] before its own fsync; the backup appends it at the same
-//! positions, fsyncs and acknowledges; the primary answers its clients only after that
-//! acknowledgement (when the backup is *active*). One round trip serves a whole batch.
+//! positions, fsyncs and acknowledges; the primary commits the batch — makes it visible — and
+//! answers its clients only after that acknowledgement (when the backup is *active*). One round
+//! trip serves a whole batch. Every member applies only what the primary committed.
 //!
 //! # Copies, Activate, Catchup
 //!
@@ -61,10 +62,25 @@
 //!
 //! - Only the primary writes mirrored databases; everywhere else they are read-only.
 //! - A commit acknowledged while a backup is active is in the backup's journal; losing an
-//!   active backup holds acknowledgements until it is known not to take over.
-//! - A member applies nothing beyond what the primary announced as durable, so a restarted
-//!   primary can always tell a member to cut records it never made durable.
+//!   active backup (its link breaks, times out, or another connection replaces it) holds
+//!   mirrored commits until it is known not to take over, and mirrored writes wait before
+//!   they begin meanwhile.
+//! - No member — the primary included — shows a mirrored row before the active backup holds
+//!   it, so no read ever returns a row that a takeover undoes; members apply nothing beyond what
+//!   the primary committed, so a restarted primary can always tell a member to cut the rest.
 //! - Every takeover starts a new epoch, and a member's history is compared at the fork.
+//! - Whenever a monitor shows Arbiter Controlled, the arbiter holds the primary booked in
+//!   arbiter mode: a new primary starts in agent mode and enters arbiter mode only through its
+//!   own booking; a backup that may not take over asks nobody, and a stand-down cancels what
+//!   the arbiter booked for it.
+//! - A `hello` never rewrites a configured member's addresses, and without TLS one is accepted
+//!   only from an address the configuration names for that member.
+//!
+//! # Lock order
+//!
+//! The hub's lock is taken before a member's outbox lock (publishing writes into outboxes under
+//! the hub's lock); nothing takes them the other way round. The receiver holds the backup's
+//! journal lock while the writer rolls a divergent tail back; the writer never takes that lock.
 //!
 //! # Left out (for now)
 //!

@@ -390,12 +390,8 @@ impl MirrorService {
                     std::thread::sleep(Duration::from_millis(10));
                 }
             }
-            Role::Backup => {
-                if self.stand_down_over_link(qos) {
-                    tracing::info!(
-                        "mirror: shutting down: told the primary this backup stands down"
-                    );
-                }
+            Role::Backup if self.stand_down_over_link(qos) => {
+                tracing::info!("mirror: shutting down: told the primary this backup stands down");
             }
             _ => {}
         }
