@@ -1007,3 +1007,52 @@ async fn the_agent_serves_a_down_instances_journal_only_under_its_lock_and_start
     }
     finish_writers(&stop, writers, &a, &b).await;
 }
+
+/// Watches `member` for `ms`: true if it ever showed `status`.
+async fn ever_shows(member: &Api, status: &str, ms: u64) -> bool {
+    let until = Instant::now() + Duration::from_millis(ms);
+    while Instant::now() < until {
+        if member.get("/api/mirror").await.1["status"] == status {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_that_leaves_on_purpose_never_puts_the_primary_in_trouble() {
+    let (a, b) = pair(QOS_MS).await;
+    mirror_databases(&a, &b).await;
+    let mut b = b;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers = start_writers_on_primary([a.api(), b.api()], 2, "leave", stop.clone());
+    // `docker stop`, `ctl stop`, and Stop Mirror On This Member: each time the backup tells the
+    // primary first that it stands down, so the primary does not wait for it in the trouble
+    // state (agent controlled: it would, for 2 × QoS).
+    for how in ["docker stop", "ctl stop", "Stop Mirror"] {
+        common::before_fault(300).await;
+        let watch = {
+            let a = a.api();
+            tokio::spawn(async move { ever_shows(&a, "In Trouble", 3 * QOS_MS).await })
+        };
+        match how {
+            "docker stop" => b.stop_host().await,
+            "ctl stop" => b.stop_instance().await,
+            _ => drop(b.ok("/api/mirror/stop", json!({})).await),
+        }
+        assert!(
+            !watch.await.unwrap(),
+            "{how}: the primary went into trouble"
+        );
+        created(&a, "/api/apps/companies", json!({"name": how})).await;
+        match how {
+            "docker stop" => b.restart_host(),
+            "ctl stop" => b.start_instance().await,
+            _ => drop(b.ok("/api/mirror/start", json!({})).await),
+        }
+        b.wait_ready().await;
+        wait_backup(&b).await;
+    }
+    finish_writers(&stop, writers, &a, &b).await;
+}

@@ -396,6 +396,14 @@ impl Arbiter {
                 };
                 if partner_seen {
                     let deadline = Instant::now() + record.qos;
+                    tracing::info!(
+                        "arbiter: {}: the {} asks; it is answered when the {} speaks again, or \
+                         after {} ms of silence",
+                        record.name,
+                        if primary { "primary" } else { "backup" },
+                        if primary { "backup" } else { "primary" },
+                        record.qos.as_millis()
+                    );
                     record.pending.push(Pending {
                         from_primary: primary,
                         deadline,
@@ -518,14 +526,20 @@ async fn serve(state: Arc<Mutex<Arbiter>>, stream: TcpStream) -> Result<()> {
         return Ok(());
     };
     // A member silent for its QoS timeout is lost.
-    while let Ok(Ok(Some(message))) = tokio::time::timeout(
-        qos,
-        read_frame::<_, ToArbiter>(&mut reader, MAX_AGENT_FRAME),
-    )
-    .await
-    {
-        state.lock().unwrap().message(conn, &message);
-    }
+    let ended = loop {
+        match tokio::time::timeout(
+            qos,
+            read_frame::<_, ToArbiter>(&mut reader, MAX_AGENT_FRAME),
+        )
+        .await
+        {
+            Ok(Ok(Some(message))) => state.lock().unwrap().message(conn, &message),
+            Ok(Ok(None)) => break "closed".to_string(),
+            Ok(Err(err)) => break err.to_string(),
+            Err(_) => break format!("silent for {} ms", qos.as_millis()),
+        }
+    };
+    tracing::debug!("arbiter: connection {conn} ended: {ended}");
     state.lock().unwrap().lost(conn);
     send.abort();
     Ok(())

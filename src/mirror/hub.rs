@@ -69,6 +69,8 @@ struct Link {
     dejournaling: String,
     /// The failover driver was already told this link is lost (revoked before it closed).
     reported_lost: bool,
+    /// The member stood down on this link (it is leaving): it never becomes active on it again.
+    stood_down: bool,
 }
 
 impl Drop for Link {
@@ -294,6 +296,7 @@ impl Hub {
             last_heard_ms: now,
             dejournaling: String::new(),
             reported_lost: false,
+            stood_down: false,
         });
         if state.links.last().unwrap().member.kind == MemberKind::Failover {
             state.events.push_back(Event::PartnerConnected);
@@ -344,6 +347,7 @@ impl Hub {
         if link.member.kind == MemberKind::Failover
             && !link.active
             && !link.reported_lost
+            && !link.stood_down
             && link.acked >= link.activation_point
         {
             link.active = true;
@@ -366,8 +370,9 @@ impl Hub {
         }
     }
 
-    /// The backup stood down for good (Demote To DR): it is no longer active, and losing its
-    /// connection next is no trouble.
+    /// The backup stood down on this link (Demote To DR, Stop Mirror, a graceful shutdown): it is
+    /// no longer active, acknowledgements on this link never make it active again (it is
+    /// leaving), and losing its connection next is no trouble.
     pub fn on_stood_down(&self, id: u64) {
         let mut state = self.state.lock().unwrap();
         if let Some(link) = state
@@ -376,6 +381,7 @@ impl Hub {
             .find(|l| l.id == id && l.member.kind == MemberKind::Failover)
         {
             link.active = false;
+            link.stood_down = true;
             state.events.push_back(Event::PartnerStoodDown);
         }
         drop(state);
@@ -753,6 +759,22 @@ mod tests {
             hub.acknowledgement(JournalPos(1), Instant::now()),
             Acknowledged::Closed
         );
+    }
+
+    #[test]
+    fn a_backup_that_stood_down_is_not_made_active_again_by_its_acknowledgements() {
+        let hub = Hub::new(60_000);
+        hub.reset(JournalPos(0));
+        let (id, _, _) = hub.register(member("B", MemberKind::Failover)).unwrap();
+        hub.on_ack(id, JournalPos(0));
+        assert!(hub.has_active_backup());
+        hub.on_stood_down(id);
+        assert!(!hub.has_active_backup());
+        hub.on_ack(id, JournalPos(0));
+        assert!(!hub.has_active_backup(), "active again after standing down");
+        // Its link closing next is no trouble.
+        hub.unregister(id, "it stopped");
+        assert!(!hub.suspended());
     }
 
     #[test]

@@ -1,0 +1,412 @@
+//! One batch of writes: run, journaled, shipped, made durable, committed — or, mirrored,
+//! parked until the active backup holds it (see the essay of [`super`]). Also what keeps
+//! mirrored writes waiting before they begin while they may not commit.
+
+use super::statement::{Segment, Step, run_request};
+use super::*;
+
+/// Where the frames of the batch being built go.
+pub(super) struct Streams<'a> {
+    pub(super) local: &'a mut Vec<u8>,
+    pub(super) next_local: JournalPos,
+    pub(super) mirror: Option<&'a mut Vec<u8>>,
+    pub(super) next_mirror: JournalPos,
+    pub(super) epoch: u64,
+    pub(super) time_ms: i64,
+}
+
+/// How a batch left `commit_on`.
+pub(super) enum Committed {
+    /// Committed (or failed) and answered.
+    Done,
+    /// Its mirrored records are durable here and shipped; it commits once the active backup
+    /// acknowledged `last`.
+    Waiting {
+        last: JournalPos,
+        outcomes: Vec<Outcome>,
+    },
+}
+
+/// Mirrored work durable in the journal and shipped, waiting for the active backup's
+/// acknowledgement before it becomes visible.
+pub(super) struct Parked {
+    pub(super) last: JournalPos,
+    pub(super) since: Instant,
+    pub(super) work: ParkedWork,
+}
+
+pub(super) enum ParkedWork {
+    /// A batch: its transaction is open on its namespace's connection.
+    Batch {
+        namespace: NamespaceName,
+        conn: Box<NamespaceConn>,
+        outcomes: Vec<Outcome>,
+    },
+    /// Add to Mirror: its events are journaled; the databases switch to the mirror journal once
+    /// the backup holds them.
+    Add {
+        added: Vec<(DatabaseEntry, MirroredDatabase)>,
+        reply: Reply<String>,
+    },
+}
+
+impl Parked {
+    /// Answers everyone waiting on it with `err` (the work is left undone here).
+    pub(super) fn fail(self, err: &Error) {
+        match self.work {
+            ParkedWork::Batch { conn, outcomes, .. } => {
+                let _ = conn.internal(|c| c.execute_batch("ROLLBACK"));
+                fail_all(outcomes, err);
+            }
+            ParkedWork::Add { reply, .. } => {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
+impl Writer {
+    pub(super) fn commit_batch(
+        &mut self,
+        batch: Vec<(WriteRequest, Reply<QueryResult>)>,
+    ) -> Result<(), Fatal> {
+        let namespace = batch[0].0.namespace.clone();
+        let conn = match self.take_connection(&namespace) {
+            Ok(conn) => conn,
+            Err(err) => {
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                return Ok(());
+            }
+        };
+        match self.commit_on(&conn, batch)? {
+            Committed::Done => {
+                self.conns.insert(namespace, conn);
+            }
+            Committed::Waiting { last, outcomes } => {
+                // The transaction stays open on its connection until the backup acknowledged.
+                self.parked = Some(Parked {
+                    last,
+                    since: Instant::now(),
+                    work: ParkedWork::Batch {
+                        namespace,
+                        conn: Box::new(conn),
+                        outcomes,
+                    },
+                });
+                self.settle_parked()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits one batch (see the module essay); a batch with mirrored records is left open,
+    /// durable in the journal and shipped, to commit once the backup acknowledged it.
+    pub(super) fn commit_on(
+        &mut self,
+        conn: &NamespaceConn,
+        batch: Vec<(WriteRequest, Reply<QueryResult>)>,
+    ) -> Result<Committed, Fatal> {
+        // A client that gave up (its request timed out) is not written for: it was told
+        // nothing, and a retry of it must not become a second row.
+        let batch: Vec<_> = batch
+            .into_iter()
+            .filter(|(_, reply)| !reply.is_closed())
+            .collect();
+        if batch.is_empty() {
+            return Ok(Committed::Done);
+        }
+        if let Err(err) = conn.internal(|c| c.execute_batch("BEGIN")) {
+            let err = Error::from(err);
+            for (_, reply) in batch {
+                let _ = reply.send(Err(err.clone()));
+            }
+            return Ok(Committed::Done);
+        }
+        self.local_frames.clear();
+        self.mirror_frames.clear();
+        let first_local = self.local.end().next();
+        let first_mirror = self
+            .mirror_journal
+            .as_ref()
+            .map(|j| j.end().next())
+            .unwrap_or(JournalPos(1));
+        let mut streams = Streams {
+            local: &mut self.local_frames,
+            next_local: first_local,
+            mirror: self
+                .mirror_journal
+                .as_ref()
+                .map(|_| &mut self.mirror_frames),
+            next_mirror: first_mirror,
+            epoch: self.epoch,
+            time_ms: now_ms(),
+        };
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(batch.len());
+        // The requests since the last schema statement share one session per database: their
+        // net row changes become one record per journal (see `Segment`).
+        let mut segment: Option<Segment<'_>> = None;
+        for (request, reply) in batch {
+            let step = run_request(conn, &request, &mut segment, &mut streams, &mut outcomes);
+            match step {
+                Ok(Step::Done(result, changed)) => {
+                    if changed && let Some(segment) = segment.as_mut() {
+                        segment.members.push(outcomes.len());
+                    }
+                    outcomes.push((result, reply));
+                }
+                Ok(Step::TransactionLost(err)) => {
+                    // SQLite rolled back the whole transaction (an interrupted or failed
+                    // statement can do that): the batch so far is undone and nothing of it was
+                    // journaled. Its clients are told to retry; the rest continue afresh.
+                    segment = None;
+                    streams.local.clear();
+                    if let Some(m) = streams.mirror.as_mut() {
+                        m.clear();
+                    }
+                    streams.next_local = first_local;
+                    streams.next_mirror = first_mirror;
+                    let retry = Error::Conflict(
+                        "the write was rolled back together with another statement of its batch; try again".into(),
+                    );
+                    for (result, earlier) in outcomes.drain(..) {
+                        let _ = earlier.send(result.and(Err(retry.clone())));
+                    }
+                    let _ = reply.send(Err(err));
+                    if let Err(err) = conn.internal(|c| c.execute_batch("BEGIN")) {
+                        return Err(Fatal(format!("could not start a transaction again: {err}")));
+                    }
+                }
+                Err(Fatal(why)) => {
+                    outcomes.push((Err(Error::Unavailable(why.clone())), reply));
+                    drop(segment);
+                    let _ = conn.internal(|c| c.execute_batch("ROLLBACK"));
+                    fail_all(outcomes, &Error::Unavailable(why.clone()));
+                    return Err(Fatal(why));
+                }
+            }
+        }
+        if let Some(segment) = segment.take()
+            && let Err(err) = segment.flush(conn, &mut streams, &mut outcomes)
+        {
+            // Nothing is journaled yet: undo the batch and report; the instance stays healthy.
+            let _ = conn.internal(|c| c.execute_batch("ROLLBACK"));
+            fail_all(outcomes, &err);
+            return Ok(Committed::Done);
+        }
+        let (next_local, next_mirror) = (streams.next_local, streams.next_mirror);
+        let local_records = next_local.0 - first_local.0;
+        let mirror_records = next_mirror.0 - first_mirror.0;
+
+        if local_records + mirror_records > 0 {
+            // From here on a failure leaves the disk in a state only recovery can sort out.
+            if let Err(err) = self.make_durable(first_local, next_local, first_mirror, next_mirror)
+            {
+                let _ = conn.internal(|c| c.execute_batch("ROLLBACK"));
+                let why = format!(
+                    "journal write failed ({err}); whether the last writes are durable is unknown"
+                );
+                fail_all(outcomes, &Error::Unavailable(why.clone()));
+                return Err(Fatal(why));
+            }
+        }
+        if mirror_records > 0 {
+            // Step 4: a mirrored batch becomes visible only once the active backup holds it.
+            // Committing it now would let readers here see rows a takeover undoes; the writer
+            // parks it and goes on with other work meanwhile (see `settle_parked`).
+            return Ok(Committed::Waiting {
+                last: JournalPos(next_mirror.0 - 1),
+                outcomes,
+            });
+        }
+        // Only now, with the batch durable here, do its changes become visible.
+        self.commit_and_answer(conn, outcomes, local_records > 0)?;
+        Ok(Committed::Done)
+    }
+
+    /// `COMMIT` and answer the batch's clients. After a journal write, a failed commit leaves
+    /// the files behind the durable journal: fail-stop, recovery replays it.
+    pub(super) fn commit_and_answer(
+        &mut self,
+        conn: &NamespaceConn,
+        outcomes: Vec<Outcome>,
+        journaled: bool,
+    ) -> Result<(), Fatal> {
+        if let Err(err) = conn.internal(|c| c.execute_batch("COMMIT")) {
+            let _ = conn.internal(|c| c.execute_batch("ROLLBACK"));
+            let err = Error::Internal(format!("commit failed: {err}"));
+            fail_all(outcomes, &err);
+            return if journaled {
+                Err(Fatal(err.to_string()))
+            } else {
+                Ok(())
+            };
+        }
+        if journaled {
+            self.dirty = true;
+        }
+        for (result, reply) in outcomes {
+            let _ = reply.send(result);
+        }
+        Ok(())
+    }
+
+    /// Looks at the parked work: commits it once the active backup acknowledged it (the
+    /// members then learn that they may apply it), or gives it up when the hub closed (the
+    /// instance stops, or this member is no longer primary: its records stay in the journal,
+    /// which the next start replays or undoes, and the clients hear that the outcome is not
+    /// known).
+    pub(super) fn settle_parked(&mut self) -> Result<(), Fatal> {
+        let Some(parked) = &self.parked else {
+            return Ok(());
+        };
+        let (last, since) = (parked.last, parked.since);
+        match self.mirror.hub.acknowledgement(last, since) {
+            Acknowledged::Waiting => Ok(()),
+            Acknowledged::Closed => {
+                let parked = self.parked.take().expect("looked at above");
+                parked.fail(&Error::Unavailable(
+                    "the instance stopped before the backup acknowledged the write; whether it \
+                     survives is not known"
+                        .into(),
+                ));
+                Ok(())
+            }
+            Acknowledged::Yes => {
+                let parked = self.parked.take().expect("looked at above");
+                self.mirror.hub.committed(last);
+                match parked.work {
+                    ParkedWork::Batch {
+                        namespace,
+                        conn,
+                        outcomes,
+                    } => {
+                        let result = self.commit_and_answer(&conn, outcomes, true);
+                        self.conns.insert(namespace, *conn);
+                        result
+                    }
+                    ParkedWork::Add { added, reply } => {
+                        let result = self.finish_add(added);
+                        answer_or_stop(reply, result)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether `command` must wait until mirrored writes may commit: while work is parked,
+    /// every command that could touch its files (writes of its namespace or of any namespace
+    /// with a mirrored database, and everything but writes), and in the trouble state every
+    /// mirrored write. Writes to local databases go on.
+    pub(super) fn must_wait(&self, command: &Command) -> bool {
+        if self.mirror_journal.is_none() || matches!(command, Command::Wake) {
+            return false;
+        }
+        let parked = self.parked.as_ref();
+        match command {
+            Command::Write(request, _) => {
+                (parked.is_some() || !self.mirror.hub.may_commit())
+                    && self.touches_mirror(&request.namespace, parked)
+            }
+            Command::Mirror(MirrorCommand::AddDatabases { .. }) => {
+                parked.is_some() || !self.mirror.hub.may_commit()
+            }
+            _ => parked.is_some(),
+        }
+    }
+
+    /// Whether a write in `namespace` may touch a mirrored database, or a file of the parked
+    /// batch (whose transaction holds its files' write locks).
+    pub(super) fn touches_mirror(
+        &self,
+        namespace: &NamespaceName,
+        parked: Option<&Parked>,
+    ) -> bool {
+        let state = self.catalog.snapshot();
+        let Ok(entry) = state.namespace(namespace) else {
+            return false;
+        };
+        let parked_dbs: Vec<&DbName> = match parked.map(|p| &p.work) {
+            Some(ParkedWork::Batch { namespace, .. }) => state
+                .namespace(namespace)
+                .map(|n| n.databases().collect())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        entry.databases().any(|db| {
+            parked_dbs.contains(&db)
+                || state
+                    .databases
+                    .get(db)
+                    .is_some_and(|d| d.mirrored.is_some() && !d.read_only)
+        })
+    }
+
+    /// Holds `command` until mirrored writes may commit; refuses it when too many wait.
+    pub(super) fn hold_for_mirror(&mut self, command: Command) {
+        if self.waiting.len() + self.held.len() < MAX_HELD {
+            self.waiting.push_back(command);
+            return;
+        }
+        refuse(
+            command,
+            Error::Unavailable(
+                "writes to mirrored databases wait until the backup acknowledges (or the \
+                 trouble state ends), and too many are waiting: try again later"
+                    .into(),
+            ),
+        );
+    }
+
+    /// Puts the held commands back in line, first, once nothing keeps them waiting.
+    pub(super) fn release_waiting(&mut self) {
+        if self.waiting.is_empty()
+            || self.parked.is_some()
+            || (self.mirror_journal.is_some() && !self.mirror.hub.may_commit())
+        {
+            return;
+        }
+        while let Some(command) = self.waiting.pop_back() {
+            self.deferred.push_front(command);
+        }
+    }
+
+    /// Step 3 of the essay: append, ship, fsync.
+    pub(super) fn make_durable(
+        &mut self,
+        first_local: JournalPos,
+        next_local: JournalPos,
+        first_mirror: JournalPos,
+        next_mirror: JournalPos,
+    ) -> Result<()> {
+        let mirror_last = JournalPos(next_mirror.0 - 1);
+        let mirror_records = next_mirror.0 - first_mirror.0;
+        if mirror_records > 0 {
+            let journal = self
+                .mirror_journal
+                .as_mut()
+                .expect("mirror frames need the mirror journal");
+            self.mirror
+                .hub
+                .publish(journal, &self.mirror_frames, first_mirror, mirror_last)?;
+        }
+        let local_records = next_local.0 - first_local.0;
+        if local_records > 0 {
+            self.local.append(
+                &self.local_frames,
+                JournalPos(next_local.0 - 1),
+                local_records,
+            )?;
+            self.local.sync()?;
+        }
+        if mirror_records > 0 {
+            let journal = self
+                .mirror_journal
+                .as_mut()
+                .expect("mirror frames need the mirror journal");
+            journal.sync()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,759 @@
+//! The writer: the one thread that changes databases, and the group commit.
+//!
+//! # How a write travels
+//!
+//! A handler sends a [`WriteRequest`] (namespace, statement, parameters) over a channel and waits
+//! for the reply. The writer thread takes the first request and every request for the same
+//! namespace that queued up behind it (up to [`MAX_BATCH`]), and for the whole batch:
+//!
+//! 1. `BEGIN` on the namespace's connection.
+//! 2. For each request, under its own savepoint: a SQLite session per writable database records
+//!    the statement's row changes; the changesets are streamed straight into a journal frame at
+//!    the next position — in the mirror's journal for mirrored databases, in the instance's own
+//!    journal for the others (schema statements are journaled as their text); each database it
+//!    changed gets its new applied position *in the same transaction as its rows*. A failing
+//!    statement rolls back to its savepoint and only its own client gets the error.
+//! 3. The mirror frames are appended and handed to the mirror's members ([`Hub::publish`](crate::mirror::hub::Hub::publish): the
+//!    backup's disk write overlaps ours); the local frames are appended; each journal is made
+//!    durable with one `fdatasync` — **one fsync per journal for the whole batch**.
+//! 4. `COMMIT`: the batch becomes visible on this member, and its clients are answered. A batch
+//!    with mirrored records first waits for the active backup's acknowledgement — one round
+//!    trip for the whole batch, most of it spent while both disks sync. The writer does not
+//!    block on it: the batch is *parked* with its transaction open, writes to local databases
+//!    go on, and the hub wakes the writer when the acknowledgement comes
+//!    ([`Hub::acknowledgement`](crate::mirror::hub::Hub::acknowledgement)); mirrored writes
+//!    queue behind the parked batch and form the next one.
+//!
+//! Ordering is the whole argument for safety. Nothing is acknowledged before step 3's fsync (and,
+//! mirrored, before the backup's acknowledgement), so an acknowledged write is in the journal —
+//! on the backup too. The SQLite commit comes after the fsync, so a database file is never ahead
+//! of its durable journal: a crash before step 4 leaves records the files lack, which recovery
+//! replays; a crash before step 3 leaves neither. A mirrored batch becomes visible only once the
+//! backup holds it, so no reader, here or on any member, ever sees a row that a takeover would
+//! undo: members apply only what the primary committed ([`Hub::committed`](crate::mirror::hub::Hub::committed)).
+//!
+//! # The trouble state
+//!
+//! While the mirror may not acknowledge mirrored writes (the trouble state: the backup was lost
+//! and may be taking over), the writer holds mirrored writes *before* `BEGIN`: they wait, in a
+//! bounded queue (a full one refuses with a message), until the trouble ends, and a client that
+//! gave up meanwhile is not written for. Writes to local databases go on. A batch that was
+//! parked when the trouble began stays parked, invisible, until then.
+//!
+//! # Failures
+//!
+//! A statement error is the client's. A failure of a journal, or of the commit after a journal
+//! write, is not: the state on disk is then uncertain, so the writer stops (fail-stop), answers
+//! everyone with "unavailable", and calls the fatal hook; the process exits and the next start
+//! recovers from the journal. Limping on after a failed fsync is how databases lose data.
+//!
+//! # Everything else that changes a database
+//!
+//! Mount and dismount, and the mirror's work — Add to Mirror, Activate, Catchup and dejournaling
+//! on a backup, Freeze and Thaw — run on this thread too, in order with the writes, so no two
+//! things ever change one file at once (and after a parked batch). Add to Mirror's events are
+//! mirrored writes too: the databases switch to the mirror journal once the backup holds them.
+//! Dejournaling works in chunks so writes and acknowledgements are never stuck behind a long
+//! Catchup. After a second without writes the WAL files are folded into the database files, so a
+//! plain `cp` of an idle database file is complete.
+//!
+//! # Files
+//!
+//! This file holds the thread, its queue and what holds work back (Freeze); [`batch`] a batch's
+//! way from `BEGIN` to its answer; [`statement`] one request inside it and its journal frames;
+//! [`files`] mount and dismount; [`mirror`] the mirror's lifecycle steps that run here; [`apply`]
+//! a backup's Catchup and dejournaling.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use rusqlite::session::Session;
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+use crate::journal::{FrameBuilder, Journal, JournalPos, JournalShared, ReadResume, RecordBody};
+use crate::mirror::config::MirroredDatabase;
+use crate::mirror::hub::Acknowledged;
+use crate::mirror::state::{CatchupPhase, MirrorState, Role};
+use crate::names::{DbName, NamespaceName};
+use crate::storage::database::{
+    self, Applier, ChangesetRun, META_TABLE, apply_schema_qualified, is_qualified_schema,
+    set_applied_sql,
+};
+use crate::storage::{Catalog, DatabaseEntry, NamespaceConn, Purpose};
+use crate::util::{hex, now_ms};
+
+use super::config::{ConfigStore, catalog_state};
+use super::reader::ReadPool;
+use super::recovery;
+use super::sql::{QueryResult, SqlValue, collect_rows, with_statement};
+
+mod apply;
+mod batch;
+mod files;
+mod mirror;
+mod statement;
+
+use batch::{Parked, ParkedWork, Streams};
+
+/// Most requests committed together.
+pub const MAX_BATCH: usize = 256;
+/// Most commands queued for the writer: a handler finding the queue full is answered "try
+/// again" instead of adding to memory without end.
+const QUEUE: usize = 1_024;
+/// Most commands held back (behind a Freeze, or while mirrored writes may not commit): more
+/// are refused with a message.
+const MAX_HELD: usize = 1_000;
+/// Quiet time after which the WAL files are checkpointed into the database files.
+const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
+/// Records a dejournal round applies before other work gets a turn.
+const DEJOURNAL_CHUNK: u64 = 2_000;
+/// How long dejournaling lets received records gather before a round (unless many are waiting):
+/// one round applies them with one transaction per database instead of one per batch.
+///
+/// Each round pays for its own transaction and for SQLite preparing the changeset's statements
+/// again. At 5 ms these costs made up half of a backup's dejournaling CPU under a 16-client
+/// load; at 20 ms a backup spent about 40 % less per commit, and at 50 ms the pair committed a
+/// few per cent more on a two-core machine, where the primary shares the backup's CPU. Nothing
+/// waits for a round but readers on the backup, who see a write up to this much later (commits
+/// wait for the journal, not for dejournaling).
+const DEJOURNAL_GATHER: Duration = Duration::from_millis(50);
+/// How often dejournaling that stopped on a full disk tries again by itself.
+const DISK_FULL_RETRY: Duration = Duration::from_secs(2);
+
+/// One statement to run as its own transaction.
+#[derive(Debug, Clone)]
+pub struct WriteRequest {
+    /// Where to run it.
+    pub namespace: NamespaceName,
+    /// The statement.
+    pub sql: Cow<'static, str>,
+    /// Its parameters (`?1`, `?2`, …).
+    pub params: Vec<SqlValue>,
+    /// Reuse the prepared statement (fixed application statements only).
+    pub cached: bool,
+}
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// Mirror work, done by the writer in order with the writes.
+pub enum MirrorCommand {
+    /// Become the primary of a new mirror: `journal` is its new, empty journal. The membership is
+    /// stored and the mirror's first record written.
+    Create {
+        /// The new mirror journal.
+        journal: Journal,
+        /// The membership to store.
+        membership: Box<crate::mirror::config::Membership>,
+        /// Answer.
+        reply: Reply<String>,
+    },
+    /// Add databases to the mirror (primary).
+    AddDatabases {
+        /// The databases.
+        dbs: Vec<DbName>,
+        /// Answer.
+        reply: Reply<String>,
+    },
+    /// Activate a mirrored database's copy (backup).
+    Activate {
+        /// The database.
+        db: DbName,
+        /// Answer.
+        reply: Reply<String>,
+    },
+    /// Start applying the journal to an activated copy (backup).
+    Catchup {
+        /// The database.
+        db: DbName,
+        /// Answer.
+        reply: Reply<String>,
+    },
+    /// Stop writes and make every database file complete.
+    Freeze {
+        /// Thaw by itself after this long.
+        timeout: Duration,
+        /// Answer.
+        reply: Reply<String>,
+    },
+    /// Resume writes.
+    Thaw {
+        /// Answer.
+        reply: Reply<String>,
+    },
+    /// Leave the mirror: copies of mirrored databases become local databases.
+    Leave {
+        /// Answer.
+        reply: Reply<String>,
+    },
+    /// Become the primary: a backup taking over (`new_epoch`), or a restarted former primary
+    /// that learned it still is one. The journal is taken from `source` only once every copy
+    /// holds everything in it; on a refusal it stays there.
+    BecomePrimary {
+        /// The receiver's mirror journal.
+        source: crate::mirror::receiver::SharedJournal,
+        /// Start a new epoch (a takeover).
+        new_epoch: bool,
+        /// Answer.
+        reply: Reply<String>,
+    },
+    /// A restarted former primary learned that `primary` took over: follow it as backup.
+    Demote {
+        /// The member now primary.
+        primary: String,
+        /// Answer.
+        reply: Reply<String>,
+    },
+    /// Undo what the copies here applied after `after` (a divergent tail), keeping its rows in
+    /// quarantine, before the journal is cut there.
+    RollBack {
+        /// The last position shared with the primary.
+        after: JournalPos,
+        /// Answer.
+        reply: Reply<String>,
+    },
+}
+
+impl MirrorCommand {
+    /// Answers the command with `err` without carrying it out.
+    fn refuse(self, err: Error) {
+        let reply = match self {
+            MirrorCommand::Create { reply, .. }
+            | MirrorCommand::AddDatabases { reply, .. }
+            | MirrorCommand::Activate { reply, .. }
+            | MirrorCommand::Catchup { reply, .. }
+            | MirrorCommand::Freeze { reply, .. }
+            | MirrorCommand::Thaw { reply }
+            | MirrorCommand::Leave { reply }
+            | MirrorCommand::BecomePrimary { reply, .. }
+            | MirrorCommand::Demote { reply, .. }
+            | MirrorCommand::RollBack { reply, .. } => reply,
+        };
+        let _ = reply.send(Err(err));
+    }
+}
+
+enum Command {
+    Write(WriteRequest, Reply<QueryResult>),
+    Mount(DbName, Reply<String>),
+    Dismount(DbName, Reply<String>),
+    StampPositions(Reply<()>),
+    Mirror(MirrorCommand),
+    Dejournal,
+    /// Something a waiting batch depends on changed (the replication hub's wake-up).
+    Wake,
+    Shutdown,
+}
+
+/// Called once when the writer stops after a failure it cannot survive.
+pub type FatalHook = Box<dyn Fn(&str) + Send + Sync>;
+
+/// Sends work to the writer thread.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::SyncSender<Command>,
+    failure: Arc<Mutex<Option<String>>>,
+    mirror: Arc<MirrorState>,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl WriterHandle {
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        // Never blocks a task of the runtime: a full queue is answered at once.
+        match self.tx.try_send(make(reply)) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(_)) => {
+                return Err(Error::Unavailable(
+                    "the instance has too much work queued; try again in a moment".into(),
+                ));
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(self.unavailable()),
+        }
+        answer.await.unwrap_or_else(|_| Err(self.unavailable()))
+    }
+
+    fn unavailable(&self) -> Error {
+        match self.failure.lock().unwrap().as_deref() {
+            Some(why) => Error::Unavailable(format!(
+                "the instance stopped accepting writes after a failure ({why}); restart it to recover"
+            )),
+            None => Error::Unavailable("the instance is shutting down".into()),
+        }
+    }
+
+    /// Runs a statement as its own transaction; returns once it is durable.
+    pub async fn write(&self, request: WriteRequest) -> Result<QueryResult> {
+        self.call(|reply| Command::Write(request, reply)).await
+    }
+
+    /// Mounts a database (checks its file, replays what it lacks).
+    pub async fn mount(&self, db: DbName) -> Result<String> {
+        self.call(|reply| Command::Mount(db, reply)).await
+    }
+
+    /// Dismounts a database; afterwards no connection has its file open.
+    pub async fn dismount(&self, db: DbName) -> Result<String> {
+        self.call(|reply| Command::Dismount(db, reply)).await
+    }
+
+    /// Records in every database this member writes that it holds all changes up to the end of
+    /// its journal (see the writer's `stamp_positions`).
+    pub async fn stamp_positions(&self) -> Result<()> {
+        self.call(Command::StampPositions).await
+    }
+
+    /// Runs a mirror command (build it with the reply sender given).
+    pub async fn mirror<T>(&self, make: impl FnOnce(Reply<T>) -> MirrorCommand) -> Result<T> {
+        self.call(|reply| Command::Mirror(make(reply))).await
+    }
+
+    /// [`WriterHandle::mirror`] for threads outside the async runtime (the receiver and the
+    /// failover driver): blocks until the writer answers.
+    pub fn mirror_blocking<T>(&self, make: impl FnOnce(Reply<T>) -> MirrorCommand) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(Command::Mirror(make(reply))).is_err() {
+            return Err(self.unavailable());
+        }
+        answer
+            .blocking_recv()
+            .unwrap_or_else(|_| Err(self.unavailable()))
+    }
+
+    /// Asks the writer to apply what the mirror journal received (coalesced: at most one
+    /// request waits in the queue).
+    pub fn dejournal(&self) {
+        if !self.mirror.dejournal_queued.swap(true, Ordering::AcqRel) {
+            let _ = self.tx.send(Command::Dejournal);
+        }
+    }
+
+    /// Asks the writer to finish queued work and stop.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown);
+    }
+
+    /// Why the writer stopped, if it failed.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap().clone()
+    }
+
+    /// Whether writes are frozen.
+    pub fn frozen(&self) -> bool {
+        self.frozen.load(Ordering::Acquire)
+    }
+}
+
+/// The writer thread's state.
+pub struct Writer {
+    data_dir: PathBuf,
+    catalog: Arc<Catalog>,
+    config: Arc<ConfigStore>,
+    readers: Arc<ReadPool>,
+    mirror: Arc<MirrorState>,
+    local: Journal,
+    local_hex: String,
+    /// The mirror's journal while this member is its primary.
+    mirror_journal: Option<Journal>,
+    epoch: u64,
+    conns: HashMap<NamespaceName, NamespaceConn>,
+    /// Backup: databases the mirror journal is applied to, with the position applied so far.
+    cursors: BTreeMap<DbName, JournalPos>,
+    /// Backup: the connections dejournaling uses, kept open between rounds.
+    appliers: HashMap<DbName, Connection>,
+    /// Backup: where the last dejournal round stopped reading the mirror journal, so the next
+    /// round reads on from there instead of searching from a seek mark.
+    dejournal_resume: Option<ReadResume>,
+    /// Backup: databases whose dejournaling stopped on a full disk, and when to try again.
+    disk_full: BTreeMap<DbName, Instant>,
+    /// The mirrored batch (or Add to Mirror's events) durable here and shipped, waiting for the
+    /// active backup's acknowledgement before it commits (see the module essay).
+    parked: Option<Parked>,
+    /// Commands waiting until mirrored writes may commit again: behind the parked batch, or in
+    /// the trouble state.
+    waiting: VecDeque<Command>,
+    /// Frames of the batch being committed; reused so the write path does not allocate per batch.
+    local_frames: Vec<u8>,
+    mirror_frames: Vec<u8>,
+    deferred: VecDeque<Command>,
+    /// Writes (and dejournaling) waiting for a Thaw.
+    held: VecDeque<Command>,
+    frozen_until: Option<Instant>,
+    /// Backup: when the next dejournal round may run (rounds gather records for a moment).
+    dejournal_due: Option<Instant>,
+    last_dejournal: Instant,
+    /// Mirrors `frozen_until.is_some()` for the portal.
+    frozen_flag: Arc<std::sync::atomic::AtomicBool>,
+    dirty: bool,
+    statement_timeout_ms: i64,
+}
+
+/// How one request of a batch ended.
+type Outcome = (Result<QueryResult>, Reply<QueryResult>);
+
+/// A failure that stops the writer.
+struct Fatal(String);
+
+impl Writer {
+    /// Starts the writer thread. `mirror_journal` is the mirror's journal when this member
+    /// starts as its primary.
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn(
+        data_dir: PathBuf,
+        catalog: Arc<Catalog>,
+        config: Arc<ConfigStore>,
+        local: Journal,
+        mirror_journal: Option<Journal>,
+        readers: Arc<ReadPool>,
+        mirror: Arc<MirrorState>,
+        on_fatal: FatalHook,
+    ) -> (WriterHandle, JoinHandle<()>) {
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let failure = Arc::new(Mutex::new(None));
+        // The hub wakes the writer when a batch's acknowledgement may have come; a full queue
+        // needs no wake-up (the writer looks again after every command).
+        let wake = tx.clone();
+        mirror
+            .hub
+            .set_waker(Box::new(move || drop(wake.try_send(Command::Wake))));
+        let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handle = WriterHandle {
+            tx: tx.clone(),
+            failure: failure.clone(),
+            mirror: mirror.clone(),
+            frozen: frozen.clone(),
+        };
+        let cfg = config.get();
+        let readers_for_timeout = readers.clone();
+        let writer = Writer {
+            data_dir,
+            catalog,
+            config,
+            readers,
+            mirror,
+            local_hex: hex(&local.shared().stream()),
+            local,
+            mirror_journal,
+            epoch: cfg.epoch,
+            conns: HashMap::new(),
+            cursors: BTreeMap::new(),
+            appliers: HashMap::new(),
+            dejournal_resume: None,
+            disk_full: BTreeMap::new(),
+            parked: None,
+            waiting: VecDeque::new(),
+            local_frames: Vec::with_capacity(64 * 1024),
+            mirror_frames: Vec::with_capacity(64 * 1024),
+            deferred: VecDeque::new(),
+            held: VecDeque::new(),
+            frozen_until: None,
+            dejournal_due: None,
+            last_dejournal: Instant::now(),
+            frozen_flag: frozen,
+            dirty: false,
+            statement_timeout_ms: readers_for_timeout.timeout_ms(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("writer".into())
+            .spawn(move || writer.run(rx, failure, on_fatal))
+            .expect("spawn the writer thread");
+        (handle, thread)
+    }
+
+    fn run(
+        mut self,
+        rx: mpsc::Receiver<Command>,
+        failure: Arc<Mutex<Option<String>>>,
+        on_fatal: FatalHook,
+    ) {
+        self.follow_activated_copies();
+        loop {
+            if let Err(Fatal(why)) = self.settle_parked() {
+                self.stop_failed(why, &failure, &on_fatal);
+                return;
+            }
+            self.release_waiting();
+            let Some(command) = self.next_command(&rx) else {
+                break;
+            };
+            if self.must_wait(&command) {
+                self.hold_for_mirror(command);
+                continue;
+            }
+            let fatal = match command {
+                Command::Write(request, reply) => {
+                    let mut batch = vec![(request, reply)];
+                    self.collect_batch(&rx, &mut batch);
+                    self.commit_batch(batch).err()
+                }
+                Command::Mount(db, reply) => {
+                    let _ = reply.send(self.mount(&db));
+                    None
+                }
+                Command::Dismount(db, reply) => {
+                    let _ = reply.send(self.dismount(&db));
+                    None
+                }
+                Command::StampPositions(reply) => {
+                    let _ = reply.send(self.stamp_positions());
+                    None
+                }
+                Command::Mirror(command) => self.mirror_command(command).err(),
+                Command::Dejournal => {
+                    if self.dejournal_later() {
+                        continue;
+                    }
+                    self.dejournal();
+                    None
+                }
+                Command::Wake => None,
+                Command::Shutdown => break,
+            };
+            if let Some(Fatal(why)) = fatal {
+                self.stop_failed(why, &failure, &on_fatal);
+                return;
+            }
+        }
+        // Orderly stop: closing the connections folds each WAL into its database file.
+        self.conns.clear();
+    }
+
+    /// Fail-stop (see the module essay): whatever is still queued is answered by the handles
+    /// from now on.
+    fn stop_failed(&mut self, why: String, failure: &Mutex<Option<String>>, on_fatal: &FatalHook) {
+        tracing::error!("writer stopped: {why}");
+        *failure.lock().unwrap() = Some(why.clone());
+        on_fatal(&why);
+        self.deferred.clear();
+        self.held.clear();
+        self.waiting.clear();
+        if let Some(parked) = self.parked.take() {
+            parked.fail(&Error::Unavailable(why));
+        }
+    }
+
+    fn is_held(&self, command: &Command) -> bool {
+        self.frozen_until.is_some() && matches!(command, Command::Write(..) | Command::Dejournal)
+    }
+
+    fn next_command(&mut self, rx: &mpsc::Receiver<Command>) -> Option<Command> {
+        loop {
+            if let Some(until) = self.frozen_until
+                && Instant::now() >= until
+            {
+                tracing::warn!("the freeze timed out; writes resume");
+                self.frozen_until = None;
+                self.frozen_flag.store(false, Ordering::Release);
+            }
+            if self.frozen_until.is_none()
+                && let Some(command) = self.held.pop_front()
+            {
+                return Some(command);
+            }
+            if let Some(command) = self.deferred.pop_front() {
+                if self.is_held(&command) {
+                    self.held.push_back(command);
+                    continue;
+                }
+                return Some(command);
+            }
+            let now = Instant::now();
+            if let Some(due) = self.dejournal_due
+                && due <= now
+                && self.frozen_until.is_none()
+            {
+                self.dejournal_due = None;
+                return Some(Command::Dejournal);
+            }
+            // A parked batch is looked at again when the backup's QoS timeout for it runs out
+            // (the hub then revokes the backup); after that only a wake-up ends its wait.
+            let revoke_at = self
+                .parked
+                .as_ref()
+                .map(|p| p.since + self.mirror.hub.qos())
+                .filter(|at| *at > now);
+            let retry_at = self
+                .disk_full
+                .values()
+                .min()
+                .copied()
+                .filter(|_| self.frozen_until.is_none());
+            let deadlines = [
+                self.frozen_until,
+                self.dirty.then(|| now + IDLE_CHECKPOINT),
+                self.dejournal_due.filter(|_| self.frozen_until.is_none()),
+                revoke_at,
+                retry_at,
+            ];
+            let wait = deadlines
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|at| at.saturating_duration_since(now));
+            let command = match wait {
+                None => rx.recv().ok()?,
+                Some(wait) => match rx.recv_timeout(wait) {
+                    Ok(command) => command,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if revoke_at.is_some_and(|at| at <= Instant::now()) {
+                            return Some(Command::Wake);
+                        }
+                        if retry_at.is_some_and(|at| at <= Instant::now()) {
+                            return Some(Command::Dejournal);
+                        }
+                        if self.frozen_until.is_none()
+                            && self.dirty
+                            && self.dejournal_due.is_none()
+                            && self.parked.is_none()
+                        {
+                            self.idle_checkpoint();
+                        }
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return None,
+                },
+            };
+            if self.is_held(&command) {
+                self.held.push_back(command);
+                continue;
+            }
+            return Some(command);
+        }
+    }
+
+    /// Adds to `batch` the queued writes for the same namespace. Writes for other namespaces wait
+    /// for the next batch; any other command ends the collection so it keeps its place in line.
+    fn collect_batch(
+        &mut self,
+        rx: &mpsc::Receiver<Command>,
+        batch: &mut Vec<(WriteRequest, Reply<QueryResult>)>,
+    ) {
+        let namespace = batch[0].0.namespace.clone();
+        let mut i = 0;
+        while i < self.deferred.len() && batch.len() < MAX_BATCH {
+            match &self.deferred[i] {
+                Command::Write(request, _) if request.namespace == namespace => {
+                    if let Some(Command::Write(request, reply)) = self.deferred.remove(i) {
+                        batch.push((request, reply));
+                    }
+                }
+                Command::Write(..) => i += 1,
+                _ => return,
+            }
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(Command::Write(request, reply)) if request.namespace == namespace => {
+                    batch.push((request, reply))
+                }
+                Ok(other) => {
+                    let stop = !matches!(other, Command::Write(..));
+                    self.deferred.push_back(other);
+                    if stop {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// The writer's connection for `namespace`, rebuilt when the catalog changed.
+    fn take_connection(&mut self, namespace: &NamespaceName) -> Result<NamespaceConn> {
+        let generation = self.catalog.generation();
+        match self.conns.remove(namespace) {
+            Some(conn) if conn.generation == generation => Ok(conn),
+            _ => NamespaceConn::open(
+                &self.catalog.snapshot(),
+                namespace,
+                Purpose::Write,
+                self.statement_timeout_ms,
+            ),
+        }
+    }
+
+    fn idle_checkpoint(&mut self) {
+        for conn in self.conns.values() {
+            if let Err(err) = conn.internal(|c| c.execute_batch("PRAGMA wal_checkpoint(PASSIVE)")) {
+                tracing::warn!("checkpoint of namespace {} failed: {err}", conn.namespace);
+            }
+        }
+        self.dirty = false;
+    }
+
+    fn is_primary(&self) -> bool {
+        self.mirror.role() == Role::Primary
+    }
+
+    fn reload_catalog(&mut self) {
+        self.catalog.replace(catalog_state(
+            &self.config.get(),
+            &self.data_dir,
+            self.is_primary(),
+        ));
+        self.conns.clear();
+    }
+
+    fn mirror_id(&self) -> Option<String> {
+        self.config
+            .get()
+            .mirror
+            .membership
+            .as_ref()
+            .map(|m| m.mirror.id.clone())
+    }
+}
+
+/// Answers a command that cannot be carried out with `err`.
+fn refuse(command: Command, err: Error) {
+    match command {
+        Command::Write(_, reply) => drop(reply.send(Err(err))),
+        Command::Mount(_, reply) | Command::Dismount(_, reply) => drop(reply.send(Err(err))),
+        Command::StampPositions(reply) => drop(reply.send(Err(err))),
+        Command::Mirror(command) => command.refuse(err),
+        Command::Dejournal | Command::Wake | Command::Shutdown => {}
+    }
+}
+
+/// `name`'s entry when it is mounted and a copy of a mirrored database.
+fn mounted_copy<'s>(
+    state: &'s crate::storage::CatalogState,
+    name: &DbName,
+) -> Option<&'s DatabaseEntry> {
+    state
+        .databases
+        .get(name)
+        .filter(|e| e.mounted && e.mirrored.is_some())
+}
+
+/// Answers a mirror command whose failure may be fatal: a fatal one is answered "unavailable"
+/// and stops the writer.
+fn answer_or_stop(
+    reply: Reply<String>,
+    result: Result<Result<String>, Fatal>,
+) -> Result<(), Fatal> {
+    match result {
+        Err(Fatal(why)) => {
+            let _ = reply.send(Err(Error::Unavailable(why.clone())));
+            Err(Fatal(why))
+        }
+        Ok(answer) => {
+            let _ = reply.send(answer);
+            Ok(())
+        }
+    }
+}
+
+fn fail_all(outcomes: Vec<Outcome>, err: &Error) {
+    for (result, reply) in outcomes {
+        // Requests that had already failed keep their own error.
+        let _ = reply.send(result.and(Err(err.clone())));
+    }
+}
