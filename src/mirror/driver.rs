@@ -91,6 +91,8 @@ struct Driver {
     no_failover: Option<bool>,
     ready: Option<bool>,
     stopped: Option<bool>,
+    /// Backup: the primary's token of this member's activation, as far as the rules know.
+    activation: u64,
     last_mode_repeat: Instant,
     /// When the last step ran, to notice that this process stalled.
     last_step: Instant,
@@ -118,6 +120,7 @@ impl Driver {
             no_failover: None,
             ready: None,
             stopped: None,
+            activation: 0,
             last_mode_repeat: Instant::now(),
             last_step: Instant::now(),
         }
@@ -139,6 +142,7 @@ impl Driver {
         self.no_failover = None;
         self.ready = None;
         self.stopped = None;
+        self.activation = 0;
         let mut arbiter = self.service.context().mirror.arbiter.lock().unwrap();
         arbiter.arbiter_mode_booked = None;
         // Naming no activation: it must not end one these rules have not even seen yet (the
@@ -258,9 +262,11 @@ impl Driver {
         let heard_ms =
             last_heard.map(|t| t.saturating_duration_since(self.started).as_millis() as u64);
         let failover = self.failover.as_mut().expect("set above");
-        let mut actions = Vec::new();
+        // Each action with the activation the rules knew of when they decided it: a stand-down
+        // names the activation it ends, never a newer one the receiver already heard of.
+        let mut actions: Vec<(Action, u64)> = Vec::new();
         for event in prelude {
-            actions.extend(failover.handle(0, event));
+            actions.extend(failover.handle(0, event).into_iter().map(|a| (a, 0)));
         }
         for event in inputs {
             // A backup lost the primary when it last heard from it (see `LinkStatus::last_heard`).
@@ -268,10 +274,23 @@ impl Driver {
                 (FailoverRole::Backup, Event::PartnerLost) => heard_ms.unwrap_or(now).min(now),
                 _ => now,
             };
-            actions.extend(failover.handle(at, event));
+            match event {
+                Event::PartnerActive => {
+                    self.activation = context.mirror.link.lock().unwrap().activation
+                }
+                Event::PartnerConnected => self.activation = 0,
+                _ => {}
+            }
+            let activation = self.activation;
+            actions.extend(
+                failover
+                    .handle(at, event)
+                    .into_iter()
+                    .map(|a| (a, activation)),
+            );
         }
         let mut takeover_failed = false;
-        for action in actions {
+        for (action, activation) in actions {
             // After a failed takeover the old primary must not be forced down: nobody would
             // be primary.
             if takeover_failed && action == Action::ForceOtherDown {
@@ -282,8 +301,13 @@ impl Driver {
                 if takeover_failed {
                     // A takeover the arbiter may have booked for this member did not happen:
                     // cancel it, or the old primary could never start again.
-                    stand_down(&context);
+                    stand_down(&context, activation);
                 }
+                continue;
+            }
+            if action == Action::StandDown {
+                tracing::info!("mirror: standing down as a non-active backup");
+                stand_down(&context, activation);
                 continue;
             }
             self.act(action, m);
@@ -372,10 +396,8 @@ impl Driver {
             Action::TakeOver => {
                 self.take_over();
             }
-            Action::StandDown => {
-                tracing::info!("mirror: standing down as a non-active backup");
-                stand_down(&context);
-            }
+            // Carried out in `step`, with the activation it ends.
+            Action::StandDown => {}
             Action::Reconnect => {}
             Action::ForceOtherDown => {
                 force_other_down(&context.identity, m, context.config.get().epoch)
@@ -597,8 +619,7 @@ impl Driver {
 /// [`ArbiterLinkState::stand_down`](super::state::ArbiterLinkState::stand_down)). It names the
 /// activation it ends: the primary ignores it if a newer one overtook it on the way (see
 /// `Hub::is_latest_activation`).
-fn stand_down(context: &super::MirrorContext) {
-    let activation = context.mirror.link.lock().unwrap().activation;
+fn stand_down(context: &super::MirrorContext, activation: u64) {
     context.mirror.arbiter.lock().unwrap().stand_down = Some(activation);
 }
 

@@ -508,6 +508,10 @@ impl World {
             {
                 self.m[to].activation = activation;
             }
+            // The driver names the activation its rules know of: none on a new connection.
+            (Event::PartnerConnected, _) if self.m[to].rules.role() == FailoverRole::Backup => {
+                self.m[to].activation = 0;
+            }
             // The primary's driver drops a relayed stand-down that a newer activation overtook.
             (Event::PartnerStoodDown, Some(named)) if named != self.activation => {
                 return Ok(());
