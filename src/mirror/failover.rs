@@ -519,9 +519,11 @@ impl Failover {
             // not active, so the trouble is over.
             if self.trouble.is_some() {
                 self.leave_trouble(out);
-                self.mode = Mode::Agent;
                 self.leaving_arbiter_mode = false;
-                out.push(Action::SwitchMode(Mode::Agent));
+                if self.mode == Mode::Arbiter {
+                    self.mode = Mode::Agent;
+                    out.push(Action::SwitchMode(Mode::Agent));
+                }
             }
         } else if self.mode == Mode::Arbiter {
             self.mode = Mode::Agent;

@@ -1,11 +1,13 @@
 //! The failover rules, one test per rule of the behavioural reference (§4: the modes, the trouble
-//! state, active and non-active backups, No Failover, every row of the lost-connection matrix and
-//! of the outage list), then an explorer that checks the mirror's invariants over every
-//! interleaving of faults up to a depth (see `explorer`).
+//! state, active and non-active backups, No Failover); every row of the lost-connection matrix
+//! and every item of the outage list as a readable script (see `scripts`); then an explorer that
+//! checks the mirror's invariants over every interleaving of faults up to a depth (see
+//! `explorer`).
 
 use super::*;
 
 mod explorer;
+mod scripts;
 
 const QOS: u64 = 8_000;
 
@@ -255,196 +257,8 @@ fn without_the_agent_there_is_no_takeover_and_the_backup_keeps_asking() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The lost-connection matrix (arbiter mode, all connected beforehand)
-
-#[test]
-fn matrix_backup_arbiter_link_lost() {
-    // Agent mode; primary continues; backup retries the arbiter.
-    let (mut p, mut b, mut book) = pair(true);
-    book.sees_backup = false;
-    assert_eq!(
-        feed(&mut b, 1_000, &[Event::ArbiterLost]),
-        vec![Action::SwitchMode(Mode::Agent)]
-    );
-    // "Not seen" booked the primary alone: the backup can no longer take over through the
-    // arbiter, so the primary leaves arbiter mode at once (the backup follows, or already left).
-    let actions = feed(&mut p, 1_000, &[to_primary(book.ask_from_primary())]);
-    assert_eq!(actions, vec![Action::SwitchMode(Mode::Agent)]);
-    assert!(!book.primary_in_arbiter_mode);
-    assert!(feed(&mut p, 1_001, &[Event::PartnerMode(Mode::Agent)]).is_empty());
-    assert!(p.accepts_writes());
-    assert_eq!((p.mode(), b.mode()), (Mode::Agent, Mode::Agent));
-}
-
-#[test]
-fn matrix_primary_arbiter_link_lost() {
-    // Agent mode; primary continues; primary retries the arbiter.
-    let (mut p, mut b, _) = pair(true);
-    assert_eq!(
-        feed(&mut p, 1_000, &[Event::ArbiterLost]),
-        vec![Action::AskPartnerToLeaveArbiterMode]
-    );
-    assert_eq!(
-        p.mode(),
-        Mode::Arbiter,
-        "the primary leaves after the backup"
-    );
-    assert_eq!(
-        feed(&mut b, 1_000, &[Event::PartnerMode(Mode::Agent)]),
-        vec![Action::SwitchMode(Mode::Agent)]
-    );
-    assert_eq!(
-        feed(&mut p, 1_001, &[Event::PartnerMode(Mode::Agent)]),
-        vec![Action::SwitchMode(Mode::Agent)]
-    );
-    assert!(p.accepts_writes());
-    // The arbiter's own report to the backup says the same; nothing more happens.
-    assert!(feed(&mut b, 1_002, &[Event::ArbiterSeesPartner(false)]).is_empty());
-}
-
-#[test]
-fn matrix_members_lose_each_other_but_both_still_see_the_arbiter() {
-    // Agent mode; primary continues; backup reconnects.
-    let (mut p, mut b, mut book) = pair(true);
-    let actions = feed(&mut p, 1_000, &[Event::PartnerLost]);
-    assert_eq!(
-        actions,
-        vec![
-            Action::RevokeActive,
-            Action::SuspendWrites,
-            Action::AskArbiter
-        ]
-    );
-    assert_eq!(p.trouble(), Some(Trouble::Coordinating));
-    assert!(feed(&mut p, 1_001, &[to_primary(book.ask_from_primary())]).is_empty());
-    assert_eq!(
-        feed(&mut b, 1_000, &[Event::PartnerLost]),
-        vec![Action::AskArbiter]
-    );
-    let take_over = book.ask_from_backup();
-    assert!(!take_over);
-    let actions = feed(&mut b, 1_002, &[Event::ArbiterVerdict { take_over }]);
-    assert_eq!(
-        actions,
-        vec![
-            Action::SwitchMode(Mode::Agent),
-            Action::StandDown,
-            Action::AskAgent
-        ]
-    );
-    // The primary's agent says it runs: reconnect.
-    let actions = feed(&mut b, 1_003, &[Event::Agent(AgentAnswer::PrimaryRunning)]);
-    assert_eq!(actions, vec![Action::StandDown, Action::Reconnect]);
-    assert!(b.may_connect());
-    // The stand-down reaches the primary through the arbiter.
-    let actions = feed(&mut p, 1_003, &[Event::PartnerStoodDown]);
-    assert_eq!(
-        actions,
-        vec![Action::ResumeWrites, Action::SwitchMode(Mode::Agent)]
-    );
-    assert!(p.accepts_writes());
-}
-
-#[test]
-fn matrix_arbiter_down() {
-    // Agent mode; primary continues; both retry the arbiter.
-    let (mut p, mut b, _) = pair(true);
-    feed(&mut b, 1_000, &[Event::ArbiterLost]);
-    feed(&mut p, 1_000, &[Event::ArbiterLost]);
-    feed(&mut p, 1_001, &[Event::PartnerMode(Mode::Agent)]);
-    assert_eq!((p.mode(), b.mode()), (Mode::Agent, Mode::Agent));
-    assert!(p.accepts_writes());
-}
-
-#[test]
-fn matrix_backup_down() {
-    // The primary goes to agent mode and continues.
-    let (mut p, _, mut book) = pair(true);
-    book.sees_backup = false;
-    feed(&mut p, 1_000, &[Event::PartnerLost]);
-    let actions = feed(&mut p, 1_001, &[to_primary(book.ask_from_primary())]);
-    assert_eq!(
-        actions,
-        vec![Action::ResumeWrites, Action::SwitchMode(Mode::Agent)]
-    );
-    assert!(p.accepts_writes());
-    assert!(!book.primary_in_arbiter_mode, "booked as alone");
-    // The backup, if alive and back on the arbiter later, may no longer take over.
-    book.sees_primary = false;
-    assert!(!book.ask_from_backup());
-}
-
-#[test]
-fn matrix_primary_isolated_while_backup_and_arbiter_still_connected() {
-    // The old primary stays in arbiter mode in indefinite trouble; the backup takes over, goes
-    // to agent mode, and forces the old primary down when it is reachable again.
-    let (mut p, mut b, mut book) = pair(true);
-    book.sees_primary = false;
-    feed(&mut p, 1_000, &[Event::ArbiterLost]);
-    let actions = feed(&mut p, 1_000, &[Event::PartnerLost]);
-    assert!(actions.contains(&Action::SuspendWrites), "{actions:?}");
-    assert_eq!(p.trouble(), Some(Trouble::Indefinite));
-    assert_eq!(p.mode(), Mode::Arbiter);
-    feed(&mut b, 1_000, &[Event::PartnerLost]);
-    let take_over = book.ask_from_backup();
-    let actions = feed(&mut b, 1_001, &[Event::ArbiterVerdict { take_over }]);
-    assert_eq!(
-        actions,
-        vec![
-            Action::TakeOver,
-            Action::SwitchMode(Mode::Agent),
-            Action::ForceOtherDown
-        ]
-    );
-    assert!(b.accepts_writes() && !p.accepts_writes());
-    // Much later the old primary hears of it (from the arbiter or the new primary) and stops.
-    book.sees_primary = true;
-    let actions = feed(&mut p, 900_000, &[to_primary(book.ask_from_primary())]);
-    assert_eq!(actions, vec![Action::ShutDown]);
-    assert_eq!(p.status(), "Down");
-}
-
-#[test]
-fn matrix_all_three_links_lost_at_once() {
-    // The primary is in indefinite trouble; the backup goes to agent mode and keeps
-    // reconnecting; when the backup gets back to the primary, the primary resumes.
-    let (mut p, mut b, _) = pair(true);
-    feed(&mut p, 1_000, &[Event::PartnerLost, Event::ArbiterLost]);
-    assert_eq!(p.trouble(), Some(Trouble::Indefinite));
-    let actions = feed(&mut b, 1_000, &[Event::PartnerLost, Event::ArbiterLost]);
-    assert_eq!(
-        actions,
-        vec![
-            Action::AskArbiter,
-            Action::SwitchMode(Mode::Agent),
-            Action::AskAgent
-        ]
-    );
-    feed(&mut b, 1_100, &[Event::Agent(AgentAnswer::Unreachable)]);
-    assert_eq!(b.role(), FailoverRole::Backup);
-    // Still frozen long after 2 × QoS: the trouble timeout does not apply in arbiter mode.
-    feed(&mut p, 1_000 + 10 * QOS, &[Event::Tick]);
-    assert!(!p.accepts_writes());
-    let actions = feed(&mut p, 1_000 + 11 * QOS, &[Event::PartnerConnected]);
-    assert!(actions.contains(&Action::ResumeWrites), "{actions:?}");
-    assert_eq!(p.mode(), Mode::Agent);
-}
-
-// ---------------------------------------------------------------------------------------------
-// The outage list
-
-#[test]
-fn outage_graceful_shutdown_of_the_primary_hands_over_in_either_mode() {
-    for arbiter in [false, true] {
-        let (_, mut b, _) = pair(arbiter);
-        let mut expected = vec![Action::TakeOver];
-        if arbiter {
-            expected.push(Action::SwitchMode(Mode::Agent));
-        }
-        assert_eq!(feed(&mut b, 1_000, &[Event::PartnerHandsOver]), expected);
-        assert_eq!((b.role(), b.mode()), (FailoverRole::Primary, Mode::Agent));
-    }
-}
+// The lost-connection matrix and the outage list are scripts: see `scripts` and
+// `src/mirror/failover/testscripts/`.
 
 #[test]
 fn a_new_primary_starts_afresh_in_agent_mode_and_books_arbiter_mode_itself() {
@@ -579,32 +393,6 @@ fn a_refused_verdict_falls_back_to_the_agent_of_a_primary_that_went_on_alone() {
         ),
         vec![Action::TakeOver]
     );
-}
-
-#[test]
-fn outage_backup_and_arbiter_lost_together_freeze_the_primary_one_after_the_other_do_not() {
-    let (mut p, _, _) = pair(true);
-    feed(&mut p, 1_000, &[Event::PartnerLost, Event::ArbiterLost]);
-    feed(&mut p, 1_000 + 100 * QOS, &[Event::Tick]);
-    assert_eq!(p.trouble(), Some(Trouble::Indefinite));
-
-    // Arbiter first (the pair leaves arbiter mode together), then the backup: a brief pause.
-    let (mut p, mut b, _) = pair(true);
-    feed(&mut p, 1_000, &[Event::ArbiterLost]);
-    feed(&mut b, 1_000, &[Event::PartnerMode(Mode::Agent)]);
-    feed(&mut p, 1_001, &[Event::PartnerMode(Mode::Agent)]);
-    feed(&mut p, 5_000, &[Event::PartnerLost]);
-    assert_eq!(p.trouble(), Some(Trouble::Until(5_000 + 2 * QOS)));
-    feed(&mut p, 5_000 + 2 * QOS, &[Event::Tick]);
-    assert!(p.accepts_writes());
-}
-
-#[test]
-fn outage_arbiter_loss_alone_never_interrupts_the_primary() {
-    let (mut p, _, _) = pair(true);
-    let actions = feed(&mut p, 1_000, &[Event::ArbiterLost]);
-    assert!(!actions.contains(&Action::SuspendWrites));
-    assert!(p.accepts_writes());
 }
 
 #[test]
