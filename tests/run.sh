@@ -20,9 +20,10 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+# libclang itself (libclang.so, libclang-14.so.1), not libclang-cpp, which other packages bring.
 have_libclang() {
-    ldconfig -p 2>/dev/null | grep -q 'libclang.*\.so' \
-        || compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null
+    ldconfig -p 2>/dev/null | grep -Eq 'libclang(-[0-9.]+)?\.so' \
+        || compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null
 }
 
 if ! have_libclang; then
