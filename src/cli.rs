@@ -75,6 +75,22 @@ pub struct MemberArgs {
         value_parser = clap::value_parser!(u64).range(4096..)
     )]
     pub journal_segment_bytes: u64,
+    /// Seconds a read statement may run before it is stopped.
+    #[arg(
+        long,
+        env = "MIRRORLAB_STATEMENT_TIMEOUT",
+        default_value_t = (crate::storage::namespace::STATEMENT_TIMEOUT_MS / 1000) as u64,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub statement_timeout: u64,
+    /// Seconds a write statement may run before it is stopped (no other write commits meanwhile).
+    #[arg(
+        long,
+        env = "MIRRORLAB_WRITE_TIMEOUT",
+        default_value_t = (crate::storage::namespace::WRITE_TIMEOUT_MS / 1000) as u64,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub write_timeout: u64,
 }
 
 impl MemberArgs {
@@ -92,7 +108,8 @@ impl MemberArgs {
             instance_name: self.instance_name.to_ascii_uppercase(),
             install_dir: self.install.clone(),
             max_segment_bytes: self.journal_segment_bytes,
-            statement_timeout_ms: crate::storage::namespace::STATEMENT_TIMEOUT_MS,
+            statement_timeout_ms: self.statement_timeout as i64 * 1000,
+            write_timeout_ms: self.write_timeout as i64 * 1000,
         }
     }
 
@@ -114,6 +131,11 @@ impl MemberArgs {
             "--journal-segment-bytes",
             self.journal_segment_bytes.to_string().into(),
         );
+        push(
+            "--statement-timeout",
+            self.statement_timeout.to_string().into(),
+        );
+        push("--write-timeout", self.write_timeout.to_string().into());
         args
     }
 }
@@ -144,6 +166,8 @@ pub fn main() -> ExitCode {
             runtime().block_on(crate::server::run_member(settings))
         }
         Command::Instance(args) => {
+            // Before any thread starts (see the function's reasons).
+            crate::os::return_large_allocations();
             crate::server::init_logging(Some(&args.data_dir.join("mgr/messages.log")));
             runtime().block_on(crate::server::run_instance(args.instance_settings()))
         }

@@ -11,10 +11,10 @@
 //! agents' probes and health checks — so they only ever bite an attack or a leak. A refusal is
 //! logged at most once every ten seconds per port, so an attack cannot flood the log either.
 //!
-//! The portal's HTTP port counts its connections the same way ([`PortalListener`]), and also
-//! closes a connection on which nothing moved for [`PORTAL_IDLE`]: axum sets no read timeout of
-//! its own, so without it a client that opens a connection and sends nothing would hold it
-//! forever. Its requests are bounded in size and time as well (see `web`).
+//! The portal's HTTP port counts its connections the same way (see `web::serve`, which also
+//! shares them out per source address), and closes a connection on which nothing moved for
+//! [`PORTAL_IDLE`] ([`GuardedStream`]): a client that opens a connection and then trickles a body
+//! or reads an answer a byte a minute would otherwise hold it forever.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::util::now_ms;
@@ -35,8 +35,6 @@ pub const SUPERSERVER_CONNECTIONS: usize = 64;
 pub const AGENT_CONNECTIONS: usize = 64;
 /// Connections the arbiter serves at once (two per mirror, plus health checks).
 pub const ARBITER_CONNECTIONS: usize = 256;
-/// Connections the portal serves at once (browsers open a few each, scripts one).
-pub const PORTAL_CONNECTIONS: usize = 256;
 /// How long a portal connection may stay without a byte read or written. Longer than the
 /// longest request may take (`web`'s request timeout), so a slow answer is never cut off.
 pub const PORTAL_IDLE: Duration = Duration::from_secs(120);
@@ -107,66 +105,6 @@ impl Drop for Slot {
     }
 }
 
-/// The portal's listener: at most [`PORTAL_CONNECTIONS`] open connections, each closed after
-/// [`PORTAL_IDLE`] without traffic.
-pub struct PortalListener {
-    listener: TcpListener,
-    slots: Arc<ConnectionSlots>,
-    idle: Duration,
-}
-
-impl PortalListener {
-    /// Wraps a bound listener, with the portal's limits.
-    pub fn new(listener: TcpListener) -> Self {
-        Self::with_limits(listener, PORTAL_CONNECTIONS, PORTAL_IDLE)
-    }
-
-    /// Wraps a bound listener: at most `max` connections, each closed after `idle` without
-    /// traffic.
-    pub fn with_limits(listener: TcpListener, max: usize, idle: Duration) -> Self {
-        Self {
-            listener,
-            slots: ConnectionSlots::new("portal", max),
-            idle,
-        }
-    }
-}
-
-impl axum::serve::Listener for PortalListener {
-    type Io = GuardedStream;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (stream, addr) = match self.listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of descriptors, most likely: wait instead of spinning.
-                    tracing::warn!("portal: accept failed: {err}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            // Full: the connection is dropped (closed) unread.
-            let Some(slot) = self.slots.try_take() else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let stream = GuardedStream {
-                stream,
-                deadline: Box::pin(tokio::time::sleep(self.idle)),
-                idle: self.idle,
-                _slot: slot,
-            };
-            return (stream, addr);
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.listener.local_addr()
-    }
-}
-
 /// A portal connection holding its slot, and failing once it has been idle too long.
 pub struct GuardedStream {
     stream: TcpStream,
@@ -176,6 +114,16 @@ pub struct GuardedStream {
 }
 
 impl GuardedStream {
+    /// Wraps an accepted connection holding `slot`: it fails after `idle` without traffic.
+    pub fn new(stream: TcpStream, idle: Duration, slot: Slot) -> Self {
+        GuardedStream {
+            stream,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+            idle,
+            _slot: slot,
+        }
+    }
+
     /// Progress pushes the deadline back; no progress past it ends the connection.
     fn check<T>(
         &mut self,
@@ -245,24 +193,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_portal_listener_closes_the_surplus_and_idle_connections() {
-        use axum::serve::Listener;
+    async fn a_guarded_stream_lives_while_traffic_moves_and_fails_when_idle() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::TcpListener;
         let bound = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = bound.local_addr().unwrap();
-        let mut listener = PortalListener::with_limits(bound, 1, Duration::from_millis(300));
-        let mut first = TcpStream::connect(address).await.unwrap();
-        let (mut served, _) = listener.accept().await;
-        // A second connection while the first is open is closed unread.
-        let mut second = TcpStream::connect(address).await.unwrap();
-        let accepting = tokio::spawn(async move { listener.accept().await });
+        let slots = ConnectionSlots::new("test", 1);
+        let mut client = TcpStream::connect(address).await.unwrap();
+        let (accepted, _) = bound.accept().await.unwrap();
+        let slot = slots.try_take().unwrap();
+        let mut served = GuardedStream::new(accepted, Duration::from_millis(300), slot);
         let mut byte = [0u8; 1];
-        let read = tokio::time::timeout(Duration::from_secs(5), second.read(&mut byte)).await;
-        assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
-        // Traffic keeps the first one alive past the idle time; silence ends it.
+        // Traffic keeps it alive past the idle time; silence ends it.
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            first.write_all(b"x").await.unwrap();
+            client.write_all(b"x").await.unwrap();
             served.read_exact(&mut byte).await.unwrap();
         }
         let started = std::time::Instant::now();
@@ -270,11 +215,8 @@ mod tests {
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
         assert!(started.elapsed() >= Duration::from_millis(250));
         // Its slot is free again once it is dropped.
+        assert!(slots.try_take().is_none());
         drop(served);
-        let _third = TcpStream::connect(address).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(5), accepting)
-            .await
-            .expect("a freed slot takes the next connection")
-            .unwrap();
+        assert!(slots.try_take().is_some());
     }
 }

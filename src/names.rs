@@ -17,6 +17,39 @@ pub const MAX_NAME_LEN: usize = 64;
 /// Schema names SQLite reserves; a database may not use them as its attach name.
 const RESERVED: [&str; 3] = ["MAIN", "TEMP", "SQLITE_MASTER"];
 
+/// True for a character a person cannot see or that reorders what they see: control characters
+/// and Unicode's invisible format characters (category Cf: zero-width spaces and joiners,
+/// bidirectional marks and overrides, the byte-order mark, soft hyphen, tag characters). A name
+/// holding one can look exactly like another name, or make the text around it read backwards, so
+/// every name a person types refuses them.
+pub fn is_hidden_character(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{0600}'..='\u{0605}'
+                | '\u{061C}'
+                | '\u{06DD}'
+                | '\u{070F}'
+                | '\u{0890}'..='\u{0891}'
+                | '\u{08E2}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{110BD}'
+                | '\u{110CD}'
+                | '\u{13430}'..='\u{1343F}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0001}'
+                | '\u{E0020}'..='\u{E007F}'
+        )
+}
+
 fn validate(kind: &str, raw: &str) -> Result<String> {
     let name = raw.trim();
     if name.is_empty() {
@@ -119,6 +152,18 @@ impl DbName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hidden_characters_are_told_apart_from_visible_ones() {
+        for hidden in [
+            '\u{200B}', '\u{200D}', '\u{202E}', '\u{2067}', '\u{FEFF}', '\u{00AD}', '\n', '\u{7F}',
+        ] {
+            assert!(is_hidden_character(hidden), "{hidden:?}");
+        }
+        for visible in ['a', 'é', 'ß', 'א', 'م', '字', ' ', '-', '/'] {
+            assert!(!is_hidden_character(visible), "{visible:?}");
+        }
+    }
 
     #[test]
     fn names_are_upper_cased_and_trimmed() {

@@ -1,5 +1,6 @@
 //! The few operating-system calls the crate makes directly: sending signals, a socket write that
-//! never waits, and reading the host name. Kept in one place because they need `unsafe`.
+//! never waits, reading the host name, and one setting of the C allocator. Kept in one place
+//! because they need `unsafe`.
 
 use std::io;
 
@@ -14,6 +15,26 @@ pub enum Signal {
     Stop,
     /// Resume a frozen process.
     Cont,
+}
+
+/// Allocations at least this large get pages of their own, given back to the system when freed.
+pub const LARGE_ALLOCATION: usize = 4 << 20;
+
+/// Makes glibc map every allocation of [`LARGE_ALLOCATION`] or more on its own and unmap it when
+/// it is freed. By default glibc raises that threshold each time such a block is freed, after
+/// which blocks of that size come from its heaps and stay resident: a password check (argon2
+/// takes 19 MiB) run on a few blocking threads then left over a gigabyte behind after a flood
+/// of logins. Setting the threshold fixes it and turns the raising off. Allocations that large
+/// are rare on the write path (it reuses its buffers), so the extra system calls cost nothing
+/// measurable.
+#[allow(unsafe_code)]
+pub fn return_large_allocations() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt(3) takes two integers and only changes the allocator's parameters; it is
+    // called at start-up, before the process has other threads.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, LARGE_ALLOCATION as libc::c_int);
+    }
 }
 
 /// Sends `signal` to process `pid`.

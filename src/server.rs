@@ -104,10 +104,7 @@ pub async fn run_instance(settings: InstanceSettings) -> Result<u8> {
             _ = failed_rx.wait_for(|f| *f) => tracing::error!("stopping: the writer failed; restart to recover from the journal"),
         }
     };
-    axum::serve(crate::limits::PortalListener::new(listener), app)
-        .with_graceful_shutdown(stop)
-        .await
-        .map_err(|e| Error::Io(format!("web server: {e}")))?;
+    crate::web::serve::serve(listener, app, stop).await;
     productions.abort();
     let failed = instance.failure().is_some();
     tokio::task::spawn_blocking(move || instance.close())

@@ -1056,3 +1056,40 @@ async fn a_backup_that_leaves_on_purpose_never_puts_the_primary_in_trouble() {
     }
     finish_writers(&stop, writers, &a, &b).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_that_stalled_returns_to_arbiter_control_and_the_arbiter_still_approves() {
+    let (arbiter, m) = arbiter_pair().await;
+    let [a, b] = &m;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers = start_writers_on_primary([a.api(), b.api()], 3, "stall", stop.clone());
+    common::before_fault(400).await;
+    // B's instance stalls for more than half a QoS, less than one: the arbiter and A keep its
+    // connections, but B, waking up, no longer counts itself as active and starts its rules
+    // afresh — while its connection to the arbiter stays up and says nothing new.
+    let pid = b.freeze().await;
+    tokio::time::sleep(Duration::from_millis(QOS_MS * 7 / 10)).await;
+    b.thaw(pid);
+    wait_log(b, "this member stalled", "B should notice its stall").await;
+    wait_backup(b).await;
+    // Both return to arbiter control, backed by the arbiter's book ...
+    assert_arbiter_backs_the_monitors(&arbiter, a, b).await;
+    // ... and when A's host then goes silent, the arbiter lets B take over.
+    let pid = a.freeze_host().await;
+    let took = wait_primary(b, 15).await;
+    eprintln!("figure: host frozen after a stall of the backup → takeover in {took:?}");
+    a.thaw_host(pid);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.status().await.state != "down" {
+        assert!(
+            Instant::now() < deadline,
+            "the old primary kept running after the takeover:\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.start_instance().await;
+    a.wait_ready().await;
+    wait_backup(a).await;
+    finish_writers(&stop, writers, b, a).await;
+}

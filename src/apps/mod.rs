@@ -81,12 +81,15 @@ pub fn text_field(label: &str, value: &str, max: usize, required: bool) -> Resul
             "{label} may have at most {max} characters"
         )));
     }
-    if value
+    // Line breaks and tabs are text; other control characters and invisible format characters
+    // (zero-width, bidirectional overrides) would let two different names look the same.
+    if let Some(hidden) = value
         .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t')
+        .find(|c| *c != '\n' && *c != '\t' && crate::names::is_hidden_character(*c))
     {
         return Err(Error::InvalidInput(format!(
-            "{label} contains control characters"
+            "{label} contains an invisible or control character (U+{:04X})",
+            hidden as u32
         )));
     }
     Ok(value.to_string())

@@ -730,6 +730,8 @@ async fn join_pair(
 pub async fn run(args: BenchArgs) -> Result<u8> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
+        // The portal closes connections silent for 10 s; drop idle ones before it does.
+        .pool_idle_timeout(Duration::from_secs(5))
         .build()
         .map_err(|e| Error::Internal(e.to_string()))?;
     let cores = std::thread::available_parallelism()

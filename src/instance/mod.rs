@@ -88,8 +88,11 @@ pub struct InstanceSettings {
     pub install_dir: PathBuf,
     /// Segment size at which the journal starts a new file.
     pub max_segment_bytes: u64,
-    /// How long one user statement may run before it is stopped (ms).
+    /// How long one user statement may run on a reader before it is stopped (ms).
     pub statement_timeout_ms: i64,
+    /// How long one write statement may run before it is stopped (ms): shorter, because while it
+    /// runs no other write of the member can commit.
+    pub write_timeout_ms: i64,
 }
 
 impl InstanceSettings {
@@ -105,6 +108,7 @@ impl InstanceSettings {
             install_dir: PathBuf::from("/nonexistent-install-folder"),
             max_segment_bytes: DEFAULT_MAX_SEGMENT_BYTES,
             statement_timeout_ms: crate::storage::namespace::STATEMENT_TIMEOUT_MS,
+            write_timeout_ms: crate::storage::namespace::WRITE_TIMEOUT_MS,
         }
     }
 }
@@ -340,6 +344,7 @@ impl Instance {
             writer_journal,
             readers.clone(),
             mirror.clone(),
+            settings.write_timeout_ms,
             on_fatal,
         );
         let context = Arc::new(MirrorContext {
@@ -529,6 +534,8 @@ impl Instance {
             std::fs::File::open(&target)
                 .and_then(|f| f.sync_all())
                 .io_context("fsync the backup")?;
+            // Only once the new copy is on disk are the oldest ones removed.
+            remove_old_backups(target.parent().expect("has a folder"), &db)?;
             Ok(relative)
         })
         .await
@@ -630,6 +637,35 @@ impl Drop for Instance {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// Backup copies kept per database; a new one removes the oldest beyond this.
+pub const BACKUPS_KEPT: usize = 3;
+
+/// Removes all but the newest [`BACKUPS_KEPT`] backup copies of `db` in `folder` (their names
+/// end in a time stamp, so name order is age order).
+fn remove_old_backups(folder: &std::path::Path, db: &DbName) -> Result<()> {
+    let prefix = format!("{}-", db.directory_name());
+    let mut copies: Vec<std::path::PathBuf> = std::fs::read_dir(folder)
+        .io_context("list the backup folder")?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| {
+            path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with(&prefix)
+                    && n.ends_with(".sqlite")
+                    && n[prefix.len()..n.len() - ".sqlite".len()]
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+            })
+        })
+        .collect();
+    copies.sort();
+    let surplus = copies.len().saturating_sub(BACKUPS_KEPT);
+    for old in &copies[..surplus] {
+        std::fs::remove_file(old).io_context("remove an old backup copy")?;
+        tracing::info!("removed the old backup copy {}", old.display());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

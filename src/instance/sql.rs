@@ -2,7 +2,9 @@
 //!
 //! Shared by the reader pool and the writer. A statement is prepared under the connection's
 //! statement guard (see `storage::namespace`), so refusals carry their reason; rows are copied
-//! out as SQLite values, at most [`MAX_ROWS`] of them.
+//! out as SQLite values, at most [`MAX_ROWS`] of them and [`MAX_RESULT_BYTES`] in all. (SQLite
+//! itself refuses to make one value larger than that: see `storage::namespace`.) A result over
+//! the bytes is an error, not a cut: a page that silently lost half a value would mislead.
 
 use rusqlite::Statement;
 use rusqlite::types::Value;
@@ -16,6 +18,9 @@ pub type SqlValue = Value;
 
 /// Most rows a statement returns; the rest are cut off and `truncated` is set.
 pub const MAX_ROWS: usize = 10_000;
+
+/// Most bytes of values a statement returns (text and blobs by length, numbers as 8).
+pub const MAX_RESULT_BYTES: usize = crate::storage::namespace::MAX_VALUE_BYTES;
 
 /// The result of one statement.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -44,12 +49,29 @@ pub fn with_statement<R>(
     if cached {
         let (prepared, facts) = ns.guard.judge(|| ns.conn.prepare_cached(sql));
         let mut stmt = prepared.map_err(|e| ns.explain(e, &facts))?;
+        refuse_trigger_on_bookkeeping(sql, &facts)?;
         run(&mut stmt, &facts)
     } else {
         let (prepared, facts) = ns.guard.judge(|| ns.conn.prepare(sql));
         let mut stmt = prepared.map_err(|e| ns.explain(e, &facts))?;
+        refuse_trigger_on_bookkeeping(sql, &facts)?;
         run(&mut stmt, &facts)
     }
+}
+
+/// Refuses a trigger whose text names the instance's bookkeeping table. The guard refuses a
+/// trigger *on* that table, but SQLite judges the statements of a trigger's body only when it
+/// fires: a trigger on `Company` that updates the table would be accepted, then break every
+/// insert into `Company` until dropped. A table name cannot be built at run time in SQL, so its
+/// text is where any such body names it (quoted or not, in any case).
+fn refuse_trigger_on_bookkeeping(sql: &str, facts: &StatementFacts) -> Result<()> {
+    let table = crate::storage::database::META_TABLE;
+    if facts.creates_trigger && sql.to_ascii_lowercase().contains(table) {
+        return Err(crate::error::Error::Conflict(format!(
+            "{table} is kept by the instance: a trigger may not use it"
+        )));
+    }
+    Ok(())
 }
 
 /// Runs a prepared statement and copies out its rows.
@@ -67,6 +89,7 @@ pub fn collect_rows(
             .map_err(|e| ns.explain(e, &no_facts))?;
         let mut out = Vec::new();
         let mut truncated = false;
+        let mut bytes = 0usize;
         while let Some(row) = rows.next().map_err(|e| ns.explain(e, &no_facts))? {
             if out.len() == MAX_ROWS {
                 truncated = true;
@@ -74,10 +97,22 @@ pub fn collect_rows(
             }
             let mut values = Vec::with_capacity(width);
             for i in 0..width {
-                values.push(
-                    row.get::<_, Value>(i)
-                        .map_err(|e| ns.explain(e, &no_facts))?,
-                );
+                let value = row.get_ref(i).map_err(|e| ns.explain(e, &no_facts))?;
+                // Counted before the copy: a result over the cap is never held twice.
+                bytes += match value {
+                    rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                        t.len()
+                    }
+                    _ => 8,
+                };
+                if bytes > MAX_RESULT_BYTES {
+                    return Err(crate::error::Error::InvalidInput(format!(
+                        "the result is larger than {} MiB, the most a statement returns here: \
+                         select fewer rows or shorter values (LIMIT, substr())",
+                        MAX_RESULT_BYTES >> 20
+                    )));
+                }
+                values.push(Value::try_from(value).map_err(|e| ns.explain(e.into(), &no_facts))?);
             }
             out.push(values);
         }

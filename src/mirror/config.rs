@@ -52,7 +52,7 @@ pub fn member_name(raw: &str) -> Result<String> {
     }
     if let Some(bad) = name
         .chars()
-        .find(|c| FORBIDDEN_IN_MEMBER_NAME.contains(c) || c.is_control())
+        .find(|c| FORBIDDEN_IN_MEMBER_NAME.contains(c) || crate::names::is_hidden_character(*c))
     {
         return Err(Error::InvalidInput(format!(
             "Mirror Member Name {name:?} may not contain {bad:?}"
@@ -461,6 +461,8 @@ mod tests {
             "/a",
             "x=y",
             &"X".repeat(33),
+            "MIRRORA\u{200B}/IRIS",
+            "\u{202E}SIRI/AGRORRIM",
         ] {
             assert!(member_name(bad).is_err(), "{bad:?}");
         }

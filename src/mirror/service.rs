@@ -644,25 +644,40 @@ impl MirrorService {
             address,
             tls: Some((self.context.identity.clone(), None)),
         };
-        let (reply, shown) = agent::call_to(
+        let reply = agent::call_to(
             &target,
             AgentRequest::MirrorInfo {
-                mirror_name,
+                mirror_name: mirror_name.clone(),
                 instance_name: instance.to_ascii_uppercase(),
             },
         )
-        .await
-        .map_err(|e| {
+        .await;
+        // One answer for every way of failing — closed port, another service, a member without
+        // that mirror — so the form cannot be used to tell ports apart or to read their bytes.
+        // The reason is in this member's log, for its administrator.
+        let no_mirror = || {
             Error::Conflict(format!(
-                "could not reach the other member's agent ({e}); check its address and port"
+                "no mirror {mirror_name} answered at {}: check the mirror name, the agent's \
+                 address and its port",
+                target.address
             ))
-        })?;
-        if !reply.ok {
-            return Err(Error::Conflict(reply.message));
-        }
-        let description = reply
-            .mirror
-            .ok_or_else(|| Error::Conflict("the agent did not describe the mirror".into()))?;
+        };
+        let (reply, shown) = match reply {
+            Ok(answer) if answer.0.ok => answer,
+            Ok((refused, _)) => {
+                tracing::info!(
+                    "mirror: join information from {}: refused: {}",
+                    target.address,
+                    refused.message
+                );
+                return Err(no_mirror());
+            }
+            Err(err) => {
+                tracing::info!("mirror: join information from {}: {err}", target.address);
+                return Err(no_mirror());
+            }
+        };
+        let description = reply.mirror.ok_or_else(no_mirror)?;
         if description.mirror.require_tls
             && !description
                 .members

@@ -57,6 +57,9 @@ pub struct StatementFacts {
     pub denied: Option<String>,
     /// The database a schema statement changes.
     pub ddl_db: Option<String>,
+    /// True for `CREATE TRIGGER`: SQLite judges a trigger's body only when the trigger fires,
+    /// so the statement's text is checked instead (see `instance::sql`).
+    pub creates_trigger: bool,
 }
 
 #[derive(Debug, Default)]
@@ -164,6 +167,9 @@ impl StatementGuard {
         if schema_table.is_some() {
             let db = db.to_string();
             state.facts.ddl_db.get_or_insert(db);
+            if matches!(ctx.action, AuthAction::CreateTrigger { .. }) {
+                state.facts.creates_trigger = true;
+            }
             return Authorization::Allow;
         }
         match ctx.action {
@@ -220,8 +226,18 @@ impl StatementGuard {
     }
 }
 
-/// How long one user statement may run, by default, before SQLite is told to stop it.
+/// The largest value (string, blob or row) a user statement may make or read. SQLite refuses a
+/// larger one before it allocates it (`SQLITE_LIMIT_LENGTH`), so `zeroblob(300000000)` costs
+/// nothing.
+pub const MAX_VALUE_BYTES: usize = 16 << 20;
+
+/// How long one user statement may run on a reader, by default, before SQLite is told to stop it.
 pub const STATEMENT_TIMEOUT_MS: i64 = 30_000;
+/// How long one write statement may run, by default. The writer runs one statement at a time
+/// for the whole member, so a runaway write (a recursive CTE in an `UPDATE`) holds every other
+/// write back while it runs: it is stopped after a few seconds, fails alone, and the statements
+/// queued behind it go on in the next group commit.
+pub const WRITE_TIMEOUT_MS: i64 = 5_000;
 
 /// A connection for one namespace, built for one catalog generation.
 pub struct NamespaceConn {
@@ -286,6 +302,10 @@ impl NamespaceConn {
             | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = rusqlite::Connection::open_with_flags(":memory:", flags)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.set_limit(
+            rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH,
+            MAX_VALUE_BYTES as i32,
+        )?;
         database::statement_journal_in_memory(&conn)?;
         let mut attached = Vec::new();
         let mut missing = Vec::new();
@@ -394,6 +414,12 @@ impl NamespaceConn {
         }
         if let rusqlite::Error::MultipleStatement = err {
             return Error::InvalidInput("run one statement at a time".into());
+        }
+        if err.sqlite_error_code() == Some(rusqlite::ErrorCode::TooBig) {
+            return Error::InvalidInput(format!(
+                "a value or row would be larger than {} MiB, the most this member makes or returns",
+                MAX_VALUE_BYTES >> 20
+            ));
         }
         if err.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted) {
             return Error::Conflict(format!(

@@ -76,16 +76,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 }
 
 /// Liveness (no authentication): answers as long as the instance serves HTTP.
-pub async fn health(State(state): State<AppState>) -> Json<Json_> {
-    let instance = &state.instance;
-    Json(json!({
-        "status": "ok",
-        "host": instance.settings.host_name,
-        "instance": instance.settings.instance_name,
-        "journal_position": instance.journal.durable_end().0,
-        "writer": instance.failure().map(|why| format!("stopped: {why}")).unwrap_or_else(|| "running".into()),
-        "pid": std::process::id(),
-    }))
+pub async fn health(State(state): State<AppState>) -> Response {
+    // Liveness only: this answers without a login, so it tells a stranger nothing more (no
+    // process id, no journal position; `/api/mirror` has those for a user).
+    if state.instance.failure().is_some() {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "failed" })),
+        )
+            .into_response();
+    }
+    Json(json!({ "status": "ok" })).into_response()
 }
 
 async fn databases(State(state): State<AppState>) -> ApiResult {

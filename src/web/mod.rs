@@ -17,25 +17,35 @@
 //! Databases, Namespaces; Security), System Operation (Mirror Monitor, Journals), System
 //! Explorer (SQL), and the COMPANY and PHONEBOOK applications.
 //!
+//! # Hardening
+//!
+//! Every answer says it may not be framed by another page (`X-Frame-Options: DENY` and CSP
+//! `frame-ancestors 'none'`: a page of another port of the same host is another origin, and could
+//! otherwise overlay the Mirror Settings page to steal clicks), must not be sniffed into another
+//! type (`nosniff`), and sends no `Referer` to other sites. The port itself is bounded against
+//! slow and crowding clients in [`serve`]; logins are throttled per source in [`auth`].
+//!
 //! # Left out
 //!
-//! Login rate limiting and TLS for the portal.
+//! TLS for the portal.
 
 pub mod api;
 pub mod auth;
 pub mod error;
 pub mod mirror;
 pub mod portal;
+pub mod serve;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -93,6 +103,22 @@ pub fn router(instance: Arc<Instance>) -> Router {
             REQUEST_TIMEOUT,
         ))
         .layer(TraceLayer::new_for_http())
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("frame-ancestors 'none'; base-uri 'none'; object-src 'none'"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("same-origin"),
+        ))
         .with_state(state)
 }
 

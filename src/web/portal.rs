@@ -17,8 +17,12 @@ use crate::instance::users::{check_new_password, hash_password};
 use crate::names::{DbName, NamespaceName};
 use crate::util::{format_bytes, format_time, random_hex};
 
-use super::auth::{CsrfForm, Login, PortalUser, constant_time_eq, cookie, set_cookie, with_cookie};
+use super::auth::{
+    CsrfForm, Login, PortalUser, constant_time_eq, cookie, from_another_site, set_cookie,
+    with_cookie,
+};
 use super::error::PageError;
+use super::serve::Peer;
 use super::{AppState, Layout, flash_and_redirect};
 
 /// Routes of the portal.
@@ -87,18 +91,20 @@ fn login_form(
     error: Option<String>,
     status: StatusCode,
 ) -> Response {
-    let csrf = random_hex(16);
+    // The cookie holds a random nonce, the form a keyed hash of it: the pair only passes
+    // together, and only if this process made it.
+    let nonce = random_hex(16);
     let page = LoginPage {
         host: state.instance.settings.host_name.clone(),
         instance: state.instance.settings.instance_name.clone(),
-        csrf: csrf.clone(),
+        csrf: state.auth.login_token(&nonce),
         next,
         username,
         error,
     };
     with_cookie(
         (status, page).into_response(),
-        set_cookie(&state.auth.login_cookie, &csrf, Some(3600)),
+        set_cookie(&state.auth.login_cookie, &nonce, Some(3600)),
     )
 }
 
@@ -128,12 +134,19 @@ struct LoginForm {
 
 async fn login_submit(
     State(state): State<AppState>,
+    Peer(source): Peer,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
     let next = safe_next(Some(&form.next));
-    let expected = cookie(&headers, &state.auth.login_cookie).unwrap_or_default();
-    if expected.is_empty() || !constant_time_eq(expected.as_bytes(), form.csrf.as_bytes()) {
+    let nonce = cookie(&headers, &state.auth.login_cookie).unwrap_or_default();
+    let expected = state.auth.login_token(&nonce);
+    // A login posted from another site is refused too (a forged login would leave the victim
+    // working in the attacker's session).
+    if nonce.is_empty()
+        || !constant_time_eq(expected.as_bytes(), form.csrf.as_bytes())
+        || from_another_site(&headers)
+    {
         let why = "The login form expired or cookies are disabled; please try again.".to_string();
         return login_form(
             &state,
@@ -143,11 +156,10 @@ async fn login_submit(
             StatusCode::FORBIDDEN,
         );
     }
-    let auth = state.auth.clone();
-    let (user, password) = (form.username.clone(), form.password);
-    let login = tokio::task::spawn_blocking(move || auth.attempt_login(&user, &password))
-        .await
-        .unwrap_or(Login::Refused);
+    let login = state
+        .auth
+        .login(source, &form.username, &form.password)
+        .await;
     let refusal = match login {
         Login::Accepted(_) => None,
         Login::Refused => Some((
@@ -156,10 +168,14 @@ async fn login_submit(
         )),
         Login::Throttled(wait) => Some((
             format!(
-                "Too many wrong passwords for this user name: try again in {} seconds.",
+                "Too many wrong passwords from this address: try again in {} seconds.",
                 wait.as_secs() + 1
             ),
             StatusCode::TOO_MANY_REQUESTS,
+        )),
+        Login::Busy => Some((
+            "Too many logins are being checked at once; please try again in a moment.".to_string(),
+            StatusCode::SERVICE_UNAVAILABLE,
         )),
     };
     if let Some((why, status)) = refusal {
@@ -600,8 +616,9 @@ pub async fn change_password(
     let auth = state.auth.clone();
     let config = state.instance.config.clone();
     let name = user.to_string();
-    // Hashing is slow on purpose and the configuration write fsyncs: both off the async threads.
-    tokio::task::spawn_blocking(move || {
+    // Hashing is slow on purpose and the configuration write fsyncs: both off the async threads,
+    // and under the bound of every password check.
+    let changed = state.auth.with_check_permit(move || {
         if let Some(current) = current
             && !auth.check_password(&name, &current)
         {
@@ -619,9 +636,12 @@ pub async fn change_password(
             Ok(())
         })?;
         Ok(format!("the password of {name} was changed"))
+    });
+    changed.await.unwrap_or_else(|| {
+        Err(Error::Unavailable(
+            "too many passwords are being checked at once: try again in a moment".into(),
+        ))
     })
-    .await
-    .map_err(|e| Error::Internal(e.to_string()))?
 }
 
 async fn password_change(

@@ -107,6 +107,9 @@ impl Api {
             url,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
+                // The portal closes a connection that stays silent for 10 s between requests;
+                // dropping idle ones first means a request never races that close.
+                .pool_idle_timeout(Duration::from_secs(5))
                 .build()
                 .unwrap(),
             log_source,

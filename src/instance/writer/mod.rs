@@ -413,6 +413,7 @@ impl Writer {
         mirror_journal: Option<Journal>,
         readers: Arc<ReadPool>,
         mirror: Arc<MirrorState>,
+        write_timeout_ms: i64,
         on_fatal: FatalHook,
     ) -> (WriterHandle, JoinHandle<()>) {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
@@ -431,7 +432,6 @@ impl Writer {
             frozen: frozen.clone(),
         };
         let cfg = config.get();
-        let readers_for_timeout = readers.clone();
         let writer = Writer {
             data_dir,
             catalog,
@@ -458,7 +458,7 @@ impl Writer {
             last_dejournal: Instant::now(),
             frozen_flag: frozen,
             dirty: false,
-            statement_timeout_ms: readers_for_timeout.timeout_ms(),
+            statement_timeout_ms: write_timeout_ms,
         };
         let thread = std::thread::Builder::new()
             .name("writer".into())
