@@ -228,6 +228,12 @@ impl MemberInfo {
     /// private or agent address resolves to (host names are resolved now, so a container that
     /// came back with a new address is still recognised).
     pub fn has_address(&self, ip: std::net::IpAddr) -> bool {
+        self.addresses().contains(&ip.to_canonical())
+    }
+
+    /// Every IP address this member's superserver, mirror private and agent addresses resolve
+    /// to now (host names through the resolver, which may take a while).
+    pub fn addresses(&self) -> Vec<std::net::IpAddr> {
         use std::net::ToSocketAddrs;
         [
             connect_address(&self.superserver_address, DEFAULT_SUPERSERVER_PORT),
@@ -238,7 +244,8 @@ impl MemberInfo {
         .flatten()
         .filter_map(|address| address.to_socket_addrs().ok())
         .flatten()
-        .any(|resolved| resolved.ip() == ip)
+        .map(|resolved| resolved.ip().to_canonical())
+        .collect()
     }
 
     /// The same member with `other`'s addresses: a `hello` never changes a configured

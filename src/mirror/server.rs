@@ -21,17 +21,36 @@
 //!
 //! Sockets are blocking with timeouts: a member that stops reading is dropped after the QoS
 //! timeout instead of stalling the primary.
+//!
+//! # Strangers on the port
+//!
+//! Anyone who reaches the port can open connections, and each one costs a thread until it
+//! ends. Two rules keep strangers from keeping the mirror's own members out (a restarted backup
+//! once stayed disconnected for as long as 64 connections trickled half a message):
+//!
+//! - a connection must deliver its first message — TLS handshake included — within
+//!   [`SUPERSERVER_FIRST_MESSAGE`] in all, not per read, so trickling a byte now and then does
+//!   not keep it open;
+//! - the accept loop takes a slot by source address ([`ConnectionSlots::try_take_from`]): the
+//!   addresses the configured members' superserver, mirror private and agent addresses resolve
+//!   to, and this host's own, may use every slot; other addresses share at most
+//!   [`SUPERSERVER_STRANGER_CONNECTIONS`], a few each. The members' addresses are resolved by a
+//!   thread of their own every [`MEMBER_ADDRESSES_REFRESH`], so the accept loop never waits on
+//!   a name server.
 
-use std::io::{BufReader, BufWriter, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::{IpAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::journal::{JournalPos, JournalShared};
-use crate::limits::{ConnectionSlots, SUPERSERVER_CONNECTIONS};
+use crate::limits::{
+    ConnectionSlots, SUPERSERVER_CONNECTIONS, SUPERSERVER_CONNECTIONS_PER_STRANGER,
+    SUPERSERVER_FIRST_MESSAGE, SUPERSERVER_STRANGER_CONNECTIONS,
+};
 use crate::tls::Channel;
 use crate::util::now_ms;
 
@@ -50,23 +69,42 @@ pub const MAX_PENDING: usize = 16;
 /// Frames per message when sending from the journal files.
 const BACKLOG_CHUNK_BYTES: usize = 1 << 20;
 
+/// How often the members' addresses are resolved again (a member that came back with a new
+/// address is recognised by then; until then it shares the strangers' slots).
+pub const MEMBER_ADDRESSES_REFRESH: Duration = Duration::from_secs(2);
+
+/// How long a connection may wait for its next bytes once its first message has arrived.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Starts accepting on `listener`; stops when `stop` is set (and a connection wakes it).
 pub fn start(
     listener: TcpListener,
     context: Arc<MirrorContext>,
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<()> {
+    let members = MemberAddresses::start(context.clone(), stop.clone());
     std::thread::Builder::new()
         .name("superserver".into())
         .spawn(move || {
-            let slots = ConnectionSlots::new("superserver", SUPERSERVER_CONNECTIONS);
+            let slots = ConnectionSlots::keeping_room(
+                "superserver",
+                SUPERSERVER_CONNECTIONS,
+                SUPERSERVER_STRANGER_CONNECTIONS,
+                SUPERSERVER_CONNECTIONS_PER_STRANGER,
+            );
             for stream in listener.incoming() {
                 if stop.load(Ordering::Acquire) {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
+                let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+                    continue;
+                };
+                // This host's own address on both ends: the local agent's probes and questions
+                // (loopback as a whole is not enough: 127.0.0.2 may be another container's).
+                let known = peer.ip() == local.ip() || members.contain(peer.ip());
                 // Full: the connection is closed (dropped) before a thread is spent on it.
-                let Some(slot) = slots.try_take() else {
+                let Some(slot) = slots.try_take_from(peer.ip(), known) else {
                     continue;
                 };
                 let context = context.clone();
@@ -74,10 +112,6 @@ pub fn start(
                     .name("mirror-link".into())
                     .spawn(move || {
                         let _slot = slot;
-                        let peer = stream
-                            .peer_addr()
-                            .map(|a| a.to_string())
-                            .unwrap_or_default();
                         if let Err(err) = serve(stream, &context) {
                             tracing::debug!("superserver connection from {peer} ended: {err}");
                         }
@@ -87,31 +121,106 @@ pub fn start(
         .expect("spawn the superserver thread")
 }
 
+/// The IP addresses of the mirror's members (this one included), as their configured
+/// addresses last resolved.
+struct MemberAddresses(RwLock<Vec<IpAddr>>);
+
+impl MemberAddresses {
+    /// Resolves now, then again every [`MEMBER_ADDRESSES_REFRESH`] on a thread of its own
+    /// until `stop`.
+    fn start(context: Arc<MirrorContext>, stop: Arc<AtomicBool>) -> Arc<MemberAddresses> {
+        let resolve = move || -> Vec<IpAddr> {
+            let config = context.config.get();
+            let Some(m) = config.mirror.membership.as_ref() else {
+                return Vec::new();
+            };
+            std::iter::once(&m.this)
+                .chain(&m.others)
+                .flat_map(|member| member.addresses())
+                .collect()
+        };
+        let members = Arc::new(MemberAddresses(RwLock::new(resolve())));
+        let refreshed = members.clone();
+        let _ = std::thread::Builder::new()
+            .name("superserver-members".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    std::thread::sleep(MEMBER_ADDRESSES_REFRESH);
+                    let addresses = resolve();
+                    *refreshed.0.write().unwrap() = addresses;
+                }
+            });
+        members
+    }
+
+    fn contain(&self, ip: IpAddr) -> bool {
+        self.0.read().unwrap().contains(&ip.to_canonical())
+    }
+}
+
+/// Reads through `reader` (whose socket `channel` is) until `deadline`, however the bytes
+/// trickle in: before every read the socket's timeout is set to what is left. A read timeout
+/// alone restarts with each byte, so a peer sending one byte now and then would never time out.
+struct UntilDeadline<'a> {
+    channel: &'a Channel,
+    reader: &'a mut BufReader<Channel>,
+    deadline: Instant,
+}
+
+impl Read for UntilDeadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no complete first message within {} s",
+                    SUPERSERVER_FIRST_MESSAGE.as_secs()
+                ),
+            ));
+        }
+        self.channel.set_read_timeout(Some(left))?;
+        self.reader.read(buf)
+    }
+}
+
 /// Takes TLS when the connection starts with a handshake; returns the connection and the
-/// client's certificate fingerprint (None: plain).
-fn open(tcp: TcpStream, context: &MirrorContext) -> Result<(Channel, Option<String>)> {
+/// client's certificate fingerprint (None: plain). The handshake must be over by `deadline`.
+fn open(
+    tcp: TcpStream,
+    context: &MirrorContext,
+    deadline: Instant,
+) -> Result<(Channel, Option<String>)> {
     tcp.set_nodelay(true)?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    tcp.set_read_timeout(Some(left().max(Duration::from_millis(1))))?;
     let mut first = [0u8; 1];
     if tcp.peek(&mut first)? == 1 && crate::tls::is_tls_start(first[0]) {
-        let (channel, peer) = crate::tls::accept_blocking(tcp, &context.identity)?;
-        channel.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let (channel, peer) = crate::tls::accept_blocking(tcp, &context.identity, left())?;
         return Ok((channel, Some(peer)));
     }
     Ok((Channel::Plain(tcp), None))
 }
 
 fn serve(tcp: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
+    // The clock for the first message starts at once (see the module's essay).
+    let deadline = Instant::now() + SUPERSERVER_FIRST_MESSAGE;
     // Loopback, or this host's own address on both ends (an agent bound to a LAN address).
     let from_this_host = match (tcp.peer_addr(), tcp.local_addr()) {
         (Ok(peer), Ok(local)) => peer.ip().is_loopback() || peer.ip() == local.ip(),
         _ => false,
     };
     let peer_ip = tcp.peer_addr().map(|a| a.ip()).ok();
-    let (stream, peer) = open(tcp, context)?;
+    let (stream, peer) = open(tcp, context, deadline)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = BufWriter::new(stream.try_clone()?);
-    let first = match read_message(&mut reader)? {
+    let first = read_message(&mut UntilDeadline {
+        channel: &stream,
+        reader: &mut reader,
+        deadline,
+    });
+    stream.set_read_timeout(Some(READ_TIMEOUT))?;
+    let first = match first? {
         Some(Message::Control(control)) => *control,
         Some(_) => {
             return Err(Error::InvalidInput(
