@@ -200,17 +200,31 @@ pub struct MemberInfo {
     pub certificate: Option<String>,
 }
 
-/// A member that asked to join a mirror requiring SSL/TLS and waits for someone on the primary
-/// to Authorize (or Reject) it (Edit Mirror → Pending New Members).
+/// A certificate that asked to join a mirror requiring SSL/TLS under a member name, and waits
+/// for someone on the primary to Authorize, Reject or Remove it (Edit Mirror → Pending New
+/// Members) — or, once rejected, the remembered rejection. The rules are in
+/// [`super::pending`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingMember {
     /// The member as it described itself; its `certificate` is the fingerprint it showed.
     pub info: MemberInfo,
     /// When it first asked (ms since the Unix epoch).
     pub since_ms: i64,
-    /// Rejected: its requests are refused until someone authorizes it after all.
+    /// Rejected: no longer a request but a remembered rejection; hellos showing this
+    /// certificate are refused and not listed again.
     #[serde(default)]
     pub rejected: bool,
+    /// Its last hello, written down at most once a minute (a request expires some time after
+    /// it); for a rejection, when it was rejected. 0 in files written before: `since_ms` counts.
+    #[serde(default)]
+    pub last_ms: i64,
+    /// The source address of its first hello (which may differ from the addresses it claims).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked_from: Option<String>,
+    /// Another certificate had already asked under this member name when this one first did:
+    /// at most one of them is the member it claims to be.
+    #[serde(default)]
+    pub another_certificate: bool,
 }
 
 impl MemberInfo {

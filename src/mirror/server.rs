@@ -14,10 +14,12 @@
 //!
 //! A connection that starts with a TLS handshake is accepted as TLS, and the client's
 //! certificate fingerprint comes with it. In a mirror that requires SSL/TLS, journal (`Hello`,
-//! `Fetch`) goes only over TLS and only to members whose certificate the mirror lists; a member
-//! the primary does not know yet is recorded in Pending New Members and refused with
-//! [`AWAITING_AUTHORIZATION`] until someone authorizes it. Plain `Info` is still answered to
-//! this host (the local agent's probes and questions arrive that way), to others only over TLS.
+//! `Fetch`) goes only over TLS and only to members whose certificate the mirror lists; a
+//! certificate the primary does not know yet is recorded in Pending New Members, under the name
+//! it gives and with the address it came from, and refused with [`AWAITING_AUTHORIZATION`]
+//! until someone authorizes exactly that name and certificate (the rules of that list, its
+//! bounds and expiry, are in [`super::pending`]). Plain `Info` is still answered to this host
+//! (the local agent's probes and questions arrive that way), to others only over TLS.
 //!
 //! Sockets are blocking with timeouts: a member that stops reading is dropped after the QoS
 //! timeout instead of stalling the primary.
@@ -55,16 +57,14 @@ use crate::tls::Channel;
 use crate::util::now_ms;
 
 use super::MirrorContext;
-use super::config::{MemberInfo, MemberKind, PendingMember};
+use super::config::{MemberInfo, MemberKind};
+use super::pending::{self, Heard};
 use super::protocol::{Control, Message, read_message, write_control, write_frames};
 use super::state::Role;
 
 /// The words of the refusal a member gets while it waits in Pending New Members (a joining
 /// member keeps its configuration when it hears them).
 pub const AWAITING_AUTHORIZATION: &str = "awaiting authorization on the primary";
-
-/// Most members waiting in Pending New Members at once (a mirror has at most 16 members).
-pub const MAX_PENDING: usize = 16;
 
 /// Frames per message when sending from the journal files.
 const BACKLOG_CHUNK_BYTES: usize = 1 << 20;
@@ -436,7 +436,7 @@ fn accept_member(
     }
     let known = membership.others.iter().find(|o| o.name == member.name);
     if membership.mirror.require_tls {
-        authorize_peer(context, membership, member, peer)?;
+        authorize_peer(context, membership, member, peer, peer_ip)?;
     } else if let Some(known) = known {
         // Without TLS nothing proves who says hello; a configured member must at least come
         // from one of its own addresses, or anyone could replace it (see the README).
@@ -555,13 +555,16 @@ fn accept_member(
 }
 
 /// In a mirror that requires SSL/TLS: a member may receive journal only over TLS, showing the
-/// certificate the mirror lists for it. One the mirror does not know yet waits in Pending New
-/// Members; one that shows another certificate than its authorized one is refused.
+/// certificate the mirror lists for it. A configured member is judged by that alone — Pending
+/// New Members, full or not, never stands in its way; one that shows another certificate is
+/// refused. Any other name waits in Pending New Members (see [`super::pending`]), unless its
+/// certificate was rejected or the list has no place for it.
 fn authorize_peer(
     context: &MirrorContext,
     membership: &super::config::Membership,
     member: &MemberInfo,
     peer: Option<&str>,
+    peer_ip: Option<IpAddr>,
 ) -> Result<()> {
     let Some(peer) = peer else {
         return Err(Error::Conflict(format!(
@@ -585,55 +588,30 @@ fn authorize_peer(
         }
         None => {}
     }
-    let rejected = context.config.update(|c| {
-        let Some(m) = c.mirror.membership.as_mut() else {
-            return Ok(false);
-        };
-        let asked = PendingMember {
-            info: member.clone(),
-            since_ms: now_ms(),
-            rejected: false,
-        };
-        let full = m.pending.len() >= MAX_PENDING;
-        // One entry per member name; a new certificate replaces the old request (and is
-        // judged afresh).
-        Ok(
-            match m.pending.iter_mut().find(|p| p.info.name == member.name) {
-                Some(p) if p.info == *member => p.rejected,
-                Some(p) => {
-                    *p = asked;
-                    false
-                }
-                // The list is bounded: a stranger trying name after name must not grow the
-                // configuration file without end.
-                None if full => {
-                    return Err(Error::Conflict(format!(
-                        "{MAX_PENDING} members already wait for authorization on the primary: \
-                         authorize or reject them first"
-                    )));
-                }
-                None => {
-                    tracing::warn!(
-                        "mirror: {} ({}) asks to join; it waits in Pending New Members",
-                        member.name,
-                        peer
-                    );
-                    m.pending.push(asked);
-                    false
-                }
-            },
-        )
+    let heard = context.config.update(|c| {
+        let m = c.mirror.member_mut()?;
+        pending::hear(&mut m.pending, member, peer_ip, now_ms())
     })?;
-    Err(Error::Conflict(if rejected {
-        format!(
-            "the primary rejected {}: ask its administrator to authorize it",
+    Err(Error::Conflict(match heard {
+        Heard::Rejected => format!(
+            "the primary rejected {}'s certificate {peer}: ask its administrator to authorize it",
             member.name
-        )
-    } else {
-        format!(
-            "{} is {AWAITING_AUTHORIZATION}: there, Edit Mirror → Pending New Members → Authorize",
-            member.name
-        )
+        ),
+        Heard::Listed | Heard::Waiting => {
+            if heard == Heard::Listed {
+                tracing::warn!(
+                    "mirror: {} asks to join with certificate {peer} from {}; it waits in \
+                     Pending New Members",
+                    member.name,
+                    peer_ip.map(|ip| ip.to_string()).unwrap_or_default()
+                );
+            }
+            format!(
+                "{} is {AWAITING_AUTHORIZATION}: there, Edit Mirror → Pending New Members → \
+                 Authorize (certificate {peer})",
+                member.name
+            )
+        }
     }))
 }
 
