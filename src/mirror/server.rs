@@ -100,8 +100,11 @@ pub fn start(
                 let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
                     continue;
                 };
-                // This host's own address on both ends: the local agent's probes and questions
-                // (loopback as a whole is not enough: 127.0.0.2 may be another container's).
+                // This host's own address on both ends is the local agent's probes and
+                // questions (a Confirm Down that finds no slot would take the instance for hung).
+                // Not loopback as a whole: any local process may pick another loopback source
+                // address, and it is no more a member for that (the tests play strangers from
+                // 127.0.0.2).
                 let known = peer.ip() == local.ip() || members.contain(peer.ip());
                 // Full: the connection is closed (dropped) before a thread is spent on it.
                 let Some(slot) = slots.try_take_from(peer.ip(), known) else {
