@@ -279,7 +279,7 @@ impl PendingLists {
                     .iter()
                     .any(|o| o.info.name == p.info.name && o.info.certificate != p.info.certificate)
                 {
-                    Some("another certificate asked under this name since")
+                    Some("another certificate has asked under this name since")
                 } else {
                     None
                 },
