@@ -367,8 +367,17 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     identity: &Identity,
 ) -> Result<Accepted<tokio_rustls::server::TlsStream<S>>> {
+    accept_within(stream, identity, HANDSHAKE_TIMEOUT).await
+}
+
+/// [`accept`], failing when the handshake takes longer than `within`.
+async fn accept_within<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    identity: &Identity,
+    within: Duration,
+) -> Result<Accepted<tokio_rustls::server::TlsStream<S>>> {
     let acceptor = tokio_rustls::TlsAcceptor::from(identity.server.clone());
-    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+    let stream = tokio::time::timeout(within, acceptor.accept(stream))
         .await
         .map_err(|_| Error::Unavailable("tls handshake timed out".into()))?
         .map_err(|e| Error::Unavailable(format!("tls handshake: {e}")))?;
@@ -443,13 +452,18 @@ where
     Ok(local)
 }
 
-/// Accepts TLS on a connection a blocking thread took; the client's fingerprint comes back
-/// with the channel.
-pub fn accept_blocking(tcp: TcpStream, identity: &Identity) -> Result<(Channel, String)> {
+/// Accepts TLS on a connection a blocking thread took, the handshake done within `within`
+/// (the superserver gives a connection only so long to say what it wants); the client's
+/// fingerprint comes back with the channel.
+pub fn accept_blocking(
+    tcp: TcpStream,
+    identity: &Identity,
+    within: Duration,
+) -> Result<(Channel, String)> {
     tcp.set_nonblocking(true)?;
     let accepted = pump().block_on(async {
         let tcp = tokio::net::TcpStream::from_std(tcp)?;
-        accept(tcp, identity).await
+        accept_within(tcp, identity, within).await
     })?;
     Ok((Channel::Tls(splice(accepted.stream)?), accepted.peer))
 }
@@ -557,7 +571,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let accepting = std::thread::spawn(move || {
             let (tcp, _) = listener.accept().unwrap();
-            accept_blocking(tcp, &server)
+            accept_blocking(tcp, &server, HANDSHAKE_TIMEOUT)
         });
         let connected = connect_blocking(TcpStream::connect(addr).unwrap(), client, expected);
         (accepting.join().unwrap(), connected)

@@ -4,7 +4,11 @@
 //! and half a frame followed by silence. Each such connection must be closed by the member
 //! (without an answer that acts on it), and afterwards nothing has changed: A is still the
 //! primary, B its active backup under the arbiter's control, every acknowledged write is on A,
-//! no two members accepted writes at once, and both hold the same rows.
+//! no two members accepted writes at once, and both hold the same rows. The same holds after a
+//! flood of idle connections to every port, and after strangers at another address hold as
+//! many superserver connections as they can, trickling half a message, while the backup
+//! restarts: it must be active again at once, and no such connection outlives the deadline for
+//! a first message.
 
 mod common;
 
@@ -226,5 +230,141 @@ async fn a_flood_of_idle_connections_is_cut_off_and_the_mirror_keeps_working() {
     // The portal too (all from this test's address, so its share per source is the limit); the
     // flood ends before the writers need new connections.
     drop(flood("A's portal", &a.web, PORTAL_CONNECTIONS_PER_SOURCE).await);
+    nothing_changed(&a, &b, &stop, writers).await;
+}
+
+/// Connections the superserver flood keeps trying to hold (more than the port serves).
+const FLOOD_CONNECTIONS: usize = 80;
+
+/// How long the flood goes on at most: the backup must be back well before it ends.
+const FLOOD_LASTS: Duration = Duration::from_secs(45);
+
+/// A stranger at `from` holding a connection to `to` for as long as the member lets it: half a
+/// frame (a length of 1000, a control message begins), then one more byte every 500 ms, so no
+/// single read ever waits long, but the message never ends. When the member closes it, the
+/// stranger opens another at once. Returns the longest time the member kept one open.
+async fn trickle(
+    from: std::net::IpAddr,
+    to: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+    opened: Arc<std::sync::atomic::AtomicUsize>,
+) -> Duration {
+    use std::sync::atomic::Ordering;
+    let mut longest = Duration::ZERO;
+    let mut counted = false;
+    while !stop.load(Ordering::Relaxed) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(std::net::SocketAddr::new(from, 0)).unwrap();
+        let Ok(mut stream) = socket.connect(to).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let since = Instant::now();
+        let mut alive = stream.write_all(&[0, 0, 3, 232, 1, b'{']).await.is_ok();
+        if !counted {
+            opened.fetch_add(1, Ordering::Relaxed);
+            counted = true;
+        }
+        let mut byte = [0u8; 1];
+        while alive && !stop.load(Ordering::Relaxed) {
+            match tokio::time::timeout(Duration::from_millis(500), stream.read(&mut byte)).await {
+                // Closed by the member (or it answered, which it must not before the message).
+                Ok(_) => alive = false,
+                Err(_) => alive = stream.write_all(b" ").await.is_ok(),
+            }
+        }
+        longest = longest.max(since.elapsed());
+        // A closed connection is replaced, but not in a busy loop.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    longest
+}
+
+/// Strangers could keep the backup out: 64 connections trickling half a frame held every
+/// superserver slot, and a restarted backup stayed disconnected for as long as they went on.
+/// Now a connection must deliver its first message within a deadline, and strangers (here all
+/// at 127.0.0.2) share only part of the slots, so the backup, started again in the middle of
+/// the flood, is active again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strangers_holding_the_superserver_do_not_keep_a_restarted_backup_out() {
+    use mirrorlab::limits::SUPERSERVER_FIRST_MESSAGE;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (_arbiter, a, b, stop, writers) = pair_with_writers("superserver-flood").await;
+
+    // The backup's instance stops; the primary goes on alone.
+    b.stop_instance().await;
+    a.wait_mirror(20, "without its backup", |v| {
+        TestMember::member_row(v, "MIRRORB/IRIS")["journal_transfer"] != "Active"
+    })
+    .await;
+
+    // Strangers at 127.0.0.2 (Linux routes all of 127/8 to loopback; the members are at
+    // 127.0.0.1) take every superserver connection they can and keep them busy.
+    let stranger: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let superserver: std::net::SocketAddr = a.superserver.parse().unwrap();
+    let flood_started = Instant::now();
+    let flooding = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicUsize::new(0));
+    let flood: Vec<_> = (0..FLOOD_CONNECTIONS)
+        .map(|_| {
+            tokio::spawn(trickle(
+                stranger,
+                superserver,
+                flooding.clone(),
+                opened.clone(),
+            ))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while opened.load(Ordering::Relaxed) < FLOOD_CONNECTIONS {
+        assert!(Instant::now() < deadline, "the flood did not get going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The backup starts again in the middle of the flood and must become active.
+    let started = Instant::now();
+    b.start_instance().await;
+    let mut back = None;
+    while started.elapsed() < FLOOD_LASTS {
+        let (status, view) = a.get("/api/mirror").await;
+        if status == 200
+            && TestMember::member_row(&view, "MIRRORB/IRIS")["journal_transfer"] == "Active"
+        {
+            back = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The flood goes on past the deadline for a first message, so that the connections it
+    // holds must have been cut by that deadline (or it shows in `longest`).
+    let at_least = SUPERSERVER_FIRST_MESSAGE + Duration::from_secs(3);
+    tokio::time::sleep(at_least.saturating_sub(flood_started.elapsed())).await;
+    flooding.store(true, Ordering::Relaxed);
+    let mut longest = Duration::ZERO;
+    for task in flood {
+        longest = longest.max(task.await.unwrap());
+    }
+    let back = back.unwrap_or_else(|| {
+        panic!(
+            "the backup was not active again after {FLOOD_LASTS:?} of flood:\nA log:\n{}\nB log:\n{}",
+            a.log(),
+            b.log()
+        )
+    });
+    println!(
+        "superserver flood: backup reconnected in {} ms",
+        back.as_millis()
+    );
+    assert!(
+        back < FLOOD_LASTS / 3,
+        "the backup took {back:?} to become active again during the flood"
+    );
+    // No stranger's connection outlived the deadline for a first message by much.
+    assert!(
+        longest < SUPERSERVER_FIRST_MESSAGE + Duration::from_secs(2),
+        "a stranger trickling half a message held a connection for {longest:?}"
+    );
+
+    b.wait_ready().await;
     nothing_changed(&a, &b, &stop, writers).await;
 }

@@ -6,11 +6,18 @@
 //! mirror's invariants are checked after the strangers: A stayed the only primary, every
 //! acknowledged write is on A, and A and B hold the same rows. Last, a failover over TLS: A's
 //! instance is killed, B takes over, A comes back as B's backup, and both converge.
+//!
+//! Two more tests attack Pending New Members itself, with strangers speaking from other
+//! loopback addresses (127.0.0.2, 127.0.0.3, …): a stranger asking under a waiting member's
+//! name just before Authorize must not get the journal (a request is a name and a
+//! certificate, and Authorize names both), and strangers asking under name after name must not
+//! shut new members out for good (places per address, Reject and Remove clear the list, and a
+//! configured member is never turned away).
 
 mod common;
 
 use std::io::{BufReader, BufWriter, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -19,8 +26,8 @@ use common::TestMember;
 use common::pair::*;
 use mirrorlab::agent::{self, AgentRequest, Target};
 use mirrorlab::mirror::config::{MemberInfo, MemberKind};
+use mirrorlab::mirror::pending::{MAX_PENDING, MAX_PENDING_PER_ADDRESS};
 use mirrorlab::mirror::protocol::{Control, Message, read_message, write_control};
-use mirrorlab::mirror::server::MAX_PENDING;
 use mirrorlab::tls::{Channel, Identity};
 use serde_json::{Value, json};
 
@@ -70,7 +77,18 @@ fn superserver_answer(
     tls: Option<(&Identity, &str)>,
     first: &Control,
 ) -> Result<String, String> {
-    let tcp = TcpStream::connect(address).map_err(|e| e.to_string())?;
+    superserver_answer_from(None, address, tls, first)
+}
+
+/// [`superserver_answer`] from the source address `from` (Linux routes all of 127/8 to
+/// loopback, so a test can speak from 127.0.0.2, 127.0.0.3, … as if from other hosts).
+fn superserver_answer_from(
+    from: Option<IpAddr>,
+    address: &str,
+    tls: Option<(&Identity, &str)>,
+    first: &Control,
+) -> Result<String, String> {
+    let tcp = connect_from(from, address).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     let channel = match tls {
         None => Channel::Plain(tcp),
@@ -96,6 +114,22 @@ fn superserver_answer(
         Ok(other) => Err(format!("answered {other:?}")),
         Err(err) => Err(format!("failed: {err}")),
     }
+}
+
+/// A blocking TCP connection to `address`, from the source address `from` when given. Runs on
+/// a blocking thread of the test's runtime.
+fn connect_from(from: Option<IpAddr>, address: &str) -> std::io::Result<TcpStream> {
+    let Some(from) = from else {
+        return TcpStream::connect(address);
+    };
+    let to: SocketAddr = address.parse().expect("a socket address");
+    let stream = tokio::runtime::Handle::current().block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(from, 0))?;
+        socket.connect(to).await?.into_std()
+    })?;
+    stream.set_nonblocking(false)?;
+    Ok(stream)
 }
 
 fn hello(mirror_id: &str, member: MemberInfo) -> Control {
@@ -251,27 +285,22 @@ async fn a_tls_mirror_admits_only_members_the_primary_authorized() {
     let pending = a.get("/api/mirror/pending").await.1;
     assert_eq!(pending_names(&pending), [B], "{pending:#}");
     assert_eq!(pending["pending"][0]["certificate"], b_certificate.as_str());
-    assert_eq!(pending["pending"][0]["rejected"], false);
+    assert_eq!(pending["pending"][0]["another_certificate"], false);
     // A write on A is acknowledged meanwhile (there is no active backup to wait for).
     created(&a, "/api/apps/companies", json!({"name": "Before B"})).await;
     // Pending members are a primary's business, and a name that waits for nothing is an error.
-    b.refused(
-        "/api/mirror/authorize",
-        json!({"member_name": B}),
-        409,
-        "primary",
-    )
-    .await;
+    let b_request = json!({"member_name": B, "certificate": b_certificate});
+    b.refused("/api/mirror/authorize", b_request.clone(), 409, "primary")
+        .await;
     a.refused(
         "/api/mirror/authorize",
-        json!({"member_name": "NOBODY/IRIS"}),
+        json!({"member_name": "NOBODY/IRIS", "certificate": b_certificate}),
         404,
         "no member named",
     )
     .await;
 
-    a.ok("/api/mirror/authorize", json!({"member_name": B}))
-        .await;
+    a.ok("/api/mirror/authorize", b_request.clone()).await;
     a.wait_mirror(15, "with an active backup", |v| {
         TestMember::member_row(v, B)["journal_transfer"] == "Active"
     })
@@ -280,25 +309,30 @@ async fn a_tls_mirror_admits_only_members_the_primary_authorized() {
         .await;
     assert!(pending_names(&a.get("/api/mirror/pending").await.1).is_empty());
     // A second Authorize does no harm.
-    a.refused(
-        "/api/mirror/authorize",
-        json!({"member_name": B}),
-        404,
-        "no member named",
-    )
-    .await;
+    a.refused("/api/mirror/authorize", b_request, 404, "no member named")
+        .await;
 
     // The walk-through over TLS: copies, Activate, Catchup, then writers.
     mirror_databases(&a, &b).await;
     let stop = Arc::new(AtomicBool::new(false));
     let writers = start_writers_on_primary([a.api(), b.api()], 3, "tls", stop.clone());
 
-    // C joins as an async and is rejected: it is told so and never receives journal.
+    // C joins as an async and is rejected: it is told so and never receives journal. Its
+    // certificate leaves the list of requests for the list of rejected ones.
     let said = join(&c, &a, Some("dr")).await;
     assert!(said.contains("waits for authorization"), "{said}");
-    a.ok("/api/mirror/reject", json!({"member_name": C})).await;
+    let c_certificate = certificate_of(&c).await;
+    a.ok(
+        "/api/mirror/reject",
+        json!({"member_name": C, "certificate": c_certificate}),
+    )
+    .await;
     let pending = a.get("/api/mirror/pending").await.1;
-    assert_eq!(pending["pending"][0]["rejected"], true, "{pending:#}");
+    assert!(pending_names(&pending).is_empty(), "{pending:#}");
+    assert_eq!(
+        pending_entries(&pending, "rejected"),
+        [(C.to_string(), c_certificate.clone())]
+    );
     let c_view = c
         .wait_mirror(15, "told it was rejected", |v| {
             v["link_error"]
@@ -472,12 +506,8 @@ async fn a_tls_mirror_admits_only_members_the_primary_authorized() {
         "the rejected member has none of the mirror's rows"
     );
 
-    // The portal's Edit Mirror lists C, rejected, with its certificate; a form without its
-    // CSRF token does nothing, and Authorize there lifts the rejection: C connects.
-    let c_certificate = c.get("/api/mirror").await.1["certificate"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    // The portal's Edit Mirror lists C's certificate as rejected; a form without its CSRF
+    // token does nothing, and Authorize there lifts the rejection: C connects.
     // The Join page of a TLS mirror lists the members' fingerprints, A's among them.
     let joining = Portal::login(&c.url).await;
     let join_page = joining
@@ -496,18 +526,20 @@ async fn a_tls_mirror_admits_only_members_the_primary_authorized() {
     let portal = Portal::login(&a.url).await;
     let page = portal.get("/portal/mirror/edit").await;
     assert!(page.contains("Pending New Members"), "{page}");
+    assert!(page.contains("Rejected Certificates"), "{page}");
     assert!(page.contains(C) && page.contains(&c_certificate), "{page}");
-    assert!(page.contains("Rejected"), "{page}");
-    let forged = portal
-        .post("/portal/mirror/authorize", &[("member_name", C)])
-        .await;
+    let c_form = [("member_name", C), ("certificate", &c_certificate)];
+    let forged = portal.post("/portal/mirror/authorize", &c_form).await;
     assert_eq!(forged, 409, "a form without its CSRF token is refused");
-    assert_eq!(pending_names(&a.get("/api/mirror/pending").await.1), [C]);
+    assert_eq!(
+        pending_entries(&a.get("/api/mirror/pending").await.1, "rejected"),
+        [(C.to_string(), c_certificate.clone())]
+    );
     let csrf = csrf_of(&page);
     let authorized = portal
         .post(
             "/portal/mirror/authorize",
-            &[("member_name", C), ("csrf", &csrf)],
+            &[c_form[0], c_form[1], ("csrf", &csrf)],
         )
         .await;
     assert_eq!(authorized, 303);
@@ -544,43 +576,471 @@ async fn a_tls_mirror_admits_only_members_the_primary_authorized() {
         names(&a.sql("COMPANY", "SELECT name FROM Company").await)
             .contains(&"After the failover".to_string())
     );
+}
 
-    // A stranger asking under name after name fills Pending New Members only up to its bound
-    // (on B, the primary now); the rest are refused unrecorded.
-    let (superserver, expected) = (b.superserver.clone(), b_certificate.clone());
-    let answers = tokio::task::spawn_blocking(move || {
-        (0..MAX_PENDING + 3)
-            .map(|i| {
-                let claim = MemberInfo {
-                    name: format!("STRANGER{i}/IRIS"),
-                    kind: MemberKind::Dr,
-                    ..claiming_b(stranger.fingerprint())
-                };
-                superserver_answer(
-                    &superserver,
-                    Some((&stranger, expected.as_str())),
-                    &hello(&mirror_id, claim),
-                )
-                .unwrap()
-            })
-            .collect::<Vec<String>>()
+/// Enables the mirror service on `a` and creates MIRRORSET with Require SSL/TLS; returns A's
+/// certificate fingerprint.
+async fn create_tls_mirror(a: &TestMember) -> String {
+    a.ok("/api/mirror/service", json!({"enabled": true})).await;
+    a.ok(
+        "/api/mirror/create",
+        json!({
+            "mirror_name": "mirrorset",
+            "superserver_address": a.superserver,
+            "agent_address": "127.0.0.1",
+            "agent_port": a.agent_port(),
+            "qos_timeout_ms": 2000,
+            "require_tls": true,
+        }),
+    )
+    .await;
+    let view = a
+        .wait_mirror(5, "primary", |v| v["role"] == "Primary")
+        .await;
+    view["certificate"].as_str().unwrap().to_string()
+}
+
+/// The mirror's id, from the primary's configuration file (what a hello must name).
+fn mirror_id_of(a: &TestMember) -> String {
+    let config: Value = serde_json::from_slice(
+        &std::fs::read(a.data_dir().join("mirrorlab.cpf")).expect("A's configuration"),
+    )
+    .unwrap();
+    config["mirror"]["membership"]["mirror"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn certificate_of(member: &TestMember) -> String {
+    member.get("/api/mirror").await.1["certificate"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The member's own key and certificate, read from its data directory: what a test uses to
+/// speak as that member.
+fn identity_of(member: &TestMember) -> Arc<Identity> {
+    let tls = member.data_dir().join("tls");
+    Arc::new(
+        Identity::from_files(
+            &tls.join("CertificateFile.pem"),
+            &tls.join("PrivateKeyFile.pem"),
+        )
+        .unwrap(),
+    )
+}
+
+/// A member description claiming `name`, with `certificate`, from a host that is not a member.
+fn claiming(name: &str, kind: MemberKind, certificate: &str) -> MemberInfo {
+    MemberInfo {
+        name: name.into(),
+        kind,
+        superserver_address: "127.0.0.9".into(),
+        mirror_private_address: "127.0.0.9".into(),
+        agent_address: "127.0.0.9".into(),
+        agent_port: 2188,
+        instance_guid: "stranger".into(),
+        certificate: Some(certificate.into()),
+    }
+}
+
+/// Says `first` to `primary`'s superserver over TLS as `identity`, from the source address
+/// `from` (None: 127.0.0.1); returns the refusal. Anything else (a welcome, journal) fails
+/// the test: these callers must never be served.
+async fn refusal(
+    primary: &TestMember,
+    from: Option<&str>,
+    identity: &Arc<Identity>,
+    expected: &str,
+    first: Control,
+) -> String {
+    let (address, identity, expected) = (
+        primary.superserver.clone(),
+        identity.clone(),
+        expected.to_string(),
+    );
+    let from: Option<IpAddr> = from.map(|f| f.parse().unwrap());
+    let asked = format!("{first:?}");
+    tokio::task::spawn_blocking(move || {
+        superserver_answer_from(from, &address, Some((&identity, &expected)), &first)
     })
     .await
-    .unwrap();
+    .unwrap()
+    .unwrap_or_else(|other| panic!("{asked}: {other}"))
+}
+
+/// The pending entries of `pending` as (member name, certificate) pairs, in order.
+fn pending_entries(pending: &Value, list: &str) -> Vec<(String, String)> {
+    pending[list]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {list:?} list in {pending:#}"))
+        .iter()
+        .map(|p| {
+            (
+                p["member_name"].as_str().unwrap().to_string(),
+                p["certificate"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A waiting member could be hijacked: a stranger's hello under its name replaced the
+/// certificate waiting there (and cleared a Reject), and Authorize, which went by name, then
+/// admitted the stranger. Now a request is its name and its certificate: a second certificate
+/// under a waiting name is listed apart and flagged, Authorize names the certificate the
+/// administrator saw, and a rejected certificate stays rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn authorize_admits_only_the_certificate_the_administrator_saw() {
+    let a = TestMember::start_with("mirrora", &[]).await;
+    let b = TestMember::start_with("mirrorb", &[]).await;
+    let c = TestMember::start_with("mirrorc", &[]).await;
+    let a_certificate = create_tls_mirror(&a).await;
+    let mirror_id = mirror_id_of(&a);
+
+    // B asks to join and waits.
+    let said = join(&b, &a, None).await;
+    assert!(said.contains("waits for authorization"), "{said}");
+    let b_certificate = certificate_of(&b).await;
+
+    // Just before the administrator clicks Authorize, a stranger asks under B's name with a
+    // certificate of its own.
+    let stranger = Arc::new(Identity::ephemeral("stranger").unwrap());
+    let as_b = claiming(B, MemberKind::Failover, stranger.fingerprint());
+    let answer = refusal(
+        &a,
+        Some("127.0.0.3"),
+        &stranger,
+        &a_certificate,
+        hello(&mirror_id, as_b.clone()),
+    )
+    .await;
+    assert!(answer.contains("awaiting authorization"), "{answer}");
+
+    // Both requests are listed: B's as it was, the stranger's apart and flagged.
+    let pending = a.get("/api/mirror/pending").await.1;
+    assert_eq!(
+        pending_entries(&pending, "pending"),
+        [
+            (B.to_string(), b_certificate.clone()),
+            (B.to_string(), stranger.fingerprint().to_string())
+        ],
+        "{pending:#}"
+    );
+    assert_eq!(pending["pending"][0]["another_certificate"], false);
+    assert_eq!(pending["pending"][1]["another_certificate"], true);
+    assert_eq!(pending["pending"][1]["asked_from"], "127.0.0.3");
+    let portal = Portal::login(&a.url).await;
+    let page = portal.get("/portal/mirror/edit").await;
     assert!(
-        answers[..MAX_PENDING]
-            .iter()
-            .all(|a| a.contains("awaiting authorization")),
-        "{answers:?}"
+        page.contains(&b_certificate) && page.contains(stranger.fingerprint()),
+        "{page}"
     );
     assert!(
-        answers[MAX_PENDING..]
-            .iter()
-            .all(|a| a.contains("already wait")),
-        "{answers:?}"
+        page.contains("another certificate already asked under this name"),
+        "{page}"
+    );
+
+    // Authorize says which certificate: without one, or with one nobody asked with under B's
+    // name, nothing is admitted.
+    a.refused(
+        "/api/mirror/authorize",
+        json!({"member_name": B}),
+        400,
+        "certificate",
+    )
+    .await;
+    a.refused(
+        "/api/mirror/authorize",
+        json!({"member_name": B, "certificate": a_certificate}),
+        404,
+        "no member named",
+    )
+    .await;
+    // The page's Authorize for B's own request admits B.
+    let authorized = portal
+        .post(
+            "/portal/mirror/authorize",
+            &[
+                ("member_name", B),
+                ("certificate", &b_certificate),
+                ("csrf", &csrf_of(&page)),
+            ],
+        )
+        .await;
+    assert_eq!(authorized, 303);
+    a.wait_mirror(15, "with B active", |v| {
+        TestMember::member_row(v, B)["journal_transfer"] == "Active"
+    })
+    .await;
+    b.wait_mirror(15, "an active backup", |v| v["status"] == "Backup")
+        .await;
+    // The stranger's request under B's name went with it, and the stranger gets nothing.
+    assert!(pending_names(&a.get("/api/mirror/pending").await.1).is_empty());
+    let answer = refusal(
+        &a,
+        Some("127.0.0.3"),
+        &stranger,
+        &a_certificate,
+        hello(&mirror_id, as_b),
+    )
+    .await;
+    assert!(answer.contains("not the one authorized"), "{answer}");
+
+    // A Reject stays: C asks and is rejected; a stranger asking under C's name afterwards is
+    // listed apart, flagged, and does not lift the rejection of C's certificate.
+    let said = join(&c, &a, Some("dr")).await;
+    assert!(said.contains("waits for authorization"), "{said}");
+    let c_certificate = certificate_of(&c).await;
+    a.ok(
+        "/api/mirror/reject",
+        json!({"member_name": C, "certificate": c_certificate}),
+    )
+    .await;
+    c.wait_mirror(15, "told it was rejected", |v| {
+        v["link_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("rejected"))
+    })
+    .await;
+    let as_c = claiming(C, MemberKind::Dr, stranger.fingerprint());
+    let answer = refusal(
+        &a,
+        Some("127.0.0.3"),
+        &stranger,
+        &a_certificate,
+        hello(&mirror_id, as_c),
+    )
+    .await;
+    assert!(answer.contains("awaiting authorization"), "{answer}");
+    let pending = a.get("/api/mirror/pending").await.1;
+    assert_eq!(
+        pending_entries(&pending, "pending"),
+        [(C.to_string(), stranger.fingerprint().to_string())],
+        "{pending:#}"
+    );
+    assert_eq!(pending["pending"][0]["another_certificate"], true);
+    assert_eq!(
+        pending_entries(&pending, "rejected"),
+        [(C.to_string(), c_certificate.clone())],
+        "{pending:#}"
+    );
+    // C itself, asking again with its own key, is still refused as rejected.
+    let c_identity = identity_of(&c);
+    let c_info = MemberInfo {
+        certificate: Some(c_certificate.clone()),
+        ..claiming(C, MemberKind::Dr, &c_certificate)
+    };
+    let answer = refusal(
+        &a,
+        None,
+        &c_identity,
+        &a_certificate,
+        hello(&mirror_id, c_info),
+    )
+    .await;
+    assert!(answer.contains("rejected"), "{answer}");
+    assert!(TestMember::member_row(&a.get("/api/mirror").await.1, C).is_null());
+    // B was never disturbed.
+    let view = a.get("/api/mirror").await.1;
+    assert_eq!(
+        TestMember::member_row(&view, B)["journal_transfer"],
+        "Active",
+        "{view:#}"
+    );
+}
+
+/// Pending New Members could be filled for good: sixteen junk hellos took every place, Reject
+/// kept them, nothing removed them, and every real member was refused. Now one address gets
+/// few places, Reject clears a certificate's requests (and its later hellos are refused
+/// unlisted), Remove clears an entry, and a configured member is never turned away by a full
+/// list. (Expiry is checked in `src/mirror/pending.rs`: hours cannot pass in a test.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strangers_cannot_fill_pending_new_members_for_good() {
+    let a = TestMember::start_with("mirrora", &[]).await;
+    let b = TestMember::start_with("mirrorb", &[]).await;
+    let c = TestMember::start_with("mirrorc", &[]).await;
+    let a_certificate = create_tls_mirror(&a).await;
+    let mirror_id = mirror_id_of(&a);
+    join(&b, &a, None).await;
+    let b_certificate = certificate_of(&b).await;
+    a.ok(
+        "/api/mirror/authorize",
+        json!({"member_name": B, "certificate": b_certificate}),
+    )
+    .await;
+    a.wait_mirror(15, "with B active", |v| {
+        TestMember::member_row(v, B)["journal_transfer"] == "Active"
+    })
+    .await;
+    mirror_databases(&a, &b).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers_on_primary([a.api(), b.api()], 3, "pending", stop.clone());
+
+    // Two strangers ask under name after name, from four addresses.
+    let strangers = [
+        Arc::new(Identity::ephemeral("stranger-1").unwrap()),
+        Arc::new(Identity::ephemeral("stranger-2").unwrap()),
+    ];
+    let junk = |stranger: &Arc<Identity>, i: usize| {
+        hello(
+            &mirror_id,
+            claiming(
+                &format!("JUNK{i}/IRIS"),
+                MemberKind::Dr,
+                stranger.fingerprint(),
+            ),
+        )
+    };
+    // Each address gets its share, the first half of them as the first stranger, the other
+    // half as the second; one request more from an address is refused.
+    let addresses = MAX_PENDING / MAX_PENDING_PER_ADDRESS;
+    let mut i = 0;
+    for k in 0..addresses {
+        let address = format!("127.0.0.{}", 2 + k);
+        let stranger = &strangers[k * 2 / addresses];
+        for _ in 0..MAX_PENDING_PER_ADDRESS {
+            let answer = refusal(
+                &a,
+                Some(&address),
+                stranger,
+                &a_certificate,
+                junk(stranger, i),
+            )
+            .await;
+            assert!(answer.contains("awaiting authorization"), "{answer}");
+            i += 1;
+        }
+        let answer = refusal(
+            &a,
+            Some(&address),
+            stranger,
+            &a_certificate,
+            junk(stranger, 99),
+        )
+        .await;
+        assert!(answer.contains(&format!("from {address}")), "{answer}");
+    }
+    let pending = a.get("/api/mirror/pending").await.1;
+    assert_eq!(pending_names(&pending).len(), MAX_PENDING, "{pending:#}");
+    // The list is full: a new name from yet another address is refused unlisted, and so is C.
+    let answer = refusal(
+        &a,
+        Some("127.0.0.100"),
+        &strangers[1],
+        &a_certificate,
+        junk(&strangers[1], 100),
+    )
+    .await;
+    assert!(answer.contains("already wait"), "{answer}");
+    c.ok("/api/mirror/service", json!({"enabled": true})).await;
+    let c_join = json!({
+        "mirror_name": "MIRRORSET",
+        "agent_address": format!("127.0.0.1:{}", a.agent_port()),
+        "instance_name": "IRIS",
+        "superserver_address": c.superserver,
+        "agent_address_local": "127.0.0.1",
+        "agent_port_local": c.agent_port(),
+        "async_type": "dr",
+    });
+    c.refused(
+        "/api/mirror/join-async",
+        c_join.clone(),
+        409,
+        "already wait",
+    )
+    .await;
+
+    // A configured member is never turned away by a full list: B's instance is killed and
+    // started again (a plain Stop is not taken in a TLS mirror), and B becomes the active
+    // backup again.
+    b.kill_instance().await;
+    b.start_instance().await;
+    b.wait_ready().await;
+    a.wait_mirror(30, "with B active again", |v| {
+        TestMember::member_row(v, B)["journal_transfer"] == "Active"
+    })
+    .await;
+
+    // Reject of one junk request rejects its certificate: every request showing it leaves the
+    // list, and its later hellos, under any name and from anywhere, are refused unlisted.
+    let first = strangers[0].fingerprint().to_string();
+    a.ok(
+        "/api/mirror/reject",
+        json!({"member_name": "JUNK0/IRIS", "certificate": first}),
+    )
+    .await;
+    let pending = a.get("/api/mirror/pending").await.1;
+    assert_eq!(
+        pending_names(&pending).len(),
+        MAX_PENDING / 2,
+        "{pending:#}"
     );
     assert_eq!(
-        pending_names(&b.get("/api/mirror/pending").await.1).len(),
-        MAX_PENDING
+        pending_entries(&pending, "rejected"),
+        [("JUNK0/IRIS".to_string(), first.clone())]
     );
+    let answer = refusal(
+        &a,
+        Some("127.0.0.101"),
+        &strangers[0],
+        &a_certificate,
+        junk(&strangers[0], 101),
+    )
+    .await;
+    assert!(answer.contains("rejected"), "{answer}");
+    assert_eq!(
+        pending_names(&a.get("/api/mirror/pending").await.1).len(),
+        MAX_PENDING / 2
+    );
+    // Remove clears the other stranger's requests one by one.
+    for (name, certificate) in pending_entries(&pending, "pending") {
+        a.ok(
+            "/api/mirror/remove-pending",
+            json!({"member_name": name, "certificate": certificate}),
+        )
+        .await;
+    }
+    assert!(pending_names(&a.get("/api/mirror/pending").await.1).is_empty());
+
+    // C can ask now, and is admitted.
+    let said = c.ok("/api/mirror/join-async", c_join).await;
+    assert!(
+        said["message"]
+            .as_str()
+            .unwrap()
+            .contains("waits for authorization"),
+        "{said}"
+    );
+    let c_certificate = certificate_of(&c).await;
+    a.ok(
+        "/api/mirror/authorize",
+        json!({"member_name": C, "certificate": c_certificate}),
+    )
+    .await;
+    a.wait_mirror(20, "with C connected", |v| {
+        TestMember::member_row(v, C)["status"] == "Connected"
+    })
+    .await;
+
+    // Remove on a rejected certificate forgets the rejection: its next hello is listed again.
+    a.ok(
+        "/api/mirror/remove-pending",
+        json!({"member_name": "JUNK0/IRIS", "certificate": first}),
+    )
+    .await;
+    let answer = refusal(
+        &a,
+        Some("127.0.0.2"),
+        &strangers[0],
+        &a_certificate,
+        junk(&strangers[0], 0),
+    )
+    .await;
+    assert!(answer.contains("awaiting authorization"), "{answer}");
+    let pending = a.get("/api/mirror/pending").await.1;
+    assert_eq!(pending_names(&pending), ["JUNK0/IRIS"], "{pending:#}");
+
+    finish_writers(&stop, writers, &a, &b).await;
 }

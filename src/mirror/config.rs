@@ -200,17 +200,31 @@ pub struct MemberInfo {
     pub certificate: Option<String>,
 }
 
-/// A member that asked to join a mirror requiring SSL/TLS and waits for someone on the primary
-/// to Authorize (or Reject) it (Edit Mirror → Pending New Members).
+/// A certificate that asked to join a mirror requiring SSL/TLS under a member name, and waits
+/// for someone on the primary to Authorize, Reject or Remove it (Edit Mirror → Pending New
+/// Members) — or, once rejected, the remembered rejection. The rules are in
+/// [`super::pending`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingMember {
     /// The member as it described itself; its `certificate` is the fingerprint it showed.
     pub info: MemberInfo,
     /// When it first asked (ms since the Unix epoch).
     pub since_ms: i64,
-    /// Rejected: its requests are refused until someone authorizes it after all.
+    /// Rejected: no longer a request but a remembered rejection; hellos showing this
+    /// certificate are refused and not listed again.
     #[serde(default)]
     pub rejected: bool,
+    /// Its last hello, written down at most once a minute (a request expires some time after
+    /// it); for a rejection, when it was rejected. 0 in files written before: `since_ms` counts.
+    #[serde(default)]
+    pub last_ms: i64,
+    /// The source address of its first hello (which may differ from the addresses it claims).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked_from: Option<String>,
+    /// Another certificate had already asked under this member name when this one first did:
+    /// at most one of them is the member it claims to be.
+    #[serde(default)]
+    pub another_certificate: bool,
 }
 
 impl MemberInfo {
@@ -228,6 +242,12 @@ impl MemberInfo {
     /// private or agent address resolves to (host names are resolved now, so a container that
     /// came back with a new address is still recognised).
     pub fn has_address(&self, ip: std::net::IpAddr) -> bool {
+        self.addresses().contains(&ip.to_canonical())
+    }
+
+    /// Every IP address this member's superserver, mirror private and agent addresses resolve
+    /// to now (host names through the resolver, which may take a while).
+    pub fn addresses(&self) -> Vec<std::net::IpAddr> {
         use std::net::ToSocketAddrs;
         [
             connect_address(&self.superserver_address, DEFAULT_SUPERSERVER_PORT),
@@ -238,7 +258,8 @@ impl MemberInfo {
         .flatten()
         .filter_map(|address| address.to_socket_addrs().ok())
         .flatten()
-        .any(|resolved| resolved.ip() == ip)
+        .map(|resolved| resolved.ip().to_canonical())
+        .collect()
     }
 
     /// The same member with `other`'s addresses: a `hello` never changes a configured

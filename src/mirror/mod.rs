@@ -49,8 +49,8 @@
 //!
 //! A mirror created with Require SSL/TLS runs its data channel and agent requests over mutual
 //! TLS ([`crate::tls`]). Every member knows every other member's certificate fingerprint and
-//! accepts no other; a new member waits in Pending New Members on the primary ([`server`]) until
-//! someone authorizes it, and only then receives journal.
+//! accepts no other; a new member waits in Pending New Members on the primary ([`server`],
+//! [`pending`]) until someone authorizes its certificate, and only then receives journal.
 //!
 //! # Async members
 //!
@@ -93,6 +93,7 @@ pub mod driver;
 pub mod failover;
 pub mod hub;
 pub mod outbox;
+pub mod pending;
 pub mod protocol;
 pub mod receiver;
 pub mod server;

@@ -14,29 +14,51 @@
 //!
 //! A connection that starts with a TLS handshake is accepted as TLS, and the client's
 //! certificate fingerprint comes with it. In a mirror that requires SSL/TLS, journal (`Hello`,
-//! `Fetch`) goes only over TLS and only to members whose certificate the mirror lists; a member
-//! the primary does not know yet is recorded in Pending New Members and refused with
-//! [`AWAITING_AUTHORIZATION`] until someone authorizes it. Plain `Info` is still answered to
-//! this host (the local agent's probes and questions arrive that way), to others only over TLS.
+//! `Fetch`) goes only over TLS and only to members whose certificate the mirror lists; a
+//! certificate the primary does not know yet is recorded in Pending New Members, under the name
+//! it gives and with the address it came from, and refused with [`AWAITING_AUTHORIZATION`]
+//! until someone authorizes exactly that name and certificate (the rules of that list, its
+//! bounds and expiry, are in [`super::pending`]). Plain `Info` is still answered to this host
+//! (the local agent's probes and questions arrive that way), to others only over TLS.
 //!
 //! Sockets are blocking with timeouts: a member that stops reading is dropped after the QoS
 //! timeout instead of stalling the primary.
+//!
+//! # Strangers on the port
+//!
+//! Anyone who reaches the port can open connections, and each one costs a thread until it
+//! ends. Two rules keep strangers from keeping the mirror's own members out (a restarted backup
+//! once stayed disconnected for as long as 64 connections trickled half a message):
+//!
+//! - a connection must deliver its first message — TLS handshake included — within
+//!   [`SUPERSERVER_FIRST_MESSAGE`] in all, not per read, so trickling a byte now and then does
+//!   not keep it open;
+//! - the accept loop takes a slot by source address ([`ConnectionSlots::try_take_from`]): the
+//!   addresses the configured members' superserver, mirror private and agent addresses resolve
+//!   to, and this host's own, may use every slot; other addresses share at most
+//!   [`SUPERSERVER_STRANGER_CONNECTIONS`], a few each. The members' addresses are resolved by a
+//!   thread of their own every [`MEMBER_ADDRESSES_REFRESH`], so the accept loop never waits on
+//!   a name server.
 
-use std::io::{BufReader, BufWriter, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::{IpAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::journal::{JournalPos, JournalShared};
-use crate::limits::{ConnectionSlots, SUPERSERVER_CONNECTIONS};
+use crate::limits::{
+    ConnectionSlots, SUPERSERVER_CONNECTIONS, SUPERSERVER_CONNECTIONS_PER_STRANGER,
+    SUPERSERVER_FIRST_MESSAGE, SUPERSERVER_STRANGER_CONNECTIONS,
+};
 use crate::tls::Channel;
 use crate::util::now_ms;
 
 use super::MirrorContext;
-use super::config::{MemberInfo, MemberKind, PendingMember};
+use super::config::{MemberInfo, MemberKind};
+use super::pending::{self, Heard};
 use super::protocol::{Control, Message, read_message, write_control, write_frames};
 use super::state::Role;
 
@@ -44,11 +66,15 @@ use super::state::Role;
 /// member keeps its configuration when it hears them).
 pub const AWAITING_AUTHORIZATION: &str = "awaiting authorization on the primary";
 
-/// Most members waiting in Pending New Members at once (a mirror has at most 16 members).
-pub const MAX_PENDING: usize = 16;
-
 /// Frames per message when sending from the journal files.
 const BACKLOG_CHUNK_BYTES: usize = 1 << 20;
+
+/// How often the members' addresses are resolved again (a member that came back with a new
+/// address is recognised by then; until then it shares the strangers' slots).
+pub const MEMBER_ADDRESSES_REFRESH: Duration = Duration::from_secs(2);
+
+/// How long a connection may wait for its next bytes once its first message has arrived.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts accepting on `listener`; stops when `stop` is set (and a connection wakes it).
 pub fn start(
@@ -56,17 +82,32 @@ pub fn start(
     context: Arc<MirrorContext>,
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<()> {
+    let members = MemberAddresses::start(context.clone(), stop.clone());
     std::thread::Builder::new()
         .name("superserver".into())
         .spawn(move || {
-            let slots = ConnectionSlots::new("superserver", SUPERSERVER_CONNECTIONS);
+            let slots = ConnectionSlots::keeping_room(
+                "superserver",
+                SUPERSERVER_CONNECTIONS,
+                SUPERSERVER_STRANGER_CONNECTIONS,
+                SUPERSERVER_CONNECTIONS_PER_STRANGER,
+            );
             for stream in listener.incoming() {
                 if stop.load(Ordering::Acquire) {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
+                let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+                    continue;
+                };
+                // This host's own address on both ends is the local agent's probes and
+                // questions (a Confirm Down that finds no slot would take the instance for hung).
+                // Not loopback as a whole: any local process may pick another loopback source
+                // address, and it is no more a member for that (the tests play strangers from
+                // 127.0.0.2).
+                let known = peer.ip() == local.ip() || members.contain(peer.ip());
                 // Full: the connection is closed (dropped) before a thread is spent on it.
-                let Some(slot) = slots.try_take() else {
+                let Some(slot) = slots.try_take_from(peer.ip(), known) else {
                     continue;
                 };
                 let context = context.clone();
@@ -74,10 +115,6 @@ pub fn start(
                     .name("mirror-link".into())
                     .spawn(move || {
                         let _slot = slot;
-                        let peer = stream
-                            .peer_addr()
-                            .map(|a| a.to_string())
-                            .unwrap_or_default();
                         if let Err(err) = serve(stream, &context) {
                             tracing::debug!("superserver connection from {peer} ended: {err}");
                         }
@@ -87,31 +124,106 @@ pub fn start(
         .expect("spawn the superserver thread")
 }
 
+/// The IP addresses of the mirror's members (this one included), as their configured
+/// addresses last resolved.
+struct MemberAddresses(RwLock<Vec<IpAddr>>);
+
+impl MemberAddresses {
+    /// Resolves now, then again every [`MEMBER_ADDRESSES_REFRESH`] on a thread of its own
+    /// until `stop`.
+    fn start(context: Arc<MirrorContext>, stop: Arc<AtomicBool>) -> Arc<MemberAddresses> {
+        let resolve = move || -> Vec<IpAddr> {
+            let config = context.config.get();
+            let Some(m) = config.mirror.membership.as_ref() else {
+                return Vec::new();
+            };
+            std::iter::once(&m.this)
+                .chain(&m.others)
+                .flat_map(|member| member.addresses())
+                .collect()
+        };
+        let members = Arc::new(MemberAddresses(RwLock::new(resolve())));
+        let refreshed = members.clone();
+        let _ = std::thread::Builder::new()
+            .name("superserver-members".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    std::thread::sleep(MEMBER_ADDRESSES_REFRESH);
+                    let addresses = resolve();
+                    *refreshed.0.write().unwrap() = addresses;
+                }
+            });
+        members
+    }
+
+    fn contain(&self, ip: IpAddr) -> bool {
+        self.0.read().unwrap().contains(&ip.to_canonical())
+    }
+}
+
+/// Reads through `reader` (whose socket `channel` is) until `deadline`, however the bytes
+/// trickle in: before every read the socket's timeout is set to what is left. A read timeout
+/// alone restarts with each byte, so a peer sending one byte now and then would never time out.
+struct UntilDeadline<'a> {
+    channel: &'a Channel,
+    reader: &'a mut BufReader<Channel>,
+    deadline: Instant,
+}
+
+impl Read for UntilDeadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no complete first message within {} s",
+                    SUPERSERVER_FIRST_MESSAGE.as_secs()
+                ),
+            ));
+        }
+        self.channel.set_read_timeout(Some(left))?;
+        self.reader.read(buf)
+    }
+}
+
 /// Takes TLS when the connection starts with a handshake; returns the connection and the
-/// client's certificate fingerprint (None: plain).
-fn open(tcp: TcpStream, context: &MirrorContext) -> Result<(Channel, Option<String>)> {
+/// client's certificate fingerprint (None: plain). The handshake must be over by `deadline`.
+fn open(
+    tcp: TcpStream,
+    context: &MirrorContext,
+    deadline: Instant,
+) -> Result<(Channel, Option<String>)> {
     tcp.set_nodelay(true)?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    tcp.set_read_timeout(Some(left().max(Duration::from_millis(1))))?;
     let mut first = [0u8; 1];
     if tcp.peek(&mut first)? == 1 && crate::tls::is_tls_start(first[0]) {
-        let (channel, peer) = crate::tls::accept_blocking(tcp, &context.identity)?;
-        channel.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let (channel, peer) = crate::tls::accept_blocking(tcp, &context.identity, left())?;
         return Ok((channel, Some(peer)));
     }
     Ok((Channel::Plain(tcp), None))
 }
 
 fn serve(tcp: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
+    // The clock for the first message starts at once (see the module's essay).
+    let deadline = Instant::now() + SUPERSERVER_FIRST_MESSAGE;
     // Loopback, or this host's own address on both ends (an agent bound to a LAN address).
     let from_this_host = match (tcp.peer_addr(), tcp.local_addr()) {
         (Ok(peer), Ok(local)) => peer.ip().is_loopback() || peer.ip() == local.ip(),
         _ => false,
     };
     let peer_ip = tcp.peer_addr().map(|a| a.ip()).ok();
-    let (stream, peer) = open(tcp, context)?;
+    let (stream, peer) = open(tcp, context, deadline)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = BufWriter::new(stream.try_clone()?);
-    let first = match read_message(&mut reader)? {
+    let first = read_message(&mut UntilDeadline {
+        channel: &stream,
+        reader: &mut reader,
+        deadline,
+    });
+    stream.set_read_timeout(Some(READ_TIMEOUT))?;
+    let first = match first? {
         Some(Message::Control(control)) => *control,
         Some(_) => {
             return Err(Error::InvalidInput(
@@ -327,7 +439,7 @@ fn accept_member(
     }
     let known = membership.others.iter().find(|o| o.name == member.name);
     if membership.mirror.require_tls {
-        authorize_peer(context, membership, member, peer)?;
+        authorize_peer(context, membership, member, peer, peer_ip)?;
     } else if let Some(known) = known {
         // Without TLS nothing proves who says hello; a configured member must at least come
         // from one of its own addresses, or anyone could replace it (see the README).
@@ -446,13 +558,16 @@ fn accept_member(
 }
 
 /// In a mirror that requires SSL/TLS: a member may receive journal only over TLS, showing the
-/// certificate the mirror lists for it. One the mirror does not know yet waits in Pending New
-/// Members; one that shows another certificate than its authorized one is refused.
+/// certificate the mirror lists for it. A configured member is judged by that alone — Pending
+/// New Members, full or not, never stands in its way; one that shows another certificate is
+/// refused. Any other name waits in Pending New Members (see [`super::pending`]), unless its
+/// certificate was rejected or the list has no place for it.
 fn authorize_peer(
     context: &MirrorContext,
     membership: &super::config::Membership,
     member: &MemberInfo,
     peer: Option<&str>,
+    peer_ip: Option<IpAddr>,
 ) -> Result<()> {
     let Some(peer) = peer else {
         return Err(Error::Conflict(format!(
@@ -476,55 +591,30 @@ fn authorize_peer(
         }
         None => {}
     }
-    let rejected = context.config.update(|c| {
-        let Some(m) = c.mirror.membership.as_mut() else {
-            return Ok(false);
-        };
-        let asked = PendingMember {
-            info: member.clone(),
-            since_ms: now_ms(),
-            rejected: false,
-        };
-        let full = m.pending.len() >= MAX_PENDING;
-        // One entry per member name; a new certificate replaces the old request (and is
-        // judged afresh).
-        Ok(
-            match m.pending.iter_mut().find(|p| p.info.name == member.name) {
-                Some(p) if p.info == *member => p.rejected,
-                Some(p) => {
-                    *p = asked;
-                    false
-                }
-                // The list is bounded: a stranger trying name after name must not grow the
-                // configuration file without end.
-                None if full => {
-                    return Err(Error::Conflict(format!(
-                        "{MAX_PENDING} members already wait for authorization on the primary: \
-                         authorize or reject them first"
-                    )));
-                }
-                None => {
-                    tracing::warn!(
-                        "mirror: {} ({}) asks to join; it waits in Pending New Members",
-                        member.name,
-                        peer
-                    );
-                    m.pending.push(asked);
-                    false
-                }
-            },
-        )
+    let heard = context.config.update(|c| {
+        let m = c.mirror.member_mut()?;
+        pending::hear(&mut m.pending, member, peer_ip, now_ms())
     })?;
-    Err(Error::Conflict(if rejected {
-        format!(
-            "the primary rejected {}: ask its administrator to authorize it",
+    Err(Error::Conflict(match heard {
+        Heard::Rejected => format!(
+            "the primary rejected {}'s certificate {peer}: ask its administrator to authorize it",
             member.name
-        )
-    } else {
-        format!(
-            "{} is {AWAITING_AUTHORIZATION}: there, Edit Mirror → Pending New Members → Authorize",
-            member.name
-        )
+        ),
+        Heard::Listed | Heard::Waiting => {
+            if heard == Heard::Listed {
+                tracing::warn!(
+                    "mirror: {} asks to join with certificate {peer} from {}; it waits in \
+                     Pending New Members",
+                    member.name,
+                    peer_ip.map(|ip| ip.to_string()).unwrap_or_default()
+                );
+            }
+            format!(
+                "{} is {AWAITING_AUTHORIZATION}: there, Edit Mirror → Pending New Members → \
+                 Authorize (certificate {peer})",
+                member.name
+            )
+        }
     }))
 }
 

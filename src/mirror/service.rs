@@ -29,6 +29,7 @@ use super::config::{
     self, DEFAULT_AGENT_PORT, DEFAULT_QOS_MS, DEFAULT_SUPERSERVER_PORT, MAX_QOS_MS, MIN_QOS_MS,
     MemberInfo, MemberKind, Membership, MirrorDefinition, PendingMember,
 };
+use super::pending;
 use super::protocol::{Control, MirrorDescription};
 use super::receiver::{self, SharedJournal};
 use super::state::{CatchupPhase, Role};
@@ -224,7 +225,85 @@ pub struct MirrorView {
     /// This member's certificate fingerprint.
     pub certificate: String,
     /// Pending New Members (on the primary of a mirror that requires SSL/TLS).
-    pub pending: Vec<PendingMember>,
+    pub pending: PendingLists,
+}
+
+/// Pending New Members as the Edit Mirror page and `GET /api/mirror/pending` show them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PendingLists {
+    /// The requests waiting, oldest first.
+    pub waiting: Vec<PendingRow>,
+    /// The rejected certificates remembered.
+    pub rejected: Vec<PendingMember>,
+}
+
+/// One waiting request, with what a person needs to judge it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingRow {
+    /// The request.
+    pub request: PendingMember,
+    /// When it leaves the list unless it asks again (ms since the Unix epoch).
+    pub expires_ms: i64,
+    /// Why to look twice: another certificate asked under the same name.
+    pub warning: Option<&'static str>,
+}
+
+impl PendingRow {
+    /// When it last asked, as the page shows times.
+    pub fn last_asked_text(&self) -> String {
+        format_time(self.request.last_ms.max(self.request.since_ms))
+    }
+
+    /// When it leaves the list unless it asks again, as the page shows times.
+    pub fn expires_text(&self) -> String {
+        format_time(self.expires_ms)
+    }
+}
+
+impl PendingLists {
+    /// Whether more than one certificate asks under the same name.
+    pub fn flagged(&self) -> bool {
+        self.waiting.iter().any(|row| row.warning.is_some())
+    }
+
+    fn of(list: &[PendingMember], now_ms: i64) -> PendingLists {
+        let waiting: Vec<&PendingMember> = pending::waiting(list, now_ms).collect();
+        let rows = waiting
+            .iter()
+            .map(|&p| PendingRow {
+                request: p.clone(),
+                expires_ms: pending::expires_ms(p),
+                warning: if p.another_certificate {
+                    Some("another certificate already asked under this name")
+                } else if waiting
+                    .iter()
+                    .any(|o| o.info.name == p.info.name && o.info.certificate != p.info.certificate)
+                {
+                    Some("another certificate has asked under this name since")
+                } else {
+                    None
+                },
+            })
+            .collect();
+        PendingLists {
+            waiting: rows,
+            rejected: pending::rejected(list).cloned().collect(),
+        }
+    }
+}
+
+/// A request as Authorize, Reject and Remove name it: the member name (upper-cased) and the
+/// certificate fingerprint, both required.
+fn pending_request(name: &str, certificate: &str) -> Result<(String, String)> {
+    let name = config::member_name(name)?;
+    let certificate = certificate.trim();
+    if certificate.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "say which certificate of {name}: give the fingerprint (SHA256:…) Pending New Members \
+             shows for it"
+        )));
+    }
+    Ok((name, certificate.to_string()))
 }
 
 /// Quarantined rows the monitor lists at most.
@@ -987,53 +1066,45 @@ impl MirrorService {
         Ok(format!("mirror {name}: QoS timeout set to {qos} ms"))
     }
 
-    /// Pending New Members: members waiting for authorization on this primary.
-    pub fn pending(&self) -> Vec<PendingMember> {
-        self.context
-            .config
-            .get()
-            .mirror
-            .membership
-            .as_ref()
-            .map(|m| m.pending.clone())
-            .unwrap_or_default()
+    /// Pending New Members on this primary: the requests waiting now, oldest first, and the
+    /// rejected certificates remembered (see [`super::pending`]).
+    pub fn pending(&self) -> PendingLists {
+        let config = self.context.config.get();
+        let Some(m) = config.mirror.membership.as_ref() else {
+            return PendingLists::default();
+        };
+        PendingLists::of(&m.pending, now_ms())
     }
 
-    /// Authorize a pending member (primary of a mirror that requires SSL/TLS): it becomes a
-    /// member with the certificate it showed, and its next attempt is welcomed.
-    pub fn authorize(&self, name: &str) -> Result<String> {
-        let name = config::member_name(name)?;
+    /// Authorize the request of `name` with `certificate` (primary of a mirror that requires
+    /// SSL/TLS): that certificate, and no other, becomes the member's, and its next attempt is
+    /// welcomed. A rejected certificate may be authorized too.
+    pub fn authorize(&self, name: &str, certificate: &str) -> Result<String> {
+        let (name, certificate) = pending_request(name, certificate)?;
         self.require_primary_for_pending()?;
-        let authorized = self.context.config.update(|c| {
+        let info = self.context.config.update(|c| {
             let m = c.mirror.member_mut()?;
-            let Some(index) = m.pending.iter().position(|p| p.info.name == name) else {
-                return Ok(None);
-            };
-            let info = m.pending[index].info.clone();
+            let admitted = pending::authorize(&mut m.pending, &name, &certificate, now_ms())?;
+            let info = admitted.info;
+            if let Some(known) = m.others.iter().find(|o| o.name == info.name) {
+                return Err(Error::Conflict(format!(
+                    "{} is a member already, with certificate {}: Remove Other Mirror Member \
+                     first to give it another",
+                    info.name,
+                    known.certificate.as_deref().unwrap_or("none")
+                )));
+            }
             if info.kind == MemberKind::Failover
-                && m.others
-                    .iter()
-                    .any(|o| o.kind == MemberKind::Failover && o.name != info.name)
+                && m.others.iter().any(|o| o.kind == MemberKind::Failover)
             {
                 return Err(Error::Conflict(
                     "the mirror already has two failover members: reject this one".into(),
                 ));
             }
-            m.pending.remove(index);
-            m.others.retain(|o| o.name != info.name);
             m.others.push(info.clone());
-            Ok(Some(info))
+            Ok(info)
         })?;
-        let Some(info) = authorized else {
-            return Err(Error::NotFound(format!(
-                "no member named {name} waits for authorization"
-            )));
-        };
-        tracing::info!(
-            "mirror: authorized {} ({})",
-            info.name,
-            info.certificate.as_deref().unwrap_or("")
-        );
+        tracing::info!("mirror: authorized {} ({certificate})", info.name);
         if let Some(description) = self.context.describe() {
             self.context
                 .mirror
@@ -1041,35 +1112,56 @@ impl MirrorService {
                 .announce(Control::MirrorChanged { description });
         }
         Ok(format!(
-            "authorized {}; it connects at its next attempt (within seconds)",
+            "authorized {} with certificate {certificate}; it connects at its next attempt \
+             (within seconds)",
             info.name
         ))
     }
 
-    /// Reject a pending member: its attempts are refused until someone authorizes it after all.
-    pub fn reject(&self, name: &str) -> Result<String> {
-        let name = config::member_name(name)?;
+    /// Reject the request of `name` with `certificate`: every request showing that certificate
+    /// leaves Pending New Members, and its hellos are refused from now on, unlisted.
+    pub fn reject(&self, name: &str, certificate: &str) -> Result<String> {
+        let (name, certificate) = pending_request(name, certificate)?;
         self.require_primary_for_pending()?;
-        let found = self.context.config.update(|c| {
+        let rejected = self.context.config.update(|c| {
             let m = c.mirror.member_mut()?;
-            Ok(match m.pending.iter_mut().find(|p| p.info.name == name) {
-                Some(p) => {
-                    let was = p.rejected;
-                    p.rejected = true;
-                    Some(was)
-                }
-                None => None,
-            })
+            pending::reject(&mut m.pending, &name, &certificate, now_ms())
         })?;
-        match found {
-            None => Err(Error::NotFound(format!(
-                "no member named {name} waits for authorization"
-            ))),
-            Some(true) => Ok(format!("{name} was already rejected")),
-            Some(false) => Ok(format!(
-                "rejected {name}; its requests are refused (Authorize still admits it)"
-            )),
-        }
+        Ok(match rejected {
+            pending::Rejected::Already => format!("{name}'s certificate was already rejected"),
+            pending::Rejected::Now { others } => {
+                let also = match others {
+                    0 => String::new(),
+                    1 => " (and 1 other request showing it)".into(),
+                    n => format!(" (and {n} other requests showing it)"),
+                };
+                format!(
+                    "rejected {name}'s certificate {certificate}{also}; its requests are refused \
+                     and not listed again (Authorize still admits it; Remove forgets the \
+                     rejection)"
+                )
+            }
+        })
+    }
+
+    /// Remove the request of `name` with `certificate` from Pending New Members (it is listed
+    /// again if it asks again), or forget that certificate's rejection.
+    pub fn remove_pending(&self, name: &str, certificate: &str) -> Result<String> {
+        let (name, certificate) = pending_request(name, certificate)?;
+        self.require_primary_for_pending()?;
+        let removed = self.context.config.update(|c| {
+            let m = c.mirror.member_mut()?;
+            pending::remove(&mut m.pending, &name, &certificate, now_ms())
+        })?;
+        Ok(match removed {
+            pending::Removed::Request => format!(
+                "removed {name}'s request from Pending New Members; it is listed again if it \
+                 asks again"
+            ),
+            pending::Removed::Rejection => format!(
+                "forgot the rejection of {name}'s certificate; it is listed again if it asks again"
+            ),
+        })
     }
 
     fn require_primary_for_pending(&self) -> Result<()> {
@@ -1496,7 +1588,7 @@ impl MirrorService {
                 may_force: false,
                 require_tls: false,
                 certificate: context.identity.fingerprint().to_string(),
-                pending: Vec::new(),
+                pending: PendingLists::default(),
             };
         };
         let failover = context.mirror.failover_view.lock().unwrap().clone();
@@ -1753,9 +1845,9 @@ impl MirrorService {
             require_tls: m.mirror.require_tls,
             certificate: context.identity.fingerprint().to_string(),
             pending: if primary {
-                m.pending.clone()
+                PendingLists::of(&m.pending, now_ms())
             } else {
-                Vec::new()
+                PendingLists::default()
             },
         }
     }

@@ -42,6 +42,7 @@ pub fn routes() -> Router<AppState> {
         .route("/mirror/pending", get(mirror_pending))
         .route("/mirror/authorize", post(mirror_authorize))
         .route("/mirror/reject", post(mirror_reject))
+        .route("/mirror/remove-pending", post(mirror_remove_pending))
         .route("/mirror/add-databases", post(mirror_add_databases))
         .route("/mirror/freeze", post(mirror_freeze))
         .route("/mirror/no-failover", post(mirror_no_failover))
@@ -447,46 +448,80 @@ async fn mirror_remove_member(
     )
 }
 
-/// Pending New Members: `{"pending": [{"member_name", "type", "certificate", "since_ms",
-/// "rejected", "superserver_address", "agent_address"}]}`.
+/// Pending New Members: `{"pending": [{"member_name", "type", "certificate",
+/// "superserver_address", "agent_address", "asked_from", "since_ms", "last_ms", "expires_ms",
+/// "another_certificate", "warning"}], "rejected": [{"member_name", "type", "certificate",
+/// "asked_from", "since_ms", "rejected_ms"}]}`.
 async fn mirror_pending(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let pending: Vec<serde_json::Value> = state
-        .instance
-        .mirror_service
-        .pending()
+    let lists = state.instance.mirror_service.pending();
+    let pending: Vec<serde_json::Value> = lists
+        .waiting
         .into_iter()
-        .map(|p| {
+        .map(|row| {
+            let p = row.request;
             serde_json::json!({
                 "member_name": p.info.name,
                 "type": p.info.kind.display(),
                 "certificate": p.info.certificate,
                 "superserver_address": p.info.superserver_address,
                 "agent_address": p.info.agent_address,
+                "asked_from": p.asked_from,
                 "since_ms": p.since_ms,
-                "rejected": p.rejected,
+                "last_ms": p.last_ms.max(p.since_ms),
+                "expires_ms": row.expires_ms,
+                "another_certificate": p.another_certificate,
+                "warning": row.warning,
             })
         })
         .collect();
-    Json(serde_json::json!({ "pending": pending }))
+    let rejected: Vec<serde_json::Value> = lists
+        .rejected
+        .into_iter()
+        .map(|p| {
+            serde_json::json!({
+                "member_name": p.info.name,
+                "type": p.info.kind.display(),
+                "certificate": p.info.certificate,
+                "asked_from": p.asked_from,
+                "since_ms": p.since_ms,
+                "rejected_ms": p.last_ms,
+            })
+        })
+        .collect();
+    Json(serde_json::json!({ "pending": pending, "rejected": rejected }))
+}
+
+/// A request in Pending New Members: its member name and certificate fingerprint (a missing
+/// certificate is refused with a message by the service).
+#[derive(Deserialize)]
+struct PendingRequest {
+    member_name: String,
+    #[serde(default)]
+    certificate: String,
 }
 
 async fn mirror_authorize(
     State(state): State<AppState>,
-    ApiJson(request): ApiJson<MemberRequest>,
+    ApiJson(request): ApiJson<PendingRequest>,
 ) -> ApiResult {
-    done(
-        state
-            .instance
-            .mirror_service
-            .authorize(&request.member_name)?,
-    )
+    let service = &state.instance.mirror_service;
+    done(service.authorize(&request.member_name, &request.certificate)?)
 }
 
 async fn mirror_reject(
     State(state): State<AppState>,
-    ApiJson(request): ApiJson<MemberRequest>,
+    ApiJson(request): ApiJson<PendingRequest>,
 ) -> ApiResult {
-    done(state.instance.mirror_service.reject(&request.member_name)?)
+    let service = &state.instance.mirror_service;
+    done(service.reject(&request.member_name, &request.certificate)?)
+}
+
+async fn mirror_remove_pending(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<PendingRequest>,
+) -> ApiResult {
+    let service = &state.instance.mirror_service;
+    done(service.remove_pending(&request.member_name, &request.certificate)?)
 }
 
 #[derive(Deserialize)]

@@ -41,6 +41,7 @@ pub fn routes() -> Router<AppState> {
         .route("/portal/mirror/remove-member", post(remove_member))
         .route("/portal/mirror/authorize", post(authorize))
         .route("/portal/mirror/reject", post(reject))
+        .route("/portal/mirror/remove-pending", post(remove_pending))
         .route("/portal/mirror/monitor", get(monitor))
         .route("/portal/mirror/monitor/{action}", post(monitor_action))
         .route(
@@ -481,19 +482,38 @@ async fn remove_member(
     flash_and_redirect(&state, &user, result, "/portal/mirror/edit")
 }
 
+/// A request in Pending New Members, as its row's buttons send it: the member name and the
+/// certificate fingerprint the row shows, so that a button acts on exactly the request the
+/// person saw, even if another certificate asked under the same name meanwhile.
+#[derive(Deserialize)]
+struct PendingForm {
+    #[serde(default)]
+    member_name: String,
+    #[serde(default)]
+    certificate: String,
+}
+
 async fn authorize(
     State(state): State<AppState>,
-    CsrfForm(user, form): CsrfForm<MemberForm>,
+    CsrfForm(user, form): CsrfForm<PendingForm>,
 ) -> Response {
-    let result = service(&state).authorize(&form.member_name);
+    let result = service(&state).authorize(&form.member_name, &form.certificate);
     flash_and_redirect(&state, &user, result, "/portal/mirror/edit")
 }
 
 async fn reject(
     State(state): State<AppState>,
-    CsrfForm(user, form): CsrfForm<MemberForm>,
+    CsrfForm(user, form): CsrfForm<PendingForm>,
 ) -> Response {
-    let result = service(&state).reject(&form.member_name);
+    let result = service(&state).reject(&form.member_name, &form.certificate);
+    flash_and_redirect(&state, &user, result, "/portal/mirror/edit")
+}
+
+async fn remove_pending(
+    State(state): State<AppState>,
+    CsrfForm(user, form): CsrfForm<PendingForm>,
+) -> Response {
+    let result = service(&state).remove_pending(&form.member_name, &form.certificate);
     flash_and_redirect(&state, &user, result, "/portal/mirror/edit")
 }
 
