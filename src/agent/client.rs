@@ -1,0 +1,101 @@
+//! Asking an agent: one request, one answer, on a fresh connection — plain, or over mutual TLS
+//! with this member's identity and the certificate the other member must show. Used by the
+//! members (the failover driver asks the primary's agent, Join asks for the mirror's
+//! description), by `ctl`, and by the tests.
+
+use super::*;
+
+/// Where an agent request goes, and how: plain, or over TLS with this member's identity and,
+/// when known, the certificate the other member must show.
+#[derive(Clone)]
+pub struct Target {
+    /// The agent's address.
+    pub address: String,
+    /// TLS: this member's identity and the expected fingerprint.
+    pub tls: Option<(Arc<Identity>, Option<String>)>,
+}
+
+impl Target {
+    /// A plain target.
+    pub fn plain(address: impl Into<String>) -> Self {
+        Self {
+            address: address.into(),
+            tls: None,
+        }
+    }
+}
+
+/// [`call_to`] from a thread outside the async runtime, giving up after `timeout`.
+pub fn call_blocking(
+    target: &Target,
+    request: AgentRequest,
+    timeout: Duration,
+) -> Result<AgentReply> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("start a runtime: {e}")))?;
+    runtime.block_on(async {
+        tokio::time::timeout(timeout, call_to(target, request))
+            .await
+            .map_err(|_| {
+                Error::Unavailable(format!(
+                    "agent at {} did not answer in time",
+                    target.address
+                ))
+            })?
+            .map(|(reply, _)| reply)
+    })
+}
+
+/// Sends one request to an agent and returns its reply.
+pub async fn call(address: &str, request: AgentRequest) -> Result<AgentReply> {
+    call_to(&Target::plain(address), request)
+        .await
+        .map(|(reply, _)| reply)
+}
+
+/// Sends one request as `target` says, and returns the reply and, over TLS, the fingerprint of
+/// the certificate the agent showed.
+pub async fn call_to(
+    target: &Target,
+    request: AgentRequest,
+) -> Result<(AgentReply, Option<String>)> {
+    let address = &target.address;
+    let stream = connect_agent(address).await?;
+    let (reply, peer) = match &target.tls {
+        None => (exchange(stream, &request, address).await?, None),
+        Some((identity, expected)) => {
+            let (stream, peer) = tls::connect(stream, identity, expected.as_deref()).await?;
+            (exchange(stream, &request, address).await?, Some(peer))
+        }
+    };
+    let reply = serde_json::from_value(reply)
+        .map_err(|e| Error::Unavailable(format!("agent at {address} answered oddly: {e}")))?;
+    Ok((reply, peer))
+}
+
+/// Sends one request and returns the answer as plain JSON: whoever listens on an agent port —
+/// a member's agent or the arbiter — can answer it (the health check asks both).
+pub async fn call_raw(address: &str, request: &AgentRequest) -> Result<serde_json::Value> {
+    exchange(connect_agent(address).await?, request, address).await
+}
+
+async fn connect_agent(address: &str) -> Result<TcpStream> {
+    let connect = TcpStream::connect(address);
+    tokio::time::timeout(Duration::from_secs(5), connect)
+        .await
+        .map_err(|_| Error::Unavailable(format!("agent at {address} did not answer")))?
+        .map_err(|e| Error::Unavailable(format!("agent at {address}: {e}")))
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    request: &AgentRequest,
+    address: &str,
+) -> Result<serde_json::Value> {
+    write_frame(&mut stream, request).await?;
+    read_frame(&mut stream, MAX_AGENT_FRAME)
+        .await?
+        .ok_or_else(|| Error::Unavailable(format!("agent at {address} closed the connection")))
+}
