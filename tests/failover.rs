@@ -469,7 +469,11 @@ async fn a_hung_primary_is_forced_down_and_the_backup_takes_over() {
         .await;
     eprintln!("B took over {:?} after the hang", hung.elapsed());
     let status = a.status().await;
-    assert_eq!(status.state, "down", "{status:?}");
+    assert_eq!(
+        status.state,
+        mirrorlab::agent::InstanceState::Down,
+        "{status:?}"
+    );
     assert!(
         status
             .last_exit
@@ -650,7 +654,7 @@ async fn matrix_an_isolated_primary_freezes_and_the_backup_takes_over_through_th
         .store(false, std::sync::atomic::Ordering::Relaxed);
     lab.arbiter_proxy.heal_member(A);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while lab.a.status().await.state != "down" {
+    while lab.a.status().await.state != mirrorlab::agent::InstanceState::Down {
         assert!(
             std::time::Instant::now() < deadline,
             "the old primary kept running after the takeover:\n{}",

@@ -168,7 +168,7 @@ async fn after_handovers_and_restarts_the_arbiter_still_approves_a_takeover() {
         // (or the arbiter tells it the backup took over).
         m[primary].thaw_host(pid);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while m[primary].status().await.state != "down" {
+        while m[primary].status().await.state != mirrorlab::agent::InstanceState::Down {
             assert!(
                 Instant::now() < deadline,
                 "the old primary kept running after the takeover:\n{}",
@@ -717,7 +717,7 @@ async fn a_cut_off_primary_stops_saying_success_before_the_backup_takes_over() {
         .store(false, std::sync::atomic::Ordering::Relaxed);
     arbiter_proxy.heal_member("MIRRORA/IRIS");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while a.status().await.state != "down" {
+    while a.status().await.state != mirrorlab::agent::InstanceState::Down {
         assert!(
             Instant::now() < deadline,
             "the old primary kept running:\n{}",
@@ -1080,7 +1080,7 @@ async fn a_backup_that_stalled_returns_to_arbiter_control_and_the_arbiter_still_
     eprintln!("figure: host frozen after a stall of the backup → takeover in {took:?}");
     a.thaw_host(pid);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while a.status().await.state != "down" {
+    while a.status().await.state != mirrorlab::agent::InstanceState::Down {
         assert!(
             Instant::now() < deadline,
             "the old primary kept running after the takeover:\n{}",

@@ -120,11 +120,30 @@ pub enum AgentRequest {
     },
 }
 
+/// Whether the instance runs, as the agent sees it (`running` or `down` on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceState {
+    /// The agent started it and it has not ended.
+    Running,
+    /// Never started, stopped, crashed, or forced down.
+    Down,
+}
+
+impl std::fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            InstanceState::Running => "running",
+            InstanceState::Down => "down",
+        })
+    }
+}
+
 /// The instance's state as the agent sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceStatus {
-    /// `running` or `down`.
-    pub state: String,
+    /// Running or down.
+    pub state: InstanceState,
     /// The instance's process id while it runs.
     pub pid: Option<u32>,
     /// When the state began (ms since the Unix epoch).
@@ -278,7 +297,7 @@ impl Supervisor {
     async fn start(self: &Arc<Self>) -> AgentReply {
         let _files = self.files.lock().await;
         let mut status = self.status.lock().unwrap();
-        if status.state == "running" {
+        if status.state == InstanceState::Running {
             let pid = status.pid.unwrap_or(0);
             drop(status);
             return self.reply(true, format!("the instance is already running (pid {pid})"));
@@ -297,7 +316,7 @@ impl Supervisor {
         };
         let pid = child.id().unwrap_or(0);
         *status = InstanceStatus {
-            state: "running".into(),
+            state: InstanceState::Running,
             pid: Some(pid),
             since_ms: now_ms(),
             last_exit: status.last_exit.clone(),
@@ -318,7 +337,7 @@ impl Supervisor {
             }
             {
                 let mut status = supervisor.status.lock().unwrap();
-                status.state = "down".into();
+                status.state = InstanceState::Down;
                 status.pid = None;
                 status.since_ms = now_ms();
                 status.last_exit = Some(ended);
@@ -348,7 +367,7 @@ impl Supervisor {
     /// and a Start waits meanwhile.
     async fn journal_tail(&self, mirror_name: String, mirror_id: String, from: u64) -> AgentReply {
         let _files = self.files.lock().await;
-        if self.status().state == "running" {
+        if self.status().state == InstanceState::Running {
             return self.reply(
                 false,
                 "the instance is running: its journal is served by the instance",
@@ -378,7 +397,7 @@ impl Supervisor {
         member: String,
         epoch: u64,
     ) -> AgentReply {
-        if self.status().state != "running" {
+        if self.status().state != InstanceState::Running {
             return self.reply(true, "the instance is down");
         }
         let address = local_address(&self.settings.superserver);
@@ -408,7 +427,7 @@ impl Supervisor {
 
     /// See [`AgentRequest::ConfirmDown`].
     async fn confirm_down(&self, timeout: Duration) -> AgentReply {
-        if self.status().state != "running" {
+        if self.status().state != InstanceState::Running {
             return self.reply(true, "the instance is down");
         }
         let address = local_address(&self.settings.superserver);
@@ -432,7 +451,7 @@ impl Supervisor {
 
     /// See [`AgentRequest::MirrorRole`].
     async fn mirror_role(&self, mirror_name: String) -> AgentReply {
-        if self.status().state == "running" {
+        if self.status().state == InstanceState::Running {
             let address = local_address(&self.settings.superserver);
             let name = mirror_name.clone();
             let asked = tokio::task::spawn_blocking(move || ask_instance(&address, &name)).await;
@@ -515,7 +534,7 @@ impl Supervisor {
                 ),
             );
         }
-        if self.status().state != "running" {
+        if self.status().state != InstanceState::Running {
             return self.reply(
                 false,
                 format!("instance {} is down", self.settings.instance_name),
@@ -773,7 +792,7 @@ pub async fn run(
         identity,
         settings,
         status: Mutex::new(InstanceStatus {
-            state: "down".into(),
+            state: InstanceState::Down,
             pid: None,
             since_ms: now_ms(),
             last_exit: None,

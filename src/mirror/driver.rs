@@ -443,7 +443,7 @@ impl Driver {
                     timeout_ms: (qos / 4).as_millis() as u64,
                 };
                 let answer = match agent::call_blocking(&address, request, qos) {
-                    Ok(reply) if reply.ok && reply.instance.state == "down" => {
+                    Ok(reply) if reply.ok && reply.instance.state == crate::agent::InstanceState::Down => {
                         tracing::warn!("mirror: the primary's agent says: {}", reply.message);
                         // A backup that was not active may lack acknowledged records: it takes
                         // over only with the down primary's journal, fetched through its agent.

@@ -426,7 +426,7 @@ impl TestMember {
         let pid = self.status().await.pid.expect("instance running");
         send_signal(pid, Signal::Kill).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.status().await.state != "down" {
+        while self.status().await.state != mirrorlab::agent::InstanceState::Down {
             assert!(Instant::now() < deadline, "agent did not notice the kill");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -438,7 +438,7 @@ impl TestMember {
         let reply = agent::call(&self.agent, AgentRequest::Stop).await.unwrap();
         assert!(reply.ok, "{}", reply.message);
         let deadline = Instant::now() + Duration::from_secs(40);
-        while self.status().await.state != "down" {
+        while self.status().await.state != mirrorlab::agent::InstanceState::Down {
             assert!(Instant::now() < deadline, "the instance did not stop");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
