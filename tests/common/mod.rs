@@ -239,21 +239,44 @@ impl Api {
         let mut out = Vec::new();
         for table in tables["rows"].as_array().unwrap() {
             let table = table[0].as_str().unwrap().to_string();
-            // One result holds at most 10 000 rows: read the table in pages.
+            // One result holds at most 10 000 rows and 16 MiB: read the table in pages, smaller
+            // ones where the rows are large.
             let mut hashes: Vec<u64> = Vec::new();
+            let mut page_rows = 5000;
             loop {
-                let page = self
-                    .sql(
-                        namespace,
-                        &format!(
-                            "SELECT * FROM {db}.\"{table}\" ORDER BY rowid LIMIT 5000 OFFSET {}",
-                            hashes.len()
-                        ),
-                    )
-                    .await;
+                let sql = format!(
+                    "SELECT * FROM {db}.\"{table}\" ORDER BY rowid LIMIT {page_rows} OFFSET {}",
+                    hashes.len()
+                );
+                let (status, page) = self
+                    .post("/api/sql", json!({"namespace": namespace, "sql": sql}))
+                    .await
+                    .unwrap();
+                if status == 400
+                    && page["error"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("larger than")
+                    && page_rows > 1
+                {
+                    page_rows = (page_rows / 8).max(1);
+                    continue;
+                }
+                // Dropped while it was read (a member still applying): no match this time, the
+                // caller looks again.
+                if status == 400
+                    && page["error"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("no such table")
+                {
+                    hashes = vec![u64::MAX];
+                    break;
+                }
+                assert_eq!(status, 200, "{sql}: {page}");
                 let rows = page["rows"].as_array().unwrap();
                 hashes.extend(rows.iter().map(|r| fnv(r.to_string().as_bytes())));
-                if rows.len() < 5000 {
+                if rows.len() < page_rows {
                     break;
                 }
             }
