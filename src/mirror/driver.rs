@@ -219,14 +219,9 @@ impl Driver {
                 .mirror
                 .reconnect_requested
                 .store(true, Ordering::Release);
-            // The connection to the arbiter outlives the stall, so no event will tell the fresh
-            // rules about it: they learn it here, first. (Without it they would believe the
-            // arbiter gone for good: the backup would never follow the primary into arbiter
-            // mode again, nor ask the arbiter.)
-            prelude = arbiter_link_events(&context);
             // As far as it can tell, it lost the primary when it stalled, long before now: it
             // asks the primary's agent (and fetches its journal) like any non-active backup.
-            prelude.extend([Event::PartnerConnected, Event::PartnerLost]);
+            prelude = vec![Event::PartnerConnected, Event::PartnerLost];
         }
         // A role changed by an action (create, join, takeover) starts the rules afresh.
         if self.failover.as_ref().map(|f| f.role()) != Some(role) {
@@ -624,20 +619,6 @@ impl Driver {
 /// [`ArbiterLinkState::stand_down`](super::state::ArbiterLinkState::stand_down)). It names the
 /// activation it ends: the primary ignores it if a newer one overtook it on the way (see
 /// `Hub::is_latest_activation`).
-/// What the arbiter link knows now, as the events that told the rules so: for rules made
-/// afresh while the connection to the arbiter stays up.
-fn arbiter_link_events(context: &super::MirrorContext) -> Vec<Event> {
-    let link = context.mirror.arbiter.lock().unwrap();
-    let mut events = Vec::new();
-    if link.connected {
-        events.push(Event::ArbiterConnected);
-        if let Some(sees) = link.sees_partner {
-            events.push(Event::ArbiterSeesPartner(sees));
-        }
-    }
-    events
-}
-
 fn stand_down(context: &super::MirrorContext, activation: u64) {
     context.mirror.arbiter.lock().unwrap().stand_down = Some(activation);
 }
