@@ -191,7 +191,8 @@ fn connection(
                     }
                     FromArbiter::PartnerStoodDown { activation } => {
                         if context.mirror.hub.is_latest_activation(activation) {
-                            arbiter.events.push_back(Event::PartnerStoodDown)
+                            arbiter.events.push_back(Event::PartnerStoodDown);
+                            arbiter.stood_down_activations.push_back(activation);
                         } else {
                             tracing::info!(
                                 "mirror: ignored a stand-down relayed by the arbiter: the backup \

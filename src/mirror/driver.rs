@@ -227,20 +227,11 @@ impl Driver {
         if self.failover.as_ref().map(|f| f.role()) != Some(role) {
             self.fresh_rules(role, qos);
         }
-        let (events, generation) = match role {
-            FailoverRole::Primary => context.mirror.hub.take_events(),
-            _ => (context.mirror.take_partner_events(), 0),
-        };
-        let mut inputs = events;
-        inputs.extend(context.mirror.arbiter.lock().unwrap().events.drain(..));
-        while let Ok(answer) = self.answers.try_recv() {
-            self.asking = false;
-            // A restart answer arriving after the decision was made some other way (Force)
-            // has nothing left to decide.
-            if let Answer::Agent(answer) = answer {
-                inputs.push(Event::Agent(answer));
-            }
-        }
+        // What the configuration says now (No Failover, Stop Mirror, the copies ready) goes
+        // first: it was set before whatever the links report in this step, and a loss handled
+        // before it would be decided by rules that do not know it yet (a backup with No Failover
+        // just set asked the arbiter for a takeover).
+        let mut inputs = Vec::new();
         let no_failover = m.mirror.defined_primary.is_some();
         if self.no_failover != Some(no_failover) {
             self.no_failover = Some(no_failover);
@@ -255,6 +246,41 @@ impl Driver {
             if self.ready != Some(ready) {
                 self.ready = Some(ready);
                 inputs.push(Event::DatabasesReady(ready));
+            }
+        }
+        let (events, generation) = match role {
+            FailoverRole::Primary => context.mirror.hub.take_events(),
+            _ => (context.mirror.take_partner_events(), 0),
+        };
+        inputs.extend(events);
+        {
+            let mut arbiter = context.mirror.arbiter.lock().unwrap();
+            let mut stood_down = std::mem::take(&mut arbiter.stood_down_activations);
+            for event in arbiter.events.drain(..) {
+                // A stand-down the arbiter relayed names the activation it ends. It was the
+                // latest when it arrived, but the hub's events above are handled first: if the
+                // backup was made active again meanwhile (its PartnerActive is in this batch),
+                // the stand-down is stale and would leave these rules believing the backup
+                // inactive for good — never booking arbiter mode again.
+                if event == Event::PartnerStoodDown {
+                    let activation = stood_down.pop_front().unwrap_or(0);
+                    if !context.mirror.hub.is_latest_activation(activation) {
+                        tracing::info!(
+                            "mirror: ignored a stand-down relayed by the arbiter: the backup \
+                             was made active again since"
+                        );
+                        continue;
+                    }
+                }
+                inputs.push(event);
+            }
+        }
+        while let Ok(answer) = self.answers.try_recv() {
+            self.asking = false;
+            // A restart answer arriving after the decision was made some other way (Force)
+            // has nothing left to decide.
+            if let Answer::Agent(answer) = answer {
+                inputs.push(Event::Agent(answer));
             }
         }
         inputs.push(Event::Tick);

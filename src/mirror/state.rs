@@ -173,6 +173,9 @@ pub struct ArbiterLinkState {
     pub sees_partner: Option<bool>,
     /// What happened, for the failover driver.
     pub events: VecDeque<Event>,
+    /// The activation each `Event::PartnerStoodDown` in `events` ends, in the same order: the
+    /// driver checks it again when it handles the event (see `driver`).
+    pub stood_down_activations: VecDeque<u64>,
     /// What the driver wants said to the arbiter.
     pub outbox: VecDeque<crate::arbiter::ToArbiter>,
     /// The primary's failover mode is arbiter controlled, booked with this activation of the
