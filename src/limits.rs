@@ -170,7 +170,7 @@ impl ConnectionSlots {
             self.warn(|| {
                 format!(
                     "{from_peer} connections from {peer} are open, the most one address that is \
-                     not a member's holds"
+                     not known to this port holds"
                 )
             });
             return None;
@@ -179,8 +179,8 @@ impl ConnectionSlots {
             drop(open);
             self.warn(|| {
                 format!(
-                    "{} connections from addresses that are not members' are open, the most \
-                     they hold (the rest are kept for the members)",
+                    "{} connections from addresses not known to this port are open, the most \
+                     they hold (the rest are kept for known ones)",
                     share.max
                 )
             });

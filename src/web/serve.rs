@@ -30,10 +30,8 @@
 //! Behind a NAT or Docker's published ports every client may share one source address; the share
 //! per source then bounds them all together, which is why it is far above what a browser needs.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -79,47 +77,6 @@ impl Default for PortalLimits {
     }
 }
 
-/// Open connections per source address.
-#[derive(Debug)]
-struct PerSource {
-    max: usize,
-    open: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// A connection's place in its source's share; dropping it gives the place back.
-struct SourceSlot {
-    sources: Arc<PerSource>,
-    ip: IpAddr,
-}
-
-impl PerSource {
-    fn try_take(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
-        let mut open = self.open.lock().unwrap();
-        let count = open.entry(ip).or_insert(0);
-        if *count >= self.max {
-            return None;
-        }
-        *count += 1;
-        Some(SourceSlot {
-            sources: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        let mut open = self.sources.open.lock().unwrap();
-        if let Some(count) = open.get_mut(&self.ip) {
-            *count -= 1;
-            // Forget a source with nothing open, so the map stays as small as the traffic.
-            if *count == 0 {
-                open.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// Serves `app` on `listener` with the portal's limits until `stop` resolves, then lets the
 /// open connections finish their requests.
 pub async fn serve(listener: TcpListener, app: Router, stop: impl Future<Output = ()>) {
@@ -133,12 +90,14 @@ pub async fn serve_with(
     limits: PortalLimits,
     stop: impl Future<Output = ()>,
 ) {
-    let slots = ConnectionSlots::new("portal", limits.connections);
-    let sources = Arc::new(PerSource {
-        max: limits.per_source,
-        open: Mutex::new(HashMap::new()),
-    });
-    let mut refused_warned_ms = i64::MIN / 2;
+    // Every client is a stranger here: the share per address is the limit that matters, the
+    // strangers' total is the port's total.
+    let slots = ConnectionSlots::keeping_room(
+        "portal",
+        limits.connections,
+        limits.connections,
+        limits.per_source,
+    );
     // Each connection task holds a sender; `recv` ends once every task has dropped its own.
     let (running, mut all_done) = mpsc::channel::<()>(1);
     let (stopping_tx, stopping) = watch::channel(false);
@@ -156,20 +115,8 @@ pub async fn serve_with(
                 }
             },
         };
-        // Over a limit: the stream is dropped here, closed unread.
-        let Some(source_slot) = sources.try_take(peer.ip()) else {
-            let now = crate::util::now_ms();
-            if now - refused_warned_ms >= 10_000 {
-                refused_warned_ms = now;
-                tracing::warn!(
-                    "portal: {} already holds {} connections, the most one address may; closing new ones",
-                    peer.ip(),
-                    limits.per_source
-                );
-            }
-            continue;
-        };
-        let Some(slot) = slots.try_take() else {
+        // Over a limit: the stream is dropped here, closed unread (the refusal is logged).
+        let Some(slot) = slots.try_take_from(peer.ip(), false) else {
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -177,7 +124,6 @@ pub async fn serve_with(
         tokio::spawn(serve_connection(
             stream,
             peer,
-            source_slot,
             app.clone(),
             limits.header_timeout,
             stopping.clone(),
@@ -195,7 +141,6 @@ pub async fn serve_with(
 async fn serve_connection(
     stream: GuardedStream,
     peer: SocketAddr,
-    _source_slot: SourceSlot,
     app: Router,
     header_timeout: Duration,
     mut stopping: watch::Receiver<bool>,
@@ -254,31 +199,4 @@ pub fn peer_ip(extensions: &axum::http::Extensions) -> IpAddr {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0.ip())
         .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_source_gets_its_share_and_no_more_and_gives_it_back() {
-        let sources = Arc::new(PerSource {
-            max: 2,
-            open: Mutex::new(HashMap::new()),
-        });
-        let one: IpAddr = "127.0.0.2".parse().unwrap();
-        let other: IpAddr = "127.0.0.1".parse().unwrap();
-        let first = sources.try_take(one).expect("first");
-        let _second = sources.try_take(one).expect("second");
-        assert!(
-            sources.try_take(one).is_none(),
-            "a third from the same source"
-        );
-        let _elsewhere = sources
-            .try_take(other)
-            .expect("another source is not affected");
-        drop(first);
-        assert!(sources.try_take(one).is_some(), "a freed place");
-        assert_eq!(sources.open.lock().unwrap().len(), 2);
-    }
 }
