@@ -850,7 +850,9 @@ async fn the_monitor_tells_the_truth_about_a_lost_primary_and_a_restarted_former
     m[1].wait_ready().await;
     wait_primary(&m[1], 20).await;
     wait_backup(&m[0]).await;
-    let names = all_names(&m[0]).await;
+    // Read on the primary: the backup may not have applied everything yet (finish_writers
+    // below waits for the two to agree).
+    let names = all_names(&m[1]).await;
     assert!(names.contains("before") && names.contains("after forcing"));
     // The old primary's host died at once, so it acknowledged nothing its active backup lacks:
     // forcing the backup lost nothing here.
@@ -1057,4 +1059,45 @@ async fn a_backup_that_leaves_on_purpose_never_puts_the_primary_in_trouble() {
         wait_backup(&b).await;
     }
     finish_writers(&stop, writers, &a, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_that_stalled_returns_to_arbiter_control_and_the_arbiter_still_approves() {
+    let (arbiter, [a, b]) = arbiter_pair().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers = start_writers_on_primary([a.api(), b.api()], 3, "stall", stop.clone());
+    common::before_fault(400).await;
+    // The backup's process stalls for most of a QoS (a paused container, a starved host): its
+    // connection to the arbiter stays up, and it starts its failover rules afresh.
+    let pid = b.freeze().await;
+    tokio::time::sleep(Duration::from_millis(QOS_MS * 7 / 10)).await;
+    b.thaw(pid);
+    wait_log(
+        &b,
+        "this member stalled",
+        "the backup did not notice its own stall",
+    )
+    .await;
+    wait_backup(&b).await;
+    // It follows the primary into arbiter mode again, and the arbiter backs that mode.
+    assert_arbiter_backs_the_monitors(&arbiter, &a, &b).await;
+    // So when the primary's host is lost now, the arbiter approves the takeover.
+    common::before_fault(400).await;
+    let frozen = a.freeze_host().await;
+    let took = wait_primary(&b, 15).await;
+    eprintln!("figure: host of the primary frozen → takeover in {took:?} (QoS {QOS_MS} ms)");
+    a.thaw_host(frozen);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.status().await.state != mirrorlab::agent::InstanceState::Down {
+        assert!(
+            Instant::now() < deadline,
+            "the old primary kept running after the takeover:\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.start_instance().await;
+    a.wait_ready().await;
+    wait_backup(&a).await;
+    finish_writers(&stop, writers, &b, &a).await;
 }

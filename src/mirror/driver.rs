@@ -17,7 +17,17 @@
 //!   cancels any takeover the arbiter granted to rules that are gone.
 //! - `AskAgent` asks the primary's agent, on a helper thread, whether the primary is down
 //!   (the agent forces a hung one down). The answer comes back as an event on a later tick.
-//!   Meanwhile the receiver does not reconnect ([`Failover::may_connect`]).
+//!   Meanwhile the receiver does not reconnect ([`Failover::may_connect`]). An answer belongs to
+//!   the link whose loss it was asked about: once the rules heard of a newer connection it is
+//!   dropped, however late it comes (a "the primary runs" from before the primary died must not
+//!   make the backup that lost it again stand down).
+//!
+//! # A backup that stalled
+//!
+//! A backup whose own process stood still for half a QoS timeout (paused, starved) may have
+//! been revoked meanwhile and holds data buffered before that: it starts its rules afresh and
+//! reconnects, as a restarting member does. Its connection to the arbiter outlived the stall
+//! and will say nothing new, so the fresh rules hear first what that link last reported.
 //! - `TakeOver` stops the receiver, hands its mirror journal to the writer and has it become
 //!   the primary in a new epoch: every copy is first brought to the end of the journal.
 //!
@@ -85,8 +95,15 @@ struct Driver {
     /// Answers of helper threads (agent questions) for the next tick.
     answers_tx: mpsc::Sender<Answer>,
     answers: mpsc::Receiver<Answer>,
-    /// An agent question is out.
+    /// A question to the other member's agent about a restart is out.
     asking: bool,
+    /// A question to the primary's agent about a lost link is out, asked in this link generation.
+    loss_question: Option<u64>,
+    /// How many data links to the primary the rules have heard of (each `PartnerConnected`, and
+    /// fresh rules, start a new one). An agent's answer belongs to the link whose loss it was
+    /// asked about: handed to rules that reconnected since, a "the primary runs" given before
+    /// the primary died made a backup that lost it again stand down instead of taking over.
+    link_generation: u64,
     last_decide: Option<Instant>,
     no_failover: Option<bool>,
     ready: Option<bool>,
@@ -102,7 +119,9 @@ struct Driver {
 const MODE_REPEAT: Duration = Duration::from_millis(500);
 
 enum Answer {
-    Agent(AgentAnswer),
+    /// The primary's agent answered a question asked about the loss of the data link of this
+    /// generation (see `Driver::link_generation`).
+    Agent(AgentAnswer, u64),
     Restart(Restart, Option<String>),
 }
 
@@ -116,6 +135,8 @@ impl Driver {
             answers_tx,
             answers,
             asking: false,
+            loss_question: None,
+            link_generation: 0,
             last_decide: None,
             no_failover: None,
             ready: None,
@@ -139,6 +160,7 @@ impl Driver {
     /// booking before they ask anything.
     fn fresh_rules(&mut self, role: FailoverRole, qos: u64) {
         self.failover = Some(Failover::new(role, qos));
+        self.link_generation += 1;
         self.no_failover = None;
         self.ready = None;
         self.stopped = None;
@@ -219,9 +241,21 @@ impl Driver {
                 .mirror
                 .reconnect_requested
                 .store(true, Ordering::Release);
-            // As far as it can tell, it lost the primary when it stalled, long before now: it
-            // asks the primary's agent (and fetches its journal) like any non-active backup.
-            prelude = vec![Event::PartnerConnected, Event::PartnerLost];
+            // Its connection to the arbiter outlived the stall and will say nothing new, but the
+            // fresh rules know nothing of it: they hear first what that link last reported (or
+            // they would believe the arbiter gone, never follow the primary into arbiter mode
+            // again, and ask only the agent if the primary then died). Then, as far as it can
+            // tell, it lost the primary when it stalled, long before now: it asks the primary's
+            // agent (and fetches its journal) like any non-active backup.
+            let (arbiter_connected, sees_partner) = {
+                let arbiter = context.mirror.arbiter.lock().unwrap();
+                (arbiter.connected, arbiter.sees_partner)
+            };
+            if arbiter_connected {
+                prelude.push(Event::ArbiterConnected);
+                prelude.extend(sees_partner.map(Event::ArbiterSeesPartner));
+            }
+            prelude.extend([Event::PartnerConnected, Event::PartnerLost]);
         }
         // A role changed by an action (create, join, takeover) starts the rules afresh.
         if self.failover.as_ref().map(|f| f.role()) != Some(role) {
@@ -275,26 +309,52 @@ impl Driver {
                 inputs.push(event);
             }
         }
+        // Each input with the link generation an agent's answer belongs to (checked when it is
+        // handled: a link event before it in this step may have overtaken it).
+        let mut inputs: Vec<(Event, Option<u64>)> = inputs.into_iter().map(|e| (e, None)).collect();
         while let Ok(answer) = self.answers.try_recv() {
-            self.asking = false;
-            // A restart answer arriving after the decision was made some other way (Force)
-            // has nothing left to decide.
-            if let Answer::Agent(answer) = answer {
-                inputs.push(Event::Agent(answer));
+            match answer {
+                Answer::Agent(answer, generation) => {
+                    if self.loss_question == Some(generation) {
+                        self.loss_question = None;
+                    }
+                    inputs.push((Event::Agent(answer), Some(generation)));
+                }
+                // A restart answer arriving after the decision was made some other way (Force)
+                // has nothing left to decide.
+                Answer::Restart(..) => self.asking = false,
             }
         }
-        inputs.push(Event::Tick);
+        inputs.push((Event::Tick, None));
         let last_heard = context.mirror.link.lock().unwrap().last_heard;
         let heard_ms =
             last_heard.map(|t| t.saturating_duration_since(self.started).as_millis() as u64);
         let failover = self.failover.as_mut().expect("set above");
-        // Each action with the activation the rules knew of when they decided it: a stand-down
-        // names the activation it ends, never a newer one the receiver already heard of.
-        let mut actions: Vec<(Action, u64)> = Vec::new();
+        // Each action with the activation the rules knew of when they decided it (a stand-down
+        // names the activation it ends, never a newer one the receiver already heard of), and
+        // the link generation (a question about a loss the rules no longer care about is not
+        // asked).
+        let mut actions: Vec<(Action, u64, u64)> = Vec::new();
         for event in prelude {
-            actions.extend(failover.handle(0, event).into_iter().map(|a| (a, 0)));
+            if event == Event::PartnerConnected {
+                self.link_generation += 1;
+            }
+            let generation = self.link_generation;
+            actions.extend(
+                failover
+                    .handle(0, event)
+                    .into_iter()
+                    .map(|a| (a, 0, generation)),
+            );
         }
-        for event in inputs {
+        for (event, asked_in) in inputs {
+            if asked_in.is_some_and(|g| g != self.link_generation) {
+                tracing::info!(
+                    "mirror: ignored the primary's agent's answer about a link lost before the \
+                     latest connection"
+                );
+                continue;
+            }
             // A backup lost the primary when it last heard from it (see `LinkStatus::last_heard`).
             let at = match (role, event) {
                 (FailoverRole::Backup, Event::PartnerLost) => heard_ms.unwrap_or(now).min(now),
@@ -304,19 +364,27 @@ impl Driver {
                 Event::PartnerActive => {
                     self.activation = context.mirror.link.lock().unwrap().activation
                 }
-                Event::PartnerConnected => self.activation = 0,
+                Event::PartnerConnected => {
+                    self.activation = 0;
+                    self.link_generation += 1;
+                }
                 _ => {}
             }
-            let activation = self.activation;
+            let (activation, generation) = (self.activation, self.link_generation);
             actions.extend(
                 failover
                     .handle(at, event)
                     .into_iter()
-                    .map(|a| (a, activation)),
+                    .map(|a| (a, activation, generation)),
             );
         }
         let mut takeover_failed = false;
-        for (action, activation) in actions {
+        for (action, activation, generation) in actions {
+            // A question decided before a reconnection in this same step is moot: the rules
+            // forgot the loss it was about.
+            if action == Action::AskAgent && generation != self.link_generation {
+                continue;
+            }
             // After a failed takeover the old primary must not be forced down: nobody would
             // be primary.
             if takeover_failed && action == Action::ForceOtherDown {
@@ -436,7 +504,9 @@ impl Driver {
     }
 
     fn ask_agent(&mut self, m: &Membership, active: bool) {
-        if self.asking {
+        // One question per lost link; one about an older link is answered for nobody.
+        let generation = self.link_generation;
+        if self.loss_question == Some(generation) {
             return;
         }
         let Some(primary) = m.primary_name.as_deref().and_then(|p| m.member(p)) else {
@@ -445,7 +515,7 @@ impl Driver {
         let Ok(address) = super::agent_target(&self.service.context().identity, m, primary) else {
             return;
         };
-        self.asking = true;
+        self.loss_question = Some(generation);
         let qos = Duration::from_millis(m.mirror.qos_timeout_ms);
         let tx = self.answers_tx.clone();
         let journal = self.service.receiver_journal();
@@ -488,7 +558,7 @@ impl Driver {
                         AgentAnswer::Unreachable
                     }
                 };
-                let _ = tx.send(Answer::Agent(answer));
+                let _ = tx.send(Answer::Agent(answer, generation));
             });
     }
 
@@ -532,9 +602,17 @@ impl Driver {
     fn decide(&mut self, m: &Membership) {
         let context = self.service.context().clone();
         while let Ok(answer) = self.answers.try_recv() {
-            if let Answer::Restart(decision, other) = answer {
-                self.asking = false;
-                self.restart(decision, other);
+            match answer {
+                Answer::Restart(decision, other) => {
+                    self.asking = false;
+                    self.restart(decision, other);
+                }
+                // Asked as a backup, before this member started deciding: nobody waits for it.
+                Answer::Agent(_, generation) => {
+                    if self.loss_question == Some(generation) {
+                        self.loss_question = None;
+                    }
+                }
             }
         }
         if !context.mirror.deciding() || self.asking {

@@ -10,10 +10,11 @@
 //!
 //! and, whenever nothing is in flight any more (every message and notice delivered):
 //!
-//! 3. a member whose monitor shows Arbiter Controlled is one the arbiter's book backs: the
+//! 3. each running member's rules know whether its arbiter link is up;
+//! 4. a member whose monitor shows Arbiter Controlled is one the arbiter's book backs: the
 //!    primary of the book's epoch is booked in arbiter mode, so a backup that loses it now gets
 //!    the takeover approved;
-//! 4. a takeover the arbiter booked was carried out (some member started a newer epoch) or
+//! 5. a takeover the arbiter booked was carried out (some member started a newer epoch) or
 //!    cancelled: otherwise the old primary could never start again, and there would be no
 //!    primary.
 //!
@@ -29,7 +30,8 @@
 //!
 //! The steps: deliver a message or notice; let time pass; cut or heal a link (between the
 //! members, each member's link to the arbiter); crash an instance or a whole host; stop a member
-//! gracefully (a primary hands over); restart a member; a restarted former primary decides;
+//! gracefully (a primary hands over); restart a member; stall a backup's process (its driver
+//! starts fresh rules, its arbiter link stays up); a restarted former primary decides;
 //! the backup connects (replacing a link the primary still holds half-open) and catches up; the
 //! backup's side of the data channel dies while the primary's stays (a half-open link); Stop and
 //! Start Mirror on the backup; set and clear No Failover; a mirrored database of the backup
@@ -45,11 +47,12 @@
 //!
 //! # Re-introducing old bugs
 //!
-//! [`Legacy`] puts back two bugs found in the member, to show that the explorer finds them: a
+//! [`Legacy`] puts back three bugs found in the member, to show that the explorer finds them: a
 //! takeover that kept the backup's arbiter mode (the new primary showed Arbiter Controlled that
 //! the arbiter never booked, and after a graceful handover no backup could ever take over again),
-//! and a stand-down that left a takeover booked at the arbiter (the old primary could never start
-//! again).
+//! a stand-down that left a takeover booked at the arbiter (the old primary could never start
+//! again), and a stalled backup whose fresh rules were not told that its arbiter link was still
+//! up (they never followed the primary into arbiter mode again).
 
 use std::collections::HashSet;
 
@@ -166,6 +169,8 @@ struct Legacy {
     takeover_keeps_mode: bool,
     /// The arbiter kept a booked takeover when the backup stood down.
     stand_down_keeps_booking: bool,
+    /// A stalled backup's fresh rules were not told that its arbiter link was still up.
+    stall_forgets_arbiter: bool,
 }
 
 /// The data channel between the members.
@@ -217,6 +222,7 @@ enum Step {
     CrashHost(usize),
     Shutdown(usize),
     Restart(usize),
+    Stall(usize),
     Decide(usize),
     Connect,
     CatchUp,
@@ -743,7 +749,24 @@ impl World {
         if !self.inbox.is_empty() {
             return Ok(());
         }
-        // Nothing in flight: what the monitors show must be what the arbiter holds.
+        // Nothing in flight: the rules know whether their arbiter link is up (rules that believe
+        // it down never follow the primary into arbiter mode, and never ask the arbiter when the
+        // primary is lost).
+        for i in [0, 1] {
+            let m = &self.m[i];
+            if m.role().is_some() && m.arbiter != m.rules.arbiter_connected {
+                return Err(format!(
+                    "member {i}'s arbiter link is {}, but its rules believe it {}",
+                    if m.arbiter { "up" } else { "down" },
+                    if m.rules.arbiter_connected {
+                        "up"
+                    } else {
+                        "down"
+                    }
+                ));
+            }
+        }
+        // What the monitors show must be what the arbiter holds.
         for i in [0, 1] {
             let m = &self.m[i];
             if m.role().is_some() && m.arbiter && m.rules.mode() == Mode::Arbiter {
@@ -840,6 +863,9 @@ impl World {
                 // took over) or a QoS timeout passed (a backup stalled that long drops the
                 // handover): it never restarts before the backup acted on it.
                 steps.push(Step::Restart(i));
+            }
+            if fault && m.role() == Some(FailoverRole::Backup) {
+                steps.push(Step::Stall(i));
             }
             if m.deciding && self.link && self.m[1 - i].host {
                 steps.push(Step::Decide(i));
@@ -978,6 +1004,10 @@ impl World {
                 m.deciding = m.was_primary;
                 self.fresh_rules(i, FailoverRole::Backup);
             }
+            Step::Stall(i) => {
+                self.faults += 1;
+                self.stall(i)?;
+            }
             Step::Decide(i) => self.decide(i)?,
             Step::Connect => self.connect()?,
             Step::CatchUp => {
@@ -1073,6 +1103,36 @@ impl World {
             }
         }
         self.check()
+    }
+
+    /// Backup `i`'s process stalled for half a QoS (paused, starved): its driver no longer
+    /// counts it as active, drops the data channel (what it buffered may be stale) and starts
+    /// its rules afresh — but its connection to the arbiter lived through the stall. That
+    /// connection carries the stand-down the fresh rules owe at once, and the rules hear first
+    /// what it last reported (then, as a backup that lost the primary long ago, a lost link).
+    fn stall(&mut self, i: usize) -> Result<(), String> {
+        if self.channel.is_some_and(|c| c.primary == 1 - i) {
+            self.lose_channel(false);
+        }
+        let (connected, sees) = (
+            self.m[i].rules.arbiter_connected,
+            self.m[i].rules.arbiter_sees_partner,
+        );
+        self.m[i].activation = 0;
+        self.fresh_rules(i, FailoverRole::Backup);
+        if self.m[i].arbiter
+            && let Some(activation) = self.m[i].owed_stand_down.take()
+        {
+            self.arbiter_stood_down(i, activation);
+        }
+        if connected && !self.legacy.stall_forgets_arbiter {
+            self.deliver(i, Event::ArbiterConnected, None)?;
+            if let Some(sees) = sees {
+                self.deliver(i, Event::ArbiterSeesPartner(sees), None)?;
+            }
+        }
+        self.deliver(i, Event::PartnerConnected, None)?;
+        self.deliver(i, Event::PartnerLost, None)
     }
 
     /// A restarted former primary asks the other member's agent who is primary.
@@ -1277,6 +1337,17 @@ fn the_explorer_finds_a_booked_takeover_nobody_carries_out() {
     world.legacy.stand_down_keeps_booking = true;
     let why = explore(world, 7, budget()).expect_err("the explorer must find the bug");
     assert!(why.contains("nobody carried out"), "{why}");
+}
+
+#[test]
+fn the_explorer_finds_a_stalled_backup_that_forgets_its_arbiter_link() {
+    // A backup whose process stalled started its rules afresh while its arbiter connection
+    // stayed up and said nothing new: the rules believed the arbiter gone, never followed the
+    // primary into arbiter mode again, and would not have asked the arbiter for a takeover.
+    let mut world = World::healthy(true);
+    world.legacy.stall_forgets_arbiter = true;
+    let why = explore(world, 7, budget()).expect_err("the explorer must find the bug");
+    assert!(why.contains("its rules believe it down"), "{why}");
 }
 
 #[test]
