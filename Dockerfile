@@ -16,7 +16,7 @@ COPY . .
 # `+crt-static` needs an explicit --target, or proc-macro crates fail to build.
 RUN target="$(rustc -vV | sed -n 's/^host: //p')" \
  && RUSTFLAGS='-C target-feature=+crt-static' \
-    cargo build --release --locked --target "$target" \
+    cargo build --release --locked --target "$target" --bin mirrorlab \
  && mkdir -p /out/usr/local/bin /out/tmp \
  && chmod 1777 /out/tmp \
  && cp "target/$target/release/mirrorlab" /out/usr/local/bin/mirrorlab \

@@ -5,8 +5,8 @@
 #     (fsync = on, synchronous_commit = on, synchronous_standby_names = 'standby'), driven by
 #     pgbench inserting the same row shape;
 # at 1, 4, 16 and 64 clients, one table with the ratios; then idle memory, the Mirror Monitor
-# under load, catchup and copy rates (`mirrorlab bench --mode all`), and the failover time
-# distribution (`mirrorlab bench --mode failover`).
+# under load, catchup and copy rates (`mirrorlab-bench --mode all`), and the failover time
+# distribution (`mirrorlab-bench --mode failover`).
 #
 #   bench/run.sh                 the full run (about 5 minutes; numbers for the README)
 #   bench/run.sh --smoke         seconds, not minutes: checks that the harness still works
@@ -43,10 +43,13 @@ if [ -z "$(pg_bin)" ] || ! command -v pgbench >/dev/null; then
 fi
 bin="$(pg_bin)"
 
-mirrorlab="${MIRRORLAB_BIN:-}"
-if [ -z "$mirrorlab" ]; then
-    cargo build --release --locked --quiet
-    mirrorlab=target/release/mirrorlab
+# The benchmark program and the member program it starts (MIRRORLAB_BENCH_BIN and
+# MIRRORLAB_BIN when set: both, or neither, are release builds of this checkout).
+bench="${MIRRORLAB_BENCH_BIN:-}"
+if [ -z "$bench" ]; then
+    cargo build --release --locked --quiet --bin mirrorlab --bin mirrorlab-bench
+    bench=target/release/mirrorlab-bench
+    export MIRRORLAB_BIN="${MIRRORLAB_BIN:-target/release/mirrorlab}"
 fi
 
 # PostgreSQL refuses to run as root: as root, its servers run as the postgres user.
@@ -110,7 +113,7 @@ if [ "$state" != sync ]; then
     exit 1
 fi
 
-"$mirrorlab" bench --mode all --seconds "$seconds" --clients "$clients" --rows "$rows" \
+"$bench" --mode all --seconds "$seconds" --clients "$clients" --rows "$rows" \
     --postgres "$conninfo"
 echo
-"$mirrorlab" bench --mode failover --kills "$kills"
+"$bench" --mode failover --kills "$kills"

@@ -1,4 +1,5 @@
-//! The command line: `mirrorlab member | instance | arbiter | ctl | bench`.
+//! The command line: `mirrorlab member | instance | arbiter | ctl` (the benchmark is a program
+//! of its own, `mirrorlab-bench`).
 //!
 //! Every setting is a flag and an environment variable (`MIRRORLAB_*`), so Docker Compose can set
 //! them without a command line.
@@ -31,8 +32,6 @@ enum Command {
     Arbiter(ArbiterArgs),
     /// Talk to a running member from a shell.
     Ctl(crate::ctl::CtlArgs),
-    /// Measure write throughput and latency through the API.
-    Bench(crate::bench::BenchArgs),
 }
 
 /// Settings of the arbiter.
@@ -176,10 +175,6 @@ pub fn main() -> ExitCode {
             runtime().block_on(crate::server::run_arbiter(args.agent))
         }
         Command::Ctl(args) => runtime().block_on(crate::ctl::run(args)),
-        Command::Bench(args) => {
-            crate::server::init_logging(None);
-            runtime().block_on(crate::bench::run(args))
-        }
     };
     match result {
         Ok(code) => ExitCode::from(code),

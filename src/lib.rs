@@ -20,8 +20,9 @@
 //! - [`web`] — the management portal and the `/api` endpoints; [`apps`] — the COMPANY and
 //!   PHONEBOOK demo applications (pages and API).
 //! - [`agent`] — the process beside the instance that starts it and reports whether it runs.
-//! - [`server`], [`cli`], [`ctl`], [`bench`] — running the processes, the command line, a shell
-//!   client, and the benchmark.
+//! - [`server`], [`cli`], [`ctl`] — running the processes, the command line, a shell client. The
+//!   benchmark is a program of its own (`src/bin/mirrorlab-bench/`): it drives members from
+//!   outside, and the member does not ship it.
 //! - [`error`], [`names`], [`util`], [`os`], [`wire`] — shared small pieces.
 //!
 //! ## Who may call whom
@@ -40,7 +41,6 @@
 pub mod agent;
 pub mod apps;
 pub mod arbiter;
-pub mod bench;
 pub mod cli;
 pub mod ctl;
 pub mod error;

@@ -7,11 +7,15 @@ mod common;
 
 use std::process::Command;
 
-/// Runs `mirrorlab bench ARGS`, expects success, returns what it printed.
+/// The benchmark program, built with the member's.
+const BENCH: &str = env!("CARGO_BIN_EXE_mirrorlab-bench");
+
+/// Runs `mirrorlab-bench ARGS` against members of this build, expects success, returns what it
+/// printed.
 fn bench(args: &[&str]) -> String {
-    let output = Command::new(common::BINARY)
-        .arg("bench")
+    let output = Command::new(BENCH)
         .args(args)
+        .env("MIRRORLAB_BIN", common::BINARY)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -124,6 +128,7 @@ fn the_comparison_harness_runs_in_its_smoke_version() {
     let root = env!("CARGO_MANIFEST_DIR");
     let output = Command::new(format!("{root}/bench/run.sh"))
         .arg("--smoke")
+        .env("MIRRORLAB_BENCH_BIN", BENCH)
         .env("MIRRORLAB_BIN", common::BINARY)
         .output()
         .unwrap();

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../.."
 
 target="$(rustc -vV | sed -n 's/^host: //p')"
 echo "build-offline: building a static mirrorlab for $target"
-RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked --target "$target"
+RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked --target "$target" --bin mirrorlab
 
 context="$(mktemp -d)"
 trap 'rm -rf "$context"' EXIT

@@ -1,4 +1,4 @@
-//! `mirrorlab bench --mode failover`: how long a mirror is without a primary.
+//! `mirrorlab-bench --mode failover`: how long a mirror is without a primary.
 //!
 //! It starts an arbiter and a mirrored pair (COMPANY mirrored, arbiter controlled), then kills
 //! the primary again and again — first its instance only (the agent stays and confirms the
@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::process::Command;
 
-use crate::agent::{self, AgentRequest};
-use crate::error::{Error, Result};
-use crate::os::{Signal, send_signal};
+use mirrorlab::agent::{self, AgentRequest};
+use mirrorlab::error::{Error, Result};
+use mirrorlab::os::{Signal, send_signal};
 
 use super::{TemporaryMember, free_port, mirrored_pair_with};
 
@@ -36,10 +36,10 @@ pub async fn run(client: &reqwest::Client, kills: usize, qos_ms: u64) -> Result<
     let arbiter_address = format!("127.0.0.1:{}", free_port()?);
     let arbiter_log = std::env::temp_dir().join(format!(
         "mirrorlab-bench-arbiter-{}.log",
-        crate::util::random_hex(6)
+        mirrorlab::util::random_hex(6)
     ));
     let log = std::fs::File::create(&arbiter_log)?;
-    let mut arbiter = Command::new(std::env::current_exe()?)
+    let mut arbiter = Command::new(super::member_binary()?)
         .args(["arbiter", "--agent", &arbiter_address])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -65,7 +65,7 @@ async fn rounds(client: &reqwest::Client, kills: usize, qos_ms: u64, arbiter: &s
         .map(|n| n.get())
         .unwrap_or(1);
     println!(
-        "mirrorlab bench --mode failover: kill → first company accepted by the new primary; QoS {qos_ms} ms, \
+        "mirrorlab-bench --mode failover: kill → first company accepted by the new primary; QoS {qos_ms} ms, \
          arbiter controlled, {cores} CPU cores"
     );
     println!(

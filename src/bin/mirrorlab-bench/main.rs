@@ -1,19 +1,23 @@
-//! `mirrorlab bench`: N concurrent clients inserting companies through the API for T seconds;
+//! `mirrorlab-bench`: N concurrent clients inserting companies through the API for T seconds;
 //! prints commits per second, median and 99th-percentile latency, and how many commits each
 //! journal fsync carried (group commit at work).
 //!
-//! Without `--url` it starts temporary members (agent + instance, this binary) on free loopback
-//! ports in temporary folders and removes them afterwards: a standalone member, and a mirrored
+//! A program of its own, beside the member's: the member does not ship the benchmark (nor its
+//! PostgreSQL driver). It drives members only from outside, through their API, their agents and
+//! signals, as a user's client would.
+//!
+//! Without `--url` it starts temporary members (agent + instance: the `mirrorlab` binary next to
+//! this one, or `MIRRORLAB_BIN`) on free loopback ports in temporary folders and removes them
+//! afterwards: a standalone member, and a mirrored
 //! pair — primary and active backup set up exactly as a person would (Create, Join as Failover,
 //! Add to Mirror, a copy of the database file, Catchup), so the backup stores, acknowledges and
 //! dejournals every batch during the run. Both run the same steps; the table shows both and the
 //! ratio. Timing targets live here, never in tests.
 //!
 //! `--postgres CONNINFO` adds a third system to the same run: PostgreSQL with a synchronous
-//! standby, driven by `pgbench` (see `bench/postgres.rs`; `bench/run.sh` sets the servers up).
-//! `--mode all` adds the figures of `bench/extras.rs` (idle memory, the Mirror Monitor under
-//! load, catchup and copy rates). `--mode failover` measures takeovers instead (see
-//! `bench/failover.rs`).
+//! standby, driven by `pgbench` (see `postgres.rs`; `bench/run.sh` sets the servers up).
+//! `--mode all` adds the figures of `extras.rs` (idle memory, the Mirror Monitor under load,
+//! catchup and copy rates). `--mode failover` measures takeovers instead (see `failover.rs`).
 
 mod cpu;
 mod extras;
@@ -24,16 +28,20 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use clap::Args;
+use std::process::ExitCode;
+
+use clap::Parser;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-use crate::error::{Error, Result};
-use crate::os::{Signal, send_signal};
+use mirrorlab::error::{Error, Result};
+use mirrorlab::os::{Signal, send_signal};
 
-/// `mirrorlab bench` arguments.
-#[derive(Debug, Args)]
-pub struct BenchArgs {
+/// mirrorlab-bench: write throughput and latency of mirrorlab members through their API, beside
+/// PostgreSQL's synchronous replication; takeover times.
+#[derive(Debug, Parser)]
+#[command(name = "mirrorlab-bench", version, about)]
+struct BenchArgs {
     /// Portal URL of a running member; without it a temporary member is started.
     #[arg(long)]
     url: Option<String>,
@@ -112,8 +120,10 @@ fn free_port() -> Result<u16> {
 
 impl TemporaryMember {
     async fn start(client: &reqwest::Client, host: &str) -> Result<TemporaryMember> {
-        let dir =
-            std::env::temp_dir().join(format!("mirrorlab-bench-{}", crate::util::random_hex(6)));
+        let dir = std::env::temp_dir().join(format!(
+            "mirrorlab-bench-{}",
+            mirrorlab::util::random_hex(6)
+        ));
         let web = format!("127.0.0.1:{}", free_port()?);
         let superserver = format!("127.0.0.1:{}", free_port()?);
         let agent = format!("127.0.0.1:{}", free_port()?);
@@ -261,7 +271,7 @@ fn spawn_member(
         .create(true)
         .append(true)
         .open(log_path(dir))?;
-    Ok(Command::new(std::env::current_exe()?)
+    Ok(Command::new(member_binary()?)
         .arg("member")
         .arg("--data-dir")
         .arg(dir)
@@ -274,6 +284,38 @@ fn spawn_member(
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()?)
+}
+
+fn main() -> ExitCode {
+    let args = BenchArgs::parse();
+    mirrorlab::server::init_logging(None);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("start the async runtime");
+    match runtime.block_on(run(args)) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("mirrorlab-bench: {err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The member program the benchmark starts: `MIRRORLAB_BIN`, or `mirrorlab` in this program's
+/// folder (both are built together: `cargo build --release`).
+fn member_binary() -> Result<PathBuf> {
+    let path = match std::env::var_os("MIRRORLAB_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => std::env::current_exe()?.with_file_name("mirrorlab"),
+    };
+    if !path.is_file() {
+        return Err(Error::InvalidInput(format!(
+            "no member program at {} (build it with `cargo build --release`, or set MIRRORLAB_BIN)",
+            path.display()
+        )));
+    }
+    Ok(path)
 }
 
 fn log_path(dir: &std::path::Path) -> PathBuf {
@@ -727,7 +769,7 @@ async fn join_pair(
 }
 
 /// Runs the benchmark.
-pub async fn run(args: BenchArgs) -> Result<u8> {
+async fn run(args: BenchArgs) -> Result<u8> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         // The portal closes connections silent for 10 s; drop idle ones before it does.
@@ -741,7 +783,7 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
     if let Some(url) = &args.url {
         let url = url.trim_end_matches('/');
         println!(
-            "mirrorlab bench: POST /api/apps/companies on {url}, {} s per step, {cores} CPU cores",
+            "mirrorlab-bench: POST /api/apps/companies on {url}, {} s per step, {cores} CPU cores",
             args.seconds
         );
         print_header();
@@ -773,7 +815,7 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
         }
     };
     println!(
-        "mirrorlab bench: POST /api/apps/companies, {} s per step, {cores} CPU cores; every commit fsynced{}",
+        "mirrorlab-bench: POST /api/apps/companies, {} s per step, {cores} CPU cores; every commit fsynced{}",
         args.seconds,
         if mirrored {
             " (and, mirrored, acknowledged by the active backup)"

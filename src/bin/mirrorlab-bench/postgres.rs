@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::process::Command;
 
 use super::{StepResult, percentile};
-use crate::error::{Error, Result};
+use mirrorlab::error::{Error, Result};
 
 /// The table, shaped like COMPANY's `Company` (install/schema/company.sql).
 const TABLE: &str = "CREATE TABLE IF NOT EXISTS company (\
@@ -53,8 +53,10 @@ pub async fn prepare(conninfo: &str) -> Result<()> {
 
 /// One step: `clients` pgbench clients for `duration`.
 pub async fn step(conninfo: &str, clients: usize, duration: Duration) -> Result<StepResult> {
-    let dir =
-        std::env::temp_dir().join(format!("mirrorlab-pgbench-{}", crate::util::random_hex(6)));
+    let dir = std::env::temp_dir().join(format!(
+        "mirrorlab-pgbench-{}",
+        mirrorlab::util::random_hex(6)
+    ));
     std::fs::create_dir_all(&dir)?;
     let result = run_pgbench(&dir, conninfo, clients, duration).await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::{TemporaryMember, percentile};
-use crate::error::{Error, Result};
+use mirrorlab::error::{Error, Result};
 
 /// Resident memory of a fresh member's two processes, in KiB.
 pub struct IdleMemory {
@@ -43,7 +43,8 @@ pub async fn idle_memory(member: &TemporaryMember) -> Result<IdleMemory> {
         .child
         .id()
         .ok_or_else(|| Error::Internal("the member's agent has exited".into()))?;
-    let status = crate::agent::call(&member.agent, crate::agent::AgentRequest::Status).await?;
+    let status =
+        mirrorlab::agent::call(&member.agent, mirrorlab::agent::AgentRequest::Status).await?;
     let instance_pid = status
         .instance
         .pid
