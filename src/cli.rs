@@ -109,6 +109,7 @@ impl MemberArgs {
             max_segment_bytes: self.journal_segment_bytes,
             statement_timeout_ms: self.statement_timeout as i64 * 1000,
             write_timeout_ms: self.write_timeout as i64 * 1000,
+            journal_io: std::sync::Arc::new(crate::journal::DirectIo),
         }
     }
 

@@ -458,7 +458,7 @@ async fn a_stranger_saying_hello_as_the_backup_is_refused_and_a_replaced_link_co
         ..backup.clone()
     };
     let (_, answer) = superserver_says("127.0.0.2", &a.superserver, &hello(forged)).await;
-    let Control::Refused { reason } = answer else {
+    let Control::Refused { reason, .. } = answer else {
         panic!("the stranger was welcomed: {answer:?}");
     };
     assert!(
@@ -486,7 +486,7 @@ async fn a_stranger_saying_hello_as_the_backup_is_refused_and_a_replaced_link_co
     let ended = loop {
         match read_message(&mut stream) {
             Ok(Some(Message::Control(c))) => {
-                if let Control::Refused { reason } = *c {
+                if let Control::Refused { reason, .. } = *c {
                     break reason;
                 }
             }

@@ -70,8 +70,9 @@ fn pending_names(pending: &Value) -> Vec<String> {
 }
 
 /// Sends `first` on the superserver port `address` (over TLS as `identity`, pinned to
-/// `expected`, or plain) and returns the answer: the refusal's reason, or a description of
-/// anything else that came back.
+/// `expected`, or plain) and returns the answer: the refusal's reason (after `awaiting: ` when
+/// it says the member waits for authorization), or a description of anything else that came
+/// back.
 fn superserver_answer(
     address: &str,
     tls: Option<(&Identity, &str)>,
@@ -105,7 +106,11 @@ fn superserver_answer_from(
     let mut reader = BufReader::new(channel);
     match read_message(&mut reader) {
         Ok(Some(Message::Control(control))) => match *control {
-            Control::Refused { reason } => Ok(reason),
+            Control::Refused {
+                reason,
+                awaiting_authorization: true,
+            } => Ok(format!("awaiting: {reason}")),
+            Control::Refused { reason, .. } => Ok(reason),
             other => Err(format!("answered {other:?}")),
         },
         Ok(Some(Message::Frames { first, last, .. })) => {
@@ -716,7 +721,7 @@ async fn authorize_admits_only_the_certificate_the_administrator_saw() {
         hello(&mirror_id, as_b.clone()),
     )
     .await;
-    assert!(answer.contains("awaiting authorization"), "{answer}");
+    assert!(answer.starts_with("awaiting: "), "{answer}");
 
     // Both requests are listed: B's as it was, the stranger's apart and flagged.
     let pending = a.get("/api/mirror/pending").await.1;
@@ -813,7 +818,7 @@ async fn authorize_admits_only_the_certificate_the_administrator_saw() {
         hello(&mirror_id, as_c),
     )
     .await;
-    assert!(answer.contains("awaiting authorization"), "{answer}");
+    assert!(answer.starts_with("awaiting: "), "{answer}");
     let pending = a.get("/api/mirror/pending").await.1;
     assert_eq!(
         pending_entries(&pending, "pending"),
@@ -909,7 +914,7 @@ async fn strangers_cannot_fill_pending_new_members_for_good() {
                 junk(stranger, i),
             )
             .await;
-            assert!(answer.contains("awaiting authorization"), "{answer}");
+            assert!(answer.starts_with("awaiting: "), "{answer}");
             i += 1;
         }
         let answer = refusal(
@@ -1038,7 +1043,7 @@ async fn strangers_cannot_fill_pending_new_members_for_good() {
         junk(&strangers[0], 0),
     )
     .await;
-    assert!(answer.contains("awaiting authorization"), "{answer}");
+    assert!(answer.starts_with("awaiting: "), "{answer}");
     let pending = a.get("/api/mirror/pending").await.1;
     assert_eq!(pending_names(&pending), ["JUNK0/IRIS"], "{pending:#}");
 

@@ -414,11 +414,11 @@ impl Supervisor {
                 ))
                 .await
             }
-            Ok(Ok(Ok(_))) | Ok(Ok(Err(Error::Conflict(_)))) => {
+            Ok(Ok(Ok(_))) | Ok(Ok(Err(AskError::NotMember(_)))) => {
                 self.reply(true, "the instance no longer acts as the primary: left running")
             }
             // Not listening yet: starting up, so not acting as primary.
-            Ok(Ok(Err(Error::Unavailable(why)))) if why.contains("refused") => {
+            Ok(Ok(Err(AskError::NotListening(_)))) => {
                 self.reply(true, "the instance is starting: left running")
             }
             _ => self.force_down("it does not answer").await,
@@ -463,7 +463,7 @@ impl Supervisor {
                     epoch: description.epoch,
                     deciding: description.deciding,
                 },
-                Ok(Err(Error::Conflict(_))) => RoleReport {
+                Ok(Err(AskError::NotMember(_))) => RoleReport {
                     member: false,
                     running: true,
                     primary: None,
@@ -561,10 +561,42 @@ fn local_address(bind: &str) -> String {
     }
 }
 
+/// Why the instance described no mirror when asked.
+#[derive(Debug)]
+enum AskError {
+    /// Nothing listens on its superserver port: it is starting (or just went).
+    NotListening(String),
+    /// It answered that it is no member of that mirror.
+    NotMember(String),
+    /// No answer, a broken connection or an answer that makes no sense.
+    Failed(Error),
+}
+
+impl std::fmt::Display for AskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AskError::NotListening(why) | AskError::NotMember(why) => f.write_str(why),
+            AskError::Failed(err) => write!(f, "{err}"),
+        }
+    }
+}
+
+impl From<Error> for AskError {
+    fn from(err: Error) -> AskError {
+        AskError::Failed(err)
+    }
+}
+
+impl From<std::io::Error> for AskError {
+    fn from(err: std::io::Error) -> AskError {
+        AskError::Failed(err.into())
+    }
+}
+
 fn ask_instance(
     address: &str,
     mirror_name: &str,
-) -> Result<crate::mirror::protocol::MirrorDescription> {
+) -> std::result::Result<crate::mirror::protocol::MirrorDescription, AskError> {
     use crate::mirror::protocol::{Control, Message, read_message, write_control};
     use std::io::Write;
     let addr: std::net::SocketAddr = address
@@ -575,8 +607,15 @@ fn ask_instance(
                 .and_then(|mut a| a.next().ok_or_else(|| "no address".to_string()))
         })
         .map_err(|e| Error::Unavailable(format!("instance superserver {address}: {e}")))?;
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .map_err(|e| Error::Unavailable(format!("instance superserver {address}: {e}")))?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| {
+            let why = format!("instance superserver {address}: {e}");
+            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                AskError::NotListening(why)
+            } else {
+                AskError::Failed(Error::Unavailable(why))
+            }
+        })?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write_control(
         &mut stream,
@@ -588,10 +627,10 @@ fn ask_instance(
     match read_message(&mut stream)? {
         Some(Message::Control(control)) => match *control {
             Control::InfoReply { description } => Ok(description),
-            Control::Refused { reason } => Err(Error::Conflict(reason)),
-            other => Err(Error::InvalidInput(format!("unexpected answer {other:?}"))),
+            Control::Refused { reason, .. } => Err(AskError::NotMember(reason)),
+            other => Err(Error::InvalidInput(format!("unexpected answer {other:?}")).into()),
         },
-        _ => Err(Error::Unavailable("the instance did not answer".into())),
+        _ => Err(Error::Unavailable("the instance did not answer".into()).into()),
     }
 }
 
@@ -609,7 +648,7 @@ fn read_tail(
         crate::journal::DEFAULT_MAX_SEGMENT_BYTES,
         JournalPos(1),
     );
-    if !crate::mirror::journal_exists(dir, &options.prefix)? {
+    if !crate::journal::files_exist(dir, &options.prefix)? {
         return Err(Error::Conflict(format!(
             "this host has no journal of mirror {mirror_name}"
         )));

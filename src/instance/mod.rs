@@ -47,7 +47,8 @@ use std::thread::JoinHandle;
 
 use crate::error::{Error, IoContext, Result};
 use crate::journal::{
-    DEFAULT_MAX_SEGMENT_BYTES, Journal, JournalOptions, JournalPos, JournalShared, OpenReport,
+    DEFAULT_MAX_SEGMENT_BYTES, Journal, JournalIo, JournalOptions, JournalPos, JournalShared,
+    OpenReport,
 };
 use crate::names::{DbName, NamespaceName};
 use crate::storage::Catalog;
@@ -93,6 +94,9 @@ pub struct InstanceSettings {
     /// How long one write statement may run before it is stopped (ms): shorter, because while it
     /// runs no other write of the member can commit.
     pub write_timeout_ms: i64,
+    /// The write path's file operations of the journals opened at start (the instance's, and a
+    /// primary's mirror journal): [`DirectIo`](crate::journal::DirectIo) but in fault tests.
+    pub journal_io: Arc<dyn JournalIo>,
 }
 
 impl InstanceSettings {
@@ -109,6 +113,7 @@ impl InstanceSettings {
             max_segment_bytes: DEFAULT_MAX_SEGMENT_BYTES,
             statement_timeout_ms: crate::storage::namespace::STATEMENT_TIMEOUT_MS,
             write_timeout_ms: crate::storage::namespace::WRITE_TIMEOUT_MS,
+            journal_io: Arc::new(crate::journal::DirectIo),
         }
     }
 }
@@ -212,7 +217,7 @@ impl Instance {
         let (journal, journal_report) = Journal::open(
             &journal_dir,
             stream,
-            JournalOptions::local(settings.max_segment_bytes),
+            JournalOptions::local(settings.max_segment_bytes).with_io(settings.journal_io.clone()),
         )?;
         if let Some((segment, offset, bytes)) = &journal_report.truncated {
             tracing::warn!(
@@ -235,8 +240,9 @@ impl Instance {
                 Error::Corrupt("the mirror id in the configuration is not 32 hex digits".into())
             })?;
             let options =
-                JournalOptions::mirror(&m.mirror.name, settings.max_segment_bytes, JournalPos(1));
-            let exists = crate::mirror::journal_exists(&journal_dir, &options.prefix)?;
+                JournalOptions::mirror(&m.mirror.name, settings.max_segment_bytes, JournalPos(1))
+                    .with_io(settings.journal_io.clone());
+            let exists = crate::journal::files_exist(&journal_dir, &options.prefix)?;
             if exists || m.was_primary {
                 let (mj, report) = Journal::open(&journal_dir, id, options)?;
                 if let Some((segment, offset, bytes)) = &report.truncated {

@@ -629,3 +629,79 @@ async fn a_runaway_statement_is_stopped_and_does_not_block_dismount() {
 }
 
 mod mirrored;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_journal_fsync_stops_the_writer_and_a_restart_loses_no_acknowledged_write() {
+    use crate::journal::{Fault, InjectedFaults, JournalOp};
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(InjectedFaults::default());
+    let fatal = Arc::new(std::sync::Mutex::new(None::<String>));
+    let settings = InstanceSettings {
+        journal_io: faults.clone(),
+        ..InstanceSettings::for_dir(dir.path())
+    };
+    let hook = fatal.clone();
+    let instance = Instance::open(
+        settings,
+        Box::new(move |why| *hook.lock().unwrap() = Some(why.to_string())),
+    )
+    .unwrap();
+    for i in 0..10 {
+        insert_company(&instance, &format!("acknowledged {i}"))
+            .await
+            .unwrap();
+    }
+    // The next group commit's fdatasync fails: its write is not acknowledged, and the writer
+    // stops rather than trust a file whose state it no longer knows.
+    faults.next(JournalOp::Sync, Fault::Fail(libc::EIO));
+    let err = insert_company(&instance, "never acknowledged")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err}");
+    // The client hears first; the writer calls the hook as it stops.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let why = loop {
+        if let Some(why) = fatal.lock().unwrap().clone() {
+            break why;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fatal hook never ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert!(why.contains("fsync journal"), "{why}");
+    let err = insert_company(&instance, "after the failure")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("stopped accepting writes after a failure"),
+        "{err}"
+    );
+    drop(instance);
+    // The next start recovers from the journal on disk: every acknowledged write is there, and
+    // nothing written after the failure.
+    let instance = open(dir.path());
+    let names = sql(&instance, "COMPANY", "SELECT name FROM Company")
+        .await
+        .unwrap();
+    let names: Vec<String> = names
+        .rows
+        .iter()
+        .map(|r| match &r[0] {
+            Value::Text(t) => t.clone(),
+            other => panic!("name {other:?}"),
+        })
+        .collect();
+    for i in 0..10 {
+        assert!(names.contains(&format!("acknowledged {i}")), "{names:?}");
+    }
+    assert!(
+        !names.contains(&"after the failure".to_string()),
+        "{names:?}"
+    );
+    insert_company(&instance, "after the restart")
+        .await
+        .unwrap();
+}

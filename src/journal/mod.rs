@@ -35,27 +35,35 @@
 //!   does not continue the previous one) is *corruption*: start-up stops and names the file and
 //!   byte offset. Nothing is skipped silently.
 //!
+//! The write path's file operations (append, its undo, preallocation, the batch's fsync) go
+//! through [`io::JournalIo`], so tests fail or tear them on the real files: a failed fsync is
+//! reported and never counted durable, a torn append is cut at the next open, a full disk leaves
+//! no half batch.
+//!
 //! # Left out
 //!
-//! Purging old segments (mirroring must first know what every member still needs), compression,
-//! and encryption.
+//! Compression and encryption. (Old segments are purged by whoever knows what every reader still
+//! needs: [`JournalShared::purge_before`].)
 
+pub mod io;
 pub mod record;
 pub mod segment;
 pub mod store;
 
+pub use io::{DirectIo, Fault, InjectedFaults, JournalIo, JournalOp};
 pub use record::{
     DbChanges, FrameBuilder, JournalPos, MirrorEvent, Record, RecordBody, SchemaChange,
 };
 pub use segment::StreamId;
 pub use store::{
     DEFAULT_MAX_SEGMENT_BYTES, Journal, JournalIter, JournalOptions, JournalShared, OpenReport,
-    ReadResume, SegmentInfo,
+    ReadResume, SegmentInfo, files_exist,
 };
 
 #[cfg(test)]
 mod tests {
     use std::fs::{self, OpenOptions};
+    use std::sync::Arc;
 
     use super::*;
     use crate::error::Error;
@@ -98,6 +106,92 @@ mod tests {
             .collect();
         names.sort();
         names.pop().unwrap()
+    }
+
+    /// Records `from..=to` as one batch of frames.
+    fn batch(from: u64, to: u64) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for pos in from..=to {
+            record(pos, pos as u8).encode_into(&mut buf);
+        }
+        buf
+    }
+
+    /// A journal whose write path suffers the faults the test plans.
+    fn faulty(dir: &std::path::Path) -> (Journal, Arc<InjectedFaults>) {
+        let faults = Arc::new(InjectedFaults::default());
+        let options = JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES).with_io(faults.clone());
+        (Journal::open(dir, STREAM, options).unwrap().0, faults)
+    }
+
+    fn reopen(dir: &std::path::Path) -> (Journal, OpenReport) {
+        Journal::open(
+            dir,
+            STREAM,
+            JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_failed_fsync_is_reported_and_leaves_the_durable_end_where_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, faults) = faulty(dir.path());
+        append_batch(&mut journal, 1, 5);
+        faults.next(JournalOp::Sync, Fault::Fail(libc::EIO));
+        journal.append(&batch(6, 10), JournalPos(10), 5).unwrap();
+        let err = journal.sync().unwrap_err();
+        assert!(err.to_string().contains("fsync journal"), "{err}");
+        assert_eq!(faults.injected(), 1);
+        // Nobody may be told that 6..=10 are durable.
+        assert_eq!(journal.shared().durable_end(), JournalPos(5));
+        assert_eq!(journal.shared().appended_end(), JournalPos(10));
+    }
+
+    #[test]
+    fn a_torn_append_is_cut_at_the_next_open_and_nothing_before_it_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, faults) = faulty(dir.path());
+        append_batch(&mut journal, 1, 5);
+        // The process dies 150 bytes into the next batch: the undo fails as well, so the torn
+        // bytes stay on disk.
+        faults.next(JournalOp::Append, Fault::Tear(150));
+        let err = journal
+            .append(&batch(6, 10), JournalPos(10), 5)
+            .unwrap_err();
+        assert!(err.to_string().contains("append to journal"), "{err}");
+        assert!(journal.sync().is_err(), "a dead process syncs nothing");
+        drop(journal);
+        let (mut journal, report) = reopen(dir.path());
+        // Cut: the torn frame's 150 bytes and the zeros made ready after them.
+        let (_, _, cut) = report.truncated.expect("the torn tail is cut");
+        assert!(cut >= 150, "cut {cut} bytes");
+        assert_eq!(report.end, JournalPos(5));
+        let positions: Vec<u64> = read_all(&journal.shared())
+            .iter()
+            .map(|r| r.pos.0)
+            .collect();
+        assert_eq!(positions, vec![1, 2, 3, 4, 5]);
+        // The journal goes on from there.
+        append_batch(&mut journal, 6, 10);
+        assert_eq!(read_all(&journal.shared()).len(), 10);
+    }
+
+    #[test]
+    fn a_full_disk_fails_the_append_without_leaving_half_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, faults) = faulty(dir.path());
+        append_batch(&mut journal, 1, 5);
+        faults.next(JournalOp::Append, Fault::Fail(libc::ENOSPC));
+        let err = journal
+            .append(&batch(6, 10), JournalPos(10), 5)
+            .unwrap_err();
+        assert!(err.to_string().contains("No space left"), "{err}");
+        assert_eq!(journal.end(), JournalPos(5));
+        drop(journal);
+        let (_, report) = reopen(dir.path());
+        assert_eq!(report.truncated, None, "nothing torn to cut");
+        assert_eq!(report.end, JournalPos(5));
     }
 
     #[test]

@@ -27,7 +27,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -35,6 +34,7 @@ use std::sync::{Arc, RwLock};
 use crate::error::{Error, IoContext, Result};
 use crate::util::{format_date_compact, now_ms, sync_dir};
 
+use super::io::{DirectIo, JournalIo, JournalOp};
 use super::record::{FRAME_HEADER_LEN, JournalPos, Record};
 use super::segment::{self, HEADER_LEN, SegmentHeader, SegmentReader, StreamId, is_mark};
 
@@ -49,8 +49,8 @@ pub const DEFAULT_MAX_SEGMENT_BYTES: u64 = 64 << 20;
 /// How far ahead of its frames the newest segment is filled with zeros (see the essay).
 pub const PREALLOCATE_BYTES: u64 = 1 << 20;
 
-/// How a journal names its files and where a new one starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a journal names its files, where a new one starts, and how it writes.
+#[derive(Debug, Clone)]
 pub struct JournalOptions {
     /// File name prefix: empty for the instance's journal, `MIRROR-<NAME>-` for a mirror's.
     pub prefix: String,
@@ -58,6 +58,8 @@ pub struct JournalOptions {
     pub max_segment_bytes: u64,
     /// Position of the first record of a journal that does not exist yet.
     pub first_pos: JournalPos,
+    /// The write path's file operations ([`DirectIo`] but in fault tests).
+    pub io: Arc<dyn JournalIo>,
 }
 
 impl JournalOptions {
@@ -67,6 +69,7 @@ impl JournalOptions {
             prefix: String::new(),
             max_segment_bytes,
             first_pos: JournalPos(1),
+            io: Arc::new(DirectIo),
         }
     }
 
@@ -76,7 +79,14 @@ impl JournalOptions {
             prefix: format!("MIRROR-{name}-"),
             max_segment_bytes,
             first_pos,
+            io: Arc::new(DirectIo),
         }
+    }
+
+    /// These options with the write path's file operations done by `io` (fault tests).
+    pub fn with_io(mut self, io: Arc<dyn JournalIo>) -> Self {
+        self.io = io;
+        self
     }
 }
 
@@ -256,6 +266,19 @@ impl JournalShared {
             }
         }
         self.read_range(after, until)
+    }
+
+    /// The epoch of the last record appended (0 when there is none): a member's hello says it,
+    /// so the primary can tell a divergent tail from records it merely lacks.
+    pub fn last_epoch(&self) -> Result<u64> {
+        let end = self.appended_end();
+        if end == JournalPos::ZERO || end < self.first_pos() {
+            return Ok(0);
+        }
+        match self.read_range(JournalPos(end.0 - 1), end).next() {
+            Some(record) => Ok(record?.epoch),
+            None => Ok(0),
+        }
     }
 
     /// Reads the records `after + 1 ..= until`, in order. `until` may lie beyond the durable
@@ -508,10 +531,12 @@ impl Journal {
             self.roll_over()?;
         }
         self.reserve(frames.len() as u64)?;
-        if let Err(err) = self.file.write_all_at(frames, self.current_len) {
-            // Leave the file as it was so the next start does not see half a batch; the caller
-            // treats any journal failure as fatal anyway.
-            let _ = self.file.set_len(self.current_len);
+        let io = &self.options.io;
+        if let Err(err) = io.write_at(JournalOp::Append, &self.file, frames, self.current_len) {
+            // Leave the file as it was so the next start does not see half a batch (if this
+            // fails too, the next open cuts the torn tail); the caller treats any journal
+            // failure as fatal anyway.
+            let _ = io.set_len(JournalOp::UndoAppend, &self.file, self.current_len);
             self.allocated = self.current_len;
             return Err(Error::Io(format!("append to journal: {err}")));
         }
@@ -559,15 +584,17 @@ impl Journal {
         let mut at = self.allocated.max(self.current_len);
         while at < target {
             let n = (target - at).min(ZEROS.len() as u64) as usize;
-            self.file
-                .write_all_at(&ZEROS[..n], at)
+            self.options
+                .io
+                .write_at(JournalOp::Preallocate, &self.file, &ZEROS[..n], at)
                 .io_context("preallocate journal space")?;
             at += n as u64;
         }
         // The new length and blocks reach the disk here, once per chunk, instead of with
         // every batch's fdatasync.
-        self.file
-            .sync_data()
+        self.options
+            .io
+            .sync_data(JournalOp::Preallocate, &self.file)
             .io_context("fsync preallocated journal space")?;
         self.allocated = target;
         Ok(())
@@ -576,7 +603,10 @@ impl Journal {
     /// Makes everything appended so far durable: one `fdatasync` for the whole batch (group
     /// commit). Only after this returns may the batch's writers be acknowledged.
     pub fn sync(&mut self) -> Result<()> {
-        self.file.sync_data().io_context("fsync journal")?;
+        self.options
+            .io
+            .sync_data(JournalOp::Sync, &self.file)
+            .io_context("fsync journal")?;
         self.shared.syncs.fetch_add(1, Ordering::Relaxed);
         self.shared.durable_end.store(self.end.0, Ordering::Release);
         Ok(())
@@ -802,4 +832,23 @@ fn read_prefix(path: &Path, buf: &mut [u8]) -> Result<usize> {
         filled += n;
     }
     Ok(filled)
+}
+
+/// True when `dir` holds journal files named with `prefix` (a journal's segments, not a
+/// half-written temporary file): whether a journal of that name was ever started there.
+pub fn files_exist(dir: &Path, prefix: &str) -> Result<bool> {
+    if !dir.is_dir() {
+        return Ok(false);
+    }
+    for entry in fs::read_dir(dir).io_context("list journal folder")? {
+        let name = entry
+            .io_context("list journal folder")?
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        if name.starts_with(prefix) && !name.ends_with(".tmp") {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }

@@ -104,41 +104,11 @@ pub mod status;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::error::{IoContext, Result};
+use crate::error::Result;
 use crate::instance::config::ConfigStore;
 use crate::journal::{JournalPos, JournalShared, RecordBody};
 use crate::storage::CatalogState;
 use crate::storage::database;
-
-/// True when `dir` holds journal files named with `prefix`.
-pub fn journal_exists(dir: &Path, prefix: &str) -> Result<bool> {
-    if !dir.is_dir() {
-        return Ok(false);
-    }
-    for entry in std::fs::read_dir(dir).io_context("list journal folder")? {
-        let name = entry
-            .io_context("list journal folder")?
-            .file_name()
-            .to_string_lossy()
-            .into_owned();
-        if name.starts_with(prefix) && !name.ends_with(".tmp") {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-/// The epoch of the last record of a mirror journal (0 when it is empty).
-pub fn last_epoch(journal: &JournalShared) -> Result<u64> {
-    let end = journal.appended_end();
-    if end == JournalPos::ZERO || end < journal.first_pos() {
-        return Ok(0);
-    }
-    match journal.read_range(JournalPos(end.0 - 1), end).next() {
-        Some(record) => Ok(record?.epoch),
-        None => Ok(0),
-    }
-}
 
 /// Finishes (or drops) Add to Mirror steps a crash interrupted on the primary: when the journal
 /// holds the event, the database is switched to the mirror journal and recorded as mirrored;

@@ -106,7 +106,16 @@ impl Outbox {
 
     /// Says why the connection ends, and ends it once everything queued before is written.
     pub fn close(&self, why: String) {
-        self.push(|out| write_control(out, &Control::Refused { reason: why }).is_ok());
+        self.push(|out| {
+            write_control(
+                out,
+                &Control::Refused {
+                    reason: why,
+                    awaiting_authorization: false,
+                },
+            )
+            .is_ok()
+        });
         self.hang_up();
     }
 

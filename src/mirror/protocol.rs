@@ -109,6 +109,10 @@ pub enum Control {
     Refused {
         /// Why.
         reason: String,
+        /// At a hello: the member waits in Pending New Members until someone authorizes it on
+        /// the primary, and keeps asking. Otherwise it may not follow this primary as it asked.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        awaiting_authorization: bool,
     },
     /// The primary's journal is durable up to `pos` (dejournal up to here).
     Durable {

@@ -32,6 +32,7 @@ use super::MirrorContext;
 use super::config::{MemberInfo, MemberKind, Membership};
 use super::failover::{Event, Mode};
 use super::protocol::{Control, Message, check_frames, read_message, write_ack, write_control};
+use super::state::LinkError;
 use crate::tls::Channel;
 
 /// How often the link is tried again after it failed.
@@ -76,10 +77,10 @@ pub fn start(
                 link.connected = false;
                 link.active = false;
                 if let Err(err) = result {
-                    if link.last_error.as_deref() != Some(&err.to_string()) {
+                    if link.last_error.as_ref() != Some(&err) {
                         tracing::warn!("mirror: link to the primary: {err}");
                     }
-                    link.last_error = Some(err.to_string());
+                    link.last_error = Some(err);
                 }
                 drop(link);
                 pause(&stop, RETRY);
@@ -143,7 +144,7 @@ fn receive(
     shared: &SharedJournal,
     stop: &AtomicBool,
     failures: usize,
-) -> Result<()> {
+) -> std::result::Result<(), LinkError> {
     let primary = primary_of(context, failures)?;
     let config = context.config.get();
     let membership = config
@@ -166,7 +167,7 @@ fn receive(
         Some(j) => (
             j.shared().first_pos().0,
             j.end().0,
-            super::last_epoch(&j.shared())?,
+            j.shared().last_epoch()?,
         ),
         None => (0, 0, 0),
     };
@@ -195,12 +196,19 @@ fn receive(
                 divergent,
                 from,
             } => (description, truncate_after, divergent, from),
-            Control::Refused { reason } => {
-                return Err(Error::Conflict(format!("the primary refused: {reason}")));
+            Control::Refused {
+                reason,
+                awaiting_authorization,
+            } => {
+                return Err(if awaiting_authorization {
+                    LinkError::AwaitingAuthorization(reason)
+                } else {
+                    LinkError::Refused(reason)
+                });
             }
-            other => return Err(Error::InvalidInput(format!("unexpected answer {other:?}"))),
+            other => return Err(Error::InvalidInput(format!("unexpected answer {other:?}")).into()),
         },
-        _ => return Err(Error::InvalidInput("the primary did not answer".into())),
+        _ => return Err(Error::InvalidInput("the primary did not answer".into()).into()),
     };
     context.learn(&description)?;
     {
@@ -249,7 +257,7 @@ fn receive(
             return Err(Error::Conflict(format!(
                 "the primary sends from position {from} but this member's mirror journal ends at {}",
                 journal.end()
-            )));
+            )).into());
         }
     }
     {
@@ -289,7 +297,8 @@ fn receive(
             return Err(Error::Unavailable(
                 "reconnecting: this member stalled and no longer counts as the active backup"
                     .into(),
-            ));
+            )
+            .into());
         }
         let message = read_message(&mut reader)?
             .ok_or_else(|| Error::Unavailable("the primary closed the connection".into()))?;
@@ -352,7 +361,7 @@ fn receive(
                             Mode::Agent
                         }))
                     }
-                    Control::Refused { reason } => {
+                    Control::Refused { reason, .. } => {
                         return Err(Error::Unavailable(format!(
                             "the primary closed the link: {reason}"
                         )));
@@ -381,7 +390,8 @@ fn receive(
                     return Err(Error::Corrupt(format!(
                         "received records from {first} but this member's journal ends at {}",
                         journal.end()
-                    )));
+                    ))
+                    .into());
                 }
                 journal.append(&pending, batch_last, batch_last.0 + 1 - first.0)?;
                 journal.sync()?;
@@ -500,7 +510,7 @@ pub fn fetch(
             }
             Some(Message::Control(control)) => match *control {
                 Control::FetchDone => break,
-                Control::Refused { reason } => return Err(Error::Conflict(reason)),
+                Control::Refused { reason, .. } => return Err(Error::Conflict(reason)),
                 other => return Err(Error::InvalidInput(format!("unexpected answer {other:?}"))),
             },
             _ => {

@@ -16,8 +16,9 @@
 //! certificate fingerprint comes with it. In a mirror that requires SSL/TLS, journal (`Hello`,
 //! `Fetch`) goes only over TLS and only to members whose certificate the mirror lists; a
 //! certificate the primary does not know yet is recorded in Pending New Members, under the name
-//! it gives and with the address it came from, and refused with [`AWAITING_AUTHORIZATION`]
-//! until someone authorizes exactly that name and certificate (the rules of that list, its
+//! it gives and with the address it came from, and refused as awaiting authorization (a flag
+//! of `Control::Refused`, so the member keeps asking and a joining member keeps its
+//! configuration) until someone authorizes exactly that name and certificate (the rules of that list, its
 //! bounds and expiry, are in [`super::pending`]). Plain `Info` is still answered to this host
 //! (the local agent's probes and questions arrive that way), to others only over TLS.
 //!
@@ -62,9 +63,25 @@ use super::pending::{self, Heard};
 use super::protocol::{Control, Message, read_message, write_control, write_frames};
 use super::state::Role;
 
-/// The words of the refusal a member gets while it waits in Pending New Members (a joining
-/// member keeps its configuration when it hears them).
-pub const AWAITING_AUTHORIZATION: &str = "awaiting authorization on the primary";
+/// Why the primary turns a member away at its hello: said on the wire as `Control::Refused`,
+/// whose flag tells a member that waits (and keeps asking) from one refused.
+#[derive(Debug)]
+enum Refusal {
+    /// It waits in Pending New Members until someone authorizes it here.
+    AwaitingAuthorization(String),
+    /// It may not follow this primary as it asked; the reason, for people.
+    Refused(String),
+}
+
+impl From<Error> for Refusal {
+    fn from(err: Error) -> Refusal {
+        Refusal::Refused(err.to_string())
+    }
+}
+
+fn refused(reason: String) -> Refusal {
+    Refusal::Refused(reason)
+}
 
 /// Frames per message when sending from the journal files.
 const BACKLOG_CHUNK_BYTES: usize = 1 << 20;
@@ -232,11 +249,21 @@ fn serve(tcp: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
         }
         None => return Ok(()),
     };
-    let refuse = |writer: &mut BufWriter<Channel>, reason: String| -> Result<()> {
-        write_control(writer, &Control::Refused { reason })?;
+    let refuse_as = |writer: &mut BufWriter<Channel>,
+                     reason: String,
+                     awaiting_authorization: bool|
+     -> Result<()> {
+        write_control(
+            writer,
+            &Control::Refused {
+                reason,
+                awaiting_authorization,
+            },
+        )?;
         writer.flush()?;
         Ok(())
     };
+    let refuse = |writer: &mut BufWriter<Channel>, reason: String| refuse_as(writer, reason, false);
     match first {
         Control::Info { mirror_name } => match context.describe() {
             // The member list, addresses and fingerprints go in plain only to this host's own
@@ -309,7 +336,8 @@ fn serve(tcp: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
                 Ok((journal, member, cut, from)) => {
                     serve_member(stream, reader, writer, context, journal, member, cut, from)
                 }
-                Err(err) => refuse(&mut writer, err.to_string()),
+                Err(Refusal::AwaitingAuthorization(reason)) => refuse_as(&mut writer, reason, true),
+                Err(Refusal::Refused(reason)) => refuse(&mut writer, reason),
             }
         }
         other => refuse(&mut writer, format!("unexpected first message {other:?}")),
@@ -355,6 +383,7 @@ fn serve_fetch(
         write_control(
             writer,
             &Control::Refused {
+                awaiting_authorization: false,
                 reason: format!(
                     "the primary's oldest mirror journal record is {}; records from {from} are no longer kept",
                     journal.first_pos()
@@ -409,7 +438,7 @@ fn accept_member(
     member_end: JournalPos,
     member_last_epoch: u64,
     fresh: bool,
-) -> Result<(Arc<JournalShared>, MemberInfo, Option<Cut>, JournalPos)> {
+) -> std::result::Result<(Arc<JournalShared>, MemberInfo, Option<Cut>, JournalPos), Refusal> {
     let config = context.config.get();
     let membership = config
         .mirror
@@ -417,7 +446,7 @@ fn accept_member(
         .as_ref()
         .ok_or_else(|| Error::Conflict("this instance is not a member of a mirror".into()))?;
     if membership.mirror.name != mirror_name || membership.mirror.id != mirror_id {
-        return Err(Error::Conflict(format!(
+        return Err(refused(format!(
             "this member belongs to mirror {}, not {mirror_name}",
             membership.mirror.name
         )));
@@ -427,12 +456,12 @@ fn accept_member(
             .primary_name
             .clone()
             .unwrap_or_else(|| "unknown".into());
-        return Err(Error::Conflict(format!(
+        return Err(refused(format!(
             "this member is not the primary (the primary is {primary})"
         )));
     }
     if member.name == membership.this.name {
-        return Err(Error::Conflict(format!(
+        return Err(refused(format!(
             "{} is this member's own name",
             member.name
         )));
@@ -445,7 +474,7 @@ fn accept_member(
         // from one of its own addresses, or anyone could replace it (see the README).
         let from_known = peer_ip.is_some_and(|ip| known.has_address(ip));
         if !from_known {
-            return Err(Error::Conflict(format!(
+            return Err(refused(format!(
                 "a hello for {} came from {}, which is none of its configured addresses \
                  ({}, {}, {}): refused",
                 member.name,
@@ -464,7 +493,7 @@ fn accept_member(
             .iter()
             .any(|o| o.kind == MemberKind::Failover && o.name != member.name)
     {
-        return Err(Error::Conflict(
+        return Err(refused(
             "the mirror already has two failover members".into(),
         ));
     }
@@ -477,7 +506,7 @@ fn accept_member(
             .count()
             >= super::service::MAX_ASYNC_MEMBERS
     {
-        return Err(Error::Conflict(format!(
+        return Err(refused(format!(
             "the mirror already has {} async members",
             super::service::MAX_ASYNC_MEMBERS
         )));
@@ -510,7 +539,7 @@ fn accept_member(
         cut.map(|c| c.after).unwrap_or(member_end).next()
     };
     if from < journal.first_pos() {
-        return Err(Error::Conflict(format!(
+        return Err(refused(format!(
             "this member's mirror journal ends at {} but the primary keeps records from {} only: \
              the member must be rebuilt (remove its mirror configuration and join again)",
             from.0 - 1,
@@ -568,15 +597,15 @@ fn authorize_peer(
     member: &MemberInfo,
     peer: Option<&str>,
     peer_ip: Option<IpAddr>,
-) -> Result<()> {
+) -> std::result::Result<(), Refusal> {
     let Some(peer) = peer else {
-        return Err(Error::Conflict(format!(
+        return Err(refused(format!(
             "mirror {} requires SSL/TLS: connect over TLS",
             membership.mirror.name
         )));
     };
     if member.certificate.as_deref() != Some(peer) {
-        return Err(Error::Conflict(format!(
+        return Err(refused(format!(
             "{} names a certificate other than the one it shows",
             member.name
         )));
@@ -584,7 +613,7 @@ fn authorize_peer(
     match membership.others.iter().find(|o| o.name == member.name) {
         Some(known) if known.certificate.as_deref() == Some(peer) => return Ok(()),
         Some(_) => {
-            return Err(Error::Conflict(format!(
+            return Err(refused(format!(
                 "{} shows a certificate that is not the one authorized for it",
                 member.name
             )));
@@ -595,11 +624,11 @@ fn authorize_peer(
         let m = c.mirror.member_mut()?;
         pending::hear(&mut m.pending, member, peer_ip, now_ms())
     })?;
-    Err(Error::Conflict(match heard {
-        Heard::Rejected => format!(
+    Err(match heard {
+        Heard::Rejected => refused(format!(
             "the primary rejected {}'s certificate {peer}: ask its administrator to authorize it",
             member.name
-        ),
+        )),
         Heard::Listed | Heard::Waiting => {
             if heard == Heard::Listed {
                 tracing::warn!(
@@ -609,13 +638,13 @@ fn authorize_peer(
                     peer_ip.map(|ip| ip.to_string()).unwrap_or_default()
                 );
             }
-            format!(
-                "{} is {AWAITING_AUTHORIZATION}: there, Edit Mirror → Pending New Members → \
-                 Authorize (certificate {peer})",
+            Refusal::AwaitingAuthorization(format!(
+                "{} is awaiting authorization on the primary: there, Edit Mirror → Pending New \
+                 Members → Authorize (certificate {peer})",
                 member.name
-            )
+            ))
         }
-    }))
+    })
 }
 
 /// Where a member must cut its journal before it receives, and why.
@@ -645,6 +674,7 @@ fn serve_member(
                 &mut writer,
                 &Control::Refused {
                     reason: err.to_string(),
+                    awaiting_authorization: false,
                 },
             )?;
             writer.flush()?;

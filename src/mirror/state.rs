@@ -27,6 +27,40 @@ pub enum Role {
     Async(MemberKind),
 }
 
+/// Why the link of a backup or async to its primary is down: what Join and the monitor act on
+/// (and show).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkError {
+    /// The primary keeps this member waiting in Pending New Members (a mirror requiring SSL/TLS)
+    /// until someone authorizes it there; the receiver keeps asking.
+    AwaitingAuthorization(String),
+    /// The primary refused this member's hello: it may not follow that primary as it asked.
+    Refused(String),
+    /// The link could not be made, or broke; the receiver tries again.
+    Broken(String),
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkError::AwaitingAuthorization(why) | LinkError::Broken(why) => f.write_str(why),
+            LinkError::Refused(why) => write!(f, "the primary refused: {why}"),
+        }
+    }
+}
+
+impl From<crate::error::Error> for LinkError {
+    fn from(err: crate::error::Error) -> LinkError {
+        LinkError::Broken(err.to_string())
+    }
+}
+
+impl From<std::io::Error> for LinkError {
+    fn from(err: std::io::Error) -> LinkError {
+        LinkError::from(crate::error::Error::from(err))
+    }
+}
+
 /// The link of a backup or async to its primary.
 #[derive(Debug, Clone, Default)]
 pub struct LinkStatus {
@@ -44,8 +78,8 @@ pub struct LinkStatus {
     pub since_ms: i64,
     /// When it went down (shown as `Disconnected on <time>`).
     pub disconnected_ms: Option<i64>,
-    /// The last connection problem, for people.
-    pub last_error: Option<String>,
+    /// The last connection problem.
+    pub last_error: Option<LinkError>,
     /// The primary's durable end as last announced.
     pub primary_durable: JournalPos,
     /// Last position this member holds durably.

@@ -11,7 +11,9 @@ use serde_json::{Value as Json_, json};
 
 use crate::error::Error;
 use crate::instance::sql::{QueryResult, SqlValue};
-use crate::mirror::service::{CreateRequest, EditRequest, JoinInfoRequest, JoinRequest};
+use crate::mirror::service::{
+    CreateRequest, EditRequest, JoinInfoRequest, JoinRequest, MonitorAction,
+};
 use crate::names::{DbName, NamespaceName};
 
 use super::AppState;
@@ -371,41 +373,36 @@ struct NoFailoverRequest {
     set: bool,
 }
 
+/// One of the Mirror Monitor's actions (the same ones its buttons run).
+async fn monitor_action(state: &AppState, action: MonitorAction) -> ApiResult {
+    done(state.instance.mirror_service.monitor_action(action).await?)
+}
+
 async fn mirror_no_failover(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<NoFailoverRequest>,
 ) -> ApiResult {
-    done(state.instance.mirror_service.set_no_failover(request.set)?)
+    monitor_action(&state, MonitorAction::NoFailover(request.set)).await
 }
 
 async fn mirror_demote_to_dr(State(state): State<AppState>) -> ApiResult {
-    let service = state.instance.mirror_service.clone();
-    done(
-        tokio::task::spawn_blocking(move || service.demote_to_dr())
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))??,
-    )
+    monitor_action(&state, MonitorAction::DemoteToDr).await
 }
 
 async fn mirror_demote_other(State(state): State<AppState>) -> ApiResult {
-    done(state.instance.mirror_service.demote_other()?)
+    monitor_action(&state, MonitorAction::DemoteOther).await
 }
 
 async fn mirror_promote(State(state): State<AppState>) -> ApiResult {
-    let service = state.instance.mirror_service.clone();
-    done(
-        tokio::task::spawn_blocking(move || service.promote_to_failover())
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))??,
-    )
+    monitor_action(&state, MonitorAction::Promote).await
 }
 
 async fn mirror_stop(State(state): State<AppState>) -> ApiResult {
-    done(state.instance.mirror_service.stop_mirror()?)
+    monitor_action(&state, MonitorAction::StopMirror).await
 }
 
 async fn mirror_start(State(state): State<AppState>) -> ApiResult {
-    done(state.instance.mirror_service.start_mirror()?)
+    monitor_action(&state, MonitorAction::StartMirror).await
 }
 
 #[derive(Deserialize, Default)]
@@ -418,13 +415,8 @@ async fn mirror_force_primary(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<ForceRequest>,
 ) -> ApiResult {
-    done(
-        state
-            .instance
-            .mirror_service
-            .force_primary(request.confirm)
-            .await?,
-    )
+    let confirmed = request.confirm;
+    monitor_action(&state, MonitorAction::ForcePrimary { confirmed }).await
 }
 
 async fn mirror_remove(State(state): State<AppState>) -> ApiResult {

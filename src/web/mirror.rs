@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::mirror::protocol::MirrorDescription;
 use crate::mirror::service::{
     CreateRequest, EditRequest, JoinInfoRequest, JoinRequest, MirrorService, MirrorView,
+    MonitorAction,
 };
 use crate::mirror::state::Role;
 use crate::names::DbName;
@@ -556,31 +557,8 @@ async fn monitor_action(
     Path(action): Path<String>,
     CsrfForm(user, form): CsrfForm<MonitorActionForm>,
 ) -> Result<Response, PageError> {
-    let service = service(&state);
-    let result = match action.as_str() {
-        "set-no-failover" => service.set_no_failover(true),
-        "clear-no-failover" => service.set_no_failover(false),
-        "stop" => service.stop_mirror(),
-        "start" => service.start_mirror(),
-        "force-primary" => service.force_primary(form.confirm.is_some()).await,
-        "demote-other" => service.demote_other(),
-        "demote-to-dr" | "promote" => {
-            let service = state.instance.mirror_service.clone();
-            let promote = action == "promote";
-            tokio::task::spawn_blocking(move || {
-                if promote {
-                    service.promote_to_failover()
-                } else {
-                    service.demote_to_dr()
-                }
-            })
-            .await
-            .unwrap_or_else(|e| Err(Error::Internal(e.to_string())))
-        }
-        other => {
-            return Err(Error::NotFound(format!("there is no monitor action {other:?}")).into());
-        }
-    };
+    let action = MonitorAction::from_word(&action, form.confirm.is_some())?;
+    let result = state.instance.mirror_service.monitor_action(action).await;
     Ok(flash_and_redirect(
         &state,
         &user,

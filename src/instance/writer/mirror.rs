@@ -103,7 +103,7 @@ impl Writer {
                 ))));
             }
         }
-        let last_epoch = crate::mirror::last_epoch(&journal).unwrap_or(0);
+        let last_epoch = journal.last_epoch().unwrap_or(0);
         let epoch = if new_epoch {
             config.epoch.max(last_epoch) + 1
         } else {

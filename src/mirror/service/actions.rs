@@ -200,6 +200,27 @@ impl MirrorService {
         })
     }
 
+    /// Carries out one of the Mirror Monitor's actions (its buttons and `/api/mirror/*` both
+    /// come here). All but Force write the configuration, stop or start threads, or wait for
+    /// the writer: they run on a blocking thread, never on one of the async runtime's.
+    pub async fn monitor_action(self: &Arc<Self>, action: MonitorAction) -> Result<String> {
+        if let MonitorAction::ForcePrimary { confirmed } = action {
+            return self.force_primary(confirmed).await;
+        }
+        let service = self.clone();
+        tokio::task::spawn_blocking(move || match action {
+            MonitorAction::NoFailover(on) => service.set_no_failover(on),
+            MonitorAction::StopMirror => service.stop_mirror(),
+            MonitorAction::StartMirror => service.start_mirror(),
+            MonitorAction::DemoteToDr => service.demote_to_dr(),
+            MonitorAction::DemoteOther => service.demote_other(),
+            MonitorAction::Promote => service.promote_to_failover(),
+            MonitorAction::ForcePrimary { .. } => unreachable!("carried out above"),
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("the monitor action failed: {e}")))?
+    }
+
     /// Set (or Clear) No Failover, on either failover member: the backup must not take over
     /// while the primary named here is down. The primary's setting is the mirror's; a backup
     /// asks the primary to change it.
@@ -549,4 +570,78 @@ fn pending_request(name: &str, certificate: &str) -> Result<(String, String)> {
         )));
     }
     Ok((name, certificate.to_string()))
+}
+
+/// The Mirror Monitor's actions: one list for its buttons and for `/api/mirror/*`, carried out
+/// by [`MirrorService::monitor_action`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MonitorAction {
+    /// Set No Failover (`true`) or Clear No Failover (`false`).
+    NoFailover(bool),
+    /// Stop Mirror On This Member.
+    StopMirror,
+    /// Start Mirror On This Member.
+    StartMirror,
+    /// Demote To DR Member (this backup).
+    DemoteToDr,
+    /// Demote Other Member (the primary demotes its backup).
+    DemoteOther,
+    /// Promote to Failover Member (a DR async).
+    Promote,
+    /// Force This Member To Become Primary, `confirmed` once the person read the warning.
+    ForcePrimary {
+        /// The warning was read and the person insists.
+        confirmed: bool,
+    },
+}
+
+impl MonitorAction {
+    /// The action a monitor button names in its path (`/portal/mirror/monitor/<word>`; the
+    /// API's paths use the same words).
+    pub fn from_word(word: &str, confirmed: bool) -> Result<MonitorAction> {
+        Ok(match word {
+            "set-no-failover" => MonitorAction::NoFailover(true),
+            "clear-no-failover" => MonitorAction::NoFailover(false),
+            "stop" => MonitorAction::StopMirror,
+            "start" => MonitorAction::StartMirror,
+            "demote-to-dr" => MonitorAction::DemoteToDr,
+            "demote-other" => MonitorAction::DemoteOther,
+            "promote" => MonitorAction::Promote,
+            "force-primary" => MonitorAction::ForcePrimary { confirmed },
+            other => {
+                return Err(Error::NotFound(format!(
+                    "there is no monitor action {other:?}"
+                )));
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_button_word_names_its_action_and_others_are_not_found() {
+        let cases = [
+            ("set-no-failover", MonitorAction::NoFailover(true)),
+            ("clear-no-failover", MonitorAction::NoFailover(false)),
+            ("stop", MonitorAction::StopMirror),
+            ("start", MonitorAction::StartMirror),
+            ("demote-to-dr", MonitorAction::DemoteToDr),
+            ("demote-other", MonitorAction::DemoteOther),
+            ("promote", MonitorAction::Promote),
+            (
+                "force-primary",
+                MonitorAction::ForcePrimary { confirmed: true },
+            ),
+        ];
+        for (word, action) in cases {
+            assert_eq!(MonitorAction::from_word(word, true).unwrap(), action);
+        }
+        assert!(matches!(
+            MonitorAction::from_word("format-disk", false),
+            Err(Error::NotFound(_))
+        ));
+    }
 }

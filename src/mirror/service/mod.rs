@@ -52,6 +52,7 @@ pub mod requests;
 mod setup;
 pub mod view;
 
+pub use actions::MonitorAction;
 pub use requests::{
     CreateRequest, EditRequest, JoinInfoRequest, JoinRequest, MAX_ASYNC_MEMBERS, async_kind,
 };

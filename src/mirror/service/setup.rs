@@ -2,6 +2,7 @@
 //! start from), Add to Mirror, Activate and Catchup.
 
 use super::*;
+use crate::mirror::state::LinkError;
 
 impl MirrorService {
     /// Create a Mirror: this member becomes its primary at once.
@@ -67,7 +68,7 @@ impl MirrorService {
         };
         let stream = crate::util::parse_hex16(&id).expect("fresh id");
         let options = JournalOptions::mirror(&name, self.context.max_segment_bytes, JournalPos(1));
-        if crate::mirror::journal_exists(&self.context.journal_dir, &options.prefix)? {
+        if crate::journal::files_exist(&self.context.journal_dir, &options.prefix)? {
             return Err(Error::Conflict(format!(
                 "journal files of an earlier mirror named {name} are still in the journal folder: choose another name \
                  (or move those files away)"
@@ -214,7 +215,7 @@ impl MirrorService {
         };
         let name = membership.mirror.name.clone();
         let prefix = JournalOptions::mirror(&name, 0, JournalPos(1)).prefix;
-        if crate::mirror::journal_exists(&self.context.journal_dir, &prefix)? {
+        if crate::journal::files_exist(&self.context.journal_dir, &prefix)? {
             return Err(Error::Conflict(format!(
                 "journal files of an earlier mirror named {name} are still in the journal folder: move them away first"
             )));
@@ -257,18 +258,14 @@ impl MirrorService {
             }
             // In a mirror that requires SSL/TLS the primary keeps this member waiting until
             // someone authorizes it: the join stands, and the receiver keeps asking.
-            if link
-                .last_error
-                .as_deref()
-                .is_some_and(|e| e.contains(crate::mirror::server::AWAITING_AUTHORIZATION))
-            {
+            if matches!(link.last_error, Some(LinkError::AwaitingAuthorization(_))) {
                 return Ok(format!(
                     "joined mirror {name}; this member waits for authorization: on the primary ({}), \
                      Edit Mirror → Pending New Members → Authorize",
                     description.primary
                 ));
             }
-            if let Some(err) = link.last_error.clone().filter(|e| e.contains("refused")) {
+            if let Some(err @ LinkError::Refused(_)) = link.last_error.clone() {
                 self.stop_receiver();
                 self.context.config.update(|c| {
                     c.mirror.membership = None;
@@ -277,12 +274,14 @@ impl MirrorService {
                 self.context.mirror.set_role(Role::NotMember);
                 *self.receiver_journal.lock().unwrap() = None;
                 self.context.mirror.set_journal(None);
-                return Err(Error::Conflict(err));
+                return Err(Error::Conflict(err.to_string()));
             }
             if Instant::now() > deadline {
                 return Ok(format!(
                     "joined mirror {name}; not connected to the primary yet ({}): the Mirror Monitor shows the progress",
-                    link.last_error.unwrap_or_else(|| "still trying".into())
+                    link.last_error
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "still trying".into())
                 ));
             }
         }

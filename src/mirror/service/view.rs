@@ -439,7 +439,7 @@ impl MirrorService {
             link_error: if primary || link.connected {
                 None
             } else {
-                link.last_error.clone()
+                link.last_error.as_ref().map(|e| e.to_string())
             },
             journal_end: journal.map(|j| j.durable_end().0),
             failover_note: failover.note.clone(),
