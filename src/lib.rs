@@ -15,8 +15,11 @@
 //! - [`storage`] — database files (one SQLite file each, with its applied journal position inside
 //!   it), the catalog of databases and namespaces, and namespace connections with the statement
 //!   guard.
-//! - [`instance`] — the database server: configuration (the CPF analogue), first-start install,
-//!   crash recovery, the writer thread with group commit, the reader pool.
+//! - [`config`] — the configuration file (the CPF analogue): the instance's databases,
+//!   namespaces and users, and the mirror's section ([`config::mirror`]) — data both the
+//!   instance and the mirror read, so neither has to import the other for it.
+//! - [`instance`] — the database server: first-start install, crash recovery, the writer thread
+//!   with group commit, the reader pool.
 //! - [`web`] — the management portal and the `/api` endpoints; [`apps`] — the COMPANY and
 //!   PHONEBOOK demo applications (pages and API).
 //! - [`agent`] — the process beside the instance that starts it and reports whether it runs.
@@ -42,6 +45,7 @@ pub mod agent;
 pub mod apps;
 pub mod arbiter;
 pub mod cli;
+pub mod config;
 pub mod ctl;
 pub mod error;
 pub mod instance;

@@ -451,7 +451,7 @@ async fn a_stranger_saying_hello_as_the_backup_is_refused_and_a_replaced_link_co
     };
     // A stranger on another address claims to be the backup, with addresses of its own: refused,
     // and the real backup stays the active one.
-    let forged = mirrorlab::mirror::config::MemberInfo {
+    let forged = mirrorlab::config::mirror::MemberInfo {
         superserver_address: "127.0.0.2:1".into(),
         mirror_private_address: "127.0.0.2:1".into(),
         agent_address: "127.0.0.2".into(),

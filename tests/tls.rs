@@ -25,7 +25,7 @@ use std::time::Duration;
 use common::TestMember;
 use common::pair::*;
 use mirrorlab::agent::{self, AgentRequest, Target};
-use mirrorlab::mirror::config::{MemberInfo, MemberKind};
+use mirrorlab::config::mirror::{MemberInfo, MemberKind};
 use mirrorlab::mirror::pending::{MAX_PENDING, MAX_PENDING_PER_ADDRESS};
 use mirrorlab::mirror::protocol::{Control, Message, read_message, write_control};
 use mirrorlab::tls::{Channel, Identity};

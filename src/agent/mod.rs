@@ -257,8 +257,8 @@ impl Supervisor {
         if matches!(request, AgentRequest::Status | AgentRequest::Start) {
             return Ok(());
         }
-        let config = crate::instance::config::read_config(&self.settings.data_dir)
-            .map_err(|e| e.to_string())?;
+        let config =
+            crate::config::read_config(&self.settings.data_dir).map_err(|e| e.to_string())?;
         let Some(membership) = config
             .as_ref()
             .and_then(|c| c.mirror.membership.as_ref())
@@ -478,7 +478,7 @@ impl Supervisor {
                 ..self.reply(true, "mirror role")
             };
         }
-        let config = match crate::instance::config::read_config(&self.settings.data_dir) {
+        let config = match crate::config::read_config(&self.settings.data_dir) {
             Ok(config) => config,
             Err(err) => return self.reply(false, err.to_string()),
         };

@@ -23,7 +23,7 @@ use crate::names::{DbName, NamespaceName};
 use crate::storage::CatalogState;
 use crate::storage::database;
 
-use super::config::{ConfigStore, DatabaseConfig, NamespaceConfig};
+use crate::config::{ConfigStore, DatabaseConfig, NamespaceConfig};
 
 const EMBEDDED_MANIFEST: &str = include_str!("../../install/manifest.json");
 const EMBEDDED_SCHEMAS: &[(&str, &str)] = &[
@@ -216,7 +216,7 @@ pub fn install(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::instance::config::InstanceConfig;
+    use crate::config::InstanceConfig;
 
     #[test]
     fn built_in_manifest_lists_the_demo() {

@@ -29,7 +29,6 @@
 //! Creating and deleting databases and namespaces from the portal (the install manifest does it),
 //! per-database journaling switches, and anything mirror-related, which lives in its own module.
 
-pub mod config;
 pub mod install;
 pub mod productions;
 pub mod purge;
@@ -55,15 +54,15 @@ use crate::storage::Catalog;
 use crate::storage::database;
 use crate::util::hex;
 
-use config::{ConfigStore, InstanceConfig, catalog_state};
+use crate::config::{ConfigStore, InstanceConfig, catalog_state};
 use install::{InstallReport, InstallSource};
 use reader::{ReadOutcome, ReadPool};
 use recovery::CatchUp;
 use sql::{QueryResult, SqlValue};
 use writer::{FatalHook, WriteRequest, Writer, WriterHandle};
 
+use crate::config::mirror::Membership;
 use crate::mirror::MirrorContext;
-use crate::mirror::config::Membership;
 use crate::mirror::service::MirrorService;
 use crate::mirror::state::{MirrorState, Role};
 
@@ -232,7 +231,7 @@ impl Instance {
             membership
                 .as_ref()
                 .map(|m| m.mirror.qos_timeout_ms)
-                .unwrap_or(crate::mirror::config::DEFAULT_QOS_MS),
+                .unwrap_or(crate::config::mirror::DEFAULT_QOS_MS),
         ));
         let mut mirror_journal = None;
         if let Some(m) = &membership {
@@ -256,7 +255,7 @@ impl Instance {
             let other_failover = m
                 .others
                 .iter()
-                .any(|o| o.kind == crate::mirror::config::MemberKind::Failover);
+                .any(|o| o.kind == crate::config::mirror::MemberKind::Failover);
             if m.was_primary && other_failover {
                 // The other failover member may have taken over while this one was down: start
                 // read-only and let the failover driver find out (see mirror::driver).
@@ -269,7 +268,7 @@ impl Instance {
                 }
             } else {
                 mirror.set_role(
-                    if m.this.kind == crate::mirror::config::MemberKind::Failover {
+                    if m.this.kind == crate::config::mirror::MemberKind::Failover {
                         Role::Backup
                     } else {
                         Role::Async(m.this.kind)

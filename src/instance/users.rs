@@ -8,7 +8,7 @@ use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 
 use crate::error::{Error, Result};
 
-use super::config::UserConfig;
+use crate::config::UserConfig;
 
 /// The installed user.
 pub const DEFAULT_USER: &str = "superuser";

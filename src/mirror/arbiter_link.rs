@@ -21,9 +21,9 @@ use crate::error::{Error, Result};
 use crate::wire::{MAX_AGENT_FRAME, read_frame_sync, write_frame_sync};
 
 use super::MirrorContext;
-use super::config::{DEFAULT_AGENT_PORT, MemberKind, connect_address};
 use super::failover::Event;
 use super::state::Role;
+use crate::config::mirror::{DEFAULT_AGENT_PORT, MemberKind, connect_address};
 
 /// Starts the arbiter link thread; it stops when `stop` is set.
 pub fn start(context: Arc<MirrorContext>, stop: Arc<AtomicBool>) -> JoinHandle<()> {

@@ -7,7 +7,7 @@
 //! timeout), or committed locally and never acknowledged to a client before the primary died.
 //! The new primary starts a new epoch at the end of what *it* holds. When the old primary comes
 //! back and asks to follow, the new primary tells it where the histories fork (the position
-//! before the first newer epoch, see [`fork_point`](super::config::fork_point)); everything
+//! before the first newer epoch, see [`fork_point`](crate::config::mirror::fork_point)); everything
 //! after that in the old primary's journal is the divergent tail.
 //!
 //! # What is done with it

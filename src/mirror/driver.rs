@@ -59,7 +59,6 @@ use std::time::{Duration, Instant};
 use crate::agent::{self, AgentRequest};
 use crate::instance::writer::MirrorCommand;
 
-use super::config::{MemberKind, Membership};
 use super::failover::{
     Action, AgentAnswer, Event, Failover, FailoverRole, Mode, OtherMember, Restart, restart_as,
 };
@@ -67,6 +66,7 @@ use super::protocol::Control;
 use super::service::MirrorService;
 use super::state::Role;
 use crate::arbiter::ToArbiter;
+use crate::config::mirror::{MemberKind, Membership};
 
 /// How often the driver looks.
 pub const TICK: Duration = Duration::from_millis(25);

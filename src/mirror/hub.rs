@@ -50,10 +50,10 @@ use crate::error::{Error, Result};
 use crate::journal::{Journal, JournalPos};
 use crate::util::now_ms;
 
-use super::config::{MemberInfo, MemberKind};
 use super::failover::Event;
 use super::outbox::Outbox;
 use super::protocol::Control;
+use crate::config::mirror::{MemberInfo, MemberKind};
 
 #[derive(Debug)]
 struct Link {
@@ -625,7 +625,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mirror::config::MemberKind;
+    use crate::config::mirror::MemberKind;
     use crate::mirror::protocol::Message;
 
     fn member(name: &str, kind: MemberKind) -> MemberInfo {

@@ -87,7 +87,6 @@
 //! Virtual IPs, and TLS on the arbiter's connections.
 
 pub mod arbiter_link;
-pub mod config;
 pub mod divergence;
 pub mod driver;
 pub mod failover;
@@ -104,8 +103,8 @@ pub mod status;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::config::ConfigStore;
 use crate::error::Result;
-use crate::instance::config::ConfigStore;
 use crate::journal::{JournalPos, JournalShared, RecordBody};
 use crate::storage::CatalogState;
 use crate::storage::database;
@@ -116,7 +115,7 @@ use crate::storage::database;
 pub fn finish_pending_adds(
     config: &ConfigStore,
     data_dir: &Path,
-    membership: &config::Membership,
+    membership: &crate::config::mirror::Membership,
     journal: &JournalShared,
 ) -> Result<()> {
     for pending in &membership.pending_adds {
@@ -188,7 +187,7 @@ pub struct MirrorContext {
 }
 
 /// The certificate `member` must show in a mirror that requires SSL/TLS.
-fn expected_certificate(member: &config::MemberInfo) -> Result<String> {
+fn expected_certificate(member: &crate::config::mirror::MemberInfo) -> Result<String> {
     member.certificate.clone().ok_or_else(|| {
         crate::error::Error::Conflict(format!(
             "no certificate is known for member {}; it must join the mirror again",
@@ -201,8 +200,8 @@ fn expected_certificate(member: &config::MemberInfo) -> Result<String> {
 /// SSL/TLS; plain otherwise.
 pub fn agent_target(
     identity: &Arc<crate::tls::Identity>,
-    m: &config::Membership,
-    member: &config::MemberInfo,
+    m: &crate::config::mirror::Membership,
+    member: &crate::config::mirror::MemberInfo,
 ) -> Result<crate::agent::Target> {
     let address = member.agent_connect_address()?;
     if !m.mirror.require_tls {
@@ -218,8 +217,8 @@ pub fn agent_target(
 /// certificate, when the mirror requires SSL/TLS; plain TCP otherwise.
 pub fn dial(
     identity: &crate::tls::Identity,
-    m: &config::Membership,
-    member: &config::MemberInfo,
+    m: &crate::config::mirror::Membership,
+    member: &crate::config::mirror::MemberInfo,
     address: &str,
     timeout: std::time::Duration,
 ) -> Result<crate::tls::Channel> {
@@ -242,7 +241,7 @@ impl MirrorContext {
         } else {
             m.primary_name.clone().unwrap_or_default()
         };
-        let mut members: Vec<config::MemberInfo> = std::iter::once(m.this.clone())
+        let mut members: Vec<crate::config::mirror::MemberInfo> = std::iter::once(m.this.clone())
             .chain(m.others.iter().cloned())
             .collect();
         members.sort_by_key(|member| member.name != primary); // primary first
@@ -296,7 +295,7 @@ impl MirrorContext {
     }
 
     /// A backup learns that a database was added to the mirror.
-    pub fn add_database(&self, database: config::MirroredDatabase) -> Result<()> {
+    pub fn add_database(&self, database: crate::config::mirror::MirroredDatabase) -> Result<()> {
         tracing::info!("mirror: {} was added to the mirror", database.name);
         self.config.update(|c| {
             if let Some(m) = c.mirror.membership.as_mut()

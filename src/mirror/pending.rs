@@ -35,7 +35,7 @@
 //! A full list refuses only new requests. A member the mirror already lists never gets here:
 //! its hello is judged by its authorized certificate alone, so strangers cannot crowd it out.
 //!
-//! The requests are plain data in [`Membership::pending`](super::config::Membership), waiting
+//! The requests are plain data in [`Membership::pending`](crate::config::mirror::Membership), waiting
 //! and rejected ones side by side; the functions here are pure — the caller passes the time —
 //! so every rule is a unit test below.
 
@@ -43,7 +43,7 @@ use std::net::IpAddr;
 
 use crate::error::{Error, Result};
 
-use super::config::{MemberInfo, PendingMember};
+use crate::config::mirror::{MemberInfo, PendingMember};
 
 /// Most requests waiting at once (a mirror has at most 16 members).
 pub const MAX_PENDING: usize = 16;
@@ -288,7 +288,7 @@ pub fn remove(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mirror::config::MemberKind;
+    use crate::config::mirror::MemberKind;
 
     const T0: i64 = 1_800_000_000_000;
 

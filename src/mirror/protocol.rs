@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::journal::JournalPos;
 
-use super::config::{MemberInfo, MirrorDefinition, MirroredDatabase};
+use crate::config::mirror::{MemberInfo, MirrorDefinition, MirroredDatabase};
 
 /// Largest message accepted (a batch of journal frames).
 pub const MAX_MESSAGE: usize = 64 << 20;
@@ -62,7 +62,7 @@ pub struct MirrorDescription {
     pub epoch: u64,
     /// Where each epoch after the first began.
     #[serde(default)]
-    pub epochs: Vec<super::config::EpochStart>,
+    pub epochs: Vec<crate::config::mirror::EpochStart>,
     /// The describing member does not know its role yet: it restarted as a former primary, or
     /// it is taking over.
     #[serde(default)]

@@ -29,10 +29,10 @@ use crate::journal::{Journal, JournalOptions, JournalPos};
 use crate::util::now_ms;
 
 use super::MirrorContext;
-use super::config::{MemberInfo, MemberKind, Membership};
 use super::failover::{Event, Mode};
 use super::protocol::{Control, Message, check_frames, read_message, write_ack, write_control};
 use super::state::LinkError;
+use crate::config::mirror::{MemberInfo, MemberKind, Membership};
 use crate::tls::Channel;
 
 /// How often the link is tried again after it failed.

@@ -58,10 +58,10 @@ use crate::tls::Channel;
 use crate::util::now_ms;
 
 use super::MirrorContext;
-use super::config::{MemberInfo, MemberKind};
 use super::pending::{self, Heard};
 use super::protocol::{Control, Message, read_message, write_control, write_frames};
 use super::state::Role;
+use crate::config::mirror::{MemberInfo, MemberKind};
 
 /// Why the primary turns a member away at its hello: said on the wire as `Control::Refused`,
 /// whose flag tells a member that waits (and keeps asking) from one refused.
@@ -521,7 +521,8 @@ fn accept_member(
     // (a divergent tail). Otherwise, a member holding records this primary never made durable
     // (it restarted before its own fsync) must drop them: nothing was applied from them,
     // nothing was acknowledged.
-    let fork = super::config::fork_point(&membership.epochs, member_last_epoch).map(JournalPos);
+    let fork =
+        crate::config::mirror::fork_point(&membership.epochs, member_last_epoch).map(JournalPos);
     let cut = match fork {
         Some(fork) if !fresh && member_end > fork => Some(Cut {
             after: fork,
@@ -593,7 +594,7 @@ fn accept_member(
 /// certificate was rejected or the list has no place for it.
 fn authorize_peer(
     context: &MirrorContext,
-    membership: &super::config::Membership,
+    membership: &crate::config::mirror::Membership,
     member: &MemberInfo,
     peer: Option<&str>,
     peer_ip: Option<IpAddr>,

@@ -10,9 +10,9 @@ use crate::journal::{JournalPos, JournalShared};
 use crate::names::DbName;
 use crate::util::now_ms;
 
-use super::config::{MemberInfo, MemberKind};
 use super::failover::Event;
 use super::hub::Hub;
+use crate::config::mirror::{MemberInfo, MemberKind};
 
 /// This member's role right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

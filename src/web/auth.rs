@@ -65,8 +65,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine;
 use serde::de::DeserializeOwned;
 
+use crate::config::ConfigStore;
 use crate::error::Error;
-use crate::instance::config::ConfigStore;
 use crate::instance::users::{hash_password, verify_password};
 use crate::util::{now_ms, random_hex};
 

@@ -138,7 +138,7 @@ struct CreatePage {
 }
 
 fn agent_host(superserver: &str) -> String {
-    crate::mirror::config::split_address(superserver, 1972)
+    crate::config::mirror::split_address(superserver, 1972)
         .map(|(h, _)| h)
         .unwrap_or_default()
 }

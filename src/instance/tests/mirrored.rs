@@ -7,9 +7,9 @@
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::config::mirror::{MemberInfo, MemberKind, Membership, MirrorDefinition};
 use crate::instance::writer::MirrorCommand;
 use crate::journal::{Journal, JournalOptions};
-use crate::mirror::config::{MemberInfo, MemberKind, Membership, MirrorDefinition};
 use crate::mirror::hub::Acknowledged;
 
 /// An instance whose install adds a namespace NOTES holding only the PERSONAL database.

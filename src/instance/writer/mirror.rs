@@ -125,7 +125,7 @@ impl Writer {
                     m.mirror.defined_primary = None;
                 }
                 if new_epoch {
-                    m.epochs.push(crate::mirror::config::EpochStart {
+                    m.epochs.push(crate::config::mirror::EpochStart {
                         epoch,
                         first: end.0 + 1,
                     });
@@ -278,7 +278,7 @@ impl Writer {
     pub(super) fn create_mirror(
         &mut self,
         journal: Journal,
-        membership: crate::mirror::config::Membership,
+        membership: crate::config::mirror::Membership,
     ) -> Result<Result<String>, Fatal> {
         if self.config.get().mirror.membership.is_some() {
             return Ok(Err(Error::Conflict(

@@ -77,9 +77,9 @@ use rusqlite::Connection;
 use rusqlite::session::Session;
 use tokio::sync::oneshot;
 
+use crate::config::mirror::MirroredDatabase;
 use crate::error::{Error, Result};
 use crate::journal::{FrameBuilder, Journal, JournalPos, JournalShared, ReadResume, RecordBody};
-use crate::mirror::config::MirroredDatabase;
 use crate::mirror::hub::Acknowledged;
 use crate::mirror::state::{CatchupPhase, MirrorState, Role};
 use crate::names::{DbName, NamespaceName};
@@ -90,10 +90,10 @@ use crate::storage::database::{
 use crate::storage::{Catalog, DatabaseEntry, NamespaceConn, Purpose};
 use crate::util::{hex, now_ms};
 
-use super::config::{ConfigStore, catalog_state};
 use super::reader::ReadPool;
 use super::recovery;
 use super::sql::{QueryResult, SqlValue, collect_rows, with_statement};
+use crate::config::{ConfigStore, catalog_state};
 
 mod apply;
 mod batch;
@@ -151,7 +151,7 @@ pub enum MirrorCommand {
         /// The new mirror journal.
         journal: Journal,
         /// The membership to store.
-        membership: Box<crate::mirror::config::Membership>,
+        membership: Box<crate::config::mirror::Membership>,
         /// Answer.
         reply: Reply<String>,
     },

@@ -37,15 +37,15 @@ use crate::names::DbName;
 use crate::util::{format_time, now_ms, random_hex};
 
 use super::MirrorContext;
-use super::config::{
-    self, DEFAULT_AGENT_PORT, DEFAULT_QOS_MS, DEFAULT_SUPERSERVER_PORT, MAX_QOS_MS, MIN_QOS_MS,
-    MemberInfo, MemberKind, Membership, MirrorDefinition, PendingMember,
-};
 use super::pending;
 use super::protocol::{Control, MirrorDescription};
 use super::receiver::{self, SharedJournal};
 use super::state::{CatchupPhase, Role};
 use super::status::{self, Transfer};
+use crate::config::mirror::{
+    self as config, DEFAULT_AGENT_PORT, DEFAULT_QOS_MS, DEFAULT_SUPERSERVER_PORT, MAX_QOS_MS,
+    MIN_QOS_MS, MemberInfo, MemberKind, Membership, MirrorDefinition, PendingMember,
+};
 
 mod actions;
 pub mod requests;

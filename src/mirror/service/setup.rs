@@ -235,13 +235,11 @@ impl MirrorService {
             } else {
                 Role::Async(kind)
             });
-        self.context
-            .catalog
-            .replace(crate::instance::config::catalog_state(
-                &self.context.config.get(),
-                &self.context.data_dir,
-                false,
-            ));
+        self.context.catalog.replace(crate::config::catalog_state(
+            &self.context.config.get(),
+            &self.context.data_dir,
+            false,
+        ));
         *self.context.mirror.link.lock().unwrap() = Default::default();
         self.start_receiver();
         // Wait for the primary's answer, so a refusal is reported here and undone.

@@ -1,8 +1,10 @@
-//! The instance configuration: the analogue of IRIS's CPF file.
+//! The configuration file: the analogue of IRIS's CPF file.
 //!
 //! One JSON file, `<data dir>/mirrorlab.cpf`, holds everything about the instance that is not
 //! data: its identity, its journal's id, the databases and namespaces, the users and the mirror
-//! settings. It is read once at start and rewritten atomically (temporary file, fsync, rename)
+//! settings ([`mirror`], IRIS's `[MirrorMember]` and `[Mirrors]` sections). It sits below both the
+//! instance and the mirror: each reads what it needs from it, and neither imports the other to
+//! know the configuration. It is read once at start and rewritten atomically (temporary file, fsync, rename)
 //! after every change, so a crash leaves either the old or the new configuration.
 //!
 //! [`ConfigStore::update`] is the only way to change it: the change is made to a copy, written
@@ -11,13 +13,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+pub mod mirror;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
-use crate::mirror::config::MirrorConfig;
 use crate::names::{DbName, NamespaceName};
 use crate::storage::{CatalogState, DatabaseEntry, NamespaceEntry};
 use crate::util::{random_hex, write_file_atomically};
+use mirror::MirrorConfig;
 
 /// File name of the configuration inside the data directory.
 pub const CONFIG_FILE: &str = "mirrorlab.cpf";
@@ -223,7 +227,7 @@ pub fn catalog_state(config: &InstanceConfig, data_dir: &Path, primary: bool) ->
         .mirror
         .membership
         .as_ref()
-        .is_some_and(|m| m.this.kind == crate::mirror::config::MemberKind::ReportingRw);
+        .is_some_and(|m| m.this.kind == crate::config::mirror::MemberKind::ReportingRw);
     let databases = config
         .databases
         .iter()
