@@ -59,7 +59,7 @@ use install::{InstallReport, InstallSource};
 use reader::{ReadOutcome, ReadPool};
 use recovery::CatchUp;
 use sql::{QueryResult, SqlValue};
-use writer::{FatalHook, WriteRequest, Writer, WriterHandle};
+use writer::{FatalHook, WriteRequest, Writer, WriterHandle, WriterSetup};
 
 use crate::config::mirror::Membership;
 use crate::mirror::MirrorContext;
@@ -341,17 +341,18 @@ impl Instance {
                 settings.superserver
             ))
         })?;
-        let (writer, writer_thread) = Writer::spawn(
+        let (writer, writer_thread) = Writer::spawn(WriterSetup {
             data_dir,
-            catalog.clone(),
-            config.clone(),
-            journal,
-            writer_journal,
-            readers.clone(),
-            mirror.clone(),
-            settings.write_timeout_ms,
+            catalog: catalog.clone(),
+            config: config.clone(),
+            local: journal,
+            mirror_journal: writer_journal,
+            readers: readers.clone(),
+            mirror: mirror.clone(),
+            replication: mirror.hub.clone(),
+            write_timeout_ms: settings.write_timeout_ms,
             on_fatal,
-        );
+        });
         let context = Arc::new(MirrorContext {
             config: config.clone(),
             catalog: catalog.clone(),

@@ -132,22 +132,8 @@ impl HubState {
     }
 }
 
-/// Where a batch's acknowledgement stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Acknowledged {
-    /// The active backup holds the batch, or there is no active backup to wait for: it may
-    /// commit and its clients be answered.
-    Yes,
-    /// Not yet: the active backup has not acknowledged it, or the trouble state holds
-    /// acknowledgements.
-    Waiting,
-    /// The hub closed (shutdown, or this member stopped being primary): the batch's clients
-    /// must not be told it is safe.
-    Closed,
-}
-
-/// What the hub calls when a wait may have ended (the writer's wake-up; it must not block).
-pub type Waker = Box<dyn Fn() + Send + Sync>;
+use crate::instance::writer::replication::Replication;
+pub use crate::instance::writer::replication::{Acknowledged, Waker};
 
 /// Batches remembered for lag displays.
 const BATCH_TIMES_KEPT: usize = 20_000;
@@ -619,6 +605,39 @@ impl Hub {
         }
         drop(state);
         self.wake();
+    }
+}
+
+/// The writer's seam (see [`Replication`]): the hub's own methods.
+impl Replication for Hub {
+    fn publish(
+        &self,
+        journal: &mut Journal,
+        frames: &[u8],
+        first: JournalPos,
+        last: JournalPos,
+    ) -> Result<()> {
+        Hub::publish(self, journal, frames, first, last)
+    }
+
+    fn acknowledgement(&self, last: JournalPos, since: Instant) -> Acknowledged {
+        Hub::acknowledgement(self, last, since)
+    }
+
+    fn committed(&self, pos: JournalPos) {
+        Hub::committed(self, pos)
+    }
+
+    fn may_commit(&self) -> bool {
+        Hub::may_commit(self)
+    }
+
+    fn qos(&self) -> Duration {
+        Hub::qos(self)
+    }
+
+    fn set_waker(&self, waker: Waker) {
+        Hub::set_waker(self, waker)
     }
 }
 

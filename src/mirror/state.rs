@@ -159,7 +159,7 @@ pub struct DatabaseRuntime {
 /// The mirror state shared inside the instance.
 pub struct MirrorState {
     /// The primary's replication hub.
-    pub hub: Hub,
+    pub hub: Arc<Hub>,
     role: RwLock<Role>,
     journal: RwLock<Option<Arc<JournalShared>>>,
     /// The link to the primary (backup and async).
@@ -248,7 +248,7 @@ impl MirrorState {
     /// State of an instance that is not (yet) a member.
     pub fn new(qos_ms: u64) -> MirrorState {
         MirrorState {
-            hub: Hub::new(qos_ms),
+            hub: Arc::new(Hub::new(qos_ms)),
             role: RwLock::new(Role::NotMember),
             journal: RwLock::new(None),
             link: Mutex::new(LinkStatus::default()),

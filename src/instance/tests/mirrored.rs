@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::config::mirror::{MemberInfo, MemberKind, Membership, MirrorDefinition};
 use crate::instance::writer::MirrorCommand;
+use crate::instance::writer::replication::Acknowledged;
 use crate::journal::{Journal, JournalOptions};
-use crate::mirror::hub::Acknowledged;
 
 /// An instance whose install adds a namespace NOTES holding only the PERSONAL database.
 fn open_with_notes(dir: &std::path::Path) -> Arc<Instance> {

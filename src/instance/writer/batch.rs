@@ -262,7 +262,7 @@ impl Writer {
             return Ok(());
         };
         let (last, since) = (parked.last, parked.since);
-        match self.mirror.hub.acknowledgement(last, since) {
+        match self.replication.acknowledgement(last, since) {
             Acknowledged::Waiting => Ok(()),
             Acknowledged::Closed => {
                 let parked = self.parked.take().expect("looked at above");
@@ -275,7 +275,7 @@ impl Writer {
             }
             Acknowledged::Yes => {
                 let parked = self.parked.take().expect("looked at above");
-                self.mirror.hub.committed(last);
+                self.replication.committed(last);
                 match parked.work {
                     ParkedWork::Batch {
                         namespace,
@@ -306,11 +306,11 @@ impl Writer {
         let parked = self.parked.as_ref();
         match command {
             Command::Write(request, _) => {
-                (parked.is_some() || !self.mirror.hub.may_commit())
+                (parked.is_some() || !self.replication.may_commit())
                     && self.touches_mirror(&request.namespace, parked)
             }
             Command::Mirror(MirrorCommand::AddDatabases { .. }) => {
-                parked.is_some() || !self.mirror.hub.may_commit()
+                parked.is_some() || !self.replication.may_commit()
             }
             _ => parked.is_some(),
         }
@@ -363,7 +363,7 @@ impl Writer {
     pub(super) fn release_waiting(&mut self) {
         if self.waiting.is_empty()
             || self.parked.is_some()
-            || (self.mirror_journal.is_some() && !self.mirror.hub.may_commit())
+            || (self.mirror_journal.is_some() && !self.replication.may_commit())
         {
             return;
         }
@@ -387,8 +387,7 @@ impl Writer {
                 .mirror_journal
                 .as_mut()
                 .expect("mirror frames need the mirror journal");
-            self.mirror
-                .hub
+            self.replication
                 .publish(journal, &self.mirror_frames, first_mirror, mirror_last)?;
         }
         let local_records = next_local.0 - first_local.0;

@@ -13,16 +13,16 @@
 //!    journal for the others (schema statements are journaled as their text); each database it
 //!    changed gets its new applied position *in the same transaction as its rows*. A failing
 //!    statement rolls back to its savepoint and only its own client gets the error.
-//! 3. The mirror frames are appended and handed to the mirror's members ([`Hub::publish`](crate::mirror::hub::Hub::publish): the
-//!    backup's disk write overlaps ours); the local frames are appended; each journal is made
+//! 3. The mirror frames are appended and handed to the mirror's members
+//!    ([`Replication::publish`]: the backup's disk write overlaps ours); the local frames are appended; each journal is made
 //!    durable with one `fdatasync` — **one fsync per journal for the whole batch**.
 //! 4. `COMMIT`: the batch becomes visible on this member, and its clients are answered. A batch
 //!    with mirrored records first waits for the active backup's acknowledgement — one round
 //!    trip for the whole batch, most of it spent while both disks sync. The writer does not
 //!    block on it: the batch is *parked* with its transaction open, writes to local databases
-//!    go on, and the hub wakes the writer when the acknowledgement comes
-//!    ([`Hub::acknowledgement`](crate::mirror::hub::Hub::acknowledgement)); mirrored writes
-//!    queue behind the parked batch and form the next one.
+//!    go on, and replication wakes the writer when the acknowledgement comes
+//!    ([`Replication::acknowledgement`]); mirrored writes queue behind the parked batch and form
+//!    the next one.
 //!
 //! Ordering is the whole argument for safety. Nothing is acknowledged before step 3's fsync (and,
 //! mirrored, before the backup's acknowledgement), so an acknowledged write is in the journal —
@@ -30,7 +30,10 @@
 //! of its durable journal: a crash before step 4 leaves records the files lack, which recovery
 //! replays; a crash before step 3 leaves neither. A mirrored batch becomes visible only once the
 //! backup holds it, so no reader, here or on any member, ever sees a row that a takeover would
-//! undo: members apply only what the primary committed ([`Hub::committed`](crate::mirror::hub::Hub::committed)).
+//! undo: members apply only what the primary committed ([`Replication::committed`]).
+//!
+//! The writer reaches replication only through the [`replication`] seam, which the mirror's hub
+//! implements.
 //!
 //! # The trouble state
 //!
@@ -61,8 +64,8 @@
 //!
 //! This file holds the thread, its queue and what holds work back (Freeze); [`batch`] a batch's
 //! way from `BEGIN` to its answer; [`statement`] one request inside it and its journal frames;
-//! [`files`] mount and dismount; [`mirror`] the mirror's lifecycle steps that run here; [`apply`]
-//! a backup's Catchup and dejournaling.
+//! [`files`] mount and dismount; [`replication`] the seam to the mirror's hub; [`mirror`] the
+//! mirror's lifecycle steps that run here; [`apply`] a backup's Catchup and dejournaling.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -80,7 +83,6 @@ use tokio::sync::oneshot;
 use crate::config::mirror::MirroredDatabase;
 use crate::error::{Error, Result};
 use crate::journal::{FrameBuilder, Journal, JournalPos, JournalShared, ReadResume, RecordBody};
-use crate::mirror::hub::Acknowledged;
 use crate::mirror::state::{CatchupPhase, MirrorState, Role};
 use crate::names::{DbName, NamespaceName};
 use crate::storage::database::{
@@ -99,7 +101,10 @@ mod apply;
 mod batch;
 mod files;
 mod mirror;
+pub mod replication;
 mod statement;
+
+use replication::{Acknowledged, Replication};
 
 use batch::{Parked, ParkedWork, Streams};
 
@@ -358,6 +363,8 @@ pub struct Writer {
     config: Arc<ConfigStore>,
     readers: Arc<ReadPool>,
     mirror: Arc<MirrorState>,
+    /// Where mirrored batches go (see [`replication`]).
+    replication: Arc<dyn Replication>,
     local: Journal,
     local_hex: String,
     /// The mirror's journal while this member is its primary.
@@ -401,29 +408,51 @@ type Outcome = (Result<QueryResult>, Reply<QueryResult>);
 /// A failure that stops the writer.
 struct Fatal(String);
 
+/// What the writer thread starts with.
+pub struct WriterSetup {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Databases and namespaces.
+    pub catalog: Arc<Catalog>,
+    /// The configuration file.
+    pub config: Arc<ConfigStore>,
+    /// The instance's own journal.
+    pub local: Journal,
+    /// The mirror's journal when this member starts as its primary.
+    pub mirror_journal: Option<Journal>,
+    /// The read connections (dropped around mounts and dismounts).
+    pub readers: Arc<ReadPool>,
+    /// The mirror's state this member shares with the mirror's threads.
+    pub mirror: Arc<MirrorState>,
+    /// Where mirrored batches go.
+    pub replication: Arc<dyn Replication>,
+    /// How long one write statement may run (ms).
+    pub write_timeout_ms: i64,
+    /// Called once if the writer stops after a failure.
+    pub on_fatal: FatalHook,
+}
+
 impl Writer {
-    /// Starts the writer thread. `mirror_journal` is the mirror's journal when this member
-    /// starts as its primary.
-    #[allow(clippy::too_many_arguments)]
-    pub fn spawn(
-        data_dir: PathBuf,
-        catalog: Arc<Catalog>,
-        config: Arc<ConfigStore>,
-        local: Journal,
-        mirror_journal: Option<Journal>,
-        readers: Arc<ReadPool>,
-        mirror: Arc<MirrorState>,
-        write_timeout_ms: i64,
-        on_fatal: FatalHook,
-    ) -> (WriterHandle, JoinHandle<()>) {
+    /// Starts the writer thread.
+    pub fn spawn(setup: WriterSetup) -> (WriterHandle, JoinHandle<()>) {
+        let WriterSetup {
+            data_dir,
+            catalog,
+            config,
+            local,
+            mirror_journal,
+            readers,
+            mirror,
+            replication,
+            write_timeout_ms,
+            on_fatal,
+        } = setup;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let failure = Arc::new(Mutex::new(None));
-        // The hub wakes the writer when a batch's acknowledgement may have come; a full queue
-        // needs no wake-up (the writer looks again after every command).
+        // Replication wakes the writer when a batch's acknowledgement may have come; a full
+        // queue needs no wake-up (the writer looks again after every command).
         let wake = tx.clone();
-        mirror
-            .hub
-            .set_waker(Box::new(move || drop(wake.try_send(Command::Wake))));
+        replication.set_waker(Box::new(move || drop(wake.try_send(Command::Wake))));
         let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let handle = WriterHandle {
             tx: tx.clone(),
@@ -438,6 +467,7 @@ impl Writer {
             config,
             readers,
             mirror,
+            replication,
             local_hex: hex(&local.shared().stream()),
             local,
             mirror_journal,
@@ -577,7 +607,7 @@ impl Writer {
             let revoke_at = self
                 .parked
                 .as_ref()
-                .map(|p| p.since + self.mirror.hub.qos())
+                .map(|p| p.since + self.replication.qos())
                 .filter(|at| *at > now);
             let retry_at = self
                 .disk_full
