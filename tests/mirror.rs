@@ -77,21 +77,33 @@ async fn the_walkthrough_replicates_to_the_backup() {
                 .starts_with(":mirror:MIRRORSET:")
         );
     }
-    // Load balancers: A is the primary.
-    let a_status = a
-        .client
-        .get(format!("{}/mirror_status", a.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(a_status.status().as_u16(), 200);
-    let b_status = b
-        .client
-        .get(format!("{}/mirror_status", b.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(b_status.status().as_u16(), 503);
+    // Load balancers: A is the primary, on our path and on the one IRIS serves. A backup says
+    // FAILED to every poll, as it should — without an error in its log for each.
+    for path in ["/mirror_status", "/csp/user/mirror_status.cxw"] {
+        let a_status = a
+            .client
+            .get(format!("{}{path}", a.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(a_status.status().as_u16(), 200, "{path}");
+        assert_eq!(a_status.text().await.unwrap(), "SUCCESS");
+        for _ in 0..10 {
+            let b_status = b
+                .client
+                .get(format!("{}{path}", b.url))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(b_status.status().as_u16(), 503, "{path}");
+            assert_eq!(b_status.text().await.unwrap(), "FAILED");
+        }
+    }
+    let log = b.log();
+    assert!(
+        !log.contains("response failed"),
+        "the backup logged its expected answers as failures:\n{log}"
+    );
 
     assert_identical(&a, &b).await;
 }

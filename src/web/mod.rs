@@ -47,7 +47,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::error::Error;
 use crate::instance::Instance;
@@ -90,6 +90,8 @@ pub fn router(instance: Arc<Instance>) -> Router {
     Router::new()
         .route("/", get(|| async { Redirect::to("/portal/") }))
         .route("/mirror_status", get(mirror_status))
+        // The path IRIS serves it on, so a load balancer set up for IRIS works unchanged.
+        .route("/csp/user/mirror_status.cxw", get(mirror_status))
         .route("/static/portal.css", get(css))
         .route("/static/favicon.svg", get(favicon))
         .nest("/api", api)
@@ -102,7 +104,13 @@ pub fn router(instance: Arc<Instance>) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
-        .layer(TraceLayer::new_for_http())
+        // A 5xx answer is not an ERROR line by itself: a backup answers `/mirror_status` with
+        // 503 to every poll of a load balancer, as it should. Failures that are ours are logged
+        // where they happen, with their reason (`error.rs`).
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
         .layer(SetResponseHeaderLayer::overriding(
             header::X_FRAME_OPTIONS,
             HeaderValue::from_static("DENY"),
