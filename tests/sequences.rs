@@ -1107,3 +1107,34 @@ async fn a_backup_that_stalled_returns_to_arbiter_control_and_the_arbiter_still_
     wait_backup(&a).await;
     finish_writers(&stop, writers, &b, &a).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_told_the_primary_runs_asks_again_when_it_cannot_get_back_to_it() {
+    let (a, b, data) = pair_full(QOS_MS, &[], true, None).await;
+    let data = data.expect("a proxied data channel");
+    mirror_databases(&a, &b).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers = start_writers_on_primary([a.api(), b.api()], 2, "told", stop.clone());
+    common::before_fault(300).await;
+    // The data channel goes silent both ways while the agents still answer: B loses A, asks
+    // A's agent, hears that A runs, and stands down; it cannot get back to A.
+    data.blackhole
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    wait_log(
+        &b,
+        "standing down as a non-active backup",
+        "B never heard from A's agent that A runs",
+    )
+    .await;
+    // Then A dies for good before B got back to it. Nothing on the data channel can tell B;
+    // asking A's agent again does, and B takes over with A's journal.
+    a.kill_instance().await;
+    let took = wait_primary(&b, 30).await;
+    eprintln!("figure: the primary killed after its backup stood down → takeover in {took:?}");
+    data.blackhole
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    a.start_instance().await;
+    a.wait_ready().await;
+    wait_backup(&a).await;
+    finish_writers(&stop, writers, &b, &a).await;
+}

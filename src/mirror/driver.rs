@@ -234,6 +234,7 @@ impl Driver {
                     ""
                 }
             );
+            let had_partner = self.failover.as_ref().is_some_and(|f| f.had_partner());
             self.fresh_rules(role, qos);
             let _ = context.mirror.take_partner_events();
             context.mirror.link.lock().unwrap().active = false;
@@ -244,9 +245,11 @@ impl Driver {
             // Its connection to the arbiter outlived the stall and will say nothing new, but the
             // fresh rules know nothing of it: they hear first what that link last reported (or
             // they would believe the arbiter gone, never follow the primary into arbiter mode
-            // again, and ask only the agent if the primary then died). Then, as far as it can
-            // tell, it lost the primary when it stalled, long before now: it asks the primary's
-            // agent (and fetches its journal) like any non-active backup.
+            // again, and ask only the agent if the primary then died). Then, if it had the
+            // primary, as far as it can tell it lost it when it stalled, long before now: it asks
+            // the primary's agent (and fetches its journal) like any non-active backup. One that
+            // never got to its primary lost nothing: asking then could act on a "down" that its
+            // primary's restart overtakes before this member ever learned that primary's epoch.
             let (arbiter_connected, sees_partner) = {
                 let arbiter = context.mirror.arbiter.lock().unwrap();
                 (arbiter.connected, arbiter.sees_partner)
@@ -255,7 +258,9 @@ impl Driver {
                 prelude.push(Event::ArbiterConnected);
                 prelude.extend(sees_partner.map(Event::ArbiterSeesPartner));
             }
-            prelude.extend([Event::PartnerConnected, Event::PartnerLost]);
+            if had_partner {
+                prelude.extend([Event::PartnerConnected, Event::PartnerLost]);
+            }
         }
         // A role changed by an action (create, join, takeover) starts the rules afresh.
         if self.failover.as_ref().map(|f| f.role()) != Some(role) {

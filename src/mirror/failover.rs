@@ -214,6 +214,11 @@ pub struct Failover {
     lost_ms: Option<u64>,
     /// Backup: an agent question is outstanding since this time (ms).
     asked_agent_ms: Option<u64>,
+    /// Backup: the agent said the primary runs, at this time (ms), and the backup has not
+    /// reconnected since. If it still has not after a QoS timeout, it asks again: the primary
+    /// may have died again before the backup got back to it (a crash during its restart), and
+    /// nothing else would ever tell this member.
+    told_running_ms: Option<u64>,
     /// Waiting for the arbiter's answer after losing the other member.
     asked_arbiter: bool,
     no_failover: bool,
@@ -252,6 +257,7 @@ impl Failover {
             booking_arbiter_mode: false,
             lost_ms: None,
             asked_agent_ms: None,
+            told_running_ms: None,
             asked_arbiter: false,
             no_failover: false,
             databases_ready: true,
@@ -285,6 +291,12 @@ impl Failover {
     /// Primary: the backup is active. Backup: this member is the active backup.
     pub fn active(&self) -> bool {
         self.active
+    }
+
+    /// Backup: connected to the primary, or lost it and not connected again since. A backup
+    /// that never got to its primary has nothing to lose when its own process stalls.
+    pub fn had_partner(&self) -> bool {
+        self.partner_connected || self.lost_ms.is_some()
     }
 
     /// Whether this primary keeps telling the backup it is in arbiter mode (so a backup that
@@ -404,6 +416,19 @@ impl Failover {
                 self.asked_agent_ms = Some(now_ms);
                 out.push(Action::AskAgent);
             }
+            // Told the primary runs, but still not connected to it a QoS later: ask again.
+            if self
+                .told_running_ms
+                .is_some_and(|told| now_ms >= told + self.qos_ms)
+                && !self.partner_connected
+                && self.asked_agent_ms.is_none()
+                && !self.asked_arbiter
+                && self.may_take_over()
+            {
+                self.told_running_ms = None;
+                self.asked_agent_ms = Some(now_ms);
+                out.push(Action::AskAgent);
+            }
         }
     }
 
@@ -512,6 +537,7 @@ impl Failover {
         self.lost_in_arbiter_mode = false;
         self.lost_ms = None;
         self.asked_agent_ms = None;
+        self.told_running_ms = None;
         self.asked_arbiter = false;
         self.active = false;
         if self.role == FailoverRole::Primary {
@@ -742,6 +768,7 @@ impl Failover {
         match answer {
             AgentAnswer::PrimaryRunning => {
                 self.asked_agent_ms = None;
+                self.told_running_ms = Some(now_ms);
                 self.active = false;
                 out.push(Action::StandDown);
                 out.push(Action::Reconnect);

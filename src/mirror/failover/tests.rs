@@ -189,6 +189,50 @@ fn agent_mode_backup_asks_the_agent_and_reconnects_to_a_running_primary() {
 }
 
 #[test]
+fn a_backup_told_the_primary_runs_asks_again_if_it_cannot_get_back_to_it() {
+    // The primary ran when the agent answered, but died again before the backup reconnected
+    // (a crash during its restart): nothing on the data channel will ever say so.
+    let (_, mut b, _) = pair(false);
+    feed(&mut b, 1_000, &[Event::PartnerLost]);
+    feed(&mut b, 1_500, &[Event::Agent(AgentAnswer::PrimaryRunning)]);
+    assert!(b.may_connect(), "it tries to get back to the primary first");
+    assert_eq!(feed(&mut b, 1_500 + QOS - 1, &[Event::Tick]), vec![]);
+    assert_eq!(
+        feed(&mut b, 1_500 + QOS, &[Event::Tick]),
+        vec![Action::AskAgent]
+    );
+    // Not active any more: it takes over only with the down primary's journal.
+    let later = 1_500 + QOS + 100;
+    assert_eq!(
+        feed(
+            &mut b,
+            later,
+            &[Event::Agent(AgentAnswer::PrimaryDown { journal: false })]
+        ),
+        vec![]
+    );
+    assert_eq!(
+        feed(
+            &mut b,
+            later + 100,
+            &[Event::Agent(AgentAnswer::PrimaryDown { journal: true })]
+        ),
+        vec![Action::TakeOver]
+    );
+    assert_eq!(b.role(), FailoverRole::Primary);
+}
+
+#[test]
+fn a_backup_told_the_primary_runs_that_got_back_to_it_asks_nobody() {
+    let (_, mut b, _) = pair(false);
+    feed(&mut b, 1_000, &[Event::PartnerLost]);
+    feed(&mut b, 1_500, &[Event::Agent(AgentAnswer::PrimaryRunning)]);
+    feed(&mut b, 1_600, &[Event::PartnerConnected]);
+    assert_eq!(feed(&mut b, 1_500 + 3 * QOS, &[Event::Tick]), vec![]);
+    assert_eq!(b.status(), "Backup");
+}
+
+#[test]
 fn agent_mode_active_backup_takes_over_when_the_agent_confirms_the_primary_down_in_time() {
     let (_, mut b, _) = pair(false);
     feed(&mut b, 1_000, &[Event::PartnerLost]);

@@ -1109,14 +1109,16 @@ impl World {
     /// counts it as active, drops the data channel (what it buffered may be stale) and starts
     /// its rules afresh — but its connection to the arbiter lived through the stall. That
     /// connection carries the stand-down the fresh rules owe at once, and the rules hear first
-    /// what it last reported (then, as a backup that lost the primary long ago, a lost link).
+    /// what it last reported (then, if it had the primary, a lost link: as a backup that lost
+    /// the primary long ago).
     fn stall(&mut self, i: usize) -> Result<(), String> {
         if self.channel.is_some_and(|c| c.primary == 1 - i) {
             self.lose_channel(false);
         }
-        let (connected, sees) = (
+        let (connected, sees, had_partner) = (
             self.m[i].rules.arbiter_connected,
             self.m[i].rules.arbiter_sees_partner,
+            self.m[i].rules.had_partner(),
         );
         self.m[i].activation = 0;
         self.fresh_rules(i, FailoverRole::Backup);
@@ -1130,6 +1132,9 @@ impl World {
             if let Some(sees) = sees {
                 self.deliver(i, Event::ArbiterSeesPartner(sees), None)?;
             }
+        }
+        if !had_partner {
+            return Ok(());
         }
         self.deliver(i, Event::PartnerConnected, None)?;
         self.deliver(i, Event::PartnerLost, None)
