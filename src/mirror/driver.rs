@@ -21,15 +21,17 @@
 //!   the link whose loss it was asked about: once the rules heard of a newer connection it is
 //!   dropped, however late it comes (a "the primary runs" from before the primary died must not
 //!   make the backup that lost it again stand down).
+//! - `TakeOver` stops the receiver, hands its mirror journal to the writer and has it become
+//!   the primary in a new epoch: every copy is first brought to the end of the journal.
 //!
 //! # A backup that stalled
 //!
 //! A backup whose own process stood still for half a QoS timeout (paused, starved) may have
 //! been revoked meanwhile and holds data buffered before that: it starts its rules afresh and
 //! reconnects, as a restarting member does. Its connection to the arbiter outlived the stall
-//! and will say nothing new, so the fresh rules hear first what that link last reported.
-//! - `TakeOver` stops the receiver, hands its mirror journal to the writer and has it become
-//!   the primary in a new epoch: every copy is first brought to the end of the journal.
+//! and will say nothing new, so the fresh rules hear first what that link last reported; a
+//! backup that had its primary then loses it as a backup does, one that never reached it lost
+//! nothing.
 //!
 //! # A former primary that restarts
 //!
