@@ -17,14 +17,25 @@ use crate::instance::{Instance, InstanceSettings};
 /// Exit code of an instance that stopped because its writer failed (fail-stop).
 pub const EXIT_WRITER_FAILED: u8 = 70;
 
-/// Logs to stderr and, when given, appends to a file (`mgr/messages.log`).
+/// Logs to stderr and, when given, appends to a file (`mgr/messages.log`). With
+/// `MIRRORLAB_LOG=json`, stderr (what `docker logs` and log collectors read) carries one JSON
+/// object per line instead of text; the file stays text, for people.
 pub fn init_logging(file: Option<&std::path::Path>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("MIRRORLAB_LOG").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     // Colours only for a person at a terminal, not in `docker logs` or a log file.
-    let stderr = fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false);
+    let stderr = (!json).then(|| {
+        fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_target(false)
+    });
+    let stderr_json = json.then(|| {
+        fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+    });
     let file_layer = file.and_then(|path| {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
@@ -44,6 +55,7 @@ pub fn init_logging(file: Option<&std::path::Path>) {
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(stderr)
+        .with(stderr_json)
         .with(file_layer)
         .try_init();
 }

@@ -273,3 +273,31 @@ async fn sql_injection_through_the_apps_is_stored_as_text_and_changes_nothing_el
             .contains("pwn"))
     );
 }
+
+#[test]
+fn with_mirrorlab_log_json_every_line_on_stderr_is_a_json_object() {
+    use std::io::BufRead;
+    let mut arbiter = Command::new(BINARY)
+        .args(["arbiter", "--agent", "127.0.0.1:0"])
+        .env("MIRRORLAB_LOG", "json")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its first line says where it listens.
+    let mut line = String::new();
+    let read = std::io::BufReader::new(arbiter.stderr.take().unwrap()).read_line(&mut line);
+    let _ = arbiter.kill();
+    let _ = arbiter.wait();
+    assert!(read.unwrap() > 0, "the arbiter logged nothing");
+    let event: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"));
+    assert_eq!(event["level"], "INFO", "{event}");
+    assert!(event["timestamp"].is_string(), "{event}");
+    assert!(
+        event["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("arbiter listening on 127.0.0.1:")),
+        "{event}"
+    );
+}
