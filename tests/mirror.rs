@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestMember;
 use common::pair::*;
+use common::{Api, TestMember};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -79,24 +79,27 @@ async fn the_walkthrough_replicates_to_the_backup() {
     }
     // Load balancers: A is the primary, on our path and on the one IRIS serves. A backup says
     // FAILED to every poll, as it should — without an error in its log for each.
-    for path in ["/mirror_status", "/csp/user/mirror_status.cxw"] {
-        let a_status = a
+    async fn load_balancer_asks(member: &Api, path: &str) -> (u16, String) {
+        let answer = member
             .client
-            .get(format!("{}{path}", a.url))
+            .get(format!("{}{path}", member.url))
             .send()
             .await
             .unwrap();
-        assert_eq!(a_status.status().as_u16(), 200, "{path}");
-        assert_eq!(a_status.text().await.unwrap(), "SUCCESS");
+        (answer.status().as_u16(), answer.text().await.unwrap())
+    }
+    for path in ["/mirror_status", "/csp/user/mirror_status.cxw"] {
+        assert_eq!(
+            load_balancer_asks(&a, path).await,
+            (200, "SUCCESS".to_string()),
+            "{path}"
+        );
         for _ in 0..10 {
-            let b_status = b
-                .client
-                .get(format!("{}{path}", b.url))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(b_status.status().as_u16(), 503, "{path}");
-            assert_eq!(b_status.text().await.unwrap(), "FAILED");
+            assert_eq!(
+                load_balancer_asks(&b, path).await,
+                (503, "FAILED".to_string()),
+                "{path}"
+            );
         }
     }
     let log = b.log();

@@ -109,29 +109,42 @@ impl InjectedFaults {
         self.state.lock().unwrap().injected
     }
 
-    /// The fault to apply to `op` now, if any.
-    fn take(&self, op: JournalOp) -> Option<Fault> {
+    /// What to do with `op` now: go ahead (`None`), write only this many bytes of it and then
+    /// fail (`Some`), or fail at once (`Err`).
+    fn check(&self, op: JournalOp) -> io::Result<Option<usize>> {
         let mut state = self.state.lock().unwrap();
         if state.dead {
             state.injected += 1;
-            return Some(Fault::Fail(libc::EIO));
+            return Err(io::Error::from_raw_os_error(libc::EIO));
         }
-        let at = state.planned.iter().position(|(o, _)| *o == op)?;
+        let Some(at) = state.planned.iter().position(|(o, _)| *o == op) else {
+            return Ok(None);
+        };
         let (_, fault) = state.planned.remove(at);
         state.injected += 1;
-        if matches!(fault, Fault::Tear(_)) {
-            state.dead = true;
+        match fault {
+            Fault::Fail(errno) => Err(io::Error::from_raw_os_error(errno)),
+            Fault::Tear(keep) => {
+                state.dead = true;
+                Ok(Some(keep))
+            }
         }
-        Some(fault)
+    }
+
+    /// [`InjectedFaults::check`] for an operation that cannot be done in part.
+    fn check_whole(&self, op: JournalOp) -> io::Result<()> {
+        match self.check(op)? {
+            None => Ok(()),
+            Some(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
+        }
     }
 }
 
 impl JournalIo for InjectedFaults {
     fn write_at(&self, op: JournalOp, file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
-        match self.take(op) {
+        match self.check(op)? {
             None => file.write_all_at(bytes, offset),
-            Some(Fault::Fail(errno)) => Err(io::Error::from_raw_os_error(errno)),
-            Some(Fault::Tear(keep)) => {
+            Some(keep) => {
                 file.write_all_at(&bytes[..keep.min(bytes.len())], offset)?;
                 Err(io::Error::from_raw_os_error(libc::EIO))
             }
@@ -139,18 +152,12 @@ impl JournalIo for InjectedFaults {
     }
 
     fn sync_data(&self, op: JournalOp, file: &File) -> io::Result<()> {
-        match self.take(op) {
-            None => file.sync_data(),
-            Some(Fault::Fail(errno)) => Err(io::Error::from_raw_os_error(errno)),
-            Some(Fault::Tear(_)) => Err(io::Error::from_raw_os_error(libc::EIO)),
-        }
+        self.check_whole(op)?;
+        file.sync_data()
     }
 
     fn set_len(&self, op: JournalOp, file: &File, len: u64) -> io::Result<()> {
-        match self.take(op) {
-            None => file.set_len(len),
-            Some(Fault::Fail(errno)) => Err(io::Error::from_raw_os_error(errno)),
-            Some(Fault::Tear(_)) => Err(io::Error::from_raw_os_error(libc::EIO)),
-        }
+        self.check_whole(op)?;
+        file.set_len(len)
     }
 }

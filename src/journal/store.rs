@@ -772,12 +772,7 @@ fn create_segment(
     let date = format_date_compact(created_ms);
     let stem = format!("{prefix}{date}.");
     let mut counter = 1;
-    for entry in fs::read_dir(dir).io_context("list journal folder")? {
-        let name = entry
-            .io_context("list journal folder")?
-            .file_name()
-            .to_string_lossy()
-            .into_owned();
+    for name in file_names(dir)? {
         if let Some(n) = name.strip_prefix(&stem).and_then(|n| n.parse::<u32>().ok()) {
             counter = counter.max(n + 1);
         }
@@ -840,15 +835,17 @@ pub fn files_exist(dir: &Path, prefix: &str) -> Result<bool> {
     if !dir.is_dir() {
         return Ok(false);
     }
+    Ok(file_names(dir)?
+        .iter()
+        .any(|name| name.starts_with(prefix) && !name.ends_with(".tmp")))
+}
+
+/// The names of the files in the journal folder `dir`.
+fn file_names(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
     for entry in fs::read_dir(dir).io_context("list journal folder")? {
-        let name = entry
-            .io_context("list journal folder")?
-            .file_name()
-            .to_string_lossy()
-            .into_owned();
-        if name.starts_with(prefix) && !name.ends_with(".tmp") {
-            return Ok(true);
-        }
+        let entry = entry.io_context("list journal folder")?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
     }
-    Ok(false)
+    Ok(names)
 }

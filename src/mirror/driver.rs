@@ -316,23 +316,24 @@ impl Driver {
                 inputs.push(event);
             }
         }
-        // Each input with the link generation an agent's answer belongs to (checked when it is
-        // handled: a link event before it in this step may have overtaken it).
-        let mut inputs: Vec<(Event, Option<u64>)> = inputs.into_iter().map(|e| (e, None)).collect();
+        // The link generation each agent's answer belongs to, in the order of the answers:
+        // checked when it is handled, since a link event before it in this step may overtake it.
+        let mut answered_in = std::collections::VecDeque::new();
         while let Ok(answer) = self.answers.try_recv() {
             match answer {
                 Answer::Agent(answer, generation) => {
                     if self.loss_question == Some(generation) {
                         self.loss_question = None;
                     }
-                    inputs.push((Event::Agent(answer), Some(generation)));
+                    answered_in.push_back(generation);
+                    inputs.push(Event::Agent(answer));
                 }
                 // A restart answer arriving after the decision was made some other way (Force)
                 // has nothing left to decide.
                 Answer::Restart(..) => self.asking = false,
             }
         }
-        inputs.push((Event::Tick, None));
+        inputs.push(Event::Tick);
         let last_heard = context.mirror.link.lock().unwrap().last_heard;
         let heard_ms =
             last_heard.map(|t| t.saturating_duration_since(self.started).as_millis() as u64);
@@ -354,8 +355,10 @@ impl Driver {
                     .map(|a| (a, 0, generation)),
             );
         }
-        for (event, asked_in) in inputs {
-            if asked_in.is_some_and(|g| g != self.link_generation) {
+        for event in inputs {
+            if matches!(event, Event::Agent(_))
+                && answered_in.pop_front() != Some(self.link_generation)
+            {
                 tracing::info!(
                     "mirror: ignored the primary's agent's answer about a link lost before the \
                      latest connection"

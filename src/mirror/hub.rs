@@ -155,11 +155,6 @@ impl Hub {
         }
     }
 
-    /// Sets what to call when a wait may have ended (the writer's wake-up).
-    pub fn set_waker(&self, waker: Waker) {
-        *self.waker.lock().unwrap() = Some(waker);
-    }
-
     /// Tells the writer to look at its waiting batch again. Called after the change, with the
     /// state lock released; the waker never blocks.
     fn wake(&self) {
@@ -425,29 +420,6 @@ impl Hub {
         }
     }
 
-    /// Appends a batch to the mirror journal and hands it to every connected member, as one
-    /// step under the hub's lock (see the module essay).
-    pub fn publish(
-        &self,
-        journal: &mut Journal,
-        frames: &[u8],
-        first: JournalPos,
-        last: JournalPos,
-    ) -> Result<()> {
-        let mut state = self.state.lock().unwrap();
-        journal.append(frames, last, last.0 + 1 - first.0)?;
-        state.appended_end = last;
-        // Usually this writes the batch to each member's socket right here (see `outbox`).
-        for link in &state.links {
-            link.outbox.frames(first, last, frames);
-        }
-        state.batch_times.push_back((last.0, now_ms()));
-        if state.batch_times.len() > BATCH_TIMES_KEPT {
-            state.batch_times.pop_front();
-        }
-        Ok(())
-    }
-
     /// Moves the published end as if batches up to `end` had been published.
     #[cfg(test)]
     fn publish_end_for_tests(&self, end: JournalPos) {
@@ -460,68 +432,6 @@ impl Hub {
         for link in &state.links {
             link.outbox.control(&control);
         }
-    }
-
-    /// The writer committed everything up to `pos` (durable here and acknowledged by the active
-    /// backup): every member may apply it. Members apply nothing beyond it, so records a
-    /// primary never committed are never visible anywhere, and can be cut from a member's
-    /// journal or undone.
-    pub fn committed(&self, pos: JournalPos) {
-        let mut state = self.state.lock().unwrap();
-        state.committed_end = state.committed_end.max(pos);
-        let control = Control::Durable { pos: pos.0 };
-        for link in &state.links {
-            link.outbox.control(&control);
-        }
-    }
-
-    /// Whether mirrored writes may begin now: not in the trouble state, not closing. The
-    /// writer holds mirrored batches before `BEGIN` while they may not, so nothing a takeover
-    /// would undo is ever committed here.
-    pub fn may_commit(&self) -> bool {
-        let state = self.state.lock().unwrap();
-        !state.suspended && !state.closing
-    }
-
-    /// Where the acknowledgement of the batch ending at `last`, waiting since `since`, stands
-    /// (never blocks: the writer is woken when it may have changed). A backup that has not
-    /// acknowledged within the quality of service timeout loses its active status and its
-    /// connection here, which starts the trouble state: the batch then waits until the
-    /// failover rules lift it.
-    pub fn acknowledgement(&self, last: JournalPos, since: Instant) -> Acknowledged {
-        let qos = self.qos();
-        let mut state = self.state.lock().unwrap();
-        let answer = loop {
-            if state.closing {
-                break Acknowledged::Closed;
-            }
-            if state.suspended {
-                break Acknowledged::Waiting;
-            }
-            let Some(i) = state.links.iter().position(|l| l.active) else {
-                break Acknowledged::Yes;
-            };
-            if state.links[i].acked >= last {
-                break Acknowledged::Yes;
-            }
-            if since.elapsed() < qos {
-                break Acknowledged::Waiting;
-            }
-            let why = format!(
-                "it did not acknowledge journal position {last} within the QoS timeout ({} ms)",
-                qos.as_millis()
-            );
-            let link = &mut state.links[i];
-            link.active = false;
-            link.reported_lost = true;
-            let name = link.member.name.clone();
-            link.outbox.close(why.clone());
-            tracing::warn!("mirror: {name} is no longer the active backup: {why}");
-            state.lost_active();
-            state.events.push_back(Event::PartnerLost);
-        };
-        state.waiting_for = (answer == Acknowledged::Waiting).then_some((last, since));
-        answer
     }
 
     /// Whether this primary would acknowledge a write now (for load balancers): not in
@@ -608,8 +518,10 @@ impl Hub {
     }
 }
 
-/// The writer's seam (see [`Replication`]): the hub's own methods.
+/// The writer's seam (see [`Replication`]).
 impl Replication for Hub {
+    /// Appends a batch to the mirror journal and hands it to every connected member, as one
+    /// step under the hub's lock (see the module essay).
     fn publish(
         &self,
         journal: &mut Journal,
@@ -617,27 +529,89 @@ impl Replication for Hub {
         first: JournalPos,
         last: JournalPos,
     ) -> Result<()> {
-        Hub::publish(self, journal, frames, first, last)
+        let mut state = self.state.lock().unwrap();
+        journal.append(frames, last, last.0 + 1 - first.0)?;
+        state.appended_end = last;
+        // Usually this writes the batch to each member's socket right here (see `outbox`).
+        for link in &state.links {
+            link.outbox.frames(first, last, frames);
+        }
+        state.batch_times.push_back((last.0, now_ms()));
+        if state.batch_times.len() > BATCH_TIMES_KEPT {
+            state.batch_times.pop_front();
+        }
+        Ok(())
     }
 
+    /// Where the acknowledgement of the batch ending at `last`, waiting since `since`, stands
+    /// (never blocks: the writer is woken when it may have changed). A backup that has not
+    /// acknowledged within the quality of service timeout loses its active status and its
+    /// connection here, which starts the trouble state: the batch then waits until the
+    /// failover rules lift it.
     fn acknowledgement(&self, last: JournalPos, since: Instant) -> Acknowledged {
-        Hub::acknowledgement(self, last, since)
+        let qos = self.qos();
+        let mut state = self.state.lock().unwrap();
+        let answer = loop {
+            if state.closing {
+                break Acknowledged::Closed;
+            }
+            if state.suspended {
+                break Acknowledged::Waiting;
+            }
+            let Some(i) = state.links.iter().position(|l| l.active) else {
+                break Acknowledged::Yes;
+            };
+            if state.links[i].acked >= last {
+                break Acknowledged::Yes;
+            }
+            if since.elapsed() < qos {
+                break Acknowledged::Waiting;
+            }
+            let why = format!(
+                "it did not acknowledge journal position {last} within the QoS timeout ({} ms)",
+                qos.as_millis()
+            );
+            let link = &mut state.links[i];
+            link.active = false;
+            link.reported_lost = true;
+            let name = link.member.name.clone();
+            link.outbox.close(why.clone());
+            tracing::warn!("mirror: {name} is no longer the active backup: {why}");
+            state.lost_active();
+            state.events.push_back(Event::PartnerLost);
+        };
+        state.waiting_for = (answer == Acknowledged::Waiting).then_some((last, since));
+        answer
     }
 
+    /// The writer committed everything up to `pos` (durable here and acknowledged by the active
+    /// backup): every member may apply it. Members apply nothing beyond it, so records a
+    /// primary never committed are never visible anywhere, and can be cut from a member's
+    /// journal or undone.
     fn committed(&self, pos: JournalPos) {
-        Hub::committed(self, pos)
+        let mut state = self.state.lock().unwrap();
+        state.committed_end = state.committed_end.max(pos);
+        let control = Control::Durable { pos: pos.0 };
+        for link in &state.links {
+            link.outbox.control(&control);
+        }
     }
 
+    /// Whether mirrored writes may begin now: not in the trouble state, not closing. The
+    /// writer holds mirrored batches before `BEGIN` while they may not, so nothing a takeover
+    /// would undo is ever committed here.
     fn may_commit(&self) -> bool {
-        Hub::may_commit(self)
+        let state = self.state.lock().unwrap();
+        !state.suspended && !state.closing
     }
 
     fn qos(&self) -> Duration {
         Hub::qos(self)
     }
 
+    /// Sets what to call when a wait may have ended (the writer's wake-up).
     fn set_waker(&self, waker: Waker) {
-        Hub::set_waker(self, waker)
+        *self.waker.lock().unwrap() = Some(waker);
     }
 }
 

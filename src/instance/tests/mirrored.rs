@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::config::mirror::{MemberInfo, MemberKind, Membership, MirrorDefinition};
 use crate::instance::writer::MirrorCommand;
-use crate::instance::writer::replication::Acknowledged;
+use crate::instance::writer::replication::{Acknowledged, Replication};
 use crate::journal::{Journal, JournalOptions};
 
 /// An instance whose install adds a namespace NOTES holding only the PERSONAL database.

@@ -271,7 +271,7 @@ impl Writer {
     /// epoch): there is no acknowledgement to wait for.
     pub(super) fn commit_event_alone(&mut self, json: &str) -> Result<JournalPos, Fatal> {
         let pos = self.write_event(None, json)?;
-        self.mirror.hub.committed(pos);
+        self.replication.committed(pos);
         Ok(pos)
     }
 

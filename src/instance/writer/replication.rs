@@ -7,8 +7,9 @@
 //! ([`Replication::acknowledgement`], with a [`Waker`] that pokes the writer when that may have
 //! changed), say what it committed ([`Replication::committed`]), and know whether mirrored
 //! writes may begin at all ([`Replication::may_commit`], false in the trouble state). The
-//! mirror's hub implements it (`crate::mirror::hub`); the ordering argument that makes it safe
-//! is the writer's (see the module essay of [`super`]).
+//! mirror's hub implements it, and the writer never needs to know more of the mirror than this;
+//! the ordering argument that makes it safe is the writer's (see the module essay of
+//! [`super`]).
 
 use std::time::{Duration, Instant};
 
