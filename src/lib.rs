@@ -2,7 +2,7 @@
 //!
 //! An open, license-free lab kit that reproduces IRIS-style database mirroring: real SQLite
 //! databases, a real journal with fsync and crash recovery, a management portal that shows the
-//! true state, and (as the project grows) a primary and a backup kept identical by shipping that
+//! true state, a primary and a backup kept identical by shipping that
 //! journal, an arbiter, and automatic failover. It is an independent project that imitates how
 //! IRIS mirroring behaves; it is not affiliated with InterSystems.
 //!
@@ -20,6 +20,9 @@
 //!   instance and the mirror read, so neither has to import the other for it.
 //! - [`instance`] — the database server: first-start install, crash recovery, the writer thread
 //!   with group commit, the reader pool.
+//! - [`mirror`] — mirroring: the data channel, the replication hub, the backup's receiver and
+//!   dejournaling, the failover rules and their driver; [`arbiter`] — the arbiter process.
+//! - [`node`] — the composition root: one member's instance, mirror and web, wired together.
 //! - [`web`] — the management portal and the `/api` endpoints; [`apps`] — the COMPANY and
 //!   PHONEBOOK demo applications (pages and API).
 //! - [`agent`] — the process beside the instance that starts it and reports whether it runs.
@@ -31,9 +34,13 @@
 //! ## Who may call whom
 //!
 //! `journal` knows nothing of SQLite or tokio. `storage` knows SQLite but not the journal's
-//! writer or the web. `instance` ties them together and owns every thread that touches a file.
-//! `web` and `apps` reach data only through `instance` (writes through its writer, reads through
-//! its reader pool) and never open a database or journal file themselves.
+//! writer or the web. `instance` ties them together and owns every thread that touches a file;
+//! it imports nothing from `mirror`, which it knows only through seams it owns
+//! ([`instance::role`], [`instance::writer::replication`], [`instance::writer::extension`]).
+//! `mirror` uses the instance (its writer handle, its catalog) and implements those seams.
+//! Only [`node`] knows them all. `web` and `apps` reach data only through `instance` (writes
+//! through its writer, reads through its reader pool) and never open a database or journal file
+//! themselves.
 //!
 //! ## The one rule of the write path
 //!
@@ -53,6 +60,7 @@ pub mod journal;
 pub mod limits;
 pub mod mirror;
 pub mod names;
+pub mod node;
 pub mod os;
 pub mod server;
 pub mod storage;

@@ -12,7 +12,8 @@ use tracing_subscriber::{EnvFilter, fmt};
 
 use crate::agent::{self, AgentSettings};
 use crate::error::{Error, Result};
-use crate::instance::{Instance, InstanceSettings};
+use crate::instance::InstanceSettings;
+use crate::node::Node;
 
 /// Exit code of an instance that stopped because its writer failed (fail-stop).
 pub const EXIT_WRITER_FAILED: u8 = 70;
@@ -85,8 +86,8 @@ pub async fn run_instance(settings: InstanceSettings) -> Result<u8> {
     let failed_tx = Arc::new(failed_tx);
     let hook_tx = failed_tx.clone();
     let open_settings = settings.clone();
-    let instance = tokio::task::spawn_blocking(move || {
-        Instance::open(
+    let node = tokio::task::spawn_blocking(move || {
+        Node::open(
             open_settings,
             Box::new(move |_| {
                 let _ = hook_tx.send(true);
@@ -108,8 +109,8 @@ pub async fn run_instance(settings: InstanceSettings) -> Result<u8> {
             .unwrap_or_default(),
         settings.data_dir.display()
     );
-    let app = crate::web::router(instance.clone());
-    let productions = tokio::spawn(crate::instance::productions::run(instance.clone()));
+    let app = crate::web::router(&node);
+    let productions = tokio::spawn(crate::instance::productions::run(node.instance.clone()));
     let stop = async move {
         tokio::select! {
             _ = shutdown_signal() => tracing::info!("stopping (signal)"),
@@ -118,10 +119,8 @@ pub async fn run_instance(settings: InstanceSettings) -> Result<u8> {
     };
     crate::web::serve::serve(listener, app, stop).await;
     productions.abort();
-    let failed = instance.failure().is_some();
-    tokio::task::spawn_blocking(move || instance.close())
-        .await
-        .ok();
+    let failed = node.instance.failure().is_some();
+    tokio::task::spawn_blocking(move || node.close()).await.ok();
     tracing::info!("instance stopped");
     Ok(if failed { EXIT_WRITER_FAILED } else { 0 })
 }

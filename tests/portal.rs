@@ -9,6 +9,7 @@ use axum::http::{Request, StatusCode, header};
 use base64::Engine;
 use http_body_util::BodyExt;
 use mirrorlab::instance::{Instance, InstanceSettings};
+use mirrorlab::node::Node;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -48,11 +49,11 @@ impl Portal {
         let dir = tempfile::tempdir().unwrap();
         let mut settings = InstanceSettings::for_dir(dir.path());
         adjust(&mut settings);
-        let instance = Instance::open(settings, Box::new(|why| panic!("fatal: {why}"))).unwrap();
-        let app = mirrorlab::web::router(instance.clone());
+        let node = Node::open(settings, Box::new(|why| panic!("fatal: {why}"))).unwrap();
+        let app = mirrorlab::web::router(&node);
         Portal {
             _dir: dir,
-            instance,
+            instance: node.instance.clone(),
             app,
         }
     }

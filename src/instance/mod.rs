@@ -9,7 +9,9 @@
 //!
 //! # How it starts
 //!
-//! [`Instance::open`]:
+//! [`Instance::prepare`], then [`Prepared::start`] ([`Instance::open`] does both for an instance
+//! outside any mirror; a mirror member starts through [`crate::node`], which lets the mirror
+//! decide the member's role between the two):
 //! 1. locks the data directory (two instances on one directory would corrupt it);
 //! 2. loads or creates the configuration, with the default user;
 //! 3. installs what `install/` lists and the configuration lacks ([`install`]);
@@ -27,13 +29,17 @@
 //! # Left out
 //!
 //! Creating and deleting databases and namespaces from the portal (the install manifest does it),
-//! per-database journaling switches, and anything mirror-related, which lives in its own module.
+//! per-database journaling switches, and anything mirror-related, which lives in its own module
+//! and reaches the instance only through the seams the instance owns: [`role`] (whether this
+//! member writes mirrored databases), [`writer::replication`] (where mirrored batches go) and
+//! [`writer::extension`] (the mirror's work on the writer thread).
 
 pub mod install;
 pub mod productions;
 pub mod purge;
 pub mod reader;
 pub mod recovery;
+pub mod role;
 pub mod sql;
 pub mod users;
 pub mod writer;
@@ -62,9 +68,9 @@ use sql::{QueryResult, SqlValue};
 use writer::{FatalHook, WriteRequest, Writer, WriterHandle, WriterSetup};
 
 use crate::config::mirror::Membership;
-use crate::mirror::MirrorContext;
-use crate::mirror::service::MirrorService;
-use crate::mirror::state::{MirrorState, Role};
+use role::MemberRole;
+use writer::extension::WriterExtension;
+use writer::replication::Replication;
 
 /// The IRIS instance name this lab reports by default (the article joins an instance called IRIS).
 pub const DEFAULT_INSTANCE_NAME: &str = "IRIS";
@@ -159,8 +165,8 @@ pub struct Instance {
     pub catalog: Arc<Catalog>,
     /// The journal, as other threads see it.
     pub journal: Arc<JournalShared>,
-    /// The mirror state.
-    pub mirror: Arc<MirrorState>,
+    /// Its place in a mirror, as the instance needs to know it.
+    pub role: Arc<dyn MemberRole>,
     /// What start-up did.
     pub startup: StartupReport,
     /// When it started (ms since the Unix epoch).
@@ -168,8 +174,7 @@ pub struct Instance {
     readers: Arc<ReadPool>,
     writer: WriterHandle,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
-    /// The mirror actions and the superserver.
-    pub mirror_service: Arc<MirrorService>,
+    replication: Arc<dyn Replication>,
     /// The manifest's productions (background jobs run on the primary only).
     pub productions: Vec<productions::Production>,
     /// Their states.
@@ -177,9 +182,59 @@ pub struct Instance {
     _lock: File,
 }
 
+/// An instance half started: its data directory locked, its configuration loaded, its
+/// installation done and its journal open — what a mirror needs to decide this member's role
+/// before the instance recovers its databases and starts its writer ([`Prepared::start`]).
+pub struct Prepared {
+    /// How it is started.
+    pub settings: InstanceSettings,
+    /// The configuration file.
+    pub config: Arc<ConfigStore>,
+    /// The journal folder (`mgr/journal`), where a mirror journal lives too.
+    pub journal_dir: PathBuf,
+    journal: Journal,
+    journal_report: OpenReport,
+    install: InstallReport,
+    source: InstallSource,
+    lock: File,
+}
+
+/// What the layer above attaches to an instance: its answers about the member's role, where
+/// mirrored batches go, the work it runs on the writer thread, and the mirror journal when this
+/// member starts as its primary.
+pub struct Attachments {
+    /// Whether this member writes mirrored databases (see [`role`]).
+    pub role: Arc<dyn MemberRole>,
+    /// Where mirrored batches go (see [`writer::replication`]).
+    pub replication: Arc<dyn Replication>,
+    /// Work that runs on the writer thread (see [`writer::extension`]).
+    pub extension: Option<Box<dyn WriterExtension>>,
+    /// The mirror journal, when this member starts as its primary: recovery replays mirrored
+    /// databases from it and the writer writes it.
+    pub mirror_journal: Option<Journal>,
+}
+
+impl Attachments {
+    /// An instance that belongs to no mirror.
+    pub fn standalone() -> Attachments {
+        Attachments {
+            role: Arc::new(role::Standalone),
+            replication: Arc::new(writer::replication::Unreplicated),
+            extension: None,
+            mirror_journal: None,
+        }
+    }
+}
+
 impl Instance {
-    /// Starts an instance on `settings.data_dir` (blocking: installs, recovers, starts the writer).
+    /// Starts an instance that belongs to no mirror on `settings.data_dir` (blocking: installs,
+    /// recovers, starts the writer). A mirror member starts through [`crate::node`].
     pub fn open(settings: InstanceSettings, on_fatal: FatalHook) -> Result<Arc<Instance>> {
+        Instance::prepare(settings)?.start(Attachments::standalone(), on_fatal)
+    }
+
+    /// Steps 1–4 of the module essay: lock, configuration, installation, journal.
+    pub fn prepare(settings: InstanceSettings) -> Result<Prepared> {
         let data_dir = settings.data_dir.clone();
         let mgr = data_dir.join("mgr");
         let lock = lock_data_dir(&data_dir)?;
@@ -223,67 +278,47 @@ impl Instance {
                 "journal file {segment}: cut {bytes} bytes of an incomplete write at byte {offset}"
             );
         }
-        let shared = journal.shared();
+        Ok(Prepared {
+            settings,
+            config,
+            journal_dir,
+            journal,
+            journal_report,
+            install,
+            source,
+            lock,
+        })
+    }
+}
 
-        // The mirror: its journal, and this member's role in it.
+impl Prepared {
+    /// Steps 5 and 6 of the module essay: recovery, then the writer, with what the layer above
+    /// attached.
+    pub fn start(self, attach: Attachments, on_fatal: FatalHook) -> Result<Arc<Instance>> {
+        let Prepared {
+            settings,
+            config,
+            journal_dir: _,
+            journal,
+            journal_report,
+            install,
+            source,
+            lock,
+        } = self;
+        let Attachments {
+            role,
+            replication,
+            extension,
+            mirror_journal,
+        } = attach;
+        let data_dir = settings.data_dir.clone();
+        let shared = journal.shared();
+        let stream_hex = hex(&shared.stream());
         let membership = config.get().mirror.membership.clone();
-        let mirror = Arc::new(MirrorState::new(
-            membership
-                .as_ref()
-                .map(|m| m.mirror.qos_timeout_ms)
-                .unwrap_or(crate::config::mirror::DEFAULT_QOS_MS),
-        ));
-        let mut mirror_journal = None;
-        if let Some(m) = &membership {
-            let id = crate::util::parse_hex16(&m.mirror.id).ok_or_else(|| {
-                Error::Corrupt("the mirror id in the configuration is not 32 hex digits".into())
-            })?;
-            let options =
-                JournalOptions::mirror(&m.mirror.name, settings.max_segment_bytes, JournalPos(1))
-                    .with_io(settings.journal_io.clone());
-            let exists = crate::journal::files_exist(&journal_dir, &options.prefix)?;
-            if exists || m.was_primary {
-                let (mj, report) = Journal::open(&journal_dir, id, options)?;
-                if let Some((segment, offset, bytes)) = &report.truncated {
-                    tracing::warn!(
-                        "mirror journal file {segment}: cut {bytes} bytes of an incomplete write at byte {offset}"
-                    );
-                }
-                mirror.set_journal(Some(mj.shared()));
-                mirror_journal = Some(mj);
-            }
-            let other_failover = m
-                .others
-                .iter()
-                .any(|o| o.kind == crate::config::mirror::MemberKind::Failover);
-            if m.was_primary && other_failover {
-                // The other failover member may have taken over while this one was down: start
-                // read-only and let the failover driver find out (see mirror::driver).
-                mirror.set_role(Role::Backup);
-                mirror.set_deciding(true);
-            } else if m.was_primary {
-                mirror.set_role(Role::Primary);
-                if let Some(mj) = &mirror_journal {
-                    mirror.hub.reset(mj.end());
-                }
-            } else {
-                mirror.set_role(
-                    if m.this.kind == crate::config::mirror::MemberKind::Failover {
-                        Role::Backup
-                    } else {
-                        Role::Async(m.this.kind)
-                    },
-                );
-            }
-        }
-        let primary = mirror.role() == Role::Primary;
-        if primary && let (Some(m), Some(mj)) = (&membership, &mirror_journal) {
-            crate::mirror::finish_pending_adds(&config, &data_dir, m, &mj.shared())?;
-        }
+        let primary = role.is_primary();
 
         let catalog = Arc::new(Catalog::new());
         catalog.replace(catalog_state(&config.get(), &data_dir, primary));
-        let stream_hex = hex(&stream);
         let mut recovered = Vec::new();
         let mut warnings = Vec::new();
         for entry in catalog.snapshot().databases.values().filter(|d| d.mounted) {
@@ -292,7 +327,7 @@ impl Instance {
                 &shared,
                 &stream_hex,
                 membership.as_ref(),
-                mirror_journal.as_ref().filter(|_| primary),
+                mirror_journal.as_ref(),
             ) {
                 Ok(Some(caught_up)) => {
                     if caught_up.applied > 0 {
@@ -327,54 +362,25 @@ impl Instance {
             catalog.clone(),
             settings.statement_timeout_ms,
         ));
-        let receiver_journal = if primary { None } else { mirror_journal.take() };
-        let writer_journal = if primary { mirror_journal } else { None };
-        // The agent made the files before it started this instance; a lone instance makes them.
-        let identity = Arc::new(crate::tls::Identity::load_or_create(
-            &settings.data_dir,
-            Some(&settings.install_dir),
-            &settings.host_name,
-        )?);
-        let superserver = std::net::TcpListener::bind(&settings.superserver).map_err(|e| {
-            Error::Io(format!(
-                "listen on the superserver address {}: {e}",
-                settings.superserver
-            ))
-        })?;
         let (writer, writer_thread) = Writer::spawn(WriterSetup {
             data_dir,
             catalog: catalog.clone(),
             config: config.clone(),
             local: journal,
-            mirror_journal: writer_journal,
+            mirror_journal,
             readers: readers.clone(),
-            mirror: mirror.clone(),
-            replication: mirror.hub.clone(),
+            role: role.clone(),
+            replication: replication.clone(),
+            extension,
             write_timeout_ms: settings.write_timeout_ms,
             on_fatal,
         });
-        let context = Arc::new(MirrorContext {
-            config: config.clone(),
-            catalog: catalog.clone(),
-            mirror: mirror.clone(),
-            writer: writer.clone(),
-            data_dir: settings.data_dir.clone(),
-            journal_dir,
-            max_segment_bytes: settings.max_segment_bytes,
-            host_name: settings.host_name.clone(),
-            instance_name: settings.instance_name.clone(),
-            superserver: settings.superserver.clone(),
-            agent: settings.agent.clone(),
-            identity,
-        });
-        let mirror_service = MirrorService::start(context, superserver, receiver_journal);
         Ok(Arc::new(Instance {
             settings,
             config,
             catalog,
             journal: shared,
-            mirror,
-            mirror_service,
+            role,
             startup: StartupReport {
                 install,
                 journal: journal_report,
@@ -387,10 +393,13 @@ impl Instance {
             readers,
             writer,
             writer_thread: Mutex::new(Some(writer_thread)),
+            replication,
             _lock: lock,
         }))
     }
+}
 
+impl Instance {
     /// Runs a user's statement (SQL page, `/api/sql`): on a reader when it only reads, through the
     /// writer when it writes.
     pub async fn sql(
@@ -562,10 +571,9 @@ impl Instance {
         self.writer.failure()
     }
 
-    /// Stops the writer after the work already queued, then the mirror (blocking). A primary
-    /// with an active backup hands over to it: everything it committed has been sent first, so
-    /// the backup holds it all and may take over at once (a graceful shutdown is the first
-    /// outage the backup covers).
+    /// Stops the writer after the work already queued (blocking). A batch still waiting for an
+    /// acknowledgement after a moment is answered as not acknowledged: replication is closed.
+    /// (A mirror member then hands over: see [`crate::node::Node::close`].)
     pub fn close(&self) {
         self.writer.shutdown();
         if let Some(thread) = self.writer_thread.lock().unwrap().take() {
@@ -576,12 +584,10 @@ impl Instance {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             if !thread.is_finished() {
-                self.mirror.hub.close_all("the instance is stopping");
+                self.replication.close("the instance is stopping");
             }
             let _ = thread.join();
         }
-        self.mirror_service.hand_over();
-        self.mirror_service.stop();
     }
 }
 

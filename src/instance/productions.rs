@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::mirror::state::Role;
 use crate::names::NamespaceName;
 
 use super::Instance;
@@ -70,11 +69,7 @@ const TICK: Duration = Duration::from_millis(100);
 
 /// Whether this member may run productions now.
 fn may_run(instance: &Instance) -> bool {
-    match instance.mirror.role() {
-        Role::NotMember => true,
-        Role::Primary => !instance.mirror.deciding() && !instance.mirror.hub.suspended(),
-        _ => false,
-    }
+    instance.role.may_run_productions()
 }
 
 /// This member's name for `?1`: its mirror member name, or `HOST/INSTANCE`.

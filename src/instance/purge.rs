@@ -29,7 +29,6 @@
 
 use crate::error::Result;
 use crate::journal::{JournalPos, JournalShared};
-use crate::mirror::state::Role;
 use crate::storage::database;
 use crate::util::hex;
 
@@ -109,24 +108,22 @@ pub fn purge(instance: &Instance) -> Result<PurgeReport> {
         }
     }
     if let Some(m) = membership
-        && instance.mirror.role() == Role::Primary
+        && instance.role.is_primary()
     {
-        let links = instance.mirror.hub.links();
-        for member in &m.others {
-            match links.iter().find(|l| l.member.name == member.name) {
-                Some(link) => mirror_needs.push(link.acked.next()),
+        for (member, need) in instance.role.members_need(m) {
+            match need {
+                Some(need) => mirror_needs.push(need),
                 None => {
                     mirror_needs.push(JournalPos(1));
                     report.kept_because.push(format!(
-                        "the mirror journal is kept whole while member {} is not connected",
-                        member.name
+                        "the mirror journal is kept whole while member {member} is not connected"
                     ));
                 }
             }
         }
     }
     report.local_removed = purge_one(&instance.journal, local_needs)?;
-    if let Some(journal) = instance.mirror.journal() {
+    if let Some(journal) = instance.role.mirror_journal() {
         report.mirror_removed = purge_one(&journal, mirror_needs)?;
     }
     for name in report.local_removed.iter().chain(&report.mirror_removed) {

@@ -628,8 +628,6 @@ async fn a_runaway_statement_is_stopped_and_does_not_block_dismount() {
     );
 }
 
-mod mirrored;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_journal_fsync_stops_the_writer_and_a_restart_loses_no_acknowledged_write() {
     use crate::journal::{Fault, InjectedFaults, JournalOp};

@@ -59,7 +59,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::agent::{self, AgentRequest};
-use crate::instance::writer::MirrorCommand;
+use crate::mirror::steps::MirrorCommand;
 
 use super::failover::{
     Action, AgentAnswer, Event, Failover, FailoverRole, Mode, OtherMember, Restart, restart_as,
@@ -583,7 +583,7 @@ impl Driver {
         let source = service.receiver_journal();
         let result = context
             .writer
-            .mirror_blocking(|reply| MirrorCommand::BecomePrimary {
+            .extension_blocking(|reply| MirrorCommand::BecomePrimary {
                 source,
                 new_epoch: true,
                 reply,
@@ -694,7 +694,7 @@ impl Driver {
                 let source = service.receiver_journal();
                 context
                     .writer
-                    .mirror_blocking(|reply| MirrorCommand::BecomePrimary {
+                    .extension_blocking(|reply| MirrorCommand::BecomePrimary {
                         source,
                         new_epoch: false,
                         reply,
@@ -704,7 +704,7 @@ impl Driver {
                 let primary = other.unwrap_or_default();
                 context
                     .writer
-                    .mirror_blocking(|reply| MirrorCommand::Demote { primary, reply })
+                    .extension_blocking(|reply| MirrorCommand::Demote { primary, reply })
             }
         };
         match result {

@@ -613,6 +613,10 @@ impl Replication for Hub {
     fn set_waker(&self, waker: Waker) {
         *self.waker.lock().unwrap() = Some(waker);
     }
+
+    fn close(&self, why: &str) {
+        self.close_all(why);
+    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,14 @@
 //! answers its clients only after that acknowledgement (when the backup is *active*). One round
 //! trip serves a whole batch. Every member applies only what the primary committed.
 //!
+//! # Start-up
+//!
+//! A member's process is wired in [`crate::node`]: the instance prepares (configuration,
+//! journal), the mirror decides the member's role and opens its journal ([`start`]), the
+//! instance recovers and starts its writer with the mirror's [`steps`] as the writer's extension
+//! and the [`hub`] as its replication, and the [`service`] starts the superserver and the
+//! mirror's threads.
+//!
 //! # Copies, Activate, Catchup
 //!
 //! Add to Mirror marks databases mirrored. Every other member needs a copy of each file: dismount
@@ -97,66 +105,17 @@ pub mod protocol;
 pub mod receiver;
 pub mod server;
 pub mod service;
+pub mod start;
 pub mod state;
 pub mod status;
+pub mod steps;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::ConfigStore;
 use crate::error::Result;
-use crate::journal::{JournalPos, JournalShared, RecordBody};
-use crate::storage::CatalogState;
-use crate::storage::database;
-
-/// Finishes (or drops) Add to Mirror steps a crash interrupted on the primary: when the journal
-/// holds the event, the database is switched to the mirror journal and recorded as mirrored;
-/// when it does not, the intent is forgotten.
-pub fn finish_pending_adds(
-    config: &ConfigStore,
-    data_dir: &Path,
-    membership: &crate::config::mirror::Membership,
-    journal: &JournalShared,
-) -> Result<()> {
-    for pending in &membership.pending_adds {
-        let pos = JournalPos(pending.added_at);
-        let written = journal.read_range(JournalPos(pos.0.saturating_sub(1)), pos).next().transpose()?.is_some_and(|r| {
-            matches!(&r.body, RecordBody::Event(e) if e.db.as_deref() == Some(pending.name.as_str()))
-        });
-        if written {
-            let directory = config
-                .get()
-                .databases
-                .iter()
-                .find(|d| d.name == pending.name)
-                .map(|d| d.directory.clone());
-            if let Some(directory) = directory {
-                database::switch_stream(
-                    &CatalogState::file_path(data_dir, &directory),
-                    &membership.mirror.id,
-                    pos,
-                )?;
-            }
-            tracing::warn!(
-                "finished adding {} to the mirror after a restart",
-                pending.name
-            );
-        }
-        config.update(|c| {
-            if let Some(m) = c.mirror.membership.as_mut() {
-                m.pending_adds.retain(|p| p.name != pending.name);
-                if written && m.database(&pending.name).is_none() {
-                    m.databases.push(pending.clone());
-                }
-            }
-            if written && let Ok(db) = c.database_mut(&pending.name) {
-                db.mirrored = true;
-            }
-            Ok(())
-        })?;
-    }
-    Ok(())
-}
+use crate::journal::JournalPos;
 
 /// What the mirror's threads and actions share.
 pub struct MirrorContext {

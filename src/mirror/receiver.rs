@@ -236,8 +236,8 @@ fn receive(
                     "mirror: records after {cut} were written here in an older epoch and never \
                      reached the new primary: undoing them"
                 );
-                let message = context.writer.mirror_blocking(|reply| {
-                    crate::instance::writer::MirrorCommand::RollBack {
+                let message = context.writer.extension_blocking(|reply| {
+                    crate::mirror::steps::MirrorCommand::RollBack {
                         after: JournalPos(cut),
                         reply,
                     }
@@ -452,7 +452,7 @@ fn receive(
         let target = received_end.min(primary_durable);
         if target > context.mirror.dejournal_target() {
             context.mirror.raise_dejournal_target(target);
-            context.writer.dejournal();
+            context.writer.request_turn();
         }
     }
     stream.close();

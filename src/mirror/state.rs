@@ -169,8 +169,6 @@ pub struct MirrorState {
     /// Highest position this member may dejournal: durable here and announced durable by the
     /// primary.
     dejournal_target: AtomicU64,
-    /// Set while a dejournal request is queued for the writer (requests are coalesced).
-    pub dejournal_queued: AtomicBool,
     /// What happened to the link with the other failover member, in order, for the failover
     /// driver (pushed by the hub on the primary and the receiver on the backup).
     partner_events: Mutex<VecDeque<Event>>,
@@ -254,7 +252,6 @@ impl MirrorState {
             link: Mutex::new(LinkStatus::default()),
             databases: Mutex::new(BTreeMap::new()),
             dejournal_target: AtomicU64::new(0),
-            dejournal_queued: AtomicBool::new(false),
             partner_events: Mutex::new(VecDeque::new()),
             may_connect: AtomicBool::new(true),
             deciding: AtomicBool::new(false),
@@ -357,5 +354,44 @@ impl MirrorState {
             .get(db)
             .cloned()
             .unwrap_or_default()
+    }
+}
+
+/// The instance asks the mirror's state about its place in the mirror.
+impl crate::instance::role::MemberRole for MirrorState {
+    fn is_primary(&self) -> bool {
+        self.role() == Role::Primary
+    }
+
+    fn may_run_productions(&self) -> bool {
+        match self.role() {
+            Role::NotMember => true,
+            // Not while a restarted former primary is still finding out whether it is one, nor
+            // while the trouble state holds its writes.
+            Role::Primary => !self.deciding() && !self.hub.suspended(),
+            _ => false,
+        }
+    }
+
+    fn mirror_journal(&self) -> Option<Arc<JournalShared>> {
+        self.journal()
+    }
+
+    fn members_need(
+        &self,
+        membership: &crate::config::mirror::Membership,
+    ) -> Vec<(String, Option<JournalPos>)> {
+        let links = self.hub.links();
+        membership
+            .others
+            .iter()
+            .map(|member| {
+                let need = links
+                    .iter()
+                    .find(|l| l.member.name == member.name)
+                    .map(|link| link.acked.next());
+                (member.name.clone(), need)
+            })
+            .collect()
     }
 }

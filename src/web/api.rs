@@ -118,7 +118,7 @@ async fn database_action(
     Path((db, action)): Path<(String, String)>,
 ) -> ApiResult {
     let db = DbName::new(&db)?;
-    let service = &state.instance.mirror_service;
+    let service = &state.mirror_service;
     let message = match action.as_str() {
         "mount" => state.instance.mount(db.clone()).await?,
         "dismount" => state.instance.dismount(db.clone()).await?,
@@ -175,7 +175,6 @@ fn journal_json(journal: &crate::journal::JournalShared) -> Json_ {
 async fn journal(State(state): State<AppState>) -> Json<Json_> {
     let mut answer = journal_json(&state.instance.journal);
     answer["mirror"] = state
-        .instance
         .mirror
         .journal()
         .map(|j| journal_json(&j))
@@ -265,7 +264,7 @@ async fn sql(State(state): State<AppState>, ApiJson(request): ApiJson<SqlRequest
 
 /// `GET /api/mirror`: this member's view, with the same strings the Mirror Monitor shows.
 async fn mirror(State(state): State<AppState>) -> Json<Json_> {
-    let view = state.instance.mirror_service.view();
+    let view = state.mirror_service.view();
     let databases: Vec<Json_> = view
         .databases
         .iter()
@@ -327,21 +326,21 @@ async fn mirror_service(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<ServiceRequest>,
 ) -> ApiResult {
-    done(state.instance.mirror_service.set_service(request.enabled)?)
+    done(state.mirror_service.set_service(request.enabled)?)
 }
 
 async fn mirror_create(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CreateRequest>,
 ) -> ApiResult {
-    done(state.instance.mirror_service.create(request).await?)
+    done(state.mirror_service.create(request).await?)
 }
 
 async fn mirror_join_info(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<JoinInfoRequest>,
 ) -> ApiResult {
-    let description = state.instance.mirror_service.join_info(&request).await?;
+    let description = state.mirror_service.join_info(&request).await?;
     Ok(Json(
         serde_json::to_value(description).map_err(|e| Error::Internal(e.to_string()))?,
     ))
@@ -351,21 +350,21 @@ async fn mirror_join_failover(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<JoinRequest>,
 ) -> ApiResult {
-    done(state.instance.mirror_service.join_failover(request).await?)
+    done(state.mirror_service.join_failover(request).await?)
 }
 
 async fn mirror_join_async(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<JoinRequest>,
 ) -> ApiResult {
-    done(state.instance.mirror_service.join_async(request).await?)
+    done(state.mirror_service.join_async(request).await?)
 }
 
 async fn mirror_edit(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<EditRequest>,
 ) -> ApiResult {
-    done(state.instance.mirror_service.edit(request).await?)
+    done(state.mirror_service.edit(request).await?)
 }
 
 #[derive(Deserialize)]
@@ -375,7 +374,7 @@ struct NoFailoverRequest {
 
 /// One of the Mirror Monitor's actions (the same ones its buttons run).
 async fn monitor_action(state: &AppState, action: MonitorAction) -> ApiResult {
-    done(state.instance.mirror_service.monitor_action(action).await?)
+    done(state.mirror_service.monitor_action(action).await?)
 }
 
 async fn mirror_no_failover(
@@ -420,7 +419,7 @@ async fn mirror_force_primary(
 }
 
 async fn mirror_remove(State(state): State<AppState>) -> ApiResult {
-    done(state.instance.mirror_service.remove().await?)
+    done(state.mirror_service.remove().await?)
 }
 
 #[derive(Deserialize)]
@@ -434,7 +433,6 @@ async fn mirror_remove_member(
 ) -> ApiResult {
     done(
         state
-            .instance
             .mirror_service
             .remove_member(&request.member_name.to_ascii_uppercase())?,
     )
@@ -445,7 +443,7 @@ async fn mirror_remove_member(
 /// "another_certificate", "warning"}], "rejected": [{"member_name", "type", "certificate",
 /// "asked_from", "since_ms", "rejected_ms"}]}`.
 async fn mirror_pending(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let lists = state.instance.mirror_service.pending();
+    let lists = state.mirror_service.pending();
     let pending: Vec<serde_json::Value> = lists
         .waiting
         .into_iter()
@@ -496,7 +494,7 @@ async fn mirror_authorize(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<PendingRequest>,
 ) -> ApiResult {
-    let service = &state.instance.mirror_service;
+    let service = &state.mirror_service;
     done(service.authorize(&request.member_name, &request.certificate)?)
 }
 
@@ -504,7 +502,7 @@ async fn mirror_reject(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<PendingRequest>,
 ) -> ApiResult {
-    let service = &state.instance.mirror_service;
+    let service = &state.mirror_service;
     done(service.reject(&request.member_name, &request.certificate)?)
 }
 
@@ -512,7 +510,7 @@ async fn mirror_remove_pending(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<PendingRequest>,
 ) -> ApiResult {
-    let service = &state.instance.mirror_service;
+    let service = &state.mirror_service;
     done(service.remove_pending(&request.member_name, &request.certificate)?)
 }
 
@@ -530,7 +528,7 @@ async fn mirror_add_databases(
         .iter()
         .map(|d| DbName::new(d))
         .collect::<Result<Vec<_>, _>>()?;
-    done(state.instance.mirror_service.add_databases(dbs).await?)
+    done(state.mirror_service.add_databases(dbs).await?)
 }
 
 #[derive(Deserialize, Default)]
@@ -557,7 +555,6 @@ async fn mirror_freeze(State(state): State<AppState>, body: axum::body::Bytes) -
     }
     done(
         state
-            .instance
             .mirror_service
             .freeze(std::time::Duration::from_secs(timeout))
             .await?,
@@ -565,7 +562,7 @@ async fn mirror_freeze(State(state): State<AppState>, body: axum::body::Bytes) -
 }
 
 async fn mirror_thaw(State(state): State<AppState>) -> ApiResult {
-    done(state.instance.mirror_service.thaw().await?)
+    done(state.mirror_service.thaw().await?)
 }
 
 #[derive(Deserialize)]

@@ -61,7 +61,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 fn service(state: &AppState) -> &MirrorService {
-    &state.instance.mirror_service
+    &state.mirror_service
 }
 
 /// A form field that may be empty: `None` when it is.
@@ -425,7 +425,7 @@ async fn edit_page(State(state): State<AppState>, user: PortalUser) -> Result<Ed
     Ok(EditPage {
         layout: Layout::new(&state, &user, "Edit Mirror", crumbs, "mirror-settings"),
         view: service(&state).view(),
-        primary: state.instance.mirror.role() == Role::Primary,
+        primary: state.mirror.role() == Role::Primary,
     })
 }
 
@@ -558,7 +558,7 @@ async fn monitor_action(
     CsrfForm(user, form): CsrfForm<MonitorActionForm>,
 ) -> Result<Response, PageError> {
     let action = MonitorAction::from_word(&action, form.confirm.is_some())?;
-    let result = state.instance.mirror_service.monitor_action(action).await;
+    let result = state.mirror_service.monitor_action(action).await;
     Ok(flash_and_redirect(
         &state,
         &user,
@@ -609,7 +609,7 @@ async fn local_databases(
     user: PortalUser,
 ) -> Result<LocalDatabasesPage, PageError> {
     let config = state.instance.config.get();
-    let primary = state.instance.mirror.role() == Role::Primary;
+    let primary = state.mirror.role() == Role::Primary;
     let add_hint = match (&config.mirror.membership, config.mirror.service_enabled) {
         (Some(_), _) if !primary => {
             "Add to Mirror: databases are added on the mirror's primary".into()

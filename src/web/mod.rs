@@ -51,6 +51,9 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::error::Error;
 use crate::instance::Instance;
+use crate::mirror::service::MirrorService;
+use crate::mirror::state::MirrorState;
+use crate::node::Node;
 
 use auth::{Auth, Flash, PortalUser};
 use error::{ApiError, PageError};
@@ -65,17 +68,27 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct AppState {
     /// The instance.
     pub instance: Arc<Instance>,
+    /// The mirror's runtime state (roles, links, the monitor's figures).
+    pub mirror: Arc<MirrorState>,
+    /// The mirror's actions.
+    pub mirror_service: Arc<MirrorService>,
     /// Sessions and credentials.
     pub auth: Arc<Auth>,
 }
 
 /// The whole web application of an instance.
-pub fn router(instance: Arc<Instance>) -> Router {
+pub fn router(node: &Node) -> Router {
+    let instance = node.instance.clone();
     let auth = Arc::new(Auth::new(
         instance.config.clone(),
         &instance.config.get().instance_guid,
     ));
-    let state = AppState { instance, auth };
+    let state = AppState {
+        instance,
+        mirror: node.mirror.clone(),
+        mirror_service: node.mirror_service.clone(),
+        auth,
+    };
     let protected_api =
         api::routes()
             .merge(crate::apps::api_routes())
@@ -136,7 +149,7 @@ pub fn router(instance: Arc<Instance>) -> Router {
 /// saying SUCCESS long before another member takes over, so the balancer moves in time.
 async fn mirror_status(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
     let instance = &state.instance;
-    let mirror = &instance.mirror;
+    let mirror = &state.mirror;
     if mirror.role() == crate::mirror::state::Role::Primary
         && !mirror.deciding()
         && mirror.hub.acknowledging_now()
@@ -238,7 +251,7 @@ fn mirror_label(state: &AppState) -> String {
     match &config.mirror.membership {
         None => "Not a member".into(),
         Some(m) => {
-            let role = match state.instance.mirror.role() {
+            let role = match state.mirror.role() {
                 crate::mirror::state::Role::Primary => "Primary".to_string(),
                 crate::mirror::state::Role::Backup => "Backup".to_string(),
                 crate::mirror::state::Role::Async(kind) => kind.display().to_string(),

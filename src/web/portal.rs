@@ -420,7 +420,7 @@ async fn journals(State(state): State<AppState>, user: PortalUser) -> JournalsPa
             "journals",
         ),
         local: JournalView::of(&state.instance.journal),
-        mirror: state.instance.mirror.journal().map(|j| JournalView::of(&j)),
+        mirror: state.mirror.journal().map(|j| JournalView::of(&j)),
     }
 }
 

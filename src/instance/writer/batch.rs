@@ -42,12 +42,9 @@ pub(super) enum ParkedWork {
         conn: Box<NamespaceConn>,
         outcomes: Vec<Outcome>,
     },
-    /// Add to Mirror: its events are journaled; the databases switch to the mirror journal once
-    /// the backup holds them.
-    Add {
-        added: Vec<(DatabaseEntry, MirroredDatabase)>,
-        reply: Reply<String>,
-    },
+    /// The extension's work (Add to Mirror: its events are journaled; the databases switch to
+    /// the mirror journal once the backup holds them): handed back to it when acknowledged.
+    Extension(Box<dyn ExtensionCommand>),
 }
 
 impl Parked {
@@ -58,9 +55,7 @@ impl Parked {
                 let _ = conn.internal(|c| c.execute_batch("ROLLBACK"));
                 fail_all(outcomes, err);
             }
-            ParkedWork::Add { reply, .. } => {
-                let _ = reply.send(Err(err.clone()));
-            }
+            ParkedWork::Extension(command) => command.refuse(err.clone()),
         }
     }
 }
@@ -286,10 +281,7 @@ impl Writer {
                         self.conns.insert(namespace, *conn);
                         result
                     }
-                    ParkedWork::Add { added, reply } => {
-                        let result = self.finish_add(added);
-                        answer_or_stop(reply, result)
-                    }
+                    ParkedWork::Extension(command) => self.extension_command(command),
                 }
             }
         }
@@ -309,7 +301,7 @@ impl Writer {
                 (parked.is_some() || !self.replication.may_commit())
                     && self.touches_mirror(&request.namespace, parked)
             }
-            Command::Mirror(MirrorCommand::AddDatabases { .. }) => {
+            Command::Extension(command) if command.writes_replicated() => {
                 parked.is_some() || !self.replication.may_commit()
             }
             _ => parked.is_some(),
@@ -407,5 +399,56 @@ impl Writer {
             journal.sync()?;
         }
         Ok(())
+    }
+
+    /// Writes one event record to the mirror journal, shipped and durable here, and returns its
+    /// position. Like a batch, it counts as committed only once the active backup holds it:
+    /// [`Writer::commit_event_alone`] when there is no backup to wait for, else [`Writer::park`].
+    pub(crate) fn write_event(
+        &mut self,
+        db: Option<&DbName>,
+        json: &str,
+    ) -> Result<JournalPos, Fatal> {
+        let journal = self
+            .mirror_journal
+            .as_mut()
+            .ok_or_else(|| Fatal("no mirror journal".into()))?;
+        let pos = journal.end().next();
+        self.mirror_frames.clear();
+        let mut frame = FrameBuilder::begin(&mut self.mirror_frames, pos, self.epoch, now_ms());
+        frame.set_event(db.map(|d| d.as_str()), json);
+        frame.finish();
+        // Durability: shipped before our own fsync, like a batch (step 3 of the module essay).
+        let durable = self
+            .replication
+            .publish(journal, &self.mirror_frames, pos, pos)
+            .and_then(|_| journal.sync());
+        if let Err(err) = durable {
+            return Err(Fatal(format!("mirror journal write failed: {err}")));
+        }
+        Ok(pos)
+    }
+
+    /// Writes and commits an event of a primary that has no backup yet (a new mirror, a new
+    /// epoch): there is no acknowledgement to wait for.
+    pub(crate) fn commit_event_alone(&mut self, json: &str) -> Result<JournalPos, Fatal> {
+        let pos = self.write_event(None, json)?;
+        self.replication.committed(pos);
+        Ok(pos)
+    }
+
+    /// Parks the extension's `then` until the active backup holds the mirror journal up to
+    /// `last` (written with [`Writer::write_event`]): it then comes back to the extension as a
+    /// command, or is refused if replication closes first. Meanwhile the writer goes on with
+    /// other work.
+    ///
+    /// The wait is settled by the writer's loop right after the extension returns (never from
+    /// inside it: `then` goes back to the extension, which is busy until it returns).
+    pub(crate) fn park(&mut self, last: JournalPos, then: Box<dyn ExtensionCommand>) {
+        self.parked = Some(Parked {
+            last,
+            since: Instant::now(),
+            work: ParkedWork::Extension(then),
+        });
     }
 }

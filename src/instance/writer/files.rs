@@ -70,15 +70,12 @@ impl Writer {
         self.reload_catalog();
         tracing::info!("mounted {name}");
         let mut message = format!("{name} mounted");
-        if mirrored && !self.is_primary() {
-            if self.config.get().mirror.activated(name) {
-                let _ = self.start_catchup(name);
-                message.push_str("; catching up from the mirror journal");
-            } else {
-                message.push_str(
-                    " as a copy of the mirrored database: it needs Activate, then Catchup",
-                );
-            }
+        if mirrored
+            && !self.is_primary()
+            && let Some(Some(more)) =
+                self.with_extension(|extension, writer| extension.copy_mounted(writer, name))
+        {
+            message.push_str(&more);
         }
         Ok(message)
     }
@@ -128,12 +125,9 @@ impl Writer {
             c.database_mut(name)?.mounted = false;
             Ok(())
         })?;
-        self.cursors.remove(name);
-        self.appliers.remove(name);
-        self.mirror.update_database(name, |d| {
-            d.dejournaling = false;
-            d.phase = CatchupPhase::Idle;
-        });
+        if let Some(extension) = self.extension.as_mut() {
+            extension.dismounted(name);
+        }
         self.reload_catalog();
         // Close every connection that could have the file open: the writer's own now, the
         // readers' once reads in flight finish (the exclusive file gate waits for them).

@@ -52,44 +52,43 @@
 //!
 //! # Everything else that changes a database
 //!
-//! Mount and dismount, and the mirror's work — Add to Mirror, Activate, Catchup and dejournaling
-//! on a backup, Freeze and Thaw — run on this thread too, in order with the writes, so no two
-//! things ever change one file at once (and after a parked batch). Add to Mirror's events are
-//! mirrored writes too: the databases switch to the mirror journal once the backup holds them.
-//! Dejournaling works in chunks so writes and acknowledgements are never stuck behind a long
-//! Catchup. After a second without writes the WAL files are folded into the database files, so a
-//! plain `cp` of an idle database file is complete.
+//! Mount and dismount, Freeze and Thaw, and the work of the layer above — the mirror's
+//! lifecycle steps (Add to Mirror, Activate, Catchup, becoming primary, …) and a backup's
+//! dejournaling — run on this thread too, in order with the writes, so no two things ever change
+//! one file at once (and after a parked batch). The writer knows that work only through its
+//! [`extension`] seam: commands it queues and hands on, turns it grants, work it parks until
+//! replication acknowledges it (Add to Mirror's events are mirrored writes too). After a second
+//! without writes the WAL files are folded into the database files, so a plain `cp` of an idle
+//! database file is complete.
+//!
+//! Whether this member writes mirrored databases at all (a backup's copies are read-only) is a
+//! question the writer asks of its [`MemberRole`](crate::instance::role::MemberRole).
 //!
 //! # Files
 //!
-//! This file holds the thread, its queue and what holds work back (Freeze); [`batch`] a batch's
-//! way from `BEGIN` to its answer; [`statement`] one request inside it and its journal frames;
-//! [`files`] mount and dismount; [`replication`] the seam to the mirror's hub; [`mirror`] the
-//! mirror's lifecycle steps that run here; [`apply`] a backup's Catchup and dejournaling.
+//! This file holds the thread, its queue and what holds work back, and what the extension may
+//! use of the writer; [`batch`] a batch's way from `BEGIN` to its answer, and the mirror's event
+//! records; [`statement`] one request inside it and its journal frames; [`files`] mount and
+//! dismount; [`freeze`] Freeze and Thaw; [`replication`] the seam to the mirror's hub;
+//! [`extension`] the seam to the work of the layer above.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
 use rusqlite::session::Session;
 use tokio::sync::oneshot;
 
-use crate::config::mirror::MirroredDatabase;
 use crate::error::{Error, Result};
-use crate::journal::{FrameBuilder, Journal, JournalPos, JournalShared, ReadResume, RecordBody};
-use crate::mirror::state::{CatchupPhase, MirrorState, Role};
+use crate::journal::{FrameBuilder, Journal, JournalPos};
 use crate::names::{DbName, NamespaceName};
-use crate::storage::database::{
-    self, Applier, ChangesetRun, META_TABLE, apply_schema_qualified, is_qualified_schema,
-    set_applied_sql,
-};
-use crate::storage::{Catalog, DatabaseEntry, NamespaceConn, Purpose};
+use crate::storage::database::{self, META_TABLE, set_applied_sql};
+use crate::storage::{Catalog, NamespaceConn, Purpose};
 use crate::util::{hex, now_ms};
 
 use super::reader::ReadPool;
@@ -97,16 +96,18 @@ use super::recovery;
 use super::sql::{QueryResult, SqlValue, collect_rows, with_statement};
 use crate::config::{ConfigStore, catalog_state};
 
-mod apply;
 mod batch;
+pub mod extension;
 mod files;
-mod mirror;
+mod freeze;
 pub mod replication;
 mod statement;
 
+use extension::{ExtensionCommand, WriterExtension};
 use replication::{Acknowledged, Replication};
 
-use batch::{Parked, ParkedWork, Streams};
+use super::role::MemberRole;
+use batch::{Parked, Streams};
 
 /// Most requests committed together.
 pub const MAX_BATCH: usize = 256;
@@ -118,20 +119,6 @@ const QUEUE: usize = 1_024;
 const MAX_HELD: usize = 1_000;
 /// Quiet time after which the WAL files are checkpointed into the database files.
 const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
-/// Records a dejournal round applies before other work gets a turn.
-const DEJOURNAL_CHUNK: u64 = 2_000;
-/// How long dejournaling lets received records gather before a round (unless many are waiting):
-/// one round applies them with one transaction per database instead of one per batch.
-///
-/// Each round pays for its own transaction and for SQLite preparing the changeset's statements
-/// again. At 5 ms these costs made up half of a backup's dejournaling CPU under a 16-client
-/// load; at 20 ms a backup spent about 40 % less per commit, and at 50 ms the pair committed a
-/// few per cent more on a two-core machine, where the primary shares the backup's CPU. Nothing
-/// waits for a round but readers on the backup, who see a write up to this much later (commits
-/// wait for the journal, not for dejournaling).
-const DEJOURNAL_GATHER: Duration = Duration::from_millis(50);
-/// How often dejournaling that stopped on a full disk tries again by itself.
-const DISK_FULL_RETRY: Duration = Duration::from_secs(2);
 
 /// One statement to run as its own transaction.
 #[derive(Debug, Clone)]
@@ -146,112 +133,21 @@ pub struct WriteRequest {
     pub cached: bool,
 }
 
-type Reply<T> = oneshot::Sender<Result<T>>;
-
-/// Mirror work, done by the writer in order with the writes.
-pub enum MirrorCommand {
-    /// Become the primary of a new mirror: `journal` is its new, empty journal. The membership is
-    /// stored and the mirror's first record written.
-    Create {
-        /// The new mirror journal.
-        journal: Journal,
-        /// The membership to store.
-        membership: Box<crate::config::mirror::Membership>,
-        /// Answer.
-        reply: Reply<String>,
-    },
-    /// Add databases to the mirror (primary).
-    AddDatabases {
-        /// The databases.
-        dbs: Vec<DbName>,
-        /// Answer.
-        reply: Reply<String>,
-    },
-    /// Activate a mirrored database's copy (backup).
-    Activate {
-        /// The database.
-        db: DbName,
-        /// Answer.
-        reply: Reply<String>,
-    },
-    /// Start applying the journal to an activated copy (backup).
-    Catchup {
-        /// The database.
-        db: DbName,
-        /// Answer.
-        reply: Reply<String>,
-    },
-    /// Stop writes and make every database file complete.
-    Freeze {
-        /// Thaw by itself after this long.
-        timeout: Duration,
-        /// Answer.
-        reply: Reply<String>,
-    },
-    /// Resume writes.
-    Thaw {
-        /// Answer.
-        reply: Reply<String>,
-    },
-    /// Leave the mirror: copies of mirrored databases become local databases.
-    Leave {
-        /// Answer.
-        reply: Reply<String>,
-    },
-    /// Become the primary: a backup taking over (`new_epoch`), or a restarted former primary
-    /// that learned it still is one. The journal is taken from `source` only once every copy
-    /// holds everything in it; on a refusal it stays there.
-    BecomePrimary {
-        /// The receiver's mirror journal.
-        source: crate::mirror::receiver::SharedJournal,
-        /// Start a new epoch (a takeover).
-        new_epoch: bool,
-        /// Answer.
-        reply: Reply<String>,
-    },
-    /// A restarted former primary learned that `primary` took over: follow it as backup.
-    Demote {
-        /// The member now primary.
-        primary: String,
-        /// Answer.
-        reply: Reply<String>,
-    },
-    /// Undo what the copies here applied after `after` (a divergent tail), keeping its rows in
-    /// quarantine, before the journal is cut there.
-    RollBack {
-        /// The last position shared with the primary.
-        after: JournalPos,
-        /// Answer.
-        reply: Reply<String>,
-    },
-}
-
-impl MirrorCommand {
-    /// Answers the command with `err` without carrying it out.
-    fn refuse(self, err: Error) {
-        let reply = match self {
-            MirrorCommand::Create { reply, .. }
-            | MirrorCommand::AddDatabases { reply, .. }
-            | MirrorCommand::Activate { reply, .. }
-            | MirrorCommand::Catchup { reply, .. }
-            | MirrorCommand::Freeze { reply, .. }
-            | MirrorCommand::Thaw { reply }
-            | MirrorCommand::Leave { reply }
-            | MirrorCommand::BecomePrimary { reply, .. }
-            | MirrorCommand::Demote { reply, .. }
-            | MirrorCommand::RollBack { reply, .. } => reply,
-        };
-        let _ = reply.send(Err(err));
-    }
-}
+/// Where the writer sends a command's answer.
+pub type Reply<T> = oneshot::Sender<Result<T>>;
 
 enum Command {
     Write(WriteRequest, Reply<QueryResult>),
     Mount(DbName, Reply<String>),
     Dismount(DbName, Reply<String>),
     StampPositions(Reply<()>),
-    Mirror(MirrorCommand),
-    Dejournal,
+    /// Stop writes and make every database file complete; thaw by itself after the timeout.
+    Freeze(Duration, Reply<String>),
+    /// Resume writes.
+    Thaw(Reply<String>),
+    Extension(Box<dyn ExtensionCommand>),
+    /// The extension's turn (see [`extension`]).
+    Turn,
     /// Something a waiting batch depends on changed (the replication hub's wake-up).
     Wake,
     Shutdown,
@@ -265,8 +161,9 @@ pub type FatalHook = Box<dyn Fn(&str) + Send + Sync>;
 pub struct WriterHandle {
     tx: mpsc::SyncSender<Command>,
     failure: Arc<Mutex<Option<String>>>,
-    mirror: Arc<MirrorState>,
-    frozen: Arc<std::sync::atomic::AtomicBool>,
+    /// A turn of the extension waits in the queue (see [`WriterHandle::request_turn`]).
+    turn_queued: Arc<AtomicBool>,
+    frozen: Arc<AtomicBool>,
 }
 
 impl WriterHandle {
@@ -315,16 +212,38 @@ impl WriterHandle {
         self.call(Command::StampPositions).await
     }
 
-    /// Runs a mirror command (build it with the reply sender given).
-    pub async fn mirror<T>(&self, make: impl FnOnce(Reply<T>) -> MirrorCommand) -> Result<T> {
-        self.call(|reply| Command::Mirror(make(reply))).await
+    /// Stops writes and makes every database file complete, so the files can be copied; writes
+    /// resume by themselves after `timeout`.
+    pub async fn freeze(&self, timeout: Duration) -> Result<String> {
+        self.call(|reply| Command::Freeze(timeout, reply)).await
     }
 
-    /// [`WriterHandle::mirror`] for threads outside the async runtime (the receiver and the
-    /// failover driver): blocks until the writer answers.
-    pub fn mirror_blocking<T>(&self, make: impl FnOnce(Reply<T>) -> MirrorCommand) -> Result<T> {
+    /// Resumes writes after a Freeze.
+    pub async fn thaw(&self) -> Result<String> {
+        self.call(Command::Thaw).await
+    }
+
+    /// Runs a command of the writer's extension (build it with the reply sender given).
+    pub async fn extension<T, C: ExtensionCommand>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> C,
+    ) -> Result<T> {
+        self.call(|reply| Command::Extension(Box::new(make(reply))))
+            .await
+    }
+
+    /// [`WriterHandle::extension`] for threads outside the async runtime: blocks until the
+    /// writer answers.
+    pub fn extension_blocking<T, C: ExtensionCommand>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> C,
+    ) -> Result<T> {
         let (reply, answer) = oneshot::channel();
-        if self.tx.send(Command::Mirror(make(reply))).is_err() {
+        if self
+            .tx
+            .send(Command::Extension(Box::new(make(reply))))
+            .is_err()
+        {
             return Err(self.unavailable());
         }
         answer
@@ -332,11 +251,10 @@ impl WriterHandle {
             .unwrap_or_else(|_| Err(self.unavailable()))
     }
 
-    /// Asks the writer to apply what the mirror journal received (coalesced: at most one
-    /// request waits in the queue).
-    pub fn dejournal(&self) {
-        if !self.mirror.dejournal_queued.swap(true, Ordering::AcqRel) {
-            let _ = self.tx.send(Command::Dejournal);
+    /// Asks for a turn of the extension (coalesced: at most one request waits in the queue).
+    pub fn request_turn(&self) {
+        if !self.turn_queued.swap(true, Ordering::AcqRel) {
+            let _ = self.tx.send(Command::Turn);
         }
     }
 
@@ -362,24 +280,18 @@ pub struct Writer {
     catalog: Arc<Catalog>,
     config: Arc<ConfigStore>,
     readers: Arc<ReadPool>,
-    mirror: Arc<MirrorState>,
+    /// Whether this member writes mirrored databases (see [`MemberRole`]).
+    role: Arc<dyn MemberRole>,
     /// Where mirrored batches go (see [`replication`]).
     replication: Arc<dyn Replication>,
+    /// Work of the layer above that runs here (see [`extension`]); taken out while it runs.
+    extension: Option<Box<dyn WriterExtension>>,
     local: Journal,
     local_hex: String,
     /// The mirror's journal while this member is its primary.
     mirror_journal: Option<Journal>,
     epoch: u64,
     conns: HashMap<NamespaceName, NamespaceConn>,
-    /// Backup: databases the mirror journal is applied to, with the position applied so far.
-    cursors: BTreeMap<DbName, JournalPos>,
-    /// Backup: the connections dejournaling uses, kept open between rounds.
-    appliers: HashMap<DbName, Connection>,
-    /// Backup: where the last dejournal round stopped reading the mirror journal, so the next
-    /// round reads on from there instead of searching from a seek mark.
-    dejournal_resume: Option<ReadResume>,
-    /// Backup: databases whose dejournaling stopped on a full disk, and when to try again.
-    disk_full: BTreeMap<DbName, Instant>,
     /// The mirrored batch (or Add to Mirror's events) durable here and shipped, waiting for the
     /// active backup's acknowledgement before it commits (see the module essay).
     parked: Option<Parked>,
@@ -390,14 +302,14 @@ pub struct Writer {
     local_frames: Vec<u8>,
     mirror_frames: Vec<u8>,
     deferred: VecDeque<Command>,
-    /// Writes (and dejournaling) waiting for a Thaw.
+    /// Writes (and the extension's turns) waiting for a Thaw.
     held: VecDeque<Command>,
     frozen_until: Option<Instant>,
-    /// Backup: when the next dejournal round may run (rounds gather records for a moment).
-    dejournal_due: Option<Instant>,
-    last_dejournal: Instant,
+    /// When a postponed turn of the extension runs.
+    turn_due: Option<Instant>,
+    turn_queued: Arc<AtomicBool>,
     /// Mirrors `frozen_until.is_some()` for the portal.
-    frozen_flag: Arc<std::sync::atomic::AtomicBool>,
+    frozen_flag: Arc<AtomicBool>,
     dirty: bool,
     statement_timeout_ms: i64,
 }
@@ -405,8 +317,8 @@ pub struct Writer {
 /// How one request of a batch ended.
 type Outcome = (Result<QueryResult>, Reply<QueryResult>);
 
-/// A failure that stops the writer.
-struct Fatal(String);
+/// A failure that stops the writer: the state on disk is uncertain (see the module essay).
+pub struct Fatal(pub String);
 
 /// What the writer thread starts with.
 pub struct WriterSetup {
@@ -422,10 +334,12 @@ pub struct WriterSetup {
     pub mirror_journal: Option<Journal>,
     /// The read connections (dropped around mounts and dismounts).
     pub readers: Arc<ReadPool>,
-    /// The mirror's state this member shares with the mirror's threads.
-    pub mirror: Arc<MirrorState>,
+    /// Whether this member writes mirrored databases.
+    pub role: Arc<dyn MemberRole>,
     /// Where mirrored batches go.
     pub replication: Arc<dyn Replication>,
+    /// Work of the layer above that runs on the writer thread.
+    pub extension: Option<Box<dyn WriterExtension>>,
     /// How long one write statement may run (ms).
     pub write_timeout_ms: i64,
     /// Called once if the writer stops after a failure.
@@ -442,8 +356,9 @@ impl Writer {
             local,
             mirror_journal,
             readers,
-            mirror,
+            role,
             replication,
+            extension,
             write_timeout_ms,
             on_fatal,
         } = setup;
@@ -453,11 +368,12 @@ impl Writer {
         // queue needs no wake-up (the writer looks again after every command).
         let wake = tx.clone();
         replication.set_waker(Box::new(move || drop(wake.try_send(Command::Wake))));
-        let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let frozen = Arc::new(AtomicBool::new(false));
+        let turn_queued = Arc::new(AtomicBool::new(false));
         let handle = WriterHandle {
             tx: tx.clone(),
             failure: failure.clone(),
-            mirror: mirror.clone(),
+            turn_queued: turn_queued.clone(),
             frozen: frozen.clone(),
         };
         let cfg = config.get();
@@ -466,17 +382,14 @@ impl Writer {
             catalog,
             config,
             readers,
-            mirror,
+            role,
             replication,
+            extension,
             local_hex: hex(&local.shared().stream()),
             local,
             mirror_journal,
             epoch: cfg.epoch,
             conns: HashMap::new(),
-            cursors: BTreeMap::new(),
-            appliers: HashMap::new(),
-            dejournal_resume: None,
-            disk_full: BTreeMap::new(),
             parked: None,
             waiting: VecDeque::new(),
             local_frames: Vec::with_capacity(64 * 1024),
@@ -484,8 +397,8 @@ impl Writer {
             deferred: VecDeque::new(),
             held: VecDeque::new(),
             frozen_until: None,
-            dejournal_due: None,
-            last_dejournal: Instant::now(),
+            turn_due: None,
+            turn_queued,
             frozen_flag: frozen,
             dirty: false,
             statement_timeout_ms: write_timeout_ms,
@@ -503,7 +416,7 @@ impl Writer {
         failure: Arc<Mutex<Option<String>>>,
         on_fatal: FatalHook,
     ) {
-        self.follow_activated_copies();
+        self.with_extension(|extension, writer| extension.start(writer));
         loop {
             if let Err(Fatal(why)) = self.settle_parked() {
                 self.stop_failed(why, &failure, &on_fatal);
@@ -535,12 +448,25 @@ impl Writer {
                     let _ = reply.send(self.stamp_positions());
                     None
                 }
-                Command::Mirror(command) => self.mirror_command(command).err(),
-                Command::Dejournal => {
-                    if self.dejournal_later() {
+                Command::Freeze(timeout, reply) => {
+                    let _ = reply.send(self.freeze(timeout));
+                    None
+                }
+                Command::Thaw(reply) => {
+                    let _ = reply.send(Ok(self.thaw()));
+                    None
+                }
+                Command::Extension(command) => self.extension_command(command).err(),
+                Command::Turn => {
+                    if let Some(Some(due)) =
+                        self.with_extension(|extension, _| extension.postpone())
+                    {
+                        // Still counts as queued: requests meanwhile join this turn.
+                        self.turn_due = Some(due);
                         continue;
                     }
-                    self.dejournal();
+                    self.turn_queued.store(false, Ordering::Release);
+                    self.with_extension(|extension, writer| extension.turn(writer));
                     None
                 }
                 Command::Wake => None,
@@ -570,7 +496,7 @@ impl Writer {
     }
 
     fn is_held(&self, command: &Command) -> bool {
-        self.frozen_until.is_some() && matches!(command, Command::Write(..) | Command::Dejournal)
+        self.frozen_until.is_some() && matches!(command, Command::Write(..) | Command::Turn)
     }
 
     fn next_command(&mut self, rx: &mpsc::Receiver<Command>) -> Option<Command> {
@@ -595,12 +521,12 @@ impl Writer {
                 return Some(command);
             }
             let now = Instant::now();
-            if let Some(due) = self.dejournal_due
+            if let Some(due) = self.turn_due
                 && due <= now
                 && self.frozen_until.is_none()
             {
-                self.dejournal_due = None;
-                return Some(Command::Dejournal);
+                self.turn_due = None;
+                return Some(Command::Turn);
             }
             // A parked batch is looked at again when the backup's QoS timeout for it runs out
             // (the hub then revokes the backup); after that only a wake-up ends its wait.
@@ -610,15 +536,14 @@ impl Writer {
                 .map(|p| p.since + self.replication.qos())
                 .filter(|at| *at > now);
             let retry_at = self
-                .disk_full
-                .values()
-                .min()
-                .copied()
+                .extension
+                .as_ref()
+                .and_then(|extension| extension.retry_at())
                 .filter(|_| self.frozen_until.is_none());
             let deadlines = [
                 self.frozen_until,
                 self.dirty.then(|| now + IDLE_CHECKPOINT),
-                self.dejournal_due.filter(|_| self.frozen_until.is_none()),
+                self.turn_due.filter(|_| self.frozen_until.is_none()),
                 revoke_at,
                 retry_at,
             ];
@@ -636,11 +561,11 @@ impl Writer {
                             return Some(Command::Wake);
                         }
                         if retry_at.is_some_and(|at| at <= Instant::now()) {
-                            return Some(Command::Dejournal);
+                            return Some(Command::Turn);
                         }
                         if self.frozen_until.is_none()
                             && self.dirty
-                            && self.dejournal_due.is_none()
+                            && self.turn_due.is_none()
                             && self.parked.is_none()
                         {
                             self.idle_checkpoint();
@@ -718,11 +643,80 @@ impl Writer {
         self.dirty = false;
     }
 
-    fn is_primary(&self) -> bool {
-        self.mirror.role() == Role::Primary
+    /// Hands `command` to the extension; a command with no extension installed is refused.
+    fn extension_command(&mut self, command: Box<dyn ExtensionCommand>) -> Result<(), Fatal> {
+        let Some(mut extension) = self.extension.take() else {
+            command.refuse(Error::Conflict(
+                "this instance cannot carry out mirror work".into(),
+            ));
+            return Ok(());
+        };
+        let result = extension.command(self, command);
+        self.extension = Some(extension);
+        result
     }
 
-    fn reload_catalog(&mut self) {
+    /// Runs `f` with the extension taken out of the writer (so both can be borrowed); `None`
+    /// when no extension is installed.
+    fn with_extension<R>(
+        &mut self,
+        f: impl FnOnce(&mut dyn WriterExtension, &mut Writer) -> R,
+    ) -> Option<R> {
+        let mut extension = self.extension.take()?;
+        let result = f(extension.as_mut(), self);
+        self.extension = Some(extension);
+        Some(result)
+    }
+}
+
+/// # For extensions
+///
+/// What the writer's [`extension`] may use of it, on the writer thread.
+impl Writer {
+    /// The data directory.
+    pub(crate) fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    /// Databases and namespaces.
+    pub(crate) fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// The configuration file.
+    pub(crate) fn config(&self) -> &Arc<ConfigStore> {
+        &self.config
+    }
+
+    /// The instance's own journal, and its stream id in hex.
+    pub(crate) fn local_journal(&self) -> (&Journal, &str) {
+        (&self.local, &self.local_hex)
+    }
+
+    /// The mirror's journal, when this member writes it (its primary).
+    pub(crate) fn mirror_journal(&self) -> Option<&Journal> {
+        self.mirror_journal.as_ref()
+    }
+
+    /// Takes over (`Some`) or gives up (`None`) the mirror's journal, and with it the writing of
+    /// mirrored records.
+    pub(crate) fn set_mirror_journal(&mut self, journal: Option<Journal>) {
+        self.mirror_journal = journal;
+    }
+
+    /// Sets the epoch stamped on the records written from now on.
+    pub(crate) fn set_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
+    }
+
+    /// Whether this member writes mirrored databases.
+    pub(crate) fn is_primary(&self) -> bool {
+        self.role.is_primary()
+    }
+
+    /// Rebuilds the catalog after the configuration or the role changed, and drops the
+    /// connections built on the old one.
+    pub(crate) fn reload_catalog(&mut self) {
         self.catalog.replace(catalog_state(
             &self.config.get(),
             &self.data_dir,
@@ -731,13 +725,11 @@ impl Writer {
         self.conns.clear();
     }
 
-    fn mirror_id(&self) -> Option<String> {
-        self.config
-            .get()
-            .mirror
-            .membership
-            .as_ref()
-            .map(|m| m.mirror.id.clone())
+    /// Queues a turn of the extension behind the work already queued.
+    pub(crate) fn queue_turn(&mut self) {
+        if !self.turn_queued.swap(true, Ordering::AcqRel) {
+            self.deferred.push_back(Command::Turn);
+        }
     }
 }
 
@@ -746,26 +738,17 @@ fn refuse(command: Command, err: Error) {
     match command {
         Command::Write(_, reply) => drop(reply.send(Err(err))),
         Command::Mount(_, reply) | Command::Dismount(_, reply) => drop(reply.send(Err(err))),
+        Command::Freeze(_, reply) => drop(reply.send(Err(err))),
+        Command::Thaw(reply) => drop(reply.send(Err(err))),
         Command::StampPositions(reply) => drop(reply.send(Err(err))),
-        Command::Mirror(command) => command.refuse(err),
-        Command::Dejournal | Command::Wake | Command::Shutdown => {}
+        Command::Extension(command) => command.refuse(err),
+        Command::Turn | Command::Wake | Command::Shutdown => {}
     }
 }
 
-/// `name`'s entry when it is mounted and a copy of a mirrored database.
-fn mounted_copy<'s>(
-    state: &'s crate::storage::CatalogState,
-    name: &DbName,
-) -> Option<&'s DatabaseEntry> {
-    state
-        .databases
-        .get(name)
-        .filter(|e| e.mounted && e.mirrored.is_some())
-}
-
-/// Answers a mirror command whose failure may be fatal: a fatal one is answered "unavailable"
-/// and stops the writer.
-fn answer_or_stop(
+/// Answers a command whose failure may be fatal: a fatal one is answered "unavailable" and
+/// stops the writer.
+pub(crate) fn answer_or_stop(
     reply: Reply<String>,
     result: Result<Result<String>, Fatal>,
 ) -> Result<(), Fatal> {

@@ -7,9 +7,9 @@
 //! ([`Replication::acknowledgement`], with a [`Waker`] that pokes the writer when that may have
 //! changed), say what it committed ([`Replication::committed`]), and know whether mirrored
 //! writes may begin at all ([`Replication::may_commit`], false in the trouble state). The
-//! mirror's hub implements it, and the writer never needs to know more of the mirror than this;
-//! the ordering argument that makes it safe is the writer's (see the module essay of
-//! [`super`]).
+//! mirror's hub implements it ([`Unreplicated`] stands in on an instance outside any mirror),
+//! and the writer never needs to know more of the mirror than this; the ordering argument that
+//! makes it safe is the writer's (see the module essay of [`super`]).
 
 use std::time::{Duration, Instant};
 
@@ -61,4 +61,42 @@ pub trait Replication: Send + Sync {
 
     /// What to call when an acknowledgement may have come.
     fn set_waker(&self, waker: Waker);
+
+    /// Gives up on every waiting batch (they are answered [`Acknowledged::Closed`]): the
+    /// instance is stopping and no acknowledgement will come.
+    fn close(&self, why: &str);
+}
+
+/// Replication of an instance that belongs to no mirror: it never has mirrored records to ship,
+/// and nothing ever waits.
+pub struct Unreplicated;
+
+impl Replication for Unreplicated {
+    fn publish(
+        &self,
+        journal: &mut Journal,
+        frames: &[u8],
+        first: JournalPos,
+        last: JournalPos,
+    ) -> Result<()> {
+        journal.append(frames, last, last.0 + 1 - first.0)
+    }
+
+    fn acknowledgement(&self, _: JournalPos, _: Instant) -> Acknowledged {
+        Acknowledged::Yes
+    }
+
+    fn committed(&self, _: JournalPos) {}
+
+    fn may_commit(&self) -> bool {
+        true
+    }
+
+    fn qos(&self) -> Duration {
+        Duration::from_millis(crate::config::mirror::DEFAULT_QOS_MS)
+    }
+
+    fn set_waker(&self, _: Waker) {}
+
+    fn close(&self, _: &str) {}
 }

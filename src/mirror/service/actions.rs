@@ -7,18 +7,12 @@ use super::*;
 impl MirrorService {
     /// Freeze writes (so database files may be copied while applications run).
     pub async fn freeze(&self, timeout: Duration) -> Result<String> {
-        self.context
-            .writer
-            .mirror(|reply| MirrorCommand::Freeze { timeout, reply })
-            .await
+        self.context.writer.freeze(timeout).await
     }
 
     /// Thaw writes.
     pub async fn thaw(&self) -> Result<String> {
-        self.context
-            .writer
-            .mirror(|reply| MirrorCommand::Thaw { reply })
-            .await
+        self.context.writer.thaw().await
     }
 
     /// Edit Mirror: the QoS timeout (on the primary; the others learn it when they connect).
@@ -513,7 +507,7 @@ impl MirrorService {
         let result = self
             .context
             .writer
-            .mirror(|reply| MirrorCommand::BecomePrimary {
+            .extension(|reply| MirrorCommand::BecomePrimary {
                 source,
                 new_epoch: true,
                 reply,
@@ -546,7 +540,7 @@ impl MirrorService {
         let result = self
             .context
             .writer
-            .mirror(|reply| MirrorCommand::Leave { reply })
+            .extension(|reply| MirrorCommand::Leave { reply })
             .await;
         if result.is_ok() {
             *self.receiver_journal.lock().unwrap() = None;

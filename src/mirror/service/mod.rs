@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::{self, AgentRequest};
 use crate::error::{Error, Result};
-use crate::instance::writer::MirrorCommand;
 use crate::journal::{Journal, JournalOptions, JournalPos};
+use crate::mirror::steps::MirrorCommand;
 use crate::names::DbName;
 use crate::util::{format_time, now_ms, random_hex};
 

@@ -77,7 +77,7 @@ impl MirrorService {
         let (journal, _) = Journal::open(&self.context.journal_dir, stream, options)?;
         self.context
             .writer
-            .mirror(|reply| MirrorCommand::Create {
+            .extension(|reply| MirrorCommand::Create {
                 journal,
                 membership: Box::new(membership),
                 reply,
@@ -289,7 +289,7 @@ impl MirrorService {
     pub async fn add_databases(&self, dbs: Vec<DbName>) -> Result<String> {
         self.context
             .writer
-            .mirror(|reply| MirrorCommand::AddDatabases { dbs, reply })
+            .extension(|reply| MirrorCommand::AddDatabases { dbs, reply })
             .await
     }
 
@@ -297,7 +297,7 @@ impl MirrorService {
     pub async fn activate(&self, db: DbName) -> Result<String> {
         self.context
             .writer
-            .mirror(|reply| MirrorCommand::Activate { db, reply })
+            .extension(|reply| MirrorCommand::Activate { db, reply })
             .await
     }
 
@@ -315,7 +315,7 @@ impl MirrorService {
         }
         self.context
             .writer
-            .mirror(|reply| MirrorCommand::Catchup { db, reply })
+            .extension(|reply| MirrorCommand::Catchup { db, reply })
             .await
     }
 

@@ -1,19 +1,54 @@
-//! The writer's side of a mirrored commit, with a real hub: a batch is invisible until the
+//! A member's writer with the mirror attached — the hub as its replication, the mirror's
+//! steps as its extension — on real files: the writer's side of a mirrored commit: a batch is invisible until the
 //! active backup acknowledged it, mirrored writes wait before they begin in the trouble state
 //! (a bounded wait), writes to local databases go on meanwhile, and Add to Mirror waits the
 //! same way without freezing anything else. The backup here is a member registered with the
 //! hub that acknowledges when the test says so; the process-level tests run real backups.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rusqlite::types::Value;
 
 use super::*;
 use crate::config::mirror::{MemberInfo, MemberKind, Membership, MirrorDefinition};
-use crate::instance::writer::MirrorCommand;
+use crate::instance::sql::QueryResult;
 use crate::instance::writer::replication::{Acknowledged, Replication};
-use crate::journal::{Journal, JournalOptions};
+use crate::journal::{Journal, JournalOptions, JournalPos};
+use crate::mirror::steps::MirrorCommand;
+use crate::names::{DbName, NamespaceName};
 
-/// An instance whose install adds a namespace NOTES holding only the PERSONAL database.
-fn open_with_notes(dir: &std::path::Path) -> Arc<Instance> {
+fn ns(name: &str) -> NamespaceName {
+    NamespaceName::new(name).unwrap()
+}
+
+async fn count(instance: &Instance, namespace: &str, table: &str) -> i64 {
+    let result = instance
+        .sql(
+            &ns(namespace),
+            format!("SELECT count(*) FROM {table}"),
+            vec![],
+        )
+        .await
+        .unwrap();
+    match result.rows[0][0] {
+        Value::Integer(n) => n,
+        ref other => panic!("count gave {other:?}"),
+    }
+}
+
+async fn insert_company(instance: &Instance, name: &str) -> Result<QueryResult> {
+    instance
+        .write(
+            &ns("COMPANY"),
+            "INSERT INTO Company(name, created_at) VALUES (?1, '2026-01-01') RETURNING id",
+            vec![Value::Text(name.into())],
+        )
+        .await
+}
+
+/// A member whose install adds a namespace NOTES holding only the PERSONAL database.
+fn open_with_notes(dir: &std::path::Path) -> Arc<Node> {
     let install = dir.join("install");
     std::fs::create_dir_all(install.join("schema")).unwrap();
     let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("install");
@@ -34,7 +69,7 @@ fn open_with_notes(dir: &std::path::Path) -> Arc<Instance> {
     std::fs::write(install.join("manifest.json"), manifest.to_string()).unwrap();
     let mut settings = InstanceSettings::for_dir(dir.join("data"));
     settings.install_dir = install;
-    Instance::open(settings, Box::new(|why| panic!("fatal: {why}"))).unwrap()
+    Node::open(settings, Box::new(|why| panic!("fatal: {why}"))).unwrap()
 }
 
 fn member(name: &str) -> MemberInfo {
@@ -51,7 +86,7 @@ fn member(name: &str) -> MemberInfo {
 }
 
 /// Makes `instance` the primary of a new mirror, alone, with COMPANY mirrored.
-async fn mirror_company(instance: &Instance, dir: &std::path::Path) {
+async fn mirror_company(node: &Node, dir: &std::path::Path) {
     let id = crate::util::random_hex(16);
     let membership = Membership {
         mirror: MirrorDefinition {
@@ -84,9 +119,9 @@ async fn mirror_company(instance: &Instance, dir: &std::path::Path) {
         JournalOptions::mirror("MIRRORSET", 1 << 20, JournalPos(1)),
     )
     .unwrap();
-    let writer = instance.writer();
+    let writer = node.instance.writer();
     writer
-        .mirror(|reply| MirrorCommand::Create {
+        .extension(|reply| MirrorCommand::Create {
             journal,
             membership: Box::new(membership),
             reply,
@@ -94,7 +129,7 @@ async fn mirror_company(instance: &Instance, dir: &std::path::Path) {
         .await
         .unwrap();
     writer
-        .mirror(|reply| MirrorCommand::AddDatabases {
+        .extension(|reply| MirrorCommand::AddDatabases {
             dbs: vec![DbName::new("COMPANY").unwrap()],
             reply,
         })
@@ -124,9 +159,10 @@ async fn until(what: &str, done: impl Fn() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_mirrored_batch_is_invisible_until_the_backup_acknowledges_it() {
     let dir = tempfile::tempdir().unwrap();
-    let instance = open_with_notes(dir.path());
-    mirror_company(&instance, dir.path()).await;
-    let hub = &instance.mirror.hub;
+    let node = open_with_notes(dir.path());
+    mirror_company(&node, dir.path()).await;
+    let instance = node.instance.clone();
+    let hub = &node.mirror.hub;
     // An active backup: it acknowledged everything up to where it connected.
     let (id, _outbox, snapshot) = hub.register(member("MIRRORB/IRIS")).unwrap();
     hub.on_ack(id, snapshot);
@@ -167,16 +203,17 @@ async fn a_mirrored_batch_is_invisible_until_the_backup_acknowledges_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn in_trouble_mirrored_writes_wait_before_they_begin_and_local_writes_go_on() {
     let dir = tempfile::tempdir().unwrap();
-    let instance = open_with_notes(dir.path());
-    mirror_company(&instance, dir.path()).await;
-    let hub = &instance.mirror.hub;
+    let node = open_with_notes(dir.path());
+    mirror_company(&node, dir.path()).await;
+    let instance = node.instance.clone();
+    let hub = &node.mirror.hub;
     // An active backup, lost: the trouble state (agent controlled, 2 × QoS — long enough).
     let (id, _outbox, snapshot) = hub.register(member("MIRRORB/IRIS")).unwrap();
     hub.on_ack(id, snapshot);
     // The failover rules read the hub's events in order: connected, active, lost.
     hub.unregister(id, "connection lost");
     until("in trouble", || {
-        instance.mirror.failover_view.lock().unwrap().status == Some("In Trouble")
+        node.mirror.failover_view.lock().unwrap().status == Some("In Trouble")
     })
     .await;
     let journal_end = hub.ends().0;
@@ -232,9 +269,10 @@ async fn in_trouble_mirrored_writes_wait_before_they_begin_and_local_writes_go_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn add_to_mirror_waits_for_the_backup_without_freezing_writes_and_fails_when_closed() {
     let dir = tempfile::tempdir().unwrap();
-    let instance = open_with_notes(dir.path());
-    mirror_company(&instance, dir.path()).await;
-    let hub = &instance.mirror.hub;
+    let node = open_with_notes(dir.path());
+    mirror_company(&node, dir.path()).await;
+    let instance = node.instance.clone();
+    let hub = &node.mirror.hub;
     let (id, _outbox, snapshot) = hub.register(member("MIRRORB/IRIS")).unwrap();
     hub.on_ack(id, snapshot);
     let add = {
@@ -242,7 +280,7 @@ async fn add_to_mirror_waits_for_the_backup_without_freezing_writes_and_fails_wh
         tokio::spawn(async move {
             instance
                 .writer()
-                .mirror(|reply| MirrorCommand::AddDatabases {
+                .extension(|reply| MirrorCommand::AddDatabases {
                     dbs: vec![DbName::new("CUSTOMER").unwrap()],
                     reply,
                 })

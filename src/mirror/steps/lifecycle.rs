@@ -1,69 +1,21 @@
-//! The mirror's lifecycle work that must run on the writer thread, in order with the writes:
-//! create a mirror, add databases (their events are mirrored writes), become the primary, be
-//! demoted, roll a divergent tail back, freeze and thaw, leave.
+//! The steps of the mirror's life that run on the writer thread: create a mirror, add databases
+//! (their events are mirrored writes), become the primary, be demoted, roll a divergent tail
+//! back, leave.
 
 use super::*;
+use crate::instance::recovery;
+use crate::mirror::state::Role;
+use crate::storage::database;
 
-impl Writer {
-    pub(super) fn mirror_command(&mut self, command: MirrorCommand) -> Result<(), Fatal> {
-        match command {
-            MirrorCommand::Create {
-                journal,
-                membership,
-                reply,
-            } => {
-                let result = self.create_mirror(journal, *membership);
-                return answer_or_stop(reply, result);
-            }
-            MirrorCommand::AddDatabases { dbs, reply } => return self.add_databases(&dbs, reply),
-            MirrorCommand::Activate { db, reply } => {
-                let _ = reply.send(self.activate(&db));
-            }
-            MirrorCommand::Catchup { db, reply } => {
-                let result = self
-                    .require_activated(&db)
-                    .and_then(|_| self.start_catchup(&db));
-                let _ = reply.send(result);
-            }
-            MirrorCommand::Freeze { timeout, reply } => {
-                let _ = reply.send(self.freeze(timeout));
-            }
-            MirrorCommand::Thaw { reply } => {
-                self.frozen_flag.store(false, Ordering::Release);
-                let message = match self.frozen_until.take() {
-                    Some(_) => "writes resumed".to_string(),
-                    None => "writes were not frozen".to_string(),
-                };
-                let _ = reply.send(Ok(message));
-            }
-            MirrorCommand::Leave { reply } => {
-                let _ = reply.send(self.leave());
-            }
-            MirrorCommand::BecomePrimary {
-                source,
-                new_epoch,
-                reply,
-            } => {
-                let result = self.become_primary(&source, new_epoch);
-                return answer_or_stop(reply, result);
-            }
-            MirrorCommand::Demote { primary, reply } => {
-                let _ = reply.send(self.demote(primary));
-            }
-            MirrorCommand::RollBack { after, reply } => {
-                let _ = reply.send(self.roll_back(after));
-            }
-        }
-        Ok(())
-    }
-
+impl MirrorSteps {
     /// See [`MirrorCommand::BecomePrimary`].
     pub(super) fn become_primary(
         &mut self,
-        source: &crate::mirror::receiver::SharedJournal,
+        w: &mut Writer,
+        source: &SharedJournal,
         new_epoch: bool,
     ) -> Result<Result<String>, Fatal> {
-        let config = self.config.get();
+        let config = w.config().get();
         let Some(m) = config.mirror.membership.clone() else {
             return Ok(Err(Error::Conflict("not a mirror member".into())));
         };
@@ -76,7 +28,7 @@ impl Writer {
         // Everything this member holds durably counts now — including records the old primary
         // had not yet announced as durable: they may have been acknowledged to clients. Every
         // copy of the mirror here is brought up to the journal's end before any write.
-        let state = self.catalog.snapshot();
+        let state = w.catalog().snapshot();
         for db in &m.databases {
             if self.cursors.contains_key(&db.name) {
                 continue;
@@ -95,7 +47,7 @@ impl Writer {
             && from < end
         {
             let until = JournalPos(end.0.min(from.0 + DEJOURNAL_CHUNK));
-            if let Err((failed, err)) = self.apply_range(&journal, from, until) {
+            if let Err((failed, err)) = self.apply_range(w, &journal, from, until) {
                 let names: Vec<String> = failed.iter().map(|d| d.to_string()).collect();
                 return Ok(Err(Error::Conflict(format!(
                     "cannot become primary: applying the mirror journal to {} failed: {err}",
@@ -115,7 +67,7 @@ impl Writer {
         let this = m.this.name.clone();
         // Durability: the new role and epoch are on disk before the first write of the epoch,
         // so a crash right after restarts this member as the former primary of that epoch.
-        let stored = self.config.update(|c| {
+        let stored = w.config().update(|c| {
             c.epoch = epoch;
             if let Some(m) = c.mirror.membership.as_mut() {
                 m.was_primary = true;
@@ -137,7 +89,7 @@ impl Writer {
             *source.lock().unwrap() = Some(taken);
             return Ok(Err(err));
         }
-        self.epoch = epoch;
+        w.set_epoch(epoch);
         self.cursors.clear();
         self.appliers.clear();
         for db in &m.databases {
@@ -148,15 +100,15 @@ impl Writer {
             });
         }
         self.mirror.hub.reset(taken.end());
-        self.mirror_journal = Some(taken);
+        w.set_mirror_journal(Some(taken));
         self.mirror.set_role(Role::Primary);
-        self.reload_catalog();
+        w.reload_catalog();
         if new_epoch {
             let json = serde_json::json!({
                 "event": "became_primary", "member": this, "epoch": epoch
             })
             .to_string();
-            self.commit_event_alone(&json)?;
+            w.commit_event_alone(&json)?;
             tracing::warn!(
                 "{this} took over as primary of mirror {} (epoch {epoch})",
                 m.mirror.name
@@ -173,17 +125,17 @@ impl Writer {
 
     /// See [`MirrorCommand::Demote`]. The former primary's own files are full copies of the
     /// mirrored databases: they are activated and follow the new primary's journal.
-    pub(super) fn demote(&mut self, primary: String) -> Result<String> {
-        let config = self.config.get();
+    pub(super) fn demote(&mut self, w: &mut Writer, primary: String) -> Result<String> {
+        let config = w.config().get();
         let m = config.mirror.member()?;
-        let state = self.catalog.snapshot();
+        let state = w.catalog().snapshot();
         let copies: Vec<DbName> = m
             .databases
             .iter()
             .filter(|db| mounted_copy(&state, &db.name).is_some())
             .map(|db| db.name.clone())
             .collect();
-        self.config.update(|c| {
+        w.config().update(|c| {
             if let Some(m) = c.mirror.membership.as_mut() {
                 m.was_primary = false;
                 m.primary_name = Some(primary.clone());
@@ -196,22 +148,22 @@ impl Writer {
             Ok(())
         })?;
         self.mirror.set_role(Role::Backup);
-        self.reload_catalog();
-        self.follow_activated_copies();
+        w.reload_catalog();
+        self.follow_activated_copies(w);
         Ok(format!("following {primary} as backup"))
     }
 
     /// See [`MirrorCommand::RollBack`].
-    pub(super) fn roll_back(&mut self, after: JournalPos) -> Result<String> {
-        let config = self.config.get();
+    pub(super) fn roll_back(&mut self, w: &mut Writer, after: JournalPos) -> Result<String> {
+        let config = w.config().get();
         let m = config.mirror.member()?;
         let journal = self
             .mirror
             .journal()
             .ok_or_else(|| Error::Conflict("no mirror journal".into()))?;
         let quarantined =
-            crate::mirror::divergence::quarantine(&journal, after, &self.data_dir, &m.mirror.name)?;
-        let state = self.catalog.snapshot();
+            super::super::divergence::quarantine(&journal, after, w.data_dir(), &m.mirror.name)?;
+        let state = w.catalog().snapshot();
         let mut undone = Vec::new();
         for db in &m.databases {
             let Some(entry) = mounted_copy(&state, &db.name) else {
@@ -219,7 +171,7 @@ impl Writer {
             };
             // The applier's open connection must not outlive the undo.
             self.appliers.remove(&db.name);
-            let records = crate::mirror::divergence::undo(entry, &journal, after)?;
+            let records = super::super::divergence::undo(entry, &journal, after)?;
             if records > 0 {
                 undone.push(format!("{} ({records} records)", db.name));
             }
@@ -239,48 +191,13 @@ impl Writer {
         ))
     }
 
-    /// Writes one mirror event record, shipped and durable here. Returns its position. Like a
-    /// batch, it counts as committed only once the active backup holds it: see
-    /// [`Writer::commit_event_alone`] and Add to Mirror.
-    pub(super) fn write_event(
-        &mut self,
-        db: Option<&DbName>,
-        json: &str,
-    ) -> Result<JournalPos, Fatal> {
-        let journal = self
-            .mirror_journal
-            .as_mut()
-            .ok_or_else(|| Fatal("no mirror journal".into()))?;
-        let pos = journal.end().next();
-        self.mirror_frames.clear();
-        let mut frame = FrameBuilder::begin(&mut self.mirror_frames, pos, self.epoch, now_ms());
-        frame.set_event(db.map(|d| d.as_str()), json);
-        frame.finish();
-        let durable = self
-            .mirror
-            .hub
-            .publish(journal, &self.mirror_frames, pos, pos)
-            .and_then(|_| journal.sync());
-        if let Err(err) = durable {
-            return Err(Fatal(format!("mirror journal write failed: {err}")));
-        }
-        Ok(pos)
-    }
-
-    /// Writes and commits an event of a primary that has no backup yet (a new mirror, a new
-    /// epoch): there is no acknowledgement to wait for.
-    pub(super) fn commit_event_alone(&mut self, json: &str) -> Result<JournalPos, Fatal> {
-        let pos = self.write_event(None, json)?;
-        self.replication.committed(pos);
-        Ok(pos)
-    }
-
     pub(super) fn create_mirror(
         &mut self,
+        w: &mut Writer,
         journal: Journal,
-        membership: crate::config::mirror::Membership,
+        membership: Membership,
     ) -> Result<Result<String>, Fatal> {
-        if self.config.get().mirror.membership.is_some() {
+        if w.config().get().mirror.membership.is_some() {
             return Ok(Err(Error::Conflict(
                 "this instance already belongs to a mirror".into(),
             )));
@@ -288,15 +205,15 @@ impl Writer {
         let shared = journal.shared();
         self.mirror.hub.reset(journal.end());
         self.mirror.hub.set_qos(membership.mirror.qos_timeout_ms);
-        self.mirror_journal = Some(journal);
+        w.set_mirror_journal(Some(journal));
         self.mirror.set_journal(Some(shared));
         let name = membership.mirror.name.clone();
         let member = membership.this.name.clone();
-        if let Err(err) = self.config.update(|c| {
+        if let Err(err) = w.config().update(|c| {
             c.mirror.membership = Some(membership.clone());
             Ok(())
         }) {
-            self.mirror_journal = None;
+            w.set_mirror_journal(None);
             self.mirror.set_journal(None);
             return Ok(Err(err));
         }
@@ -304,8 +221,8 @@ impl Writer {
         let json =
             serde_json::json!({ "event": "mirror_created", "mirror": name, "member": member })
                 .to_string();
-        self.commit_event_alone(&json)?;
-        self.reload_catalog();
+        w.commit_event_alone(&json)?;
+        w.reload_catalog();
         tracing::info!("created mirror {name}; {member} is its primary");
         Ok(Ok(format!(
             "mirror {name} created; this member ({member}) is its primary"
@@ -315,13 +232,14 @@ impl Writer {
     /// Add to Mirror: one event per database in the mirror journal (its position is where the
     /// database's changes move to the mirror journal), then — once the active backup holds the
     /// events, like any mirrored write — the switch of each file and the configuration
-    /// ([`Writer::finish_add`]). Meanwhile the writer goes on with other work.
+    /// ([`MirrorSteps::finish_add`]). Meanwhile the writer goes on with other work.
     pub(super) fn add_databases(
         &mut self,
+        w: &mut Writer,
         dbs: &[DbName],
         reply: Reply<String>,
     ) -> Result<(), Fatal> {
-        let added = match self.journal_adds(dbs) {
+        let added = match self.journal_adds(w, dbs) {
             Ok(Ok(added)) => added,
             Ok(Err(answer)) => {
                 let _ = reply.send(answer);
@@ -335,12 +253,8 @@ impl Writer {
         let Some(last) = added.last().map(|(_, db)| JournalPos(db.added_at)) else {
             return Ok(());
         };
-        self.parked = Some(Parked {
-            last,
-            since: Instant::now(),
-            work: ParkedWork::Add { added, reply },
-        });
-        self.settle_parked()
+        w.park(last, Box::new(MirrorCommand::FinishAdd { added, reply }));
+        Ok(())
     }
 
     /// Checks the request and writes Add to Mirror's events: `Ok(Err(answer))` when there is
@@ -348,16 +262,17 @@ impl Writer {
     #[allow(clippy::type_complexity)]
     pub(super) fn journal_adds(
         &mut self,
+        w: &mut Writer,
         dbs: &[DbName],
     ) -> Result<std::result::Result<Vec<(DatabaseEntry, MirroredDatabase)>, Result<String>>, Fatal>
     {
-        let config = self.config.get();
+        let config = w.config().get();
         let Some(membership) = config.mirror.membership.clone() else {
             return Ok(Err(Err(Error::Conflict(
                 "this instance is not a mirror member".into(),
             ))));
         };
-        if !self.is_primary() || self.mirror_journal.is_none() {
+        if !w.is_primary() || w.mirror_journal().is_none() {
             return Ok(Err(Err(Error::Conflict(
                 "databases are added to a mirror on its primary".into(),
             ))));
@@ -367,7 +282,7 @@ impl Writer {
                 "select at least one database to add to the mirror".into(),
             ))));
         }
-        let state = self.catalog.snapshot();
+        let state = w.catalog().snapshot();
         let mut entries: Vec<DatabaseEntry> = Vec::new();
         let mut already = Vec::new();
         for name in dbs {
@@ -411,9 +326,8 @@ impl Writer {
             .to_string();
             // Remember the intent first: a crash between the event and the switch is finished
             // (or dropped, if the event never got written) at the next start.
-            let expected = self
-                .mirror_journal
-                .as_ref()
+            let expected = w
+                .mirror_journal()
                 .map(|j| j.end().next())
                 .unwrap_or(JournalPos(1));
             let pending = MirroredDatabase {
@@ -421,7 +335,7 @@ impl Writer {
                 guid: identity.guid.clone(),
                 added_at: expected.0,
             };
-            let noted = self.config.update(|c| {
+            let noted = w.config().update(|c| {
                 if let Some(m) = c.mirror.membership.as_mut() {
                     m.pending_adds.push(pending.clone());
                 }
@@ -430,7 +344,7 @@ impl Writer {
             if let Err(err) = noted {
                 return Ok(Err(Err(err)));
             }
-            let pos = self.write_event(Some(&entry.name), &json)?;
+            let pos = w.write_event(Some(&entry.name), &json)?;
             let database = MirroredDatabase {
                 added_at: pos.0,
                 ..pending
@@ -445,9 +359,10 @@ impl Writer {
     /// follow the durable event, and are completed at start-up if a crash comes in between.
     pub(super) fn finish_add(
         &mut self,
+        w: &mut Writer,
         added: Vec<(DatabaseEntry, MirroredDatabase)>,
     ) -> Result<Result<String>, Fatal> {
-        let config = self.config.get();
+        let config = w.config().get();
         let Some(membership) = config.mirror.membership.clone() else {
             return Ok(Err(Error::Conflict(
                 "this instance left the mirror meanwhile".into(),
@@ -463,7 +378,7 @@ impl Writer {
                     entry.name
                 )));
             }
-            let update = self.config.update(|c| {
+            let update = w.config().update(|c| {
                 c.database_mut(&entry.name)?.mirrored = true;
                 if let Some(m) = c.mirror.membership.as_mut() {
                     m.pending_adds.retain(|p| p.name != entry.name);
@@ -481,10 +396,10 @@ impl Writer {
             }
             self.mirror
                 .hub
-                .announce(crate::mirror::protocol::Control::DatabaseAdded { database });
+                .announce(super::super::protocol::Control::DatabaseAdded { database });
             names.push(entry.name.to_string());
         }
-        self.reload_catalog();
+        w.reload_catalog();
         tracing::info!(
             "added to mirror {}: {}",
             membership.mirror.name,
@@ -499,47 +414,27 @@ impl Writer {
         )))
     }
 
-    pub(super) fn freeze(&mut self, timeout: Duration) -> Result<String> {
-        if self.frozen_until.is_some() {
-            return Ok("writes are already frozen".into());
-        }
-        // Fold every WAL into its database file, so each file is complete on its own.
-        let state = self.catalog.snapshot();
-        for entry in state.databases.values().filter(|d| d.mounted) {
-            database::checkpoint(&database::open(&entry.file)?).map_err(|_| {
-                Error::Conflict(format!("{} is busy; try Freeze again", entry.name))
-            })?;
-        }
-        self.frozen_until = Some(Instant::now() + timeout);
-        self.frozen_flag.store(true, Ordering::Release);
-        tracing::info!("writes frozen for at most {} s", timeout.as_secs());
-        Ok(format!(
-            "writes are frozen and every database file is complete: copy them now, then Thaw \
-             (writes resume by themselves after {} s)",
-            timeout.as_secs()
-        ))
-    }
-
-    pub(super) fn leave(&mut self) -> Result<String> {
-        let config = self.config.get();
+    pub(super) fn leave(&mut self, w: &mut Writer) -> Result<String> {
+        let config = w.config().get();
         let Some(membership) = config.mirror.membership.as_ref() else {
             return Ok("this instance is not a mirror member".into());
         };
-        if self.is_primary() && !membership.others.is_empty() {
+        if w.is_primary() && !membership.others.is_empty() {
             return Err(Error::Conflict(
                 "remove the other mirror members first (Edit Mirror), then remove the mirror configuration".into(),
             ));
         }
-        let local_end = self.local.end();
-        let state = self.catalog.snapshot();
+        let (local, local_hex) = w.local_journal();
+        let (local_end, local_hex) = (local.end(), local_hex.to_string());
+        let state = w.catalog().snapshot();
         for db in config.databases.iter().filter(|d| d.mirrored) {
             let entry = state.database(&db.name)?;
             if entry.file.is_file() {
-                database::switch_stream(&entry.file, &self.local_hex, local_end)?;
+                database::switch_stream(&entry.file, &local_hex, local_end)?;
             }
         }
         let name = membership.mirror.name.clone();
-        self.config.update(|c| {
+        w.config().update(|c| {
             c.mirror.membership = None;
             for db in c.databases.iter_mut() {
                 db.mirrored = false;
@@ -549,13 +444,13 @@ impl Writer {
         self.mirror
             .hub
             .close_all("the mirror configuration was removed");
-        self.mirror_journal = None;
+        w.set_mirror_journal(None);
         self.mirror.set_journal(None);
         self.cursors.clear();
         self.appliers.clear();
         self.mirror.databases.lock().unwrap().clear();
         self.mirror.set_role(Role::NotMember);
-        self.reload_catalog();
+        w.reload_catalog();
         Ok(format!(
             "this member left mirror {name}; its copies of the mirrored databases are now local databases"
         ))

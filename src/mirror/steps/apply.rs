@@ -4,6 +4,11 @@
 //! itself.
 
 use super::*;
+use crate::instance::recovery;
+use crate::journal::{JournalShared, RecordBody};
+use crate::storage::database::{
+    self, Applier, ChangesetRun, apply_schema_qualified, is_qualified_schema, set_applied_sql,
+};
 
 /// Whether `err` says the disk is full (SQLite's "database or disk is full", the system's "No
 /// space left on device"): a failure that goes away by itself once space is freed.
@@ -12,16 +17,16 @@ pub(super) fn is_disk_full(err: &Error) -> bool {
     text.contains("disk is full") || text.contains("No space left")
 }
 
-impl Writer {
-    pub(super) fn activate(&mut self, name: &DbName) -> Result<String> {
-        let config = self.config.get();
+impl MirrorSteps {
+    pub(super) fn activate(&mut self, w: &mut Writer, name: &DbName) -> Result<String> {
+        let config = w.config().get();
         let membership = config.mirror.member()?;
-        if self.is_primary() {
+        if w.is_primary() {
             return Ok(format!(
                 "{name} is Normal on the primary: nothing to activate"
             ));
         }
-        let entry = self.catalog.snapshot().database(name)?.clone();
+        let entry = w.catalog().snapshot().database(name)?.clone();
         if membership.database(name).is_none() {
             return Err(Error::Conflict(format!(
                 "{name} is not a database of mirror {}",
@@ -42,7 +47,7 @@ impl Writer {
         if membership.activated.contains(name) {
             return Ok(format!("{name} is already activated"));
         }
-        self.config.update(|c| {
+        w.config().update(|c| {
             if let Some(m) = c.mirror.membership.as_mut() {
                 m.activated.push(name.clone());
             }
@@ -53,11 +58,11 @@ impl Writer {
 
     /// Catchup applies the journal to a copy only after the user activated it: Activate is the
     /// step where they confirm that this file is the copy they meant to bring in.
-    pub(super) fn require_activated(&self, name: &DbName) -> Result<()> {
-        if self.is_primary() {
+    pub(super) fn require_activated(&self, w: &Writer, name: &DbName) -> Result<()> {
+        if w.is_primary() {
             return Ok(());
         }
-        let config = self.config.get();
+        let config = w.config().get();
         let membership = config.mirror.member()?;
         if membership.activated.contains(name) {
             Ok(())
@@ -69,20 +74,27 @@ impl Writer {
     }
 
     /// Adds an activated copy to the databases the journal is applied to.
-    pub(super) fn start_catchup(&mut self, name: &DbName) -> Result<String> {
-        if self.is_primary() {
+    pub(super) fn start_catchup(&mut self, w: &mut Writer, name: &DbName) -> Result<String> {
+        if w.is_primary() {
             return Ok(format!("{name} is Normal on the primary"));
         }
         if self.cursors.contains_key(name) {
             return Ok(format!("{name} is already catching up or dejournaling"));
         }
-        let entry = self.catalog.snapshot().database(name)?.clone();
+        let entry = w.catalog().snapshot().database(name)?.clone();
         let journal = self
             .mirror
             .journal()
             .ok_or_else(|| Error::Conflict("this member has no mirror journal yet".into()))?;
         let identity = recovery::identity_of(&entry)?;
-        if Some(&identity.stream) != self.mirror_id().as_ref() {
+        if Some(&identity.stream)
+            != w.config()
+                .get()
+                .mirror
+                .membership
+                .as_ref()
+                .map(|m| &m.mirror.id)
+        {
             return Err(Error::Conflict(format!(
                 "{name} here is not a copy of the mirrored database"
             )));
@@ -109,7 +121,7 @@ impl Writer {
                 total: target.0.saturating_sub(identity.applied_pos.0),
             };
         });
-        self.queue_dejournal();
+        w.queue_turn();
         tracing::info!(
             "catchup started for {name} from journal position {}",
             identity.applied_pos
@@ -121,57 +133,49 @@ impl Writer {
     }
 
     /// On a backup, activated copies follow the journal from the start.
-    pub(super) fn follow_activated_copies(&mut self) {
-        if self.is_primary() {
+    pub(super) fn follow_activated_copies(&mut self, w: &mut Writer) {
+        if w.is_primary() {
             return;
         }
-        let config = self.config.get();
+        let config = w.config().get();
         let Some(membership) = config.mirror.membership.as_ref() else {
             return;
         };
-        let state = self.catalog.snapshot();
+        let state = w.catalog().snapshot();
         for name in &membership.activated {
             if state
                 .databases
                 .get(name)
                 .is_some_and(|d| d.mounted && d.mirrored.is_some())
-                && let Err(err) = self.start_catchup(name)
+                && let Err(err) = self.start_catchup(w, name)
             {
                 tracing::warn!("{name}: {err}");
             }
         }
     }
 
-    pub(super) fn queue_dejournal(&mut self) {
-        if !self.mirror.dejournal_queued.swap(true, Ordering::AcqRel) {
-            self.deferred.push_back(Command::Dejournal);
-        }
-    }
-
     /// Postpones a dejournal round that comes too soon after the last one, unless many records
-    /// wait. True when postponed (the round runs when `dejournal_due` passes).
-    pub(super) fn dejournal_later(&mut self) -> bool {
+    /// wait: `Some(when)` to run it then.
+    pub(super) fn dejournal_later(&mut self) -> Option<Instant> {
         let waiting = match self.cursors.values().min() {
             Some(from) => self.mirror.dejournal_target().0.saturating_sub(from.0),
             None => 0,
         };
         let due = self.last_dejournal + DEJOURNAL_GATHER;
         if waiting > 0 && waiting < DEJOURNAL_CHUNK && Instant::now() < due {
-            self.dejournal_due = Some(due);
-            return true;
+            return Some(due);
         }
-        false
+        None
     }
 
     /// Applies up to [`DEJOURNAL_CHUNK`] received records to the databases that follow the
     /// mirror journal, each in one transaction with its new applied position.
-    pub(super) fn dejournal(&mut self) {
+    pub(super) fn dejournal(&mut self, w: &mut Writer) {
         self.last_dejournal = Instant::now();
-        self.mirror.dejournal_queued.store(false, Ordering::Release);
         let Some(journal) = self.mirror.journal() else {
             return;
         };
-        if self.is_primary() {
+        if w.is_primary() {
             self.disk_full.clear();
             return;
         }
@@ -186,7 +190,7 @@ impl Writer {
             .collect();
         for db in due {
             self.disk_full.remove(&db);
-            if let Err(err) = self.start_catchup(&db) {
+            if let Err(err) = self.start_catchup(w, &db) {
                 tracing::warn!("dejournaling {db} could not resume: {err}");
             }
         }
@@ -197,7 +201,7 @@ impl Writer {
         let from = *self.cursors.values().min().expect("not empty");
         if from < target {
             let until = JournalPos(target.0.min(from.0 + DEJOURNAL_CHUNK));
-            if let Err((failed, err)) = self.apply_range(&journal, from, until) {
+            if let Err((failed, err)) = self.apply_range(w, &journal, from, until) {
                 let full = is_disk_full(&err);
                 for db in failed {
                     tracing::error!("dejournaling {db} stopped: {err}");
@@ -216,7 +220,7 @@ impl Writer {
                 }
             }
             if until < target {
-                self.queue_dejournal();
+                w.queue_turn();
             }
         }
         // Databases that reached the target have caught up.
@@ -242,11 +246,12 @@ impl Writer {
     /// names the database that failed (all of them when the journal itself could not be read).
     pub(super) fn apply_range(
         &mut self,
+        w: &mut Writer,
         journal: &JournalShared,
         from: JournalPos,
         until: JournalPos,
     ) -> Result<(), (Vec<DbName>, Error)> {
-        let state = self.catalog.snapshot();
+        let state = w.catalog().snapshot();
         let behind: Vec<(DbName, DatabaseEntry)> = self
             .cursors
             .iter()
