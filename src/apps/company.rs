@@ -2,11 +2,10 @@
 
 use askama::Template;
 use askama_web::WebTemplate;
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -160,16 +159,9 @@ pub async fn delete(instance: &Instance, id: i64) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Pages
 
-pub(super) fn page_routes() -> Router<AppState> {
-    Router::new()
-        .route("/apps/company", get(list_page).post(add_form))
-        .route("/apps/company/{id}", get(edit_page).post(edit_form))
-        .route("/apps/company/{id}/delete", post(delete_form))
-}
-
 #[derive(Template, WebTemplate)]
 #[template(path = "apps/company.html")]
-struct ListPage {
+pub(crate) struct ListPage {
     layout: Layout,
     companies: Vec<Company>,
     total: i64,
@@ -177,7 +169,7 @@ struct ListPage {
     error: Option<String>,
 }
 
-async fn list_page(
+pub(crate) async fn list_page(
     State(state): State<AppState>,
     user: PortalUser,
     Query(page): Query<PageQuery>,
@@ -206,7 +198,7 @@ async fn list_page(
 
 /// The add/edit form as posted (all text).
 #[derive(Debug, Deserialize)]
-struct CompanyForm {
+pub(crate) struct CompanyForm {
     #[serde(default)]
     name: String,
     #[serde(default)]
@@ -228,7 +220,7 @@ impl CompanyForm {
     }
 }
 
-async fn add_form(
+pub(crate) async fn add_form(
     State(state): State<AppState>,
     CsrfForm(user, form): CsrfForm<CompanyForm>,
 ) -> Response {
@@ -243,12 +235,12 @@ async fn add_form(
 
 #[derive(Template, WebTemplate)]
 #[template(path = "apps/company_edit.html")]
-struct EditPage {
+pub(crate) struct EditPage {
     layout: Layout,
     company: Company,
 }
 
-async fn edit_page(
+pub(crate) async fn edit_page(
     State(state): State<AppState>,
     user: PortalUser,
     Path(id): Path<String>,
@@ -264,7 +256,7 @@ async fn edit_page(
     Ok(EditPage { layout, company })
 }
 
-async fn edit_form(
+pub(crate) async fn edit_form(
     State(state): State<AppState>,
     Path(id): Path<String>,
     CsrfForm(user, form): CsrfForm<CompanyForm>,
@@ -279,9 +271,9 @@ async fn edit_form(
 }
 
 #[derive(Deserialize)]
-struct Empty {}
+pub(crate) struct Empty {}
 
-async fn delete_form(
+pub(crate) async fn delete_form(
     State(state): State<AppState>,
     Path(id): Path<String>,
     CsrfForm(user, Empty {}): CsrfForm<Empty>,
@@ -298,23 +290,14 @@ async fn delete_form(
 // ---------------------------------------------------------------------------------------------
 // API
 
-pub(super) fn api_routes() -> Router<AppState> {
-    Router::new()
-        .route("/apps/companies", get(api_list).post(api_add))
-        .route(
-            "/apps/companies/{id}",
-            get(api_get).put(api_update).delete(api_delete),
-        )
-}
-
-async fn api_list(
+pub(crate) async fn api_list(
     State(state): State<AppState>,
     Query(page): Query<PageQuery>,
 ) -> Result<Json<Vec<Company>>, ApiError> {
     Ok(Json(list(&state.instance, page).await?))
 }
 
-async fn api_add(
+pub(crate) async fn api_add(
     State(state): State<AppState>,
     ApiJson(input): ApiJson<CompanyInput>,
 ) -> Result<Response, ApiError> {
@@ -322,7 +305,7 @@ async fn api_add(
     Ok((StatusCode::CREATED, Json(company)).into_response())
 }
 
-async fn api_get(
+pub(crate) async fn api_get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Company>, ApiError> {
@@ -331,7 +314,7 @@ async fn api_get(
     ))
 }
 
-async fn api_update(
+pub(crate) async fn api_update(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(input): ApiJson<CompanyInput>,
@@ -341,7 +324,7 @@ async fn api_update(
     ))
 }
 
-async fn api_delete(
+pub(crate) async fn api_delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {

@@ -14,21 +14,8 @@
 pub mod company;
 pub mod phonebook;
 
-use axum::Router;
-
 use crate::error::{Error, Result};
 use crate::instance::sql::SqlValue;
-use crate::web::AppState;
-
-/// The applications' pages.
-pub fn page_routes() -> Router<AppState> {
-    company::page_routes().merge(phonebook::page_routes())
-}
-
-/// The applications' `/api` endpoints (mounted under `/api`).
-pub fn api_routes() -> Router<AppState> {
-    company::api_routes().merge(phonebook::api_routes())
-}
 
 /// Rows per page of a list, unless the caller asks for another size.
 pub const DEFAULT_PAGE: usize = 1000;

@@ -6,11 +6,10 @@
 
 use askama::Template;
 use askama_web::WebTemplate;
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -305,32 +304,9 @@ pub async fn delete_customer(instance: &Instance, id: i64) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Pages
 
-pub(super) fn page_routes() -> Router<AppState> {
-    Router::new()
-        .route("/apps/phonebook", get(page))
-        .route("/apps/phonebook/contacts", post(add_contact_form))
-        .route(
-            "/apps/phonebook/contacts/{id}",
-            get(edit_contact_page).post(edit_contact_form),
-        )
-        .route(
-            "/apps/phonebook/contacts/{id}/delete",
-            post(delete_contact_form),
-        )
-        .route("/apps/phonebook/customers", post(add_customer_form))
-        .route(
-            "/apps/phonebook/customers/{id}",
-            get(edit_customer_page).post(edit_customer_form),
-        )
-        .route(
-            "/apps/phonebook/customers/{id}/delete",
-            post(delete_customer_form),
-        )
-}
-
 #[derive(Template, WebTemplate)]
 #[template(path = "apps/phonebook.html")]
-struct PhonebookPage {
+pub(crate) struct PhonebookPage {
     layout: Layout,
     contacts: Vec<Contact>,
     customers: Vec<Customer>,
@@ -338,7 +314,7 @@ struct PhonebookPage {
     errors: Vec<String>,
 }
 
-async fn page(State(state): State<AppState>, user: PortalUser) -> PhonebookPage {
+pub(crate) async fn page(State(state): State<AppState>, user: PortalUser) -> PhonebookPage {
     let mut errors = Vec::new();
     let page = PageQuery::default();
     let contacts = contacts(&state.instance, page).await.unwrap_or_else(|e| {
@@ -371,7 +347,7 @@ async fn page(State(state): State<AppState>, user: PortalUser) -> PhonebookPage 
 }
 
 #[derive(Debug, Deserialize)]
-struct ContactForm {
+pub(crate) struct ContactForm {
     #[serde(default)]
     name: String,
     #[serde(default)]
@@ -394,7 +370,7 @@ impl ContactForm {
 }
 
 #[derive(Debug, Deserialize)]
-struct CustomerForm {
+pub(crate) struct CustomerForm {
     #[serde(default)]
     name: String,
     #[serde(default)]
@@ -414,9 +390,9 @@ impl CustomerForm {
 }
 
 #[derive(Deserialize)]
-struct Empty {}
+pub(crate) struct Empty {}
 
-async fn add_contact_form(
+pub(crate) async fn add_contact_form(
     State(state): State<AppState>,
     CsrfForm(user, form): CsrfForm<ContactForm>,
 ) -> Response {
@@ -430,13 +406,13 @@ async fn add_contact_form(
 
 #[derive(Template, WebTemplate)]
 #[template(path = "apps/contact_edit.html")]
-struct ContactEditPage {
+pub(crate) struct ContactEditPage {
     layout: Layout,
     contact: Contact,
     companies: Vec<Company>,
 }
 
-async fn edit_contact_page(
+pub(crate) async fn edit_contact_page(
     State(state): State<AppState>,
     user: PortalUser,
     Path(id): Path<String>,
@@ -457,7 +433,7 @@ async fn edit_contact_page(
     })
 }
 
-async fn edit_contact_form(
+pub(crate) async fn edit_contact_form(
     State(state): State<AppState>,
     Path(id): Path<String>,
     CsrfForm(user, form): CsrfForm<ContactForm>,
@@ -471,7 +447,7 @@ async fn edit_contact_form(
     flash_and_redirect(&state, &user, result, "/apps/phonebook")
 }
 
-async fn delete_contact_form(
+pub(crate) async fn delete_contact_form(
     State(state): State<AppState>,
     Path(id): Path<String>,
     CsrfForm(user, Empty {}): CsrfForm<Empty>,
@@ -485,7 +461,7 @@ async fn delete_contact_form(
     flash_and_redirect(&state, &user, result, "/apps/phonebook")
 }
 
-async fn add_customer_form(
+pub(crate) async fn add_customer_form(
     State(state): State<AppState>,
     CsrfForm(user, form): CsrfForm<CustomerForm>,
 ) -> Response {
@@ -497,12 +473,12 @@ async fn add_customer_form(
 
 #[derive(Template, WebTemplate)]
 #[template(path = "apps/customer_edit.html")]
-struct CustomerEditPage {
+pub(crate) struct CustomerEditPage {
     layout: Layout,
     customer: Customer,
 }
 
-async fn edit_customer_page(
+pub(crate) async fn edit_customer_page(
     State(state): State<AppState>,
     user: PortalUser,
     Path(id): Path<String>,
@@ -518,7 +494,7 @@ async fn edit_customer_page(
     Ok(CustomerEditPage { layout, customer })
 }
 
-async fn edit_customer_form(
+pub(crate) async fn edit_customer_form(
     State(state): State<AppState>,
     Path(id): Path<String>,
     CsrfForm(user, form): CsrfForm<CustomerForm>,
@@ -535,7 +511,7 @@ async fn edit_customer_form(
     flash_and_redirect(&state, &user, result, "/apps/phonebook")
 }
 
-async fn delete_customer_form(
+pub(crate) async fn delete_customer_form(
     State(state): State<AppState>,
     Path(id): Path<String>,
     CsrfForm(user, Empty {}): CsrfForm<Empty>,
@@ -552,32 +528,14 @@ async fn delete_customer_form(
 // ---------------------------------------------------------------------------------------------
 // API
 
-pub(super) fn api_routes() -> Router<AppState> {
-    Router::new()
-        .route("/apps/contacts", get(api_contacts).post(api_add_contact))
-        .route(
-            "/apps/contacts/{id}",
-            get(api_contact)
-                .put(api_update_contact)
-                .delete(api_delete_contact),
-        )
-        .route("/apps/customers", get(api_customers).post(api_add_customer))
-        .route(
-            "/apps/customers/{id}",
-            get(api_customer)
-                .put(api_update_customer)
-                .delete(api_delete_customer),
-        )
-}
-
-async fn api_contacts(
+pub(crate) async fn api_contacts(
     State(state): State<AppState>,
     Query(page): Query<PageQuery>,
 ) -> Result<Json<Vec<Contact>>, ApiError> {
     Ok(Json(contacts(&state.instance, page).await?))
 }
 
-async fn api_add_contact(
+pub(crate) async fn api_add_contact(
     State(state): State<AppState>,
     ApiJson(input): ApiJson<ContactInput>,
 ) -> Result<Response, ApiError> {
@@ -588,7 +546,7 @@ async fn api_add_contact(
         .into_response())
 }
 
-async fn api_contact(
+pub(crate) async fn api_contact(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Contact>, ApiError> {
@@ -597,7 +555,7 @@ async fn api_contact(
     ))
 }
 
-async fn api_update_contact(
+pub(crate) async fn api_update_contact(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(input): ApiJson<ContactInput>,
@@ -607,7 +565,7 @@ async fn api_update_contact(
     ))
 }
 
-async fn api_delete_contact(
+pub(crate) async fn api_delete_contact(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -616,14 +574,14 @@ async fn api_delete_contact(
     Ok(Json(serde_json::json!({ "deleted": id })))
 }
 
-async fn api_customers(
+pub(crate) async fn api_customers(
     State(state): State<AppState>,
     Query(page): Query<PageQuery>,
 ) -> Result<Json<Vec<Customer>>, ApiError> {
     Ok(Json(customers(&state.instance, page).await?))
 }
 
-async fn api_add_customer(
+pub(crate) async fn api_add_customer(
     State(state): State<AppState>,
     ApiJson(input): ApiJson<CustomerInput>,
 ) -> Result<Response, ApiError> {
@@ -634,7 +592,7 @@ async fn api_add_customer(
         .into_response())
 }
 
-async fn api_customer(
+pub(crate) async fn api_customer(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Customer>, ApiError> {
@@ -643,7 +601,7 @@ async fn api_customer(
     ))
 }
 
-async fn api_update_customer(
+pub(crate) async fn api_update_customer(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(input): ApiJson<CustomerInput>,
@@ -653,7 +611,7 @@ async fn api_update_customer(
     ))
 }
 
-async fn api_delete_customer(
+pub(crate) async fn api_delete_customer(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {

@@ -203,7 +203,7 @@ pub struct MemberInfo {
 /// A certificate that asked to join a mirror requiring SSL/TLS under a member name, and waits
 /// for someone on the primary to Authorize, Reject or Remove it (Edit Mirror → Pending New
 /// Members) — or, once rejected, the remembered rejection. The rules are in
-/// [`super::pending`].
+/// [`crate::mirror::pending`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingMember {
     /// The member as it described itself; its `certificate` is the fingerprint it showed.

@@ -3,8 +3,7 @@
 
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value as Json_, json};
@@ -22,41 +21,6 @@ use super::error::ApiError;
 /// The authenticated caller of an `/api` request (set by the authentication middleware).
 #[derive(Debug, Clone)]
 pub struct ApiUser(pub String);
-
-/// Routes that need credentials.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/databases", get(databases))
-        .route("/databases/{db}/{action}", post(database_action))
-        .route("/namespaces", get(namespaces))
-        .route("/journal", get(journal))
-        .route("/journal/purge", post(journal_purge))
-        .route("/sql", post(sql))
-        .route("/mirror", get(mirror))
-        .route("/mirror/service", post(mirror_service))
-        .route("/mirror/create", post(mirror_create))
-        .route("/mirror/join-info", post(mirror_join_info))
-        .route("/mirror/join-failover", post(mirror_join_failover))
-        .route("/mirror/join-async", post(mirror_join_async))
-        .route("/mirror/edit", post(mirror_edit))
-        .route("/mirror/remove", post(mirror_remove))
-        .route("/mirror/remove-member", post(mirror_remove_member))
-        .route("/mirror/pending", get(mirror_pending))
-        .route("/mirror/authorize", post(mirror_authorize))
-        .route("/mirror/reject", post(mirror_reject))
-        .route("/mirror/remove-pending", post(mirror_remove_pending))
-        .route("/mirror/add-databases", post(mirror_add_databases))
-        .route("/mirror/freeze", post(mirror_freeze))
-        .route("/mirror/no-failover", post(mirror_no_failover))
-        .route("/mirror/stop", post(mirror_stop))
-        .route("/mirror/start", post(mirror_start))
-        .route("/mirror/force-primary", post(mirror_force_primary))
-        .route("/mirror/demote-to-dr", post(mirror_demote_to_dr))
-        .route("/mirror/demote-other", post(mirror_demote_other))
-        .route("/mirror/promote", post(mirror_promote))
-        .route("/mirror/thaw", post(mirror_thaw))
-        .route("/password", post(password))
-}
 
 type ApiResult = Result<Json<Json_>, ApiError>;
 
@@ -92,7 +56,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
-async fn databases(State(state): State<AppState>) -> ApiResult {
+pub(crate) async fn databases(State(state): State<AppState>) -> ApiResult {
     let list: Vec<Json_> = state
         .instance
         .databases()
@@ -113,7 +77,7 @@ async fn databases(State(state): State<AppState>) -> ApiResult {
     Ok(Json(Json_::Array(list)))
 }
 
-async fn database_action(
+pub(crate) async fn database_action(
     State(state): State<AppState>,
     Path((db, action)): Path<(String, String)>,
 ) -> ApiResult {
@@ -145,7 +109,7 @@ async fn database_action(
     })))
 }
 
-async fn namespaces(State(state): State<AppState>) -> Json<Json_> {
+pub(crate) async fn namespaces(State(state): State<AppState>) -> Json<Json_> {
     let catalog = state.instance.catalog.snapshot();
     let list: Vec<Json_> = catalog
         .namespaces
@@ -172,7 +136,7 @@ fn journal_json(journal: &crate::journal::JournalShared) -> Json_ {
 }
 
 /// `GET /api/journal`: the instance's journal, and the mirror journal when there is one.
-async fn journal(State(state): State<AppState>) -> Json<Json_> {
+pub(crate) async fn journal(State(state): State<AppState>) -> Json<Json_> {
     let mut answer = journal_json(&state.instance.journal);
     answer["mirror"] = state
         .mirror
@@ -183,7 +147,7 @@ async fn journal(State(state): State<AppState>) -> Json<Json_> {
 }
 
 /// `POST /api/journal/purge`: deletes the journal files nothing needs any more.
-async fn journal_purge(State(state): State<AppState>) -> ApiResult {
+pub(crate) async fn journal_purge(State(state): State<AppState>) -> ApiResult {
     let report = state.instance.purge_journals().await?;
     Ok(Json(json!({
         "message": report.message(),
@@ -194,7 +158,7 @@ async fn journal_purge(State(state): State<AppState>) -> ApiResult {
 }
 
 #[derive(Deserialize)]
-struct SqlRequest {
+pub(crate) struct SqlRequest {
     namespace: String,
     sql: String,
     #[serde(default)]
@@ -248,7 +212,10 @@ pub fn result_json(result: &QueryResult) -> Json_ {
     })
 }
 
-async fn sql(State(state): State<AppState>, ApiJson(request): ApiJson<SqlRequest>) -> ApiResult {
+pub(crate) async fn sql(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<SqlRequest>,
+) -> ApiResult {
     let namespace = NamespaceName::new(&request.namespace)?;
     if request.sql.trim().is_empty() {
         return Err(Error::InvalidInput("the statement is empty".into()).into());
@@ -263,7 +230,7 @@ async fn sql(State(state): State<AppState>, ApiJson(request): ApiJson<SqlRequest
 }
 
 /// `GET /api/mirror`: this member's view, with the same strings the Mirror Monitor shows.
-async fn mirror(State(state): State<AppState>) -> Json<Json_> {
+pub(crate) async fn mirror(State(state): State<AppState>) -> Json<Json_> {
     let view = state.mirror_service.view();
     let databases: Vec<Json_> = view
         .databases
@@ -318,25 +285,25 @@ fn done(message: String) -> ApiResult {
 }
 
 #[derive(Deserialize)]
-struct ServiceRequest {
+pub(crate) struct ServiceRequest {
     enabled: bool,
 }
 
-async fn mirror_service(
+pub(crate) async fn mirror_service(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<ServiceRequest>,
 ) -> ApiResult {
     done(state.mirror_service.set_service(request.enabled)?)
 }
 
-async fn mirror_create(
+pub(crate) async fn mirror_create(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CreateRequest>,
 ) -> ApiResult {
     done(state.mirror_service.create(request).await?)
 }
 
-async fn mirror_join_info(
+pub(crate) async fn mirror_join_info(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<JoinInfoRequest>,
 ) -> ApiResult {
@@ -346,21 +313,21 @@ async fn mirror_join_info(
     ))
 }
 
-async fn mirror_join_failover(
+pub(crate) async fn mirror_join_failover(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<JoinRequest>,
 ) -> ApiResult {
     done(state.mirror_service.join_failover(request).await?)
 }
 
-async fn mirror_join_async(
+pub(crate) async fn mirror_join_async(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<JoinRequest>,
 ) -> ApiResult {
     done(state.mirror_service.join_async(request).await?)
 }
 
-async fn mirror_edit(
+pub(crate) async fn mirror_edit(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<EditRequest>,
 ) -> ApiResult {
@@ -368,7 +335,7 @@ async fn mirror_edit(
 }
 
 #[derive(Deserialize)]
-struct NoFailoverRequest {
+pub(crate) struct NoFailoverRequest {
     set: bool,
 }
 
@@ -377,40 +344,40 @@ async fn monitor_action(state: &AppState, action: MonitorAction) -> ApiResult {
     done(state.mirror_service.monitor_action(action).await?)
 }
 
-async fn mirror_no_failover(
+pub(crate) async fn mirror_no_failover(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<NoFailoverRequest>,
 ) -> ApiResult {
     monitor_action(&state, MonitorAction::NoFailover(request.set)).await
 }
 
-async fn mirror_demote_to_dr(State(state): State<AppState>) -> ApiResult {
+pub(crate) async fn mirror_demote_to_dr(State(state): State<AppState>) -> ApiResult {
     monitor_action(&state, MonitorAction::DemoteToDr).await
 }
 
-async fn mirror_demote_other(State(state): State<AppState>) -> ApiResult {
+pub(crate) async fn mirror_demote_other(State(state): State<AppState>) -> ApiResult {
     monitor_action(&state, MonitorAction::DemoteOther).await
 }
 
-async fn mirror_promote(State(state): State<AppState>) -> ApiResult {
+pub(crate) async fn mirror_promote(State(state): State<AppState>) -> ApiResult {
     monitor_action(&state, MonitorAction::Promote).await
 }
 
-async fn mirror_stop(State(state): State<AppState>) -> ApiResult {
+pub(crate) async fn mirror_stop(State(state): State<AppState>) -> ApiResult {
     monitor_action(&state, MonitorAction::StopMirror).await
 }
 
-async fn mirror_start(State(state): State<AppState>) -> ApiResult {
+pub(crate) async fn mirror_start(State(state): State<AppState>) -> ApiResult {
     monitor_action(&state, MonitorAction::StartMirror).await
 }
 
 #[derive(Deserialize, Default)]
-struct ForceRequest {
+pub(crate) struct ForceRequest {
     #[serde(default)]
     confirm: bool,
 }
 
-async fn mirror_force_primary(
+pub(crate) async fn mirror_force_primary(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<ForceRequest>,
 ) -> ApiResult {
@@ -418,16 +385,16 @@ async fn mirror_force_primary(
     monitor_action(&state, MonitorAction::ForcePrimary { confirmed }).await
 }
 
-async fn mirror_remove(State(state): State<AppState>) -> ApiResult {
+pub(crate) async fn mirror_remove(State(state): State<AppState>) -> ApiResult {
     done(state.mirror_service.remove().await?)
 }
 
 #[derive(Deserialize)]
-struct MemberRequest {
+pub(crate) struct MemberRequest {
     member_name: String,
 }
 
-async fn mirror_remove_member(
+pub(crate) async fn mirror_remove_member(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<MemberRequest>,
 ) -> ApiResult {
@@ -442,7 +409,7 @@ async fn mirror_remove_member(
 /// "superserver_address", "agent_address", "asked_from", "since_ms", "last_ms", "expires_ms",
 /// "another_certificate", "warning"}], "rejected": [{"member_name", "type", "certificate",
 /// "asked_from", "since_ms", "rejected_ms"}]}`.
-async fn mirror_pending(State(state): State<AppState>) -> Json<serde_json::Value> {
+pub(crate) async fn mirror_pending(State(state): State<AppState>) -> Json<serde_json::Value> {
     let lists = state.mirror_service.pending();
     let pending: Vec<serde_json::Value> = lists
         .waiting
@@ -484,13 +451,13 @@ async fn mirror_pending(State(state): State<AppState>) -> Json<serde_json::Value
 /// A request in Pending New Members: its member name and certificate fingerprint (a missing
 /// certificate is refused with a message by the service).
 #[derive(Deserialize)]
-struct PendingRequest {
+pub(crate) struct PendingRequest {
     member_name: String,
     #[serde(default)]
     certificate: String,
 }
 
-async fn mirror_authorize(
+pub(crate) async fn mirror_authorize(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<PendingRequest>,
 ) -> ApiResult {
@@ -498,7 +465,7 @@ async fn mirror_authorize(
     done(service.authorize(&request.member_name, &request.certificate)?)
 }
 
-async fn mirror_reject(
+pub(crate) async fn mirror_reject(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<PendingRequest>,
 ) -> ApiResult {
@@ -506,7 +473,7 @@ async fn mirror_reject(
     done(service.reject(&request.member_name, &request.certificate)?)
 }
 
-async fn mirror_remove_pending(
+pub(crate) async fn mirror_remove_pending(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<PendingRequest>,
 ) -> ApiResult {
@@ -515,11 +482,11 @@ async fn mirror_remove_pending(
 }
 
 #[derive(Deserialize)]
-struct DatabasesRequest {
+pub(crate) struct DatabasesRequest {
     databases: Vec<String>,
 }
 
-async fn mirror_add_databases(
+pub(crate) async fn mirror_add_databases(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<DatabasesRequest>,
 ) -> ApiResult {
@@ -540,7 +507,10 @@ struct FreezeRequest {
 /// Longest freeze allowed (a forgotten freeze must not stop the primary for good).
 pub const MAX_FREEZE_S: u64 = 3600;
 
-async fn mirror_freeze(State(state): State<AppState>, body: axum::body::Bytes) -> ApiResult {
+pub(crate) async fn mirror_freeze(
+    State(state): State<AppState>,
+    body: axum::body::Bytes,
+) -> ApiResult {
     // The body is optional: `{"timeout_s": 300}` or nothing for the default.
     let request: FreezeRequest = if body.iter().all(|b| b.is_ascii_whitespace()) {
         FreezeRequest::default()
@@ -561,17 +531,17 @@ async fn mirror_freeze(State(state): State<AppState>, body: axum::body::Bytes) -
     )
 }
 
-async fn mirror_thaw(State(state): State<AppState>) -> ApiResult {
+pub(crate) async fn mirror_thaw(State(state): State<AppState>) -> ApiResult {
     done(state.mirror_service.thaw().await?)
 }
 
 #[derive(Deserialize)]
-struct PasswordRequest {
+pub(crate) struct PasswordRequest {
     current_password: String,
     new_password: String,
 }
 
-async fn password(
+pub(crate) async fn password(
     State(state): State<AppState>,
     Extension(ApiUser(user)): Extension<ApiUser>,
     ApiJson(request): ApiJson<PasswordRequest>,

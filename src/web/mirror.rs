@@ -4,10 +4,8 @@
 
 use askama::Template;
 use askama_web::WebTemplate;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -23,42 +21,6 @@ use super::auth::{CsrfForm, PortalUser};
 use super::error::PageError;
 use super::portal::{DatabaseRow, Empty, database_rows};
 use super::{AppState, Layout, flash_and_redirect};
-
-/// Routes of the mirror pages.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/portal/mirror/settings", get(settings))
-        .route("/portal/mirror/service", post(set_service))
-        .route("/portal/mirror/create", get(create_page).post(create))
-        .route("/portal/mirror/join", get(join_page).post(join))
-        .route("/portal/mirror/join/next", post(join_next))
-        .route(
-            "/portal/mirror/join-async",
-            get(join_async_page).post(join_async),
-        )
-        .route("/portal/mirror/join-async/next", post(join_async_next))
-        .route("/portal/mirror/edit", get(edit_page).post(edit))
-        .route("/portal/mirror/remove", post(remove))
-        .route("/portal/mirror/remove-member", post(remove_member))
-        .route("/portal/mirror/authorize", post(authorize))
-        .route("/portal/mirror/reject", post(reject))
-        .route("/portal/mirror/remove-pending", post(remove_pending))
-        .route("/portal/mirror/monitor", get(monitor))
-        .route("/portal/mirror/monitor/{action}", post(monitor_action))
-        .route(
-            "/portal/mirror/databases/{db}/{action}",
-            post(database_action),
-        )
-        .route("/portal/config/local-databases", get(local_databases))
-        .route(
-            "/portal/config/local-databases/add-to-mirror",
-            post(add_to_mirror),
-        )
-        .route("/portal/operation/backup", get(backup_page))
-        .route("/portal/operation/backup/{db}", post(backup))
-        .route("/portal/operation/freeze", post(freeze))
-        .route("/portal/operation/thaw", post(thaw))
-}
 
 fn service(state: &AppState) -> &MirrorService {
     &state.mirror_service
@@ -87,14 +49,14 @@ fn number<T: std::str::FromStr>(label: &str, value: &Option<String>) -> Result<O
 
 #[derive(Template, WebTemplate)]
 #[template(path = "portal/mirror_settings.html")]
-struct SettingsPage {
+pub(crate) struct SettingsPage {
     layout: Layout,
     enabled: bool,
     member: bool,
     mirror_name: String,
 }
 
-async fn settings(State(state): State<AppState>, user: PortalUser) -> SettingsPage {
+pub(crate) async fn settings(State(state): State<AppState>, user: PortalUser) -> SettingsPage {
     let config = state.instance.config.get();
     let crumbs = vec!["System Administration", "Configuration"];
     SettingsPage {
@@ -111,12 +73,12 @@ async fn settings(State(state): State<AppState>, user: PortalUser) -> SettingsPa
 }
 
 #[derive(Deserialize)]
-struct ServiceForm {
+pub(crate) struct ServiceForm {
     #[serde(default)]
     enabled: Option<String>,
 }
 
-async fn set_service(
+pub(crate) async fn set_service(
     State(state): State<AppState>,
     CsrfForm(user, form): CsrfForm<ServiceForm>,
 ) -> Response {
@@ -143,7 +105,7 @@ fn agent_host(superserver: &str) -> String {
         .unwrap_or_default()
 }
 
-async fn create_page(State(state): State<AppState>, user: PortalUser) -> Response {
+pub(crate) async fn create_page(State(state): State<AppState>, user: PortalUser) -> Response {
     if !state.instance.config.get().mirror.service_enabled {
         return flash_and_redirect(
             &state,
@@ -167,7 +129,7 @@ async fn create_page(State(state): State<AppState>, user: PortalUser) -> Respons
 }
 
 #[derive(Deserialize)]
-struct CreateForm {
+pub(crate) struct CreateForm {
     #[serde(default)]
     mirror_name: String,
     require_tls: Option<String>,
@@ -183,7 +145,7 @@ struct CreateForm {
     agent_address: Option<String>,
 }
 
-async fn create(
+pub(crate) async fn create(
     State(state): State<AppState>,
     CsrfForm(user, form): CsrfForm<CreateForm>,
 ) -> Response {
@@ -277,11 +239,11 @@ fn join_page_for(
     }
 }
 
-async fn join_page(State(state): State<AppState>, user: PortalUser) -> Response {
+pub(crate) async fn join_page(State(state): State<AppState>, user: PortalUser) -> Response {
     join_page_of(&state, &user, false)
 }
 
-async fn join_async_page(State(state): State<AppState>, user: PortalUser) -> Response {
+pub(crate) async fn join_async_page(State(state): State<AppState>, user: PortalUser) -> Response {
     join_page_of(&state, &user, true)
 }
 
@@ -301,7 +263,7 @@ fn join_page_of(state: &AppState, user: &PortalUser, async_join: bool) -> Respon
 }
 
 #[derive(Debug, Default, Deserialize)]
-struct JoinForm {
+pub(crate) struct JoinForm {
     mirror_name: Option<String>,
     agent_address: Option<String>,
     agent_port: Option<String>,
@@ -328,14 +290,14 @@ impl JoinForm {
 }
 
 /// Step 1's Next: fetch the mirror's information from the other member's agent.
-async fn join_next(
+pub(crate) async fn join_next(
     State(state): State<AppState>,
     CsrfForm(user, form): CsrfForm<JoinForm>,
 ) -> Response {
     join_next_of(&state, &user, &form, false).await
 }
 
-async fn join_async_next(
+pub(crate) async fn join_async_next(
     State(state): State<AppState>,
     CsrfForm(user, form): CsrfForm<JoinForm>,
 ) -> Response {
@@ -364,11 +326,14 @@ async fn join_next_of(
     }
 }
 
-async fn join(State(state): State<AppState>, CsrfForm(user, form): CsrfForm<JoinForm>) -> Response {
+pub(crate) async fn join(
+    State(state): State<AppState>,
+    CsrfForm(user, form): CsrfForm<JoinForm>,
+) -> Response {
     join_of(&state, &user, form, false).await
 }
 
-async fn join_async(
+pub(crate) async fn join_async(
     State(state): State<AppState>,
     CsrfForm(user, form): CsrfForm<JoinForm>,
 ) -> Response {
@@ -411,13 +376,16 @@ async fn join_of(
 
 #[derive(Template, WebTemplate)]
 #[template(path = "portal/mirror_edit.html")]
-struct EditPage {
+pub(crate) struct EditPage {
     layout: Layout,
     view: MirrorView,
     primary: bool,
 }
 
-async fn edit_page(State(state): State<AppState>, user: PortalUser) -> Result<EditPage, PageError> {
+pub(crate) async fn edit_page(
+    State(state): State<AppState>,
+    user: PortalUser,
+) -> Result<EditPage, PageError> {
     if state.instance.config.get().mirror.membership.is_none() {
         return Err(Error::Conflict("this instance is not a mirror member".into()).into());
     }
@@ -430,11 +398,14 @@ async fn edit_page(State(state): State<AppState>, user: PortalUser) -> Result<Ed
 }
 
 #[derive(Deserialize)]
-struct EditForm {
+pub(crate) struct EditForm {
     qos_timeout_ms: Option<String>,
 }
 
-async fn edit(State(state): State<AppState>, CsrfForm(user, form): CsrfForm<EditForm>) -> Response {
+pub(crate) async fn edit(
+    State(state): State<AppState>,
+    CsrfForm(user, form): CsrfForm<EditForm>,
+) -> Response {
     let result = async {
         let request = EditRequest {
             qos_timeout_ms: number("Quality of Service Timeout", &form.qos_timeout_ms)?,
@@ -446,11 +417,11 @@ async fn edit(State(state): State<AppState>, CsrfForm(user, form): CsrfForm<Edit
 }
 
 #[derive(Deserialize)]
-struct RemoveForm {
+pub(crate) struct RemoveForm {
     confirm: Option<String>,
 }
 
-async fn remove(
+pub(crate) async fn remove(
     State(state): State<AppState>,
     CsrfForm(user, form): CsrfForm<RemoveForm>,
 ) -> Response {
@@ -470,12 +441,12 @@ async fn remove(
 }
 
 #[derive(Deserialize)]
-struct MemberForm {
+pub(crate) struct MemberForm {
     #[serde(default)]
     member_name: String,
 }
 
-async fn remove_member(
+pub(crate) async fn remove_member(
     State(state): State<AppState>,
     CsrfForm(user, form): CsrfForm<MemberForm>,
 ) -> Response {
@@ -487,14 +458,14 @@ async fn remove_member(
 /// certificate fingerprint the row shows, so that a button acts on exactly the request the
 /// person saw, even if another certificate asked under the same name meanwhile.
 #[derive(Deserialize)]
-struct PendingForm {
+pub(crate) struct PendingForm {
     #[serde(default)]
     member_name: String,
     #[serde(default)]
     certificate: String,
 }
 
-async fn authorize(
+pub(crate) async fn authorize(
     State(state): State<AppState>,
     CsrfForm(user, form): CsrfForm<PendingForm>,
 ) -> Response {
@@ -502,7 +473,7 @@ async fn authorize(
     flash_and_redirect(&state, &user, result, "/portal/mirror/edit")
 }
 
-async fn reject(
+pub(crate) async fn reject(
     State(state): State<AppState>,
     CsrfForm(user, form): CsrfForm<PendingForm>,
 ) -> Response {
@@ -510,7 +481,7 @@ async fn reject(
     flash_and_redirect(&state, &user, result, "/portal/mirror/edit")
 }
 
-async fn remove_pending(
+pub(crate) async fn remove_pending(
     State(state): State<AppState>,
     CsrfForm(user, form): CsrfForm<PendingForm>,
 ) -> Response {
@@ -523,13 +494,13 @@ async fn remove_pending(
 
 #[derive(Template, WebTemplate)]
 #[template(path = "portal/mirror_monitor.html")]
-struct MonitorPage {
+pub(crate) struct MonitorPage {
     layout: Layout,
     view: MirrorView,
     now: String,
 }
 
-async fn monitor(State(state): State<AppState>, user: PortalUser) -> MonitorPage {
+pub(crate) async fn monitor(State(state): State<AppState>, user: PortalUser) -> MonitorPage {
     MonitorPage {
         layout: Layout::new(
             &state,
@@ -544,7 +515,7 @@ async fn monitor(State(state): State<AppState>, user: PortalUser) -> MonitorPage
 }
 
 #[derive(Deserialize)]
-struct MonitorActionForm {
+pub(crate) struct MonitorActionForm {
     #[serde(default)]
     confirm: Option<String>,
 }
@@ -552,7 +523,7 @@ struct MonitorActionForm {
 /// The Mirror Monitor's buttons: Set / Clear No Failover, Stop / Start Mirror On This Member,
 /// Demote To DR Member, Demote Other Member, Promote to Failover Member, Force This Member To
 /// Become Primary.
-async fn monitor_action(
+pub(crate) async fn monitor_action(
     State(state): State<AppState>,
     Path(action): Path<String>,
     CsrfForm(user, form): CsrfForm<MonitorActionForm>,
@@ -567,7 +538,7 @@ async fn monitor_action(
     ))
 }
 
-async fn database_action(
+pub(crate) async fn database_action(
     State(state): State<AppState>,
     Path((db, action)): Path<(String, String)>,
     CsrfForm(user, Empty {}): CsrfForm<Empty>,
@@ -596,7 +567,7 @@ async fn database_action(
 
 #[derive(Template, WebTemplate)]
 #[template(path = "portal/local_databases.html")]
-struct LocalDatabasesPage {
+pub(crate) struct LocalDatabasesPage {
     layout: Layout,
     databases: Vec<DatabaseRow>,
     primary: bool,
@@ -604,7 +575,7 @@ struct LocalDatabasesPage {
     add_hint: String,
 }
 
-async fn local_databases(
+pub(crate) async fn local_databases(
     State(state): State<AppState>,
     user: PortalUser,
 ) -> Result<LocalDatabasesPage, PageError> {
@@ -639,7 +610,7 @@ async fn local_databases(
     })
 }
 
-async fn add_to_mirror(
+pub(crate) async fn add_to_mirror(
     State(state): State<AppState>,
     CsrfForm(user, fields): CsrfForm<Vec<(String, String)>>,
 ) -> Response {
@@ -660,14 +631,14 @@ async fn add_to_mirror(
 
 #[derive(Template, WebTemplate)]
 #[template(path = "portal/backup.html")]
-struct BackupPage {
+pub(crate) struct BackupPage {
     layout: Layout,
     databases: Vec<DatabaseRow>,
     files: Vec<String>,
     frozen: bool,
 }
 
-async fn backup_page(
+pub(crate) async fn backup_page(
     State(state): State<AppState>,
     user: PortalUser,
 ) -> Result<BackupPage, PageError> {
@@ -693,7 +664,7 @@ async fn backup_page(
     })
 }
 
-async fn backup(
+pub(crate) async fn backup(
     State(state): State<AppState>,
     Path(db): Path<String>,
     CsrfForm(user, Empty {}): CsrfForm<Empty>,
@@ -708,11 +679,11 @@ async fn backup(
 }
 
 #[derive(Deserialize)]
-struct FreezeForm {
+pub(crate) struct FreezeForm {
     timeout_s: Option<String>,
 }
 
-async fn freeze(
+pub(crate) async fn freeze(
     State(state): State<AppState>,
     CsrfForm(user, form): CsrfForm<FreezeForm>,
 ) -> Response {
@@ -732,7 +703,7 @@ async fn freeze(
     flash_and_redirect(&state, &user, result, "/portal/operation/backup")
 }
 
-async fn thaw(
+pub(crate) async fn thaw(
     State(state): State<AppState>,
     CsrfForm(user, Empty {}): CsrfForm<Empty>,
 ) -> Response {

@@ -3,8 +3,11 @@
 //!
 //! # Shape
 //!
-//! [`router`] builds one axum `Router` from an [`Instance`]; tests call it directly with
-//! `tower::ServiceExt::oneshot`, the binary serves it. Pages are askama templates rendered on the
+//! [`router`] builds one axum `Router` from a member's [`Node`]; tests call it directly with
+//! `tower::ServiceExt::oneshot`, the binary serves it. Every URL is listed in one table,
+//! [`routes`] (apps included); the handlers live beside what they show. The Mirror Monitor's
+//! actions are one enum ([`crate::mirror::service::MonitorAction`]) that the page's buttons and
+//! `/api/mirror/...` both parse into. Pages are askama templates rendered on the
 //! server and work without JavaScript: every action is a form post answered with a redirect
 //! (post/redirect/get), its result shown once as a flash message. Every form carries the
 //! session's CSRF token. Each portal action is also a JSON endpoint under `/api`, with the same
@@ -34,6 +37,7 @@ pub mod auth;
 pub mod error;
 pub mod mirror;
 pub mod portal;
+pub mod routes;
 pub mod serve;
 
 use std::sync::Arc;
@@ -42,9 +46,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
@@ -89,29 +91,7 @@ pub fn router(node: &Node) -> Router {
         mirror_service: node.mirror_service.clone(),
         auth,
     };
-    let protected_api =
-        api::routes()
-            .merge(crate::apps::api_routes())
-            .route_layer(middleware::from_fn_with_state(
-                state.clone(),
-                auth::require_api_user,
-            ));
-    let api = Router::new()
-        .route("/health", get(api::health))
-        .merge(protected_api)
-        .fallback(api_not_found);
-    Router::new()
-        .route("/", get(|| async { Redirect::to("/portal/") }))
-        .route("/mirror_status", get(mirror_status))
-        // The path IRIS serves it on, so a load balancer set up for IRIS works unchanged.
-        .route("/csp/user/mirror_status.cxw", get(mirror_status))
-        .route("/static/portal.css", get(css))
-        .route("/static/favicon.svg", get(favicon))
-        .nest("/api", api)
-        .merge(portal::routes())
-        .merge(mirror::routes())
-        .merge(crate::apps::page_routes())
-        .fallback(page_not_found)
+    routes::all(&state)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

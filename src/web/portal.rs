@@ -4,11 +4,9 @@
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::Form;
-use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
 use serde::Deserialize;
 
 use crate::error::Error;
@@ -24,28 +22,6 @@ use super::auth::{
 use super::error::PageError;
 use super::serve::Peer;
 use super::{AppState, Layout, flash_and_redirect};
-
-/// Routes of the portal.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/portal", get(|| async { Redirect::permanent("/portal/") }))
-        .route("/portal/", get(home))
-        .route("/portal/login", get(login_page).post(login_submit))
-        .route("/portal/logout", post(logout))
-        .route("/portal/config/databases", get(databases))
-        .route(
-            "/portal/config/databases/{db}/{action}",
-            post(database_action),
-        )
-        .route("/portal/config/namespaces", get(namespaces))
-        .route("/portal/operation/journals", get(journals))
-        .route("/portal/operation/journals/purge", post(purge_journals))
-        .route("/portal/explorer/sql", get(sql_page).post(sql_run))
-        .route(
-            "/portal/security/password",
-            get(password_page).post(password_change),
-        )
-}
 
 type PageResult<T> = Result<T, PageError>;
 
@@ -64,7 +40,7 @@ struct LoginPage {
 }
 
 #[derive(Deserialize)]
-struct LoginQuery {
+pub(crate) struct LoginQuery {
     next: Option<String>,
 }
 
@@ -108,7 +84,7 @@ fn login_form(
     )
 }
 
-async fn login_page(
+pub(crate) async fn login_page(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(query): Query<LoginQuery>,
@@ -121,7 +97,7 @@ async fn login_page(
 }
 
 #[derive(Deserialize)]
-struct LoginForm {
+pub(crate) struct LoginForm {
     #[serde(default)]
     username: String,
     #[serde(default)]
@@ -132,7 +108,7 @@ struct LoginForm {
     next: String,
 }
 
-async fn login_submit(
+pub(crate) async fn login_submit(
     State(state): State<AppState>,
     Peer(source): Peer,
     headers: HeaderMap,
@@ -190,9 +166,9 @@ async fn login_submit(
 }
 
 #[derive(Deserialize)]
-pub(super) struct Empty {}
+pub(crate) struct Empty {}
 
-async fn logout(
+pub(crate) async fn logout(
     State(state): State<AppState>,
     CsrfForm(user, Empty {}): CsrfForm<Empty>,
 ) -> Response {
@@ -208,7 +184,7 @@ async fn logout(
 
 #[derive(Template, WebTemplate)]
 #[template(path = "portal/home.html")]
-struct HomePage {
+pub(crate) struct HomePage {
     layout: Layout,
     version: &'static str,
     sqlite_version: &'static str,
@@ -222,7 +198,7 @@ struct HomePage {
     mounted: usize,
 }
 
-async fn home(State(state): State<AppState>, user: PortalUser) -> HomePage {
+pub(crate) async fn home(State(state): State<AppState>, user: PortalUser) -> HomePage {
     let instance = &state.instance;
     let catalog = instance.catalog.snapshot();
     HomePage {
@@ -276,12 +252,15 @@ pub(super) async fn database_rows(state: &AppState) -> Result<Vec<DatabaseRow>, 
 
 #[derive(Template, WebTemplate)]
 #[template(path = "portal/databases.html")]
-struct DatabasesPage {
+pub(crate) struct DatabasesPage {
     layout: Layout,
     databases: Vec<DatabaseRow>,
 }
 
-async fn databases(State(state): State<AppState>, user: PortalUser) -> PageResult<DatabasesPage> {
+pub(crate) async fn databases(
+    State(state): State<AppState>,
+    user: PortalUser,
+) -> PageResult<DatabasesPage> {
     let crumbs = vec![
         "System Administration",
         "Configuration",
@@ -293,7 +272,7 @@ async fn databases(State(state): State<AppState>, user: PortalUser) -> PageResul
     })
 }
 
-async fn database_action(
+pub(crate) async fn database_action(
     State(state): State<AppState>,
     Path((db, action)): Path<(String, String)>,
     CsrfForm(user, Empty {}): CsrfForm<Empty>,
@@ -322,12 +301,12 @@ struct NamespaceRow {
 
 #[derive(Template, WebTemplate)]
 #[template(path = "portal/namespaces.html")]
-struct NamespacesPage {
+pub(crate) struct NamespacesPage {
     layout: Layout,
     namespaces: Vec<NamespaceRow>,
 }
 
-async fn namespaces(State(state): State<AppState>, user: PortalUser) -> NamespacesPage {
+pub(crate) async fn namespaces(State(state): State<AppState>, user: PortalUser) -> NamespacesPage {
     let catalog = state.instance.catalog.snapshot();
     let namespaces = catalog
         .namespaces
@@ -366,7 +345,7 @@ struct SegmentRow {
 
 #[derive(Template, WebTemplate)]
 #[template(path = "portal/journals.html")]
-struct JournalsPage {
+pub(crate) struct JournalsPage {
     layout: Layout,
     local: JournalView,
     mirror: Option<JournalView>,
@@ -410,7 +389,7 @@ impl JournalView {
     }
 }
 
-async fn journals(State(state): State<AppState>, user: PortalUser) -> JournalsPage {
+pub(crate) async fn journals(State(state): State<AppState>, user: PortalUser) -> JournalsPage {
     JournalsPage {
         layout: Layout::new(
             &state,
@@ -424,7 +403,7 @@ async fn journals(State(state): State<AppState>, user: PortalUser) -> JournalsPa
     }
 }
 
-async fn purge_journals(
+pub(crate) async fn purge_journals(
     State(state): State<AppState>,
     CsrfForm(user, Empty {}): CsrfForm<Empty>,
 ) -> Response {
@@ -458,12 +437,12 @@ struct SqlPage {
 }
 
 #[derive(Deserialize)]
-struct SqlQuery {
+pub(crate) struct SqlQuery {
     namespace: Option<String>,
 }
 
 #[derive(Deserialize)]
-struct SqlForm {
+pub(crate) struct SqlForm {
     #[serde(default)]
     namespace: String,
     #[serde(default)]
@@ -558,7 +537,7 @@ async fn sql_view(state: &AppState, user: &PortalUser, namespace: String, sql: S
     }
 }
 
-async fn sql_page(
+pub(crate) async fn sql_page(
     State(state): State<AppState>,
     user: PortalUser,
     Query(query): Query<SqlQuery>,
@@ -572,7 +551,7 @@ async fn sql_page(
     .await
 }
 
-async fn sql_run(
+pub(crate) async fn sql_run(
     State(state): State<AppState>,
     CsrfForm(user, form): CsrfForm<SqlForm>,
 ) -> Response {
@@ -584,11 +563,11 @@ async fn sql_run(
 
 #[derive(Template, WebTemplate)]
 #[template(path = "portal/password.html")]
-struct PasswordPage {
+pub(crate) struct PasswordPage {
     layout: Layout,
 }
 
-async fn password_page(State(state): State<AppState>, user: PortalUser) -> PasswordPage {
+pub(crate) async fn password_page(State(state): State<AppState>, user: PortalUser) -> PasswordPage {
     let crumbs = vec!["System Administration", "Security"];
     PasswordPage {
         layout: Layout::new(&state, &user, "Change Password", crumbs, "password"),
@@ -596,7 +575,7 @@ async fn password_page(State(state): State<AppState>, user: PortalUser) -> Passw
 }
 
 #[derive(Deserialize)]
-struct PasswordForm {
+pub(crate) struct PasswordForm {
     #[serde(default)]
     current: String,
     #[serde(default)]
@@ -644,7 +623,7 @@ pub async fn change_password(
     })
 }
 
-async fn password_change(
+pub(crate) async fn password_change(
     State(state): State<AppState>,
     CsrfForm(user, form): CsrfForm<PasswordForm>,
 ) -> Response {

@@ -62,7 +62,7 @@
 //! database file is complete.
 //!
 //! Whether this member writes mirrored databases at all (a backup's copies are read-only) is a
-//! question the writer asks of its [`MemberRole`](crate::instance::role::MemberRole).
+//! question the writer asks of its [`MemberRole`].
 //!
 //! # Files
 //!
