@@ -3,10 +3,12 @@
 //!
 //! # What it does
 //!
-//! Every [`TICK`] it collects what happened to the link with the other failover member (the
-//! hub's events on the primary, the receiver's on the backup), the answers of the other host's
-//! agent, No Failover and whether every mirrored copy here is ready, and hands them, with the
-//! time, to this member's [`Failover`]. The actions that come back are carried out here:
+//! Every [`TICK`] it gathers what happened to the link with the other failover member (the
+//! hub's events on the primary, the receiver's on the backup), the arbiter link's reports, the
+//! answers of the other host's agent, No Failover and whether every mirrored copy here is ready,
+//! and hands them, with the time, to this member's [`MemberCore`], which owns every decision
+//! (the failover rules, the stall rule, link generations, a failed takeover). What it decides
+//! is carried out here, by [`DriverShell`]:
 //!
 //! - `SuspendWrites` / `ResumeWrites` hold and release the primary's mirrored commits in the
 //!   hub (the writer holds mirrored writes before they begin meanwhile). Losing an active backup
@@ -17,7 +19,7 @@
 //!   cancels any takeover the arbiter granted to rules that are gone.
 //! - `AskAgent` asks the primary's agent, on a helper thread, whether the primary is down
 //!   (the agent forces a hung one down). The answer comes back as an event on a later tick.
-//!   Meanwhile the receiver does not reconnect ([`Failover::may_connect`]). An answer belongs to
+//!   Meanwhile the receiver does not reconnect ([`Failover::may_connect`](super::failover::Failover::may_connect)). An answer belongs to
 //!   the link whose loss it was asked about: once the rules heard of a newer connection it is
 //!   dropped, however late it comes (a "the primary runs" from before the primary died must not
 //!   make the backup that lost it again stand down).
@@ -27,11 +29,9 @@
 //! # A backup that stalled
 //!
 //! A backup whose own process stood still for half a QoS timeout (paused, starved) may have
-//! been revoked meanwhile and holds data buffered before that: it starts its rules afresh and
-//! reconnects, as a restarting member does. Its connection to the arbiter outlived the stall
-//! and will say nothing new, so the fresh rules hear first what that link last reported; a
-//! backup that had its primary then loses it as a backup does, one that never reached it lost
-//! nothing.
+//! been revoked meanwhile and holds data buffered before that: the core starts its rules afresh
+//! and the driver drops the data link and reconnects, as a restarting member does (see
+//! [`MemberCore`] for what the fresh rules are told).
 //!
 //! # A former primary that restarts
 //!
@@ -61,9 +61,8 @@ use std::time::{Duration, Instant};
 use crate::agent::{self, AgentRequest};
 use crate::mirror::steps::MirrorCommand;
 
-use super::failover::{
-    Action, AgentAnswer, Event, Failover, FailoverRole, Mode, OtherMember, Restart, restart_as,
-};
+use super::core::{Look, MemberCore, Shell};
+use super::failover::{AgentAnswer, Event, FailoverRole, Mode, OtherMember, Restart, restart_as};
 use super::protocol::Control;
 use super::service::MirrorService;
 use super::state::Role;
@@ -92,33 +91,18 @@ pub fn start(service: Arc<MirrorService>, stop: Arc<AtomicBool>) -> JoinHandle<(
 
 struct Driver {
     service: Arc<MirrorService>,
-    failover: Option<Failover>,
+    /// What the driver decides (see [`MemberCore`]); the driver gathers and carries out.
+    core: MemberCore,
     started: Instant,
     /// Answers of helper threads (agent questions) for the next tick.
     answers_tx: mpsc::Sender<Answer>,
     answers: mpsc::Receiver<Answer>,
     /// A question to the other member's agent about a restart is out.
     asking: bool,
-    /// A question to the primary's agent about a lost link is out, asked in this link generation.
-    loss_question: Option<u64>,
-    /// How many data links to the primary the rules have heard of (each `PartnerConnected`, and
-    /// fresh rules, start a new one). An agent's answer belongs to the link whose loss it was
-    /// asked about: handed to rules that reconnected since, a "the primary runs" given before
-    /// the primary died made a backup that lost it again stand down instead of taking over.
-    link_generation: u64,
     last_decide: Option<Instant>,
-    no_failover: Option<bool>,
-    ready: Option<bool>,
-    stopped: Option<bool>,
-    /// Backup: the primary's token of this member's activation, as far as the rules know.
-    activation: u64,
-    last_mode_repeat: Instant,
     /// When the last step ran, to notice that this process stalled.
     last_step: Instant,
 }
-
-/// How often a primary in arbiter mode repeats its mode to the backup.
-const MODE_REPEAT: Duration = Duration::from_millis(500);
 
 enum Answer {
     /// The primary's agent answered a question asked about the loss of the data link of this
@@ -132,46 +116,18 @@ impl Driver {
         let (answers_tx, answers) = mpsc::channel();
         Driver {
             service,
-            failover: None,
+            core: MemberCore::new(),
             started: Instant::now(),
             answers_tx,
             answers,
             asking: false,
-            loss_question: None,
-            link_generation: 0,
             last_decide: None,
-            no_failover: None,
-            ready: None,
-            stopped: None,
-            activation: 0,
-            last_mode_repeat: Instant::now(),
             last_step: Instant::now(),
         }
     }
 
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
-    }
-
-    /// Starts the rules afresh in `role`: what the settings say is fed again on the next look,
-    /// and the arbiter mode that hellos carry is forgotten — it belonged to the old rules, and a
-    /// primary says it only once the arbiter booked it for *these* rules.
-    ///
-    /// Fresh backup rules know of no takeover the arbiter granted to earlier ones (that answer
-    /// died with them, or with the process): they stand down first, which cancels such a
-    /// booking before they ask anything.
-    fn fresh_rules(&mut self, role: FailoverRole, qos: u64) {
-        self.failover = Some(Failover::new(role, qos));
-        self.link_generation += 1;
-        self.no_failover = None;
-        self.ready = None;
-        self.stopped = None;
-        self.activation = 0;
-        let mut arbiter = self.service.context().mirror.arbiter.lock().unwrap();
-        arbiter.arbiter_mode_booked = None;
-        // Naming no activation: it must not end one these rules have not even seen yet (the
-        // receiver may have been activated a moment ago), only what older rules were granted.
-        arbiter.stand_down = (role == FailoverRole::Backup).then_some(0);
     }
 
     fn step(&mut self) {
@@ -185,7 +141,7 @@ impl Driver {
             .as_ref()
             .filter(|m| m.this.kind == MemberKind::Failover)
         else {
-            self.failover = None;
+            self.core.idle();
             *context.mirror.failover_view.lock().unwrap() = Default::default();
             return;
         };
@@ -208,101 +164,30 @@ impl Driver {
             Role::Primary => FailoverRole::Primary,
             Role::Backup => FailoverRole::Backup,
             _ => {
-                self.failover = None;
+                self.core.idle();
                 return;
             }
         };
-        let qos = m.mirror.qos_timeout_ms;
-        let now = self.now_ms();
-        // A backup whose own process stalled (stopped, paused, starved) for half a QoS may have
-        // been revoked meanwhile, and what it reads now may be stale data buffered before the
-        // primary gave up on it: it must not count as the active backup any more. It starts its
-        // rules afresh, as a restarting member does, and connects again.
-        let mut prelude = Vec::new();
+        let now_ms = self.now_ms();
+        // Gather what happened since the last look; the core decides.
         let receiver_stalled = context
             .mirror
             .receiver_stalled
             .swap(false, Ordering::AcqRel);
-        if role == FailoverRole::Backup
-            && self.failover.is_some()
-            && (gap > Duration::from_millis(qos / 2) || receiver_stalled)
-        {
-            tracing::warn!(
-                "mirror: this member stalled ({} ms between looks{}): it no longer counts as the active backup; reconnecting",
-                gap.as_millis(),
-                if receiver_stalled {
-                    ", a slow receive round"
-                } else {
-                    ""
-                }
-            );
-            let had_partner = self.failover.as_ref().is_some_and(|f| f.had_partner());
-            self.fresh_rules(role, qos);
-            let _ = context.mirror.take_partner_events();
-            context.mirror.link.lock().unwrap().active = false;
-            context
-                .mirror
-                .reconnect_requested
-                .store(true, Ordering::Release);
-            // Its connection to the arbiter outlived the stall and will say nothing new, but the
-            // fresh rules know nothing of it: they hear first what that link last reported (or
-            // they would believe the arbiter gone, never follow the primary into arbiter mode
-            // again, and ask only the agent if the primary then died). Then, if it had the
-            // primary, as far as it can tell it lost it when it stalled, long before now: it asks
-            // the primary's agent (and fetches its journal) like any non-active backup. One that
-            // never got to its primary lost nothing: asking then could act on a "down" that its
-            // primary's restart overtakes before this member ever learned that primary's epoch.
-            let (arbiter_connected, sees_partner) = {
-                let arbiter = context.mirror.arbiter.lock().unwrap();
-                (arbiter.connected, arbiter.sees_partner)
-            };
-            if arbiter_connected {
-                prelude.push(Event::ArbiterConnected);
-                prelude.extend(sees_partner.map(Event::ArbiterSeesPartner));
-            }
-            if had_partner {
-                prelude.extend([Event::PartnerConnected, Event::PartnerLost]);
-            }
-        }
-        // A role changed by an action (create, join, takeover) starts the rules afresh.
-        if self.failover.as_ref().map(|f| f.role()) != Some(role) {
-            self.fresh_rules(role, qos);
-        }
-        // What the configuration says now (No Failover, Stop Mirror, the copies ready) goes
-        // first: it was set before whatever the links report in this step, and a loss handled
-        // before it would be decided by rules that do not know it yet (a backup with No Failover
-        // just set asked the arbiter for a takeover).
-        let mut inputs = Vec::new();
-        let no_failover = m.mirror.defined_primary.is_some();
-        if self.no_failover != Some(no_failover) {
-            self.no_failover = Some(no_failover);
-            inputs.push(Event::NoFailover(no_failover));
-        }
-        if self.stopped != Some(m.stopped) {
-            self.stopped = Some(m.stopped);
-            inputs.push(Event::MirrorStopped(m.stopped));
-        }
-        if role == FailoverRole::Backup {
-            let ready = databases_ready(&context, m);
-            if self.ready != Some(ready) {
-                self.ready = Some(ready);
-                inputs.push(Event::DatabasesReady(ready));
-            }
-        }
-        let (events, generation) = match role {
+        let (link_events, loss_generation) = match role {
             FailoverRole::Primary => context.mirror.hub.take_events(),
             _ => (context.mirror.take_partner_events(), 0),
         };
-        inputs.extend(events);
-        {
+        let (arbiter, arbiter_events) = {
             let mut arbiter = context.mirror.arbiter.lock().unwrap();
             let mut stood_down = std::mem::take(&mut arbiter.stood_down_activations);
+            let mut events = Vec::new();
             for event in arbiter.events.drain(..) {
                 // A stand-down the arbiter relayed names the activation it ends. It was the
-                // latest when it arrived, but the hub's events above are handled first: if the
-                // backup was made active again meanwhile (its PartnerActive is in this batch),
-                // the stand-down is stale and would leave these rules believing the backup
-                // inactive for good — never booking arbiter mode again.
+                // latest when it arrived, but the hub's events are handled first: if the backup
+                // was made active again meanwhile (its PartnerActive is in this look), the
+                // stand-down is stale and would leave the rules believing the backup inactive
+                // for good — never booking arbiter mode again.
                 if event == Event::PartnerStoodDown {
                     let activation = stood_down.pop_front().unwrap_or(0);
                     if !context.mirror.hub.is_latest_activation(activation) {
@@ -313,299 +198,63 @@ impl Driver {
                         continue;
                     }
                 }
-                inputs.push(event);
+                events.push(event);
             }
-        }
-        // The link generation each agent's answer belongs to, in the order of the answers:
-        // checked when it is handled, since a link event before it in this step may overtake it.
-        let mut answered_in = std::collections::VecDeque::new();
+            ((arbiter.connected, arbiter.sees_partner), events)
+        };
+        let mut agent_answers = Vec::new();
         while let Ok(answer) = self.answers.try_recv() {
             match answer {
-                Answer::Agent(answer, generation) => {
-                    if self.loss_question == Some(generation) {
-                        self.loss_question = None;
-                    }
-                    answered_in.push_back(generation);
-                    inputs.push(Event::Agent(answer));
-                }
+                Answer::Agent(answer, generation) => agent_answers.push((answer, generation)),
                 // A restart answer arriving after the decision was made some other way (Force)
                 // has nothing left to decide.
                 Answer::Restart(..) => self.asking = false,
             }
         }
-        inputs.push(Event::Tick);
-        let last_heard = context.mirror.link.lock().unwrap().last_heard;
-        let heard_ms =
-            last_heard.map(|t| t.saturating_duration_since(self.started).as_millis() as u64);
-        let failover = self.failover.as_mut().expect("set above");
-        // Each action with the activation the rules knew of when they decided it (a stand-down
-        // names the activation it ends, never a newer one the receiver already heard of), and
-        // the link generation (a question about a loss the rules no longer care about is not
-        // asked).
-        let mut actions: Vec<(Action, u64, u64)> = Vec::new();
-        for event in prelude {
-            if event == Event::PartnerConnected {
-                self.link_generation += 1;
-            }
-            let generation = self.link_generation;
-            actions.extend(
-                failover
-                    .handle(0, event)
-                    .into_iter()
-                    .map(|a| (a, 0, generation)),
-            );
-        }
-        for event in inputs {
-            if matches!(event, Event::Agent(_))
-                && answered_in.pop_front() != Some(self.link_generation)
-            {
-                tracing::info!(
-                    "mirror: ignored the primary's agent's answer about a link lost before the \
-                     latest connection"
-                );
-                continue;
-            }
-            // A backup lost the primary when it last heard from it (see `LinkStatus::last_heard`).
-            let at = match (role, event) {
-                (FailoverRole::Backup, Event::PartnerLost) => heard_ms.unwrap_or(now).min(now),
-                _ => now,
-            };
-            match event {
-                Event::PartnerActive => {
-                    self.activation = context.mirror.link.lock().unwrap().activation
-                }
-                Event::PartnerConnected => {
-                    self.activation = 0;
-                    self.link_generation += 1;
-                }
-                _ => {}
-            }
-            let (activation, generation) = (self.activation, self.link_generation);
-            actions.extend(
-                failover
-                    .handle(at, event)
-                    .into_iter()
-                    .map(|a| (a, activation, generation)),
-            );
-        }
-        let mut takeover_failed = false;
-        for (action, activation, generation) in actions {
-            // A question decided before a reconnection in this same step is moot: the rules
-            // forgot the loss it was about.
-            if action == Action::AskAgent && generation != self.link_generation {
-                continue;
-            }
-            // After a failed takeover the old primary must not be forced down: nobody would
-            // be primary.
-            if takeover_failed && action == Action::ForceOtherDown {
-                continue;
-            }
-            if action == Action::TakeOver {
-                takeover_failed = !self.take_over();
-                if takeover_failed {
-                    // A takeover the arbiter may have booked for this member did not happen:
-                    // cancel it, or the old primary could never start again.
-                    stand_down(&context, activation);
-                }
-                continue;
-            }
-            if action == Action::StandDown {
-                tracing::info!("mirror: standing down as a non-active backup");
-                stand_down(&context, activation);
-                continue;
-            }
-            self.act(action, m);
-        }
-        let Some(failover) = self.failover.as_ref() else {
-            return;
+        let (last_heard, link_activation) = {
+            let link = context.mirror.link.lock().unwrap();
+            (link.last_heard, link.activation)
         };
-        if failover.role() == FailoverRole::Primary
-            && failover.trouble().is_none()
-            && context.mirror.hub.suspended()
-        {
-            context.mirror.hub.resume(generation);
+        let look = Look {
+            now_ms,
+            gap_ms: gap.as_millis() as u64,
+            receiver_stalled,
+            qos_ms: m.mirror.qos_timeout_ms,
+            no_failover: m.mirror.defined_primary.is_some(),
+            mirror_stopped: m.stopped,
+            databases_ready: role == FailoverRole::Backup && databases_ready(&context, m),
+            arbiter,
+            heard_ms: last_heard
+                .map(|t| t.saturating_duration_since(self.started).as_millis() as u64),
+            link_activation,
+            link_events,
+            arbiter_events,
+            agent_answers,
+        };
+        let mut shell = DriverShell {
+            service: &self.service,
+            membership: m,
+            answers: &self.answers_tx,
+            gap,
+            receiver_stalled,
+        };
+        let after = self.core.step(role, look, &mut shell);
+        if after.writes_may_resume && context.mirror.hub.suspended() {
+            context.mirror.hub.resume(loss_generation);
         }
-        context.mirror.set_may_connect(failover.may_connect());
+        context.mirror.set_may_connect(after.may_connect);
         // A backup follows the primary into arbiter mode only once it sees the arbiter too,
         // which may come later than the primary's word: the primary repeats it (the backup
         // ignores a repeat).
-        if failover.repeats_arbiter_mode() && self.last_mode_repeat.elapsed() >= MODE_REPEAT {
-            self.last_mode_repeat = Instant::now();
+        if after.repeat_mode {
             context
                 .mirror
                 .hub
                 .announce(Control::FailoverMode { arbiter: true });
         }
         let mut view = context.mirror.failover_view.lock().unwrap();
-        view.mode = Some(failover.mode().display());
-        view.status = Some(failover.status());
-    }
-
-    fn act(&mut self, action: Action, m: &Membership) {
-        let context = self.service.context().clone();
-        match action {
-            Action::SuspendWrites => {
-                tracing::warn!(
-                    "mirror: in trouble: commits wait until the backup is known not to take over"
-                );
-                context.mirror.hub.suspend();
-            }
-            // Lifted after the tick, with the hub's loss generation (see `step`).
-            Action::ResumeWrites | Action::RevokeActive => {}
-            Action::BookArbiterMode => context.mirror.tell_arbiter(ToArbiter::Mode {
-                arbiter: true,
-                activation: context.mirror.hub.last_activation(),
-            }),
-            Action::SwitchMode(mode) => {
-                tracing::info!("mirror: {}", mode.display());
-                let arbiter = mode == Mode::Arbiter;
-                if context.mirror.role() == Role::Primary {
-                    // The arbiter books the primary's mode (arbiter mode before the switch, see
-                    // `Action::BookArbiterMode`); the backup follows it.
-                    let mut link = context.mirror.arbiter.lock().unwrap();
-                    let activation = context.mirror.hub.last_activation();
-                    link.arbiter_mode_booked = arbiter.then_some(activation);
-                    if !arbiter {
-                        link.outbox.push_back(ToArbiter::Mode {
-                            arbiter,
-                            activation,
-                        });
-                    }
-                    drop(link);
-                    context
-                        .mirror
-                        .hub
-                        .announce(Control::FailoverMode { arbiter });
-                } else {
-                    context
-                        .mirror
-                        .link_outbox
-                        .lock()
-                        .unwrap()
-                        .push_back(Control::FailoverMode { arbiter });
-                }
-            }
-            Action::AskPartnerToLeaveArbiterMode => context
-                .mirror
-                .hub
-                .announce(Control::FailoverMode { arbiter: false }),
-            Action::AskArbiter => {
-                tracing::warn!("mirror: lost the other failover member; asking the arbiter");
-                context.mirror.tell_arbiter(ToArbiter::Ask);
-            }
-            Action::AskAgent => {
-                let active = self.failover.as_ref().is_some_and(|f| f.active());
-                self.ask_agent(m, active)
-            }
-            Action::TakeOver => {
-                self.take_over();
-            }
-            // Carried out in `step`, with the activation it ends.
-            Action::StandDown => {}
-            Action::Reconnect => {}
-            Action::ForceOtherDown => {
-                force_other_down(&context.identity, m, context.config.get().epoch)
-            }
-            Action::ShutDown => {
-                tracing::error!("mirror: the other member took over; this instance stops");
-                std::process::exit(3);
-            }
-        }
-    }
-
-    fn ask_agent(&mut self, m: &Membership, active: bool) {
-        // One question per lost link; one about an older link is answered for nobody.
-        let generation = self.link_generation;
-        if self.loss_question == Some(generation) {
-            return;
-        }
-        let Some(primary) = m.primary_name.as_deref().and_then(|p| m.member(p)) else {
-            return;
-        };
-        let Ok(address) = super::agent_target(&self.service.context().identity, m, primary) else {
-            return;
-        };
-        self.loss_question = Some(generation);
-        let qos = Duration::from_millis(m.mirror.qos_timeout_ms);
-        let tx = self.answers_tx.clone();
-        let journal = self.service.receiver_journal();
-        let (mirror_name, mirror_id) = (m.mirror.name.clone(), m.mirror.id.clone());
-        tracing::warn!(
-            "mirror: lost the primary; asking its agent at {}",
-            address.address
-        );
-        let _ = std::thread::Builder::new()
-            .name("ask-agent".into())
-            .spawn(move || {
-                // A hung instance gets a quarter of the QoS timeout to answer the agent's probe:
-                // noticed after half a QoS of silence, the backup then still hears back inside
-                // its takeover window (one QoS after it last heard from the primary).
-                let request = AgentRequest::ConfirmDown {
-                    timeout_ms: (qos / 4).as_millis() as u64,
-                };
-                let answer = match agent::call_blocking(&address, request, qos) {
-                    Ok(reply) if reply.ok && reply.instance.state == crate::agent::InstanceState::Down => {
-                        tracing::warn!("mirror: the primary's agent says: {}", reply.message);
-                        // A backup that was not active may lack acknowledged records: it takes
-                        // over only with the down primary's journal, fetched through its agent.
-                        let fetched = !active
-                            && fetch_tail(&address, &journal, &mirror_name, &mirror_id, qos)
-                                .inspect_err(|err| {
-                                    tracing::warn!(
-                                        "mirror: the primary's journal could not be fetched through its agent: {err}"
-                                    )
-                                })
-                                .is_ok();
-                        AgentAnswer::PrimaryDown { journal: fetched }
-                    }
-                    Ok(reply) if reply.ok => AgentAnswer::PrimaryRunning,
-                    Ok(reply) => {
-                        tracing::warn!("mirror: the primary's agent: {}", reply.message);
-                        AgentAnswer::Unreachable
-                    }
-                    Err(err) => {
-                        tracing::warn!("mirror: the primary's agent: {err}");
-                        AgentAnswer::Unreachable
-                    }
-                };
-                let _ = tx.send(Answer::Agent(answer, generation));
-            });
-    }
-
-    /// Carries out a takeover; false when it failed (this member stays a backup).
-    fn take_over(&mut self) -> bool {
-        let service = self.service.clone();
-        let context = service.context().clone();
-        tracing::warn!("mirror: taking over as primary");
-        // Said before anything else, so a former primary asking meanwhile waits.
-        context.mirror.taking_over.store(true, Ordering::Release);
-        service.stop_receiver();
-        let source = service.receiver_journal();
-        let result = context
-            .writer
-            .extension_blocking(|reply| MirrorCommand::BecomePrimary {
-                source,
-                new_epoch: true,
-                reply,
-            });
-        context.mirror.taking_over.store(false, Ordering::Release);
-        let mut view = context.mirror.failover_view.lock().unwrap();
-        match result {
-            Ok(message) => {
-                tracing::warn!("mirror: {message}");
-                view.note = Some(message);
-                true
-            }
-            Err(err) => {
-                tracing::error!("mirror: the takeover failed: {err}");
-                view.note = Some(format!("the takeover failed: {err}"));
-                drop(view);
-                // Still a backup: follow whoever is primary again.
-                self.failover = None;
-                service.start_receiver();
-                false
-            }
-        }
+        view.mode = Some(after.mode);
+        view.status = Some(after.status);
     }
 
     /// A restarted former primary: ask the other failover member, then resume or follow.
@@ -618,11 +267,7 @@ impl Driver {
                     self.restart(decision, other);
                 }
                 // Asked as a backup, before this member started deciding: nobody waits for it.
-                Answer::Agent(_, generation) => {
-                    if self.loss_question == Some(generation) {
-                        self.loss_question = None;
-                    }
-                }
+                Answer::Agent(..) => {}
             }
         }
         if !context.mirror.deciding() || self.asking {
@@ -724,6 +369,208 @@ impl Driver {
                 }
             }
         }
+    }
+}
+
+/// The driver's side of the member core: carries out its decisions on the hub, the arbiter
+/// link, the agents and the writer.
+struct DriverShell<'a> {
+    service: &'a Arc<MirrorService>,
+    membership: &'a Membership,
+    answers: &'a mpsc::Sender<Answer>,
+    /// For the stall's log line.
+    gap: Duration,
+    receiver_stalled: bool,
+}
+
+impl Shell for DriverShell<'_> {
+    fn suspend_writes(&mut self) {
+        tracing::warn!(
+            "mirror: in trouble: commits wait until the backup is known not to take over"
+        );
+        self.service.context().mirror.hub.suspend();
+    }
+
+    fn book_arbiter_mode(&mut self) {
+        let mirror = &self.service.context().mirror;
+        mirror.tell_arbiter(ToArbiter::Mode {
+            arbiter: true,
+            activation: mirror.hub.last_activation(),
+        });
+    }
+
+    fn switch_mode(&mut self, mode: Mode) {
+        tracing::info!("mirror: {}", mode.display());
+        let mirror = &self.service.context().mirror;
+        let arbiter = mode == Mode::Arbiter;
+        if mirror.role() == Role::Primary {
+            // The arbiter books the primary's mode (arbiter mode before the switch, see
+            // `Action::BookArbiterMode`); the backup follows it.
+            let mut link = mirror.arbiter.lock().unwrap();
+            let activation = mirror.hub.last_activation();
+            link.arbiter_mode_booked = arbiter.then_some(activation);
+            if !arbiter {
+                link.outbox.push_back(ToArbiter::Mode {
+                    arbiter,
+                    activation,
+                });
+            }
+            drop(link);
+            mirror.hub.announce(Control::FailoverMode { arbiter });
+        } else {
+            mirror
+                .link_outbox
+                .lock()
+                .unwrap()
+                .push_back(Control::FailoverMode { arbiter });
+        }
+    }
+
+    fn ask_partner_to_leave_arbiter_mode(&mut self) {
+        self.service
+            .context()
+            .mirror
+            .hub
+            .announce(Control::FailoverMode { arbiter: false });
+    }
+
+    fn ask_arbiter(&mut self) {
+        tracing::warn!("mirror: lost the other failover member; asking the arbiter");
+        self.service.context().mirror.tell_arbiter(ToArbiter::Ask);
+    }
+
+    fn ask_agent(&mut self, generation: u64, active: bool) -> bool {
+        let m = self.membership;
+        let Some(primary) = m.primary_name.as_deref().and_then(|p| m.member(p)) else {
+            return false;
+        };
+        let Ok(address) = super::agent_target(&self.service.context().identity, m, primary) else {
+            return false;
+        };
+        let qos = Duration::from_millis(m.mirror.qos_timeout_ms);
+        let tx = self.answers.clone();
+        let journal = self.service.receiver_journal();
+        let (mirror_name, mirror_id) = (m.mirror.name.clone(), m.mirror.id.clone());
+        tracing::warn!(
+            "mirror: lost the primary; asking its agent at {}",
+            address.address
+        );
+        let _ = std::thread::Builder::new()
+            .name("ask-agent".into())
+            .spawn(move || {
+                // A hung instance gets a quarter of the QoS timeout to answer the agent's probe:
+                // noticed after half a QoS of silence, the backup then still hears back inside
+                // its takeover window (one QoS after it last heard from the primary).
+                let request = AgentRequest::ConfirmDown {
+                    timeout_ms: (qos / 4).as_millis() as u64,
+                };
+                let answer = match agent::call_blocking(&address, request, qos) {
+                    Ok(reply) if reply.ok && reply.instance.state == crate::agent::InstanceState::Down => {
+                        tracing::warn!("mirror: the primary's agent says: {}", reply.message);
+                        // A backup that was not active may lack acknowledged records: it takes
+                        // over only with the down primary's journal, fetched through its agent.
+                        let fetched = !active
+                            && fetch_tail(&address, &journal, &mirror_name, &mirror_id, qos)
+                                .inspect_err(|err| {
+                                    tracing::warn!(
+                                        "mirror: the primary's journal could not be fetched through its agent: {err}"
+                                    )
+                                })
+                                .is_ok();
+                        AgentAnswer::PrimaryDown { journal: fetched }
+                    }
+                    Ok(reply) if reply.ok => AgentAnswer::PrimaryRunning,
+                    Ok(reply) => {
+                        tracing::warn!("mirror: the primary's agent: {}", reply.message);
+                        AgentAnswer::Unreachable
+                    }
+                    Err(err) => {
+                        tracing::warn!("mirror: the primary's agent: {err}");
+                        AgentAnswer::Unreachable
+                    }
+                };
+                let _ = tx.send(Answer::Agent(answer, generation));
+            });
+        true
+    }
+
+    /// Carries out a takeover; false when it failed (this member stays a backup).
+    fn take_over(&mut self) -> bool {
+        let service = self.service;
+        let context = service.context().clone();
+        tracing::warn!("mirror: taking over as primary");
+        // Said before anything else, so a former primary asking meanwhile waits.
+        context.mirror.taking_over.store(true, Ordering::Release);
+        service.stop_receiver();
+        let source = service.receiver_journal();
+        let result = context
+            .writer
+            .extension_blocking(|reply| MirrorCommand::BecomePrimary {
+                source,
+                new_epoch: true,
+                reply,
+            });
+        context.mirror.taking_over.store(false, Ordering::Release);
+        let mut view = context.mirror.failover_view.lock().unwrap();
+        match result {
+            Ok(message) => {
+                tracing::warn!("mirror: {message}");
+                view.note = Some(message);
+                true
+            }
+            Err(err) => {
+                tracing::error!("mirror: the takeover failed: {err}");
+                view.note = Some(format!("the takeover failed: {err}"));
+                drop(view);
+                // Still a backup: follow whoever is primary again.
+                service.start_receiver();
+                false
+            }
+        }
+    }
+
+    fn stand_down(&mut self, activation: u64) {
+        stand_down(self.service.context(), activation);
+    }
+
+    fn force_other_down(&mut self) {
+        let context = self.service.context();
+        force_other_down(
+            &context.identity,
+            self.membership,
+            context.config.get().epoch,
+        );
+    }
+
+    fn shut_down(&mut self) {
+        tracing::error!("mirror: the other member took over; this instance stops");
+        std::process::exit(3);
+    }
+
+    fn fresh_rules(&mut self, backup: bool) {
+        let mut arbiter = self.service.context().mirror.arbiter.lock().unwrap();
+        // The arbiter mode that hellos carry belonged to the old rules: a primary says it only
+        // once the arbiter booked it for these.
+        arbiter.arbiter_mode_booked = None;
+        // Naming no activation: it must not end one these rules have not even seen yet (the
+        // receiver may have been activated a moment ago), only what older rules were granted.
+        arbiter.stand_down = backup.then_some(0);
+    }
+
+    fn drop_data_link(&mut self) {
+        tracing::warn!(
+            "mirror: this member stalled ({} ms between looks{}): it no longer counts as the active backup; reconnecting",
+            self.gap.as_millis(),
+            if self.receiver_stalled {
+                ", a slow receive round"
+            } else {
+                ""
+            }
+        );
+        let mirror = &self.service.context().mirror;
+        let _ = mirror.take_partner_events();
+        mirror.link.lock().unwrap().active = false;
+        mirror.reconnect_requested.store(true, Ordering::Release);
     }
 }
 

@@ -95,6 +95,7 @@
 //! Virtual IPs, and TLS on the arbiter's connections.
 
 pub mod arbiter_link;
+pub mod core;
 pub mod divergence;
 pub mod driver;
 pub mod failover;

@@ -1,0 +1,384 @@
+//! The member core: one failover member's decisions, synchronous and free of I/O.
+//!
+//! # What it is
+//!
+//! The failover [`driver`](super::driver) is a thread that looks every tick at what happened
+//! (the links' events, the arbiter's, the agents' answers, the configuration) and carries out
+//! what follows. Everything it *decides* lives here, in [`MemberCore`]: the failover rules
+//! ([`Failover`]) and the bookkeeping around them that the rules alone do not see —
+//!
+//! - **fresh rules** when the role changes (a start, a takeover, a demotion), which forget the
+//!   arbiter mode the old rules had booked and, on a backup, stand down first;
+//! - **the stall rule**: a backup whose process stood still for half a QoS starts its rules
+//!   afresh, drops its data link and tells the fresh rules what its arbiter link last reported,
+//!   and — if it had reached its primary — that it lost it;
+//! - **link generations**: every connection to the primary starts one; a question to the
+//!   primary's agent belongs to the generation it was asked in, is asked once per generation,
+//!   and its answer is dropped if a newer connection overtook it;
+//! - **activations**: a stand-down names the activation the rules knew of when they decided it;
+//! - **a failed takeover**: it is cancelled at the arbiter and the old primary is not forced
+//!   down (nobody would be primary), and the rules start afresh as a backup;
+//! - the order in which inputs reach the rules within one look (configuration first, then the
+//!   links, the arbiter, the agents' answers, then the tick).
+//!
+//! # How it is driven
+//!
+//! [`MemberCore::step`] takes one [`Look`] (the time, the role, what the configuration says, the
+//! events gathered since the last look) and a [`Shell`], whose methods carry out effects: the
+//! driver's shell talks to the hub, the arbiter link, the agents and the writer; a test's shell
+//! records them. The core reads no clock and touches no socket, file or lock, so the same inputs
+//! always give the same effects — which is what a deterministic simulation needs, and what the
+//! unit tests below use.
+//!
+//! # Invariants
+//!
+//! - At most one question to the primary's agent per link generation; an answer is handed to
+//!   the rules only in the generation it was asked in.
+//! - A takeover that failed is followed by a stand-down naming its activation, and never by
+//!   forcing the old primary down.
+//! - Fresh backup rules stand down (naming no activation) before they ask anything.
+//!
+//! # Left out (for now)
+//!
+//! The rest of the mirror protocol — activation and QoS revocation in the hub, the fork and cut
+//! at `hello`, the receiver's reconnects — still lives in the threads that own the links, and a
+//! restarted former primary's decision (ask the other member, then [`super::failover::restart_as`])
+//! in the driver. They move here next; the goal is one core per member that owns them all.
+
+use super::failover::{Action, AgentAnswer, Event, Failover, FailoverRole, Mode};
+
+/// How often (ms) a primary in arbiter mode repeats its mode to the backup.
+pub const MODE_REPEAT_MS: u64 = 500;
+
+/// What the driver saw at one look.
+#[derive(Debug, Clone, Default)]
+pub struct Look {
+    /// Milliseconds since the driver started.
+    pub now_ms: u64,
+    /// Milliseconds since the previous look (a backup that stood still half a QoS stalled).
+    pub gap_ms: u64,
+    /// The receiver reports a receive round so slow that the backup stalled.
+    pub receiver_stalled: bool,
+    /// The QoS timeout (ms).
+    pub qos_ms: u64,
+    /// No Failover is set.
+    pub no_failover: bool,
+    /// Stop Mirror On This Member is in effect.
+    pub mirror_stopped: bool,
+    /// Backup: every mirrored database here is ready to take over.
+    pub databases_ready: bool,
+    /// The arbiter link is up, and whether the arbiter last said it sees the other member.
+    pub arbiter: (bool, Option<bool>),
+    /// Backup: when (ms, on the same clock as `now_ms`) the primary was last heard from.
+    pub heard_ms: Option<u64>,
+    /// Backup: the activation the primary last gave this member.
+    pub link_activation: u64,
+    /// What happened on the data link: the hub's events on a primary, the receiver's on a
+    /// backup.
+    pub link_events: Vec<Event>,
+    /// What the arbiter link reported (stale relayed stand-downs already dropped).
+    pub arbiter_events: Vec<Event>,
+    /// The primary's agent's answers, each with the link generation it was asked in.
+    pub agent_answers: Vec<(AgentAnswer, u64)>,
+}
+
+/// Carries out what the core decides (see the module essay).
+pub trait Shell {
+    /// Hold the primary's mirrored commits (the trouble state).
+    fn suspend_writes(&mut self);
+    /// Ask the arbiter to book arbiter mode with the backup's latest activation.
+    fn book_arbiter_mode(&mut self);
+    /// This member's mode changed: tell the other member and the arbiter.
+    fn switch_mode(&mut self, mode: Mode);
+    /// Primary: ask the backup to leave arbiter mode.
+    fn ask_partner_to_leave_arbiter_mode(&mut self);
+    /// Ask the arbiter (primary: does it see the backup; backup: may it take over).
+    fn ask_arbiter(&mut self);
+    /// Ask the primary's agent whether the primary is down; the answer comes back in a later
+    /// look with `generation`. `active`: this backup was active (else it fetches the journal).
+    /// False when it could not be asked (no address known): a later decision asks again.
+    fn ask_agent(&mut self, generation: u64, active: bool) -> bool;
+    /// Become the primary in a new epoch; false when it failed.
+    fn take_over(&mut self) -> bool;
+    /// Tell the primary (through the arbiter) that this backup stood down, ending `activation`.
+    fn stand_down(&mut self, activation: u64);
+    /// Force the former primary down through its agent.
+    fn force_other_down(&mut self);
+    /// The other member took over: this instance stops.
+    fn shut_down(&mut self);
+    /// Fresh rules: forget the arbiter mode booked for the old ones; a backup's first stand-down
+    /// (naming no activation) cancels a takeover granted to them.
+    fn fresh_rules(&mut self, backup: bool);
+    /// The backup stalled: drop what the data link buffered, stop counting as active, reconnect.
+    fn drop_data_link(&mut self);
+}
+
+/// What a look leaves for the driver to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct After {
+    /// Primary: the rules are out of trouble, so held commits may resume.
+    pub writes_may_resume: bool,
+    /// The receiver may connect to the primary.
+    pub may_connect: bool,
+    /// Repeat the arbiter mode to the backup now.
+    pub repeat_mode: bool,
+    /// The Mirror Monitor's Failover Mode and status.
+    pub mode: &'static str,
+    /// The member's status.
+    pub status: &'static str,
+}
+
+/// One failover member's decisions (see the module essay).
+#[derive(Debug, Default)]
+pub struct MemberCore {
+    failover: Option<Failover>,
+    /// How many data links to the primary the rules have heard of (each `PartnerConnected`, and
+    /// fresh rules, start a new one).
+    link_generation: u64,
+    /// A question to the primary's agent is out, asked in this generation.
+    loss_question: Option<u64>,
+    no_failover: Option<bool>,
+    ready: Option<bool>,
+    stopped: Option<bool>,
+    /// Backup: the primary's token of this member's activation, as far as the rules know.
+    activation: u64,
+    last_mode_repeat_ms: u64,
+}
+
+impl MemberCore {
+    /// A core with no rules yet: the first look starts them.
+    pub fn new() -> MemberCore {
+        MemberCore::default()
+    }
+
+    /// The rules, while this member is a failover member with a role.
+    pub fn failover(&self) -> Option<&Failover> {
+        self.failover.as_ref()
+    }
+
+    /// The current link generation.
+    pub fn link_generation(&self) -> u64 {
+        self.link_generation
+    }
+
+    /// This member is no failover member with a role now (not a member, async, deciding): the
+    /// rules are dropped and start afresh when it is one again.
+    pub fn idle(&mut self) {
+        self.failover = None;
+    }
+
+    /// Starts the rules afresh in `role`: what the configuration says is fed again on this look,
+    /// and the arbiter booking of the old rules is forgotten.
+    fn fresh_rules(&mut self, role: FailoverRole, qos_ms: u64, shell: &mut impl Shell) {
+        self.failover = Some(Failover::new(role, qos_ms));
+        self.link_generation += 1;
+        self.no_failover = None;
+        self.ready = None;
+        self.stopped = None;
+        self.activation = 0;
+        shell.fresh_rules(role == FailoverRole::Backup);
+    }
+
+    /// One look (see the module essay): feeds the rules what happened, in order, carries out
+    /// their actions through `shell`, and says what to publish.
+    pub fn step(&mut self, role: FailoverRole, look: Look, shell: &mut impl Shell) -> After {
+        let Look {
+            now_ms,
+            gap_ms,
+            receiver_stalled,
+            qos_ms,
+            no_failover,
+            mirror_stopped,
+            databases_ready,
+            arbiter,
+            heard_ms,
+            link_activation,
+            mut link_events,
+            arbiter_events,
+            agent_answers,
+        } = look;
+        // The stall rule: a backup that stood still half a QoS may have been revoked meanwhile
+        // and may hold data buffered before that; it starts afresh and reconnects.
+        let mut prelude = Vec::new();
+        if role == FailoverRole::Backup
+            && self.failover.is_some()
+            && (gap_ms > qos_ms / 2 || receiver_stalled)
+        {
+            let had_partner = self.failover.as_ref().is_some_and(|f| f.had_partner());
+            self.fresh_rules(role, qos_ms, shell);
+            // What the link buffered before the stall is stale.
+            link_events.clear();
+            shell.drop_data_link();
+            // The arbiter link outlived the stall and will say nothing new: the fresh rules
+            // hear what it last reported. If the backup had its primary, it lost it when it
+            // stalled; one that never reached it lost nothing (asking then could act on a
+            // "down" that the primary's restart overtakes).
+            let (arbiter_connected, sees_partner) = arbiter;
+            if arbiter_connected {
+                prelude.push(Event::ArbiterConnected);
+                prelude.extend(sees_partner.map(Event::ArbiterSeesPartner));
+            }
+            if had_partner {
+                prelude.extend([Event::PartnerConnected, Event::PartnerLost]);
+            }
+        }
+        // A role changed by an action (create, join, takeover) starts the rules afresh.
+        if self.failover.as_ref().map(|f| f.role()) != Some(role) {
+            self.fresh_rules(role, qos_ms, shell);
+        }
+        // What the configuration says goes first: it was set before whatever the links report
+        // in this look, and a loss handled before it would be decided by rules that do not know
+        // it yet (a backup with No Failover just set asked the arbiter for a takeover).
+        let mut inputs = Vec::new();
+        if self.no_failover != Some(no_failover) {
+            self.no_failover = Some(no_failover);
+            inputs.push(Event::NoFailover(no_failover));
+        }
+        if self.stopped != Some(mirror_stopped) {
+            self.stopped = Some(mirror_stopped);
+            inputs.push(Event::MirrorStopped(mirror_stopped));
+        }
+        if role == FailoverRole::Backup && self.ready != Some(databases_ready) {
+            self.ready = Some(databases_ready);
+            inputs.push(Event::DatabasesReady(databases_ready));
+        }
+        inputs.extend(link_events);
+        inputs.extend(arbiter_events);
+        // The generation each answer belongs to, in order: checked when it is handled, since a
+        // link event before it in this look may overtake it.
+        let mut answered_in = std::collections::VecDeque::new();
+        for (answer, generation) in agent_answers {
+            if self.loss_question == Some(generation) {
+                self.loss_question = None;
+            }
+            answered_in.push_back(generation);
+            inputs.push(Event::Agent(answer));
+        }
+        inputs.push(Event::Tick);
+
+        let failover = self.failover.as_mut().expect("started above");
+        // Each action with the activation the rules knew of when they decided it, and the link
+        // generation it was decided in.
+        let mut actions: Vec<(Action, u64, u64)> = Vec::new();
+        for event in prelude {
+            if event == Event::PartnerConnected {
+                self.link_generation += 1;
+            }
+            let generation = self.link_generation;
+            actions.extend(
+                failover
+                    .handle(0, event)
+                    .into_iter()
+                    .map(|a| (a, 0, generation)),
+            );
+        }
+        for event in inputs {
+            if matches!(event, Event::Agent(_))
+                && answered_in.pop_front() != Some(self.link_generation)
+            {
+                tracing::info!(
+                    "mirror: ignored the primary's agent's answer about a link lost before the \
+                     latest connection"
+                );
+                continue;
+            }
+            // A backup lost the primary when it last heard from it.
+            let at = match (role, event) {
+                (FailoverRole::Backup, Event::PartnerLost) => {
+                    heard_ms.unwrap_or(now_ms).min(now_ms)
+                }
+                _ => now_ms,
+            };
+            match event {
+                Event::PartnerActive => self.activation = link_activation,
+                Event::PartnerConnected => {
+                    self.activation = 0;
+                    self.link_generation += 1;
+                }
+                _ => {}
+            }
+            let (activation, generation) = (self.activation, self.link_generation);
+            actions.extend(
+                failover
+                    .handle(at, event)
+                    .into_iter()
+                    .map(|a| (a, activation, generation)),
+            );
+        }
+        let active = failover.active();
+        self.carry_out(actions, active, qos_ms, shell);
+
+        let failover = self
+            .failover
+            .as_ref()
+            .expect("a failed takeover starts fresh rules");
+        let repeat_mode = failover.repeats_arbiter_mode()
+            && now_ms.saturating_sub(self.last_mode_repeat_ms) >= MODE_REPEAT_MS;
+        if repeat_mode {
+            self.last_mode_repeat_ms = now_ms;
+        }
+        After {
+            writes_may_resume: failover.role() == FailoverRole::Primary
+                && failover.trouble().is_none(),
+            may_connect: failover.may_connect(),
+            repeat_mode,
+            mode: failover.mode().display(),
+            status: failover.status(),
+        }
+    }
+
+    fn carry_out(
+        &mut self,
+        actions: Vec<(Action, u64, u64)>,
+        active: bool,
+        qos_ms: u64,
+        shell: &mut impl Shell,
+    ) {
+        let mut takeover_failed = false;
+        for (action, activation, generation) in actions {
+            match action {
+                Action::SuspendWrites => shell.suspend_writes(),
+                // Lifted after the look (see `After::writes_may_resume`).
+                Action::ResumeWrites | Action::RevokeActive => {}
+                Action::BookArbiterMode => shell.book_arbiter_mode(),
+                Action::SwitchMode(mode) => shell.switch_mode(mode),
+                Action::AskPartnerToLeaveArbiterMode => shell.ask_partner_to_leave_arbiter_mode(),
+                Action::AskArbiter => shell.ask_arbiter(),
+                Action::AskAgent => {
+                    // A question decided before a reconnection in this same look is moot (the
+                    // rules forgot the loss it was about), and one per lost link is enough.
+                    if generation != self.link_generation || self.loss_question == Some(generation)
+                    {
+                        continue;
+                    }
+                    if shell.ask_agent(generation, active) {
+                        self.loss_question = Some(generation);
+                    }
+                }
+                Action::TakeOver => {
+                    takeover_failed = !shell.take_over();
+                    if takeover_failed {
+                        // A takeover the arbiter may have booked for this member did not
+                        // happen: cancel it, or the old primary could never start again. Still
+                        // a backup: fresh rules follow whoever is primary.
+                        shell.stand_down(activation);
+                        self.fresh_rules(FailoverRole::Backup, qos_ms, shell);
+                    }
+                }
+                Action::StandDown => {
+                    tracing::info!("mirror: standing down as a non-active backup");
+                    shell.stand_down(activation);
+                }
+                // After a failed takeover the old primary must not be forced down: nobody
+                // would be primary.
+                Action::ForceOtherDown if takeover_failed => {}
+                Action::ForceOtherDown => shell.force_other_down(),
+                Action::Reconnect => {}
+                Action::ShutDown => shell.shut_down(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
