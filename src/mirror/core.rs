@@ -129,7 +129,7 @@ pub struct After {
 }
 
 /// One failover member's decisions (see the module essay).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash)]
 pub struct MemberCore {
     failover: Option<Failover>,
     /// How many data links to the primary the rules have heard of (each `PartnerConnected`, and
@@ -143,6 +143,14 @@ pub struct MemberCore {
     /// Backup: the primary's token of this member's activation, as far as the rules know.
     activation: u64,
     last_mode_repeat_ms: u64,
+    /// Puts back an old bug for the explorer to find: a stalled backup's fresh rules were not
+    /// told that its arbiter link was still up.
+    #[cfg(test)]
+    pub(crate) legacy_stall_forgets_arbiter: bool,
+    /// Puts back an old bug for the explorer to find: a stalled backup's fresh rules heard of
+    /// the lost primary before their settings.
+    #[cfg(test)]
+    pub(crate) legacy_stall_before_settings: bool,
 }
 
 impl MemberCore {
@@ -154,6 +162,12 @@ impl MemberCore {
     /// The rules, while this member is a failover member with a role.
     pub fn failover(&self) -> Option<&Failover> {
         self.failover.as_ref()
+    }
+
+    /// The rules, to change them behind the core's back (the explorer puts old bugs back).
+    #[cfg(test)]
+    pub(crate) fn failover_mut(&mut self) -> Option<&mut Failover> {
+        self.failover.as_mut()
     }
 
     /// The current link generation.
@@ -214,6 +228,8 @@ impl MemberCore {
             // stalled; one that never reached it lost nothing (asking then could act on a
             // "down" that the primary's restart overtakes).
             let (arbiter_connected, sees_partner) = arbiter;
+            #[cfg(test)]
+            let arbiter_connected = arbiter_connected && !self.legacy_stall_forgets_arbiter;
             if arbiter_connected {
                 prelude.push(Event::ArbiterConnected);
                 prelude.extend(sees_partner.map(Event::ArbiterSeesPartner));
@@ -226,23 +242,26 @@ impl MemberCore {
         if self.failover.as_ref().map(|f| f.role()) != Some(role) {
             self.fresh_rules(role, qos_ms, shell);
         }
-        // What the configuration says goes first: it was set before whatever the links report
-        // in this look, and a loss handled before it would be decided by rules that do not know
-        // it yet (a backup with No Failover just set asked the arbiter for a takeover).
-        let mut inputs = Vec::new();
+        // What the configuration says goes first — before a stalled backup's account of its
+        // links too: it was set before whatever the links report in this look, and a loss
+        // handled before it would be decided by rules that do not know it yet (a backup with
+        // No Failover just set asked the arbiter for a takeover; fresh rules after a stall,
+        // told the loss before that their databases are not ready, asked the primary's agent,
+        // and took over on the answer once they were ready while the old primary resumed).
+        let mut settings = Vec::new();
         if self.no_failover != Some(no_failover) {
             self.no_failover = Some(no_failover);
-            inputs.push(Event::NoFailover(no_failover));
+            settings.push(Event::NoFailover(no_failover));
         }
         if self.stopped != Some(mirror_stopped) {
             self.stopped = Some(mirror_stopped);
-            inputs.push(Event::MirrorStopped(mirror_stopped));
+            settings.push(Event::MirrorStopped(mirror_stopped));
         }
         if role == FailoverRole::Backup && self.ready != Some(databases_ready) {
             self.ready = Some(databases_ready);
-            inputs.push(Event::DatabasesReady(databases_ready));
+            settings.push(Event::DatabasesReady(databases_ready));
         }
-        inputs.extend(link_events);
+        let mut inputs = link_events;
         inputs.extend(arbiter_events);
         // The generation each answer belongs to, in order: checked when it is handled, since a
         // link event before it in this look may overtake it.
@@ -260,6 +279,27 @@ impl MemberCore {
         // Each action with the activation the rules knew of when they decided it, and the link
         // generation it was decided in.
         let mut actions: Vec<(Action, u64, u64)> = Vec::new();
+        let feed_settings = |failover: &mut Failover,
+                             actions: &mut Vec<(Action, u64, u64)>,
+                             settings: Vec<Event>,
+                             (activation, generation): (u64, u64)| {
+            for event in settings {
+                actions.extend(
+                    failover
+                        .handle(now_ms, event)
+                        .into_iter()
+                        .map(|a| (a, activation, generation)),
+                );
+            }
+        };
+        #[cfg(not(test))]
+        let settings_first = true;
+        #[cfg(test)]
+        let settings_first = !self.legacy_stall_before_settings;
+        if settings_first {
+            let known = (self.activation, self.link_generation);
+            feed_settings(failover, &mut actions, std::mem::take(&mut settings), known);
+        }
         for event in prelude {
             if event == Event::PartnerConnected {
                 self.link_generation += 1;
@@ -271,6 +311,10 @@ impl MemberCore {
                     .into_iter()
                     .map(|a| (a, 0, generation)),
             );
+        }
+        if !settings_first {
+            let known = (self.activation, self.link_generation);
+            feed_settings(failover, &mut actions, settings, known);
         }
         for event in inputs {
             if matches!(event, Event::Agent(_))

@@ -412,6 +412,7 @@ impl Failover {
             // Without an answer from the agent, ask again every QoS timeout.
             if let Some(asked) = self.asked_agent_ms
                 && now_ms >= asked + self.qos_ms
+                && self.may_take_over()
             {
                 self.asked_agent_ms = Some(now_ms);
                 out.push(Action::AskAgent);
@@ -598,9 +599,16 @@ impl Failover {
                 self.window_trusted = false;
                 self.leave_arbiter_mode(out);
                 if self.asked_arbiter {
-                    // The arbiter will not answer: fall back to the agent.
+                    // The arbiter will not answer: fall back to the agent — unless this member
+                    // may not take over any more, which then stands down instead (cancelling,
+                    // at its next connection, a takeover the arbiter may have booked for it).
                     self.asked_arbiter = false;
-                    self.ask_agent_now(out);
+                    if self.may_take_over() {
+                        self.ask_agent_now(out);
+                    } else {
+                        self.active = false;
+                        out.push(Action::StandDown);
+                    }
                 }
             }
             FailoverRole::Down => {}
@@ -800,8 +808,16 @@ impl Failover {
 
     /// No Failover, the databases' readiness or Stop Mirror changed. A backup that lost the
     /// primary and may take over now (it could not before) asks the primary's agent, like any
-    /// non-active backup: the primary may still be down.
+    /// non-active backup: the primary may still be down. One that may not take over any more
+    /// stops asking the agent: its question would force a hung primary down, and nobody would
+    /// take its place.
     fn blocker_changed(&mut self, out: &mut Vec<Action>) {
+        if self.role == FailoverRole::Backup
+            && !self.may_take_over()
+            && self.asked_agent_ms.take().is_some()
+        {
+            self.active = false;
+        }
         if self.role == FailoverRole::Backup
             && !self.partner_connected
             && self.lost_ms.is_some()

@@ -476,6 +476,58 @@ fn no_failover_and_unready_databases_block_every_takeover() {
 }
 
 #[test]
+fn a_backup_that_may_no_longer_take_over_stops_asking_the_agent() {
+    // Found by the explorer: a backup that lost its primary and got no answer from its agent
+    // kept asking every QoS after No Failover was set (or a database became unready) — and the
+    // question forces a hung primary down, with nobody to take its place.
+    for blocker in [Event::NoFailover(true), Event::DatabasesReady(false)] {
+        let (_, mut b, _) = pair(false);
+        assert_eq!(
+            feed(&mut b, 1_000, &[Event::PartnerLost]),
+            vec![Action::AskAgent]
+        );
+        feed(&mut b, 1_100, &[Event::Agent(AgentAnswer::Unreachable)]);
+        assert_eq!(
+            feed(&mut b, 1_000 + QOS, &[Event::Tick]),
+            vec![Action::AskAgent],
+            "without a blocker it asks again every QoS"
+        );
+        feed(&mut b, 1_200 + QOS, &[blocker]);
+        for k in 2..6 {
+            assert!(
+                !feed(&mut b, 1_000 + k * QOS, &[Event::Tick]).contains(&Action::AskAgent),
+                "asked with {blocker:?}"
+            );
+        }
+        // An answer to the question asked before is not acted on.
+        let actions = feed(
+            &mut b,
+            1_000 + 6 * QOS,
+            &[Event::Agent(AgentAnswer::PrimaryDown { journal: true })],
+        );
+        assert!(!actions.contains(&Action::TakeOver), "{actions:?}");
+        // Cleared, it asks again: the primary may still be down.
+        let cleared = match blocker {
+            Event::NoFailover(_) => Event::NoFailover(false),
+            _ => Event::DatabasesReady(true),
+        };
+        assert!(feed(&mut b, 1_000 + 7 * QOS, &[cleared]).contains(&Action::AskAgent));
+    }
+    // In arbiter mode: it asked the arbiter, may no longer take over, and loses the arbiter. It
+    // does not fall back to the agent; it stands down, which cancels what the arbiter may have
+    // booked for it.
+    let (_, mut b, _) = pair(true);
+    assert_eq!(
+        feed(&mut b, 1_000, &[Event::PartnerLost]),
+        vec![Action::AskArbiter]
+    );
+    feed(&mut b, 1_100, &[Event::DatabasesReady(false)]);
+    let actions = feed(&mut b, 1_200, &[Event::ArbiterLost]);
+    assert!(!actions.contains(&Action::AskAgent), "{actions:?}");
+    assert!(actions.contains(&Action::StandDown), "{actions:?}");
+}
+
+#[test]
 fn the_arbiter_book_answers_one_question_at_a_time() {
     let mut book = ArbiterBook {
         sees_primary: false,

@@ -1,28 +1,35 @@
 //! An explorer of the failover protocol: two failover members, each driven by its own
-//! [`Failover`], an arbiter keeping an [`ArbiterBook`] per epoch, and the members' agents, in a
-//! small world of links, crashes, restarts, messages in flight and a clock. From a healthy pair it
-//! tries every interleaving of steps up to a depth (depth-first, with the states already seen
-//! skipped) and checks after each step:
+//! [`MemberCore`] — the real one, which the member's failover driver runs: the [`Failover`]
+//! rules and the decisions around them (fresh rules, the stall rule, link generations, a failed
+//! takeover) — an arbiter keeping an [`ArbiterBook`] per epoch, and the members' agents, in a
+//! small world of links, crashes, restarts, messages in flight and a clock. Each delivery is
+//! one look of the member's core; what the core decides is recorded by a shell ([`Effects`])
+//! and carried out by the world. From a healthy pair it tries every interleaving of steps up to
+//! a depth (depth-first, with fingerprints of the states already seen skipped) and checks after
+//! each step:
 //!
 //! 1. at most one member acknowledges writes;
 //! 2. no acknowledged write is lost: a member never takes over while it lacks a write some
 //!    primary acknowledged, unless it fetched that primary's journal;
+//! 3. a backup that may not take over (No Failover, a database not ready, mirroring stopped)
+//!    asks neither the primary's agent (which forces a hung primary down) nor the arbiter;
 //!
 //! and, whenever nothing is in flight any more (every message and notice delivered):
 //!
-//! 3. each running member's rules know whether its arbiter link is up;
-//! 4. a member whose monitor shows Arbiter Controlled is one the arbiter's book backs: the
+//! 4. each running member's rules know whether its arbiter link is up;
+//! 5. a member whose monitor shows Arbiter Controlled is one the arbiter's book backs: the
 //!    primary of the book's epoch is booked in arbiter mode, so a backup that loses it now gets
 //!    the takeover approved;
-//! 5. a takeover the arbiter booked was carried out (some member started a newer epoch) or
+//! 6. a takeover the arbiter booked was carried out (some member started a newer epoch) or
 //!    cancelled: otherwise the old primary could never start again, and there would be no
 //!    primary.
 //!
 //! # The world
 //!
 //! The members are symmetric: either may be primary, and the roles change with takeovers,
-//! restarts and demotions, as they do in the member. What the member's driver does around the
-//! rules is modelled here too, because that is where the rules meet the rest: a takeover starts
+//! restarts and demotions, as they do in the member. What the member's driver *decides* is the
+//! core's; what it *carries out* is modelled here, because that is where the core meets the
+//! rest: a takeover starts
 //! a new epoch and reconnects the arbiter link in the new role (its hello carries the mode the
 //! arbiter booked for this member); a restarted former primary *decides* its role by asking the
 //! other member's agent ([`restart_as`]); a backup that stood down keeps telling the arbiter until
@@ -47,16 +54,21 @@
 //!
 //! # Re-introducing old bugs
 //!
-//! [`Legacy`] puts back three bugs found in the member, to show that the explorer finds them: a
+//! [`Legacy`] puts back four bugs found in the member, to show that the explorer finds them: a
 //! takeover that kept the backup's arbiter mode (the new primary showed Arbiter Controlled that
 //! the arbiter never booked, and after a graceful handover no backup could ever take over again),
 //! a stand-down that left a takeover booked at the arbiter (the old primary could never start
-//! again), and a stalled backup whose fresh rules were not told that its arbiter link was still
-//! up (they never followed the primary into arbiter mode again).
+//! again), a stalled backup whose fresh rules were not told that its arbiter link was still up
+//! (they never followed the primary into arbiter mode again), and a stalled backup whose fresh
+//! rules heard of the lost primary before their settings (with No Failover set, they asked the
+//! primary's agent). The last was found by this explorer once it drove the real core: the model
+//! it drove before fed the settings first, as the driver's code did not.
 
 use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 
 use super::super::*;
+use crate::mirror::core::{Look, MemberCore, Shell};
 
 const QOS: u64 = 2_000;
 const STEP_MS: u64 = 1_000;
@@ -98,13 +110,16 @@ struct Delivery {
     /// The activation a message names: "you are active" to the backup, and the backup's
     /// stand-down relayed by the arbiter (0: it was never active).
     activation: Option<u8>,
+    /// An agent's answer: the link generation its question was asked in.
+    generation: u64,
 }
 
 /// One failover member: its rules, its process and host, what it stored, and what its driver
 /// remembers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Member {
-    rules: Failover,
+    /// Its member core (the rules and the driver's decisions around them), the real one.
+    core: MemberCore,
     /// The instance runs.
     up: bool,
     /// The host runs: its agent answers.
@@ -133,12 +148,22 @@ struct Member {
     /// Primary: writes wait for an acknowledgement the backup will never send (the channel
     /// broke before they reached it).
     pending: bool,
+    /// Primary: its hub holds commits (the rules entered the trouble state) until the rules
+    /// allow them again.
+    suspended: bool,
 }
 
 impl Member {
     fn new(role: FailoverRole, primary: usize) -> Member {
+        let mut core = MemberCore::new();
+        let look = Look {
+            qos_ms: QOS,
+            databases_ready: true,
+            ..Look::default()
+        };
+        core.step(role, look, &mut Effects::default());
         Member {
-            rules: Failover::new(role, QOS),
+            core,
             up: true,
             host: true,
             deciding: false,
@@ -153,12 +178,77 @@ impl Member {
             activation: 0,
             lacks: false,
             pending: false,
+            suspended: false,
         }
+    }
+
+    /// Its rules (a member always has some: a restart starts fresh ones).
+    fn rules(&self) -> &Failover {
+        self.core.failover().expect("a member has rules")
     }
 
     /// Its role as its driver sees it (None: down or deciding).
     fn role(&self) -> Option<FailoverRole> {
-        (self.up && !self.deciding).then(|| self.rules.role())
+        (self.up && !self.deciding).then(|| self.rules().role())
+    }
+}
+
+/// What a member core decided at one look, in order, for the world to carry out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Effect {
+    /// An action, with the activation a stand-down ends or the generation a question to the
+    /// agent is asked in (else 0).
+    Act(Action, u64),
+    FreshRules {
+        backup: bool,
+    },
+    DropDataLink,
+}
+
+/// The explorer's shell: it records; the world carries out afterwards. A takeover always
+/// succeeds here (the world checks that it was allowed).
+#[derive(Debug, Default)]
+struct Effects(Vec<Effect>);
+
+impl Shell for Effects {
+    fn suspend_writes(&mut self) {
+        self.0.push(Effect::Act(Action::SuspendWrites, 0));
+    }
+    fn book_arbiter_mode(&mut self) {
+        self.0.push(Effect::Act(Action::BookArbiterMode, 0));
+    }
+    fn switch_mode(&mut self, mode: Mode) {
+        self.0.push(Effect::Act(Action::SwitchMode(mode), 0));
+    }
+    fn ask_partner_to_leave_arbiter_mode(&mut self) {
+        self.0
+            .push(Effect::Act(Action::AskPartnerToLeaveArbiterMode, 0));
+    }
+    fn ask_arbiter(&mut self) {
+        self.0.push(Effect::Act(Action::AskArbiter, 0));
+    }
+    fn ask_agent(&mut self, generation: u64, _active: bool) -> bool {
+        self.0.push(Effect::Act(Action::AskAgent, generation));
+        true
+    }
+    fn take_over(&mut self) -> bool {
+        self.0.push(Effect::Act(Action::TakeOver, 0));
+        true
+    }
+    fn stand_down(&mut self, activation: u64) {
+        self.0.push(Effect::Act(Action::StandDown, activation));
+    }
+    fn force_other_down(&mut self) {
+        self.0.push(Effect::Act(Action::ForceOtherDown, 0));
+    }
+    fn shut_down(&mut self) {
+        self.0.push(Effect::Act(Action::ShutDown, 0));
+    }
+    fn fresh_rules(&mut self, backup: bool) {
+        self.0.push(Effect::FreshRules { backup });
+    }
+    fn drop_data_link(&mut self) {
+        self.0.push(Effect::DropDataLink);
     }
 }
 
@@ -171,6 +261,8 @@ struct Legacy {
     stand_down_keeps_booking: bool,
     /// A stalled backup's fresh rules were not told that its arbiter link was still up.
     stall_forgets_arbiter: bool,
+    /// A stalled backup's fresh rules heard of the lost primary before their settings.
+    stall_before_settings: bool,
 }
 
 /// The data channel between the members.
@@ -212,6 +304,9 @@ struct World {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Step {
     Deliver(usize),
+    /// Deliver an agent's "the primary is down, here is its journal" as "… but its journal could
+    /// not be fetched".
+    DeliverWithoutJournal(usize),
     Advance,
     CutLink,
     HealLink,
@@ -286,12 +381,12 @@ impl World {
                 world.settle();
             }
             assert_eq!(
-                (world.m[0].rules.mode(), world.m[1].rules.mode()),
+                (world.m[0].rules().mode(), world.m[1].rules().mode()),
                 (Mode::Arbiter, Mode::Arbiter),
                 "{world:#?}"
             );
         }
-        assert!(world.m[0].rules.active() && world.m[1].rules.active());
+        assert!(world.m[0].rules().active() && world.m[1].rules().active());
         world
     }
 
@@ -331,6 +426,7 @@ impl World {
             carrier,
             deadline,
             activation,
+            generation: 0,
         });
     }
 
@@ -499,6 +595,17 @@ impl World {
 
     /// Delivers one event to member `to` and carries out its actions.
     fn deliver(&mut self, to: usize, event: Event, activation: Option<u8>) -> Result<(), String> {
+        self.deliver_answer(to, event, activation, 0)
+    }
+
+    /// [`World::deliver`], for an agent's answer to a question asked in `generation`.
+    fn deliver_answer(
+        &mut self,
+        to: usize,
+        event: Event,
+        activation: Option<u8>,
+        generation: u64,
+    ) -> Result<(), String> {
         if self.m[to].role().is_none() {
             return Ok(());
         }
@@ -510,12 +617,12 @@ impl World {
                 event = Event::ArbiterBookedMode(false);
             }
             (Event::PartnerActive, Some(activation))
-                if self.m[to].rules.role() == FailoverRole::Backup =>
+                if self.m[to].rules().role() == FailoverRole::Backup =>
             {
                 self.m[to].activation = activation;
             }
             // The driver names the activation its rules know of: none on a new connection.
-            (Event::PartnerConnected, _) if self.m[to].rules.role() == FailoverRole::Backup => {
+            (Event::PartnerConnected, _) if self.m[to].rules().role() == FailoverRole::Backup => {
                 self.m[to].activation = 0;
             }
             // The primary's driver drops a relayed stand-down that a newer activation overtook.
@@ -528,28 +635,127 @@ impl World {
             event,
             Event::Agent(AgentAnswer::PrimaryDown { journal: true })
         );
-        let before = self.m[to].rules.clone();
-        let mut actions = self.m[to].rules.handle(self.now, event);
+        let mut look = self.look(to);
+        match event {
+            // Every look ends with a tick.
+            Event::Tick => {}
+            // The settings are read, not delivered: the world changed them already.
+            Event::NoFailover(_) | Event::DatabasesReady(_) | Event::MirrorStopped(_) => {}
+            Event::Agent(answer) => look.agent_answers = vec![(answer, generation)],
+            _ => look.link_events = vec![event],
+        }
+        let verdict = matches!(event, Event::ArbiterVerdict { .. });
+        self.look_and_act(to, look, journal_fetched, verdict)
+    }
+
+    /// What member `i`'s driver sees at a look, with no events yet.
+    fn look(&self, i: usize) -> Look {
+        let m = &self.m[i];
+        Look {
+            now_ms: self.now,
+            qos_ms: QOS,
+            no_failover: self.no_failover.is_some(),
+            mirror_stopped: m.stopped,
+            databases_ready: m.ready,
+            arbiter: (m.rules().arbiter_connected, m.rules().arbiter_sees_partner),
+            link_activation: m.activation as u64,
+            ..Look::default()
+        }
+    }
+
+    /// Member `i`'s core takes a look; what it decided is carried out in order.
+    fn look_and_act(
+        &mut self,
+        i: usize,
+        look: Look,
+        journal_fetched: bool,
+        verdict: bool,
+    ) -> Result<(), String> {
+        let role = self.m[i].rules().role();
+        let before = self.m[i].rules().mode();
+        let mut effects = Effects::default();
+        self.m[i].core.legacy_stall_forgets_arbiter = self.legacy.stall_forgets_arbiter;
+        self.m[i].core.legacy_stall_before_settings = self.legacy.stall_before_settings;
+        let after = self.m[i].core.step(role, look, &mut effects);
+        let mut effects = effects.0;
         if self.legacy.takeover_keeps_mode
-            && actions.contains(&Action::TakeOver)
-            && !matches!(event, Event::ArbiterVerdict { .. })
+            && effects.contains(&Effect::Act(Action::TakeOver, 0))
+            && !verdict
         {
             // The takeover of 53b3b27: the rules kept the backup's mode, and the driver kept
             // the rules.
-            self.m[to].rules.mode = before.mode;
-            actions.retain(|a| *a != Action::SwitchMode(Mode::Agent));
+            if let Some(rules) = self.m[i].core.failover_mut() {
+                rules.mode = before;
+            }
+            effects.retain(|e| *e != Effect::Act(Action::SwitchMode(Mode::Agent), 0));
         }
-        for action in actions {
-            self.act(to, action, journal_fetched)?;
+        for effect in effects {
+            match effect {
+                Effect::Act(action, arg) => self.act(i, action, arg, journal_fetched)?,
+                Effect::FreshRules { backup } => {
+                    let m = &mut self.m[i];
+                    m.booked = None;
+                    if backup {
+                        // New rules know of no takeover granted to the old ones: whatever the
+                        // arbiter booked for this member is cancelled, by the connection that
+                        // lived through a stall at once, else by the next one.
+                        m.owed_stand_down = Some(0);
+                        if m.arbiter
+                            && let Some(activation) = m.owed_stand_down.take()
+                        {
+                            self.arbiter_stood_down(i, activation);
+                        }
+                    }
+                }
+                Effect::DropDataLink => {
+                    self.m[i].activation = 0;
+                    if self.channel.is_some_and(|c| c.primary == 1 - i) {
+                        self.lose_channel(false);
+                    }
+                    // Its own notice of the lost link is dropped with the rest.
+                    self.inbox
+                        .retain(|d| !(d.to == i && d.queue == Queue::Link));
+                }
+            }
+        }
+        if after.writes_may_resume && self.m[i].suspended {
+            self.m[i].suspended = false;
+            self.act(i, Action::ResumeWrites, 0, false)?;
         }
         Ok(())
     }
 
-    fn act(&mut self, i: usize, action: Action, journal_fetched: bool) -> Result<(), String> {
+    /// Carries out one action; `arg` is the activation a stand-down ends, or the link generation
+    /// a question to the agent is asked in.
+    fn act(
+        &mut self,
+        i: usize,
+        action: Action,
+        arg: u64,
+        journal_fetched: bool,
+    ) -> Result<(), String> {
         let other = 1 - i;
-        let primary = self.m[i].rules.role() == FailoverRole::Primary;
+        let primary = self.m[i].rules().role() == FailoverRole::Primary;
+        // A backup that may not take over asks nobody: the primary's agent would force a hung
+        // primary down (leaving no primary), and the arbiter would book a takeover nobody
+        // carries out.
+        if !primary
+            && matches!(action, Action::AskAgent | Action::AskArbiter)
+            && (self.no_failover.is_some() || !self.m[i].ready || self.m[i].stopped)
+        {
+            return Err(format!(
+                "member {i} may not take over (No Failover, databases not ready, or mirroring \
+                 stopped) but asked {}",
+                if action == Action::AskAgent {
+                    "the primary's agent"
+                } else {
+                    "the arbiter"
+                }
+            ));
+        }
         match action {
-            Action::SuspendWrites | Action::RevokeActive | Action::Reconnect => {}
+            Action::SuspendWrites => self.m[i].suspended = true,
+            Action::RevokeActive | Action::Reconnect => {}
             Action::ResumeWrites => {
                 if self.m[i].pending {
                     // The writes that waited for the backup are answered now.
@@ -588,7 +794,7 @@ impl World {
                 }
             }
             Action::StandDown => {
-                let activation = self.m[i].activation;
+                let activation = arg as u8;
                 if self.m[i].arbiter {
                     self.arbiter_stood_down(i, activation);
                 } else {
@@ -596,33 +802,25 @@ impl World {
                 }
             }
             Action::AskAgent => {
-                // The driver has one question out at a time.
-                if self
-                    .inbox
-                    .iter()
-                    .any(|d| d.to == i && d.queue == Queue::Agent)
-                {
-                    return Ok(());
-                }
+                // The core asks once per link generation; the answers carry it.
                 let target = self.m[i].primary;
                 let answers = if target != i && self.link && self.m[target].host {
                     if self.m[target].up {
                         vec![AgentAnswer::PrimaryRunning]
-                    } else if self.m[i].rules.active() {
+                    } else if self.m[i].rules().active() {
                         // An active backup does not fetch the journal.
                         vec![AgentAnswer::PrimaryDown { journal: false }]
                     } else {
-                        // The agent may or may not manage to hand over the journal.
-                        vec![
-                            AgentAnswer::PrimaryDown { journal: false },
-                            AgentAnswer::PrimaryDown { journal: true },
-                        ]
+                        // The agent may or may not manage to hand over the journal: one answer,
+                        // and delivering it may lose the journal (see `Step::DeliverWithoutJournal`).
+                        vec![AgentAnswer::PrimaryDown { journal: true }]
                     }
                 } else {
                     vec![AgentAnswer::Unreachable]
                 };
                 for answer in answers {
                     self.push(i, Event::Agent(answer), Queue::Agent, Carrier::Local, None);
+                    self.inbox.last_mut().expect("pushed").generation = arg;
                 }
             }
             Action::TakeOver => self.take_over(i, journal_fetched)?,
@@ -688,24 +886,39 @@ impl World {
         }
     }
 
-    /// The rules a (re)started driver begins with, told the stored settings.
+    /// The rules a (re)started driver begins with: a new core, whose first look starts them
+    /// and tells them the stored settings.
     fn fresh_rules(&mut self, i: usize, role: FailoverRole) {
-        let no_failover = self.no_failover.is_some();
-        let m = &mut self.m[i];
-        m.rules = Failover::new(role, QOS);
-        m.booked = None;
-        if role == FailoverRole::Backup {
-            // New rules know of no takeover granted to the old ones: whatever the arbiter
-            // booked for this member is cancelled by the first connection.
-            m.owed_stand_down = Some(0);
+        self.m[i].core = MemberCore::new();
+        self.m[i].suspended = false;
+        let look = self.look_fresh(i);
+        let mut effects = Effects::default();
+        self.m[i].core.step(role, look, &mut effects);
+        for effect in effects.0 {
+            match effect {
+                Effect::FreshRules { backup } => {
+                    let m = &mut self.m[i];
+                    m.booked = None;
+                    if backup {
+                        m.owed_stand_down = Some(0);
+                    }
+                }
+                other => panic!("fresh rules decided {other:?}"),
+            }
         }
-        for event in [
-            Event::NoFailover(no_failover),
-            Event::DatabasesReady(m.ready),
-            Event::MirrorStopped(m.stopped),
-        ] {
-            let actions = m.rules.handle(self.now, event);
-            debug_assert!(actions.is_empty());
+    }
+
+    /// [`World::look`] for a core that has no rules yet.
+    fn look_fresh(&self, i: usize) -> Look {
+        let m = &self.m[i];
+        Look {
+            now_ms: self.now,
+            qos_ms: QOS,
+            no_failover: self.no_failover.is_some(),
+            mirror_stopped: m.stopped,
+            databases_ready: m.ready,
+            link_activation: m.activation as u64,
+            ..Look::default()
         }
     }
 
@@ -735,8 +948,8 @@ impl World {
     fn acknowledges(&self, i: usize) -> bool {
         let m = &self.m[i];
         m.role() == Some(FailoverRole::Primary)
-            && m.rules.accepts_writes()
-            && (!m.rules.active()
+            && m.rules().accepts_writes()
+            && (!m.rules().active()
                 || self
                     .channel
                     .is_some_and(|c| c.primary == i && !c.half_open && self.link))
@@ -754,11 +967,11 @@ impl World {
         // primary is lost).
         for i in [0, 1] {
             let m = &self.m[i];
-            if m.role().is_some() && m.arbiter != m.rules.arbiter_connected {
+            if m.role().is_some() && m.arbiter != m.rules().arbiter_connected {
                 return Err(format!(
                     "member {i}'s arbiter link is {}, but its rules believe it {}",
                     if m.arbiter { "up" } else { "down" },
-                    if m.rules.arbiter_connected {
+                    if m.rules().arbiter_connected {
                         "up"
                     } else {
                         "down"
@@ -769,7 +982,7 @@ impl World {
         // What the monitors show must be what the arbiter holds.
         for i in [0, 1] {
             let m = &self.m[i];
-            if m.role().is_some() && m.arbiter && m.rules.mode() == Mode::Arbiter {
+            if m.role().is_some() && m.arbiter && m.rules().mode() == Mode::Arbiter {
                 let primary = self.primary();
                 let backed = self.book.primary_in_arbiter_mode
                     && !self.book.backup_took_over
@@ -811,6 +1024,9 @@ impl World {
         for i in 0..self.inbox.len() {
             if self.deliverable(i) {
                 steps.push(Step::Deliver(i));
+                if self.inbox[i].event == Event::Agent(AgentAnswer::PrimaryDown { journal: true }) {
+                    steps.push(Step::DeliverWithoutJournal(i));
+                }
             }
         }
         let earliest = self.inbox.iter().filter_map(|d| d.deadline).min();
@@ -883,7 +1099,7 @@ impl World {
                 && fresh
                 && self.m[b].primary == p
                 && !self.m[b].stopped
-                && self.m[b].rules.may_connect()
+                && self.m[b].rules().may_connect()
                 && quiet(b)
                 && quiet(p)
             {
@@ -893,7 +1109,7 @@ impl World {
                 && !c.half_open
                 && c.primary == p
             {
-                if !self.m[p].rules.active() {
+                if !self.m[p].rules().active() {
                     steps.push(Step::CatchUp);
                 }
                 if fault {
@@ -904,8 +1120,8 @@ impl World {
                     .inbox
                     .iter()
                     .any(|d| d.event == Event::PartnerMode(Mode::Arbiter));
-                if self.m[p].rules.repeats_arbiter_mode()
-                    && self.m[b].rules.mode() == Mode::Agent
+                if self.m[p].rules().repeats_arbiter_mode()
+                    && self.m[b].rules().mode() == Mode::Agent
                     && !repeating
                 {
                     steps.push(Step::RepeatMode);
@@ -938,7 +1154,7 @@ impl World {
         if self.writes < budget.writes
             && self
                 .primary()
-                .is_some_and(|p| self.m[p].rules.accepts_writes())
+                .is_some_and(|p| self.m[p].rules().accepts_writes())
         {
             steps.push(Step::Write);
         }
@@ -949,7 +1165,12 @@ impl World {
         match *step {
             Step::Deliver(k) => {
                 let d = self.inbox.remove(k);
-                self.deliver(d.to, d.event, d.activation)?;
+                self.deliver_answer(d.to, d.event, d.activation, d.generation)?;
+            }
+            Step::DeliverWithoutJournal(k) => {
+                let d = self.inbox.remove(k);
+                let event = Event::Agent(AgentAnswer::PrimaryDown { journal: false });
+                self.deliver_answer(d.to, event, d.activation, d.generation)?;
             }
             Step::Advance => {
                 self.now += STEP_MS;
@@ -982,8 +1203,8 @@ impl World {
                 // A primary with an active backup hands over before it stops; the message
                 // follows every batch on the channel.
                 let hands_over = self.m[i].role() == Some(FailoverRole::Primary)
-                    && self.m[i].rules.accepts_writes()
-                    && self.m[i].rules.active();
+                    && self.m[i].rules().accepts_writes()
+                    && self.m[i].rules().active();
                 if hands_over {
                     self.send_channel(1 - i, Event::PartnerHandsOver, None);
                 }
@@ -1017,7 +1238,7 @@ impl World {
                 self.m[b].lacks = false;
                 self.m[p].pending = false;
                 self.deliver(p, Event::PartnerActive, None)?;
-                if self.m[p].rules.active() {
+                if self.m[p].rules().active() {
                     self.activation += 1;
                     let activation = self.activation;
                     self.send_channel(b, Event::PartnerActive, Some(activation));
@@ -1093,7 +1314,7 @@ impl World {
             Step::Write => {
                 self.writes += 1;
                 let p = self.primary().unwrap();
-                if !self.m[p].rules.active() {
+                if !self.m[p].rules().active() {
                     // Acknowledged without the backup.
                     self.m[1 - p].lacks = true;
                 } else if !self.acknowledges(p) {
@@ -1112,32 +1333,10 @@ impl World {
     /// what it last reported (then, if it had the primary, a lost link: as a backup that lost
     /// the primary long ago).
     fn stall(&mut self, i: usize) -> Result<(), String> {
-        if self.channel.is_some_and(|c| c.primary == 1 - i) {
-            self.lose_channel(false);
-        }
-        let (connected, sees, had_partner) = (
-            self.m[i].rules.arbiter_connected,
-            self.m[i].rules.arbiter_sees_partner,
-            self.m[i].rules.had_partner(),
-        );
-        self.m[i].activation = 0;
-        self.fresh_rules(i, FailoverRole::Backup);
-        if self.m[i].arbiter
-            && let Some(activation) = self.m[i].owed_stand_down.take()
-        {
-            self.arbiter_stood_down(i, activation);
-        }
-        if connected && !self.legacy.stall_forgets_arbiter {
-            self.deliver(i, Event::ArbiterConnected, None)?;
-            if let Some(sees) = sees {
-                self.deliver(i, Event::ArbiterSeesPartner(sees), None)?;
-            }
-        }
-        if !had_partner {
-            return Ok(());
-        }
-        self.deliver(i, Event::PartnerConnected, None)?;
-        self.deliver(i, Event::PartnerLost, None)
+        // The member's core notices the gap between two looks and does the rest.
+        let mut look = self.look(i);
+        look.gap_ms = QOS;
+        self.look_and_act(i, look, false, false)
     }
 
     /// A restarted former primary asks the other member's agent who is primary.
@@ -1151,7 +1350,7 @@ impl World {
             Some(FailoverRole::Primary) => (other, false),
             Some(_) => (
                 o.primary,
-                o.rules.partner_connected || !o.rules.may_connect(),
+                o.rules().partner_connected || !o.rules().may_connect(),
             ),
             None => (o.primary, o.deciding),
         };
@@ -1216,16 +1415,19 @@ impl Member {
 /// Depth-first over every step sequence up to `depth`; returns the number of distinct states, or
 /// the first violation with the steps that led to it.
 fn explore(start: World, depth: usize, budget: Budget) -> Result<usize, String> {
-    let mut seen: HashSet<World> = HashSet::new();
+    // States seen are kept as 128-bit fingerprints, not whole worlds: a world holds two member
+    // cores, and deep searches see tens of millions of states. Two different states sharing a
+    // fingerprint (one chance in 2^128 per pair) would only cut a branch of the search short.
+    let mut seen: HashSet<u128> = HashSet::new();
     let mut path: Vec<String> = Vec::new();
     fn go(
         world: &World,
         depth: usize,
         budget: Budget,
-        seen: &mut HashSet<World>,
+        seen: &mut HashSet<u128>,
         path: &mut Vec<String>,
     ) -> Result<(), String> {
-        if depth == 0 || !seen.insert(world.clone()) {
+        if depth == 0 || !seen.insert(fingerprint(world)) {
             return Ok(());
         }
         for step in world.steps(budget) {
@@ -1248,6 +1450,16 @@ fn explore(start: World, depth: usize, budget: Budget) -> Result<usize, String> 
     }
     go(&start, depth, budget, &mut seen, &mut path)?;
     Ok(seen.len())
+}
+
+/// A 128-bit fingerprint of `world` (two 64-bit hashes of it, the second salted).
+fn fingerprint(world: &World) -> u128 {
+    let mut first = std::collections::hash_map::DefaultHasher::new();
+    world.hash(&mut first);
+    let mut second = std::collections::hash_map::DefaultHasher::new();
+    0x5eed_u16.hash(&mut second);
+    world.hash(&mut second);
+    (u128::from(first.finish()) << 64) | u128::from(second.finish())
 }
 
 /// The search depth: `MIRRORLAB_EXPLORE_DEPTH` when set (deeper runs take minutes), else the
@@ -1312,7 +1524,7 @@ fn explored_handovers_and_restarts_keep_the_invariants() {
     world.settle();
     assert_eq!(world.primary(), Some(1), "{world:#?}");
     assert_eq!(
-        (world.m[0].rules.mode(), world.m[1].rules.mode()),
+        (world.m[0].rules().mode(), world.m[1].rules().mode()),
         (Mode::Arbiter, Mode::Arbiter),
         "the second life is arbiter controlled again: {world:#?}"
     );
@@ -1360,11 +1572,15 @@ fn the_explorer_finds_a_broken_rule() {
     // A primary that went on alone (its backup no longer active) while the backup takes over on
     // a verdict it should never have been given: the checker must call it two writers.
     let mut world = World::healthy(true);
-    world.m[0].rules = Failover::new(FailoverRole::Primary, QOS);
+    *world.m[0].core.failover_mut().unwrap() = Failover::new(FailoverRole::Primary, QOS);
     world.link = false;
     world.lose_channel(false);
     world.inbox.clear();
-    world.m[1].rules.handle(0, Event::PartnerLost);
+    world.m[1]
+        .core
+        .failover_mut()
+        .unwrap()
+        .handle(0, Event::PartnerLost);
     assert!(world.acknowledges(0));
     let result = world.deliver(1, Event::ArbiterVerdict { take_over: true }, None);
     assert!(result.is_ok());
@@ -1372,4 +1588,17 @@ fn the_explorer_finds_a_broken_rule() {
         world.check(),
         Err("both members acknowledge writes".to_string())
     );
+}
+
+#[test]
+fn the_explorer_finds_fresh_rules_that_hear_of_a_loss_before_their_settings() {
+    // Found when this explorer began to drive the real member core: a backup whose process
+    // stalled started fresh rules and told them first that it had lost its primary, and only
+    // then its settings. With No Failover set (or its databases not ready), the rules believed
+    // they might take over and asked the primary's agent — which forces a hung primary down,
+    // leaving the mirror with no primary.
+    let mut world = World::healthy(false);
+    world.legacy.stall_before_settings = true;
+    let why = explore(world, 4, budget()).expect_err("the explorer must find the bug");
+    assert!(why.contains("may not take over"), "{why}");
 }
