@@ -681,4 +681,4 @@ fn remove_old_backups(folder: &std::path::Path, db: &DbName) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

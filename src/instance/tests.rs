@@ -16,7 +16,7 @@ fn open(dir: &std::path::Path) -> Arc<Instance> {
     .unwrap()
 }
 
-fn ns(name: &str) -> NamespaceName {
+pub(crate) fn ns(name: &str) -> NamespaceName {
     NamespaceName::new(name).unwrap()
 }
 
@@ -24,7 +24,7 @@ async fn sql(instance: &Instance, namespace: &str, text: &str) -> Result<QueryRe
     instance.sql(&ns(namespace), text.to_string(), vec![]).await
 }
 
-async fn count(instance: &Instance, namespace: &str, table: &str) -> i64 {
+pub(crate) async fn count(instance: &Instance, namespace: &str, table: &str) -> i64 {
     let result = sql(
         instance,
         namespace,
@@ -58,7 +58,7 @@ fn journaled_row_changes(instance: &Instance) -> usize {
     operations
 }
 
-async fn insert_company(instance: &Instance, name: &str) -> Result<QueryResult> {
+pub(crate) async fn insert_company(instance: &Instance, name: &str) -> Result<QueryResult> {
     instance
         .write(
             &ns("COMPANY"),

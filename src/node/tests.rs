@@ -13,39 +13,11 @@ use rusqlite::types::Value;
 use super::*;
 use crate::config::mirror::{MemberInfo, MemberKind, Membership, MirrorDefinition};
 use crate::instance::sql::QueryResult;
+use crate::instance::tests::{count, insert_company, ns};
 use crate::instance::writer::replication::{Acknowledged, Replication};
 use crate::journal::{Journal, JournalOptions, JournalPos};
 use crate::mirror::steps::MirrorCommand;
-use crate::names::{DbName, NamespaceName};
-
-fn ns(name: &str) -> NamespaceName {
-    NamespaceName::new(name).unwrap()
-}
-
-async fn count(instance: &Instance, namespace: &str, table: &str) -> i64 {
-    let result = instance
-        .sql(
-            &ns(namespace),
-            format!("SELECT count(*) FROM {table}"),
-            vec![],
-        )
-        .await
-        .unwrap();
-    match result.rows[0][0] {
-        Value::Integer(n) => n,
-        ref other => panic!("count gave {other:?}"),
-    }
-}
-
-async fn insert_company(instance: &Instance, name: &str) -> Result<QueryResult> {
-    instance
-        .write(
-            &ns("COMPANY"),
-            "INSERT INTO Company(name, created_at) VALUES (?1, '2026-01-01') RETURNING id",
-            vec![Value::Text(name.into())],
-        )
-        .await
-}
+use crate::names::DbName;
 
 /// A member whose install adds a namespace NOTES holding only the PERSONAL database.
 fn open_with_notes(dir: &std::path::Path) -> Arc<Node> {

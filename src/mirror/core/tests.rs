@@ -113,22 +113,23 @@ fn active_backup() -> (MemberCore, Recorder) {
     (core, shell)
 }
 
-#[test]
-fn a_backup_that_lost_its_primary_asks_the_agent_once_for_that_link() {
-    let (mut core, mut shell) = active_backup();
+/// The backup loses its primary at `now` and asks the primary's agent (once), in the current
+/// link generation, which it returns.
+fn loses_primary(core: &mut MemberCore, shell: &mut Recorder, now: u64, active: bool) -> u64 {
     let generation = core.link_generation();
     core.step(
         FailoverRole::Backup,
-        look(200, &[Event::PartnerLost]),
-        &mut shell,
+        look(now, &[Event::PartnerLost]),
+        shell,
     );
-    assert_eq!(
-        shell.take(),
-        vec![Did::AskAgent {
-            generation,
-            active: true
-        }]
-    );
+    assert_eq!(shell.take(), vec![Did::AskAgent { generation, active }]);
+    generation
+}
+
+#[test]
+fn a_backup_that_lost_its_primary_asks_the_agent_once_for_that_link() {
+    let (mut core, mut shell) = active_backup();
+    let generation = loses_primary(&mut core, &mut shell, 200, true);
     // Looks go on while the question is out: nobody asks again.
     for now in [300, 400, 500] {
         core.step(FailoverRole::Backup, look(now, &[]), &mut shell);
@@ -144,19 +145,7 @@ fn a_backup_that_lost_its_primary_asks_the_agent_once_for_that_link() {
 #[test]
 fn an_answer_about_an_older_link_is_dropped_and_a_new_loss_asks_again() {
     let (mut core, mut shell) = active_backup();
-    let first = core.link_generation();
-    core.step(
-        FailoverRole::Backup,
-        look(200, &[Event::PartnerLost]),
-        &mut shell,
-    );
-    assert_eq!(
-        shell.take(),
-        vec![Did::AskAgent {
-            generation: first,
-            active: true
-        }]
-    );
+    let first = loses_primary(&mut core, &mut shell, 200, true);
     // The backup got back to the primary before the agent answered "running"; the answer
     // arrives in the same look as the reconnection, after it.
     let mut reconnected = look(300, &[Event::PartnerConnected]);
@@ -166,18 +155,7 @@ fn an_answer_about_an_older_link_is_dropped_and_a_new_loss_asks_again() {
     assert_eq!(core.link_generation(), first + 1);
     // The primary dies now: the backup (not active on this link) asks again, in the new
     // generation, although the first question was never answered for it.
-    core.step(
-        FailoverRole::Backup,
-        look(400, &[Event::PartnerLost]),
-        &mut shell,
-    );
-    assert_eq!(
-        shell.take(),
-        vec![Did::AskAgent {
-            generation: first + 1,
-            active: false
-        }]
-    );
+    assert_eq!(loses_primary(&mut core, &mut shell, 400, false), first + 1);
 }
 
 #[test]
