@@ -19,7 +19,10 @@
 //! - **a failed takeover**: it is cancelled at the arbiter and the old primary is not forced
 //!   down (nobody would be primary), and the rules start afresh as a backup;
 //! - the order in which inputs reach the rules within one look (configuration first, then the
-//!   links, the arbiter, the agents' answers, then the tick).
+//!   links, the arbiter, the agents' answers, then the tick);
+//! - **a restarted former primary** ([`MemberCore::decide`]): one question at a time to the
+//!   other failover member, at most every [`DECIDE_EVERY_MS`], and the decision carried out
+//!   through a [`Restarting`] shell.
 //!
 //! # How it is driven
 //!
@@ -41,14 +44,16 @@
 //! # Left out (for now)
 //!
 //! The rest of the mirror protocol — activation and QoS revocation in the hub, the fork and cut
-//! at `hello`, the receiver's reconnects — still lives in the threads that own the links, and a
-//! restarted former primary's decision (ask the other member, then [`super::failover::restart_as`])
-//! in the driver. They move here next; the goal is one core per member that owns them all.
+//! at `hello`, the receiver's reconnects — still lives in the threads that own the links, which
+//! meet through the mirror's shared state. They move here next; the goal is one core per member
+//! that owns them all, with the threads only turning bytes into inputs and effects into bytes.
 
-use super::failover::{Action, AgentAnswer, Event, Failover, FailoverRole, Mode};
+use super::failover::{Action, AgentAnswer, Event, Failover, FailoverRole, Mode, Restart};
 
 /// How often (ms) a primary in arbiter mode repeats its mode to the backup.
 pub const MODE_REPEAT_MS: u64 = 500;
+/// How often (ms) a restarted former primary asks the other member again.
+pub const DECIDE_EVERY_MS: u64 = 1_000;
 
 /// What the driver saw at one look.
 #[derive(Debug, Clone, Default)]
@@ -113,6 +118,16 @@ pub trait Shell {
     fn drop_data_link(&mut self);
 }
 
+/// Carries out a restarted former primary's decision (see [`MemberCore::decide`]).
+pub trait Restarting {
+    /// Ask the other failover member's agent who is primary (the decision comes back in a later
+    /// [`MemberCore::decide`]); false when it could not be asked.
+    fn ask_other_member(&mut self) -> bool;
+    /// Carry out `decision`; true while this member is still deciding afterwards (told to
+    /// wait, or the step failed).
+    fn restart(&mut self, decision: Restart) -> bool;
+}
+
 /// What a look leaves for the driver to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct After {
@@ -143,6 +158,10 @@ pub struct MemberCore {
     /// Backup: the primary's token of this member's activation, as far as the rules know.
     activation: u64,
     last_mode_repeat_ms: u64,
+    /// A restarted former primary's question to the other member is out.
+    asking_other: bool,
+    /// When it last asked.
+    asked_other_ms: Option<u64>,
     /// Puts back an old bug for the explorer to find: a stalled backup's fresh rules were not
     /// told that its arbiter link was still up.
     #[cfg(test)]
@@ -175,10 +194,49 @@ impl MemberCore {
         self.link_generation
     }
 
-    /// This member is no failover member with a role now (not a member, async, deciding): the
-    /// rules are dropped and start afresh when it is one again.
+    /// This member is no failover member with a role now (not a member, async): the rules are
+    /// dropped and start afresh when it is one again.
     pub fn idle(&mut self) {
         self.failover = None;
+    }
+
+    /// A restarted former primary that does not know its role yet (see
+    /// [`super::failover::restart_as`]): carries out the decisions that came back, then asks the
+    /// other failover member (one question at a time, at most every [`DECIDE_EVERY_MS`]) — or,
+    /// when there is no other failover member, resumes as primary at once.
+    pub fn decide(
+        &mut self,
+        now_ms: u64,
+        decisions: Vec<Restart>,
+        other_failover_member: bool,
+        shell: &mut impl Restarting,
+    ) {
+        let mut deciding = true;
+        for decision in decisions {
+            self.asking_other = false;
+            deciding = shell.restart(decision);
+        }
+        if !deciding || self.asking_other {
+            return;
+        }
+        if self
+            .asked_other_ms
+            .is_some_and(|at| now_ms < at + DECIDE_EVERY_MS)
+        {
+            return;
+        }
+        self.asked_other_ms = Some(now_ms);
+        if !other_failover_member {
+            shell.restart(Restart::Primary);
+            return;
+        }
+        self.asking_other = shell.ask_other_member();
+    }
+
+    /// A decision arrived after the member stopped deciding some other way (Force): nothing is
+    /// left to decide, and no question is out any more.
+    pub fn decision_too_late(&mut self) {
+        self.asking_other = false;
     }
 
     /// Starts the rules afresh in `role`: what the configuration says is fed again on this look,

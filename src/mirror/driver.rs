@@ -36,9 +36,10 @@
 //! # A former primary that restarts
 //!
 //! It does not know whether the backup took over while it was gone, so it starts *deciding*:
-//! read-only, not connected. The driver asks the other failover member's agent who it says the
-//! primary is and in which epoch, and [`restart_as`] decides: resume as primary, follow the other
-//! member as backup (its divergent tail is undone when it connects), or keep waiting.
+//! read-only, not connected. The core has the driver ask the other failover member's agent who
+//! it says the primary is and in which epoch, and [`restart_as`] decides: resume as primary,
+//! follow the other member as backup (its divergent tail is undone when it connects), or keep
+//! waiting ([`DecidingShell`] carries it out).
 //!
 //! With an arbiter, the arbiter link's events join the rest; mode switches are told to the
 //! arbiter (the primary's) and to the other member over the data channel, and a backup that
@@ -61,7 +62,7 @@ use std::time::{Duration, Instant};
 use crate::agent::{self, AgentRequest};
 use crate::mirror::steps::MirrorCommand;
 
-use super::core::{Look, MemberCore, Shell};
+use super::core::{Look, MemberCore, Restarting, Shell};
 use super::failover::{AgentAnswer, Event, FailoverRole, Mode, OtherMember, Restart, restart_as};
 use super::protocol::Control;
 use super::service::MirrorService;
@@ -71,9 +72,6 @@ use crate::config::mirror::{MemberKind, Membership};
 
 /// How often the driver looks.
 pub const TICK: Duration = Duration::from_millis(25);
-
-/// How often a deciding former primary asks the other member again.
-const DECIDE_EVERY: Duration = Duration::from_secs(1);
 
 /// Starts the driver thread; it stops when `stop` is set.
 pub fn start(service: Arc<MirrorService>, stop: Arc<AtomicBool>) -> JoinHandle<()> {
@@ -97,9 +95,6 @@ struct Driver {
     /// Answers of helper threads (agent questions) for the next tick.
     answers_tx: mpsc::Sender<Answer>,
     answers: mpsc::Receiver<Answer>,
-    /// A question to the other member's agent about a restart is out.
-    asking: bool,
-    last_decide: Option<Instant>,
     /// When the last step ran, to notice that this process stalled.
     last_step: Instant,
 }
@@ -120,8 +115,6 @@ impl Driver {
             started: Instant::now(),
             answers_tx,
             answers,
-            asking: false,
-            last_decide: None,
             last_step: Instant::now(),
         }
     }
@@ -208,7 +201,7 @@ impl Driver {
                 Answer::Agent(answer, generation) => agent_answers.push((answer, generation)),
                 // A restart answer arriving after the decision was made some other way (Force)
                 // has nothing left to decide.
-                Answer::Restart(..) => self.asking = false,
+                Answer::Restart(..) => self.core.decision_too_late(),
             }
         }
         let (last_heard, link_activation) = {
@@ -257,46 +250,62 @@ impl Driver {
         view.status = Some(after.status);
     }
 
-    /// A restarted former primary: ask the other failover member, then resume or follow.
+    /// A restarted former primary: the core decides when to ask the other failover member and
+    /// what to do with its answer.
     fn decide(&mut self, m: &Membership) {
-        let context = self.service.context().clone();
+        let mut decisions = Vec::new();
+        let mut other = None;
         while let Ok(answer) = self.answers.try_recv() {
             match answer {
-                Answer::Restart(decision, other) => {
-                    self.asking = false;
-                    self.restart(decision, other);
+                Answer::Restart(decision, named) => {
+                    decisions.push(decision);
+                    other = named;
                 }
                 // Asked as a backup, before this member started deciding: nobody waits for it.
                 Answer::Agent(..) => {}
             }
         }
-        if !context.mirror.deciding() || self.asking {
-            return;
-        }
-        if self
-            .last_decide
-            .is_some_and(|at| at.elapsed() < DECIDE_EVERY)
-        {
-            return;
-        }
-        self.last_decide = Some(Instant::now());
+        let has_other = m.others.iter().any(|o| o.kind == MemberKind::Failover);
+        let now_ms = self.now_ms();
+        let mut shell = DecidingShell {
+            service: &self.service,
+            membership: m,
+            answers: &self.answers_tx,
+            other,
+        };
+        self.core.decide(now_ms, decisions, has_other, &mut shell);
+    }
+}
+
+/// The driver's side of a restarted former primary's decision: asks the other member's agent,
+/// resumes as primary or follows as backup.
+struct DecidingShell<'a> {
+    service: &'a Arc<MirrorService>,
+    membership: &'a Membership,
+    answers: &'a mpsc::Sender<Answer>,
+    /// The member the latest answer came from (the primary to follow).
+    other: Option<String>,
+}
+
+impl Restarting for DecidingShell<'_> {
+    fn ask_other_member(&mut self) -> bool {
+        let context = self.service.context();
+        let m = self.membership;
         let my_epoch = context.config.get().epoch;
-        let other = m
+        let Some(other) = m
             .others
             .iter()
             .find(|o| o.kind == MemberKind::Failover)
-            .cloned();
-        let Some(other) = other else {
-            self.restart(Restart::Primary, None);
-            return;
+            .cloned()
+        else {
+            return false;
         };
         let Ok(address) = super::agent_target(&context.identity, m, &other) else {
-            return;
+            return false;
         };
         let mirror = m.mirror.name.clone();
         let this = m.this.name.clone();
-        let tx = self.answers_tx.clone();
-        self.asking = true;
+        let tx = self.answers.clone();
         let _ = std::thread::Builder::new()
             .name("ask-agent".into())
             .spawn(move || {
@@ -319,9 +328,10 @@ impl Driver {
                 let decision = restart_as(my_epoch, said);
                 let _ = tx.send(Answer::Restart(decision, Some(other.name)));
             });
+        true
     }
 
-    fn restart(&mut self, decision: Restart, other: Option<String>) {
+    fn restart(&mut self, decision: Restart) -> bool {
         let service = self.service.clone();
         let context = service.context().clone();
         let result = match decision {
@@ -332,7 +342,7 @@ impl Driver {
                 }
                 view.note = Some(why.to_string());
                 view.status = Some("Waiting");
-                return;
+                return true;
             }
             Restart::Primary => {
                 service.stop_receiver();
@@ -346,7 +356,7 @@ impl Driver {
                     })
             }
             Restart::Backup => {
-                let primary = other.unwrap_or_default();
+                let primary = self.other.clone().unwrap_or_default();
                 context
                     .writer
                     .extension_blocking(|reply| MirrorCommand::Demote { primary, reply })
@@ -360,6 +370,7 @@ impl Driver {
                 if decision == Restart::Backup {
                     service.start_receiver();
                 }
+                false
             }
             Err(err) => {
                 tracing::error!("mirror: after the restart: {err}");
@@ -367,6 +378,7 @@ impl Driver {
                 if decision == Restart::Primary {
                     service.start_receiver();
                 }
+                true
             }
         }
     }

@@ -329,3 +329,63 @@ fn a_primary_in_arbiter_mode_repeats_its_mode_every_half_second() {
         .collect();
     assert_eq!(repeats, vec![520, 1020]);
 }
+
+/// A restarted former primary's side, recorded.
+#[derive(Default)]
+struct Deciding {
+    asked: u32,
+    restarts: Vec<Restart>,
+    /// What `restart` says: still deciding afterwards.
+    still_deciding: bool,
+}
+
+impl Restarting for Deciding {
+    fn ask_other_member(&mut self) -> bool {
+        self.asked += 1;
+        true
+    }
+    fn restart(&mut self, decision: Restart) -> bool {
+        self.restarts.push(decision);
+        self.still_deciding
+    }
+}
+
+#[test]
+fn a_former_primary_without_another_failover_member_resumes_at_once() {
+    let mut core = MemberCore::new();
+    let mut shell = Deciding::default();
+    core.decide(0, vec![], false, &mut shell);
+    assert_eq!(shell.restarts, vec![Restart::Primary]);
+    assert_eq!(shell.asked, 0);
+}
+
+#[test]
+fn a_former_primary_asks_one_question_at_a_time_and_again_after_being_told_to_wait() {
+    let mut core = MemberCore::new();
+    let mut shell = Deciding {
+        still_deciding: true,
+        ..Deciding::default()
+    };
+    core.decide(0, vec![], true, &mut shell);
+    assert_eq!(shell.asked, 1);
+    // No second question while the first is out, however long it takes.
+    for now in [25, 1_000, 5_000] {
+        core.decide(now, vec![], true, &mut shell);
+    }
+    assert_eq!(shell.asked, 1);
+    // Told to wait: it asks again, but not before a second after its last question.
+    let wait = Restart::Wait("the other member is deciding too");
+    core.decide(5_100, vec![wait], true, &mut shell);
+    assert_eq!(shell.restarts, vec![wait]);
+    assert_eq!(shell.asked, 2, "the last question was long ago");
+    core.decide(5_200, vec![wait], true, &mut shell);
+    core.decide(5_900, vec![], true, &mut shell);
+    assert_eq!(shell.asked, 2, "asked again within a second");
+    core.decide(6_100, vec![], true, &mut shell);
+    assert_eq!(shell.asked, 3);
+    // The answer follows the other member: deciding ends, nothing more is asked.
+    shell.still_deciding = false;
+    core.decide(6_200, vec![Restart::Backup], true, &mut shell);
+    assert_eq!(shell.restarts.last(), Some(&Restart::Backup));
+    assert_eq!(shell.asked, 3);
+}
