@@ -89,7 +89,7 @@ pub fn start(service: Arc<MirrorService>, stop: Arc<AtomicBool>) -> JoinHandle<(
 
 struct Driver {
     service: Arc<MirrorService>,
-    /// What the driver decides (see [`MemberCore`]); the driver gathers and carries out.
+    /// Where every decision is made (see [`MemberCore`]); the driver gathers and carries out.
     core: MemberCore,
     started: Instant,
     /// Answers of helper threads (agent questions) for the next tick.
@@ -101,8 +101,10 @@ struct Driver {
 
 enum Answer {
     /// The primary's agent answered a question asked about the loss of the data link of this
-    /// generation (see `Driver::link_generation`).
+    /// generation (see [`MemberCore::link_generation`]).
     Agent(AgentAnswer, u64),
+    /// The other failover member's agent answered a restarted former primary: the decision,
+    /// and the member it came from.
     Restart(Restart, Option<String>),
 }
 
