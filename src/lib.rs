@@ -29,7 +29,8 @@
 //! - [`server`], [`cli`], [`ctl`] — running the processes, the command line, a shell client. The
 //!   benchmark is a program of its own (`src/bin/mirrorlab-bench/`): it drives members from
 //!   outside, and the member does not ship it.
-//! - [`error`], [`names`], [`util`], [`os`], [`wire`] — shared small pieces.
+//! - [`error`], [`names`], [`util`], [`os`], [`wire`], [`background`] — shared small pieces (the
+//!   last: the one runtime the blocking threads use for async work).
 //!
 //! ## Who may call whom
 //!
@@ -51,6 +52,7 @@
 pub mod agent;
 pub mod apps;
 pub mod arbiter;
+pub mod background;
 pub mod cli;
 pub mod config;
 pub mod ctl;

@@ -27,8 +27,9 @@
 //! # Blocking threads on TLS
 //!
 //! The mirror's data channel runs on blocking threads, one reading and one writing the same
-//! connection. A TLS session cannot be shared by two threads that block, so a small runtime
-//! ([`pump`]) owns each TLS connection and copies between it and one end of a Unix socket pair;
+//! connection. A TLS session cannot be shared by two threads that block, so a task of the
+//! member's background runtime ([`crate::background`]) owns each TLS connection and copies
+//! between it and one end of a Unix socket pair;
 //! the mirror threads use the other end ([`Channel::Tls`]) exactly as they use a TCP socket,
 //! timeouts and shutdown included. Without TLS nothing changes: [`Channel::Plain`] is the
 //! TCP socket itself.
@@ -402,19 +403,6 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     Ok((stream, peer))
 }
 
-/// The runtime that carries TLS connections for blocking threads.
-fn pump() -> &'static tokio::runtime::Runtime {
-    static PUMP: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    PUMP.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("tls-pump")
-            .enable_all()
-            .build()
-            .expect("start the TLS runtime")
-    })
-}
-
 /// Hands a TLS stream to the pump and returns the socket the blocking side uses.
 fn splice<S>(stream: S) -> Result<UnixStream>
 where
@@ -422,7 +410,7 @@ where
 {
     let (local, pumped) = UnixStream::pair()?;
     pumped.set_nonblocking(true)?;
-    pump().spawn(async move {
+    crate::background::runtime().spawn(async move {
         let Ok(pumped) = tokio::net::UnixStream::from_std(pumped) else {
             return;
         };
@@ -461,7 +449,7 @@ pub fn accept_blocking(
     within: Duration,
 ) -> Result<(Channel, String)> {
     tcp.set_nonblocking(true)?;
-    let accepted = pump().block_on(async {
+    let accepted = crate::background::runtime().block_on(async {
         let tcp = tokio::net::TcpStream::from_std(tcp)?;
         accept_within(tcp, identity, within).await
     })?;
@@ -471,7 +459,7 @@ pub fn accept_blocking(
 /// Opens TLS from a blocking thread, requiring the server's fingerprint to be `expected`.
 pub fn connect_blocking(tcp: TcpStream, identity: &Identity, expected: &str) -> Result<Channel> {
     tcp.set_nonblocking(true)?;
-    let stream = pump().block_on(async {
+    let stream = crate::background::runtime().block_on(async {
         let tcp = tokio::net::TcpStream::from_std(tcp)?;
         connect(tcp, identity, Some(expected)).await.map(|(s, _)| s)
     })?;

@@ -31,11 +31,8 @@ pub fn call_blocking(
     request: AgentRequest,
     timeout: Duration,
 ) -> Result<AgentReply> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Internal(format!("start a runtime: {e}")))?;
-    runtime.block_on(async {
+    // The member's one background runtime, not one per question.
+    crate::background::runtime().block_on(async {
         tokio::time::timeout(timeout, call_to(target, request))
             .await
             .map_err(|_| {
