@@ -221,22 +221,27 @@ fn into_arbiter_mode(core: &mut MemberCore, shell: &mut Recorder) {
     assert_eq!(shell.take(), vec![Did::SwitchMode(Mode::Arbiter)]);
 }
 
-#[test]
-fn a_failed_takeover_through_the_arbiter_is_cancelled_and_forces_nobody_down() {
+/// An active backup in arbiter mode loses its primary, asks the arbiter, which grants the
+/// takeover; the takeover `succeeds` or not. Returns what the core did on the verdict.
+fn arbiter_grants_takeover(succeeds: bool) -> (MemberCore, Vec<Did>) {
     let (mut core, mut shell) = active_backup();
     into_arbiter_mode(&mut core, &mut shell);
-    // The primary is lost: ask the arbiter, which grants the takeover.
     core.step(
         FailoverRole::Backup,
         look(300, &[Event::PartnerLost]),
         &mut shell,
     );
     assert_eq!(shell.take(), vec![Did::AskArbiter]);
-    shell.takeover_succeeds = false;
+    shell.takeover_succeeds = succeeds;
     let mut verdict = look(400, &[]);
     verdict.arbiter_events = vec![Event::ArbiterVerdict { take_over: true }];
     core.step(FailoverRole::Backup, verdict, &mut shell);
-    let did = shell.take();
+    (core, shell.take())
+}
+
+#[test]
+fn a_failed_takeover_through_the_arbiter_is_cancelled_and_forces_nobody_down() {
+    let (core, did) = arbiter_grants_takeover(false);
     assert_eq!(
         did[..3],
         [
@@ -255,21 +260,11 @@ fn a_failed_takeover_through_the_arbiter_is_cancelled_and_forces_nobody_down() {
 
 #[test]
 fn the_same_takeover_that_succeeds_forces_the_old_primary_down() {
-    let (mut core, mut shell) = active_backup();
-    into_arbiter_mode(&mut core, &mut shell);
-    core.step(
-        FailoverRole::Backup,
-        look(300, &[Event::PartnerLost]),
-        &mut shell,
-    );
-    shell.take();
-    let mut verdict = look(400, &[]);
-    verdict.arbiter_events = vec![Event::ArbiterVerdict { take_over: true }];
-    core.step(FailoverRole::Backup, verdict, &mut shell);
+    let (_, did) = arbiter_grants_takeover(true);
     // The new primary starts in agent mode (its own booking comes later), then forces the old
     // one down.
     assert_eq!(
-        shell.take(),
+        did,
         vec![
             Did::TakeOver,
             Did::SwitchMode(Mode::Agent),
