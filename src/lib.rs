@@ -49,6 +49,10 @@
 //! exists, acknowledged by the active backup. The database files follow the journal, never lead
 //! it; see [`instance::writer`] for the ordering argument.
 
+// The module essays are read with the code (`cargo doc --document-private-items`, which CI
+// checks): they link the private files and items they describe.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod agent;
 pub mod apps;
 pub mod arbiter;
