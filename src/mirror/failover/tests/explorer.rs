@@ -648,22 +648,27 @@ impl World {
         self.look_and_act(to, look, journal_fetched, verdict)
     }
 
-    /// What member `i`'s driver sees at a look, with no events yet.
+    /// What member `i`'s driver sees at a look, with no events yet (a core without rules yet
+    /// knows of no arbiter link).
     fn look(&self, i: usize) -> Look {
         let m = &self.m[i];
+        let arbiter = m.core.failover().map_or((false, None), |r| {
+            (r.arbiter_connected, r.arbiter_sees_partner)
+        });
         Look {
             now_ms: self.now,
             qos_ms: QOS,
             no_failover: self.no_failover.is_some(),
             mirror_stopped: m.stopped,
             databases_ready: m.ready,
-            arbiter: (m.rules().arbiter_connected, m.rules().arbiter_sees_partner),
+            arbiter,
             link_activation: m.activation as u64,
             ..Look::default()
         }
     }
 
-    /// Member `i`'s core takes a look; what it decided is carried out in order.
+    /// Member `i`'s core takes a look in its rules' role; what it decided is carried out in
+    /// order.
     fn look_and_act(
         &mut self,
         i: usize,
@@ -672,7 +677,19 @@ impl World {
         verdict: bool,
     ) -> Result<(), String> {
         let role = self.m[i].rules().role();
-        let before = self.m[i].rules().mode();
+        self.look_and_act_as(i, role, look, journal_fetched, verdict)
+    }
+
+    /// [`World::look_and_act`] in `role` (a new core has no rules to say it).
+    fn look_and_act_as(
+        &mut self,
+        i: usize,
+        role: FailoverRole,
+        look: Look,
+        journal_fetched: bool,
+        verdict: bool,
+    ) -> Result<(), String> {
+        let before = self.m[i].core.failover().map(|f| f.mode());
         let mut effects = Effects::default();
         self.m[i].core.legacy_stall_forgets_arbiter = self.legacy.stall_forgets_arbiter;
         self.m[i].core.legacy_stall_before_settings = self.legacy.stall_before_settings;
@@ -684,7 +701,7 @@ impl World {
         {
             // The takeover of 53b3b27: the rules kept the backup's mode, and the driver kept
             // the rules.
-            if let Some(rules) = self.m[i].core.failover_mut() {
+            if let (Some(rules), Some(before)) = (self.m[i].core.failover_mut(), before) {
                 rules.mode = before;
             }
             effects.retain(|e| *e != Effect::Act(Action::SwitchMode(Mode::Agent), 0));
@@ -891,35 +908,10 @@ impl World {
     fn fresh_rules(&mut self, i: usize, role: FailoverRole) {
         self.m[i].core = MemberCore::new();
         self.m[i].suspended = false;
-        let look = self.look_fresh(i);
-        let mut effects = Effects::default();
-        self.m[i].core.step(role, look, &mut effects);
-        for effect in effects.0 {
-            match effect {
-                Effect::FreshRules { backup } => {
-                    let m = &mut self.m[i];
-                    m.booked = None;
-                    if backup {
-                        m.owed_stand_down = Some(0);
-                    }
-                }
-                other => panic!("fresh rules decided {other:?}"),
-            }
-        }
-    }
-
-    /// [`World::look`] for a core that has no rules yet.
-    fn look_fresh(&self, i: usize) -> Look {
-        let m = &self.m[i];
-        Look {
-            now_ms: self.now,
-            qos_ms: QOS,
-            no_failover: self.no_failover.is_some(),
-            mirror_stopped: m.stopped,
-            databases_ready: m.ready,
-            link_activation: m.activation as u64,
-            ..Look::default()
-        }
+        let look = self.look(i);
+        // Fresh rules decide nothing but their start (and the stand-down a backup owes).
+        self.look_and_act_as(i, role, look, false, false)
+            .expect("fresh rules only start");
     }
 
     /// Tells every running member's rules a changed setting.
