@@ -69,6 +69,7 @@ pub mod names;
 pub mod node;
 pub mod os;
 pub mod server;
+pub mod simulation;
 pub mod storage;
 pub mod tls;
 pub mod util;

@@ -81,3 +81,10 @@ if [ $# -eq 0 ]; then
         cargo test --locked --test failover --test sequences
     done
 fi
+
+# The deterministic simulation, optimised and with many more seeds than `cargo test`'s run of
+# it: each seed is one long run of faults and healing (see src/simulation). MIRRORLAB_SIM_SEEDS
+# sets how many.
+if [ $# -eq 0 ]; then
+    MIRRORLAB_SIM_SEEDS="${MIRRORLAB_SIM_SEEDS:-100000}" cargo test --release --locked --test simulation
+fi

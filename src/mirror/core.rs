@@ -162,13 +162,11 @@ pub struct MemberCore {
     asking_other: bool,
     /// When it last asked.
     asked_other_ms: Option<u64>,
-    /// Puts back an old bug for the explorer to find: a stalled backup's fresh rules were not
-    /// told that its arbiter link was still up.
-    #[cfg(test)]
+    /// Puts back an old bug for the explorer and the simulation to find: a stalled backup's
+    /// fresh rules were not told that its arbiter link was still up. Never set in a member.
     pub(crate) legacy_stall_forgets_arbiter: bool,
-    /// Puts back an old bug for the explorer to find: a stalled backup's fresh rules heard of
-    /// the lost primary before their settings.
-    #[cfg(test)]
+    /// Puts back an old bug for the explorer and the simulation to find: a stalled backup's
+    /// fresh rules heard of the lost primary before their settings. Never set in a member.
     pub(crate) legacy_stall_before_settings: bool,
 }
 
@@ -183,8 +181,8 @@ impl MemberCore {
         self.failover.as_ref()
     }
 
-    /// The rules, to change them behind the core's back (the explorer puts old bugs back).
-    #[cfg(test)]
+    /// The rules, to change them behind the core's back (the explorer and the simulation put
+    /// old bugs back).
     pub(crate) fn failover_mut(&mut self) -> Option<&mut Failover> {
         self.failover.as_mut()
     }
@@ -286,7 +284,6 @@ impl MemberCore {
             // stalled; one that never reached it lost nothing (asking then could act on a
             // "down" that the primary's restart overtakes).
             let (arbiter_connected, sees_partner) = arbiter;
-            #[cfg(test)]
             let arbiter_connected = arbiter_connected && !self.legacy_stall_forgets_arbiter;
             if arbiter_connected {
                 prelude.push(Event::ArbiterConnected);
@@ -350,9 +347,6 @@ impl MemberCore {
                 );
             }
         };
-        #[cfg(not(test))]
-        let settings_first = true;
-        #[cfg(test)]
         let settings_first = !self.legacy_stall_before_settings;
         if settings_first {
             let known = (self.activation, self.link_generation);

@@ -273,6 +273,27 @@ impl Failover {
         self.role
     }
 
+    /// Whether the rules believe the arbiter link is up.
+    pub fn arbiter_connected(&self) -> bool {
+        self.arbiter_connected
+    }
+
+    /// The arbiter's last word on the other member (None: not known).
+    pub fn arbiter_sees_partner(&self) -> Option<bool> {
+        self.arbiter_sees_partner
+    }
+
+    /// Whether the rules believe the other member is connected.
+    pub fn partner_is_connected(&self) -> bool {
+        self.partner_connected
+    }
+
+    /// Sets the failover mode behind the rules' back (the explorer and the simulation put an
+    /// old bug back with it). Never called in a member.
+    pub(crate) fn force_mode(&mut self, mode: Mode) {
+        self.mode = mode;
+    }
+
     /// Current mode.
     pub fn mode(&self) -> Mode {
         self.mode
@@ -861,6 +882,16 @@ mod book;
 mod restart;
 
 pub use book::{ArbiterBook, ToPrimary};
+
+/// What the arbiter's answer to a primary means to its rules.
+impl From<ToPrimary> for Event {
+    fn from(answer: ToPrimary) -> Event {
+        match answer {
+            ToPrimary::SeesBackup(sees) => Event::ArbiterSeesPartner(sees),
+            ToPrimary::BackupTookOver => Event::PartnerIsPrimary,
+        }
+    }
+}
 pub use restart::{OtherMember, Restart, restart_as};
 
 #[cfg(test)]

@@ -57,10 +57,7 @@ fn pair(arbiter: bool) -> (Failover, Failover, ArbiterBook) {
 }
 
 fn to_primary(answer: ToPrimary) -> Event {
-    match answer {
-        ToPrimary::SeesBackup(sees) => Event::ArbiterSeesPartner(sees),
-        ToPrimary::BackupTookOver => Event::PartnerIsPrimary,
-    }
+    Event::from(answer)
 }
 
 #[test]

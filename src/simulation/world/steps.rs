@@ -1,0 +1,477 @@
+//! STEPS
+
+use super::*;
+use crate::mirror::failover::{OtherMember, Restart, restart_as};
+
+impl World {
+    // -----------------------------------------------------------------------------------------
+    // The invariants
+
+    /// Whether member `i` can acknowledge a write now: it commits, and either does not wait for
+    /// a backup or has a channel on which the backup's acknowledgement can come.
+    pub(crate) fn acknowledges(&self, i: usize) -> bool {
+        let m = &self.m[i];
+        m.role() == Some(FailoverRole::Primary)
+            && m.rules().accepts_writes()
+            && (!m.rules().active()
+                || self
+                    .channel
+                    .is_some_and(|c| c.primary == i && !c.half_open && self.link))
+    }
+
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.acknowledges(0) && self.acknowledges(1) {
+            return Err("both members acknowledge writes".into());
+        }
+        if !self.inbox.is_empty() {
+            return Ok(());
+        }
+        // Nothing in flight: the rules know whether their arbiter link is up (rules that believe
+        // it down never follow the primary into arbiter mode, and never ask the arbiter when the
+        // primary is lost).
+        for i in [0, 1] {
+            let m = &self.m[i];
+            if m.role().is_some() && m.arbiter != m.rules().arbiter_connected() {
+                return Err(format!(
+                    "member {i}'s arbiter link is {}, but its rules believe it {}",
+                    if m.arbiter { "up" } else { "down" },
+                    if m.rules().arbiter_connected() {
+                        "up"
+                    } else {
+                        "down"
+                    }
+                ));
+            }
+        }
+        // What the monitors show must be what the arbiter holds.
+        for i in [0, 1] {
+            let m = &self.m[i];
+            if m.role().is_some() && m.arbiter && m.rules().mode() == Mode::Arbiter {
+                let primary = self.primary();
+                let backed = self.book.primary_in_arbiter_mode
+                    && !self.book.backup_took_over
+                    && primary.is_some_and(|p| self.m[p].epoch == self.book_epoch);
+                if !backed {
+                    return Err(format!(
+                        "member {i} shows Arbiter Controlled, but the arbiter would refuse the \
+                         backup a takeover (book of epoch {}: {:?})",
+                        self.book_epoch, self.book
+                    ));
+                }
+            }
+        }
+        // A backup process that was granted a takeover either carried it out (a newer epoch) or
+        // stood down; one that died with the grant owes a stand-down from its next start.
+        let carried_out = self
+            .m
+            .iter()
+            .any(|m| m.was_primary && m.epoch > self.book_epoch);
+        let stuck = self.slot_backup.is_some_and(|b| {
+            let m = &self.m[b];
+            m.arbiter && m.role() == Some(FailoverRole::Backup) && m.owed_stand_down.is_none()
+        });
+        if self.book.backup_took_over && !carried_out && stuck {
+            return Err(format!(
+                "the arbiter booked a takeover in epoch {} that nobody carried out: the old \
+                 primary can never start again",
+                self.book_epoch
+            ));
+        }
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Steps
+
+    pub(crate) fn steps(&self, budget: Budget) -> Vec<Step> {
+        let mut steps = Vec::new();
+        for i in 0..self.inbox.len() {
+            if self.deliverable(i) {
+                steps.push(Step::Deliver(i));
+                if self.inbox[i].event == Event::Agent(AgentAnswer::PrimaryDown { journal: true }) {
+                    steps.push(Step::DeliverWithoutJournal(i));
+                }
+            }
+        }
+        let earliest = self.inbox.iter().filter_map(|d| d.deadline).min();
+        if earliest.is_none_or(|d| self.now + STEP_MS <= d) && self.now < self.horizon_ms {
+            steps.push(Step::Advance);
+        }
+        let fault = self.faults < budget.faults;
+        if fault && self.link {
+            steps.push(Step::CutLink);
+        }
+        if !self.link {
+            steps.push(Step::HealLink);
+        }
+        for i in [0, 1] {
+            let m = &self.m[i];
+            if self.with_arbiter {
+                if fault && self.arbiter_link[i] {
+                    steps.push(Step::CutArbiterLink(i));
+                }
+                if !self.arbiter_link[i] {
+                    steps.push(Step::HealArbiterLink(i));
+                }
+                // The arbiter link reconnects once its loss (or a refusal) was reported.
+                let loss_reported = !self.inbox.iter().any(|d| {
+                    d.to == i
+                        && d.queue == Queue::Arbiter
+                        && matches!(d.event, Event::ArbiterLost | Event::PartnerIsPrimary)
+                });
+                if self.arbiter_link[i]
+                    && m.host
+                    && !m.arbiter
+                    && loss_reported
+                    && matches!(m.role(), Some(FailoverRole::Primary | FailoverRole::Backup))
+                {
+                    steps.push(Step::ConnectArbiter(i));
+                }
+            }
+            if m.up {
+                if fault {
+                    steps.push(Step::Crash(i));
+                    steps.push(Step::CrashHost(i));
+                    steps.push(Step::Shutdown(i));
+                }
+            } else if !self
+                .inbox
+                .iter()
+                .any(|d| d.to == 1 - i && d.event == Event::PartnerHandsOver)
+            {
+                // A primary that handed over stops only once the backup closed the link (it
+                // took over) or a QoS timeout passed (a backup stalled that long drops the
+                // handover): it never restarts before the backup acted on it.
+                steps.push(Step::Restart(i));
+            }
+            if fault && m.role() == Some(FailoverRole::Backup) {
+                steps.push(Step::Stall(i));
+            }
+            if m.deciding && self.link && self.m[1 - i].host {
+                steps.push(Step::Decide(i));
+            }
+        }
+        if let (Some(p), Some(b)) = (self.primary(), self.backup()) {
+            let quiet = |i: usize| {
+                !self
+                    .inbox
+                    .iter()
+                    .any(|d| d.to == i && d.event == Event::PartnerLost)
+            };
+            let fresh = self.channel.is_none_or(|c| c.half_open && c.primary == p);
+            if self.link
+                && fresh
+                && self.m[b].primary == p
+                && !self.m[b].stopped
+                && self.m[b].rules().may_connect()
+                && quiet(b)
+                && quiet(p)
+            {
+                steps.push(Step::Connect);
+            }
+            if let Some(c) = self.channel
+                && !c.half_open
+                && c.primary == p
+            {
+                if !self.m[p].rules().active() {
+                    steps.push(Step::CatchUp);
+                }
+                if fault {
+                    steps.push(Step::HalfOpen);
+                    steps.push(Step::StopMirror);
+                }
+                let repeating = self
+                    .inbox
+                    .iter()
+                    .any(|d| d.event == Event::PartnerMode(Mode::Arbiter));
+                if self.m[p].rules().repeats_arbiter_mode()
+                    && self.m[b].rules().mode() == Mode::Agent
+                    && !repeating
+                {
+                    steps.push(Step::RepeatMode);
+                }
+            }
+            if fault && self.m[b].ready {
+                steps.push(Step::Unready);
+            }
+            if fault && self.no_failover.is_none() {
+                steps.push(Step::SetNoFailover);
+            }
+        }
+        if self.channel.is_some_and(|c| c.half_open) {
+            steps.push(Step::PrimaryNoticesHalfOpen);
+        }
+        if let Some(b) = self.backup() {
+            if self.m[b].stopped {
+                steps.push(Step::StartMirror);
+            }
+            if !self.m[b].ready {
+                steps.push(Step::Ready);
+            }
+        }
+        if self.no_failover.is_some() {
+            steps.push(Step::ClearNoFailover);
+        }
+        if self.force.is_some() && self.link {
+            steps.push(Step::ForceDown);
+        }
+        if self.writes < budget.writes
+            && self
+                .primary()
+                .is_some_and(|p| self.m[p].rules().accepts_writes())
+        {
+            steps.push(Step::Write);
+        }
+        steps
+    }
+
+    pub(crate) fn apply(&mut self, step: &Step) -> Result<(), String> {
+        match *step {
+            Step::Deliver(k) => {
+                let d = self.inbox.remove(k);
+                self.deliver_answer(d.to, d.event, d.activation, d.generation)?;
+            }
+            Step::DeliverWithoutJournal(k) => {
+                let d = self.inbox.remove(k);
+                let event = Event::Agent(AgentAnswer::PrimaryDown { journal: false });
+                self.deliver_answer(d.to, event, d.activation, d.generation)?;
+            }
+            Step::Advance => {
+                self.now += STEP_MS;
+                self.tell_both(|_| Event::Tick)?;
+            }
+            Step::CutLink => {
+                self.faults += 1;
+                self.link = false;
+                self.lose_channel(false);
+            }
+            Step::HealLink => self.link = true,
+            Step::CutArbiterLink(i) => {
+                self.faults += 1;
+                self.arbiter_link[i] = false;
+                self.drop_arbiter(i);
+            }
+            Step::HealArbiterLink(i) => self.arbiter_link[i] = true,
+            Step::ConnectArbiter(i) => self.arbiter_hello(i)?,
+            Step::Crash(i) => {
+                self.faults += 1;
+                self.instance_down(i, true);
+            }
+            Step::CrashHost(i) => {
+                self.faults += 1;
+                self.m[i].host = false;
+                self.instance_down(i, false);
+            }
+            Step::Shutdown(i) => {
+                self.faults += 1;
+                // A primary with an active backup hands over before it stops; the message
+                // follows every batch on the channel.
+                let hands_over = self.m[i].role() == Some(FailoverRole::Primary)
+                    && self.m[i].rules().accepts_writes()
+                    && self.m[i].rules().active();
+                if hands_over {
+                    self.send_channel(1 - i, Event::PartnerHandsOver, None);
+                }
+                // A backup tells the primary first that it no longer counts as active.
+                if self.m[i].role() == Some(FailoverRole::Backup)
+                    && self.channel.is_some_and(|c| !c.half_open)
+                {
+                    self.deliver(1 - i, Event::PartnerStoodDown, None)?;
+                }
+                self.instance_down(i, true);
+            }
+            Step::Restart(i) => {
+                let m = &mut self.m[i];
+                m.up = true;
+                m.host = true;
+                m.activation = 0;
+                // A former primary does not know whether the other took over meanwhile.
+                m.deciding = m.was_primary;
+                self.fresh_rules(i, FailoverRole::Backup);
+            }
+            Step::Stall(i) => {
+                self.faults += 1;
+                self.stall(i)?;
+            }
+            Step::Decide(i) => self.decide(i)?,
+            Step::Connect => self.connect()?,
+            Step::CatchUp => {
+                let (p, b) = (self.primary().unwrap(), self.backup().unwrap());
+                // The backup received everything the primary holds; the primary counts it
+                // active and tells it so.
+                self.m[b].lacks = false;
+                self.m[p].pending = false;
+                self.deliver(p, Event::PartnerActive, None)?;
+                if self.m[p].rules().active() {
+                    self.activation += 1;
+                    let activation = self.activation;
+                    self.send_channel(b, Event::PartnerActive, Some(activation));
+                }
+            }
+            Step::HalfOpen => {
+                self.faults += 1;
+                // The backup's receiver gives up; the primary still holds the link.
+                let c = self.channel.as_mut().unwrap();
+                c.half_open = true;
+                let (generation, b) = (c.generation, 1 - c.primary);
+                self.inbox
+                    .retain(|d| !(d.to == b && d.carrier == Carrier::Channel(generation)));
+                self.push(b, Event::PartnerLost, Queue::Link, Carrier::Local, None);
+            }
+            Step::PrimaryNoticesHalfOpen => {
+                let c = self.channel.take().unwrap();
+                self.inbox
+                    .retain(|d| d.carrier != Carrier::Channel(c.generation));
+                self.push(
+                    c.primary,
+                    Event::PartnerLost,
+                    Queue::Link,
+                    Carrier::Local,
+                    None,
+                );
+            }
+            Step::RepeatMode => {
+                let b = self.backup().unwrap();
+                self.send_channel(b, Event::PartnerMode(Mode::Arbiter), None);
+            }
+            Step::ForceDown => {
+                let (target, epoch) = self.force.take().unwrap();
+                let m = &self.m[target];
+                if !m.host {
+                    self.force = Some((target, epoch));
+                } else if m.role() == Some(FailoverRole::Primary) && m.epoch < epoch {
+                    self.instance_down(target, true);
+                }
+            }
+            Step::StopMirror => {
+                self.faults += 1;
+                let (p, b) = (self.primary().unwrap(), self.backup().unwrap());
+                // It tells the primary first that it no longer counts as active.
+                self.deliver(p, Event::PartnerStoodDown, None)?;
+                self.m[b].stopped = true;
+                self.deliver(b, Event::MirrorStopped(true), None)?;
+                self.lose_channel(true);
+            }
+            Step::StartMirror => {
+                let b = self.backup().unwrap();
+                self.m[b].stopped = false;
+                self.deliver(b, Event::MirrorStopped(false), None)?;
+            }
+            Step::SetNoFailover => {
+                self.faults += 1;
+                self.no_failover = self.primary();
+                self.tell_both(|_| Event::NoFailover(true))?;
+            }
+            Step::ClearNoFailover => {
+                self.no_failover = None;
+                self.tell_both(|_| Event::NoFailover(false))?;
+            }
+            Step::Unready | Step::Ready => {
+                let ready = *step == Step::Ready;
+                if !ready {
+                    self.faults += 1;
+                }
+                let b = self.backup().unwrap();
+                self.m[b].ready = ready;
+                self.deliver(b, Event::DatabasesReady(ready), None)?;
+            }
+            Step::Write => {
+                self.writes += 1;
+                let p = self.primary().unwrap();
+                if !self.m[p].rules().active() {
+                    // Acknowledged without the backup.
+                    self.m[1 - p].lacks = true;
+                } else if !self.acknowledges(p) {
+                    // It waits for an acknowledgement that cannot come on this channel.
+                    self.m[p].pending = true;
+                }
+            }
+        }
+        self.check()
+    }
+
+    /// Backup `i`'s process stalled for half a QoS (paused, starved): its driver no longer
+    /// counts it as active, drops the data channel (what it buffered may be stale) and starts
+    /// its rules afresh — but its connection to the arbiter lived through the stall. That
+    /// connection carries the stand-down the fresh rules owe at once, and the rules hear first
+    /// what it last reported (then, if it had the primary, a lost link: as a backup that lost
+    /// the primary long ago).
+    pub(crate) fn stall(&mut self, i: usize) -> Result<(), String> {
+        // The member's core notices the gap between two looks and does the rest.
+        let mut look = self.look(i);
+        look.gap_ms = QOS;
+        self.look_and_act(i, look, false, false)
+    }
+
+    /// A restarted former primary asks the other member's agent who is primary.
+    pub(crate) fn decide(&mut self, i: usize) -> Result<(), String> {
+        let other = 1 - i;
+        let o = &self.m[other];
+        // A backup that has not yet noticed the loss of this member (it still counts itself
+        // connected: stale, since this member restarted), or that still waits for the arbiter's
+        // or the agent's answer, is deciding too: it may be about to take over.
+        let (names, deciding) = match o.role() {
+            Some(FailoverRole::Primary) => (other, false),
+            Some(_) => (
+                o.primary,
+                o.rules().partner_is_connected() || !o.rules().may_connect(),
+            ),
+            None => (o.primary, o.deciding),
+        };
+        let said = OtherMember::Says {
+            claims_primary: names == other,
+            names_this_primary: names == i,
+            epoch: o.epoch as u64,
+            deciding,
+        };
+        match restart_as(self.m[i].epoch as u64, said) {
+            Restart::Wait(_) => {}
+            Restart::Primary => {
+                self.m[i].deciding = false;
+                if self.no_failover == Some(i) {
+                    // No Failover ends when the member it protected resumes as primary.
+                    self.no_failover = None;
+                    self.tell_both(|_| Event::NoFailover(false))?;
+                }
+                self.fresh_rules(i, FailoverRole::Primary);
+            }
+            Restart::Backup => {
+                self.m[i].deciding = false;
+                self.m[i].was_primary = false;
+                self.m[i].primary = other;
+                self.fresh_rules(i, FailoverRole::Backup);
+            }
+        }
+        Ok(())
+    }
+
+    /// The backup connects to the primary it follows; a link the primary still holds half-open
+    /// is replaced.
+    pub(crate) fn connect(&mut self) -> Result<(), String> {
+        let (p, b) = (self.primary().unwrap(), self.backup().unwrap());
+        let replaced = self.channel.take().is_some();
+        self.generations += 1;
+        self.channel = Some(Channel {
+            primary: p,
+            generation: self.generations,
+            half_open: false,
+        });
+        // A member that follows learns the primary's epoch.
+        self.m[b].epoch = self.m[b].epoch.max(self.m[p].epoch);
+        if replaced {
+            // Replacing the link counts as losing it (the hub reports the loss first).
+            self.deliver(p, Event::PartnerLost, None)?;
+        }
+        self.deliver(p, Event::PartnerConnected, None)?;
+        self.deliver(b, Event::PartnerConnected, None)?;
+        Ok(())
+    }
+}
+
+impl Member {
+    /// What the driver remembered is gone with the process.
+    pub(crate) fn arbiter_lost_in_process(&mut self) {
+        self.booked = None;
+        self.owed_stand_down = None;
+    }
+}
