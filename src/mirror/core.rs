@@ -316,6 +316,12 @@ impl MemberCore {
             self.ready = Some(databases_ready);
             settings.push(Event::DatabasesReady(databases_ready));
         }
+        // Settings that changed together reach the rules restrictions first: fed one at a time
+        // in any other order, the rules would see a moment allowed by neither the old settings
+        // nor the new ones (Stop Mirror undone before a database became unready: a backup that
+        // had lost its primary asked the primary's agent, which forces a hung primary down).
+        // Restrictions first, every moment is at most as permissive as the settings now are.
+        settings.sort_by_key(|event| !restricts(event));
         let mut inputs = link_events;
         inputs.extend(arbiter_events);
         // The generation each answer belongs to, in order: checked when it is handled, since a
@@ -474,6 +480,15 @@ impl MemberCore {
             }
         }
     }
+}
+
+/// Whether a setting keeps the backup from taking over (No Failover set, mirroring stopped, a
+/// database not ready).
+fn restricts(setting: &Event) -> bool {
+    matches!(
+        setting,
+        Event::NoFailover(true) | Event::MirrorStopped(true) | Event::DatabasesReady(false)
+    )
 }
 
 #[cfg(test)]

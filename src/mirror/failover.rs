@@ -883,15 +883,6 @@ mod restart;
 
 pub use book::{ArbiterBook, ToPrimary};
 
-/// What the arbiter's answer to a primary means to its rules.
-impl From<ToPrimary> for Event {
-    fn from(answer: ToPrimary) -> Event {
-        match answer {
-            ToPrimary::SeesBackup(sees) => Event::ArbiterSeesPartner(sees),
-            ToPrimary::BackupTookOver => Event::PartnerIsPrimary,
-        }
-    }
-}
 pub use restart::{OtherMember, Restart, restart_as};
 
 #[cfg(test)]

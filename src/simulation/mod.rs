@@ -196,6 +196,7 @@ fn is_fault(step: &Step) -> bool {
             | Step::CrashHost(_)
             | Step::Shutdown(_)
             | Step::Stall(_)
+            | Step::Freeze(_)
             | Step::HalfOpen
             | Step::StopMirror
             | Step::SetNoFailover
@@ -210,6 +211,7 @@ fn heals(step: &Step) -> bool {
         Step::HealLink
             | Step::HealArbiterLink(_)
             | Step::Restart(_)
+            | Step::Thaw(_)
             | Step::StartMirror
             | Step::ClearNoFailover
             | Step::Ready

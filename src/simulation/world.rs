@@ -144,6 +144,12 @@ pub(crate) struct Member {
     /// Primary: writes wait for an acknowledgement the backup will never send (the channel
     /// broke before they reached it).
     pub(crate) pending: bool,
+    /// Its host is frozen (paused) since this time: neither the instance nor the agent runs,
+    /// its connections go silent, and what is sent to it waits.
+    pub(crate) frozen: Option<u64>,
+    /// The others noticed that the frozen member went silent (its data channel and its arbiter
+    /// connection timed out).
+    pub(crate) silence_noticed: bool,
     /// Primary: its hub holds commits (the rules entered the trouble state) until the rules
     /// allow them again.
     pub(crate) suspended: bool,
@@ -175,6 +181,8 @@ impl Member {
             lacks: false,
             pending: false,
             suspended: false,
+            frozen: None,
+            silence_noticed: false,
         }
     }
 
@@ -316,6 +324,13 @@ pub(crate) enum Step {
     Shutdown(usize),
     Restart(usize),
     Stall(usize),
+    /// The whole host of a member is frozen (paused), and later thawed.
+    Freeze(usize),
+    /// The others notice that a frozen member went silent: no sooner than half a QoS after it
+    /// froze (the arbiter and the hub wait for a QoS of silence, less a heartbeat), and no later
+    /// than a QoS.
+    NoticeSilence(usize),
+    Thaw(usize),
     Decide(usize),
     Connect,
     CatchUp,
@@ -454,10 +469,11 @@ impl World {
 
     pub(crate) fn deliverable(&self, i: usize) -> bool {
         let d = &self.inbox[i];
-        // In order within each queue.
-        !self.inbox[..i]
-            .iter()
-            .any(|e| e.to == d.to && e.queue == d.queue)
+        // Nothing reaches a frozen process; in order within each queue.
+        self.m[d.to].frozen.is_none()
+            && !self.inbox[..i]
+                .iter()
+                .any(|e| e.to == d.to && e.queue == d.queue)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -481,7 +497,9 @@ impl World {
         activation: Option<u8>,
         generation: u64,
     ) -> Result<(), String> {
-        if self.m[to].role().is_none() {
+        // Nobody hears a message while down or deciding; a frozen process reads the settings
+        // when it thaws.
+        if self.m[to].role().is_none() || self.m[to].frozen.is_some() {
             return Ok(());
         }
         let mut event = event;
@@ -696,7 +714,9 @@ impl World {
             Action::AskAgent => {
                 // The core asks once per link generation; the answers carry it.
                 let target = self.m[i].primary;
-                let answers = if target != i && self.link && self.m[target].host {
+                // A frozen host's agent does not answer either.
+                let reachable = self.m[target].host && self.m[target].frozen.is_none();
+                let answers = if target != i && self.link && reachable {
                     if self.m[target].up {
                         vec![AgentAnswer::PrimaryRunning]
                     } else if self.m[i].rules().active() {
@@ -792,7 +812,8 @@ impl World {
     /// Tells every running member's rules a changed setting.
     pub(crate) fn tell_both(&mut self, event: impl Fn(usize) -> Event) -> Result<(), String> {
         for i in [0, 1] {
-            if self.m[i].role().is_some() {
+            // A frozen process reads the settings when it thaws.
+            if self.m[i].role().is_some() && self.m[i].frozen.is_none() {
                 self.deliver(i, event(i), None)?;
             }
         }

@@ -291,6 +291,39 @@ fn configuration_reaches_the_rules_before_the_links_in_one_look() {
 }
 
 #[test]
+fn settings_that_change_together_reach_the_rules_restrictions_first() {
+    // Found by the simulation: a backup whose host was frozen while Stop Mirror was undone and a
+    // database became unready looked once, on thawing, with both changes. Fed in the order
+    // "mirroring started, then databases unready", the rules of a backup that had lost its
+    // primary saw a moment in which they might take over, and asked the primary's agent (which
+    // forces a hung primary down) before they heard that they could not.
+    let (mut core, mut shell) = active_backup();
+    let mut stopped = look(200, &[]);
+    stopped.mirror_stopped = true;
+    core.step(FailoverRole::Backup, stopped.clone(), &mut shell);
+    shell.take();
+    stopped.now_ms = 300;
+    stopped.link_events = vec![Event::PartnerLost];
+    core.step(FailoverRole::Backup, stopped, &mut shell);
+    let did = shell.take();
+    assert!(
+        !did.iter().any(|d| matches!(d, Did::AskAgent { .. })),
+        "{did:?}"
+    );
+    // Frozen for less than half a QoS: no stall, the same rules go on.
+    let mut thawed = look(3_000, &[]);
+    thawed.gap_ms = 2_700;
+    thawed.databases_ready = false;
+    core.step(FailoverRole::Backup, thawed, &mut shell);
+    let did = shell.take();
+    assert!(
+        !did.iter()
+            .any(|d| matches!(d, Did::AskAgent { .. } | Did::AskArbiter | Did::TakeOver)),
+        "{did:?}"
+    );
+}
+
+#[test]
 fn a_primary_in_arbiter_mode_repeats_its_mode_every_half_second() {
     let mut core = MemberCore::new();
     let mut shell = Recorder::new();

@@ -2,9 +2,9 @@
 //! book"): what the arbiter sees, and what it has answered — each answer is also a record, so
 //! the two failover members' questions never both win. Pure: the arbiter process
 //! ([`crate::arbiter`]) keeps one per mirror and answers from it, and the explorer in the tests
-//! models the arbiter with it.
+//! models the arbiter with it (the explorer and the simulation too).
 
-use super::Mode;
+use super::{Event, Mode};
 
 /// The arbiter's record of one mirror: what it sees, and what it has answered.
 ///
@@ -32,6 +32,16 @@ pub enum ToPrimary {
     SeesBackup(bool),
     /// The backup took over: stop.
     BackupTookOver,
+}
+
+/// What the arbiter's answer to a primary means to its rules.
+impl From<ToPrimary> for Event {
+    fn from(answer: ToPrimary) -> Event {
+        match answer {
+            ToPrimary::SeesBackup(sees) => Event::ArbiterSeesPartner(sees),
+            ToPrimary::BackupTookOver => Event::PartnerIsPrimary,
+        }
+    }
 }
 
 impl ArbiterBook {

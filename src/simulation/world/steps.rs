@@ -11,7 +11,9 @@ impl World {
     /// a backup or has a channel on which the backup's acknowledgement can come.
     pub(crate) fn acknowledges(&self, i: usize) -> bool {
         let m = &self.m[i];
+        // A frozen primary answers nobody.
         m.role() == Some(FailoverRole::Primary)
+            && m.frozen.is_none()
             && m.rules().accepts_writes()
             && (!m.rules().active()
                 || self
@@ -31,7 +33,10 @@ impl World {
         // primary is lost).
         for i in [0, 1] {
             let m = &self.m[i];
-            if m.role().is_some() && m.arbiter != m.rules().arbiter_connected() {
+            if m.role().is_some()
+                && m.frozen.is_none()
+                && m.arbiter != m.rules().arbiter_connected()
+            {
                 return Err(format!(
                     "member {i}'s arbiter link is {}, but its rules believe it {}",
                     if m.arbiter { "up" } else { "down" },
@@ -46,7 +51,11 @@ impl World {
         // What the monitors show must be what the arbiter holds.
         for i in [0, 1] {
             let m = &self.m[i];
-            if m.role().is_some() && m.arbiter && m.rules().mode() == Mode::Arbiter {
+            if m.role().is_some()
+                && m.frozen.is_none()
+                && m.arbiter
+                && m.rules().mode() == Mode::Arbiter
+            {
                 let primary = self.primary();
                 let backed = self.book.primary_in_arbiter_mode
                     && !self.book.backup_took_over
@@ -93,7 +102,17 @@ impl World {
                 }
             }
         }
-        let earliest = self.inbox.iter().filter_map(|d| d.deadline).min();
+        // A frozen member notices nothing until it thaws: its notices hold no clock back.
+        let earliest = self
+            .inbox
+            .iter()
+            .filter(|d| self.m[d.to].frozen.is_none())
+            .filter_map(|d| d.deadline)
+            .chain(self.m.iter().filter_map(|m| match m.frozen {
+                Some(since) if !m.silence_noticed => Some(since + QOS),
+                _ => None,
+            }))
+            .min();
         if earliest.is_none_or(|d| self.now + STEP_MS <= d) && self.now < self.horizon_ms {
             steps.push(Step::Advance);
         }
@@ -121,6 +140,7 @@ impl World {
                 });
                 if self.arbiter_link[i]
                     && m.host
+                    && m.frozen.is_none()
                     && !m.arbiter
                     && loss_reported
                     && matches!(m.role(), Some(FailoverRole::Primary | FailoverRole::Backup))
@@ -128,11 +148,19 @@ impl World {
                     steps.push(Step::ConnectArbiter(i));
                 }
             }
-            if m.up {
+            if let Some(since) = m.frozen {
+                steps.push(Step::Thaw(i));
+                if !m.silence_noticed && self.now >= since + QOS / 2 {
+                    steps.push(Step::NoticeSilence(i));
+                }
+            } else if m.up {
                 if fault {
                     steps.push(Step::Crash(i));
                     steps.push(Step::CrashHost(i));
                     steps.push(Step::Shutdown(i));
+                    if m.role().is_some() {
+                        steps.push(Step::Freeze(i));
+                    }
                 }
             } else if !self
                 .inbox
@@ -144,10 +172,11 @@ impl World {
                 // handover): it never restarts before the backup acted on it.
                 steps.push(Step::Restart(i));
             }
-            if fault && m.role() == Some(FailoverRole::Backup) {
+            let frozen = |i: usize| self.m[i].frozen.is_some();
+            if fault && m.role() == Some(FailoverRole::Backup) && !frozen(i) {
                 steps.push(Step::Stall(i));
             }
-            if m.deciding && self.link && self.m[1 - i].host {
+            if m.deciding && self.link && self.m[1 - i].host && !frozen(1 - i) {
                 steps.push(Step::Decide(i));
             }
         }
@@ -161,6 +190,8 @@ impl World {
             let fresh = self.channel.is_none_or(|c| c.half_open && c.primary == p);
             if self.link
                 && fresh
+                && self.m[p].frozen.is_none()
+                && self.m[b].frozen.is_none()
                 && self.m[b].primary == p
                 && !self.m[b].stopped
                 && self.m[b].rules().may_connect()
@@ -198,7 +229,10 @@ impl World {
                 steps.push(Step::SetNoFailover);
             }
         }
-        if self.channel.is_some_and(|c| c.half_open) {
+        if self
+            .channel
+            .is_some_and(|c| c.half_open && self.m[c.primary].frozen.is_none())
+        {
             steps.push(Step::PrimaryNoticesHalfOpen);
         }
         if let Some(b) = self.backup() {
@@ -218,7 +252,7 @@ impl World {
         if self.writes < budget.writes
             && self
                 .primary()
-                .is_some_and(|p| self.m[p].rules().accepts_writes())
+                .is_some_and(|p| self.m[p].rules().accepts_writes() && self.m[p].frozen.is_none())
         {
             steps.push(Step::Write);
         }
@@ -293,6 +327,25 @@ impl World {
                 self.faults += 1;
                 self.stall(i)?;
             }
+            Step::Freeze(i) => {
+                self.faults += 1;
+                self.m[i].frozen = Some(self.now);
+                self.m[i].silence_noticed = false;
+            }
+            Step::NoticeSilence(i) => {
+                // The data channel and its arbiter connection time out. Its own notices of both
+                // wait until it thaws.
+                self.m[i].silence_noticed = true;
+                self.lose_channel(false);
+                self.drop_arbiter(i);
+            }
+            Step::Thaw(i) => {
+                let since = self.m[i].frozen.take().expect("thaws a frozen member");
+                // Its driver's first look after the pause sees how long it stood still.
+                let mut look = self.look(i);
+                look.gap_ms = self.now - since;
+                self.look_and_act(i, look, false, false)?;
+            }
             Step::Decide(i) => self.decide(i)?,
             Step::Connect => self.connect()?,
             Step::CatchUp => {
@@ -337,7 +390,8 @@ impl World {
             Step::ForceDown => {
                 let (target, epoch) = self.force.take().unwrap();
                 let m = &self.m[target];
-                if !m.host {
+                // The target's agent must answer to carry it out.
+                if !m.host || m.frozen.is_some() {
                     self.force = Some((target, epoch));
                 } else if m.role() == Some(FailoverRole::Primary) && m.epoch < epoch {
                     self.instance_down(target, true);
