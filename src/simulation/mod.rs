@@ -17,11 +17,16 @@
 //! 1. **Faults.** From a healthy pair (arbiter controlled in three runs of four), a few hundred
 //!    steps chosen at random among those the world allows: messages delivered in any order the
 //!    connections allow, time passing, and a handful of faults — links between the members or to
-//!    the arbiter cut, instances and whole hosts crashed, graceful stops (a primary hands over),
-//!    a backup's process stalled, half-open links, Stop Mirror, No Failover, a database made
-//!    unready — with clients writing throughout.
+//!    the arbiter cut, instances and whole hosts crashed, whole hosts frozen (the others notice
+//!    the silence after half a QoS to a QoS), graceful stops (a primary hands over), a backup's
+//!    process stalled, half-open links, Stop Mirror, No Failover, a database made unready —
+//!    with clients writing throughout. Faults are undone rarely while they strike, so several
+//!    overlap.
 //! 2. **Healing.** Every fault is undone (links healed, members restarted, settings cleared) and
-//!    the members are left to their protocol: messages delivered, connections made, time passing.
+//!    the members are left to their protocol: messages delivered, connections made, time passing
+//!    once every message is delivered and every timer had its turn (a restarted former primary
+//!    asks the other member every second, the receiver and the arbiter link retry every second:
+//!    [`is_periodic`]).
 //! 3. **Liveness.** Within QoS + 1 s of simulated time after the last fault was undone there must
 //!    be a primary that accepts writes, and by the end of the run its backup must be connected
 //!    and active, with every acknowledged write ([`RunReport`] counts them).
@@ -35,6 +40,14 @@
 //! mirror without a primary show after a handover, a restart and a second fault — thirty steps
 //! or more. Random runs go hundreds of steps deep, many times, with the liveness check at the
 //! end that a bounded search cannot make.
+//!
+//! # What it found
+//!
+//! A backup frozen while Stop Mirror was undone and a database became unready looked once on
+//! thawing, with both changes; the core fed them to the rules in that order, and rules that had
+//! lost their primary asked the primary's agent in between (which forces a hung primary down).
+//! The core now feeds settings that changed together restrictions first
+//! (`settings_that_change_together_reach_the_rules_restrictions_first` keeps it).
 //!
 //! # Left out (for now)
 //!

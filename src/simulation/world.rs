@@ -28,16 +28,18 @@
 //! The members are symmetric: either may be primary, and the roles change with takeovers,
 //! restarts and demotions, as they do in the member. What the member's driver *decides* is the
 //! core's; what it *carries out* is modelled here, because that is where the core meets the
-//! rest: a takeover starts
-//! a new epoch and reconnects the arbiter link in the new role (its hello carries the mode the
-//! arbiter booked for this member); a restarted former primary *decides* its role by asking the
-//! other member's agent ([`restart_as`]); a backup that stood down keeps telling the arbiter until
-//! a connection carries it.
+//! rest: a takeover starts a new epoch and reconnects the arbiter link in the new role (its
+//! hello carries the mode the arbiter booked for this member); a restarted former primary
+//! *decides* its role by asking the other member's agent ([`restart_as`]); a backup that stood
+//! down keeps telling the arbiter until a connection carries it.
+//!
+//! [`restart_as`]: crate::mirror::failover::restart_as
 //!
 //! The steps: deliver a message or notice; let time pass; cut or heal a link (between the
 //! members, each member's link to the arbiter); crash an instance or a whole host; stop a member
 //! gracefully (a primary hands over); restart a member; stall a backup's process (its driver
-//! starts fresh rules, its arbiter link stays up); a restarted former primary decides;
+//! starts fresh rules, its arbiter link stays up); freeze and thaw a whole host (the others
+//! notice its silence after half a QoS to a QoS); a restarted former primary decides;
 //! the backup connects (replacing a link the primary still holds half-open) and catches up; the
 //! backup's side of the data channel dies while the primary's stays (a half-open link); Stop and
 //! Start Mirror on the backup; set and clear No Failover; a mirrored database of the backup
