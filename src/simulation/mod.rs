@@ -61,9 +61,10 @@
 
 pub(crate) mod world;
 
-use world::{Budget, QOS, STEP_MS, Step, World};
+use world::{Budget, QOS, Step, World};
 
-/// Most steps of the fault phase of one run (it takes a fifth of this and up to as many more).
+/// Sets the length of a run's fault phase: a fifth of this, and up to this many more steps
+/// (the seed chooses).
 const FAULT_STEPS: usize = 300;
 /// Client writes in the fault phase of one run.
 const WRITES: u8 = 60;
@@ -183,7 +184,8 @@ fn pick(rng: &mut Rng, steps: &[Step]) -> Step {
     unreachable!("the pick is below the total weight")
 }
 
-/// Whether `step` is one a member repeats on a timer, at least once per [`STEP_MS`]: a
+/// Whether `step` is one a member repeats on a timer, at least once per
+/// [`STEP_MS`](world::STEP_MS): a
 /// restarted former primary asks the other member every second, the receiver and the arbiter
 /// link retry every second, a primary repeats its arbiter mode, the agent keeps trying to force
 /// a former primary down, and each side notices a half-open link.
@@ -481,6 +483,3 @@ pub fn run_many(
     }
     (reports, violations)
 }
-
-/// The clock's unit, for reports.
-pub const TICK_MS: u64 = STEP_MS;
