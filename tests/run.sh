@@ -86,5 +86,5 @@ fi
 # it: each seed is one long run of faults and healing (see src/simulation). MIRRORLAB_SIM_SEEDS
 # sets how many.
 if [ $# -eq 0 ]; then
-    MIRRORLAB_SIM_SEEDS="${MIRRORLAB_SIM_SEEDS:-100000}" cargo test --release --locked --test simulation
+    MIRRORLAB_SIM_SEEDS="${MIRRORLAB_SIM_SEEDS:-20000}" cargo test --release --locked --test simulation
 fi

@@ -1,15 +1,17 @@
 //! The deterministic simulation of the mirror's failover members (see `src/simulation`).
 //!
-//! `cargo test --release --test simulation` runs `MIRRORLAB_SIM_SEEDS` seeds (5 000 unless set)
+//! `cargo test --release --test simulation` runs `MIRRORLAB_SIM_SEEDS` seeds (1 000 unless set)
 //! and ends with the line `simulation: N seeds, 0 violations`; `MIRRORLAB_SIM_SEED=S` replays
 //! one seed and prints every step it took. A violation prints the seed and the steps that led
-//! to it, and fails the run.
+//! to it, and fails the run. Every run keeps the members' real journals and databases in a
+//! folder of its own (see `files`), removed afterwards.
 //!
 //! Before the summary it shows that the simulation finds the two worst bugs of the
 //! failover-correctness work when they are put back: a takeover that kept the backup's
 //! arbiter mode, and a stand-down that left a takeover booked at the arbiter. Either left the
 //! mirror without a primary; a run that does not find them fails too.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -26,6 +28,16 @@ fn env_u64(name: &str) -> Option<u64> {
     }
 }
 
+/// Where the members' journals and databases go: `MIRRORLAB_SIM_DIR`, else `/dev/shm` where it
+/// exists (the files are real, their fsyncs cheap), else the system's temporary folder.
+fn files() -> PathBuf {
+    let base = std::env::var_os("MIRRORLAB_SIM_DIR")
+        .map(PathBuf::from)
+        .or_else(|| Some(PathBuf::from("/dev/shm")).filter(|p| p.is_dir()))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join(format!("mirrorlab-simulation-{}", std::process::id()))
+}
+
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -34,12 +46,12 @@ fn main() -> ExitCode {
     if let Some(seed) = env_u64("MIRRORLAB_SIM_SEED") {
         return replay(seed);
     }
-    let seeds = env_u64("MIRRORLAB_SIM_SEEDS").unwrap_or(5_000);
+    let seeds = env_u64("MIRRORLAB_SIM_SEEDS").unwrap_or(1_000);
     let mut failed = false;
 
     for bug in [Bug::TakeoverKeepsMode, Bug::StandDownKeepsBooking] {
         let started = Instant::now();
-        let (_, violations) = run_many(0, BUG_SEEDS, threads(), Some(bug));
+        let (_, violations) = run_many(0, BUG_SEEDS, threads(), Some(bug), None);
         match violations.first() {
             Some(found) => println!(
                 "old bug {bug:?}: found by {} of {BUG_SEEDS} seeds ({:.1} s), first by seed {}: {}",
@@ -56,7 +68,9 @@ fn main() -> ExitCode {
     }
 
     let started = Instant::now();
-    let (reports, violations) = run_many(0, seeds, threads(), None);
+    let files = files();
+    let (reports, violations) = run_many(0, seeds, threads(), None, Some(files.clone()));
+    let _ = std::fs::remove_dir_all(&files);
     for violation in &violations {
         println!("VIOLATION {violation}");
     }
@@ -105,7 +119,10 @@ fn main() -> ExitCode {
 
 /// Runs one seed and prints what it did.
 fn replay(seed: u64) -> ExitCode {
-    match run(seed, None) {
+    let files = files();
+    let result = run(seed, None, Some(&files));
+    let _ = std::fs::remove_dir_all(&files);
+    match result {
         Ok(report) => {
             println!("seed {seed}: {report:?}");
             println!("simulation: 1 seeds, 0 violations");

@@ -10,6 +10,15 @@
 //! nobody, the monitors show what the arbiter holds, a booked takeover is carried out or
 //! cancelled).
 //!
+//! With a folder for files, each member also keeps a real mirror journal and a real SQLite
+//! database ([`data`]): every client write is a real changeset in a real journal frame,
+//! appended and fsynced; a backup stores what it is sent after checking it; each member applies
+//! what is committed with the dejournaling code; a hello cuts what the primary's history does
+//! not share; clients read rows on either member now and then. The files then answer for the
+//! invariants about rows: a member that takes over holds every acknowledged write; nothing a
+//! cut removes was applied; at the end the final primary holds every acknowledged write and
+//! every row any client read, and the backup's rows are the primary's, row by row.
+//!
 //! # How a run goes
 //!
 //! [`run`] takes a seed; everything random in the run comes from it, so a seed replays exactly.
@@ -52,14 +61,21 @@
 //! # Left out (for now)
 //!
 //! The world carries out what the cores decide through a model of the driver, the hub and the
-//! receiver; the real writer, journal files and SQLite are not in the loop yet. They join as the
-//! rest of the protocol (activation and QoS revocation, the fork and cut at `hello`) moves into
-//! the core and the network side gets a transport seam.
+//! receiver, and it decides when a write is acknowledged; the writer thread, group commit and
+//! the hub are not in the loop, and the journal's I/O faults (a failed fsync, a torn write, a
+//! full disk) are not injected yet. They join as the rest of the protocol (activation and QoS
+//! revocation, the fork and cut at `hello`) moves into the core and the network side gets a
+//! transport seam.
 //!
 //! [`MemberCore`]: crate::mirror::core::MemberCore
 //! [`ArbiterBook`]: crate::mirror::failover::ArbiterBook
 
+pub(crate) mod data;
 pub(crate) mod world;
+
+use std::path::{Path, PathBuf};
+
+use data::Data;
 
 use world::{Budget, QOS, Step, World};
 
@@ -233,11 +249,24 @@ fn heals(step: &Step) -> bool {
     )
 }
 
-/// One run of the simulation from `seed`, with `bug` put back if given.
-pub fn run(seed: u64, bug: Option<Bug>) -> Result<RunReport, Violation> {
+/// One run of the simulation from `seed`, with `bug` put back if given; with `files`, the
+/// members keep real journals and databases in a folder under it ([`data`]).
+pub fn run(seed: u64, bug: Option<Bug>, files: Option<&Path>) -> Result<RunReport, Violation> {
     let mut rng = Rng::new(seed);
     let mut world = World::healthy(rng.below(4) != 0);
     world.horizon_ms = u64::MAX;
+    let data = match files {
+        Some(dir) => {
+            world.data_log = Some(Vec::new());
+            let dir = dir.join(format!("seed-{seed}"));
+            Some(Data::create(dir).map_err(|why| Violation {
+                seed,
+                why: format!("the members' files: {why}"),
+                trace: Vec::new(),
+            })?)
+        }
+        None => None,
+    };
     match bug {
         Some(Bug::TakeoverKeepsMode) => world.legacy.takeover_keeps_mode = true,
         Some(Bug::StandDownKeepsBooking) => world.legacy.stand_down_keeps_booking = true,
@@ -250,6 +279,7 @@ pub fn run(seed: u64, bug: Option<Bug>) -> Result<RunReport, Violation> {
         trace: Vec::new(),
         report: RunReport::default(),
         taken_this_tick: Vec::new(),
+        data,
     };
     // 1. Faults: a few of them at random moments of a fault phase of random length, with
     // writes throughout. At each step a fault strikes with the same small chance; otherwise
@@ -270,6 +300,7 @@ pub fn run(seed: u64, bug: Option<Bug>) -> Result<RunReport, Violation> {
             run.fair(pick(&mut rng, &calm), &calm)
         };
         run.take(&step)?;
+        run.maybe_read(&mut rng)?;
     }
     // 2. Healing: undo every fault, then let the protocol work.
     let calm = Budget {
@@ -310,6 +341,7 @@ pub fn run(seed: u64, bug: Option<Bug>) -> Result<RunReport, Violation> {
             }
         };
         run.take(&step)?;
+        run.maybe_read(&mut rng)?;
         // 3. Liveness: a primary that accepts writes within QoS + 1 s of the last heal.
         run.report.healing_steps += 1;
         if !live {
@@ -330,6 +362,11 @@ pub fn run(seed: u64, bug: Option<Bug>) -> Result<RunReport, Violation> {
             run.describe()
         )));
     }
+    if let (Some(data), Some(p)) = (run.data.as_mut(), run.world.primary()) {
+        let checked = data.check_end(p);
+        run.report.writes = data.acknowledged() as u64;
+        checked.map_err(|why| run.violation(format!("the members' files: {why}")))?;
+    }
     run.report.faults = u64::from(run.world.faults);
     run.report.simulated_ms = run.world.now - start;
     Ok(run.report)
@@ -343,6 +380,8 @@ struct Run {
     report: RunReport,
     /// The periodic steps taken since time last moved.
     taken_this_tick: Vec<Step>,
+    /// The members' real files, when the run keeps them.
+    data: Option<Data>,
 }
 
 impl Run {
@@ -378,6 +417,14 @@ impl Run {
             .primary()
             .is_some_and(|p| self.world.acknowledges(p));
         self.world.apply(step).map_err(|why| self.violation(why))?;
+        if let Some(data) = self.data.as_mut() {
+            let events = self.world.data_log.as_mut().map(std::mem::take);
+            for event in events.unwrap_or_default() {
+                if let Err(why) = data.follow(&event) {
+                    return Err(self.violation(format!("the members' files, at {event:?}: {why}")));
+                }
+            }
+        }
         self.report.steps += 1;
         if *step == Step::Advance {
             self.taken_this_tick.clear();
@@ -390,6 +437,27 @@ impl Run {
         if self.epoch() > epochs {
             self.report.takeovers += 1;
         }
+        Ok(())
+    }
+
+    /// Now and then a client reads every row of a running member (primary or backup).
+    fn maybe_read(&mut self, rng: &mut Rng) -> Result<(), Violation> {
+        let Some(data) = self.data.as_mut() else {
+            return Ok(());
+        };
+        if rng.below(6) != 0 {
+            return Ok(());
+        }
+        let i = rng.below(2) as usize;
+        let m = &self.world.m[i];
+        if m.role().is_none() || m.frozen.is_some() {
+            return Ok(());
+        }
+        if let Err(why) = data.read(i) {
+            return Err(self.violation(format!("the members' files: {why}")));
+        }
+        self.trace
+            .push(format!("t={} read member {i}", self.world.now));
         Ok(())
     }
 
@@ -445,13 +513,15 @@ impl Run {
     }
 }
 
-/// Runs seeds `first..first + count` on `threads` threads; returns the report of each run that
-/// kept the invariants, and every violation (in seed order).
+/// Runs seeds `first..first + count` on `threads` threads (with the members' files under
+/// `files`, if given); returns the report of each run that kept the invariants, and every
+/// violation (in seed order).
 pub fn run_many(
     first: u64,
     count: u64,
     threads: usize,
     bug: Option<Bug>,
+    files: Option<PathBuf>,
 ) -> (Vec<RunReport>, Vec<Violation>) {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -465,7 +535,7 @@ pub fn run_many(
                     if seed >= first + count {
                         break;
                     }
-                    let result = run(seed, bug);
+                    let result = run(seed, bug, files.as_deref());
                     results.lock().unwrap().push((seed, result));
                 }
             });

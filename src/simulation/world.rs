@@ -58,6 +58,7 @@
 //! [`Legacy`] puts back bugs found in the member (see the explorer's tests and the simulation),
 //! to show that the checks find them.
 
+use super::data::{DataEvent, Outcome};
 use crate::mirror::core::{Look, MemberCore, Shell};
 use crate::mirror::failover::{
     Action, AgentAnswer, ArbiterBook, Event, Failover, FailoverRole, Mode,
@@ -307,6 +308,9 @@ pub(crate) struct World {
     pub(crate) legacy: Legacy,
     /// The clock stops here (the explorer's searches explore more steps, not more time).
     pub(crate) horizon_ms: u64,
+    /// What the files of the members must follow (see [`crate::simulation::data`]), when the
+    /// simulation keeps them; the explorer does not.
+    pub(crate) data_log: Option<Vec<DataEvent>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -383,6 +387,7 @@ impl World {
             writes: 0,
             legacy: Legacy::default(),
             horizon_ms: EXPLORER_HORIZON_MS,
+            data_log: None,
         };
         let steps = [Step::Connect, Step::CatchUp];
         for step in steps {
@@ -673,6 +678,7 @@ impl World {
                     // The writes that waited for the backup are answered now.
                     self.m[i].pending = false;
                     self.m[other].lacks = true;
+                    self.record(DataEvent::PendingAcknowledged { primary: i });
                 }
             }
             Action::BookArbiterMode => {
@@ -761,7 +767,15 @@ impl World {
             self.m[i].booked = None;
         }
         // The old primary's waiting clients are never answered.
-        self.m[other].pending = false;
+        if std::mem::replace(&mut self.m[other].pending, false) {
+            self.record(DataEvent::PendingDropped { primary: other });
+        }
+        self.record(DataEvent::TookOver {
+            member: i,
+            old: other,
+            epoch: self.m[i].epoch,
+            fetched: journal_fetched,
+        });
         self.lose_channel(true);
         self.drop_arbiter(i);
         Ok(())
@@ -773,7 +787,9 @@ impl World {
         m.up = false;
         m.deciding = false;
         m.arbiter_lost_in_process();
-        m.pending = false;
+        if std::mem::replace(&mut m.pending, false) {
+            self.record(DataEvent::PendingDropped { primary: i });
+        }
         self.inbox.retain(|d| d.to != i);
         self.lose_channel(graceful);
         self.drop_arbiter(i);
@@ -809,6 +825,13 @@ impl World {
         // Fresh rules decide nothing but their start (and the stand-down a backup owes).
         self.look_and_act_as(i, role, look, false, false)
             .expect("fresh rules only start");
+    }
+
+    /// Records what the members' files must follow, when the simulation keeps them.
+    pub(crate) fn record(&mut self, event: DataEvent) {
+        if let Some(log) = &mut self.data_log {
+            log.push(event);
+        }
     }
 
     /// Tells every running member's rules a changed setting.

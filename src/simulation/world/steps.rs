@@ -350,6 +350,10 @@ impl World {
             Step::Connect => self.connect()?,
             Step::CatchUp => {
                 let (p, b) = (self.primary().unwrap(), self.backup().unwrap());
+                self.record(DataEvent::CaughtUp {
+                    primary: p,
+                    backup: b,
+                });
                 // The backup received everything the primary holds; the primary counts it
                 // active and tells it so.
                 self.m[b].lacks = false;
@@ -432,13 +436,23 @@ impl World {
             Step::Write => {
                 self.writes += 1;
                 let p = self.primary().unwrap();
-                if !self.m[p].rules().active() {
+                let outcome = if !self.m[p].rules().active() {
                     // Acknowledged without the backup.
                     self.m[1 - p].lacks = true;
+                    Outcome::Alone
                 } else if !self.acknowledges(p) {
                     // It waits for an acknowledgement that cannot come on this channel.
                     self.m[p].pending = true;
-                }
+                    Outcome::Pending
+                } else {
+                    Outcome::WithBackup
+                };
+                let epoch = self.m[p].epoch;
+                self.record(DataEvent::Written {
+                    primary: p,
+                    epoch,
+                    outcome,
+                });
             }
         }
         self.check()
@@ -509,6 +523,10 @@ impl World {
             primary: p,
             generation: self.generations,
             half_open: false,
+        });
+        self.record(DataEvent::Connected {
+            primary: p,
+            backup: b,
         });
         // A member that follows learns the primary's epoch.
         self.m[b].epoch = self.m[b].epoch.max(self.m[p].epoch);

@@ -1,0 +1,434 @@
+//! The rows behind the simulated mirror: each failover member's real mirror journal and real
+//! SQLite database, in a folder of their own, kept in step with what the world's members do.
+//!
+//! # What it does
+//!
+//! The world decides *whether* a client's write is acknowledged and *who* has what; this module
+//! does it on real files, with the member's own building blocks: a write is a real SQLite
+//! changeset (made by a session, as the writer makes them) in a real journal frame
+//! ([`FrameBuilder`]), appended and fsynced by [`Journal`]; a backup stores the frames it is
+//! sent at the same positions, after checking their CRCs and positions ([`check_frames`]); each
+//! member applies what is committed with the [`Applier`] dejournaling uses; a backup that says
+//! hello to a new primary first cuts what the primary's history does not share — after the fork
+//! point of its epoch ([`fork_point`]) or after the primary's durable end, the decision the
+//! primary's superserver makes. A takeover applies everything the new primary holds (after it
+//! fetched the old primary's journal, when it did) and starts an epoch there.
+//!
+//! # What it checks
+//!
+//! - A member that takes over holds every acknowledged write in its rows.
+//! - Nothing a cut removes was ever applied (applied rows are rows a client may have read).
+//! - A backup stores only frames that continue its journal, with the primary's history.
+//! - At the end: the final primary holds every acknowledged write and every row any client
+//!   read on either member, and the backup's rows are the primary's, row by row.
+//!
+//! # Left out
+//!
+//! Group commit (one write per batch here), the writer thread and the hub: the world's model
+//! of them says when a batch is acknowledged.
+//!
+//! [`FrameBuilder`]: crate::journal::FrameBuilder
+//! [`Journal`]: crate::journal::Journal
+//! [`check_frames`]: crate::mirror::protocol::check_frames
+//! [`Applier`]: crate::storage::database::Applier
+//! [`fork_point`]: crate::config::mirror::fork_point
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use rusqlite::Connection;
+use rusqlite::session::Session;
+
+use crate::config::mirror::{EpochStart, fork_point};
+use crate::journal::{FrameBuilder, Journal, JournalOptions, JournalPos, StreamId};
+use crate::mirror::protocol::check_frames;
+use crate::storage::database::Applier;
+
+/// The mirrored database's name in journal records.
+const DB: &str = "SIM";
+/// The table every write adds a row to.
+const SCHEMA: &str = "CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT NOT NULL)";
+/// The mirror journal's stream id (the same on both members: one mirror).
+const STREAM: StreamId = [7; 16];
+
+/// What happened in the world that the files must follow (the world records these when the
+/// simulation asks it to, see [`super::world::World::data_log`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum DataEvent {
+    /// A client's write reached primary `primary` in `epoch`.
+    Written {
+        primary: usize,
+        epoch: u8,
+        outcome: Outcome,
+    },
+    /// The primary's writes that waited for the backup were acknowledged without it.
+    PendingAcknowledged { primary: usize },
+    /// The primary's writes that waited will never be answered (it stopped, or the other took
+    /// over).
+    PendingDropped { primary: usize },
+    /// The backup received everything the primary holds and is active.
+    CaughtUp { primary: usize, backup: usize },
+    /// `member` took over in `epoch`, after fetching `old`'s journal when `fetched`.
+    TookOver {
+        member: usize,
+        old: usize,
+        epoch: u8,
+        fetched: bool,
+    },
+    /// The backup said hello to the primary.
+    Connected { primary: usize, backup: usize },
+}
+
+/// What became of a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Outcome {
+    /// Acknowledged by the primary alone (no active backup).
+    Alone,
+    /// Acknowledged once the active backup stored it.
+    WithBackup,
+    /// Waits for an acknowledgement (the trouble state).
+    Pending,
+}
+
+/// One member's files.
+struct Store {
+    journal: Journal,
+    db: Connection,
+    file: PathBuf,
+    /// What this member may apply: committed by the primary (on a backup: and stored here).
+    committed: JournalPos,
+    /// What its database holds.
+    applied: JournalPos,
+    /// Primary: keys of the writes waiting for an acknowledgement.
+    pending: Vec<u64>,
+}
+
+/// The files of both failover members, and what clients were told and saw.
+pub(crate) struct Data {
+    dir: PathBuf,
+    stores: [Store; 2],
+    /// Where each epoch after the first began.
+    epochs: Vec<EpochStart>,
+    acknowledged: BTreeSet<u64>,
+    read: BTreeSet<u64>,
+    next_key: u64,
+    /// A scratch database where writes are made, to take their changesets.
+    scratch: Connection,
+}
+
+fn sql<T>(what: &str, result: rusqlite::Result<T>) -> Result<T, String> {
+    result.map_err(|e| format!("{what}: {e}"))
+}
+
+fn io<T>(what: &str, result: crate::error::Result<T>) -> Result<T, String> {
+    result.map_err(|e| format!("{what}: {e}"))
+}
+
+impl Store {
+    fn open(dir: &Path) -> Result<Store, String> {
+        let options = JournalOptions::mirror(DB, 64 << 10, JournalPos(1));
+        let (journal, _) = io(
+            "open journal",
+            Journal::open(&dir.join("journal"), STREAM, options),
+        )?;
+        let file = dir.join("sim.db");
+        let db = sql("open database", Connection::open(&file))?;
+        sql("create table", db.execute_batch(SCHEMA))?;
+        Ok(Store {
+            journal,
+            db,
+            file,
+            committed: JournalPos::ZERO,
+            applied: JournalPos::ZERO,
+            pending: Vec::new(),
+        })
+    }
+
+    fn end(&self) -> JournalPos {
+        self.journal.end()
+    }
+
+    /// The epoch of its newest record (0 when it has none).
+    fn last_epoch(&self) -> Result<u64, String> {
+        io("read the last epoch", self.journal.shared().last_epoch())
+    }
+
+    /// Applies every record up to `committed` it has not applied yet, as dejournaling does.
+    fn apply(&mut self) -> Result<(), String> {
+        let upto = self.committed.min(self.end());
+        if upto <= self.applied {
+            return Ok(());
+        }
+        let records: Vec<_> = self
+            .journal
+            .shared()
+            .read_range(self.applied, upto)
+            .collect::<crate::error::Result<_>>()
+            .map_err(|e| format!("read journal: {e}"))?;
+        sql("begin", self.db.execute_batch("BEGIN"))?;
+        let applier = Applier::new(&self.db, DB, &self.file);
+        for record in &records {
+            io("apply", applier.apply(record))?;
+        }
+        sql("commit", self.db.execute_batch("COMMIT"))?;
+        self.applied = upto;
+        Ok(())
+    }
+
+    fn rows(&self) -> Result<BTreeSet<u64>, String> {
+        let mut statement = sql("read rows", self.db.prepare("SELECT k FROM t"))?;
+        let keys = sql(
+            "read rows",
+            statement
+                .query_map([], |row| row.get::<_, i64>(0))
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>()),
+        )?;
+        Ok(keys.into_iter().map(|k| k as u64).collect())
+    }
+}
+
+impl Data {
+    /// Fresh files for both members under `dir` (removed first if they exist).
+    pub(crate) fn create(dir: PathBuf) -> Result<Data, String> {
+        let _ = std::fs::remove_dir_all(&dir);
+        let stores = [Store::open(&dir.join("a"))?, Store::open(&dir.join("b"))?];
+        let scratch = sql("open scratch", Connection::open_in_memory())?;
+        sql("create scratch", scratch.execute_batch(SCHEMA))?;
+        Ok(Data {
+            dir,
+            stores,
+            epochs: Vec::new(),
+            acknowledged: BTreeSet::new(),
+            read: BTreeSet::new(),
+            next_key: 1,
+            scratch,
+        })
+    }
+
+    /// Acknowledged writes so far.
+    pub(crate) fn acknowledged(&self) -> usize {
+        self.acknowledged.len()
+    }
+
+    /// Follows one event of the world.
+    pub(crate) fn follow(&mut self, event: &DataEvent) -> Result<(), String> {
+        match *event {
+            DataEvent::Written {
+                primary,
+                epoch,
+                outcome,
+            } => self.write(primary, epoch, outcome),
+            DataEvent::PendingAcknowledged { primary } => {
+                let p = &mut self.stores[primary];
+                p.committed = p.end();
+                self.acknowledged.extend(p.pending.drain(..));
+                p.apply()
+            }
+            DataEvent::PendingDropped { primary } => {
+                self.stores[primary].pending.clear();
+                Ok(())
+            }
+            DataEvent::CaughtUp { primary, backup } => {
+                // The backup acknowledges everything it received: writes that waited for an
+                // acknowledgement get it now.
+                self.ship(primary, backup)?;
+                let p = &mut self.stores[primary];
+                if !p.pending.is_empty() {
+                    p.committed = p.end();
+                    self.acknowledged.extend(p.pending.drain(..));
+                    p.apply()?;
+                }
+                self.stores[backup].committed = self.stores[primary].committed;
+                self.stores[backup].apply()
+            }
+            DataEvent::TookOver {
+                member,
+                old,
+                epoch,
+                fetched,
+            } => self.take_over(member, old, epoch, fetched),
+            DataEvent::Connected { primary, backup } => self.cut_at_hello(primary, backup),
+        }
+    }
+
+    /// A client reads every row of member `i`.
+    pub(crate) fn read(&mut self, i: usize) -> Result<(), String> {
+        let rows = self.stores[i].rows()?;
+        self.read.extend(rows);
+        Ok(())
+    }
+
+    fn write(&mut self, primary: usize, epoch: u8, outcome: Outcome) -> Result<(), String> {
+        let key = self.next_key;
+        self.next_key += 1;
+        // The change as the writer makes it: a session records the statement's changeset.
+        let mut changeset = Vec::new();
+        {
+            let mut session = sql("session", Session::new(&self.scratch))?;
+            sql("attach", session.attach(None::<&str>))?;
+            sql(
+                "insert",
+                self.scratch.execute(
+                    "INSERT INTO t(k, v) VALUES (?1, ?2)",
+                    rusqlite::params![key as i64, format!("row {key} of epoch {epoch}")],
+                ),
+            )?;
+            sql("changeset", session.changeset_strm(&mut changeset))?;
+        }
+        sql("clear scratch", self.scratch.execute_batch("DELETE FROM t"))?;
+        let p = &mut self.stores[primary];
+        let pos = p.end().next();
+        let mut frames = Vec::new();
+        let mut frame = FrameBuilder::begin(&mut frames, pos, u64::from(epoch), 0);
+        io(
+            "frame",
+            frame.add_changes(DB, |buf| {
+                buf.extend_from_slice(&changeset);
+                Ok(())
+            }),
+        )?;
+        frame.finish();
+        io("append", p.journal.append(&frames, pos, 1))?;
+        io("fsync", p.journal.sync())?;
+        match outcome {
+            Outcome::Pending => {
+                p.pending.push(key);
+                return Ok(());
+            }
+            Outcome::Alone => p.committed = pos,
+            Outcome::WithBackup => {
+                let backup = 1 - primary;
+                self.ship(primary, backup)?;
+                self.stores[primary].committed = pos;
+                self.stores[backup].committed = pos;
+                self.stores[backup].apply()?;
+            }
+        }
+        self.acknowledged.insert(key);
+        self.stores[primary].apply()
+    }
+
+    /// Sends the backup every record of the primary it lacks, as the data channel does: frames
+    /// checked, stored at the same positions, fsynced.
+    fn ship(&mut self, primary: usize, backup: usize) -> Result<(), String> {
+        let from = self.stores[backup].end();
+        let until = self.stores[primary].end();
+        if from > until {
+            return Err(format!(
+                "member {backup}'s journal goes to {from}, beyond its primary's ({until}): a \
+                 hello should have cut it"
+            ));
+        }
+        if from == until {
+            return Ok(());
+        }
+        let mut frames = Vec::new();
+        for record in self.stores[primary]
+            .journal
+            .shared()
+            .read_range(from, until)
+        {
+            io("read", record)?.encode_into(&mut frames);
+        }
+        let (first, last) = (from.next(), until);
+        let records = io("check frames", check_frames(&frames, first, last))?;
+        io(
+            "store",
+            self.stores[backup].journal.append(&frames, last, records),
+        )?;
+        io("fsync", self.stores[backup].journal.sync())
+    }
+
+    fn take_over(
+        &mut self,
+        member: usize,
+        old: usize,
+        epoch: u8,
+        fetched: bool,
+    ) -> Result<(), String> {
+        if fetched && self.stores[old].end() > self.stores[member].end() {
+            // The old primary's agent handed over its journal (what it made durable).
+            self.ship(old, member)?;
+        }
+        let m = &mut self.stores[member];
+        // A new primary applies everything it holds: its history is the mirror's now.
+        m.committed = m.end();
+        m.pending.clear();
+        m.apply()?;
+        let rows = m.rows()?;
+        if let Some(lost) = self.acknowledged.iter().find(|k| !rows.contains(k)) {
+            return Err(format!(
+                "member {member} took over without acknowledged write {lost} in its rows"
+            ));
+        }
+        self.epochs.push(EpochStart {
+            epoch: u64::from(epoch),
+            first: m.end().next().0,
+        });
+        Ok(())
+    }
+
+    /// The backup's hello: it keeps only what the primary's history shares (see the module
+    /// essay), then receives the rest.
+    fn cut_at_hello(&mut self, primary: usize, backup: usize) -> Result<(), String> {
+        let durable = self.stores[primary].end();
+        let b = &mut self.stores[backup];
+        let end = b.end();
+        let fork = fork_point(&self.epochs, b.last_epoch()?).map(JournalPos);
+        let cut = match fork {
+            Some(fork) if end > fork => Some(fork),
+            _ if end > durable => Some(durable),
+            _ => None,
+        };
+        let Some(cut) = cut else {
+            return Ok(());
+        };
+        if b.applied > cut {
+            return Err(format!(
+                "member {backup} must cut its journal after {cut}, but it applied up to {}: \
+                 rows a client may have read would be undone",
+                b.applied
+            ));
+        }
+        io("cut", b.journal.truncate_after(cut))?;
+        b.committed = b.committed.min(cut);
+        b.pending.clear();
+        Ok(())
+    }
+
+    /// The final checks, once the pair settled with `primary` and its backup.
+    pub(crate) fn check_end(&mut self, primary: usize) -> Result<(), String> {
+        let backup = 1 - primary;
+        self.ship(primary, backup)?;
+        self.stores[backup].committed = self.stores[primary].committed;
+        self.stores[backup].apply()?;
+        self.stores[primary].apply()?;
+        let rows = self.stores[primary].rows()?;
+        if let Some(lost) = self.acknowledged.iter().find(|k| !rows.contains(k)) {
+            return Err(format!(
+                "acknowledged write {lost} is not on the final primary"
+            ));
+        }
+        if let Some(ghost) = self.read.iter().find(|k| !rows.contains(k)) {
+            return Err(format!(
+                "a client read row {ghost}, which the final primary lacks"
+            ));
+        }
+        let backup_rows = self.stores[backup].rows()?;
+        if backup_rows != rows {
+            return Err(format!(
+                "the backup's rows differ from the primary's: only on the primary {:?}, only \
+                 on the backup {:?}",
+                rows.difference(&backup_rows).collect::<Vec<_>>(),
+                backup_rows.difference(&rows).collect::<Vec<_>>()
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Data {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
