@@ -77,6 +77,8 @@ fn main() -> ExitCode {
     let total = reports.iter().fold(RunReport::default(), |mut t, r| {
         t.steps += r.steps;
         t.faults += r.faults;
+        t.journal_faults += r.journal_faults;
+        t.torn_tails_cut += r.torn_tails_cut;
         t.writes += r.writes;
         t.takeovers += r.takeovers;
         t.simulated_ms += r.simulated_ms;
@@ -86,11 +88,14 @@ fn main() -> ExitCode {
     });
     let recovering = reports.iter().filter(|r| r.recovery_ms > 0).count();
     println!(
-        "runs that kept the invariants: {} steps ({} of them healing), {} faults, {} takeovers, \
-         {} writes acknowledged, {:.0} s simulated, in {:.1} s",
+        "runs that kept the invariants: {} steps ({} of them healing), {} faults ({} in the \
+         journal; {} torn tails cut at a restart), {} takeovers, {} writes acknowledged, {:.0} s \
+         simulated, in {:.1} s",
         total.steps,
         total.healing_steps,
         total.faults,
+        total.journal_faults,
+        total.torn_tails_cut,
         total.takeovers,
         total.writes,
         total.simulated_ms as f64 / 1000.0,

@@ -14,6 +14,12 @@
 //! primary's superserver makes. A takeover applies everything the new primary holds (after it
 //! fetched the old primary's journal, when it did) and starts an epoch there.
 //!
+//! A write may also meet a fault of the journal's write path ([`JournalFault`]: a torn append,
+//! a failed fsync, a full disk), injected on the real file through the journal's labelled
+//! operations ([`InjectedFaults`]); the write fails and the simulation stops that instance, as
+//! the writer does. A restarted member opens its journal as an instance does, which cuts a
+//! torn tail.
+//!
 //! # What it checks
 //!
 //! - A member that takes over holds every acknowledged write in its rows.
@@ -25,22 +31,27 @@
 //! # Left out
 //!
 //! Group commit (one write per batch here), the writer thread and the hub: the world's model
-//! of them says when a batch is acknowledged.
+//! of them says when a batch is acknowledged. Faults of the backup's journal, and a power loss
+//! (what the page cache held but no fsync made durable survives a process crash here).
 //!
 //! [`FrameBuilder`]: crate::journal::FrameBuilder
 //! [`Journal`]: crate::journal::Journal
 //! [`check_frames`]: crate::mirror::protocol::check_frames
 //! [`Applier`]: crate::storage::database::Applier
 //! [`fork_point`]: crate::config::mirror::fork_point
+//! [`InjectedFaults`]: crate::journal::InjectedFaults
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rusqlite::Connection;
 use rusqlite::session::Session;
 
 use crate::config::mirror::{EpochStart, fork_point};
-use crate::journal::{FrameBuilder, Journal, JournalOptions, JournalPos, StreamId};
+use crate::journal::{
+    Fault, FrameBuilder, InjectedFaults, Journal, JournalOp, JournalOptions, JournalPos, StreamId,
+};
 use crate::mirror::protocol::check_frames;
 use crate::storage::database::Applier;
 
@@ -77,6 +88,20 @@ pub(crate) enum DataEvent {
     },
     /// The backup said hello to the primary.
     Connected { primary: usize, backup: usize },
+    /// The member's instance started again: it opens its journal afresh.
+    Restarted { member: usize },
+}
+
+/// A fault of the journal's write path that stops the primary in the middle of a write (the
+/// writer exits rather than limp on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalFault {
+    /// The append is cut short: only part of the frame reaches the file.
+    TornAppend,
+    /// The append works, its fsync fails.
+    FailedSync,
+    /// The disk is full.
+    DiskFull,
 }
 
 /// What became of a write.
@@ -92,7 +117,10 @@ pub(crate) enum Outcome {
 
 /// One member's files.
 struct Store {
+    dir: PathBuf,
     journal: Journal,
+    /// The journal's write path, with the faults a run plans.
+    faults: Arc<InjectedFaults>,
     db: Connection,
     file: PathBuf,
     /// What this member may apply: committed by the primary (on a backup: and stored here).
@@ -112,6 +140,8 @@ pub(crate) struct Data {
     acknowledged: BTreeSet<u64>,
     read: BTreeSet<u64>,
     next_key: u64,
+    /// Torn tails the journal cut when a member restarted.
+    pub(crate) torn_tails_cut: u64,
     /// A scratch database where writes are made, to take their changesets.
     scratch: Connection,
 }
@@ -126,22 +156,32 @@ fn io<T>(what: &str, result: crate::error::Result<T>) -> Result<T, String> {
 
 impl Store {
     fn open(dir: &Path) -> Result<Store, String> {
-        let options = JournalOptions::mirror(DB, 64 << 10, JournalPos(1));
-        let (journal, _) = io(
-            "open journal",
-            Journal::open(&dir.join("journal"), STREAM, options),
-        )?;
+        let (journal, faults, _) = Store::open_journal(dir)?;
         let file = dir.join("sim.db");
         let db = sql("open database", Connection::open(&file))?;
         sql("create table", db.execute_batch(SCHEMA))?;
         Ok(Store {
+            dir: dir.to_path_buf(),
             journal,
+            faults,
             db,
             file,
             committed: JournalPos::ZERO,
             applied: JournalPos::ZERO,
             pending: Vec::new(),
         })
+    }
+
+    /// Opens the member's journal as its instance does at start (a torn tail is cut here).
+    /// Also says whether a torn tail was cut.
+    fn open_journal(dir: &Path) -> Result<(Journal, Arc<InjectedFaults>, bool), String> {
+        let faults = Arc::new(InjectedFaults::default());
+        let options = JournalOptions::mirror(DB, 64 << 10, JournalPos(1)).with_io(faults.clone());
+        let (journal, report) = io(
+            "open journal",
+            Journal::open(&dir.join("journal"), STREAM, options),
+        )?;
+        Ok((journal, faults, report.truncated.is_some()))
     }
 
     fn end(&self) -> JournalPos {
@@ -201,6 +241,7 @@ impl Data {
             acknowledged: BTreeSet::new(),
             read: BTreeSet::new(),
             next_key: 1,
+            torn_tails_cut: 0,
             scratch,
         })
     }
@@ -248,6 +289,22 @@ impl Data {
                 fetched,
             } => self.take_over(member, old, epoch, fetched),
             DataEvent::Connected { primary, backup } => self.cut_at_hello(primary, backup),
+            DataEvent::Restarted { member } => {
+                let m = &mut self.stores[member];
+                let (journal, faults, cut) = Store::open_journal(&m.dir)?;
+                (m.journal, m.faults) = (journal, faults);
+                self.torn_tails_cut += u64::from(cut);
+                if m.applied > m.end() {
+                    return Err(format!(
+                        "member {member} applied up to {} but its journal ends at {} after a \
+                         restart",
+                        m.applied,
+                        m.end()
+                    ));
+                }
+                m.pending.clear();
+                Ok(())
+            }
         }
     }
 
@@ -258,7 +315,8 @@ impl Data {
         Ok(())
     }
 
-    fn write(&mut self, primary: usize, epoch: u8, outcome: Outcome) -> Result<(), String> {
+    /// A client's write in `epoch`: its key and its journal frame at `pos`.
+    fn frame(&mut self, epoch: u8, pos: JournalPos) -> Result<(u64, Vec<u8>), String> {
         let key = self.next_key;
         self.next_key += 1;
         // The change as the writer makes it: a session records the statement's changeset.
@@ -276,8 +334,6 @@ impl Data {
             sql("changeset", session.changeset_strm(&mut changeset))?;
         }
         sql("clear scratch", self.scratch.execute_batch("DELETE FROM t"))?;
-        let p = &mut self.stores[primary];
-        let pos = p.end().next();
         let mut frames = Vec::new();
         let mut frame = FrameBuilder::begin(&mut frames, pos, u64::from(epoch), 0);
         io(
@@ -288,6 +344,13 @@ impl Data {
             }),
         )?;
         frame.finish();
+        Ok((key, frames))
+    }
+
+    fn write(&mut self, primary: usize, epoch: u8, outcome: Outcome) -> Result<(), String> {
+        let pos = self.stores[primary].end().next();
+        let (key, frames) = self.frame(epoch, pos)?;
+        let p = &mut self.stores[primary];
         io("append", p.journal.append(&frames, pos, 1))?;
         io("fsync", p.journal.sync())?;
         match outcome {
@@ -306,6 +369,35 @@ impl Data {
         }
         self.acknowledged.insert(key);
         self.stores[primary].apply()
+    }
+
+    /// A client's write on `primary` meets `fault` in the journal's write path: the write fails
+    /// (the caller then stops the instance, as the writer does). Nothing is acknowledged.
+    pub(crate) fn fail_write(
+        &mut self,
+        primary: usize,
+        epoch: u8,
+        fault: JournalFault,
+    ) -> Result<(), String> {
+        let pos = self.stores[primary].end().next();
+        let (_, frames) = self.frame(epoch, pos)?;
+        let p = &mut self.stores[primary];
+        let (op, fault) = match fault {
+            JournalFault::TornAppend => (JournalOp::Append, Fault::Tear(frames.len() / 2)),
+            JournalFault::FailedSync => (JournalOp::Sync, Fault::Fail(libc::EIO)),
+            JournalFault::DiskFull => (JournalOp::Append, Fault::Fail(libc::ENOSPC)),
+        };
+        p.faults.next(op, fault);
+        let written = p
+            .journal
+            .append(&frames, pos, 1)
+            .and_then(|()| p.journal.sync());
+        if written.is_ok() {
+            return Err(format!(
+                "the injected {fault:?} on {op:?} did not fail the write"
+            ));
+        }
+        Ok(())
     }
 
     /// Sends the backup every record of the primary it lacks, as the data channel does: frames

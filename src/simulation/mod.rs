@@ -28,8 +28,9 @@
 //!    connections allow, time passing, and a handful of faults — links between the members or to
 //!    the arbiter cut, instances and whole hosts crashed, whole hosts frozen (the others notice
 //!    the silence after half a QoS to a QoS), graceful stops (a primary hands over), a backup's
-//!    process stalled, half-open links, Stop Mirror, No Failover, a database made unready —
-//!    with clients writing throughout. Faults are undone rarely while they strike, so several
+//!    process stalled, half-open links, Stop Mirror, No Failover, a database made unready, and
+//!    (with files) a write on the primary that meets a torn append, a failed fsync or a full
+//!    disk and stops the instance — with clients writing throughout. Faults are undone rarely while they strike, so several
 //!    overlap.
 //! 2. **Healing.** Every fault is undone (links healed, members restarted, settings cleared) and
 //!    the members are left to their protocol: messages delivered, connections made, time passing
@@ -62,8 +63,7 @@
 //!
 //! The world carries out what the cores decide through a model of the driver, the hub and the
 //! receiver, and it decides when a write is acknowledged; the writer thread, group commit and
-//! the hub are not in the loop, and the journal's I/O faults (a failed fsync, a torn write, a
-//! full disk) are not injected yet. They join as the rest of the protocol (activation and QoS
+//! the hub are not in the loop yet. They join as the rest of the protocol (activation and QoS
 //! revocation, the fork and cut at `hello`) moves into the core and the network side gets a
 //! transport seam.
 //!
@@ -75,7 +75,7 @@ pub(crate) mod world;
 
 use std::path::{Path, PathBuf};
 
-use data::Data;
+use data::{Data, JournalFault};
 
 use world::{Budget, QOS, Step, World};
 
@@ -109,6 +109,11 @@ pub struct RunReport {
     pub steps: usize,
     /// Faults injected.
     pub faults: u64,
+    /// Of them, journal faults (a torn append, a failed fsync, a full disk) that stopped a
+    /// primary.
+    pub journal_faults: u64,
+    /// Torn journal tails cut when a member restarted after a torn append.
+    pub torn_tails_cut: u64,
     /// Writes acknowledged to clients.
     pub writes: u64,
     /// Takeovers (new epochs) during the run.
@@ -293,8 +298,23 @@ pub fn run(seed: u64, bug: Option<Bug>, files: Option<&Path>) -> Result<RunRepor
     for _ in 0..phase {
         let steps = run.world.steps(budget);
         let (faulty, calm): (Vec<&Step>, Vec<&Step>) = steps.iter().partition(|s| is_fault(s));
-        let step = if !faulty.is_empty() && rng.below(phase as u64) < faults {
-            faulty[rng.below(faulty.len() as u64) as usize].clone()
+        // Besides the world's faults, a write on the primary may meet a journal fault.
+        let journal_target = run.journal_fault_target(&steps);
+        let kinds = faulty.len() + usize::from(journal_target.is_some());
+        let step = if kinds > 0 && rng.below(phase as u64) < faults {
+            let k = rng.below(kinds as u64) as usize;
+            match journal_target.filter(|_| k == faulty.len()) {
+                Some(p) => {
+                    let fault = [
+                        JournalFault::TornAppend,
+                        JournalFault::FailedSync,
+                        JournalFault::DiskFull,
+                    ][rng.below(3) as usize];
+                    run.journal_fault(p, fault)?;
+                    continue;
+                }
+                None => faulty[k].clone(),
+            }
         } else {
             let calm: Vec<Step> = calm.into_iter().cloned().collect();
             run.fair(pick(&mut rng, &calm), &calm)
@@ -365,6 +385,7 @@ pub fn run(seed: u64, bug: Option<Bug>, files: Option<&Path>) -> Result<RunRepor
     if let (Some(data), Some(p)) = (run.data.as_mut(), run.world.primary()) {
         let checked = data.check_end(p);
         run.report.writes = data.acknowledged() as u64;
+        run.report.torn_tails_cut = data.torn_tails_cut;
         checked.map_err(|why| run.violation(format!("the members' files: {why}")))?;
     }
     run.report.faults = u64::from(run.world.faults);
@@ -438,6 +459,32 @@ impl Run {
             self.report.takeovers += 1;
         }
         Ok(())
+    }
+
+    /// The primary a journal fault may strike now: one that takes writes, when the run keeps
+    /// files and the world may crash it.
+    fn journal_fault_target(&self, steps: &[Step]) -> Option<usize> {
+        self.data.as_ref()?;
+        let p = self.world.primary()?;
+        let m = &self.world.m[p];
+        (m.rules().accepts_writes() && m.frozen.is_none() && steps.contains(&Step::Crash(p)))
+            .then_some(p)
+    }
+
+    /// A client's write on primary `p` meets `fault` in the journal: the write fails and the
+    /// instance stops (the writer exits rather than go on after a failed write or fsync).
+    fn journal_fault(&mut self, p: usize, fault: JournalFault) -> Result<(), Violation> {
+        self.trace.push(format!(
+            "t={} journal fault on member {p}: {fault:?}",
+            self.world.now
+        ));
+        let epoch = self.world.m[p].epoch;
+        let data = self.data.as_mut().expect("journal faults need the files");
+        if let Err(why) = data.fail_write(p, epoch, fault) {
+            return Err(self.violation(format!("the members' files: {why}")));
+        }
+        self.report.journal_faults += 1;
+        self.take(&Step::Crash(p))
     }
 
     /// Now and then a client reads every row of a running member (primary or backup).

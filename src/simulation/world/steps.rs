@@ -315,6 +315,7 @@ impl World {
                 self.instance_down(i, true);
             }
             Step::Restart(i) => {
+                self.record(DataEvent::Restarted { member: i });
                 let m = &mut self.m[i];
                 m.up = true;
                 m.host = true;
