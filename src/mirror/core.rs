@@ -491,5 +491,7 @@ fn restricts(setting: &Event) -> bool {
     )
 }
 
+pub mod hello;
+
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,8 @@
 //!   the hub, sent what it lacks from the journal files, then every live batch; a second thread
 //!   reads its acknowledgements and reports (mode, stand-down, No Failover). Anywhere else:
 //!   refused with a reason. A member from an older epoch is first told where its history forks
-//!   from this primary's (its divergent tail).
+//!   from this primary's (its divergent tail): the member core decides what a member keeps
+//!   ([`super::core::hello`]).
 //! - `Fetch` (older records for a Catchup): streamed from the journal files, if still kept.
 //! - `Info` (the local agent, for a joining member): a description of the mirror.
 //!
@@ -58,6 +59,7 @@ use crate::tls::Channel;
 use crate::util::now_ms;
 
 use super::MirrorContext;
+use super::core::hello::{AtHello, Cut, Hello, at_hello};
 use super::pending::{self, Heard};
 use super::protocol::{Control, Message, read_message, write_control, write_frames};
 use super::state::Role;
@@ -515,30 +517,16 @@ fn accept_member(
         .mirror
         .journal()
         .ok_or_else(|| Error::Conflict("the primary has no mirror journal".into()))?;
-    let durable = journal.durable_end();
-    // A member from an older epoch shares the history only up to where the next epoch began:
-    // what it has after that was written by it as an old primary and never reached this one
-    // (a divergent tail). Otherwise, a member holding records this primary never made durable
-    // (it restarted before its own fsync) must drop them: nothing was applied from them,
-    // nothing was acknowledged.
-    let fork =
-        crate::config::mirror::fork_point(&membership.epochs, member_last_epoch).map(JournalPos);
-    let cut = match fork {
-        Some(fork) if !fresh && member_end > fork => Some(Cut {
-            after: fork,
-            divergent: true,
-        }),
-        _ if !fresh && member_end > durable => Some(Cut {
-            after: durable,
-            divergent: false,
-        }),
-        _ => None,
-    };
-    let from = if fresh {
-        durable.next()
-    } else {
-        cut.map(|c| c.after).unwrap_or(member_end).next()
-    };
+    // What of its journal the member keeps: the member core's decision (see `core::hello`).
+    let AtHello { cut, from } = at_hello(
+        &membership.epochs,
+        journal.durable_end(),
+        Hello {
+            end: member_end,
+            last_epoch: member_last_epoch,
+            fresh,
+        },
+    );
     if from < journal.first_pos() {
         return Err(refused(format!(
             "this member's mirror journal ends at {} but the primary keeps records from {} only: \
@@ -646,13 +634,6 @@ fn authorize_peer(
             ))
         }
     })
-}
-
-/// Where a member must cut its journal before it receives, and why.
-#[derive(Debug, Clone, Copy)]
-struct Cut {
-    after: JournalPos,
-    divergent: bool,
 }
 
 #[allow(clippy::too_many_arguments)]

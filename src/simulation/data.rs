@@ -10,8 +10,8 @@
 //! sent at the same positions, after checking their CRCs and positions ([`check_frames`]); each
 //! member applies what is committed with the [`Applier`] dejournaling uses; a backup that says
 //! hello to a new primary first cuts what the primary's history does not share — after the fork
-//! point of its epoch ([`fork_point`]) or after the primary's durable end, the decision the
-//! primary's superserver makes. A takeover applies everything the new primary holds (after it
+//! point of its epoch or after the primary's durable end: the member core's decision at a hello
+//! ([`at_hello`]), the one the primary's superserver makes. A takeover applies everything the new primary holds (after it
 //! fetched the old primary's journal, when it did) and starts an epoch there.
 //!
 //! A write may also meet a fault of the journal's write path ([`JournalFault`]: a torn append,
@@ -38,7 +38,7 @@
 //! [`Journal`]: crate::journal::Journal
 //! [`check_frames`]: crate::mirror::protocol::check_frames
 //! [`Applier`]: crate::storage::database::Applier
-//! [`fork_point`]: crate::config::mirror::fork_point
+//! [`at_hello`]: crate::mirror::core::hello::at_hello
 //! [`InjectedFaults`]: crate::journal::InjectedFaults
 
 use std::collections::BTreeSet;
@@ -48,10 +48,11 @@ use std::sync::Arc;
 use rusqlite::Connection;
 use rusqlite::session::Session;
 
-use crate::config::mirror::{EpochStart, fork_point};
+use crate::config::mirror::EpochStart;
 use crate::journal::{
     Fault, FrameBuilder, InjectedFaults, Journal, JournalOp, JournalOptions, JournalPos, StreamId,
 };
+use crate::mirror::core::hello::{Cut, Hello, at_hello};
 use crate::mirror::protocol::check_frames;
 use crate::storage::database::Applier;
 
@@ -465,14 +466,12 @@ impl Data {
     fn cut_at_hello(&mut self, primary: usize, backup: usize) -> Result<(), String> {
         let durable = self.stores[primary].end();
         let b = &mut self.stores[backup];
-        let end = b.end();
-        let fork = fork_point(&self.epochs, b.last_epoch()?).map(JournalPos);
-        let cut = match fork {
-            Some(fork) if end > fork => Some(fork),
-            _ if end > durable => Some(durable),
-            _ => None,
+        let hello = Hello {
+            end: b.end(),
+            last_epoch: b.last_epoch()?,
+            fresh: false,
         };
-        let Some(cut) = cut else {
+        let Some(Cut { after: cut, .. }) = at_hello(&self.epochs, durable, hello).cut else {
             return Ok(());
         };
         if b.applied > cut {
