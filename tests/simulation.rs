@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use mirrorlab::simulation::{Bug, RunReport, run, run_many};
+use mirrorlab::simulation::{Bug, RunReport, run_many, run_traced};
 
 /// Seeds tried per old bug before the simulation counts as blind to it.
 const BUG_SEEDS: u64 = 500;
@@ -122,13 +122,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs one seed and prints what it did.
+/// Runs one seed and prints every step it took.
 fn replay(seed: u64) -> ExitCode {
     let files = files();
-    let result = run(seed, None, Some(&files));
+    let (result, trace) = run_traced(seed, None, Some(&files));
     let _ = std::fs::remove_dir_all(&files);
     match result {
         Ok(report) => {
+            for step in &trace {
+                println!("  {step}");
+            }
             println!("seed {seed}: {report:?}");
             println!("simulation: 1 seeds, 0 violations");
             ExitCode::SUCCESS

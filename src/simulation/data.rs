@@ -20,13 +20,19 @@
 //! the writer does. A restarted member opens its journal as an instance does, which cuts a
 //! torn tail.
 //!
+//! An **async member** (a DR async) keeps its own journal and database too: now and then it
+//! receives from whichever failover member is primary — saying hello again, with the same cut,
+//! whenever its link is new (the primary changed, restarted, or the link broke) — and applies
+//! what the primary committed. It never counts for an acknowledgement and never takes over.
+//!
 //! # What it checks
 //!
 //! - A member that takes over holds every acknowledged write in its rows.
 //! - Nothing a cut removes was ever applied (applied rows are rows a client may have read).
 //! - A backup stores only frames that continue its journal, with the primary's history.
 //! - At the end: the final primary holds every acknowledged write and every row any client
-//!   read on either member, and the backup's rows are the primary's, row by row.
+//!   read on any member, and the backup's and the async member's rows are the primary's, row
+//!   by row.
 //!
 //! # Left out
 //!
@@ -56,6 +62,8 @@ use crate::mirror::core::hello::{Cut, Hello, at_hello};
 use crate::mirror::protocol::check_frames;
 use crate::storage::database::Applier;
 
+/// The async member's index among the stores (the failover members are 0 and 1).
+pub(crate) const ASYNC: usize = 2;
 /// The mirrored database's name in journal records.
 const DB: &str = "SIM";
 /// The table every write adds a row to.
@@ -135,7 +143,10 @@ struct Store {
 /// The files of both failover members, and what clients were told and saw.
 pub(crate) struct Data {
     dir: PathBuf,
-    stores: [Store; 2],
+    /// The two failover members, then the async member ([`ASYNC`]).
+    stores: [Store; 3],
+    /// The failover member the async member said hello to, while its link lives.
+    async_follows: Option<usize>,
     /// Where each epoch after the first began.
     epochs: Vec<EpochStart>,
     acknowledged: BTreeSet<u64>,
@@ -232,12 +243,17 @@ impl Data {
     /// Fresh files for both members under `dir` (removed first if they exist).
     pub(crate) fn create(dir: PathBuf) -> Result<Data, String> {
         let _ = std::fs::remove_dir_all(&dir);
-        let stores = [Store::open(&dir.join("a"))?, Store::open(&dir.join("b"))?];
+        let stores = [
+            Store::open(&dir.join("a"))?,
+            Store::open(&dir.join("b"))?,
+            Store::open(&dir.join("dr"))?,
+        ];
         let scratch = sql("open scratch", Connection::open_in_memory())?;
         sql("create scratch", scratch.execute_batch(SCHEMA))?;
         Ok(Data {
             dir,
             stores,
+            async_follows: None,
             epochs: Vec::new(),
             acknowledged: BTreeSet::new(),
             read: BTreeSet::new(),
@@ -254,6 +270,14 @@ impl Data {
 
     /// Follows one event of the world.
     pub(crate) fn follow(&mut self, event: &DataEvent) -> Result<(), String> {
+        // A restart, a takeover or a new connection of the failover members ends the async
+        // member's link to whichever was primary: it says hello again.
+        if matches!(
+            event,
+            DataEvent::Restarted { .. } | DataEvent::TookOver { .. } | DataEvent::Connected { .. }
+        ) {
+            self.async_follows = None;
+        }
         match *event {
             DataEvent::Written {
                 primary,
@@ -487,8 +511,27 @@ impl Data {
         Ok(())
     }
 
+    /// The async member receives what primary `primary` has (after a hello, when its link is
+    /// new) and applies what the primary committed. It never counts for an acknowledgement.
+    pub(crate) fn async_receives(&mut self, primary: usize) -> Result<(), String> {
+        if self.async_follows != Some(primary) {
+            self.cut_at_hello(primary, ASYNC)?;
+            self.async_follows = Some(primary);
+        }
+        self.ship(primary, ASYNC)?;
+        self.stores[ASYNC].committed = self.stores[primary].committed;
+        self.stores[ASYNC].apply()
+    }
+
+    /// The async member's link breaks.
+    pub(crate) fn async_lost(&mut self) {
+        self.async_follows = None;
+    }
+
     /// The final checks, once the pair settled with `primary` and its backup.
     pub(crate) fn check_end(&mut self, primary: usize) -> Result<(), String> {
+        self.async_lost();
+        self.async_receives(primary)?;
         let backup = 1 - primary;
         self.ship(primary, backup)?;
         self.stores[backup].committed = self.stores[primary].committed;
@@ -505,14 +548,16 @@ impl Data {
                 "a client read row {ghost}, which the final primary lacks"
             ));
         }
-        let backup_rows = self.stores[backup].rows()?;
-        if backup_rows != rows {
-            return Err(format!(
-                "the backup's rows differ from the primary's: only on the primary {:?}, only \
-                 on the backup {:?}",
-                rows.difference(&backup_rows).collect::<Vec<_>>(),
-                backup_rows.difference(&rows).collect::<Vec<_>>()
-            ));
+        for (member, name) in [(backup, "backup"), (ASYNC, "async member")] {
+            let theirs = self.stores[member].rows()?;
+            if theirs != rows {
+                return Err(format!(
+                    "the {name}'s rows differ from the primary's: only on the primary {:?}, \
+                     only on the {name} {:?}",
+                    rows.difference(&theirs).collect::<Vec<_>>(),
+                    theirs.difference(&rows).collect::<Vec<_>>()
+                ));
+            }
         }
         Ok(())
     }

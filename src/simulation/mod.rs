@@ -14,10 +14,12 @@
 //! database ([`data`]): every client write is a real changeset in a real journal frame,
 //! appended and fsynced; a backup stores what it is sent after checking it; each member applies
 //! what is committed with the dejournaling code; a hello cuts what the primary's history does
-//! not share; clients read rows on either member now and then. The files then answer for the
+//! not share; an async member follows whichever failover member is primary; clients read rows
+//! on any member now and then. The files then answer for the
 //! invariants about rows: a member that takes over holds every acknowledged write; nothing a
 //! cut removes was applied; at the end the final primary holds every acknowledged write and
-//! every row any client read, and the backup's rows are the primary's, row by row.
+//! every row any client read, and the backup's and an async member's rows are the primary's,
+//! row by row.
 //!
 //! # How a run goes
 //!
@@ -257,6 +259,15 @@ fn heals(step: &Step) -> bool {
 /// One run of the simulation from `seed`, with `bug` put back if given; with `files`, the
 /// members keep real journals and databases in a folder under it ([`data`]).
 pub fn run(seed: u64, bug: Option<Bug>, files: Option<&Path>) -> Result<RunReport, Violation> {
+    run_traced(seed, bug, files).0
+}
+
+/// [`run`], and every step the run took (for a replay).
+pub fn run_traced(
+    seed: u64,
+    bug: Option<Bug>,
+    files: Option<&Path>,
+) -> (Result<RunReport, Violation>, Vec<String>) {
     let mut rng = Rng::new(seed);
     let mut world = World::healthy(rng.below(4) != 0);
     world.horizon_ms = u64::MAX;
@@ -264,11 +275,20 @@ pub fn run(seed: u64, bug: Option<Bug>, files: Option<&Path>) -> Result<RunRepor
         Some(dir) => {
             world.data_log = Some(Vec::new());
             let dir = dir.join(format!("seed-{seed}"));
-            Some(Data::create(dir).map_err(|why| Violation {
-                seed,
-                why: format!("the members' files: {why}"),
-                trace: Vec::new(),
-            })?)
+            match Data::create(dir) {
+                Ok(data) => Some(data),
+                Err(why) => {
+                    let why = format!("the members' files: {why}");
+                    return (
+                        Err(Violation {
+                            seed,
+                            why,
+                            trace: Vec::new(),
+                        }),
+                        Vec::new(),
+                    );
+                }
+            }
         }
         None => None,
     };
@@ -286,6 +306,12 @@ pub fn run(seed: u64, bug: Option<Bug>, files: Option<&Path>) -> Result<RunRepor
         taken_this_tick: Vec::new(),
         data,
     };
+    let result = drive(&mut run, &mut rng, start).map(|()| run.report.clone());
+    (result, std::mem::take(&mut run.trace))
+}
+
+/// The phases of one run (see the module essay).
+fn drive(run: &mut Run, rng: &mut Rng, start: u64) -> Result<(), Violation> {
     // 1. Faults: a few of them at random moments of a fault phase of random length, with
     // writes throughout. At each step a fault strikes with the same small chance; otherwise
     // the world goes on (messages, time, reconnections, restarts, healing).
@@ -317,10 +343,10 @@ pub fn run(seed: u64, bug: Option<Bug>, files: Option<&Path>) -> Result<RunRepor
             }
         } else {
             let calm: Vec<Step> = calm.into_iter().cloned().collect();
-            run.fair(pick(&mut rng, &calm), &calm)
+            run.fair(pick(rng, &calm), &calm)
         };
         run.take(&step)?;
-        run.maybe_read(&mut rng)?;
+        run.maybe_read(rng)?;
     }
     // 2. Healing: undo every fault, then let the protocol work.
     let calm = Budget {
@@ -357,11 +383,11 @@ pub fn run(seed: u64, bug: Option<Bug>, files: Option<&Path>) -> Result<RunRepor
             if moving.is_empty() {
                 Step::Advance
             } else {
-                pick(&mut rng, &moving)
+                pick(rng, &moving)
             }
         };
         run.take(&step)?;
-        run.maybe_read(&mut rng)?;
+        run.maybe_read(rng)?;
         // 3. Liveness: a primary that accepts writes within QoS + 1 s of the last heal.
         run.report.healing_steps += 1;
         if !live {
@@ -390,7 +416,7 @@ pub fn run(seed: u64, bug: Option<Bug>, files: Option<&Path>) -> Result<RunRepor
     }
     run.report.faults = u64::from(run.world.faults);
     run.report.simulated_ms = run.world.now - start;
-    Ok(run.report)
+    Ok(())
 }
 
 /// One run in progress.
@@ -487,17 +513,35 @@ impl Run {
         self.take(&Step::Crash(p))
     }
 
-    /// Now and then a client reads every row of a running member (primary or backup).
+    /// Now and then the async member receives from the primary (or loses its link), and a
+    /// client reads every row of a running member (primary, backup or the async).
     fn maybe_read(&mut self, rng: &mut Rng) -> Result<(), Violation> {
         let Some(data) = self.data.as_mut() else {
             return Ok(());
         };
+        if rng.below(40) == 0 {
+            data.async_lost();
+            self.trace.push(format!(
+                "t={} the async member's link breaks",
+                self.world.now
+            ));
+        } else if rng.below(4) == 0
+            && let Some(p) = self.world.primary()
+            && self.world.m[p].frozen.is_none()
+            && let Err(why) = data.async_receives(p)
+        {
+            return Err(self.violation(format!("the members' files, async member: {why}")));
+        }
         if rng.below(6) != 0 {
             return Ok(());
         }
-        let i = rng.below(2) as usize;
-        let m = &self.world.m[i];
-        if m.role().is_none() || m.frozen.is_some() {
+        let i = rng.below(3) as usize;
+        let running = self
+            .world
+            .m
+            .get(i)
+            .is_none_or(|m| m.role().is_some() && m.frozen.is_none());
+        if !running {
             return Ok(());
         }
         if let Err(why) = data.read(i) {
