@@ -518,15 +518,24 @@ fn accept_member(
         .journal()
         .ok_or_else(|| Error::Conflict("the primary has no mirror journal".into()))?;
     // What of its journal the member keeps: the member core's decision (see `core::hello`).
+    let hello = Hello {
+        end: member_end,
+        last_epoch: member_last_epoch,
+        fresh,
+    };
     let AtHello { cut, from } = at_hello(
         &membership.epochs,
+        config.epoch,
         journal.durable_end(),
-        Hello {
-            end: member_end,
-            last_epoch: member_last_epoch,
-            fresh,
-        },
-    );
+        hello,
+    )
+    .map_err(|newer| {
+        refused(format!(
+            "{} holds records of epoch {}, newer than this member's epoch {}: another member \
+             took over since, and this one is no longer the primary",
+            member.name, newer.member, newer.primary
+        ))
+    })?;
     if from < journal.first_pos() {
         return Err(refused(format!(
             "this member's mirror journal ends at {} but the primary keeps records from {} only: \

@@ -11,8 +11,9 @@
 //! member applies what is committed with the [`Applier`] dejournaling uses; a backup that says
 //! hello to a new primary first cuts what the primary's history does not share — after the fork
 //! point of its epoch or after the primary's durable end: the member core's decision at a hello
-//! ([`at_hello`]), the one the primary's superserver makes. A takeover applies everything the new primary holds (after it
-//! fetched the old primary's journal, when it did) and starts an epoch there.
+//! ([`at_hello`]), the one the primary's superserver makes. A takeover applies everything the
+//! new primary holds (after it fetched the old primary's journal, when it did) and starts an
+//! epoch there.
 //!
 //! A write may also meet a fault of the journal's write path ([`JournalFault`]: a torn append,
 //! a failed fsync, a full disk), injected on the real file through the journal's labelled
@@ -95,8 +96,12 @@ pub(crate) enum DataEvent {
         epoch: u8,
         fetched: bool,
     },
-    /// The backup said hello to the primary.
-    Connected { primary: usize, backup: usize },
+    /// The backup said hello to the primary, which is in `epoch`.
+    Connected {
+        primary: usize,
+        backup: usize,
+        epoch: u8,
+    },
     /// The member's instance started again: it opens its journal afresh.
     Restarted { member: usize },
 }
@@ -313,7 +318,18 @@ impl Data {
                 epoch,
                 fetched,
             } => self.take_over(member, old, epoch, fetched),
-            DataEvent::Connected { primary, backup } => self.cut_at_hello(primary, backup),
+            DataEvent::Connected {
+                primary,
+                backup,
+                epoch,
+            } => match self.cut_at_hello(primary, backup, epoch)? {
+                true => Ok(()),
+                // The world lets a backup follow only a primary of its epoch or a newer one.
+                false => Err(format!(
+                    "member {primary} (epoch {epoch}) would refuse member {backup}'s hello: \
+                     its records are from a newer epoch"
+                )),
+            },
             DataEvent::Restarted { member } => {
                 let m = &mut self.stores[member];
                 let (journal, faults, cut) = Store::open_journal(&m.dir)?;
@@ -485,9 +501,10 @@ impl Data {
         Ok(())
     }
 
-    /// The backup's hello: it keeps only what the primary's history shares (see the module
-    /// essay), then receives the rest.
-    fn cut_at_hello(&mut self, primary: usize, backup: usize) -> Result<(), String> {
+    /// The backup's hello to a primary in `epoch`: it keeps only what the primary's history
+    /// shares (see the module essay), then receives the rest. False when the primary turns it
+    /// away (its records are from a newer epoch than the primary's).
+    fn cut_at_hello(&mut self, primary: usize, backup: usize, epoch: u8) -> Result<bool, String> {
         let durable = self.stores[primary].end();
         let b = &mut self.stores[backup];
         let hello = Hello {
@@ -495,8 +512,11 @@ impl Data {
             last_epoch: b.last_epoch()?,
             fresh: false,
         };
-        let Some(Cut { after: cut, .. }) = at_hello(&self.epochs, durable, hello).cut else {
-            return Ok(());
+        let Ok(decision) = at_hello(&self.epochs, u64::from(epoch), durable, hello) else {
+            return Ok(false);
+        };
+        let Some(Cut { after: cut, .. }) = decision.cut else {
+            return Ok(true);
         };
         if b.applied > cut {
             return Err(format!(
@@ -508,14 +528,18 @@ impl Data {
         io("cut", b.journal.truncate_after(cut))?;
         b.committed = b.committed.min(cut);
         b.pending.clear();
-        Ok(())
+        Ok(true)
     }
 
     /// The async member receives what primary `primary` has (after a hello, when its link is
     /// new) and applies what the primary committed. It never counts for an acknowledgement.
-    pub(crate) fn async_receives(&mut self, primary: usize) -> Result<(), String> {
+    /// `epoch` is the primary's: a stale one (from an older epoch than the async member's
+    /// records) turns it away, and it receives nothing.
+    pub(crate) fn async_receives(&mut self, primary: usize, epoch: u8) -> Result<(), String> {
         if self.async_follows != Some(primary) {
-            self.cut_at_hello(primary, ASYNC)?;
+            if !self.cut_at_hello(primary, ASYNC, epoch)? {
+                return Ok(());
+            }
             self.async_follows = Some(primary);
         }
         self.ship(primary, ASYNC)?;
@@ -528,10 +552,10 @@ impl Data {
         self.async_follows = None;
     }
 
-    /// The final checks, once the pair settled with `primary` and its backup.
-    pub(crate) fn check_end(&mut self, primary: usize) -> Result<(), String> {
+    /// The final checks, once the pair settled with `primary` (in `epoch`) and its backup.
+    pub(crate) fn check_end(&mut self, primary: usize, epoch: u8) -> Result<(), String> {
         self.async_lost();
-        self.async_receives(primary)?;
+        self.async_receives(primary, epoch)?;
         let backup = 1 - primary;
         self.ship(primary, backup)?;
         self.stores[backup].committed = self.stores[primary].committed;

@@ -15,25 +15,24 @@
 //! appended and fsynced; a backup stores what it is sent after checking it; each member applies
 //! what is committed with the dejournaling code; a hello cuts what the primary's history does
 //! not share; an async member follows whichever failover member is primary; clients read rows
-//! on any member now and then. The files then answer for the
-//! invariants about rows: a member that takes over holds every acknowledged write; nothing a
-//! cut removes was applied; at the end the final primary holds every acknowledged write and
-//! every row any client read, and the backup's and an async member's rows are the primary's,
-//! row by row.
+//! on any member now and then. The files then answer for the invariants about rows: a member
+//! that takes over holds every acknowledged write; nothing a cut removes was applied; at the
+//! end the final primary holds every acknowledged write and every row any client read, and the
+//! backup's and the async member's rows are the primary's, row by row.
 //!
 //! # How a run goes
 //!
 //! [`run`] takes a seed; everything random in the run comes from it, so a seed replays exactly.
 //!
-//! 1. **Faults.** From a healthy pair (arbiter controlled in three runs of four), a few hundred
+//! 1. **Faults.** From a healthy pair (arbiter controlled in three runs of four), 60 to 360
 //!    steps chosen at random among those the world allows: messages delivered in any order the
 //!    connections allow, time passing, and a handful of faults — links between the members or to
 //!    the arbiter cut, instances and whole hosts crashed, whole hosts frozen (the others notice
 //!    the silence after half a QoS to a QoS), graceful stops (a primary hands over), a backup's
 //!    process stalled, half-open links, Stop Mirror, No Failover, a database made unready, and
 //!    (with files) a write on the primary that meets a torn append, a failed fsync or a full
-//!    disk and stops the instance — with clients writing throughout. Faults are undone rarely while they strike, so several
-//!    overlap.
+//!    disk and stops the instance — with clients writing throughout. Faults are undone rarely
+//!    while they strike, so several overlap.
 //! 2. **Healing.** Every fault is undone (links healed, members restarted, settings cleared) and
 //!    the members are left to their protocol: messages delivered, connections made, time passing
 //!    once every message is delivered and every timer had its turn (a restarted former primary
@@ -61,13 +60,20 @@
 //! The core now feeds settings that changed together restrictions first
 //! (`settings_that_change_together_reach_the_rules_restrictions_first` keeps it).
 //!
+//! A primary frozen while its backup took over thawed and, still believing itself primary,
+//! welcomed the async member (which tries the failover members in turn) and told it to keep
+//! only what this stale primary had made durable — dropping records committed and applied in
+//! the newer epoch. A primary now turns away a member whose records are from a newer epoch
+//! than its own ([`crate::mirror::core::hello`],
+//! `a_stale_primary_turns_away_a_member_from_a_newer_epoch`).
+//!
 //! # Left out (for now)
 //!
 //! The world carries out what the cores decide through a model of the driver, the hub and the
 //! receiver, and it decides when a write is acknowledged; the writer thread, group commit and
 //! the hub are not in the loop yet. They join as the rest of the protocol (activation and QoS
-//! revocation, the fork and cut at `hello`) moves into the core and the network side gets a
-//! transport seam.
+//! revocation) moves into the core and the network side gets a transport seam. The world's link
+//! cuts are two-way (no one-way partitions yet), and the backup's journal meets no faults.
 //!
 //! [`MemberCore`]: crate::mirror::core::MemberCore
 //! [`ArbiterBook`]: crate::mirror::failover::ArbiterBook
@@ -409,7 +415,7 @@ fn drive(run: &mut Run, rng: &mut Rng, start: u64) -> Result<(), Violation> {
         )));
     }
     if let (Some(data), Some(p)) = (run.data.as_mut(), run.world.primary()) {
-        let checked = data.check_end(p);
+        let checked = data.check_end(p, run.world.m[p].epoch);
         run.report.writes = data.acknowledged() as u64;
         run.report.torn_tails_cut = data.torn_tails_cut;
         checked.map_err(|why| run.violation(format!("the members' files: {why}")))?;
@@ -528,7 +534,7 @@ impl Run {
         } else if rng.below(4) == 0
             && let Some(p) = self.world.primary()
             && self.world.m[p].frozen.is_none()
-            && let Err(why) = data.async_receives(p)
+            && let Err(why) = data.async_receives(p, self.world.m[p].epoch)
         {
             return Err(self.violation(format!("the members' files, async member: {why}")));
         }

@@ -732,7 +732,8 @@ impl World {
                         vec![AgentAnswer::PrimaryDown { journal: false }]
                     } else {
                         // The agent may or may not manage to hand over the journal: one answer,
-                        // and delivering it may lose the journal (see `Step::DeliverWithoutJournal`).
+                        // and delivering it may lose the journal (see
+                        // `Step::DeliverWithoutJournal`).
                         vec![AgentAnswer::PrimaryDown { journal: true }]
                     }
                 } else {

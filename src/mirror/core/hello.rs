@@ -12,6 +12,11 @@
 //!   from them, nothing was acknowledged.
 //! - **A fresh member** (joining, or whose copies are about to be taken) keeps nothing and gets
 //!   everything after the primary's durable end.
+//! - **A member from a newer epoch** is refused ([`NewerEpoch`]): it followed a primary that
+//!   took over after this one, so this one is stale (a frozen primary that thawed, say) and
+//!   knows nothing of that epoch. Told to keep only what this primary made durable, the member
+//!   would drop records that were committed — and applied — in the newer epoch. Found by the
+//!   simulation, with an async member that tried the failover members in turn.
 //!
 //! Pure, so the superserver ([`crate::mirror::server`]) and the simulation
 //! ([`crate::simulation`]) decide alike, and its tests sit beside it.
@@ -49,14 +54,35 @@ pub struct Hello {
     pub fresh: bool,
 }
 
-/// The primary's decision for `hello`, given where each epoch after the first began and the
-/// primary's durable end (see the module essay).
-pub fn at_hello(epochs: &[EpochStart], durable: JournalPos, hello: Hello) -> AtHello {
+/// A hello from a member whose newest record is from a newer epoch than the primary's own: the
+/// primary is stale and must turn it away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewerEpoch {
+    /// The epoch of the member's newest record.
+    pub member: u64,
+    /// The primary's epoch.
+    pub primary: u64,
+}
+
+/// The primary's decision for `hello`, given where each epoch after the first began, the
+/// primary's own epoch and its durable end (see the module essay).
+pub fn at_hello(
+    epochs: &[EpochStart],
+    epoch: u64,
+    durable: JournalPos,
+    hello: Hello,
+) -> Result<AtHello, NewerEpoch> {
     if hello.fresh {
-        return AtHello {
+        return Ok(AtHello {
             cut: None,
             from: durable.next(),
-        };
+        });
+    }
+    if hello.last_epoch > epoch {
+        return Err(NewerEpoch {
+            member: hello.last_epoch,
+            primary: epoch,
+        });
     }
     let fork = fork_point(epochs, hello.last_epoch).map(JournalPos);
     let cut = match fork {
@@ -70,10 +96,10 @@ pub fn at_hello(epochs: &[EpochStart], durable: JournalPos, hello: Hello) -> AtH
         }),
         _ => None,
     };
-    AtHello {
+    Ok(AtHello {
         cut,
         from: cut.map_or(hello.end, |c| c.after).next(),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -100,9 +126,31 @@ mod tests {
         },
     ];
 
+    /// The decision of a primary in epoch 3 with a durable end of 30.
+    fn decide(hello: Hello) -> AtHello {
+        at_hello(&EPOCHS, 3, JournalPos(30), hello).expect("not from a newer epoch")
+    }
+
+    #[test]
+    fn a_stale_primary_turns_away_a_member_from_a_newer_epoch() {
+        // The member followed a primary of epoch 3; this one still believes in epoch 2, and
+        // would have it cut records committed in epoch 3.
+        assert_eq!(
+            at_hello(&EPOCHS[..1], 2, JournalPos(18), hello(25, 3)),
+            Err(NewerEpoch {
+                member: 3,
+                primary: 2
+            })
+        );
+        // A fresh member keeps nothing, so there is nothing to lose.
+        let mut fresh = hello(25, 3);
+        fresh.fresh = true;
+        assert!(at_hello(&EPOCHS[..1], 2, JournalPos(18), fresh).is_ok());
+    }
+
     #[test]
     fn a_member_of_the_current_epoch_behind_the_primary_keeps_all_and_gets_the_rest() {
-        let decision = at_hello(&EPOCHS, JournalPos(30), hello(25, 3));
+        let decision = decide(hello(25, 3));
         assert_eq!(decision.cut, None);
         assert_eq!(decision.from, JournalPos(26));
     }
@@ -110,7 +158,7 @@ mod tests {
     #[test]
     fn an_old_primary_cuts_its_divergent_tail_at_the_next_epochs_start() {
         // Its newest record is from epoch 1, and it went on to 14 while epoch 2 began at 11.
-        let decision = at_hello(&EPOCHS, JournalPos(30), hello(14, 1));
+        let decision = decide(hello(14, 1));
         assert_eq!(
             decision.cut,
             Some(Cut {
@@ -120,7 +168,7 @@ mod tests {
         );
         assert_eq!(decision.from, JournalPos(11));
         // From epoch 2, it shares everything up to where epoch 3 began.
-        let decision = at_hello(&EPOCHS, JournalPos(30), hello(23, 2));
+        let decision = decide(hello(23, 2));
         assert_eq!(
             decision.cut.map(|c| (c.after, c.divergent)),
             Some((JournalPos(20), true))
@@ -129,7 +177,7 @@ mod tests {
 
     #[test]
     fn records_beyond_the_primarys_durable_end_are_dropped_not_quarantined() {
-        let decision = at_hello(&EPOCHS, JournalPos(30), hello(32, 3));
+        let decision = decide(hello(32, 3));
         assert_eq!(
             decision.cut,
             Some(Cut {
@@ -142,7 +190,7 @@ mod tests {
 
     #[test]
     fn an_old_member_that_never_went_past_the_fork_keeps_everything() {
-        let decision = at_hello(&EPOCHS, JournalPos(30), hello(9, 1));
+        let decision = decide(hello(9, 1));
         assert_eq!(decision.cut, None);
         assert_eq!(decision.from, JournalPos(10));
     }
@@ -151,7 +199,7 @@ mod tests {
     fn a_fresh_member_keeps_nothing_and_starts_after_the_durable_end() {
         let mut fresh = hello(14, 1);
         fresh.fresh = true;
-        let decision = at_hello(&EPOCHS, JournalPos(30), fresh);
+        let decision = decide(fresh);
         assert_eq!(decision.cut, None);
         assert_eq!(decision.from, JournalPos(31));
     }

@@ -525,9 +525,11 @@ impl World {
             generation: self.generations,
             half_open: false,
         });
+        let epoch = self.m[p].epoch;
         self.record(DataEvent::Connected {
             primary: p,
             backup: b,
+            epoch,
         });
         // A member that follows learns the primary's epoch.
         self.m[b].epoch = self.m[b].epoch.max(self.m[p].epoch);
