@@ -29,8 +29,8 @@
 //! - [`server`], [`cli`], [`ctl`] — running the processes, the command line, a shell client. The
 //!   benchmark is a program of its own (`src/bin/mirrorlab-bench/`): it drives members from
 //!   outside, and the member does not ship it.
-//! - [`error`], [`names`], [`util`], [`os`], [`wire`], [`background`] — shared small pieces (the
-//!   last: the one runtime the blocking threads use for async work).
+//! - [`error`], [`names`], [`util`], [`os`], [`wire`], [`tls`] — shared small pieces (the last:
+//!   identities and mutual TLS, async for the agent and blocking for the data channel).
 //!
 //! ## Who may call whom
 //!
@@ -56,7 +56,6 @@
 pub mod agent;
 pub mod apps;
 pub mod arbiter;
-pub mod background;
 pub mod cli;
 pub mod config;
 pub mod ctl;

@@ -16,17 +16,18 @@
 //! 4. the mirror's service binds the superserver and starts the mirror's threads.
 //!
 //! Stopping runs the other way ([`Node::close`]): the writer first, so a primary's last commits
-//! are shipped, then the mirror, which hands over to an active backup.
+//! are shipped, then the mirror, which hands over to an active backup. The two ways a member
+//! stops by itself — its writer failed, or the other member took over — are [`Exits`] the
+//! caller passes in: the process ends on them, a test records them.
 
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::instance::writer::FatalHook;
 use crate::instance::{Attachments, Instance, InstanceSettings};
-use crate::mirror::MirrorContext;
 use crate::mirror::service::MirrorService;
 use crate::mirror::state::MirrorState;
 use crate::mirror::steps::MirrorSteps;
+use crate::mirror::{FailedHook, MirrorContext, SupersededHook};
 
 /// One member's process: its instance and its mirror.
 pub struct Node {
@@ -38,10 +39,29 @@ pub struct Node {
     pub mirror_service: Arc<MirrorService>,
 }
 
+/// The ways a member stops by itself, as the caller carries them out (see the module essay).
+pub struct Exits {
+    /// Called when the writer, or the mirror journal on a receiving member, failed in a way
+    /// the instance cannot go on from (perhaps more than once: both may fail).
+    pub failed: FailedHook,
+    /// Called when the other member took over and this instance must stop at once.
+    pub superseded: SupersededHook,
+}
+
+impl Exits {
+    /// Exits that panic: for tests in which neither may happen.
+    pub fn unexpected() -> Exits {
+        Exits {
+            failed: Arc::new(|why| panic!("the instance failed: {why}")),
+            superseded: Arc::new(|| panic!("superseded by the other member")),
+        }
+    }
+}
+
 impl Node {
     /// Starts a member on `settings.data_dir` (blocking: installs, recovers, starts the writer
-    /// and the mirror). `on_fatal` is called once if the writer stops after a failure.
-    pub fn open(settings: InstanceSettings, on_fatal: FatalHook) -> Result<Arc<Node>> {
+    /// and the mirror).
+    pub fn open(settings: InstanceSettings, exits: Exits) -> Result<Arc<Node>> {
         let prepared = Instance::prepare(settings)?;
         let member = crate::mirror::start::open_member(&prepared)?;
         let journal_dir = prepared.journal_dir.clone();
@@ -66,7 +86,10 @@ impl Node {
                 extension: Some(Box::new(MirrorSteps::new(mirror.clone()))),
                 mirror_journal: member.primary_journal,
             },
-            on_fatal,
+            {
+                let failed = exits.failed.clone();
+                Box::new(move |why| failed(why))
+            },
         )?;
         let context = Arc::new(MirrorContext {
             config: instance.config.clone(),
@@ -81,6 +104,9 @@ impl Node {
             superserver: settings.superserver.clone(),
             agent: settings.agent.clone(),
             identity,
+            superseded: exits.superseded,
+            journal_failed: exits.failed,
+            journal_io: settings.journal_io.clone(),
         });
         let mirror_service = MirrorService::start(context, superserver, member.receiver_journal);
         Ok(Arc::new(Node {

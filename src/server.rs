@@ -13,10 +13,13 @@ use tracing_subscriber::{EnvFilter, fmt};
 use crate::agent::{self, AgentSettings};
 use crate::error::{Error, Result};
 use crate::instance::InstanceSettings;
-use crate::node::Node;
+use crate::node::{Exits, Node};
 
-/// Exit code of an instance that stopped because its writer failed (fail-stop).
+/// Exit code of an instance that stopped because its writer or its mirror journal failed
+/// (fail-stop).
 pub const EXIT_WRITER_FAILED: u8 = 70;
+/// The instance's exit status when the other member took over and this one stopped at once.
+pub const EXIT_SUPERSEDED: u8 = 3;
 
 /// Logs to stderr and, when given, appends to a file (`mgr/messages.log`). With
 /// `MIRRORLAB_LOG=json`, stderr (what `docker logs` and log collectors read) carries one JSON
@@ -80,18 +83,25 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Runs an instance until SIGTERM (exit 0) or until its writer fails (exit 70).
+/// Runs an instance until SIGTERM (exit 0), or until its writer or its mirror journal fails
+/// (exit 70).
 pub async fn run_instance(settings: InstanceSettings) -> Result<u8> {
     let (failed_tx, mut failed_rx) = watch::channel(false);
+    let stopped_failed = failed_rx.clone();
     let failed_tx = Arc::new(failed_tx);
     let hook_tx = failed_tx.clone();
     let open_settings = settings.clone();
     let node = tokio::task::spawn_blocking(move || {
         Node::open(
             open_settings,
-            Box::new(move |_| {
-                let _ = hook_tx.send(true);
-            }),
+            Exits {
+                failed: Arc::new(move |_| {
+                    let _ = hook_tx.send(true);
+                }),
+                // The member must stop accepting writes now, not after a graceful shutdown:
+                // the other member is primary (the agent reports the exit status).
+                superseded: Arc::new(|| std::process::exit(EXIT_SUPERSEDED.into())),
+            },
         )
     })
     .await
@@ -114,12 +124,12 @@ pub async fn run_instance(settings: InstanceSettings) -> Result<u8> {
     let stop = async move {
         tokio::select! {
             _ = shutdown_signal() => tracing::info!("stopping (signal)"),
-            _ = failed_rx.wait_for(|f| *f) => tracing::error!("stopping: the writer failed; restart to recover from the journal"),
+            _ = failed_rx.wait_for(|f| *f) => tracing::error!("stopping: a journal failed; restart to recover from the journal files"),
         }
     };
     crate::web::serve::serve(listener, app, stop).await;
     productions.abort();
-    let failed = node.instance.failure().is_some();
+    let failed = node.instance.failure().is_some() || *stopped_failed.borrow();
     tokio::task::spawn_blocking(move || node.close()).await.ok();
     tracing::info!("instance stopped");
     Ok(if failed { EXIT_WRITER_FAILED } else { 0 })

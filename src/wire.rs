@@ -1,5 +1,6 @@
 //! Length-prefixed JSON frames over TCP, for the agent and arbiter protocols (async for the
-//! agent and arbiter processes, blocking for the instance's mirror threads).
+//! agent and arbiter processes, blocking for the instance's mirror threads), and the blocking
+//! threads' way to connect.
 //!
 //! A frame is a 4-byte big-endian length followed by that many bytes of JSON. A length above the
 //! receiver's limit closes the connection instead of allocating: a peer cannot make a member
@@ -66,6 +67,23 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
     let mut body = vec![0u8; body_len(prefix, max)?];
     reader.read_exact(&mut body).await?;
     decode(&body)
+}
+
+/// A TCP connection to `address` from a blocking thread, trying each address it resolves to,
+/// each for at most `timeout`.
+pub fn connect(address: &str, timeout: std::time::Duration) -> Result<std::net::TcpStream> {
+    use std::net::ToSocketAddrs;
+    let mut last = Error::Unavailable(format!("{address} did not resolve"));
+    for addr in address
+        .to_socket_addrs()
+        .map_err(|e| Error::Unavailable(format!("{address}: {e}")))?
+    {
+        match std::net::TcpStream::connect_timeout(&addr, timeout) {
+            Ok(stream) => return Ok(stream),
+            Err(err) => last = Error::Unavailable(format!("{address}: {err}")),
+        }
+    }
+    Err(last)
 }
 
 /// Writes one frame on a blocking stream.

@@ -147,7 +147,7 @@ proptest! {
         sizes in prop::collection::vec(1usize..200, 0..20),
         garbage in prop::collection::vec(any::<u8>(), 0..400),
     ) {
-        let header = SegmentHeader { stream: [3; 16], first_pos: JournalPos(100), created_ms: 1 };
+        let header = SegmentHeader { stream: mirrorlab::journal::StreamId([3; 16]), first_pos: JournalPos(100), created_ms: 1 };
         let mut bytes = header.encode().to_vec();
         bytes.extend_from_slice(&frames(100, &sizes));
         let sound_len = bytes.len() as u64;

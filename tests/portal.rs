@@ -49,7 +49,7 @@ impl Portal {
         let dir = tempfile::tempdir().unwrap();
         let mut settings = InstanceSettings::for_dir(dir.path());
         adjust(&mut settings);
-        let node = Node::open(settings, Box::new(|why| panic!("fatal: {why}"))).unwrap();
+        let node = Node::open(settings, mirrorlab::node::Exits::unexpected()).unwrap();
         let app = mirrorlab::web::router(&node);
         Portal {
             _dir: dir,

@@ -10,6 +10,7 @@
 
 mod common;
 
+use mirrorlab::journal::JournalPos;
 use std::time::{Duration, Instant};
 
 use common::pair::*;
@@ -443,10 +444,10 @@ async fn a_stranger_saying_hello_as_the_backup_is_refused_and_a_replaced_link_co
         .clone();
     let hello = |member| Control::Hello {
         mirror_name: "MIRRORSET".into(),
-        mirror_id: description.mirror.id.clone(),
+        mirror_id: description.mirror.id,
         member,
-        journal_first: 0,
-        journal_end: 0,
+        journal_first: JournalPos(0),
+        journal_end: JournalPos(0),
         last_epoch: 0,
     };
     // A stranger on another address claims to be the backup, with addresses of its own: refused,
@@ -482,7 +483,7 @@ async fn a_stranger_saying_hello_as_the_backup_is_refused_and_a_replaced_link_co
         matches!(answer, Control::Welcome { .. }),
         "not welcomed: {answer:?}"
     );
-    write_ack(&mut stream, mirrorlab::journal::JournalPos(u64::MAX / 2)).unwrap();
+    write_ack(&mut stream, JournalPos(u64::MAX / 2)).unwrap();
     let ended = loop {
         match read_message(&mut stream) {
             Ok(Some(Message::Control(c))) => {
@@ -955,7 +956,7 @@ async fn the_agent_serves_a_down_instances_journal_only_under_its_lock_and_start
         // Someone reads the down instance's journal while someone else starts it.
         let reads: Vec<_> = (0..4)
             .map(|_| {
-                let (agent, id) = (a.agent.clone(), mirror_id.clone());
+                let (agent, id) = (a.agent.clone(), mirror_id);
                 tokio::spawn(async move {
                     agent::call(
                         &agent,

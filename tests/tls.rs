@@ -16,6 +16,7 @@
 
 mod common;
 
+use mirrorlab::journal::{JournalPos, StreamId};
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -94,7 +95,14 @@ fn superserver_answer_from(
     let channel = match tls {
         None => Channel::Plain(tcp),
         Some((identity, expected)) => {
-            mirrorlab::tls::connect_blocking(tcp, identity, expected).map_err(|e| e.to_string())?
+            mirrorlab::tls::connect_blocking(
+                tcp,
+                identity,
+                Some(expected),
+                mirrorlab::tls::HANDSHAKE_TIMEOUT,
+            )
+            .map_err(|e| e.to_string())?
+            .0
         }
     };
     channel
@@ -137,13 +145,13 @@ fn connect_from(from: Option<IpAddr>, address: &str) -> std::io::Result<TcpStrea
     Ok(stream)
 }
 
-fn hello(mirror_id: &str, member: MemberInfo) -> Control {
+fn hello(mirror_id: StreamId, member: MemberInfo) -> Control {
     Control::Hello {
         mirror_name: "MIRRORSET".into(),
-        mirror_id: mirror_id.into(),
+        mirror_id,
         member,
-        journal_first: 0,
-        journal_end: 0,
+        journal_first: JournalPos(0),
+        journal_end: JournalPos(0),
         last_epoch: 0,
     }
 }
@@ -355,16 +363,7 @@ async fn a_tls_mirror_admits_only_members_the_primary_authorized() {
     );
 
     // Strangers on A's superserver port.
-    let mirror_id = {
-        let config: Value = serde_json::from_slice(
-            &std::fs::read(a.data_dir().join("mirrorlab.cpf")).expect("A's configuration"),
-        )
-        .unwrap();
-        config["mirror"]["membership"]["mirror"]["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let mirror_id = mirror_id_of(&a);
     let stranger = Arc::new(Identity::ephemeral("stranger").unwrap());
     let claiming_b = |certificate: &str| MemberInfo {
         name: B.into(),
@@ -381,37 +380,37 @@ async fn a_tls_mirror_admits_only_members_the_primary_authorized() {
         // Plain TCP, with B's name and certificate.
         (
             None,
-            hello(&mirror_id, claiming_b(&b_certificate)),
+            hello(mirror_id, claiming_b(&b_certificate)),
             "requires SSL/TLS",
         ),
         // TLS with its own certificate, claiming to be B.
         (
             Some(&stranger),
-            hello(&mirror_id, claiming_b(stranger.fingerprint())),
+            hello(mirror_id, claiming_b(stranger.fingerprint())),
             "not the one authorized",
         ),
         // TLS, claiming B's certificate while showing its own.
         (
             Some(&stranger),
-            hello(&mirror_id, claiming_b(&b_certificate)),
+            hello(mirror_id, claiming_b(&b_certificate)),
             "other than the one it shows",
         ),
         // Older journal, over TLS and plain.
         (
             Some(&stranger),
             Control::Fetch {
-                mirror_id: mirror_id.clone(),
-                from: 1,
-                to: 1000,
+                mirror_id,
+                from: JournalPos(1),
+                to: JournalPos(1000),
             },
             "requires SSL/TLS",
         ),
         (
             None,
             Control::Fetch {
-                mirror_id: mirror_id.clone(),
-                from: 1,
-                to: 1000,
+                mirror_id,
+                from: JournalPos(1),
+                to: JournalPos(1000),
             },
             "requires SSL/TLS",
         ),
@@ -445,7 +444,7 @@ async fn a_tls_mirror_admits_only_members_the_primary_authorized() {
         AgentRequest::ConfirmDown { timeout_ms: 100 },
         AgentRequest::JournalTail {
             mirror_name: "MIRRORSET".into(),
-            mirror_id: mirror_id.clone(),
+            mirror_id,
             from: 1,
         },
     ];
@@ -606,7 +605,7 @@ async fn create_tls_mirror(a: &TestMember) -> String {
 }
 
 /// The mirror's id, from the primary's configuration file (what a hello must name).
-fn mirror_id_of(a: &TestMember) -> String {
+fn mirror_id_of(a: &TestMember) -> StreamId {
     let config: Value = serde_json::from_slice(
         &std::fs::read(a.data_dir().join("mirrorlab.cpf")).expect("A's configuration"),
     )
@@ -614,7 +613,8 @@ fn mirror_id_of(a: &TestMember) -> String {
     config["mirror"]["membership"]["mirror"]["id"]
         .as_str()
         .unwrap()
-        .to_string()
+        .parse()
+        .expect("a mirror id")
 }
 
 async fn certificate_of(member: &TestMember) -> String {
@@ -718,7 +718,7 @@ async fn authorize_admits_only_the_certificate_the_administrator_saw() {
         Some("127.0.0.3"),
         &stranger,
         &a_certificate,
-        hello(&mirror_id, as_b.clone()),
+        hello(mirror_id, as_b.clone()),
     )
     .await;
     assert!(answer.starts_with("awaiting: "), "{answer}");
@@ -788,7 +788,7 @@ async fn authorize_admits_only_the_certificate_the_administrator_saw() {
         Some("127.0.0.3"),
         &stranger,
         &a_certificate,
-        hello(&mirror_id, as_b),
+        hello(mirror_id, as_b),
     )
     .await;
     assert!(answer.contains("not the one authorized"), "{answer}");
@@ -815,7 +815,7 @@ async fn authorize_admits_only_the_certificate_the_administrator_saw() {
         Some("127.0.0.3"),
         &stranger,
         &a_certificate,
-        hello(&mirror_id, as_c),
+        hello(mirror_id, as_c),
     )
     .await;
     assert!(answer.starts_with("awaiting: "), "{answer}");
@@ -842,7 +842,7 @@ async fn authorize_admits_only_the_certificate_the_administrator_saw() {
         None,
         &c_identity,
         &a_certificate,
-        hello(&mirror_id, c_info),
+        hello(mirror_id, c_info),
     )
     .await;
     assert!(answer.contains("rejected"), "{answer}");
@@ -890,7 +890,7 @@ async fn strangers_cannot_fill_pending_new_members_for_good() {
     ];
     let junk = |stranger: &Arc<Identity>, i: usize| {
         hello(
-            &mirror_id,
+            mirror_id,
             claiming(
                 &format!("JUNK{i}/IRIS"),
                 MemberKind::Dr,

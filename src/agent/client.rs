@@ -5,6 +5,9 @@
 
 use super::*;
 
+/// How long connecting to an agent may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Where an agent request goes, and how: plain, or over TLS with this member's identity and,
 /// when known, the certificate the other member must show.
 #[derive(Clone)]
@@ -25,24 +28,44 @@ impl Target {
     }
 }
 
-/// [`call_to`] from a thread outside the async runtime, giving up after `timeout`.
+/// [`call_to`] from a blocking thread (the failover driver, a join), with blocking sockets and
+/// rustls itself: the whole exchange, connection and handshake included, within `timeout`.
 pub fn call_blocking(
     target: &Target,
     request: AgentRequest,
     timeout: Duration,
 ) -> Result<AgentReply> {
-    // The member's one background runtime, not one per question.
-    crate::background::runtime().block_on(async {
-        tokio::time::timeout(timeout, call_to(target, request))
-            .await
-            .map_err(|_| {
-                Error::Unavailable(format!(
-                    "agent at {} did not answer in time",
-                    target.address
-                ))
-            })?
-            .map(|(reply, _)| reply)
-    })
+    let address = &target.address;
+    let deadline = std::time::Instant::now() + timeout;
+    let late = || Error::Unavailable(format!("agent at {address} did not answer in time"));
+    let left = || {
+        deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|left| !left.is_zero())
+            .ok_or_else(late)
+    };
+    let tcp = crate::wire::connect(address, left()?.min(CONNECT_TIMEOUT))
+        .map_err(|e| Error::Unavailable(format!("agent at {address} did not answer: {e}")))?;
+    let mut channel = match &target.tls {
+        None => tls::Channel::Plain(tcp),
+        Some((identity, expected)) => {
+            tls::connect_blocking(tcp, identity, expected.as_deref(), left()?)?.0
+        }
+    };
+    let left = left()?;
+    channel.set_read_timeout(Some(left))?;
+    channel.set_write_timeout(Some(left))?;
+    // Whatever goes wrong on the way (a timeout included) means the agent cannot be asked.
+    let unavailable = |e: Error| match e {
+        Error::Io(why) => Error::Unavailable(format!("agent at {address}: {why}")),
+        other => other,
+    };
+    crate::wire::write_frame_sync(&mut channel, &request).map_err(unavailable)?;
+    let reply: serde_json::Value = crate::wire::read_frame_sync(&mut channel, MAX_AGENT_FRAME)
+        .map_err(unavailable)?
+        .ok_or_else(|| Error::Unavailable(format!("agent at {address} closed the connection")))?;
+    serde_json::from_value(reply)
+        .map_err(|e| Error::Unavailable(format!("agent at {address} answered oddly: {e}")))
 }
 
 /// Sends one request to an agent and returns its reply.
@@ -80,7 +103,7 @@ pub async fn call_raw(address: &str, request: &AgentRequest) -> Result<serde_jso
 
 async fn connect_agent(address: &str) -> Result<TcpStream> {
     let connect = TcpStream::connect(address);
-    tokio::time::timeout(Duration::from_secs(5), connect)
+    tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
         .map_err(|_| Error::Unavailable(format!("agent at {address} did not answer")))?
         .map_err(|e| Error::Unavailable(format!("agent at {address}: {e}")))

@@ -56,6 +56,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
+use crate::journal::StreamId;
 use crate::limits::{AGENT_CONNECTIONS, ConnectionSlots};
 use crate::os::{Signal, send_signal};
 use crate::tls::{self, Identity};
@@ -102,7 +103,7 @@ pub enum AgentRequest {
         /// The mirror.
         mirror_name: String,
         /// The mirror's id.
-        mirror_id: String,
+        mirror_id: StreamId,
         /// The first position wanted.
         from: u64,
     },
@@ -365,7 +366,12 @@ impl Supervisor {
     /// See [`AgentRequest::JournalTail`]. Opening the journal may cut a torn tail and fsync, so
     /// it happens only under the data directory's lock — the one the instance takes at start —
     /// and a Start waits meanwhile.
-    async fn journal_tail(&self, mirror_name: String, mirror_id: String, from: u64) -> AgentReply {
+    async fn journal_tail(
+        &self,
+        mirror_name: String,
+        mirror_id: StreamId,
+        from: u64,
+    ) -> AgentReply {
         let _files = self.files.lock().await;
         if self.status().state == InstanceState::Running {
             return self.reply(
@@ -377,7 +383,7 @@ impl Supervisor {
         let read = tokio::task::spawn_blocking(move || {
             let _lock = crate::instance::lock_data_dir(&data_dir)?;
             let dir = data_dir.join("mgr").join("journal");
-            read_tail(&dir, &mirror_name, &mirror_id, from)
+            read_tail(&dir, &mirror_name, mirror_id, from)
         })
         .await;
         match read {
@@ -638,7 +644,7 @@ fn ask_instance(
 fn read_tail(
     dir: &std::path::Path,
     mirror_name: &str,
-    mirror_id: &str,
+    mirror_id: StreamId,
     from: u64,
 ) -> Result<JournalTail> {
     use crate::journal::{Journal, JournalOptions, JournalPos};
@@ -653,11 +659,9 @@ fn read_tail(
             "this host has no journal of mirror {mirror_name}"
         )));
     }
-    let stream = crate::util::parse_hex16(mirror_id)
-        .ok_or_else(|| Error::InvalidInput("bad mirror id".into()))?;
     // The instance is down and the agent starts it only on request: nothing else has these
     // files open. Opening cuts a torn write at the end, as the instance's own start would.
-    let (journal, _) = Journal::open(dir, stream, options)?;
+    let (journal, _) = Journal::open(dir, mirror_id, options)?;
     let shared = journal.shared();
     let from = JournalPos(from.max(1));
     if from < shared.first_pos() {

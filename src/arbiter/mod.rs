@@ -36,6 +36,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::{Sender, channel};
 
 use crate::error::{Error, Result};
+use crate::journal::StreamId;
 use crate::limits::{ARBITER_CONNECTIONS, ConnectionSlots};
 use crate::mirror::failover::{ArbiterBook, Mode, ToPrimary};
 use crate::wire::{MAX_AGENT_FRAME, read_frame, write_frame};
@@ -47,7 +48,7 @@ pub enum ToArbiter {
     /// A failover member connects.
     Hello {
         /// The mirror's id.
-        mirror_id: String,
+        mirror_id: StreamId,
         /// The mirror's name.
         mirror_name: String,
         /// The member's name.
@@ -241,9 +242,9 @@ impl MirrorRecord {
 /// The arbiter's state: one record per mirror.
 #[derive(Debug, Default)]
 pub struct Arbiter {
-    mirrors: HashMap<String, MirrorRecord>,
+    mirrors: HashMap<StreamId, MirrorRecord>,
     /// Connection id → (mirror id, primary slot).
-    conns: HashMap<u64, (String, bool)>,
+    conns: HashMap<u64, (StreamId, bool)>,
     next_conn: u64,
 }
 
@@ -289,7 +290,7 @@ impl Arbiter {
         };
         self.next_conn += 1;
         let conn = self.next_conn;
-        let record = self.mirrors.entry(mirror_id.clone()).or_default();
+        let record = self.mirrors.entry(*mirror_id).or_default();
         if *primary
             && (*epoch < record.epoch || (*epoch == record.epoch && record.book.backup_took_over))
         {
@@ -321,7 +322,7 @@ impl Arbiter {
                 *activation,
             );
         }
-        self.conns.insert(conn, (mirror_id.clone(), *primary));
+        self.conns.insert(conn, (*mirror_id, *primary));
         tracing::info!(
             "arbiter: {mirror_name}: {member} connected as {}",
             if *primary { "primary" } else { "backup" }
@@ -455,7 +456,7 @@ impl Arbiter {
                         &record.primary
                     };
                     if let Some(slot) = partner {
-                        silent.push((id.clone(), slot.conn));
+                        silent.push((*id, slot.conn));
                     }
                 }
             }
@@ -599,7 +600,7 @@ mod tests {
 
     fn hello(primary: bool, epoch: u64) -> ToArbiter {
         ToArbiter::Hello {
-            mirror_id: "m".into(),
+            mirror_id: StreamId([1; 16]),
             mirror_name: "MIRRORSET".into(),
             member: if primary { "A" } else { "B" }.into(),
             primary,

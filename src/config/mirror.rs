@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::journal::StreamId;
 use crate::names::DbName;
 
 /// IRIS's default quality of service timeout.
@@ -280,8 +281,8 @@ impl MemberInfo {
 pub struct MirrorDefinition {
     /// Mirror name (`MIRRORSET`).
     pub name: String,
-    /// Hex id of the mirror's journal stream.
-    pub id: String,
+    /// The mirror's id: its journal's stream id.
+    pub id: StreamId,
     /// Quality of service timeout (ms).
     pub qos_timeout_ms: u64,
     /// Whether an arbiter is configured.

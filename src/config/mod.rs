@@ -18,6 +18,7 @@ pub mod mirror;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
+use crate::journal::StreamId;
 use crate::names::{DbName, NamespaceName};
 use crate::storage::{CatalogState, DatabaseEntry, NamespaceEntry};
 use crate::util::{random_hex, write_file_atomically};
@@ -36,7 +37,7 @@ pub struct InstanceConfig {
     /// Random id of this instance, given at first start.
     pub instance_guid: String,
     /// Hex id of this instance's journal (see `journal::segment`).
-    pub journal_stream: String,
+    pub journal_stream: StreamId,
     /// The mirror epoch new journal records carry.
     pub epoch: u64,
     /// Databases, in creation order.
@@ -96,7 +97,7 @@ impl InstanceConfig {
         InstanceConfig {
             format: FORMAT,
             instance_guid: random_hex(16),
-            journal_stream: random_hex(16),
+            journal_stream: StreamId::random(),
             epoch: 1,
             databases: Vec::new(),
             namespaces: Vec::new(),
@@ -111,13 +112,6 @@ impl InstanceConfig {
             .iter_mut()
             .find(|d| &d.name == name)
             .ok_or_else(|| Error::NotFound(format!("database {name} does not exist")))
-    }
-
-    /// The journal id as bytes.
-    pub fn stream_id(&self) -> Result<[u8; 16]> {
-        crate::util::parse_hex16(&self.journal_stream).ok_or_else(|| {
-            Error::Corrupt("journal_stream in the configuration is not 32 hex digits".into())
-        })
     }
 }
 
@@ -291,7 +285,7 @@ mod tests {
         assert!(reloaded.get().mirror.service_enabled);
         assert_eq!(reloaded.get().epoch, 1);
         assert_eq!(reloaded.get(), store.get());
-        assert_eq!(store.get().stream_id().unwrap().len(), 16);
+        assert_ne!(store.get().journal_stream, StreamId([0; 16]));
     }
 
     #[test]

@@ -159,7 +159,7 @@ pub fn install(
     source: &InstallSource,
 ) -> Result<InstallReport> {
     let mut report = InstallReport::default();
-    let stream = store.get().journal_stream.clone();
+    let stream = store.get().journal_stream;
     for db in &source.manifest.databases {
         if store.get().databases.iter().any(|d| d.name == db.name) {
             continue;
@@ -179,7 +179,7 @@ pub fn install(
             }
             report.adopted_databases.push(db.name.clone());
         } else {
-            database::create(&file, &db.name, &stream, source.schema(db)?)?;
+            database::create(&file, &db.name, stream, source.schema(db)?)?;
             report.created_databases.push(db.name.clone());
         }
         store.update(|config| {

@@ -53,12 +53,11 @@ use std::thread::JoinHandle;
 use crate::error::{Error, IoContext, Result};
 use crate::journal::{
     DEFAULT_MAX_SEGMENT_BYTES, Journal, JournalIo, JournalOptions, JournalPos, JournalShared,
-    OpenReport,
+    OpenReport, StreamId,
 };
 use crate::names::{DbName, NamespaceName};
 use crate::storage::Catalog;
 use crate::storage::database;
-use crate::util::hex;
 
 use crate::config::{ConfigStore, InstanceConfig, catalog_state};
 use install::{InstallReport, InstallSource};
@@ -266,7 +265,7 @@ impl Instance {
             );
         }
 
-        let stream = config.get().stream_id()?;
+        let stream = config.get().journal_stream;
         let journal_dir = mgr.join("journal");
         let (journal, journal_report) = Journal::open(
             &journal_dir,
@@ -313,7 +312,7 @@ impl Prepared {
         } = attach;
         let data_dir = settings.data_dir.clone();
         let shared = journal.shared();
-        let stream_hex = hex(&shared.stream());
+        let local_stream = shared.stream();
         let membership = config.get().mirror.membership.clone();
         let primary = role.is_primary();
 
@@ -325,7 +324,7 @@ impl Prepared {
             match recover_database(
                 entry,
                 &shared,
-                &stream_hex,
+                local_stream,
                 membership.as_ref(),
                 mirror_journal.as_ref(),
             ) {
@@ -614,13 +613,13 @@ pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<File> {
 fn recover_database(
     entry: &crate::storage::DatabaseEntry,
     local: &JournalShared,
-    local_hex: &str,
+    local_stream: StreamId,
     membership: Option<&Membership>,
     primary_journal: Option<&Journal>,
 ) -> Result<Option<CatchUp>> {
     let identity = recovery::identity_of(entry)?;
-    if identity.stream == local_hex {
-        return recovery::catch_up(entry, local, local_hex, local.durable_end()).map(Some);
+    if identity.stream == local_stream {
+        return recovery::catch_up(entry, local, local_stream, local.durable_end()).map(Some);
     }
     let Some(m) = membership.filter(|m| m.mirror.id == identity.stream) else {
         return Err(Error::Conflict(format!(
@@ -639,7 +638,7 @@ fn recover_database(
     match primary_journal {
         Some(journal) => {
             let shared = journal.shared();
-            recovery::catch_up(entry, &shared, &m.mirror.id, shared.durable_end()).map(Some)
+            recovery::catch_up(entry, &shared, m.mirror.id, shared.durable_end()).map(Some)
         }
         None => Ok(None),
     }

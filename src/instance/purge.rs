@@ -30,7 +30,6 @@
 use crate::error::Result;
 use crate::journal::{JournalPos, JournalShared};
 use crate::storage::database;
-use crate::util::hex;
 
 use super::Instance;
 
@@ -91,7 +90,7 @@ pub fn purge(instance: &Instance) -> Result<PurgeReport> {
     let state = instance.catalog.snapshot();
     let config = instance.config.get();
     let membership = config.mirror.membership.as_ref();
-    let local_hex = hex(&instance.journal.stream());
+    let local_stream = instance.journal.stream();
     let mut local_needs = Vec::new();
     let mut mirror_needs = Vec::new();
     let mut report = PurgeReport::default();
@@ -101,7 +100,7 @@ pub fn purge(instance: &Instance) -> Result<PurgeReport> {
         // Read first, checkpoint second: the position read is then durable in the file.
         database::checkpoint(&conn)?;
         let need = identity.applied_pos.next();
-        if identity.stream == local_hex {
+        if identity.stream == local_stream {
             local_needs.push(need);
         } else if membership.is_some_and(|m| m.mirror.id == identity.stream) {
             mirror_needs.push(need);

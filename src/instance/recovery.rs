@@ -11,7 +11,7 @@
 //! copy from somewhere else), and a file that claims more than the journal holds.
 
 use crate::error::{Error, Result};
-use crate::journal::{JournalPos, JournalShared};
+use crate::journal::{JournalPos, JournalShared, StreamId};
 use crate::storage::DatabaseEntry;
 use crate::storage::database::{
     self, Applier, DatabaseIdentity, apply_schema_qualified, is_qualified_schema, set_applied_sql,
@@ -45,17 +45,17 @@ pub fn identity_of(entry: &DatabaseEntry) -> Result<DatabaseIdentity> {
     Ok(identity)
 }
 
-/// Checks the file of `entry` against the journal `stream_hex` and applies the records after its
+/// Checks the file of `entry` against the journal `stream` and applies the records after its
 /// applied position up to `until` (at most the journal's durable end).
 pub fn catch_up(
     entry: &DatabaseEntry,
     journal: &JournalShared,
-    stream_hex: &str,
+    stream: StreamId,
     until: JournalPos,
 ) -> Result<CatchUp> {
     let name = entry.name.as_str();
     let identity = identity_of(entry)?;
-    if identity.stream != stream_hex {
+    if identity.stream != stream {
         return Err(Error::Conflict(format!(
             "the file in {} is a copy of {name} made elsewhere (another instance or mirror): its \
              changes cannot be brought up to date from this journal",

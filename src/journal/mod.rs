@@ -68,7 +68,7 @@ mod tests {
     use super::*;
     use crate::error::Error;
 
-    const STREAM: StreamId = [42; 16];
+    const STREAM: StreamId = StreamId([42; 16]);
 
     fn record(pos: u64, payload: u8) -> Record {
         Record {
@@ -432,7 +432,7 @@ mod tests {
         drop(journal);
         let err = Journal::open(
             dir.path(),
-            [1; 16],
+            StreamId([1; 16]),
             JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES),
         )
         .err()
@@ -572,7 +572,7 @@ mod tests {
         let mirror_options =
             JournalOptions::mirror("MIRRORSET", DEFAULT_MAX_SEGMENT_BYTES, JournalPos(500));
         let (mut mirror, report) =
-            Journal::open(dir.path(), [9; 16], mirror_options.clone()).unwrap();
+            Journal::open(dir.path(), StreamId([9; 16]), mirror_options.clone()).unwrap();
         assert_eq!(
             report.end,
             JournalPos(499),
@@ -592,7 +592,7 @@ mod tests {
             JournalOptions::local(DEFAULT_MAX_SEGMENT_BYTES),
         )
         .unwrap();
-        let (mirror, _) = Journal::open(dir.path(), [9; 16], mirror_options).unwrap();
+        let (mirror, _) = Journal::open(dir.path(), StreamId([9; 16]), mirror_options).unwrap();
         assert_eq!(local.end(), JournalPos(2));
         assert_eq!(mirror.end(), JournalPos(504));
         assert_eq!(mirror.shared().first_pos(), JournalPos(500));

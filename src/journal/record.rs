@@ -68,7 +68,21 @@ const KIND_EVENT: u8 = 3;
 
 /// A position in the journal: the sequence number of a record. Position 0 means "before the first
 /// record", so a database that has applied nothing stores 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+/// On the wire (JSON) it is the bare number.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct JournalPos(pub u64);
 
 impl JournalPos {

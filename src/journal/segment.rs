@@ -40,8 +40,64 @@ pub const SEGMENT_MAGIC: [u8; 8] = *b"MLJOURNL";
 pub const HEADER_LEN: usize = 64;
 const FORMAT_VERSION: u32 = 1;
 
-/// Identifies one journal: the positions in two journals with different ids are unrelated.
-pub type StreamId = [u8; 16];
+/// Identifies one journal: the positions in two journals with different ids are unrelated. A
+/// mirror's id is its journal's, and a database file names the journal its applied position
+/// refers to. Sixteen bytes in a segment header; 32 lower-case hex digits everywhere else
+/// (configuration, database files, messages, pages).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StreamId(pub [u8; 16]);
+
+impl StreamId {
+    /// Parses 32 hex digits.
+    pub fn parse(text: &str) -> Option<StreamId> {
+        crate::util::parse_hex16(text).map(StreamId)
+    }
+
+    /// A new id, from the operating system's random source.
+    pub fn random() -> StreamId {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+        StreamId(bytes)
+    }
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::util::hex(&self.0))
+    }
+}
+
+impl std::fmt::Debug for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StreamId({self})")
+    }
+}
+
+impl std::str::FromStr for StreamId {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<StreamId> {
+        StreamId::parse(text)
+            .ok_or_else(|| Error::InvalidInput(format!("{text:?} is not a journal stream id")))
+    }
+}
+
+impl serde::Serialize for StreamId {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for StreamId {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 /// The fields of a segment header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +116,7 @@ impl SegmentHeader {
         let mut out = [0u8; HEADER_LEN];
         out[0..8].copy_from_slice(&SEGMENT_MAGIC);
         out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out[16..32].copy_from_slice(&self.stream);
+        out[16..32].copy_from_slice(&self.stream.0);
         out[32..40].copy_from_slice(&self.first_pos.0.to_le_bytes());
         out[40..48].copy_from_slice(&self.created_ms.to_le_bytes());
         let crc = crc32fast::hash(&out[0..60]);
@@ -85,7 +141,7 @@ impl SegmentHeader {
             return Some(Err(format!("unknown format version {version}")));
         }
         Some(Ok(SegmentHeader {
-            stream: bytes[16..32].try_into().unwrap(),
+            stream: StreamId(bytes[16..32].try_into().unwrap()),
             first_pos: JournalPos(u64::from_le_bytes(bytes[32..40].try_into().unwrap())),
             created_ms: i64::from_le_bytes(bytes[40..48].try_into().unwrap()),
         }))
@@ -324,7 +380,7 @@ mod tests {
 
     fn header() -> SegmentHeader {
         SegmentHeader {
-            stream: [7; 16],
+            stream: StreamId([7; 16]),
             first_pos: JournalPos(10),
             created_ms: 1,
         }

@@ -129,7 +129,7 @@ fn connection(
     write_frame_sync(
         &mut writer,
         &ToArbiter::Hello {
-            mirror_id: m.mirror.id.clone(),
+            mirror_id: m.mirror.id,
             mirror_name: m.mirror.name.clone(),
             member: m.this.name.clone(),
             primary,

@@ -60,6 +60,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::agent::{self, AgentRequest};
+use crate::journal::StreamId;
 use crate::mirror::steps::MirrorCommand;
 
 use super::core::{Look, MemberCore, Restarting, Shell};
@@ -79,7 +80,7 @@ pub fn start(service: Arc<MirrorService>, stop: Arc<AtomicBool>) -> JoinHandle<(
         .name("failover".into())
         .spawn(move || {
             let mut driver = Driver::new(service);
-            while !stop.load(Ordering::Acquire) {
+            while !stop.load(Ordering::Acquire) && !driver.superseded {
                 driver.step();
                 std::thread::sleep(TICK);
             }
@@ -97,6 +98,8 @@ struct Driver {
     answers: mpsc::Receiver<Answer>,
     /// When the last step ran, to notice that this process stalled.
     last_step: Instant,
+    /// The member was told to stop at once and the exit hook returned (tests only).
+    superseded: bool,
 }
 
 enum Answer {
@@ -118,6 +121,7 @@ impl Driver {
             answers_tx,
             answers,
             last_step: Instant::now(),
+            superseded: false,
         }
     }
 
@@ -232,6 +236,7 @@ impl Driver {
             answers: &self.answers_tx,
             gap,
             receiver_stalled,
+            superseded: &mut self.superseded,
         };
         let after = self.core.step(role, look, &mut shell);
         if after.writes_may_resume && context.mirror.hub.suspended() {
@@ -395,6 +400,8 @@ struct DriverShell<'a> {
     /// For the stall's log line.
     gap: Duration,
     receiver_stalled: bool,
+    /// Set once the exit hook returned (tests only).
+    superseded: &'a mut bool,
 }
 
 impl Shell for DriverShell<'_> {
@@ -464,7 +471,7 @@ impl Shell for DriverShell<'_> {
         let qos = Duration::from_millis(m.mirror.qos_timeout_ms);
         let tx = self.answers.clone();
         let journal = self.service.receiver_journal();
-        let (mirror_name, mirror_id) = (m.mirror.name.clone(), m.mirror.id.clone());
+        let (mirror_name, mirror_id) = (m.mirror.name.clone(), m.mirror.id);
         tracing::warn!(
             "mirror: lost the primary; asking its agent at {}",
             address.address
@@ -484,7 +491,7 @@ impl Shell for DriverShell<'_> {
                         // A backup that was not active may lack acknowledged records: it takes
                         // over only with the down primary's journal, fetched through its agent.
                         let fetched = !active
-                            && fetch_tail(&address, &journal, &mirror_name, &mirror_id, qos)
+                            && fetch_tail(&address, &journal, &mirror_name, mirror_id, qos)
                                 .inspect_err(|err| {
                                     tracing::warn!(
                                         "mirror: the primary's journal could not be fetched through its agent: {err}"
@@ -558,7 +565,9 @@ impl Shell for DriverShell<'_> {
 
     fn shut_down(&mut self) {
         tracing::error!("mirror: the other member took over; this instance stops");
-        std::process::exit(3);
+        (self.service.context().superseded)();
+        // Only a test's hook returns: this member decides nothing more.
+        *self.superseded = true;
     }
 
     fn fresh_rules(&mut self, backup: bool) {
@@ -604,7 +613,7 @@ fn fetch_tail(
     address: &crate::agent::Target,
     journal: &super::receiver::SharedJournal,
     mirror_name: &str,
-    mirror_id: &str,
+    mirror_id: StreamId,
     qos: Duration,
 ) -> crate::error::Result<()> {
     use crate::error::Error;
@@ -615,7 +624,7 @@ fn fetch_tail(
     };
     let request = AgentRequest::JournalTail {
         mirror_name: mirror_name.to_string(),
-        mirror_id: mirror_id.to_string(),
+        mirror_id,
         from: from.0,
     };
     let reply = agent::call_blocking(address, request, qos.max(Duration::from_secs(5)))?;

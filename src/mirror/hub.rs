@@ -591,7 +591,7 @@ impl Replication for Hub {
     fn committed(&self, pos: JournalPos) {
         let mut state = self.state.lock().unwrap();
         state.committed_end = state.committed_end.max(pos);
-        let control = Control::Durable { pos: pos.0 };
+        let control = Control::Durable { pos };
         for link in &state.links {
             link.outbox.control(&control);
         }

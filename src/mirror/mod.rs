@@ -144,7 +144,22 @@ pub struct MirrorContext {
     pub agent: String,
     /// This member's TLS key and certificate.
     pub identity: Arc<crate::tls::Identity>,
+    /// What stopping at once means here (see [`SupersededHook`]).
+    pub superseded: SupersededHook,
+    /// Called when this member's mirror journal failed on the receiving side: the instance
+    /// stops, as it does when the writer fails (see [`receiver`]).
+    pub journal_failed: FailedHook,
+    /// The journal files' write path (the real file calls, or a test's faults).
+    pub journal_io: Arc<dyn crate::journal::JournalIo>,
 }
+
+/// Called when a part of the instance failed in a way it cannot go on from: the instance stops.
+pub type FailedHook = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Called when the other member took over and this instance must stop at once (the failover
+/// rules' `ShutDown`): the member's process exits with status 3; a test records it instead, and
+/// the failover driver stops deciding.
+pub type SupersededHook = Arc<dyn Fn() + Send + Sync>;
 
 /// The certificate `member` must show in a mirror that requires SSL/TLS.
 fn expected_certificate(member: &crate::config::mirror::MemberInfo) -> Result<String> {
@@ -182,12 +197,18 @@ pub fn dial(
     address: &str,
     timeout: std::time::Duration,
 ) -> Result<crate::tls::Channel> {
-    let tcp = receiver::connect(address, timeout)?;
+    let tcp = crate::wire::connect(address, timeout)?;
     tcp.set_nodelay(true)?;
     if !m.mirror.require_tls {
         return Ok(crate::tls::Channel::Plain(tcp));
     }
-    crate::tls::connect_blocking(tcp, identity, &expected_certificate(member)?)
+    crate::tls::connect_blocking(
+        tcp,
+        identity,
+        Some(&expected_certificate(member)?),
+        crate::tls::HANDSHAKE_TIMEOUT,
+    )
+    .map(|(channel, _)| channel)
 }
 
 impl MirrorContext {
@@ -210,8 +231,8 @@ impl MirrorContext {
             members,
             primary,
             databases: m.databases.clone(),
-            journal_first: journal.as_ref().map(|j| j.first_pos().0).unwrap_or(1),
-            journal_end: journal.as_ref().map(|j| j.durable_end().0).unwrap_or(0),
+            journal_first: journal.as_ref().map_or(JournalPos(1), |j| j.first_pos()),
+            journal_end: journal.as_ref().map_or(JournalPos(0), |j| j.durable_end()),
             epoch: config.epoch,
             epochs: m.epochs.clone(),
             // A restarted former primary asking must wait while this member may be about to take

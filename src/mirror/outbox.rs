@@ -19,7 +19,9 @@
 //! - **Never blocks a producer.** The direct write is `MSG_DONTWAIT`: a full send buffer (a slow
 //!   or stalled member) leaves the rest in the queue for the sender thread, whose blocking write
 //!   has a timeout. An async member can never delay a commit, and a stalled backup is handled
-//!   by the quality of service timeout as before.
+//!   by the quality of service timeout as before. Over TLS a direct send encrypts whole messages
+//!   and may leave part of their records [owed](Channel::owes); the sender thread is woken and
+//!   its flush writes them, before anything queued after them.
 //! - **The right socket.** The outbox owns its own handle on the connection, so a direct write
 //!   can never land on a descriptor number the sender thread closed and the system reused.
 //! - **Closing.** After [`Outbox::close`] (or [`Outbox::hang_up`]) nothing more is accepted; the
@@ -48,7 +50,8 @@ pub const MAX_QUEUED_BYTES: usize = 32 << 20;
 /// What the sender thread is to do next.
 #[derive(Debug, PartialEq, Eq)]
 enum Next {
-    /// Write these bytes (the queue, taken whole), then ask again.
+    /// Write these bytes (the queue, taken whole; none when only a direct send's records are
+    /// owed), then flush and ask again.
     Write,
     /// Nothing was left for the sender thread for the heartbeat interval (producers may have
     /// sent directly meanwhile; a heartbeat then is merely redundant).
@@ -172,7 +175,9 @@ impl Outbox {
                 }
             }
         }
-        let left = !state.queued.is_empty();
+        // Over TLS a direct send may leave part of its records owed (see `Channel::owes`):
+        // the sender thread's flush writes them.
+        let left = !state.queued.is_empty() || state.direct.as_ref().is_some_and(Channel::owes);
         drop(state);
         if left {
             self.wake.notify_one();
@@ -195,10 +200,11 @@ impl Outbox {
         debug_assert!(out.is_empty());
         let mut state = self.state.lock().unwrap();
         state.sender_writing = false;
-        if state.queued.is_empty() && !state.closing {
+        let owed = |state: &State| state.direct.as_ref().is_some_and(Channel::owes);
+        if state.queued.is_empty() && !state.closing && !owed(&state) {
             state = self.wake.wait_timeout(state, heartbeat).unwrap().0;
         }
-        if !state.queued.is_empty() {
+        if !state.queued.is_empty() || owed(&state) {
             std::mem::swap(&mut state.queued, out);
             state.sender_writing = true;
             Next::Write
@@ -231,10 +237,12 @@ impl Outbox {
             match self.next(heartbeat, &mut bytes) {
                 Next::Write => {
                     socket.write_all(&bytes)?;
+                    // Also writes what a direct send left owed (TLS), before anything newer.
+                    socket.flush()?;
                     bytes.clear();
                 }
                 Next::Idle => self.control(&beat()),
-                Next::End => return Ok(()),
+                Next::End => return socket.flush(),
             }
         }
     }
@@ -266,14 +274,36 @@ mod tests {
         (Channel::Plain(server), client)
     }
 
-    fn durable(pos: u64) -> Control {
-        Control::Durable { pos }
+    /// Both ends of a TLS connection, the primary's first.
+    fn tls_pair() -> (Channel, Channel) {
+        use crate::tls::{HANDSHAKE_TIMEOUT, Identity, accept_blocking, connect_blocking};
+        let primary = Arc::new(Identity::ephemeral("a").unwrap());
+        let member = Identity::ephemeral("b").unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepting = {
+            let primary = primary.clone();
+            std::thread::spawn(move || {
+                let (tcp, _) = listener.accept().unwrap();
+                accept_blocking(tcp, &primary, HANDSHAKE_TIMEOUT).unwrap().0
+            })
+        };
+        let tcp = TcpStream::connect(addr).unwrap();
+        let (client, _) =
+            connect_blocking(tcp, &member, Some(primary.fingerprint()), HANDSHAKE_TIMEOUT).unwrap();
+        (accepting.join().unwrap(), client)
     }
 
-    fn read_durable(input: &mut TcpStream) -> u64 {
+    fn durable(pos: u64) -> Control {
+        Control::Durable {
+            pos: JournalPos(pos),
+        }
+    }
+
+    fn read_durable(input: &mut impl std::io::Read) -> u64 {
         match read_message(input).unwrap() {
             Some(Message::Control(c)) => match *c {
-                Control::Durable { pos } => pos,
+                Control::Durable { pos } => pos.0,
                 other => panic!("read {other:?}"),
             },
             other => panic!("read {other:?}"),
@@ -327,7 +357,22 @@ mod tests {
 
     #[test]
     fn a_full_send_buffer_leaves_the_rest_to_the_sender_in_order() {
-        let (server, mut client) = pair();
+        let (server, client) = pair();
+        a_full_send_buffer_leaves_the_rest_in_order(server, client);
+    }
+
+    /// Over TLS a direct send that did not fit leaves part of its records owed: the sender
+    /// thread's flush writes them, before what was queued behind them.
+    #[test]
+    fn a_full_send_buffer_over_tls_leaves_the_rest_to_the_sender_in_order() {
+        let (server, client) = tls_pair();
+        a_full_send_buffer_leaves_the_rest_in_order(server, client);
+    }
+
+    fn a_full_send_buffer_leaves_the_rest_in_order(
+        server: Channel,
+        mut client: impl std::io::Read,
+    ) {
         let outbox = Arc::new(Outbox::new());
         outbox.open_direct(server.try_clone().unwrap());
         // Nobody reads: direct writes fill the socket's buffers and the rest queues instead of
@@ -339,6 +384,8 @@ mod tests {
             outbox.frames(JournalPos(last), JournalPos(last), &frames);
             assert!(last < 10_000, "the socket never filled");
         }
+        // Over TLS the send that did not fit left records owed, and everything since queued.
+        assert_eq!(server.owes(), matches!(server, Channel::Tls(_)));
         outbox.control(&durable(last));
         // The sender thread writes the rest (blocking) while the member reads.
         let sender = {
@@ -348,6 +395,7 @@ mod tests {
                 let mut out = Vec::new();
                 while outbox.next(Duration::from_secs(5), &mut out) == Next::Write {
                     writer.write_all(&out).unwrap();
+                    writer.flush().unwrap();
                     out.clear();
                 }
             })
@@ -365,7 +413,20 @@ mod tests {
 
     #[test]
     fn heartbeats_and_batches_from_several_threads_arrive_whole_and_in_order() {
-        let (server, mut client) = pair();
+        let (server, client) = pair();
+        heartbeats_and_batches_arrive_whole_and_in_order(server, client);
+    }
+
+    #[test]
+    fn heartbeats_and_batches_over_tls_arrive_whole_and_in_order() {
+        let (server, client) = tls_pair();
+        heartbeats_and_batches_arrive_whole_and_in_order(server, client);
+    }
+
+    fn heartbeats_and_batches_arrive_whole_and_in_order(
+        server: Channel,
+        mut client: impl std::io::Read + Send,
+    ) {
         let outbox = Arc::new(Outbox::new());
         outbox.open_direct(server.try_clone().unwrap());
         std::thread::scope(|scope| {
@@ -375,7 +436,7 @@ mod tests {
                 let mut socket = server.try_clone().unwrap();
                 outbox.serve(&mut socket, Duration::from_millis(1), || {
                     Control::Heartbeat {
-                        durable: 0,
+                        durable: JournalPos(0),
                         time_ms: 0,
                     }
                 })
@@ -404,7 +465,7 @@ mod tests {
                     Some(Message::Control(c)) => match *c {
                         Control::Heartbeat { .. } => heartbeats += 1,
                         Control::Durable { pos } => {
-                            assert_eq!(pos, next - 1, "batches missing");
+                            assert_eq!(pos.0, next - 1, "batches missing");
                             break;
                         }
                         other => panic!("read {other:?}"),

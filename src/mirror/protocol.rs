@@ -32,7 +32,7 @@ use std::io::{Read, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::journal::JournalPos;
+use crate::journal::{JournalPos, StreamId};
 
 use crate::config::mirror::{MemberInfo, MirrorDefinition, MirroredDatabase};
 
@@ -55,9 +55,9 @@ pub struct MirrorDescription {
     /// The mirrored databases.
     pub databases: Vec<MirroredDatabase>,
     /// Oldest position the primary's journal still holds.
-    pub journal_first: u64,
+    pub journal_first: JournalPos,
     /// The primary's durable end.
-    pub journal_end: u64,
+    pub journal_end: JournalPos,
     /// Current epoch.
     pub epoch: u64,
     /// Where each epoch after the first began.
@@ -78,13 +78,13 @@ pub enum Control {
         /// Mirror name.
         mirror_name: String,
         /// Mirror id.
-        mirror_id: String,
+        mirror_id: StreamId,
         /// The member.
         member: MemberInfo,
         /// Oldest position the member's journal holds (0 when empty).
-        journal_first: u64,
+        journal_first: JournalPos,
         /// Last position the member holds.
-        journal_end: u64,
+        journal_end: JournalPos,
         /// The epoch of the member's last record (0 when it has none).
         #[serde(default)]
         last_epoch: u64,
@@ -96,14 +96,14 @@ pub enum Control {
         /// The mirror.
         description: MirrorDescription,
         /// Cut the member's journal after this position first.
-        truncate_after: Option<u64>,
+        truncate_after: Option<JournalPos>,
         /// The cut is a divergent tail: the member was primary in an older epoch and wrote
         /// records the new primary never had. It must undo what it applied of them and keep
         /// their rows in quarantine.
         #[serde(default)]
         divergent: bool,
         /// The first position the primary will send.
-        from: u64,
+        from: JournalPos,
     },
     /// The request is refused, with a reason for people.
     Refused {
@@ -117,12 +117,12 @@ pub enum Control {
     /// The primary's journal is durable up to `pos` (dejournal up to here).
     Durable {
         /// Position.
-        pos: u64,
+        pos: JournalPos,
     },
     /// Sent when idle so both sides know the link lives.
     Heartbeat {
         /// The primary's durable end.
-        durable: u64,
+        durable: JournalPos,
         /// The primary's clock (ms since the Unix epoch).
         time_ms: i64,
     },
@@ -172,11 +172,11 @@ pub enum Control {
     /// A member asks for older records `from..=to`.
     Fetch {
         /// Mirror id.
-        mirror_id: String,
+        mirror_id: StreamId,
         /// First position wanted.
-        from: u64,
+        from: JournalPos,
         /// Last position wanted.
-        to: u64,
+        to: JournalPos,
     },
     /// All fetched records were sent.
     FetchDone,
@@ -363,14 +363,16 @@ mod tests {
     #[test]
     fn messages_round_trip() {
         let mut wire = Vec::new();
-        write_control(&mut wire, &Control::Durable { pos: 7 }).unwrap();
+        write_control(&mut wire, &Control::Durable { pos: JournalPos(7) }).unwrap();
         let body = frames(3..=5);
         write_frames(&mut wire, JournalPos(3), JournalPos(5), &body).unwrap();
         write_ack(&mut wire, JournalPos(5)).unwrap();
         let mut input = &wire[..];
         assert_eq!(
             read_message(&mut input).unwrap(),
-            Some(Message::Control(Box::new(Control::Durable { pos: 7 })))
+            Some(Message::Control(Box::new(Control::Durable {
+                pos: JournalPos(7)
+            })))
         );
         assert_eq!(
             read_message(&mut input).unwrap(),

@@ -16,9 +16,18 @@
 //! A former primary coming back from an older epoch may be told that the end of its journal is
 //! a *divergent tail*: it first has the writer undo what it applied of it (keeping the rows in
 //! quarantine), and only then cuts its journal.
+//!
+//! # A journal that fails stops the instance
+//!
+//! When the mirror journal fails a write, an fsync or a cut, the receiver acknowledges nothing
+//! more, never reconnects, and has the instance stop ([`MirrorContext::journal_failed`]), as the
+//! writer does on the primary. Reconnecting instead would be wrong after a failed fsync: the
+//! journal's end already counts the batch, the hello would say so, and the next fsync that
+//! succeeds would acknowledge records the system may have dropped from its cache without ever
+//! writing them — acknowledged writes that a takeover would lose. A restart opens the journal
+//! from the files, whatever they hold.
 
 use std::io::{BufReader, BufWriter, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -29,6 +38,7 @@ use crate::journal::{Journal, JournalOptions, JournalPos};
 use crate::util::now_ms;
 
 use super::MirrorContext;
+use super::core::hello::{Cut, check_cut};
 use super::failover::{Event, Mode};
 use super::protocol::{Control, Message, check_frames, read_message, write_ack, write_control};
 use super::state::LinkError;
@@ -62,6 +72,7 @@ pub fn start(
                     continue;
                 }
                 let result = receive(&context, &journal, &stop, failures);
+                let journal_failed = matches!(result, Err(LinkError::JournalFailed(_)));
                 failures = if result.is_ok() { 0 } else { failures + 1 };
                 let now = now_ms();
                 let mut link = context.mirror.link.lock().unwrap();
@@ -80,7 +91,13 @@ pub fn start(
                     if link.last_error.as_ref() != Some(&err) {
                         tracing::warn!("mirror: link to the primary: {err}");
                     }
-                    link.last_error = Some(err);
+                    link.last_error = Some(err.clone());
+                    if journal_failed {
+                        drop(link);
+                        tracing::error!("mirror: {err}: this instance stops");
+                        (context.journal_failed)(&err.to_string());
+                        return;
+                    }
                 }
                 drop(link);
                 pause(&stop, RETRY);
@@ -123,19 +140,20 @@ fn primary_of(context: &MirrorContext, failures: usize) -> Result<MemberInfo> {
         .ok_or_else(|| Error::Conflict(format!("member {name} is not known")))
 }
 
-/// A TCP connection to `address`, trying each address it resolves to.
-pub(crate) fn connect(address: &str, timeout: Duration) -> Result<TcpStream> {
-    let mut last = Error::Unavailable(format!("{address} did not resolve"));
-    for addr in address
-        .to_socket_addrs()
-        .map_err(|e| Error::Unavailable(format!("{address}: {e}")))?
-    {
-        match TcpStream::connect_timeout(&addr, timeout) {
-            Ok(stream) => return Ok(stream),
-            Err(err) => last = Error::Unavailable(format!("{address}: {err}")),
+/// The highest position any mounted copy of this mirror's databases has applied (read from the
+/// copies themselves: what a cut must not reach below).
+fn highest_applied(context: &MirrorContext, membership: &Membership) -> Result<JournalPos> {
+    let mut highest = JournalPos(0);
+    for entry in context.catalog.snapshot().databases.values() {
+        if !entry.mounted || entry.mirrored.is_none() {
+            continue;
+        }
+        let identity = crate::instance::recovery::identity_of(entry)?;
+        if identity.stream == membership.mirror.id {
+            highest = highest.max(identity.applied_pos);
         }
     }
-    Err(last)
+    Ok(highest)
 }
 
 /// One connection's life.
@@ -164,18 +182,14 @@ fn receive(
     let mut reader = BufReader::with_capacity(1 << 20, stream.try_clone()?);
     let mut writer = BufWriter::new(stream.try_clone()?);
     let (first, end, last_epoch) = match shared.lock().unwrap().as_ref() {
-        Some(j) => (
-            j.shared().first_pos().0,
-            j.end().0,
-            j.shared().last_epoch()?,
-        ),
-        None => (0, 0, 0),
+        Some(j) => (j.shared().first_pos(), j.end(), j.shared().last_epoch()?),
+        None => (JournalPos(0), JournalPos(0), 0),
     };
     write_control(
         &mut writer,
         &Control::Hello {
             mirror_name: membership.mirror.name.clone(),
-            mirror_id: membership.mirror.id.clone(),
+            mirror_id: membership.mirror.id,
             // The certificate this member holds now: if its key was replaced, the primary sees
             // that it differs from the authorized one and says so.
             member: MemberInfo {
@@ -215,19 +229,23 @@ fn receive(
         let mut guard = shared.lock().unwrap();
         if guard.is_none() {
             // A new member's journal starts where the primary starts sending.
-            let options = JournalOptions::mirror(
-                &membership.mirror.name,
-                context.max_segment_bytes,
-                JournalPos(from),
-            );
-            let id = crate::util::parse_hex16(&membership.mirror.id)
-                .ok_or_else(|| Error::Corrupt("bad mirror id".into()))?;
-            let (journal, _) = Journal::open(&context.journal_dir, id, options)?;
+            let options =
+                JournalOptions::mirror(&membership.mirror.name, context.max_segment_bytes, from)
+                    .with_io(context.journal_io.clone());
+            let (journal, _) = Journal::open(&context.journal_dir, membership.mirror.id, options)?;
             context.mirror.set_journal(Some(journal.shared()));
             *guard = Some(journal);
         }
         let journal = guard.as_mut().unwrap();
-        if let Some(cut) = truncate_after.filter(|cut| *cut < journal.end().0) {
+        if let Some(cut) = truncate_after.filter(|cut| *cut < journal.end()) {
+            let asked = Cut {
+                after: cut,
+                divergent,
+            };
+            if let Err(unsafe_cut) = check_cut(asked, highest_applied(context, &membership)?) {
+                tracing::error!("mirror: {unsafe_cut}");
+                return Err(Error::Corrupt(unsafe_cut.to_string()).into());
+            }
             if divergent {
                 // Ordering: undo and quarantine first, cut second. A crash in between leaves
                 // the tail in the journal, and the next connection undoes nothing twice (each
@@ -237,10 +255,7 @@ fn receive(
                      reached the new primary: undoing them"
                 );
                 let message = context.writer.extension_blocking(|reply| {
-                    crate::mirror::steps::MirrorCommand::RollBack {
-                        after: JournalPos(cut),
-                        reply,
-                    }
+                    crate::mirror::steps::MirrorCommand::RollBack { after: cut, reply }
                 })?;
                 tracing::warn!("mirror: {message}");
             } else {
@@ -248,12 +263,14 @@ fn receive(
                     "mirror: dropping journal records after {cut} that the primary never made durable"
                 );
             }
-            journal.truncate_after(JournalPos(cut))?;
+            journal
+                .truncate_after(cut)
+                .map_err(|e| LinkError::JournalFailed(e.to_string()))?;
             context
                 .mirror
-                .set_dejournal_target(context.mirror.dejournal_target().min(JournalPos(cut)));
+                .set_dejournal_target(context.mirror.dejournal_target().min(cut));
         }
-        if journal.end().next() != JournalPos(from) {
+        if journal.end().next() != from {
             return Err(Error::Conflict(format!(
                 "the primary sends from position {from} but this member's mirror journal ends at {}",
                 journal.end()
@@ -324,11 +341,9 @@ fn receive(
                     pending.extend_from_slice(&bytes);
                 }
                 Message::Control(control) => match *control {
-                    Control::Durable { pos } => {
-                        primary_durable = primary_durable.max(JournalPos(pos))
-                    }
+                    Control::Durable { pos } => primary_durable = primary_durable.max(pos),
                     Control::Heartbeat { durable, .. } => {
-                        primary_durable = primary_durable.max(JournalPos(durable))
+                        primary_durable = primary_durable.max(durable)
                     }
                     Control::Activated { activation } => {
                         tracing::info!("mirror: this member is the active backup");
@@ -393,8 +408,10 @@ fn receive(
                     ))
                     .into());
                 }
-                journal.append(&pending, batch_last, batch_last.0 + 1 - first.0)?;
-                journal.sync()?;
+                journal
+                    .append(&pending, batch_last, batch_last.0 + 1 - first.0)
+                    .and_then(|()| journal.sync())
+                    .map_err(|e| LinkError::JournalFailed(e.to_string()))?;
             }
             journal.end()
         };
@@ -473,7 +490,7 @@ pub fn fetch(
     from: JournalPos,
     to: JournalPos,
 ) -> Result<(JournalPos, JournalPos, Vec<u8>)> {
-    let mirror_id = &membership.mirror.id;
+    let mirror_id = membership.mirror.id;
     let address = primary.data_channel_address()?;
     let stream = super::dial(
         identity,
@@ -488,9 +505,9 @@ pub fn fetch(
     write_control(
         &mut writer,
         &Control::Fetch {
-            mirror_id: mirror_id.to_string(),
-            from: from.0,
-            to: to.0,
+            mirror_id,
+            from,
+            to,
         },
     )?;
     writer.flush()?;

@@ -50,7 +50,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::journal::{JournalPos, JournalShared};
+use crate::journal::{JournalPos, JournalShared, StreamId};
 use crate::limits::{
     ConnectionSlots, SUPERSERVER_CONNECTIONS, SUPERSERVER_CONNECTIONS_PER_STRANGER,
     SUPERSERVER_FIRST_MESSAGE, SUPERSERVER_STRANGER_CONNECTIONS,
@@ -302,13 +302,13 @@ fn serve(tcp: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
             mirror_id,
             from,
             to,
-        } => match fetch_source(context, &mirror_id, peer.as_deref()) {
+        } => match fetch_source(context, mirror_id, peer.as_deref()) {
             Ok(journal) => serve_fetch(
                 &mut writer,
                 &journal,
-                JournalPos(from),
+                from,
                 // Only what the primary committed: a copy never gets ahead of the mirror.
-                JournalPos(to).min(context.mirror.hub.committed_end()),
+                to.min(context.mirror.hub.committed_end()),
             ),
             Err(err) => refuse(&mut writer, err.to_string()),
         },
@@ -322,15 +322,15 @@ fn serve(tcp: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
         } => {
             // A member without a mirror journal starts at the current end; the database copies
             // it receives carry the rest (and Catchup fetches what a copy lacks).
-            let fresh = journal_first == 0;
+            let fresh = journal_first == JournalPos(0);
             let accepted = accept_member(
                 context,
                 peer.as_deref(),
                 peer_ip,
                 &mirror_name,
-                &mirror_id,
+                mirror_id,
                 &member,
-                JournalPos(journal_end),
+                journal_end,
                 last_epoch,
                 fresh,
             );
@@ -348,7 +348,7 @@ fn serve(tcp: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
 
 fn fetch_source(
     context: &MirrorContext,
-    mirror_id: &str,
+    mirror_id: StreamId,
     peer: Option<&str>,
 ) -> Result<Arc<JournalShared>> {
     let config = context.config.get();
@@ -435,7 +435,7 @@ fn accept_member(
     peer: Option<&str>,
     peer_ip: Option<std::net::IpAddr>,
     mirror_name: &str,
-    mirror_id: &str,
+    mirror_id: StreamId,
     member: &MemberInfo,
     member_end: JournalPos,
     member_last_epoch: u64,
@@ -684,9 +684,9 @@ fn serve_member(
             &mut writer,
             &Control::Welcome {
                 description,
-                truncate_after: cut.map(|c| c.after.0),
+                truncate_after: cut.map(|c| c.after),
                 divergent: cut.is_some_and(|c| c.divergent),
-                from: from.0,
+                from,
             },
         )?;
         writer.flush()?;
@@ -710,7 +710,7 @@ fn serve_member(
         write_control(
             &mut writer,
             &Control::Durable {
-                pos: hub.committed_end().0,
+                pos: hub.committed_end(),
             },
         )?;
         writer.flush()?;
@@ -722,7 +722,7 @@ fn serve_member(
             .map_err(|e| Error::from(e.into_error()))?;
         outbox.open_direct(socket.try_clone()?);
         outbox.serve(&mut socket, heartbeat, || Control::Heartbeat {
-            durable: context.mirror.hub.committed_end().0,
+            durable: context.mirror.hub.committed_end(),
             time_ms: now_ms(),
         })?;
         stream.close();

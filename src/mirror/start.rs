@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::config::ConfigStore;
 use crate::config::mirror::{DEFAULT_QOS_MS, MemberKind};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::instance::Prepared;
 use crate::journal::{Journal, JournalOptions, JournalPos, JournalShared, RecordBody};
 use crate::storage::CatalogState;
@@ -55,9 +55,7 @@ pub fn open_member(prepared: &Prepared) -> Result<MemberStart> {
             receiver_journal: None,
         });
     };
-    let id = crate::util::parse_hex16(&m.mirror.id).ok_or_else(|| {
-        Error::Corrupt("the mirror id in the configuration is not 32 hex digits".into())
-    })?;
+    let id = m.mirror.id;
     let options = JournalOptions::mirror(&m.mirror.name, settings.max_segment_bytes, JournalPos(1))
         .with_io(settings.journal_io.clone());
     let mut journal = None;
@@ -130,7 +128,7 @@ fn finish_pending_adds(
             if let Some(directory) = directory {
                 database::switch_stream(
                     &CatalogState::file_path(data_dir, &directory),
-                    &membership.mirror.id,
+                    membership.mirror.id,
                     pos,
                 )?;
             }

@@ -38,12 +38,16 @@ pub enum LinkError {
     Refused(String),
     /// The link could not be made, or broke; the receiver tries again.
     Broken(String),
+    /// This member's mirror journal failed a write, an fsync or a cut: the instance stops (see
+    /// the receiver's essay).
+    JournalFailed(String),
 }
 
 impl std::fmt::Display for LinkError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LinkError::AwaitingAuthorization(why) | LinkError::Broken(why) => f.write_str(why),
+            LinkError::JournalFailed(why) => write!(f, "the mirror journal failed: {why}"),
             LinkError::Refused(why) => write!(f, "the primary refused: {why}"),
         }
     }

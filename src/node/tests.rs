@@ -4,6 +4,8 @@
 //! (a bounded wait), writes to local databases go on meanwhile, and Add to Mirror waits the
 //! same way without freezing anything else. The backup here is a member registered with the
 //! hub that acknowledges when the test says so; the process-level tests run real backups.
+//! Last, the receiving side: a member whose mirror journal fails an fsync stops, with the test
+//! as its primary on a real socket.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,7 +43,7 @@ fn open_with_notes(dir: &std::path::Path) -> Arc<Node> {
     std::fs::write(install.join("manifest.json"), manifest.to_string()).unwrap();
     let mut settings = InstanceSettings::for_dir(dir.join("data"));
     settings.install_dir = install;
-    Node::open(settings, Box::new(|why| panic!("fatal: {why}"))).unwrap()
+    Node::open(settings, crate::node::Exits::unexpected()).unwrap()
 }
 
 fn member(name: &str) -> MemberInfo {
@@ -59,11 +61,11 @@ fn member(name: &str) -> MemberInfo {
 
 /// Makes `instance` the primary of a new mirror, alone, with COMPANY mirrored.
 async fn mirror_company(node: &Node, dir: &std::path::Path) {
-    let id = crate::util::random_hex(16);
+    let id = crate::journal::StreamId::random();
     let membership = Membership {
         mirror: MirrorDefinition {
             name: "MIRRORSET".into(),
-            id: id.clone(),
+            id,
             qos_timeout_ms: 60_000,
             use_arbiter: false,
             arbiter_address: String::new(),
@@ -87,7 +89,7 @@ async fn mirror_company(node: &Node, dir: &std::path::Path) {
     };
     let (journal, _) = Journal::open(
         &dir.join("data/mgr/journal"),
-        crate::util::parse_hex16(&id).unwrap(),
+        id,
         JournalOptions::mirror("MIRRORSET", 1 << 20, JournalPos(1)),
     )
     .unwrap();
@@ -289,4 +291,163 @@ async fn add_to_mirror_waits_for_the_backup_without_freezing_writes_and_fails_wh
         hub.acknowledgement(JournalPos(1), Instant::now()),
         Acknowledged::Closed
     );
+}
+
+/// A receiving member whose mirror journal fails an fsync acknowledges nothing more, does not
+/// reconnect, and has its instance stop: were it to reconnect, its hello would count the batch
+/// whose fsync failed, and the next fsync that succeeded would acknowledge records the system
+/// may have dropped. The primary here is the test itself, on a real socket; the member is a
+/// real node (an async member, so no failover rules act), its journal on real files with the
+/// fault injected on its write path.
+#[test]
+fn a_receiving_member_whose_journal_fails_an_fsync_stops_and_acknowledges_nothing_more() {
+    use crate::journal::{Fault, FrameBuilder, InjectedFaults, JournalOp, StreamId};
+    use crate::mirror::protocol::{
+        Control, Message, MirrorDescription, read_message, write_control, write_frames,
+    };
+    use crate::mirror::state::Role;
+    use std::net::TcpListener;
+    use std::sync::Mutex;
+
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(InjectedFaults::default());
+    let mut settings = InstanceSettings::for_dir(dir.path().join("data"));
+    settings.journal_io = faults.clone();
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let exits = crate::node::Exits {
+        failed: {
+            let failures = failures.clone();
+            Arc::new(move |why| failures.lock().unwrap().push(why.to_string()))
+        },
+        superseded: Arc::new(|| panic!("an async member is never superseded")),
+    };
+    let node = Node::open(settings, exits).unwrap();
+
+    // The primary: this test, listening where the member will look for it.
+    let primary_port = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = primary_port.local_addr().unwrap().to_string();
+    let primary = MemberInfo {
+        superserver_address: address.clone(),
+        mirror_private_address: address,
+        ..member("MIRRORA/IRIS")
+    };
+    let this = MemberInfo {
+        kind: MemberKind::Dr,
+        ..member("MIRRORB/IRIS")
+    };
+    let definition = MirrorDefinition {
+        name: "MIRRORSET".into(),
+        id: StreamId::random(),
+        qos_timeout_ms: 2_000,
+        use_arbiter: false,
+        arbiter_address: String::new(),
+        arbiter_port: 2188,
+        require_tls: false,
+        parallel_dejournaling: String::new(),
+        compression_failover: String::new(),
+        compression_async: String::new(),
+        defined_primary: None,
+    };
+    node.instance
+        .config
+        .update(|c| {
+            c.mirror.membership = Some(Membership {
+                mirror: definition.clone(),
+                this: this.clone(),
+                others: vec![primary.clone()],
+                was_primary: false,
+                databases: Vec::new(),
+                activated: Vec::new(),
+                primary_name: Some(primary.name.clone()),
+                pending_adds: Vec::new(),
+                epochs: Vec::new(),
+                stopped: false,
+                pending: Vec::new(),
+            });
+            Ok(())
+        })
+        .unwrap();
+    node.mirror.set_role(Role::Async(MemberKind::Dr));
+    node.mirror_service.start_receiver();
+
+    let (mut link, _) = primary_port.accept().unwrap();
+    link.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    match read_message(&mut link).unwrap() {
+        Some(Message::Control(hello)) => assert!(matches!(*hello, Control::Hello { .. })),
+        other => panic!("the member said {other:?} instead of hello"),
+    }
+    let description = MirrorDescription {
+        mirror: definition,
+        members: vec![primary.clone(), this],
+        primary: primary.name.clone(),
+        databases: Vec::new(),
+        journal_first: JournalPos(1),
+        journal_end: JournalPos(0),
+        epoch: 1,
+        epochs: Vec::new(),
+        deciding: false,
+    };
+    let welcome = Control::Welcome {
+        description,
+        truncate_after: None,
+        divergent: false,
+        from: JournalPos(1),
+    };
+    write_control(&mut link, &welcome).unwrap();
+    let frame = |pos: u64| {
+        let mut frames = Vec::new();
+        let mut frame = FrameBuilder::begin(&mut frames, JournalPos(pos), 1, 0);
+        frame
+            .add_changes("COMPANY", |changes| {
+                changes.extend_from_slice(b"a changeset");
+                Ok(())
+            })
+            .unwrap();
+        frame.finish();
+        frames
+    };
+    let next_ack = |link: &mut std::net::TcpStream| loop {
+        match read_message(link) {
+            Ok(Some(Message::Ack(pos))) => return Some(pos),
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => return None,
+        }
+    };
+
+    // A batch stored and made durable is acknowledged.
+    write_frames(&mut link, JournalPos(1), JournalPos(1), &frame(1)).unwrap();
+    assert_eq!(next_ack(&mut link), Some(JournalPos(1)));
+
+    // The next batch's fsync fails: no acknowledgement of it, the link ends, the instance is
+    // told to stop.
+    faults.next(JournalOp::Sync, Fault::Fail(libc::EIO));
+    write_frames(&mut link, JournalPos(2), JournalPos(2), &frame(2)).unwrap();
+    assert_eq!(
+        next_ack(&mut link),
+        None,
+        "acknowledged after a failed fsync"
+    );
+    assert_eq!(faults.injected(), 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while failures.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the instance was never told to stop"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let why = failures.lock().unwrap().join("; ");
+    assert!(why.contains("fsync"), "{why}");
+
+    // And it does not come back (it would within a second: the receiver's retry).
+    primary_port.set_nonblocking(true).unwrap();
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        if let Ok((_, from)) = primary_port.accept() {
+            panic!("the member connected again (from {from}) after its journal failed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node.close();
 }

@@ -70,7 +70,7 @@ const DB: &str = "SIM";
 /// The table every write adds a row to.
 const SCHEMA: &str = "CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT NOT NULL)";
 /// The mirror journal's stream id (the same on both members: one mirror).
-const STREAM: StreamId = [7; 16];
+const STREAM: StreamId = StreamId([7; 16]);
 
 /// What happened in the world that the files must follow (the world records these when the
 /// simulation asks it to, see [`super::world::World::data_log`]).

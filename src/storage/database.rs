@@ -20,7 +20,7 @@ use rusqlite::session::{Changegroup, ConflictAction, ConflictType};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::error::{Error, IoContext, Result};
-use crate::journal::{JournalPos, Record, RecordBody};
+use crate::journal::{JournalPos, Record, RecordBody, StreamId};
 use crate::names::DbName;
 use crate::util::{random_hex, sync_dir};
 
@@ -39,7 +39,7 @@ pub struct DatabaseIdentity {
     /// The database name it was created as.
     pub name: String,
     /// Hex id of the journal its applied position refers to.
-    pub stream: String,
+    pub stream: StreamId,
     /// Last journal position whose changes it holds.
     pub applied_pos: JournalPos,
 }
@@ -149,7 +149,7 @@ pub fn configure(conn: &Connection, schema: &str) -> Result<()> {
 /// Creates a new database file at `file` with its identity row and the given schema, applied
 /// position 0. The file is built under a temporary name and renamed into place, so a crash never
 /// leaves a half-made database where the configuration expects one.
-pub fn create(file: &Path, name: &DbName, stream: &str, schema_sql: &str) -> Result<String> {
+pub fn create(file: &Path, name: &DbName, stream: StreamId, schema_sql: &str) -> Result<String> {
     let dir = file
         .parent()
         .ok_or_else(|| Error::Internal("database file has no folder".into()))?;
@@ -159,6 +159,7 @@ pub fn create(file: &Path, name: &DbName, stream: &str, schema_sql: &str) -> Res
         let _ = fs::remove_file(stale);
     }
     let guid = random_hex(16);
+    let stream = stream.to_string();
     {
         let conn = Connection::open(&tmp)
             .map_err(|e| Error::Io(format!("create {}: {e}", tmp.display())))?;
@@ -172,7 +173,7 @@ pub fn create(file: &Path, name: &DbName, stream: &str, schema_sql: &str) -> Res
         for (key, value) in [
             ("guid", guid.as_str()),
             ("name", name.as_str()),
-            ("stream", stream),
+            ("stream", stream.as_str()),
         ] {
             tx.execute(
                 &format!("INSERT INTO {META_TABLE}(key, value) VALUES (?1, ?2)"),
@@ -222,7 +223,14 @@ pub fn read_identity(conn: &Connection, schema: &str) -> Result<DatabaseIdentity
         match key.as_str() {
             "guid" => guid = Some(row.get::<_, String>(1)?),
             "name" => name = Some(row.get::<_, String>(1)?),
-            "stream" => stream = Some(row.get::<_, String>(1)?),
+            "stream" => {
+                let text = row.get::<_, String>(1)?;
+                stream = Some(StreamId::parse(&text).ok_or_else(|| {
+                    Error::Corrupt(format!(
+                        "the journal stream {text:?} of {schema} is not an id"
+                    ))
+                })?);
+            }
             "applied_pos" => applied = Some(row.get::<_, i64>(1)?),
             _ => {}
         }
@@ -249,12 +257,12 @@ pub fn set_applied_sql(schema: &str) -> String {
 
 /// Points a database file at another journal: `stream`, applied up to `pos` (Add to Mirror,
 /// leaving a mirror). One transaction.
-pub fn switch_stream(file: &Path, stream: &str, pos: JournalPos) -> Result<()> {
+pub fn switch_stream(file: &Path, stream: StreamId, pos: JournalPos) -> Result<()> {
     let conn = open(file)?;
     let tx = conn.unchecked_transaction()?;
     tx.execute(
         &format!("UPDATE {META_TABLE} SET value = ?1 WHERE key = 'stream'"),
-        [stream],
+        [stream.to_string()],
     )?;
     tx.execute(&set_applied_sql("main"), [pos.0 as i64])?;
     tx.commit()?;

@@ -713,13 +713,20 @@ async fn join_pair(
     )
     .await?;
     if tls {
-        // B waits in Pending New Members until the primary authorizes it.
-        a.call(
-            client,
-            "/api/mirror/authorize",
-            json!({"member_name": "BENCHB/IRIS"}),
-        )
-        .await?;
+        // B waits in Pending New Members until the primary authorizes the certificate B shows
+        // (listed once B's first hello reached the primary).
+        let certificate = b.mirror_view(client).await["certificate"].clone();
+        let request = json!({"member_name": "BENCHB/IRIS", "certificate": certificate});
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Err(err) = a
+            .call(client, "/api/mirror/authorize", request.clone())
+            .await
+        {
+            if Instant::now() > deadline {
+                return Err(err);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     a.wait_for(client, "active", |v| {
         v["members"]

@@ -20,11 +20,11 @@ impl Writer {
         let identity = recovery::identity_of(&entry)?;
         let config = self.config.get();
         let membership = config.mirror.membership.as_ref();
-        let mirrored = if identity.stream == self.local_hex {
+        let mirrored = if identity.stream == self.local_stream {
             let caught_up = recovery::catch_up(
                 &entry,
                 &self.local.shared(),
-                &self.local_hex,
+                self.local_stream,
                 self.local.shared().durable_end(),
             )?;
             if caught_up.applied > 0 {
@@ -51,7 +51,7 @@ impl Writer {
             }
             if let Some(journal) = self.mirror_journal.as_ref().filter(|_| self.is_primary()) {
                 let shared = journal.shared();
-                recovery::catch_up(&entry, &shared, &m.mirror.id, shared.durable_end())?;
+                recovery::catch_up(&entry, &shared, m.mirror.id, shared.durable_end())?;
             }
             true
         } else {

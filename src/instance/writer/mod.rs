@@ -85,11 +85,11 @@ use rusqlite::session::Session;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::journal::{FrameBuilder, Journal, JournalPos};
+use crate::journal::{FrameBuilder, Journal, JournalPos, StreamId};
 use crate::names::{DbName, NamespaceName};
 use crate::storage::database::{self, META_TABLE, set_applied_sql};
 use crate::storage::{Catalog, NamespaceConn, Purpose};
-use crate::util::{hex, now_ms};
+use crate::util::now_ms;
 
 use super::reader::ReadPool;
 use super::recovery;
@@ -287,7 +287,7 @@ pub struct Writer {
     /// Work of the layer above that runs here (see [`extension`]); taken out while it runs.
     extension: Option<Box<dyn WriterExtension>>,
     local: Journal,
-    local_hex: String,
+    local_stream: StreamId,
     /// The mirror's journal while this member is its primary.
     mirror_journal: Option<Journal>,
     epoch: u64,
@@ -385,7 +385,7 @@ impl Writer {
             role,
             replication,
             extension,
-            local_hex: hex(&local.shared().stream()),
+            local_stream: local.shared().stream(),
             local,
             mirror_journal,
             epoch: cfg.epoch,
@@ -688,9 +688,9 @@ impl Writer {
         &self.config
     }
 
-    /// The instance's own journal, and its stream id in hex.
-    pub(crate) fn local_journal(&self) -> (&Journal, &str) {
-        (&self.local, &self.local_hex)
+    /// The instance's own journal, and its stream id.
+    pub(crate) fn local_journal(&self) -> (&Journal, StreamId) {
+        (&self.local, self.local_stream)
     }
 
     /// The mirror's journal, when this member writes it (its primary).

@@ -18,8 +18,13 @@
 //!   would drop records that were committed — and applied — in the newer epoch. Found by the
 //!   simulation, with an async member that tried the failover members in turn.
 //!
-//! Pure, so the superserver ([`crate::mirror::server`]) and the simulation
-//! ([`crate::simulation`]) decide alike, and its tests sit beside it.
+//! The member checks the cut it is told to make ([`check_cut`]), in depth behind the primary's
+//! rules: a cut of records never made durable undoes nothing, so it must not reach below what
+//! the member already applied.
+//!
+//! Pure, so the superserver ([`crate::mirror::server`]), the receiver
+//! ([`crate::mirror::receiver`]) and the simulation ([`crate::simulation`]) decide alike, and
+//! its tests sit beside it.
 
 use crate::config::mirror::{EpochStart, fork_point};
 use crate::journal::JournalPos;
@@ -62,6 +67,42 @@ pub struct NewerEpoch {
     pub member: u64,
     /// The primary's epoch.
     pub primary: u64,
+}
+
+/// A cut the member refuses to make (see [`check_cut`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnsafeCut {
+    /// Where the primary said to cut.
+    pub after: JournalPos,
+    /// How far the member's databases have applied.
+    pub applied: JournalPos,
+}
+
+impl std::fmt::Display for UnsafeCut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the primary says to drop journal records after {} as never made durable, but this \
+             member applied records up to {}: refusing, so that no applied row loses its record",
+            self.after, self.applied
+        )
+    }
+}
+
+/// The member's check of the cut the primary asked for, given how far its databases have
+/// applied. A divergent cut undoes what was applied of the tail first, so it may reach
+/// anywhere. A cut of records the primary never made durable undoes nothing: below `applied`
+/// it would leave rows in the databases that no record explains, and the member would diverge
+/// from the primary unnoticed. A member only applies what the primary announced durable, so
+/// the primary's own rules ([`at_hello`]) never ask that: this is defence in depth.
+pub fn check_cut(cut: Cut, applied: JournalPos) -> Result<(), UnsafeCut> {
+    if !cut.divergent && cut.after < applied {
+        return Err(UnsafeCut {
+            after: cut.after,
+            applied,
+        });
+    }
+    Ok(())
 }
 
 /// The primary's decision for `hello`, given where each epoch after the first began, the
@@ -193,6 +234,22 @@ mod tests {
         let decision = decide(hello(9, 1));
         assert_eq!(decision.cut, None);
         assert_eq!(decision.from, JournalPos(10));
+    }
+
+    #[test]
+    fn a_member_refuses_to_drop_applied_records_that_nothing_undoes() {
+        let cut = |after: u64, divergent: bool| Cut {
+            after: JournalPos(after),
+            divergent,
+        };
+        // Records beyond what was applied may go; so may applied ones that are undone first.
+        assert_eq!(check_cut(cut(20, false), JournalPos(20)), Ok(()));
+        assert_eq!(check_cut(cut(25, false), JournalPos(20)), Ok(()));
+        assert_eq!(check_cut(cut(10, true), JournalPos(20)), Ok(()));
+        // Applied records dropped without being undone: refused.
+        let refused = check_cut(cut(19, false), JournalPos(20)).unwrap_err();
+        assert_eq!(refused.after, JournalPos(19));
+        assert!(refused.to_string().contains("applied records up to 20"));
     }
 
     #[test]

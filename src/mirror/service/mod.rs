@@ -31,10 +31,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::{self, AgentRequest};
 use crate::error::{Error, Result};
-use crate::journal::{Journal, JournalOptions, JournalPos};
+use crate::journal::{Journal, JournalOptions, JournalPos, StreamId};
 use crate::mirror::steps::MirrorCommand;
 use crate::names::DbName;
-use crate::util::{format_time, now_ms, random_hex};
+use crate::util::{format_time, now_ms};
 
 use super::MirrorContext;
 use super::pending;

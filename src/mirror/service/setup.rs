@@ -39,10 +39,10 @@ impl MirrorService {
             request.agent_port,
         )?;
         self.require_local_agent().await?;
-        let id = random_hex(16);
+        let id = StreamId::random();
         let definition = MirrorDefinition {
             name: name.clone(),
-            id: id.clone(),
+            id,
             qos_timeout_ms: qos,
             use_arbiter: request.use_arbiter,
             arbiter_address,
@@ -66,15 +66,15 @@ impl MirrorService {
             stopped: false,
             pending: Vec::new(),
         };
-        let stream = crate::util::parse_hex16(&id).expect("fresh id");
-        let options = JournalOptions::mirror(&name, self.context.max_segment_bytes, JournalPos(1));
+        let options = JournalOptions::mirror(&name, self.context.max_segment_bytes, JournalPos(1))
+            .with_io(self.context.journal_io.clone());
         if crate::journal::files_exist(&self.context.journal_dir, &options.prefix)? {
             return Err(Error::Conflict(format!(
                 "journal files of an earlier mirror named {name} are still in the journal folder: choose another name \
                  (or move those files away)"
             )));
         }
-        let (journal, _) = Journal::open(&self.context.journal_dir, stream, options)?;
+        let (journal, _) = Journal::open(&self.context.journal_dir, id, options)?;
         self.context
             .writer
             .extension(|reply| MirrorCommand::Create {

@@ -368,11 +368,11 @@ impl MirrorSteps {
                 "this instance left the mirror meanwhile".into(),
             )));
         };
-        let mirror_id = membership.mirror.id.clone();
+        let mirror_id = membership.mirror.id;
         let mut names = Vec::new();
         for (entry, database) in added {
             let pos = JournalPos(database.added_at);
-            if let Err(err) = database::switch_stream(&entry.file, &mirror_id, pos) {
+            if let Err(err) = database::switch_stream(&entry.file, mirror_id, pos) {
                 return Err(Fatal(format!(
                     "switching {} to the mirror journal failed: {err}",
                     entry.name
@@ -424,13 +424,13 @@ impl MirrorSteps {
                 "remove the other mirror members first (Edit Mirror), then remove the mirror configuration".into(),
             ));
         }
-        let (local, local_hex) = w.local_journal();
-        let (local_end, local_hex) = (local.end(), local_hex.to_string());
+        let (local, local_stream) = w.local_journal();
+        let local_end = local.end();
         let state = w.catalog().snapshot();
         for db in config.databases.iter().filter(|d| d.mirrored) {
             let entry = state.database(&db.name)?;
             if entry.file.is_file() {
-                database::switch_stream(&entry.file, &local_hex, local_end)?;
+                database::switch_stream(&entry.file, local_stream, local_end)?;
             }
         }
         let name = membership.mirror.name.clone();

@@ -27,12 +27,10 @@
 //! # Blocking threads on TLS
 //!
 //! The mirror's data channel runs on blocking threads, one reading and one writing the same
-//! connection. A TLS session cannot be shared by two threads that block, so a task of the
-//! member's background runtime ([`crate::background`]) owns each TLS connection and copies
-//! between it and one end of a Unix socket pair;
-//! the mirror threads use the other end ([`Channel::Tls`]) exactly as they use a TCP socket,
-//! timeouts and shutdown included. Without TLS nothing changes: [`Channel::Plain`] is the
-//! TCP socket itself.
+//! connection; [`Channel`] (in [`channel`]) carries TLS for them with rustls itself, the socket
+//! outside any lock, so there is no second runtime and no thread copying bytes in between. The
+//! agent, being async, uses tokio-rustls ([`accept`], [`connect`]) with the same identities and
+//! verifiers.
 //!
 //! # Telling TLS from plain frames
 //!
@@ -47,9 +45,7 @@
 //! TLS for the arbiter's connections and for the portal.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
-use std::os::unix::net::UnixStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -61,9 +57,13 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{ClientConfig, DistinguishedName, ServerConfig, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::error::{Error, Result};
+
+mod channel;
+
+pub use channel::{Channel, accept_blocking, connect_blocking};
 
 /// The certificate file in a member's `tls` folder.
 pub const CERTIFICATE_FILE: &str = "CertificateFile.pem";
@@ -71,9 +71,6 @@ pub const CERTIFICATE_FILE: &str = "CertificateFile.pem";
 pub const PRIVATE_KEY_FILE: &str = "PrivateKeyFile.pem";
 /// How long a handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long the pump lets one direction of a connection finish after the other ended.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// The server name a client asks for; certificates are pinned by fingerprint, not by name.
 const SERVER_NAME: &str = "mirrorlab-member";
@@ -403,201 +400,9 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     Ok((stream, peer))
 }
 
-/// Hands a TLS stream to the pump and returns the socket the blocking side uses.
-fn splice<S>(stream: S) -> Result<UnixStream>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (local, pumped) = UnixStream::pair()?;
-    pumped.set_nonblocking(true)?;
-    crate::background::runtime().spawn(async move {
-        let Ok(pumped) = tokio::net::UnixStream::from_std(pumped) else {
-            return;
-        };
-        let (mut tls_in, mut tls_out) = tokio::io::split(stream);
-        let (mut local_in, mut local_out) = pumped.into_split();
-        let outbound = async {
-            let _ = tokio::io::copy(&mut local_in, &mut tls_out).await;
-            let _ = tls_out.shutdown().await;
-        };
-        let inbound = async {
-            let _ = tokio::io::copy(&mut tls_in, &mut local_out).await;
-            let _ = local_out.shutdown().await;
-        };
-        tokio::pin!(outbound, inbound);
-        // When one side is done, the other gets a moment to finish, then both sockets close:
-        // a peer that vanished without closing must not keep this task and its socket forever
-        // once the blocking side gave up on it.
-        tokio::select! {
-            _ = &mut outbound => {
-                let _ = tokio::time::timeout(CLOSE_GRACE, inbound).await;
-            }
-            _ = &mut inbound => {
-                let _ = tokio::time::timeout(CLOSE_GRACE, outbound).await;
-            }
-        }
-    });
-    Ok(local)
-}
-
-/// Accepts TLS on a connection a blocking thread took, the handshake done within `within`
-/// (the superserver gives a connection only so long to say what it wants); the client's
-/// fingerprint comes back with the channel.
-pub fn accept_blocking(
-    tcp: TcpStream,
-    identity: &Identity,
-    within: Duration,
-) -> Result<(Channel, String)> {
-    tcp.set_nonblocking(true)?;
-    let accepted = crate::background::runtime().block_on(async {
-        let tcp = tokio::net::TcpStream::from_std(tcp)?;
-        accept_within(tcp, identity, within).await
-    })?;
-    Ok((Channel::Tls(splice(accepted.stream)?), accepted.peer))
-}
-
-/// Opens TLS from a blocking thread, requiring the server's fingerprint to be `expected`.
-pub fn connect_blocking(tcp: TcpStream, identity: &Identity, expected: &str) -> Result<Channel> {
-    tcp.set_nonblocking(true)?;
-    let stream = crate::background::runtime().block_on(async {
-        let tcp = tokio::net::TcpStream::from_std(tcp)?;
-        connect(tcp, identity, Some(expected)).await.map(|(s, _)| s)
-    })?;
-    Ok(Channel::Tls(splice(stream)?))
-}
-
-/// A member-to-member connection for blocking threads: the TCP socket itself, or the local
-/// end of a TLS connection the pump carries.
-#[derive(Debug)]
-pub enum Channel {
-    /// No TLS.
-    Plain(TcpStream),
-    /// TLS, carried by the pump.
-    Tls(UnixStream),
-}
-
-impl Channel {
-    /// Writes what fits in the connection's send buffer without waiting (see
-    /// [`send_without_waiting`](crate::os::send_without_waiting)).
-    pub fn send_now(&self, bytes: &[u8]) -> std::io::Result<usize> {
-        use std::os::fd::AsFd;
-        match self {
-            Channel::Plain(s) => crate::os::send_without_waiting(s.as_fd(), bytes),
-            Channel::Tls(s) => crate::os::send_without_waiting(s.as_fd(), bytes),
-        }
-    }
-
-    /// A second handle on the same connection (one thread reads, another writes).
-    pub fn try_clone(&self) -> std::io::Result<Channel> {
-        Ok(match self {
-            Channel::Plain(s) => Channel::Plain(s.try_clone()?),
-            Channel::Tls(s) => Channel::Tls(s.try_clone()?),
-        })
-    }
-
-    /// How long a read may block.
-    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
-        match self {
-            Channel::Plain(s) => s.set_read_timeout(timeout),
-            Channel::Tls(s) => s.set_read_timeout(timeout),
-        }
-    }
-
-    /// How long a write may block.
-    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
-        match self {
-            Channel::Plain(s) => s.set_write_timeout(timeout),
-            Channel::Tls(s) => s.set_write_timeout(timeout),
-        }
-    }
-
-    /// Ends the connection in both directions (errors ignored: it may be gone already).
-    pub fn close(&self) {
-        let _ = match self {
-            Channel::Plain(s) => s.shutdown(Shutdown::Both),
-            Channel::Tls(s) => s.shutdown(Shutdown::Both),
-        };
-    }
-}
-
-impl Read for Channel {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Channel::Plain(s) => s.read(buf),
-            Channel::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Channel {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Channel::Plain(s) => s.write(buf),
-            Channel::Tls(s) => s.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Channel::Plain(s) => s.flush(),
-            Channel::Tls(s) => s.flush(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
-
-    fn pair(
-        server: Arc<Identity>,
-        client: &Identity,
-        expected: &str,
-    ) -> (Result<(Channel, String)>, Result<Channel>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepting = std::thread::spawn(move || {
-            let (tcp, _) = listener.accept().unwrap();
-            accept_blocking(tcp, &server, HANDSHAKE_TIMEOUT)
-        });
-        let connected = connect_blocking(TcpStream::connect(addr).unwrap(), client, expected);
-        (accepting.join().unwrap(), connected)
-    }
-
-    #[test]
-    fn both_sides_learn_the_other_and_bytes_cross_both_ways() {
-        let server = Arc::new(Identity::ephemeral("a").unwrap());
-        let client = Identity::ephemeral("b").unwrap();
-        let (accepted, connected) = pair(server.clone(), &client, server.fingerprint());
-        let (mut at_server, peer) = accepted.unwrap();
-        assert_eq!(peer, client.fingerprint());
-        let mut at_client = connected.unwrap();
-        let mut writer = at_client.try_clone().unwrap();
-        writer.write_all(b"hello").unwrap();
-        let mut got = [0u8; 5];
-        at_server.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"hello");
-        at_server.write_all(b"world").unwrap();
-        at_client.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"world");
-        // Closing one end is seen as the end of the stream on the other.
-        at_server.close();
-        at_client
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        assert_eq!(at_client.read(&mut got).unwrap(), 0);
-    }
-
-    #[test]
-    fn a_server_with_another_certificate_is_refused() {
-        let server = Arc::new(Identity::ephemeral("a").unwrap());
-        let impostor_expected = Identity::ephemeral("c").unwrap();
-        let client = Identity::ephemeral("b").unwrap();
-        let (_, connected) = pair(server, &client, impostor_expected.fingerprint());
-        let err = connected.unwrap_err().to_string();
-        assert!(err.contains("not the authorized one"), "{err}");
-    }
 
     #[test]
     fn an_identity_is_made_once_and_kept() {
