@@ -78,6 +78,7 @@ fn main() -> ExitCode {
         t.steps += r.steps;
         t.faults += r.faults;
         t.journal_faults += r.journal_faults;
+        t.backup_journal_faults += r.backup_journal_faults;
         t.torn_tails_cut += r.torn_tails_cut;
         t.writes += r.writes;
         t.takeovers += r.takeovers;
@@ -89,12 +90,13 @@ fn main() -> ExitCode {
     let recovering = reports.iter().filter(|r| r.recovery_ms > 0).count();
     println!(
         "runs that kept the invariants: {} steps ({} of them healing), {} faults ({} in the \
-         journal; {} torn tails cut at a restart), {} takeovers, {} writes acknowledged, {:.0} s \
-         simulated, in {:.1} s",
+         journal, {} of them a backup's; {} torn tails cut at a restart), {} takeovers, {} writes \
+         acknowledged, {:.0} s simulated, in {:.1} s",
         total.steps,
         total.healing_steps,
         total.faults,
         total.journal_faults,
+        total.backup_journal_faults,
         total.torn_tails_cut,
         total.takeovers,
         total.writes,

@@ -18,8 +18,10 @@
 //! A write may also meet a fault of the journal's write path ([`JournalFault`]: a torn append,
 //! a failed fsync, a full disk), injected on the real file through the journal's labelled
 //! operations ([`InjectedFaults`]); the write fails and the simulation stops that instance, as
-//! the writer does. A restarted member opens its journal as an instance does, which cuts a
-//! torn tail.
+//! the writer does. The active backup's journal may fail the same way as it stores a write: it
+//! acknowledges nothing and stops, as its receiver has it do, and the write waits for an
+//! acknowledgement like any write whose backup was lost. A restarted member opens its journal
+//! as an instance does, which cuts a torn tail.
 //!
 //! An **async member** (a DR async) keeps its own journal and database too: now and then it
 //! receives from whichever failover member is primary — saying hello again, with the same cut,
@@ -444,6 +446,16 @@ impl Data {
     /// Sends the backup every record of the primary it lacks, as the data channel does: frames
     /// checked, stored at the same positions, fsynced.
     fn ship(&mut self, primary: usize, backup: usize) -> Result<(), String> {
+        io("store", self.try_ship(primary, backup)?)
+    }
+
+    /// [`Data::ship`], the backup's journal failure apart from the rest: the outer error is a
+    /// violation, the inner one what the backup's journal said.
+    fn try_ship(
+        &mut self,
+        primary: usize,
+        backup: usize,
+    ) -> Result<crate::error::Result<()>, String> {
         let from = self.stores[backup].end();
         let until = self.stores[primary].end();
         if from > until {
@@ -453,7 +465,7 @@ impl Data {
             ));
         }
         if from == until {
-            return Ok(());
+            return Ok(Ok(()));
         }
         let mut frames = Vec::new();
         for record in self.stores[primary]
@@ -465,11 +477,36 @@ impl Data {
         }
         let (first, last) = (from.next(), until);
         let records = io("check frames", check_frames(&frames, first, last))?;
-        io(
-            "store",
-            self.stores[backup].journal.append(&frames, last, records),
-        )?;
-        io("fsync", self.stores[backup].journal.sync())
+        let b = &mut self.stores[backup];
+        Ok(b.journal
+            .append(&frames, last, records)
+            .and_then(|()| b.journal.sync()))
+    }
+
+    /// The active backup's journal meets `fault` while it stores what the primary just wrote
+    /// (a write that therefore waits for its acknowledgement): the store fails, and the caller
+    /// stops the backup's instance, as its receiver does.
+    pub(crate) fn fail_backup_store(
+        &mut self,
+        primary: usize,
+        backup: usize,
+        fault: JournalFault,
+    ) -> Result<(), String> {
+        let (op, planned) = match fault {
+            JournalFault::TornAppend => (
+                JournalOp::Append,
+                Fault::Tear(crate::journal::record::FRAME_HEADER_LEN),
+            ),
+            JournalFault::FailedSync => (JournalOp::Sync, Fault::Fail(libc::EIO)),
+            JournalFault::DiskFull => (JournalOp::Append, Fault::Fail(libc::ENOSPC)),
+        };
+        self.stores[backup].faults.next(op, planned);
+        if self.try_ship(primary, backup)?.is_ok() {
+            return Err(format!(
+                "the injected {planned:?} on {op:?} did not fail the backup's store"
+            ));
+        }
+        Ok(())
     }
 
     fn take_over(

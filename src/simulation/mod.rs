@@ -30,8 +30,9 @@
 //!    the arbiter cut, instances and whole hosts crashed, whole hosts frozen (the others notice
 //!    the silence after half a QoS to a QoS), graceful stops (a primary hands over), a backup's
 //!    process stalled, half-open links, Stop Mirror, No Failover, a database made unready, and
-//!    (with files) a write on the primary that meets a torn append, a failed fsync or a full
-//!    disk and stops the instance — with clients writing throughout. Faults are undone rarely
+//!    (with files) a write that meets a torn append, a failed fsync or a full disk, on the
+//!    primary's journal or on the active backup's as it stores the write, and stops that
+//!    instance — with clients writing throughout. Faults are undone rarely
 //!    while they strike, so several overlap.
 //! 2. **Healing.** Every fault is undone (links healed, members restarted, settings cleared) and
 //!    the members are left to their protocol: messages delivered, connections made, time passing
@@ -73,7 +74,7 @@
 //! receiver, and it decides when a write is acknowledged; the writer thread, group commit and
 //! the hub are not in the loop yet. They join as the rest of the protocol (activation and QoS
 //! revocation) moves into the core and the network side gets a transport seam. The world's link
-//! cuts are two-way (no one-way partitions yet), and the backup's journal meets no faults.
+//! cuts are two-way (no one-way partitions yet; a half-open link is the nearest).
 //!
 //! [`MemberCore`]: crate::mirror::core::MemberCore
 //! [`ArbiterBook`]: crate::mirror::failover::ArbiterBook
@@ -118,8 +119,10 @@ pub struct RunReport {
     /// Faults injected.
     pub faults: u64,
     /// Of them, journal faults (a torn append, a failed fsync, a full disk) that stopped a
-    /// primary.
+    /// primary or an active backup.
     pub journal_faults: u64,
+    /// Of them, faults of an active backup's journal as it stored a write.
+    pub backup_journal_faults: u64,
     /// Torn journal tails cut when a member restarted after a torn append.
     pub torn_tails_cut: u64,
     /// Writes acknowledged to clients.
@@ -330,22 +333,30 @@ fn drive(run: &mut Run, rng: &mut Rng, start: u64) -> Result<(), Violation> {
     for _ in 0..phase {
         let steps = run.world.steps(budget);
         let (faulty, calm): (Vec<&Step>, Vec<&Step>) = steps.iter().partition(|s| is_fault(s));
-        // Besides the world's faults, a write on the primary may meet a journal fault.
+        // Besides the world's faults, a write may meet a journal fault: on the primary, or on
+        // the active backup as it stores the write.
         let journal_target = run.journal_fault_target(&steps);
-        let kinds = faulty.len() + usize::from(journal_target.is_some());
+        let backup_target = run.backup_journal_fault_target(&steps);
+        let kinds = faulty.len()
+            + usize::from(journal_target.is_some())
+            + usize::from(backup_target.is_some());
         let step = if kinds > 0 && rng.below(phase as u64) < faults {
             let k = rng.below(kinds as u64) as usize;
-            match journal_target.filter(|_| k == faulty.len()) {
-                Some(p) => {
-                    let fault = [
-                        JournalFault::TornAppend,
-                        JournalFault::FailedSync,
-                        JournalFault::DiskFull,
-                    ][rng.below(3) as usize];
-                    run.journal_fault(p, fault)?;
-                    continue;
-                }
-                None => faulty[k].clone(),
+            let fault = [
+                JournalFault::TornAppend,
+                JournalFault::FailedSync,
+                JournalFault::DiskFull,
+            ][rng.below(3) as usize];
+            if k < faulty.len() {
+                faulty[k].clone()
+            } else if let Some(p) = journal_target.filter(|_| k == faulty.len()) {
+                run.journal_fault(p, fault)?;
+                continue;
+            } else if let Some((p, b)) = backup_target {
+                run.backup_journal_fault(p, b, fault)?;
+                continue;
+            } else {
+                unreachable!("a fault kind was counted that is not there")
             }
         } else {
             let calm: Vec<Step> = calm.into_iter().cloned().collect();
@@ -517,6 +528,52 @@ impl Run {
         }
         self.report.journal_faults += 1;
         self.take(&Step::Crash(p))
+    }
+
+    /// The primary and active backup a journal fault on the backup may strike now: a write
+    /// would be acknowledged with the backup, the run keeps files, and the world may crash the
+    /// backup.
+    fn backup_journal_fault_target(&self, steps: &[Step]) -> Option<(usize, usize)> {
+        self.data.as_ref()?;
+        let p = self.world.primary()?;
+        let b = 1 - p;
+        let writes = steps.contains(&Step::Write) && steps.contains(&Step::Crash(b));
+        (writes
+            && self.world.m[b].frozen.is_none()
+            && self.world.write_outcome(p) == data::Outcome::WithBackup)
+            .then_some((p, b))
+    }
+
+    /// A client's write on primary `p` reaches its active backup `b`, whose journal meets
+    /// `fault` storing it: the backup acknowledges nothing and its instance stops (as its
+    /// receiver has it do); the write waits for an acknowledgement, as after any loss of the
+    /// active backup.
+    fn backup_journal_fault(
+        &mut self,
+        p: usize,
+        b: usize,
+        fault: JournalFault,
+    ) -> Result<(), Violation> {
+        self.trace.push(format!(
+            "t={} journal fault on backup {b} storing a write: {fault:?}",
+            self.world.now
+        ));
+        if let Err(why) = self.world.write_unacknowledged(p) {
+            return Err(self.violation(why));
+        }
+        let data = self.data.as_mut().expect("journal faults need the files");
+        let events = self.world.data_log.as_mut().map(std::mem::take);
+        for event in events.unwrap_or_default() {
+            if let Err(why) = data.follow(&event) {
+                return Err(self.violation(format!("the members' files, at {event:?}: {why}")));
+            }
+        }
+        if let Err(why) = data.fail_backup_store(p, b, fault) {
+            return Err(self.violation(format!("the members' files: {why}")));
+        }
+        self.report.journal_faults += 1;
+        self.report.backup_journal_faults += 1;
+        self.take(&Step::Crash(b))
     }
 
     /// Now and then the async member receives from the primary (or loses its link), and a

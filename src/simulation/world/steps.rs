@@ -437,17 +437,14 @@ impl World {
             Step::Write => {
                 self.writes += 1;
                 let p = self.primary().unwrap();
-                let outcome = if !self.m[p].rules().active() {
+                let outcome = self.write_outcome(p);
+                match outcome {
                     // Acknowledged without the backup.
-                    self.m[1 - p].lacks = true;
-                    Outcome::Alone
-                } else if !self.acknowledges(p) {
+                    Outcome::Alone => self.m[1 - p].lacks = true,
                     // It waits for an acknowledgement that cannot come on this channel.
-                    self.m[p].pending = true;
-                    Outcome::Pending
-                } else {
-                    Outcome::WithBackup
-                };
+                    Outcome::Pending => self.m[p].pending = true,
+                    Outcome::WithBackup => {}
+                }
                 let epoch = self.m[p].epoch;
                 self.record(DataEvent::Written {
                     primary: p,
@@ -456,6 +453,31 @@ impl World {
                 });
             }
         }
+        self.check()
+    }
+
+    /// What becomes of a client's write on primary `p` now.
+    pub(crate) fn write_outcome(&self, p: usize) -> Outcome {
+        if !self.m[p].rules().active() {
+            Outcome::Alone
+        } else if !self.acknowledges(p) {
+            Outcome::Pending
+        } else {
+            Outcome::WithBackup
+        }
+    }
+
+    /// A client's write on primary `p` that its active backup received but could not make
+    /// durable (its journal failed; the caller stops it): it waits for an acknowledgement.
+    pub(crate) fn write_unacknowledged(&mut self, p: usize) -> Result<(), String> {
+        self.writes += 1;
+        self.m[p].pending = true;
+        let epoch = self.m[p].epoch;
+        self.record(DataEvent::Written {
+            primary: p,
+            epoch,
+            outcome: Outcome::Pending,
+        });
         self.check()
     }
 
