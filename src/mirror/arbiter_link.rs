@@ -49,6 +49,7 @@ pub fn start(context: Arc<MirrorContext>, stop: Arc<AtomicBool>) -> JoinHandle<(
                 let mut arbiter = context.mirror.arbiter.lock().unwrap();
                 if arbiter.connected {
                     arbiter.events.push_back(Event::ArbiterLost);
+                    context.mirror.nudge.nudge();
                 }
                 arbiter.connected = false;
                 arbiter.sees_partner = None;
@@ -163,6 +164,7 @@ fn connection(
         let mut arbiter = context.mirror.arbiter.lock().unwrap();
         arbiter.connected = true;
         arbiter.events.push_back(Event::ArbiterConnected);
+        context.mirror.nudge.nudge();
     }
     tracing::info!("mirror: connected to the arbiter at {address}");
     let ping_every = (qos / 4).max(Duration::from_millis(25));
@@ -182,16 +184,19 @@ fn connection(
                     FromArbiter::SeesPartner { sees } => {
                         arbiter.sees_partner = Some(sees);
                         arbiter.events.push_back(Event::ArbiterSeesPartner(sees));
+                        context.mirror.nudge.nudge();
                     }
                     FromArbiter::Verdict { take_over } => arbiter
                         .events
                         .push_back(Event::ArbiterVerdict { take_over }),
                     FromArbiter::BackupTookOver => {
-                        arbiter.events.push_back(Event::PartnerIsPrimary)
+                        arbiter.events.push_back(Event::PartnerIsPrimary);
+                        context.mirror.nudge.nudge();
                     }
                     FromArbiter::PartnerStoodDown { activation } => {
                         if context.mirror.hub.is_latest_activation(activation) {
                             arbiter.events.push_back(Event::PartnerStoodDown);
+                            context.mirror.nudge.nudge();
                             arbiter.stood_down_activations.push_back(activation);
                         } else {
                             tracing::info!(
@@ -207,7 +212,8 @@ fn connection(
                         // A booking made with an activation that a newer one overtook would
                         // promise a takeover the arbiter no longer backs: the rules book again.
                         let current = context.mirror.hub.is_latest_activation(activation);
-                        arbiter.events.push_back(Event::ArbiterBookedMode(current))
+                        arbiter.events.push_back(Event::ArbiterBookedMode(current));
+                        context.mirror.nudge.nudge();
                     }
                     FromArbiter::ModeBooked { arbiter: false, .. } => {}
                     FromArbiter::Heartbeat | FromArbiter::Status { .. } => {}

@@ -3,12 +3,14 @@
 //!
 //! # What it does
 //!
-//! Every [`TICK`] it gathers what happened to the link with the other failover member (the
-//! hub's events on the primary, the receiver's on the backup), the arbiter link's reports, the
-//! answers of the other host's agent, No Failover and whether every mirrored copy here is ready,
-//! and hands them, with the time, to this member's [`MemberCore`], which owns every decision
-//! (the failover rules, the stall rule, link generations, a failed takeover). What it decides
-//! is carried out here, by [`DriverShell`]:
+//! At once when something happened (whoever queues an event for it nudges it: the hub, the
+//! receiver, the arbiter link, a helper with an agent's answer — see
+//! [`Nudge`](super::state::Nudge)), and every [`TICK`] otherwise, it gathers what happened to
+//! the link with the other failover member (the hub's events on the primary, the receiver's on
+//! the backup), the arbiter link's reports, the answers of the other host's agent, No Failover
+//! and whether every mirrored copy here is ready, and hands them, with the time, to this
+//! member's [`MemberCore`], which owns every decision (the failover rules, the stall rule, link
+//! generations, a failed takeover). What it decides is carried out here, by [`DriverShell`]:
 //!
 //! - `SuspendWrites` / `ResumeWrites` hold and release the primary's mirrored commits in the
 //!   hub (the writer holds mirrored writes before they begin meanwhile). Losing an active backup
@@ -71,7 +73,7 @@ use super::state::Role;
 use crate::arbiter::ToArbiter;
 use crate::config::mirror::{MemberKind, Membership};
 
-/// How often the driver looks.
+/// How often the driver looks when nothing nudges it.
 pub const TICK: Duration = Duration::from_millis(25);
 
 /// Starts the driver thread; it stops when `stop` is set.
@@ -79,10 +81,13 @@ pub fn start(service: Arc<MirrorService>, stop: Arc<AtomicBool>) -> JoinHandle<(
     std::thread::Builder::new()
         .name("failover".into())
         .spawn(move || {
+            let nudge = service.context().mirror.nudge.clone();
             let mut driver = Driver::new(service);
             while !stop.load(Ordering::Acquire) && !driver.superseded {
                 driver.step();
-                std::thread::sleep(TICK);
+                // The next look: at once when something happened, else after a tick (time
+                // alone moves the rules too: timeouts, the stall check, repeats).
+                nudge.wait(TICK);
             }
         })
         .expect("spawn the failover driver")
@@ -313,6 +318,7 @@ impl Restarting for DecidingShell<'_> {
         let mirror = m.mirror.name.clone();
         let this = m.this.name.clone();
         let tx = self.answers.clone();
+        let nudge = context.mirror.nudge.clone();
         let _ = std::thread::Builder::new()
             .name("ask-agent".into())
             .spawn(move || {
@@ -334,6 +340,7 @@ impl Restarting for DecidingShell<'_> {
                 };
                 let decision = restart_as(my_epoch, said);
                 let _ = tx.send(Answer::Restart(decision, Some(other.name)));
+                nudge.nudge();
             });
         true
     }
@@ -470,6 +477,7 @@ impl Shell for DriverShell<'_> {
         };
         let qos = Duration::from_millis(m.mirror.qos_timeout_ms);
         let tx = self.answers.clone();
+        let nudge = self.service.context().mirror.nudge.clone();
         let journal = self.service.receiver_journal();
         let (mirror_name, mirror_id) = (m.mirror.name.clone(), m.mirror.id);
         tracing::warn!(
@@ -511,6 +519,7 @@ impl Shell for DriverShell<'_> {
                     }
                 };
                 let _ = tx.send(Answer::Agent(answer, generation));
+                nudge.nudge();
             });
         true
     }

@@ -53,6 +53,7 @@ use crate::util::now_ms;
 use super::failover::Event;
 use super::outbox::Outbox;
 use super::protocol::Control;
+use super::state::Nudge;
 use crate::config::mirror::{MemberInfo, MemberKind};
 
 #[derive(Debug)]
@@ -143,6 +144,8 @@ pub struct Hub {
     state: Mutex<HubState>,
     qos_ms: AtomicU64,
     waker: Mutex<Option<Waker>>,
+    /// Wakes the failover driver when an event for it was queued.
+    nudge: Arc<Nudge>,
 }
 
 impl Hub {
@@ -152,7 +155,13 @@ impl Hub {
             state: Mutex::new(HubState::default()),
             qos_ms: AtomicU64::new(qos_ms),
             waker: Mutex::new(None),
+            nudge: Arc::default(),
         }
+    }
+
+    /// What wakes the failover driver (shared with the rest of the mirror's state).
+    pub fn driver_nudge(&self) -> Arc<Nudge> {
+        self.nudge.clone()
     }
 
     /// Tells the writer to look at its waiting batch again. Called after the change, with the
@@ -247,6 +256,7 @@ impl Hub {
                     state.lost_active();
                 }
                 state.events.push_back(Event::PartnerLost);
+                self.nudge.nudge();
             }
         }
         if member.kind == MemberKind::Failover
@@ -281,6 +291,7 @@ impl Hub {
         });
         if state.links.last().unwrap().member.kind == MemberKind::Failover {
             state.events.push_back(Event::PartnerConnected);
+            self.nudge.nudge();
         }
         Ok((id, outbox, snapshot))
     }
@@ -298,6 +309,7 @@ impl Hub {
                     state.lost_active();
                 }
                 state.events.push_back(Event::PartnerLost);
+                self.nudge.nudge();
             }
             state
                 .disconnected
@@ -341,6 +353,7 @@ impl Hub {
             link.outbox.control(&Control::Activated { activation });
             state.last_activation = activation;
             state.events.push_back(Event::PartnerActive);
+            self.nudge.nudge();
         }
         let waited_for = state
             .waiting_for
@@ -364,6 +377,7 @@ impl Hub {
             link.active = false;
             link.stood_down = true;
             state.events.push_back(Event::PartnerStoodDown);
+            self.nudge.nudge();
         }
         drop(state);
         self.wake();
@@ -408,6 +422,7 @@ impl Hub {
                 super::failover::Mode::Agent
             };
             state.events.push_back(Event::PartnerMode(mode));
+            self.nudge.nudge();
         }
     }
 
@@ -579,6 +594,7 @@ impl Replication for Hub {
             tracing::warn!("mirror: {name} is no longer the active backup: {why}");
             state.lost_active();
             state.events.push_back(Event::PartnerLost);
+            self.nudge.nudge();
         };
         state.waiting_for = (answer == Acknowledged::Waiting).then_some((last, since));
         answer

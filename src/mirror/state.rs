@@ -4,7 +4,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::Duration;
 
 use crate::journal::{JournalPos, JournalShared};
 use crate::names::DbName;
@@ -160,10 +161,39 @@ pub struct DatabaseRuntime {
     pub applied: JournalPos,
 }
 
+/// Wakes the failover driver when something it decides on happened — an event queued by the
+/// hub, the receiver or the arbiter link, an agent's answer — so that it looks at once rather
+/// than at its next tick. Nudges that come while it looks are not lost: the next wait returns
+/// at once.
+#[derive(Debug, Default)]
+pub struct Nudge {
+    nudged: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Nudge {
+    /// Wakes the driver (never blocks).
+    pub fn nudge(&self) {
+        *self.nudged.lock().unwrap() = true;
+        self.wake.notify_one();
+    }
+
+    /// Waits until nudged or `timeout` passed, and forgets the nudge.
+    pub fn wait(&self, timeout: Duration) {
+        let mut nudged = self.nudged.lock().unwrap();
+        if !*nudged {
+            nudged = self.wake.wait_timeout(nudged, timeout).unwrap().0;
+        }
+        *nudged = false;
+    }
+}
+
 /// The mirror state shared inside the instance.
 pub struct MirrorState {
     /// The primary's replication hub.
     pub hub: Arc<Hub>,
+    /// Wakes the failover driver (shared with the hub).
+    pub nudge: Arc<Nudge>,
     role: RwLock<Role>,
     journal: RwLock<Option<Arc<JournalShared>>>,
     /// The link to the primary (backup and async).
@@ -249,8 +279,10 @@ pub struct FailoverView {
 impl MirrorState {
     /// State of an instance that is not (yet) a member.
     pub fn new(qos_ms: u64) -> MirrorState {
+        let hub = Arc::new(Hub::new(qos_ms));
         MirrorState {
-            hub: Arc::new(Hub::new(qos_ms)),
+            nudge: hub.driver_nudge(),
+            hub,
             role: RwLock::new(Role::NotMember),
             journal: RwLock::new(None),
             link: Mutex::new(LinkStatus::default()),
@@ -272,6 +304,7 @@ impl MirrorState {
     /// Records something that happened to the link with the other failover member.
     pub fn partner_event(&self, event: Event) {
         self.partner_events.lock().unwrap().push_back(event);
+        self.nudge.nudge();
     }
 
     /// Takes the link events recorded so far, oldest first.
