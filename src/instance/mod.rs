@@ -34,15 +34,15 @@
 //! member writes mirrored databases), [`writer::replication`] (where mirrored batches go) and
 //! [`writer::extension`] (the mirror's work on the writer thread).
 
-pub mod install;
-pub mod productions;
-pub mod purge;
-pub mod reader;
-pub mod recovery;
-pub mod role;
-pub mod sql;
-pub mod users;
-pub mod writer;
+pub(crate) mod install;
+pub(crate) mod productions;
+pub(crate) mod purge;
+pub(crate) mod reader;
+pub(crate) mod recovery;
+pub(crate) mod role;
+pub(crate) mod sql;
+pub(crate) mod users;
+pub(crate) mod writer;
 
 use std::borrow::Cow;
 use std::fs::File;

@@ -45,10 +45,10 @@
 //! Compression and encryption. (Old segments are purged by whoever knows what every reader still
 //! needs: [`JournalShared::purge_before`].)
 
-pub mod io;
+pub(crate) mod io;
 pub mod record;
 pub mod segment;
-pub mod store;
+pub(crate) mod store;
 
 pub use io::{DirectIo, Fault, InjectedFaults, JournalIo, JournalOp};
 pub use record::{

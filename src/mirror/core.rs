@@ -188,6 +188,7 @@ impl MemberCore {
     }
 
     /// The current link generation.
+    #[cfg(test)]
     pub fn link_generation(&self) -> u64 {
         self.link_generation
     }

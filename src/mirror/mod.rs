@@ -94,22 +94,22 @@
 //!
 //! Virtual IPs, and TLS on the arbiter's connections.
 
-pub mod arbiter_link;
-pub mod core;
-pub mod divergence;
-pub mod driver;
-pub mod failover;
-pub mod hub;
-pub mod outbox;
+pub(crate) mod arbiter_link;
+pub(crate) mod core;
+pub(crate) mod divergence;
+pub(crate) mod driver;
+pub(crate) mod failover;
+pub(crate) mod hub;
+pub(crate) mod outbox;
 pub mod pending;
 pub mod protocol;
-pub mod receiver;
-pub mod server;
-pub mod service;
-pub mod start;
-pub mod state;
-pub mod status;
-pub mod steps;
+pub(crate) mod receiver;
+pub(crate) mod server;
+pub(crate) mod service;
+pub(crate) mod start;
+pub(crate) mod state;
+pub(crate) mod status;
+pub(crate) mod steps;
 
 use std::path::PathBuf;
 use std::sync::Arc;

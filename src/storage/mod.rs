@@ -18,9 +18,9 @@
 //!
 //! Database size limits, resource names and collation settings that IRIS keeps per database.
 
-pub mod catalog;
+pub(crate) mod catalog;
 pub mod database;
-pub mod namespace;
+pub(crate) mod namespace;
 
 pub use catalog::{Catalog, CatalogState, DatabaseEntry, NamespaceEntry};
 pub use namespace::{NamespaceConn, Purpose, StatementFacts};

@@ -32,12 +32,12 @@
 //!
 //! TLS for the portal.
 
-pub mod api;
+pub(crate) mod api;
 pub mod auth;
-pub mod error;
-pub mod mirror;
-pub mod portal;
-pub mod routes;
+pub(crate) mod error;
+pub(crate) mod mirror;
+pub(crate) mod portal;
+pub(crate) mod routes;
 pub mod serve;
 
 use std::sync::Arc;

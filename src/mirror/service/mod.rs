@@ -56,7 +56,7 @@ pub use actions::MonitorAction;
 pub use requests::{
     CreateRequest, EditRequest, JoinInfoRequest, JoinRequest, MAX_ASYNC_MEMBERS, async_kind,
 };
-pub use view::{ArbiterView, DatabaseRow, MemberRow, MirrorView, PendingLists, PendingRow};
+pub use view::{MirrorView, PendingLists};
 
 /// A running thread, the flag that stops it, and (for the listener) its address.
 type Running<T> = Mutex<Option<(JoinHandle<()>, Arc<AtomicBool>, T)>>;

@@ -217,7 +217,7 @@ impl MirrorService {
                 name: m.this.name.clone(),
                 kind: m.this.kind.display().into(),
                 status: this_status.clone(),
-                journal_transfer: "N/A".into(),
+                journal_transfer: status::journal_transfer(status::Transfer::Primary),
                 dejournaling: "N/A".into(),
             });
             let links = context.mirror.hub.links();
@@ -309,11 +309,11 @@ impl MirrorService {
                     } else {
                         "Down".into()
                     },
-                    journal_transfer: if link.connected {
-                        "N/A".into()
+                    journal_transfer: status::journal_transfer(if link.connected {
+                        status::Transfer::Primary
                     } else {
-                        status::journal_transfer(transfer)
-                    },
+                        transfer
+                    }),
                     dejournaling: if link.connected {
                         "N/A".into()
                     } else {
