@@ -41,12 +41,17 @@
 //!   forcing the old primary down.
 //! - Fresh backup rules stand down (naming no activation) before they ask anything.
 //!
+//! Beside it, pure as well and with their tests: the decisions at a member's `hello` (what it
+//! keeps of its journal, where the primary starts sending, the member's check of the cut:
+//! [`hello`]) and the primary's about acknowledgements (activation, a forged acknowledgement,
+//! QoS revocation: [`replication`]). The threads that own the links gather the facts, ask, and
+//! carry out.
+//!
 //! # Left out (for now)
 //!
-//! The rest of the mirror protocol — activation and QoS revocation in the hub, the fork and cut
-//! at `hello`, the receiver's reconnects — still lives in the threads that own the links, which
-//! meet through the mirror's shared state. They move here next; the goal is one core per member
-//! that owns them all, with the threads only turning bytes into inputs and effects into bytes.
+//! The receiver's reconnects, and the state the threads share: they still meet through the
+//! mirror's shared state (the hub's lock among them), where one core per member would own it
+//! all, with the threads only turning bytes into inputs and effects into bytes.
 
 use super::failover::{Action, AgentAnswer, Event, Failover, FailoverRole, Mode, Restart};
 
@@ -493,6 +498,7 @@ fn restricts(setting: &Event) -> bool {
 }
 
 pub mod hello;
+pub mod replication;
 
 #[cfg(test)]
 mod tests;

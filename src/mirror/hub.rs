@@ -50,6 +50,7 @@ use crate::error::{Error, Result};
 use crate::journal::{Journal, JournalPos};
 use crate::util::now_ms;
 
+use super::core::replication::{self, AtAck, LinkFacts, Verdict, at_ack};
 use super::failover::Event;
 use super::outbox::Outbox;
 use super::protocol::Control;
@@ -326,7 +327,16 @@ impl Hub {
         let Some(link) = state.links.iter_mut().find(|l| l.id == id) else {
             return;
         };
-        if pos > appended {
+        let facts = LinkFacts {
+            failover: link.member.kind == MemberKind::Failover,
+            active: link.active,
+            reported_lost: link.reported_lost,
+            stood_down: link.stood_down,
+            activation_point: link.activation_point,
+        };
+        // The decision is the member core's (see `core::replication`).
+        let verdict = at_ack(facts, pos, link.acked, appended);
+        if verdict == AtAck::Forged {
             // Nobody acknowledges what was never sent: a confused or forged member. Its link
             // ends; it never counts as active on it.
             let why = format!("it acknowledged position {pos}, beyond what was sent ({appended})");
@@ -337,12 +347,7 @@ impl Hub {
         link.acked = link.acked.max(pos);
         link.last_heard_ms = now_ms();
         let (active, acked) = (link.active, link.acked);
-        if link.member.kind == MemberKind::Failover
-            && !link.active
-            && !link.reported_lost
-            && !link.stood_down
-            && link.acked >= link.activation_point
-        {
+        if verdict == AtAck::Activate {
             link.active = true;
             tracing::info!(
                 "mirror: {} is the active backup (journal transfer Active)",
@@ -566,35 +571,39 @@ impl Replication for Hub {
     fn acknowledgement(&self, last: JournalPos, since: Instant) -> Acknowledged {
         let qos = self.qos();
         let mut state = self.state.lock().unwrap();
-        let answer = loop {
-            if state.closing {
-                break Acknowledged::Closed;
+        let active = state.links.iter().position(|l| l.active);
+        // The decision is the member core's (see `core::replication`).
+        let verdict = replication::acknowledgement(
+            state.closing,
+            state.suspended,
+            active.map(|i| state.links[i].acked),
+            last,
+            since.elapsed(),
+            qos,
+        );
+        let answer = match verdict {
+            Verdict::Closed => Acknowledged::Closed,
+            Verdict::Waiting => Acknowledged::Waiting,
+            Verdict::Yes => Acknowledged::Yes,
+            Verdict::Revoke => {
+                let i = active.expect("only an active backup is revoked");
+                let why = format!(
+                    "it did not acknowledge journal position {last} within the QoS timeout ({} ms)",
+                    qos.as_millis()
+                );
+                let link = &mut state.links[i];
+                link.active = false;
+                link.reported_lost = true;
+                let name = link.member.name.clone();
+                link.outbox.close(why.clone());
+                tracing::warn!("mirror: {name} is no longer the active backup: {why}");
+                // The trouble state begins (acknowledgements suspended): the batch waits for
+                // the failover rules to end it.
+                state.lost_active();
+                state.events.push_back(Event::PartnerLost);
+                self.nudge.nudge();
+                Acknowledged::Waiting
             }
-            if state.suspended {
-                break Acknowledged::Waiting;
-            }
-            let Some(i) = state.links.iter().position(|l| l.active) else {
-                break Acknowledged::Yes;
-            };
-            if state.links[i].acked >= last {
-                break Acknowledged::Yes;
-            }
-            if since.elapsed() < qos {
-                break Acknowledged::Waiting;
-            }
-            let why = format!(
-                "it did not acknowledge journal position {last} within the QoS timeout ({} ms)",
-                qos.as_millis()
-            );
-            let link = &mut state.links[i];
-            link.active = false;
-            link.reported_lost = true;
-            let name = link.member.name.clone();
-            link.outbox.close(why.clone());
-            tracing::warn!("mirror: {name} is no longer the active backup: {why}");
-            state.lost_active();
-            state.events.push_back(Event::PartnerLost);
-            self.nudge.nudge();
         };
         state.waiting_for = (answer == Acknowledged::Waiting).then_some((last, since));
         answer
