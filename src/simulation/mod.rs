@@ -29,7 +29,9 @@
 //!    connections allow, time passing, and a handful of faults — links between the members or to
 //!    the arbiter cut, instances and whole hosts crashed, whole hosts frozen (the others notice
 //!    the silence after half a QoS to a QoS), graceful stops (a primary hands over), a backup's
-//!    process stalled, half-open links, Stop Mirror, No Failover, a database made unready, and
+//!    process stalled, half-open links, one-way partitions to the arbiter (the member stops
+//!    hearing it and closes; the arbiter notices later), Stop Mirror, No Failover, a database
+//!    made unready, and
 //!    (with files) a write that meets a torn append, a failed fsync or a full disk, on the
 //!    primary's journal or on the active backup's as it stores the write, and stops that
 //!    instance — with clients writing throughout. Faults are undone rarely
@@ -72,9 +74,11 @@
 //!
 //! The world carries out what the cores decide through a model of the driver, the hub and the
 //! receiver, and it decides when a write is acknowledged; the writer thread, group commit and
-//! the hub are not in the loop yet. They join as the rest of the protocol (activation and QoS
-//! revocation) moves into the core and the network side gets a transport seam. The world's link
-//! cuts are two-way (no one-way partitions yet; a half-open link is the nearest).
+//! the hub are not in the loop yet (the hub's decisions are pure now,
+//! [`crate::mirror::core::replication`], but the world does not ask them). They join when the
+//! state the threads share becomes the core's and the network side gets a transport seam. On
+//! the data channel a one-way partition is a half-open link (one side notices before the
+//! other); TCP turns any one-way loss into that.
 //!
 //! [`MemberCore`]: crate::mirror::core::MemberCore
 //! [`ArbiterBook`]: crate::mirror::failover::ArbiterBook
@@ -239,6 +243,7 @@ fn is_fault(step: &Step) -> bool {
         step,
         Step::CutLink
             | Step::CutArbiterLink(_)
+            | Step::ArbiterGoesQuiet(_)
             | Step::Crash(_)
             | Step::CrashHost(_)
             | Step::Shutdown(_)
@@ -280,6 +285,7 @@ pub fn run_traced(
     let mut rng = Rng::new(seed);
     let mut world = World::healthy(rng.below(4) != 0);
     world.horizon_ms = u64::MAX;
+    world.one_way = true;
     let data = match files {
         Some(dir) => {
             world.data_log = Some(Vec::new());

@@ -311,6 +311,12 @@ pub(crate) struct World {
     /// What the files of the members must follow (see [`crate::simulation::data`]), when the
     /// simulation keeps them; the explorer does not.
     pub(crate) data_log: Option<Vec<DataEvent>>,
+    /// One-way partitions may strike ([`Step::ArbiterGoesQuiet`]); the explorer's searches leave
+    /// them out.
+    pub(crate) one_way: bool,
+    /// A member closed a connection to the arbiter that went quiet, and the arbiter has not
+    /// noticed yet.
+    pub(crate) arbiter_close_pending: [bool; 2],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,6 +336,12 @@ pub(crate) enum Step {
     Shutdown(usize),
     Restart(usize),
     Stall(usize),
+    /// A one-way partition: what the arbiter sends no longer reaches member `i`, which notices
+    /// the silence and closes its side; the arbiter notices later
+    /// ([`Step::ArbiterNoticesClose`]), and until then still counts `i` as connected.
+    ArbiterGoesQuiet(usize),
+    /// The arbiter notices that member `i` closed a connection that went quiet.
+    ArbiterNoticesClose(usize),
     /// The whole host of a member is frozen (paused), and later thawed.
     Freeze(usize),
     /// The others notice that a frozen member went silent: no sooner than half a QoS after it
@@ -388,6 +400,8 @@ impl World {
             legacy: Legacy::default(),
             horizon_ms: EXPLORER_HORIZON_MS,
             data_log: None,
+            one_way: false,
+            arbiter_close_pending: [false; 2],
         };
         let steps = [Step::Connect, Step::CatchUp];
         for step in steps {

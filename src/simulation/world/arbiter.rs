@@ -90,12 +90,24 @@ impl World {
         if !self.m[i].arbiter {
             return;
         }
+        self.member_loses_arbiter(i);
+        self.arbiter_loses_member(i);
+    }
+
+    /// Member `i` no longer hears the arbiter (and closes its side): what was on its way from
+    /// the arbiter is lost, and `i` (if it runs) notices.
+    pub(crate) fn member_loses_arbiter(&mut self, i: usize) {
         self.m[i].arbiter = false;
         self.inbox
             .retain(|d| !(d.to == i && d.carrier == Carrier::Arbiter));
         if self.m[i].up {
             self.push(i, Event::ArbiterLost, Queue::Arbiter, Carrier::Local, None);
         }
+    }
+
+    /// The arbiter notices that member `i`'s connection ended: it no longer sees it, and tells
+    /// the other member so.
+    pub(crate) fn arbiter_loses_member(&mut self, i: usize) {
         if self.slot_primary == Some(i) {
             self.slot_primary = None;
             self.sync_book();

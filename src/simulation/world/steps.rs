@@ -128,6 +128,12 @@ impl World {
             if self.with_arbiter {
                 if fault && self.arbiter_link[i] {
                     steps.push(Step::CutArbiterLink(i));
+                    if self.one_way && m.arbiter {
+                        steps.push(Step::ArbiterGoesQuiet(i));
+                    }
+                }
+                if self.arbiter_close_pending[i] {
+                    steps.push(Step::ArbiterNoticesClose(i));
                 }
                 if !self.arbiter_link[i] {
                     steps.push(Step::HealArbiterLink(i));
@@ -286,7 +292,22 @@ impl World {
                 self.drop_arbiter(i);
             }
             Step::HealArbiterLink(i) => self.arbiter_link[i] = true,
-            Step::ConnectArbiter(i) => self.arbiter_hello(i)?,
+            Step::ArbiterGoesQuiet(i) => {
+                self.faults += 1;
+                self.arbiter_link[i] = false;
+                self.member_loses_arbiter(i);
+                self.arbiter_close_pending[i] = true;
+            }
+            Step::ArbiterNoticesClose(i) => {
+                self.arbiter_close_pending[i] = false;
+                self.arbiter_loses_member(i);
+            }
+            Step::ConnectArbiter(i) => {
+                // A new connection replaces the quiet one at the arbiter: its close, noticed
+                // later, ends nothing.
+                self.arbiter_close_pending[i] = false;
+                self.arbiter_hello(i)?
+            }
             Step::Crash(i) => {
                 self.faults += 1;
                 self.instance_down(i, true);
