@@ -21,7 +21,9 @@ use mirrorlab::agent::{AgentReply, AgentRequest};
 use mirrorlab::arbiter::{FromArbiter, ToArbiter};
 use mirrorlab::journal::record::{Decoded, FRAME_MAGIC, decode_frame};
 use mirrorlab::journal::segment::{HEADER_LEN, SegmentHeader, scan};
-use mirrorlab::journal::{DbChanges, JournalPos, MirrorEvent, Record, RecordBody, SchemaChange};
+use mirrorlab::journal::{
+    DbChanges, Epoch, JournalPos, MirrorEvent, Record, RecordBody, SchemaChange,
+};
 use mirrorlab::mirror::protocol::{Message, check_frames, read_message};
 use mirrorlab::storage::database::{OnConflict, apply_changesets};
 use mirrorlab::wire::{MAX_AGENT_FRAME, read_frame_sync};
@@ -62,7 +64,7 @@ fn record() -> impl Strategy<Value = Record> {
     (1..u64::MAX / 2, any::<u64>(), any::<i64>(), record_body()).prop_map(
         |(pos, epoch, time_ms, body)| Record {
             pos: JournalPos(pos),
-            epoch,
+            epoch: Epoch(epoch),
             time_ms,
             body,
         },
@@ -82,7 +84,7 @@ fn frames(first: u64, sizes: &[usize]) -> Vec<u8> {
     for (i, size) in sizes.iter().enumerate() {
         let record = Record {
             pos: JournalPos(first + i as u64),
-            epoch: 1,
+            epoch: Epoch(1),
             time_ms: 0,
             body: RecordBody::Changes(vec![DbChanges {
                 db: "COMPANY".into(),

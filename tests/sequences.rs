@@ -448,7 +448,7 @@ async fn a_stranger_saying_hello_as_the_backup_is_refused_and_a_replaced_link_co
         member,
         journal_first: JournalPos(0),
         journal_end: JournalPos(0),
-        last_epoch: 0,
+        last_epoch: mirrorlab::journal::Epoch(0),
     };
     // A stranger on another address claims to be the backup, with addresses of its own: refused,
     // and the real backup stays the active one.

@@ -16,7 +16,7 @@
 
 mod common;
 
-use mirrorlab::journal::{JournalPos, StreamId};
+use mirrorlab::journal::{Epoch, JournalPos, StreamId};
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -152,7 +152,7 @@ fn hello(mirror_id: StreamId, member: MemberInfo) -> Control {
         member,
         journal_first: JournalPos(0),
         journal_end: JournalPos(0),
-        last_epoch: 0,
+        last_epoch: Epoch(0),
     }
 }
 
@@ -439,7 +439,7 @@ async fn a_tls_mirror_admits_only_members_the_primary_authorized() {
         AgentRequest::ForceDown {
             mirror_name: "MIRRORSET".into(),
             member: "MIRRORA/IRIS".into(),
-            epoch: u64::MAX,
+            epoch: Epoch(u64::MAX),
         },
         AgentRequest::ConfirmDown { timeout_ms: 100 },
         AgentRequest::JournalTail {

@@ -56,7 +56,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use crate::journal::StreamId;
+use crate::journal::{Epoch, StreamId};
 use crate::limits::{AGENT_CONNECTIONS, ConnectionSlots};
 use crate::os::{Signal, send_signal};
 use crate::tls::{self, Identity};
@@ -95,7 +95,7 @@ pub enum AgentRequest {
         /// The old primary's member name.
         member: String,
         /// The epoch of the takeover.
-        epoch: u64,
+        epoch: Epoch,
     },
     /// The mirror journal records from position `from` on, read from the files of the down
     /// instance: what a backup that was not active needs to take over.
@@ -202,7 +202,7 @@ pub struct RoleReport {
     /// The member it names as primary.
     pub primary: Option<String>,
     /// Its epoch.
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// It does not know its role yet (restarting former primary, or taking over).
     #[serde(default)]
     pub deciding: bool,
@@ -401,7 +401,7 @@ impl Supervisor {
         &self,
         mirror_name: String,
         member: String,
-        epoch: u64,
+        epoch: Epoch,
     ) -> AgentReply {
         if self.status().state != InstanceState::Running {
             return self.reply(true, "the instance is down");
@@ -473,7 +473,7 @@ impl Supervisor {
                     member: false,
                     running: true,
                     primary: None,
-                    epoch: 0,
+                    epoch: Epoch(0),
                     deciding: false,
                 },
                 Ok(Err(err)) => return self.reply(false, err.to_string()),
@@ -496,7 +496,7 @@ impl Supervisor {
             member: membership.is_some(),
             running: false,
             primary: membership.and_then(|m| m.primary_name.clone()),
-            epoch: config.as_ref().map(|c| c.epoch).unwrap_or(0),
+            epoch: config.as_ref().map(|c| c.epoch).unwrap_or_default(),
             deciding: false,
         };
         AgentReply {

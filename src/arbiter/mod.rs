@@ -36,7 +36,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::{Sender, channel};
 
 use crate::error::{Error, Result};
-use crate::journal::StreamId;
+use crate::journal::{Epoch, StreamId};
 use crate::limits::{ARBITER_CONNECTIONS, ConnectionSlots};
 use crate::mirror::failover::{ArbiterBook, Mode, ToPrimary};
 use crate::wire::{MAX_AGENT_FRAME, read_frame, write_frame};
@@ -56,7 +56,7 @@ pub enum ToArbiter {
         /// Whether it is the primary (else the backup).
         primary: bool,
         /// Its epoch: a higher one starts a fresh book.
-        epoch: u64,
+        epoch: Epoch,
         /// The mirror's QoS timeout (ms).
         qos_ms: u64,
         /// The primary is in arbiter-controlled mode.
@@ -155,7 +155,7 @@ struct Pending {
 #[derive(Debug, Default)]
 struct MirrorRecord {
     name: String,
-    epoch: u64,
+    epoch: Epoch,
     qos: Duration,
     book: ArbiterBook,
     primary: Option<Slot>,
@@ -604,7 +604,7 @@ mod tests {
             mirror_name: "MIRRORSET".into(),
             member: if primary { "A" } else { "B" }.into(),
             primary,
-            epoch,
+            epoch: Epoch(epoch),
             qos_ms: 1000,
             arbiter_mode: false,
             activation: 0,

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::journal::StreamId;
+use crate::journal::{Epoch, StreamId};
 use crate::names::DbName;
 
 /// IRIS's default quality of service timeout.
@@ -379,7 +379,7 @@ pub struct Membership {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EpochStart {
     /// The epoch.
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// Its first position.
     pub first: u64,
 }
@@ -387,7 +387,7 @@ pub struct EpochStart {
 /// The last position a member whose newest record is from `last_epoch` shares with the
 /// mirror's history: the position before the first epoch that began after it (None: it shares
 /// everything it has).
-pub fn fork_point(epochs: &[EpochStart], last_epoch: u64) -> Option<u64> {
+pub fn fork_point(epochs: &[EpochStart], last_epoch: Epoch) -> Option<u64> {
     epochs
         .iter()
         .filter(|e| e.epoch > last_epoch)
@@ -496,18 +496,18 @@ mod tests {
     fn the_fork_point_is_before_the_first_newer_epoch() {
         let epochs = [
             EpochStart {
-                epoch: 2,
+                epoch: Epoch(2),
                 first: 1501,
             },
             EpochStart {
-                epoch: 3,
+                epoch: Epoch(3),
                 first: 2001,
             },
         ];
-        assert_eq!(fork_point(&epochs, 1), Some(1500));
-        assert_eq!(fork_point(&epochs, 2), Some(2000));
-        assert_eq!(fork_point(&epochs, 3), None);
-        assert_eq!(fork_point(&[], 1), None);
+        assert_eq!(fork_point(&epochs, Epoch(1)), Some(1500));
+        assert_eq!(fork_point(&epochs, Epoch(2)), Some(2000));
+        assert_eq!(fork_point(&epochs, Epoch(3)), None);
+        assert_eq!(fork_point(&[], Epoch(1)), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub mod mirror;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
-use crate::journal::StreamId;
+use crate::journal::{Epoch, StreamId};
 use crate::names::{DbName, NamespaceName};
 use crate::storage::{CatalogState, DatabaseEntry, NamespaceEntry};
 use crate::util::{random_hex, write_file_atomically};
@@ -39,7 +39,7 @@ pub struct InstanceConfig {
     /// Hex id of this instance's journal (see `journal::segment`).
     pub journal_stream: StreamId,
     /// The mirror epoch new journal records carry.
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// Databases, in creation order.
     pub databases: Vec<DatabaseConfig>,
     /// Namespaces, in creation order.
@@ -98,7 +98,7 @@ impl InstanceConfig {
             format: FORMAT,
             instance_guid: random_hex(16),
             journal_stream: StreamId::random(),
-            epoch: 1,
+            epoch: Epoch(1),
             databases: Vec::new(),
             namespaces: Vec::new(),
             users,
@@ -277,13 +277,13 @@ mod tests {
             })
             .unwrap();
         let failed: Result<()> = store.update(|c| {
-            c.epoch = 99;
+            c.epoch = Epoch(99);
             Err(Error::InvalidInput("no".into()))
         });
         assert!(failed.is_err());
         let reloaded = ConfigStore::load_or_create(dir.path(), || panic!("exists")).unwrap();
         assert!(reloaded.get().mirror.service_enabled);
-        assert_eq!(reloaded.get().epoch, 1);
+        assert_eq!(reloaded.get().epoch, Epoch(1));
         assert_eq!(reloaded.get(), store.get());
         assert_ne!(store.get().journal_stream, StreamId([0; 16]));
     }

@@ -52,7 +52,7 @@ pub(crate) mod store;
 
 pub use io::{DirectIo, Fault, InjectedFaults, JournalIo, JournalOp};
 pub use record::{
-    DbChanges, FrameBuilder, JournalPos, MirrorEvent, Record, RecordBody, SchemaChange,
+    DbChanges, Epoch, FrameBuilder, JournalPos, MirrorEvent, Record, RecordBody, SchemaChange,
 };
 pub use segment::StreamId;
 pub use store::{
@@ -73,7 +73,7 @@ mod tests {
     fn record(pos: u64, payload: u8) -> Record {
         Record {
             pos: JournalPos(pos),
-            epoch: 1,
+            epoch: Epoch(1),
             time_ms: 1_000 + pos as i64,
             body: RecordBody::Changes(vec![DbChanges {
                 db: "COMPANY".into(),

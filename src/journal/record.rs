@@ -101,13 +101,46 @@ impl fmt::Display for JournalPos {
     }
 }
 
+/// A mirror epoch: it begins when a member becomes primary by a takeover, and every record
+/// carries the one it was written in. A member whose newest record is from an older epoch may
+/// hold a divergent tail; a member from a newer one knows of a takeover this one missed. On the
+/// wire (JSON) it is the bare number.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct Epoch(pub u64);
+
+impl Epoch {
+    /// The epoch a takeover begins after this one.
+    pub fn next(self) -> Epoch {
+        Epoch(self.0 + 1)
+    }
+}
+
+impl std::fmt::Display for Epoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// One decoded record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// Where it sits in the journal.
     pub pos: JournalPos,
     /// The mirror epoch it was written in.
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// Commit time, milliseconds since the Unix epoch.
     pub time_ms: i64,
     /// What the transaction changed.
@@ -199,12 +232,12 @@ pub struct FrameBuilder<'a> {
 
 impl<'a> FrameBuilder<'a> {
     /// Starts a frame at the end of `buf`.
-    pub fn begin(buf: &'a mut Vec<u8>, pos: JournalPos, epoch: u64, time_ms: i64) -> Self {
+    pub fn begin(buf: &'a mut Vec<u8>, pos: JournalPos, epoch: Epoch, time_ms: i64) -> Self {
         let start = buf.len();
         buf.extend_from_slice(&FRAME_MAGIC);
         buf.extend_from_slice(&[0; 8]); // length and CRC, filled in by finish()
         buf.extend_from_slice(&pos.0.to_le_bytes());
-        buf.extend_from_slice(&epoch.to_le_bytes());
+        buf.extend_from_slice(&epoch.0.to_le_bytes());
         buf.extend_from_slice(&time_ms.to_le_bytes());
         buf.push(0); // kind, set by the first payload call
         FrameBuilder {
@@ -363,7 +396,7 @@ pub fn decode_frame(bytes: &[u8]) -> Decoded {
 fn decode_body(body: &[u8]) -> std::result::Result<Record, String> {
     let mut r = Reader { bytes: body, at: 0 };
     let pos = JournalPos(r.u64()?);
-    let epoch = r.u64()?;
+    let epoch = Epoch(r.u64()?);
     let time_ms = r.u64()? as i64;
     let kind = r.u8()?;
     let body = match kind {
@@ -462,7 +495,7 @@ mod tests {
     pub(crate) fn sample(pos: u64) -> Record {
         Record {
             pos: JournalPos(pos),
-            epoch: 3,
+            epoch: Epoch(3),
             time_ms: 1_700_000_000_000 + pos as i64,
             body: RecordBody::Changes(vec![
                 DbChanges {
@@ -483,7 +516,7 @@ mod tests {
     #[test]
     fn an_empty_changeset_is_not_a_valid_entry() {
         let mut frame = Vec::new();
-        let mut builder = FrameBuilder::begin(&mut frame, JournalPos(1), 1, 1);
+        let mut builder = FrameBuilder::begin(&mut frame, JournalPos(1), Epoch(1), 1);
         assert!(!builder.add_changes("COMPANY", |_| Ok(())).unwrap());
         assert!(builder.is_empty());
         builder.abandon();
@@ -491,7 +524,7 @@ mod tests {
 
         // Written by hand: one entry of length 0.
         let mut frame = Vec::new();
-        let mut builder = FrameBuilder::begin(&mut frame, JournalPos(1), 1, 1);
+        let mut builder = FrameBuilder::begin(&mut frame, JournalPos(1), Epoch(1), 1);
         builder
             .add_changes("COMPANY", |b| {
                 b.push(7);
@@ -516,7 +549,7 @@ mod tests {
     fn round_trip_changes_and_schema() {
         let schema = Record {
             pos: JournalPos(9),
-            epoch: 1,
+            epoch: Epoch(1),
             time_ms: 5,
             body: RecordBody::Schema(SchemaChange {
                 db: "COMPANY".into(),
@@ -526,7 +559,7 @@ mod tests {
         };
         let event = Record {
             pos: JournalPos(10),
-            epoch: 1,
+            epoch: Epoch(1),
             time_ms: 6,
             body: RecordBody::Event(MirrorEvent {
                 db: Some("COMPANY".into()),
@@ -570,7 +603,7 @@ mod tests {
     #[test]
     fn abandoned_frame_leaves_buffer_unchanged() {
         let mut buf = vec![9, 9];
-        let mut frame = FrameBuilder::begin(&mut buf, JournalPos(1), 1, 0);
+        let mut frame = FrameBuilder::begin(&mut buf, JournalPos(1), Epoch(1), 0);
         frame
             .add_changes("COMPANY", |b| {
                 b.push(1);

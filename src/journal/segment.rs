@@ -391,7 +391,7 @@ mod tests {
         for i in 0..n {
             Record {
                 pos: JournalPos(10 + i),
-                epoch: 1,
+                epoch: crate::journal::Epoch(1),
                 time_ms: 0,
                 body: RecordBody::Changes(vec![DbChanges {
                     db: "A".into(),
@@ -469,7 +469,7 @@ mod tests {
         for pos in [10, 11, 13] {
             Record {
                 pos: JournalPos(pos),
-                epoch: 1,
+                epoch: crate::journal::Epoch(1),
                 time_ms: 0,
                 body: RecordBody::Changes(vec![DbChanges {
                     db: "A".into(),

@@ -35,7 +35,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::util::{format_date_compact, now_ms, sync_dir};
 
 use super::io::{DirectIo, JournalIo, JournalOp};
-use super::record::{FRAME_HEADER_LEN, JournalPos, Record};
+use super::record::{Epoch, FRAME_HEADER_LEN, JournalPos, Record};
 use super::segment::{self, HEADER_LEN, SegmentHeader, SegmentReader, StreamId, is_mark};
 
 mod read;
@@ -270,14 +270,14 @@ impl JournalShared {
 
     /// The epoch of the last record appended (0 when there is none): a member's hello says it,
     /// so the primary can tell a divergent tail from records it merely lacks.
-    pub fn last_epoch(&self) -> Result<u64> {
+    pub fn last_epoch(&self) -> Result<Epoch> {
         let end = self.appended_end();
         if end == JournalPos::ZERO || end < self.first_pos() {
-            return Ok(0);
+            return Ok(Epoch(0));
         }
         match self.read_range(JournalPos(end.0 - 1), end).next() {
             Some(record) => Ok(record?.epoch),
-            None => Ok(0),
+            None => Ok(Epoch(0)),
         }
     }
 

@@ -40,7 +40,7 @@ use rusqlite::types::ValueRef;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
-use crate::journal::{JournalPos, JournalShared, RecordBody};
+use crate::journal::{Epoch, JournalPos, JournalShared, RecordBody};
 use crate::storage::DatabaseEntry;
 use crate::storage::database::{self, OnConflict, apply_changesets, set_applied_sql};
 use crate::util::now_ms;
@@ -60,7 +60,7 @@ pub struct QuarantinedRow {
     /// Journal position of the record.
     pub position: u64,
     /// The epoch the old primary wrote it in.
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// Commit time on the old primary (ms since the Unix epoch).
     pub time_ms: i64,
     /// Database.

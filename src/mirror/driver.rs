@@ -62,7 +62,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::agent::{self, AgentRequest};
-use crate::journal::StreamId;
+use crate::journal::{Epoch, StreamId};
 use crate::mirror::steps::MirrorCommand;
 
 use super::core::{Look, MemberCore, Restarting, Shell};
@@ -672,7 +672,7 @@ fn fetch_tail(
 
 /// After a takeover through the arbiter: force the old primary down through its agent as soon as
 /// it can be reached (it is frozen in trouble, or gone; if it comes back it must not resume).
-fn force_other_down(identity: &Arc<crate::tls::Identity>, m: &Membership, epoch: u64) {
+fn force_other_down(identity: &Arc<crate::tls::Identity>, m: &Membership, epoch: Epoch) {
     let Some(old) = m.primary_name.as_deref().and_then(|p| m.member(p)).cloned() else {
         return;
     };

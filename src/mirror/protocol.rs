@@ -32,7 +32,7 @@ use std::io::{Read, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::journal::{JournalPos, StreamId};
+use crate::journal::{Epoch, JournalPos, StreamId};
 
 use crate::config::mirror::{MemberInfo, MirrorDefinition, MirroredDatabase};
 
@@ -59,7 +59,7 @@ pub struct MirrorDescription {
     /// The primary's durable end.
     pub journal_end: JournalPos,
     /// Current epoch.
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// Where each epoch after the first began.
     #[serde(default)]
     pub epochs: Vec<crate::config::mirror::EpochStart>,
@@ -87,7 +87,7 @@ pub enum Control {
         journal_end: JournalPos,
         /// The epoch of the member's last record (0 when it has none).
         #[serde(default)]
-        last_epoch: u64,
+        last_epoch: Epoch,
     },
     /// The primary accepts and describes the mirror. When the member holds records the primary
     /// never made durable (the primary restarted), it must first cut its journal after
@@ -348,7 +348,7 @@ mod tests {
         for pos in range {
             Record {
                 pos: JournalPos(pos),
-                epoch: 1,
+                epoch: Epoch(1),
                 time_ms: 0,
                 body: RecordBody::Changes(vec![DbChanges {
                     db: "COMPANY".into(),

@@ -34,7 +34,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::journal::{Journal, JournalOptions, JournalPos};
+use crate::journal::{Epoch, Journal, JournalOptions, JournalPos};
 use crate::util::now_ms;
 
 use super::MirrorContext;
@@ -183,7 +183,7 @@ fn receive(
     let mut writer = BufWriter::new(stream.try_clone()?);
     let (first, end, last_epoch) = match shared.lock().unwrap().as_ref() {
         Some(j) => (j.shared().first_pos(), j.end(), j.shared().last_epoch()?),
-        None => (JournalPos(0), JournalPos(0), 0),
+        None => (JournalPos(0), JournalPos(0), Epoch(0)),
     };
     write_control(
         &mut writer,

@@ -50,7 +50,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::journal::{JournalPos, JournalShared, StreamId};
+use crate::journal::{Epoch, JournalPos, JournalShared, StreamId};
 use crate::limits::{
     ConnectionSlots, SUPERSERVER_CONNECTIONS, SUPERSERVER_CONNECTIONS_PER_STRANGER,
     SUPERSERVER_FIRST_MESSAGE, SUPERSERVER_STRANGER_CONNECTIONS,
@@ -438,7 +438,7 @@ fn accept_member(
     mirror_id: StreamId,
     member: &MemberInfo,
     member_end: JournalPos,
-    member_last_epoch: u64,
+    member_last_epoch: Epoch,
     fresh: bool,
 ) -> std::result::Result<(Arc<JournalShared>, MemberInfo, Option<Cut>, JournalPos), Refusal> {
     let config = context.config.get();

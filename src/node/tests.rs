@@ -384,7 +384,7 @@ fn a_receiving_member_whose_journal_fails_an_fsync_stops_and_acknowledges_nothin
         databases: Vec::new(),
         journal_first: JournalPos(1),
         journal_end: JournalPos(0),
-        epoch: 1,
+        epoch: crate::journal::Epoch(1),
         epochs: Vec::new(),
         deciding: false,
     };
@@ -397,7 +397,8 @@ fn a_receiving_member_whose_journal_fails_an_fsync_stops_and_acknowledges_nothin
     write_control(&mut link, &welcome).unwrap();
     let frame = |pos: u64| {
         let mut frames = Vec::new();
-        let mut frame = FrameBuilder::begin(&mut frames, JournalPos(pos), 1, 0);
+        let mut frame =
+            FrameBuilder::begin(&mut frames, JournalPos(pos), crate::journal::Epoch(1), 0);
         frame
             .add_changes("COMPANY", |changes| {
                 changes.extend_from_slice(b"a changeset");

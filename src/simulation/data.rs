@@ -59,7 +59,8 @@ use rusqlite::session::Session;
 
 use crate::config::mirror::EpochStart;
 use crate::journal::{
-    Fault, FrameBuilder, InjectedFaults, Journal, JournalOp, JournalOptions, JournalPos, StreamId,
+    Epoch, Fault, FrameBuilder, InjectedFaults, Journal, JournalOp, JournalOptions, JournalPos,
+    StreamId,
 };
 use crate::mirror::core::hello::{Cut, Hello, at_hello};
 use crate::mirror::protocol::check_frames;
@@ -208,7 +209,7 @@ impl Store {
     }
 
     /// The epoch of its newest record (0 when it has none).
-    fn last_epoch(&self) -> Result<u64, String> {
+    fn last_epoch(&self) -> Result<Epoch, String> {
         io("read the last epoch", self.journal.shared().last_epoch())
     }
 
@@ -378,7 +379,7 @@ impl Data {
         }
         sql("clear scratch", self.scratch.execute_batch("DELETE FROM t"))?;
         let mut frames = Vec::new();
-        let mut frame = FrameBuilder::begin(&mut frames, pos, u64::from(epoch), 0);
+        let mut frame = FrameBuilder::begin(&mut frames, pos, Epoch(u64::from(epoch)), 0);
         io(
             "frame",
             frame.add_changes(DB, |buf| {
@@ -532,7 +533,7 @@ impl Data {
             ));
         }
         self.epochs.push(EpochStart {
-            epoch: u64::from(epoch),
+            epoch: Epoch(u64::from(epoch)),
             first: m.end().next().0,
         });
         Ok(())
@@ -549,7 +550,7 @@ impl Data {
             last_epoch: b.last_epoch()?,
             fresh: false,
         };
-        let Ok(decision) = at_hello(&self.epochs, u64::from(epoch), durable, hello) else {
+        let Ok(decision) = at_hello(&self.epochs, Epoch(u64::from(epoch)), durable, hello) else {
             return Ok(false);
         };
         let Some(Cut { after: cut, .. }) = decision.cut else {

@@ -59,6 +59,7 @@
 //! to show that the checks find them.
 
 use super::data::{DataEvent, Outcome};
+use crate::journal::Epoch;
 use crate::mirror::core::{Look, MemberCore, Shell};
 use crate::mirror::failover::{
     Action, AgentAnswer, ArbiterBook, Event, Failover, FailoverRole, Mode,

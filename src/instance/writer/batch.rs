@@ -11,7 +11,7 @@ pub(super) struct Streams<'a> {
     pub(super) next_local: JournalPos,
     pub(super) mirror: Option<&'a mut Vec<u8>>,
     pub(super) next_mirror: JournalPos,
-    pub(super) epoch: u64,
+    pub(super) epoch: crate::journal::Epoch,
     pub(super) time_ms: i64,
 }
 

@@ -85,7 +85,7 @@ use rusqlite::session::Session;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::journal::{FrameBuilder, Journal, JournalPos, StreamId};
+use crate::journal::{Epoch, FrameBuilder, Journal, JournalPos, StreamId};
 use crate::names::{DbName, NamespaceName};
 use crate::storage::database::{self, META_TABLE, set_applied_sql};
 use crate::storage::{Catalog, NamespaceConn, Purpose};
@@ -290,7 +290,7 @@ pub struct Writer {
     local_stream: StreamId,
     /// The mirror's journal while this member is its primary.
     mirror_journal: Option<Journal>,
-    epoch: u64,
+    epoch: Epoch,
     conns: HashMap<NamespaceName, NamespaceConn>,
     /// The mirrored batch (or Add to Mirror's events) durable here and shipped, waiting for the
     /// active backup's acknowledgement before it commits (see the module essay).
@@ -705,7 +705,7 @@ impl Writer {
     }
 
     /// Sets the epoch stamped on the records written from now on.
-    pub(crate) fn set_epoch(&mut self, epoch: u64) {
+    pub(crate) fn set_epoch(&mut self, epoch: Epoch) {
         self.epoch = epoch;
     }
 

@@ -27,7 +27,7 @@
 //! its tests sit beside it.
 
 use crate::config::mirror::{EpochStart, fork_point};
-use crate::journal::JournalPos;
+use crate::journal::{Epoch, JournalPos};
 
 /// Where a member must cut its journal before it receives, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +54,7 @@ pub struct Hello {
     /// The last position its journal holds.
     pub end: JournalPos,
     /// The epoch of its newest record (0 when it has none).
-    pub last_epoch: u64,
+    pub last_epoch: Epoch,
     /// It keeps nothing and receives from the primary's durable end on.
     pub fresh: bool,
 }
@@ -64,9 +64,9 @@ pub struct Hello {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NewerEpoch {
     /// The epoch of the member's newest record.
-    pub member: u64,
+    pub member: Epoch,
     /// The primary's epoch.
-    pub primary: u64,
+    pub primary: Epoch,
 }
 
 /// A cut the member refuses to make (see [`check_cut`]).
@@ -109,7 +109,7 @@ pub fn check_cut(cut: Cut, applied: JournalPos) -> Result<(), UnsafeCut> {
 /// primary's own epoch and its durable end (see the module essay).
 pub fn at_hello(
     epochs: &[EpochStart],
-    epoch: u64,
+    epoch: Epoch,
     durable: JournalPos,
     hello: Hello,
 ) -> Result<AtHello, NewerEpoch> {
@@ -150,7 +150,7 @@ mod tests {
     fn hello(end: u64, last_epoch: u64) -> Hello {
         Hello {
             end: JournalPos(end),
-            last_epoch,
+            last_epoch: Epoch(last_epoch),
             fresh: false,
         }
     }
@@ -158,18 +158,18 @@ mod tests {
     /// Epoch 2 began at 11, epoch 3 at 21.
     const EPOCHS: [EpochStart; 2] = [
         EpochStart {
-            epoch: 2,
+            epoch: Epoch(2),
             first: 11,
         },
         EpochStart {
-            epoch: 3,
+            epoch: Epoch(3),
             first: 21,
         },
     ];
 
     /// The decision of a primary in epoch 3 with a durable end of 30.
     fn decide(hello: Hello) -> AtHello {
-        at_hello(&EPOCHS, 3, JournalPos(30), hello).expect("not from a newer epoch")
+        at_hello(&EPOCHS, Epoch(3), JournalPos(30), hello).expect("not from a newer epoch")
     }
 
     #[test]
@@ -177,16 +177,16 @@ mod tests {
         // The member followed a primary of epoch 3; this one still believes in epoch 2, and
         // would have it cut records committed in epoch 3.
         assert_eq!(
-            at_hello(&EPOCHS[..1], 2, JournalPos(18), hello(25, 3)),
+            at_hello(&EPOCHS[..1], Epoch(2), JournalPos(18), hello(25, 3)),
             Err(NewerEpoch {
-                member: 3,
-                primary: 2
+                member: Epoch(3),
+                primary: Epoch(2)
             })
         );
         // A fresh member keeps nothing, so there is nothing to lose.
         let mut fresh = hello(25, 3);
         fresh.fresh = true;
-        assert!(at_hello(&EPOCHS[..1], 2, JournalPos(18), fresh).is_ok());
+        assert!(at_hello(&EPOCHS[..1], Epoch(2), JournalPos(18), fresh).is_ok());
     }
 
     #[test]

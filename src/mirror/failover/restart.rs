@@ -3,6 +3,8 @@
 //! not take over; the epoch settles who has the newer history, since every takeover starts a
 //! new one. Pure, like the rest of the rules.
 
+use crate::journal::Epoch;
+
 /// What the other failover member says, as its agent reports it, to a former primary that
 /// restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -18,7 +20,7 @@ pub enum OtherMember {
         /// It names this member as the primary.
         names_this_primary: bool,
         /// Its epoch.
-        epoch: u64,
+        epoch: Epoch,
         /// It does not know its role yet: it restarted too, or it is taking over right now.
         deciding: bool,
     },
@@ -38,7 +40,7 @@ pub enum Restart {
 /// The restart rule: a former primary resumes only when the other failover member confirms that
 /// it did not take over. The epoch settles who has the newer history: a takeover always starts a
 /// new one.
-pub fn restart_as(my_epoch: u64, other: OtherMember) -> Restart {
+pub fn restart_as(my_epoch: Epoch, other: OtherMember) -> Restart {
     match other {
         OtherMember::Unreachable => Restart::Wait(
             "the other failover member's agent does not answer: this member cannot tell whether it took over",

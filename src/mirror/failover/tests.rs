@@ -5,6 +5,7 @@
 //! `explorer`).
 
 use super::*;
+use crate::journal::Epoch;
 
 mod explorer;
 mod scripts;
@@ -559,49 +560,55 @@ fn a_restarted_primary_resumes_only_when_the_other_member_confirms() {
     let says = |claims_primary, names_this_primary, epoch| OtherMember::Says {
         claims_primary,
         names_this_primary,
-        epoch,
+        epoch: Epoch(epoch),
         deciding: false,
     };
     // The backup still follows this member: resume.
-    assert_eq!(restart_as(3, says(false, true, 3)), Restart::Primary);
+    assert_eq!(restart_as(Epoch(3), says(false, true, 3)), Restart::Primary);
     // The other member took over (a newer epoch): follow it.
-    assert_eq!(restart_as(3, says(true, false, 4)), Restart::Backup);
+    assert_eq!(restart_as(Epoch(3), says(true, false, 4)), Restart::Backup);
     // The other member is an older former primary that restarted too: this one is newer.
-    assert_eq!(restart_as(4, says(true, false, 3)), Restart::Primary);
+    assert_eq!(restart_as(Epoch(4), says(true, false, 3)), Restart::Primary);
     // Nobody can tell: wait.
     assert!(matches!(
-        restart_as(3, OtherMember::Unreachable),
+        restart_as(Epoch(3), OtherMember::Unreachable),
         Restart::Wait(_)
     ));
     assert!(matches!(
-        restart_as(3, says(true, false, 3)),
+        restart_as(Epoch(3), says(true, false, 3)),
         Restart::Wait(_)
     ));
     assert!(matches!(
-        restart_as(3, says(false, true, 4)),
+        restart_as(Epoch(3), says(false, true, 4)),
         Restart::Wait(_)
     ));
     assert!(matches!(
-        restart_as(3, says(false, false, 3)),
+        restart_as(Epoch(3), says(false, false, 3)),
         Restart::Wait(_)
     ));
     // Alone in the mirror: resume.
-    assert_eq!(restart_as(3, OtherMember::NotMember), Restart::Primary);
+    assert_eq!(
+        restart_as(Epoch(3), OtherMember::NotMember),
+        Restart::Primary
+    );
     // The backup is taking over right now (its epoch has not moved on yet): wait, even though
     // its configuration still names this member.
     let taking_over = OtherMember::Says {
         claims_primary: false,
         names_this_primary: true,
-        epoch: 3,
+        epoch: Epoch(3),
         deciding: true,
     };
-    assert!(matches!(restart_as(3, taking_over), Restart::Wait(_)));
+    assert!(matches!(
+        restart_as(Epoch(3), taking_over),
+        Restart::Wait(_)
+    ));
     // Both restarted: the newer history wins.
     let newer = OtherMember::Says {
         claims_primary: true,
         names_this_primary: false,
-        epoch: 4,
+        epoch: Epoch(4),
         deciding: true,
     };
-    assert_eq!(restart_as(3, newer), Restart::Backup);
+    assert_eq!(restart_as(Epoch(3), newer), Restart::Backup);
 }

@@ -55,9 +55,9 @@ impl MirrorSteps {
                 ))));
             }
         }
-        let last_epoch = journal.last_epoch().unwrap_or(0);
+        let last_epoch = journal.last_epoch().unwrap_or_default();
         let epoch = if new_epoch {
-            config.epoch.max(last_epoch) + 1
+            config.epoch.max(last_epoch).next()
         } else {
             config.epoch.max(last_epoch)
         };

@@ -533,10 +533,10 @@ impl World {
         let said = OtherMember::Says {
             claims_primary: names == other,
             names_this_primary: names == i,
-            epoch: o.epoch as u64,
+            epoch: Epoch(u64::from(o.epoch)),
             deciding,
         };
-        match restart_as(self.m[i].epoch as u64, said) {
+        match restart_as(Epoch(u64::from(self.m[i].epoch)), said) {
             Restart::Wait(_) => {}
             Restart::Primary => {
                 self.m[i].deciding = false;
