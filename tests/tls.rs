@@ -26,7 +26,7 @@ use std::time::Duration;
 use common::TestMember;
 use common::pair::*;
 use mirrorlab::agent::{self, AgentRequest, Target};
-use mirrorlab::config::mirror::{MemberInfo, MemberKind};
+use mirrorlab::config::mirror::{MemberInfo, MemberKind, MemberName};
 use mirrorlab::mirror::pending::{MAX_PENDING, MAX_PENDING_PER_ADDRESS};
 use mirrorlab::mirror::protocol::{Control, Message, read_message, write_control};
 use mirrorlab::tls::{Channel, Identity};
@@ -366,7 +366,7 @@ async fn a_tls_mirror_admits_only_members_the_primary_authorized() {
     let mirror_id = mirror_id_of(&a);
     let stranger = Arc::new(Identity::ephemeral("stranger").unwrap());
     let claiming_b = |certificate: &str| MemberInfo {
-        name: B.into(),
+        name: MemberName::new(B).unwrap(),
         kind: MemberKind::Failover,
         superserver_address: "127.0.0.9".into(),
         mirror_private_address: "127.0.0.9".into(),
@@ -438,7 +438,7 @@ async fn a_tls_mirror_admits_only_members_the_primary_authorized() {
         AgentRequest::Stop,
         AgentRequest::ForceDown {
             mirror_name: "MIRRORSET".into(),
-            member: "MIRRORA/IRIS".into(),
+            member: MemberName::new("MIRRORA/IRIS").unwrap(),
             epoch: Epoch(u64::MAX),
         },
         AgentRequest::ConfirmDown { timeout_ms: 100 },
@@ -640,7 +640,7 @@ fn identity_of(member: &TestMember) -> Arc<Identity> {
 /// A member description claiming `name`, with `certificate`, from a host that is not a member.
 fn claiming(name: &str, kind: MemberKind, certificate: &str) -> MemberInfo {
     MemberInfo {
-        name: name.into(),
+        name: MemberName::new(name).unwrap(),
         kind,
         superserver_address: "127.0.0.9".into(),
         mirror_private_address: "127.0.0.9".into(),

@@ -55,6 +55,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
 use tokio::sync::watch;
 
+use crate::config::mirror::MemberName;
 use crate::error::{Error, Result};
 use crate::journal::{Epoch, StreamId};
 use crate::limits::{AGENT_CONNECTIONS, ConnectionSlots};
@@ -93,7 +94,7 @@ pub enum AgentRequest {
         /// The mirror.
         mirror_name: String,
         /// The old primary's member name.
-        member: String,
+        member: MemberName,
         /// The epoch of the takeover.
         epoch: Epoch,
     },
@@ -200,7 +201,7 @@ pub struct RoleReport {
     /// Whether the instance runs (false: read from its configuration file).
     pub running: bool,
     /// The member it names as primary.
-    pub primary: Option<String>,
+    pub primary: Option<MemberName>,
     /// Its epoch.
     pub epoch: Epoch,
     /// It does not know its role yet (restarting former primary, or taking over).
@@ -400,7 +401,7 @@ impl Supervisor {
     async fn force_down_stale(
         &self,
         mirror_name: String,
-        member: String,
+        member: MemberName,
         epoch: Epoch,
     ) -> AgentReply {
         if self.status().state != InstanceState::Running {
@@ -413,7 +414,7 @@ impl Supervisor {
         )
         .await;
         match probe {
-            Ok(Ok(Ok(d))) if d.primary == member && d.epoch < epoch && !d.deciding => {
+            Ok(Ok(Ok(d))) if d.primary.as_ref() == Some(&member) && d.epoch < epoch && !d.deciding => {
                 self.force_down(&format!(
                     "it still acts as primary of epoch {} and the other failover member took over in epoch {epoch}",
                     d.epoch
@@ -465,7 +466,7 @@ impl Supervisor {
                 Ok(Ok(description)) => RoleReport {
                     member: true,
                     running: true,
-                    primary: Some(description.primary).filter(|p| !p.is_empty()),
+                    primary: description.primary,
                     epoch: description.epoch,
                     deciding: description.deciding,
                 },

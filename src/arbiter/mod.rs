@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::{Sender, channel};
 
+use crate::config::mirror::MemberName;
 use crate::error::{Error, Result};
 use crate::journal::{Epoch, StreamId};
 use crate::limits::{ARBITER_CONNECTIONS, ConnectionSlots};
@@ -52,7 +53,7 @@ pub enum ToArbiter {
         /// The mirror's name.
         mirror_name: String,
         /// The member's name.
-        member: String,
+        member: MemberName,
         /// Whether it is the primary (else the backup).
         primary: bool,
         /// Its epoch: a higher one starts a fresh book.
@@ -602,7 +603,7 @@ mod tests {
         ToArbiter::Hello {
             mirror_id: StreamId([1; 16]),
             mirror_name: "MIRRORSET".into(),
-            member: if primary { "A" } else { "B" }.into(),
+            member: MemberName::new(if primary { "A" } else { "B" }).unwrap(),
             primary,
             epoch: Epoch(epoch),
             qos_ms: 1000,

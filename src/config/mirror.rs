@@ -67,6 +67,68 @@ pub fn member_name(raw: &str) -> Result<String> {
     Ok(name.to_ascii_uppercase())
 }
 
+/// A mirror member's name (`MIRRORA/IRIS`), checked and upper-cased by [`member_name`]'s rules
+/// wherever it comes from: a form, the configuration file, another member's message.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MemberName(String);
+
+impl MemberName {
+    /// Checks and upper-cases a member name.
+    pub fn new(raw: &str) -> Result<MemberName> {
+        member_name(raw).map(MemberName)
+    }
+
+    /// The upper-cased name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for MemberName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for MemberName {
+    type Error = Error;
+    fn try_from(raw: String) -> Result<MemberName> {
+        MemberName::new(&raw)
+    }
+}
+
+impl From<MemberName> for String {
+    fn from(name: MemberName) -> String {
+        name.0
+    }
+}
+
+impl std::ops::Deref for MemberName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for MemberName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for MemberName {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for MemberName {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 /// The default member name `HOST/INSTANCE`, or empty when that would be too long (as IRIS does).
 pub fn default_member_name(host: &str, instance: &str) -> String {
     let name = format!("{host}/{instance}").to_ascii_uppercase();
@@ -182,7 +244,7 @@ impl MemberKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberInfo {
     /// Member name (`MIRRORA/IRIS`).
-    pub name: String,
+    pub name: MemberName,
     /// Failover or async.
     pub kind: MemberKind,
     /// Superserver address (clients and other members).
@@ -304,7 +366,7 @@ pub struct MirrorDefinition {
     /// set the backup does not take over; it is cleared when that member resumes as primary
     /// after a restart, or by Clear No Failover.
     #[serde(default)]
-    pub defined_primary: Option<String>,
+    pub defined_primary: Option<MemberName>,
 }
 
 impl MirrorDefinition {
@@ -357,7 +419,7 @@ pub struct Membership {
     pub activated: Vec<DbName>,
     /// The member this one follows (its primary), by name.
     #[serde(default)]
-    pub primary_name: Option<String>,
+    pub primary_name: Option<MemberName>,
     /// Add to Mirror steps begun but not finished (see the writer): completed or dropped at
     /// start-up, depending on whether their journal event was written.
     #[serde(default)]

@@ -80,7 +80,7 @@ fn member_name(instance: &Instance) -> String {
         .mirror
         .membership
         .as_ref()
-        .map(|m| m.this.name.clone())
+        .map(|m| m.this.name.to_string())
         .unwrap_or_else(|| {
             format!(
                 "{}/{}",

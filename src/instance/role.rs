@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use crate::config::mirror::Membership;
+use crate::config::mirror::{MemberName, Membership};
 use crate::journal::{JournalPos, JournalShared};
 
 /// The instance's questions about its place in a mirror (see the module essay).
@@ -28,7 +28,7 @@ pub trait MemberRole: Send + Sync {
     /// On the primary: for each other member of `membership`, by name, the first position of
     /// the mirror journal it still needs — `None` when it is not connected (it may need
     /// anything).
-    fn members_need(&self, membership: &Membership) -> Vec<(String, Option<JournalPos>)>;
+    fn members_need(&self, membership: &Membership) -> Vec<(MemberName, Option<JournalPos>)>;
 }
 
 /// An instance that belongs to no mirror: it writes everything and runs every production.
@@ -47,7 +47,7 @@ impl MemberRole for Standalone {
         None
     }
 
-    fn members_need(&self, _: &Membership) -> Vec<(String, Option<JournalPos>)> {
+    fn members_need(&self, _: &Membership) -> Vec<(MemberName, Option<JournalPos>)> {
         Vec::new()
     }
 }

@@ -71,7 +71,7 @@ use super::protocol::Control;
 use super::service::MirrorService;
 use super::state::Role;
 use crate::arbiter::ToArbiter;
-use crate::config::mirror::{MemberKind, Membership};
+use crate::config::mirror::{MemberKind, MemberName, Membership};
 
 /// How often the driver looks when nothing nudges it.
 pub const TICK: Duration = Duration::from_millis(25);
@@ -113,7 +113,7 @@ enum Answer {
     Agent(AgentAnswer, u64),
     /// The other failover member's agent answered a restarted former primary: the decision,
     /// and the member it came from.
-    Restart(Restart, Option<String>),
+    Restart(Restart, Option<MemberName>),
 }
 
 impl Driver {
@@ -296,7 +296,7 @@ struct DecidingShell<'a> {
     membership: &'a Membership,
     answers: &'a mpsc::Sender<Answer>,
     /// The member the latest answer came from (the primary to follow).
-    other: Option<String>,
+    other: Option<MemberName>,
 }
 
 impl Restarting for DecidingShell<'_> {
@@ -369,12 +369,14 @@ impl Restarting for DecidingShell<'_> {
                         reply,
                     })
             }
-            Restart::Backup => {
-                let primary = self.other.clone().unwrap_or_default();
-                context
+            Restart::Backup => match self.other.clone() {
+                Some(primary) => context
                     .writer
-                    .extension_blocking(|reply| MirrorCommand::Demote { primary, reply })
-            }
+                    .extension_blocking(|reply| MirrorCommand::Demote { primary, reply }),
+                None => Err(crate::error::Error::Conflict(
+                    "the member that took over is not known".into(),
+                )),
+            },
         };
         match result {
             Ok(message) => {

@@ -55,7 +55,7 @@ use super::failover::Event;
 use super::outbox::Outbox;
 use super::protocol::Control;
 use super::state::Nudge;
-use crate::config::mirror::{MemberInfo, MemberKind};
+use crate::config::mirror::{MemberInfo, MemberKind, MemberName};
 
 #[derive(Debug)]
 struct Link {
@@ -113,7 +113,7 @@ struct HubState {
     /// (last position, commit time) of recent batches, to say how far behind a member is.
     batch_times: VecDeque<(u64, i64)>,
     /// When each member that is not connected lost its connection.
-    disconnected: HashMap<String, i64>,
+    disconnected: HashMap<MemberName, i64>,
     /// Acknowledgements are held (the trouble state, see the module essay).
     suspended: bool,
     /// Bumped whenever losing an active backup suspends acknowledgements.
@@ -652,7 +652,7 @@ mod tests {
 
     fn member(name: &str, kind: MemberKind) -> MemberInfo {
         MemberInfo {
-            name: name.into(),
+            name: MemberName::new(name).unwrap(),
             kind,
             superserver_address: "h".into(),
             mirror_private_address: "h".into(),

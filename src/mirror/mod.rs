@@ -218,14 +218,14 @@ impl MirrorContext {
         let m = config.mirror.membership.as_ref()?;
         let journal = self.mirror.journal();
         let primary = if self.mirror.role() == state::Role::Primary {
-            m.this.name.clone()
+            Some(m.this.name.clone())
         } else {
-            m.primary_name.clone().unwrap_or_default()
+            m.primary_name.clone()
         };
         let mut members: Vec<crate::config::mirror::MemberInfo> = std::iter::once(m.this.clone())
             .chain(m.others.iter().cloned())
             .collect();
-        members.sort_by_key(|member| member.name != primary); // primary first
+        members.sort_by_key(|member| Some(&member.name) != primary.as_ref()); // primary first
         Some(protocol::MirrorDescription {
             mirror: m.mirror.clone(),
             members,
@@ -264,7 +264,7 @@ impl MirrorContext {
                     .filter(|o| o.name != m.this.name)
                     .cloned()
                     .collect();
-                m.primary_name = Some(description.primary.clone());
+                m.primary_name = description.primary.clone();
                 for db in &description.databases {
                     if m.database(&db.name).is_none() {
                         m.databases.push(db.clone());

@@ -294,7 +294,7 @@ mod tests {
 
     fn member(name: &str, certificate: &str) -> MemberInfo {
         MemberInfo {
-            name: name.into(),
+            name: crate::config::mirror::MemberName::new(name).unwrap(),
             kind: MemberKind::Failover,
             superserver_address: "10.0.0.2".into(),
             mirror_private_address: "10.0.0.2".into(),
@@ -311,7 +311,7 @@ mod tests {
 
     fn names(list: &[PendingMember], now: i64) -> Vec<(String, String)> {
         waiting(list, now)
-            .map(|p| (p.info.name.clone(), p.info.certificate.clone().unwrap()))
+            .map(|p| (p.info.name.to_string(), p.info.certificate.clone().unwrap()))
             .collect()
     }
 

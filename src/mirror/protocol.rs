@@ -31,6 +31,7 @@ use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::mirror::MemberName;
 use crate::error::{Error, Result};
 use crate::journal::{Epoch, JournalPos, StreamId};
 
@@ -51,7 +52,8 @@ pub struct MirrorDescription {
     /// Its members, primary first.
     pub members: Vec<MemberInfo>,
     /// Name of the current primary.
-    pub primary: String,
+    #[serde(default)]
+    pub primary: Option<MemberName>,
     /// The mirrored databases.
     pub databases: Vec<MirroredDatabase>,
     /// Oldest position the primary's journal still holds.
@@ -149,7 +151,7 @@ pub enum Control {
     /// primary, the mirror's setting; from the backup, a request to the primary.
     NoFailover {
         /// The member that must stay primary.
-        defined_primary: Option<String>,
+        defined_primary: Option<MemberName>,
     },
     /// Primary → members: the mirror's members changed (one joined, or changed its type).
     MirrorChanged {

@@ -457,7 +457,7 @@ fn accept_member(
         let primary = membership
             .primary_name
             .clone()
-            .unwrap_or_else(|| "unknown".into());
+            .map_or_else(|| "unknown".into(), |p| p.to_string());
         return Err(refused(format!(
             "this member is not the primary (the primary is {primary})"
         )));

@@ -13,7 +13,7 @@ use crate::util::now_ms;
 
 use super::failover::Event;
 use super::hub::Hub;
-use crate::config::mirror::{MemberInfo, MemberKind};
+use crate::config::mirror::{MemberInfo, MemberKind, MemberName};
 
 /// This member's role right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -417,7 +417,7 @@ impl crate::instance::role::MemberRole for MirrorState {
     fn members_need(
         &self,
         membership: &crate::config::mirror::Membership,
-    ) -> Vec<(String, Option<JournalPos>)> {
+    ) -> Vec<(MemberName, Option<JournalPos>)> {
         let links = self.hub.links();
         membership
             .others

@@ -48,7 +48,7 @@ fn open_with_notes(dir: &std::path::Path) -> Arc<Node> {
 
 fn member(name: &str) -> MemberInfo {
     MemberInfo {
-        name: name.into(),
+        name: crate::config::mirror::MemberName::new(name).unwrap(),
         kind: MemberKind::Failover,
         superserver_address: "127.0.0.1:1".into(),
         mirror_private_address: "127.0.0.1:1".into(),
@@ -81,7 +81,7 @@ async fn mirror_company(node: &Node, dir: &std::path::Path) {
         was_primary: true,
         databases: Vec::new(),
         activated: Vec::new(),
-        primary_name: Some("MIRRORA/IRIS".into()),
+        primary_name: Some(crate::config::mirror::MemberName::new("MIRRORA/IRIS").unwrap()),
         pending_adds: Vec::new(),
         epochs: Vec::new(),
         stopped: false,
@@ -380,7 +380,7 @@ fn a_receiving_member_whose_journal_fails_an_fsync_stops_and_acknowledges_nothin
     let description = MirrorDescription {
         mirror: definition,
         members: vec![primary.clone(), this],
-        primary: primary.name.clone(),
+        primary: Some(primary.name.clone()),
         databases: Vec::new(),
         journal_first: JournalPos(1),
         journal_end: JournalPos(0),

@@ -283,7 +283,7 @@ impl MirrorService {
     }
 
     /// Stores the mirror's No Failover setting (also when the other member reports it).
-    pub fn store_no_failover(&self, defined_primary: Option<String>) -> Result<()> {
+    pub fn store_no_failover(&self, defined_primary: Option<MemberName>) -> Result<()> {
         store_no_failover(&self.context, defined_primary)
     }
 
@@ -463,7 +463,7 @@ impl MirrorService {
             .membership
             .as_ref()
             .and_then(|m| m.primary_name.clone())
-            .unwrap_or_else(|| "the other member".into());
+            .map_or_else(|| "the other member".into(), |p| p.to_string());
         format!(
             "This member {} the active backup when it lost the primary; it holds mirror journal \
              data up to position {end}{}. If {other} acknowledged writes after that, they are \
@@ -496,7 +496,7 @@ impl MirrorService {
         if self.context.mirror.link.lock().unwrap().connected {
             return Err(Error::Conflict(format!(
                 "this member is connected to the primary {}: it cannot be forced while the primary runs",
-                m.primary_name.clone().unwrap_or_default()
+                m.primary_name.as_deref().unwrap_or_default()
             )));
         }
         if !confirm {

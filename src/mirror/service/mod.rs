@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{self, AgentRequest};
+use crate::config::mirror::MemberName;
 use crate::error::{Error, Result};
 use crate::journal::{Journal, JournalOptions, JournalPos, StreamId};
 use crate::mirror::steps::MirrorCommand;
@@ -97,7 +98,10 @@ fn reachable(bind: &str, host: &str, default_port: u16) -> String {
 }
 
 /// Stores the mirror's No Failover setting.
-pub fn store_no_failover(context: &MirrorContext, defined_primary: Option<String>) -> Result<()> {
+pub fn store_no_failover(
+    context: &MirrorContext,
+    defined_primary: Option<MemberName>,
+) -> Result<()> {
     context.config.update(|c| {
         if let Some(m) = c.mirror.membership.as_mut() {
             m.mirror.defined_primary = defined_primary;
@@ -193,7 +197,7 @@ impl MirrorService {
                     && hub.has_active_backup() =>
             {
                 tracing::warn!("mirror: shutting down: handing over to the active backup");
-                let backups: Vec<String> = hub
+                let backups: Vec<MemberName> = hub
                     .links()
                     .into_iter()
                     .filter(|l| l.active)
@@ -333,7 +337,7 @@ impl MirrorService {
         agent_port: Option<u16>,
     ) -> Result<MemberInfo> {
         let (default_name, default_superserver, default_agent_port) = self.defaults();
-        let name = config::member_name(
+        let name = MemberName::new(
             name.filter(|n| !n.trim().is_empty())
                 .unwrap_or(&default_name),
         )?;

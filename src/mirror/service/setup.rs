@@ -207,7 +207,7 @@ impl MirrorService {
             was_primary: false,
             databases: description.databases.clone(),
             activated: Vec::new(),
-            primary_name: Some(description.primary.clone()),
+            primary_name: description.primary.clone(),
             pending_adds: Vec::new(),
             epochs: Vec::new(),
             stopped: false,
@@ -251,7 +251,7 @@ impl MirrorService {
                 return Ok(format!(
                     "joined mirror {name} as {} member; the primary is {}",
                     kind.display().to_lowercase(),
-                    description.primary
+                    description.primary.as_deref().unwrap_or("unknown")
                 ));
             }
             // In a mirror that requires SSL/TLS the primary keeps this member waiting until
@@ -260,7 +260,7 @@ impl MirrorService {
                 return Ok(format!(
                     "joined mirror {name}; this member waits for authorization: on the primary ({}), \
                      Edit Mirror → Pending New Members → Authorize",
-                    description.primary
+                    description.primary.as_deref().unwrap_or("unknown")
                 ));
             }
             if let Some(err @ LinkError::Refused(_)) = link.last_error.clone() {

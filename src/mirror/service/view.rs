@@ -214,7 +214,7 @@ impl MirrorService {
         if primary {
             this_status = failover.status.unwrap_or("Primary").to_string();
             members.push(MemberRow {
-                name: m.this.name.clone(),
+                name: m.this.name.to_string(),
                 kind: m.this.kind.display().into(),
                 status: this_status.clone(),
                 journal_transfer: status::journal_transfer(status::Transfer::Primary),
@@ -224,7 +224,7 @@ impl MirrorService {
             for other in &m.others {
                 let row = match links.iter().find(|l| l.member.name == other.name) {
                     Some(l) => MemberRow {
-                        name: other.name.clone(),
+                        name: other.name.to_string(),
                         kind: other.kind.display().into(),
                         status: if other.kind == MemberKind::Failover {
                             "Backup".into()
@@ -250,7 +250,7 @@ impl MirrorService {
                     None => {
                         let since = context.mirror.hub.disconnected_at(&other.name);
                         MemberRow {
-                            name: other.name.clone(),
+                            name: other.name.to_string(),
                             kind: other.kind.display().into(),
                             status: "Down".into(),
                             journal_transfer: since
@@ -292,7 +292,7 @@ impl MirrorService {
             let partner = m
                 .primary_name
                 .as_deref()
-                .filter(|p| *p != m.this.name)
+                .filter(|p| m.this.name != *p)
                 .and_then(|p| m.member(p))
                 .or_else(|| {
                     m.others
@@ -302,7 +302,7 @@ impl MirrorService {
                 });
             if let Some(p) = partner {
                 members.push(MemberRow {
-                    name: p.name.clone(),
+                    name: p.name.to_string(),
                     kind: p.kind.display().into(),
                     status: if link.connected {
                         "Primary".into()
@@ -322,7 +322,7 @@ impl MirrorService {
                 });
             }
             members.push(MemberRow {
-                name: m.this.name.clone(),
+                name: m.this.name.to_string(),
                 kind: m.this.kind.display().into(),
                 status: this_status.clone(),
                 journal_transfer: status::journal_transfer(transfer),
@@ -335,13 +335,13 @@ impl MirrorService {
         }
         let other_failover = m.others.iter().find(|o| o.kind == MemberKind::Failover);
         let mut failover_info = vec![(
-            m.this.name.clone(),
+            m.this.name.to_string(),
             m.this.superserver_address.clone(),
             m.this.mirror_private_address.clone(),
         )];
         failover_info.push(match other_failover {
             Some(o) => (
-                o.name.clone(),
+                o.name.to_string(),
                 o.superserver_address.clone(),
                 o.mirror_private_address.clone(),
             ),
@@ -410,7 +410,7 @@ impl MirrorService {
         }
         MirrorView {
             service_enabled: config.mirror.service_enabled,
-            member_name: Some(m.this.name.clone()),
+            member_name: Some(m.this.name.to_string()),
             mirror_name: Some(m.mirror.name.clone()),
             role: match role {
                 Role::Primary => "Primary".into(),
@@ -451,7 +451,7 @@ impl MirrorService {
                     .summary(&context.data_dir, QUARANTINE_SHOWN);
                 (summary.newest, summary.count)
             },
-            no_failover: m.mirror.defined_primary.clone(),
+            no_failover: m.mirror.defined_primary.as_ref().map(|p| p.to_string()),
             stopped: m.stopped,
             may_force: m.this.kind == MemberKind::Failover
                 && (!primary || context.mirror.deciding())

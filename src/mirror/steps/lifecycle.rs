@@ -3,6 +3,7 @@
 //! back, leave.
 
 use super::*;
+use crate::config::mirror::MemberName;
 use crate::instance::recovery;
 use crate::mirror::state::Role;
 use crate::storage::database;
@@ -125,7 +126,7 @@ impl MirrorSteps {
 
     /// See [`MirrorCommand::Demote`]. The former primary's own files are full copies of the
     /// mirrored databases: they are activated and follow the new primary's journal.
-    pub(super) fn demote(&mut self, w: &mut Writer, primary: String) -> Result<String> {
+    pub(super) fn demote(&mut self, w: &mut Writer, primary: MemberName) -> Result<String> {
         let config = w.config().get();
         let m = config.mirror.member()?;
         let state = w.catalog().snapshot();

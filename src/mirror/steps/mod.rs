@@ -112,7 +112,7 @@ pub enum MirrorCommand {
     /// A restarted former primary learned that `primary` took over: follow it as backup.
     Demote {
         /// The member now primary.
-        primary: String,
+        primary: crate::config::mirror::MemberName,
         /// Answer.
         reply: Reply<String>,
     },
