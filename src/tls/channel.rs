@@ -70,7 +70,6 @@ pub enum Channel {
 
 /// One handle on a TLS connection; every clone shares the socket, the session and the send
 /// lock.
-#[derive(Clone)]
 pub struct TlsChannel {
     socket: Arc<TcpStream>,
     session: Arc<Mutex<Session>>,
@@ -78,6 +77,20 @@ pub struct TlsChannel {
     sending: Arc<Mutex<Vec<u8>>>,
     /// Whether the send lock's buffer holds records (readable without taking the lock).
     owes: Arc<AtomicBool>,
+    /// This handle's buffer for bytes read from the socket (reused: a reader reads often).
+    scratch: Vec<u8>,
+}
+
+impl Clone for TlsChannel {
+    fn clone(&self) -> TlsChannel {
+        TlsChannel {
+            socket: self.socket.clone(),
+            session: self.session.clone(),
+            sending: self.sending.clone(),
+            owes: self.owes.clone(),
+            scratch: Vec::new(),
+        }
+    }
 }
 
 impl std::fmt::Debug for TlsChannel {
@@ -161,6 +174,7 @@ fn handshake(mut tls: Connection, mut tcp: TcpStream, within: Duration) -> Resul
         })),
         sending: Arc::new(Mutex::new(Vec::new())),
         owes: Arc::new(AtomicBool::new(false)),
+        scratch: Vec::new(),
     })
 }
 
@@ -256,11 +270,13 @@ impl TlsChannel {
         self.write_out(&mut unsent)
     }
 
-    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
         }
-        let mut raw = vec![0u8; READ_SIZE];
+        if self.scratch.len() < READ_SIZE {
+            self.scratch.resize(READ_SIZE, 0);
+        }
         loop {
             {
                 let mut session = self.lock_session();
@@ -294,7 +310,7 @@ impl TlsChannel {
             // Nothing decrypted is waiting and nothing read is left: wait on the socket,
             // holding no lock.
             let n = loop {
-                match (&*self.socket).read(&mut raw) {
+                match (&*self.socket).read(&mut self.scratch) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     other => break other?,
                 }
@@ -305,7 +321,7 @@ impl TlsChannel {
                 // whether it came after `close_notify`.
                 session.tls.read_tls(&mut io::empty())?;
             } else {
-                session.inbound.extend_from_slice(&raw[..n]);
+                session.inbound.extend_from_slice(&self.scratch[..n]);
             }
         }
     }
