@@ -830,14 +830,17 @@ impl Failover {
     /// No Failover, the databases' readiness or Stop Mirror changed. A backup that lost the
     /// primary and may take over now (it could not before) asks the primary's agent, like any
     /// non-active backup: the primary may still be down. One that may not take over any more
-    /// stops asking the agent: its question would force a hung primary down, and nobody would
-    /// take its place.
+    /// stops asking the agent (its question would force a hung primary down, and nobody would
+    /// take its place) and stands down, as it would have on losing the primary: the arbiter may
+    /// hold a takeover booked on an earlier question whose verdict was lost with its connection,
+    /// which the stand-down cancels (found by the simulation, with a one-way partition).
     fn blocker_changed(&mut self, out: &mut Vec<Action>) {
         if self.role == FailoverRole::Backup
             && !self.may_take_over()
             && self.asked_agent_ms.take().is_some()
         {
             self.active = false;
+            out.push(Action::StandDown);
         }
         if self.role == FailoverRole::Backup
             && !self.partner_connected

@@ -70,6 +70,13 @@
 //! than its own ([`crate::mirror::core::hello`],
 //! `a_stale_primary_turns_away_a_member_from_a_newer_epoch`).
 //!
+//! With one-way partitions: a backup that lost the primary asked the arbiter, which booked its
+//! takeover, and the verdict was lost when the arbiter connection went quiet; the backup asked
+//! the primary's agent (no answer), then a copy became unready — it stopped asking without
+//! standing down, and the takeover stayed booked, so the old primary could never start again.
+//! A backup that becomes unable to take over while it asks now stands down (the failover
+//! rules' `blocker_changed`; `testscripts/verdict-lost-then-unready.txt` keeps it).
+//!
 //! # Left out (for now)
 //!
 //! The world carries out what the cores decide through a model of the driver, the hub and the
