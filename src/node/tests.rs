@@ -59,23 +59,29 @@ fn member(name: &str) -> MemberInfo {
     }
 }
 
+/// A new mirror MIRRORSET with a fresh id, agent controlled, with this QoS timeout.
+fn mirror_definition(qos_timeout_ms: u64) -> MirrorDefinition {
+    MirrorDefinition {
+        name: "MIRRORSET".into(),
+        id: crate::journal::StreamId::random(),
+        qos_timeout_ms,
+        use_arbiter: false,
+        arbiter_address: String::new(),
+        arbiter_port: 2188,
+        require_tls: false,
+        parallel_dejournaling: String::new(),
+        compression_failover: String::new(),
+        compression_async: String::new(),
+        defined_primary: None,
+    }
+}
+
 /// Makes `instance` the primary of a new mirror, alone, with COMPANY mirrored.
 async fn mirror_company(node: &Node, dir: &std::path::Path) {
-    let id = crate::journal::StreamId::random();
+    let definition = mirror_definition(60_000);
+    let id = definition.id;
     let membership = Membership {
-        mirror: MirrorDefinition {
-            name: "MIRRORSET".into(),
-            id,
-            qos_timeout_ms: 60_000,
-            use_arbiter: false,
-            arbiter_address: String::new(),
-            arbiter_port: 2188,
-            require_tls: false,
-            parallel_dejournaling: String::new(),
-            compression_failover: String::new(),
-            compression_async: String::new(),
-            defined_primary: None,
-        },
+        mirror: definition,
         this: member("MIRRORA/IRIS"),
         others: Vec::new(),
         was_primary: true,
@@ -301,7 +307,7 @@ async fn add_to_mirror_waits_for_the_backup_without_freezing_writes_and_fails_wh
 /// fault injected on its write path.
 #[test]
 fn a_receiving_member_whose_journal_fails_an_fsync_stops_and_acknowledges_nothing_more() {
-    use crate::journal::{Fault, FrameBuilder, InjectedFaults, JournalOp, StreamId};
+    use crate::journal::{Fault, FrameBuilder, InjectedFaults, JournalOp};
     use crate::mirror::protocol::{
         Control, Message, MirrorDescription, read_message, write_control, write_frames,
     };
@@ -335,19 +341,7 @@ fn a_receiving_member_whose_journal_fails_an_fsync_stops_and_acknowledges_nothin
         kind: MemberKind::Dr,
         ..member("MIRRORB/IRIS")
     };
-    let definition = MirrorDefinition {
-        name: "MIRRORSET".into(),
-        id: StreamId::random(),
-        qos_timeout_ms: 2_000,
-        use_arbiter: false,
-        arbiter_address: String::new(),
-        arbiter_port: 2188,
-        require_tls: false,
-        parallel_dejournaling: String::new(),
-        compression_failover: String::new(),
-        compression_async: String::new(),
-        defined_primary: None,
-    };
+    let definition = mirror_definition(2_000);
     node.instance
         .config
         .update(|c| {
