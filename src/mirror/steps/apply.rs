@@ -10,11 +10,17 @@ use crate::storage::database::{
     self, Applier, ChangesetRun, apply_schema_qualified, is_qualified_schema, set_applied_sql,
 };
 
-/// Whether `err` says the disk is full (SQLite's "database or disk is full", the system's "No
-/// space left on device"): a failure that goes away by itself once space is freed.
+/// Whether `err` may say the disk is full: SQLite's "database or disk is full", the system's "No
+/// space left on device", and SQLite's "disk I/O error", which is what a write into the WAL or
+/// its shared memory that runs out of space reports (SQLite tells `SQLITE_FULL` only for some
+/// writes). A failure that goes away by itself once space is freed; trying the copy again
+/// after another I/O error is harmless, since the failed round's transaction was rolled back
+/// and the copy resumes from the position it holds.
 pub(super) fn is_disk_full(err: &Error) -> bool {
     let text = err.to_string();
-    text.contains("disk is full") || text.contains("No space left")
+    text.contains("disk is full")
+        || text.contains("No space left")
+        || text.contains("disk I/O error")
 }
 
 impl MirrorSteps {
