@@ -22,7 +22,7 @@ use crate::wire::{MAX_AGENT_FRAME, read_frame_sync, write_frame_sync};
 
 use super::MirrorContext;
 use super::failover::Event;
-use super::state::Role;
+use super::state::{DriverInput, Role};
 use crate::config::mirror::{DEFAULT_AGENT_PORT, MemberKind, connect_address};
 
 /// Starts the arbiter link thread; it stops when `stop` is set.
@@ -46,14 +46,16 @@ pub fn start(context: Arc<MirrorContext>, stop: Arc<AtomicBool>) -> JoinHandle<(
                         }
                     }
                 }
-                let mut arbiter = context.mirror.arbiter.lock().unwrap();
-                if arbiter.connected {
-                    arbiter.events.push_back(Event::ArbiterLost);
-                    context.mirror.nudge.nudge();
+                // Published before the event is queued, so the driver, which reads the status
+                // after the events, never sees an event newer than the status (this thread
+                // alone writes the arbiter's part of it).
+                let was_connected = context.mirror.read(|s| s.arbiter.connected);
+                context.mirror.publish(|s| s.arbiter = Default::default());
+                if was_connected {
+                    context
+                        .mirror
+                        .tell_driver(DriverInput::Arbiter(Event::ArbiterLost));
                 }
-                arbiter.connected = false;
-                arbiter.sees_partner = None;
-                drop(arbiter);
                 pause(&stop, Duration::from_millis(500));
             }
         })
@@ -160,12 +162,10 @@ fn connection(
                 }
             }
         })?;
-    {
-        let mut arbiter = context.mirror.arbiter.lock().unwrap();
-        arbiter.connected = true;
-        arbiter.events.push_back(Event::ArbiterConnected);
-        context.mirror.nudge.nudge();
-    }
+    context.mirror.publish(|s| s.arbiter.connected = true);
+    context
+        .mirror
+        .tell_driver(DriverInput::Arbiter(Event::ArbiterConnected));
     tracing::info!("mirror: connected to the arbiter at {address}");
     let ping_every = (qos / 4).max(Duration::from_millis(25));
     let mut last_ping = Instant::now();
@@ -179,30 +179,30 @@ fn connection(
         }
         match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(Ok(message)) => {
-                let mut arbiter = context.mirror.arbiter.lock().unwrap();
-                match message {
+                if let FromArbiter::SeesPartner { sees } = message {
+                    context
+                        .mirror
+                        .publish(|s| s.arbiter.sees_partner = Some(sees));
+                }
+                let input = match message {
                     FromArbiter::SeesPartner { sees } => {
-                        arbiter.sees_partner = Some(sees);
-                        arbiter.events.push_back(Event::ArbiterSeesPartner(sees));
-                        context.mirror.nudge.nudge();
+                        Some(DriverInput::Arbiter(Event::ArbiterSeesPartner(sees)))
                     }
-                    FromArbiter::Verdict { take_over } => arbiter
-                        .events
-                        .push_back(Event::ArbiterVerdict { take_over }),
+                    FromArbiter::Verdict { take_over } => {
+                        Some(DriverInput::Arbiter(Event::ArbiterVerdict { take_over }))
+                    }
                     FromArbiter::BackupTookOver => {
-                        arbiter.events.push_back(Event::PartnerIsPrimary);
-                        context.mirror.nudge.nudge();
+                        Some(DriverInput::Arbiter(Event::PartnerIsPrimary))
                     }
                     FromArbiter::PartnerStoodDown { activation } => {
                         if context.mirror.hub.is_latest_activation(activation) {
-                            arbiter.events.push_back(Event::PartnerStoodDown);
-                            context.mirror.nudge.nudge();
-                            arbiter.stood_down_activations.push_back(activation);
+                            Some(DriverInput::ArbiterStoodDown { activation })
                         } else {
                             tracing::info!(
                                 "mirror: ignored a stand-down relayed by the arbiter: the backup \
                                  was made active again since"
                             );
+                            None
                         }
                     }
                     FromArbiter::ModeBooked {
@@ -212,11 +212,13 @@ fn connection(
                         // A booking made with an activation that a newer one overtook would
                         // promise a takeover the arbiter no longer backs: the rules book again.
                         let current = context.mirror.hub.is_latest_activation(activation);
-                        arbiter.events.push_back(Event::ArbiterBookedMode(current));
-                        context.mirror.nudge.nudge();
+                        Some(DriverInput::Arbiter(Event::ArbiterBookedMode(current)))
                     }
-                    FromArbiter::ModeBooked { arbiter: false, .. } => {}
-                    FromArbiter::Heartbeat | FromArbiter::Status { .. } => {}
+                    FromArbiter::ModeBooked { arbiter: false, .. } => None,
+                    FromArbiter::Heartbeat | FromArbiter::Status { .. } => None,
+                };
+                if let Some(input) = input {
+                    context.mirror.tell_driver(input);
                 }
             }
             Ok(Err(err)) => break Err(err),

@@ -3,11 +3,14 @@
 //!
 //! # What it does
 //!
-//! At once when something happened (whoever queues an event for it nudges it: the hub, the
-//! receiver, the arbiter link, a helper with an agent's answer — see
-//! [`Nudge`](super::state::Nudge)), and every [`TICK`] otherwise, it gathers what happened to
-//! the link with the other failover member (the hub's events on the primary, the receiver's on
-//! the backup), the arbiter link's reports, the answers of the other host's agent, No Failover
+//! It is one loop over one channel and a ticker. Everything that may move the rules arrives on
+//! the channel ([`DriverInput`]: the hub's, the receiver's and the arbiter link's events, a
+//! stalled receive round, a demotion request, the agents' answers from helper threads); the
+//! driver looks at once when something arrives, and every [`TICK`] otherwise, since time alone
+//! moves the rules too. A look takes what the channel holds: what happened to the link with
+//! the other failover member (the hub's events on the primary, the receiver's on the backup —
+//! the other side's are about a link of a role this member left), the arbiter link's reports,
+//! the answers of the other host's agent, and it reads No Failover
 //! and whether every mirrored copy here is ready, and hands them, with the time, to this
 //! member's [`MemberCore`], which owns every decision (the failover rules, the stall rule, link
 //! generations, a failed takeover). What it decides is carried out here, by [`DriverShell`]:
@@ -55,6 +58,7 @@
 //! Fetching through the agent a tail too large for one agent answer (the backup then stays a
 //! backup and says why).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -69,25 +73,30 @@ use super::core::{Look, MemberCore, Restarting, Shell};
 use super::failover::{AgentAnswer, Event, FailoverRole, Mode, OtherMember, Restart, restart_as};
 use super::protocol::Control;
 use super::service::MirrorService;
-use super::state::Role;
+use super::state::{DriverInput, Role};
 use crate::arbiter::ToArbiter;
 use crate::config::mirror::{MemberKind, MemberName, Membership};
 
-/// How often the driver looks when nothing nudges it.
+/// How often the driver looks when nothing arrives on its channel.
 pub const TICK: Duration = Duration::from_millis(25);
 
-/// Starts the driver thread; it stops when `stop` is set.
+/// Starts the driver thread; it stops when `stop` is set. There is one per member: it takes
+/// the receiving side of the member's driver channel.
 pub fn start(service: Arc<MirrorService>, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    let inbox = service
+        .context()
+        .mirror
+        .take_driver_inbox()
+        .expect("one failover driver per member");
     std::thread::Builder::new()
         .name("failover".into())
         .spawn(move || {
-            let nudge = service.context().mirror.nudge.clone();
-            let mut driver = Driver::new(service);
+            let mut driver = Driver::new(service, inbox);
             while !stop.load(Ordering::Acquire) && !driver.superseded {
                 driver.step();
-                // The next look: at once when something happened, else after a tick (time
+                // The next look: at once when something arrives, else after a tick (time
                 // alone moves the rules too: timeouts, the stall check, repeats).
-                nudge.wait(TICK);
+                driver.wait(TICK);
             }
         })
         .expect("spawn the failover driver")
@@ -98,35 +107,87 @@ struct Driver {
     /// Where every decision is made (see [`MemberCore`]); the driver gathers and carries out.
     core: MemberCore,
     started: Instant,
-    /// Answers of helper threads (agent questions) for the next tick.
-    answers_tx: mpsc::Sender<Answer>,
-    answers: mpsc::Receiver<Answer>,
+    /// The driver's channel (see [`DriverInput`]) and what came on it that no look used yet.
+    inbox: mpsc::Receiver<DriverInput>,
+    taken: Taken,
     /// When the last step ran, to notice that this process stalled.
     last_step: Instant,
     /// The member was told to stop at once and the exit hook returned (tests only).
     superseded: bool,
 }
 
-enum Answer {
-    /// The primary's agent answered a question asked about the loss of the data link of this
-    /// generation (see [`MemberCore::link_generation`]).
-    Agent(AgentAnswer, u64),
-    /// The other failover member's agent answered a restarted former primary: the decision,
-    /// and the member it came from.
-    Restart(Restart, Option<MemberName>),
+/// What arrived on the driver's channel since the last look, sorted by where it came from:
+/// a look uses what belongs to the member's role and keeps the rest while it must wait (a
+/// restarted former primary deciding, a demotion under way).
+#[derive(Default)]
+struct Taken {
+    /// The hub's events, with the hub's term when each happened.
+    hub: Vec<(Event, u64)>,
+    receiver: Vec<Event>,
+    arbiter: Vec<Event>,
+    /// The activation each relayed `PartnerStoodDown` in `arbiter` ends, in the same order.
+    stood_down: VecDeque<u64>,
+    receiver_stalled: bool,
+    demote_requested: bool,
+    agent_answers: Vec<(AgentAnswer, u64)>,
+    restart_answers: Vec<(Restart, Option<MemberName>)>,
+}
+
+impl Taken {
+    fn sort(&mut self, input: DriverInput) {
+        match input {
+            DriverInput::Hub { event, term } => self.hub.push((event, term)),
+            DriverInput::Receiver(event) => self.receiver.push(event),
+            DriverInput::Arbiter(event) => self.arbiter.push(event),
+            DriverInput::ArbiterStoodDown { activation } => {
+                self.arbiter.push(Event::PartnerStoodDown);
+                self.stood_down.push_back(activation);
+            }
+            DriverInput::ReceiverStalled => self.receiver_stalled = true,
+            DriverInput::DemoteRequested => self.demote_requested = true,
+            DriverInput::AgentAnswer(answer, generation) => {
+                self.agent_answers.push((answer, generation))
+            }
+            DriverInput::RestartAnswer(decision, from) => {
+                self.restart_answers.push((decision, from))
+            }
+        }
+    }
+
+    /// The hub's events of its current term (older ones are about links of an earlier term).
+    fn hub_events(&mut self, term: u64) -> Vec<Event> {
+        self.hub
+            .drain(..)
+            .filter(|(_, t)| *t == term)
+            .map(|(event, _)| event)
+            .collect()
+    }
 }
 
 impl Driver {
-    fn new(service: Arc<MirrorService>) -> Driver {
-        let (answers_tx, answers) = mpsc::channel();
+    fn new(service: Arc<MirrorService>, inbox: mpsc::Receiver<DriverInput>) -> Driver {
         Driver {
             service,
             core: MemberCore::new(),
             started: Instant::now(),
-            answers_tx,
-            answers,
+            inbox,
+            taken: Taken::default(),
             last_step: Instant::now(),
             superseded: false,
+        }
+    }
+
+    /// Waits until something arrives on the channel or `tick` passed.
+    fn wait(&mut self, tick: Duration) {
+        if let Ok(input) = self.inbox.recv_timeout(tick) {
+            self.taken.sort(input);
+        }
+    }
+
+    /// Takes everything waiting on the channel.
+    fn take(&mut self) {
+        while let Ok(input) = self.inbox.try_recv() {
+            self.taken.sort(input);
         }
     }
 
@@ -138,6 +199,12 @@ impl Driver {
         let gap = self.last_step.elapsed();
         self.last_step = Instant::now();
         let context = self.service.context().clone();
+        // Read before taking the channel: never newer than the events taken (see
+        // `Hub::loss_generation`), so a lift decided on them is refused after a newer loss.
+        let loss_generation = context.mirror.hub.loss_generation();
+        self.take();
+        // Read after: an event taken from before the hub last started serving is stale.
+        let hub_term = context.mirror.hub.term();
         let config = context.config.get();
         let Some(m) = config
             .mirror
@@ -145,19 +212,19 @@ impl Driver {
             .as_ref()
             .filter(|m| m.this.kind == MemberKind::Failover)
         else {
+            // No failover rules here: nothing that came is for them.
+            self.taken = Taken::default();
             self.core.idle();
-            *context.mirror.failover_view.lock().unwrap() = Default::default();
+            context
+                .mirror
+                .update_failover(|view| *view = Default::default());
             return;
         };
         if context.mirror.deciding() {
             self.decide(m);
             return;
         }
-        if context
-            .mirror
-            .demote_requested
-            .swap(false, Ordering::AcqRel)
-        {
+        if std::mem::take(&mut self.taken.demote_requested) {
             match self.service.demote_to_dr() {
                 Ok(message) => tracing::warn!("mirror: {message}"),
                 Err(err) => tracing::warn!("mirror: the primary's demotion request: {err}"),
@@ -173,52 +240,56 @@ impl Driver {
             }
         };
         let now_ms = self.now_ms();
-        // Gather what happened since the last look; the core decides.
-        let receiver_stalled = context
-            .mirror
-            .receiver_stalled
-            .swap(false, Ordering::AcqRel);
-        let (link_events, loss_generation) = match role {
-            FailoverRole::Primary => context.mirror.hub.take_events(),
-            _ => (context.mirror.take_partner_events(), 0),
+        // What happened since the last look; the core decides. The link events are the hub's
+        // on a primary and the receiver's on a backup; the other side's are about a link of
+        // the role this member left.
+        let taken = &mut self.taken;
+        let receiver_stalled = std::mem::take(&mut taken.receiver_stalled);
+        let link_events = match role {
+            FailoverRole::Primary => {
+                taken.receiver.clear();
+                taken.hub_events(hub_term)
+            }
+            _ => {
+                taken.hub.clear();
+                std::mem::take(&mut taken.receiver)
+            }
         };
-        let (arbiter, arbiter_events) = {
-            let mut arbiter = context.mirror.arbiter.lock().unwrap();
-            let mut stood_down = std::mem::take(&mut arbiter.stood_down_activations);
-            let mut events = Vec::new();
-            for event in arbiter.events.drain(..) {
-                // A stand-down the arbiter relayed names the activation it ends. It was the
-                // latest when it arrived, but the hub's events are handled first: if the backup
-                // was made active again meanwhile (its PartnerActive is in this look), the
-                // stand-down is stale and would leave the rules believing the backup inactive
-                // for good — never booking arbiter mode again.
-                if event == Event::PartnerStoodDown {
-                    let activation = stood_down.pop_front().unwrap_or(0);
-                    if !context.mirror.hub.is_latest_activation(activation) {
-                        tracing::info!(
-                            "mirror: ignored a stand-down relayed by the arbiter: the backup \
-                             was made active again since"
-                        );
-                        continue;
-                    }
+        let mut stood_down = std::mem::take(&mut taken.stood_down);
+        let mut arbiter_events = Vec::new();
+        for event in taken.arbiter.drain(..) {
+            // A stand-down the arbiter relayed names the activation it ends. It was the
+            // latest when it arrived, but the hub's events are handled first: if the backup
+            // was made active again meanwhile (its PartnerActive is in this look), the
+            // stand-down is stale and would leave the rules believing the backup inactive
+            // for good — never booking arbiter mode again.
+            if event == Event::PartnerStoodDown {
+                let activation = stood_down.pop_front().unwrap_or(0);
+                if !context.mirror.hub.is_latest_activation(activation) {
+                    tracing::info!(
+                        "mirror: ignored a stand-down relayed by the arbiter: the backup \
+                         was made active again since"
+                    );
+                    continue;
                 }
-                events.push(event);
             }
-            ((arbiter.connected, arbiter.sees_partner), events)
-        };
-        let mut agent_answers = Vec::new();
-        while let Ok(answer) = self.answers.try_recv() {
-            match answer {
-                Answer::Agent(answer, generation) => agent_answers.push((answer, generation)),
-                // A restart answer arriving after the decision was made some other way (Force)
-                // has nothing left to decide.
-                Answer::Restart(..) => self.core.decision_too_late(),
-            }
+            arbiter_events.push(event);
         }
-        let (last_heard, link_activation) = {
-            let link = context.mirror.link.lock().unwrap();
-            (link.last_heard, link.activation)
-        };
+        // Read after the events: the arbiter link and the receiver publish a change before
+        // they send its event, so these facts are at least as new as the events.
+        let (arbiter, last_heard, link_activation) = context.mirror.read(|s| {
+            (
+                (s.arbiter.connected, s.arbiter.sees_partner),
+                s.link.last_heard,
+                s.link.activation,
+            )
+        });
+        let agent_answers = std::mem::take(&mut taken.agent_answers);
+        // A restart answer arriving after the decision was made some other way (Force) has
+        // nothing left to decide.
+        for _ in taken.restart_answers.drain(..) {
+            self.core.decision_too_late();
+        }
         let look = Look {
             now_ms,
             gap_ms: gap.as_millis() as u64,
@@ -238,7 +309,8 @@ impl Driver {
         let mut shell = DriverShell {
             service: &self.service,
             membership: m,
-            answers: &self.answers_tx,
+            inbox: &self.inbox,
+            taken: &mut self.taken,
             gap,
             receiver_stalled,
             superseded: &mut self.superseded,
@@ -257,9 +329,10 @@ impl Driver {
                 .hub
                 .announce(Control::FailoverMode { arbiter: true });
         }
-        let mut view = context.mirror.failover_view.lock().unwrap();
-        view.mode = Some(after.mode);
-        view.status = Some(after.status);
+        context.mirror.update_failover(|view| {
+            view.mode = Some(after.mode);
+            view.status = Some(after.status);
+        });
     }
 
     /// A restarted former primary: the core decides when to ask the other failover member and
@@ -267,22 +340,17 @@ impl Driver {
     fn decide(&mut self, m: &Membership) {
         let mut decisions = Vec::new();
         let mut other = None;
-        while let Ok(answer) = self.answers.try_recv() {
-            match answer {
-                Answer::Restart(decision, named) => {
-                    decisions.push(decision);
-                    other = named;
-                }
-                // Asked as a backup, before this member started deciding: nobody waits for it.
-                Answer::Agent(..) => {}
-            }
+        for (decision, named) in self.taken.restart_answers.drain(..) {
+            decisions.push(decision);
+            other = named;
         }
+        // Asked as a backup, before this member started deciding: nobody waits for them.
+        self.taken.agent_answers.clear();
         let has_other = m.others.iter().any(|o| o.kind == MemberKind::Failover);
         let now_ms = self.now_ms();
         let mut shell = DecidingShell {
             service: &self.service,
             membership: m,
-            answers: &self.answers_tx,
             other,
         };
         self.core.decide(now_ms, decisions, has_other, &mut shell);
@@ -294,7 +362,6 @@ impl Driver {
 struct DecidingShell<'a> {
     service: &'a Arc<MirrorService>,
     membership: &'a Membership,
-    answers: &'a mpsc::Sender<Answer>,
     /// The member the latest answer came from (the primary to follow).
     other: Option<MemberName>,
 }
@@ -317,8 +384,7 @@ impl Restarting for DecidingShell<'_> {
         };
         let mirror = m.mirror.name.clone();
         let this = m.this.name.clone();
-        let tx = self.answers.clone();
-        let nudge = context.mirror.nudge.clone();
+        let driver = context.mirror.driver_sender();
         let _ = std::thread::Builder::new()
             .name("ask-agent".into())
             .spawn(move || {
@@ -339,8 +405,7 @@ impl Restarting for DecidingShell<'_> {
                     _ => OtherMember::Unreachable,
                 };
                 let decision = restart_as(my_epoch, said);
-                let _ = tx.send(Answer::Restart(decision, Some(other.name)));
-                nudge.nudge();
+                let _ = driver.send(DriverInput::RestartAnswer(decision, Some(other.name)));
             });
         true
     }
@@ -350,12 +415,16 @@ impl Restarting for DecidingShell<'_> {
         let context = service.context().clone();
         let result = match decision {
             Restart::Wait(why) => {
-                let mut view = context.mirror.failover_view.lock().unwrap();
-                if view.note.as_deref() != Some(why) {
+                if context
+                    .mirror
+                    .read(|s| s.failover.note.as_deref() != Some(why))
+                {
                     tracing::warn!("mirror: not resuming as primary: {why}");
                 }
-                view.note = Some(why.to_string());
-                view.status = Some("Waiting");
+                context.mirror.update_failover(|view| {
+                    view.note = Some(why.to_string());
+                    view.status = Some("Waiting");
+                });
                 return true;
             }
             Restart::Primary => {
@@ -381,8 +450,10 @@ impl Restarting for DecidingShell<'_> {
         match result {
             Ok(message) => {
                 tracing::info!("mirror: after the restart: {message}");
-                context.mirror.failover_view.lock().unwrap().note = Some(message);
-                context.mirror.set_deciding(false);
+                context.mirror.publish(|s| {
+                    s.failover.note = Some(message);
+                    s.deciding = false;
+                });
                 if decision == Restart::Backup {
                     service.start_receiver();
                 }
@@ -390,7 +461,9 @@ impl Restarting for DecidingShell<'_> {
             }
             Err(err) => {
                 tracing::error!("mirror: after the restart: {err}");
-                context.mirror.failover_view.lock().unwrap().note = Some(err.to_string());
+                context
+                    .mirror
+                    .update_failover(|view| view.note = Some(err.to_string()));
                 if decision == Restart::Primary {
                     service.start_receiver();
                 }
@@ -405,7 +478,10 @@ impl Restarting for DecidingShell<'_> {
 struct DriverShell<'a> {
     service: &'a Arc<MirrorService>,
     membership: &'a Membership,
-    answers: &'a mpsc::Sender<Answer>,
+    /// The driver's channel and what was taken from it (a dropped data link discards the
+    /// receiver's events still waiting).
+    inbox: &'a mpsc::Receiver<DriverInput>,
+    taken: &'a mut Taken,
     /// For the stall's log line.
     gap: Duration,
     receiver_stalled: bool,
@@ -478,8 +554,7 @@ impl Shell for DriverShell<'_> {
             return false;
         };
         let qos = Duration::from_millis(m.mirror.qos_timeout_ms);
-        let tx = self.answers.clone();
-        let nudge = self.service.context().mirror.nudge.clone();
+        let driver = self.service.context().mirror.driver_sender();
         let journal = self.service.receiver_journal();
         let (mirror_name, mirror_id) = (m.mirror.name.clone(), m.mirror.id);
         tracing::warn!(
@@ -520,8 +595,7 @@ impl Shell for DriverShell<'_> {
                         AgentAnswer::Unreachable
                     }
                 };
-                let _ = tx.send(Answer::Agent(answer, generation));
-                nudge.nudge();
+                let _ = driver.send(DriverInput::AgentAnswer(answer, generation));
             });
         true
     }
@@ -543,17 +617,20 @@ impl Shell for DriverShell<'_> {
                 reply,
             });
         context.mirror.taking_over.store(false, Ordering::Release);
-        let mut view = context.mirror.failover_view.lock().unwrap();
         match result {
             Ok(message) => {
                 tracing::warn!("mirror: {message}");
-                view.note = Some(message);
+                context
+                    .mirror
+                    .update_failover(|view| view.note = Some(message));
                 true
             }
             Err(err) => {
                 tracing::error!("mirror: the takeover failed: {err}");
-                view.note = Some(format!("the takeover failed: {err}"));
-                drop(view);
+                let note = format!("the takeover failed: {err}");
+                context
+                    .mirror
+                    .update_failover(|view| view.note = Some(note));
                 // Still a backup: follow whoever is primary again.
                 service.start_receiver();
                 false
@@ -602,8 +679,12 @@ impl Shell for DriverShell<'_> {
             }
         );
         let mirror = &self.service.context().mirror;
-        let _ = mirror.take_partner_events();
-        mirror.link.lock().unwrap().active = false;
+        // What the receiver said so far is about the connection being dropped.
+        while let Ok(input) = self.inbox.try_recv() {
+            self.taken.sort(input);
+        }
+        self.taken.receiver.clear();
+        mirror.update_link(|link| link.active = false);
         mirror.reconnect_requested.store(true, Ordering::Release);
     }
 }

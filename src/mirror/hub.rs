@@ -36,14 +36,14 @@
 //! ([`Hub::may_commit`]), because the backup may be about to take over without them. Only the
 //! failover rules lift the suspension ([`Hub::resume`]) — when the backup comes back
 //! non-active, or when the trouble timeout has passed and the backup can no longer take over.
-//! The hub records every change of the failover link as a failover [`Event`] for the driver, so
-//! none is missed between two looks. A lift is refused when a newer loss happened since the
+//! The hub sends every change of the failover link to the failover driver's channel as a
+//! failover [`Event`], under its lock, so none is missed or reordered. A lift is refused when a newer loss happened since the
 //! driver looked (the loss generation), so a stale decision can never release writes a fresh
 //! loss must hold.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -54,7 +54,7 @@ use super::core::replication::{self, AtAck, LinkFacts, Verdict, at_ack};
 use super::failover::Event;
 use super::outbox::Outbox;
 use super::protocol::Control;
-use super::state::Nudge;
+use super::state::DriverInput;
 use crate::config::mirror::{MemberInfo, MemberKind, MemberName};
 
 #[derive(Debug)]
@@ -122,8 +122,9 @@ struct HubState {
     closing: bool,
     /// The token of the backup's latest activation (see `Control::Activated`); 0 before one.
     last_activation: u64,
-    /// Changes of the failover link, for the failover driver.
-    events: VecDeque<Event>,
+    /// Bumped whenever the hub starts serving (on becoming primary): the failover driver drops
+    /// the events of an earlier term.
+    term: u64,
 }
 
 impl HubState {
@@ -145,24 +146,31 @@ pub struct Hub {
     state: Mutex<HubState>,
     qos_ms: AtomicU64,
     waker: Mutex<Option<Waker>>,
-    /// Wakes the failover driver when an event for it was queued.
-    nudge: Arc<Nudge>,
+    /// The failover driver's channel: the link's events go there, sent under the state lock
+    /// so that they are in the channel, in order, before anyone can see the change they report.
+    driver: mpsc::Sender<DriverInput>,
 }
 
 impl Hub {
-    /// A hub with the given quality of service timeout.
-    pub fn new(qos_ms: u64) -> Hub {
+    /// A hub with the given quality of service timeout, telling the failover driver through
+    /// `driver`.
+    pub fn new(qos_ms: u64, driver: mpsc::Sender<DriverInput>) -> Hub {
         Hub {
             state: Mutex::new(HubState::default()),
             qos_ms: AtomicU64::new(qos_ms),
             waker: Mutex::new(None),
-            nudge: Arc::default(),
+            driver,
         }
     }
 
-    /// What wakes the failover driver (shared with the rest of the mirror's state).
-    pub fn driver_nudge(&self) -> Arc<Nudge> {
-        self.nudge.clone()
+    /// Tells the failover driver what happened to the link with the backup. Called with the
+    /// state lock held (see `driver`).
+    fn report(&self, state: &HubState, event: Event) {
+        // The driver's receiving side lives as long as the mirror's state: a send cannot fail.
+        let _ = self.driver.send(DriverInput::Hub {
+            event,
+            term: state.term,
+        });
     }
 
     /// Tells the writer to look at its waiting batch again. Called after the change, with the
@@ -191,13 +199,22 @@ impl Hub {
         state.waiting_for = None;
         state.suspended = false;
         state.closing = false;
-        state.events.clear();
+        // Events reported before this are about an earlier term's links.
+        state.term += 1;
     }
 
-    /// Failover link events since the last call, and the loss generation at that moment.
-    pub fn take_events(&self) -> (Vec<Event>, u64) {
-        let mut state = self.state.lock().unwrap();
-        (state.events.drain(..).collect(), state.loss_gen)
+    /// The hub's term: bumped whenever it starts serving. An event reported in an earlier
+    /// term is stale.
+    pub fn term(&self) -> u64 {
+        self.state.lock().unwrap().term
+    }
+
+    /// The loss generation: bumped whenever losing an active backup suspends acknowledgements.
+    /// Read *before* taking the driver's messages, it is never newer than the events taken: the
+    /// event of every loss it counts was sent under the same lock, so it is already in the
+    /// channel.
+    pub fn loss_generation(&self) -> u64 {
+        self.state.lock().unwrap().loss_gen
     }
 
     /// Holds acknowledgements (the failover rules entered the trouble state).
@@ -256,8 +273,7 @@ impl Hub {
                 if old.active {
                     state.lost_active();
                 }
-                state.events.push_back(Event::PartnerLost);
-                self.nudge.nudge();
+                self.report(&state, Event::PartnerLost);
             }
         }
         if member.kind == MemberKind::Failover
@@ -291,8 +307,7 @@ impl Hub {
             stood_down: false,
         });
         if state.links.last().unwrap().member.kind == MemberKind::Failover {
-            state.events.push_back(Event::PartnerConnected);
-            self.nudge.nudge();
+            self.report(&state, Event::PartnerConnected);
         }
         Ok((id, outbox, snapshot))
     }
@@ -309,8 +324,7 @@ impl Hub {
                 if link.active {
                     state.lost_active();
                 }
-                state.events.push_back(Event::PartnerLost);
-                self.nudge.nudge();
+                self.report(&state, Event::PartnerLost);
             }
             state
                 .disconnected
@@ -357,8 +371,7 @@ impl Hub {
             let activation = crate::util::random_u64().max(1);
             link.outbox.control(&Control::Activated { activation });
             state.last_activation = activation;
-            state.events.push_back(Event::PartnerActive);
-            self.nudge.nudge();
+            self.report(&state, Event::PartnerActive);
         }
         let waited_for = state
             .waiting_for
@@ -381,8 +394,7 @@ impl Hub {
         {
             link.active = false;
             link.stood_down = true;
-            state.events.push_back(Event::PartnerStoodDown);
-            self.nudge.nudge();
+            self.report(&state, Event::PartnerStoodDown);
         }
         drop(state);
         self.wake();
@@ -415,7 +427,7 @@ impl Hub {
 
     /// The backup reports its failover mode.
     pub fn on_partner_mode(&self, id: u64, arbiter: bool) {
-        let mut state = self.state.lock().unwrap();
+        let state = self.state.lock().unwrap();
         if state
             .links
             .iter()
@@ -426,8 +438,7 @@ impl Hub {
             } else {
                 super::failover::Mode::Agent
             };
-            state.events.push_back(Event::PartnerMode(mode));
-            self.nudge.nudge();
+            self.report(&state, Event::PartnerMode(mode));
         }
     }
 
@@ -600,8 +611,7 @@ impl Replication for Hub {
                 // The trouble state begins (acknowledgements suspended): the batch waits for
                 // the failover rules to end it.
                 state.lost_active();
-                state.events.push_back(Event::PartnerLost);
-                self.nudge.nudge();
+                self.report(&state, Event::PartnerLost);
                 Acknowledged::Waiting
             }
         };
@@ -650,6 +660,40 @@ mod tests {
     use crate::config::mirror::MemberKind;
     use crate::mirror::protocol::Message;
 
+    /// A hub and the failover driver's side of its channel.
+    fn hub_with_inbox(qos_ms: u64) -> (Hub, mpsc::Receiver<DriverInput>) {
+        let (tx, rx) = mpsc::channel();
+        (Hub::new(qos_ms, tx), rx)
+    }
+
+    /// What the driver takes in one look: the loss generation first, then the events of the
+    /// hub's current term.
+    fn take_events(hub: &Hub, inbox: &mpsc::Receiver<DriverInput>) -> (Vec<Event>, u64) {
+        let generation = hub.loss_generation();
+        let term = hub.term();
+        let events = inbox
+            .try_iter()
+            .filter_map(|input| match input {
+                DriverInput::Hub { event, term: t } if t == term => Some(event),
+                _ => None,
+            })
+            .collect();
+        (events, generation)
+    }
+
+    #[test]
+    fn events_of_an_earlier_term_are_stale() {
+        let (hub, inbox) = hub_with_inbox(60_000);
+        hub.reset(JournalPos(0));
+        let (id, _, _) = hub.register(member("B", MemberKind::Failover)).unwrap();
+        hub.on_ack(id, JournalPos(0));
+        // Demoted and primary again: what the old term's links did is no news.
+        hub.reset(JournalPos(0));
+        assert_eq!(take_events(&hub, &inbox).0, vec![]);
+        hub.on_stood_down(id);
+        assert_eq!(take_events(&hub, &inbox).0, vec![Event::PartnerStoodDown]);
+    }
+
     fn member(name: &str, kind: MemberKind) -> MemberInfo {
         MemberInfo {
             name: MemberName::new(name).unwrap(),
@@ -665,7 +709,7 @@ mod tests {
 
     #[test]
     fn a_backup_becomes_active_once_it_acknowledges_the_snapshot() {
-        let hub = Hub::new(200);
+        let (hub, _inbox) = hub_with_inbox(200);
         hub.reset(JournalPos(10));
         let (id, outbox, snapshot) = hub.register(member("B", MemberKind::Failover)).unwrap();
         assert_eq!(snapshot, JournalPos(10));
@@ -700,7 +744,7 @@ mod tests {
 
     #[test]
     fn a_batch_is_acknowledged_by_the_active_backup_or_held_in_trouble_after_qos() {
-        let hub = Hub::new(300);
+        let (hub, inbox) = hub_with_inbox(300);
         let wakes = counted(&hub);
         hub.reset(JournalPos(0));
         let (id, outbox, _) = hub.register(member("B", MemberKind::Failover)).unwrap();
@@ -719,7 +763,7 @@ mod tests {
         hub.on_ack(id, JournalPos(5));
         assert_eq!(wakes.load(Ordering::SeqCst), before + 1);
         assert_eq!(hub.acknowledgement(JournalPos(5), since), Acknowledged::Yes);
-        let (events, _) = hub.take_events();
+        let (events, _) = take_events(&hub, &inbox);
         assert_eq!(events, vec![Event::PartnerConnected, Event::PartnerActive]);
         assert!(hub.acknowledging_now());
 
@@ -743,7 +787,7 @@ mod tests {
                 |m| matches!(m, Message::Control(c) if matches!(**c, Control::Refused { .. }))
             )
         );
-        let (events, generation) = hub.take_events();
+        let (events, generation) = take_events(&hub, &inbox);
         assert_eq!(events, vec![Event::PartnerLost]);
         // A decision taken before a newer loss does not release anything.
         assert!(!hub.resume(generation - 1));
@@ -756,7 +800,7 @@ mod tests {
         assert_eq!(hub.acknowledgement(JournalPos(6), since), Acknowledged::Yes);
         // The closing link reports nothing twice.
         hub.unregister(id, "closed");
-        assert_eq!(hub.take_events().0, vec![]);
+        assert_eq!(take_events(&hub, &inbox).0, vec![]);
         // Without an active backup nothing waits.
         assert_eq!(
             hub.acknowledgement(JournalPos(7), Instant::now()),
@@ -766,7 +810,7 @@ mod tests {
 
     #[test]
     fn losing_an_active_backup_suspends_at_once_and_closing_answers_no() {
-        let hub = Hub::new(60_000);
+        let (hub, _inbox) = hub_with_inbox(60_000);
         hub.reset(JournalPos(0));
         let (id, _outbox, _) = hub.register(member("B", MemberKind::Failover)).unwrap();
         hub.on_ack(id, JournalPos(0));
@@ -785,7 +829,7 @@ mod tests {
 
     #[test]
     fn a_backup_that_stood_down_is_not_made_active_again_by_its_acknowledgements() {
-        let hub = Hub::new(60_000);
+        let (hub, _inbox) = hub_with_inbox(60_000);
         hub.reset(JournalPos(0));
         let (id, _, _) = hub.register(member("B", MemberKind::Failover)).unwrap();
         hub.on_ack(id, JournalPos(0));
@@ -801,18 +845,18 @@ mod tests {
 
     #[test]
     fn replacing_an_active_link_counts_as_losing_it_and_the_new_one_must_catch_up() {
-        let hub = Hub::new(60_000);
+        let (hub, inbox) = hub_with_inbox(60_000);
         hub.reset(JournalPos(0));
         let (id, _, _) = hub.register(member("B", MemberKind::Failover)).unwrap();
         hub.on_ack(id, JournalPos(0));
         hub.publish_end_for_tests(JournalPos(3));
-        let _ = hub.take_events();
+        let _ = take_events(&hub, &inbox);
         // A second hello with the same name (the backup reconnecting, or anyone claiming to
         // be it): the active link is lost, acknowledgements are suspended.
         let (second, _, snapshot) = hub.register(member("B", MemberKind::Failover)).unwrap();
         assert_eq!(snapshot, JournalPos(3));
         assert_eq!(
-            hub.take_events().0,
+            take_events(&hub, &inbox).0,
             vec![Event::PartnerLost, Event::PartnerConnected]
         );
         assert!(hub.suspended() && !hub.has_active_backup());

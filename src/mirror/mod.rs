@@ -217,7 +217,9 @@ impl MirrorContext {
         let config = self.config.get();
         let m = config.mirror.membership.as_ref()?;
         let journal = self.mirror.journal();
-        let primary = if self.mirror.role() == state::Role::Primary {
+        let (role, deciding, connected) =
+            self.mirror.read(|s| (s.role, s.deciding, s.link.connected));
+        let primary = if role == state::Role::Primary {
             Some(m.this.name.clone())
         } else {
             m.primary_name.clone()
@@ -239,13 +241,12 @@ impl MirrorContext {
             // over: it is deciding itself, taking over, or a backup that has not yet noticed
             // the loss of the primary (it still counts itself connected) or still waits for the
             // arbiter's or the agent's answer.
-            deciding: self.mirror.deciding()
+            deciding: deciding
                 || self
                     .mirror
                     .taking_over
                     .load(std::sync::atomic::Ordering::Acquire)
-                || (self.mirror.role() == state::Role::Backup
-                    && (self.mirror.link.lock().unwrap().connected || !self.mirror.may_connect())),
+                || (role == state::Role::Backup && (connected || !self.mirror.may_connect())),
         })
     }
 
@@ -290,13 +291,27 @@ impl MirrorContext {
 
     /// Facts about one mirrored database here, for the status rules.
     pub fn database_facts(&self, name: &crate::names::DbName) -> status::DatabaseFacts {
+        let (primary, runtime) = self.mirror.read(|s| {
+            let runtime = s.databases.get(name).cloned().unwrap_or_default();
+            (s.role == state::Role::Primary, runtime)
+        });
+        self.database_facts_of(name, primary, &runtime)
+    }
+
+    /// Facts about one mirrored database here, with the role and runtime facts taken from one
+    /// published status (see [`state::MemberStatus`]).
+    pub fn database_facts_of(
+        &self,
+        name: &crate::names::DbName,
+        primary: bool,
+        runtime: &state::DatabaseRuntime,
+    ) -> status::DatabaseFacts {
         let config = self.config.get();
         let activated = config.mirror.activated(name);
         let state = self.catalog.snapshot();
         let entry = state.databases.get(name);
-        let runtime = self.mirror.database(name);
         status::DatabaseFacts {
-            primary: self.mirror.role() == state::Role::Primary,
+            primary,
             mounted: entry.is_some_and(|e| e.mounted),
             is_copy: entry.is_some_and(|e| e.mirrored.is_some()),
             activated,
@@ -309,20 +324,27 @@ impl MirrorContext {
 
     /// The Dejournaling column for this member: `Caught up`, `<time> behind`, or a warning.
     pub fn dejournal_summary(&self) -> String {
+        self.dejournal_summary_of(&self.mirror.status())
+    }
+
+    /// The Dejournaling column, from one published status.
+    pub fn dejournal_summary_of(&self, published: &state::MemberStatus) -> String {
         let config = self.config.get();
         let Some(m) = config.mirror.membership.as_ref() else {
             return "N/A".into();
         };
-        if self.mirror.role() == state::Role::Primary {
+        let primary = published.role == state::Role::Primary;
+        if primary {
             return "N/A".into();
         }
         let target = self.mirror.dejournal_target();
         let mut oldest: Option<JournalPos> = None;
         for db in &m.databases {
-            let facts = self.database_facts(&db.name);
+            let runtime = published.database(&db.name);
+            let facts = self.database_facts_of(&db.name, primary, &runtime);
             match status::database_status(facts) {
                 Some("Dejournaling") | Some("Catchup Running") => {
-                    let applied = self.mirror.database(&db.name).applied;
+                    let applied = runtime.applied;
                     if applied < target {
                         oldest = Some(oldest.map_or(applied, |o| o.min(applied)));
                     }

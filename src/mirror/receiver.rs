@@ -41,7 +41,7 @@ use super::MirrorContext;
 use super::core::hello::{Cut, check_cut};
 use super::failover::{Event, Mode};
 use super::protocol::{Control, Message, check_frames, read_message, write_ack, write_control};
-use super::state::LinkError;
+use super::state::{DriverInput, LinkError};
 use crate::config::mirror::{MemberInfo, MemberKind, Membership};
 use crate::tls::Channel;
 
@@ -75,31 +75,39 @@ pub fn start(
                 let journal_failed = matches!(result, Err(LinkError::JournalFailed(_)));
                 failures = if result.is_ok() { 0 } else { failures + 1 };
                 let now = now_ms();
-                let mut link = context.mirror.link.lock().unwrap();
-                if link.connected {
-                    context.mirror.partner_event(Event::PartnerLost);
+                let (was_connected, last_error) = context
+                    .mirror
+                    .read(|s| (s.link.connected, s.link.last_error.clone()));
+                if let Err(err) = &result
+                    && last_error.as_ref() != Some(err)
+                {
+                    tracing::warn!("mirror: link to the primary: {err}");
                 }
-                if link.connected || link.disconnected_ms.is_none() {
-                    link.disconnected_ms = Some(now);
-                }
-                if link.connected {
-                    link.active_when_lost = link.active;
-                }
-                link.connected = false;
-                link.active = false;
-                if let Err(err) = result {
-                    if link.last_error.as_ref() != Some(&err) {
-                        tracing::warn!("mirror: link to the primary: {err}");
+                // The link's state is published before the event is queued: the driver reads
+                // the status after the events (this thread alone writes the link's part).
+                context.mirror.update_link(|link| {
+                    if link.connected || link.disconnected_ms.is_none() {
+                        link.disconnected_ms = Some(now);
                     }
-                    link.last_error = Some(err.clone());
-                    if journal_failed {
-                        drop(link);
-                        tracing::error!("mirror: {err}: this instance stops");
-                        (context.journal_failed)(&err.to_string());
-                        return;
+                    if link.connected {
+                        link.active_when_lost = link.active;
                     }
+                    link.connected = false;
+                    link.active = false;
+                    if let Err(err) = &result {
+                        link.last_error = Some(err.clone());
+                    }
+                });
+                if was_connected {
+                    context
+                        .mirror
+                        .tell_driver(DriverInput::Receiver(Event::PartnerLost));
                 }
-                drop(link);
+                if journal_failed && let Err(err) = result {
+                    tracing::error!("mirror: {err}: this instance stops");
+                    (context.journal_failed)(&err.to_string());
+                    return;
+                }
                 pause(&stop, RETRY);
             }
         })
@@ -277,17 +285,20 @@ fn receive(
             )).into());
         }
     }
-    {
-        let mut link = context.mirror.link.lock().unwrap();
-        context.mirror.partner_event(Event::PartnerConnected);
-        context.mirror.link_outbox.lock().unwrap().clear();
+    // What was meant for the old connection is forgotten before the driver hears of the new
+    // one (what it queues after that is for this connection).
+    context.mirror.link_outbox.lock().unwrap().clear();
+    context.mirror.update_link(|link| {
         link.connected = true;
         link.last_heard = Some(Instant::now());
         link.primary = Some(primary.clone());
         link.since_ms = now_ms();
         link.disconnected_ms = None;
         link.last_error = None;
-    }
+    });
+    context
+        .mirror
+        .tell_driver(DriverInput::Receiver(Event::PartnerConnected));
     tracing::info!(
         "mirror: connected to primary {} (receiving from position {from})",
         primary.name
@@ -347,34 +358,37 @@ fn receive(
                     }
                     Control::Activated { activation } => {
                         tracing::info!("mirror: this member is the active backup");
-                        let mut link = context.mirror.link.lock().unwrap();
-                        link.active = true;
-                        link.activation = activation;
-                        drop(link);
-                        context.mirror.partner_event(Event::PartnerActive);
+                        context.mirror.update_link(|link| {
+                            link.active = true;
+                            link.activation = activation;
+                        });
+                        context
+                            .mirror
+                            .tell_driver(DriverInput::Receiver(Event::PartnerActive));
                     }
                     Control::DatabaseAdded { database } => context.add_database(database)?,
                     Control::MirrorChanged { description } => context.learn(&description)?,
                     Control::HandOver => {
                         tracing::warn!("mirror: the primary is shutting down and hands over");
-                        context.mirror.partner_event(Event::PartnerHandsOver);
+                        context
+                            .mirror
+                            .tell_driver(DriverInput::Receiver(Event::PartnerHandsOver));
                     }
                     Control::Demote => {
                         tracing::warn!("mirror: the primary asks this member to become a DR async");
-                        context
-                            .mirror
-                            .demote_requested
-                            .store(true, Ordering::Release);
+                        context.mirror.tell_driver(DriverInput::DemoteRequested);
                     }
                     Control::NoFailover { defined_primary } => {
                         super::service::store_no_failover(context, defined_primary)?
                     }
                     Control::FailoverMode { arbiter } => {
-                        context.mirror.partner_event(Event::PartnerMode(if arbiter {
-                            Mode::Arbiter
-                        } else {
-                            Mode::Agent
-                        }))
+                        context
+                            .mirror
+                            .tell_driver(DriverInput::Receiver(Event::PartnerMode(if arbiter {
+                                Mode::Arbiter
+                            } else {
+                                Mode::Agent
+                            })))
                     }
                     Control::Refused { reason, .. } => {
                         return Err(Error::Unavailable(format!(
@@ -448,23 +462,20 @@ fn receive(
             last_status = Instant::now();
         }
         writer.flush()?;
-        {
-            let mut link = context.mirror.link.lock().unwrap();
-            link.received_bytes += pending.len() as u64;
+        let received = pending.len() as u64;
+        context.mirror.update_link(|link| {
+            link.received_bytes += received;
             link.received_end = received_end;
             link.primary_durable = primary_durable;
             link.last_heard = Some(Instant::now());
             link.sample();
-        }
+        });
         pending.clear();
         // A round that took half a QoS (a stalled fsync) may have let the primary give up on
         // this member while it could not answer: what it reads next may be stale.
         // (Only while active: a member catching up a large backlog is not waited for.)
-        if round.elapsed() > qos / 2 && context.mirror.link.lock().unwrap().active {
-            context
-                .mirror
-                .receiver_stalled
-                .store(true, Ordering::Release);
+        if round.elapsed() > qos / 2 && context.mirror.read(|s| s.link.active) {
+            context.mirror.tell_driver(DriverInput::ReceiverStalled);
         }
         let target = received_end.min(primary_durable);
         if target > context.mirror.dejournal_target() {

@@ -1,24 +1,56 @@
-//! What this member knows about its mirror while it runs: its role, the mirror journal's view,
-//! the state of its link to the primary (on a backup or async), and the progress of each
-//! mirrored database's Catchup. Written by the writer and the receiver, read by the portal.
+//! What this member knows about its mirror while it runs, in two parts.
+//!
+//! # The published status
+//!
+//! [`MemberStatus`] is what the member's threads *say about themselves*: its role, whether a
+//! restarted former primary is still deciding, the link to the primary (the receiver's), the
+//! failover mode and status (the failover driver's), the arbiter connection (the arbiter link's)
+//! and each mirrored database's Catchup and dejournaling (the writer's); the role changes in
+//! the writer's lifecycle steps and in the portal's Join, Remove and Demote. Every change goes
+//! through [`MirrorState::publish`], which changes the status in place, under the status's one
+//! lock, and publishes it whole, as a `tokio::sync::watch` value; a change edits only its own
+//! fields, so two threads changing different parts never undo each other. Readers take what
+//! they need with [`MirrorState::read`], or a whole copy with [`MirrorState::status`]: the
+//! Mirror Monitor builds its page from one copy, so a page never mixes a role from before a
+//! takeover with a link state from after it, as reading part by part under separate locks
+//! could.
+//!
+//! Invariant: a change takes none of the mirror's other locks, and nobody publishes or reads
+//! the status again while reading it, so the status's lock is always the innermost one held.
+//!
+//! # What the threads hand each other
+//!
+//! The rest is how the threads coordinate. Whatever may move the failover rules reaches the
+//! failover driver as a message on its one channel ([`DriverInput`], [`MirrorState::tell_driver`]):
+//! the hub's and the receiver's link events, the arbiter link's reports, a stalled receive
+//! round, a demotion request, the agents' answers. What the driver decides for the others is
+//! published back as flags (may the receiver connect, must it reconnect, is a takeover under
+//! way) and as what the arbiter link must say next; the hub is the primary's replication.
+//!
+//! # Left out
+//!
+//! The decisions the driver publishes are still flags that the threads read, not messages
+//! to them; the simulation drives the member core without these threads.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock, mpsc};
+
+use tokio::sync::watch;
 
 use crate::journal::{JournalPos, JournalShared};
 use crate::names::DbName;
 use crate::util::now_ms;
 
-use super::failover::Event;
+use super::failover::{AgentAnswer, Event, Restart};
 use super::hub::Hub;
 use crate::config::mirror::{MemberInfo, MemberKind, MemberName};
 
 /// This member's role right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Role {
     /// Not in a mirror.
+    #[default]
     NotMember,
     /// The primary: the only member that accepts writes to mirrored databases.
     Primary,
@@ -161,30 +193,77 @@ pub struct DatabaseRuntime {
     pub applied: JournalPos,
 }
 
-/// Wakes the failover driver when something it decides on happened — an event queued by the
-/// hub, the receiver or the arbiter link, an agent's answer — so that it looks at once rather
-/// than at its next tick. Nudges that come while it looks are not lost: the next wait returns
-/// at once.
-#[derive(Debug, Default)]
-pub struct Nudge {
-    nudged: Mutex<bool>,
-    wake: Condvar,
+/// What the failover driver is told, on its one channel (see [`MirrorState::tell_driver`]).
+/// Everything that may move the failover rules arrives here, in the order it happened on each
+/// thread; the driver also looks every tick, since time alone moves the rules too.
+#[derive(Debug)]
+pub enum DriverInput {
+    /// The hub (primary): the link with the backup changed. `term` is the hub's term when it
+    /// happened; an event from before the hub last started serving is stale (see
+    /// [`Hub::term`]).
+    Hub { event: Event, term: u64 },
+    /// The receiver (backup): the link to the primary changed.
+    Receiver(Event),
+    /// The arbiter link: what the arbiter said, or the connection to it changed.
+    Arbiter(Event),
+    /// The arbiter relayed the backup's stand-down, naming the activation it ends (checked
+    /// again when the driver handles it: see `driver`).
+    ArbiterStoodDown { activation: u64 },
+    /// The receiver noticed that one of its rounds took half a QoS (a stalled disk or thread):
+    /// this member must stop counting as the active backup.
+    ReceiverStalled,
+    /// The primary asked this backup to become a DR async (Demote Other Member).
+    DemoteRequested,
+    /// The primary's agent answered a question asked about the loss of the data link of this
+    /// generation (see [`MemberCore::link_generation`](super::core::MemberCore::link_generation)).
+    AgentAnswer(AgentAnswer, u64),
+    /// The other failover member's agent answered a restarted former primary: the decision,
+    /// and the member it came from.
+    RestartAnswer(Restart, Option<MemberName>),
 }
 
-impl Nudge {
-    /// Wakes the driver (never blocks).
-    pub fn nudge(&self) {
-        *self.nudged.lock().unwrap() = true;
-        self.wake.notify_one();
-    }
+/// What the member's threads publish about themselves (see the module essay): each part has one
+/// writer, and readers get the whole at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct MemberStatus {
+    /// The role (set by the writer's lifecycle steps and the monitor's actions).
+    pub role: Role,
+    /// A former primary that restarted and has not yet learned whether it is still the primary.
+    pub deciding: bool,
+    /// The link to the primary (backup and async; the receiver's).
+    pub link: LinkStatus,
+    /// The failover mode and status, and what the failover driver last did or found.
+    pub failover: FailoverView,
+    /// The link to the arbiter (the arbiter link's).
+    pub arbiter: ArbiterStatus,
+    /// Per mirrored database: Catchup and dejournaling (the writer's).
+    pub databases: BTreeMap<DbName, DatabaseRuntime>,
+}
 
-    /// Waits until nudged or `timeout` passed, and forgets the nudge.
-    pub fn wait(&self, timeout: Duration) {
-        let mut nudged = self.nudged.lock().unwrap();
-        if !*nudged {
-            nudged = self.wake.wait_timeout(nudged, timeout).unwrap().0;
+impl MemberStatus {
+    /// One database's runtime facts (the defaults before anything was published for it).
+    pub fn database(&self, db: &DbName) -> DatabaseRuntime {
+        self.databases.get(db).cloned().unwrap_or_default()
+    }
+}
+
+/// The arbiter connection as the Mirror Monitor shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ArbiterStatus {
+    /// Connected to the arbiter.
+    pub connected: bool,
+    /// What the arbiter last said about the other failover member.
+    pub sees_partner: Option<bool>,
+}
+
+impl ArbiterStatus {
+    /// The Connection Status line of the Mirror Monitor.
+    pub fn connection_status(&self) -> &'static str {
+        match (self.connected, self.sees_partner) {
+            (true, Some(true)) => "Both failover members are connected to the arbiter",
+            (true, _) => "Only this member is connected to the arbiter",
+            (false, _) => "This member is not connected to the arbiter",
         }
-        *nudged = false;
     }
 }
 
@@ -192,56 +271,34 @@ impl Nudge {
 pub struct MirrorState {
     /// The primary's replication hub.
     pub hub: Arc<Hub>,
-    /// Wakes the failover driver (shared with the hub).
-    pub nudge: Arc<Nudge>,
-    role: RwLock<Role>,
+    /// The failover driver's channel: every thread's sender side (the hub holds a clone).
+    driver_tx: mpsc::Sender<DriverInput>,
+    /// Its receiving side, taken by the driver thread when it starts.
+    driver_rx: Mutex<Option<mpsc::Receiver<DriverInput>>>,
+    /// What the threads publish about themselves (see the module essay).
+    status: watch::Sender<MemberStatus>,
     journal: RwLock<Option<Arc<JournalShared>>>,
-    /// The link to the primary (backup and async).
-    pub link: Mutex<LinkStatus>,
-    /// Per mirrored database.
-    pub databases: Mutex<BTreeMap<DbName, DatabaseRuntime>>,
     /// Highest position this member may dejournal: durable here and announced durable by the
     /// primary.
     dejournal_target: AtomicU64,
-    /// What happened to the link with the other failover member, in order, for the failover
-    /// driver (pushed by the hub on the primary and the receiver on the backup).
-    partner_events: Mutex<VecDeque<Event>>,
     /// Whether the receiver may open the data channel now (the failover rules decide).
     may_connect: AtomicBool,
-    /// A former primary that restarted and has not yet learned whether it is still the primary.
-    deciding: AtomicBool,
-    /// The primary asked this backup to become a DR async (Demote Other Member); the failover
-    /// driver carries it out.
-    pub demote_requested: AtomicBool,
     /// The receiver must drop its connection and connect afresh (after this member stalled).
     pub reconnect_requested: AtomicBool,
-    /// The receiver noticed that one of its rounds took half a QoS (a stalled disk or thread):
-    /// the failover driver must stop counting this member as the active backup.
-    pub receiver_stalled: AtomicBool,
     /// A takeover is under way (the journal is being applied before the role changes): a
     /// restarted former primary asking now must wait, not resume.
     pub taking_over: AtomicBool,
-    /// The failover state as the monitor shows it.
-    pub failover_view: Mutex<FailoverView>,
-    /// The link to the arbiter.
+    /// What the arbiter link and the failover driver hand each other.
     pub arbiter: Mutex<ArbiterLinkState>,
     /// Control messages the backup's receiver sends to the primary on its next round (its
     /// failover mode reports).
     pub link_outbox: Mutex<VecDeque<super::protocol::Control>>,
 }
 
-/// The link to the arbiter, shared by its thread, the failover driver and the monitor.
+/// What the arbiter link and the failover driver hand each other (its connection state is
+/// published in [`MemberStatus::arbiter`]).
 #[derive(Debug, Default)]
 pub struct ArbiterLinkState {
-    /// Connected to the arbiter.
-    pub connected: bool,
-    /// What the arbiter last said about the other failover member.
-    pub sees_partner: Option<bool>,
-    /// What happened, for the failover driver.
-    pub events: VecDeque<Event>,
-    /// The activation each `Event::PartnerStoodDown` in `events` ends, in the same order: the
-    /// driver checks it again when it handles the event (see `driver`).
-    pub stood_down_activations: VecDeque<u64>,
     /// What the driver wants said to the arbiter.
     pub outbox: VecDeque<crate::arbiter::ToArbiter>,
     /// The primary's failover mode is arbiter controlled, booked with this activation of the
@@ -252,17 +309,6 @@ pub struct ArbiterLinkState {
     /// has carried yet. Unlike the outbox it outlives a connection: a stand-down the arbiter
     /// never hears leaves a takeover booked that nobody carries out.
     pub stand_down: Option<u64>,
-}
-
-impl ArbiterLinkState {
-    /// The Connection Status line of the Mirror Monitor.
-    pub fn connection_status(&self) -> &'static str {
-        match (self.connected, self.sees_partner) {
-            (true, Some(true)) => "Both failover members are connected to the arbiter",
-            (true, _) => "Only this member is connected to the arbiter",
-            (false, _) => "This member is not connected to the arbiter",
-        }
-    }
 }
 
 /// The failover driver's state, for the Mirror Monitor.
@@ -279,37 +325,37 @@ pub struct FailoverView {
 impl MirrorState {
     /// State of an instance that is not (yet) a member.
     pub fn new(qos_ms: u64) -> MirrorState {
-        let hub = Arc::new(Hub::new(qos_ms));
+        let (driver_tx, driver_rx) = mpsc::channel();
         MirrorState {
-            nudge: hub.driver_nudge(),
-            hub,
-            role: RwLock::new(Role::NotMember),
+            hub: Arc::new(Hub::new(qos_ms, driver_tx.clone())),
+            driver_tx,
+            driver_rx: Mutex::new(Some(driver_rx)),
+            status: watch::Sender::new(MemberStatus::default()),
             journal: RwLock::new(None),
-            link: Mutex::new(LinkStatus::default()),
-            databases: Mutex::new(BTreeMap::new()),
             dejournal_target: AtomicU64::new(0),
-            partner_events: Mutex::new(VecDeque::new()),
             may_connect: AtomicBool::new(true),
-            deciding: AtomicBool::new(false),
-            demote_requested: AtomicBool::new(false),
             reconnect_requested: AtomicBool::new(false),
-            receiver_stalled: AtomicBool::new(false),
             taking_over: AtomicBool::new(false),
-            failover_view: Mutex::new(FailoverView::default()),
             arbiter: Mutex::new(ArbiterLinkState::default()),
             link_outbox: Mutex::new(VecDeque::new()),
         }
     }
 
-    /// Records something that happened to the link with the other failover member.
-    pub fn partner_event(&self, event: Event) {
-        self.partner_events.lock().unwrap().push_back(event);
-        self.nudge.nudge();
+    /// Tells the failover driver something, and wakes it (never blocks). Nothing is lost when
+    /// the driver is not running yet: it reads what waits when it starts.
+    pub fn tell_driver(&self, input: DriverInput) {
+        // The driver's receiving side lives as long as this state: a send cannot fail.
+        let _ = self.driver_tx.send(input);
     }
 
-    /// Takes the link events recorded so far, oldest first.
-    pub fn take_partner_events(&self) -> Vec<Event> {
-        self.partner_events.lock().unwrap().drain(..).collect()
+    /// A sender for helper threads that outlive a borrow of this state (agent questions).
+    pub fn driver_sender(&self) -> mpsc::Sender<DriverInput> {
+        self.driver_tx.clone()
+    }
+
+    /// The driver's receiving side, for the one failover driver thread (None once taken).
+    pub fn take_driver_inbox(&self) -> Option<mpsc::Receiver<DriverInput>> {
+        self.driver_rx.lock().unwrap().take()
     }
 
     /// Queues a message for the arbiter (sent by the arbiter link while connected).
@@ -327,24 +373,56 @@ impl MirrorState {
         self.may_connect.store(may, Ordering::Release);
     }
 
+    /// The whole published status at one moment (what the Mirror Monitor shows).
+    pub fn status(&self) -> MemberStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Reads part of the published status. `read` must not publish or read the status again.
+    pub fn read<R>(&self, read: impl FnOnce(&MemberStatus) -> R) -> R {
+        read(&self.status.borrow())
+    }
+
+    /// Changes the published status in place and publishes it. `change` must take no lock and
+    /// not read the status again (the status's lock is the innermost one).
+    pub fn publish(&self, change: impl FnOnce(&mut MemberStatus)) {
+        self.status.send_modify(change);
+    }
+
     /// Whether this restarted former primary still has to learn its role.
     pub fn deciding(&self) -> bool {
-        self.deciding.load(Ordering::Acquire)
+        self.read(|s| s.deciding)
     }
 
     /// Marks the start (or end) of the restart decision.
     pub fn set_deciding(&self, deciding: bool) {
-        self.deciding.store(deciding, Ordering::Release);
+        self.publish(|s| s.deciding = deciding);
     }
 
     /// The current role.
     pub fn role(&self) -> Role {
-        *self.role.read().unwrap()
+        self.read(|s| s.role)
+    }
+
+    /// The primary, and not a restarted former primary still learning whether it is one (both
+    /// read at one moment).
+    pub fn is_settled_primary(&self) -> bool {
+        self.read(|s| s.role == Role::Primary && !s.deciding)
     }
 
     /// Changes the role.
     pub fn set_role(&self, role: Role) {
-        *self.role.write().unwrap() = role;
+        self.publish(|s| s.role = role);
+    }
+
+    /// Changes the link to the primary (the receiver's part of the status).
+    pub fn update_link(&self, change: impl FnOnce(&mut LinkStatus)) {
+        self.publish(|s| change(&mut s.link));
+    }
+
+    /// Changes the failover mode, status or note (the failover driver's part of the status).
+    pub fn update_failover(&self, change: impl FnOnce(&mut FailoverView)) {
+        self.publish(|s| change(&mut s.failover));
     }
 
     /// The mirror journal, when this member has one.
@@ -374,23 +452,12 @@ impl MirrorState {
 
     /// Updates one database's runtime facts.
     pub fn update_database(&self, db: &DbName, change: impl FnOnce(&mut DatabaseRuntime)) {
-        change(
-            self.databases
-                .lock()
-                .unwrap()
-                .entry(db.clone())
-                .or_default(),
-        );
+        self.publish(|s| change(s.databases.entry(db.clone()).or_default()));
     }
 
     /// One database's runtime facts.
     pub fn database(&self, db: &DbName) -> DatabaseRuntime {
-        self.databases
-            .lock()
-            .unwrap()
-            .get(db)
-            .cloned()
-            .unwrap_or_default()
+        self.read(|s| s.database(db))
     }
 }
 
@@ -401,11 +468,12 @@ impl crate::instance::role::MemberRole for MirrorState {
     }
 
     fn may_run_productions(&self) -> bool {
-        match self.role() {
+        let (role, deciding) = self.read(|s| (s.role, s.deciding));
+        match role {
             Role::NotMember => true,
             // Not while a restarted former primary is still finding out whether it is one, nor
             // while the trouble state holds its writes.
-            Role::Primary => !self.deciding() && !self.hub.suspended(),
+            Role::Primary => !deciding && !self.hub.suspended(),
             _ => false,
         }
     }
@@ -430,5 +498,95 @@ impl crate::instance::role::MemberRole for MirrorState {
                 (member.name.clone(), need)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A change published together is read together: a reader never sees the role of one moment
+    /// with the failover status of another, however the threads interleave (what the Mirror
+    /// Monitor relies on; with one lock per part it would see `Primary` beside `Backup`).
+    #[test]
+    fn a_reader_sees_every_change_whole() {
+        let state = Arc::new(MirrorState::new(1_000));
+        let stop = Arc::new(AtomicBool::new(false));
+        let flipper = {
+            let (state, stop) = (state.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut primary = false;
+                while !stop.load(Ordering::Relaxed) {
+                    primary = !primary;
+                    state.publish(|s| {
+                        s.role = if primary { Role::Primary } else { Role::Backup };
+                        s.failover.status = Some(if primary { "Primary" } else { "Backup" });
+                    });
+                }
+            })
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        let mut reads = 0;
+        // At least 20 000 reads, and until both roles were seen (the flipper may start late on
+        // a busy machine): a bound long enough for a few time slices, not a timing target.
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let both = |seen: &std::collections::BTreeSet<Option<&str>>| {
+            seen.contains(&Some("Primary")) && seen.contains(&Some("Backup"))
+        };
+        while (reads < 20_000 || !both(&seen)) && std::time::Instant::now() < give_up {
+            reads += 1;
+            let status = state.status();
+            let expected = match status.role {
+                Role::Primary => Some("Primary"),
+                Role::Backup => Some("Backup"),
+                _ => None,
+            };
+            assert_eq!(
+                status.failover.status, expected,
+                "a torn status: {status:?}"
+            );
+            seen.insert(expected);
+        }
+        stop.store(true, Ordering::Relaxed);
+        flipper.join().unwrap();
+        assert!(
+            both(&seen),
+            "the reader saw the flipper's changes: {seen:?}"
+        );
+    }
+
+    /// Two threads changing different parts never undo each other's changes.
+    #[test]
+    fn changes_to_different_parts_are_all_kept() {
+        let state = Arc::new(MirrorState::new(1_000));
+        let db = DbName::new("COMPANY").unwrap();
+        let threads: Vec<_> = (0..2)
+            .map(|part| {
+                let (state, db) = (state.clone(), db.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..5_000 {
+                        if part == 0 {
+                            state.update_link(|link| link.received_bytes += 1);
+                        } else {
+                            state.update_database(&db, |d| d.applied = d.applied.next());
+                        }
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let status = state.status();
+        assert_eq!(status.link.received_bytes, 5_000);
+        assert_eq!(status.database(&db).applied, JournalPos(5_000));
+        assert!(!state.is_settled_primary());
+        state.publish(|s| {
+            s.role = Role::Primary;
+            s.deciding = true;
+        });
+        assert!(!state.is_settled_primary(), "still deciding");
+        state.set_deciding(false);
+        assert!(state.is_settled_primary());
     }
 }

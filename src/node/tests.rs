@@ -193,7 +193,8 @@ async fn in_trouble_mirrored_writes_wait_before_they_begin_and_local_writes_go_o
     // The failover rules read the hub's events in order: connected, active, lost.
     hub.unregister(id, "connection lost");
     until("in trouble", || {
-        node.mirror.failover_view.lock().unwrap().status == Some("In Trouble")
+        node.mirror
+            .read(|s| s.failover.status == Some("In Trouble"))
     })
     .await;
     let journal_end = hub.ends().0;

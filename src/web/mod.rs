@@ -130,8 +130,7 @@ pub fn router(node: &Node) -> Router {
 async fn mirror_status(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
     let instance = &state.instance;
     let mirror = &state.mirror;
-    if mirror.role() == crate::mirror::state::Role::Primary
-        && !mirror.deciding()
+    if mirror.is_settled_primary()
         && mirror.hub.acknowledging_now()
         && !instance.writer().frozen()
         && instance.failure().is_none()

@@ -226,8 +226,7 @@ impl MirrorService {
                 "No Failover is set on a failover member".into(),
             ));
         }
-        let role = self.context.mirror.role();
-        let connected = self.context.mirror.link.lock().unwrap().connected;
+        let (role, connected) = self.context.mirror.read(|s| (s.role, s.link.connected));
         if role != Role::Primary && !connected && !on {
             // A person must be able to clear it whenever they need to: with the primary gone,
             // this backup may then take over (it asks the primary's agent). The primary, back,
@@ -455,7 +454,7 @@ impl MirrorService {
             .as_ref()
             .and_then(|j| j.locate(end))
             .unwrap_or_default();
-        let link = self.context.mirror.link.lock().unwrap().clone();
+        let link = self.context.mirror.read(|s| s.link.clone());
         // Losing the link resets `active`: what counts is whether it was active then.
         let active = link.active || (!link.connected && link.active_when_lost);
         let other = config
@@ -490,10 +489,10 @@ impl MirrorService {
                     .into(),
             ));
         }
-        if self.context.mirror.role() == Role::Primary && !self.context.mirror.deciding() {
+        if self.context.mirror.is_settled_primary() {
             return Ok("this member is already the primary".into());
         }
-        if self.context.mirror.link.lock().unwrap().connected {
+        if self.context.mirror.read(|s| s.link.connected) {
             return Err(Error::Conflict(format!(
                 "this member is connected to the primary {}: it cannot be forced while the primary runs",
                 m.primary_name.as_deref().unwrap_or_default()
@@ -544,7 +543,9 @@ impl MirrorService {
             .await;
         if result.is_ok() {
             *self.receiver_journal.lock().unwrap() = None;
-            *self.context.mirror.link.lock().unwrap() = Default::default();
+            self.context
+                .mirror
+                .update_link(|link| *link = Default::default());
         } else if was_receiving {
             self.start_receiver();
         }

@@ -224,7 +224,7 @@ impl MirrorService {
     /// (it stops receiving: Stop Mirror, Demote To DR, shutdown), and waits up to `timeout`
     /// for the receiver to send it. False when not connected.
     fn stand_down_over_link(&self, timeout: Duration) -> bool {
-        if !self.context.mirror.link.lock().unwrap().connected {
+        if !self.context.mirror.read(|s| s.link.connected) {
             return false;
         }
         self.context

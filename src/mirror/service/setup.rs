@@ -240,13 +240,15 @@ impl MirrorService {
             &self.context.data_dir,
             false,
         ));
-        *self.context.mirror.link.lock().unwrap() = Default::default();
+        self.context
+            .mirror
+            .update_link(|link| *link = Default::default());
         self.start_receiver();
         // Wait for the primary's answer, so a refusal is reported here and undone.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let link = self.context.mirror.link.lock().unwrap().clone();
+            let link = self.context.mirror.read(|s| s.link.clone());
             if link.connected {
                 return Ok(format!(
                     "joined mirror {name} as {} member; the primary is {}",

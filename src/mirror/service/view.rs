@@ -1,5 +1,6 @@
 //! The Mirror Monitor's view of the mirror: the rows and blocks the pages and `GET /api/mirror` show,
-//! built from the shared state in one pass.
+//! built in one pass from one copy of the member's published status
+//! ([`MemberStatus`](crate::mirror::state::MemberStatus)), the configuration and the catalog.
 
 use super::*;
 
@@ -173,7 +174,10 @@ impl MirrorService {
     pub fn view(&self) -> MirrorView {
         let context = &self.context;
         let config = context.config.get();
-        let role = context.mirror.role();
+        // Everything the member's threads say about themselves, at one moment: the page never
+        // mixes parts from before and after a change (see `state::MemberStatus`).
+        let published = context.mirror.status();
+        let role = published.role;
         let Some(m) = config.mirror.membership.as_ref() else {
             return MirrorView {
                 service_enabled: config.mirror.service_enabled,
@@ -205,9 +209,9 @@ impl MirrorService {
                 pending: PendingLists::default(),
             };
         };
-        let failover = context.mirror.failover_view.lock().unwrap().clone();
+        let failover = &published.failover;
         let now = now_ms();
-        let link = context.mirror.link.lock().unwrap().clone();
+        let link = &published.link;
         let primary = role == Role::Primary;
         let mut members = Vec::new();
         let this_status;
@@ -327,7 +331,7 @@ impl MirrorService {
                 status: this_status.clone(),
                 journal_transfer: status::journal_transfer(transfer),
                 dejournaling: if link.connected {
-                    context.dejournal_summary()
+                    context.dejournal_summary_of(&published)
                 } else {
                     status::journal_transfer(transfer)
                 },
@@ -352,12 +356,12 @@ impl MirrorService {
         let mut databases = Vec::new();
         let mut missing = Vec::new();
         for db in &m.databases {
-            let facts = context.database_facts(&db.name);
+            let runtime = published.database(&db.name);
+            let facts = context.database_facts_of(&db.name, primary, &runtime);
             let Some(status) = status::database_status(facts) else {
                 missing.push(db.mirror_path(&m.mirror.name));
                 continue;
             };
-            let runtime = context.mirror.database(&db.name);
             let entry = state.databases.get(&db.name);
             let following = facts.dejournaling || facts.catchup_running;
             let next_record = if primary || !facts.mounted || !following {
@@ -423,13 +427,7 @@ impl MirrorService {
             failover_info,
             arbiter: Some(ArbiterView {
                 address: m.mirror.arbiter_display(),
-                connection_status: context
-                    .mirror
-                    .arbiter
-                    .lock()
-                    .unwrap()
-                    .connection_status()
-                    .into(),
+                connection_status: published.arbiter.connection_status().into(),
             }),
             members,
             transfer_rate: (!primary).then(|| link.transfer_rate()),
@@ -454,7 +452,7 @@ impl MirrorService {
             no_failover: m.mirror.defined_primary.as_ref().map(|p| p.to_string()),
             stopped: m.stopped,
             may_force: m.this.kind == MemberKind::Failover
-                && (!primary || context.mirror.deciding())
+                && (!primary || published.deciding)
                 && !link.connected,
             require_tls: m.mirror.require_tls,
             certificate: context.identity.fingerprint().to_string(),

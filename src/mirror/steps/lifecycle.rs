@@ -449,8 +449,10 @@ impl MirrorSteps {
         self.mirror.set_journal(None);
         self.cursors.clear();
         self.appliers.clear();
-        self.mirror.databases.lock().unwrap().clear();
-        self.mirror.set_role(Role::NotMember);
+        self.mirror.publish(|s| {
+            s.databases.clear();
+            s.role = Role::NotMember;
+        });
         w.reload_catalog();
         Ok(format!(
             "this member left mirror {name}; its copies of the mirrored databases are now local databases"
