@@ -43,15 +43,19 @@
 //!
 //! Beside it, pure as well and with their tests: the decisions at a member's `hello` (what it
 //! keeps of its journal, where the primary starts sending, the member's check of the cut:
-//! [`hello`]) and the primary's about acknowledgements (activation, a forged acknowledgement,
-//! QoS revocation: [`replication`]). The threads that own the links gather the facts, ask, and
-//! carry out.
+//! [`hello`]), the primary's about acknowledgements (activation, a forged acknowledgement,
+//! QoS revocation: [`replication`]) and a following member's about its link (whether to
+//! connect now, to whom, what follows an end: [`follow`]). The threads that own the links
+//! gather the facts, ask, and carry out.
 //!
 //! # Left out (for now)
 //!
-//! The receiver's reconnects, and the state the threads share: they still meet through the
-//! mirror's shared state (the hub's lock among them), where one core per member would own it
-//! all, with the threads only turning bytes into inputs and effects into bytes.
+//! The hub's and the receiver's state: the primary's links live under the hub's lock and the
+//! receiver's connection in its thread, where one core per member would own it all, with the
+//! threads only turning bytes into inputs and effects into bytes. What reaches the driver
+//! comes on one channel, and what the threads say about themselves is one published status
+//! ([`crate::mirror::state`]), but the driver's decisions for the other threads are still
+//! flags they read.
 
 use super::failover::{Action, AgentAnswer, Event, Failover, FailoverRole, Mode, Restart};
 
@@ -497,6 +501,7 @@ fn restricts(setting: &Event) -> bool {
     )
 }
 
+pub mod follow;
 pub mod hello;
 pub mod replication;
 

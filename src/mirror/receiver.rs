@@ -8,8 +8,10 @@
 //! announced durable by the primary — never further, so nothing is applied that a restarted
 //! primary might not have.
 //!
-//! If the link fails it is retried every second; the monitor shows `Disconnected on <time>`
-//! meanwhile. Every change of the link (connected, active, lost) is reported to the failover
+//! Whether to connect now, to whom, and what follows when a connection ends are decisions of
+//! the member core ([`follow`](super::core::follow)): a link that failed is tried again a
+//! second later, an async member whose attempts keep failing tries the failover members in
+//! turn; the monitor shows `Disconnected on <time>` meanwhile. Every change of the link (connected, active, lost) is reported to the failover
 //! driver, which decides about a takeover; while it asks the primary's agent the receiver does
 //! not reconnect (see [`Failover::may_connect`](super::failover::Failover::may_connect)).
 //!
@@ -38,6 +40,7 @@ use crate::journal::{Epoch, Journal, JournalOptions, JournalPos};
 use crate::util::now_ms;
 
 use super::MirrorContext;
+use super::core::follow::{Before, Ended, Follow, Next, Target};
 use super::core::hello::{Cut, check_cut};
 use super::failover::{Event, Mode};
 use super::protocol::{Control, Message, check_frames, read_message, write_ack, write_control};
@@ -45,8 +48,6 @@ use super::state::{DriverInput, LinkError};
 use crate::config::mirror::{MemberInfo, MemberKind, Membership};
 use crate::tls::Channel;
 
-/// How often the link is tried again after it failed.
-const RETRY: Duration = Duration::from_secs(1);
 /// Longest time without an acknowledgement while the primary keeps sending, even when nothing
 /// new was stored.
 const ACK_REFRESH: Duration = Duration::from_millis(500);
@@ -63,17 +64,23 @@ pub fn start(
     std::thread::Builder::new()
         .name("mirror-receiver".into())
         .spawn(move || {
-            // Failed attempts in a row: an async tries the failover members in turn, since
-            // after a failover the primary may be the other one.
-            let mut failures = 0usize;
+            // Whether to connect, to whom, and what follows an end are the core's decisions.
+            let mut follow = Follow::new();
             while !stop.load(Ordering::Acquire) {
-                if !context.mirror.may_connect() || context.config.get().mirror.stopped() {
-                    pause(&stop, Duration::from_millis(50));
-                    continue;
+                let before = Before {
+                    rules_allow: context.mirror.rules_allow_connect(),
+                    deciding: context.mirror.deciding(),
+                    stopped: context.config.get().mirror.stopped(),
+                };
+                match follow.next(before) {
+                    Next::Connect => {}
+                    Next::Wait(how_long) => {
+                        pause(&stop, how_long);
+                        continue;
+                    }
+                    Next::Stop => return,
                 }
-                let result = receive(&context, &journal, &stop, failures);
-                let journal_failed = matches!(result, Err(LinkError::JournalFailed(_)));
-                failures = if result.is_ok() { 0 } else { failures + 1 };
+                let result = receive(&context, &journal, &stop, &follow);
                 let now = now_ms();
                 let (was_connected, last_error) = context
                     .mirror
@@ -103,12 +110,24 @@ pub fn start(
                         .mirror
                         .tell_driver(DriverInput::Receiver(Event::PartnerLost));
                 }
-                if journal_failed && let Err(err) = result {
-                    tracing::error!("mirror: {err}: this instance stops");
-                    (context.journal_failed)(&err.to_string());
-                    return;
+                let ended = match &result {
+                    Err(LinkError::JournalFailed(_)) => Ended::JournalFailed,
+                    // Welcomed, then ended: the primary it reached is still the one to ask.
+                    _ if was_connected => Ended::Closed,
+                    Ok(()) => Ended::Closed,
+                    Err(_) => Ended::Failed,
+                };
+                match follow.ended(ended) {
+                    Next::Stop => {
+                        if let Err(err) = result {
+                            tracing::error!("mirror: {err}: this instance stops");
+                            (context.journal_failed)(&err.to_string());
+                        }
+                        return;
+                    }
+                    Next::Wait(how_long) => pause(&stop, how_long),
+                    Next::Connect => {}
                 }
-                pause(&stop, RETRY);
             }
         })
         .expect("spawn the mirror receiver")
@@ -122,21 +141,25 @@ fn pause(stop: &AtomicBool, how_long: Duration) {
     }
 }
 
-/// The primary this member follows. An async that failed `failures` times in a row tries the
-/// next failover member instead: only the primary welcomes it, and its welcome names itself.
-fn primary_of(context: &MirrorContext, failures: usize) -> Result<MemberInfo> {
+/// The member to connect to, as the core chose it ([`Follow::target`]): the primary the
+/// configuration names, or — for an async whose attempts keep failing — the failover members in
+/// turn (only the primary welcomes it, and its welcome names itself).
+fn primary_of(context: &MirrorContext, follow: &Follow) -> Result<MemberInfo> {
     let config = context.config.get();
     let membership = config.mirror.member()?;
-    if membership.this.kind != MemberKind::Failover && failures > 0 {
-        let mut failover: Vec<&MemberInfo> = membership
-            .others
-            .iter()
-            .filter(|o| o.kind == MemberKind::Failover)
-            .collect();
-        failover.sort_by(|a, b| a.name.cmp(&b.name));
-        if !failover.is_empty() {
-            return Ok(failover[failures % failover.len()].clone());
-        }
+    let failover: Vec<&MemberInfo> = membership
+        .others
+        .iter()
+        .filter(|o| o.kind == MemberKind::Failover)
+        .collect();
+    let names: Vec<&str> = failover.iter().map(|o| o.name.as_str()).collect();
+    let known = membership
+        .primary_name
+        .as_deref()
+        .and_then(|p| names.iter().position(|n| *n == p));
+    let is_async = membership.this.kind != MemberKind::Failover;
+    if let Target::Member(i) = follow.target(is_async, known, &names) {
+        return Ok(failover[i].clone());
     }
     let name = membership
         .primary_name
@@ -169,9 +192,9 @@ fn receive(
     context: &Arc<MirrorContext>,
     shared: &SharedJournal,
     stop: &AtomicBool,
-    failures: usize,
+    follow: &Follow,
 ) -> std::result::Result<(), LinkError> {
-    let primary = primary_of(context, failures)?;
+    let primary = primary_of(context, follow)?;
     let config = context.config.get();
     let membership = config
         .mirror

@@ -363,6 +363,12 @@ impl MirrorState {
         self.arbiter.lock().unwrap().outbox.push_back(message);
     }
 
+    /// Whether the failover rules let the receiver connect (see
+    /// [`Failover::may_connect`](super::failover::Failover::may_connect)).
+    pub fn rules_allow_connect(&self) -> bool {
+        self.may_connect.load(Ordering::Acquire)
+    }
+
     /// Whether the receiver may connect to the primary now.
     pub fn may_connect(&self) -> bool {
         self.may_connect.load(Ordering::Acquire) && !self.deciding()

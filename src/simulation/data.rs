@@ -24,9 +24,12 @@
 //! as an instance does, which cuts a torn tail.
 //!
 //! An **async member** (a DR async) keeps its own journal and database too: now and then it
-//! receives from whichever failover member is primary — saying hello again, with the same cut,
-//! whenever its link is new (the primary changed, restarted, or the link broke) — and applies
-//! what the primary committed. It never counts for an acknowledgement and never takes over.
+//! takes a turn ([`Data::async_turn`]). Not following anyone, it says hello to the failover
+//! member its receiver's own decisions choose ([`Follow`]: the one it knows as the primary,
+//! then each failover member in turn), which welcomes it only if it runs as primary and the
+//! hello's rules let it — a stale primary turns away a member from a newer epoch; following
+//! one, it receives and applies what that primary committed, until the link breaks (the
+//! primary changed, restarted, stopped running as primary, or the link just broke). It never counts for an acknowledgement and never takes over.
 //!
 //! # What it checks
 //!
@@ -62,6 +65,7 @@ use crate::journal::{
     Epoch, Fault, FrameBuilder, InjectedFaults, Journal, JournalOp, JournalOptions, JournalPos,
     StreamId,
 };
+use crate::mirror::core::follow::{Ended, Follow, Target};
 use crate::mirror::core::hello::{Cut, Hello, at_hello};
 use crate::mirror::protocol::check_frames;
 use crate::storage::database::Applier;
@@ -155,6 +159,10 @@ pub(crate) struct Data {
     stores: [Store; 3],
     /// The failover member the async member said hello to, while its link lives.
     async_follows: Option<usize>,
+    /// The async member's following decisions (the receiver's, [`Follow`]) and the failover
+    /// member it knows as the primary (the last to welcome it).
+    async_follow: Follow,
+    async_knows: usize,
     /// Where each epoch after the first began.
     epochs: Vec<EpochStart>,
     acknowledged: BTreeSet<u64>,
@@ -262,6 +270,8 @@ impl Data {
             dir,
             stores,
             async_follows: None,
+            async_follow: Follow::new(),
+            async_knows: 0,
             epochs: Vec::new(),
             acknowledged: BTreeSet::new(),
             read: BTreeSet::new(),
@@ -284,7 +294,7 @@ impl Data {
             event,
             DataEvent::Restarted { .. } | DataEvent::TookOver { .. } | DataEvent::Connected { .. }
         ) {
-            self.async_follows = None;
+            self.async_lost();
         }
         match *event {
             DataEvent::Written {
@@ -587,13 +597,66 @@ impl Data {
 
     /// The async member's link breaks.
     pub(crate) fn async_lost(&mut self) {
-        self.async_follows = None;
+        if self.async_follows.take().is_some() {
+            // It had been welcomed: the member it knows is the one to ask first again.
+            self.async_follow.ended(Ended::Closed);
+        }
+    }
+
+    /// The async member's turn. Following a failover member, it receives from it — or its link
+    /// breaks, when that member no longer runs as primary. Following none, it says hello to the
+    /// member its receiver's decisions choose ([`Follow::target`]: the one it knows as the
+    /// primary, then the failover members in turn); a member that does not run as primary, or
+    /// turns it away, is a failed attempt. `primaries[i]` is failover member `i`'s epoch while
+    /// it runs as primary. Returns the member it tried or received from.
+    pub(crate) fn async_turn(&mut self, primaries: [Option<u8>; 2]) -> Result<usize, String> {
+        if let Some(p) = self.async_follows {
+            match primaries[p] {
+                Some(epoch) => self.async_receives(p, epoch)?,
+                None => self.async_lost(),
+            }
+            return Ok(p);
+        }
+        let target = match self
+            .async_follow
+            .target(true, Some(self.async_knows), &["A", "B"])
+        {
+            Target::Primary => self.async_knows,
+            Target::Member(i) => i,
+        };
+        if let Some(epoch) = primaries[target] {
+            self.async_receives(target, epoch)?;
+        }
+        if self.async_follows == Some(target) {
+            self.async_knows = target;
+        } else {
+            self.async_follow.ended(Ended::Failed);
+        }
+        Ok(target)
+    }
+
+    /// The failover member the async member follows now, if any.
+    pub(crate) fn async_follows(&self) -> Option<usize> {
+        self.async_follows
     }
 
     /// The final checks, once the pair settled with `primary` (in `epoch`) and its backup.
     pub(crate) fn check_end(&mut self, primary: usize, epoch: u8) -> Result<(), String> {
+        // The async member finds the primary by its receiver's decisions, whatever it knew: in
+        // two attempts (the member it knows, then the other one).
         self.async_lost();
-        self.async_receives(primary, epoch)?;
+        let mut primaries = [None, None];
+        primaries[primary] = Some(epoch);
+        let mut tried = Vec::new();
+        while self.async_follows != Some(primary) {
+            if tried.len() == 2 {
+                return Err(format!(
+                    "the async member did not find primary {primary} in two attempts (it tried \
+                     {tried:?})"
+                ));
+            }
+            tried.push(self.async_turn(primaries)?);
+        }
         let backup = 1 - primary;
         self.ship(primary, backup)?;
         self.stores[backup].committed = self.stores[primary].committed;

@@ -14,11 +14,14 @@
 //! database ([`data`]): every client write is a real changeset in a real journal frame,
 //! appended and fsynced; a backup stores what it is sent after checking it; each member applies
 //! what is committed with the dejournaling code; a hello cuts what the primary's history does
-//! not share; an async member follows whichever failover member is primary; clients read rows
+//! not share; an async member finds the primary by its receiver's own decisions
+//! ([`crate::mirror::core::follow`]: the member it knows, then each failover member in turn,
+//! a stale primary among them) and follows it; clients read rows
 //! on any member now and then. The files then answer for the invariants about rows: a member
 //! that takes over holds every acknowledged write; nothing a cut removes was applied; at the
 //! end the final primary holds every acknowledged write and every row any client read, and the
-//! backup's and the async member's rows are the primary's, row by row.
+//! backup's and the async member's rows are the primary's, row by row — the async member
+//! having found the final primary in at most two attempts.
 //!
 //! # How a run goes
 //!
@@ -96,6 +99,8 @@ pub(crate) mod world;
 use std::path::{Path, PathBuf};
 
 use data::{Data, JournalFault};
+
+use crate::mirror::failover::FailoverRole;
 
 use world::{Budget, QOS, Step, World};
 
@@ -601,12 +606,27 @@ impl Run {
                 "t={} the async member's link breaks",
                 self.world.now
             ));
-        } else if rng.below(4) == 0
-            && let Some(p) = self.world.primary()
-            && self.world.m[p].frozen.is_none()
-            && let Err(why) = data.async_receives(p, self.world.m[p].epoch)
-        {
-            return Err(self.violation(format!("the members' files, async member: {why}")));
+        } else if rng.below(4) == 0 {
+            // Failover members that run as primary now (a stale one among them, perhaps).
+            let primaries: [Option<u8>; 2] = std::array::from_fn(|i| {
+                let m = &self.world.m[i];
+                (m.role() == Some(FailoverRole::Primary) && m.frozen.is_none()).then_some(m.epoch)
+            });
+            let followed = data.async_follows();
+            match data.async_turn(primaries) {
+                Ok(member) if followed.is_none() => {
+                    let welcomed = data.async_follows() == Some(member);
+                    self.trace.push(format!(
+                        "t={} the async member says hello to member {member}: {}",
+                        self.world.now,
+                        if welcomed { "welcomed" } else { "not welcomed" }
+                    ));
+                }
+                Ok(_) => {}
+                Err(why) => {
+                    return Err(self.violation(format!("the members' files, async member: {why}")));
+                }
+            }
         }
         if rng.below(6) != 0 {
             return Ok(());
