@@ -29,6 +29,7 @@
 //! - [`server`], [`cli`], [`ctl`] — running the processes, the command line, a shell client. The
 //!   benchmark is a program of its own (`src/bin/mirrorlab-bench/`): it drives members from
 //!   outside, and the member does not ship it.
+//! - [`metrics`] — what a member counts for Prometheus (the portal serves it at `/metrics`).
 //! - [`error`], [`names`], [`util`], [`os`], [`wire`], [`tls`] — shared small pieces (the last:
 //!   identities and mutual TLS, async for the agent and blocking for the data channel).
 //!
@@ -63,6 +64,7 @@ pub mod error;
 pub mod instance;
 pub mod journal;
 pub mod limits;
+pub mod metrics;
 pub mod mirror;
 pub mod names;
 pub mod node;

@@ -62,6 +62,8 @@ impl Node {
     /// Starts a member on `settings.data_dir` (blocking: installs, recovers, starts the writer
     /// and the mirror).
     pub fn open(settings: InstanceSettings, exits: Exits) -> Result<Arc<Node>> {
+        // Before the writer counts its first commit.
+        crate::metrics::install();
         let prepared = Instance::prepare(settings)?;
         let member = crate::mirror::start::open_member(&prepared)?;
         let journal_dir = prepared.journal_dir.clone();

@@ -63,6 +63,54 @@ async fn the_backup_takes_over_when_the_primary_dies_and_the_old_primary_rejoins
     let mut rng = common::Rng::from_env_or_clock();
     tokio::time::sleep(Duration::from_millis(200 + rng.below(800))).await;
 
+    // What the primary's /metrics says before the kill: its role, the link to its backup, and
+    // what the writer counted.
+    let text = a.api().metrics().await;
+    let metric = |text: &str, series: &str| {
+        Api::metric(text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    assert_eq!(
+        metric(&text, r#"mirrorlab_mirror_role{role="primary"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, r#"mirrorlab_mirror_role{role="backup"}"#),
+        0.0
+    );
+    assert_eq!(
+        metric(&text, r#"mirrorlab_member_link_up{member="MIRRORB/IRIS"}"#),
+        1.0
+    );
+    assert!(metric(&text, "mirrorlab_commits_total") > 0.0, "{text}");
+    assert!(metric(&text, "mirrorlab_commit_seconds_count") > 0.0);
+    assert!(metric(&text, "mirrorlab_journal_fsync_seconds_count") > 0.0);
+    assert!(metric(&text, r#"mirrorlab_group_commit_size_bucket{le="+Inf"}"#) > 0.0);
+    assert!(metric(&text, "mirrorlab_journal_end_position") > 0.0);
+    assert_eq!(
+        metric(&text, r#"mirrorlab_failover_mode{mode="agent"}"#),
+        1.0
+    );
+    assert_eq!(metric(&text, "mirrorlab_arbiter_connected"), 0.0);
+    assert_eq!(metric(&text, "mirrorlab_frozen"), 0.0);
+    assert!(
+        metric(
+            &text,
+            r#"mirrorlab_backup_lag_bytes{member="MIRRORB/IRIS"}"#
+        ) >= 0.0
+    );
+    let backup_text = b.api().metrics().await;
+    assert_eq!(
+        metric(&backup_text, r#"mirrorlab_mirror_role{role="backup"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &backup_text,
+            r#"mirrorlab_member_link_up{member="MIRRORA/IRIS"}"#
+        ),
+        1.0
+    );
+
     // Step 10 of the walk-through: kill the primary's instance (its agent stays).
     let killed = std::time::Instant::now();
     a.kill_instance().await;
@@ -75,6 +123,23 @@ async fn the_backup_takes_over_when_the_primary_dies_and_the_old_primary_rejoins
     assert!(
         view["failover_note"].as_str().unwrap().contains("epoch 2"),
         "{view}"
+    );
+    let text = b.api().metrics().await;
+    assert_eq!(
+        metric(&text, r#"mirrorlab_mirror_role{role="primary"}"#),
+        1.0
+    );
+    assert_eq!(metric(&text, "mirrorlab_mirror_epoch"), 2.0);
+    assert_eq!(
+        metric(
+            &text,
+            r#"mirrorlab_failovers_total{reason="agent_controlled"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, r#"mirrorlab_member_link_up{member="MIRRORA/IRIS"}"#),
+        0.0
     );
     let status = b
         .client

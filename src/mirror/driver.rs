@@ -290,6 +290,8 @@ impl Driver {
         for _ in taken.restart_answers.drain(..) {
             self.core.decision_too_late();
         }
+        // How a takeover in this look came about, for `mirrorlab_failovers_total`.
+        let handover = link_events.contains(&Event::PartnerHandsOver);
         let look = Look {
             now_ms,
             gap_ms: gap.as_millis() as u64,
@@ -311,6 +313,7 @@ impl Driver {
             membership: m,
             inbox: &self.inbox,
             taken: &mut self.taken,
+            handover,
             gap,
             receiver_stalled,
             superseded: &mut self.superseded,
@@ -482,6 +485,8 @@ struct DriverShell<'a> {
     /// receiver's events still waiting).
     inbox: &'a mpsc::Receiver<DriverInput>,
     taken: &'a mut Taken,
+    /// The primary handed over in this look (for the takeover's count).
+    handover: bool,
     /// For the stall's log line.
     gap: Duration,
     receiver_stalled: bool,
@@ -620,6 +625,15 @@ impl Shell for DriverShell<'_> {
         match result {
             Ok(message) => {
                 tracing::warn!("mirror: {message}");
+                // The mode the rules were in when they let it (published at the last look).
+                let arbiter = context
+                    .mirror
+                    .read(|s| s.failover.mode == Some("Arbiter Controlled"));
+                crate::metrics::failover(match (self.handover, arbiter) {
+                    (true, _) => "handover",
+                    (false, true) => "arbiter_controlled",
+                    (false, false) => "agent_controlled",
+                });
                 context
                     .mirror
                     .update_failover(|view| view.note = Some(message));

@@ -98,6 +98,8 @@ pub struct LinkView {
     pub dejournaling: String,
     /// Commit time of the oldest record it lacks, if it lacks any.
     pub behind_since_ms: Option<i64>,
+    /// Journal bytes published after its durable end (as far as the recent batches tell).
+    pub behind_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -110,8 +112,17 @@ struct HubState {
     waiting_for: Option<(JournalPos, Instant)>,
     links: Vec<Link>,
     next_id: u64,
-    /// (last position, commit time) of recent batches, to say how far behind a member is.
-    batch_times: VecDeque<(u64, i64)>,
+    /// (last position, commit time, journal bytes published up to it) of recent batches, to
+    /// say how far behind a member is.
+    batch_times: VecDeque<(u64, i64, u64)>,
+    /// Journal bytes published since this process started, and up to the newest batch that
+    /// `batch_times` no longer holds.
+    published_bytes: u64,
+    forgotten_bytes: u64,
+    /// Time spent in the trouble state before the current one, and since when the current one
+    /// lasts (for `mirrorlab_trouble_seconds_total`).
+    trouble_before: Duration,
+    trouble_since: Option<Instant>,
     /// When each member that is not connected lost its connection.
     disconnected: HashMap<MemberName, i64>,
     /// Acknowledgements are held (the trouble state, see the module essay).
@@ -128,10 +139,36 @@ struct HubState {
 }
 
 impl HubState {
+    /// Journal bytes published after `pos`: what a member that acknowledged `pos` lacks (from
+    /// the oldest batch remembered, for a member further behind).
+    fn bytes_after(&self, pos: JournalPos) -> u64 {
+        let through = self
+            .batch_times
+            .iter()
+            .take_while(|(end, ..)| *end <= pos.0)
+            .last()
+            .map_or(self.forgotten_bytes, |(.., bytes)| *bytes);
+        self.published_bytes.saturating_sub(through)
+    }
+
     /// An active backup is gone: hold acknowledgements until the failover rules decide.
     fn lost_active(&mut self) {
-        self.suspended = true;
+        self.set_suspended(true);
         self.loss_gen += 1;
+    }
+
+    /// Holds or releases acknowledgements, and keeps the time spent holding them.
+    fn set_suspended(&mut self, suspended: bool) -> bool {
+        match (self.suspended, suspended) {
+            (false, true) => self.trouble_since = Some(Instant::now()),
+            (true, false) => {
+                if let Some(since) = self.trouble_since.take() {
+                    self.trouble_before += since.elapsed();
+                }
+            }
+            _ => {}
+        }
+        std::mem::replace(&mut self.suspended, suspended)
     }
 }
 
@@ -197,7 +234,7 @@ impl Hub {
         state.appended_end = end;
         state.committed_end = end;
         state.waiting_for = None;
-        state.suspended = false;
+        state.set_suspended(false);
         state.closing = false;
         // Events reported before this are about an earlier term's links.
         state.term += 1;
@@ -219,7 +256,7 @@ impl Hub {
 
     /// Holds acknowledgements (the failover rules entered the trouble state).
     pub fn suspend(&self) {
-        self.state.lock().unwrap().suspended = true;
+        self.state.lock().unwrap().set_suspended(true);
     }
 
     /// Releases acknowledgements, unless an active backup was lost after generation `seen`
@@ -229,7 +266,7 @@ impl Hub {
         if state.loss_gen != seen {
             return false;
         }
-        let was = std::mem::replace(&mut state.suspended, false);
+        let was = state.set_suspended(false);
         drop(state);
         if was {
             tracing::info!("mirror: the trouble state is over; commits are acknowledged again");
@@ -241,6 +278,12 @@ impl Hub {
     /// Whether acknowledgements are held.
     pub fn suspended(&self) -> bool {
         self.state.lock().unwrap().suspended
+    }
+
+    /// Time mirrored commits were held in the trouble state since this process started.
+    pub fn trouble_time(&self) -> Duration {
+        let state = self.state.lock().unwrap();
+        state.trouble_before + state.trouble_since.map_or(Duration::ZERO, |t| t.elapsed())
     }
 
     /// The last published and the last committed position.
@@ -509,9 +552,10 @@ impl Hub {
                     state
                         .batch_times
                         .iter()
-                        .find(|(end, _)| *end > l.acked.0)
-                        .map(|(_, t)| *t)
+                        .find(|(end, ..)| *end > l.acked.0)
+                        .map(|(_, t, _)| *t)
                 },
+                behind_bytes: state.bytes_after(l.acked),
             })
             .collect()
     }
@@ -567,9 +611,13 @@ impl Replication for Hub {
         for link in &state.links {
             link.outbox.frames(first, last, frames);
         }
-        state.batch_times.push_back((last.0, now_ms()));
-        if state.batch_times.len() > BATCH_TIMES_KEPT {
-            state.batch_times.pop_front();
+        state.published_bytes += frames.len() as u64;
+        let published = state.published_bytes;
+        state.batch_times.push_back((last.0, now_ms(), published));
+        if state.batch_times.len() > BATCH_TIMES_KEPT
+            && let Some((.., bytes)) = state.batch_times.pop_front()
+        {
+            state.forgotten_bytes = bytes;
         }
         Ok(())
     }
@@ -679,6 +727,36 @@ mod tests {
             })
             .collect();
         (events, generation)
+    }
+
+    #[test]
+    fn a_members_lag_counts_the_bytes_published_after_what_it_acknowledged() {
+        let mut state = HubState::default();
+        for (end, bytes) in [(3, 100), (5, 250), (9, 400)] {
+            state.published_bytes = bytes;
+            state.batch_times.push_back((end, 0, bytes));
+        }
+        assert_eq!(state.bytes_after(JournalPos(9)), 0);
+        assert_eq!(state.bytes_after(JournalPos(5)), 150);
+        // Within a batch: counted from the batch before it.
+        assert_eq!(state.bytes_after(JournalPos(7)), 150);
+        assert_eq!(state.bytes_after(JournalPos(0)), 400);
+        // Batches no longer remembered: from the oldest one remembered.
+        state.forgotten_bytes = state.batch_times.pop_front().unwrap().2;
+        assert_eq!(state.bytes_after(JournalPos(0)), 300);
+    }
+
+    #[test]
+    fn trouble_time_grows_only_while_acknowledgements_are_held() {
+        let (hub, _inbox) = hub_with_inbox(60_000);
+        assert_eq!(hub.trouble_time(), Duration::ZERO);
+        hub.suspend();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(hub.resume(hub.loss_generation()));
+        let held = hub.trouble_time();
+        assert!(held >= Duration::from_millis(20), "{held:?}");
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(hub.trouble_time(), held, "it grew while nothing was held");
     }
 
     #[test]

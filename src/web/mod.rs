@@ -35,6 +35,7 @@
 pub(crate) mod api;
 pub mod auth;
 pub(crate) mod error;
+pub(crate) mod metrics;
 pub(crate) mod mirror;
 pub(crate) mod portal;
 pub(crate) mod routes;

@@ -34,6 +34,8 @@ pub(super) fn all(state: &AppState) -> Router<AppState> {
         .route("/mirror_status", get(mirror_status))
         // The path IRIS serves it on, so a load balancer set up for IRIS works unchanged.
         .route("/csp/user/mirror_status.cxw", get(mirror_status))
+        // Prometheus scrapes it; no login (figures, no data).
+        .route("/metrics", get(super::metrics::metrics))
         .route("/static/portal.css", get(css))
         .route("/static/favicon.svg", get(favicon))
         .nest("/api", api)

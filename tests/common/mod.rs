@@ -190,6 +190,27 @@ impl Api {
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 
+    /// `GET /metrics` (no login): Prometheus's text, after checking its content type.
+    pub async fn metrics(&self) -> String {
+        let r = self
+            .client
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let kind = r.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+        r.text().await.unwrap()
+    }
+
+    /// One series' value in Prometheus's text (`name` or `name{label="value"}`), if present.
+    pub fn metric(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map(|value| value.trim().parse().unwrap())
+    }
+
     /// POST JSON and expect 200; returns the body.
     pub async fn ok(&self, path: &str, body: Value) -> Value {
         let (status, reply) = self.post(path, body).await.unwrap();

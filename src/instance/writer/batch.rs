@@ -24,6 +24,7 @@ pub(super) enum Committed {
     Waiting {
         last: JournalPos,
         outcomes: Vec<Outcome>,
+        began: Began,
     },
 }
 
@@ -35,12 +36,17 @@ pub(super) struct Parked {
     pub(super) work: ParkedWork,
 }
 
+/// When a batch's `BEGIN` ran, for its commit time ([`crate::metrics::committed`]).
+#[derive(Clone, Copy)]
+pub(super) struct Began(Instant);
+
 pub(super) enum ParkedWork {
     /// A batch: its transaction is open on its namespace's connection.
     Batch {
         namespace: NamespaceName,
         conn: Box<NamespaceConn>,
         outcomes: Vec<Outcome>,
+        began: Began,
     },
     /// The extension's work (Add to Mirror: its events are journaled; the databases switch to
     /// the mirror journal once the backup holds them): handed back to it when acknowledged.
@@ -79,7 +85,11 @@ impl Writer {
             Committed::Done => {
                 self.conns.insert(namespace, conn);
             }
-            Committed::Waiting { last, outcomes } => {
+            Committed::Waiting {
+                last,
+                outcomes,
+                began,
+            } => {
                 // The transaction stays open on its connection until the backup acknowledged.
                 self.parked = Some(Parked {
                     last,
@@ -88,6 +98,7 @@ impl Writer {
                         namespace,
                         conn: Box::new(conn),
                         outcomes,
+                        began,
                     },
                 });
                 self.settle_parked()?;
@@ -112,6 +123,8 @@ impl Writer {
         if batch.is_empty() {
             return Ok(Committed::Done);
         }
+        crate::metrics::group_commit(batch.len());
+        let began = Began(Instant::now());
         if let Err(err) = conn.internal(|c| c.execute_batch("BEGIN")) {
             let err = Error::from(err);
             for (_, reply) in batch {
@@ -213,10 +226,11 @@ impl Writer {
             return Ok(Committed::Waiting {
                 last: JournalPos(next_mirror.0 - 1),
                 outcomes,
+                began,
             });
         }
         // Only now, with the batch durable here, do its changes become visible.
-        self.commit_and_answer(conn, outcomes, local_records > 0)?;
+        self.commit_and_answer(conn, outcomes, local_records > 0, began)?;
         Ok(Committed::Done)
     }
 
@@ -227,6 +241,7 @@ impl Writer {
         conn: &NamespaceConn,
         outcomes: Vec<Outcome>,
         journaled: bool,
+        began: Began,
     ) -> Result<(), Fatal> {
         if let Err(err) = conn.internal(|c| c.execute_batch("COMMIT")) {
             let _ = conn.internal(|c| c.execute_batch("ROLLBACK"));
@@ -241,9 +256,11 @@ impl Writer {
         if journaled {
             self.dirty = true;
         }
+        let commits = outcomes.iter().filter(|(result, _)| result.is_ok()).count();
         for (result, reply) in outcomes {
             let _ = reply.send(result);
         }
+        crate::metrics::committed(commits, began.0.elapsed());
         Ok(())
     }
 
@@ -276,8 +293,9 @@ impl Writer {
                         namespace,
                         conn,
                         outcomes,
+                        began,
                     } => {
-                        let result = self.commit_and_answer(&conn, outcomes, true);
+                        let result = self.commit_and_answer(&conn, outcomes, true, began);
                         self.conns.insert(namespace, *conn);
                         result
                     }
@@ -389,14 +407,18 @@ impl Writer {
                 JournalPos(next_local.0 - 1),
                 local_records,
             )?;
+            let syncing = Instant::now();
             self.local.sync()?;
+            crate::metrics::fsync(syncing.elapsed());
         }
         if mirror_records > 0 {
             let journal = self
                 .mirror_journal
                 .as_mut()
                 .expect("mirror frames need the mirror journal");
+            let syncing = Instant::now();
             journal.sync()?;
+            crate::metrics::fsync(syncing.elapsed());
         }
         Ok(())
     }

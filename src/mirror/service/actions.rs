@@ -515,6 +515,7 @@ impl MirrorService {
         match result {
             Ok(message) => {
                 self.context.mirror.set_deciding(false);
+                crate::metrics::failover("forced");
                 tracing::warn!("mirror: forced to become the primary: {message}");
                 Ok(format!("forced: {message}"))
             }

@@ -464,6 +464,15 @@ impl MirrorService {
         }
     }
 
+    /// Row changes of divergent tails kept in quarantine here (reads the quarantine file).
+    pub fn quarantined_rows(&self) -> usize {
+        self.quarantine
+            .lock()
+            .unwrap()
+            .summary(&self.context.data_dir, 0)
+            .count
+    }
+
     /// `Disconnected on <time>` helper for pages.
     pub fn now_text() -> String {
         format_time(now_ms())
