@@ -11,9 +11,10 @@
 //! Whether to connect now, to whom, and what follows when a connection ends are decisions of
 //! the member core ([`follow`](super::core::follow)): a link that failed is tried again a
 //! second later, an async member whose attempts keep failing tries the failover members in
-//! turn; the monitor shows `Disconnected on <time>` meanwhile. Every change of the link (connected, active, lost) is reported to the failover
-//! driver, which decides about a takeover; while it asks the primary's agent the receiver does
-//! not reconnect (see [`Failover::may_connect`](super::failover::Failover::may_connect)).
+//! turn; the monitor shows `Disconnected on <time>` meanwhile. Every change of the link
+//! (connected, active, lost) is reported to the failover driver, which decides about a
+//! takeover; while it asks the primary's agent the receiver does not reconnect (see
+//! [`Failover::may_connect`](super::failover::Failover::may_connect)).
 //!
 //! A former primary coming back from an older epoch may be told that the end of its journal is
 //! a *divergent tail*: it first has the writer undo what it applied of it (keeping the rows in
@@ -90,8 +91,8 @@ pub fn start(
                 {
                     tracing::warn!("mirror: link to the primary: {err}");
                 }
-                // The link's state is published before the event is queued: the driver reads
-                // the status after the events (this thread alone writes the link's part).
+                // The link's state is published before the event is sent: the driver reads
+                // the status after the events, so it never sees an event newer than the status.
                 context.mirror.update_link(|link| {
                     if link.connected || link.disconnected_ms.is_none() {
                         link.disconnected_ms = Some(now);
