@@ -222,8 +222,8 @@ pub enum DriverInput {
     RestartAnswer(Restart, Option<MemberName>),
 }
 
-/// What the member's threads publish about themselves (see the module essay): each part has one
-/// writer, and readers get the whole at one moment.
+/// What the member's threads publish about themselves (see the module essay): each changes
+/// its own part, and readers get the whole at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct MemberStatus {
     /// The role (set by the writer's lifecycle steps and the monitor's actions).
