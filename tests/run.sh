@@ -58,6 +58,16 @@ else
     echo "tests/run.sh: no Docker engine answers; the compose test will fail" >&2
 fi
 
+# The compose lab publishes fixed host ports (52775, 52776) that lie inside Linux's ephemeral
+# range: a port the kernel hands out to another test (a member on port 0, Chromium's debugging
+# port, a client's connection) could hold one just when the lab starts. Reserved ports are never
+# handed out automatically. (Without root, free_port in tests/common skips them all the same.)
+reserved=/proc/sys/net/ipv4/ip_local_reserved_ports
+if [ "$(id -u)" = 0 ] && [ -w "$reserved" ]; then
+    current=$(cat "$reserved")
+    echo "${current:+$current,}52775-52776" > "$reserved"
+fi
+
 cargo test --locked "$@"
 
 # The lab must work with Compose v2 and with docker-compose 1.29: the compose test ran with

@@ -17,6 +17,9 @@ use serde_json::{Value, json};
 /// The binary under test, built once by cargo for all integration tests.
 pub const BINARY: &str = env!("CARGO_BIN_EXE_mirrorlab");
 
+/// The host ports the compose lab publishes.
+pub const LAB_PORTS: [u16; 2] = [52775, 52776];
+
 /// A free loopback port (bound and released), never one handed out before in this test
 /// process: a member restarted after a kill binds its old ports again, and another test must
 /// not have been given one of them meanwhile.
@@ -29,7 +32,8 @@ pub fn free_port() -> u16 {
             .local_addr()
             .unwrap()
             .port();
-        if !given.contains(&port) {
+        // Never a port the compose lab publishes (tests/run.sh reserves them where it can).
+        if !given.contains(&port) && !LAB_PORTS.contains(&port) {
             given.push(port);
             return port;
         }
