@@ -134,6 +134,13 @@ struct Taken {
 }
 
 impl Taken {
+    /// Takes everything waiting on the channel.
+    fn take_from(&mut self, inbox: &mpsc::Receiver<DriverInput>) {
+        while let Ok(input) = inbox.try_recv() {
+            self.sort(input);
+        }
+    }
+
     fn sort(&mut self, input: DriverInput) {
         match input {
             DriverInput::Hub { event, term } => self.hub.push((event, term)),
@@ -184,13 +191,6 @@ impl Driver {
         }
     }
 
-    /// Takes everything waiting on the channel.
-    fn take(&mut self) {
-        while let Ok(input) = self.inbox.try_recv() {
-            self.taken.sort(input);
-        }
-    }
-
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
@@ -202,7 +202,7 @@ impl Driver {
         // Read before taking the channel: never newer than the events taken (see
         // `Hub::loss_generation`), so a lift decided on them is refused after a newer loss.
         let loss_generation = context.mirror.hub.loss_generation();
-        self.take();
+        self.taken.take_from(&self.inbox);
         // Read after: an event taken from before the hub last started serving is stale.
         let hub_term = context.mirror.hub.term();
         let config = context.config.get();
@@ -626,9 +626,7 @@ impl Shell for DriverShell<'_> {
             Ok(message) => {
                 tracing::warn!("mirror: {message}");
                 // The mode the rules were in when they let it (published at the last look).
-                let arbiter = context
-                    .mirror
-                    .read(|s| s.failover.mode == Some("Arbiter Controlled"));
+                let arbiter = context.mirror.read(|s| s.failover.arbiter_controlled());
                 crate::metrics::failover(match (self.handover, arbiter) {
                     (true, _) => "handover",
                     (false, true) => "arbiter_controlled",
@@ -694,9 +692,7 @@ impl Shell for DriverShell<'_> {
         );
         let mirror = &self.service.context().mirror;
         // What the receiver said so far is about the connection being dropped.
-        while let Ok(input) = self.inbox.try_recv() {
-            self.taken.sort(input);
-        }
+        self.taken.take_from(self.inbox);
         self.taken.receiver.clear();
         mirror.update_link(|link| link.active = false);
         mirror.reconnect_requested.store(true, Ordering::Release);

@@ -322,6 +322,13 @@ pub struct FailoverView {
     pub note: Option<String>,
 }
 
+impl FailoverView {
+    /// Whether the rules were in arbiter mode at the driver's last look.
+    pub fn arbiter_controlled(&self) -> bool {
+        self.mode == Some(super::failover::Mode::Arbiter.display())
+    }
+}
+
 impl MirrorState {
     /// State of an instance that is not (yet) a member.
     pub fn new(qos_ms: u64) -> MirrorState {

@@ -46,15 +46,15 @@ fn render(state: &AppState) -> String {
         Role::NotMember => "not_member",
     };
     for each in ["primary", "backup", "async", "not_member"] {
-        gauge!(ROLE, "role" => each).set(f64::from(u8::from(each == role)));
+        gauge!(ROLE, "role" => each).set(flag(each == role));
     }
     gauge!(EPOCH).set(config.epoch.0 as f64);
     // Outside a mirror neither mode is in effect.
     let member = config.mirror.membership.is_some();
-    let arbiter_mode = published.failover.mode == Some("Arbiter Controlled");
-    gauge!(FAILOVER_MODE, "mode" => "arbiter").set(f64::from(u8::from(member && arbiter_mode)));
-    gauge!(FAILOVER_MODE, "mode" => "agent").set(f64::from(u8::from(member && !arbiter_mode)));
-    gauge!(ARBITER_CONNECTED).set(f64::from(u8::from(published.arbiter.connected)));
+    let arbiter_mode = published.failover.arbiter_controlled();
+    gauge!(FAILOVER_MODE, "mode" => "arbiter").set(flag(member && arbiter_mode));
+    gauge!(FAILOVER_MODE, "mode" => "agent").set(flag(member && !arbiter_mode));
+    gauge!(ARBITER_CONNECTED).set(flag(published.arbiter.connected));
     if let Some(m) = config.mirror.membership.as_ref() {
         let now = now_ms();
         let links = state.mirror.hub.links();
@@ -62,8 +62,7 @@ fn render(state: &AppState) -> String {
             let member = other.name.to_string();
             if published.role == Role::Primary {
                 let link = links.iter().find(|l| l.member.name == other.name);
-                gauge!(MEMBER_LINK_UP, "member" => member.clone())
-                    .set(f64::from(u8::from(link.is_some())));
+                gauge!(MEMBER_LINK_UP, "member" => member.clone()).set(flag(link.is_some()));
                 if let Some(link) = link {
                     let behind_ms = link.behind_since_ms.map_or(0, |since| (now - since).max(0));
                     gauge!(LAG_BYTES, "member" => member.clone()).set(link.behind_bytes as f64);
@@ -75,7 +74,7 @@ fn render(state: &AppState) -> String {
                 // A following member knows one link: the one to its primary.
                 let up = published.link.connected
                     && published.link.primary.as_ref().map(|p| &p.name) == Some(&other.name);
-                gauge!(MEMBER_LINK_UP, "member" => member).set(f64::from(u8::from(up)));
+                gauge!(MEMBER_LINK_UP, "member" => member).set(flag(up));
             }
         }
     }
@@ -83,7 +82,12 @@ fn render(state: &AppState) -> String {
         gauge!(JOURNAL_END).set(journal.durable_end().0 as f64);
     }
     gauge!(TROUBLE_SECONDS).set(state.mirror.hub.trouble_time().as_secs_f64());
-    gauge!(FROZEN).set(f64::from(u8::from(state.instance.writer().frozen())));
+    gauge!(FROZEN).set(flag(state.instance.writer().frozen()));
     gauge!(QUARANTINED_ROWS).set(state.mirror_service.quarantined_rows() as f64);
     handle.render()
+}
+
+/// A yes-or-no gauge's value.
+fn flag(yes: bool) -> f64 {
+    if yes { 1.0 } else { 0.0 }
 }
