@@ -40,6 +40,9 @@ pub struct ArbiterArgs {
     /// Agent address the arbiter listens on.
     #[arg(long, env = "MIRRORLAB_AGENT", default_value = "0.0.0.0:2188")]
     pub agent: String,
+    /// Serve Prometheus metrics (members seen, answers given) at http://ADDR/metrics.
+    #[arg(long, env = "MIRRORLAB_ARBITER_METRICS", value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 /// Settings of a member and its instance.
@@ -173,7 +176,7 @@ pub fn main() -> ExitCode {
         }
         Command::Arbiter(args) => {
             crate::server::init_logging(None);
-            runtime().block_on(crate::server::run_arbiter(args.agent))
+            runtime().block_on(crate::server::run_arbiter(args.agent, args.metrics))
         }
         Command::Ctl(args) => runtime().block_on(crate::ctl::run(args)),
     };

@@ -123,9 +123,18 @@ impl Node {
     /// the backup holds it all and may take over at once (a graceful shutdown is the first
     /// outage the backup covers).
     pub fn close(&self) {
+        let mirror = &self.mirror_service.context().mirror;
+        if self.instance.config.get().mirror.membership.is_some() {
+            mirror.record(
+                crate::mirror::events::EventKind::Stopping,
+                "the instance stops gracefully (a primary hands over to its active backup)",
+            );
+        }
         self.instance.close();
         self.mirror_service.hand_over();
         self.mirror_service.stop();
+        // Everything recorded up to the end is on disk before the process ends.
+        mirror.events.flush(std::time::Duration::from_secs(2));
     }
 }
 

@@ -142,7 +142,7 @@ pub async fn run_member(settings: AgentSettings) -> Result<u8> {
 }
 
 /// `mirrorlab arbiter`: the arbiter on the agent port until SIGTERM or SIGINT.
-pub async fn run_arbiter(listen: String) -> Result<u8> {
-    crate::arbiter::run(&listen, shutdown_signal()).await?;
+pub async fn run_arbiter(listen: String, metrics: Option<String>) -> Result<u8> {
+    crate::arbiter::run(&listen, metrics.as_deref(), shutdown_signal()).await?;
     Ok(0)
 }

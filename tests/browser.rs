@@ -11,6 +11,8 @@ use common::browser::{
     BrowserLog, Driver, Portal, Typed, click_through_walkthrough, take_pictures,
 };
 use common::{TestArbiter, TestMember};
+use serde_json::json;
+use std::time::Duration;
 
 fn port_of(address: &str) -> &str {
     address.rsplit_once(':').unwrap().1
@@ -72,5 +74,84 @@ async fn a_person_clicks_through_the_walkthrough() {
     pa.check_links().await;
     pb.check_links().await;
     pa.browser.close().await.unwrap();
+    let a_origin = format!("http://127.0.0.1:{}", port_of(&a.web));
+    see_a_fault_on_the_monitor(&driver, &a, &b, a_origin, &mut pb).await;
     pb.browser.close().await.unwrap();
+}
+
+/// A's instance dies: B's Mirror Monitor shows the takeover, its reason and the write outage on
+/// its timeline, refreshing in place (the scroll position stays); then, with No Failover set
+/// and B's instance killed, A's monitor says why there is no primary.
+async fn see_a_fault_on_the_monitor(
+    driver: &Driver,
+    a: &TestMember,
+    b: &TestMember,
+    a_origin: String,
+    pb: &mut Portal,
+) {
+    a.kill_instance().await;
+    b.wait_mirror(20, "the primary", |v| v["role"] == "Primary")
+        .await;
+    // The outage is measured at the new primary's first write.
+    let (status, body) = b
+        .post("/api/apps/companies", json!({"name": "after the takeover"}))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    pb.wait_for_text("/portal/mirror/monitor", "Takeover by MIRRORB/IRIS", 20)
+        .await;
+    pb.wait_for_text("/portal/mirror/monitor", "write outage", 20)
+        .await;
+    let body = pb.body().await;
+    // Arbiter controlled here: the arbiter or A's agent confirmed it, whichever answered first.
+    assert!(
+        body.contains("(arbiter controlled)") || body.contains("(agent controlled)"),
+        "{body}"
+    );
+    // The page refreshes itself in place: scrolled to the timeline, it stays there.
+    let read = |script: &'static str| {
+        let browser = &pb.browser;
+        async move { browser.execute(script, vec![]).await.unwrap() }
+    };
+    let scrolled = read(
+        "document.getElementById('timeline').scrollIntoView(); \
+         return Math.round(window.scrollY)",
+    )
+    .await;
+    assert!(
+        scrolled.as_i64().unwrap() > 0,
+        "the monitor does not scroll"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while read("return document.getElementById('live').dataset.refreshed || ''").await == json!("")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the monitor never refreshed itself"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(read("return Math.round(window.scrollY)").await, scrolled);
+    pb.screenshot("timeline-mirrorB.png").await;
+
+    // A comes back as B's backup; with No Failover set, B's death leaves no primary, and A's
+    // monitor says why and what to do.
+    a.start_instance().await;
+    a.wait_ready().await;
+    b.wait_mirror(20, "with A as active backup", |v| {
+        TestMember::member_row(v, "MIRRORA/IRIS")["journal_transfer"] == "Active"
+    })
+    .await;
+    b.ok("/api/mirror/no-failover", json!({"set": true})).await;
+    a.wait_mirror(10, "No Failover", |v| v["no_failover"] == true)
+        .await;
+    b.kill_instance().await;
+    let mut pa = Portal::open(driver, a_origin, "A").await;
+    pa.log_in().await;
+    pa.wait_for_text("/portal/mirror/monitor", "No primary:", 20)
+        .await;
+    let banner = pa.body().await;
+    assert!(banner.contains("No Failover is set"), "{banner}");
+    pa.screenshot("no-primary-mirrorA.png").await;
+    pa.browser.close().await.unwrap();
 }

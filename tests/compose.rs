@@ -220,6 +220,28 @@ fn phase(started: Instant, what: &str) {
     eprintln!("{:>8.1?} {what}", started.elapsed());
 }
 
+/// mirrorB's Mirror Monitor in a browser after `docker kill mirrorA`: the takeover, its reason
+/// and the write outage on the timeline (the README's picture).
+async fn see_the_takeover_on_the_monitor() {
+    let driver = Driver::start().await;
+    let mut pb = Portal::open(&driver, "http://127.0.0.1:52776".into(), "B").await;
+    pb.log_in().await;
+    pb.wait_for_text("/portal/mirror/monitor", "write outage", 30)
+        .await;
+    let body = pb.body().await;
+    assert!(body.contains("Takeover by MIRRORB/IRIS"), "{body}");
+    assert!(body.contains("(arbiter controlled)"), "{body}");
+    pb.browser
+        .execute(
+            "document.getElementById('timeline').scrollIntoView()",
+            vec![],
+        )
+        .await
+        .unwrap();
+    pb.screenshot("lab-timeline-mirrorB.png").await;
+    pb.browser.close().await.unwrap();
+}
+
 async fn wait_role(member: &Api, status: &str, seconds: u64) {
     member
         .wait_mirror(seconds, status, |v| v["status"] == status)
@@ -321,6 +343,19 @@ async fn the_compose_lab_walkthrough_and_its_faults() {
     docker_ok(&["kill", "mirrorA"]);
     wait_role(&b, "Primary", 20).await;
     phase(started, "docker kill mirrorA: mirrorB is primary");
+    // mirrorB's events say why (mirrorA's whole host is gone: the arbiter confirmed it), and
+    // its Mirror Monitor shows the takeover and the write outage.
+    b.wait_event(
+        "MIRRORB/IRIS",
+        "takeover",
+        "the arbiter lost the primary too",
+    )
+    .await;
+    b.wait_event("MIRRORB/IRIS", "writes_resumed", "writes stopped")
+        .await;
+    let events = b.events().await;
+    assert_eq!(events["members"][1]["reachable"], false, "{events}");
+    see_the_takeover_on_the_monitor().await;
     let starting = Instant::now();
     docker_ok(&["start", "mirrorA"]);
     a.wait_ready_within(60).await;
@@ -412,6 +447,20 @@ async fn the_compose_lab_walkthrough_and_its_faults() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let acked = finish_writers(&stop, writers, &b, &a).await;
     eprintln!("{} writes acknowledged across the faults", acked.len());
+    // The outage mirrorB recorded at the first takeover is the one the writers saw.
+    let events = b.events().await;
+    let first = Api::event(&events, "MIRRORB/IRIS", "writes_resumed")
+        .unwrap_or_else(|| panic!("no writes_resumed in {events:#}"));
+    let shown = first["outage_ms"].as_i64().unwrap();
+    let seen = acked.outages[0].as_millis() as i64;
+    eprintln!(
+        "figure: write outage after docker kill mirrorA: {shown} ms recorded, {seen} ms seen"
+    );
+    assert!(
+        (shown - seen).abs() <= 100,
+        "mirrorB recorded {shown} ms, the writers saw {seen} ms ({:?})",
+        acked.outages
+    );
     drop(lab);
     for name in CONTAINERS {
         assert!(

@@ -141,6 +141,28 @@ async fn the_backup_takes_over_when_the_primary_dies_and_the_old_primary_rejoins
         metric(&text, r#"mirrorlab_member_link_up{member="MIRRORA/IRIS"}"#),
         0.0
     );
+    // B's events say why it took over; A's (its instance down, its agent answering from its
+    // files) say what it saw before it died.
+    let events = b.api().events().await;
+    let event = |member: &str, kind: &str| {
+        Api::event(&events, member, kind)
+            .unwrap_or_else(|| panic!("no {kind} event of {member} in {events:#}"))
+            .clone()
+    };
+    assert_eq!(events["members"][1]["member"], "MIRRORA/IRIS", "{events}");
+    assert_eq!(events["members"][1]["reachable"], true, "{events}");
+    let lost = event("MIRRORB/IRIS", "member_lost");
+    let takeover = event("MIRRORB/IRIS", "takeover");
+    assert!(
+        takeover["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the primary's agent confirmed its instance down"),
+        "{takeover}"
+    );
+    assert_eq!(takeover["epoch"], 2, "{takeover}");
+    assert!(lost["time_ms"].as_i64() <= takeover["time_ms"].as_i64());
+    event("MIRRORA/IRIS", "backup_activated");
     let status = b
         .client
         .get(format!("{}/mirror_status", b.url))
@@ -214,6 +236,28 @@ async fn the_backup_takes_over_when_the_primary_dies_and_the_old_primary_rejoins
         assert_eq!(a.db_status(db).await, "Dejournaling", "{db}");
         assert_eq!(b.db_status(db).await, "Normal", "{db}");
     }
+    // The write outage B measured (the old primary's last write it holds to its own first)
+    // is the one the writers saw, within 100 ms; A's events tell its restart.
+    let events = a.api().events().await;
+    let resumed = Api::event(&events, "MIRRORB/IRIS", "writes_resumed")
+        .unwrap_or_else(|| panic!("no writes_resumed in {events:#}"));
+    let shown = resumed["outage_ms"].as_i64().unwrap();
+    assert_eq!(acked.outages.len(), 1, "{:?}", acked.outages);
+    let seen = acked.outages[0].as_millis() as i64;
+    eprintln!("write outage: {shown} ms recorded by B, {seen} ms seen by the writers");
+    assert!(
+        (shown - seen).abs() <= 100,
+        "B recorded {shown} ms, the writers saw {seen} ms"
+    );
+    let restarted = events["events"].as_array().unwrap().iter().any(|e| {
+        e["member"] == "MIRRORA/IRIS"
+            && e["kind"] == "role_changed"
+            && e["reason"]
+                .as_str()
+                .unwrap()
+                .contains("decided after the restart")
+    });
+    assert!(restarted, "{events:#}");
     // A no longer runs the primary's jobs; its heartbeats from before are replicated history.
     let productions = a.get("/api/mirror").await.1["productions"].clone();
     assert_eq!(productions[0]["running"], false, "{productions}");
@@ -375,6 +419,32 @@ async fn with_an_arbiter_the_backup_takes_over_when_the_primary_host_is_lost() {
     })
     .await;
     eprintln!("B took over {:?} after the host loss", killed.elapsed());
+    b.api()
+        .wait_event(B, "takeover", "the arbiter lost the primary too")
+        .await;
+    // The arbiter's own metrics: the takeover it allowed, and B alone seen now.
+    let text = arbiter.scrape().await;
+    let series = |series: &str| {
+        Api::metric(&text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    assert_eq!(
+        series(r#"mirrorlab_arbiter_answers_total{question="may_take_over",answer="yes"}"#),
+        1.0
+    );
+    // B reconnects to the arbiter as primary a moment after its takeover.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = arbiter.scrape().await;
+        let seen = Api::metric(
+            &text,
+            r#"mirrorlab_arbiter_members_seen{mirror="MIRRORSET"}"#,
+        );
+        if seen == Some(1.0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let view = b
         .wait_mirror(10, "agent controlled", |v| {
             v["failover_mode"] == "Agent Controlled"
@@ -459,6 +529,17 @@ async fn no_failover_keeps_the_backup_from_taking_over_until_cleared() {
         view["role"], "Backup",
         "took over despite No Failover: {view}"
     );
+    // The monitor says why there is no primary, and the events say it too.
+    assert!(
+        view["no_primary"]
+            .as_str()
+            .is_some_and(|why| why.contains("No Failover is set")),
+        "{view}"
+    );
+    b.api()
+        .wait_event(B, "takeover_refused", "No Failover is set")
+        .await;
+    b.api().wait_event(B, "operator", "Set No Failover").await;
 
     // The primary comes back, resumes, and No Failover ends with that.
     a.start_instance().await;
@@ -533,6 +614,9 @@ async fn a_hung_primary_is_forced_down_and_the_backup_takes_over() {
     b.wait_mirror(15, "the primary", |v| v["role"] == "Primary")
         .await;
     eprintln!("B took over {:?} after the hang", hung.elapsed());
+    b.api()
+        .wait_event(B, "takeover", "agent confirmed its instance down")
+        .await;
     let status = a.status().await;
     assert_eq!(
         status.state,
@@ -571,7 +655,20 @@ async fn without_an_arbiter_a_lost_primary_host_needs_a_person_to_force_the_back
     b.wait_mirror(10, "waiting", |v| v["status"] == "Waiting")
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(b.get("/api/mirror").await.1["role"], "Backup");
+    let view = b.get("/api/mirror").await.1;
+    assert_eq!(view["role"], "Backup");
+    // Why, on the monitor and in the events (A's own cannot be read: its host is gone).
+    assert!(
+        view["no_primary"]
+            .as_str()
+            .is_some_and(|why| why.contains("agent does not answer")),
+        "{view}"
+    );
+    b.api()
+        .wait_event(B, "takeover_refused", "agent does not answer")
+        .await;
+    let events = b.api().events().await;
+    assert_eq!(events["members"][1]["reachable"], false, "{events}");
     // A person forces it, after the warning.
     b.refused("/api/mirror/force-primary", json!({}), 409, "active backup")
         .await;
@@ -584,6 +681,7 @@ async fn without_an_arbiter_a_lost_primary_host_needs_a_person_to_force_the_back
     );
     b.wait_mirror(10, "the primary", |v| v["role"] == "Primary")
         .await;
+    b.api().wait_event(B, "forced_primary", "forced").await;
     created(&b, "/api/apps/companies", json!({"name": "after forcing"})).await;
     assert!(all_names(&b).await.contains("before the host loss"));
 
@@ -805,6 +903,9 @@ async fn a_backup_that_was_not_active_takes_over_with_the_journal_from_the_prima
     send_signal(b_pid, Signal::Cont).unwrap();
     b.wait_mirror(20, "the primary", |v| v["role"] == "Primary")
         .await;
+    b.api()
+        .wait_event(B, "takeover", "supplied its journal to the end")
+        .await;
     assert!(
         b.log().contains("of the down primary through its agent"),
         "B did not fetch A's journal:\n{}",
@@ -982,6 +1083,8 @@ async fn a_primary_stopped_gracefully_hands_over_to_its_backup() {
     a.wait_ready().await;
     a.wait_mirror(20, "B's backup", |v| v["status"] == "Backup")
         .await;
+    b.api().wait_event(B, "takeover", "handed over").await;
+    b.api().wait_event(A, "stopping", "stops gracefully").await;
     finish_writers(&stop, writers, &b, &a).await;
 }
 

@@ -65,6 +65,9 @@ use crate::util::now_ms;
 use crate::wire::{MAX_AGENT_FRAME, read_frame, write_frame};
 
 mod client;
+mod probe;
+
+use probe::{Probe, probe_instance};
 
 pub use client::{Target, call, call_blocking, call_raw, call_to};
 
@@ -112,6 +115,12 @@ pub enum AgentRequest {
     MirrorRole {
         /// The mirror.
         mirror_name: String,
+    },
+    /// The instance's mirror events at or after `since_ms`, read from its files (so a down
+    /// instance answers too): the other failover member merges them into its own.
+    MirrorEvents {
+        /// The oldest time wanted (ms since the Unix epoch).
+        since_ms: i64,
     },
     /// Describe the instance's mirror (Join as Failover, first step).
     MirrorInfo {
@@ -176,6 +185,9 @@ pub struct AgentReply {
     /// The answer to `journal_tail`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal: Option<JournalTail>,
+    /// The answer to `mirror_events`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<crate::mirror::events::MirrorEvent>>,
 }
 
 /// Journal records of a down instance (answer to `journal_tail`).
@@ -292,6 +304,7 @@ impl Supervisor {
             mirror: None,
             role: None,
             journal: None,
+            events: None,
         }
     }
 
@@ -690,46 +703,6 @@ fn read_tail(
     })
 }
 
-/// How a running instance reacted to a probe.
-enum Probe {
-    /// It answered: alive.
-    Answered,
-    /// Nothing listens on its port: it is starting up (or stopping), not hung.
-    NotListening,
-    /// It took the connection but said nothing in time: hung.
-    Silent,
-}
-
-fn probe_instance(address: &str, timeout: Duration) -> Probe {
-    use crate::mirror::protocol::{Control, read_message, write_control};
-    use std::io::Write;
-    let Ok(addr) = address.parse::<std::net::SocketAddr>() else {
-        return Probe::NotListening;
-    };
-    let mut stream = match std::net::TcpStream::connect_timeout(&addr, timeout) {
-        Ok(stream) => stream,
-        Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {
-            return Probe::NotListening;
-        }
-        Err(_) => return Probe::Silent,
-    };
-    let _ = stream.set_read_timeout(Some(timeout));
-    let _ = stream.set_write_timeout(Some(timeout));
-    let asked = write_control(
-        &mut stream,
-        &Control::Info {
-            mirror_name: String::new(),
-        },
-    )
-    .and_then(|_| stream.flush().map_err(Error::from));
-    match asked.and_then(|_| read_message(&mut stream)) {
-        Ok(_) => Probe::Answered,
-        Err(Error::Io(_)) => Probe::Silent,
-        // Anything it said, even nonsense, shows it is alive.
-        Err(_) => Probe::Answered,
-    }
-}
-
 fn describe_exit(exit: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (exit.code(), exit.signal()) {
@@ -790,6 +763,16 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                     .await
             }
             AgentRequest::MirrorRole { mirror_name } => supervisor.mirror_role(mirror_name).await,
+            AgentRequest::MirrorEvents { since_ms } => {
+                let dir = supervisor.settings.data_dir.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    crate::mirror::events::read(&dir, since_ms)
+                });
+                AgentReply {
+                    events: Some(read.await.unwrap_or_default()),
+                    ..supervisor.reply(true, "mirror events")
+                }
+            }
             AgentRequest::JournalTail {
                 mirror_name,
                 mirror_id,

@@ -23,6 +23,9 @@
 //! questions; the arbiter sends [`FromArbiter`] messages. A `status` request from anyone gets a
 //! summary (the container's health check uses it).
 //!
+//! With `--metrics ADDR` it also serves Prometheus metrics there: the members it sees, the
+//! answers it gave ([`metrics`]).
+//!
 //! # Left out
 //!
 //! Authentication (see the security issue): anyone who can reach the port can speak.
@@ -41,6 +44,8 @@ use crate::journal::{Epoch, StreamId};
 use crate::limits::{ARBITER_CONNECTIONS, ConnectionSlots};
 use crate::mirror::failover::{ArbiterBook, Mode, ToPrimary};
 use crate::wire::{MAX_AGENT_FRAME, read_frame, write_frame};
+
+pub mod metrics;
 
 /// What a failover member (or a health check) says to the arbiter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,13 +202,20 @@ impl MirrorRecord {
         self.sync_book();
         if from_primary {
             let message = match self.book.ask_from_primary() {
-                ToPrimary::SeesBackup(sees) => FromArbiter::SeesPartner { sees },
-                ToPrimary::BackupTookOver => FromArbiter::BackupTookOver,
+                ToPrimary::SeesBackup(sees) => {
+                    metrics::answered("sees_backup", if sees { "yes" } else { "no" });
+                    FromArbiter::SeesPartner { sees }
+                }
+                ToPrimary::BackupTookOver => {
+                    metrics::answered("sees_backup", "backup_took_over");
+                    FromArbiter::BackupTookOver
+                }
             };
             tracing::info!("arbiter: {}: told the primary {message:?}", self.name);
             self.send(true, message);
         } else {
             let take_over = self.book.ask_from_backup();
+            metrics::answered("may_take_over", if take_over { "yes" } else { "no" });
             tracing::info!(
                 "arbiter: {}: told the backup take_over = {take_over}",
                 self.name
@@ -548,10 +560,24 @@ async fn serve(state: Arc<Mutex<Arbiter>>, stream: TcpStream) -> Result<()> {
 }
 
 /// Runs the arbiter on `listen` until `shutdown`.
-pub async fn run(listen: &str, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+/// Runs the arbiter on `listen` until `shutdown`; with `metrics`, serves its Prometheus metrics
+/// there too ([`metrics`]).
+pub async fn run(
+    listen: &str,
+    metrics: Option<&str>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| Error::Io(format!("arbiter: listen on {listen}: {e}")))?;
+    let metrics_listener = match metrics {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .map_err(|e| Error::Io(format!("arbiter: metrics: listen on {address}: {e}")))?,
+        ),
+        None => None,
+    };
     tracing::info!(
         "arbiter listening on {}",
         listener
@@ -560,6 +586,16 @@ pub async fn run(listen: &str, shutdown: impl std::future::Future<Output = ()>) 
             .unwrap_or_default()
     );
     let state = Arc::new(Mutex::new(Arbiter::default()));
+    let metrics_server = metrics_listener.map(|listener| {
+        tracing::info!(
+            "arbiter metrics on http://{}/metrics",
+            listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        );
+        tokio::spawn(metrics::serve(listener, state.clone()))
+    });
     let ticker = {
         let state = state.clone();
         tokio::spawn(async move {
@@ -590,6 +626,9 @@ pub async fn run(listen: &str, shutdown: impl std::future::Future<Output = ()>) 
         }
     }
     ticker.abort();
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
     tracing::info!("arbiter stopped");
     Ok(())
 }

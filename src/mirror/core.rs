@@ -112,8 +112,11 @@ pub trait Shell {
     /// look with `generation`. `active`: this backup was active (else it fetches the journal).
     /// False when it could not be asked (no address known): a later decision asks again.
     fn ask_agent(&mut self, generation: u64, active: bool) -> bool;
-    /// Become the primary in a new epoch; false when it failed.
-    fn take_over(&mut self) -> bool;
+    /// Become the primary in a new epoch, as `rule` allows; false when it failed.
+    fn take_over(&mut self, rule: TakeoverRule) -> bool;
+    /// This backup lost the primary and did not take over on what it was just told (see
+    /// [`Refusal`]); said once per reason until the link or the role changes.
+    fn refused(&mut self, refusal: Refusal);
     /// Tell the primary (through the arbiter) that this backup stood down, ending `activation`.
     fn stand_down(&mut self, activation: u64);
     /// Force the former primary down through its agent.
@@ -152,6 +155,108 @@ pub struct After {
     pub status: &'static str,
 }
 
+/// Which rule let a backup take over (the mirror's events and `mirrorlab_failovers_total` say it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TakeoverRule {
+    /// The primary shut down gracefully and handed over to its active backup.
+    Handover,
+    /// The primary's agent confirmed its instance down (forcing a hung one down) while this
+    /// member was its active backup, within a QoS of losing it.
+    AgentConfirmedDown,
+    /// The primary's agent confirmed its instance down and supplied its journal to the end.
+    AgentSuppliedJournal,
+    /// The arbiter lost the primary too while it was in arbiter mode, and booked the takeover.
+    ArbiterConfirmed,
+}
+
+impl TakeoverRule {
+    /// The rule in plain words.
+    pub fn reason(self) -> &'static str {
+        match self {
+            TakeoverRule::Handover => "the primary shut down gracefully and handed over",
+            TakeoverRule::AgentConfirmedDown => {
+                "the primary's agent confirmed its instance down while this member was its \
+                 active backup (agent controlled)"
+            }
+            TakeoverRule::AgentSuppliedJournal => {
+                "the primary's agent confirmed its instance down and supplied its journal to \
+                 the end"
+            }
+            TakeoverRule::ArbiterConfirmed => {
+                "the arbiter lost the primary too while it was in arbiter mode (arbiter \
+                 controlled)"
+            }
+        }
+    }
+
+    /// The `reason` label of `mirrorlab_failovers_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            TakeoverRule::Handover => "handover",
+            TakeoverRule::AgentConfirmedDown | TakeoverRule::AgentSuppliedJournal => {
+                "agent_controlled"
+            }
+            TakeoverRule::ArbiterConfirmed => "arbiter_controlled",
+        }
+    }
+}
+
+/// Why a backup that lost its primary did not take over on what it was just told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// No Failover is set.
+    NoFailover,
+    /// Stop Mirror On This Member is in effect.
+    MirrorStopped,
+    /// A mirrored database here is not activated and caught up.
+    DatabasesNotReady,
+    /// The primary's agent says its instance runs.
+    PrimaryRunning,
+    /// The primary's agent does not answer: its host is down or cut off.
+    AgentUnreachable,
+    /// The primary is down, but this member was not its active backup within a QoS of losing
+    /// it, and has not its journal.
+    NotActiveInWindow,
+    /// The arbiter still sees the primary, or the primary went on alone.
+    ArbiterRefused,
+}
+
+impl Refusal {
+    /// The refusal in plain words, with what an operator can do.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::NoFailover => {
+                "No Failover is set: this member does not take over (Clear No Failover, or start \
+                 the primary)"
+            }
+            Refusal::MirrorStopped => {
+                "mirroring is stopped on this member (Start Mirror On This Member)"
+            }
+            Refusal::DatabasesNotReady => {
+                "a mirrored database here is not activated and caught up (Activate and Catchup \
+                 it)"
+            }
+            Refusal::PrimaryRunning => {
+                "the primary's agent says its instance is running: reconnecting to it"
+            }
+            Refusal::AgentUnreachable => {
+                "the primary's agent does not answer (its host is down or cut off), and without \
+                 the arbiter's word or the agent's this member cannot know that the primary \
+                 stopped: start the primary's host, or Force This Member To Become The Primary \
+                 if it is gone"
+            }
+            Refusal::NotActiveInWindow => {
+                "the primary is down, but this member was not its active backup when it was \
+                 lost and has not its journal: asking its agent for the journal (or start the \
+                 primary)"
+            }
+            Refusal::ArbiterRefused => {
+                "the arbiter still sees the primary, or the primary went on alone: no takeover"
+            }
+        }
+    }
+}
+
 /// One failover member's decisions (see the module essay).
 #[derive(Debug, Default, Clone, PartialEq, Eq, Hash)]
 pub struct MemberCore {
@@ -169,6 +274,10 @@ pub struct MemberCore {
     last_mode_repeat_ms: u64,
     /// A restarted former primary's question to the other member is out.
     asking_other: bool,
+    /// The refusal last said (see [`Shell::refused`]); forgotten on a new link or fresh rules.
+    last_refusal: Option<Refusal>,
+    /// The rule that allowed the takeover decided in this look.
+    takeover_rule: Option<TakeoverRule>,
     /// When it last asked.
     asked_other_ms: Option<u64>,
     /// Puts back an old bug for the explorer and the simulation to find: a stalled backup's
@@ -256,6 +365,7 @@ impl MemberCore {
         self.ready = None;
         self.stopped = None;
         self.activation = 0;
+        self.last_refusal = None;
         shell.fresh_rules(role == FailoverRole::Backup);
     }
 
@@ -346,6 +456,8 @@ impl MemberCore {
         }
         inputs.push(Event::Tick);
 
+        // What keeps a backup from taking over, as of this look's settings (for refusals).
+        let blocked = self.blocker();
         let failover = self.failover.as_mut().expect("started above");
         // Each action with the activation the rules knew of when they decided it, and the link
         // generation it was decided in.
@@ -406,16 +518,23 @@ impl MemberCore {
                 Event::PartnerConnected => {
                     self.activation = 0;
                     self.link_generation += 1;
+                    self.last_refusal = None;
                 }
                 _ => {}
             }
             let (activation, generation) = (self.activation, self.link_generation);
-            actions.extend(
-                failover
-                    .handle(at, event)
-                    .into_iter()
-                    .map(|a| (a, activation, generation)),
-            );
+            let decided = failover.handle(at, event);
+            if role == FailoverRole::Backup {
+                match explain(event, &decided, blocked) {
+                    Some(Ok(rule)) => self.takeover_rule = Some(rule),
+                    Some(Err(refusal)) if self.last_refusal != Some(refusal) => {
+                        self.last_refusal = Some(refusal);
+                        shell.refused(refusal);
+                    }
+                    _ => {}
+                }
+            }
+            actions.extend(decided.into_iter().map(|a| (a, activation, generation)));
         }
         let active = failover.active();
         self.carry_out(actions, active, qos_ms, shell);
@@ -468,7 +587,10 @@ impl MemberCore {
                     }
                 }
                 Action::TakeOver => {
-                    takeover_failed = !shell.take_over();
+                    // Every takeover comes from an event `explain` names a rule for; the
+                    // handover is the rule that needs no other word.
+                    let rule = self.takeover_rule.take().unwrap_or(TakeoverRule::Handover);
+                    takeover_failed = !shell.take_over(rule);
                     if takeover_failed {
                         // A takeover the arbiter may have booked for this member did not
                         // happen: cancel it, or the old primary could never start again. Still
@@ -489,6 +611,55 @@ impl MemberCore {
                 Action::ShutDown => shell.shut_down(),
             }
         }
+    }
+}
+
+impl MemberCore {
+    /// What keeps this backup from taking over, as the settings last fed say.
+    fn blocker(&self) -> Option<Refusal> {
+        if self.no_failover == Some(true) {
+            Some(Refusal::NoFailover)
+        } else if self.stopped == Some(true) {
+            Some(Refusal::MirrorStopped)
+        } else if self.ready == Some(false) {
+            Some(Refusal::DatabasesNotReady)
+        } else {
+            None
+        }
+    }
+}
+
+/// How one event a backup's rules handled bears on a takeover: the rule that allowed one
+/// (`Ok`), why there was none (`Err`), or nothing to say (the event was about something else,
+/// or the backup asked someone and waits for the answer).
+fn explain(
+    event: Event,
+    decided: &[Action],
+    blocked: Option<Refusal>,
+) -> Option<Result<TakeoverRule, Refusal>> {
+    let took_over = decided.contains(&Action::TakeOver);
+    let asked = decided
+        .iter()
+        .any(|a| matches!(a, Action::AskAgent | Action::AskArbiter));
+    match event {
+        Event::PartnerHandsOver if took_over => Some(Ok(TakeoverRule::Handover)),
+        Event::ArbiterVerdict { .. } if took_over => Some(Ok(TakeoverRule::ArbiterConfirmed)),
+        Event::Agent(AgentAnswer::PrimaryDown { journal }) if took_over => Some(Ok(if journal {
+            TakeoverRule::AgentSuppliedJournal
+        } else {
+            TakeoverRule::AgentConfirmedDown
+        })),
+        _ if took_over => None,
+        Event::PartnerLost | Event::PartnerHandsOver if !asked => blocked.map(Err),
+        // A verdict nobody waited for any more changes nothing, and says nothing.
+        Event::ArbiterVerdict { .. } if decided.is_empty() => None,
+        Event::ArbiterVerdict { .. } => Some(Err(blocked.unwrap_or(Refusal::ArbiterRefused))),
+        Event::Agent(AgentAnswer::PrimaryRunning) => Some(Err(Refusal::PrimaryRunning)),
+        Event::Agent(AgentAnswer::Unreachable) => Some(Err(Refusal::AgentUnreachable)),
+        Event::Agent(AgentAnswer::PrimaryDown { .. }) => {
+            Some(Err(blocked.unwrap_or(Refusal::NotActiveInWindow)))
+        }
+        _ => None,
     }
 }
 

@@ -69,7 +69,10 @@ use crate::agent::{self, AgentRequest};
 use crate::journal::{Epoch, StreamId};
 use crate::mirror::steps::MirrorCommand;
 
-use super::core::{Look, MemberCore, Restarting, Shell};
+use super::core::{Look, MemberCore, Refusal, Restarting, Shell, TakeoverRule};
+use super::events::EventKind;
+
+mod record;
 use super::failover::{AgentAnswer, Event, FailoverRole, Mode, OtherMember, Restart, restart_as};
 use super::protocol::Control;
 use super::service::MirrorService;
@@ -114,6 +117,8 @@ struct Driver {
     last_step: Instant,
     /// The member was told to stop at once and the exit hook returned (tests only).
     superseded: bool,
+    /// When the primary entered the trouble state (for the event that says how long it held).
+    trouble_since: Option<Instant>,
 }
 
 /// What arrived on the driver's channel since the last look, sorted by where it came from:
@@ -181,6 +186,7 @@ impl Driver {
             taken: Taken::default(),
             last_step: Instant::now(),
             superseded: false,
+            trouble_since: None,
         }
     }
 
@@ -290,8 +296,7 @@ impl Driver {
         for _ in taken.restart_answers.drain(..) {
             self.core.decision_too_late();
         }
-        // How a takeover in this look came about, for `mirrorlab_failovers_total`.
-        let handover = link_events.contains(&Event::PartnerHandsOver);
+        record::links(&context, m, role, &link_events, &arbiter_events);
         let look = Look {
             now_ms,
             gap_ms: gap.as_millis() as u64,
@@ -313,7 +318,6 @@ impl Driver {
             membership: m,
             inbox: &self.inbox,
             taken: &mut self.taken,
-            handover,
             gap,
             receiver_stalled,
             superseded: &mut self.superseded,
@@ -332,10 +336,23 @@ impl Driver {
                 .hub
                 .announce(Control::FailoverMode { arbiter: true });
         }
+        let (mode_before, status_before) = context
+            .mirror
+            .read(|s| (s.failover.mode, s.failover.status));
         context.mirror.update_failover(|view| {
             view.mode = Some(after.mode);
             view.status = Some(after.status);
+            // A refusal explains a backup waiting without its primary, and nothing else.
+            if after.status != "Waiting" {
+                view.refusal = None;
+            }
         });
+        record::mode_and_trouble(
+            &context.mirror,
+            (mode_before, status_before),
+            &after,
+            &mut self.trouble_since,
+        );
     }
 
     /// A restarted former primary: the core decides when to ask the other failover member and
@@ -423,6 +440,10 @@ impl Restarting for DecidingShell<'_> {
                     .read(|s| s.failover.note.as_deref() != Some(why))
                 {
                     tracing::warn!("mirror: not resuming as primary: {why}");
+                    context.mirror.record(
+                        EventKind::TakeoverRefused,
+                        format!("not resuming as primary: {why}"),
+                    );
                 }
                 context.mirror.update_failover(|view| {
                     view.note = Some(why.to_string());
@@ -453,6 +474,10 @@ impl Restarting for DecidingShell<'_> {
         match result {
             Ok(message) => {
                 tracing::info!("mirror: after the restart: {message}");
+                context.mirror.record(
+                    EventKind::RoleChanged,
+                    format!("decided after the restart: {message}"),
+                );
                 context.mirror.publish(|s| {
                     s.failover.note = Some(message);
                     s.deciding = false;
@@ -485,8 +510,6 @@ struct DriverShell<'a> {
     /// receiver's events still waiting).
     inbox: &'a mpsc::Receiver<DriverInput>,
     taken: &'a mut Taken,
-    /// The primary handed over in this look (for the takeover's count).
-    handover: bool,
     /// For the stall's log line.
     gap: Duration,
     receiver_stalled: bool,
@@ -606,10 +629,10 @@ impl Shell for DriverShell<'_> {
     }
 
     /// Carries out a takeover; false when it failed (this member stays a backup).
-    fn take_over(&mut self) -> bool {
+    fn take_over(&mut self, rule: TakeoverRule) -> bool {
         let service = self.service;
         let context = service.context().clone();
-        tracing::warn!("mirror: taking over as primary");
+        tracing::warn!("mirror: taking over as primary: {}", rule.reason());
         // Said before anything else, so a former primary asking meanwhile waits.
         context.mirror.taking_over.store(true, Ordering::Release);
         service.stop_receiver();
@@ -625,13 +648,10 @@ impl Shell for DriverShell<'_> {
         match result {
             Ok(message) => {
                 tracing::warn!("mirror: {message}");
-                // The mode the rules were in when they let it (published at the last look).
-                let arbiter = context.mirror.read(|s| s.failover.arbiter_controlled());
-                crate::metrics::failover(match (self.handover, arbiter) {
-                    (true, _) => "handover",
-                    (false, true) => "arbiter_controlled",
-                    (false, false) => "agent_controlled",
-                });
+                crate::metrics::failover(rule.label());
+                context
+                    .mirror
+                    .record(EventKind::Takeover, format!("{message}: {}", rule.reason()));
                 context
                     .mirror
                     .update_failover(|view| view.note = Some(message));
@@ -642,6 +662,9 @@ impl Shell for DriverShell<'_> {
                 let note = format!("the takeover failed: {err}");
                 context
                     .mirror
+                    .record(EventKind::TakeoverRefused, note.clone());
+                context
+                    .mirror
                     .update_failover(|view| view.note = Some(note));
                 // Still a backup: follow whoever is primary again.
                 service.start_receiver();
@@ -650,7 +673,18 @@ impl Shell for DriverShell<'_> {
         }
     }
 
+    fn refused(&mut self, refusal: Refusal) {
+        tracing::warn!("mirror: no takeover: {}", refusal.reason());
+        let mirror = &self.service.context().mirror;
+        mirror.record(EventKind::TakeoverRefused, refusal.reason());
+        mirror.update_failover(|view| view.refusal = Some(refusal));
+    }
+
     fn stand_down(&mut self, activation: u64) {
+        self.service.context().mirror.record(
+            EventKind::StoodDown,
+            "this member no longer counts as the active backup: the primary may go on without it",
+        );
         stand_down(self.service.context(), activation);
     }
 
@@ -665,6 +699,13 @@ impl Shell for DriverShell<'_> {
 
     fn shut_down(&mut self) {
         tracing::error!("mirror: the other member took over; this instance stops");
+        let mirror = &self.service.context().mirror;
+        mirror.record(
+            EventKind::Superseded,
+            "the other failover member took over: this instance stops",
+        );
+        // The event is on disk before the process ends.
+        mirror.events.flush(Duration::from_secs(1));
         (self.service.context().superseded)();
         // Only a test's hook returns: this member decides nothing more.
         *self.superseded = true;

@@ -51,6 +51,7 @@ use crate::journal::{Journal, JournalPos};
 use crate::util::now_ms;
 
 use super::core::replication::{self, AtAck, LinkFacts, Verdict, at_ack};
+use super::events::EventLog;
 use super::failover::Event;
 use super::outbox::Outbox;
 use super::protocol::Control;
@@ -104,6 +105,8 @@ pub struct LinkView {
 
 #[derive(Debug, Default)]
 struct HubState {
+    /// A new primary waits for its first write after a takeover, to record the outage.
+    outage: Option<OutageWatch>,
     appended_end: JournalPos,
     /// What the writer committed: durable here and acknowledged by the active backup (or
     /// durable here with no backup active). Members apply nothing beyond it.
@@ -172,6 +175,15 @@ impl HubState {
     }
 }
 
+/// What a new primary needs to tell, at its first write, how long writes stopped.
+#[derive(Debug, Clone)]
+struct OutageWatch {
+    /// The takeover's own record: the first write is the first commit after it.
+    after: JournalPos,
+    /// When the old primary committed the last record this member holds of it.
+    last_old_ms: i64,
+}
+
 use crate::instance::writer::replication::Replication;
 pub use crate::instance::writer::replication::{Acknowledged, Waker};
 
@@ -186,18 +198,28 @@ pub struct Hub {
     /// The failover driver's channel: the link's events go there, sent under the state lock
     /// so that they are in the channel, in order, before anyone can see the change they report.
     driver: mpsc::Sender<DriverInput>,
+    /// Where the first write after a takeover is recorded ([`super::events`]).
+    events: EventLog,
 }
 
 impl Hub {
     /// A hub with the given quality of service timeout, telling the failover driver through
     /// `driver`.
-    pub fn new(qos_ms: u64, driver: mpsc::Sender<DriverInput>) -> Hub {
+    pub fn new(qos_ms: u64, driver: mpsc::Sender<DriverInput>, events: EventLog) -> Hub {
         Hub {
             state: Mutex::new(HubState::default()),
             qos_ms: AtomicU64::new(qos_ms),
             waker: Mutex::new(None),
             driver,
+            events,
         }
+    }
+
+    /// After a takeover: the first commit after `after` (the takeover's record) is the first
+    /// write of the new primary, and writes stopped when the old primary committed its last
+    /// record here (`last_old_ms`). Recorded then as [`super::events::EventKind::WritesResumed`].
+    pub fn watch_outage(&self, after: JournalPos, last_old_ms: i64) {
+        self.state.lock().unwrap().outage = Some(OutageWatch { after, last_old_ms });
     }
 
     /// Tells the failover driver what happened to the link with the backup. Called with the
@@ -236,6 +258,7 @@ impl Hub {
         state.waiting_for = None;
         state.set_suspended(false);
         state.closing = false;
+        state.outage = None;
         // Events reported before this are about an earlier term's links.
         state.term += 1;
     }
@@ -674,6 +697,18 @@ impl Replication for Hub {
     fn committed(&self, pos: JournalPos) {
         let mut state = self.state.lock().unwrap();
         state.committed_end = state.committed_end.max(pos);
+        if let Some(watch) = state.outage.take_if(|watch| pos > watch.after) {
+            // Acknowledged now: durable here, and there is no active backup yet to wait for.
+            let outage = now_ms() - watch.last_old_ms;
+            self.events.record_outage(
+                format!(
+                    "first write acknowledged after the takeover: writes stopped for {outage} ms \
+                     (from the old primary's last write this member holds)"
+                ),
+                pos,
+                outage,
+            );
+        }
         let control = Control::Durable { pos };
         for link in &state.links {
             link.outbox.control(&control);

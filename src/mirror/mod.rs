@@ -98,6 +98,7 @@ pub(crate) mod arbiter_link;
 pub(crate) mod core;
 pub(crate) mod divergence;
 pub(crate) mod driver;
+pub mod events;
 pub(crate) mod failover;
 pub(crate) mod hub;
 pub(crate) mod outbox;

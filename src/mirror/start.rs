@@ -24,6 +24,7 @@ use crate::journal::{Journal, JournalOptions, JournalPos, JournalShared, RecordB
 use crate::storage::CatalogState;
 use crate::storage::database;
 
+use super::events::EventKind;
 use super::state::{MirrorState, Role};
 
 /// What a member starts with.
@@ -37,8 +38,36 @@ pub struct MemberStart {
     pub receiver_journal: Option<Journal>,
 }
 
-/// Decides the role `prepared` starts in and opens its mirror journal (see the module essay).
+/// Decides the role `prepared` starts in and opens its mirror journal (see the module essay);
+/// the member's events ([`super::events`]) are kept from here on, beginning with the start.
 pub fn open_member(prepared: &Prepared) -> Result<MemberStart> {
+    let start = decide_role(prepared)?;
+    let state = &start.state;
+    if let Err(err) = state.events.attach(
+        &prepared.settings.data_dir,
+        prepared.config.clone(),
+        &prepared.settings.instance_name,
+    ) {
+        // The events explain; the member runs without them rather than not at all.
+        tracing::warn!("mirror events will not be kept: {err}");
+    }
+    if prepared.config.get().mirror.membership.is_some() {
+        let role = state.role().display();
+        state.record(
+            EventKind::Started,
+            if state.deciding() {
+                "the instance started as a former primary: it asks the other failover member \
+                 whether it took over before it writes anything"
+                    .to_string()
+            } else {
+                format!("the instance started as {role}")
+            },
+        );
+    }
+    Ok(start)
+}
+
+fn decide_role(prepared: &Prepared) -> Result<MemberStart> {
     let settings = &prepared.settings;
     let config = &prepared.config;
     let membership = config.get().mirror.membership.clone();

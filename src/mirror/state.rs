@@ -42,6 +42,7 @@ use crate::journal::{JournalPos, JournalShared};
 use crate::names::DbName;
 use crate::util::now_ms;
 
+use super::events::{EventKind, EventLog};
 use super::failover::{AgentAnswer, Event, Restart};
 use super::hub::Hub;
 use crate::config::mirror::{MemberInfo, MemberKind, MemberName};
@@ -95,6 +96,18 @@ impl From<crate::error::Error> for LinkError {
 impl From<std::io::Error> for LinkError {
     fn from(err: std::io::Error) -> LinkError {
         LinkError::from(crate::error::Error::from(err))
+    }
+}
+
+impl Role {
+    /// The role as the Mirror Monitor names it (`Primary`, `Backup`, `Disaster Recovery`, …).
+    pub fn display(self) -> &'static str {
+        match self {
+            Role::Primary => "Primary",
+            Role::Backup => "Backup",
+            Role::Async(kind) => kind.display(),
+            Role::NotMember => "Not Member",
+        }
     }
 }
 
@@ -293,6 +306,8 @@ pub struct MirrorState {
     /// Control messages the backup's receiver sends to the primary on its next round (its
     /// failover mode reports).
     pub link_outbox: Mutex<VecDeque<super::protocol::Control>>,
+    /// Where the member's decisions and changes are recorded ([`super::events`]).
+    pub events: EventLog,
 }
 
 /// What the arbiter link and the failover driver hand each other (its connection state is
@@ -320,6 +335,9 @@ pub struct FailoverView {
     pub status: Option<&'static str>,
     /// What the driver last did or found, for people.
     pub note: Option<String>,
+    /// A backup waiting without its primary: why it did not take over (see
+    /// [`super::core::Refusal`]).
+    pub refusal: Option<super::core::Refusal>,
 }
 
 impl FailoverView {
@@ -333,8 +351,10 @@ impl MirrorState {
     /// State of an instance that is not (yet) a member.
     pub fn new(qos_ms: u64) -> MirrorState {
         let (driver_tx, driver_rx) = mpsc::channel();
+        let events = EventLog::detached();
         MirrorState {
-            hub: Arc::new(Hub::new(qos_ms, driver_tx.clone())),
+            hub: Arc::new(Hub::new(qos_ms, driver_tx.clone(), events.clone())),
+            events,
             driver_tx,
             driver_rx: Mutex::new(Some(driver_rx)),
             status: watch::Sender::new(MemberStatus::default()),
@@ -423,9 +443,22 @@ impl MirrorState {
         self.read(|s| s.role == Role::Primary && !s.deciding)
     }
 
-    /// Changes the role.
+    /// Records an event at the end of this member's mirror journal (see [`super::events`]).
+    pub fn record(&self, kind: EventKind, reason: impl Into<String>) {
+        let end = self.journal().map(|j| j.durable_end()).unwrap_or_default();
+        self.events.record(kind, reason, end);
+    }
+
+    /// Changes the role; a change is recorded as an event.
     pub fn set_role(&self, role: Role) {
-        self.publish(|s| s.role = role);
+        let mut before = role;
+        self.publish(|s| before = std::mem::replace(&mut s.role, role));
+        if before != role {
+            self.record(
+                EventKind::RoleChanged,
+                format!("{} → {}", before.display(), role.display()),
+            );
+        }
     }
 
     /// Changes the link to the primary (the receiver's part of the status).

@@ -60,7 +60,7 @@
 
 use super::data::{DataEvent, Outcome};
 use crate::journal::Epoch;
-use crate::mirror::core::{Look, MemberCore, Shell};
+use crate::mirror::core::{Look, MemberCore, Refusal, Shell, TakeoverRule};
 use crate::mirror::failover::{
     Action, AgentAnswer, ArbiterBook, Event, Failover, FailoverRole, Mode,
 };
@@ -239,10 +239,12 @@ impl Shell for Effects {
         self.0.push(Effect::Act(Action::AskAgent, generation));
         true
     }
-    fn take_over(&mut self) -> bool {
+    fn take_over(&mut self, _rule: TakeoverRule) -> bool {
         self.0.push(Effect::Act(Action::TakeOver, 0));
         true
     }
+    // What a refusal says is for people (the mirror's events); the world has no use for it.
+    fn refused(&mut self, _refusal: Refusal) {}
     fn stand_down(&mut self, activation: u64) {
         self.0.push(Effect::Act(Action::StandDown, activation));
     }

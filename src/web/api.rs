@@ -1,7 +1,7 @@
 //! The `/api` endpoints of the portal's own pages (the applications' endpoints live with the
 //! applications). JSON in, JSON out; a refusal is a 4xx with `{"error": "<message>"}`.
 
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -229,6 +229,24 @@ pub(crate) async fn sql(
     Ok(Json(result_json(&result)))
 }
 
+/// What `GET /api/mirror/events` takes.
+#[derive(Deserialize)]
+pub(crate) struct EventsQuery {
+    /// The oldest event wanted (ms since the Unix epoch); all kept when absent.
+    #[serde(default)]
+    since: i64,
+}
+
+/// `GET /api/mirror/events?since=<ms>`: both failover members' events, merged in time order,
+/// and which members could be asked (see [`crate::mirror::events`]).
+pub(crate) async fn mirror_events(
+    State(state): State<AppState>,
+    Query(query): Query<EventsQuery>,
+) -> Json<Json_> {
+    let answer = state.mirror_service.events(query.since).await;
+    Json(serde_json::to_value(answer).unwrap_or_default())
+}
+
 /// `GET /api/mirror`: this member's view, with the same strings the Mirror Monitor shows.
 pub(crate) async fn mirror(State(state): State<AppState>) -> Json<Json_> {
     let view = state.mirror_service.view();
@@ -264,6 +282,7 @@ pub(crate) async fn mirror(State(state): State<AppState>) -> Json<Json_> {
         "link_error": view.link_error,
         "failover_note": view.failover_note,
         "no_failover": view.no_failover.is_some(),
+        "no_primary": view.no_primary,
         "stopped": view.stopped,
         "require_tls": view.require_tls,
         "certificate": view.certificate,

@@ -497,6 +497,7 @@ pub(crate) async fn remove_pending(
 pub(crate) struct MonitorPage {
     layout: Layout,
     view: MirrorView,
+    timeline: crate::mirror::service::timeline::Timeline,
     now: String,
 }
 
@@ -510,6 +511,7 @@ pub(crate) async fn monitor(State(state): State<AppState>, user: PortalUser) -> 
             "mirror-monitor",
         ),
         view: service(&state).view(),
+        timeline: service(&state).timeline().await,
         now: MirrorService::now_text(),
     }
 }

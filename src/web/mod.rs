@@ -153,6 +153,17 @@ async fn css() -> Response {
         .into_response()
 }
 
+async fn refresh_script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        include_str!("../../static/refresh.js"),
+    )
+        .into_response()
+}
+
 async fn favicon() -> Response {
     (
         [
@@ -231,13 +242,7 @@ fn mirror_label(state: &AppState) -> String {
     match &config.mirror.membership {
         None => "Not a member".into(),
         Some(m) => {
-            let role = match state.mirror.role() {
-                crate::mirror::state::Role::Primary => "Primary".to_string(),
-                crate::mirror::state::Role::Backup => "Backup".to_string(),
-                crate::mirror::state::Role::Async(kind) => kind.display().to_string(),
-                crate::mirror::state::Role::NotMember => "Not a member".to_string(),
-            };
-            format!("{}: {role}", m.mirror.name)
+            format!("{}: {}", m.mirror.name, state.mirror.role().display())
         }
     }
 }

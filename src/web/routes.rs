@@ -13,7 +13,7 @@ use axum::middleware;
 use axum::response::Redirect;
 use axum::routing::{get, post};
 
-use super::{AppState, api, auth, css, favicon, mirror, mirror_status, portal};
+use super::{AppState, api, auth, css, favicon, mirror, mirror_status, portal, refresh_script};
 use crate::apps::{company, phonebook};
 
 /// The whole table (see the module essay).
@@ -38,6 +38,7 @@ pub(super) fn all(state: &AppState) -> Router<AppState> {
         .route("/metrics", get(super::metrics::metrics))
         .route("/static/portal.css", get(css))
         .route("/static/favicon.svg", get(favicon))
+        .route("/static/refresh.js", get(refresh_script))
         .nest("/api", api)
         .merge(portal_pages())
         .merge(mirror_pages())
@@ -182,6 +183,7 @@ fn api_endpoints() -> Router<AppState> {
         .route("/journal/purge", post(api::journal_purge))
         .route("/sql", post(api::sql))
         .route("/mirror", get(api::mirror))
+        .route("/mirror/events", get(api::mirror_events))
         .route("/mirror/service", post(api::mirror_service))
         .route("/mirror/create", post(api::mirror_create))
         .route("/mirror/join-info", post(api::mirror_join_info))

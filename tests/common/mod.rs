@@ -209,6 +209,44 @@ impl Api {
     }
 
     /// One series' value in Prometheus's text (`name` or `name{label="value"}`), if present.
+    /// `GET /api/mirror/events` (all kept): both failover members' events, merged.
+    pub async fn events(&self) -> Value {
+        let (status, events) = self.get("/api/mirror/events?since=0").await;
+        assert_eq!(status, 200, "{events}");
+        events
+    }
+
+    /// The first event of `kind` that `member` recorded, in a `GET /api/mirror/events` answer.
+    pub fn event<'a>(events: &'a Value, member: &str, kind: &str) -> Option<&'a Value> {
+        events["events"]
+            .as_array()?
+            .iter()
+            .find(|e| e["member"] == member && e["kind"] == kind)
+    }
+
+    /// Waits (10 s at most) until the merged events hold one of `kind` recorded by `member`
+    /// whose reason contains `says`, and returns it. Events reach the files a moment after
+    /// they happen.
+    pub async fn wait_event(&self, member: &str, kind: &str, says: &str) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = self.events().await;
+            let found = events["events"].as_array().unwrap().iter().rev().find(|e| {
+                e["member"] == member
+                    && e["kind"] == kind
+                    && e["reason"].as_str().unwrap_or_default().contains(says)
+            });
+            if let Some(event) = found {
+                return event.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {kind} event of {member} saying {says:?} in {events:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn metric(text: &str, series: &str) -> Option<f64> {
         text.lines()
             .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
@@ -612,6 +650,8 @@ fn spawn_member(
 /// A running arbiter process on a free loopback port.
 pub struct TestArbiter {
     pub address: String,
+    /// Where it serves its Prometheus metrics (`--metrics`).
+    pub metrics: String,
     process: Child,
     pub dir: tempfile::TempDir,
 }
@@ -621,9 +661,11 @@ impl TestArbiter {
     pub async fn start() -> TestArbiter {
         let dir = tempfile::tempdir().unwrap();
         let address = format!("127.0.0.1:{}", free_port());
-        let process = TestArbiter::spawn(&dir, &address);
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let process = TestArbiter::spawn(&dir, &address, &metrics);
         let arbiter = TestArbiter {
             address,
+            metrics,
             process,
             dir,
         };
@@ -631,14 +673,14 @@ impl TestArbiter {
         arbiter
     }
 
-    fn spawn(dir: &tempfile::TempDir, address: &str) -> Child {
+    fn spawn(dir: &tempfile::TempDir, address: &str, metrics: &str) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.path().join("arbiter.log"))
             .unwrap();
         Command::new(BINARY)
-            .args(["arbiter", "--agent", address])
+            .args(["arbiter", "--agent", address, "--metrics", metrics])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -651,6 +693,19 @@ impl TestArbiter {
         while tokio::net::TcpStream::connect(&self.address).await.is_err() {
             assert!(Instant::now() < deadline, "the arbiter did not start");
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Its Prometheus text (`GET /metrics` on its `--metrics` address).
+    pub async fn scrape(&self) -> String {
+        let url = format!("http://{}/metrics", self.metrics);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match reqwest::get(&url).await {
+                Ok(r) if r.status() == 200 => return r.text().await.unwrap(),
+                other => assert!(Instant::now() < deadline, "{url}: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -667,7 +722,7 @@ impl TestArbiter {
 
     /// Starts it again on the same port.
     pub async fn restart(&mut self) {
-        self.process = TestArbiter::spawn(&self.dir, &self.address);
+        self.process = TestArbiter::spawn(&self.dir, &self.address, &self.metrics);
         self.wait_ready().await;
     }
 

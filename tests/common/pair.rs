@@ -260,6 +260,9 @@ pub async fn assert_all_present(member: &Api, outcome: &Outcome, who: &str) {
 pub struct Outcome {
     pub acked: Vec<String>,
     pub read: std::collections::HashMap<String, String>,
+    /// Each time the member acknowledging writes changed: from the old member's last
+    /// acknowledgement to the new one's first, as the clients saw it (the write outage).
+    pub outages: Vec<Duration>,
 }
 
 impl From<Vec<String>> for Outcome {
@@ -267,6 +270,7 @@ impl From<Vec<String>> for Outcome {
         Outcome {
             acked,
             read: Default::default(),
+            outages: Vec::new(),
         }
     }
 }
@@ -304,6 +308,12 @@ pub async fn stop_writers(stop: &std::sync::atomic::AtomicBool, writers: Writers
         acks.extend(w.await.unwrap());
     }
     assert_one_writer_at_a_time(&mut acks);
+    // Sorted by acknowledgement now.
+    let outages = acks
+        .windows(2)
+        .filter(|pair| pair[0].member != pair[1].member)
+        .map(|pair| pair[1].acked - pair[0].acked)
+        .collect();
     let mut read = std::collections::HashMap::new();
     for r in writers.readers {
         read.extend(r.await.unwrap());
@@ -311,6 +321,7 @@ pub async fn stop_writers(stop: &std::sync::atomic::AtomicBool, writers: Writers
     Outcome {
         acked: acks.into_iter().map(|a| a.name).collect(),
         read,
+        outages,
     }
 }
 

@@ -26,6 +26,9 @@ enum Did {
 struct Recorder {
     did: Vec<Did>,
     takeover_succeeds: bool,
+    /// The rule of each takeover, and each refusal said, in order.
+    rules: Vec<TakeoverRule>,
+    refusals: Vec<Refusal>,
 }
 
 impl Recorder {
@@ -33,6 +36,8 @@ impl Recorder {
         Recorder {
             did: Vec::new(),
             takeover_succeeds: true,
+            rules: Vec::new(),
+            refusals: Vec::new(),
         }
     }
 
@@ -62,9 +67,13 @@ impl Shell for Recorder {
         self.did.push(Did::AskAgent { generation, active });
         true
     }
-    fn take_over(&mut self) -> bool {
+    fn take_over(&mut self, rule: TakeoverRule) -> bool {
         self.did.push(Did::TakeOver);
+        self.rules.push(rule);
         self.takeover_succeeds
+    }
+    fn refused(&mut self, refusal: Refusal) {
+        self.refusals.push(refusal);
     }
     fn stand_down(&mut self, activation: u64) {
         self.did.push(Did::StandDown(activation));
@@ -140,6 +149,56 @@ fn a_backup_that_lost_its_primary_asks_the_agent_once_for_that_link() {
     answered.agent_answers = vec![(AgentAnswer::PrimaryDown { journal: false }, generation)];
     core.step(FailoverRole::Backup, answered, &mut shell);
     assert_eq!(shell.take(), vec![Did::TakeOver]);
+    assert_eq!(shell.rules, vec![TakeoverRule::AgentConfirmedDown]);
+    assert_eq!(shell.refusals, vec![]);
+}
+
+#[test]
+fn a_takeover_names_its_rule_and_a_refusal_is_said_once_per_link() {
+    // A handover.
+    let (mut core, mut shell) = active_backup();
+    core.step(
+        FailoverRole::Backup,
+        look(200, &[Event::PartnerHandsOver]),
+        &mut shell,
+    );
+    assert_eq!(shell.rules, vec![TakeoverRule::Handover]);
+    // A backup told twice that the primary runs says so once; after it reconnected and lost
+    // the primary again, it says it again.
+    let (mut core, mut shell) = active_backup();
+    for round in 0..2u64 {
+        let at = 1_000 * (round + 1);
+        let generation = core.link_generation();
+        core.step(
+            FailoverRole::Backup,
+            look(at, &[Event::PartnerLost]),
+            &mut shell,
+        );
+        for answer_at in [at + 100, at + 200] {
+            let mut answered = look(answer_at, &[]);
+            answered.agent_answers = vec![(AgentAnswer::PrimaryRunning, generation)];
+            core.step(FailoverRole::Backup, answered, &mut shell);
+        }
+        core.step(
+            FailoverRole::Backup,
+            look(at + 300, &[Event::PartnerConnected]),
+            &mut shell,
+        );
+    }
+    assert_eq!(shell.refusals, vec![Refusal::PrimaryRunning; 2]);
+    assert!(shell.rules.is_empty());
+    // With No Failover set, losing the primary asks nobody and says why.
+    let (mut core, mut shell) = active_backup();
+    let mut no_failover = look(200, &[Event::PartnerLost]);
+    no_failover.no_failover = true;
+    core.step(FailoverRole::Backup, no_failover, &mut shell);
+    assert_eq!(shell.refusals, vec![Refusal::NoFailover]);
+    assert!(
+        !shell
+            .take()
+            .iter()
+            .any(|d| matches!(d, Did::AskAgent { .. }))
+    );
 }
 
 #[test]

@@ -8,7 +8,7 @@ use crate::mirror::protocol::Message;
 /// A hub and the failover driver's side of its channel.
 fn hub_with_inbox(qos_ms: u64) -> (Hub, mpsc::Receiver<DriverInput>) {
     let (tx, rx) = mpsc::channel();
-    (Hub::new(qos_ms, tx), rx)
+    (Hub::new(qos_ms, tx, EventLog::detached()), rx)
 }
 
 /// What the driver takes in one look: the loss generation first, then the events of the

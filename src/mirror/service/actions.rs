@@ -7,12 +7,12 @@ use super::*;
 impl MirrorService {
     /// Freeze writes (so database files may be copied while applications run).
     pub async fn freeze(&self, timeout: Duration) -> Result<String> {
-        self.context.writer.freeze(timeout).await
+        self.operator("Freeze", self.context.writer.freeze(timeout).await)
     }
 
     /// Thaw writes.
     pub async fn thaw(&self) -> Result<String> {
-        self.context.writer.thaw().await
+        self.operator("Thaw", self.context.writer.thaw().await)
     }
 
     /// Edit Mirror: the QoS timeout (on the primary; the others learn it when they connect).
@@ -199,10 +199,16 @@ impl MirrorService {
     /// the writer: they run on a blocking thread, never on one of the async runtime's.
     pub async fn monitor_action(self: &Arc<Self>, action: MonitorAction) -> Result<String> {
         if let MonitorAction::ForcePrimary { confirmed } = action {
-            return self.force_primary(confirmed).await;
+            let result = self.force_primary(confirmed).await;
+            if let Ok(message) = &result {
+                self.context
+                    .mirror
+                    .record(EventKind::ForcedPrimary, message.clone());
+            }
+            return result;
         }
         let service = self.clone();
-        tokio::task::spawn_blocking(move || match action {
+        let result = tokio::task::spawn_blocking(move || match action {
             MonitorAction::NoFailover(on) => service.set_no_failover(on),
             MonitorAction::StopMirror => service.stop_mirror(),
             MonitorAction::StartMirror => service.start_mirror(),
@@ -212,7 +218,8 @@ impl MirrorService {
             MonitorAction::ForcePrimary { .. } => unreachable!("carried out above"),
         })
         .await
-        .map_err(|e| Error::Internal(format!("the monitor action failed: {e}")))?
+        .map_err(|e| Error::Internal(format!("the monitor action failed: {e}")))?;
+        self.operator(action.title(), result)
     }
 
     /// Set (or Clear) No Failover, on either failover member: the backup must not take over
@@ -592,6 +599,20 @@ pub enum MonitorAction {
 }
 
 impl MonitorAction {
+    /// The button's label.
+    pub fn title(&self) -> &'static str {
+        match self {
+            MonitorAction::NoFailover(true) => "Set No Failover",
+            MonitorAction::NoFailover(false) => "Clear No Failover",
+            MonitorAction::StopMirror => "Stop Mirror On This Member",
+            MonitorAction::StartMirror => "Start Mirror On This Member",
+            MonitorAction::DemoteToDr => "Demote To DR Member",
+            MonitorAction::DemoteOther => "Demote Other Member",
+            MonitorAction::Promote => "Promote to Failover Member",
+            MonitorAction::ForcePrimary { .. } => "Force This Member To Become The Primary",
+        }
+    }
+
     /// The action a monitor button names in its path (`/portal/mirror/monitor/<word>`; the
     /// API's paths use the same words).
     pub fn from_word(word: &str, confirmed: bool) -> Result<MonitorAction> {

@@ -38,6 +38,7 @@ use crate::names::DbName;
 use crate::util::{format_time, now_ms};
 
 use super::MirrorContext;
+use super::events::EventKind;
 use super::pending;
 use super::protocol::{Control, MirrorDescription};
 use super::receiver::{self, SharedJournal};
@@ -51,6 +52,7 @@ use crate::config::mirror::{
 mod actions;
 pub mod requests;
 mod setup;
+pub mod timeline;
 pub mod view;
 
 pub use actions::MonitorAction;
@@ -111,6 +113,17 @@ pub fn store_no_failover(
 }
 
 impl MirrorService {
+    /// Records what an operator did (`what`) and how it ended as a mirror event, and hands the
+    /// result on.
+    pub(crate) fn operator(&self, what: &str, result: Result<String>) -> Result<String> {
+        let reason = match &result {
+            Ok(message) => format!("{what}: {message}"),
+            Err(err) => format!("{what} refused: {err}"),
+        };
+        self.context.mirror.record(EventKind::Operator, reason);
+        result
+    }
+
     /// Starts the superserver listener (and, on a backup, the receiver).
     pub fn start(
         context: Arc<MirrorContext>,

@@ -289,22 +289,33 @@ impl MirrorService {
 
     /// Add to Mirror (primary).
     pub async fn add_databases(&self, dbs: Vec<DbName>) -> Result<String> {
-        self.context
+        let result = self
+            .context
             .writer
             .extension(|reply| MirrorCommand::AddDatabases { dbs, reply })
-            .await
+            .await;
+        self.operator("Add to Mirror", result)
     }
 
     /// Activate a copy (backup).
     pub async fn activate(&self, db: DbName) -> Result<String> {
-        self.context
+        let what = format!("Activate {db}");
+        let result = self
+            .context
             .writer
             .extension(|reply| MirrorCommand::Activate { db, reply })
-            .await
+            .await;
+        self.operator(&what, result)
     }
 
     /// Catchup a copy (backup): fetches older journal from the primary first when needed.
     pub async fn catchup(&self, db: DbName) -> Result<String> {
+        let what = format!("Catchup {db}");
+        let result = self.catch_up_copy(db).await;
+        self.operator(&what, result)
+    }
+
+    async fn catch_up_copy(&self, db: DbName) -> Result<String> {
         let entry = self.context.catalog.snapshot().database(&db)?.clone();
         let activated = self.context.config.get().mirror.activated(&db);
         // Nothing is fetched for a copy the user has not activated; the writer says why.

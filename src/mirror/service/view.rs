@@ -3,6 +3,7 @@
 //! ([`MemberStatus`](crate::mirror::state::MemberStatus)), the configuration and the catalog.
 
 use super::*;
+use crate::mirror::core::Refusal;
 
 /// One row of the Mirror Member Status table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -80,6 +81,8 @@ pub struct MirrorView {
     pub quarantine: (Vec<crate::mirror::divergence::QuarantinedRow>, usize),
     /// No Failover is set (the member that must stay primary).
     pub no_failover: Option<String>,
+    /// This failover member sees no primary: why no takeover happened, and what to do.
+    pub no_primary: Option<String>,
     /// Stop Mirror On This Member is in effect.
     pub stopped: bool,
     /// Whether this member may be forced to become primary (a failover member that is not
@@ -202,6 +205,7 @@ impl MirrorService {
                 failover_note: None,
                 quarantine: (Vec::new(), 0),
                 no_failover: None,
+                no_primary: None,
                 stopped: false,
                 may_force: false,
                 require_tls: false,
@@ -416,12 +420,7 @@ impl MirrorService {
             service_enabled: config.mirror.service_enabled,
             member_name: Some(m.this.name.to_string()),
             mirror_name: Some(m.mirror.name.clone()),
-            role: match role {
-                Role::Primary => "Primary".into(),
-                Role::Backup => "Backup".into(),
-                Role::Async(kind) => kind.display().into(),
-                Role::NotMember => "Not Member".into(),
-            },
+            role: role.display().into(),
             status: this_status,
             failover_mode: Some(failover.mode.unwrap_or("Agent Controlled").into()),
             failover_info,
@@ -450,6 +449,7 @@ impl MirrorService {
                 (summary.newest, summary.count)
             },
             no_failover: m.mirror.defined_primary.as_ref().map(|p| p.to_string()),
+            no_primary: no_primary(m, &published),
             stopped: m.stopped,
             may_force: m.this.kind == MemberKind::Failover
                 && (!primary || published.deciding)
@@ -476,5 +476,37 @@ impl MirrorService {
     /// `Disconnected on <time>` helper for pages.
     pub fn now_text() -> String {
         format_time(now_ms())
+    }
+}
+
+/// Why this failover member sees no primary and no takeover happened, and what a person can
+/// do — or None while it has (or is) a primary, or is only reconnecting to a running one.
+fn no_primary(
+    m: &crate::config::mirror::Membership,
+    published: &crate::mirror::state::MemberStatus,
+) -> Option<String> {
+    if m.this.kind != MemberKind::Failover || published.link.connected {
+        return None;
+    }
+    let other = m
+        .others
+        .iter()
+        .find(|o| o.kind == MemberKind::Failover)
+        .map(|o| o.name.to_string())
+        .unwrap_or_else(|| "the other failover member".into());
+    if published.deciding {
+        return Some(format!(
+            "No primary yet: this member was the primary and restarted; it writes nothing until \
+             {other} says whether it took over meanwhile. Start {other} if it is down, or Force \
+             This Member To Become The Primary if it is gone for good."
+        ));
+    }
+    match published.failover.refusal {
+        Some(Refusal::PrimaryRunning) | None => None,
+        Some(_) if published.role != Role::Backup => None,
+        Some(refusal) => Some(format!(
+            "No primary: this member lost the primary and did not take over — {}.",
+            refusal.reason()
+        )),
     }
 }

@@ -110,6 +110,19 @@ impl MirrorSteps {
             })
             .to_string();
             w.commit_event_alone(&json)?;
+            // The outage runs from the old primary's last write this member holds (its commit
+            // time, on the old primary's clock) to the first write here after the takeover's
+            // own record.
+            let last_old = journal
+                .read_range(JournalPos(end.0.saturating_sub(1)), end)
+                .next()
+                .and_then(|record| record.ok())
+                .map(|record| record.time_ms);
+            if let Some(last_old_ms) = last_old {
+                self.mirror
+                    .hub
+                    .watch_outage(self.mirror.hub.ends().1, last_old_ms);
+            }
             tracing::warn!(
                 "{this} took over as primary of mirror {} (epoch {epoch})",
                 m.mirror.name
@@ -182,14 +195,21 @@ impl MirrorSteps {
             self.mirror
                 .update_database(&db.name, |d| d.applied = d.applied.min(after));
         }
-        Ok(format!(
+        let message = format!(
             "divergent tail after position {after}: {quarantined} row changes kept in quarantine; undone in {}",
             if undone.is_empty() {
                 "no database (none had applied it)".to_string()
             } else {
                 undone.join(", ")
             }
-        ))
+        );
+        if quarantined > 0 {
+            self.mirror.record(
+                crate::mirror::events::EventKind::RowsQuarantined,
+                message.clone(),
+            );
+        }
+        Ok(message)
     }
 
     pub(super) fn create_mirror(
