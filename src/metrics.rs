@@ -19,9 +19,13 @@
 //! buckets, so they are Prometheus histograms that add up across members and scrapes, not
 //! summaries.
 //!
+//! The arbiter, which has no portal, serves its own (members seen, answers given) on the
+//! address `mirrorlab arbiter --metrics ADDR` names, through the same recorder
+//! ([`crate::arbiter::metrics`]).
+//!
 //! # Left out
 //!
-//! The arbiter's own metrics, and a login for `/metrics` (it shows no data, only figures).
+//! A login for `/metrics` (it shows no data, only figures).
 
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -54,7 +54,14 @@ impl Lab {
                 .success(),
             "the image mirrorlab:latest is missing: build it with tests/docker/build-offline.sh"
         );
-        for name in CONTAINERS {
+        assert!(
+            docker(&["image", "inspect", "prom/prometheus:latest"])
+                .status
+                .success(),
+            "the image prom/prometheus:latest is missing: build it with \
+             tests/docker/build-prometheus-offline.sh"
+        );
+        for name in CONTAINERS.iter().chain([&"prometheus"]) {
             assert!(
                 !docker(&["container", "inspect", name]).status.success(),
                 "a container called {name} exists already (is the lab running? `docker compose down` it first)"
@@ -68,6 +75,7 @@ impl Lab {
         )
         .unwrap();
         copy_tree(&root.join("install"), &dir.path().join("install"));
+        copy_tree(&root.join("monitoring"), &dir.path().join("monitoring"));
         std::fs::create_dir(dir.path().join("sharedA")).unwrap();
         std::fs::create_dir(dir.path().join("sharedB")).unwrap();
         let lab = Lab {
@@ -81,7 +89,8 @@ impl Lab {
             lab.compose.join(" "),
             text(&version).trim()
         );
-        let up = lab.compose(&["up", "-d", "--no-build"]);
+        // With the monitoring profile: Prometheus scrapes the three.
+        let up = lab.compose(&["--profile", "monitoring", "up", "-d", "--no-build"]);
         assert!(up.status.success(), "compose up failed: {}", text(&up));
         lab
     }
@@ -113,7 +122,15 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let down = self.compose(&["down", "--volumes", "--remove-orphans", "--timeout", "20"]);
+        let down = self.compose(&[
+            "--profile",
+            "monitoring",
+            "down",
+            "--volumes",
+            "--remove-orphans",
+            "--timeout",
+            "20",
+        ]);
         if !down.status.success() {
             eprintln!("compose down failed: {}", text(&down));
         }
@@ -239,7 +256,71 @@ async fn see_the_takeover_on_the_monitor() {
         .await
         .unwrap();
     pb.screenshot("lab-timeline-mirrorB.png").await;
+    // Prometheus's own UI graphs the role change and the backup's lag (its classic UI draws
+    // the graph with JavaScript once the page loaded: wait for the drawing).
+    for (file, expr) in [
+        ("lab-prometheus-role.png", "mirrorlab:primary"),
+        ("lab-prometheus-lag.png", "mirrorlab_backup_lag_bytes"),
+    ] {
+        let url = format!(
+            "{PROMETHEUS}/graph?g0.expr={}&g0.tab=0&g0.range_input=1m",
+            urlencode(expr)
+        );
+        pb.browser.goto(&url).await.unwrap();
+        pb.browser
+            .wait()
+            .at_most(Duration::from_secs(20))
+            .for_element(fantoccini::Locator::Css(".graph_area svg, .graph svg"))
+            .await
+            .unwrap_or_else(|e| panic!("{url} drew no graph: {e}"));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        pb.screenshot(file).await;
+    }
     pb.browser.close().await.unwrap();
+}
+
+/// Prometheus's web UI and HTTP API in the lab (the monitoring profile).
+const PROMETHEUS: &str = "http://127.0.0.1:9090";
+
+/// Waits until Prometheus's answer to `query` (an instant vector) holds a sample equal to
+/// `value`; it scrapes every 5 s, so `seconds` leaves room for a few scrapes.
+async fn wait_prometheus(query: &str, value: f64, seconds: u64) {
+    let url = format!("{PROMETHEUS}/api/v1/query?query={}", urlencode(query));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let answer: serde_json::Value = match reqwest::get(&url).await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(err) => json!({ "error": err.to_string() }),
+        };
+        let found = answer["data"]["result"].as_array().is_some_and(|result| {
+            result.iter().any(|sample| {
+                sample["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    == Some(value)
+            })
+        });
+        if found {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never answered {value} to {query}: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Percent-encodes a query for a URL.
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 async fn wait_role(member: &Api, status: &str, seconds: u64) {
@@ -334,6 +415,43 @@ async fn the_compose_lab_walkthrough_and_its_faults() {
     )
     .await;
 
+    // Prometheus (the monitoring profile) scrapes both members and the arbiter; every series
+    // the members and the arbiter serve is there, through its HTTP query API.
+    wait_prometheus(r#"count(up{job=~"mirrorlab.*"} == 1)"#, 3.0, 60).await;
+    for series in [
+        r#"mirrorlab_mirror_role{role="primary",instance="mirrorA"}"#,
+        r#"mirrorlab_mirror_role{role="backup",instance="mirrorB"}"#,
+        r#"mirrorlab:primary{instance="mirrorA"}"#,
+        r#"mirrorlab_mirror_epoch{instance="mirrorA"}"#,
+        r#"mirrorlab_failover_mode{mode="arbiter",instance="mirrorB"}"#,
+        r#"mirrorlab_arbiter_connected{instance="mirrorA"}"#,
+        r#"mirrorlab_member_link_up{member="MIRRORB/IRIS",instance="mirrorA"}"#,
+    ] {
+        wait_prometheus(series, 1.0, 30).await;
+    }
+    for series in [
+        "mirrorlab_journal_end_position",
+        "mirrorlab_backup_lag_bytes",
+        "mirrorlab_backup_lag_seconds",
+        "mirrorlab_commits_total",
+        "mirrorlab_commit_seconds_bucket",
+        "mirrorlab_journal_fsync_seconds_bucket",
+        "mirrorlab_group_commit_size_bucket",
+        "mirrorlab_trouble_seconds_total",
+        "mirrorlab_frozen",
+        "mirrorlab_quarantined_rows",
+        "mirrorlab:commits:rate30s",
+    ] {
+        wait_prometheus(&format!("count({series}) > bool 0"), 1.0, 30).await;
+    }
+    wait_prometheus(
+        r#"mirrorlab_arbiter_members_seen{mirror="MIRRORSET"}"#,
+        2.0,
+        30,
+    )
+    .await;
+    phase(started, "prometheus scrapes the lab");
+
     // Writers through every fault below, on whichever member accepts them.
     let stop = Arc::new(AtomicBool::new(false));
     let writers = start_writers_on_primary([a.clone(), b.clone()], 2, "lab", stop.clone());
@@ -355,6 +473,20 @@ async fn the_compose_lab_walkthrough_and_its_faults() {
         .await;
     let events = b.events().await;
     assert_eq!(events["members"][1]["reachable"], false, "{events}");
+    // Prometheus saw the role change and counts the takeover by its rule.
+    wait_prometheus(r#"mirrorlab:primary{instance="mirrorB"}"#, 1.0, 30).await;
+    wait_prometheus(
+        r#"mirrorlab_failovers_total{instance="mirrorB",reason="arbiter_controlled"}"#,
+        1.0,
+        30,
+    )
+    .await;
+    wait_prometheus(
+        r#"mirrorlab_arbiter_answers_total{question="may_take_over",answer="yes"}"#,
+        1.0,
+        30,
+    )
+    .await;
     see_the_takeover_on_the_monitor().await;
     let starting = Instant::now();
     docker_ok(&["start", "mirrorA"]);
@@ -369,8 +501,16 @@ async fn the_compose_lab_walkthrough_and_its_faults() {
 
     // Isolate the primary (B) from everyone: A takes over through the arbiter; B cannot commit.
     let network = network_of("mirrorB");
+    let fault = common::now_ms();
     docker_ok(&["network", "disconnect", &network, "mirrorB"]);
     wait_role(&a, "Primary", 30).await;
+    a.wait_event_since(
+        fault,
+        "MIRRORA/IRIS",
+        "takeover",
+        "the arbiter lost the primary too",
+    )
+    .await;
     phase(started, "mirrorB isolated: mirrorA is primary");
     let isolated = ctl_inside(
         "mirrorB",
@@ -396,16 +536,27 @@ async fn the_compose_lab_walkthrough_and_its_faults() {
 
     // A graceful handover and back, then the new primary's host dies: the arbiter must still
     // approve the takeover (after a handover it once never did).
+    let fault = common::now_ms();
     docker_ok(&["stop", "mirrorA"]);
     wait_role(&b, "Primary", 20).await;
+    b.wait_event_since(fault, "MIRRORB/IRIS", "takeover", "handed over")
+        .await;
     phase(started, "docker stop mirrorA: mirrorB is primary");
     docker_ok(&["start", "mirrorA"]);
     a.wait_ready_within(60).await;
     wait_role(&a, "Backup", 30).await;
     wait_arbiter_controlled(&a, &b).await;
     phase(started, "docker start mirrorA: mirrorA is backup");
+    let fault = common::now_ms();
     docker_ok(&["kill", "mirrorB"]);
     wait_role(&a, "Primary", 20).await;
+    a.wait_event_since(
+        fault,
+        "MIRRORA/IRIS",
+        "takeover",
+        "the arbiter lost the primary too",
+    )
+    .await;
     phase(started, "docker kill mirrorB: mirrorA is primary");
     docker_ok(&["start", "mirrorB"]);
     b.wait_ready_within(60).await;
@@ -414,8 +565,16 @@ async fn the_compose_lab_walkthrough_and_its_faults() {
     phase(started, "docker start mirrorB: mirrorB is backup");
 
     // `docker pause` the primary (A): a silent host; B takes over through the arbiter.
+    let fault = common::now_ms();
     docker_ok(&["pause", "mirrorA"]);
     wait_role(&b, "Primary", 30).await;
+    b.wait_event_since(
+        fault,
+        "MIRRORB/IRIS",
+        "takeover",
+        "the arbiter lost the primary too",
+    )
+    .await;
     phase(started, "docker pause mirrorA: mirrorB is primary");
     docker_ok(&["unpause", "mirrorA"]);
     rejoin_as_backup(&a, "mirrorA").await;
@@ -432,6 +591,14 @@ async fn the_compose_lab_walkthrough_and_its_faults() {
             .await;
     }
     phase(started, "docker stop arbiter: both agent controlled");
+    for (member, name) in [(&a, "MIRRORA/IRIS"), (&b, "MIRRORB/IRIS")] {
+        member
+            .wait_event(name, "arbiter_lost", "lost the arbiter")
+            .await;
+        member
+            .wait_event(name, "mode_changed", "→ Agent Controlled")
+            .await;
+    }
     let write = Instant::now();
     created(
         &b,
@@ -462,7 +629,7 @@ async fn the_compose_lab_walkthrough_and_its_faults() {
         acked.outages
     );
     drop(lab);
-    for name in CONTAINERS {
+    for name in CONTAINERS.iter().chain([&"prometheus"]) {
         assert!(
             !docker(&["container", "inspect", name]).status.success(),
             "{name} is left after compose down"

@@ -26,6 +26,7 @@ async fn a_restarted_primary_resumes_when_the_backup_could_not_take_over() {
     let writers = start_writers(&a, 4, "akill", stop.clone());
     for _ in 0..2 {
         common::before_fault(400).await;
+        let fault = common::now_ms();
         a.kill_instance().await;
         b.wait_mirror(10, "disconnected", |v| v["status"] == "Waiting")
             .await;
@@ -33,6 +34,9 @@ async fn a_restarted_primary_resumes_when_the_backup_could_not_take_over() {
         a.wait_ready().await;
         // A asks B who is primary before it resumes.
         a.wait_mirror(15, "primary again", |v| v["role"] == "Primary")
+            .await;
+        a.api()
+            .wait_event_since(fault, A, "role_changed", "primary again")
             .await;
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -46,6 +50,11 @@ async fn a_restarted_primary_resumes_when_the_backup_could_not_take_over() {
         .wait_mirror(20, "a backup again", |v| v["status"] == "Backup")
         .await;
     assert_eq!(view["role"], "Backup");
+    // B said why it did not take over (when it lost A the first time: the second time A was
+    // killed before B got back to it).
+    b.api()
+        .wait_event(B, "takeover_refused", "not activated and caught up")
+        .await;
     assert_all_present(&a, &acked, "A").await;
     assert_eq!(b.get("/api/mirror").await.1["role"], "Backup");
 }
@@ -291,11 +300,21 @@ async fn the_primary_role_passes_back_and_forth_over_repeated_kills() {
             .wait_mirror(20, "the active backup", |v| v["status"] == "Backup")
             .await;
         tokio::time::sleep(Duration::from_millis(100 + rng.below(700))).await;
+        let fault = common::now_ms();
         members[primary].kill_instance().await;
         members[backup]
             .wait_mirror(10, &format!("the primary (round {round})"), |v| {
                 v["role"] == "Primary"
             })
+            .await;
+        members[backup]
+            .api()
+            .wait_event_since(
+                fault,
+                [A, B][backup],
+                "takeover",
+                "agent confirmed its instance down",
+            )
             .await;
         tokio::time::sleep(Duration::from_millis(rng.below(500))).await;
         members[primary].start_instance().await;
@@ -313,6 +332,24 @@ async fn the_primary_role_passes_back_and_forth_over_repeated_kills() {
     );
     assert_all_present(&members[primary], &acked, "the last primary").await;
     assert_identical(&members[0], &members[1]).await;
+    // Each takeover's outage, as the new primary recorded it, is the one the writers saw.
+    let events = members[primary].api().events().await;
+    let recorded: Vec<i64> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "writes_resumed")
+        .map(|e| e["outage_ms"].as_i64().unwrap())
+        .collect();
+    let seen: Vec<i64> = acked.outages.iter().map(|d| d.as_millis() as i64).collect();
+    eprintln!("write outages: recorded {recorded:?}, seen by the writers {seen:?}");
+    assert_eq!(recorded.len(), seen.len(), "{events:#}");
+    for (recorded, seen) in recorded.iter().zip(&seen) {
+        assert!(
+            (recorded - seen).abs() <= 100,
+            "recorded {recorded} ms, seen {seen} ms"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -372,6 +409,9 @@ async fn a_divergent_tail_is_undone_and_quarantined_when_the_old_primary_rejoins
         .await;
     let quarantine = &view["quarantine"];
     assert!(quarantine["count"].as_u64().unwrap() >= 1, "{view}");
+    a.api()
+        .wait_event(A, "rows_quarantined", "kept in quarantine")
+        .await;
     assert!(
         quarantine["rows"]
             .as_array()
@@ -810,6 +850,10 @@ async fn matrix_an_isolated_primary_freezes_and_the_backup_takes_over_through_th
     lab.b
         .wait_mirror(20, "the primary", |v| v["role"] == "Primary")
         .await;
+    lab.b
+        .api()
+        .wait_event(B, "takeover", "the arbiter lost the primary too")
+        .await;
     writes_go_on(&lab.b, 10).await;
     // Healing: the old primary learns that B took over and stops; started again, it follows.
     lab.data
@@ -829,6 +873,11 @@ async fn matrix_an_isolated_primary_freezes_and_the_backup_takes_over_through_th
     lab.a.wait_ready().await;
     lab.a
         .wait_mirror(30, "B's backup", |v| v["status"] == "Backup")
+        .await;
+    // A's own account after its restart: B took over meanwhile, so it follows B.
+    lab.b
+        .api()
+        .wait_event(A, "role_changed", "following MIRRORB/IRIS as backup")
         .await;
     let acked = stop_writers(&stop, writers).await;
     assert!(!acked.is_empty());
@@ -862,6 +911,10 @@ async fn matrix_all_links_lost_freezes_the_primary_until_they_heal() {
     );
     // B asked A's agent, which says A runs: no takeover.
     assert_eq!(lab.b.get("/api/mirror").await.1["role"], "Backup");
+    lab.b
+        .api()
+        .wait_event(B, "takeover_refused", "says its instance is running")
+        .await;
     lab.data
         .blackhole
         .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -872,6 +925,7 @@ async fn matrix_all_links_lost_freezes_the_primary_until_they_heal() {
     lab.a
         .wait_mirror(20, "primary again", |v| v["status"] == "Primary")
         .await;
+    lab.a.api().wait_event(A, "trouble_left", "were held").await;
     wait_arbiter_controlled(&lab.a, &lab.b).await;
     assert_identical(&lab.a, &lab.b).await;
     assert!(all_names(&lab.b).await.contains("during the outage"));

@@ -4,7 +4,9 @@
 #   - libclang, which the SQLite session extension's bindings are generated with;
 #   - Chromium and chromedriver, for the portal's browser test;
 # starts the Docker engine when it is installed but not running, and builds the image
-# mirrorlab:latest without a registry (tests/docker/build-offline.sh) for the compose test,
+# mirrorlab:latest without a registry (tests/docker/build-offline.sh) and, for the lab's
+# monitoring profile, prom/prometheus:latest from Debian's prometheus package
+# (tests/docker/build-prometheus-offline.sh) for the compose test,
 # which runs once with each Compose (v2 and 1.29).
 # A test whose tool is missing fails; nothing is skipped.
 set -euo pipefail
@@ -54,6 +56,7 @@ if command -v docker >/dev/null && ! docker info >/dev/null 2>&1 \
 fi
 if docker info >/dev/null 2>&1; then
     tests/docker/build-offline.sh
+    tests/docker/build-prometheus-offline.sh
 else
     echo "tests/run.sh: no Docker engine answers; the compose test will fail" >&2
 fi

@@ -20,6 +20,11 @@
 //!   down (nobody would be primary), and the rules start afresh as a backup;
 //! - the order in which inputs reach the rules within one look (configuration first, then the
 //!   links, the arbiter, the agents' answers, then the tick);
+//! - **why**: which rule allowed a takeover ([`TakeoverRule`]: a handover, the primary's agent,
+//!   the arbiter, the primary's journal fetched) and, when a backup that lost its primary was
+//!   told something and did not take over, why not ([`Refusal`]: No Failover, a copy not ready,
+//!   the primary running, its agent silent, …), said once per link, for the mirror's events and
+//!   the Mirror Monitor's no-primary banner;
 //! - **a restarted former primary** ([`MemberCore::decide`]): one question at a time to the
 //!   other failover member, at most every [`DECIDE_EVERY_MS`], and the decision carried out
 //!   through a [`Restarting`] shell.

@@ -53,6 +53,10 @@
 //! A backup that was not active fetches the down primary's journal through its agent before it
 //! may take over (the agent reads it from the down instance's files).
 //!
+//! Every look is also told as mirror events ([`crate::mirror::events`], `record`): the links'
+//! reports, the failover mode and the trouble state as they change, and — from the core — each
+//! takeover with its rule and each refusal with its reason.
+//!
 //! # Left out
 //!
 //! Fetching through the agent a tail too large for one agent answer (the backup then stays a

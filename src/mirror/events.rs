@@ -312,7 +312,9 @@ impl EventFile {
             Err(err) => {
                 if !self.failed {
                     self.failed = true;
-                    tracing::warn!("mirror events could not be written (kept no more): {err}");
+                    tracing::warn!(
+                        "mirror events could not be written: {err} (said once; later ones are tried)"
+                    );
                 }
                 false
             }

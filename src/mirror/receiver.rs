@@ -487,7 +487,9 @@ fn receive(
         }
         writer.flush()?;
         let received = pending.len() as u64;
+        let stored_ms = batch_first.is_some().then(crate::util::now_ms);
         context.mirror.update_link(|link| {
+            link.stored_ms = stored_ms.or(link.stored_ms);
             link.received_bytes += received;
             link.received_end = received_end;
             link.primary_durable = primary_durable;

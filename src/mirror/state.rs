@@ -134,6 +134,10 @@ pub struct LinkStatus {
     pub primary_durable: JournalPos,
     /// Last position this member holds durably.
     pub received_end: JournalPos,
+    /// When (ms since the Unix epoch) records from the primary were last made durable here:
+    /// just before the primary could acknowledge them, the closest this member knows to the
+    /// old primary's last acknowledged write when it takes over.
+    pub stored_ms: Option<i64>,
     /// Bytes of journal received since start.
     pub received_bytes: u64,
     /// (time ms, bytes) samples for the transfer rate, oldest first, at most four a second.

@@ -228,9 +228,23 @@ impl Api {
     /// whose reason contains `says`, and returns it. Events reach the files a moment after
     /// they happen.
     pub async fn wait_event(&self, member: &str, kind: &str, says: &str) -> Value {
+        self.wait_event_since(0, member, kind, says).await
+    }
+
+    /// [`Api::wait_event`] among the events at or after `since_ms` (see [`now_ms`]).
+    pub async fn wait_event_since(
+        &self,
+        since_ms: i64,
+        member: &str,
+        kind: &str,
+        says: &str,
+    ) -> Value {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let events = self.events().await;
+            let (status, events) = self
+                .get(&format!("/api/mirror/events?since={since_ms}"))
+                .await;
+            assert_eq!(status, 200, "{events}");
             let found = events["events"].as_array().unwrap().iter().rev().find(|e| {
                 e["member"] == member
                     && e["kind"] == kind
@@ -927,4 +941,12 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Milliseconds since the Unix epoch, as the members' events count them (one clock here).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }

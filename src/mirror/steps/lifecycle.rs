@@ -110,14 +110,18 @@ impl MirrorSteps {
             })
             .to_string();
             w.commit_event_alone(&json)?;
-            // The outage runs from the old primary's last write this member holds (its commit
-            // time, on the old primary's clock) to the first write here after the takeover's
-            // own record.
-            let last_old = journal
+            // The outage runs from the old primary's last write this member holds to the first
+            // write here after the takeover's own record. That last write was acknowledged
+            // (if at all) just after this member made it durable: when the receiver stored it
+            // — or, for records fetched through the old primary's agent, their commit time
+            // there, whichever is later.
+            let committed_ms = journal
                 .read_range(JournalPos(end.0.saturating_sub(1)), end)
                 .next()
                 .and_then(|record| record.ok())
                 .map(|record| record.time_ms);
+            let stored_ms = self.mirror.read(|s| s.link.stored_ms);
+            let last_old = committed_ms.max(stored_ms);
             if let Some(last_old_ms) = last_old {
                 self.mirror
                     .hub
