@@ -256,14 +256,21 @@ async fn see_the_takeover_on_the_monitor() {
         .await
         .unwrap();
     pb.screenshot("lab-timeline-mirrorB.png").await;
-    // Prometheus's own UI graphs the role change and the backup's lag (its classic UI draws
-    // the graph with JavaScript once the page loaded: wait for the drawing).
+    pb.browser.close().await.unwrap();
+}
+
+/// Prometheus's own UI at the end of the faults: the primary moving between the members, and
+/// the backup's lag (the README's pictures). Its classic UI draws the graph with JavaScript
+/// once the page loaded: the test waits for the drawing.
+async fn graph_in_prometheus() {
+    let driver = Driver::start().await;
+    let pb = Portal::open(&driver, PROMETHEUS.into(), "Prometheus").await;
     for (file, expr) in [
         ("lab-prometheus-role.png", "mirrorlab:primary"),
         ("lab-prometheus-lag.png", "mirrorlab_backup_lag_bytes"),
     ] {
         let url = format!(
-            "{PROMETHEUS}/graph?g0.expr={}&g0.tab=0&g0.range_input=1m",
+            "{PROMETHEUS}/graph?g0.expr={}&g0.tab=0&g0.range_input=2m",
             urlencode(expr)
         );
         pb.browser.goto(&url).await.unwrap();
@@ -614,6 +621,7 @@ async fn the_compose_lab_walkthrough_and_its_faults() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let acked = finish_writers(&stop, writers, &b, &a).await;
     eprintln!("{} writes acknowledged across the faults", acked.len());
+    graph_in_prometheus().await;
     // The outage mirrorB recorded at the first takeover is the one the writers saw.
     let events = b.events().await;
     let first = Api::event(&events, "MIRRORB/IRIS", "writes_resumed")

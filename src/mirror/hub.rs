@@ -180,7 +180,8 @@ impl HubState {
 struct OutageWatch {
     /// The takeover's own record: the first write is the first commit after it.
     after: JournalPos,
-    /// When the old primary committed the last record this member holds of it.
+    /// When writes stopped: the old primary's last write this member holds (see the takeover
+    /// step, which sets it).
     last_old_ms: i64,
 }
 
@@ -216,8 +217,8 @@ impl Hub {
     }
 
     /// After a takeover: the first commit after `after` (the takeover's record) is the first
-    /// write of the new primary, and writes stopped when the old primary committed its last
-    /// record here (`last_old_ms`). Recorded then as [`super::events::EventKind::WritesResumed`].
+    /// write of the new primary, and writes stopped at `last_old_ms` (the old primary's last
+    /// write this member holds). Recorded then as [`super::events::EventKind::WritesResumed`].
     pub fn watch_outage(&self, after: JournalPos, last_old_ms: i64) {
         self.state.lock().unwrap().outage = Some(OutageWatch { after, last_old_ms });
     }

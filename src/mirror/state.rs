@@ -27,6 +27,9 @@
 //! published back as flags (may the receiver connect, must it reconnect, is a takeover under
 //! way) and as what the arbiter link must say next; the hub is the primary's replication.
 //!
+//! Beside both, the member's event log ([`MirrorState::record`], [`super::events`]): any thread
+//! records a decision or a change there without waiting, for the Mirror Monitor's timeline.
+//!
 //! # Left out
 //!
 //! The decisions the driver publishes are still flags that the threads read, not messages

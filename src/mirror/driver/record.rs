@@ -9,7 +9,7 @@ use crate::mirror::events::EventKind;
 use crate::mirror::failover::{Event, FailoverRole};
 use crate::mirror::state::MirrorState;
 
-/// Records what the links reported in one look as mirror events ([`super::events`]).
+/// Records what the links reported in one look as mirror events ([`crate::mirror::events`]).
 pub(super) fn links(
     context: &crate::mirror::MirrorContext,
     m: &Membership,
