@@ -517,6 +517,7 @@ async fn losing_the_arbiter_returns_to_agent_control_without_an_outage() {
     let writers = start_writers(&a, 4, "noarbiter", stop.clone());
     common::before_fault(300).await;
 
+    let fault = common::now_ms();
     arbiter.kill();
     for member in [&a, &b] {
         member
@@ -529,6 +530,14 @@ async fn losing_the_arbiter_returns_to_agent_control_without_an_outage() {
     }
     assert_eq!(a.get("/api/mirror").await.1["status"], "Primary");
     assert_eq!(b.get("/api/mirror").await.1["status"], "Backup");
+    for member in [A, B] {
+        a.api()
+            .wait_event_since(fault, member, "arbiter_lost", "lost the arbiter")
+            .await;
+        a.api()
+            .wait_event_since(fault, member, "mode_changed", "→ Agent Controlled")
+            .await;
+    }
     // Writes go on while the arbiter is away; when it returns, the mirror is arbiter controlled
     // again.
     let before = all_names(&a).await.len();
@@ -612,6 +621,9 @@ async fn a_stopped_backup_stays_stopped_across_restarts_until_started() {
     mirror_databases(&a, &b).await;
     b.ok("/api/mirror/stop", json!({})).await;
     b.wait_mirror(10, "stopped", |v| v["status"] == "Stopped")
+        .await;
+    b.api()
+        .wait_event(B, "operator", "Stop Mirror On This Member")
         .await;
     a.wait_mirror(10, "B down", |v| {
         TestMember::member_row(v, "MIRRORB/IRIS")["status"] == "Down"
@@ -799,8 +811,19 @@ async fn matrix_a_link_to_the_arbiter_lost_means_agent_control_and_no_outage() {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writers = start_writers_on_primary([lab.a.api(), lab.b.api()], 3, "arb", stop.clone());
         common::before_fault(300).await;
+        let fault = common::now_ms();
         lab.arbiter_proxy.cut_member(cut);
         wait_agent_controlled(&lab).await;
+        // The events: the cut member lost the arbiter, both left arbiter mode.
+        let events = lab.a.api();
+        events
+            .wait_event_since(fault, cut, "arbiter_lost", "lost the arbiter")
+            .await;
+        for member in [A, B] {
+            events
+                .wait_event_since(fault, member, "mode_changed", "→ Agent Controlled")
+                .await;
+        }
         assert_eq!(lab.a.get("/api/mirror").await.1["status"], "Primary");
         assert_eq!(lab.b.get("/api/mirror").await.1["status"], "Backup");
         writes_go_on(&lab.a, 10).await;
@@ -818,11 +841,25 @@ async fn matrix_the_members_losing_each_other_while_both_see_the_arbiter_keeps_t
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers = start_writers_on_primary([lab.a.api(), lab.b.api()], 3, "split", stop.clone());
     common::before_fault(300).await;
+    let fault = common::now_ms();
     lab.data
         .blackhole
         .store(true, std::sync::atomic::Ordering::Relaxed);
     // The backup stands down through the arbiter; the primary goes on in agent mode.
     wait_agent_controlled(&lab).await;
+    lab.a
+        .api()
+        .wait_event_since(
+            fault,
+            B,
+            "stood_down",
+            "no longer counts as the active backup",
+        )
+        .await;
+    lab.a
+        .api()
+        .wait_event_since(fault, A, "member_lost", "lost the backup")
+        .await;
     writes_go_on(&lab.a, 15).await;
     assert_eq!(lab.b.get("/api/mirror").await.1["role"], "Backup");
     lab.data
@@ -1150,6 +1187,7 @@ async fn matrix_an_isolated_backup_leaves_the_primary_writing() {
     common::before_fault(300).await;
     // B is cut off from A and from the arbiter: the arbiter confirms it lost B too, and A goes
     // on alone in agent mode after a brief pause.
+    let fault = common::now_ms();
     lab.data
         .blackhole
         .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -1159,6 +1197,14 @@ async fn matrix_an_isolated_backup_leaves_the_primary_writing() {
             v["status"] == "Primary" && v["failover_mode"] == "Agent Controlled"
         })
         .await;
+    // A's account: it lost its backup, held commits in trouble, and went on.
+    for (kind, says) in [
+        ("member_lost", "lost the backup"),
+        ("trouble_entered", "mirrored commits wait"),
+        ("trouble_left", "were held"),
+    ] {
+        lab.a.api().wait_event_since(fault, A, kind, says).await;
+    }
     writes_go_on(&lab.a, 15).await;
     // B may not take over: it lost the arbiter as well, and A's agent says A runs.
     tokio::time::sleep(Duration::from_secs(2)).await;
