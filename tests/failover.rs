@@ -159,6 +159,15 @@ async fn the_backup_takes_over_when_the_primary_dies_and_the_old_primary_rejoins
             .clone()
     };
     assert_eq!(events["members"][1]["member"], "MIRRORA/IRIS", "{events}");
+    let (status, refused) = b.get("/api/mirror/events?since=yesterday").await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("milliseconds since the Unix epoch"),
+        "{refused}"
+    );
     assert_eq!(events["members"][1]["reachable"], true, "{events}");
     let lost = event("MIRRORB/IRIS", "member_lost");
     let takeover = event("MIRRORB/IRIS", "takeover");

@@ -241,10 +241,15 @@ pub(crate) struct EventsQuery {
 /// and which members could be asked (see [`crate::mirror::events`]).
 pub(crate) async fn mirror_events(
     State(state): State<AppState>,
-    Query(query): Query<EventsQuery>,
-) -> Json<Json_> {
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Json_>, ApiError> {
+    let Query(query) = query.map_err(|_| {
+        Error::InvalidInput(
+            "since must be a time in milliseconds since the Unix epoch (e.g. since=0)".into(),
+        )
+    })?;
     let answer = state.mirror_service.events(query.since).await;
-    Json(serde_json::to_value(answer).unwrap_or_default())
+    Ok(Json(serde_json::to_value(answer).unwrap_or_default()))
 }
 
 /// `GET /api/mirror`: this member's view, with the same strings the Mirror Monitor shows.
