@@ -18,7 +18,7 @@
     if (document.hidden || busy()) {
       return;
     }
-    fetch(window.location.href, { credentials: "same-origin", headers: { "X-Refresh": "1" } })
+    fetch(window.location.href, { credentials: "same-origin" })
       .then(function (response) {
         // A lost session or an error page is not swapped in: the next full load shows it.
         if (!response.ok || response.redirected) {

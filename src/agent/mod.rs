@@ -765,8 +765,10 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
             AgentRequest::MirrorRole { mirror_name } => supervisor.mirror_role(mirror_name).await,
             AgentRequest::MirrorEvents { since_ms } => {
                 let dir = supervisor.settings.data_dir.clone();
+                // Half a frame: the reply's other fields and escaping stay well inside one.
                 let read = tokio::task::spawn_blocking(move || {
-                    crate::mirror::events::read(&dir, since_ms)
+                    let events = crate::mirror::events::read(&dir, since_ms);
+                    crate::mirror::events::newest_within(events, MAX_AGENT_FRAME / 2)
                 });
                 AgentReply {
                     events: Some(read.await.unwrap_or_default()),

@@ -279,12 +279,12 @@ pub struct MemberCore {
     last_mode_repeat_ms: u64,
     /// A restarted former primary's question to the other member is out.
     asking_other: bool,
+    /// When it last asked.
+    asked_other_ms: Option<u64>,
     /// The refusal last said (see [`Shell::refused`]); forgotten on a new link or fresh rules.
     last_refusal: Option<Refusal>,
     /// The rule that allowed the takeover decided in this look.
     takeover_rule: Option<TakeoverRule>,
-    /// When it last asked.
-    asked_other_ms: Option<u64>,
     /// Puts back an old bug for the explorer and the simulation to find: a stalled backup's
     /// fresh rules were not told that its arbiter link was still up. Never set in a member.
     pub(crate) legacy_stall_forgets_arbiter: bool,

@@ -363,6 +363,24 @@ pub fn read(data_dir: &Path, since_ms: i64) -> Vec<MirrorEvent> {
     events
 }
 
+/// The newest of `events` (oldest first) whose JSON fits in `budget` bytes: what one agent
+/// answer may carry (its frames are bounded), however long the reasons were.
+pub fn newest_within(mut events: Vec<MirrorEvent>, budget: usize) -> Vec<MirrorEvent> {
+    let mut used = 0;
+    let mut keep = 0;
+    for event in events.iter().rev() {
+        // A comma and the event, as the list serializes.
+        used += 1 + serde_json::to_vec(event).map_or(0, |json| json.len());
+        if used > budget {
+            break;
+        }
+        keep += 1;
+    }
+    let drop = events.len() - keep;
+    events.drain(..drop);
+    events
+}
+
 /// Merges members' lists into one in time order (a member's own order kept for equal times).
 pub fn merge(lists: Vec<Vec<MirrorEvent>>) -> Vec<MirrorEvent> {
     let mut all: Vec<MirrorEvent> = lists.into_iter().flatten().collect();
@@ -458,6 +476,28 @@ mod tests {
         let events = read(dir.path(), 0);
         assert_eq!(events.last().unwrap().position, count as u64 - 1);
         assert!(events.len() <= MAX_ANSWER);
+    }
+
+    #[test]
+    fn an_answer_keeps_the_newest_events_that_fit() {
+        let event = |i: u64| MirrorEvent {
+            time_ms: i as i64,
+            member: "MIRRORA".into(),
+            kind: EventKind::Operator,
+            reason: "x".repeat(100),
+            epoch: 1,
+            position: i,
+            outage_ms: None,
+        };
+        let events: Vec<MirrorEvent> = (0..100).map(event).collect();
+        let one = serde_json::to_vec(&events[0]).unwrap().len() + 1;
+        let kept = newest_within(events.clone(), 10 * one + one / 2);
+        let positions: Vec<u64> = kept.iter().map(|e| e.position).collect();
+        assert_eq!(positions, (90..100).collect::<Vec<_>>());
+        assert_eq!(newest_within(events.clone(), usize::MAX).len(), 100);
+        assert!(newest_within(events, 0).is_empty());
+        let json = serde_json::to_vec(&kept).unwrap();
+        assert!(json.len() <= 10 * one + one / 2, "{}", json.len());
     }
 
     #[test]
