@@ -93,6 +93,10 @@ pub struct MemberArgs {
         value_parser = clap::value_parser!(u64).range(1..=3600)
     )]
     pub write_timeout: u64,
+    /// `GET /metrics` asks for a portal user's login (HTTP Basic), as `/api` does; without it
+    /// the figures are open (they show no data).
+    #[arg(long, env = "MIRRORLAB_METRICS_LOGIN")]
+    pub metrics_login: bool,
 }
 
 impl MemberArgs {
@@ -112,6 +116,7 @@ impl MemberArgs {
             max_segment_bytes: self.journal_segment_bytes,
             statement_timeout_ms: self.statement_timeout as i64 * 1000,
             write_timeout_ms: self.write_timeout as i64 * 1000,
+            metrics_login: self.metrics_login,
             journal_io: std::sync::Arc::new(crate::journal::DirectIo),
         }
     }
@@ -139,6 +144,9 @@ impl MemberArgs {
             self.statement_timeout.to_string().into(),
         );
         push("--write-timeout", self.write_timeout.to_string().into());
+        if self.metrics_login {
+            args.push("--metrics-login".into());
+        }
         args
     }
 }

@@ -23,9 +23,8 @@
 //! address `mirrorlab arbiter --metrics ADDR` names, through the same recorder
 //! ([`crate::arbiter::metrics`]).
 //!
-//! # Left out
-//!
-//! A login for `/metrics` (it shows no data, only figures).
+//! `/metrics` asks for no login (it shows no data, only figures) unless the member runs with
+//! `--metrics-login`.
 
 use std::sync::OnceLock;
 use std::time::Duration;

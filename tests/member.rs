@@ -301,3 +301,19 @@ fn with_mirrorlab_log_json_every_line_on_stderr_is_a_json_object() {
         "{event}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_are_open_unless_the_member_is_started_to_ask_for_a_login() {
+    let open = TestMember::start().await;
+    let guarded = TestMember::start_with("guarded", &["--metrics-login"]).await;
+    let plain = reqwest::Client::new();
+    let scrape = |url: &str| plain.get(format!("{url}/metrics")).send();
+    assert_eq!(scrape(&open.url).await.unwrap().status().as_u16(), 200);
+    // Asked for a login: refused without one (as /api refuses), served with one. The flag
+    // reaches the instance the agent starts.
+    let refused = scrape(&guarded.url).await.unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    assert!(refused.text().await.unwrap().contains("error"));
+    let text = guarded.api().metrics().await;
+    assert!(text.contains("mirrorlab_mirror_role"), "{text}");
+}

@@ -98,6 +98,8 @@ pub struct InstanceSettings {
     /// How long one write statement may run before it is stopped (ms): shorter, because while it
     /// runs no other write of the member can commit.
     pub write_timeout_ms: i64,
+    /// `GET /metrics` asks for a login (see [`crate::web`]'s routes).
+    pub metrics_login: bool,
     /// The write path's file operations of the journals opened at start (the instance's, and a
     /// primary's mirror journal): [`DirectIo`](crate::journal::DirectIo) but in fault tests.
     pub journal_io: Arc<dyn JournalIo>,
@@ -117,6 +119,7 @@ impl InstanceSettings {
             max_segment_bytes: DEFAULT_MAX_SEGMENT_BYTES,
             statement_timeout_ms: crate::storage::namespace::STATEMENT_TIMEOUT_MS,
             write_timeout_ms: crate::storage::namespace::WRITE_TIMEOUT_MS,
+            metrics_login: false,
             journal_io: Arc::new(crate::journal::DirectIo),
         }
     }

@@ -2,8 +2,8 @@
 //!
 //! What is counted where it happens (commits, fsyncs, group commits, takeovers) is already in
 //! the recorder; what describes the member's state is set here, as gauges, from one copy of the
-//! member's published status and from the hub, just before the text is rendered. No login: the
-//! figures show no data (a setting to ask for one is left for later).
+//! member's published status and from the hub, just before the text is rendered. No login (the
+//! figures show no data) unless the member runs with `--metrics-login` (see the routes).
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};

@@ -34,8 +34,7 @@ pub(super) fn all(state: &AppState) -> Router<AppState> {
         .route("/mirror_status", get(mirror_status))
         // The path IRIS serves it on, so a load balancer set up for IRIS works unchanged.
         .route("/csp/user/mirror_status.cxw", get(mirror_status))
-        // Prometheus scrapes it; no login (figures, no data).
-        .route("/metrics", get(super::metrics::metrics))
+        .merge(metrics_route(state))
         .route("/static/portal.css", get(css))
         .route("/static/favicon.svg", get(favicon))
         .route("/static/refresh.js", get(refresh_script))
@@ -44,6 +43,20 @@ pub(super) fn all(state: &AppState) -> Router<AppState> {
         .merge(mirror_pages())
         .merge(app_pages())
         .fallback(super::page_not_found)
+}
+
+/// `GET /metrics`, which Prometheus scrapes: open (figures, no data), unless the member was
+/// started with `--metrics-login`, which asks for a portal user's login as `/api` does.
+fn metrics_route(state: &AppState) -> Router<AppState> {
+    let route = Router::new().route("/metrics", get(super::metrics::metrics));
+    if state.instance.settings.metrics_login {
+        route.route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_api_user,
+        ))
+    } else {
+        route
+    }
 }
 
 /// The management portal's pages outside mirroring.

@@ -194,11 +194,13 @@ impl Api {
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 
-    /// `GET /metrics` (no login): Prometheus's text, after checking its content type.
+    /// `GET /metrics`: Prometheus's text, after checking its content type (with a login, which
+    /// a member started with `--metrics-login` asks for and any other ignores).
     pub async fn metrics(&self) -> String {
         let r = self
             .client
             .get(format!("{}/metrics", self.url))
+            .basic_auth("superuser", Some("SYS"))
             .send()
             .await
             .unwrap();
