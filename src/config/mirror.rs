@@ -465,6 +465,12 @@ impl Membership {
             .find(|m| m.name == name)
     }
 
+    /// The other failover member, when the mirror has one (a mirror has at most two failover
+    /// members).
+    pub fn other_failover(&self) -> Option<&MemberInfo> {
+        self.others.iter().find(|o| o.kind == MemberKind::Failover)
+    }
+
     /// Whether `fingerprint` is the certificate of a member of this mirror (this one included):
     /// who may receive journal and make mirror requests when the mirror requires SSL/TLS.
     pub fn authorized(&self, fingerprint: &str) -> bool {

@@ -370,7 +370,7 @@ impl Driver {
         }
         // Asked as a backup, before this member started deciding: nobody waits for them.
         self.taken.agent_answers.clear();
-        let has_other = m.others.iter().any(|o| o.kind == MemberKind::Failover);
+        let has_other = m.other_failover().is_some();
         let now_ms = self.now_ms();
         let mut shell = DecidingShell {
             service: &self.service,
@@ -395,12 +395,7 @@ impl Restarting for DecidingShell<'_> {
         let context = self.service.context();
         let m = self.membership;
         let my_epoch = context.config.get().epoch;
-        let Some(other) = m
-            .others
-            .iter()
-            .find(|o| o.kind == MemberKind::Failover)
-            .cloned()
-        else {
+        let Some(other) = m.other_failover().cloned() else {
             return false;
         };
         let Ok(address) = super::agent_target(&context.identity, m, &other) else {

@@ -98,7 +98,7 @@ fn decide_role(prepared: &Prepared) -> Result<MemberStart> {
         state.set_journal(Some(mj.shared()));
         journal = Some(mj);
     }
-    let other_failover = m.others.iter().any(|o| o.kind == MemberKind::Failover);
+    let other_failover = m.other_failover().is_some();
     if m.was_primary && other_failover {
         // The other failover member may have taken over while this one was down: start
         // read-only and let the failover driver find out (see mirror::driver).

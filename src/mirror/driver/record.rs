@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use crate::config::mirror::{MemberKind, Membership};
+use crate::config::mirror::Membership;
 use crate::mirror::core::After;
 use crate::mirror::events::EventKind;
 use crate::mirror::failover::{Event, FailoverRole};
@@ -18,9 +18,7 @@ pub(super) fn links(
     arbiter_events: &[Event],
 ) {
     let other = m
-        .others
-        .iter()
-        .find(|o| o.kind == MemberKind::Failover)
+        .other_failover()
         .map(|o| o.name.to_string())
         .unwrap_or_else(|| "the other member".into());
     let primary = role == FailoverRole::Primary;

@@ -71,9 +71,7 @@ impl MirrorService {
                     known.certificate.as_deref().unwrap_or("none")
                 )));
             }
-            if info.kind == MemberKind::Failover
-                && m.others.iter().any(|o| o.kind == MemberKind::Failover)
-            {
+            if info.kind == MemberKind::Failover && m.other_failover().is_some() {
                 return Err(Error::Conflict(
                     "the mirror already has two failover members: reject this one".into(),
                 ));

@@ -100,7 +100,7 @@ impl MirrorService {
             error: None,
         }];
         let mut lists = vec![own];
-        for other in m.others.iter().filter(|o| o.kind == MemberKind::Failover) {
+        if let Some(other) = m.other_failover() {
             let asked = async {
                 let target = super::super::agent_target(&self.context.identity, m, other)?;
                 let request = AgentRequest::MirrorEvents { since_ms };

@@ -303,9 +303,7 @@ impl MirrorService {
                 .filter(|p| m.this.name != *p)
                 .and_then(|p| m.member(p))
                 .or_else(|| {
-                    m.others
-                        .iter()
-                        .find(|o| o.kind == MemberKind::Failover)
+                    m.other_failover()
                         .filter(|_| m.this.kind == MemberKind::Failover)
                 });
             if let Some(p) = partner {
@@ -341,7 +339,7 @@ impl MirrorService {
                 },
             });
         }
-        let other_failover = m.others.iter().find(|o| o.kind == MemberKind::Failover);
+        let other_failover = m.other_failover();
         let mut failover_info = vec![(
             m.this.name.to_string(),
             m.this.superserver_address.clone(),
@@ -489,9 +487,7 @@ fn no_primary(
         return None;
     }
     let other = m
-        .others
-        .iter()
-        .find(|o| o.kind == MemberKind::Failover)
+        .other_failover()
         .map(|o| o.name.to_string())
         .unwrap_or_else(|| "the other failover member".into());
     if published.deciding {
