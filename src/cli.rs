@@ -97,11 +97,21 @@ pub struct MemberArgs {
     /// the figures are open (they show no data).
     #[arg(long, env = "MIRRORLAB_METRICS_LOGIN")]
     pub metrics_login: bool,
+    /// The no-click mirror: carry out a mirror plan at start — `1` for the install folder's
+    /// `mirror.json`, or a plan file's path; `0` or nothing: none (the manual walk-through).
+    #[arg(long, env = "MIRRORLAB_AUTO_MIRROR", value_name = "1|FILE")]
+    pub auto_mirror: Option<String>,
 }
 
 impl MemberArgs {
     fn host(&self) -> String {
         self.host_name.clone().unwrap_or_else(crate::os::host_name)
+    }
+
+    /// The plan `--auto-mirror` names, if any.
+    fn auto_mirror_plan(&self) -> Option<PathBuf> {
+        crate::mirror::auto::plan_path(self.auto_mirror.as_deref(), &self.install)
+            .map(|p| std::path::absolute(&p).unwrap_or(p))
     }
 
     fn instance_settings(&self) -> InstanceSettings {
@@ -147,6 +157,14 @@ impl MemberArgs {
         if self.metrics_login {
             args.push("--metrics-login".into());
         }
+        // Always passed, so a plan path relative to the member's folder means the same to the
+        // instance, and "off" stays off whatever the environment says.
+        args.push("--auto-mirror".into());
+        args.push(
+            self.auto_mirror_plan()
+                .map(|p| p.into_os_string())
+                .unwrap_or_else(|| "0".into()),
+        );
         args
     }
 }
@@ -180,7 +198,10 @@ pub fn main() -> ExitCode {
             // Before any thread starts (see the function's reasons).
             crate::os::return_large_allocations();
             crate::server::init_logging(Some(&args.data_dir.join("mgr/messages.log")));
-            runtime().block_on(crate::server::run_instance(args.instance_settings()))
+            runtime().block_on(crate::server::run_instance(
+                args.instance_settings(),
+                args.auto_mirror_plan(),
+            ))
         }
         Command::Arbiter(args) => {
             crate::server::init_logging(None);

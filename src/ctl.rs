@@ -5,7 +5,8 @@
 //! `health` asks whatever answers on the agent port. The arbiter answers a status request with
 //! its summary: healthy. A member's agent answers with its instance's state: healthy only when the
 //! instance runs *and* its portal answers `/api/health`, so a member whose instance was stopped or
-//! hangs is reported unhealthy.
+//! hangs is reported unhealthy — saying how its last run ended, why its agent forced it down if
+//! it did (`docker inspect` shows it), and how to start it again.
 
 use std::time::Duration;
 
@@ -137,7 +138,7 @@ async fn health(args: &CtlArgs) -> Result<u8> {
     }
     let state = reply["instance"]["state"].as_str().unwrap_or("unknown");
     if state != "running" {
-        return unhealthy(&format!("instance is {state}"));
+        return unhealthy(&down_story(&reply["instance"]));
     }
     let url = format!("{}/api/health", args.url.trim_end_matches('/'));
     let client = reqwest::Client::builder()
@@ -152,6 +153,22 @@ async fn health(args: &CtlArgs) -> Result<u8> {
         Ok(r) => unhealthy(&format!("{url} answered {}", r.status())),
         Err(err) => unhealthy(&format!("{url}: {err}")),
     }
+}
+
+/// What a down instance's status says: how it ended, why it was forced down, and how to start
+/// it again (the agent never restarts it by itself).
+fn down_story(instance: &serde_json::Value) -> String {
+    let state = instance["state"].as_str().unwrap_or("unknown");
+    let mut story = format!("instance is {state}");
+    if let Some(why) = instance["forced_down"].as_str() {
+        story.push_str(&format!(": forced down by its agent because {why}"));
+    } else if let Some(exit) = instance["last_exit"].as_str() {
+        story.push_str(&format!(" (its last run ended: {exit})"));
+    }
+    if state == "down" {
+        story.push_str(&format!("; {}", agent::START_AGAIN));
+    }
+    story
 }
 
 fn unhealthy(why: &str) -> Result<u8> {

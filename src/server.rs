@@ -2,6 +2,7 @@
 //! and graceful shutdown on SIGTERM / Ctrl-C.
 
 use std::fs::OpenOptions;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
@@ -85,7 +86,11 @@ pub async fn shutdown_signal() {
 
 /// Runs an instance until SIGTERM (exit 0), or until its writer or its mirror journal fails
 /// (exit 70).
-pub async fn run_instance(settings: InstanceSettings) -> Result<u8> {
+pub async fn run_instance(settings: InstanceSettings, auto_mirror: Option<PathBuf>) -> Result<u8> {
+    // A plan a person got wrong stops the start with the reason, before anything is opened.
+    let plan = auto_mirror
+        .map(|path| crate::mirror::auto::MirrorPlan::load(&path))
+        .transpose()?;
     let (failed_tx, mut failed_rx) = watch::channel(false);
     let stopped_failed = failed_rx.clone();
     let failed_tx = Arc::new(failed_tx);
@@ -121,6 +126,15 @@ pub async fn run_instance(settings: InstanceSettings) -> Result<u8> {
     );
     let app = crate::web::router(&node);
     let productions = tokio::spawn(crate::instance::productions::run(node.instance.clone()));
+    // A Copy from Primary that a stop or a kill cut off goes on.
+    node.mirror_service.resume_copies();
+    let auto_mirror = plan.map(|(plan, origin)| {
+        tokio::spawn(crate::mirror::auto::run(
+            node.mirror_service.clone(),
+            plan,
+            origin,
+        ))
+    });
     let stop = async move {
         tokio::select! {
             _ = shutdown_signal() => tracing::info!("stopping (signal)"),
@@ -129,6 +143,9 @@ pub async fn run_instance(settings: InstanceSettings) -> Result<u8> {
     };
     crate::web::serve::serve(listener, app, stop).await;
     productions.abort();
+    if let Some(task) = auto_mirror {
+        task.abort();
+    }
     let failed = node.instance.failure().is_some() || *stopped_failed.borrow();
     tokio::task::spawn_blocking(move || node.close()).await.ok();
     tracing::info!("instance stopped");

@@ -29,20 +29,37 @@ use common::{Api, LogSource, TestMember};
 use serde_json::json;
 
 const CONTAINERS: [&str; 3] = ["arbiter", "mirrorA", "mirrorB"];
+/// Every container a lab of these tests may start (the profiles' too).
+const ALL_CONTAINERS: [&str; 6] = [
+    "arbiter",
+    "mirrorA",
+    "mirrorB",
+    "mirrorC",
+    "prometheus",
+    "haproxy",
+];
 const QOS_MS: u64 = 2000;
+
+/// One lab at a time: the labs share container names and host ports.
+static ONE_LAB: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The running lab in its temporary folder; `docker compose down` when dropped.
 struct Lab {
     dir: tempfile::TempDir,
     compose: Vec<String>,
+    /// `--profile` arguments for every command.
+    profiles: Vec<String>,
+    /// Environment of the `up` (the compose file reads it).
+    env: Vec<(String, String)>,
     /// This process's user and group ids: the members run with them, so that everything they
     /// write can be removed by this test.
     ids: (String, String),
 }
 
 impl Lab {
-    /// Copies the compose file and `install/` into a fresh folder and runs `up -d --no-build`.
-    fn up() -> Lab {
+    /// Copies the compose file and `install/` into a fresh folder and runs `up -d --no-build`
+    /// with `profiles` and the environment `env`.
+    fn up(profiles: &[&str], env: &[(&str, &str)]) -> Lab {
         let answered = Command::new("docker").arg("info").output();
         assert!(
             answered.as_ref().is_ok_and(|o| o.status.success()),
@@ -61,7 +78,14 @@ impl Lab {
             "the image prom/prometheus:latest is missing: build it with \
              tests/docker/build-prometheus-offline.sh"
         );
-        for name in CONTAINERS.iter().chain([&"prometheus"]) {
+        assert!(
+            docker(&["image", "inspect", "haproxy:latest"])
+                .status
+                .success(),
+            "the image haproxy:latest is missing: build it with \
+             tests/docker/build-haproxy-offline.sh"
+        );
+        for name in ALL_CONTAINERS {
             assert!(
                 !docker(&["container", "inspect", name]).status.success(),
                 "a container called {name} exists already (is the lab running? `docker compose down` it first)"
@@ -76,11 +100,21 @@ impl Lab {
         .unwrap();
         copy_tree(&root.join("install"), &dir.path().join("install"));
         copy_tree(&root.join("monitoring"), &dir.path().join("monitoring"));
+        copy_tree(&root.join("haproxy"), &dir.path().join("haproxy"));
         std::fs::create_dir(dir.path().join("sharedA")).unwrap();
         std::fs::create_dir(dir.path().join("sharedB")).unwrap();
+        std::fs::create_dir(dir.path().join("sharedC")).unwrap();
         let lab = Lab {
             dir,
             compose: compose_command(),
+            profiles: profiles
+                .iter()
+                .flat_map(|p| ["--profile".to_string(), p.to_string()])
+                .collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ids: ids(),
         };
         let version = lab.compose(&["version"]);
@@ -89,8 +123,7 @@ impl Lab {
             lab.compose.join(" "),
             text(&version).trim()
         );
-        // With the monitoring profile: Prometheus scrapes the three.
-        let up = lab.compose(&["--profile", "monitoring", "up", "-d", "--no-build"]);
+        let up = lab.compose(&["up", "-d", "--no-build"]);
         assert!(up.status.success(), "compose up failed: {}", text(&up));
         lab
     }
@@ -100,10 +133,12 @@ impl Lab {
         Command::new(&self.compose[0])
             .args(&self.compose[1..])
             .args(["--project-name", "mirrorlabtest"])
+            .args(&self.profiles)
             .args(args)
             .current_dir(self.dir.path())
             .env("MIRRORLAB_UID", uid)
             .env("MIRRORLAB_GID", gid)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .unwrap()
     }
@@ -122,15 +157,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let down = self.compose(&[
-            "--profile",
-            "monitoring",
-            "down",
-            "--volumes",
-            "--remove-orphans",
-            "--timeout",
-            "20",
-        ]);
+        let down = self.compose(&["down", "--volumes", "--remove-orphans", "--timeout", "20"]);
         if !down.status.success() {
             eprintln!("compose down failed: {}", text(&down));
         }
@@ -259,6 +286,46 @@ async fn see_the_takeover_on_the_monitor() {
     pb.browser.close().await.unwrap();
 }
 
+/// Copy from Primary on the backup (mirrorA) while the writers go on: COMPANY, grown to a few
+/// megabytes, is dismounted and fetched again over the data channel at 1 MB/s (its progress on
+/// the Mirror Monitor is the README's picture); `docker kill mirrorA` halfway leaves its file
+/// untouched, and after `docker start` the copy resumes, and COMPANY is dejournaling again.
+async fn copy_from_the_primary_through_a_kill(a: &Api, b: &Api, a_data: &Path) {
+    b.sql("COMPANY", BULK_COMPANIES).await;
+    a.ok("/api/databases/COMPANY/dismount", json!({})).await;
+    a.ok(
+        "/api/databases/COMPANY/copy?max_bytes_per_s=1000000",
+        json!({}),
+    )
+    .await;
+    let driver = Driver::start().await;
+    let mut pa = Portal::open(&driver, "http://localhost:52775".into(), "A").await;
+    pa.log_in().await;
+    let total = wait_copy_halfway(a, "COMPANY").await;
+    pa.visit("/portal/mirror/monitor").await;
+    assert!(pa.body().await.contains("Copies from the Primary"));
+    pa.browser
+        .execute("document.getElementById('copies').closest('section').scrollIntoView()", vec![])
+        .await
+        .unwrap();
+    pa.screenshot("lab-copy-from-primary-mirrorA.png").await;
+    pa.browser.close().await.unwrap();
+    drop(driver);
+    docker_ok(&["kill", "mirrorA"]);
+    let partial = std::fs::metadata(a_data.join("mgr/company/database.sqlite.copy"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(
+        partial > 0 && partial < total,
+        "partial copy of {partial} bytes"
+    );
+    docker_ok(&["start", "mirrorA"]);
+    a.wait_ready_within(60).await;
+    wait_copy_resumed(a, "COMPANY").await;
+    wait_dejournaling(a, "COMPANY").await;
+    wait_role(a, "Backup", 30).await;
+}
+
 /// Prometheus's own UI at the end of the faults: the primary moving between the members, and
 /// the backup's lag (the README's pictures). Its classic UI draws the graph with JavaScript
 /// once the page loaded: the test waits for the drawing.
@@ -351,7 +418,15 @@ async fn rejoin_as_backup(member: &Api, container: &str) {
             return;
         }
         if text(&ctl_inside(container, &["status"])).contains("\"down\"") {
-            let started = ctl_inside(container, &["start"]);
+            // The health check says why it is down and how to start it; do as it says.
+            let health = ctl_inside(container, &["health"]);
+            let said = text(&health);
+            assert!(
+                !health.status.success()
+                    && said.contains("docker exec <member> mirrorlab ctl start"),
+                "{said}"
+            );
+            let started = docker(&["exec", container, "mirrorlab", "ctl", "start"]);
             assert!(started.status.success(), "{}", text(&started));
         }
         assert!(
@@ -365,8 +440,11 @@ async fn rejoin_as_backup(member: &Api, container: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_compose_lab_walkthrough_and_its_faults() {
+    let _one_lab = ONE_LAB.lock().await;
     let started = Instant::now();
-    let lab = Lab::up();
+    // With the monitoring profile (Prometheus scrapes the three) and the haproxy profile (one
+    // port that follows the primary).
+    let lab = Lab::up(&["monitoring", "haproxy"], &[]);
     let a = lab.member(52775, "mirrorA");
     let b = lab.member(52776, "mirrorB");
     a.wait_ready_within(60).await;
@@ -459,9 +537,15 @@ async fn the_compose_lab_walkthrough_and_its_faults() {
     .await;
     phase(started, "prometheus scrapes the lab");
 
-    // Writers through every fault below, on whichever member accepts them.
+    // Writers through every fault below, on whichever member accepts them; and one through
+    // HAProxy's port, which must reach the primary every time.
     let stop = Arc::new(AtomicBool::new(false));
     let writers = start_writers_on_primary([a.clone(), b.clone()], 2, "lab", stop.clone());
+    let proxy = Api::new(
+        "http://127.0.0.1:52780".into(),
+        LogSource::Container("haproxy".into()),
+    );
+    let proxied = start_writers_on_primary([proxy.clone(), proxy], 1, "proxy", stop.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Step 10: `docker kill mirrorA` — the whole host — and mirrorB takes over.
@@ -587,6 +671,11 @@ async fn the_compose_lab_walkthrough_and_its_faults() {
     rejoin_as_backup(&a, "mirrorA").await;
     phase(started, "docker unpause mirrorA: it is backup");
     wait_arbiter_controlled(&a, &b).await;
+    copy_from_the_primary_through_a_kill(&a, &b, &lab.data_dir("sharedA")).await;
+    phase(
+        started,
+        "Copy from Primary on mirrorA, resumed after docker kill",
+    );
 
     // `docker stop arbiter`: both go Agent Controlled, and the primary keeps committing.
     docker_ok(&["stop", "arbiter"]);
@@ -621,6 +710,13 @@ async fn the_compose_lab_walkthrough_and_its_faults() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let acked = finish_writers(&stop, writers, &b, &a).await;
     eprintln!("{} writes acknowledged across the faults", acked.len());
+    // Through HAProxy: every write it got acknowledged (always by the primary of the moment:
+    // a backup refuses writes) is on the final primary.
+    let through_proxy = finish_writers(&stop, proxied, &b, &a).await;
+    eprintln!(
+        "{} writes acknowledged through HAProxy across the faults",
+        through_proxy.len()
+    );
     graph_in_prometheus().await;
     // The outage mirrorB recorded at the first takeover is the one the writers saw.
     let events = b.events().await;
@@ -637,7 +733,7 @@ async fn the_compose_lab_walkthrough_and_its_faults() {
         acked.outages
     );
     drop(lab);
-    for name in CONTAINERS.iter().chain([&"prometheus"]) {
+    for name in ALL_CONTAINERS {
         assert!(
             !docker(&["container", "inspect", name]).status.success(),
             "{name} is left after compose down"
@@ -647,4 +743,101 @@ async fn the_compose_lab_walkthrough_and_its_faults() {
         !docker(&["network", "inspect", &network]).status.success(),
         "the network {network} is left after compose down"
     );
+}
+
+/// `MIRRORLAB_AUTO_MIRROR=1` with the async profile: nobody clicks. Each member carries out
+/// `install/mirror.json` — mirrorA creates MIRRORSET with the arbiter and adds the three
+/// databases, mirrorB joins as failover and mirrorC as a DR async, and both fetch the databases
+/// from the primary over the data channel — and within 60 s of the portals answering mirrorB is
+/// the active backup with COMPANY, CUSTOMER and PERSONAL dejournaling. Then `docker kill
+/// mirrorA`: mirrorB takes over, mirrorC follows it, and mirrorA, started again, converges as
+/// the backup; every acknowledged write is on the new primary and all three hold the same rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_no_click_lab_with_an_async_member() {
+    let _one_lab = ONE_LAB.lock().await;
+    let started = Instant::now();
+    let lab = Lab::up(&["async"], &[("MIRRORLAB_AUTO_MIRROR", "1")]);
+    let a = lab.member(52775, "mirrorA");
+    let b = lab.member(52776, "mirrorB");
+    let c = lab.member(52777, "mirrorC");
+    for member in [&a, &b, &c] {
+        member.wait_ready_within(60).await;
+    }
+    let answering = Instant::now();
+    let converged = |role: &'static str| {
+        move |v: &serde_json::Value| {
+            v["role"] == role
+                && v["auto_mirror"]["done"] == true
+                && DATABASES.iter().all(|db| {
+                    v["databases"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|d| d["name"] == *db && d["status"] == "Dejournaling")
+                })
+        }
+    };
+    b.wait_mirror(
+        60,
+        "the active backup, its databases dejournaling",
+        converged("Backup"),
+    )
+    .await;
+    eprintln!(
+        "figure: no-click lab: mirrorB the backup with three databases dejournaling {:?} after \
+         the portals answered",
+        answering.elapsed()
+    );
+    a.wait_mirror(20, "primary with mirrorB active", |v| {
+        v["role"] == "Primary"
+            && v["auto_mirror"]["done"] == true
+            && TestMember::member_row(v, "MIRRORB/IRIS")["journal_transfer"] == "Active"
+    })
+    .await;
+    c.wait_mirror(
+        60,
+        "a DR async, its databases dejournaling",
+        converged("Disaster Recovery"),
+    )
+    .await;
+    wait_arbiter_controlled(&a, &b).await;
+    phase(started, "no-click lab in place");
+
+    // The No-Click Mirror panel on mirrorB's monitor (the README's picture).
+    let driver = Driver::start().await;
+    let mut pb = Portal::open(&driver, "http://127.0.0.1:52776".into(), "B").await;
+    pb.log_in().await;
+    pb.visit("/portal/mirror/monitor").await;
+    let body = pb.body().await;
+    assert!(
+        body.contains("No-Click Mirror") && body.contains("Join MIRRORSET through mirrorA"),
+        "{body}"
+    );
+    pb.screenshot("lab-no-click-mirrorB.png").await;
+    pb.browser.close().await.unwrap();
+    drop(driver);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers_on_primary([a.clone(), b.clone()], 2, "noclick", stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    docker_ok(&["kill", "mirrorA"]);
+    wait_role(&b, "Primary", 30).await;
+    c.wait_mirror(30, "following mirrorB", |v| {
+        TestMember::member_row(v, "MIRRORB/IRIS")["status"] == "Primary"
+    })
+    .await;
+    phase(
+        started,
+        "docker kill mirrorA: mirrorB is primary, mirrorC follows it",
+    );
+    docker_ok(&["start", "mirrorA"]);
+    a.wait_ready_within(60).await;
+    a.wait_mirror(60, "the backup again", converged("Backup"))
+        .await;
+    phase(started, "docker start mirrorA: it converged as the backup");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let acked = finish_writers(&stop, writers, &b, &a).await;
+    eprintln!("{} writes acknowledged across the fault", acked.len());
+    assert_identical(&b, &c).await;
+    assert_all_present(&c, &acked, "mirrorC").await;
 }

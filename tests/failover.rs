@@ -692,6 +692,26 @@ async fn a_hung_primary_is_forced_down_and_the_backup_takes_over() {
             .contains("signal 9"),
         "{status:?}"
     );
+    // Its status and the container health check say why it is down and how to start it.
+    assert!(
+        status
+            .forced_down
+            .as_deref()
+            .unwrap_or_default()
+            .contains("hung"),
+        "{status:?}"
+    );
+    let health = std::process::Command::new(common::BINARY)
+        .args(["ctl", "--agent", &a.agent, "health"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&health.stdout);
+    assert_eq!(health.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("forced down by its agent because it did not answer")
+            && said.contains("mirrorlab ctl start"),
+        "{said}"
+    );
     common::before_fault(500).await;
 
     a.start_instance().await;

@@ -163,6 +163,226 @@ async fn a_copy_made_during_freeze_while_applications_write_catches_up() {
     assert_all_present(&b, &acked, "B").await;
 }
 
+/// Copy from Primary: B fetches each mirrored database over the data channel while A's
+/// applications write. B's instance is killed in the middle of COMPANY's copy: its database
+/// file stays the old one (never half a file), and when B starts again the copy resumes from
+/// the bytes it held, is verified, mounted, activated and caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_from_the_primary_survives_a_kill_and_catches_up() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let (a, b) = pair(2000).await;
+    // Enough rows that a paced copy takes seconds.
+    a.sql("COMPANY", BULK_COMPANIES).await;
+    let a = Arc::new(a);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(&a, 2, "netcopy", stop.clone());
+    a.ok("/api/mirror/add-databases", json!({"databases": DATABASES}))
+        .await;
+    b.wait_mirror(20, "the mirrored databases missing", |v| {
+        v["missing_databases"].as_array().unwrap().len() == DATABASES.len()
+    })
+    .await;
+
+    // Bad input is refused with a reason; on the primary there is nothing to copy from.
+    let (status, body) = b
+        .post(
+            "/api/databases/COMPANY/copy?max_bytes_per_s=fast",
+            json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = a
+        .post("/api/databases/COMPANY/copy", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("backup"), "{body}");
+
+    let file = b.data_dir().join("mgr/company/database.sqlite");
+    let before = std::fs::read(&file).unwrap();
+    let started = b
+        .ok(
+            "/api/databases/COMPANY/copy?max_bytes_per_s=1000000",
+            json!({}),
+        )
+        .await;
+    assert!(
+        started["message"].as_str().unwrap().contains("copying"),
+        "{started}"
+    );
+    // A second click while it runs changes nothing and says so.
+    b.refused(
+        "/api/databases/COMPANY/copy",
+        json!({}),
+        409,
+        "already running",
+    )
+    .await;
+    let total = wait_copy_halfway(&b.api(), "COMPANY").await;
+    assert!(total > 3_000_000, "a copy of {total} bytes");
+
+    b.kill_instance().await;
+    // Killed mid-copy: the database file is untouched; the partial copy lies beside it.
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "the database file changed"
+    );
+    let partial = std::fs::metadata(b.data_dir().join("mgr/company/database.sqlite.copy"))
+        .unwrap()
+        .len();
+    assert!(
+        partial > 0 && partial < total,
+        "partial copy of {partial} bytes"
+    );
+
+    b.start_instance().await;
+    b.wait_ready().await;
+    wait_copy_resumed(&b.api(), "COMPANY").await;
+    assert!(
+        !b.data_dir()
+            .join("mgr/company/database.sqlite.copy")
+            .exists(),
+        "the partial copy stayed"
+    );
+    // The other two, unpaced, through the monitor's button's path.
+    for db in ["CUSTOMER", "PERSONAL"] {
+        b.ok(&format!("/api/databases/{db}/copy"), json!({})).await;
+    }
+    for db in DATABASES {
+        wait_dejournaling(&b, db).await;
+    }
+    let view = b.get("/api/mirror").await.1;
+    assert!(
+        view["missing_databases"].as_array().unwrap().is_empty(),
+        "{view}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let acked = stop_writers(&stop, writers).await;
+    assert!(
+        acked.len() > 20,
+        "the writers barely wrote: {}",
+        acked.len()
+    );
+    assert_identical(&a, &b).await;
+    assert_all_present(&b, &acked, "B").await;
+    b.api()
+        .wait_event("MIRRORB/IRIS", "operator", "Copy COMPANY from Primary done")
+        .await;
+}
+
+/// The no-click mirror: three members started with a plan (`--auto-mirror FILE`) build it by
+/// themselves — A creates MIRRORSET with the arbiter and adds the databases, B joins as failover
+/// and C as a DR async, and both copy the databases from the primary over the data channel,
+/// activate and catch up — without one request from outside. A restart converges again
+/// without doing anything twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_planned_mirror_builds_itself_with_no_clicks() {
+    let arbiter = common::TestArbiter::start().await;
+    let plans = tempfile::tempdir().unwrap();
+    // Each member's plan says where the others' agents answer as that member sees them; A's
+    // cannot know B's and C's ports yet, which only means it finds no mirror there to join.
+    let plan = |name: &str, a_agent: &str| {
+        let path = plans.path().join(name);
+        let plan = json!({
+            "about": "a test's mirror",
+            "mirror_name": "MIRRORSET",
+            "arbiter": arbiter.address,
+            "qos_timeout_ms": 2000,
+            "databases": DATABASES,
+            "members": [
+                {"host": "mirrorA", "agent": a_agent},
+                {"host": "mirrorB", "agent": "127.0.0.1:1"},
+                {"host": "mirrorC", "type": "dr", "agent": "127.0.0.1:1"},
+            ],
+        });
+        std::fs::write(&path, plan.to_string()).unwrap();
+        path.to_string_lossy().to_string()
+    };
+    let plan_a = plan("a.json", "127.0.0.1:1");
+    let a = TestMember::start_with("mirrorA", &["--auto-mirror", &plan_a]).await;
+    let plan_others = plan("others.json", &a.agent);
+    let b = TestMember::start_with("mirrorB", &["--auto-mirror", &plan_others]).await;
+    let c = TestMember::start_with("mirrorC", &["--auto-mirror", &plan_others]).await;
+    let ready = std::time::Instant::now();
+    let converged = |role: &'static str| {
+        move |v: &serde_json::Value| {
+            v["role"] == role
+                && v["auto_mirror"]["done"] == true
+                && DATABASES.iter().all(|db| {
+                    v["databases"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|d| d["name"] == *db && d["status"] == "Dejournaling")
+                })
+        }
+    };
+    b.wait_mirror(
+        60,
+        "the active backup, its databases dejournaling",
+        converged("Backup"),
+    )
+    .await;
+    c.wait_mirror(
+        60,
+        "a DR async, its databases dejournaling",
+        converged("Disaster Recovery"),
+    )
+    .await;
+    eprintln!(
+        "figure: planned mirror in place {:?} after the portals answered",
+        ready.elapsed()
+    );
+    let view = a
+        .wait_mirror(20, "done, with an active backup", |v| {
+            v["auto_mirror"]["done"] == true
+                && TestMember::member_row(v, "MIRRORB/IRIS")["journal_transfer"] == "Active"
+        })
+        .await;
+    assert_eq!(view["role"], "Primary", "{view}");
+    assert_eq!(view["qos_timeout_ms"], 2000, "{view}");
+    wait_arbiter_controlled(&a.api(), &b.api()).await;
+    let steps = view["auto_mirror"]["steps"].to_string();
+    assert!(steps.contains("Create MIRRORSET"), "{steps}");
+    let steps = b.get("/api/mirror").await.1["auto_mirror"]["steps"].to_string();
+    assert!(
+        steps.contains("Join MIRRORSET through mirrorA")
+            && steps.contains("COMPANY copied from the primary"),
+        "{steps}"
+    );
+
+    // What A writes reaches both.
+    created(&a.api(), "/api/apps/companies", json!({"name": "planned"})).await;
+    assert_identical(&a, &b).await;
+    assert_identical(&a, &c).await;
+
+    // A restart finds everything in place: no copy, no second join.
+    let before = common::now_ms();
+    b.kill_instance().await;
+    b.start_instance().await;
+    b.wait_ready().await;
+    b.wait_mirror(30, "converged again", converged("Backup"))
+        .await;
+    let events = b.get(&format!("/api/mirror/events?since={before}")).await.1;
+    let again: Vec<&serde_json::Value> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["member"] == "MIRRORB/IRIS" && e["kind"] == "operator")
+        .collect();
+    assert!(again.is_empty(), "the restart acted again: {again:?}");
+    assert!(
+        b.get("/api/mirror").await.1["copies"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "the restart copied again"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_killed_mid_stream_catches_up_without_losing_or_repeating() {
     use std::sync::Arc;
@@ -246,9 +466,12 @@ async fn catchup_fetches_older_journal_from_the_primary() {
         b.ok(&format!("/api/databases/{db}/mount"), json!({})).await;
         b.ok(&format!("/api/databases/{db}/activate"), json!({}))
             .await;
-        b.ok(&format!("/api/databases/{db}/catchup"), json!({}))
-            .await;
     }
+    // The three Catchups at once (quick clicks, or the no-click mirror): each needs the same
+    // older records, and only one may put them before B's journal.
+    let paths = DATABASES.map(|db| format!("/api/databases/{db}/catchup"));
+    let catchup = |path| b.ok(path, json!({}));
+    tokio::join!(catchup(&paths[0]), catchup(&paths[1]), catchup(&paths[2]));
     for db in DATABASES {
         wait_dejournaling(&b, db).await;
     }

@@ -6,7 +6,8 @@
 # starts the Docker engine when it is installed but not running, and builds the image
 # mirrorlab:latest without a registry (tests/docker/build-offline.sh) and, for the lab's
 # monitoring profile, prom/prometheus:latest from Debian's prometheus package
-# (tests/docker/build-prometheus-offline.sh) for the compose test,
+# (tests/docker/build-prometheus-offline.sh) and, for its haproxy profile, haproxy:latest from
+# Debian's haproxy package (tests/docker/build-haproxy-offline.sh) for the compose test,
 # which runs once with each Compose (v2 and 1.29).
 # A test whose tool is missing fails; nothing is skipped.
 set -euo pipefail
@@ -57,18 +58,19 @@ fi
 if docker info >/dev/null 2>&1; then
     tests/docker/build-offline.sh
     tests/docker/build-prometheus-offline.sh
+    tests/docker/build-haproxy-offline.sh
 else
     echo "tests/run.sh: no Docker engine answers; the compose test will fail" >&2
 fi
 
-# The compose lab publishes fixed host ports (52775, 52776) that lie inside Linux's ephemeral
+# The compose lab publishes fixed host ports (52775 to 52780) that lie inside Linux's ephemeral
 # range: a port the kernel hands out to another test (a member on port 0, Chromium's debugging
 # port, a client's connection) could hold one just when the lab starts. Reserved ports are never
 # handed out automatically. (Without root, free_port in tests/common skips them all the same.)
 reserved=/proc/sys/net/ipv4/ip_local_reserved_ports
 if [ "$(id -u)" = 0 ] && [ -w "$reserved" ]; then
     current=$(cat "$reserved")
-    echo "${current:+$current,}52775-52776" > "$reserved"
+    echo "${current:+$current,}52775-52780" > "$reserved"
 fi
 
 cargo test --locked "$@"

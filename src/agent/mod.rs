@@ -71,6 +71,10 @@ use probe::{Probe, probe_instance};
 
 pub use client::{Target, call, call_blocking, call_raw, call_to};
 
+/// How a person starts a down instance again (the agent never does by itself).
+pub const START_AGAIN: &str = "start it with `mirrorlab ctl start` on its host (in the Compose lab: \
+     `docker exec <member> mirrorlab ctl start`, or `docker restart <member>`)";
+
 /// How long a graceful stop may take before the instance is killed.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -161,6 +165,10 @@ pub struct InstanceStatus {
     pub since_ms: i64,
     /// How the last run ended (`exit status: 0`, `killed by signal 9`, …).
     pub last_exit: Option<String>,
+    /// Why the agent forced the last run down (a hung instance, a former primary the other
+    /// failover member superseded), while it stays down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forced_down: Option<String>,
     /// How many times the agent started the instance.
     pub starts: u32,
 }
@@ -335,6 +343,7 @@ impl Supervisor {
             pid: Some(pid),
             since_ms: now_ms(),
             last_exit: status.last_exit.clone(),
+            forced_down: None,
             starts: status.starts + 1,
         };
         drop(status);
@@ -374,6 +383,17 @@ impl Supervisor {
             return self.reply(false, format!("could not force the instance down: {err}"));
         }
         let _ = exits.wait_for(|n| *n != before).await;
+        {
+            let mut status = self.status.lock().unwrap();
+            if status.state == InstanceState::Down {
+                status.forced_down = Some(why.to_string());
+            }
+        }
+        // It stays down until a person starts it: say how, where a person looks first.
+        tracing::warn!(
+            "agent: the instance is down and stays down until started again: {}",
+            START_AGAIN
+        );
         self.reply(true, format!("the instance was forced down: {why}"))
     }
 
@@ -825,6 +845,7 @@ pub async fn run(
             pid: None,
             since_ms: now_ms(),
             last_exit: None,
+            forced_down: None,
             starts: 0,
         }),
         exits,

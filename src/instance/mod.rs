@@ -545,12 +545,7 @@ impl Instance {
                     "{relative} already exists; try again in a second"
                 )));
             }
-            let conn = database::open(&entry.file)?;
-            conn.execute("VACUUM INTO ?1", [target.to_string_lossy()])
-                .map_err(|e| Error::Io(format!("back up {db}: {e}")))?;
-            std::fs::File::open(&target)
-                .and_then(|f| f.sync_all())
-                .io_context("fsync the backup")?;
+            database::copy_consistent(&entry.file, &target)?;
             // Only once the new copy is on disk are the oldest ones removed.
             remove_old_backups(target.parent().expect("has a folder"), &db)?;
             Ok(relative)

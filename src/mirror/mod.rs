@@ -95,6 +95,8 @@
 //! Virtual IPs, and TLS on the arbiter's connections.
 
 pub(crate) mod arbiter_link;
+pub mod auto;
+pub mod copy;
 pub(crate) mod core;
 pub(crate) mod divergence;
 pub(crate) mod driver;

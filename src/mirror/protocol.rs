@@ -11,6 +11,7 @@
 //! kind 2 payload:  first position u64 BE | last position u64 BE | journal frames, exactly as the
 //!                  journal stores them (each with its own CRC, see journal::record)
 //! kind 3 payload:  position u64 BE — "everything up to here is durable in my journal"
+//! kind 4 payload:  offset u64 BE | bytes of a database copy from that offset
 //! ```
 //!
 //! Journal data travels in the journal's own frame format, so the receiver can check every
@@ -26,6 +27,9 @@
 //!   journal records a member's Catchup needs.
 //! - *Info* (the local agent → instance): `Info` → `InfoReply`: what Join as Failover shows
 //!   before the member commits to joining.
+//! - *Copy* (a member → primary): `Copy` → `CopyBegin`, `Chunk`…, `CopyDone` (or `Refused`): a
+//!   consistent copy of one mirrored database's file, resumable from an offset
+//!   ([`super::copy`]).
 
 use std::io::{Read, Write};
 
@@ -43,6 +47,7 @@ pub const MAX_MESSAGE: usize = 64 << 20;
 const KIND_CONTROL: u8 = 1;
 const KIND_FRAMES: u8 = 2;
 const KIND_ACK: u8 = 3;
+const KIND_CHUNK: u8 = 4;
 
 /// Everything a member needs to know about a mirror to join it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,6 +197,34 @@ pub enum Control {
         /// The mirror.
         description: MirrorDescription,
     },
+    /// A member asks the primary for a consistent copy of a mirrored database's file: a new
+    /// one, or the rest of `snapshot` from `offset` (a copy that was cut off resumes).
+    Copy {
+        /// Mirror id.
+        mirror_id: StreamId,
+        /// The database.
+        database: String,
+        /// The copy a resumed transfer continues, as the primary named it.
+        snapshot: Option<String>,
+        /// How much of it the member holds already.
+        offset: u64,
+        /// Send no faster than this (bytes per second), so a copy leaves the data channel room.
+        max_bytes_per_s: Option<u64>,
+    },
+    /// The primary's answer to `Copy`: the copy it sends, its size and SHA-256, and where the
+    /// chunks start (the offset asked for when it resumes that snapshot, else 0).
+    CopyBegin {
+        /// The copy's name on the primary.
+        snapshot: String,
+        /// Its size in bytes.
+        size: u64,
+        /// Its SHA-256, hex.
+        sha256: String,
+        /// The first byte sent.
+        from: u64,
+    },
+    /// Every byte of the copy was sent.
+    CopyDone,
 }
 
 /// One message on the data channel.
@@ -210,6 +243,13 @@ pub enum Message {
     },
     /// Everything up to this position is durable at the sender.
     Ack(JournalPos),
+    /// Bytes of a database copy, starting at `offset`.
+    Chunk {
+        /// Where they go in the file.
+        offset: u64,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
 }
 
 /// Writes a control message.
@@ -236,6 +276,11 @@ pub fn write_frames(
 /// Writes an acknowledgement.
 pub fn write_ack(out: &mut impl Write, pos: JournalPos) -> Result<()> {
     write_raw(out, KIND_ACK, &[&pos.0.to_be_bytes()])
+}
+
+/// Writes bytes of a database copy that start at `offset`.
+pub fn write_chunk(out: &mut impl Write, offset: u64, bytes: &[u8]) -> Result<()> {
+    write_raw(out, KIND_CHUNK, &[&offset.to_be_bytes(), bytes])
 }
 
 fn write_raw(out: &mut impl Write, kind: u8, parts: &[&[u8]]) -> Result<()> {
@@ -283,6 +328,14 @@ pub fn read_message(input: &mut impl Read) -> Result<Option<Message>> {
             Ok(Some(Message::Frames {
                 first,
                 last,
+                bytes: payload,
+            }))
+        }
+        KIND_CHUNK if payload.len() >= 8 => {
+            let offset = u64::from_be_bytes(payload[0..8].try_into().unwrap());
+            payload.drain(..8);
+            Ok(Some(Message::Chunk {
+                offset,
                 bytes: payload,
             }))
         }
@@ -369,6 +422,7 @@ mod tests {
         let body = frames(3..=5);
         write_frames(&mut wire, JournalPos(3), JournalPos(5), &body).unwrap();
         write_ack(&mut wire, JournalPos(5)).unwrap();
+        write_chunk(&mut wire, 1 << 20, b"page").unwrap();
         let mut input = &wire[..];
         assert_eq!(
             read_message(&mut input).unwrap(),
@@ -387,6 +441,13 @@ mod tests {
         assert_eq!(
             read_message(&mut input).unwrap(),
             Some(Message::Ack(JournalPos(5)))
+        );
+        assert_eq!(
+            read_message(&mut input).unwrap(),
+            Some(Message::Chunk {
+                offset: 1 << 20,
+                bytes: b"page".to_vec()
+            })
         );
         assert_eq!(read_message(&mut input).unwrap(), None);
         assert_eq!(

@@ -421,8 +421,10 @@ fn receive(
                     }
                     _ => {}
                 },
-                Message::Ack(_) => {
-                    return Err(Error::InvalidInput("unexpected acknowledgement".into()));
+                Message::Ack(_) | Message::Chunk { .. } => {
+                    return Err(Error::InvalidInput(
+                        "unexpected acknowledgement or copy chunk".into(),
+                    ));
                 }
             }
             Ok(())

@@ -9,6 +9,8 @@
 //!   from this primary's (its divergent tail): the member core decides what a member keeps
 //!   ([`super::core::hello`]).
 //! - `Fetch` (older records for a Catchup): streamed from the journal files, if still kept.
+//! - `Copy` (Copy from Primary): a consistent copy of a mirrored database's file
+//!   ([`super::copy`]).
 //! - `Info` (the local agent, for a joining member): a description of the mirror.
 //!
 //! # SSL/TLS
@@ -312,6 +314,51 @@ fn serve(tcp: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
             ),
             Err(err) => refuse(&mut writer, err.to_string()),
         },
+        Control::Copy {
+            mirror_id,
+            database,
+            snapshot,
+            offset,
+            max_bytes_per_s,
+        } => {
+            let allowed =
+                check_member_request(context, mirror_id, peer.as_deref()).and_then(|()| {
+                    let db = crate::names::DbName::new(&database)?;
+                    let config = context.config.get();
+                    let mirrored = config
+                        .mirror
+                        .member()?
+                        .databases
+                        .iter()
+                        .any(|d| d.name == db);
+                    if !mirrored {
+                        return Err(Error::NotFound(format!("{db} is not a mirrored database")));
+                    }
+                    Ok(db)
+                });
+            match allowed {
+                // A copy is long: the member reads it at its pace, so the write timeout is
+                // the usual read timeout, not the QoS.
+                Ok(db) => {
+                    stream.set_write_timeout(Some(READ_TIMEOUT))?;
+                    let served = super::copy::serve(
+                        &mut writer,
+                        context,
+                        &db,
+                        snapshot.as_deref(),
+                        offset,
+                        max_bytes_per_s,
+                    );
+                    match served {
+                        Err(err @ (Error::Conflict(_) | Error::NotFound(_))) => {
+                            refuse(&mut writer, err.to_string())
+                        }
+                        other => other,
+                    }
+                }
+                Err(err) => refuse(&mut writer, err.to_string()),
+            }
+        }
         Control::Hello {
             mirror_name,
             mirror_id,
@@ -351,6 +398,20 @@ fn fetch_source(
     mirror_id: StreamId,
     peer: Option<&str>,
 ) -> Result<Arc<JournalShared>> {
+    check_member_request(context, mirror_id, peer)?;
+    context
+        .mirror
+        .journal()
+        .ok_or_else(|| Error::Conflict("no mirror journal".into()))
+}
+
+/// What a member may fetch (older journal, a database copy) only this primary serves, only for
+/// its own mirror, and with Require SSL/TLS only over TLS to a member's certificate.
+fn check_member_request(
+    context: &MirrorContext,
+    mirror_id: StreamId,
+    peer: Option<&str>,
+) -> Result<()> {
     let config = context.config.get();
     let membership = config.mirror.member()?;
     if membership.mirror.id != mirror_id {
@@ -360,19 +421,16 @@ fn fetch_source(
     }
     if membership.mirror.require_tls && !peer.is_some_and(|p| membership.authorized(p)) {
         return Err(Error::Conflict(format!(
-            "mirror {} requires SSL/TLS: journal goes only to its members' certificates",
+            "mirror {} requires SSL/TLS: journal and database copies go only to its members' certificates",
             membership.mirror.name
         )));
     }
     if context.mirror.role() != Role::Primary {
         return Err(Error::Conflict(
-            "older journal records are fetched from the primary".into(),
+            "older journal records and database copies are fetched from the primary".into(),
         ));
     }
-    context
-        .mirror
-        .journal()
-        .ok_or_else(|| Error::Conflict("no mirror journal".into()))
+    Ok(())
 }
 
 fn serve_fetch(
@@ -760,7 +818,9 @@ fn read_acks(reader: &mut BufReader<Channel>, context: &MirrorContext, id: u64) 
                 }
                 _ => {}
             },
-            Ok(Some(Message::Frames { .. })) => return "the member sent journal frames".into(),
+            Ok(Some(Message::Frames { .. } | Message::Chunk { .. })) => {
+                return "the member sent journal frames or copy bytes".into();
+            }
             Ok(None) => return "the member closed the connection".into(),
             Err(err) => return format!("connection lost: {err}"),
         }

@@ -107,6 +107,20 @@ pub fn verify_file(path: &Path, directory: &str) -> Result<()> {
     Ok(())
 }
 
+/// Writes a consistent copy of the database file `source` to `target` (which must not exist)
+/// and makes it durable. SQLite's `VACUUM INTO` reads one snapshot, so writers go on meanwhile
+/// and the copy holds exactly the rows — and the applied journal position — of one moment: a
+/// Catchup from that position brings it up to date.
+pub fn copy_consistent(source: &Path, target: &Path) -> Result<()> {
+    let conn = open(source)?;
+    conn.execute("VACUUM INTO ?1", [target.to_string_lossy()])
+        .map_err(|e| Error::Io(format!("copy {}: {e}", source.display())))?;
+    std::fs::File::open(target)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::Io(format!("fsync {}: {e}", target.display())))?;
+    Ok(())
+}
+
 /// Keeps statement journals (what a savepoint needs to roll back) in memory. By default SQLite
 /// spills one to a temporary file once it outgrows 64 KiB, and a large batch or a gathered run of
 /// changesets would create and delete a file each time. They hold only what the open transaction

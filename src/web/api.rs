@@ -80,10 +80,17 @@ pub(crate) async fn databases(State(state): State<AppState>) -> ApiResult {
 pub(crate) async fn database_action(
     State(state): State<AppState>,
     Path((db, action)): Path<(String, String)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> ApiResult {
     let db = DbName::new(&db)?;
     let service = &state.mirror_service;
     let message = match action.as_str() {
+        // Answers at once; `GET /api/mirror` shows the copy's progress under `copies`.
+        "copy" => {
+            let pace = copy_pace(query.as_deref())?;
+            let message = service.copy_from_primary(db.clone(), pace)?;
+            return Ok(Json(json!({ "database": db, "message": message })));
+        }
         "mount" => state.instance.mount(db.clone()).await?,
         "dismount" => state.instance.dismount(db.clone()).await?,
         "add-to-mirror" => service.add_databases(vec![db.clone()]).await?,
@@ -252,6 +259,25 @@ pub(crate) async fn mirror_events(
     Ok(Json(serde_json::to_value(answer).unwrap_or_default()))
 }
 
+/// `?max_bytes_per_s=N` on a copy: the most the primary sends per second (a copy then leaves
+/// the data channel room; the lab's tests slow one down to stop it halfway).
+fn copy_pace(query: Option<&str>) -> Result<Option<u64>, Error> {
+    #[derive(Deserialize)]
+    struct Pace {
+        max_bytes_per_s: Option<String>,
+    }
+    let pace: Pace = serde_urlencoded::from_str(query.unwrap_or_default())
+        .map_err(|e| Error::InvalidInput(format!("bad query: {e}")))?;
+    pace.max_bytes_per_s
+        .map(|n| match n.parse::<u64>() {
+            Ok(n) if n >= 4096 => Ok(n),
+            _ => Err(Error::InvalidInput(format!(
+                "max_bytes_per_s must be a whole number of bytes, at least 4096 (got {n:?})"
+            ))),
+        })
+        .transpose()
+}
+
 /// `GET /api/mirror`: this member's view, with the same strings the Mirror Monitor shows.
 pub(crate) async fn mirror(State(state): State<AppState>) -> Json<Json_> {
     let view = state.mirror_service.view();
@@ -281,6 +307,8 @@ pub(crate) async fn mirror(State(state): State<AppState>) -> Json<Json_> {
         "arbiter": view.arbiter,
         "databases": databases,
         "missing_databases": view.missing,
+        "copies": view.copies,
+        "auto_mirror": view.auto_mirror,
         "incoming_transfer_rate": view.transfer_rate,
         "qos_timeout_ms": view.qos_timeout_ms,
         "journal_position": view.journal_end,

@@ -550,6 +550,7 @@ pub(crate) async fn database_action(
         "mount" => state.instance.mount(db).await,
         "activate" => service(&state).activate(db).await,
         "catchup" => service(&state).catchup(db).await,
+        "copy" => state.mirror_service.copy_from_primary(db, None),
         other => {
             return Err(
                 Error::NotFound(format!("there is no mirrored database action {other:?}")).into(),

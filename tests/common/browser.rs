@@ -186,6 +186,54 @@ impl Portal {
         input.send_keys(text).await.unwrap();
     }
 
+    /// Whether the element `css` is disabled.
+    pub async fn disabled(&self, css: &str) -> bool {
+        let element = self.browser.find(Locator::Css(css)).await.unwrap();
+        element.prop("disabled").await.unwrap().as_deref() == Some("true")
+    }
+
+    /// The form `css` lays its fields out as IRIS's pages do: every text field and list in one
+    /// column to the right of its label (same left edge, past the label's text), and none shows
+    /// a placeholder that could pass for a value.
+    pub async fn check_form_grid(&self, css: &str) {
+        let layout = self
+            .browser
+            .execute(
+                "const form = document.querySelector(arguments[0]);
+                 const fields = Array.from(form.querySelectorAll(
+                     'div.form > label > input:not([type=checkbox]), div.form > label > select'));
+                 // One column per panel: the Create page shows its two panels side by side.
+                 const sections = Array.from(form.querySelectorAll('section'));
+                 return {
+                     placeholders: form.querySelectorAll('[placeholder]').length,
+                     lefts: fields.map(f => [sections.indexOf(f.closest('section')),
+                                             Math.round(f.getBoundingClientRect().left)]),
+                     offsets: fields.map(f => Math.round(
+                         f.getBoundingClientRect().left - f.closest('label').getBoundingClientRect().left)),
+                 };",
+                vec![json!(css)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(layout["placeholders"], 0, "{css}: {layout}");
+        let lefts = layout["lefts"].as_array().unwrap();
+        assert!(lefts.len() >= 3, "{css}: {layout}");
+        let left_of_panel =
+            |panel: &Value| lefts.iter().find(|l| &l[0] == panel).unwrap()[1].clone();
+        assert!(
+            lefts.iter().all(|l| l[1] == left_of_panel(&l[0])),
+            "{css}: the fields of a panel are not in one column: {layout}"
+        );
+        assert!(
+            layout["offsets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|o| o.as_i64().unwrap() > 80),
+            "{css}: a field sits under or on its label: {layout}"
+        );
+    }
+
     /// Clicks, waits for the page the click leads to, and checks it.
     pub async fn click(&mut self, css: &str) {
         // Mark the page shown now, so that the wait below sees the next one, not this one.
@@ -323,7 +371,9 @@ pub async fn click_through_walkthrough(
     pa.tick("#enable-service input[name=enabled]").await;
     pa.click("#enable-service button[type=submit]").await;
     pa.click("#create-mirror").await;
+    pa.check_form_grid("#create-form").await;
     pa.type_into("input[name=mirror_name]", "MIRRORSET").await;
+    pa.screenshot("form-create-mirror.png").await;
     pa.type_all(&typed.create).await;
     pa.click("#create-form button[type=submit]").await;
     pa.wait_for_text("/portal/mirror/monitor", "Primary", 10)
@@ -339,6 +389,8 @@ pub async fn click_through_walkthrough(
     pb.type_into("input[name=instance_name]", "IRIS").await;
     pb.type_all(&typed.join_first).await;
     pb.click("#join-step-1 button[type=submit]").await;
+    pb.check_form_grid("#join-form").await;
+    pb.screenshot("form-join-as-failover.png").await;
     pb.type_all(&typed.join_second).await;
     pb.click("#join-form button[type=submit]").await;
     pa.wait_for_text("/portal/mirror/monitor", "Arbiter Controlled", 20)
@@ -387,15 +439,21 @@ pub async fn click_through_walkthrough(
         .await;
     }
     pa.visit("/portal/operation/backup").await;
-    pa.click("form[action='/portal/operation/freeze'] button")
-        .await;
+    const FREEZE: &str = "form[action='/portal/operation/freeze'] button";
+    const THAW: &str = "form[action='/portal/operation/thaw'] button";
+    assert!(!pa.disabled(FREEZE).await && pa.disabled(THAW).await);
+    pa.click(FREEZE).await;
     assert!(pa.body().await.contains("Writes are frozen"));
+    assert!(
+        pa.disabled(FREEZE).await && !pa.disabled(THAW).await,
+        "while frozen, Freeze is disabled and Thaw is not"
+    );
     for db in DATABASES {
         let dir = format!("mgr/{}/database.sqlite", db.to_ascii_lowercase());
         std::fs::copy(a_data.join(&dir), b_data.join(&dir)).unwrap();
     }
-    pa.click("form[action='/portal/operation/thaw'] button")
-        .await;
+    pa.click(THAW).await;
+    assert!(!pa.disabled(FREEZE).await && pa.disabled(THAW).await);
     for db in DATABASES {
         pb.visit("/portal/config/databases").await;
         pb.click(&format!(

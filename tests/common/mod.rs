@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 pub const BINARY: &str = env!("CARGO_BIN_EXE_mirrorlab");
 
 /// The host ports the compose lab publishes.
-pub const LAB_PORTS: [u16; 2] = [52775, 52776];
+pub const LAB_PORTS: [u16; 4] = [52775, 52776, 52777, 52780];
 
 /// A free loopback port (bound and released), never one handed out before in this test
 /// process: a member restarted after a kill binds its old ports again, and another test must

@@ -508,3 +508,48 @@ pub async fn join_async(async_type: &str, primary: &TestMember) -> TestMember {
     copy_databases(primary, &c).await;
     c
 }
+
+/// Adds 3000 companies with long missions in one statement (about 5 MB in COMPANY), so that a
+/// copy paced at 1 MB/s takes seconds.
+pub const BULK_COMPANIES: &str = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 3000) \
+     INSERT INTO Company (name, mission, created_at) \
+     SELECT 'bulk ' || x, printf('%.1500c', 'm'), '2026-12-05' FROM n";
+
+/// The Copy from Primary of `db` in a member's `GET /api/mirror` (null when there is none).
+pub fn copy_of(view: &Value, db: &str) -> Value {
+    view["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["database"] == db)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Waits until the copy of `db` on `member` holds more than 256 KiB and less than half; returns
+/// its size.
+pub async fn wait_copy_halfway(member: &Api, db: &str) -> u64 {
+    let view = member
+        .wait_mirror(30, &format!("{db}'s copy under way"), |v| {
+            let c = copy_of(v, db);
+            c["bytes"].as_u64().unwrap_or(0) > 256 << 10
+                && c["bytes"].as_u64() < c["total"].as_u64().map(|t| t / 2)
+        })
+        .await;
+    copy_of(&view, db)["total"].as_u64().unwrap()
+}
+
+/// Waits until the copy of `db` on `member` is done, having resumed a copy cut off before.
+pub async fn wait_copy_resumed(member: &Api, db: &str) {
+    let view = member
+        .wait_mirror(60, &format!("{db} copied"), |v| {
+            copy_of(v, db)["state"] == "done"
+        })
+        .await;
+    let copy = copy_of(&view, db);
+    assert!(
+        copy["resumed_from"].as_u64().unwrap() > 0,
+        "the copy started over instead of resuming: {copy}"
+    );
+    assert_eq!(copy["bytes"], copy["total"], "{copy}");
+}

@@ -17,6 +17,8 @@
 //! - [`requests`]: what the forms and `/api` send for Create, Join and Edit;
 //! - `setup`: Create, the join information, Join as Failover / Async, Add to Mirror, Activate
 //!   and Catchup;
+//! - `copy`: Copy from Primary — a database's copy fetched over the data channel, then
+//!   mounted, activated and caught up;
 //! - `actions`: Freeze and Thaw, Edit Mirror, Pending New Members, Remove Other Mirror Member,
 //!   the Mirror Monitor's actions and Remove Mirror Configuration;
 //! - [`view`]: the Mirror Monitor's view, built in one pass from the shared state.
@@ -50,6 +52,7 @@ use crate::config::mirror::{
 };
 
 mod actions;
+mod copy;
 pub mod requests;
 mod setup;
 pub mod timeline;
@@ -74,6 +77,14 @@ pub struct MirrorService {
     arbiter_link: Running<()>,
     /// Reads the quarantine file for the monitor, a little at a time.
     quarantine: Mutex<super::divergence::QuarantineReader>,
+    /// Copy from Primary: each database's latest copy.
+    copies: Arc<super::copy::Copies>,
+    /// The no-click mirror's latest pass (with `--auto-mirror`).
+    auto_report: Mutex<Option<super::auto::AutoMirrorReport>>,
+    /// Held while a Catchup fetches older journal and puts it before the receiver's journal:
+    /// two Catchups at once would both fetch what the journal's start lacked, and the second
+    /// could not put it before a start the first had moved.
+    catchup_fetch: tokio::sync::Mutex<()>,
 }
 
 fn host_of(address: &str) -> String {
@@ -141,6 +152,9 @@ impl MirrorService {
             driver: Mutex::new(None),
             arbiter_link: Mutex::new(None),
             quarantine: Mutex::new(Default::default()),
+            copies: Default::default(),
+            auto_report: Mutex::new(None),
+            catchup_fetch: tokio::sync::Mutex::new(()),
         });
         let stopped = service.context.config.get().mirror.stopped();
         if matches!(service.context.mirror.role(), Role::Backup | Role::Async(_)) && !stopped {
@@ -153,6 +167,24 @@ impl MirrorService {
         let link = super::arbiter_link::start(service.context.clone(), stop.clone());
         *service.arbiter_link.lock().unwrap() = Some((link, stop, ()));
         service
+    }
+
+    /// The no-click mirror's latest pass, if this member carries out a plan.
+    pub fn auto_report(&self) -> Option<super::auto::AutoMirrorReport> {
+        self.auto_report.lock().unwrap().clone()
+    }
+
+    /// Publishes the no-click mirror's latest pass.
+    pub(crate) fn set_auto_report(&self, report: super::auto::AutoMirrorReport) {
+        *self.auto_report.lock().unwrap() = Some(report);
+    }
+
+    /// Records an action the no-click mirror took, as an operator's.
+    pub(crate) fn auto_event(&self, what: &str, message: &str) {
+        self.context.mirror.record(
+            EventKind::Operator,
+            format!("No-click mirror: {what}: {message}"),
+        );
     }
 
     /// What the mirror's threads share.

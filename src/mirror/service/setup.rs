@@ -343,6 +343,8 @@ impl MirrorService {
             tokio::task::spawn_blocking(move || crate::instance::recovery::identity_of(&entry))
                 .await
                 .map_err(|e| Error::Internal(e.to_string()))??;
+        // The journal's start is read under the lock: another Catchup may have moved it.
+        let _one_fetch_at_a_time = self.catchup_fetch.lock().await;
         let first = match self.receiver_journal.lock().unwrap().as_ref() {
             Some(journal) => journal.shared().first_pos(),
             None => return Ok(()),

@@ -67,8 +67,14 @@ pub struct MirrorView {
     pub transfer_rate: Option<String>,
     /// The Mirrored Databases list.
     pub databases: Vec<DatabaseRow>,
-    /// Mirrored databases this member has no copy of.
+    /// Mirrored databases this member has no copy of (`:mirror:MIRRORSET:COMPANY`).
     pub missing: Vec<String>,
+    /// Their names (for Copy from Primary).
+    pub missing_names: Vec<String>,
+    /// Copy from Primary: each database's latest copy, with its progress.
+    pub copies: Vec<crate::mirror::copy::CopyProgress>,
+    /// The no-click mirror's latest pass (with `--auto-mirror`).
+    pub auto_mirror: Option<crate::mirror::auto::AutoMirrorReport>,
     /// The QoS timeout (ms).
     pub qos_timeout_ms: Option<u64>,
     /// The link's last problem (backup).
@@ -199,6 +205,9 @@ impl MirrorService {
                 transfer_rate: None,
                 databases: Vec::new(),
                 missing: Vec::new(),
+                missing_names: Vec::new(),
+                copies: Vec::new(),
+                auto_mirror: self.auto_report(),
                 qos_timeout_ms: None,
                 link_error: None,
                 journal_end: None,
@@ -357,11 +366,18 @@ impl MirrorService {
         let state = context.catalog.snapshot();
         let mut databases = Vec::new();
         let mut missing = Vec::new();
+        let mut missing_names = Vec::new();
+        let copies = self.copies();
+        let copying =
+            |name: &crate::names::DbName| copies.iter().any(|c| &c.database == name && c.running());
         for db in &m.databases {
             let runtime = published.database(&db.name);
             let facts = context.database_facts_of(&db.name, primary, &runtime);
             let Some(status) = status::database_status(facts) else {
                 missing.push(db.mirror_path(&m.mirror.name));
+                if !copying(&db.name) {
+                    missing_names.push(db.name.to_string());
+                }
                 continue;
             };
             let entry = state.databases.get(&db.name);
@@ -388,12 +404,20 @@ impl MirrorService {
                     _ => "N/A".to_string(),
                 }
             };
-            let actions: Vec<&'static str> = match status {
+            let mut actions: Vec<&'static str> = match status {
                 "Database Dismounted" => vec!["mount"],
                 "Needs Activation" => vec!["activate", "catchup"],
                 "Needs Catchup" | "Dejournaling Stopped" => vec!["catchup"],
                 _ => Vec::new(),
             };
+            // A copy that cannot be used as it is, on a member that follows a primary.
+            let replaceable = matches!(
+                status,
+                "Database Dismounted" | "Obsolete" | "Dejournaling Stopped"
+            );
+            if !primary && replaceable && !copying(&db.name) {
+                actions.push("copy");
+            }
             let message = match &runtime.phase {
                 CatchupPhase::Running { done, total } => {
                     Some(format!("{done} of {total} records applied"))
@@ -430,6 +454,9 @@ impl MirrorService {
             transfer_rate: (!primary).then(|| link.transfer_rate()),
             databases,
             missing,
+            missing_names,
+            copies,
+            auto_mirror: self.auto_report(),
             qos_timeout_ms: Some(m.mirror.qos_timeout_ms),
             link_error: if primary || link.connected {
                 None
