@@ -101,6 +101,10 @@ pub struct MemberArgs {
     /// `mirror.json`, or a plan file's path; `0` or nothing: none (the manual walk-through).
     #[arg(long, env = "MIRRORLAB_AUTO_MIRROR", value_name = "1|FILE")]
     pub auto_mirror: Option<String>,
+    /// The portal's Lab page: kill or hang this instance, and the acknowledged-write ledger
+    /// (the Compose lab turns it on).
+    #[arg(long, env = "MIRRORLAB_LAB")]
+    pub lab: bool,
 }
 
 impl MemberArgs {
@@ -127,6 +131,7 @@ impl MemberArgs {
             statement_timeout_ms: self.statement_timeout as i64 * 1000,
             write_timeout_ms: self.write_timeout as i64 * 1000,
             metrics_login: self.metrics_login,
+            lab: self.lab,
             journal_io: std::sync::Arc::new(crate::journal::DirectIo),
         }
     }
@@ -156,6 +161,9 @@ impl MemberArgs {
         push("--write-timeout", self.write_timeout.to_string().into());
         if self.metrics_login {
             args.push("--metrics-login".into());
+        }
+        if self.lab {
+            args.push("--lab".into());
         }
         // Always passed, so a plan path relative to the member's folder means the same to the
         // instance, and "off" stays off whatever the environment says.
@@ -191,6 +199,7 @@ pub fn main() -> ExitCode {
                 superserver: args.superserver.clone(),
                 data_dir: args.data_dir.clone(),
                 install_dir: args.install.clone(),
+                lab: args.lab,
             };
             runtime().block_on(crate::server::run_member(settings))
         }

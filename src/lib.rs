@@ -24,7 +24,8 @@
 //!   dejournaling, the failover rules and their driver; [`arbiter`] — the arbiter process.
 //! - [`node`] — the composition root: one member's instance, mirror and web, wired together.
 //! - [`web`] — the management portal and the `/api` endpoints; [`apps`] — the COMPANY and
-//!   PHONEBOOK demo applications (pages and API).
+//!   PHONEBOOK demo applications (pages and API); [`lab`] — the Lab page's faults and its
+//!   acknowledged-write ledger.
 //! - [`agent`] — the process beside the instance that starts it and reports whether it runs.
 //! - [`server`], [`cli`], [`ctl`] — running the processes, the command line, a shell client. The
 //!   benchmark is a program of its own (`src/bin/mirrorlab-bench/`): it drives members from
@@ -63,6 +64,7 @@ pub mod ctl;
 pub mod error;
 pub mod instance;
 pub mod journal;
+pub mod lab;
 pub mod limits;
 pub mod metrics;
 pub mod mirror;

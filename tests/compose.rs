@@ -305,7 +305,10 @@ async fn copy_from_the_primary_through_a_kill(a: &Api, b: &Api, a_data: &Path) {
     pa.visit("/portal/mirror/monitor").await;
     assert!(pa.body().await.contains("Copies from the Primary"));
     pa.browser
-        .execute("document.getElementById('copies').closest('section').scrollIntoView()", vec![])
+        .execute(
+            "document.getElementById('copies').closest('section').scrollIntoView()",
+            vec![],
+        )
         .await
         .unwrap();
     pa.screenshot("lab-copy-from-primary-mirrorA.png").await;
@@ -819,6 +822,13 @@ async fn the_no_click_lab_with_an_async_member() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let writers = start_writers_on_primary([a.clone(), b.clone()], 2, "noclick", stop.clone());
+    // The Lab is on in the lab: mirrorB's ledger, with its default members' portals (the lab's
+    // host names), writes through the fault too.
+    b.ok(
+        "/api/lab/ledger/start",
+        json!({"writers": 2, "rate": 20, "password": "SYS"}),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     docker_ok(&["kill", "mirrorA"]);
     wait_role(&b, "Primary", 30).await;
@@ -838,6 +848,25 @@ async fn the_no_click_lab_with_an_async_member() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let acked = finish_writers(&stop, writers, &b, &a).await;
     eprintln!("{} writes acknowledged across the fault", acked.len());
+    b.ok("/api/lab/ledger/stop", json!({})).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ledger = loop {
+        let ledger = b.get("/api/lab").await.1["ledger"].clone();
+        if ledger["running"] == false && ledger["check"]["acknowledged"] == ledger["acknowledged"] {
+            break ledger;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ledger's last check: {ledger:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(ledger["check"]["lost"], 0, "{ledger:#}");
+    assert!(ledger["acknowledged"].as_u64().unwrap() > 20, "{ledger:#}");
+    assert_eq!(
+        ledger["check"]["primary"], "http://mirrorB:52773",
+        "{ledger:#}"
+    );
     assert_identical(&b, &c).await;
     assert_all_present(&c, &acked, "mirrorC").await;
 }

@@ -115,6 +115,13 @@ pub enum AgentRequest {
         /// The first position wanted.
         from: u64,
     },
+    /// The Lab page's "hang this instance": stop the instance's process (SIGSTOP) and let it
+    /// go on (SIGCONT) after `seconds`, unless it was forced down meanwhile. Only an agent
+    /// started with `--lab` does it.
+    Hang {
+        /// How long, 1 to 60 s.
+        seconds: u64,
+    },
     /// Who the instance says is the primary of `mirror_name`, and in which epoch.
     MirrorRole {
         /// The mirror.
@@ -248,6 +255,8 @@ pub struct AgentSettings {
     pub data_dir: PathBuf,
     /// The install folder (a supplied TLS certificate is looked for there).
     pub install_dir: PathBuf,
+    /// The Lab page is on: the agent hangs its instance when asked.
+    pub lab: bool,
 }
 
 struct Supervisor {
@@ -369,6 +378,40 @@ impl Supervisor {
             supervisor.exits.send_modify(|n| *n += 1);
         });
         self.reply(true, format!("the instance started (pid {pid})"))
+    }
+
+    /// See [`AgentRequest::Hang`].
+    fn hang(self: &Arc<Self>, seconds: u64) -> AgentReply {
+        if !self.settings.lab {
+            return self.reply(
+                false,
+                "the Lab is off on this member: start it with --lab (MIRRORLAB_LAB=1) to hang it",
+            );
+        }
+        if !(1..=60).contains(&seconds) {
+            return self.reply(false, "a hang lasts 1 to 60 seconds");
+        }
+        let Some(pid) = self.status().pid else {
+            return self.reply(false, "the instance is down");
+        };
+        if let Err(err) = send_signal(pid, Signal::Stop) {
+            return self.reply(false, format!("could not hang the instance: {err}"));
+        }
+        tracing::warn!("agent: the Lab hangs the instance (pid {pid}) for {seconds} s");
+        let supervisor = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            // Forced down meanwhile (a backup's agent question found it hung): nothing to wake,
+            // and the pid may be another process's by now.
+            if supervisor.status().pid == Some(pid) {
+                let _ = send_signal(pid, Signal::Cont);
+                tracing::info!("agent: the instance (pid {pid}) goes on after the Lab's hang");
+            }
+        });
+        self.reply(
+            true,
+            format!("the instance (pid {pid}) hangs for {seconds} s"),
+        )
     }
 
     /// Kills the instance (SIGKILL) and waits until it is gone.
@@ -783,6 +826,7 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                     .await
             }
             AgentRequest::MirrorRole { mirror_name } => supervisor.mirror_role(mirror_name).await,
+            AgentRequest::Hang { seconds } => supervisor.hang(seconds),
             AgentRequest::MirrorEvents { since_ms } => {
                 let dir = supervisor.settings.data_dir.clone();
                 // Half a frame: the reply's other fields and escaping stay well inside one.

@@ -100,6 +100,8 @@ pub struct InstanceSettings {
     pub write_timeout_ms: i64,
     /// `GET /metrics` asks for a login (see [`crate::web`]'s routes).
     pub metrics_login: bool,
+    /// The portal has a Lab page (faults and the ledger; see `crate::lab`).
+    pub lab: bool,
     /// The write path's file operations of the journals opened at start (the instance's, and a
     /// primary's mirror journal): [`DirectIo`](crate::journal::DirectIo) but in fault tests.
     pub journal_io: Arc<dyn JournalIo>,
@@ -120,6 +122,7 @@ impl InstanceSettings {
             statement_timeout_ms: crate::storage::namespace::STATEMENT_TIMEOUT_MS,
             write_timeout_ms: crate::storage::namespace::WRITE_TIMEOUT_MS,
             metrics_login: false,
+            lab: false,
             journal_io: Arc::new(crate::journal::DirectIo),
         }
     }

@@ -35,6 +35,7 @@
 pub(crate) mod api;
 pub mod auth;
 pub(crate) mod error;
+pub(crate) mod lab;
 pub(crate) mod metrics;
 pub(crate) mod mirror;
 pub(crate) mod portal;
@@ -77,6 +78,8 @@ pub struct AppState {
     pub mirror_service: Arc<MirrorService>,
     /// Sessions and credentials.
     pub auth: Arc<Auth>,
+    /// The Lab page's faults and ledger (with `--lab`).
+    pub lab: Option<Arc<crate::lab::Lab>>,
 }
 
 /// The whole web application of an instance.
@@ -86,11 +89,13 @@ pub fn router(node: &Node) -> Router {
         instance.config.clone(),
         &instance.config.get().instance_guid,
     ));
+    let lab = instance.settings.lab.then(Default::default);
     let state = AppState {
         instance,
         mirror: node.mirror.clone(),
         mirror_service: node.mirror_service.clone(),
         auth,
+        lab,
     };
     routes::all(&state)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -205,6 +210,8 @@ pub struct Layout {
     pub mirror: String,
     /// True while the user still has the installed password.
     pub default_password: bool,
+    /// The menu shows the Lab page.
+    pub lab: bool,
 }
 
 impl Layout {
@@ -232,6 +239,7 @@ impl Layout {
             flash: user.flash.clone(),
             mirror: mirror_label(state),
             default_password,
+            lab: state.lab.is_some(),
         }
     }
 }

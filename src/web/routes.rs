@@ -13,7 +13,9 @@ use axum::middleware;
 use axum::response::Redirect;
 use axum::routing::{get, post};
 
-use super::{AppState, api, auth, css, favicon, mirror, mirror_status, portal, refresh_script};
+use super::{
+    AppState, api, auth, css, favicon, lab, mirror, mirror_status, portal, refresh_script,
+};
 use crate::apps::{company, phonebook};
 
 /// The whole table (see the module essay).
@@ -145,6 +147,11 @@ fn mirror_pages() -> Router<AppState> {
         .route("/portal/operation/backup/{db}", post(mirror::backup))
         .route("/portal/operation/freeze", post(mirror::freeze))
         .route("/portal/operation/thaw", post(mirror::thaw))
+        .route("/portal/lab", get(lab::page))
+        .route("/portal/lab/kill", post(lab::kill))
+        .route("/portal/lab/hang", post(lab::hang))
+        .route("/portal/lab/ledger/start", post(lab::ledger_start))
+        .route("/portal/lab/ledger/stop", post(lab::ledger_stop))
 }
 
 /// The demo applications' pages.
@@ -220,6 +227,11 @@ fn api_endpoints() -> Router<AppState> {
         .route("/mirror/promote", post(api::mirror_promote))
         .route("/mirror/thaw", post(api::mirror_thaw))
         .route("/password", post(api::password))
+        .route("/lab", get(lab::api_view))
+        .route("/lab/kill", post(lab::api_kill))
+        .route("/lab/hang", post(lab::api_hang))
+        .route("/lab/ledger/start", post(lab::api_ledger_start))
+        .route("/lab/ledger/stop", post(lab::api_ledger_stop))
 }
 
 /// `/api/apps/…`: the demo applications' records (behind login).

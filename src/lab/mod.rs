@@ -1,0 +1,142 @@
+//! The Lab page: the faults the walk-through talks about, caused from the portal, and the
+//! acknowledged-write ledger that shows what they did to the writes.
+//!
+//! # What a person can do
+//!
+//! - **Kill this instance** ([`kill_soon`]): SIGKILL to the instance's own process a moment after
+//!   the answer left — a crash; the agent stays and reports it down, and `docker exec <member>
+//!   mirrorlab ctl start` (or the agent's Start) brings it back.
+//! - **Hang this instance for N seconds** ([`hang`]): its agent stops the process (SIGSTOP) and
+//!   lets it go on after N seconds — unless a backup's question found it hung first and the
+//!   agent forced it down, as for a real hang.
+//! - **The ledger** ([`ledger`]): writers against whichever member is primary, and the count of
+//!   acknowledged writes the primary of the moment holds.
+//!
+//! Each action is one of the mirror's events (an operator's, saying it came from the Lab).
+//!
+//! # When it is there
+//!
+//! Only on a member started with `--lab` (`MIRRORLAB_LAB=1`): the Compose lab turns it on, a
+//! member elsewhere has no Lab page and its agent hangs nothing. The page and `/api/lab` ask for
+//! a portal login like every other page.
+//!
+//! # Left out
+//!
+//! Cutting a member's links (to the other member, to the arbiter) from the page: in the lab,
+//! `docker network disconnect` does it.
+
+pub mod ledger;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::agent::{self, AgentRequest};
+use crate::error::{Error, Result};
+use crate::mirror::events::EventKind;
+use crate::mirror::state::MirrorState;
+
+use ledger::{Ledger, LedgerSettings, LedgerView};
+
+/// The Lab of a member started with `--lab`.
+#[derive(Default)]
+pub struct Lab {
+    ledger: Mutex<Option<Arc<Ledger>>>,
+}
+
+impl Lab {
+    /// Starts a ledger; one runs at a time.
+    pub fn start_ledger(&self, settings: LedgerSettings, mirror: &MirrorState) -> Result<String> {
+        let mut slot = self.ledger.lock().unwrap();
+        if slot.as_ref().is_some_and(|l| l.view().running) {
+            return Err(Error::Conflict(
+                "a ledger is running: stop it first (its figures stay until the next one)".into(),
+            ));
+        }
+        let what = format!(
+            "{} writers at {} writes a second each",
+            settings.writers, settings.rate
+        );
+        let ledger = Ledger::start(settings)?;
+        let run = ledger.view().run;
+        *slot = Some(ledger);
+        mirror.record(
+            EventKind::Operator,
+            format!("Lab: the ledger {run} starts: {what}"),
+        );
+        Ok(format!("the ledger {run} writes: {what}"))
+    }
+
+    /// Stops the running ledger (its last check follows).
+    pub fn stop_ledger(&self, mirror: &MirrorState) -> Result<String> {
+        let slot = self.ledger.lock().unwrap();
+        let Some(ledger) = slot.as_ref().filter(|l| l.view().running) else {
+            return Ok("no ledger is running".into());
+        };
+        ledger.stop();
+        let view = ledger.view();
+        mirror.record(
+            EventKind::Operator,
+            format!(
+                "Lab: the ledger {} stops after {} acknowledged writes",
+                view.run, view.acknowledged
+            ),
+        );
+        Ok(format!(
+            "the ledger {} stopped after {} acknowledged writes; its last check follows in a moment",
+            view.run, view.acknowledged
+        ))
+    }
+
+    /// The ledger's figures, if one ran.
+    pub fn ledger(&self) -> Option<LedgerView> {
+        self.ledger.lock().unwrap().as_ref().map(|l| l.view())
+    }
+}
+
+/// Kills this instance (SIGKILL to its own process) a moment from now, once the answer left.
+/// The event is on disk first.
+pub fn kill_soon(mirror: &MirrorState) -> String {
+    mirror.record(
+        EventKind::Operator,
+        "Lab: kill this instance (SIGKILL; its agent stays)",
+    );
+    mirror.events.flush(Duration::from_secs(1));
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(300));
+        tracing::warn!("the Lab kills this instance");
+        let _ = crate::os::send_signal(std::process::id(), crate::os::Signal::Kill);
+    });
+    "the instance is killed in a moment (SIGKILL): its portal stops answering; the agent stays \
+     — start it again with `docker exec <member> mirrorlab ctl start`"
+        .into()
+}
+
+/// Asks this member's agent (at `agent_address`) to hang the instance for `seconds`.
+pub async fn hang(
+    agent_address: &str,
+    identity: Arc<crate::tls::Identity>,
+    require_tls: bool,
+    seconds: u64,
+    mirror: &MirrorState,
+) -> Result<String> {
+    if !(1..=60).contains(&seconds) {
+        return Err(Error::InvalidInput("a hang lasts 1 to 60 seconds".into()));
+    }
+    mirror.record(
+        EventKind::Operator,
+        format!("Lab: hang this instance for {seconds} s (SIGSTOP by its agent)"),
+    );
+    mirror.events.flush(Duration::from_secs(1));
+    let target = agent::Target {
+        address: agent_address.to_string(),
+        // With Require SSL/TLS the agent hangs its instance only for a member's certificate:
+        // this member's own.
+        tls: require_tls.then_some((identity, None)),
+    };
+    let (reply, _) = agent::call_to(&target, AgentRequest::Hang { seconds }).await?;
+    if reply.ok {
+        Ok(reply.message)
+    } else {
+        Err(Error::Conflict(reply.message))
+    }
+}
