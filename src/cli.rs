@@ -8,7 +8,8 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::FalseyValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::agent::AgentSettings;
 use crate::instance::{DEFAULT_INSTANCE_NAME, InstanceSettings};
@@ -95,7 +96,7 @@ pub struct MemberArgs {
     pub write_timeout: u64,
     /// `GET /metrics` asks for a portal user's login (HTTP Basic), as `/api` does; without it
     /// the figures are open (they show no data).
-    #[arg(long, env = "MIRRORLAB_METRICS_LOGIN")]
+    #[arg(long, env = "MIRRORLAB_METRICS_LOGIN", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub metrics_login: bool,
     /// The no-click mirror: carry out a mirror plan at start — `1` for the install folder's
     /// `mirror.json`, or a plan file's path; `0` or nothing: none (the manual walk-through).
@@ -103,7 +104,7 @@ pub struct MemberArgs {
     pub auto_mirror: Option<String>,
     /// The portal's Lab page: kill or hang this instance, and the acknowledged-write ledger
     /// (the Compose lab turns it on).
-    #[arg(long, env = "MIRRORLAB_LAB")]
+    #[arg(long, env = "MIRRORLAB_LAB", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub lab: bool,
 }
 

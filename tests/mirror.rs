@@ -307,29 +307,16 @@ async fn a_planned_mirror_builds_itself_with_no_clicks() {
     let b = TestMember::start_with("mirrorB", &["--auto-mirror", &plan_others]).await;
     let c = TestMember::start_with("mirrorC", &["--auto-mirror", &plan_others]).await;
     let ready = std::time::Instant::now();
-    let converged = |role: &'static str| {
-        move |v: &serde_json::Value| {
-            v["role"] == role
-                && v["auto_mirror"]["done"] == true
-                && DATABASES.iter().all(|db| {
-                    v["databases"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .any(|d| d["name"] == *db && d["status"] == "Dejournaling")
-                })
-        }
-    };
     b.wait_mirror(
         60,
         "the active backup, its databases dejournaling",
-        converged("Backup"),
+        planned_and_dejournaling("Backup"),
     )
     .await;
     c.wait_mirror(
         60,
         "a DR async, its databases dejournaling",
-        converged("Disaster Recovery"),
+        planned_and_dejournaling("Disaster Recovery"),
     )
     .await;
     eprintln!(
@@ -364,7 +351,7 @@ async fn a_planned_mirror_builds_itself_with_no_clicks() {
     b.kill_instance().await;
     b.start_instance().await;
     b.wait_ready().await;
-    b.wait_mirror(30, "converged again", converged("Backup"))
+    b.wait_mirror(30, "converged again", planned_and_dejournaling("Backup"))
         .await;
     let events = b.get(&format!("/api/mirror/events?since={before}")).await.1;
     let again: Vec<&serde_json::Value> = events["events"]
@@ -381,6 +368,22 @@ async fn a_planned_mirror_builds_itself_with_no_clicks() {
             .is_empty(),
         "the restart copied again"
     );
+
+    // The primary crashes under writers and comes back: B took over, and A, converging on its
+    // plan again, rejoins as B's backup with the same rows.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers = start_writers_on_primary([a.api(), b.api()], 2, "planned", stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.kill_instance().await;
+    b.wait_mirror(15, "the primary", |v| v["role"] == "Primary")
+        .await;
+    a.start_instance().await;
+    a.wait_ready().await;
+    a.wait_mirror(30, "B's backup again", planned_and_dejournaling("Backup"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    finish_writers(&stop, writers, &b.api(), &a.api()).await;
+    assert_identical(&b, &c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

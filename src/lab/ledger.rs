@@ -202,6 +202,30 @@ struct State {
 }
 
 impl State {
+    /// A run called `ledger-<started>`, nothing written yet.
+    fn new(settings: LedgerSettings, started: i64) -> State {
+        State {
+            view: LedgerView {
+                run: format!("ledger-{started}"),
+                running: true,
+                settings,
+                started_ms: started,
+                stopped_ms: 0,
+                acknowledged: 0,
+                failed: 0,
+                primary: None,
+                check: None,
+                check_error: None,
+                outages: Vec::new(),
+                per_second: Vec::new(),
+            },
+            acked: Vec::new(),
+            last_ack_ms: 0,
+            failed_since_ack: false,
+            seconds: VecDeque::new(),
+        }
+    }
+
     fn record_failure(&mut self) {
         self.view.failed += 1;
         self.failed_since_ack = true;
@@ -262,26 +286,7 @@ impl Ledger {
             .map_err(|e| Error::Internal(e.to_string()))?;
         let started = now_ms();
         let ledger = Arc::new(Ledger {
-            state: Mutex::new(State {
-                view: LedgerView {
-                    run: format!("ledger-{started}"),
-                    running: true,
-                    settings: settings.clone(),
-                    started_ms: started,
-                    stopped_ms: 0,
-                    acknowledged: 0,
-                    failed: 0,
-                    primary: None,
-                    check: None,
-                    check_error: None,
-                    outages: Vec::new(),
-                    per_second: Vec::new(),
-                },
-                acked: Vec::new(),
-                last_ack_ms: 0,
-                failed_since_ack: false,
-                seconds: VecDeque::new(),
-            }),
+            state: Mutex::new(State::new(settings.clone(), started)),
             stop: AtomicBool::new(false),
             client,
             target: Mutex::new(None),
@@ -476,26 +481,7 @@ mod tests {
     }
 
     fn state() -> State {
-        State {
-            view: LedgerView {
-                run: "ledger-1".into(),
-                running: true,
-                settings: settings(2, 10),
-                started_ms: 0,
-                stopped_ms: 0,
-                acknowledged: 0,
-                failed: 0,
-                primary: None,
-                check: None,
-                check_error: None,
-                outages: Vec::new(),
-                per_second: Vec::new(),
-            },
-            acked: Vec::new(),
-            last_ack_ms: 0,
-            failed_since_ack: false,
-            seconds: VecDeque::new(),
-        }
+        State::new(settings(2, 10), 1)
     }
 
     #[test]

@@ -38,7 +38,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -371,28 +371,15 @@ pub fn fetch(
         None => 0,
     };
     let max_bytes_per_s = max_bytes_per_s.or(known.as_ref().and_then(|k| k.max_bytes_per_s));
-    let address = primary.data_channel_address()?;
-    let stream = super::dial(
-        identity,
-        membership,
-        primary,
-        &address,
-        Duration::from_secs(5),
-    )?;
-    stream.set_read_timeout(Some(READ_TIMEOUT))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut writer = BufWriter::new(stream);
-    write_control(
-        &mut writer,
-        &Control::Copy {
-            mirror_id: membership.mirror.id,
-            database: db.to_string(),
-            snapshot: known.as_ref().map(|k| k.snapshot.clone()),
-            offset: held,
-            max_bytes_per_s,
-        },
-    )?;
-    writer.flush()?;
+    let ask = Control::Copy {
+        mirror_id: membership.mirror.id,
+        database: db.to_string(),
+        snapshot: known.as_ref().map(|k| k.snapshot.clone()),
+        offset: held,
+        max_bytes_per_s,
+    };
+    let (mut reader, _writer) =
+        super::open_conversation(identity, membership, primary, &ask, READ_TIMEOUT)?;
     let (snapshot, size, sha256, from) = match read_message(&mut reader)? {
         Some(Message::Control(control)) => match *control {
             Control::CopyBegin {

@@ -214,6 +214,36 @@ pub fn dial(
     .map(|(channel, _)| channel)
 }
 
+/// Opens a conversation with `member`'s superserver (over TLS when the mirror requires it) and
+/// sends its first message: the channel's two halves, buffered, and reads that give up after
+/// `read_timeout`. For the short conversations a member starts itself: a Fetch, a Copy.
+pub fn open_conversation(
+    identity: &crate::tls::Identity,
+    m: &crate::config::mirror::Membership,
+    member: &crate::config::mirror::MemberInfo,
+    first: &protocol::Control,
+    read_timeout: std::time::Duration,
+) -> Result<(
+    std::io::BufReader<crate::tls::Channel>,
+    std::io::BufWriter<crate::tls::Channel>,
+)> {
+    use std::io::Write as _;
+    let address = member.data_channel_address()?;
+    let stream = dial(
+        identity,
+        m,
+        member,
+        &address,
+        std::time::Duration::from_secs(5),
+    )?;
+    stream.set_read_timeout(Some(read_timeout))?;
+    let reader = std::io::BufReader::new(stream.try_clone()?);
+    let mut writer = std::io::BufWriter::new(stream);
+    protocol::write_control(&mut writer, first)?;
+    writer.flush()?;
+    Ok((reader, writer))
+}
+
 impl MirrorContext {
     /// The mirror as this member describes it to others.
     pub fn describe(&self) -> Option<protocol::MirrorDescription> {

@@ -529,27 +529,18 @@ pub fn fetch(
     from: JournalPos,
     to: JournalPos,
 ) -> Result<(JournalPos, JournalPos, Vec<u8>)> {
-    let mirror_id = membership.mirror.id;
-    let address = primary.data_channel_address()?;
-    let stream = super::dial(
+    let fetch = Control::Fetch {
+        mirror_id: membership.mirror.id,
+        from,
+        to,
+    };
+    let (mut reader, _writer) = super::open_conversation(
         identity,
         membership,
         primary,
-        &address,
-        Duration::from_secs(5),
+        &fetch,
+        Duration::from_secs(30),
     )?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut writer = BufWriter::new(stream);
-    write_control(
-        &mut writer,
-        &Control::Fetch {
-            mirror_id,
-            from,
-            to,
-        },
-    )?;
-    writer.flush()?;
     let mut frames = Vec::new();
     let mut next = from;
     loop {

@@ -17,6 +17,7 @@ use crate::lab::{self, Lab};
 use super::api::ApiJson;
 use super::auth::{CsrfForm, PortalUser};
 use super::error::{ApiError, PageError};
+use super::mirror::number;
 use super::portal::Empty;
 use super::{AppState, Layout, flash_and_redirect};
 
@@ -94,15 +95,6 @@ pub(crate) struct LedgerForm {
     password: Option<String>,
 }
 
-fn number(label: &str, value: Option<&str>, default: u64) -> Result<u64> {
-    match value.map(str::trim).filter(|v| !v.is_empty()) {
-        None => Ok(default),
-        Some(v) => v
-            .parse()
-            .map_err(|_| Error::InvalidInput(format!("{label} must be a number, not {v:?}"))),
-    }
-}
-
 async fn hang_for(state: &AppState, seconds: u64) -> Result<String> {
     the_lab(state)?;
     let settings = &state.instance.settings;
@@ -168,7 +160,7 @@ pub(crate) async fn hang(
     CsrfForm(user, form): CsrfForm<HangForm>,
 ) -> Response {
     let result = async {
-        let seconds = number("Seconds", form.seconds.as_deref(), 10)?;
+        let seconds = number("Seconds", &form.seconds)?.unwrap_or(10);
         hang_for(&state, seconds).await
     }
     .await;
@@ -180,8 +172,8 @@ pub(crate) async fn ledger_start(
     CsrfForm(user, form): CsrfForm<LedgerForm>,
 ) -> Response {
     let result = (|| {
-        let writers = number("Writers", form.writers.as_deref(), 4)?;
-        let rate = number("Writes a second", form.rate.as_deref(), 20)?;
+        let writers = number("Writers", &form.writers)?.unwrap_or(4);
+        let rate = number("Writes a second", &form.rate)?.unwrap_or(20);
         let members = form
             .members
             .as_deref()

@@ -34,7 +34,10 @@ fn filled(value: &Option<String>) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-fn number<T: std::str::FromStr>(label: &str, value: &Option<String>) -> Result<Option<T>> {
+pub(crate) fn number<T: std::str::FromStr>(
+    label: &str,
+    value: &Option<String>,
+) -> Result<Option<T>> {
     match filled(value) {
         None => Ok(None),
         Some(v) => v

@@ -553,3 +553,19 @@ pub async fn wait_copy_resumed(member: &Api, db: &str) {
     );
     assert_eq!(copy["bytes"], copy["total"], "{copy}");
 }
+
+/// A member's `GET /api/mirror` says it is `role`, its no-click mirror is done, and the demo
+/// databases dejournal.
+pub fn planned_and_dejournaling(role: &'static str) -> impl Fn(&Value) -> bool {
+    move |v: &Value| {
+        v["role"] == role
+            && v["auto_mirror"]["done"] == true
+            && DATABASES.iter().all(|db| {
+                v["databases"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|d| d["name"] == *db && d["status"] == "Dejournaling")
+            })
+    }
+}
