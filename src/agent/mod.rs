@@ -64,9 +64,11 @@ use crate::tls::{self, Identity};
 use crate::util::now_ms;
 use crate::wire::{MAX_AGENT_FRAME, read_frame, write_frame};
 
+mod ask;
 mod client;
 mod probe;
 
+use ask::{AskError, ask_instance, local_address};
 use probe::{Probe, probe_instance};
 
 pub use client::{Target, call, call_blocking, call_raw, call_to};
@@ -633,87 +635,6 @@ impl Supervisor {
             Ok(Err(err)) => self.reply(false, err.to_string()),
             Err(err) => self.reply(false, err.to_string()),
         }
-    }
-}
-
-/// `127.0.0.1:port` for a wildcard bind address.
-fn local_address(bind: &str) -> String {
-    match bind.rsplit_once(':') {
-        Some(("0.0.0.0", port)) | Some(("[::]", port)) => format!("127.0.0.1:{port}"),
-        _ => bind.to_string(),
-    }
-}
-
-/// Why the instance described no mirror when asked.
-#[derive(Debug)]
-enum AskError {
-    /// Nothing listens on its superserver port: it is starting (or just went).
-    NotListening(String),
-    /// It answered that it is no member of that mirror.
-    NotMember(String),
-    /// No answer, a broken connection or an answer that makes no sense.
-    Failed(Error),
-}
-
-impl std::fmt::Display for AskError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AskError::NotListening(why) | AskError::NotMember(why) => f.write_str(why),
-            AskError::Failed(err) => write!(f, "{err}"),
-        }
-    }
-}
-
-impl From<Error> for AskError {
-    fn from(err: Error) -> AskError {
-        AskError::Failed(err)
-    }
-}
-
-impl From<std::io::Error> for AskError {
-    fn from(err: std::io::Error) -> AskError {
-        AskError::Failed(err.into())
-    }
-}
-
-fn ask_instance(
-    address: &str,
-    mirror_name: &str,
-) -> std::result::Result<crate::mirror::protocol::MirrorDescription, AskError> {
-    use crate::mirror::protocol::{Control, Message, read_message, write_control};
-    use std::io::Write;
-    let addr: std::net::SocketAddr = address
-        .parse()
-        .or_else(|_| {
-            std::net::ToSocketAddrs::to_socket_addrs(address)
-                .map_err(|e| e.to_string())
-                .and_then(|mut a| a.next().ok_or_else(|| "no address".to_string()))
-        })
-        .map_err(|e| Error::Unavailable(format!("instance superserver {address}: {e}")))?;
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| {
-            let why = format!("instance superserver {address}: {e}");
-            if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                AskError::NotListening(why)
-            } else {
-                AskError::Failed(Error::Unavailable(why))
-            }
-        })?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write_control(
-        &mut stream,
-        &Control::Info {
-            mirror_name: mirror_name.to_string(),
-        },
-    )?;
-    stream.flush()?;
-    match read_message(&mut stream)? {
-        Some(Message::Control(control)) => match *control {
-            Control::InfoReply { description } => Ok(description),
-            Control::Refused { reason, .. } => Err(AskError::NotMember(reason)),
-            other => Err(Error::InvalidInput(format!("unexpected answer {other:?}")).into()),
-        },
-        _ => Err(Error::Unavailable("the instance did not answer".into()).into()),
     }
 }
 
