@@ -255,7 +255,7 @@ async fn the_backup_takes_over_when_the_primary_dies_and_the_old_primary_rejoins
         assert_eq!(b.db_status(db).await, "Normal", "{db}");
     }
     // The write outage B measured (the old primary's last write it holds to its own first)
-    // is the one the writers saw, within 100 ms; A's events tell its restart.
+    // is the one the writers saw; A's events tell its restart.
     let events = a.api().events().await;
     let resumed = Api::event(&events, "MIRRORB/IRIS", "writes_resumed")
         .unwrap_or_else(|| panic!("no writes_resumed in {events:#}"));
@@ -263,10 +263,7 @@ async fn the_backup_takes_over_when_the_primary_dies_and_the_old_primary_rejoins
     assert_eq!(acked.outages.len(), 1, "{:?}", acked.outages);
     let seen = acked.outages[0].as_millis() as i64;
     eprintln!("write outage: {shown} ms recorded by B, {seen} ms seen by the writers");
-    assert!(
-        (shown - seen).abs() <= 100,
-        "B recorded {shown} ms, the writers saw {seen} ms"
-    );
+    assert_outage_matches(shown, seen, "B");
     let restarted = events["events"].as_array().unwrap().iter().any(|e| {
         e["member"] == "MIRRORA/IRIS"
             && e["kind"] == "role_changed"
@@ -354,10 +351,7 @@ async fn the_primary_role_passes_back_and_forth_over_repeated_kills() {
     eprintln!("write outages: recorded {recorded:?}, seen by the writers {seen:?}");
     assert_eq!(recorded.len(), seen.len(), "{events:#}");
     for (recorded, seen) in recorded.iter().zip(&seen) {
-        assert!(
-            (recorded - seen).abs() <= 100,
-            "recorded {recorded} ms, seen {seen} ms"
-        );
+        assert_outage_matches(*recorded, *seen, "the new primary");
     }
 }
 

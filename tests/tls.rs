@@ -325,8 +325,20 @@ async fn a_tls_mirror_admits_only_members_the_primary_authorized() {
     a.refused("/api/mirror/authorize", b_request, 404, "no member named")
         .await;
 
-    // The walk-through over TLS: copies, Activate, Catchup, then writers.
-    mirror_databases(&a, &b).await;
+    // The walk-through over TLS, the copies fetched over the data channel (Copy from Primary:
+    // only for a member's certificate), then writers.
+    a.ok("/api/mirror/add-databases", json!({"databases": DATABASES}))
+        .await;
+    b.wait_mirror(10, "aware of the mirrored databases", |v| {
+        v["missing_databases"].as_array().map(|m| m.len()) == Some(DATABASES.len())
+    })
+    .await;
+    for db in DATABASES {
+        b.ok(&format!("/api/databases/{db}/copy"), json!({})).await;
+    }
+    for db in DATABASES {
+        wait_dejournaling(&b, db).await;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let writers = start_writers_on_primary([a.api(), b.api()], 3, "tls", stop.clone());
 
@@ -361,6 +373,22 @@ async fn a_tls_mirror_admits_only_members_the_primary_authorized() {
         TestMember::member_row(&a.get("/api/mirror").await.1, C).is_null(),
         "a rejected member is not a member"
     );
+    // Nor does it get a copy of a database: the primary refuses its certificate.
+    c.ok("/api/databases/COMPANY/copy", json!({})).await;
+    let refused = c
+        .wait_mirror(15, "its copy refused", |v| {
+            copy_of(v, "COMPANY")["state"] == "failed"
+        })
+        .await;
+    let refused = copy_of(&refused, "COMPANY");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("go only to its members' certificates"),
+        "{refused}"
+    );
+    assert_eq!(refused["bytes"], 0, "{refused}");
 
     // Strangers on A's superserver port.
     let mirror_id = mirror_id_of(&a);

@@ -65,12 +65,12 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 // The primary's side
 
 /// A consistent copy of a database on the primary, ready to send.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Snapshot {
     /// Its name (`<db>-<ms>`), which a resumed copy gives back.
     pub name: String,
-    /// The file.
-    pub path: PathBuf,
+    /// The file, open: a newer snapshot may remove its name meanwhile, not what is being sent.
+    pub file: File,
     /// Its size.
     pub size: u64,
     /// Its SHA-256, hex.
@@ -92,22 +92,20 @@ fn is_snapshot_of(name: &str, db: &DbName) -> bool {
 pub fn snapshot(context: &MirrorContext, db: &DbName, reuse: Option<&str>) -> Result<Snapshot> {
     let folder = copies_folder(&context.data_dir);
     if let Some(name) = reuse.filter(|n| is_snapshot_of(n, db)) {
-        let path = folder.join(format!("{name}.sqlite"));
         // The checksum file is written last: with it, the snapshot is whole.
-        if let (Ok(sha256), Ok(meta)) = (
-            std::fs::read_to_string(folder.join(format!("{name}.sha256"))),
-            std::fs::metadata(&path),
-        ) {
+        let opened = File::open(folder.join(format!("{name}.sqlite")));
+        let sum = std::fs::read_to_string(folder.join(format!("{name}.sha256")));
+        if let (Ok(file), Ok(sha256)) = (opened, sum) {
             return Ok(Snapshot {
                 name: name.to_string(),
-                path,
-                size: meta.len(),
+                size: file.metadata().io_context("stat the copy")?.len(),
+                file,
                 sha256: sha256.trim().to_string(),
             });
         }
     }
     std::fs::create_dir_all(&folder).io_context("create the copies folder")?;
-    let name = format!("{}-{}", db.directory_name(), now_ms());
+    let name = format!("{}-{}", db.directory_name(), unique_stamp());
     let path = folder.join(format!("{name}.sqlite"));
     {
         // A dismount waits while the file is read.
@@ -130,14 +128,23 @@ pub fn snapshot(context: &MirrorContext, db: &DbName, reuse: Option<&str>) -> Re
         .and_then(|f| f.sync_all())
         .io_context("fsync the copy's checksum")?;
     sync_dir(&folder)?;
+    let file = File::open(&path).io_context("open the copy")?;
     remove_older_snapshots(&folder, db, &name);
-    let size = std::fs::metadata(&path).io_context("stat the copy")?.len();
     Ok(Snapshot {
         name,
-        path,
-        size,
+        size: file.metadata().io_context("stat the copy")?.len(),
+        file,
         sha256,
     })
+}
+
+/// Milliseconds since the Unix epoch, but never the same twice in this process: two members
+/// asking for a copy of the same database in the same millisecond get two snapshots.
+fn unique_stamp() -> i64 {
+    static LAST: Mutex<i64> = Mutex::new(0);
+    let mut last = LAST.lock().unwrap();
+    *last = now_ms().max(*last + 1);
+    *last
 }
 
 /// Removes the snapshots of `db` older than `newest`: one per database is enough (a transfer
@@ -169,7 +176,7 @@ pub fn serve(
     offset: u64,
     max_bytes_per_s: Option<u64>,
 ) -> Result<()> {
-    let snapshot = snapshot(context, db, reuse)?;
+    let mut snapshot = snapshot(context, db, reuse)?;
     let from = if reuse == Some(snapshot.name.as_str()) {
         offset.min(snapshot.size)
     } else {
@@ -184,7 +191,7 @@ pub fn serve(
             from,
         },
     )?;
-    let mut file = File::open(&snapshot.path).io_context("open the copy")?;
+    let file = &mut snapshot.file;
     file.seek(SeekFrom::Start(from))?;
     let started = Instant::now();
     let mut sent = 0u64;
@@ -505,6 +512,12 @@ mod tests {
         assert!(!is_snapshot_of("company-12/../../x", &db));
         assert!(!is_snapshot_of("personal-1733400000000", &db));
         assert!(!is_snapshot_of("../company-1", &db));
+    }
+
+    #[test]
+    fn two_snapshots_never_share_a_name() {
+        let stamps: Vec<i64> = (0..100).map(|_| unique_stamp()).collect();
+        assert!(stamps.windows(2).all(|w| w[0] < w[1]), "{stamps:?}");
     }
 
     #[test]

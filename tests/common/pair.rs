@@ -569,3 +569,17 @@ pub fn planned_and_dejournaling(role: &'static str) -> impl Fn(&Value) -> bool {
             })
     }
 }
+
+/// The write outage a member recorded (`recorded`, ms) is the one the writers saw (`seen`): the
+/// same fault, measured from inside. The two windows are shifted by what only one side waits
+/// for — the member starts at the old primary's last write it holds, a commit-acknowledgement
+/// before the writers heard of it; the writers end only when one of them retried its way to
+/// the new primary (a retry every 20 ms, much slower on a loaded machine). So the member may
+/// say a little more (a commit's round trip: 250 ms at most) or rather less (the writers'
+/// own search: 1 s at most), never a different order of magnitude.
+pub fn assert_outage_matches(recorded: i64, seen: i64, who: &str) {
+    assert!(
+        recorded > 0 && recorded <= seen + 250 && seen <= recorded + 1_000,
+        "{who} recorded a write outage of {recorded} ms, the writers saw {seen} ms"
+    );
+}
