@@ -41,6 +41,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::copy::CopyState;
 use super::service::{CreateRequest, JoinInfoRequest, JoinRequest, MirrorService, async_kind};
 use super::state::Role;
 use crate::config::mirror::{DEFAULT_AGENT_PORT, split_address};
@@ -536,7 +537,7 @@ async fn follower_steps(
             Some("Dejournaling") => {
                 let copied = copies
                     .iter()
-                    .find(|c| c.database == db && c.state == "done")
+                    .find(|c| c.database == db && c.state == CopyState::Done)
                     .and_then(|c| c.message.clone());
                 steps.push(match copied {
                     Some(how) => did(what, format!("{how}; Dejournaling")),
@@ -554,7 +555,7 @@ async fn follower_steps(
             _ => {
                 let failed_lately = copies.iter().any(|c| {
                     c.database == db
-                        && c.state == "failed"
+                        && c.state == CopyState::Failed
                         && crate::util::now_ms() - c.started_ms < 5_000
                 });
                 if failed_lately {

@@ -121,7 +121,7 @@ pub fn snapshot(context: &MirrorContext, db: &DbName, reuse: Option<&str>) -> Re
         }
         crate::storage::database::copy_consistent(&entry.file, &path)?;
     }
-    let sha256 = sha256_of(&path, 0, &mut |_| {})?;
+    let sha256 = sha256_of(&path)?;
     let sum = folder.join(format!("{name}.sha256"));
     std::fs::write(&sum, &sha256).io_context("write the copy's checksum")?;
     File::open(&sum)
@@ -273,13 +273,41 @@ pub fn discard_partial(file: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Where a copy stands (`copying`, `verifying`, `installing`, `done`, `failed` in `/api`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyState {
+    /// Bytes are arriving.
+    Copying,
+    /// All arrived; the checksum is being computed.
+    Verifying,
+    /// Dismount, rename, Mount, Activate, Catchup.
+    Installing,
+    /// In place and caught up.
+    Done,
+    /// Given up (the message says why).
+    Failed,
+}
+
+impl std::fmt::Display for CopyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CopyState::Copying => "copying",
+            CopyState::Verifying => "verifying",
+            CopyState::Installing => "installing",
+            CopyState::Done => "done",
+            CopyState::Failed => "failed",
+        })
+    }
+}
+
 /// How a copy goes, for the monitor and `/api`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CopyProgress {
     /// The database.
     pub database: DbName,
-    /// `copying`, `verifying`, `installing`, `done` or `failed`.
-    pub state: &'static str,
+    /// Where it stands.
+    pub state: CopyState,
     /// Bytes the member holds.
     pub bytes: u64,
     /// The copy's size (0 until the primary said).
@@ -301,7 +329,7 @@ impl CopyProgress {
     pub fn starting(database: DbName) -> CopyProgress {
         CopyProgress {
             database,
-            state: "copying",
+            state: CopyState::Copying,
             bytes: 0,
             total: 0,
             resumed_from: 0,
@@ -314,7 +342,7 @@ impl CopyProgress {
 
     /// Still in progress (not done, not failed).
     pub fn running(&self) -> bool {
-        !matches!(self.state, "done" | "failed")
+        !matches!(self.state, CopyState::Done | CopyState::Failed)
     }
 
     /// Percent done, for the progress bar.
@@ -470,7 +498,7 @@ pub fn fetch(
     let held = std::fs::metadata(&partial)
         .io_context("stat the copy")?
         .len();
-    let sum = sha256_of(&partial, 0, &mut |_| {})?;
+    let sum = sha256_of(&partial)?;
     if held != size || sum != sha256 {
         discard_partial(file)?;
         return Err(Error::Corrupt(format!(
@@ -481,21 +509,17 @@ pub fn fetch(
     Ok(partial)
 }
 
-/// The SHA-256 (hex) of `path` from byte `from`, reporting bytes read.
-fn sha256_of(path: &Path, from: u64, read: &mut dyn FnMut(u64)) -> Result<String> {
+/// The SHA-256 (hex) of the file at `path`.
+fn sha256_of(path: &Path) -> Result<String> {
     let mut file = File::open(path).io_context("open the copy")?;
-    file.seek(SeekFrom::Start(from))?;
     let mut context = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; CHUNK];
-    let mut total = 0u64;
     loop {
         let n = file.read(&mut buf)?;
         if n == 0 {
             break;
         }
         context.update(&buf[..n]);
-        total += n as u64;
-        read(total);
     }
     Ok(crate::util::hex(context.finish().as_ref()))
 }
@@ -527,7 +551,7 @@ mod tests {
         let file = dir.join("abc");
         std::fs::write(&file, b"abc").unwrap();
         assert_eq!(
-            sha256_of(&file, 0, &mut |_| {}).unwrap(),
+            sha256_of(&file).unwrap(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         std::fs::remove_dir_all(&dir).unwrap();

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::MirrorService;
 use crate::error::{Error, Result};
-use crate::mirror::copy::{self, CopyProgress};
+use crate::mirror::copy::{self, CopyProgress, CopyState};
 use crate::mirror::events::EventKind;
 use crate::mirror::state::{CatchupPhase, Role};
 use crate::names::DbName;
@@ -119,8 +119,8 @@ impl MirrorService {
         tokio::spawn(async move {
             let result = this.run_copy(&db, max_bytes_per_s).await;
             let (state, message) = match &result {
-                Ok(message) => ("done", message.clone()),
-                Err(err) => ("failed", err.to_string()),
+                Ok(message) => (CopyState::Done, message.clone()),
+                Err(err) => (CopyState::Failed, err.to_string()),
             };
             this.copies.update(&db, |p| {
                 p.state = state;
@@ -152,7 +152,7 @@ impl MirrorService {
             }
         };
         self.copies.update(db, |p| {
-            p.state = "installing";
+            p.state = CopyState::Installing;
             p.message = None;
         });
         self.install(db, copied).await
@@ -182,7 +182,11 @@ impl MirrorService {
                     0
                 };
                 copies.update(&name, |p| {
-                    p.state = if at == total { "verifying" } else { "copying" };
+                    p.state = if at == total {
+                        CopyState::Verifying
+                    } else {
+                        CopyState::Copying
+                    };
                     p.bytes = at;
                     p.total = total;
                     p.resumed_from = from;
