@@ -156,8 +156,8 @@ async fn see_a_fault_on_the_monitor(
     pa.browser.close().await.unwrap();
 }
 
-/// The Lab in a browser: the ledger started on B's Lab page, A's instance killed from A's Lab
-/// page, and B's ledger read after the takeover — every acknowledged write found on B, none
+/// The Lab in a browser: the ledger started on B's Lab page, B's link to A cut and mended
+/// there, A's instance killed from A's Lab page, and B's ledger read after the takeover — every acknowledged write found on B, none
 /// lost, the outage listed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_person_kills_the_primary_from_the_lab_and_reads_the_ledger() {
@@ -185,6 +185,26 @@ async fn a_person_kills_the_primary_from_the_lab_and_reads_the_ledger() {
     pb.click("#ledger-start button[type=submit]").await;
     pb.wait_for_text("/portal/lab", "Found on the primary", 20)
         .await;
+    // B's link to A, cut from the form (its defaults: the other members, both ways) and mended
+    // from the page before its time.
+    pb.type_into("#lab-cut input[name=seconds]", "120").await;
+    pb.click("#lab-cut button[type=submit]").await;
+    pb.wait_for_text("/portal/lab", "cut both ways", 10).await;
+    let cut = pb.body().await;
+    assert!(cut.contains("the link to the other members"), "{cut}");
+    a.wait_mirror(20, "B no longer active", |v| {
+        TestMember::member_row(v, "MIRRORB/IRIS")["journal_transfer"] != "Active"
+    })
+    .await;
+    pb.screenshot("lab-cut-mirrorB.png").await;
+    pb.click("#lab-mend button[type=submit]").await;
+    pb.wait_for_text("/portal/lab", "No link of this member is cut", 10)
+        .await;
+    // Active again before the kill, so that B may take over.
+    a.wait_mirror(20, "B active again", |v| {
+        TestMember::member_row(v, "MIRRORB/IRIS")["journal_transfer"] == "Active"
+    })
+    .await;
 
     let mut pa = Portal::open(
         &driver,

@@ -13,6 +13,7 @@ use mirrorlab::agent::{self, AgentRequest};
 use serde_json::{Value, json};
 
 const A: &str = "MIRRORA/IRIS";
+const B: &str = "MIRRORB/IRIS";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_lab_is_off_unless_a_member_is_started_with_it() {
@@ -224,4 +225,124 @@ async fn a_hang_from_the_lab_longer_than_the_qos_ends_with_the_backup_in_charge(
     a.wait_mirror(20, "B's backup", |v| v["status"] == "Backup")
         .await;
     assert_identical(&b, &a).await;
+}
+
+/// The members' view of B from A: its journal transfer.
+fn b_transfer(view: &Value) -> Value {
+    TestMember::member_row(view, B)["journal_transfer"].clone()
+}
+
+/// Waits until A shows B active again, and the mirror arbiter controlled.
+async fn wait_healed(a: &TestMember, b: &TestMember) {
+    a.wait_mirror(30, "B active again", |v| b_transfer(v) == "Active")
+        .await;
+    wait_arbiter_controlled(&a.api(), &b.api()).await;
+}
+
+/// Cuts from the Lab, with an arbiter and writers throughout: B's link to A both ways, then
+/// A's outgoing link to B, then A's link to the arbiter. Each holds traffic for longer than the
+/// QoS timeout, so the members' timeouts end the connections; the arbiter still sees the
+/// primary each time, so no backup takes over. After each the mirror heals by itself, and in
+/// the end every acknowledged write is on both members, which never both accepted writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn links_cut_from_the_lab_hold_the_traffic_and_the_mirror_heals_without_a_takeover() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let arbiter = common::TestArbiter::start().await;
+    let (a, b, _) = pair_full(1000, &["--lab"], false, Some(&arbiter.address)).await;
+    mirror_databases(&a, &b).await;
+    wait_arbiter_controlled(&a.api(), &b.api()).await;
+    b.refused("/api/lab/cut", json!({"link": "cable"}), 400, "\"members\"")
+        .await;
+    b.refused("/api/lab/cut", json!({"direction": "up"}), 400, "\"both\"")
+        .await;
+    b.refused("/api/lab/cut", json!({"seconds": 0}), 400, "1 to 600")
+        .await;
+    assert_eq!(b.get("/api/lab").await.1["cuts"], json!([]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers_on_primary([a.api(), b.api()], 4, "cut", stop.clone());
+    common::before_fault(300).await;
+
+    // 1. B's link to the other members, both ways, for 4 s (four QoS timeouts).
+    let fault = common::now_ms();
+    let said = b
+        .ok(
+            "/api/lab/cut",
+            json!({"link": "members", "direction": "both", "seconds": 4}),
+        )
+        .await;
+    assert_eq!(
+        said["message"],
+        "the link to the other members is cut (both ways) for 4 s"
+    );
+    let cuts = b.get("/api/lab").await.1["cuts"].clone();
+    assert_eq!(cuts[0]["link"], "members", "{cuts}");
+    assert_eq!(cuts[0]["direction"], "both", "{cuts}");
+    a.wait_mirror(10, "B no longer active", |v| b_transfer(v) != "Active")
+        .await;
+    b.api().wait_event_since(fault, B, "member_lost", "").await;
+    assert_eq!(b.get("/api/mirror").await.1["role"], "Backup");
+    b.api()
+        .wait_event_since(
+            fault,
+            B,
+            "operator",
+            "Lab: the link to the other members (both ways) is whole again",
+        )
+        .await;
+    assert_eq!(b.get("/api/lab").await.1["cuts"], json!([]));
+    wait_healed(&a, &b).await;
+
+    // 2. A's outgoing link to the other members, for 3 s: B hears nothing, A hears B.
+    let fault = common::now_ms();
+    a.ok(
+        "/api/lab/cut",
+        json!({"link": "members", "direction": "out", "seconds": 3}),
+    )
+    .await;
+    a.wait_mirror(10, "B no longer active", |v| b_transfer(v) != "Active")
+        .await;
+    a.api()
+        .wait_event_since(fault, A, "operator", "(outgoing only) is whole again")
+        .await;
+    wait_healed(&a, &b).await;
+
+    // 3. A's link to the arbiter, both ways, for 3 s; mended early from the API after 2.
+    let fault = common::now_ms();
+    a.ok(
+        "/api/lab/cut",
+        json!({"link": "arbiter", "direction": "both", "seconds": 60}),
+    )
+    .await;
+    a.wait_mirror(10, "the arbiter lost", |v| {
+        v["arbiter"]["connection_status"] == "This member is not connected to the arbiter"
+    })
+    .await;
+    a.api()
+        .wait_event_since(fault, A, "arbiter_lost", "lost the arbiter")
+        .await;
+    assert_eq!(a.get("/api/mirror").await.1["status"], "Primary");
+    let mended = a.ok("/api/lab/mend", json!({})).await;
+    assert_eq!(mended["message"], "the cut links are whole again");
+    assert_eq!(
+        a.ok("/api/lab/mend", json!({})).await["message"],
+        "no link is cut"
+    );
+    a.api()
+        .wait_event_since(fault, A, "operator", "every cut link is mended")
+        .await;
+    wait_healed(&a, &b).await;
+
+    // No takeover at any time; every acknowledged write is on A, and B is identical.
+    let events = a.api().events().await;
+    assert!(
+        Api::event(&events, B, "takeover").is_none(),
+        "B took over: {events:#}"
+    );
+    assert_eq!(a.get("/api/mirror").await.1["role"], "Primary");
+    let outcome = finish_writers(&stop, writers, &a.api(), &b.api()).await;
+    eprintln!(
+        "figure: {} writes acknowledged through three cuts, none lost",
+        outcome.len()
+    );
 }

@@ -44,6 +44,15 @@ pub fn call_blocking(
             .filter(|left| !left.is_zero())
             .ok_or_else(late)
     };
+    // Only the failover driver calls here, always another member's agent: a cut of the link to
+    // the other members from the Lab page stops the question (its channel's reads and writes
+    // check the cut too).
+    crate::lab::cuts::global()
+        .wait_to_connect(
+            crate::lab::cuts::Link::Members,
+            left()?.min(CONNECT_TIMEOUT),
+        )
+        .map_err(|e| Error::Unavailable(format!("agent at {address} did not answer: {e}")))?;
     let tcp = crate::wire::connect(address, left()?.min(CONNECT_TIMEOUT))
         .map_err(|e| Error::Unavailable(format!("agent at {address} did not answer: {e}")))?;
     let mut channel = match &target.tls {

@@ -9,6 +9,10 @@
 //! - **Hang this instance for N seconds** ([`hang`]): its agent stops the process (SIGSTOP) and
 //!   lets it go on after N seconds — unless a backup's question found it hung first and the
 //!   agent forced it down, as for a real hang.
+//! - **Cut this member's link** ([`cut_link`]) to the other members or to the arbiter, one way
+//!   or both, for N seconds: a switch inside the instance's network layer ([`cuts`]) holds the
+//!   link's traffic, as a broken cable would; *Mend* ends it early. The cut's start and end
+//!   are events; what the members made of it follows in the events as for a real cut.
 //! - **The ledger** ([`ledger`]): writers against whichever member is primary, and the count of
 //!   acknowledged writes the primary of the moment holds.
 //!
@@ -22,9 +26,10 @@
 //!
 //! # Left out
 //!
-//! Cutting a member's links (to the other member, to the arbiter) from the page: in the lab,
-//! `docker network disconnect` does it.
+//! A cut stops the instance's own traffic only: its agent, a process of its own, still answers
+//! the other member (see [`cuts`]). `docker network disconnect` cuts a whole container.
 
+pub mod cuts;
 pub mod ledger;
 
 use std::sync::{Arc, Mutex};
@@ -109,6 +114,60 @@ pub fn kill_soon(mirror: &MirrorState) -> String {
     "the instance is killed in a moment (SIGKILL): its portal stops answering; the agent stays \
      — start it again with `docker exec <member> mirrorlab ctl start`"
         .into()
+}
+
+/// Cuts this member's `link` in `direction` for `seconds` (1 to 600), replacing a cut of the
+/// same link in force; the end, when it comes, is an event too.
+pub fn cut_link(
+    link: cuts::Link,
+    direction: cuts::Direction,
+    seconds: u64,
+    mirror: &Arc<MirrorState>,
+) -> Result<String> {
+    if !(1..=600).contains(&seconds) {
+        return Err(Error::InvalidInput("a cut lasts 1 to 600 seconds".into()));
+    }
+    let what = format!("{} ({})", link.display(), direction.display());
+    // The event first: what the members make of the cut follows it in the timeline.
+    mirror.record(
+        EventKind::Operator,
+        format!("Lab: cut {what} for {seconds} s"),
+    );
+    let number = cuts::global().cut(link, direction, Duration::from_secs(seconds));
+    tracing::warn!("the Lab cuts {what} for {seconds} s");
+    let mirror = mirror.clone();
+    std::thread::Builder::new()
+        .name("lab-cut".into())
+        .spawn(move || {
+            while let Some(until) = cuts::global().ends(link, number) {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                std::thread::sleep(left.min(Duration::from_millis(100)));
+            }
+            // A mend says so itself; a later cut of the link took this one's place.
+            if cuts::global().ended_by_time(link, number) {
+                tracing::warn!("the Lab's cut of {what} ends");
+                mirror.record(EventKind::Operator, format!("Lab: {what} is whole again"));
+            }
+        })?;
+    Ok(format!(
+        "{} is cut ({}) for {seconds} s",
+        link.display(),
+        direction.display()
+    ))
+}
+
+/// Ends the Lab's cuts of this member's links now.
+pub fn mend_links(mirror: &MirrorState) -> String {
+    if cuts::global().mend(None) {
+        mirror.record(
+            EventKind::Operator,
+            "Lab: every cut link is mended (whole again)",
+        );
+        tracing::warn!("the Lab mends the cut links");
+        "the cut links are whole again".into()
+    } else {
+        "no link is cut".into()
+    }
 }
 
 /// Asks this member's agent (at `agent_address`) to hang the instance for `seconds`.

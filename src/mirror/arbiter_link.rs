@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::arbiter::{FromArbiter, ToArbiter};
 use crate::error::{Error, Result};
+use crate::lab::cuts::{self, Gated, Link};
 use crate::wire::{MAX_AGENT_FRAME, read_frame_sync, write_frame_sync};
 
 use super::MirrorContext;
@@ -94,6 +95,8 @@ fn target(context: &MirrorContext) -> Option<(String, Duration, bool)> {
 }
 
 fn connect(address: &str) -> Result<TcpStream> {
+    // While the Lab cuts the link to the arbiter, no connection to it is made.
+    cuts::global().wait_to_connect(Link::Arbiter, Duration::from_secs(1))?;
     let mut last = Error::Unavailable(format!("{address} did not resolve"));
     for addr in address
         .to_socket_addrs()
@@ -121,7 +124,8 @@ fn connection(
     stream.set_write_timeout(Some(qos))?;
     let config = context.config.get();
     let m = config.mirror.member()?;
-    let mut writer = stream.try_clone()?;
+    // Both halves pass the Lab's cuts of the link (see `crate::lab::cuts`).
+    let mut writer = Gated::new(stream.try_clone()?, Link::Arbiter);
     // Under one lock: forget what was meant for the old connection, and take the mode the
     // hello must carry (a mode change queued now is sent after the hello).
     let booked = {
@@ -143,7 +147,7 @@ fn connection(
         },
     )?;
     let (tx, rx) = mpsc::channel::<Result<FromArbiter>>();
-    let mut reader = stream.try_clone()?;
+    let mut reader = Gated::new(stream.try_clone()?, Link::Arbiter);
     std::thread::Builder::new()
         .name("arbiter-read".into())
         .spawn(move || {

@@ -200,6 +200,8 @@ pub fn dial(
     address: &str,
     timeout: std::time::Duration,
 ) -> Result<crate::tls::Channel> {
+    // While the Lab cuts the link to the other members, no connection to one is made.
+    crate::lab::cuts::global().wait_to_connect(crate::lab::cuts::Link::Members, timeout)?;
     let tcp = crate::wire::connect(address, timeout)?;
     tcp.set_nodelay(true)?;
     if !m.mirror.require_tls {
@@ -237,6 +239,7 @@ pub fn open_conversation(
         std::time::Duration::from_secs(5),
     )?;
     stream.set_read_timeout(Some(read_timeout))?;
+    stream.set_write_timeout(Some(read_timeout))?;
     let reader = std::io::BufReader::new(stream.try_clone()?);
     let mut writer = std::io::BufWriter::new(stream);
     protocol::write_control(&mut writer, first)?;

@@ -211,6 +211,7 @@ fn receive(
         qos.max(Duration::from_secs(2)),
     )?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::with_capacity(1 << 20, stream.try_clone()?);
     let mut writer = BufWriter::new(stream.try_clone()?);
     let (first, end, last_epoch) = match shared.lock().unwrap().as_ref() {
@@ -331,6 +332,10 @@ fn receive(
     // the link is lost (IRIS's effective wait is QoS/2 to QoS). Noticing early leaves the
     // backup time, inside its takeover window, to have the agent confirm a hung primary down.
     stream.set_read_timeout(Some((qos / 2).max(Duration::from_millis(100))))?;
+    // This thread also writes the acknowledgements: a write the primary does not take for as
+    // long means the link is as lost as that silence would, and must not keep the thread from
+    // noticing it.
+    stream.set_write_timeout(Some((qos / 2).max(Duration::from_millis(100))))?;
 
     let mut primary_durable = JournalPos::ZERO;
     let mut pending: Vec<u8> = Vec::new();

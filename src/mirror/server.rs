@@ -53,6 +53,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::journal::{Epoch, JournalPos, JournalShared, StreamId};
+use crate::lab::cuts;
 use crate::limits::{
     ConnectionSlots, SUPERSERVER_CONNECTIONS, SUPERSERVER_CONNECTIONS_PER_STRANGER,
     SUPERSERVER_FIRST_MESSAGE, SUPERSERVER_STRANGER_CONNECTIONS,
@@ -238,10 +239,14 @@ fn serve(tcp: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
     let (stream, peer) = open(tcp, context, deadline)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = BufWriter::new(stream.try_clone()?);
-    let first = read_message(&mut UntilDeadline {
-        channel: &stream,
-        reader: &mut reader,
-        deadline,
+    // The first message says who calls: this member's own agent (Info) or another member. It
+    // is read past the Lab's cuts, which stop only the other members (see `crate::lab::cuts`).
+    let first = cuts::unchecked(|| {
+        read_message(&mut UntilDeadline {
+            channel: &stream,
+            reader: &mut reader,
+            deadline,
+        })
     });
     stream.set_read_timeout(Some(READ_TIMEOUT))?;
     let first = match first? {
@@ -268,8 +273,14 @@ fn serve(tcp: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
         Ok(())
     };
     let refuse = |writer: &mut BufWriter<Channel>, reason: String| refuse_as(writer, reason, false);
+    if !matches!(first, Control::Info { .. }) {
+        // Another member: while the Lab cuts the link to the members, the conversation is as
+        // good as never begun.
+        let left = deadline.saturating_duration_since(Instant::now());
+        cuts::global().wait_to_connect(cuts::Link::Members, left)?;
+    }
     match first {
-        Control::Info { mirror_name } => match context.describe() {
+        Control::Info { mirror_name } => cuts::unchecked(|| match context.describe() {
             // The member list, addresses and fingerprints go in plain only to this host's own
             // agent; anyone else asks over TLS.
             Some(description)
@@ -299,7 +310,7 @@ fn serve(tcp: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
                 &mut writer,
                 "this instance is not a member of a mirror".into(),
             ),
-        },
+        }),
         Control::Fetch {
             mirror_id,
             from,

@@ -50,6 +50,7 @@ use rustls::{ClientConnection, Connection, ServerConnection};
 
 use super::{Identity, SERVER_NAME, peer_of, tls_error};
 use crate::error::{Error, Result};
+use crate::lab::cuts::{Link, global as cuts};
 use crate::os::send_without_waiting;
 
 /// Most plaintext encrypted at once by one write: bounds what a send that must not wait can
@@ -351,6 +352,9 @@ impl Channel {
     /// Writes what fits in the connection's send buffer without waiting (see
     /// [`send_without_waiting`]); over TLS the bytes counted may be partly [owed](Self::owes).
     pub fn send_now(&self, bytes: &[u8]) -> io::Result<usize> {
+        if cuts().any() && cuts().sending_is_cut(Link::Members) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         match self {
             Channel::Plain(s) => send_without_waiting(s.as_fd(), bytes),
             Channel::Tls(s) => s.send_now(bytes),
@@ -391,8 +395,14 @@ impl Channel {
         self.socket().set_write_timeout(timeout)
     }
 
-    /// Ends the connection in both directions (errors ignored: it may be gone already).
+    /// Ends the connection in both directions (errors ignored: it may be gone already) —
+    /// unless the Lab cut this member's sending: then the end waits for the cut to end (see
+    /// [`crate::lab::cuts::Cuts::hold_end`]), as TCP's would.
     pub fn close(&self) {
+        if cuts().any() && cuts().sending_is_cut(Link::Members) {
+            cuts().hold_end(Link::Members, self.socket());
+            return;
+        }
         match self {
             Channel::Plain(s) => {
                 let _ = s.shutdown(Shutdown::Both);
@@ -402,8 +412,21 @@ impl Channel {
     }
 }
 
+impl Drop for Channel {
+    fn drop(&mut self) {
+        if cuts().any() {
+            cuts().hold_end(Link::Members, self.socket());
+        }
+    }
+}
+
+// Every channel links this member to another one: a cut of that link from the Lab page
+// ([`crate::lab::cuts`]) holds its reads and writes.
 impl Read for Channel {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if cuts().any() {
+            cuts().wait_to_receive(Link::Members, self.socket().read_timeout()?)?;
+        }
         match self {
             Channel::Plain(s) => s.read(buf),
             Channel::Tls(s) => s.read(buf),
@@ -413,6 +436,9 @@ impl Read for Channel {
 
 impl Write for Channel {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if cuts().any() {
+            cuts().wait_to_send(Link::Members, self.socket().write_timeout()?)?;
+        }
         match self {
             Channel::Plain(s) => s.write(buf),
             Channel::Tls(s) => TlsChannel::write(s, buf),
@@ -420,6 +446,9 @@ impl Write for Channel {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        if cuts().any() {
+            cuts().wait_to_send(Link::Members, self.socket().write_timeout()?)?;
+        }
         match self {
             Channel::Plain(s) => s.flush(),
             Channel::Tls(s) => TlsChannel::flush(s),

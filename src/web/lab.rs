@@ -1,5 +1,5 @@
-//! The Lab page (System Operation › Lab) and `/api/lab`: kill or hang this instance, and the
-//! acknowledged-write ledger ([`crate::lab`]). On a member started without `--lab` every one of
+//! The Lab page (System Operation › Lab) and `/api/lab`: kill or hang this instance, cut its
+//! links for a while, and the acknowledged-write ledger ([`crate::lab`]). On a member started without `--lab` every one of
 //! these answers 404 saying how to turn it on.
 
 use askama::Template;
@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
+use crate::lab::cuts::{self, CutView, Direction, Link};
 use crate::lab::ledger::{LedgerSettings, LedgerView};
 use crate::lab::{self, Lab};
 
@@ -65,6 +66,8 @@ pub(crate) struct LabPage {
     running: bool,
     members: String,
     role: String,
+    /// The cuts of this member's links in force.
+    cuts: Vec<CutView>,
 }
 
 pub(crate) async fn page(
@@ -79,11 +82,19 @@ pub(crate) async fn page(
         ledger,
         members: default_members(&state).join(" "),
         role: state.mirror.role().display().to_string(),
+        cuts: cuts::global().in_force(),
     })
 }
 
 #[derive(Deserialize)]
 pub(crate) struct HangForm {
+    seconds: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CutForm {
+    link: Option<String>,
+    direction: Option<String>,
     seconds: Option<String>,
 }
 
@@ -167,6 +178,28 @@ pub(crate) async fn hang(
     flash_and_redirect(&state, &user, result, "/portal/lab")
 }
 
+pub(crate) async fn cut(
+    State(state): State<AppState>,
+    CsrfForm(user, form): CsrfForm<CutForm>,
+) -> Response {
+    let result = (|| {
+        the_lab(&state)?;
+        let link = Link::parse(form.link.as_deref().unwrap_or("members"))?;
+        let direction = Direction::parse(form.direction.as_deref().unwrap_or("both"))?;
+        let seconds = number("Seconds", &form.seconds)?.unwrap_or(10);
+        lab::cut_link(link, direction, seconds, &state.mirror)
+    })();
+    flash_and_redirect(&state, &user, result, "/portal/lab")
+}
+
+pub(crate) async fn mend(
+    State(state): State<AppState>,
+    CsrfForm(user, Empty {}): CsrfForm<Empty>,
+) -> Response {
+    let result = the_lab(&state).map(|_| lab::mend_links(&state.mirror));
+    flash_and_redirect(&state, &user, result, "/portal/lab")
+}
+
 pub(crate) async fn ledger_start(
     State(state): State<AppState>,
     CsrfForm(user, form): CsrfForm<LedgerForm>,
@@ -196,10 +229,12 @@ pub(crate) async fn ledger_stop(
 
 type ApiResult = std::result::Result<Json<Value>, ApiError>;
 
-/// `GET /api/lab`: the ledger's figures (null before the first).
+/// `GET /api/lab`: the ledger's figures (null before the first) and the cuts in force.
 pub(crate) async fn api_view(State(state): State<AppState>) -> ApiResult {
     let lab = the_lab(&state)?;
-    Ok(Json(json!({ "ledger": lab.ledger() })))
+    Ok(Json(
+        json!({ "ledger": lab.ledger(), "cuts": cuts::global().in_force() }),
+    ))
 }
 
 /// `POST /api/lab/kill`.
@@ -222,6 +257,40 @@ pub(crate) async fn api_hang(
 ) -> ApiResult {
     let message = hang_for(&state, request.seconds.unwrap_or(10)).await?;
     Ok(Json(json!({ "message": message })))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CutRequest {
+    #[serde(default)]
+    link: Option<String>,
+    #[serde(default)]
+    direction: Option<String>,
+    #[serde(default)]
+    seconds: Option<u64>,
+}
+
+/// `POST /api/lab/cut` `{"link": "members"|"arbiter", "direction": "both"|"out"|"in",
+/// "seconds"}` (members, both, 10 when left out).
+pub(crate) async fn api_cut(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<CutRequest>,
+) -> ApiResult {
+    the_lab(&state)?;
+    let link = Link::parse(request.link.as_deref().unwrap_or("members"))?;
+    let direction = Direction::parse(request.direction.as_deref().unwrap_or("both"))?;
+    let message = lab::cut_link(
+        link,
+        direction,
+        request.seconds.unwrap_or(10),
+        &state.mirror,
+    )?;
+    Ok(Json(json!({ "message": message })))
+}
+
+/// `POST /api/lab/mend`: ends the cuts in force.
+pub(crate) async fn api_mend(State(state): State<AppState>) -> ApiResult {
+    the_lab(&state)?;
+    Ok(Json(json!({ "message": lab::mend_links(&state.mirror) })))
 }
 
 #[derive(Deserialize)]

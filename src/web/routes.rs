@@ -150,6 +150,8 @@ fn mirror_pages() -> Router<AppState> {
         .route("/portal/lab", get(lab::page))
         .route("/portal/lab/kill", post(lab::kill))
         .route("/portal/lab/hang", post(lab::hang))
+        .route("/portal/lab/cut", post(lab::cut))
+        .route("/portal/lab/mend", post(lab::mend))
         .route("/portal/lab/ledger/start", post(lab::ledger_start))
         .route("/portal/lab/ledger/stop", post(lab::ledger_stop))
 }
@@ -230,6 +232,8 @@ fn api_endpoints() -> Router<AppState> {
         .route("/lab", get(lab::api_view))
         .route("/lab/kill", post(lab::api_kill))
         .route("/lab/hang", post(lab::api_hang))
+        .route("/lab/cut", post(lab::api_cut))
+        .route("/lab/mend", post(lab::api_mend))
         .route("/lab/ledger/start", post(lab::api_ledger_start))
         .route("/lab/ledger/stop", post(lab::api_ledger_stop))
 }
