@@ -550,6 +550,12 @@ async fn follower_steps(
                 continue;
             }
             Some("Needs Activation") => service.activate(db.clone()).await,
+            // Right after a start the member resumes following its activated copies by
+            // itself; a Catchup clicked meanwhile would only say so.
+            Some("Needs Catchup") if !service.context().mirror.read(|s| s.copies_resumed) => {
+                steps.push(waits(what, "this member resumes following its copies"));
+                continue;
+            }
             Some("Needs Catchup") => service.catchup(db.clone()).await,
             // Missing, dismounted, obsolete, stopped: a fresh copy from the primary.
             _ => {

@@ -258,6 +258,9 @@ pub struct MemberStatus {
     pub arbiter: ArbiterStatus,
     /// Per mirrored database: Catchup and dejournaling (the writer's).
     pub databases: BTreeMap<DbName, DatabaseRuntime>,
+    /// The writer has, since this start, resumed following the copies activated before it:
+    /// until then a copy that needs Catchup may only be waiting for it.
+    pub copies_resumed: bool,
 }
 
 impl MemberStatus {

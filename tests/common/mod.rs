@@ -20,24 +20,48 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_mirrorlab");
 /// The host ports the compose lab publishes.
 pub const LAB_PORTS: [u16; 4] = [52775, 52776, 52777, 52780];
 
-/// A free loopback port (bound and released), never one handed out before in this test
-/// process: a member restarted after a kill binds its old ports again, and another test must
-/// not have been given one of them meanwhile.
+/// A free loopback port for a member to listen on, never one handed out before in this test
+/// process (a member restarted after a kill binds its old ports again, and another test must
+/// not have been given one of them meanwhile).
+///
+/// Between this call and the member's bind the port must stay free, so it is taken:
+/// - **outside the kernel's ephemeral range** (32768–60999 on Linux): no connection's source
+///   port, and no listener on port 0, can take it meanwhile;
+/// - **claimed across the test processes running at once** (nextest runs each test in a process
+///   of its own): by an exclusive lock on a lease file in a shared folder, held until this
+///   process ends — the kernel lets go of it then, whatever way the process ends.
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    static GIVEN: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    const FIRST: u16 = 20_000;
+    const COUNT: u16 = 12_000;
     let mut given = GIVEN.lock().unwrap();
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        // Never a port the compose lab publishes (tests/run.sh reserves them where it can).
-        if !given.contains(&port) && !LAB_PORTS.contains(&port) {
-            given.push(port);
-            return port;
+    let dir = std::env::temp_dir().join("mirrorlab-test-ports");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Processes start at different places, so they seldom try the same ports.
+    let start = (std::process::id() % u32::from(COUNT)) as u16;
+    for i in 0..COUNT {
+        let port = FIRST + (start + i) % COUNT;
+        if LAB_PORTS.contains(&port) {
+            continue;
         }
+        let lease = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+            .unwrap();
+        // Held by another process, or by this one for a port it gave out already.
+        if lease.try_lock().is_err() {
+            continue;
+        }
+        // Something else may listen there.
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        given.push(lease);
+        return port;
     }
+    panic!("no free port between {FIRST} and {}", FIRST + COUNT);
 }
 
 /// A small deterministic random source; each test prints its seed so a failure can be replayed.

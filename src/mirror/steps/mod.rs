@@ -191,6 +191,8 @@ impl MirrorSteps {
 impl WriterExtension for MirrorSteps {
     fn start(&mut self, writer: &mut Writer) {
         self.follow_activated_copies(writer);
+        // After every copy's own update: whoever sees this sees them all.
+        self.mirror.publish(|s| s.copies_resumed = true);
     }
 
     fn command(
