@@ -132,6 +132,19 @@ async fn hang_for(state: &AppState, seconds: u64) -> Result<String> {
     .await
 }
 
+/// Cuts a link as the page or `/api` asked: the other members, both ways, 10 s when not said.
+fn cut_for(
+    state: &AppState,
+    link: Option<&str>,
+    direction: Option<&str>,
+    seconds: Option<u64>,
+) -> Result<String> {
+    the_lab(state)?;
+    let link = Link::parse(link.unwrap_or("members"))?;
+    let direction = Direction::parse(direction.unwrap_or("both"))?;
+    lab::cut_link(link, direction, seconds.unwrap_or(10), &state.mirror)
+}
+
 fn start_ledger(
     state: &AppState,
     user: &str,
@@ -182,13 +195,14 @@ pub(crate) async fn cut(
     State(state): State<AppState>,
     CsrfForm(user, form): CsrfForm<CutForm>,
 ) -> Response {
-    let result = (|| {
-        the_lab(&state)?;
-        let link = Link::parse(form.link.as_deref().unwrap_or("members"))?;
-        let direction = Direction::parse(form.direction.as_deref().unwrap_or("both"))?;
-        let seconds = number("Seconds", &form.seconds)?.unwrap_or(10);
-        lab::cut_link(link, direction, seconds, &state.mirror)
-    })();
+    let result = number("Seconds", &form.seconds).and_then(|seconds| {
+        cut_for(
+            &state,
+            form.link.as_deref(),
+            form.direction.as_deref(),
+            seconds,
+        )
+    });
     flash_and_redirect(&state, &user, result, "/portal/lab")
 }
 
@@ -275,14 +289,11 @@ pub(crate) async fn api_cut(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CutRequest>,
 ) -> ApiResult {
-    the_lab(&state)?;
-    let link = Link::parse(request.link.as_deref().unwrap_or("members"))?;
-    let direction = Direction::parse(request.direction.as_deref().unwrap_or("both"))?;
-    let message = lab::cut_link(
-        link,
-        direction,
-        request.seconds.unwrap_or(10),
-        &state.mirror,
+    let message = cut_for(
+        &state,
+        request.link.as_deref(),
+        request.direction.as_deref(),
+        request.seconds,
     )?;
     Ok(Json(json!({ "message": message })))
 }
