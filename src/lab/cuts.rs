@@ -11,15 +11,19 @@
 //! - **Outgoing** ([`Cuts::wait_to_send`]): a write waits while the cut lasts, for at most the
 //!   socket's write timeout, then fails as a socket that took nothing would. A send that must
 //!   not wait takes nothing ([`std::io::ErrorKind::WouldBlock`]), as from a full socket.
-//! - **Incoming** ([`Cuts::wait_to_receive`]): a read does not look at the socket while the cut lasts,
-//!   for at most the socket's read timeout, then fails as a socket that got nothing would. What
-//!   the peer sends meanwhile stays in the kernel's buffers — as with TCP across a cut, it
-//!   arrives late, or the connection ends first when a side's timeout runs out.
-//! - **New connections** ([`Cuts::wait_to_connect`]): in either direction, a connection is not made
-//!   while the cut lasts (a lost SYN or SYN-ACK): it waits, for at most its connect timeout.
-//!
+//! - **Incoming** ([`Cuts::wait_to_receive`]): a read does not look at the socket while the cut
+//!   lasts, for at most the socket's read timeout, then fails as a socket that got nothing
+//!   would. What the peer sends meanwhile stays in the kernel's buffers — as with TCP across a
+//!   cut, it arrives late, or the connection ends first when a side's timeout runs out.
+//! - **New connections** ([`Cuts::wait_to_connect`]): in either direction, a connection is not
+//!   made while the cut lasts (a lost SYN or SYN-ACK): it waits, for at most its connect
+//!   timeout.
 //! - **Ends of connections** ([`Cuts::hold_end`]): a connection this member ends while its
 //!   sending is cut keeps a handle until the cut ends, so its FIN does not cross the cut either.
+//!
+//! The instance's conversations with its own agent on its superserver port (the agent's probe
+//! and questions) pass every cut ([`unchecked`]): an agent whose probe went unanswered would take
+//! its instance for hung and force it down.
 //!
 //! So a cut longer than the QoS timeout ends the connections by the rules' own timeouts, and
 //! the mirror's events show what each member concluded; a shorter one only delays the traffic.
@@ -28,8 +32,8 @@
 //!
 //! - **Nothing is dropped or reordered**: a cut only delays bytes; a read or write it fails has
 //!   taken or given nothing, so the stream a protocol reads is always the one sent.
-//! - **Free when unused**: every check starts with one relaxed atomic load, false unless a cut
-//!   is in force in this process.
+//! - **Free when unused**: every check starts with one relaxed atomic load, false until a cut
+//!   is made in this process and again once a check finds none in force.
 //!
 //! # Left out
 //!

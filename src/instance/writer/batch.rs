@@ -254,9 +254,7 @@ impl Writer {
             };
         }
         if journaled {
-            // The checkpointer folds the WAL into the files from its own thread, so no commit
-            // here ever waits for a checkpoint.
-            self.checkpoints.committed();
+            self.dirty = true;
         }
         let commits = outcomes.iter().filter(|(result, _)| result.is_ok()).count();
         for (result, reply) in outcomes {
