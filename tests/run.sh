@@ -92,7 +92,7 @@ fi
 # The fault tests again, with fresh seeds: their faults land at other moments of the write
 # stream each time (tests/common/mod.rs, before_fault). MIRRORLAB_FAULT_REPEATS sets how often.
 if [ $# -eq 0 ]; then
-    for _ in $(seq 1 "${MIRRORLAB_FAULT_REPEATS:-2}"); do
+    for _ in $(seq 1 "${MIRRORLAB_FAULT_REPEATS:-1}"); do
         cargo test --locked --test failover --test sequences
     done
 fi
@@ -101,5 +101,5 @@ fi
 # it: each seed is one long run of faults and healing (see src/simulation). MIRRORLAB_SIM_SEEDS
 # sets how many.
 if [ $# -eq 0 ]; then
-    MIRRORLAB_SIM_SEEDS="${MIRRORLAB_SIM_SEEDS:-20000}" cargo test --release --locked --test simulation
+    MIRRORLAB_SIM_SEEDS="${MIRRORLAB_SIM_SEEDS:-10000}" cargo test --release --locked --test simulation
 fi
