@@ -106,6 +106,10 @@ pub struct MemberArgs {
     /// (the Compose lab turns it on).
     #[arg(long, env = "MIRRORLAB_LAB", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
     pub lab: bool,
+    /// A file with the superuser's password for a fresh instance (a mounted secret), instead of
+    /// `SYS`; read at every start, used only at the first.
+    #[arg(long, env = "MIRRORLAB_SUPERUSER_PASSWORD_FILE", value_name = "FILE")]
+    pub superuser_password_file: Option<PathBuf>,
 }
 
 impl MemberArgs {
@@ -133,6 +137,7 @@ impl MemberArgs {
             write_timeout_ms: self.write_timeout as i64 * 1000,
             metrics_login: self.metrics_login,
             lab: self.lab,
+            superuser_password_file: self.superuser_password_file.clone(),
             journal_io: std::sync::Arc::new(crate::journal::DirectIo),
         }
     }
@@ -165,6 +170,10 @@ impl MemberArgs {
         }
         if self.lab {
             args.push("--lab".into());
+        }
+        if let Some(file) = &self.superuser_password_file {
+            args.push("--superuser-password-file".into());
+            args.push(file.clone().into());
         }
         // Always passed, so a plan path relative to the member's folder means the same to the
         // instance, and "off" stays off whatever the environment says.

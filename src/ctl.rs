@@ -7,6 +7,13 @@
 //! instance runs *and* its portal answers `/api/health`, so a member whose instance was stopped or
 //! hangs is reported unhealthy — saying how its last run ended, why its agent forced it down if
 //! it did (`docker inspect` shows it), and how to start it again.
+//!
+//! `health --liveness` is for orchestrators that *replace* an unhealthy container (Docker
+//! Swarm, a Kubernetes liveness probe): healthy whenever the agent answers, whatever its
+//! instance's state. An instance down by the failover rules (forced down by the other member's
+//! agent, or stopped) must stay down until a person starts it; a health check that failed on it
+//! would have the orchestrator restart the member, again and again. What the liveness answer
+//! says still tells the instance's state, and the mirror's own readiness is `/mirror_status`.
 
 use std::time::Duration;
 
@@ -48,7 +55,12 @@ enum CtlCommand {
     Status,
     /// Exit 0 when this host serves: the arbiter answers, or the member's instance runs and its
     /// portal answers (the container health check).
-    Health,
+    Health {
+        /// Healthy whenever the agent answers, the instance running or not (for orchestrators
+        /// that replace unhealthy containers: a member the failover rules keep down stays down).
+        #[arg(long)]
+        liveness: bool,
+    },
     /// Ask the agent to start the instance (after a crash or a stop).
     Start,
     /// Ask the agent to stop the instance gracefully.
@@ -76,8 +88,8 @@ pub async fn run(args: CtlArgs) -> Result<u8> {
         CtlCommand::Stop => Some(AgentRequest::Stop),
         _ => None,
     };
-    if let CtlCommand::Health = args.command {
-        return health(&args).await;
+    if let CtlCommand::Health { liveness } = args.command {
+        return health(&args, liveness).await;
     }
     if let Some(request) = request {
         let reply = agent::call(&args.agent, request).await?;
@@ -124,7 +136,7 @@ fn client(args: &CtlArgs) -> Result<reqwest::Client> {
 }
 
 /// `ctl health`: see the module documentation.
-async fn health(args: &CtlArgs) -> Result<u8> {
+async fn health(args: &CtlArgs, liveness: bool) -> Result<u8> {
     let limit = Duration::from_millis(args.timeout_ms.min(5_000));
     let asked = tokio::time::timeout(limit, agent::call_raw(&args.agent, &AgentRequest::Status));
     let reply = match asked.await {
@@ -137,6 +149,15 @@ async fn health(args: &CtlArgs) -> Result<u8> {
         return Ok(0);
     }
     let state = reply["instance"]["state"].as_str().unwrap_or("unknown");
+    if liveness {
+        // The agent answered: the member lives. Its instance's state is the mirror's business.
+        println!(
+            "healthy: agent at {} answers ({})",
+            args.agent,
+            down_story(&reply["instance"])
+        );
+        return Ok(0);
+    }
     if state != "running" {
         return unhealthy(&down_story(&reply["instance"]));
     }

@@ -706,6 +706,18 @@ async fn a_hung_primary_is_forced_down_and_the_backup_takes_over() {
             && said.contains("mirrorlab ctl start"),
         "{said}"
     );
+    // The orchestrators' liveness check (Swarm, Kubernetes) passes: the agent lives, and a
+    // container replaced for a health check would bring back a member the rules keep down.
+    let liveness = std::process::Command::new(common::BINARY)
+        .args(["ctl", "--agent", &a.agent, "health", "--liveness"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&liveness.stdout);
+    assert_eq!(liveness.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("agent at") && said.contains("forced down by its agent"),
+        "{said}"
+    );
     common::before_fault(500).await;
 
     a.start_instance().await;

@@ -317,3 +317,51 @@ async fn metrics_are_open_unless_the_member_is_started_to_ask_for_a_login() {
     let text = guarded.api().metrics().await;
     assert!(text.contains("mirrorlab_mirror_role"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_password_file_gives_the_superuser_its_first_password_instead_of_sys() {
+    // The file a Kubernetes Secret mounts, with its trailing line break.
+    let secrets = tempfile::tempdir().unwrap();
+    let file = secrets.path().join("password");
+    std::fs::write(&file, "not-the-default\n").unwrap();
+    let member = TestMember::start_with(
+        "secretive",
+        &["--superuser-password-file", file.to_str().unwrap()],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let with = |password: &'static str| {
+        client
+            .get(format!("{}/api/databases", member.url))
+            .basic_auth("superuser", Some(password))
+            .send()
+    };
+    assert_eq!(with("SYS").await.unwrap().status().as_u16(), 401);
+    assert_eq!(
+        with("not-the-default").await.unwrap().status().as_u16(),
+        200
+    );
+
+    // Read at every start but used only at the first: an unfit file stops the start with a
+    // message naming it; another password in the file changes nothing once installed.
+    member.kill_instance().await;
+    std::fs::write(&file, "x\n").unwrap();
+    let out = Command::new(BINARY)
+        .args(["instance", "--data-dir"])
+        .arg(member.data_dir())
+        .args(["--superuser-password-file", file.to_str().unwrap()])
+        .args(["--web", "127.0.0.1:0", "--superserver", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(said.contains("superuser password file"), "{said}");
+    std::fs::write(&file, "another-one\n").unwrap();
+    member.start_instance().await;
+    member.wait_ready().await;
+    assert_eq!(with("another-one").await.unwrap().status().as_u16(), 401);
+    assert_eq!(
+        with("not-the-default").await.unwrap().status().as_u16(),
+        200
+    );
+}

@@ -8,7 +8,9 @@
 # monitoring profile, prom/prometheus:latest from Debian's prometheus package
 # (tests/docker/build-prometheus-offline.sh) and, for its haproxy profile, haproxy:latest from
 # Debian's haproxy package (tests/docker/build-haproxy-offline.sh) for the compose test,
-# which runs once with each Compose (v2 and 1.29).
+# which runs once with each Compose (v2 and 1.29), and for the Swarm stack's test; and
+# kubernetes-validate (Python, in a virtual environment under target/) for the Kubernetes
+# manifests' test.
 # A test whose tool is missing fails; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +49,22 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
         echo "tests/run.sh: chromium and chromedriver are missing; the browser test will fail" >&2
         echo "  (Debian/Ubuntu: sudo apt-get install chromium chromium-driver)" >&2
     fi
+fi
+
+# The Kubernetes manifests are validated offline against the API's schemas by the Python
+# package kubernetes-validate (tests/kubernetes.rs), kept in a virtual environment of its own.
+if [ -z "${MIRRORLAB_KUBERNETES_VALIDATE:-}" ] && ! command -v kubernetes-validate >/dev/null; then
+    venv=target/python-tools
+    if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+        if ! python3 -c 'import ensurepip, venv' 2>/dev/null && as_root; then
+            echo "tests/run.sh: installing python3-venv (for kubernetes-validate)"
+            apt_install python3-venv
+        fi
+        echo "tests/run.sh: installing kubernetes-validate in $venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.0'
+    fi
+    export MIRRORLAB_KUBERNETES_VALIDATE="$PWD/$venv/bin/kubernetes-validate"
 fi
 
 if command -v docker >/dev/null && ! docker info >/dev/null 2>&1 \
@@ -101,5 +119,9 @@ fi
 # it: each seed is one long run of faults and healing (see src/simulation). MIRRORLAB_SIM_SEEDS
 # sets how many.
 if [ $# -eq 0 ]; then
-    MIRRORLAB_SIM_SEEDS="${MIRRORLAB_SIM_SEEDS:-10000}" cargo test --release --locked --test simulation
+    # The same static release build as the image's (tests/docker/build-offline.sh), so nothing
+    # is compiled again here.
+    target="$(rustc -vV | sed -n 's/^host: //p')"
+    MIRRORLAB_SIM_SEEDS="${MIRRORLAB_SIM_SEEDS:-10000}" RUSTFLAGS='-C target-feature=+crt-static' \
+        cargo test --release --locked --target "$target" --test simulation
 fi

@@ -102,6 +102,8 @@ pub struct InstanceSettings {
     pub metrics_login: bool,
     /// The portal has a Lab page (faults and the ledger; see `crate::lab`).
     pub lab: bool,
+    /// A file holding the superuser's password for a fresh instance (see [`users`]); none: `SYS`.
+    pub superuser_password_file: Option<PathBuf>,
     /// The write path's file operations of the journals opened at start (the instance's, and a
     /// primary's mirror journal): [`DirectIo`](crate::journal::DirectIo) but in fault tests.
     pub journal_io: Arc<dyn JournalIo>,
@@ -123,6 +125,7 @@ impl InstanceSettings {
             write_timeout_ms: crate::storage::namespace::WRITE_TIMEOUT_MS,
             metrics_login: false,
             lab: false,
+            superuser_password_file: None,
             journal_io: Arc::new(crate::journal::DirectIo),
         }
     }
@@ -244,8 +247,14 @@ impl Instance {
         let mgr = data_dir.join("mgr");
         let lock = lock_data_dir(&data_dir)?;
 
+        // Read at every start, used only by a fresh configuration: a missing or unfit secret
+        // stops the start with a clear error, rather than the member coming up with `SYS`.
+        let password = match &settings.superuser_password_file {
+            Some(path) => Some(users::read_password_file(path)?),
+            None => None,
+        };
         let config = Arc::new(ConfigStore::load_or_create(&data_dir, || {
-            InstanceConfig::fresh(users::default_users())
+            InstanceConfig::fresh(users::initial_users(password.as_deref()))
         })?);
         let source = InstallSource::load(&settings.install_dir)?;
         let install = install::install(&config, &data_dir, &source)?;

@@ -117,6 +117,9 @@ pub enum LogSource {
     File(PathBuf),
     /// A Docker container's output (`docker logs`).
     Container(String),
+    /// A Swarm service's output, every task's (`docker service logs`): its container is
+    /// replaced when it is killed.
+    Service(String),
 }
 
 /// A member's portal API, reached over HTTP with the default credentials: the same for a member
@@ -148,8 +151,11 @@ impl Api {
     pub fn log(&self) -> String {
         match &self.log_source {
             LogSource::File(path) => std::fs::read_to_string(path).unwrap_or_default(),
-            LogSource::Container(name) => Command::new("docker")
-                .args(["logs", "--tail", "200", name])
+            LogSource::Container(name) | LogSource::Service(name) => Command::new("docker")
+                .args(match &self.log_source {
+                    LogSource::Service(_) => vec!["service", "logs", "--tail", "200", name],
+                    _ => vec!["logs", "--tail", "200", name],
+                })
                 .output()
                 .map(|o| {
                     let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
