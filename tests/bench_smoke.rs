@@ -1,7 +1,7 @@
 //! Keeps the benchmarks working: one-second runs against a temporary standalone member and a
 //! temporary mirrored pair, and the whole comparison harness (`bench/run.sh --smoke`, with
-//! PostgreSQL), must produce their figures. No timing is asserted here; figures are for people
-//! (see the README).
+//! PostgreSQL and MariaDB), must produce their figures. No timing is asserted here; figures are
+//! for people (see the README).
 
 mod common;
 
@@ -49,7 +49,8 @@ fn comparison_rows(stdout: &str) -> Vec<(usize, Vec<Vec<f64>>, Vec<String>)> {
         .filter_map(|line| {
             let parts: Vec<&str> = line.split('|').map(str::trim).collect();
             let clients = parts.first()?.parse().ok()?;
-            let (systems, ratios) = parts[1..].split_at(parts.len().checked_sub(3)?);
+            // The last three columns are the ratios (to standalone, PostgreSQL, MariaDB).
+            let (systems, ratios) = parts[1..].split_at(parts.len().checked_sub(4)?);
             let systems = systems
                 .iter()
                 .map(|s| s.split_whitespace().map(|n| n.parse().unwrap()).collect())
@@ -117,12 +118,14 @@ fn bench_runs_against_a_temporary_member_and_pair_and_prints_one_table() {
     for ratios in checked_rows(&stdout, 2, 2) {
         assert!(ratios[0].parse::<f64>().is_ok(), "{stdout}");
         assert_eq!(ratios[1], "-", "no PostgreSQL in this run:\n{stdout}");
+        assert_eq!(ratios[2], "-", "no MariaDB in this run:\n{stdout}");
     }
     check_cpu_table(&stdout, 2);
 }
 
-/// The whole harness (`bench/run.sh --smoke`): PostgreSQL with a synchronous standby beside
-/// both mirrorlab setups, the extra figures, and one kill of each kind.
+/// The whole harness (`bench/run.sh --smoke`): PostgreSQL with a synchronous standby and MariaDB
+/// with a semi-synchronous replica beside both mirrorlab setups, the extra figures, and one kill
+/// of each kind.
 #[test]
 fn the_comparison_harness_runs_in_its_smoke_version() {
     let root = env!("CARGO_MANIFEST_DIR");
@@ -138,12 +141,17 @@ fn the_comparison_harness_runs_in_its_smoke_version() {
         "bench/run.sh failed: {stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    for ratios in checked_rows(&stdout, 2, 3) {
+    for ratios in checked_rows(&stdout, 2, 4) {
         for ratio in ratios {
             assert!(ratio.parse::<f64>().is_ok(), "{stdout}");
         }
     }
     check_cpu_table(&stdout, 2);
+    // Every MariaDB commit waited for its replica (the harness checks the server's count).
+    assert!(
+        stdout.contains("commits acknowledged by the replica, 0 without it"),
+        "{stdout}"
+    );
     for line in [
         "idle RSS of a fresh member",
         "Mirror Monitor page on the primary",

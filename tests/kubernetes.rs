@@ -23,6 +23,7 @@ use std::process::Command;
 use clap::CommandFactory;
 use clap::Parser;
 use mirrorlab::cli::Cli;
+use mirrorlab::config::mirror::{MemberName, default_member_name};
 use mirrorlab::mirror::auto::MirrorPlan;
 use serde_json::Value;
 
@@ -205,6 +206,12 @@ fn the_manifests_agree_with_each_other_and_with_the_member() {
         // Its host name is its Service's name and one of the description's members.
         let host = &env["MIRRORLAB_HOST_NAME"];
         assert_eq!(host, name);
+        // The member's name comes from it (HOST/IRIS), as the portal's default.
+        let member = default_member_name(host, "IRIS");
+        assert!(
+            !member.is_empty() && MemberName::new(&member).is_ok(),
+            "{name}: no member name from host {host}"
+        );
         assert_eq!(set["spec"]["serviceName"], *host);
         let service = named(&objects, "Service", host);
         assert_eq!(service["spec"]["clusterIP"], "None", "{name}");

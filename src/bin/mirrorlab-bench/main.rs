@@ -15,14 +15,18 @@
 //! ratio. Timing targets live here, never in tests.
 //!
 //! `--postgres CONNINFO` adds a third system to the same run: PostgreSQL with a synchronous
-//! standby, driven by `pgbench` (see `postgres.rs`; `bench/run.sh` sets the servers up).
+//! standby, driven by `pgbench` (see `postgres.rs`); `--mariadb HOST:PORT` a fourth: MariaDB with
+//! semi-synchronous replication, driven by `sysbench` (see `mariadb.rs`). `bench/run.sh` sets
+//! their servers up; `report.rs` prints the tables.
 //! `--mode all` adds the figures of `extras.rs` (idle memory, the Mirror Monitor under load,
 //! catchup and copy rates). `--mode failover` measures takeovers instead (see `failover.rs`).
 
 mod cpu;
 mod extras;
 mod failover;
+mod mariadb;
 mod postgres;
+mod report;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -66,6 +70,10 @@ struct BenchArgs {
     /// (a libpq connection string; `bench/run.sh` starts both servers).
     #[arg(long)]
     postgres: Option<String>,
+    /// Also measure MariaDB with semi-synchronous replication through `sysbench` at this
+    /// primary (`host:port`, user and database `bench`; `bench/run.sh` starts both servers).
+    #[arg(long)]
+    mariadb: Option<String>,
     /// `--mode all`: rows in the backlog the backup catches up on.
     #[arg(long, default_value_t = 1_000_000)]
     rows: u64,
@@ -520,125 +528,6 @@ async fn mirrored_steps(
     Ok(notes)
 }
 
-/// One table: each system's commits/s, p50 and p99 per client count, and the ratios.
-fn print_comparison(clients: &[usize], results: &[Vec<Option<StepResult>>; 3]) {
-    let systems = ["standalone", "mirrored", "postgres-sync"];
-    let shown: Vec<usize> = (0..3)
-        .filter(|&s| results[s].iter().any(Option::is_some))
-        .collect();
-    println!();
-    let mut header = format!("{:>8}", "clients");
-    for &s in &shown {
-        header += &format!(
-            " | {:>13} {:>8} {:>8} {:>6}",
-            format!("{} c/s", systems[s]),
-            "p50 ms",
-            "p99 ms",
-            "errors"
-        );
-    }
-    header += " | mirrored/standalone | mirrored/postgres";
-    println!("{header}");
-    for (i, c) in clients.iter().enumerate() {
-        let mut line = format!("{c:>8}");
-        for &s in &shown {
-            match &results[s][i] {
-                Some(r) => {
-                    line += &format!(
-                        " | {:>13.0} {:>8.2} {:>8.2} {:>6}",
-                        r.commits_per_s, r.p50_ms, r.p99_ms, r.errors
-                    )
-                }
-                None => line += &format!(" | {:>38}", "-"),
-            }
-        }
-        let ratio = |over: usize| match (&results[1][i], &results[over][i]) {
-            (Some(m), Some(o)) => format!("{:.2}", m.commits_per_s / o.commits_per_s.max(1.0)),
-            _ => "-".into(),
-        };
-        line += &format!(" | {:>19} | {:>17}", ratio(0), ratio(2));
-        println!("{line}");
-    }
-    if let Some(fsyncs) = results[1]
-        .iter()
-        .flatten()
-        .map(|r| r.commits_per_fsync)
-        .reduce(f64::max)
-    {
-        println!("(mirrored: up to {fsyncs:.1} commits per journal fsync — group commit)");
-    }
-}
-
-/// A second table: the CPU time one commit cost in each process, and on the whole machine.
-///
-/// The last column is the mirrored pair's CPU bound (the commits per second `cores` could carry
-/// at its CPU time per commit, if nothing waited) over standalone's measured commits per second:
-/// how far the CPU alone would let the ratio go on this machine (see `bench/cpu.rs`).
-fn print_cpu(clients: &[usize], results: &[Vec<Option<StepResult>>; 3], cores: usize) {
-    let cpu = |s: usize, i: usize| results[s][i].as_ref().and_then(|r| r.cpu.as_ref());
-    let shown: Vec<(usize, &str)> = [(0, "standalone"), (1, "mirrored")]
-        .into_iter()
-        .filter(|&(s, _)| (0..clients.len()).any(|i| cpu(s, i).is_some()))
-        .collect();
-    if shown.is_empty() {
-        return;
-    }
-    println!();
-    println!(
-        "CPU time per commit (µs): each process tree, the whole machine (all processes and the \
-         kernel), and how busy the machine was"
-    );
-    let mut header = format!("{:>8}", "clients");
-    let mut widths = Vec::new();
-    for &(s, name) in &shown {
-        let groups: Vec<&str> = (0..clients.len())
-            .find_map(|i| cpu(s, i))
-            .map(|c| c.per_commit_us.iter().map(|(g, _)| *g).collect())
-            .unwrap_or_default();
-        header += &format!(" | {name}:");
-        for g in &groups {
-            header += &format!(" {g:>8}");
-        }
-        header += &format!(" {:>8} {:>5}", "machine", "busy");
-        widths.push((s, name.len() + 1, groups.len()));
-    }
-    if shown.len() == 2 {
-        header += " | mirrored's CPU bound / standalone";
-    }
-    println!("{header}");
-    for (i, c) in clients.iter().enumerate() {
-        let mut line = format!("{c:>8}");
-        for &(s, label, groups) in &widths {
-            line += &format!(" | {:>label$}", "");
-            match cpu(s, i) {
-                Some(use_) => {
-                    for (_, us) in &use_.per_commit_us {
-                        line += &format!(" {us:>8.1}");
-                    }
-                    line += &format!(
-                        " {:>8.1} {:>4.0}%",
-                        use_.machine_per_commit_us,
-                        use_.busy * 100.0
-                    );
-                }
-                None => line += &format!(" {:>w$}", "-", w = groups * 9 + 14),
-            }
-        }
-        if shown.len() == 2 {
-            let standalone = results[0][i].as_ref().map(|r| r.commits_per_s);
-            let bound = match (standalone, cpu(1, i)) {
-                (Some(rate), Some(m)) if m.machine_per_commit_us > 0.0 && rate > 0.0 => {
-                    let mirrored_bound = cores as f64 * 1e6 / m.machine_per_commit_us;
-                    format!("{:.2}", mirrored_bound / rate)
-                }
-                _ => "-".into(),
-            };
-            line += &format!(" | {bound:>34}");
-        }
-        println!("{line}");
-    }
-}
-
 /// Sets up a mirrored pair: A primary of mirror BENCH with COMPANY mirrored, B its active backup
 /// dejournaling a copy of COMPANY.
 async fn mirrored_pair(
@@ -831,8 +720,7 @@ async fn run(args: BenchArgs) -> Result<u8> {
         }
     );
     let steps = args.clients.len();
-    let mut results: [Vec<Option<StepResult>>; 3] =
-        [vec![None; steps], vec![None; steps], vec![None; steps]];
+    let mut results: report::Results = std::array::from_fn(|_| vec![None; steps]);
     let mut notes: Vec<String> = Vec::new();
     if standalone {
         let member = TemporaryMember::start(&client, "bench").await?;
@@ -877,8 +765,14 @@ async fn run(args: BenchArgs) -> Result<u8> {
             results[2][i] = Some(postgres::step(conninfo, clients.max(1), duration).await?);
         }
     }
-    print_comparison(&args.clients, &results);
-    print_cpu(&args.clients, &results, cores);
+    if let Some(address) = &args.mariadb {
+        mariadb::prepare(address).await?;
+        for (i, &clients) in args.clients.iter().enumerate() {
+            results[3][i] = Some(mariadb::step(address, clients.max(1), duration).await?);
+        }
+    }
+    report::print_comparison(&args.clients, &results);
+    report::print_cpu(&args.clients, &results, cores);
     for note in notes {
         println!("{note}");
     }
