@@ -2,13 +2,14 @@
 //! `docker stack deploy` on this machine's engine as a one-node swarm whose node carries all three
 //! placement labels, with the image `tests/docker/build-offline.sh` built.
 //!
-//! The stack must come up mirrored by itself (the no-click mirror from the stack's config). Then,
-//! with writers running: the primary's container is killed, the other member takes over, Swarm
+//! The stack must come up mirrored by itself (the no-click mirror from the stack's config), and
+//! its disaster recovery async, scaled from none to one, must join by itself. Then, with writers
+//! running: the primary's container is killed, the other member takes over, Swarm
 //! restarts the killed one and it comes back as the backup; the same for the other member. A
 //! person stops the backup's instance: Swarm must leave that container alone (its health check
 //! passes while the agent answers), and the instance stays down until started. At the end every
 //! acknowledged write is on the primary, no read returned a row it lacks, no two members
-//! accepted writes at the same time, and both members hold the same rows.
+//! accepted writes at the same time, and all three members hold the same rows.
 //!
 //! The swarm is left as it was found: a swarm this test created is left again, labels it added
 //! are removed, and the stack, its volumes and its network go.
@@ -29,10 +30,11 @@ use common::{Api, LogSource};
 /// The stack's name: its services, volumes and network carry it as a prefix.
 const STACK: &str = "mirrorlab-test";
 const MEMBERS: [&str; 2] = ["mirrorA", "mirrorB"];
-const LABELS: [&str; 3] = [
+const LABELS: [&str; 4] = [
     "mirrorlab.arbiter",
     "mirrorlab.mirrorA",
     "mirrorlab.mirrorB",
+    "mirrorlab.mirrorC",
 ];
 
 fn docker(args: &[&str]) -> Output {
@@ -298,6 +300,26 @@ async fn the_swarm_stack_comes_up_mirrored_and_survives_each_member_killed() {
     }
     phase(started, "the stack is mirrored by itself");
 
+    // The disaster recovery async, scaled up from none: it joins by itself too.
+    docker_ok(&[
+        "service",
+        "scale",
+        "--detach",
+        &format!("{STACK}_mirrorC=1"),
+    ]);
+    let c = member_api(52777, "mirrorC");
+    c.wait_ready_within(120).await;
+    c.wait_mirror(
+        120,
+        "a DR async, its databases dejournaling",
+        planned_and_dejournaling("Disaster Recovery"),
+    )
+    .await;
+    phase(
+        started,
+        "docker service scale mirrorC=1: a DR async, dejournaling",
+    );
+
     let stop = Arc::new(AtomicBool::new(false));
     let writers = start_writers_on_primary([a.clone(), b.clone()], 2, "swarm", stop.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -333,6 +355,13 @@ async fn the_swarm_stack_comes_up_mirrored_and_survives_each_member_killed() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let acked = finish_writers(&stop, writers, &a, &b).await;
+    // The async followed each new primary and holds the same rows.
+    c.wait_mirror(30, "following mirrorA", |v| {
+        common::TestMember::member_row(v, "MIRRORA/IRIS")["status"] == "Primary"
+    })
+    .await;
+    assert_identical(&a, &c).await;
+    assert_all_present(&c, &acked, "mirrorC").await;
     phase(
         started,
         &format!(

@@ -122,6 +122,19 @@ pub enum LogSource {
     Service(String),
 }
 
+/// What `docker ARGS` printed, both streams.
+fn docker_output(args: &[&str]) -> String {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .map(|o| {
+            let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&o.stderr));
+            text
+        })
+        .unwrap_or_default()
+}
+
 /// A member's portal API, reached over HTTP with the default credentials: the same for a member
 /// this process started and for one in a container. It outlives the process it talks to.
 #[derive(Clone)]
@@ -151,18 +164,12 @@ impl Api {
     pub fn log(&self) -> String {
         match &self.log_source {
             LogSource::File(path) => std::fs::read_to_string(path).unwrap_or_default(),
-            LogSource::Container(name) | LogSource::Service(name) => Command::new("docker")
-                .args(match &self.log_source {
-                    LogSource::Service(_) => vec!["service", "logs", "--tail", "200", name],
-                    _ => vec!["logs", "--tail", "200", name],
-                })
-                .output()
-                .map(|o| {
-                    let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
-                    text.push_str(&String::from_utf8_lossy(&o.stderr));
-                    text
-                })
-                .unwrap_or_default(),
+            LogSource::Container(name) => docker_output(&["logs", "--tail", "200", name]),
+            // Its tasks first: a task Swarm could not place has no log at all.
+            LogSource::Service(name) => {
+                docker_output(&["service", "ps", "--no-trunc", name])
+                    + &docker_output(&["service", "logs", "--tail", "200", name])
+            }
         }
     }
 
