@@ -60,31 +60,9 @@ impl Lab {
     /// Copies the compose file and `install/` into a fresh folder and runs `up -d --no-build`
     /// with `profiles` and the environment `env`.
     fn up(profiles: &[&str], env: &[(&str, &str)]) -> Lab {
-        let answered = Command::new("docker").arg("info").output();
-        assert!(
-            answered.as_ref().is_ok_and(|o| o.status.success()),
-            "no Docker engine answers (`docker info`): {answered:?}"
-        );
-        assert!(
-            docker(&["image", "inspect", "mirrorlab:latest"])
-                .status
-                .success(),
-            "the image mirrorlab:latest is missing: build it with tests/docker/build-offline.sh"
-        );
-        assert!(
-            docker(&["image", "inspect", "prom/prometheus:latest"])
-                .status
-                .success(),
-            "the image prom/prometheus:latest is missing: build it with \
-             tests/docker/build-prometheus-offline.sh"
-        );
-        assert!(
-            docker(&["image", "inspect", "haproxy:latest"])
-                .status
-                .success(),
-            "the image haproxy:latest is missing: build it with \
-             tests/docker/build-haproxy-offline.sh"
-        );
+        common::assert_docker_has("mirrorlab:latest", "build-offline.sh");
+        common::assert_docker_has("prom/prometheus:latest", "build-prometheus-offline.sh");
+        common::assert_docker_has("haproxy:latest", "build-haproxy-offline.sh");
         for name in ALL_CONTAINERS {
             assert!(
                 !docker(&["container", "inspect", name]).status.success(),

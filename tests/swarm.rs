@@ -74,17 +74,7 @@ struct Swarm {
 
 impl Swarm {
     fn join() -> Swarm {
-        let answered = Command::new("docker").arg("info").output();
-        assert!(
-            answered.as_ref().is_ok_and(|o| o.status.success()),
-            "no Docker engine answers (`docker info`): {answered:?}"
-        );
-        assert!(
-            docker(&["image", "inspect", "mirrorlab:latest"])
-                .status
-                .success(),
-            "the image mirrorlab:latest is missing: build it with tests/docker/build-offline.sh"
-        );
+        common::assert_docker_has("mirrorlab:latest", "build-offline.sh");
         let state = docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
         let gwbridge_existed = docker(&["network", "inspect", "docker_gwbridge"])
             .status

@@ -122,6 +122,24 @@ pub enum LogSource {
     Service(String),
 }
 
+/// Fails unless a Docker engine answers and it holds `image` (which `built_by`, a script of
+/// `tests/docker/`, builds without a registry): the Docker tests never skip.
+pub fn assert_docker_has(image: &str, built_by: &str) {
+    let answered = Command::new("docker").arg("info").output();
+    assert!(
+        answered.as_ref().is_ok_and(|o| o.status.success()),
+        "no Docker engine answers (`docker info`): {answered:?}"
+    );
+    let inspected = Command::new("docker")
+        .args(["image", "inspect", image])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        inspected,
+        "the image {image} is missing: build it with tests/docker/{built_by}"
+    );
+}
+
 /// What `docker ARGS` printed, both streams.
 fn docker_output(args: &[&str]) -> String {
     Command::new("docker")

@@ -25,6 +25,7 @@ mod cpu;
 mod extras;
 mod failover;
 mod mariadb;
+mod peer;
 mod postgres;
 mod report;
 

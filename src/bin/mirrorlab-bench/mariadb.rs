@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use super::StepResult;
+use super::{StepResult, peer};
 use mirrorlab::error::{Error, Result};
 
 /// The table, shaped like COMPANY's `Company` (install/schema/company.sql).
@@ -57,31 +57,20 @@ fn split(address: &str) -> Result<(&str, &str)> {
 /// Creates the table on the primary (the `mariadb` client), which the replica receives.
 pub async fn prepare(address: &str) -> Result<()> {
     let (host, port) = split(address)?;
-    let out = Command::new("mariadb")
+    let mut client = Command::new("mariadb");
+    client
         .args(["--host", host, "--port", port, "--user", "bench", "bench"])
-        .args(["--execute", TABLE])
-        .output()
-        .await
-        .map_err(|e| Error::Unavailable(format!("mariadb: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::Unavailable(format!(
-            "mariadb could not create the table: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
+        .args(["--execute", TABLE]);
+    peer::run(client, "mariadb (creating the table)").await?;
     Ok(())
 }
 
 /// One step: `clients` sysbench threads for `duration`.
 pub async fn step(address: &str, clients: usize, duration: Duration) -> Result<StepResult> {
-    let dir = std::env::temp_dir().join(format!(
-        "mirrorlab-sysbench-{}",
-        mirrorlab::util::random_hex(6)
-    ));
-    std::fs::create_dir_all(&dir)?;
-    let result = run_sysbench(&dir, address, clients, duration).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    peer::in_scratch_folder("sysbench", async |dir| {
+        run_sysbench(dir, address, clients, duration).await
+    })
+    .await
 }
 
 async fn run_sysbench(
@@ -93,7 +82,8 @@ async fn run_sysbench(
     let (host, port) = split(address)?;
     let script = dir.join("insert.lua");
     std::fs::write(&script, SCRIPT)?;
-    let out = Command::new("sysbench")
+    let mut sysbench = Command::new("sysbench");
+    sysbench
         .arg(&script)
         .args([
             "--db-driver=mysql",
@@ -106,17 +96,9 @@ async fn run_sysbench(
         .arg(format!("--time={}", duration.as_secs().max(1)))
         .args(["--events=0", "--histogram=on", "--report-interval=0"])
         .arg("run")
-        .current_dir(dir)
-        .output()
-        .await
-        .map_err(|e| Error::Unavailable(format!("sysbench: {e}")))?;
+        .current_dir(dir);
+    let out = peer::run(sysbench, "sysbench").await?;
     let report = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        return Err(Error::Unavailable(format!(
-            "sysbench failed: {report}{}",
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
     let parsed = Report::parse(&report)
         .ok_or_else(|| Error::Unavailable(format!("sysbench's report unread: {report}")))?;
     Ok(StepResult {

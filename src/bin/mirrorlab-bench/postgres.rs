@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use super::{StepResult, percentile};
-use mirrorlab::error::{Error, Result};
+use super::{StepResult, peer, percentile};
+use mirrorlab::error::Result;
 
 /// The table, shaped like COMPANY's `Company` (install/schema/company.sql).
 const TABLE: &str = "CREATE TABLE IF NOT EXISTS company (\
@@ -37,30 +37,18 @@ const SCRIPT: &str = "\\set n random(1, 1000000000)\n\
 
 /// Creates the table on the primary (`psql`), which the standby receives.
 pub async fn prepare(conninfo: &str) -> Result<()> {
-    let out = Command::new("psql")
-        .args([conninfo, "-v", "ON_ERROR_STOP=1", "-q", "-c", TABLE])
-        .output()
-        .await
-        .map_err(|e| Error::Unavailable(format!("psql: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::Unavailable(format!(
-            "psql could not create the table: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
+    let mut psql = Command::new("psql");
+    psql.args([conninfo, "-v", "ON_ERROR_STOP=1", "-q", "-c", TABLE]);
+    peer::run(psql, "psql (creating the table)").await?;
     Ok(())
 }
 
 /// One step: `clients` pgbench clients for `duration`.
 pub async fn step(conninfo: &str, clients: usize, duration: Duration) -> Result<StepResult> {
-    let dir = std::env::temp_dir().join(format!(
-        "mirrorlab-pgbench-{}",
-        mirrorlab::util::random_hex(6)
-    ));
-    std::fs::create_dir_all(&dir)?;
-    let result = run_pgbench(&dir, conninfo, clients, duration).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    peer::in_scratch_folder("pgbench", async |dir| {
+        run_pgbench(dir, conninfo, clients, duration).await
+    })
+    .await
 }
 
 async fn run_pgbench(
@@ -73,7 +61,8 @@ async fn run_pgbench(
     std::fs::write(&script, SCRIPT)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = clients.min(cores * 2).max(1);
-    let out = Command::new("pgbench")
+    let mut pgbench = Command::new("pgbench");
+    pgbench
         .arg("--no-vacuum")
         .arg(format!("--file={}", script.display()))
         .arg(format!("--client={clients}"))
@@ -82,16 +71,8 @@ async fn run_pgbench(
         .arg("--log")
         .arg(format!("--log-prefix={}", dir.join("tx").display()))
         .arg(conninfo)
-        .current_dir(dir)
-        .output()
-        .await
-        .map_err(|e| Error::Unavailable(format!("pgbench: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::Unavailable(format!(
-            "pgbench failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
+        .current_dir(dir);
+    peer::run(pgbench, "pgbench").await?;
     // Per-transaction log lines: client, transaction, latency (µs), script, epoch s, epoch µs.
     let mut latencies_us = Vec::new();
     let mut errors = 0u64;
