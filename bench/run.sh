@@ -6,7 +6,8 @@
 #     pgbench inserting the same row shape;
 #   - MariaDB from Debian's packages as primary + semi-synchronous replica on loopback
 #     (sync_binlog = 1, innodb_flush_log_at_trx_commit = 1, rpl_semi_sync_master_enabled with
-#     the wait point AFTER_SYNC), driven by sysbench inserting the same row shape;
+#     the wait point AFTER_SYNC), driven by sysbench inserting the same row shape
+#     (MIRRORLAB_BENCH_MARIADB_SYNC_RELAY_LOG=1: the replica syncs its relay log at every event);
 # at 1, 4, 16 and 64 clients, one table with the ratios; then idle memory, the Mirror Monitor
 # under load, catchup and copy rates (`mirrorlab-bench --mode all`), and the failover time
 # distribution (`mirrorlab-bench --mode failover`).
@@ -150,12 +151,25 @@ for role in primary replica; do
             --rpl-semi-sync-master-timeout=3600000)
     else
         server_id=2 port="$maria_replica_port"
+        # The replica acknowledges an event once it is in its relay log, which MariaDB syncs
+        # only every 10 000 events by default — PostgreSQL's standby and mirrorlab's backup make
+        # what they acknowledge durable first. MIRRORLAB_BENCH_MARIADB_SYNC_RELAY_LOG=1 syncs it
+        # at every event instead (sync_relay_log = 1), the same promise at MariaDB's price.
         semisync_flags=(--rpl-semi-sync-slave-enabled=ON --relay-log="$maria/$role-relay")
+        if [ "${MIRRORLAB_BENCH_MARIADB_SYNC_RELAY_LOG:-0}" = 1 ]; then
+            semisync_flags+=(--sync-relay-log=1)
+        fi
     fi
-    user=()
-    [ "$(id -u)" = 0 ] && user=(--user=mysql)
+    # As root: the servers run as mysql, and root logs in through the socket as root. Otherwise
+    # they run as this user, whose name is not MariaDB's root: root gets no password instead
+    # (the servers listen on loopback and live for this run only).
+    if [ "$(id -u)" = 0 ]; then
+        user=(--user=mysql) auth=socket
+    else
+        user=() auth=normal
+    fi
     mariadb-install-db --no-defaults "${user[@]}" --datadir="$maria/$role" \
-        --auth-root-authentication-method=socket --skip-test-db >"$maria/$role-install.log" 2>&1
+        --auth-root-authentication-method="$auth" --skip-test-db >"$maria/$role-install.log" 2>&1
     "$maria_bin" --no-defaults "${user[@]}" --datadir="$maria/$role" --socket="$maria/$role.sock" \
         --pid-file="$maria/$role.pid" --log-error="$maria/$role.err" \
         --bind-address=127.0.0.1 --port="$port" --skip-name-resolve --max-connections=200 \

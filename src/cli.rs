@@ -200,6 +200,15 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Member(args) => {
             crate::server::init_logging(None);
+            // Checked before the agent starts, not only by the instance: a member whose secret
+            // is missing or unfit must end (and an orchestrator show it failing), rather than
+            // run an agent whose instance can never start.
+            if let Some(file) = &args.superuser_password_file
+                && let Err(err) = crate::instance::users::read_password_file(file)
+            {
+                eprintln!("mirrorlab: {err}");
+                return ExitCode::from(1);
+            }
             let settings = AgentSettings {
                 listen: args.agent.clone(),
                 program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("mirrorlab")),

@@ -10,8 +10,9 @@
 //!   the primary is); the client-facing Service selects exactly the failover members, which are
 //!   ready only as primary (`/mirror_status`); every container's arguments parse with the real
 //!   command line and every `MIRRORLAB_*` variable is one it reads; the liveness checks are the
-//!   ones that leave a member the failover rules keep down alone; the Secret and the ConfigMap
-//!   the members mount exist.
+//!   ones that leave a member the failover rules keep down alone; the Secret (shipped empty,
+//!   which a member refuses) and the ConfigMap the members mount exist; the members run as a
+//!   user, not root, on a read-only image with a writable `/tmp`.
 //!
 //! The YAML is read through the same Python environment (PyYAML comes with the validator) and
 //! handed over as JSON. Without the validator the test fails; it never skips.
@@ -181,8 +182,9 @@ fn the_manifests_agree_with_each_other_and_with_the_member() {
     )
     .unwrap();
     let (plan, _) = MirrorPlan::load(&plan_file).expect("the ConfigMap's mirror description");
+    // The Secret ships empty: a member refuses to start with it until someone fills it in.
     let secret = named(&objects, "Secret", "mirrorlab-superuser");
-    assert!(secret["stringData"]["password"].as_str().unwrap().len() >= 3);
+    assert_eq!(secret["stringData"]["password"], "");
 
     let known = known_variables();
     let mut failover_labels = Vec::new();
@@ -265,6 +267,16 @@ fn the_manifests_agree_with_each_other_and_with_the_member() {
             mounts["data"], "/shared",
             "{name}: the image's data directory"
         );
+        // Not root, and the image's own files read-only: SQLite's temporary files need /tmp.
+        assert_eq!(
+            pod["spec"]["securityContext"]["runAsNonRoot"], true,
+            "{name}"
+        );
+        assert_eq!(
+            container["securityContext"]["readOnlyRootFilesystem"], true,
+            "{name}"
+        );
+        assert_eq!(mounts["tmp"], "/tmp", "{name}");
         let volumes = &pod["spec"]["volumes"];
         assert!(
             volumes.to_string().contains("mirrorlab-mirror-plan"),

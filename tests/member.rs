@@ -356,6 +356,17 @@ async fn a_password_file_gives_the_superuser_its_first_password_instead_of_sys()
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(said.contains("superuser password file"), "{said}");
+    // A member (its agent) with such a file does not start at all, so an orchestrator shows
+    // the container failing instead of an agent whose instance never runs.
+    let out = Command::new(BINARY)
+        .args(["member", "--data-dir"])
+        .arg(secrets.path().join("unused"))
+        .args(["--superuser-password-file", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("superuser password file"), "{said}");
     std::fs::write(&file, "another-one\n").unwrap();
     member.start_instance().await;
     member.wait_ready().await;

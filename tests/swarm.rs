@@ -15,7 +15,8 @@
 //! are removed, and the stack, its volumes and its network go.
 //!
 //! It needs a Docker engine and the image `mirrorlab:latest`; without either it fails, it never
-//! skips. It publishes the lab's host ports 52775 and 52776, so a running lab makes it fail.
+//! skips. It publishes the lab's host ports 52775, 52776 and 52777, so a running lab makes it
+//! fail.
 
 mod common;
 
@@ -92,13 +93,14 @@ impl Swarm {
             }
             other => panic!("this node's swarm state is {other:?}: neither inactive nor active"),
         };
-        let node = docker_ok(&["info", "--format", "{{.Swarm.NodeID}}"]);
+        // From here on, whatever fails leaves the swarm as it was found (Drop).
         let mut swarm = Swarm {
             created,
             gwbridge_existed,
-            node,
+            node: String::new(),
             added_labels: Vec::new(),
         };
+        swarm.node = docker_ok(&["info", "--format", "{{.Swarm.NodeID}}"]);
         for label in LABELS {
             let format = format!("{{{{ index .Spec.Labels {label:?} }}}}");
             let value = docker_ok(&["node", "inspect", &swarm.node, "--format", &format]);
@@ -129,7 +131,8 @@ impl Swarm {
         ]);
     }
 
-    fn remove_stack(&self) {
+    /// Removes the stack and its volumes; false when its containers did not go within 90 s.
+    fn remove_stack(&self) -> bool {
         let out = docker(&["stack", "rm", STACK]);
         if !out.status.success() {
             eprintln!("docker stack rm: {}", text(&out));
@@ -138,14 +141,18 @@ impl Swarm {
         // only be removed after the containers.
         let deadline = Instant::now() + Duration::from_secs(90);
         let label = format!("label=com.docker.stack.namespace={STACK}");
-        while Instant::now() < deadline {
+        let gone = loop {
             let containers = docker(&["ps", "-aq", "--filter", &label]);
             let networks = docker(&["network", "ls", "-q", "--filter", &label]);
             if text(&containers).trim().is_empty() && text(&networks).trim().is_empty() {
-                break;
+                break true;
+            }
+            if Instant::now() >= deadline {
+                eprintln!("the stack {STACK} is still there after 90 s");
+                break false;
             }
             std::thread::sleep(Duration::from_millis(500));
-        }
+        };
         for member in ["mirrorA", "mirrorB", "mirrorC"] {
             let volume = format!("{STACK}_{member}-data");
             if docker(&["volume", "inspect", &volume]).status.success() {
@@ -155,6 +162,7 @@ impl Swarm {
                 }
             }
         }
+        gone
     }
 }
 
@@ -264,7 +272,10 @@ async fn the_swarm_stack_comes_up_mirrored_and_survives_each_member_killed() {
     let started = Instant::now();
     let swarm = Swarm::join();
     // A stack left by an interrupted run would hold the ports and the old volumes.
-    swarm.remove_stack();
+    assert!(
+        swarm.remove_stack(),
+        "a stack of an earlier run would not go"
+    );
     swarm.deploy();
     phase(started, "docker stack deploy");
 

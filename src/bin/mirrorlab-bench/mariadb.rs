@@ -4,10 +4,12 @@
 //! `bench/run.sh` starts the two servers on loopback — the primary with the binary log synced
 //! at every commit (`sync_binlog = 1`), InnoDB's log flushed at every commit
 //! (`innodb_flush_log_at_trx_commit = 1`) and `rpl_semi_sync_master_enabled` with the wait point
-//! `AFTER_SYNC`, so a commit is answered only once the replica has the transaction in its relay
-//! log (the promise mirrorlab and PostgreSQL's synchronous standby make: durable here, received
-//! there); the replica with `rpl_semi_sync_slave_enabled` — and passes the primary's address
-//! here. This module creates the table, writes a sysbench Lua script with one autocommitted
+//! `AFTER_SYNC`, so a commit is answered only once it is durable here and the replica has it in
+//! its relay log; the replica with `rpl_semi_sync_slave_enabled` — and passes the primary's
+//! address here. By default the replica syncs its relay log only now and then
+//! (`sync_relay_log`), so what it acknowledged may still be in its page cache, where mirrorlab's
+//! backup and PostgreSQL's synchronous standby (`synchronous_commit = on`) have it on disk;
+//! `bench/run.sh` can sync it at every event instead (see there). This module creates the table, writes a sysbench Lua script with one autocommitted
 //! `INSERT` per event (a company row as `POST /api/apps/companies` makes it), runs `sysbench`
 //! once per client count, and reads the commits and the latency histogram from its report, so
 //! p50 and p99 come from every transaction's latency (to the histogram's resolution, about 1 %).
