@@ -142,6 +142,16 @@ fi
 # primary never quietly goes on without its replica during the run (Rpl_semi_sync_master_no_tx
 # is checked at the end).
 maria_sql() { mariadb --socket="$maria/$1.sock" --user=root --batch --skip-column-names -e "$2"; }
+# The value of one of the primary's status variables.
+maria_status() { maria_sql primary "SHOW STATUS LIKE '$1'" | awk '{print $2}'; }
+# As root: the servers run as mysql, and root logs in through the socket as root. Otherwise they
+# run as this user, whose name is not MariaDB's root: root gets no password instead (the servers
+# listen on loopback and live for this run only).
+if [ "$(id -u)" = 0 ]; then
+    user=(--user=mysql) auth=socket
+else
+    user=() auth=normal
+fi
 for role in primary replica; do
     if [ "$role" = primary ]; then
         server_id=1 port="$maria_primary_port"
@@ -159,14 +169,6 @@ for role in primary replica; do
         if [ "${MIRRORLAB_BENCH_MARIADB_SYNC_RELAY_LOG:-0}" = 1 ]; then
             semisync_flags+=(--sync-relay-log=1)
         fi
-    fi
-    # As root: the servers run as mysql, and root logs in through the socket as root. Otherwise
-    # they run as this user, whose name is not MariaDB's root: root gets no password instead
-    # (the servers listen on loopback and live for this run only).
-    if [ "$(id -u)" = 0 ]; then
-        user=(--user=mysql) auth=socket
-    else
-        user=() auth=normal
     fi
     mariadb-install-db --no-defaults "${user[@]}" --datadir="$maria/$role" \
         --auth-root-authentication-method="$auth" --skip-test-db >"$maria/$role-install.log" 2>&1
@@ -197,8 +199,8 @@ maria_sql replica "CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = $ma
 maria_sql primary "SET GLOBAL rpl_semi_sync_master_enabled = ON"
 maria_sql replica "STOP SLAVE IO_THREAD; START SLAVE IO_THREAD;"
 for _ in $(seq 1 100); do
-    semisync="$(maria_sql primary "SHOW STATUS LIKE 'Rpl_semi_sync_master_status'" | awk '{print $2}')"
-    replicas="$(maria_sql primary "SHOW STATUS LIKE 'Rpl_semi_sync_master_clients'" | awk '{print $2}')"
+    semisync="$(maria_status Rpl_semi_sync_master_status)"
+    replicas="$(maria_status Rpl_semi_sync_master_clients)"
     [ "$semisync" = ON ] && [ "$replicas" = 1 ] && break
     sleep 0.1
 done
@@ -212,8 +214,8 @@ echo "bench/run.sh: MariaDB $("$maria_bin" --version | awk '{print $3}'): primar
 "$bench" --mode all --seconds "$seconds" --clients "$clients" --rows "$rows" \
     --postgres "$conninfo" --mariadb "127.0.0.1:$maria_primary_port"
 # Every MariaDB commit of the run waited for the replica: none went without it.
-unacknowledged="$(maria_sql primary "SHOW STATUS LIKE 'Rpl_semi_sync_master_no_tx'" | awk '{print $2}')"
-acknowledged="$(maria_sql primary "SHOW STATUS LIKE 'Rpl_semi_sync_master_yes_tx'" | awk '{print $2}')"
+unacknowledged="$(maria_status Rpl_semi_sync_master_no_tx)"
+acknowledged="$(maria_status Rpl_semi_sync_master_yes_tx)"
 echo "MariaDB: $acknowledged commits acknowledged by the replica, $unacknowledged without it"
 if [ "$unacknowledged" != 0 ]; then
     echo "bench/run.sh: MariaDB committed $unacknowledged transactions without its replica" >&2

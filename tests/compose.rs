@@ -24,6 +24,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use common::browser::{Driver, Portal, Typed, click_through_walkthrough, take_pictures};
+use common::docker::{assert_docker_has, docker, docker_ok, phase, text};
 use common::pair::*;
 use common::{Api, LogSource, TestMember};
 use serde_json::json;
@@ -60,9 +61,9 @@ impl Lab {
     /// Copies the compose file and `install/` into a fresh folder and runs `up -d --no-build`
     /// with `profiles` and the environment `env`.
     fn up(profiles: &[&str], env: &[(&str, &str)]) -> Lab {
-        common::assert_docker_has("mirrorlab:latest", "build-offline.sh");
-        common::assert_docker_has("prom/prometheus:latest", "build-prometheus-offline.sh");
-        common::assert_docker_has("haproxy:latest", "build-haproxy-offline.sh");
+        assert_docker_has("mirrorlab:latest", "build-offline.sh");
+        assert_docker_has("prom/prometheus:latest", "build-prometheus-offline.sh");
+        assert_docker_has("haproxy:latest", "build-haproxy-offline.sh");
         for name in ALL_CONTAINERS {
             assert!(
                 !docker(&["container", "inspect", name]).status.success(),
@@ -180,23 +181,6 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker").args(args).output().unwrap()
-}
-
-fn docker_ok(args: &[&str]) {
-    let out = docker(args);
-    assert!(out.status.success(), "docker {args:?}: {}", text(&out));
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// The container's health as Docker sees it (`healthy`, `starting`, `unhealthy`).
 fn health(container: &str) -> String {
     let out = docker(&["inspect", "-f", "{{.State.Health.Status}}", container]);
@@ -235,11 +219,6 @@ fn ctl_inside(container: &str, args: &[&str]) -> Output {
     let mut all = vec!["exec", container, "/usr/local/bin/mirrorlab", "ctl"];
     all.extend_from_slice(args);
     docker(&all)
-}
-
-/// Prints how far the test got, for a failure's story.
-fn phase(started: Instant, what: &str) {
-    eprintln!("{:>8.1?} {what}", started.elapsed());
 }
 
 /// mirrorB's Mirror Monitor in a browser after `docker kill mirrorA`: the takeover, its reason

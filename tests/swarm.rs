@@ -20,11 +20,11 @@
 
 mod common;
 
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use common::docker::{assert_docker_has, docker, docker_ok, phase, text};
 use common::pair::*;
 use common::{Api, LogSource};
 
@@ -38,31 +38,6 @@ const LABELS: [&str; 4] = [
     "mirrorlab.mirrorC",
 ];
 
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .expect("run docker")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn docker_ok(args: &[&str]) -> String {
-    let out = docker(args);
-    assert!(out.status.success(), "docker {args:?}: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn phase(started: Instant, what: &str) {
-    eprintln!("[{:>6.1} s] {what}", started.elapsed().as_secs_f64());
-}
-
 /// The swarm as the test found it, restored when dropped: the stack removed (and waited for),
 /// its volumes deleted, the labels this test added taken off, a swarm this test created left.
 struct Swarm {
@@ -75,7 +50,7 @@ struct Swarm {
 
 impl Swarm {
     fn join() -> Swarm {
-        common::assert_docker_has("mirrorlab:latest", "build-offline.sh");
+        assert_docker_has("mirrorlab:latest", "build-offline.sh");
         let state = docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
         let gwbridge_existed = docker(&["network", "inspect", "docker_gwbridge"])
             .status
@@ -190,36 +165,39 @@ impl Drop for Swarm {
     }
 }
 
+/// A member's Swarm service: the stack's name before the member's.
+fn service(member: &str) -> String {
+    format!("{STACK}_{member}")
+}
+
+/// The running containers of a member's service.
+fn running_containers(member: &str) -> Vec<String> {
+    let label = format!("label=com.docker.swarm.service.name={}", service(member));
+    let ids = docker_ok(&["ps", "-q", "--filter", &label]);
+    ids.lines().map(str::to_string).collect()
+}
+
 /// The one running container of a member's service.
 fn container_of(member: &str) -> String {
-    let label = format!("label=com.docker.swarm.service.name={STACK}_{member}");
-    let ids = docker_ok(&["ps", "-q", "--filter", &label]);
-    let ids: Vec<&str> = ids.lines().collect();
+    let ids = running_containers(member);
     assert_eq!(ids.len(), 1, "{member}'s running containers: {ids:?}");
-    ids[0].to_string()
+    ids[0].clone()
 }
 
 /// Waits until `member`'s running container is healthy and returns it.
 async fn wait_healthy(member: &str, seconds: u64) -> String {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     loop {
-        let label = format!("label=com.docker.swarm.service.name={STACK}_{member}");
-        let ids = docker_ok(&["ps", "-q", "--filter", &label]);
-        if let [id] = ids.lines().collect::<Vec<_>>()[..] {
+        if let [id] = &running_containers(member)[..] {
             let health = docker(&["inspect", "--format", "{{.State.Health.Status}}", id]);
             if text(&health).trim() == "healthy" {
-                return id.to_string();
+                return id.clone();
             }
         }
         assert!(
             Instant::now() < deadline,
             "{member} has no healthy container after {seconds} s: {}",
-            text(&docker(&[
-                "service",
-                "ps",
-                "--no-trunc",
-                &format!("{STACK}_{member}")
-            ]))
+            text(&docker(&["service", "ps", "--no-trunc", &service(member)]))
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -228,7 +206,7 @@ async fn wait_healthy(member: &str, seconds: u64) -> String {
 fn member_api(port: u16, member: &str) -> Api {
     Api::new(
         format!("http://127.0.0.1:{port}"),
-        LogSource::Service(format!("{STACK}_{member}")),
+        LogSource::Service(service(member)),
     )
 }
 
@@ -306,7 +284,7 @@ async fn the_swarm_stack_comes_up_mirrored_and_survives_each_member_killed() {
         "service",
         "scale",
         "--detach",
-        &format!("{STACK}_mirrorC=1"),
+        &format!("{}=1", service("mirrorC")),
     ]);
     let c = member_api(52777, "mirrorC");
     c.wait_ready_within(120).await;
@@ -377,7 +355,7 @@ async fn the_swarm_stack_comes_up_mirrored_and_survives_each_member_killed() {
             "ps",
             "--format",
             "{{.DesiredState}} {{.CurrentState}} {{.Error}}",
-            &format!("{STACK}_{member}"),
+            &service(member),
         ]);
         assert_eq!(tasks.lines().count(), 2, "{member}'s tasks:\n{tasks}");
     }

@@ -67,22 +67,18 @@ pub fn initial_users(password: Option<&str>) -> Vec<UserConfig> {
 /// The superuser's initial password from `path` (a mounted secret): the file's text without
 /// its final line break, held to the rules of a new password.
 pub fn read_password_file(path: &std::path::Path) -> Result<String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let unfit = |why: &dyn std::fmt::Display| {
         Error::InvalidInput(format!(
-            "the superuser password file {}: {e}",
+            "the superuser password file {}: {why}",
             path.display()
         ))
-    })?;
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| unfit(&e))?;
     let password = text
         .strip_suffix('\n')
         .map(|t| t.strip_suffix('\r').unwrap_or(t))
         .unwrap_or(&text);
-    check_new_password(password).map_err(|e| {
-        Error::InvalidInput(format!(
-            "the superuser password file {}: {e}",
-            path.display()
-        ))
-    })?;
+    check_new_password(password).map_err(|e| unfit(&e))?;
     Ok(password.to_string())
 }
 

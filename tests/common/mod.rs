@@ -4,12 +4,14 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod docker;
 pub mod pair;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use docker::{docker, text};
 use mirrorlab::agent::{self, AgentRequest, InstanceStatus};
 use mirrorlab::os::{Signal, send_signal};
 use serde_json::{Value, json};
@@ -122,37 +124,6 @@ pub enum LogSource {
     Service(String),
 }
 
-/// Fails unless a Docker engine answers and it holds `image` (which `built_by`, a script of
-/// `tests/docker/`, builds without a registry): the Docker tests never skip.
-pub fn assert_docker_has(image: &str, built_by: &str) {
-    let answered = Command::new("docker").arg("info").output();
-    assert!(
-        answered.as_ref().is_ok_and(|o| o.status.success()),
-        "no Docker engine answers (`docker info`): {answered:?}"
-    );
-    let inspected = Command::new("docker")
-        .args(["image", "inspect", image])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        inspected,
-        "the image {image} is missing: build it with tests/docker/{built_by}"
-    );
-}
-
-/// What `docker ARGS` printed, both streams.
-fn docker_output(args: &[&str]) -> String {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .map(|o| {
-            let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
-            text.push_str(&String::from_utf8_lossy(&o.stderr));
-            text
-        })
-        .unwrap_or_default()
-}
-
 /// A member's portal API, reached over HTTP with the default credentials: the same for a member
 /// this process started and for one in a container. It outlives the process it talks to.
 #[derive(Clone)]
@@ -182,11 +153,11 @@ impl Api {
     pub fn log(&self) -> String {
         match &self.log_source {
             LogSource::File(path) => std::fs::read_to_string(path).unwrap_or_default(),
-            LogSource::Container(name) => docker_output(&["logs", "--tail", "200", name]),
+            LogSource::Container(name) => text(&docker(&["logs", "--tail", "200", name])),
             // Its tasks first: a task Swarm could not place has no log at all.
             LogSource::Service(name) => {
-                docker_output(&["service", "ps", "--no-trunc", name])
-                    + &docker_output(&["service", "logs", "--tail", "200", name])
+                text(&docker(&["service", "ps", "--no-trunc", name]))
+                    + &text(&docker(&["service", "logs", "--tail", "200", name]))
             }
         }
     }
