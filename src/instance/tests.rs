@@ -703,3 +703,48 @@ async fn a_failed_journal_fsync_stops_the_writer_and_a_restart_loses_no_acknowle
         .await
         .unwrap();
 }
+
+/// The checkpointer folds committed pages into the database file while writes go on: the file
+/// alone (copied without its WAL) soon holds a row, although the writer never stops long enough
+/// for a quiet moment and the WAL stays far below SQLite's own threshold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_checkpointer_folds_commits_into_the_file_while_writes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let instance = open(dir.path());
+    insert_company(&instance, "marker").await.unwrap();
+    let file = dir.path().join("mgr/company/database.sqlite");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut n = 0;
+    loop {
+        // A write every 20 ms: never a quiet moment.
+        n += 1;
+        insert_company(&instance, &format!("busy-{n}"))
+            .await
+            .unwrap();
+        // A new name each time: SQLite leaves files beside a copy it opened.
+        let alone = dir.path().join(format!("alone-{n}.sqlite"));
+        std::fs::copy(&file, &alone).unwrap();
+        let copy = rusqlite::Connection::open(&alone).unwrap();
+        let found: i64 = copy
+            .query_row(
+                "SELECT count(*) FROM Company WHERE name = 'marker'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        drop(copy);
+        if found == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the file alone still lacks the row after {n} more writes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // And the WAL never grew to SQLite's own checkpoint threshold.
+    let wal = std::fs::metadata(crate::storage::database::wal_path(&file))
+        .unwrap()
+        .len();
+    assert!(wal < 10_000 * 4096, "WAL of {wal} bytes");
+}

@@ -149,11 +149,9 @@ pub fn configure(conn: &Connection, schema: &str) -> Result<()> {
     }
     conn.execute_batch(&format!("PRAGMA \"{schema}\".synchronous = NORMAL"))?;
     // SQLite folds the WAL into the database file from inside a commit once the WAL holds this
-    // many pages, and that commit pays for two fsyncs and the copy. At SQLite's default (1 000
-    // pages) a busy writer did so several times a second and one commit in a hundred took
-    // milliseconds; ten times fewer, larger checkpoints cost about the same in all and cut a
-    // lone member's 99th-percentile latency under 16 clients from 4–5 ms to 1.4–2 ms. A quiet
-    // second still checkpoints everything (the writer's idle checkpoint).
+    // many pages, and that commit pays for two fsyncs and the copy. The instance's checkpointer
+    // thread (`instance::writer::checkpointer`) folds it in long before, beside the writer;
+    // this stays only as a ceiling should that thread fall far behind.
     conn.execute_batch(&format!(
         "PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}"
     ))?;

@@ -97,6 +97,7 @@ use super::sql::{QueryResult, SqlValue, collect_rows, with_statement};
 use crate::config::{ConfigStore, catalog_state};
 
 mod batch;
+pub mod checkpointer;
 pub mod extension;
 mod files;
 mod freeze;
@@ -117,8 +118,6 @@ const QUEUE: usize = 1_024;
 /// Most commands held back (behind a Freeze, or while mirrored writes may not commit): more
 /// are refused with a message.
 const MAX_HELD: usize = 1_000;
-/// Quiet time after which the WAL files are checkpointed into the database files.
-const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
 
 /// One statement to run as its own transaction.
 #[derive(Debug, Clone)]
@@ -310,7 +309,8 @@ pub struct Writer {
     turn_queued: Arc<AtomicBool>,
     /// Mirrors `frozen_until.is_some()` for the portal.
     frozen_flag: Arc<AtomicBool>,
-    dirty: bool,
+    /// Tells the checkpointer thread a batch committed (see [`checkpointer`]).
+    checkpoints: Arc<checkpointer::CheckpointSignal>,
     statement_timeout_ms: i64,
 }
 
@@ -377,6 +377,7 @@ impl Writer {
             frozen: frozen.clone(),
         };
         let cfg = config.get();
+        let checkpoints = checkpointer::start(catalog.clone(), frozen.clone());
         let writer = Writer {
             data_dir,
             catalog,
@@ -400,7 +401,7 @@ impl Writer {
             turn_due: None,
             turn_queued,
             frozen_flag: frozen,
-            dirty: false,
+            checkpoints,
             statement_timeout_ms: write_timeout_ms,
         };
         let thread = std::thread::Builder::new()
@@ -542,7 +543,6 @@ impl Writer {
                 .filter(|_| self.frozen_until.is_none());
             let deadlines = [
                 self.frozen_until,
-                self.dirty.then(|| now + IDLE_CHECKPOINT),
                 self.turn_due.filter(|_| self.frozen_until.is_none()),
                 revoke_at,
                 retry_at,
@@ -562,13 +562,6 @@ impl Writer {
                         }
                         if retry_at.is_some_and(|at| at <= Instant::now()) {
                             return Some(Command::Turn);
-                        }
-                        if self.frozen_until.is_none()
-                            && self.dirty
-                            && self.turn_due.is_none()
-                            && self.parked.is_none()
-                        {
-                            self.idle_checkpoint();
                         }
                         continue;
                     }
@@ -634,13 +627,10 @@ impl Writer {
         }
     }
 
-    fn idle_checkpoint(&mut self) {
-        for conn in self.conns.values() {
-            if let Err(err) = conn.internal(|c| c.execute_batch("PRAGMA wal_checkpoint(PASSIVE)")) {
-                tracing::warn!("checkpoint of namespace {} failed: {err}", conn.namespace);
-            }
-        }
-        self.dirty = false;
+    /// Something was committed into the database files outside a batch (the mirror's
+    /// dejournaling): the checkpointer folds it in with the rest.
+    pub fn files_changed(&self) {
+        self.checkpoints.committed();
     }
 
     /// Hands `command` to the extension; a command with no extension installed is refused.
