@@ -338,11 +338,22 @@ async fn dismount_releases_the_file_and_mount_brings_it_back() {
     let dir = tempfile::tempdir().unwrap();
     let instance = open(dir.path());
     insert_company(&instance, "Acme").await.unwrap();
-    // A read leaves a pooled connection on the file; the dismount must close it too.
+    // A read leaves a pooled connection on the file, and the checkpointer opens it for a pass;
+    // the dismount must leave none of them holding it.
     count(&instance, "PHONEBOOK", "Company").await;
+    tokio::time::sleep(
+        super::writer::checkpointer::CHECKPOINT_EVERY + std::time::Duration::from_millis(500),
+    )
+    .await;
     let company = DbName::new("COMPANY").unwrap();
     let message = instance.dismount(company.clone()).await.unwrap();
     assert!(message.contains("dismounted"), "{message}");
+    let held = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir.path().join("mgr/company")))
+        .collect::<Vec<_>>();
+    assert!(held.is_empty(), "still open after the dismount: {held:?}");
     assert!(
         instance
             .dismount(company.clone())
