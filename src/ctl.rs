@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use crate::agent::{self, AgentRequest};
+use crate::agent::{self, AgentRequest, InstanceState, InstanceStatus};
 use crate::error::{Error, Result};
 
 /// `mirrorlab ctl` arguments.
@@ -148,18 +148,21 @@ async fn health(args: &CtlArgs, liveness: bool) -> Result<u8> {
         println!("healthy: arbiter at {}", args.agent);
         return Ok(0);
     }
-    let state = reply["instance"]["state"].as_str().unwrap_or("unknown");
+    let instance: InstanceStatus = match serde_json::from_value(reply["instance"].clone()) {
+        Ok(instance) => instance,
+        Err(err) => return unhealthy(&format!("the agent's answer is not understood: {err}")),
+    };
     if liveness {
         // The agent answered: the member lives. Its instance's state is the mirror's business.
         println!(
             "healthy: agent at {} answers ({})",
             args.agent,
-            down_story(&reply["instance"])
+            down_story(&instance)
         );
         return Ok(0);
     }
-    if state != "running" {
-        return unhealthy(&down_story(&reply["instance"]));
+    if instance.state != InstanceState::Running {
+        return unhealthy(&down_story(&instance));
     }
     let url = format!("{}/api/health", args.url.trim_end_matches('/'));
     let client = reqwest::Client::builder()
@@ -178,15 +181,14 @@ async fn health(args: &CtlArgs, liveness: bool) -> Result<u8> {
 
 /// What a down instance's status says: how it ended, why it was forced down, and how to start
 /// it again (the agent never restarts it by itself).
-fn down_story(instance: &serde_json::Value) -> String {
-    let state = instance["state"].as_str().unwrap_or("unknown");
-    let mut story = format!("instance is {state}");
-    if let Some(why) = instance["forced_down"].as_str() {
+fn down_story(instance: &InstanceStatus) -> String {
+    let mut story = format!("instance is {}", instance.state);
+    if let Some(why) = &instance.forced_down {
         story.push_str(&format!(": forced down by its agent because {why}"));
-    } else if let Some(exit) = instance["last_exit"].as_str() {
+    } else if let Some(exit) = &instance.last_exit {
         story.push_str(&format!(" (its last run ended: {exit})"));
     }
-    if state == "down" {
+    if instance.state == InstanceState::Down {
         story.push_str(&format!("; {}", agent::START_AGAIN));
     }
     story
