@@ -732,9 +732,14 @@ async fn the_checkpointer_folds_commits_into_the_file_while_writes_go_on() {
         insert_company(&instance, &format!("busy-{n}"))
             .await
             .unwrap();
-        // A new name each time: SQLite leaves files beside a copy it opened.
+        // A new name each time: SQLite leaves files beside a copy it opened. Copied with the
+        // file gate held alone, as a Dismount holds it, so never in the middle of a pass (a copy
+        // taken while a pass writes pages could be torn).
         let alone = dir.path().join(format!("alone-{n}.sqlite"));
-        std::fs::copy(&file, &alone).unwrap();
+        {
+            let _no_pass = instance.catalog.exclusive_files();
+            std::fs::copy(&file, &alone).unwrap();
+        }
         let copy = rusqlite::Connection::open(&alone).unwrap();
         let found: i64 = copy
             .query_row(
