@@ -148,19 +148,21 @@ async fn health(args: &CtlArgs, liveness: bool) -> Result<u8> {
         println!("healthy: arbiter at {}", args.agent);
         return Ok(0);
     }
-    let instance: InstanceStatus = match serde_json::from_value(reply["instance"].clone()) {
+    let instance = serde_json::from_value::<InstanceStatus>(reply["instance"].clone());
+    if liveness {
+        // The agent answered: the member lives, whatever else its answer says. Its instance's
+        // state is the mirror's business.
+        let story = instance.map_or_else(
+            |_| "its answer is not understood".into(),
+            |i| down_story(&i),
+        );
+        println!("healthy: agent at {} answers ({story})", args.agent);
+        return Ok(0);
+    }
+    let instance = match instance {
         Ok(instance) => instance,
         Err(err) => return unhealthy(&format!("the agent's answer is not understood: {err}")),
     };
-    if liveness {
-        // The agent answered: the member lives. Its instance's state is the mirror's business.
-        println!(
-            "healthy: agent at {} answers ({})",
-            args.agent,
-            down_story(&instance)
-        );
-        return Ok(0);
-    }
     if instance.state != InstanceState::Running {
         return unhealthy(&down_story(&instance));
     }

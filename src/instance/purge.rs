@@ -85,7 +85,9 @@ pub fn keep_from(end: JournalPos, needs: impl IntoIterator<Item = JournalPos>) -
 /// Purges both journals of `instance` as far as nothing needs them (blocking: checkpoints and
 /// deletes files).
 pub fn purge(instance: &Instance) -> Result<PurgeReport> {
-    // Dismount waits for this gate: no file is swapped while its position is being read.
+    // One checkpointer at a time (the checkpointer thread's passes, a Freeze), then the gate:
+    // Dismount waits for it, so no file is swapped while its position is being read.
+    let _checkpoints = instance.catalog.hold_checkpoints();
     let _files = instance.catalog.enter_files();
     let state = instance.catalog.snapshot();
     let config = instance.config.get();

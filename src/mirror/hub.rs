@@ -203,6 +203,20 @@ pub struct Hub {
     events: EventLog,
 }
 
+/// How long a batch may wait for the active backup's acknowledgement before this primary stops
+/// telling load balancers it acknowledges writes: a quarter of the QoS timeout, but never less
+/// than 500 ms nor more than half the QoS.
+///
+/// A quarter leaves a balancer three quarters of the QoS to move writes elsewhere before the
+/// backup may take over (at the lab's 2 s, its HAProxy's two failed checks half a second apart
+/// fit). The floor is for a healthy primary on a busy machine: a loaded disk's fsync or a
+/// starved thread can hold one batch a few hundred milliseconds, and at a quarter of a 1 s QoS
+/// (250 ms) that once made a healthy primary say FAILED. The ceiling keeps the floor from eating
+/// the margin at short timeouts.
+pub fn longest_ack_wait(qos: Duration) -> Duration {
+    (qos / 4).max(Duration::from_millis(500)).min(qos / 2)
+}
+
 impl Hub {
     /// A hub with the given quality of service timeout, telling the failover driver through
     /// `driver`.
@@ -533,15 +547,11 @@ impl Hub {
     }
 
     /// Whether this primary would acknowledge a write now (for load balancers): not in
-    /// trouble or closing, no batch waiting for the backup longer than half a QoS (a backup
-    /// syncs in milliseconds), and an active backup (if any) heard from within half a QoS (it
-    /// acknowledges at least every quarter). A primary cut off from its backup stops saying so
-    /// half a QoS before the QoS timeout lets the backup take over, so a load balancer sends
-    /// writes elsewhere in time.
-    ///
-    /// Why half and not less: the same margin on both sides. A busy machine (a loaded disk's
-    /// fsync, a starved thread) can hold one batch a few hundred milliseconds; at a quarter of a
-    /// 1 s QoS a healthy primary under load told balancers it was gone.
+    /// trouble or closing, no batch waiting for the backup longer than
+    /// [`longest_ack_wait`] (a backup syncs in milliseconds), and an active backup (if any)
+    /// heard from within half a QoS (it acknowledges at least every quarter). A primary cut off
+    /// from its backup stops saying so well before the QoS timeout lets the backup take over,
+    /// so a load balancer sends writes elsewhere in time.
     pub fn acknowledging_now(&self) -> bool {
         let qos = self.qos();
         let state = self.state.lock().unwrap();
@@ -550,7 +560,7 @@ impl Hub {
         }
         if state
             .waiting_for
-            .is_some_and(|(_, since)| since.elapsed() > qos / 2)
+            .is_some_and(|(_, since)| since.elapsed() > longest_ack_wait(qos))
         {
             return false;
         }

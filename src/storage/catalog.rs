@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::error::{Error, Result};
 use crate::names::{DbName, NamespaceName};
@@ -106,6 +106,8 @@ pub struct Catalog {
     /// Held shared by every read that has a database file open, and exclusively by a dismount
     /// while it waits for those reads to finish before the file is released.
     file_gate: RwLock<()>,
+    /// Held by whoever checkpoints the mounted databases (see [`Catalog::hold_checkpoints`]).
+    checkpoints: Mutex<()>,
 }
 
 impl Catalog {
@@ -139,5 +141,13 @@ impl Catalog {
     /// Taken by a dismount: returns once no read of an older generation is in flight.
     pub fn exclusive_files(&self) -> RwLockWriteGuard<'_, ()> {
         self.file_gate.write().unwrap()
+    }
+
+    /// Held by whoever checkpoints the mounted databases — the instance's checkpointer for a
+    /// pass, a Freeze while it folds every WAL and raises its flag, a journal purge — so they
+    /// take turns: SQLite runs one checkpoint of a database at a time and answers any other
+    /// "busy" at once, without waiting. Taken before the file gate, never after it.
+    pub fn hold_checkpoints(&self) -> MutexGuard<'_, ()> {
+        self.checkpoints.lock().unwrap()
     }
 }

@@ -253,11 +253,6 @@ impl Writer {
                 Ok(())
             };
         }
-        if journaled {
-            // The checkpointer folds the WAL into the files from its own thread, so no commit
-            // here ever waits for a checkpoint.
-            self.checkpoints.committed();
-        }
         let commits = outcomes.iter().filter(|(result, _)| result.is_ok()).count();
         for (result, reply) in outcomes {
             let _ = reply.send(result);

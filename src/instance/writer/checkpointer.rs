@@ -11,20 +11,28 @@
 //!
 //! # How
 //!
-//! The writer marks the files dirty after every batch it committed ([`CheckpointSignal`], one
-//! relaxed store). Every [`CHECKPOINT_EVERY`] (2 s) this thread, if they are dirty, takes the catalog's
-//! file gate (shared: a Dismount waits for the pass to end), opens each mounted database and runs
-//! a `PASSIVE` checkpoint, which never waits for the writer or a reader: what it cannot copy yet
-//! (pages a reader's snapshot still needs) it copies on a later pass, marked dirty again.
+//! The writer marks the files dirty after every command it carried out ([`Checkpointer::dirty`],
+//! one relaxed store; dirty from the start, for what start-up recovery applied). Every
+//! [`CHECKPOINT_EVERY`] (2 s) this thread, if they are dirty, takes the catalog's checkpoint lock
+//! and then its file gate (shared: a Dismount waits for the pass to end), opens each mounted
+//! database and runs a `PASSIVE` checkpoint, which never waits for the writer or a reader: what
+//! it cannot copy yet (pages a reader's snapshot still needs) it copies on a later pass, marked
+//! dirty again.
 //!
 //! # Invariants
 //!
-//! - **Nothing during a Freeze.** Freeze folds every WAL itself and no write commits until the
-//!   Thaw, so there is nothing to copy — and a pass is skipped anyway, so a file a person is
-//!   copying is never written to.
+//! - **Nothing during a Freeze.** Freeze takes the same checkpoint lock
+//!   ([`Catalog::hold_checkpoints`]) while it folds every WAL and raises its flag, and a pass
+//!   looks at the flag only once it holds the lock: a pass either ends before the Freeze
+//!   begins or starts after the Thaw, so a file a person copies is never written to (Mount's
+//!   replay may commit during a Freeze; it stays in the WAL until the Thaw). A purge holds the
+//!   lock too: SQLite runs one checkpoint of a database at a time and answers any other "busy"
+//!   at once, without waiting.
 //! - **No connection is kept between passes**, so a dismounted file is never held open and a
 //!   replaced one is never seen through a stale handle; the gate keeps a pass and a Dismount
 //!   apart.
+//! - **The thread ends with the writer**: dropping the [`Checkpointer`] (the writer thread's
+//!   last act) wakes it and waits for it, so no pass runs after the instance closed.
 //! - **Durability does not depend on it**: commits are durable in the journal; a checkpoint only
 //!   moves pages SQLite already holds (crash-safe on its own). SQLite's autocheckpoint stays set
 //!   on the writer's connections as a ceiling, reached only if this thread fell far behind.
@@ -35,7 +43,8 @@
 //! is reused from its start; Freeze, Dismount and purge truncate it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::storage::Catalog;
@@ -52,53 +61,93 @@ use crate::storage::database;
 /// 51–57 ms (`mirrorlab-bench --mode both --clients 16,64 --seconds 8`, builds interleaved).
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 
-/// What the writer tells the checkpointer.
+/// The checkpointer thread, owned by the writer: dropping it stops the thread and waits for it.
 #[derive(Debug)]
-pub struct CheckpointSignal {
-    /// A batch committed since the last pass.
+pub struct Checkpointer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// Something may have committed since the last pass.
     dirty: AtomicBool,
     /// Writes are frozen (the writer's flag).
     frozen: Arc<AtomicBool>,
+    /// Set when the writer ends; the condvar wakes the thread from its wait.
+    stopping: Mutex<bool>,
+    wake: Condvar,
 }
 
-impl CheckpointSignal {
-    /// Called by the writer after a batch committed.
+impl Checkpointer {
+    /// Starts the checkpointer for the databases of `catalog`.
+    pub fn start(catalog: Arc<Catalog>, frozen: Arc<AtomicBool>) -> Checkpointer {
+        let shared = Arc::new(Shared {
+            // Start-up recovery may have committed before the first command.
+            dirty: AtomicBool::new(true),
+            frozen,
+            stopping: Mutex::new(false),
+            wake: Condvar::new(),
+        });
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("checkpointer".into())
+                .spawn(move || run(&catalog, &shared))
+                .expect("spawn the checkpointer")
+        };
+        Checkpointer {
+            shared,
+            thread: Some(thread),
+        }
+    }
+
+    /// Called by the writer after each command it carried out: the files may have changed.
     #[inline]
-    pub fn committed(&self) {
-        self.dirty.store(true, Ordering::Relaxed);
+    pub fn dirty(&self) {
+        self.shared.dirty.store(true, Ordering::Relaxed);
     }
 }
 
-/// Starts the checkpointer for the databases of `catalog`; it stops once the writer dropped
-/// the returned signal.
-pub fn start(catalog: Arc<Catalog>, frozen: Arc<AtomicBool>) -> Arc<CheckpointSignal> {
-    let signal = Arc::new(CheckpointSignal {
-        dirty: AtomicBool::new(false),
-        frozen,
-    });
-    let weak = Arc::downgrade(&signal);
-    std::thread::Builder::new()
-        .name("checkpointer".into())
-        .spawn(move || run(&catalog, &weak))
-        .expect("spawn the checkpointer");
-    signal
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        *self.shared.stopping.lock().unwrap() = true;
+        self.shared.wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
-fn run(catalog: &Catalog, signal: &Weak<CheckpointSignal>) {
+fn run(catalog: &Catalog, shared: &Shared) {
+    let mut stopping = shared.stopping.lock().unwrap();
     loop {
-        std::thread::sleep(CHECKPOINT_EVERY);
-        let Some(signal) = signal.upgrade() else {
+        stopping = shared
+            .wake
+            .wait_timeout_while(stopping, CHECKPOINT_EVERY, |stop| !*stop)
+            .unwrap()
+            .0;
+        if *stopping {
             return;
-        };
-        if signal.frozen.load(Ordering::Acquire) || !signal.dirty.swap(false, Ordering::Relaxed) {
+        }
+        if !shared.dirty.swap(false, Ordering::Relaxed) {
             continue;
         }
-        if !pass(catalog) {
-            signal.dirty.store(true, Ordering::Relaxed);
+        // Not under the stop flag's lock: the writer's drop must not wait for a pass to get it.
+        drop(stopping);
+        let whole = {
+            // A Freeze takes this lock before it raises its flag: looked at under the lock, the
+            // flag cannot go up while the pass runs.
+            let _checkpoints = catalog.hold_checkpoints();
+            !shared.frozen.load(Ordering::Acquire) && pass(catalog)
+        };
+        if !whole {
+            // Frozen, or a WAL not copied whole: look again at the next pass.
+            shared.dirty.store(true, Ordering::Relaxed);
         }
+        stopping = shared.stopping.lock().unwrap();
     }
 }
-
 /// Checkpoints every mounted database; says whether every WAL was copied whole.
 fn pass(catalog: &Catalog) -> bool {
     // The gate first, then the catalog: a database a Dismount took out is not in the snapshot,

@@ -10,8 +10,12 @@ impl Writer {
         if self.frozen_until.is_some() {
             return Ok("writes are already frozen".into());
         }
-        // Fold every WAL into its database file, so each file is complete on its own.
-        let state = self.catalog.snapshot();
+        // Fold every WAL into its database file, so each file is complete on its own. The
+        // checkpointer's lock is held until the flag is up: a pass already running ends first,
+        // and none starts until the Thaw (see `checkpointer`).
+        let catalog = self.catalog.clone();
+        let _checkpoints = catalog.hold_checkpoints();
+        let state = catalog.snapshot();
         for entry in state.databases.values().filter(|d| d.mounted) {
             database::checkpoint(&database::open(&entry.file)?).map_err(|_| {
                 Error::Conflict(format!("{} is busy; try Freeze again", entry.name))

@@ -55,11 +55,12 @@
 //! Mount and dismount, Freeze and Thaw, and the work of the layer above — the mirror's
 //! lifecycle steps (Add to Mirror, Activate, Catchup, becoming primary, …) and a backup's
 //! dejournaling — run on this thread too, in order with the writes, so no two things ever change
-//! one file at once (and after a parked batch). The writer knows that work only through its
+//! one database at once (and after a parked batch). The writer knows that work only through its
 //! [`extension`] seam: commands it queues and hands on, turns it grants, work it parks until
-//! replication acknowledges it (Add to Mirror's events are mirrored writes too). After a second
-//! without writes the WAL files are folded into the database files, so a plain `cp` of an idle
-//! database file is complete.
+//! replication acknowledges it (Add to Mirror's events are mirrored writes too). Only copying
+//! committed pages from a WAL into its database file happens beside it, on the [`checkpointer`]
+//! thread (SQLite's WAL mode is made for that): every 2 s while there were commits, so a plain
+//! `cp` of a database idle for a few seconds is complete on its own.
 //!
 //! Whether this member writes mirrored databases at all (a backup's copies are read-only) is a
 //! question the writer asks of its [`MemberRole`].
@@ -309,8 +310,8 @@ pub struct Writer {
     turn_queued: Arc<AtomicBool>,
     /// Mirrors `frozen_until.is_some()` for the portal.
     frozen_flag: Arc<AtomicBool>,
-    /// Tells the checkpointer thread a batch committed (see [`checkpointer`]).
-    checkpoints: Arc<checkpointer::CheckpointSignal>,
+    /// The checkpointer thread (see [`checkpointer`]); it ends with this writer.
+    checkpoints: checkpointer::Checkpointer,
     statement_timeout_ms: i64,
 }
 
@@ -377,7 +378,7 @@ impl Writer {
             frozen: frozen.clone(),
         };
         let cfg = config.get();
-        let checkpoints = checkpointer::start(catalog.clone(), frozen.clone());
+        let checkpoints = checkpointer::Checkpointer::start(catalog.clone(), frozen.clone());
         let writer = Writer {
             data_dir,
             catalog,
@@ -473,6 +474,9 @@ impl Writer {
                 Command::Wake => None,
                 Command::Shutdown => break,
             };
+            // Whatever the command was, a file may have changed: a batch, Mount's replay, a
+            // backup's dejournaling, a rollback. The checkpointer folds it in.
+            self.checkpoints.dirty();
             if let Some(Fatal(why)) = fatal {
                 self.stop_failed(why, &failure, &on_fatal);
                 return;
@@ -625,12 +629,6 @@ impl Writer {
                 self.statement_timeout_ms,
             ),
         }
-    }
-
-    /// Something was committed into the database files outside a batch (the mirror's
-    /// dejournaling): the checkpointer folds it in with the rest.
-    pub fn files_changed(&self) {
-        self.checkpoints.committed();
     }
 
     /// Hands `command` to the extension; a command with no extension installed is refused.

@@ -244,3 +244,13 @@ fn replacing_an_active_link_counts_as_losing_it_and_the_new_one_must_catch_up() 
     assert!(!hub.has_active_backup());
     assert!(hub.links()[0].acked < JournalPos(9));
 }
+
+#[test]
+fn a_waiting_batch_counts_against_the_primary_after_a_quarter_qos_but_never_under_500_ms() {
+    let ms = |ms| Duration::from_millis(ms);
+    assert_eq!(longest_ack_wait(ms(8_000)), ms(2_000));
+    assert_eq!(longest_ack_wait(ms(2_000)), ms(500));
+    assert_eq!(longest_ack_wait(ms(1_000)), ms(500));
+    // Never more than half: a balancer keeps some of the QoS to move writes elsewhere.
+    assert_eq!(longest_ack_wait(ms(600)), ms(300));
+}

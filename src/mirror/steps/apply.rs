@@ -338,8 +338,6 @@ impl MirrorSteps {
             self.cursors.insert(db.clone(), until);
             self.appliers.insert(db, conn);
         }
-        // The checkpointer folds what was applied into the files, off this thread.
-        w.files_changed();
         Ok(())
     }
 }
