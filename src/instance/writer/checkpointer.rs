@@ -148,6 +148,7 @@ fn run(catalog: &Catalog, shared: &Shared) {
         stopping = shared.stopping.lock().unwrap();
     }
 }
+
 /// Checkpoints every mounted database; says whether every WAL was copied whole.
 fn pass(catalog: &Catalog) -> bool {
     // The gate first, then the catalog: a database a Dismount took out is not in the snapshot,
