@@ -42,8 +42,9 @@
 //! No `RESTART`/`TRUNCATE` here (they wait for readers): the WAL file keeps its largest size and
 //! is reused from its start; Freeze, Dismount and purge truncate it.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -65,6 +66,8 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct Checkpointer {
     shared: Arc<Shared>,
+    /// Dropped to stop the thread: its wait between passes then ends at once.
+    stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -74,9 +77,6 @@ struct Shared {
     dirty: AtomicBool,
     /// Writes are frozen (the writer's flag).
     frozen: Arc<AtomicBool>,
-    /// Set when the writer ends; the condvar wakes the thread from its wait.
-    stopping: Mutex<bool>,
-    wake: Condvar,
 }
 
 impl Checkpointer {
@@ -86,18 +86,18 @@ impl Checkpointer {
             // Start-up recovery may have committed before the first command.
             dirty: AtomicBool::new(true),
             frozen,
-            stopping: Mutex::new(false),
-            wake: Condvar::new(),
         });
+        let (stop, stopped) = mpsc::channel();
         let thread = {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("checkpointer".into())
-                .spawn(move || run(&catalog, &shared))
+                .spawn(move || run(&catalog, &shared, &stopped))
                 .expect("spawn the checkpointer")
         };
         Checkpointer {
             shared,
+            stop: Some(stop),
             thread: Some(thread),
         }
     }
@@ -111,30 +111,20 @@ impl Checkpointer {
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        *self.shared.stopping.lock().unwrap() = true;
-        self.shared.wake.notify_all();
+        drop(self.stop.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
-fn run(catalog: &Catalog, shared: &Shared) {
-    let mut stopping = shared.stopping.lock().unwrap();
-    loop {
-        stopping = shared
-            .wake
-            .wait_timeout_while(stopping, CHECKPOINT_EVERY, |stop| !*stop)
-            .unwrap()
-            .0;
-        if *stopping {
-            return;
-        }
+fn run(catalog: &Catalog, shared: &Shared, stopped: &mpsc::Receiver<()>) {
+    // Nothing is ever sent: the wait ends by its timeout, or at once when the writer drops the
+    // sender (a pass under way finishes first).
+    while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
         if !shared.dirty.swap(false, Ordering::Relaxed) {
             continue;
         }
-        // Not under the stop flag's lock: the writer's drop must not wait for a pass to get it.
-        drop(stopping);
         let whole = {
             // A Freeze takes this lock before it raises its flag: looked at under the lock, the
             // flag cannot go up while the pass runs.
@@ -145,7 +135,6 @@ fn run(catalog: &Catalog, shared: &Shared) {
             // Frozen, or a WAL not copied whole: look again at the next pass.
             shared.dirty.store(true, Ordering::Relaxed);
         }
-        stopping = shared.stopping.lock().unwrap();
     }
 }
 
