@@ -79,6 +79,7 @@ use super::events::EventKind;
 mod record;
 use super::failover::{AgentAnswer, Event, FailoverRole, Mode, OtherMember, Restart, restart_as};
 use super::protocol::Control;
+use super::receiver::ReceiverInput;
 use super::service::MirrorService;
 use super::state::{DriverInput, Role};
 use crate::arbiter::ToArbiter;
@@ -330,7 +331,12 @@ impl Driver {
         if after.writes_may_resume && context.mirror.hub.suspended() {
             context.mirror.hub.resume(loss_generation);
         }
-        context.mirror.set_may_connect(after.may_connect);
+        // Published only when it changed: every change wakes whoever watches the status.
+        if context.mirror.rules_allow_connect() != after.may_connect {
+            context
+                .mirror
+                .update_failover(|view| view.holds_link = !after.may_connect);
+        }
         // A backup follows the primary into arbiter mode only once it sees the arbiter too,
         // which may come later than the primary's word: the primary repeats it (the backup
         // ignores a repeat).
@@ -551,11 +557,8 @@ impl Shell for DriverShell<'_> {
             drop(link);
             mirror.hub.announce(Control::FailoverMode { arbiter });
         } else {
-            mirror
-                .link_outbox
-                .lock()
-                .unwrap()
-                .push_back(Control::FailoverMode { arbiter });
+            self.service
+                .tell_receiver(ReceiverInput::say(Control::FailoverMode { arbiter }));
         }
     }
 
@@ -633,7 +636,9 @@ impl Shell for DriverShell<'_> {
         let context = service.context().clone();
         tracing::warn!("mirror: taking over as primary: {}", rule.reason());
         // Said before anything else, so a former primary asking meanwhile waits.
-        context.mirror.taking_over.store(true, Ordering::Release);
+        context
+            .mirror
+            .update_failover(|view| view.taking_over = true);
         service.stop_receiver();
         let source = service.receiver_journal();
         let result = context
@@ -643,7 +648,9 @@ impl Shell for DriverShell<'_> {
                 new_epoch: true,
                 reply,
             });
-        context.mirror.taking_over.store(false, Ordering::Release);
+        context
+            .mirror
+            .update_failover(|view| view.taking_over = false);
         match result {
             Ok(message) => {
                 tracing::warn!("mirror: {message}");
@@ -735,7 +742,7 @@ impl Shell for DriverShell<'_> {
         self.taken.take_from(self.inbox);
         self.taken.receiver.clear();
         mirror.update_link(|link| link.active = false);
-        mirror.reconnect_requested.store(true, Ordering::Release);
+        self.service.tell_receiver(ReceiverInput::Reconnect);
     }
 }
 

@@ -253,8 +253,17 @@ impl MirrorContext {
         let config = self.config.get();
         let m = config.mirror.membership.as_ref()?;
         let journal = self.mirror.journal();
-        let (role, deciding, connected) =
-            self.mirror.read(|s| (s.role, s.deciding, s.link.connected));
+        // One look at the published status: the role, the link and the driver's decisions of
+        // the same moment.
+        let (role, deciding, connected, taking_over, holds_link) = self.mirror.read(|s| {
+            (
+                s.role,
+                s.deciding,
+                s.link.connected,
+                s.failover.taking_over,
+                s.failover.holds_link,
+            )
+        });
         let primary = if role == state::Role::Primary {
             Some(m.this.name.clone())
         } else {
@@ -278,11 +287,8 @@ impl MirrorContext {
             // the loss of the primary (it still counts itself connected) or still waits for the
             // arbiter's or the agent's answer.
             deciding: deciding
-                || self
-                    .mirror
-                    .taking_over
-                    .load(std::sync::atomic::Ordering::Acquire)
-                || (role == state::Role::Backup && (connected || !self.mirror.may_connect())),
+                || taking_over
+                || (role == state::Role::Backup && (connected || holds_link)),
         })
     }
 

@@ -14,7 +14,11 @@
 //! turn; the monitor shows `Disconnected on <time>` meanwhile. Every change of the link
 //! (connected, active, lost) is reported to the failover driver, which decides about a
 //! takeover; while it asks the primary's agent the receiver does not reconnect (see
-//! [`Failover::may_connect`](super::failover::Failover::may_connect)).
+//! [`Failover::may_connect`](super::failover::Failover::may_connect)). What the driver wants of
+//! the link comes back as messages on the receiver's own channel ([`ReceiverInput`]): drop the
+//! connection and connect afresh, or tell the primary something on the next round. A new
+//! connection starts with that channel emptied: what was meant for the old one is forgotten
+//! before the driver hears of the new one.
 //!
 //! A former primary coming back from an older epoch may be told that the end of its journal is
 //! a *divergent tail*: it first has the writer undo what it applied of it (keeping the rows in
@@ -32,7 +36,7 @@
 
 use std::io::{BufReader, BufWriter, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -56,13 +60,33 @@ const ACK_REFRESH: Duration = Duration::from_millis(500);
 /// The backup's mirror journal, shared by the receiver (appends) and Catchup's fetch (prepends).
 pub type SharedJournal = Arc<Mutex<Option<Journal>>>;
 
-/// Starts the receiver thread.
+/// What the failover driver (or the portal) asks of the receiver's connection.
+#[derive(Debug)]
+pub enum ReceiverInput {
+    /// This member stalled and no longer counts as the active backup: what it reads next may
+    /// be stale, so it drops the connection and connects afresh.
+    Reconnect,
+    /// Tell the primary this on the next round (a failover mode report, No Failover, a
+    /// stand-down); `sent` hears once it was written (it is dropped unsent when the connection
+    /// ends first).
+    Say(Box<Control>, Option<mpsc::SyncSender<()>>),
+}
+
+impl ReceiverInput {
+    /// Tell the primary `control` on the next round; nobody waits for it.
+    pub fn say(control: Control) -> ReceiverInput {
+        ReceiverInput::Say(Box::new(control), None)
+    }
+}
+
+/// Starts the receiver thread; the sender is its channel ([`ReceiverInput`]).
 pub fn start(
     context: Arc<MirrorContext>,
     journal: SharedJournal,
     stop: Arc<AtomicBool>,
-) -> JoinHandle<()> {
-    std::thread::Builder::new()
+) -> (JoinHandle<()>, mpsc::Sender<ReceiverInput>) {
+    let (inbox_tx, inbox) = mpsc::channel();
+    let thread = std::thread::Builder::new()
         .name("mirror-receiver".into())
         .spawn(move || {
             // Whether to connect, to whom, and what follows an end are the core's decisions.
@@ -81,7 +105,7 @@ pub fn start(
                     }
                     Next::Stop => return,
                 }
-                let result = receive(&context, &journal, &stop, &follow);
+                let result = receive(&context, &journal, &stop, &follow, &inbox);
                 let now = now_ms();
                 let (was_connected, last_error) = context
                     .mirror
@@ -131,7 +155,8 @@ pub fn start(
                 }
             }
         })
-        .expect("spawn the mirror receiver")
+        .expect("spawn the mirror receiver");
+    (thread, inbox_tx)
 }
 
 /// Sleeps for `how_long`, or less when asked to stop.
@@ -194,6 +219,7 @@ fn receive(
     shared: &SharedJournal,
     stop: &AtomicBool,
     follow: &Follow,
+    inbox: &mpsc::Receiver<ReceiverInput>,
 ) -> std::result::Result<(), LinkError> {
     let primary = primary_of(context, follow)?;
     let config = context.config.get();
@@ -311,8 +337,8 @@ fn receive(
         }
     }
     // What was meant for the old connection is forgotten before the driver hears of the new
-    // one (what it queues after that is for this connection).
-    context.mirror.link_outbox.lock().unwrap().clear();
+    // one (what it asks after that is for this connection).
+    while inbox.try_recv().is_ok() {}
     context.mirror.update_link(|link| {
         link.connected = true;
         link.last_heard = Some(Instant::now());
@@ -341,16 +367,12 @@ fn receive(
     let mut pending: Vec<u8> = Vec::new();
     let mut last_status = Instant::now() - Duration::from_secs(10);
     let mut last_ack: Option<(JournalPos, Instant)> = None;
-    context
-        .mirror
-        .reconnect_requested
-        .store(false, Ordering::Release);
+    let mut reports = Vec::new();
+    let mut reconnect = false;
     while !stop.load(Ordering::Acquire) {
-        if context
-            .mirror
-            .reconnect_requested
-            .swap(false, Ordering::AcqRel)
-        {
+        // Asked before the next message is read: after a stall, it may be stale.
+        reconnect |= take_inputs(inbox, &mut reports);
+        if reconnect {
             return Err(Error::Unavailable(
                 "reconnecting: this member stalled and no longer counts as the active backup"
                     .into(),
@@ -473,14 +495,8 @@ fn receive(
             write_ack(&mut writer, received_end)?;
             last_ack = Some((received_end, Instant::now()));
         }
-        let reports: Vec<Control> = context
-            .mirror
-            .link_outbox
-            .lock()
-            .unwrap()
-            .drain(..)
-            .collect();
-        for report in &reports {
+        reconnect |= take_inputs(inbox, &mut reports);
+        for (report, _) in &reports {
             write_control(&mut writer, report)?;
         }
         if last_status.elapsed() >= Duration::from_secs(1) {
@@ -493,6 +509,11 @@ fn receive(
             last_status = Instant::now();
         }
         writer.flush()?;
+        for (_, sent) in reports.drain(..) {
+            if let Some(sent) = sent {
+                let _ = sent.try_send(());
+            }
+        }
         let received = pending.len() as u64;
         let stored_ms = batch_first.is_some().then(crate::util::now_ms);
         context.mirror.update_link(|link| {
@@ -518,6 +539,22 @@ fn receive(
     }
     stream.close();
     Ok(())
+}
+
+/// Takes what waits on the receiver's channel: reports to send join `reports`; true when a
+/// reconnect was asked.
+fn take_inputs(
+    inbox: &mpsc::Receiver<ReceiverInput>,
+    reports: &mut Vec<(Box<Control>, Option<mpsc::SyncSender<()>>)>,
+) -> bool {
+    let mut reconnect = false;
+    for input in inbox.try_iter() {
+        match input {
+            ReceiverInput::Reconnect => reconnect = true,
+            ReceiverInput::Say(control, sent) => reports.push((control, sent)),
+        }
+    }
+    reconnect
 }
 
 /// True when a whole message is already in the read buffer.
@@ -573,4 +610,39 @@ pub fn fetch(
         }
     }
     Ok((from, JournalPos(next.0 - 1), frames))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the driver asks reaches the connection in order, and a reconnect among the reports
+    /// does not lose the reports asked before it.
+    #[test]
+    fn the_receivers_channel_keeps_reports_in_order_and_notices_a_reconnect() {
+        let (tx, inbox) = mpsc::channel();
+        let mut reports = Vec::new();
+        assert!(!take_inputs(&inbox, &mut reports));
+        let (sent, written) = mpsc::sync_channel(1);
+        tx.send(ReceiverInput::Say(Box::new(Control::StoodDown), Some(sent)))
+            .unwrap();
+        tx.send(ReceiverInput::Reconnect).unwrap();
+        tx.send(ReceiverInput::say(Control::FailoverMode { arbiter: true }))
+            .unwrap();
+        assert!(take_inputs(&inbox, &mut reports));
+        let said: Vec<&Control> = reports
+            .iter()
+            .map(|(control, _)| control.as_ref())
+            .collect();
+        assert_eq!(
+            said,
+            [
+                &Control::StoodDown,
+                &Control::FailoverMode { arbiter: true }
+            ]
+        );
+        // Dropped unsent (the connection ended first): whoever waits hears it at once.
+        reports.clear();
+        assert!(written.recv().is_err());
+    }
 }

@@ -23,20 +23,24 @@
 //! The rest is how the threads coordinate. Whatever may move the failover rules reaches the
 //! failover driver as a message on its one channel ([`DriverInput`], [`MirrorState::tell_driver`]):
 //! the hub's and the receiver's link events, the arbiter link's reports, a stalled receive
-//! round, a demotion request, the agents' answers. What the driver decides for the others is
-//! published back as flags (may the receiver connect, must it reconnect, is a takeover under
-//! way) and as what the arbiter link must say next; the hub is the primary's replication.
+//! round, a demotion request, the agents' answers. What the driver decides that other threads
+//! only read is part of its published status ([`FailoverView`]: whether its rules hold the
+//! receiver back, whether a takeover is under way — the superserver answers a restarted former
+//! primary from it); what one thread must *do* is a message to it (the receiver's
+//! [`ReceiverInput`](super::receiver::ReceiverInput): reconnect, or tell the primary something
+//! on the data channel), and what the arbiter link must say next waits in its outbox. The hub
+//! is the primary's replication.
 //!
 //! Beside both, the member's event log ([`MirrorState::record`], [`super::events`]): any thread
 //! records a decision or a change there without waiting, for the Mirror Monitor's timeline.
 //!
 //! # Left out
 //!
-//! The decisions the driver publishes are still flags that the threads read, not messages
-//! to them; the simulation drives the member core without these threads.
+//! The simulation drives the member core without these threads; the arbiter link's outbox is
+//! still a queue under a lock, not a channel.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
 
 use tokio::sync::watch;
@@ -304,18 +308,8 @@ pub struct MirrorState {
     /// Highest position this member may dejournal: durable here and announced durable by the
     /// primary.
     dejournal_target: AtomicU64,
-    /// Whether the receiver may open the data channel now (the failover rules decide).
-    may_connect: AtomicBool,
-    /// The receiver must drop its connection and connect afresh (after this member stalled).
-    pub reconnect_requested: AtomicBool,
-    /// A takeover is under way (the journal is being applied before the role changes): a
-    /// restarted former primary asking now must wait, not resume.
-    pub taking_over: AtomicBool,
     /// What the arbiter link and the failover driver hand each other.
     pub arbiter: Mutex<ArbiterLinkState>,
-    /// Control messages the backup's receiver sends to the primary on its next round (its
-    /// failover mode reports).
-    pub link_outbox: Mutex<VecDeque<super::protocol::Control>>,
     /// Where the member's decisions and changes are recorded ([`super::events`]).
     pub events: EventLog,
 }
@@ -348,6 +342,12 @@ pub struct FailoverView {
     /// A backup waiting without its primary: why it did not take over (see
     /// [`super::core::Refusal`]).
     pub refusal: Option<super::core::Refusal>,
+    /// The rules hold the receiver back: it may not open the data channel now (see
+    /// [`Failover::may_connect`](super::failover::Failover::may_connect)).
+    pub holds_link: bool,
+    /// A takeover is under way (the journal is being applied before the role changes): a
+    /// restarted former primary asking now must wait, not resume.
+    pub taking_over: bool,
 }
 
 impl FailoverView {
@@ -370,11 +370,7 @@ impl MirrorState {
             status: watch::Sender::new(MemberStatus::default()),
             journal: RwLock::new(None),
             dejournal_target: AtomicU64::new(0),
-            may_connect: AtomicBool::new(true),
-            reconnect_requested: AtomicBool::new(false),
-            taking_over: AtomicBool::new(false),
             arbiter: Mutex::new(ArbiterLinkState::default()),
-            link_outbox: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -403,17 +399,13 @@ impl MirrorState {
     /// Whether the failover rules let the receiver connect (see
     /// [`Failover::may_connect`](super::failover::Failover::may_connect)).
     pub fn rules_allow_connect(&self) -> bool {
-        self.may_connect.load(Ordering::Acquire)
+        self.read(|s| !s.failover.holds_link)
     }
 
-    /// Whether the receiver may connect to the primary now.
+    /// Whether the receiver may connect to the primary now: the rules let it, and this is not
+    /// a restarted former primary still deciding (both read at one moment).
     pub fn may_connect(&self) -> bool {
-        self.may_connect.load(Ordering::Acquire) && !self.deciding()
-    }
-
-    /// Set by the failover driver.
-    pub fn set_may_connect(&self, may: bool) {
-        self.may_connect.store(may, Ordering::Release);
+        self.read(|s| !s.failover.holds_link && !s.deciding)
     }
 
     /// The whole published status at one moment (what the Mirror Monitor shows).
@@ -559,7 +551,26 @@ impl crate::instance::role::MemberRole for MirrorState {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicBool;
+
     use super::*;
+
+    /// The receiver reads the driver's hold on the link from the published status, with the
+    /// restart decision of the same moment; a member starts free to connect.
+    #[test]
+    fn the_receiver_may_connect_unless_the_rules_hold_it_back_or_the_member_is_deciding() {
+        let state = MirrorState::new(1_000);
+        assert!(state.may_connect() && state.rules_allow_connect());
+        state.update_failover(|view| view.holds_link = true);
+        assert!(!state.may_connect() && !state.rules_allow_connect());
+        state.update_failover(|view| view.holds_link = false);
+        state.set_deciding(true);
+        assert!(
+            !state.may_connect(),
+            "a restarted former primary decides first"
+        );
+        assert!(state.rules_allow_connect());
+    }
 
     /// A change published together is read together: a reader never sees the role of one moment
     /// with the failover status of another, however the threads interleave (what the Mirror

@@ -272,12 +272,7 @@ impl MirrorService {
         if role == Role::Primary {
             self.context.mirror.hub.announce(control);
         } else {
-            self.context
-                .mirror
-                .link_outbox
-                .lock()
-                .unwrap()
-                .push_back(control);
+            self.tell_receiver(super::super::receiver::ReceiverInput::say(control));
         }
         Ok(if on {
             format!("No Failover is set: the backup will not take over while {primary} is down")

@@ -25,7 +25,7 @@
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,7 @@ use super::MirrorContext;
 use super::events::EventKind;
 use super::pending;
 use super::protocol::{Control, MirrorDescription};
-use super::receiver::{self, SharedJournal};
+use super::receiver::{self, ReceiverInput, SharedJournal};
 use super::state::{CatchupPhase, Role};
 use super::status::{self, Transfer};
 use crate::config::mirror::{
@@ -71,7 +71,8 @@ type Running<T> = Mutex<Option<(JoinHandle<()>, Arc<AtomicBool>, T)>>;
 pub struct MirrorService {
     context: Arc<MirrorContext>,
     receiver_journal: SharedJournal,
-    receiver: Running<()>,
+    /// The receiver thread, with its channel ([`ReceiverInput`]).
+    receiver: Running<mpsc::Sender<ReceiverInput>>,
     listener: Running<std::net::SocketAddr>,
     driver: Running<()>,
     arbiter_link: Running<()>,
@@ -209,20 +210,31 @@ impl MirrorService {
             return;
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = receiver::start(
+        let (thread, inbox) = receiver::start(
             self.context.clone(),
             self.receiver_journal.clone(),
             stop.clone(),
         );
-        *slot = Some((thread, stop, ()));
+        *slot = Some((thread, stop, inbox));
     }
 
     /// Stops the receiver thread and waits for it.
     pub fn stop_receiver(&self) {
-        if let Some((thread, stop, ())) = self.receiver.lock().unwrap().take() {
+        // Taken out first: nobody telling the receiver something waits for the join.
+        let running = self.receiver.lock().unwrap().take();
+        if let Some((thread, stop, _)) = running {
             stop.store(true, Ordering::Release);
             let _ = thread.join();
         }
+    }
+
+    /// Asks something of the receiver's connection; false when no receiver runs (what it
+    /// asks is then moot: a receiver that starts connects afresh, and says what it must
+    /// itself).
+    pub fn tell_receiver(&self, input: ReceiverInput) -> bool {
+        let slot = self.receiver.lock().unwrap();
+        slot.as_ref()
+            .is_some_and(|(_, _, inbox)| inbox.send(input).is_ok())
     }
 
     /// On a graceful shutdown (writes already stopped). The primary tells its active backup
@@ -272,19 +284,14 @@ impl MirrorService {
         if !self.context.mirror.read(|s| s.link.connected) {
             return false;
         }
-        self.context
-            .mirror
-            .link_outbox
-            .lock()
-            .unwrap()
-            .push_back(super::protocol::Control::StoodDown);
-        // The receiver sends it on its next round (at least every quarter QoS).
-        let deadline = Instant::now() + timeout;
-        while !self.context.mirror.link_outbox.lock().unwrap().is_empty()
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (sent, written) = mpsc::sync_channel(1);
+        self.tell_receiver(ReceiverInput::Say(
+            Box::new(super::protocol::Control::StoodDown),
+            Some(sent),
+        ));
+        // The receiver sends it on its next round (at least every quarter QoS); an end of the
+        // connection first drops it unsent, which ends the wait too.
+        let _ = written.recv_timeout(timeout);
         true
     }
 
