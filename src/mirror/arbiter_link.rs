@@ -8,6 +8,12 @@
 //! and `PartnerIsPrimary` for a former primary). When the role changes it reconnects, so the
 //! arbiter always knows who is primary. A reader thread per connection reads the arbiter's
 //! messages; a connection silent for a QoS timeout counts as lost.
+//!
+//! What the driver wants comes on the link's own channel ([`ArbiterInput`]), read in order.
+//! The thread keeps what must outlive a connection ([`Asked`]): the mode the arbiter booked
+//! for the primary (said in every hello) and a backup's stand-down until a connection carries
+//! it. What was to be *said* on a connection that ended is forgotten: a new connection starts
+//! by reading the channel, dropping what it asked to say and keeping the rest.
 
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
@@ -23,21 +29,63 @@ use crate::wire::{MAX_AGENT_FRAME, read_frame_sync, write_frame_sync};
 
 use super::MirrorContext;
 use super::failover::Event;
-use super::state::{DriverInput, Role};
+use super::state::{ArbiterInput, DriverInput, Role};
 use crate::config::mirror::{DEFAULT_AGENT_PORT, MemberKind, connect_address};
+
+/// What the driver asked of the arbiter link: its channel, and what outlives a connection
+/// (see the module essay).
+#[derive(Debug)]
+struct Asked {
+    inbox: mpsc::Receiver<ArbiterInput>,
+    /// The primary's failover mode is arbiter controlled, booked with this activation of the
+    /// backup: said in every hello.
+    booked: Option<u64>,
+    /// A backup's stand-down (naming the activation it ends) that no connection carried yet.
+    stand_down: Option<u64>,
+}
+
+impl Asked {
+    fn new(inbox: mpsc::Receiver<ArbiterInput>) -> Asked {
+        Asked {
+            inbox,
+            booked: None,
+            stand_down: None,
+        }
+    }
+
+    /// Takes what waits on the channel, in order: what is to be said joins `say`.
+    fn take(&mut self, say: &mut Vec<ToArbiter>) {
+        for input in self.inbox.try_iter() {
+            match input {
+                ArbiterInput::Say(message) => say.push(message),
+                ArbiterInput::Booked(booked) => self.booked = booked,
+                ArbiterInput::StandDown(activation) => self.stand_down = Some(activation),
+                ArbiterInput::FreshRules { backup } => {
+                    self.booked = None;
+                    self.stand_down = backup.then_some(0);
+                }
+            }
+        }
+    }
+}
 
 /// Starts the arbiter link thread; it stops when `stop` is set.
 pub fn start(context: Arc<MirrorContext>, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    let inbox = context
+        .mirror
+        .take_arbiter_inbox()
+        .expect("one arbiter link per member");
     std::thread::Builder::new()
         .name("arbiter-link".into())
         .spawn(move || {
             let mut last_error = String::new();
+            let mut asked = Asked::new(inbox);
             while !stop.load(Ordering::Acquire) {
                 let Some((address, qos, primary)) = target(&context) else {
                     pause(&stop, Duration::from_millis(100));
                     continue;
                 };
-                match connection(&context, &stop, &address, qos, primary) {
+                match connection(&context, &stop, &address, qos, primary, &mut asked) {
                     Ok(()) => {}
                     Err(err) => {
                         let err = err.to_string();
@@ -117,6 +165,7 @@ fn connection(
     address: &str,
     qos: Duration,
     primary: bool,
+    asked: &mut Asked,
 ) -> Result<()> {
     let stream = connect(address)?;
     stream.set_nodelay(true)?;
@@ -126,13 +175,10 @@ fn connection(
     let m = config.mirror.member()?;
     // Both halves pass the Lab's cuts of the link (see `crate::lab::cuts`).
     let mut writer = Gated::new(stream.try_clone()?, Link::Arbiter);
-    // Under one lock: forget what was meant for the old connection, and take the mode the
-    // hello must carry (a mode change queued now is sent after the hello).
-    let booked = {
-        let mut arbiter = context.mirror.arbiter.lock().unwrap();
-        arbiter.outbox.clear();
-        arbiter.arbiter_mode_booked.filter(|_| primary)
-    };
+    // Forget what was to be said on the old connection, keep the rest, and take the mode the
+    // hello must carry (a mode change asked from now on is sent after the hello).
+    asked.take(&mut Vec::new());
+    let booked = asked.booked.filter(|_| primary);
     write_frame_sync(
         &mut writer,
         &ToArbiter::Hello {
@@ -231,24 +277,22 @@ fn connection(
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
-        let outgoing: Vec<ToArbiter> = {
-            let mut arbiter = context.mirror.arbiter.lock().unwrap();
-            // A stand-down goes first: it may cancel a takeover booked for rules that are gone,
-            // before these rules ask.
-            let stand_down = arbiter.stand_down.take().filter(|_| !primary);
-            let mut outgoing: Vec<ToArbiter> = stand_down
-                .map(|activation| ToArbiter::StoodDown { activation })
-                .into_iter()
-                .collect();
-            outgoing.extend(arbiter.outbox.drain(..));
-            outgoing
-        };
+        let mut said = Vec::new();
+        asked.take(&mut said);
+        // A stand-down goes first: it may cancel a takeover booked for rules that are gone,
+        // before these rules ask. (A primary's connection drops one: only a backup stands down.)
+        let stand_down = asked.stand_down.take().filter(|_| !primary);
+        let outgoing: Vec<ToArbiter> = stand_down
+            .map(|activation| ToArbiter::StoodDown { activation })
+            .into_iter()
+            .chain(said)
+            .collect();
         for message in &outgoing {
             if let Err(err) = write_frame_sync(&mut writer, message) {
-                // A stand-down must reach the arbiter: the next connection carries it.
+                // A stand-down must reach the arbiter: the next connection carries it (unless
+                // a newer one was asked meanwhile).
                 if let ToArbiter::StoodDown { activation } = message {
-                    let mut arbiter = context.mirror.arbiter.lock().unwrap();
-                    arbiter.stand_down.get_or_insert(*activation);
+                    asked.stand_down.get_or_insert(*activation);
                 }
                 return Err(err);
             }
@@ -263,4 +307,39 @@ fn connection(
     // The reader thread holds a clone of the socket: shut it down so the arbiter sees the end.
     let _ = stream.shutdown(Shutdown::Both);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the driver asks is taken in order: what is to be said goes to the connection, the
+    /// booked mode and a stand-down are kept across connections, fresh rules forget the mode
+    /// and owe a stand-down naming no activation when they are a backup's.
+    #[test]
+    fn the_link_keeps_the_booked_mode_and_a_stand_down_and_says_the_rest_in_order() {
+        let (tx, inbox) = mpsc::channel();
+        let mut asked = Asked::new(inbox);
+        tx.send(ArbiterInput::Say(ToArbiter::Ask)).unwrap();
+        tx.send(ArbiterInput::Booked(Some(7))).unwrap();
+        tx.send(ArbiterInput::StandDown(3)).unwrap();
+        tx.send(ArbiterInput::Say(ToArbiter::Ping)).unwrap();
+        let mut said = Vec::new();
+        asked.take(&mut said);
+        assert_eq!(said, [ToArbiter::Ask, ToArbiter::Ping]);
+        assert_eq!((asked.booked, asked.stand_down), (Some(7), Some(3)));
+        // A new connection drops what was to be said on the old one, and keeps the rest.
+        tx.send(ArbiterInput::Say(ToArbiter::Ask)).unwrap();
+        asked.take(&mut Vec::new());
+        said.clear();
+        asked.take(&mut said);
+        assert!(said.is_empty());
+        assert_eq!((asked.booked, asked.stand_down), (Some(7), Some(3)));
+        tx.send(ArbiterInput::FreshRules { backup: true }).unwrap();
+        asked.take(&mut said);
+        assert_eq!((asked.booked, asked.stand_down), (None, Some(0)));
+        tx.send(ArbiterInput::FreshRules { backup: false }).unwrap();
+        asked.take(&mut said);
+        assert_eq!((asked.booked, asked.stand_down), (None, None));
+    }
 }

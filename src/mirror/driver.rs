@@ -81,7 +81,7 @@ use super::failover::{AgentAnswer, Event, FailoverRole, Mode, OtherMember, Resta
 use super::protocol::Control;
 use super::receiver::ReceiverInput;
 use super::service::MirrorService;
-use super::state::{DriverInput, Role};
+use super::state::{ArbiterInput, DriverInput, Role};
 use crate::arbiter::ToArbiter;
 use crate::config::mirror::{MemberKind, MemberName, Membership};
 
@@ -545,16 +545,16 @@ impl Shell for DriverShell<'_> {
         if mirror.role() == Role::Primary {
             // The arbiter books the primary's mode (arbiter mode before the switch, see
             // `Action::BookArbiterMode`); the backup follows it.
-            let mut link = mirror.arbiter.lock().unwrap();
             let activation = mirror.hub.last_activation();
-            link.arbiter_mode_booked = arbiter.then_some(activation);
+            // In this order on the link's channel: a connection made between the two carries
+            // the new mode in its hello.
+            mirror.tell_arbiter_link(ArbiterInput::Booked(arbiter.then_some(activation)));
             if !arbiter {
-                link.outbox.push_back(ToArbiter::Mode {
+                mirror.tell_arbiter(ToArbiter::Mode {
                     arbiter,
                     activation,
                 });
             }
-            drop(link);
             mirror.hub.announce(Control::FailoverMode { arbiter });
         } else {
             self.service
@@ -718,13 +718,14 @@ impl Shell for DriverShell<'_> {
     }
 
     fn fresh_rules(&mut self, backup: bool) {
-        let mut arbiter = self.service.context().mirror.arbiter.lock().unwrap();
         // The arbiter mode that hellos carry belonged to the old rules: a primary says it only
-        // once the arbiter booked it for these.
-        arbiter.arbiter_mode_booked = None;
-        // Naming no activation: it must not end one these rules have not even seen yet (the
-        // receiver may have been activated a moment ago), only what older rules were granted.
-        arbiter.stand_down = backup.then_some(0);
+        // once the arbiter booked it for these. A fresh backup's stand-down names no
+        // activation: it must not end one these rules have not even seen yet (the receiver may
+        // have been activated a moment ago), only what older rules were granted.
+        self.service
+            .context()
+            .mirror
+            .tell_arbiter_link(ArbiterInput::FreshRules { backup });
     }
 
     fn drop_data_link(&mut self) {
@@ -749,11 +750,13 @@ impl Shell for DriverShell<'_> {
 /// Tells the arbiter that this backup stood down: the primary may go on without it, and a
 /// takeover booked for it is cancelled. Through the arbiter, since the data channel is what was
 /// lost; kept until a connection to the arbiter carries it (see
-/// [`ArbiterLinkState::stand_down`](super::state::ArbiterLinkState::stand_down)). It names the
+/// [`ArbiterInput::StandDown`]). It names the
 /// activation it ends: the primary ignores it if a newer one overtook it on the way (see
 /// `Hub::is_latest_activation`).
 fn stand_down(context: &super::MirrorContext, activation: u64) {
-    context.mirror.arbiter.lock().unwrap().stand_down = Some(activation);
+    context
+        .mirror
+        .tell_arbiter_link(ArbiterInput::StandDown(activation));
 }
 
 /// Fetches the down primary's mirror journal after this member's end through its agent, and

@@ -28,16 +28,15 @@
 //! receiver back, whether a takeover is under way — the superserver answers a restarted former
 //! primary from it); what one thread must *do* is a message to it (the receiver's
 //! [`ReceiverInput`](super::receiver::ReceiverInput): reconnect, or tell the primary something
-//! on the data channel), and what the arbiter link must say next waits in its outbox. The hub
-//! is the primary's replication.
+//! on the data channel), and what the arbiter link must say or keep is a message on its
+//! channel ([`ArbiterInput`]). The hub is the primary's replication.
 //!
 //! Beside both, the member's event log ([`MirrorState::record`], [`super::events`]): any thread
 //! records a decision or a change there without waiting, for the Mirror Monitor's timeline.
 //!
 //! # Left out
 //!
-//! The simulation drives the member core without these threads; the arbiter link's outbox is
-//! still a queue under a lock, not a channel.
+//! The simulation drives the member core without these threads.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -308,26 +307,36 @@ pub struct MirrorState {
     /// Highest position this member may dejournal: durable here and announced durable by the
     /// primary.
     dejournal_target: AtomicU64,
-    /// What the arbiter link and the failover driver hand each other.
-    pub arbiter: Mutex<ArbiterLinkState>,
+    /// The arbiter link's channel ([`ArbiterInput`]): the driver's sender side.
+    arbiter_tx: mpsc::Sender<ArbiterInput>,
+    /// Its receiving side, taken by the arbiter link thread when it starts.
+    arbiter_rx: Mutex<Option<mpsc::Receiver<ArbiterInput>>>,
     /// Where the member's decisions and changes are recorded ([`super::events`]).
     pub events: EventLog,
 }
 
-/// What the arbiter link and the failover driver hand each other (its connection state is
+/// What the failover driver asks of the arbiter link, in order, on the link's one channel (the
+/// link keeps what outlives a connection: see `arbiter_link`; its connection state is
 /// published in [`MemberStatus::arbiter`]).
-#[derive(Debug, Default)]
-pub struct ArbiterLinkState {
-    /// What the driver wants said to the arbiter.
-    pub outbox: VecDeque<crate::arbiter::ToArbiter>,
-    /// The primary's failover mode is arbiter controlled, booked with this activation of the
-    /// backup: said in every hello, so a new connection never loses a mode change queued on the
-    /// old one.
-    pub arbiter_mode_booked: Option<u64>,
-    /// A backup's stand-down (naming the activation it ends) that no connection to the arbiter
-    /// has carried yet. Unlike the outbox it outlives a connection: a stand-down the arbiter
-    /// never hears leaves a takeover booked that nobody carries out.
-    pub stand_down: Option<u64>,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArbiterInput {
+    /// Say this on the current connection (forgotten when it ends first: the rules ask again).
+    Say(crate::arbiter::ToArbiter),
+    /// The primary's failover mode as the arbiter booked it for these rules: arbiter
+    /// controlled with this activation of the backup, or `None` (agent controlled). Said in
+    /// every hello, so a new connection never loses a mode change meant for the old one.
+    Booked(Option<u64>),
+    /// A backup stood down, ending this activation (0: none): carried by the first connection
+    /// that can, however many fail first — a stand-down the arbiter never hears leaves a
+    /// takeover booked that nobody carries out.
+    StandDown(u64),
+    /// The driver started fresh rules: the mode booked for the old ones is forgotten, and a
+    /// fresh backup owes a stand-down naming no activation (it must not end one these rules
+    /// have not even seen yet, only what older rules were granted).
+    FreshRules {
+        /// The fresh rules are a backup's.
+        backup: bool,
+    },
 }
 
 /// The failover driver's state, for the Mirror Monitor.
@@ -361,6 +370,7 @@ impl MirrorState {
     /// State of an instance that is not (yet) a member.
     pub fn new(qos_ms: u64) -> MirrorState {
         let (driver_tx, driver_rx) = mpsc::channel();
+        let (arbiter_tx, arbiter_rx) = mpsc::channel();
         let events = EventLog::detached();
         MirrorState {
             hub: Arc::new(Hub::new(qos_ms, driver_tx.clone(), events.clone())),
@@ -370,7 +380,8 @@ impl MirrorState {
             status: watch::Sender::new(MemberStatus::default()),
             journal: RwLock::new(None),
             dejournal_target: AtomicU64::new(0),
-            arbiter: Mutex::new(ArbiterLinkState::default()),
+            arbiter_tx,
+            arbiter_rx: Mutex::new(Some(arbiter_rx)),
         }
     }
 
@@ -391,9 +402,21 @@ impl MirrorState {
         self.driver_rx.lock().unwrap().take()
     }
 
-    /// Queues a message for the arbiter (sent by the arbiter link while connected).
+    /// Asks something of the arbiter link (never blocks; nothing is lost when the link is not
+    /// running yet: it reads what waits when it starts).
+    pub fn tell_arbiter_link(&self, input: ArbiterInput) {
+        // The receiving side lives as long as this state: a send cannot fail.
+        let _ = self.arbiter_tx.send(input);
+    }
+
+    /// Says a message to the arbiter on the current connection.
     pub fn tell_arbiter(&self, message: crate::arbiter::ToArbiter) {
-        self.arbiter.lock().unwrap().outbox.push_back(message);
+        self.tell_arbiter_link(ArbiterInput::Say(message));
+    }
+
+    /// The arbiter link's receiving side, for the one arbiter link thread (None once taken).
+    pub fn take_arbiter_inbox(&self) -> Option<mpsc::Receiver<ArbiterInput>> {
+        self.arbiter_rx.lock().unwrap().take()
     }
 
     /// Whether the failover rules let the receiver connect (see
