@@ -31,7 +31,8 @@
 //!   benchmark is a program of its own (`src/bin/mirrorlab-bench/`): it drives members from
 //!   outside, and the member does not ship it.
 //! - [`metrics`] — what a member counts for Prometheus (the portal serves it at `/metrics`).
-//! - [`error`], [`names`], [`util`], [`os`], [`wire`], [`tls`] — shared small pieces (the last:
+//! - [`error`], [`names`], [`util`], [`clock`], [`os`], [`wire`], [`tls`] — shared small pieces
+//!   (the clock that timing decisions read, passed in so tests move time themselves; the last:
 //!   identities and mutual TLS, async for the agent and blocking for the data channel).
 //!
 //! ## Who may call whom
@@ -59,6 +60,7 @@ pub mod agent;
 pub mod apps;
 pub mod arbiter;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod error;

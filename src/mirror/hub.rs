@@ -40,15 +40,23 @@
 //! failover [`Event`], under its lock, so none is missed or reordered. A lift is refused when a newer loss happened since the
 //! driver looked (the loss generation), so a stale decision can never release writes a fresh
 //! loss must hold.
+//!
+//! # Time
+//!
+//! Every decision about time here — how long a batch waited (QoS revocation, and what load
+//! balancers are told), how long writes were held, when a member was last heard from — reads
+//! the hub's [`Clock`], passed in: the machine's in a member, one that moves only when told in
+//! the tests, so they check the QoS boundary to the millisecond without sleeping. The writer's
+//! `since` comes from the machine's clock, which is the hub's in a member.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::journal::{Journal, JournalPos};
-use crate::util::now_ms;
 
 use super::core::replication::{self, AtAck, LinkFacts, Verdict, at_ack};
 use super::events::EventLog;
@@ -154,19 +162,20 @@ impl HubState {
         self.published_bytes.saturating_sub(through)
     }
 
-    /// An active backup is gone: hold acknowledgements until the failover rules decide.
-    fn lost_active(&mut self) {
-        self.set_suspended(true);
+    /// An active backup is gone (at `now`): hold acknowledgements until the failover rules
+    /// decide.
+    fn lost_active(&mut self, now: Instant) {
+        self.set_suspended(true, now);
         self.loss_gen += 1;
     }
 
-    /// Holds or releases acknowledgements, and keeps the time spent holding them.
-    fn set_suspended(&mut self, suspended: bool) -> bool {
+    /// Holds or releases acknowledgements (at `now`), and keeps the time spent holding them.
+    fn set_suspended(&mut self, suspended: bool, now: Instant) -> bool {
         match (self.suspended, suspended) {
-            (false, true) => self.trouble_since = Some(Instant::now()),
+            (false, true) => self.trouble_since = Some(now),
             (true, false) => {
                 if let Some(since) = self.trouble_since.take() {
-                    self.trouble_before += since.elapsed();
+                    self.trouble_before += now.saturating_duration_since(since);
                 }
             }
             _ => {}
@@ -201,6 +210,8 @@ pub struct Hub {
     driver: mpsc::Sender<DriverInput>,
     /// Where the first write after a takeover is recorded ([`super::events`]).
     events: EventLog,
+    /// What the waits and the times shown are read from ([`crate::clock`]).
+    clock: Arc<dyn Clock>,
 }
 
 /// How long a batch may wait for the active backup's acknowledgement before this primary stops
@@ -221,12 +232,23 @@ impl Hub {
     /// A hub with the given quality of service timeout, telling the failover driver through
     /// `driver`.
     pub fn new(qos_ms: u64, driver: mpsc::Sender<DriverInput>, events: EventLog) -> Hub {
+        Hub::with_clock(qos_ms, driver, events, Arc::new(SystemClock))
+    }
+
+    /// [`Hub::new`] reading time from `clock` (a test's, which moves only when told).
+    pub fn with_clock(
+        qos_ms: u64,
+        driver: mpsc::Sender<DriverInput>,
+        events: EventLog,
+        clock: Arc<dyn Clock>,
+    ) -> Hub {
         Hub {
             state: Mutex::new(HubState::default()),
             qos_ms: AtomicU64::new(qos_ms),
             waker: Mutex::new(None),
             driver,
             events,
+            clock,
         }
     }
 
@@ -271,7 +293,7 @@ impl Hub {
         state.appended_end = end;
         state.committed_end = end;
         state.waiting_for = None;
-        state.set_suspended(false);
+        state.set_suspended(false, self.clock.now());
         state.closing = false;
         state.outage = None;
         // Events reported before this are about an earlier term's links.
@@ -294,7 +316,10 @@ impl Hub {
 
     /// Holds acknowledgements (the failover rules entered the trouble state).
     pub fn suspend(&self) {
-        self.state.lock().unwrap().set_suspended(true);
+        self.state
+            .lock()
+            .unwrap()
+            .set_suspended(true, self.clock.now());
     }
 
     /// Releases acknowledgements, unless an active backup was lost after generation `seen`
@@ -304,7 +329,7 @@ impl Hub {
         if state.loss_gen != seen {
             return false;
         }
-        let was = state.set_suspended(false);
+        let was = state.set_suspended(false, self.clock.now());
         drop(state);
         if was {
             tracing::info!("mirror: the trouble state is over; commits are acknowledged again");
@@ -321,7 +346,10 @@ impl Hub {
     /// Time mirrored commits were held in the trouble state since this process started.
     pub fn trouble_time(&self) -> Duration {
         let state = self.state.lock().unwrap();
-        state.trouble_before + state.trouble_since.map_or(Duration::ZERO, |t| t.elapsed())
+        state.trouble_before
+            + state
+                .trouble_since
+                .map_or(Duration::ZERO, |t| self.clock.since(t))
     }
 
     /// The last published and the last committed position.
@@ -352,7 +380,7 @@ impl Hub {
             old.outbox.close("replaced by a new connection".into());
             if old.member.kind == MemberKind::Failover && !old.reported_lost {
                 if old.active {
-                    state.lost_active();
+                    state.lost_active(self.clock.now());
                 }
                 self.report(&state, Event::PartnerLost);
             }
@@ -372,7 +400,7 @@ impl Hub {
         state.next_id += 1;
         let id = state.next_id;
         let snapshot = state.appended_end;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         state.disconnected.remove(&member.name);
         state.links.push(Link {
             id,
@@ -403,13 +431,13 @@ impl Hub {
                 // Ordering: the suspension is set under the lock that removes the link, before
                 // any waiting batch can see that no active backup is left.
                 if link.active {
-                    state.lost_active();
+                    state.lost_active(self.clock.now());
                 }
                 self.report(&state, Event::PartnerLost);
             }
             state
                 .disconnected
-                .insert(link.member.name.clone(), now_ms());
+                .insert(link.member.name.clone(), self.clock.now_ms());
         }
         drop(state);
         self.wake();
@@ -440,7 +468,7 @@ impl Hub {
             return;
         }
         link.acked = link.acked.max(pos);
-        link.last_heard_ms = now_ms();
+        link.last_heard_ms = self.clock.now_ms();
         let (active, acked) = (link.active, link.acked);
         if verdict == AtAck::Activate {
             link.active = true;
@@ -528,7 +556,7 @@ impl Hub {
         let mut state = self.state.lock().unwrap();
         if let Some(link) = state.links.iter_mut().find(|l| l.id == id) {
             link.dejournaling = dejournaling;
-            link.last_heard_ms = now_ms();
+            link.last_heard_ms = self.clock.now_ms();
         }
     }
 
@@ -560,11 +588,11 @@ impl Hub {
         }
         if state
             .waiting_for
-            .is_some_and(|(_, since)| since.elapsed() > longest_ack_wait(qos))
+            .is_some_and(|(_, since)| self.clock.since(since) > longest_ack_wait(qos))
         {
             return false;
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         state
             .links
             .iter()
@@ -651,7 +679,9 @@ impl Replication for Hub {
         }
         state.published_bytes += frames.len() as u64;
         let published = state.published_bytes;
-        state.batch_times.push_back((last.0, now_ms(), published));
+        state
+            .batch_times
+            .push_back((last.0, self.clock.now_ms(), published));
         if state.batch_times.len() > BATCH_TIMES_KEPT
             && let Some((.., bytes)) = state.batch_times.pop_front()
         {
@@ -675,7 +705,7 @@ impl Replication for Hub {
             state.suspended,
             active.map(|i| state.links[i].acked),
             last,
-            since.elapsed(),
+            self.clock.since(since),
             qos,
         );
         let answer = match verdict {
@@ -696,7 +726,7 @@ impl Replication for Hub {
                 tracing::warn!("mirror: {name} is no longer the active backup: {why}");
                 // The trouble state begins (acknowledgements suspended): the batch waits for
                 // the failover rules to end it.
-                state.lost_active();
+                state.lost_active(self.clock.now());
                 self.report(&state, Event::PartnerLost);
                 Acknowledged::Waiting
             }
@@ -714,7 +744,7 @@ impl Replication for Hub {
         state.committed_end = state.committed_end.max(pos);
         if let Some(watch) = state.outage.take_if(|watch| pos > watch.after) {
             // Acknowledged now: durable here, and there is no active backup yet to wait for.
-            let outage = now_ms() - watch.last_old_ms;
+            let outage = self.clock.now_ms() - watch.last_old_ms;
             self.events.record_outage(
                 format!(
                     "first write acknowledged after the takeover: writes stopped for {outage} ms \

@@ -2,6 +2,7 @@
 //! events and their terms, lag and trouble time.
 
 use super::*;
+use crate::clock::ManualClock;
 use crate::config::mirror::MemberKind;
 use crate::mirror::protocol::Message;
 
@@ -9,6 +10,14 @@ use crate::mirror::protocol::Message;
 fn hub_with_inbox(qos_ms: u64) -> (Hub, mpsc::Receiver<DriverInput>) {
     let (tx, rx) = mpsc::channel();
     (Hub::new(qos_ms, tx, EventLog::detached()), rx)
+}
+
+/// A hub on a clock that moves only when the test says, and the driver's side of its channel.
+fn hub_on_clock(qos_ms: u64) -> (Hub, mpsc::Receiver<DriverInput>, Arc<ManualClock>) {
+    let (tx, rx) = mpsc::channel();
+    let clock = Arc::new(ManualClock::new());
+    let hub = Hub::with_clock(qos_ms, tx, EventLog::detached(), clock.clone());
+    (hub, rx, clock)
 }
 
 /// What the driver takes in one look: the loss generation first, then the events of the
@@ -45,15 +54,22 @@ fn a_members_lag_counts_the_bytes_published_after_what_it_acknowledged() {
 
 #[test]
 fn trouble_time_grows_only_while_acknowledgements_are_held() {
-    let (hub, _inbox) = hub_with_inbox(60_000);
+    let (hub, _inbox, clock) = hub_on_clock(60_000);
     assert_eq!(hub.trouble_time(), Duration::ZERO);
     hub.suspend();
-    std::thread::sleep(Duration::from_millis(20));
+    clock.advance(Duration::from_millis(20));
+    assert_eq!(hub.trouble_time(), Duration::from_millis(20), "held now");
     assert!(hub.resume(hub.loss_generation()));
-    let held = hub.trouble_time();
-    assert!(held >= Duration::from_millis(20), "{held:?}");
-    std::thread::sleep(Duration::from_millis(20));
-    assert_eq!(hub.trouble_time(), held, "it grew while nothing was held");
+    clock.advance(Duration::from_millis(20));
+    assert_eq!(
+        hub.trouble_time(),
+        Duration::from_millis(20),
+        "it grew while nothing was held"
+    );
+    hub.suspend();
+    clock.advance(Duration::from_millis(5));
+    assert!(hub.resume(hub.loss_generation()));
+    assert_eq!(hub.trouble_time(), Duration::from_millis(25));
 }
 
 #[test]
@@ -119,14 +135,14 @@ fn counted(hub: &Hub) -> Arc<std::sync::atomic::AtomicUsize> {
 
 #[test]
 fn a_batch_is_acknowledged_by_the_active_backup_or_held_in_trouble_after_qos() {
-    let (hub, inbox) = hub_with_inbox(300);
+    let (hub, inbox, clock) = hub_on_clock(2_000);
     let wakes = counted(&hub);
     hub.reset(JournalPos(0));
     let (id, outbox, _) = hub.register(member("B", MemberKind::Failover)).unwrap();
     hub.on_ack(id, JournalPos(0));
     assert!(hub.has_active_backup());
     hub.publish_end_for_tests(JournalPos(6));
-    let since = Instant::now();
+    let since = clock.now();
     assert_eq!(
         hub.acknowledgement(JournalPos(5), since),
         Acknowledged::Waiting
@@ -142,14 +158,30 @@ fn a_batch_is_acknowledged_by_the_active_backup_or_held_in_trouble_after_qos() {
     assert_eq!(events, vec![Event::PartnerConnected, Event::PartnerActive]);
     assert!(hub.acknowledging_now());
 
-    // Nobody acknowledges position 6: past QoS the backup is revoked and told to go, and the
-    // batch waits (trouble) until the failover rules resume.
-    let since = Instant::now();
+    // Nobody acknowledges position 6. A load balancer hears that this primary no longer
+    // acknowledges once the batch waited longer than a quarter QoS (500 ms at 2 s); the backup
+    // stays active until the QoS timeout itself.
+    let since = clock.now();
     assert_eq!(
         hub.acknowledgement(JournalPos(6), since),
         Acknowledged::Waiting
     );
-    std::thread::sleep(Duration::from_millis(320));
+    clock.advance(Duration::from_millis(500));
+    assert!(hub.acknowledging_now());
+    clock.advance(Duration::from_millis(1));
+    assert!(!hub.acknowledging_now());
+    clock.advance(Duration::from_millis(1_498));
+    assert_eq!(
+        hub.acknowledgement(JournalPos(6), since),
+        Acknowledged::Waiting
+    );
+    assert!(
+        hub.has_active_backup() && !hub.suspended(),
+        "1 ms short of QoS"
+    );
+    // Past QoS the backup is revoked and told to go, and the batch waits (trouble) until the
+    // failover rules resume.
+    clock.advance(Duration::from_millis(1));
     assert_eq!(
         hub.acknowledgement(JournalPos(6), since),
         Acknowledged::Waiting
@@ -179,9 +211,25 @@ fn a_batch_is_acknowledged_by_the_active_backup_or_held_in_trouble_after_qos() {
     assert_eq!(take_events(&hub, &inbox).0, vec![]);
     // Without an active backup nothing waits.
     assert_eq!(
-        hub.acknowledgement(JournalPos(7), Instant::now()),
+        hub.acknowledgement(JournalPos(7), clock.now()),
         Acknowledged::Yes
     );
+}
+
+/// A primary tells load balancers it acknowledges writes only while its active backup was heard
+/// from within half a QoS (it acknowledges at least every quarter), whatever waits.
+#[test]
+fn an_active_backup_silent_for_half_a_qos_stops_the_primary_saying_it_acknowledges() {
+    let (hub, _inbox, clock) = hub_on_clock(2_000);
+    hub.reset(JournalPos(0));
+    let (id, _outbox, _) = hub.register(member("B", MemberKind::Failover)).unwrap();
+    hub.on_ack(id, JournalPos(0));
+    clock.advance(Duration::from_millis(1_000));
+    assert!(hub.acknowledging_now(), "heard half a QoS ago");
+    clock.advance(Duration::from_millis(1));
+    assert!(!hub.acknowledging_now(), "silent for longer");
+    hub.on_ack(id, JournalPos(0));
+    assert!(hub.acknowledging_now(), "heard again");
 }
 
 #[test]
