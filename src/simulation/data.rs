@@ -6,7 +6,8 @@
 //! The world decides *whether* a client's write is acknowledged and *who* has what; this module
 //! does it on real files, with the member's own building blocks: a write is a real SQLite
 //! changeset (made by a session, as the writer makes them) in a real journal frame
-//! ([`FrameBuilder`]), appended and fsynced by [`Journal`]; a backup stores the frames it is
+//! ([`FrameBuilder`]), appended through the member's real replication [`Hub`] and fsynced by
+//! [`Journal`]; a backup stores the frames it is
 //! sent at the same positions, after checking their CRCs and positions ([`check_frames`]); each
 //! member applies what is committed with the [`Applier`] dejournaling uses; a backup that says
 //! hello to a new primary first cuts what the primary's history does not share — after the fork
@@ -31,8 +32,23 @@
 //! one, it receives and applies what that primary committed, until the link breaks (the
 //! primary changed, restarted, stopped running as primary, or the link just broke). It never counts for an acknowledgement and never takes over.
 //!
+//! # The hub beside the world
+//!
+//! Each failover member has its real [`Hub`], told what the real one is told: a backup's link
+//! registered at each connection (replacing the one it may still hold), acknowledged when the
+//! backup caught up and with each write it stores, dropped when the primary notices its channel
+//! ended; writes held when the primary's rules enter the trouble state, the hold lifted whenever
+//! they let writes go on (as the driver does at each look); a takeover resets the new primary's
+//! hub at the end of its journal, a restart starts a new one. Its clock stands still: no batch
+//! here waits out a QoS (the world's faults end links instead), so QoS revocation by time is the
+//! hub's unit tests' to check. What the hub reports to the driver is dropped: the world tells
+//! the cores itself.
+//!
 //! # What it checks
 //!
+//! - At every write, the real hub agrees with the world: it does not acknowledge a write the
+//!   world says waits for the backup (that write could be lost to a takeover), and it does not
+//!   hold mirrored writes while the primary's rules accept them (they would wait for good).
 //! - A member that takes over holds every acknowledged write in its rows.
 //! - Nothing a cut removes was ever applied (applied rows are rows a client may have read).
 //! - A backup stores only frames that continue its journal, with the primary's history.
@@ -42,11 +58,12 @@
 //!
 //! # Left out
 //!
-//! Group commit (one write per batch here), the writer thread and the hub: the world's model
-//! of them says when a batch is acknowledged. Faults of the backup's journal, and a power loss
+//! Group commit (one write per batch here) and the writer thread: the world's model says when a
+//! batch is acknowledged, and the hub must agree. Faults of the backup's journal, and a power loss
 //! (what the page cache held but no fsync made durable survives a process crash here).
 //!
 //! [`FrameBuilder`]: crate::journal::FrameBuilder
+//! [`Hub`]: crate::mirror::hub::Hub
 //! [`Journal`]: crate::journal::Journal
 //! [`check_frames`]: crate::mirror::protocol::check_frames
 //! [`Applier`]: crate::storage::database::Applier
@@ -55,19 +72,24 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 
 use rusqlite::Connection;
 use rusqlite::session::Session;
 
-use crate::config::mirror::EpochStart;
+use crate::clock::{Clock, ManualClock};
+use crate::config::mirror::{EpochStart, MemberInfo, MemberKind, MemberName};
+use crate::instance::writer::replication::{Acknowledged, Replication};
 use crate::journal::{
     Epoch, Fault, FrameBuilder, InjectedFaults, Journal, JournalOp, JournalOptions, JournalPos,
     StreamId,
 };
 use crate::mirror::core::follow::{Ended, Follow, Target};
 use crate::mirror::core::hello::{Cut, Hello, at_hello};
+use crate::mirror::events::EventLog;
+use crate::mirror::hub::Hub;
 use crate::mirror::protocol::check_frames;
+use crate::mirror::state::DriverInput;
 use crate::storage::database::Applier;
 
 /// The async member's index among the stores (the failover members are 0 and 1).
@@ -103,12 +125,20 @@ pub(crate) enum DataEvent {
         epoch: u8,
         fetched: bool,
     },
-    /// The backup said hello to the primary, which is in `epoch`.
+    /// The backup said hello to the primary, which is in `epoch`, on the data channel of
+    /// `generation`.
     Connected {
         primary: usize,
         backup: usize,
         epoch: u8,
+        generation: u8,
     },
+    /// The primary noticed that the data channel of `generation` ended.
+    LinkLost { primary: usize, generation: u8 },
+    /// The primary's rules entered the trouble state: mirrored writes wait.
+    Suspended { primary: usize },
+    /// The primary's rules let writes go on (the driver lifts the hub's hold, if any).
+    MayResume { primary: usize },
     /// The member's instance started again: it opens its journal afresh.
     Restarted { member: usize },
 }
@@ -150,6 +180,16 @@ struct Store {
     applied: JournalPos,
     /// Primary: keys of the writes waiting for an acknowledgement.
     pending: Vec<u64>,
+    /// The member's replication hub, the real one, on a clock that stands still (no batch
+    /// here ever waits out a QoS: the world's faults end links instead).
+    hub: Hub,
+    /// What the hub tells the failover driver (the world tells the cores itself).
+    hub_reports: mpsc::Receiver<DriverInput>,
+    clock: Arc<ManualClock>,
+    /// The hub serves this member's journal as the primary's (reset at the journal's end).
+    serving: bool,
+    /// Primary: the hub's link of each data channel generation.
+    links: Vec<(u8, u64)>,
 }
 
 /// The files of both failover members, and what clients were told and saw.
@@ -188,6 +228,7 @@ impl Store {
         let file = dir.join("sim.db");
         let db = sql("open database", Connection::open(&file))?;
         sql("create table", db.execute_batch(SCHEMA))?;
+        let (hub, hub_reports, clock) = Store::new_hub();
         Ok(Store {
             dir: dir.to_path_buf(),
             journal,
@@ -197,7 +238,32 @@ impl Store {
             committed: JournalPos::ZERO,
             applied: JournalPos::ZERO,
             pending: Vec::new(),
+            hub,
+            hub_reports,
+            clock,
+            serving: false,
+            links: Vec::new(),
         })
+    }
+
+    /// A fresh hub, as an instance starts with.
+    fn new_hub() -> (Hub, mpsc::Receiver<DriverInput>, Arc<ManualClock>) {
+        let (tx, rx) = mpsc::channel();
+        let clock = Arc::new(ManualClock::new());
+        let hub = Hub::with_clock(super::world::QOS, tx, EventLog::detached(), clock.clone());
+        (hub, rx, clock)
+    }
+
+    /// The hub, serving this member's journal as the primary's from now on (a member becoming
+    /// primary resets it at its journal's end, as the takeover step does).
+    fn primary_hub(&mut self) -> &Hub {
+        if !self.serving {
+            self.hub.reset(self.journal.end());
+            self.serving = true;
+        }
+        // What the hub reported is the world's to deliver.
+        while self.hub_reports.try_recv().is_ok() {}
+        &self.hub
     }
 
     /// Opens the member's journal as its instance does at start (a torn tail is cut here).
@@ -314,8 +380,9 @@ impl Data {
             }
             DataEvent::CaughtUp { primary, backup } => {
                 // The backup acknowledges everything it received: writes that waited for an
-                // acknowledgement get it now.
+                // acknowledgement get it now, and the hub counts it active.
                 self.ship(primary, backup)?;
+                self.acknowledge(primary, backup);
                 let p = &mut self.stores[primary];
                 if !p.pending.is_empty() {
                     p.committed = p.end();
@@ -335,18 +402,53 @@ impl Data {
                 primary,
                 backup,
                 epoch,
+                generation,
             } => match self.cut_at_hello(primary, backup, epoch)? {
-                true => Ok(()),
+                true => {
+                    // The primary's hub registers the link (replacing the one it may still
+                    // hold: losing that counts as losing any link).
+                    let p = &mut self.stores[primary];
+                    let registered = p.primary_hub().register(member_info(backup));
+                    let (id, ..) = io("register the backup", registered)?;
+                    p.links.push((generation, id));
+                    Ok(())
+                }
                 // The world lets a backup follow only a primary of its epoch or a newer one.
                 false => Err(format!(
                     "member {primary} (epoch {epoch}) would refuse member {backup}'s hello: \
                      its records are from a newer epoch"
                 )),
             },
+            DataEvent::LinkLost {
+                primary,
+                generation,
+            } => {
+                let p = &mut self.stores[primary];
+                if let Some(i) = p.links.iter().position(|(g, _)| *g == generation) {
+                    let (_, id) = p.links.remove(i);
+                    p.primary_hub().unregister(id, "the data channel ended");
+                }
+                Ok(())
+            }
+            DataEvent::Suspended { primary } => {
+                self.stores[primary].primary_hub().suspend();
+                Ok(())
+            }
+            DataEvent::MayResume { primary } => {
+                let hub = self.stores[primary].primary_hub();
+                if hub.suspended() {
+                    hub.resume(hub.loss_generation());
+                }
+                Ok(())
+            }
             DataEvent::Restarted { member } => {
                 let m = &mut self.stores[member];
                 let (journal, faults, cut) = Store::open_journal(&m.dir)?;
                 (m.journal, m.faults) = (journal, faults);
+                // A new process: a new hub, serving nothing yet.
+                (m.hub, m.hub_reports, m.clock) = Store::new_hub();
+                m.serving = false;
+                m.links.clear();
                 self.torn_tails_cut += u64::from(cut);
                 if m.applied > m.end() {
                     return Err(format!(
@@ -405,10 +507,31 @@ impl Data {
         let pos = self.stores[primary].end().next();
         let (key, frames) = self.frame(epoch, pos)?;
         let p = &mut self.stores[primary];
-        io("append", p.journal.append(&frames, pos, 1))?;
+        // Appended through the hub, which hands the batch to every link, then made durable:
+        // the writer's order.
+        p.primary_hub();
+        // The world writes only while the primary's rules accept writes; a hub holding them
+        // then would hold the write for good (the driver lifts its hold at every look that
+        // lets writes go on).
+        if !p.hub.may_commit() {
+            return Err(format!(
+                "member {primary}'s hub holds mirrored writes while its rules accept them: \
+                 write {key} would wait for good"
+            ));
+        }
+        io("publish", p.hub.publish(&mut p.journal, &frames, pos, pos))?;
         io("fsync", p.journal.sync())?;
+        let since = p.clock.now();
         match outcome {
             Outcome::Pending => {
+                // The real hub must hold what the mirror holds: acknowledging it now could
+                // lose it to a takeover.
+                if p.hub.acknowledgement(pos, since) == Acknowledged::Yes {
+                    return Err(format!(
+                        "member {primary}'s hub acknowledged write {key} (position {pos}) while \
+                         its backup could not have stored it and may take over"
+                    ));
+                }
                 p.pending.push(key);
                 return Ok(());
             }
@@ -416,6 +539,7 @@ impl Data {
             Outcome::WithBackup => {
                 let backup = 1 - primary;
                 self.ship(primary, backup)?;
+                self.acknowledge(primary, backup);
                 self.stores[primary].committed = pos;
                 self.stores[backup].committed = pos;
                 self.stores[backup].apply()?;
@@ -442,9 +566,10 @@ impl Data {
             JournalFault::DiskFull => (JournalOp::Append, Fault::Fail(libc::ENOSPC)),
         };
         p.faults.next(op, fault);
+        p.primary_hub();
         let written = p
-            .journal
-            .append(&frames, pos, 1)
+            .hub
+            .publish(&mut p.journal, &frames, pos, pos)
             .and_then(|()| p.journal.sync());
         if written.is_ok() {
             return Err(format!(
@@ -531,7 +656,12 @@ impl Data {
             // The old primary's agent handed over its journal (what it made durable).
             self.ship(old, member)?;
         }
+        // The new primary's hub starts serving at the end of its journal (the takeover step's
+        // reset). The old primary's notices its link ending when the world delivers that.
         let m = &mut self.stores[member];
+        m.serving = false;
+        m.links.clear();
+        m.primary_hub();
         // A new primary applies everything it holds: its history is the mirror's now.
         m.committed = m.end();
         m.pending.clear();
@@ -577,6 +707,16 @@ impl Data {
         b.committed = b.committed.min(cut);
         b.pending.clear();
         Ok(true)
+    }
+
+    /// The backup acknowledges what it holds on the primary's newest link (the hub makes it
+    /// active once that covers what the primary had when it connected).
+    fn acknowledge(&mut self, primary: usize, backup: usize) {
+        let end = self.stores[backup].end();
+        let p = &mut self.stores[primary];
+        if let Some(&(_, id)) = p.links.last() {
+            p.primary_hub().on_ack(id, end);
+        }
     }
 
     /// The async member receives what primary `primary` has (after a hello, when its link is
@@ -691,5 +831,19 @@ impl Data {
 impl Drop for Data {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Failover member `i` as its hub knows it.
+fn member_info(i: usize) -> MemberInfo {
+    MemberInfo {
+        name: MemberName::new(["A", "B"][i]).expect("a member name"),
+        kind: MemberKind::Failover,
+        superserver_address: String::new(),
+        mirror_private_address: String::new(),
+        agent_address: String::new(),
+        agent_port: 0,
+        instance_guid: String::new(),
+        certificate: None,
     }
 }

@@ -12,7 +12,9 @@
 //!
 //! With a folder for files, each member also keeps a real mirror journal and a real SQLite
 //! database ([`data`]): every client write is a real changeset in a real journal frame,
-//! appended and fsynced; a backup stores what it is sent after checking it; each member applies
+//! appended through the member's real replication hub and fsynced (the hub must agree with the
+//! world about every write: never acknowledging one the world holds, never holding one the
+//! primary's rules let go); a backup stores what it is sent after checking it; each member applies
 //! what is committed with the dejournaling code; a hello cuts what the primary's history does
 //! not share; an async member finds the primary by its receiver's own decisions
 //! ([`crate::mirror::core::follow`]: the member it knows, then each failover member in turn,
@@ -82,11 +84,10 @@
 //!
 //! # Left out (for now)
 //!
-//! The world carries out what the cores decide through a model of the driver, the hub and the
-//! receiver, and it decides when a write is acknowledged; the writer thread, group commit and
-//! the hub are not in the loop yet (the hub's decisions are pure now,
-//! [`crate::mirror::core::replication`], but the world does not ask them). They join when the
-//! state the threads share becomes the core's and the network side gets a transport seam. On
+//! The world carries out what the cores decide through a model of the driver and the receiver,
+//! and it decides when a write is acknowledged — checked against the real hub at every write,
+//! but not yet decided by it; the writer thread and group commit are not in the loop yet. They
+//! join when the network side gets a transport seam. On
 //! the data channel a one-way partition is a half-open link (one side notices before the
 //! other); TCP turns any one-way loss into that.
 //!
@@ -98,7 +99,7 @@ pub(crate) mod world;
 
 use std::path::{Path, PathBuf};
 
-use data::{Data, JournalFault};
+use data::{Data, DataEvent, JournalFault};
 
 use crate::mirror::failover::FailoverRole;
 
@@ -302,7 +303,25 @@ pub fn run_traced(
         Some(dir) => {
             world.data_log = Some(Vec::new());
             let dir = dir.join(format!("seed-{seed}"));
-            match Data::create(dir) {
+            // The files start as the healthy pair did: the backup connected on the world's
+            // channel and caught up (the world made that start before it kept a log).
+            let generation = world.channel.map_or(0, |c| c.generation);
+            let start = [
+                DataEvent::Connected {
+                    primary: 0,
+                    backup: 1,
+                    epoch: world.m[0].epoch,
+                    generation,
+                },
+                DataEvent::CaughtUp {
+                    primary: 0,
+                    backup: 1,
+                },
+            ];
+            match Data::create(dir).and_then(|mut data| {
+                start.iter().try_for_each(|event| data.follow(event))?;
+                Ok(data)
+            }) {
                 Ok(data) => Some(data),
                 Err(why) => {
                     let why = format!("the members' files: {why}");

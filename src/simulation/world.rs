@@ -110,7 +110,8 @@ pub(crate) struct Delivery {
     /// The activation a message names: "you are active" to the backup, and the backup's
     /// stand-down relayed by the arbiter (0: it was never active).
     pub(crate) activation: Option<u8>,
-    /// An agent's answer: the link generation its question was asked in.
+    /// An agent's answer: the link generation its question was asked in; a notice of a lost
+    /// data channel: the channel's generation.
     pub(crate) generation: u64,
 }
 
@@ -652,6 +653,11 @@ impl World {
                 }
             }
         }
+        // The driver lifts the hub's own hold whenever its rules let writes go on (the hub holds
+        // them the moment it loses an active backup, before the rules hear of it).
+        if after.writes_may_resume && self.m[i].rules().role() == FailoverRole::Primary {
+            self.record(DataEvent::MayResume { primary: i });
+        }
         if after.writes_may_resume && self.m[i].suspended {
             self.m[i].suspended = false;
             self.act(i, Action::ResumeWrites, 0, false)?;
@@ -688,7 +694,12 @@ impl World {
             ));
         }
         match action {
-            Action::SuspendWrites => self.m[i].suspended = true,
+            Action::SuspendWrites => {
+                self.m[i].suspended = true;
+                if primary {
+                    self.record(DataEvent::Suspended { primary: i });
+                }
+            }
             Action::RevokeActive | Action::Reconnect => {}
             Action::ResumeWrites => {
                 if self.m[i].pending {
@@ -829,9 +840,15 @@ impl World {
                 continue;
             }
             if self.m[i].role().is_some() {
-                self.push(i, Event::PartnerLost, Queue::Link, Carrier::Local, None);
+                self.push_channel_lost(i, c.generation);
             }
         }
+    }
+
+    /// Member `i` will notice that the data channel of `generation` ended.
+    pub(crate) fn push_channel_lost(&mut self, i: usize, generation: u8) {
+        self.push(i, Event::PartnerLost, Queue::Link, Carrier::Local, None);
+        self.inbox.last_mut().expect("pushed").generation = u64::from(generation);
     }
 
     /// The rules a (re)started driver begins with: a new core, whose first look starts them

@@ -269,6 +269,16 @@ impl World {
         match *step {
             Step::Deliver(k) => {
                 let d = self.inbox.remove(k);
+                // A primary noticing that its data channel ended: its hub drops that link.
+                if d.event == Event::PartnerLost
+                    && d.queue == Queue::Link
+                    && self.m[d.to].role() == Some(FailoverRole::Primary)
+                {
+                    self.record(DataEvent::LinkLost {
+                        primary: d.to,
+                        generation: d.generation as u8,
+                    });
+                }
                 self.deliver_answer(d.to, d.event, d.activation, d.generation)?;
             }
             Step::DeliverWithoutJournal(k) => {
@@ -395,19 +405,13 @@ impl World {
                 let (generation, b) = (c.generation, 1 - c.primary);
                 self.inbox
                     .retain(|d| !(d.to == b && d.carrier == Carrier::Channel(generation)));
-                self.push(b, Event::PartnerLost, Queue::Link, Carrier::Local, None);
+                self.push_channel_lost(b, generation);
             }
             Step::PrimaryNoticesHalfOpen => {
                 let c = self.channel.take().unwrap();
                 self.inbox
                     .retain(|d| d.carrier != Carrier::Channel(c.generation));
-                self.push(
-                    c.primary,
-                    Event::PartnerLost,
-                    Queue::Link,
-                    Carrier::Local,
-                    None,
-                );
+                self.push_channel_lost(c.primary, c.generation);
             }
             Step::RepeatMode => {
                 let b = self.backup().unwrap();
@@ -573,6 +577,7 @@ impl World {
             primary: p,
             backup: b,
             epoch,
+            generation: self.generations,
         });
         // A member that follows learns the primary's epoch.
         self.m[b].epoch = self.m[b].epoch.max(self.m[p].epoch);
