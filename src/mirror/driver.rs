@@ -276,6 +276,9 @@ impl Driver {
             // for good — never booking arbiter mode again.
             if event == Event::PartnerStoodDown {
                 let activation = stood_down.pop_front().unwrap_or(0);
+                // The hub stops waiting for the link that activation was granted on (checked
+                // again under its lock); a stale stand-down changes nothing there either.
+                context.mirror.hub.relayed_stand_down(activation);
                 if !context.mirror.hub.is_latest_activation(activation) {
                     tracing::info!(
                         "mirror: ignored a stand-down relayed by the arbiter: the backup \

@@ -509,6 +509,30 @@ impl Hub {
         self.wake();
     }
 
+    /// The arbiter relayed the backup's stand-down ending `activation` (the data channel is what
+    /// the backup lost, so its word came the other way). If that is still the latest activation,
+    /// the active link it was granted on stops being active and never becomes active again —
+    /// commits stop waiting for it now instead of at the QoS timeout. A link made since (not
+    /// active yet) is left alone: it may still catch up. Reports nothing: the driver passes the
+    /// stand-down to its rules itself. True when a link stopped being active.
+    pub fn relayed_stand_down(&self, activation: u64) -> bool {
+        let mut state = self.state.lock().unwrap();
+        if state.last_activation != activation {
+            return false;
+        }
+        let mut ended = false;
+        for link in state.links.iter_mut().filter(|l| l.active) {
+            link.active = false;
+            link.stood_down = true;
+            ended = true;
+        }
+        drop(state);
+        if ended {
+            self.wake();
+        }
+        ended
+    }
+
     /// Whether `activation` is the backup's latest activation: a stand-down relayed by the
     /// arbiter for an older one was overtaken (the backup reconnected and became active again
     /// since) and must not end the current one.

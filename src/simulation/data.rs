@@ -36,19 +36,23 @@
 //!
 //! Each failover member has its real [`Hub`], told what the real one is told: a backup's link
 //! registered at each connection (replacing the one it may still hold), acknowledged when the
-//! backup caught up and with each write it stores, dropped when the primary notices its channel
-//! ended; writes held when the primary's rules enter the trouble state, the hold lifted whenever
-//! they let writes go on (as the driver does at each look); a takeover resets the new primary's
-//! hub at the end of its journal, a restart starts a new one. Its clock stands still: no batch
+//! backup caught up and with each write it stores, marked stood down when the backup says so on
+//! the link or the arbiter relays it, dropped when the primary notices its channel ended;
+//! writes held when the primary's rules enter the trouble state, the hold lifted whenever they
+//! let writes go on (as the driver does at each look); a takeover resets the new primary's hub
+//! at the end of its journal, a restart starts a new one. What the world does not let a frozen
+//! primary hear, its hub does not hear either. Its clock stands still: no batch
 //! here waits out a QoS (the world's faults end links instead), so QoS revocation by time is the
 //! hub's unit tests' to check. What the hub reports to the driver is dropped: the world tells
 //! the cores itself.
 //!
 //! # What it checks
 //!
-//! - At every write, the real hub agrees with the world: it does not acknowledge a write the
-//!   world says waits for the backup (that write could be lost to a takeover), and it does not
-//!   hold mirrored writes while the primary's rules accept them (they would wait for good).
+//! - At every write, the real hub agrees with the world: it may begin it (it does not hold
+//!   mirrored writes while the primary's rules accept them: they would wait for good), and its
+//!   verdict is the world's — it does not acknowledge a write the world says waits for the
+//!   backup (that write could be lost to a takeover), and it acknowledges at once a write the
+//!   world acknowledges alone or with its active backup.
 //! - A member that takes over holds every acknowledged write in its rows.
 //! - Nothing a cut removes was ever applied (applied rows are rows a client may have read).
 //! - A backup stores only frames that continue its journal, with the primary's history.
@@ -78,7 +82,7 @@ use rusqlite::Connection;
 use rusqlite::session::Session;
 
 use crate::clock::{Clock, ManualClock};
-use crate::config::mirror::{EpochStart, MemberInfo, MemberKind, MemberName};
+use crate::config::mirror::EpochStart;
 use crate::instance::writer::replication::{Acknowledged, Replication};
 use crate::journal::{
     Epoch, Fault, FrameBuilder, InjectedFaults, Journal, JournalOp, JournalOptions, JournalPos,
@@ -86,11 +90,14 @@ use crate::journal::{
 };
 use crate::mirror::core::follow::{Ended, Follow, Target};
 use crate::mirror::core::hello::{Cut, Hello, at_hello};
-use crate::mirror::events::EventLog;
 use crate::mirror::hub::Hub;
 use crate::mirror::protocol::check_frames;
 use crate::mirror::state::DriverInput;
 use crate::storage::database::Applier;
+
+mod hubs;
+
+use hubs::member_info;
 
 /// The async member's index among the stores (the failover members are 0 and 1).
 pub(crate) const ASYNC: usize = 2;
@@ -117,7 +124,13 @@ pub(crate) enum DataEvent {
     /// over).
     PendingDropped { primary: usize },
     /// The backup received everything the primary holds and is active.
-    CaughtUp { primary: usize, backup: usize },
+    /// The primary's hub hears its acknowledgement unless `heard` is false (a frozen
+    /// primary's world drops the news; it notices what became of the link on thawing).
+    CaughtUp {
+        primary: usize,
+        backup: usize,
+        heard: bool,
+    },
     /// `member` took over in `epoch`, after fetching `old`'s journal when `fetched`.
     TookOver {
         member: usize,
@@ -135,6 +148,10 @@ pub(crate) enum DataEvent {
     },
     /// The primary noticed that the data channel of `generation` ended.
     LinkLost { primary: usize, generation: u8 },
+    /// The arbiter relayed the backup's stand-down for the latest activation.
+    StandDownRelayed { primary: usize },
+    /// The backup stood down on the data channel of `generation` (it is leaving).
+    StoodDown { primary: usize, generation: u8 },
     /// The primary's rules entered the trouble state: mirrored writes wait.
     Suspended { primary: usize },
     /// The primary's rules let writes go on (the driver lifts the hub's hold, if any).
@@ -244,26 +261,6 @@ impl Store {
             serving: false,
             links: Vec::new(),
         })
-    }
-
-    /// A fresh hub, as an instance starts with.
-    fn new_hub() -> (Hub, mpsc::Receiver<DriverInput>, Arc<ManualClock>) {
-        let (tx, rx) = mpsc::channel();
-        let clock = Arc::new(ManualClock::new());
-        let hub = Hub::with_clock(super::world::QOS, tx, EventLog::detached(), clock.clone());
-        (hub, rx, clock)
-    }
-
-    /// The hub, serving this member's journal as the primary's from now on (a member becoming
-    /// primary resets it at its journal's end, as the takeover step does).
-    fn primary_hub(&mut self) -> &Hub {
-        if !self.serving {
-            self.hub.reset(self.journal.end());
-            self.serving = true;
-        }
-        // What the hub reported is the world's to deliver.
-        while self.hub_reports.try_recv().is_ok() {}
-        &self.hub
     }
 
     /// Opens the member's journal as its instance does at start (a torn tail is cut here).
@@ -378,11 +375,17 @@ impl Data {
                 self.stores[primary].pending.clear();
                 Ok(())
             }
-            DataEvent::CaughtUp { primary, backup } => {
+            DataEvent::CaughtUp {
+                primary,
+                backup,
+                heard,
+            } => {
                 // The backup acknowledges everything it received: writes that waited for an
                 // acknowledgement get it now, and the hub counts it active.
                 self.ship(primary, backup)?;
-                self.acknowledge(primary, backup);
+                if heard {
+                    self.acknowledge(primary, backup);
+                }
                 let p = &mut self.stores[primary];
                 if !p.pending.is_empty() {
                     p.committed = p.end();
@@ -428,6 +431,21 @@ impl Data {
                     let (_, id) = p.links.remove(i);
                     p.primary_hub().unregister(id, "the data channel ended");
                 }
+                Ok(())
+            }
+            DataEvent::StoodDown {
+                primary,
+                generation,
+            } => {
+                let p = &mut self.stores[primary];
+                if let Some(&(_, id)) = p.links.iter().find(|(g, _)| *g == generation) {
+                    p.primary_hub().on_stood_down(id);
+                }
+                Ok(())
+            }
+            DataEvent::StandDownRelayed { primary } => {
+                let hub = self.stores[primary].primary_hub();
+                hub.relayed_stand_down(hub.last_activation());
                 Ok(())
             }
             DataEvent::Suspended { primary } => {
@@ -535,11 +553,29 @@ impl Data {
                 p.pending.push(key);
                 return Ok(());
             }
-            Outcome::Alone => p.committed = pos,
+            Outcome::Alone => {
+                // No active backup: the hub must not make the write wait either.
+                let verdict = p.hub.acknowledgement(pos, since);
+                if verdict != Acknowledged::Yes {
+                    return Err(format!(
+                        "member {primary}'s hub answers {verdict:?} for write {key} (position \
+                         {pos}), which the primary acknowledges alone: no backup is active"
+                    ));
+                }
+                p.committed = pos
+            }
             Outcome::WithBackup => {
                 let backup = 1 - primary;
                 self.ship(primary, backup)?;
                 self.acknowledge(primary, backup);
+                // The active backup stored and acknowledged it: so must the hub say.
+                let verdict = self.stores[primary].hub.acknowledgement(pos, since);
+                if verdict != Acknowledged::Yes {
+                    return Err(format!(
+                        "member {primary}'s hub answers {verdict:?} for write {key} (position \
+                         {pos}), which its active backup stored and acknowledged"
+                    ));
+                }
                 self.stores[primary].committed = pos;
                 self.stores[backup].committed = pos;
                 self.stores[backup].apply()?;
@@ -831,19 +867,5 @@ impl Data {
 impl Drop for Data {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Failover member `i` as its hub knows it.
-fn member_info(i: usize) -> MemberInfo {
-    MemberInfo {
-        name: MemberName::new(["A", "B"][i]).expect("a member name"),
-        kind: MemberKind::Failover,
-        superserver_address: String::new(),
-        mirror_private_address: String::new(),
-        agent_address: String::new(),
-        agent_port: 0,
-        instance_guid: String::new(),
-        certificate: None,
     }
 }

@@ -12,9 +12,8 @@
 //!
 //! With a folder for files, each member also keeps a real mirror journal and a real SQLite
 //! database ([`data`]): every client write is a real changeset in a real journal frame,
-//! appended through the member's real replication hub and fsynced (the hub must agree with the
-//! world about every write: never acknowledging one the world holds, never holding one the
-//! primary's rules let go); a backup stores what it is sent after checking it; each member applies
+//! appended through the member's real replication hub and fsynced (at every write the hub's
+//! verdict must be the world's: waiting for the backup, or acknowledged alone or with it); a backup stores what it is sent after checking it; each member applies
 //! what is committed with the dejournaling code; a hello cuts what the primary's history does
 //! not share; an async member finds the primary by its receiver's own decisions
 //! ([`crate::mirror::core::follow`]: the member it knows, then each failover member in turn,
@@ -90,6 +89,14 @@
 //! join when the network side gets a transport seam. On
 //! the data channel a one-way partition is a half-open link (one side notices before the
 //! other); TCP turns any one-way loss into that.
+//!
+//! Checking the real hub against the world at every write: a primary that heard through the
+//! arbiter that its backup stood down (the backup had lost the data channel, which the primary
+//! had not noticed yet) stopped waiting for it in its rules but not in its hub: the hub kept
+//! holding each mirrored commit for that backup's acknowledgement until the QoS timeout revoked
+//! it — writes stood still for up to a QoS although the rules let them go on. The driver now
+//! has the hub end that activation at once ([`crate::mirror::hub::Hub::relayed_stand_down`],
+//! `a_stand_down_relayed_by_the_arbiter_stops_the_wait_for_that_activation_only`).
 //!
 //! [`MemberCore`]: crate::mirror::core::MemberCore
 //! [`ArbiterBook`]: crate::mirror::failover::ArbiterBook
@@ -316,6 +323,7 @@ pub fn run_traced(
                 DataEvent::CaughtUp {
                     primary: 0,
                     backup: 1,
+                    heard: true,
                 },
             ];
             match Data::create(dir).and_then(|mut data| {

@@ -267,6 +267,50 @@ fn a_backup_that_stood_down_is_not_made_active_again_by_its_acknowledgements() {
     assert!(!hub.suspended());
 }
 
+/// A stand-down the arbiter relays for the latest activation ends that link's active status at
+/// once (commits stop waiting for it), quietly; a stale one changes nothing, and a link made
+/// since may still catch up.
+#[test]
+fn a_stand_down_relayed_by_the_arbiter_stops_the_wait_for_that_activation_only() {
+    let (hub, inbox) = hub_with_inbox(60_000);
+    hub.reset(JournalPos(0));
+    let (id, _, _) = hub.register(member("B", MemberKind::Failover)).unwrap();
+    hub.on_ack(id, JournalPos(0));
+    let first = hub.last_activation();
+    let _ = take_events(&hub, &inbox);
+    assert!(!hub.relayed_stand_down(first.wrapping_add(1)), "stale");
+    assert!(hub.has_active_backup());
+    hub.publish_end_for_tests(JournalPos(1));
+    assert_eq!(
+        hub.acknowledgement(JournalPos(1), Instant::now()),
+        Acknowledged::Waiting
+    );
+    assert!(hub.relayed_stand_down(first));
+    assert!(!hub.has_active_backup() && !hub.suspended());
+    assert_eq!(
+        hub.acknowledgement(JournalPos(1), Instant::now()),
+        Acknowledged::Yes
+    );
+    assert_eq!(
+        take_events(&hub, &inbox).0,
+        vec![],
+        "the driver tells its rules"
+    );
+    hub.on_ack(id, JournalPos(1));
+    assert!(!hub.has_active_backup(), "active again on the link it left");
+    // The backup reconnects: the new link catches up and becomes active; the old stand-down,
+    // relayed late, does not end it.
+    let (id, _, _) = hub.register(member("B", MemberKind::Failover)).unwrap();
+    assert!(
+        !hub.relayed_stand_down(first),
+        "no active link to end: the new one is not active yet"
+    );
+    hub.on_ack(id, JournalPos(1));
+    assert!(hub.has_active_backup());
+    assert!(!hub.relayed_stand_down(first));
+    assert!(hub.has_active_backup());
+}
+
 #[test]
 fn replacing_an_active_link_counts_as_losing_it_and_the_new_one_must_catch_up() {
     let (hub, inbox) = hub_with_inbox(60_000);

@@ -279,6 +279,25 @@ impl World {
                         generation: d.generation as u8,
                     });
                 }
+                // A backup's stand-down relayed by the arbiter for the latest activation: the
+                // primary's driver has its hub stop waiting for that link.
+                if d.event == Event::PartnerStoodDown
+                    && d.queue == Queue::Arbiter
+                    && d.activation.is_none_or(|a| a == self.activation)
+                    && self.m[d.to].role() == Some(FailoverRole::Primary)
+                {
+                    self.record(DataEvent::StandDownRelayed { primary: d.to });
+                }
+                // A backup's stand-down on the data channel reaches the primary's hub first.
+                if let (Event::PartnerStoodDown, Carrier::Channel(generation)) =
+                    (d.event, d.carrier)
+                    && self.m[d.to].role() == Some(FailoverRole::Primary)
+                {
+                    self.record(DataEvent::StoodDown {
+                        primary: d.to,
+                        generation,
+                    });
+                }
                 self.deliver_answer(d.to, d.event, d.activation, d.generation)?;
             }
             Step::DeliverWithoutJournal(k) => {
@@ -341,7 +360,7 @@ impl World {
                 if self.m[i].role() == Some(FailoverRole::Backup)
                     && self.channel.is_some_and(|c| !c.half_open)
                 {
-                    self.deliver(1 - i, Event::PartnerStoodDown, None)?;
+                    self.stand_down_on_link(1 - i)?;
                 }
                 self.instance_down(i, true);
             }
@@ -385,6 +404,7 @@ impl World {
                 self.record(DataEvent::CaughtUp {
                     primary: p,
                     backup: b,
+                    heard: self.m[p].frozen.is_none(),
                 });
                 // The backup received everything the primary holds; the primary counts it
                 // active and tells it so.
@@ -431,7 +451,7 @@ impl World {
                 self.faults += 1;
                 let (p, b) = (self.primary().unwrap(), self.backup().unwrap());
                 // It tells the primary first that it no longer counts as active.
-                self.deliver(p, Event::PartnerStoodDown, None)?;
+                self.stand_down_on_link(p)?;
                 self.m[b].stopped = true;
                 self.deliver(b, Event::MirrorStopped(true), None)?;
                 self.lose_channel(true);
@@ -559,6 +579,22 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// The backup tells primary `p` on the data channel that it no longer counts as active: the
+    /// primary's hub hears it first, then its driver (a frozen primary hears nothing: it
+    /// notices the lost link on thawing).
+    pub(crate) fn stand_down_on_link(&mut self, p: usize) -> Result<(), String> {
+        if let Some(c) = self.channel
+            && self.m[p].role() == Some(FailoverRole::Primary)
+            && self.m[p].frozen.is_none()
+        {
+            self.record(DataEvent::StoodDown {
+                primary: p,
+                generation: c.generation,
+            });
+        }
+        self.deliver(p, Event::PartnerStoodDown, None)
     }
 
     /// The backup connects to the primary it follows; a link the primary still holds half-open
