@@ -288,16 +288,6 @@ impl World {
                 {
                     self.record(DataEvent::StandDownRelayed { primary: d.to });
                 }
-                // A backup's stand-down on the data channel reaches the primary's hub first.
-                if let (Event::PartnerStoodDown, Carrier::Channel(generation)) =
-                    (d.event, d.carrier)
-                    && self.m[d.to].role() == Some(FailoverRole::Primary)
-                {
-                    self.record(DataEvent::StoodDown {
-                        primary: d.to,
-                        generation,
-                    });
-                }
                 self.deliver_answer(d.to, d.event, d.activation, d.generation)?;
             }
             Step::DeliverWithoutJournal(k) => {
