@@ -80,6 +80,7 @@ fn main() -> ExitCode {
         t.journal_faults += r.journal_faults;
         t.backup_journal_faults += r.backup_journal_faults;
         t.torn_tails_cut += r.torn_tails_cut;
+        t.qos_revocations += r.qos_revocations;
         t.writes += r.writes;
         t.takeovers += r.takeovers;
         t.simulated_ms += r.simulated_ms;
@@ -90,8 +91,8 @@ fn main() -> ExitCode {
     let recovering = reports.iter().filter(|r| r.recovery_ms > 0).count();
     println!(
         "runs that kept the invariants: {} steps ({} of them healing), {} faults ({} in the \
-         journal, {} of them a backup's; {} torn tails cut at a restart), {} takeovers, {} writes \
-         acknowledged, {:.0} s simulated, in {:.1} s",
+         journal, {} of them a backup's; {} torn tails cut at a restart), {} takeovers, {} \
+         backups revoked after a QoS, {} writes acknowledged, {:.0} s simulated, in {:.1} s",
         total.steps,
         total.healing_steps,
         total.faults,
@@ -99,6 +100,7 @@ fn main() -> ExitCode {
         total.backup_journal_faults,
         total.torn_tails_cut,
         total.takeovers,
+        total.qos_revocations,
         total.writes,
         total.simulated_ms as f64 / 1000.0,
         started.elapsed().as_secs_f64()

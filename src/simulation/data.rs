@@ -41,10 +41,10 @@
 //! writes held when the primary's rules enter the trouble state, the hold lifted whenever they
 //! let writes go on (as the driver does at each look); a takeover resets the new primary's hub
 //! at the end of its journal, a restart starts a new one. What the world does not let a frozen
-//! primary hear, its hub does not hear either. Its clock stands still: no batch
-//! here waits out a QoS (the world's faults end links instead), so QoS revocation by time is the
-//! hub's unit tests' to check. What the hub reports to the driver is dropped: the world tells
-//! the cores itself.
+//! primary hear, its hub does not hear either. Its clock moves with the world's, and the
+//! writes that wait for the backup are one parked batch to it, looked at again once they
+//! waited a QoS, as the writer does (the hub then revokes a backup that stayed silent). What
+//! the hub reports to the driver is dropped: the world tells the cores itself.
 //!
 //! # What it checks
 //!
@@ -53,6 +53,9 @@
 //!   verdict is the world's — it does not acknowledge a write the world says waits for the
 //!   backup (that write could be lost to a takeover), and it acknowledges at once a write the
 //!   world acknowledges alone or with its active backup.
+//! - The writes that wait agree with it too: once they waited a QoS the hub still holds them
+//!   while the world does, and when the primary's rules let them go without the backup, the
+//!   hub releases them at once.
 //! - A member that takes over holds every acknowledged write in its rows.
 //! - Nothing a cut removes was ever applied (applied rows are rows a client may have read).
 //! - A backup stores only frames that continue its journal, with the primary's history.
@@ -77,6 +80,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
+use std::time::Instant;
 
 use rusqlite::Connection;
 use rusqlite::session::Session;
@@ -158,6 +162,9 @@ pub(crate) enum DataEvent {
     MayResume { primary: usize },
     /// The member's instance started again: it opens its journal afresh.
     Restarted { member: usize },
+    /// `ms` of simulated time passed; the failover members whose instance runs (up, not
+    /// frozen) look again at what waits.
+    TimePassed { ms: u64, running: [bool; 2] },
 }
 
 /// A fault of the journal's write path that stops the primary in the middle of a write (the
@@ -197,8 +204,10 @@ struct Store {
     applied: JournalPos,
     /// Primary: keys of the writes waiting for an acknowledgement.
     pending: Vec<u64>,
-    /// The member's replication hub, the real one, on a clock that stands still (no batch
-    /// here ever waits out a QoS: the world's faults end links instead).
+    /// Primary: when the first of them was durable. The writes that wait are one parked batch
+    /// to the hub (the writer parks one and queues the rest behind it), waiting since then.
+    waiting_since: Option<Instant>,
+    /// The member's replication hub, the real one, on a clock that moves with the world's.
     hub: Hub,
     /// What the hub tells the failover driver (the world tells the cores itself).
     hub_reports: mpsc::Receiver<DriverInput>,
@@ -227,6 +236,8 @@ pub(crate) struct Data {
     next_key: u64,
     /// Torn tails the journal cut when a member restarted.
     pub(crate) torn_tails_cut: u64,
+    /// Active backups a hub revoked because writes waited a QoS for them.
+    pub(crate) qos_revocations: u64,
     /// A scratch database where writes are made, to take their changesets.
     scratch: Connection,
 }
@@ -255,6 +266,7 @@ impl Store {
             committed: JournalPos::ZERO,
             applied: JournalPos::ZERO,
             pending: Vec::new(),
+            waiting_since: None,
             hub,
             hub_reports,
             clock,
@@ -340,6 +352,7 @@ impl Data {
             read: BTreeSet::new(),
             next_key: 1,
             torn_tails_cut: 0,
+            qos_revocations: 0,
             scratch,
         })
     }
@@ -367,14 +380,30 @@ impl Data {
             } => self.write(primary, epoch, outcome),
             DataEvent::PendingAcknowledged { primary } => {
                 let p = &mut self.stores[primary];
+                // The rules let the waiting writes go without the backup, and lifted the hub's
+                // hold first: the hub must release them too, or the writer's parked batch would
+                // wait until a QoS revokes the backup — and that would hold writes again.
+                if let Some(since) = p.waiting_since {
+                    let last = p.end();
+                    let verdict = p.hub.acknowledgement(last, since);
+                    if verdict != Acknowledged::Yes {
+                        return Err(format!(
+                            "member {primary}'s hub answers {verdict:?} for the writes that \
+                             waited (up to position {last}), which its rules acknowledge \
+                             without the backup: they would go on waiting"
+                        ));
+                    }
+                }
                 p.committed = p.end();
-                self.acknowledged.extend(p.pending.drain(..));
+                let keys = p.clear_pending();
+                self.acknowledged.extend(keys);
                 p.apply()
             }
             DataEvent::PendingDropped { primary } => {
-                self.stores[primary].pending.clear();
+                self.stores[primary].clear_pending();
                 Ok(())
             }
+            DataEvent::TimePassed { ms, running } => self.time_passed(ms, running),
             DataEvent::CaughtUp {
                 primary,
                 backup,
@@ -389,7 +418,8 @@ impl Data {
                 let p = &mut self.stores[primary];
                 if !p.pending.is_empty() {
                     p.committed = p.end();
-                    self.acknowledged.extend(p.pending.drain(..));
+                    let keys = p.clear_pending();
+                    self.acknowledged.extend(keys);
                     p.apply()?;
                 }
                 self.stores[backup].committed = self.stores[primary].committed;
@@ -476,7 +506,7 @@ impl Data {
                         m.end()
                     ));
                 }
-                m.pending.clear();
+                m.clear_pending();
                 Ok(())
             }
         }
@@ -551,6 +581,7 @@ impl Data {
                     ));
                 }
                 p.pending.push(key);
+                p.waiting_since.get_or_insert(since);
                 return Ok(());
             }
             Outcome::Alone => {
@@ -700,7 +731,7 @@ impl Data {
         m.primary_hub();
         // A new primary applies everything it holds: its history is the mirror's now.
         m.committed = m.end();
-        m.pending.clear();
+        m.clear_pending();
         m.apply()?;
         let rows = m.rows()?;
         if let Some(lost) = self.acknowledged.iter().find(|k| !rows.contains(k)) {
@@ -741,18 +772,8 @@ impl Data {
         }
         io("cut", b.journal.truncate_after(cut))?;
         b.committed = b.committed.min(cut);
-        b.pending.clear();
+        b.clear_pending();
         Ok(true)
-    }
-
-    /// The backup acknowledges what it holds on the primary's newest link (the hub makes it
-    /// active once that covers what the primary had when it connected).
-    fn acknowledge(&mut self, primary: usize, backup: usize) {
-        let end = self.stores[backup].end();
-        let p = &mut self.stores[primary];
-        if let Some(&(_, id)) = p.links.last() {
-            p.primary_hub().on_ack(id, end);
-        }
     }
 
     /// The async member receives what primary `primary` has (after a hello, when its link is

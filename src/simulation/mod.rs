@@ -149,6 +149,8 @@ pub struct RunReport {
     pub backup_journal_faults: u64,
     /// Torn journal tails cut when a member restarted after a torn append.
     pub torn_tails_cut: u64,
+    /// Active backups a primary's hub revoked because writes waited a QoS for them.
+    pub qos_revocations: u64,
     /// Writes acknowledged to clients.
     pub writes: u64,
     /// Takeovers (new epochs) during the run.
@@ -474,6 +476,7 @@ fn drive(run: &mut Run, rng: &mut Rng, start: u64) -> Result<(), Violation> {
         let checked = data.check_end(p, run.world.m[p].epoch);
         run.report.writes = data.acknowledged() as u64;
         run.report.torn_tails_cut = data.torn_tails_cut;
+        run.report.qos_revocations = data.qos_revocations;
         checked.map_err(|why| run.violation(format!("the members' files: {why}")))?;
     }
     run.report.faults = u64::from(run.world.faults);

@@ -657,6 +657,13 @@ impl World {
         // them the moment it loses an active backup, before the rules hear of it).
         if after.writes_may_resume && self.m[i].rules().role() == FailoverRole::Primary {
             self.record(DataEvent::MayResume { primary: i });
+            // Writes that waited for a backup the rules no longer count as active, with no
+            // trouble state to end (it stood down: said so, or the arbiter relayed it), go on
+            // at once: the hub no longer waits for that backup, and the writer's parked batch
+            // is acknowledged.
+            if !self.m[i].suspended && !self.m[i].rules().active() {
+                self.release_pending(i);
+            }
         }
         if after.writes_may_resume && self.m[i].suspended {
             self.m[i].suspended = false;
@@ -701,14 +708,7 @@ impl World {
                 }
             }
             Action::RevokeActive | Action::Reconnect => {}
-            Action::ResumeWrites => {
-                if self.m[i].pending {
-                    // The writes that waited for the backup are answered now.
-                    self.m[i].pending = false;
-                    self.m[other].lacks = true;
-                    self.record(DataEvent::PendingAcknowledged { primary: i });
-                }
-            }
+            Action::ResumeWrites => self.release_pending(i),
             Action::BookArbiterMode => {
                 if self.m[i].arbiter && self.slot_primary == Some(i) {
                     let activation = self.activation;

@@ -1,28 +1,27 @@
-//! Each simulated member's real replication hub: how it is made (on a clock that stands still),
-//! when it starts serving as the primary's, and how it knows the backup. What the hub is told
+//! Each simulated member's real replication hub: how it is made (on a clock of its own, moved
+//! with the world's), when it starts serving as the primary's, how it knows the backup, and
+//! what its writer asks of it as time passes. What the hub is told
 //! and what it must answer are in the module above.
 
 use std::sync::{Arc, mpsc};
+use std::time::Duration;
 
-use crate::clock::ManualClock;
+use crate::clock::{Clock, ManualClock};
 use crate::config::mirror::{MemberInfo, MemberKind, MemberName};
+use crate::instance::writer::replication::Replication;
 use crate::mirror::events::EventLog;
 use crate::mirror::hub::Hub;
 use crate::mirror::state::DriverInput;
 
-use super::Store;
+use super::super::world::QOS;
+use super::{Acknowledged, Data, Store};
 
 impl Store {
     /// A fresh hub, as an instance starts with.
     pub(super) fn new_hub() -> (Hub, mpsc::Receiver<DriverInput>, Arc<ManualClock>) {
         let (tx, rx) = mpsc::channel();
         let clock = Arc::new(ManualClock::new());
-        let hub = Hub::with_clock(
-            super::super::world::QOS,
-            tx,
-            EventLog::detached(),
-            clock.clone(),
-        );
+        let hub = Hub::with_clock(QOS, tx, EventLog::detached(), clock.clone());
         (hub, rx, clock)
     }
 
@@ -36,6 +35,65 @@ impl Store {
         // What the hub reported is the world's to deliver.
         while self.hub_reports.try_recv().is_ok() {}
         &self.hub
+    }
+}
+
+impl Store {
+    /// Ends the wait of the writes that waited for an acknowledgement; their keys.
+    pub(super) fn clear_pending(&mut self) -> Vec<u64> {
+        self.waiting_since = None;
+        std::mem::take(&mut self.pending)
+    }
+}
+
+impl Data {
+    /// The backup acknowledges what it holds on the primary's newest link (the hub makes it
+    /// active once that covers what the primary had when it connected).
+    pub(super) fn acknowledge(&mut self, primary: usize, backup: usize) {
+        let end = self.stores[backup].end();
+        let p = &mut self.stores[primary];
+        if let Some(&(_, id)) = p.links.last() {
+            p.primary_hub().on_ack(id, end);
+        }
+    }
+
+    /// `ms` of simulated time passed: every hub's clock moves with the world's, and the writer
+    /// of each running primary whose writes waited past a QoS looks at them again, as the
+    /// real one does when its parked batch waited that long (the hub revokes an active backup
+    /// that stayed silent that long).
+    ///
+    /// By then the world has told the primary of any link it lost (a lost link's notice comes
+    /// within a QoS of the loss, before the clock may pass it), so the hub must not release
+    /// writes the world still holds: they wait because the backup may take over without
+    /// them.
+    pub(super) fn time_passed(&mut self, ms: u64, running: [bool; 2]) -> Result<(), String> {
+        for store in &self.stores {
+            store.clock.advance(Duration::from_millis(ms));
+        }
+        let mut revoked = 0;
+        for (i, p) in self.stores[..2].iter().enumerate() {
+            let Some(since) = p.waiting_since else {
+                continue;
+            };
+            // Strictly past the QoS: the writer's timer fires after the world's notices due
+            // at that instant were delivered.
+            if !running[i] || p.clock.since(since) <= Duration::from_millis(QOS) {
+                continue;
+            }
+            let last = p.end();
+            let held = p.hub.suspended();
+            let verdict = p.hub.acknowledgement(last, since);
+            // Revoking the active backup is the one way this look starts a hold.
+            revoked += u64::from(!held && p.hub.suspended());
+            if verdict == Acknowledged::Yes {
+                return Err(format!(
+                    "member {i}'s hub acknowledged the writes that waited (up to position \
+                     {last}) after a QoS, while its rules still hold them for the backup"
+                ));
+            }
+        }
+        self.qos_revocations += revoked;
+        Ok(())
     }
 }
 

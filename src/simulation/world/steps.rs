@@ -297,6 +297,11 @@ impl World {
             }
             Step::Advance => {
                 self.now += STEP_MS;
+                let running = [0, 1].map(|i| self.m[i].up && self.m[i].frozen.is_none());
+                self.record(DataEvent::TimePassed {
+                    ms: STEP_MS,
+                    running,
+                });
                 self.tell_both(|_| Event::Tick)?;
             }
             Step::CutLink => {
@@ -499,6 +504,15 @@ impl World {
             Outcome::Pending
         } else {
             Outcome::WithBackup
+        }
+    }
+
+    /// The writes that waited on primary `i` for the backup are answered now, without it.
+    pub(crate) fn release_pending(&mut self, i: usize) {
+        if self.m[i].pending {
+            self.m[i].pending = false;
+            self.m[1 - i].lacks = true;
+            self.record(DataEvent::PendingAcknowledged { primary: i });
         }
     }
 
