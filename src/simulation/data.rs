@@ -43,8 +43,10 @@
 //! at the end of its journal, a restart starts a new one. What the world does not let a frozen
 //! primary hear, its hub does not hear either. Its clock moves with the world's, and the
 //! writes that wait for the backup are one parked batch to it, looked at again once they
-//! waited a QoS, as the writer does (the hub then revokes a backup that stayed silent). What
-//! the hub reports to the driver is dropped: the world tells the cores itself.
+//! waited a QoS, as the writer does: the hub then revokes an active backup that left them
+//! unacknowledged, by itself, and the world carries out what follows (the primary closes the
+//! channel; its driver hears of the loss at once). Everything else the hub reports to the
+//! driver is dropped: the world tells the cores itself.
 //!
 //! # What it checks
 //!
@@ -54,8 +56,8 @@
 //!   backup (that write could be lost to a takeover), and it acknowledges at once a write the
 //!   world acknowledges alone or with its active backup.
 //! - The writes that wait agree with it too: once they waited a QoS the hub still holds them
-//!   while the world does, and when the primary's rules let them go without the backup, the
-//!   hub releases them at once.
+//!   while the world does, and when the backup acknowledges them or the primary's rules let
+//!   them go without it, the hub releases them at once.
 //! - A member that takes over holds every acknowledged write in its rows.
 //! - Nothing a cut removes was ever applied (applied rows are rows a client may have read).
 //! - A backup stores only frames that continue its journal, with the primary's history.
@@ -238,6 +240,8 @@ pub(crate) struct Data {
     pub(crate) torn_tails_cut: u64,
     /// Active backups a hub revoked because writes waited a QoS for them.
     pub(crate) qos_revocations: u64,
+    /// The primaries whose hub revoked its backup, for the world to hear.
+    revoked: Vec<usize>,
     /// A scratch database where writes are made, to take their changesets.
     scratch: Connection,
 }
@@ -353,6 +357,7 @@ impl Data {
             next_key: 1,
             torn_tails_cut: 0,
             qos_revocations: 0,
+            revoked: Vec::new(),
             scratch,
         })
     }
@@ -379,21 +384,10 @@ impl Data {
                 outcome,
             } => self.write(primary, epoch, outcome),
             DataEvent::PendingAcknowledged { primary } => {
-                let p = &mut self.stores[primary];
                 // The rules let the waiting writes go without the backup, and lifted the hub's
-                // hold first: the hub must release them too, or the writer's parked batch would
-                // wait until a QoS revokes the backup — and that would hold writes again.
-                if let Some(since) = p.waiting_since {
-                    let last = p.end();
-                    let verdict = p.hub.acknowledgement(last, since);
-                    if verdict != Acknowledged::Yes {
-                        return Err(format!(
-                            "member {primary}'s hub answers {verdict:?} for the writes that \
-                             waited (up to position {last}), which its rules acknowledge \
-                             without the backup: they would go on waiting"
-                        ));
-                    }
-                }
+                // hold first: the hub must release them too.
+                let p = &mut self.stores[primary];
+                p.hub_releases_waiting(primary, "its rules acknowledge without the backup")?;
                 p.committed = p.end();
                 let keys = p.clear_pending();
                 self.acknowledged.extend(keys);
@@ -408,23 +402,7 @@ impl Data {
                 primary,
                 backup,
                 heard,
-            } => {
-                // The backup acknowledges everything it received: writes that waited for an
-                // acknowledgement get it now, and the hub counts it active.
-                self.ship(primary, backup)?;
-                if heard {
-                    self.acknowledge(primary, backup);
-                }
-                let p = &mut self.stores[primary];
-                if !p.pending.is_empty() {
-                    p.committed = p.end();
-                    let keys = p.clear_pending();
-                    self.acknowledged.extend(keys);
-                    p.apply()?;
-                }
-                self.stores[backup].committed = self.stores[primary].committed;
-                self.stores[backup].apply()
-            }
+            } => self.caught_up(primary, backup, heard),
             DataEvent::TookOver {
                 member,
                 old,

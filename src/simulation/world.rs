@@ -47,7 +47,10 @@
 //!
 //! The timing facts the protocol relies on are rules of the world: each side notices a broken
 //! link or a crashed peer within one QoS timeout, so the clock cannot pass that deadline before
-//! the notice is delivered. Messages on one connection arrive in order and only while it lives; a
+//! the notice is delivered. A write waits while the backup is frozen (it stores and acknowledges
+//! nothing) until it thaws, its silence is noticed, or the primary's hub revokes it after a QoS
+//! of waiting ([`World::hub_revoked`]: the simulation's files tell the world, whose clock the
+//! hub reads). Messages on one connection arrive in order and only while it lives; a
 //! cut loses what was in flight, a process that exits gracefully (or crashes, leaving its kernel
 //! to flush the socket) does not. Each member's driver reads its queues in order (link events,
 //! arbiter events, agent answers), so deliveries to one queue are in order too. Time is in

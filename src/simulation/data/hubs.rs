@@ -39,6 +39,23 @@ impl Store {
 }
 
 impl Store {
+    /// The hub releases the writes that wait, now that `why` (`member` is this one):
+    /// otherwise the writer's parked batch would go on waiting — until a QoS revokes the
+    /// backup, which would hold writes again.
+    pub(super) fn hub_releases_waiting(&self, member: usize, why: &str) -> Result<(), String> {
+        let Some(since) = self.waiting_since else {
+            return Ok(());
+        };
+        let last = self.end();
+        match self.hub.acknowledgement(last, since) {
+            Acknowledged::Yes => Ok(()),
+            verdict => Err(format!(
+                "member {member}'s hub answers {verdict:?} for the writes that waited (up to \
+                 position {last}), which {why}"
+            )),
+        }
+    }
+
     /// Ends the wait of the writes that waited for an acknowledgement; their keys.
     pub(super) fn clear_pending(&mut self) -> Vec<u64> {
         self.waiting_since = None;
@@ -47,6 +64,32 @@ impl Store {
 }
 
 impl Data {
+    /// The backup received everything the primary holds and acknowledged it, unless the
+    /// primary did not hear (`heard` false: it was frozen): writes that waited for an
+    /// acknowledgement get it now, and the hub counts the backup active.
+    pub(super) fn caught_up(
+        &mut self,
+        primary: usize,
+        backup: usize,
+        heard: bool,
+    ) -> Result<(), String> {
+        self.ship(primary, backup)?;
+        if heard {
+            self.acknowledge(primary, backup);
+            let why = "its backup acknowledged";
+            self.stores[primary].hub_releases_waiting(primary, why)?;
+        }
+        let p = &mut self.stores[primary];
+        if !p.pending.is_empty() {
+            p.committed = p.end();
+            let keys = p.clear_pending();
+            self.acknowledged.extend(keys);
+            p.apply()?;
+        }
+        self.stores[backup].committed = self.stores[primary].committed;
+        self.stores[backup].apply()
+    }
+
     /// The backup acknowledges what it holds on the primary's newest link (the hub makes it
     /// active once that covers what the primary had when it connected).
     pub(super) fn acknowledge(&mut self, primary: usize, backup: usize) {
@@ -58,33 +101,31 @@ impl Data {
     }
 
     /// `ms` of simulated time passed: every hub's clock moves with the world's, and the writer
-    /// of each running primary whose writes waited past a QoS looks at them again, as the
-    /// real one does when its parked batch waited that long (the hub revokes an active backup
-    /// that stayed silent that long).
+    /// of each running primary whose writes waited a QoS looks at them again, as the real one
+    /// does when its parked batch waited that long. The hub then revokes an active backup
+    /// that left them unacknowledged: the world hears of it ([`Data::take_revoked`]) and
+    /// carries out what the hub does — the channel closed, the driver told.
     ///
-    /// By then the world has told the primary of any link it lost (a lost link's notice comes
-    /// within a QoS of the loss, before the clock may pass it), so the hub must not release
-    /// writes the world still holds: they wait because the backup may take over without
-    /// them.
+    /// The hub must not release writes the world still holds: they wait because the backup
+    /// may take over without them.
     pub(super) fn time_passed(&mut self, ms: u64, running: [bool; 2]) -> Result<(), String> {
         for store in &self.stores {
             store.clock.advance(Duration::from_millis(ms));
         }
-        let mut revoked = 0;
         for (i, p) in self.stores[..2].iter().enumerate() {
             let Some(since) = p.waiting_since else {
                 continue;
             };
-            // Strictly past the QoS: the writer's timer fires after the world's notices due
-            // at that instant were delivered.
-            if !running[i] || p.clock.since(since) <= Duration::from_millis(QOS) {
+            if !running[i] || p.clock.since(since) < Duration::from_millis(QOS) {
                 continue;
             }
             let last = p.end();
             let held = p.hub.suspended();
             let verdict = p.hub.acknowledgement(last, since);
             // Revoking the active backup is the one way this look starts a hold.
-            revoked += u64::from(!held && p.hub.suspended());
+            if !held && p.hub.suspended() {
+                self.revoked.push(i);
+            }
             if verdict == Acknowledged::Yes {
                 return Err(format!(
                     "member {i}'s hub acknowledged the writes that waited (up to position \
@@ -92,8 +133,13 @@ impl Data {
                 ));
             }
         }
-        self.qos_revocations += revoked;
+        self.qos_revocations += self.revoked.len() as u64;
         Ok(())
+    }
+
+    /// The primaries whose hub revoked their active backup since the last call.
+    pub(crate) fn take_revoked(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.revoked)
     }
 }
 

@@ -391,6 +391,22 @@ impl World {
                 let mut look = self.look(i);
                 look.gap_ms = self.now - since;
                 self.look_and_act(i, look, false, false)?;
+                // A backup that kept its channel through the pause stores what it was sent
+                // meanwhile and acknowledges it: the writes that waited for it are answered.
+                if let Some(c) = self.channel
+                    && c.primary == 1 - i
+                    && !c.half_open
+                    && self.link
+                    && self.m[c.primary].pending
+                    && self.m[c.primary].frozen.is_none()
+                {
+                    self.record(DataEvent::CaughtUp {
+                        primary: c.primary,
+                        backup: i,
+                        heard: true,
+                    });
+                    self.m[c.primary].pending = false;
+                }
             }
             Step::Decide(i) => self.decide(i)?,
             Step::Connect => self.connect()?,
@@ -500,11 +516,47 @@ impl World {
     pub(crate) fn write_outcome(&self, p: usize) -> Outcome {
         if !self.m[p].rules().active() {
             Outcome::Alone
-        } else if !self.acknowledges(p) {
+        } else if !self.acknowledges(p) || self.m[1 - p].frozen.is_some() {
+            // A frozen backup stores and acknowledges nothing: the write waits for it to thaw,
+            // for the primary to notice its silence, or for the hub's QoS to revoke it.
             Outcome::Pending
         } else {
             Outcome::WithBackup
         }
+    }
+
+    /// Primary `i`'s hub revoked its active backup, which left writes unacknowledged for a QoS:
+    /// it closed the data channel, and its driver hears of the loss at once (the hub tells
+    /// it), before anything else that was on its way on the link. The backup notices later.
+    pub(crate) fn hub_revoked(&mut self, i: usize) -> Result<(), String> {
+        if self.channel.is_some_and(|c| c.primary == i) {
+            let c = self.channel.take().expect("a channel");
+            self.inbox
+                .retain(|d| d.carrier != Carrier::Channel(c.generation));
+            self.push_channel_lost(i, c.generation);
+            if !c.half_open && self.m[1 - i].role().is_some() {
+                self.push_channel_lost(1 - i, c.generation);
+            }
+        }
+        let notice = |d: &Delivery| d.to == i && d.queue == Queue::Link;
+        if !self
+            .inbox
+            .iter()
+            .any(|d| notice(d) && d.event == Event::PartnerLost)
+        {
+            return Err(format!(
+                "member {i}'s hub revoked its backup, which the world did not know it had lost"
+            ));
+        }
+        // Its link's news in order, up to the loss.
+        while let Some(k) = self.inbox.iter().position(notice) {
+            let lost = self.inbox[k].event == Event::PartnerLost;
+            self.apply(&Step::Deliver(k))?;
+            if lost {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// The writes that waited on primary `i` for the backup are answered now, without it.
