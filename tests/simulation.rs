@@ -81,6 +81,7 @@ fn main() -> ExitCode {
         t.backup_journal_faults += r.backup_journal_faults;
         t.torn_tails_cut += r.torn_tails_cut;
         t.qos_revocations += r.qos_revocations;
+        t.queued_batches += r.queued_batches;
         t.writes += r.writes;
         t.takeovers += r.takeovers;
         t.simulated_ms += r.simulated_ms;
@@ -92,7 +93,8 @@ fn main() -> ExitCode {
     println!(
         "runs that kept the invariants: {} steps ({} of them healing), {} faults ({} in the \
          journal, {} of them a backup's; {} torn tails cut at a restart), {} takeovers, {} \
-         backups revoked after a QoS, {} writes acknowledged, {:.0} s simulated, in {:.1} s",
+         backups revoked after a QoS, {} batches queued behind a parked one, {} writes \
+         acknowledged, {:.0} s simulated, in {:.1} s",
         total.steps,
         total.healing_steps,
         total.faults,
@@ -101,6 +103,7 @@ fn main() -> ExitCode {
         total.torn_tails_cut,
         total.takeovers,
         total.qos_revocations,
+        total.queued_batches,
         total.writes,
         total.simulated_ms as f64 / 1000.0,
         started.elapsed().as_secs_f64()

@@ -46,7 +46,9 @@
 //! waited a QoS, as the writer does: the hub then revokes an active backup that left them
 //! unacknowledged, by itself, and the world carries out what follows (the primary closes the
 //! channel; its driver hears of the loss at once). Everything else the hub reports to the
-//! driver is dropped: the world tells the cores itself.
+//! driver is dropped: the world tells the cores itself. Writes that come while a batch is
+//! parked queue behind it unwritten, as in the writer, and once it is answered they go as one
+//! batch of several records (the group commit) through the hub, which must answer it too.
 //!
 //! # What it checks
 //!
@@ -67,9 +69,9 @@
 //!
 //! # Left out
 //!
-//! Group commit (one write per batch here) and the writer thread: the world's model says when a
-//! batch is acknowledged, and the hub must agree. Faults of the backup's journal, and a power loss
-//! (what the page cache held but no fsync made durable survives a process crash here).
+//! The writer thread itself: the world's model says when a batch is acknowledged, and the hub
+//! must agree; batches are single writes except behind a parked one. A power loss (what the
+//! page cache held but no fsync made durable survives a process crash here).
 //!
 //! [`FrameBuilder`]: crate::journal::FrameBuilder
 //! [`Hub`]: crate::mirror::hub::Hub
@@ -206,9 +208,11 @@ struct Store {
     applied: JournalPos,
     /// Primary: keys of the writes waiting for an acknowledgement.
     pending: Vec<u64>,
-    /// Primary: when the first of them was durable. The writes that wait are one parked batch
-    /// to the hub (the writer parks one and queues the rest behind it), waiting since then.
+    /// Primary: when the parked batch was durable: the first write that waits. The writes
+    /// that come while it waits queue behind it, unwritten, as in the writer.
     waiting_since: Option<Instant>,
+    /// Primary: how many writes queued behind the parked batch, and their epoch.
+    queued: Option<(u8, usize)>,
     /// The member's replication hub, the real one, on a clock that moves with the world's.
     hub: Hub,
     /// What the hub tells the failover driver (the world tells the cores itself).
@@ -240,6 +244,8 @@ pub(crate) struct Data {
     pub(crate) torn_tails_cut: u64,
     /// Active backups a hub revoked because writes waited a QoS for them.
     pub(crate) qos_revocations: u64,
+    /// Batches of writes that queued behind a parked one, written once it was answered.
+    pub(crate) queued_batches: u64,
     /// The primaries whose hub revoked its backup, for the world to hear.
     revoked: Vec<usize>,
     /// A scratch database where writes are made, to take their changesets.
@@ -271,6 +277,7 @@ impl Store {
             applied: JournalPos::ZERO,
             pending: Vec::new(),
             waiting_since: None,
+            queued: None,
             hub,
             hub_reports,
             clock,
@@ -358,6 +365,7 @@ impl Data {
             torn_tails_cut: 0,
             qos_revocations: 0,
             revoked: Vec::new(),
+            queued_batches: 0,
             scratch,
         })
     }
@@ -389,9 +397,10 @@ impl Data {
                 let p = &mut self.stores[primary];
                 p.hub_releases_waiting(primary, "its rules acknowledge without the backup")?;
                 p.committed = p.end();
-                let keys = p.clear_pending();
+                let keys = p.answer_pending();
                 self.acknowledged.extend(keys);
-                p.apply()
+                self.stores[primary].apply()?;
+                self.run_queued(primary, None, true)
             }
             DataEvent::PendingDropped { primary } => {
                 self.stores[primary].clear_pending();
@@ -530,6 +539,9 @@ impl Data {
     }
 
     fn write(&mut self, primary: usize, epoch: u8, outcome: Outcome) -> Result<(), String> {
+        if self.queue_behind_parked(primary, epoch, outcome)? {
+            return Ok(());
+        }
         let pos = self.stores[primary].end().next();
         let (key, frames) = self.frame(epoch, pos)?;
         let p = &mut self.stores[primary];

@@ -104,8 +104,8 @@
 //! and it decides when a write is acknowledged — checked against the real hub at every write
 //! and whenever writes that waited are answered, but decided by the hub in one case only (it
 //! revokes a backup that left writes waiting a QoS, and the world follows); the writer thread
-//! and group commit are not in the loop yet. They join when the network side gets a
-//! transport seam. On the data channel a one-way partition is a half-open link (one side
+//! is not in the loop yet (the files model its parked batch and the batch queued behind it).
+//! It joins, with the receiver, when the network side gets a transport seam. On the data channel a one-way partition is a half-open link (one side
 //! notices before the other); TCP turns any one-way loss into that.
 //!
 //! [`MemberCore`]: crate::mirror::core::MemberCore
@@ -161,6 +161,9 @@ pub struct RunReport {
     pub torn_tails_cut: u64,
     /// Active backups a primary's hub revoked because writes waited a QoS for them.
     pub qos_revocations: u64,
+    /// Batches of writes that queued behind a parked batch (group commits of a waiting
+    /// primary).
+    pub queued_batches: u64,
     /// Writes acknowledged to clients.
     pub writes: u64,
     /// Takeovers (new epochs) during the run.
@@ -487,6 +490,7 @@ fn drive(run: &mut Run, rng: &mut Rng, start: u64) -> Result<(), Violation> {
         run.report.writes = data.acknowledged() as u64;
         run.report.torn_tails_cut = data.torn_tails_cut;
         run.report.qos_revocations = data.qos_revocations;
+        run.report.queued_batches = data.queued_batches;
         checked.map_err(|why| run.violation(format!("the members' files: {why}")))?;
     }
     run.report.faults = u64::from(run.world.faults);

@@ -14,7 +14,8 @@ use crate::mirror::hub::Hub;
 use crate::mirror::state::DriverInput;
 
 use super::super::world::QOS;
-use super::{Acknowledged, Data, Store};
+use super::{Acknowledged, Data, Outcome, Store, io};
+use crate::journal::JournalPos;
 
 impl Store {
     /// A fresh hub, as an instance starts with.
@@ -56,14 +57,105 @@ impl Store {
         }
     }
 
-    /// Ends the wait of the writes that waited for an acknowledgement; their keys.
-    pub(super) fn clear_pending(&mut self) -> Vec<u64> {
+    /// The writes that waited for an acknowledgement are answered: their keys (those queued
+    /// behind them begin next, [`Data::run_queued`]).
+    pub(super) fn answer_pending(&mut self) -> Vec<u64> {
         self.waiting_since = None;
         std::mem::take(&mut self.pending)
+    }
+
+    /// The writes that waited for an acknowledgement will never be answered, and those queued
+    /// behind them are never written.
+    pub(super) fn clear_pending(&mut self) {
+        self.answer_pending();
+        self.queued = None;
     }
 }
 
 impl Data {
+    /// A write on `primary` while its parked batch waits queues behind it, unwritten (true),
+    /// as in the writer: it begins only once that batch was answered. The world must agree
+    /// that it waits: it would be answered at once otherwise.
+    pub(super) fn queue_behind_parked(
+        &mut self,
+        primary: usize,
+        epoch: u8,
+        outcome: Outcome,
+    ) -> Result<bool, String> {
+        let p = &mut self.stores[primary];
+        if p.waiting_since.is_none() {
+            return Ok(false);
+        }
+        if outcome != Outcome::Pending {
+            return Err(format!(
+                "member {primary} answers a write {outcome:?} while its writes that waited for \
+                 the backup are not answered: the writer would queue it behind them"
+            ));
+        }
+        let (_, count) = p.queued.get_or_insert((epoch, 0));
+        *count += 1;
+        Ok(true)
+    }
+
+    /// The writes that queued behind the parked batch begin once it was answered: one batch
+    /// (the writer's group commit), published through the hub and made durable. The world
+    /// answered the parked batch, so it answers these too: at once when no backup is active,
+    /// or once `backup` (the active one, which stays connected) stored and acknowledged them
+    /// — unless the primary does not hear it (`heard` false: it is frozen).
+    pub(super) fn run_queued(
+        &mut self,
+        primary: usize,
+        backup: Option<usize>,
+        heard: bool,
+    ) -> Result<(), String> {
+        let Some((epoch, count)) = self.stores[primary].queued.take() else {
+            return Ok(());
+        };
+        self.queued_batches += 1;
+        let first = self.stores[primary].end().next();
+        let last = JournalPos(first.0 + count as u64 - 1);
+        let (mut frames, mut keys) = (Vec::new(), Vec::new());
+        for k in 0..count as u64 {
+            let (key, frame) = self.frame(epoch, JournalPos(first.0 + k))?;
+            frames.extend(frame);
+            keys.push(key);
+        }
+        let p = &mut self.stores[primary];
+        if !p.hub.may_commit() {
+            return Err(format!(
+                "member {primary}'s hub holds the writes queued behind those that waited, \
+                 which were answered"
+            ));
+        }
+        io(
+            "publish",
+            p.hub.publish(&mut p.journal, &frames, first, last),
+        )?;
+        io("fsync", p.journal.sync())?;
+        let since = p.clock.now();
+        if let Some(b) = backup {
+            self.ship(primary, b)?;
+            if heard {
+                self.acknowledge(primary, b);
+            }
+        }
+        let p = &mut self.stores[primary];
+        if heard && p.hub.acknowledgement(last, since) != Acknowledged::Yes {
+            return Err(format!(
+                "member {primary}'s hub does not answer the batch queued behind the writes \
+                 that waited (positions {first} to {last}), which the world answers"
+            ));
+        }
+        p.committed = last;
+        self.acknowledged.extend(keys);
+        self.stores[primary].apply()?;
+        if let Some(b) = backup {
+            self.stores[b].committed = last;
+            self.stores[b].apply()?;
+        }
+        Ok(())
+    }
+
     /// The backup received everything the primary holds and acknowledged it, unless the
     /// primary did not hear (`heard` false: it was frozen): writes that waited for an
     /// acknowledgement get it now, and the hub counts the backup active.
@@ -82,12 +174,13 @@ impl Data {
         let p = &mut self.stores[primary];
         if !p.pending.is_empty() {
             p.committed = p.end();
-            let keys = p.clear_pending();
+            let keys = p.answer_pending();
             self.acknowledged.extend(keys);
-            p.apply()?;
+            self.stores[primary].apply()?;
         }
         self.stores[backup].committed = self.stores[primary].committed;
-        self.stores[backup].apply()
+        self.stores[backup].apply()?;
+        self.run_queued(primary, Some(backup), heard)
     }
 
     /// The backup acknowledges what it holds on the primary's newest link (the hub makes it

@@ -391,18 +391,19 @@ impl World {
                 let mut look = self.look(i);
                 look.gap_ms = self.now - since;
                 self.look_and_act(i, look, false, false)?;
-                // A backup that kept its channel through the pause stores what it was sent
-                // meanwhile and acknowledges it: the writes that waited for it are answered.
+                // A channel that lived through the pause carries what waited: the backup stores
+                // what it was sent and acknowledges it, and the primary reads that (from its
+                // socket, if it was the one paused) once neither is frozen — the writes that
+                // waited for the backup are answered.
                 if let Some(c) = self.channel
-                    && c.primary == 1 - i
                     && !c.half_open
                     && self.link
                     && self.m[c.primary].pending
-                    && self.m[c.primary].frozen.is_none()
+                    && self.m.iter().all(|m| m.frozen.is_none())
                 {
                     self.record(DataEvent::CaughtUp {
                         primary: c.primary,
-                        backup: i,
+                        backup: 1 - c.primary,
                         heard: true,
                     });
                     self.m[c.primary].pending = false;
