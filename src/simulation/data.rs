@@ -30,7 +30,8 @@
 //! then each failover member in turn), which welcomes it only if it runs as primary and the
 //! hello's rules let it — a stale primary turns away a member from a newer epoch; following
 //! one, it receives and applies what that primary committed, until the link breaks (the
-//! primary changed, restarted, stopped running as primary, or the link just broke). It never counts for an acknowledgement and never takes over.
+//! primary changed, restarted, stopped running as primary, or the link just broke). It never
+//! counts for an acknowledgement and never takes over.
 //!
 //! # The hub beside the world
 //!

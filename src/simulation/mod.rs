@@ -13,8 +13,10 @@
 //! With a folder for files, each member also keeps a real mirror journal and a real SQLite
 //! database ([`data`]): every client write is a real changeset in a real journal frame,
 //! appended through the member's real replication hub and fsynced (at every write the hub's
-//! verdict must be the world's: waiting for the backup, or acknowledged alone or with it); a backup stores what it is sent after checking it; each member applies
-//! what is committed with the dejournaling code; a hello cuts what the primary's history does
+//! verdict must be the world's: waiting for the backup, or acknowledged alone or with it; the
+//! writes that wait are one parked batch, and those that come meanwhile queue behind it); a
+//! backup stores what it is sent after checking it; each member applies what is committed
+//! with the dejournaling code; a hello cuts what the primary's history does
 //! not share; an async member finds the primary by its receiver's own decisions
 //! ([`crate::mirror::core::follow`]: the member it knows, then each failover member in turn,
 //! a stale primary among them) and follows it; clients read rows
@@ -105,8 +107,9 @@
 //! and whenever writes that waited are answered, but decided by the hub in one case only (it
 //! revokes a backup that left writes waiting a QoS, and the world follows); the writer thread
 //! is not in the loop yet (the files model its parked batch and the batch queued behind it).
-//! It joins, with the receiver, when the network side gets a transport seam. On the data channel a one-way partition is a half-open link (one side
-//! notices before the other); TCP turns any one-way loss into that.
+//! It joins, with the receiver, when the network side gets a transport seam. On the data
+//! channel a one-way partition is a half-open link (one side notices before the other); TCP
+//! turns any one-way loss into that.
 //!
 //! [`MemberCore`]: crate::mirror::core::MemberCore
 //! [`ArbiterBook`]: crate::mirror::failover::ArbiterBook

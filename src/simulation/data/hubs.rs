@@ -1,7 +1,8 @@
-//! Each simulated member's real replication hub: how it is made (on a clock of its own, moved
-//! with the world's), when it starts serving as the primary's, how it knows the backup, and
-//! what its writer asks of it as time passes. What the hub is told
-//! and what it must answer are in the module above.
+//! Each simulated member's real replication hub, and the writer's side of it: how the hub is
+//! made (on a clock of its own, moved with the world's), when it starts serving as the
+//! primary's, how it knows the backup; the writes that wait as one parked batch, looked at
+//! again after a QoS, and the batch queued behind it. What the hub is told and what it must
+//! answer are in the module above.
 
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
@@ -9,13 +10,13 @@ use std::time::Duration;
 use crate::clock::{Clock, ManualClock};
 use crate::config::mirror::{MemberInfo, MemberKind, MemberName};
 use crate::instance::writer::replication::Replication;
+use crate::journal::JournalPos;
 use crate::mirror::events::EventLog;
 use crate::mirror::hub::Hub;
 use crate::mirror::state::DriverInput;
 
 use super::super::world::QOS;
 use super::{Acknowledged, Data, Outcome, Store, io};
-use crate::journal::JournalPos;
 
 impl Store {
     /// A fresh hub, as an instance starts with.
@@ -218,6 +219,7 @@ impl Data {
             // Revoking the active backup is the one way this look starts a hold.
             if !held && p.hub.suspended() {
                 self.revoked.push(i);
+                self.qos_revocations += 1;
             }
             if verdict == Acknowledged::Yes {
                 return Err(format!(
@@ -226,7 +228,6 @@ impl Data {
                 ));
             }
         }
-        self.qos_revocations += self.revoked.len() as u64;
         Ok(())
     }
 
