@@ -84,6 +84,15 @@ struct Link {
     stood_down: bool,
 }
 
+impl Link {
+    /// The member stood down on this link: it stops being active and never becomes active on
+    /// it again.
+    fn stand_down(&mut self) {
+        self.active = false;
+        self.stood_down = true;
+    }
+}
+
 impl Drop for Link {
     /// A link leaves the hub only when its connection is to end: the sender thread writes what
     /// is queued and closes.
@@ -501,8 +510,7 @@ impl Hub {
             .iter_mut()
             .find(|l| l.id == id && l.member.kind == MemberKind::Failover)
         {
-            link.active = false;
-            link.stood_down = true;
+            link.stand_down();
             self.report(&state, Event::PartnerStoodDown);
         }
         drop(state);
@@ -522,8 +530,7 @@ impl Hub {
         }
         let mut ended = false;
         for link in state.links.iter_mut().filter(|l| l.active) {
-            link.active = false;
-            link.stood_down = true;
+            link.stand_down();
             ended = true;
         }
         drop(state);

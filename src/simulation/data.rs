@@ -90,7 +90,7 @@ use std::time::Instant;
 use rusqlite::Connection;
 use rusqlite::session::Session;
 
-use crate::clock::{Clock, ManualClock};
+use crate::clock::ManualClock;
 use crate::config::mirror::EpochStart;
 use crate::instance::writer::replication::{Acknowledged, Replication};
 use crate::journal::{
@@ -543,24 +543,9 @@ impl Data {
         if self.queue_behind_parked(primary, epoch, outcome)? {
             return Ok(());
         }
-        let pos = self.stores[primary].end().next();
-        let (key, frames) = self.frame(epoch, pos)?;
+        let batch = self.publish_batch(primary, epoch, 1)?;
+        let (pos, key, since) = (batch.last, batch.keys[0], batch.since);
         let p = &mut self.stores[primary];
-        // Appended through the hub, which hands the batch to every link, then made durable:
-        // the writer's order.
-        p.primary_hub();
-        // The world writes only while the primary's rules accept writes; a hub holding them
-        // then would hold the write for good (the driver lifts its hold at every look that
-        // lets writes go on).
-        if !p.hub.may_commit() {
-            return Err(format!(
-                "member {primary}'s hub holds mirrored writes while its rules accept them: \
-                 write {key} would wait for good"
-            ));
-        }
-        io("publish", p.hub.publish(&mut p.journal, &frames, pos, pos))?;
-        io("fsync", p.journal.sync())?;
-        let since = p.clock.now();
         match outcome {
             Outcome::Pending => {
                 // The real hub must hold what the mirror holds: acknowledging it now could
@@ -577,13 +562,8 @@ impl Data {
             }
             Outcome::Alone => {
                 // No active backup: the hub must not make the write wait either.
-                let verdict = p.hub.acknowledgement(pos, since);
-                if verdict != Acknowledged::Yes {
-                    return Err(format!(
-                        "member {primary}'s hub answers {verdict:?} for write {key} (position \
-                         {pos}), which the primary acknowledges alone: no backup is active"
-                    ));
-                }
+                let why = "the primary acknowledges alone: no backup is active";
+                p.hub_answers_yes(primary, pos, since, why)?;
                 p.committed = pos
             }
             Outcome::WithBackup => {
@@ -591,13 +571,8 @@ impl Data {
                 self.ship(primary, backup)?;
                 self.acknowledge(primary, backup);
                 // The active backup stored and acknowledged it: so must the hub say.
-                let verdict = self.stores[primary].hub.acknowledgement(pos, since);
-                if verdict != Acknowledged::Yes {
-                    return Err(format!(
-                        "member {primary}'s hub answers {verdict:?} for write {key} (position \
-                         {pos}), which its active backup stored and acknowledged"
-                    ));
-                }
+                let why = "its active backup stored and acknowledged";
+                self.stores[primary].hub_answers_yes(primary, pos, since, why)?;
                 self.stores[primary].committed = pos;
                 self.stores[backup].committed = pos;
                 self.stores[backup].apply()?;

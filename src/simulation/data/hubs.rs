@@ -5,7 +5,7 @@
 //! answer are in the module above.
 
 use std::sync::{Arc, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::clock::{Clock, ManualClock};
 use crate::config::mirror::{MemberInfo, MemberKind, MemberName};
@@ -45,15 +45,26 @@ impl Store {
     /// otherwise the writer's parked batch would go on waiting — until a QoS revokes the
     /// backup, which would hold writes again.
     pub(super) fn hub_releases_waiting(&self, member: usize, why: &str) -> Result<(), String> {
-        let Some(since) = self.waiting_since else {
-            return Ok(());
-        };
-        let last = self.end();
+        match self.waiting_since {
+            Some(since) => self.hub_answers_yes(member, self.end(), since, why),
+            None => Ok(()),
+        }
+    }
+
+    /// The hub acknowledges the batch ending at `last`, durable since `since`, because `why`
+    /// (`member` is this one).
+    pub(super) fn hub_answers_yes(
+        &self,
+        member: usize,
+        last: JournalPos,
+        since: Instant,
+        why: &str,
+    ) -> Result<(), String> {
         match self.hub.acknowledgement(last, since) {
             Acknowledged::Yes => Ok(()),
             verdict => Err(format!(
-                "member {member}'s hub answers {verdict:?} for the writes that waited (up to \
-                 position {last}), which {why}"
+                "member {member}'s hub answers {verdict:?} for the writes up to position \
+                 {last}, which {why}"
             )),
         }
     }
@@ -98,6 +109,42 @@ impl Data {
         Ok(true)
     }
 
+    /// `count` client writes in `epoch` on `primary`, as one batch: framed at the journal's
+    /// end, appended through the hub (which hands them to every link), then made durable —
+    /// the writer's order.
+    pub(super) fn publish_batch(
+        &mut self,
+        primary: usize,
+        epoch: u8,
+        count: u64,
+    ) -> Result<Batch, String> {
+        let first = self.stores[primary].end().next();
+        let last = JournalPos(first.0 + count - 1);
+        let (mut frames, mut keys) = (Vec::new(), Vec::new());
+        for k in 0..count {
+            let (key, frame) = self.frame(epoch, JournalPos(first.0 + k))?;
+            frames.extend(frame);
+            keys.push(key);
+        }
+        let p = &mut self.stores[primary];
+        // The world writes only while the primary's rules accept writes; a hub holding them
+        // then would hold them for good (the driver lifts its hold at every look that lets
+        // writes go on).
+        if !p.primary_hub().may_commit() {
+            return Err(format!(
+                "member {primary}'s hub holds mirrored writes while its rules accept them: \
+                 positions {first} to {last} would wait for good"
+            ));
+        }
+        io(
+            "publish",
+            p.hub.publish(&mut p.journal, &frames, first, last),
+        )?;
+        io("fsync", p.journal.sync())?;
+        let since = p.clock.now();
+        Ok(Batch { last, keys, since })
+    }
+
     /// The writes that queued behind the parked batch begin once it was answered: one batch
     /// (the writer's group commit), published through the hub and made durable. The world
     /// answered the parked batch, so it answers these too: at once when no backup is active,
@@ -113,27 +160,7 @@ impl Data {
             return Ok(());
         };
         self.queued_batches += 1;
-        let first = self.stores[primary].end().next();
-        let last = JournalPos(first.0 + count as u64 - 1);
-        let (mut frames, mut keys) = (Vec::new(), Vec::new());
-        for k in 0..count as u64 {
-            let (key, frame) = self.frame(epoch, JournalPos(first.0 + k))?;
-            frames.extend(frame);
-            keys.push(key);
-        }
-        let p = &mut self.stores[primary];
-        if !p.hub.may_commit() {
-            return Err(format!(
-                "member {primary}'s hub holds the writes queued behind those that waited, \
-                 which were answered"
-            ));
-        }
-        io(
-            "publish",
-            p.hub.publish(&mut p.journal, &frames, first, last),
-        )?;
-        io("fsync", p.journal.sync())?;
-        let since = p.clock.now();
+        let Batch { last, keys, since } = self.publish_batch(primary, epoch, count as u64)?;
         if let Some(b) = backup {
             self.ship(primary, b)?;
             if heard {
@@ -141,11 +168,9 @@ impl Data {
             }
         }
         let p = &mut self.stores[primary];
-        if heard && p.hub.acknowledgement(last, since) != Acknowledged::Yes {
-            return Err(format!(
-                "member {primary}'s hub does not answer the batch queued behind the writes \
-                 that waited (positions {first} to {last}), which the world answers"
-            ));
+        if heard {
+            let why = "the world answers (they queued behind the writes that waited)";
+            p.hub_answers_yes(primary, last, since, why)?;
         }
         p.committed = last;
         self.acknowledged.extend(keys);
@@ -235,6 +260,16 @@ impl Data {
     pub(crate) fn take_revoked(&mut self) -> Vec<usize> {
         std::mem::take(&mut self.revoked)
     }
+}
+
+/// Client writes published as one batch (see [`Data::publish_batch`]).
+pub(super) struct Batch {
+    /// Its last record (its first is the journal's end before it).
+    pub(super) last: JournalPos,
+    /// The keys of its writes, in order.
+    pub(super) keys: Vec<u64>,
+    /// When it was durable.
+    pub(super) since: Instant,
 }
 
 /// Failover member `i` as its hub knows it.
