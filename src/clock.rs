@@ -7,8 +7,12 @@
 //! [`SystemClock`] is the machine's; [`ManualClock`] starts at the machine's time and moves
 //! only when told, both readings together.
 //!
-//! Left out: the threads that wait (the writer's, the driver's ticks) still wait on the
-//! machine's time; only the decisions about time read this.
+//! A thread that waits for a deadline asks the clock how long to wait on the machine's time
+//! ([`Clock::timeout_until`]): the writer waits so for a parked batch's QoS and a Freeze's end;
+//! on a [`ManualClock`] it waits for a command instead, and whoever moves the clock wakes it.
+//!
+//! Left out: the driver's ticks and the receiver's last-heard times still read the machine's
+//! time.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -22,6 +26,12 @@ pub trait Clock: Send + Sync {
     /// How long ago `since` was (zero when it is not in the past).
     fn since(&self, since: Instant) -> Duration {
         self.now().saturating_duration_since(since)
+    }
+    /// How long a thread should wait on the machine's time for the deadline `at` to come;
+    /// `None` when such a wait would not bring it (a clock that moves only when told: whoever
+    /// moves it wakes the waiters).
+    fn timeout_until(&self, at: Instant) -> Option<Duration> {
+        Some(at.saturating_duration_since(self.now()))
     }
 }
 
@@ -76,6 +86,10 @@ impl Clock for ManualClock {
 
     fn now_ms(&self) -> i64 {
         self.start_ms + self.elapsed.lock().unwrap().as_millis() as i64
+    }
+
+    fn timeout_until(&self, _: Instant) -> Option<Duration> {
+        None
     }
 }
 

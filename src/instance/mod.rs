@@ -385,6 +385,7 @@ impl Prepared {
             readers: readers.clone(),
             role: role.clone(),
             replication: replication.clone(),
+            clock: Arc::new(crate::clock::SystemClock),
             extension,
             write_timeout_ms: settings.write_timeout_ms,
             on_fatal,

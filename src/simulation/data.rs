@@ -1,28 +1,34 @@
-//! The rows behind the simulated mirror: each failover member's real mirror journal and real
-//! SQLite database, in a folder of their own, kept in step with what the world's members do.
+//! The rows behind the simulated mirror: each failover member's real mirror journal, real
+//! SQLite database and real writer thread, in a folder of their own, kept in step with what
+//! the world's members do.
 //!
 //! # What it does
 //!
-//! The world decides *whether* a client's write is acknowledged and *who* has what; this module
-//! does it on real files, with the member's own building blocks: a write is a real SQLite
-//! changeset (made by a session, as the writer makes them) in a real journal frame
-//! ([`FrameBuilder`]), appended through the member's real replication [`Hub`] and fsynced by
-//! [`Journal`]; a backup stores the frames it is
-//! sent at the same positions, after checking their CRCs and positions ([`check_frames`]); each
-//! member applies what is committed with the [`Applier`] dejournaling uses; a backup that says
-//! hello to a new primary first cuts what the primary's history does not share — after the fork
-//! point of its epoch or after the primary's durable end: the member core's decision at a hello
+//! The world decides *whether* a client's write should be acknowledged and *who* has what;
+//! this module does it on real files, with the member's own parts: a client's write goes to
+//! the primary's real writer thread ([`Writer`], started on the member's files at its first
+//! write as the primary, see [`writer`]), which runs the statement, journals its changeset in
+//! a real frame, appends it through the member's real replication [`Hub`], fsyncs it, and
+//! parks the batch until the hub acknowledges it — or answers at once. Writes that come while
+//! a batch is parked queue behind it in the writer and go as one batch once it is answered
+//! (the group commit). The writer's answer must be the world's (below). A backup stores the
+//! frames it is sent at the same positions, after checking their CRCs and positions
+//! ([`check_frames`]); each member applies what is committed with the [`Applier`] dejournaling
+//! uses (the rows and the applied position in one transaction); a backup that says hello to a
+//! new primary first cuts what the primary's history does not share — after the fork point of
+//! its epoch or after the primary's durable end: the member core's decision at a hello
 //! ([`at_hello`]), the one the primary's superserver makes. A takeover applies everything the
 //! new primary holds (after it fetched the old primary's journal, when it did) and starts an
 //! epoch there.
 //!
 //! A write may also meet a fault of the journal's write path ([`JournalFault`]: a torn append,
 //! a failed fsync, a full disk), injected on the real file through the journal's labelled
-//! operations ([`InjectedFaults`]); the write fails and the simulation stops that instance, as
-//! the writer does. The active backup's journal may fail the same way as it stores a write: it
-//! acknowledges nothing and stops, as its receiver has it do, and the write waits for an
-//! acknowledgement like any write whose backup was lost. A restarted member opens its journal
-//! as an instance does, which cuts a torn tail.
+//! operations ([`InjectedFaults`]): the writer fails the write and stops, and the simulation
+//! stops that instance. The active backup's journal may fail the same way as it stores a
+//! write: it acknowledges nothing and stops, as its receiver has it do, and the write waits
+//! for an acknowledgement like any write whose backup was lost. A stopped instance's writer
+//! ends (its hub closed first: the parked batch is never committed); a restarted member opens
+//! its journal as an instance does, which cuts a torn tail.
 //!
 //! An **async member** (a DR async) keeps its own journal and database too: now and then it
 //! takes a turn ([`Data::async_turn`]). Not following anyone, it says hello to the failover
@@ -33,7 +39,7 @@
 //! primary changed, restarted, stopped running as primary, or the link just broke). It never
 //! counts for an acknowledgement and never takes over.
 //!
-//! # The hub beside the world
+//! # The hub and the writer beside the world
 //!
 //! Each failover member has its real [`Hub`], told what the real one is told: a backup's link
 //! registered at each connection (replacing the one it may still hold), acknowledged when the
@@ -42,41 +48,46 @@
 //! writes held when the primary's rules enter the trouble state, the hold lifted whenever they
 //! let writes go on (as the driver does at each look); a takeover resets the new primary's hub
 //! at the end of its journal, a restart starts a new one. What the world does not let a frozen
-//! primary hear, its hub does not hear either. Its clock moves with the world's, and the
-//! writes that wait for the backup are one parked batch to it, looked at again once they
-//! waited a QoS, as the writer does: the hub then revokes an active backup that left them
-//! unacknowledged, by itself, and the world carries out what follows (the primary closes the
-//! channel; its driver hears of the loss at once). Everything else the hub reports to the
-//! driver is dropped: the world tells the cores itself. Writes that come while a batch is
-//! parked queue behind it unwritten, as in the writer, and once it is answered they go as one
-//! batch of several records (the group commit) through the hub, which must answer it too.
+//! primary hear, its hub does not hear either, and a frozen primary's writer takes nothing up.
+//! The hub's clock — the writer's too — moves with the world's; when time passes, the writer
+//! of each running primary looks again at its parked batch, as the real one does when the
+//! batch waited a QoS: the hub then revokes an active backup that left it unacknowledged, by
+//! itself, and the world carries out what follows (the primary closes the channel; its driver
+//! hears of the loss at once). Everything else the hub reports to the driver is dropped: the
+//! world tells the cores itself. After every event the simulation waits until each running
+//! writer settled, so what the writer does depends on the order of events only.
 //!
 //! # What it checks
 //!
-//! - At every write, the real hub agrees with the world: it may begin it (it does not hold
-//!   mirrored writes while the primary's rules accept them: they would wait for good), and its
-//!   verdict is the world's — it does not acknowledge a write the world says waits for the
-//!   backup (that write could be lost to a takeover), and it acknowledges at once a write the
-//!   world acknowledges alone or with its active backup.
-//! - The writes that wait agree with it too: once they waited a QoS the hub still holds them
-//!   while the world does, and when the backup acknowledges them or the primary's rules let
-//!   them go without it, the hub releases them at once.
+//! - At every write, the real writer agrees with the world: the hub may begin it (it does not
+//!   hold mirrored writes while the primary's rules accept them: they would wait for good), and
+//!   the writer does not acknowledge a write the world says waits for the backup (that write
+//!   could be lost to a takeover), nor one before its active backup stored it, and it
+//!   acknowledges a write the world acknowledges alone at once, and one the world acknowledges
+//!   with its backup once the backup stored and acknowledged it.
+//! - The writes that wait agree with it too: time passing alone never lets the writer answer
+//!   them, and when the backup acknowledges them or the primary's rules let them go without
+//!   it, the writer answers every one — those that queued behind the parked batch as one
+//!   batch.
+//! - A writer stops only on an injected journal fault, refuses no write otherwise, and a write
+//!   that meets the fault is not acknowledged.
 //! - A member that takes over holds every acknowledged write in its rows.
 //! - Nothing a cut removes was ever applied (applied rows are rows a client may have read).
 //! - A backup stores only frames that continue its journal, with the primary's history.
-//! - At the end: the final primary holds every acknowledged write and every row any client
-//!   read on any member, and the backup's and the async member's rows are the primary's, row
-//!   by row.
+//! - At the end: no write still waits, the final primary holds every acknowledged write and
+//!   every row any client read on any member (a read on the primary sees only what its writer
+//!   committed), and the backup's and the async member's rows are the primary's, row by row.
 //!
 //! # Left out
 //!
-//! The writer thread itself: the world's model says when a batch is acknowledged, and the hub
-//! must agree; batches are single writes except behind a parked one. A power loss (what the
-//! page cache held but no fsync made durable survives a process crash here).
+//! The receiver and the driver: the world's model carries out the cores' decisions and says
+//! when the backup stores and acknowledges. The writer's extension (the mirror's lifecycle
+//! steps): a member becomes the writer of the mirror's database by the world's takeover. A
+//! power loss (what the page cache held but no fsync made durable survives a process crash
+//! here).
 //!
-//! [`FrameBuilder`]: crate::journal::FrameBuilder
+//! [`Writer`]: crate::instance::writer::Writer
 //! [`Hub`]: crate::mirror::hub::Hub
-//! [`Journal`]: crate::journal::Journal
 //! [`check_frames`]: crate::mirror::protocol::check_frames
 //! [`Applier`]: crate::storage::database::Applier
 //! [`at_hello`]: crate::mirror::core::hello::at_hello
@@ -85,32 +96,35 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
-use std::time::Instant;
 
 use rusqlite::Connection;
-use rusqlite::session::Session;
 
 use crate::clock::ManualClock;
 use crate::config::mirror::EpochStart;
-use crate::instance::writer::replication::{Acknowledged, Replication};
+use crate::instance::writer::replication::Replication;
 use crate::journal::{
-    Epoch, Fault, FrameBuilder, InjectedFaults, Journal, JournalOp, JournalOptions, JournalPos,
+    Epoch, Fault, InjectedFaults, Journal, JournalOp, JournalOptions, JournalPos, JournalShared,
     StreamId,
 };
-use crate::mirror::core::follow::{Ended, Follow, Target};
+use crate::mirror::core::follow::Follow;
 use crate::mirror::core::hello::{Cut, Hello, at_hello};
 use crate::mirror::hub::Hub;
 use crate::mirror::protocol::check_frames;
 use crate::mirror::state::DriverInput;
-use crate::storage::database::Applier;
+use crate::names::DbName;
+use crate::storage::CatalogState;
+use crate::storage::database::{self, Applier, set_applied_sql};
 
+mod async_member;
 mod hubs;
+mod writer;
 
 use hubs::member_info;
+use writer::{DB_DIRECTORY, PrimaryWriter, Submitted};
 
 /// The async member's index among the stores (the failover members are 0 and 1).
 pub(crate) const ASYNC: usize = 2;
-/// The mirrored database's name in journal records.
+/// The mirrored database's name (and its namespace's) in journal records.
 const DB: &str = "SIM";
 /// The table every write adds a row to.
 const SCHEMA: &str = "CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT NOT NULL)";
@@ -129,8 +143,8 @@ pub(crate) enum DataEvent {
     },
     /// The primary's writes that waited for the backup were acknowledged without it.
     PendingAcknowledged { primary: usize },
-    /// The primary's writes that waited will never be answered (it stopped, or the other took
-    /// over).
+    /// The world gave up on the primary's writes that waited (it stopped, or the other took
+    /// over); its writer keeps them until it stops.
     PendingDropped { primary: usize },
     /// The backup received everything the primary holds and is active.
     /// The primary's hub hears its acknowledgement unless `heard` is false (a frozen
@@ -165,6 +179,12 @@ pub(crate) enum DataEvent {
     Suspended { primary: usize },
     /// The primary's rules let writes go on (the driver lifts the hub's hold, if any).
     MayResume { primary: usize },
+    /// The member's host froze: its threads stand still.
+    Froze { member: usize },
+    /// The member's host thawed: its writer looks at once at what waited.
+    Thawed { member: usize },
+    /// The member's instance stopped (crashed, or stopped gracefully).
+    Stopped { member: usize },
     /// The member's instance started again: it opens its journal afresh.
     Restarted { member: usize },
     /// `ms` of simulated time passed; the failover members whose instance runs (up, not
@@ -198,24 +218,30 @@ pub(crate) enum Outcome {
 /// One member's files.
 struct Store {
     dir: PathBuf,
-    journal: Journal,
+    /// The member's mirror journal, unless its writer holds it (the member writes as the
+    /// primary) or its instance is down.
+    journal: Option<Journal>,
+    /// The same journal, read by anyone (whoever holds it).
+    shared: Arc<JournalShared>,
     /// The journal's write path, with the faults a run plans.
     faults: Arc<InjectedFaults>,
+    /// A fault was planned on the primary's journal: its writer may stop.
+    fault_planned: bool,
     db: Connection,
     file: PathBuf,
     /// What this member may apply: committed by the primary (on a backup: and stored here).
     committed: JournalPos,
     /// What its database holds.
     applied: JournalPos,
-    /// Primary: keys of the writes waiting for an acknowledgement.
-    pending: Vec<u64>,
-    /// Primary: when the parked batch was durable: the first write that waits. The writes
-    /// that come while it waits queue behind it, unwritten, as in the writer.
-    waiting_since: Option<Instant>,
-    /// Primary: how many writes queued behind the parked batch, and their epoch.
-    queued: Option<(u8, usize)>,
+    /// Primary: the writes sent to its writer and not answered yet (the parked batch and
+    /// those queued behind it).
+    pending: Vec<Submitted>,
+    /// Primary: its real writer thread, started at its first write as the primary.
+    writer: Option<PrimaryWriter>,
+    /// Its host is frozen: its writer takes nothing up.
+    frozen: bool,
     /// The member's replication hub, the real one, on a clock that moves with the world's.
-    hub: Hub,
+    hub: Arc<Hub>,
     /// What the hub tells the failover driver (the world tells the cores itself).
     hub_reports: mpsc::Receiver<DriverInput>,
     clock: Arc<ManualClock>,
@@ -238,6 +264,7 @@ pub(crate) struct Data {
     async_knows: usize,
     /// Where each epoch after the first began.
     epochs: Vec<EpochStart>,
+    /// The writes a writer acknowledged to their client.
     acknowledged: BTreeSet<u64>,
     read: BTreeSet<u64>,
     next_key: u64,
@@ -249,8 +276,6 @@ pub(crate) struct Data {
     pub(crate) queued_batches: u64,
     /// The primaries whose hub revoked its backup, for the world to hear.
     revoked: Vec<usize>,
-    /// A scratch database where writes are made, to take their changesets.
-    scratch: Connection,
 }
 
 fn sql<T>(what: &str, result: rusqlite::Result<T>) -> Result<T, String> {
@@ -264,21 +289,27 @@ fn io<T>(what: &str, result: crate::error::Result<T>) -> Result<T, String> {
 impl Store {
     fn open(dir: &Path) -> Result<Store, String> {
         let (journal, faults, _) = Store::open_journal(dir)?;
-        let file = dir.join("sim.db");
-        let db = sql("open database", Connection::open(&file))?;
-        sql("create table", db.execute_batch(SCHEMA))?;
+        let file = CatalogState::file_path(dir, DB_DIRECTORY);
+        let name = io("a database name", DbName::new(DB))?;
+        io(
+            "create the database",
+            database::create(&file, &name, STREAM, SCHEMA),
+        )?;
+        let db = io("open the database", database::open_for_apply(&file))?;
         let (hub, hub_reports, clock) = Store::new_hub();
         Ok(Store {
             dir: dir.to_path_buf(),
-            journal,
+            shared: journal.shared(),
+            journal: Some(journal),
             faults,
+            fault_planned: false,
             db,
             file,
             committed: JournalPos::ZERO,
             applied: JournalPos::ZERO,
             pending: Vec::new(),
-            waiting_since: None,
-            queued: None,
+            writer: None,
+            frozen: false,
             hub,
             hub_reports,
             clock,
@@ -299,24 +330,31 @@ impl Store {
         Ok((journal, faults, report.truncated.is_some()))
     }
 
+    /// The journal, to write (`member` is this one): not while its writer holds it.
+    fn journal(&mut self, member: usize) -> Result<&mut Journal, String> {
+        self.journal.as_mut().ok_or_else(|| {
+            format!("member {member}'s journal is its writer's (it writes as the primary)")
+        })
+    }
+
     fn end(&self) -> JournalPos {
-        self.journal.end()
+        self.shared.appended_end()
     }
 
     /// The epoch of its newest record (0 when it has none).
     fn last_epoch(&self) -> Result<Epoch, String> {
-        io("read the last epoch", self.journal.shared().last_epoch())
+        io("read the last epoch", self.shared.last_epoch())
     }
 
-    /// Applies every record up to `committed` it has not applied yet, as dejournaling does.
+    /// Applies every record up to `committed` it has not applied yet, as dejournaling does:
+    /// the rows and the applied position in one transaction.
     fn apply(&mut self) -> Result<(), String> {
         let upto = self.committed.min(self.end());
         if upto <= self.applied {
             return Ok(());
         }
         let records: Vec<_> = self
-            .journal
-            .shared()
+            .shared
             .read_range(self.applied, upto)
             .collect::<crate::error::Result<_>>()
             .map_err(|e| format!("read journal: {e}"))?;
@@ -325,9 +363,24 @@ impl Store {
         for record in &records {
             io("apply", applier.apply(record))?;
         }
+        sql(
+            "record the applied position",
+            self.db
+                .execute(&set_applied_sql("main"), [upto.0 as i64])
+                .map(drop),
+        )?;
         sql("commit", self.db.execute_batch("COMMIT"))?;
         self.applied = upto;
         Ok(())
+    }
+
+    /// The applied position its database file records (its writer's commits move it).
+    fn applied_in_file(&self) -> Result<JournalPos, String> {
+        let identity = io(
+            "read the applied position",
+            database::read_identity(&self.db, "main"),
+        )?;
+        Ok(identity.applied_pos)
     }
 
     fn rows(&self) -> Result<BTreeSet<u64>, String> {
@@ -351,8 +404,6 @@ impl Data {
             Store::open(&dir.join("b"))?,
             Store::open(&dir.join("dr"))?,
         ];
-        let scratch = sql("open scratch", Connection::open_in_memory())?;
-        sql("create scratch", scratch.execute_batch(SCHEMA))?;
         Ok(Data {
             dir,
             stores,
@@ -367,7 +418,6 @@ impl Data {
             qos_revocations: 0,
             revoked: Vec::new(),
             queued_batches: 0,
-            scratch,
         })
     }
 
@@ -376,7 +426,7 @@ impl Data {
         self.acknowledged.len()
     }
 
-    /// Follows one event of the world.
+    /// Follows one event of the world, and waits until every writer that runs settled on it.
     pub(crate) fn follow(&mut self, event: &DataEvent) -> Result<(), String> {
         // A restart, a takeover or a new connection of the failover members ends the async
         // member's link to whichever was primary: it says hello again.
@@ -386,6 +436,16 @@ impl Data {
         ) {
             self.async_lost();
         }
+        self.follow_event(event)?;
+        // Whatever the hubs heard may have woken a writer: what it does about it happens
+        // before the next event, whatever the threads' timing.
+        for i in 0..2 {
+            self.settle(i)?;
+        }
+        Ok(())
+    }
+
+    fn follow_event(&mut self, event: &DataEvent) -> Result<(), String> {
         match *event {
             DataEvent::Written {
                 primary,
@@ -394,19 +454,12 @@ impl Data {
             } => self.write(primary, epoch, outcome),
             DataEvent::PendingAcknowledged { primary } => {
                 // The rules let the waiting writes go without the backup, and lifted the hub's
-                // hold first: the hub must release them too.
-                let p = &mut self.stores[primary];
-                p.hub_releases_waiting(primary, "its rules acknowledge without the backup")?;
-                p.committed = p.end();
-                let keys = p.answer_pending();
-                self.acknowledged.extend(keys);
-                self.stores[primary].apply()?;
-                self.run_queued(primary, None, true)
+                // hold first: the writer must answer them, and those queued behind them.
+                self.release(primary, None)
             }
-            DataEvent::PendingDropped { primary } => {
-                self.stores[primary].clear_pending();
-                Ok(())
-            }
+            // The writer keeps them until it stops: if it ever answered one, that write counts
+            // as acknowledged (and must survive).
+            DataEvent::PendingDropped { .. } => Ok(()),
             DataEvent::TimePassed { ms, running } => self.time_passed(ms, running),
             DataEvent::CaughtUp {
                 primary,
@@ -477,13 +530,30 @@ impl Data {
                 }
                 Ok(())
             }
+            DataEvent::Froze { member } => {
+                self.stores[member].frozen = true;
+                Ok(())
+            }
+            DataEvent::Thawed { member } => {
+                // Its writer's deadline passed while it stood still: it looks at once (the
+                // settle after every event).
+                self.stores[member].frozen = false;
+                Ok(())
+            }
+            DataEvent::Stopped { member } => self.stores[member].stop_writer(),
             DataEvent::Restarted { member } => {
                 let m = &mut self.stores[member];
+                if m.writer.is_some() {
+                    return Err(format!("member {member} restarted while its writer ran"));
+                }
                 let (journal, faults, cut) = Store::open_journal(&m.dir)?;
-                (m.journal, m.faults) = (journal, faults);
+                m.shared = journal.shared();
+                (m.journal, m.faults) = (Some(journal), faults);
+                m.fault_planned = false;
                 // A new process: a new hub, serving nothing yet.
                 (m.hub, m.hub_reports, m.clock) = Store::new_hub();
                 m.serving = false;
+                m.frozen = false;
                 m.links.clear();
                 self.torn_tails_cut += u64::from(cut);
                 if m.applied > m.end() {
@@ -494,7 +564,6 @@ impl Data {
                         m.end()
                     ));
                 }
-                m.clear_pending();
                 Ok(())
             }
         }
@@ -507,109 +576,102 @@ impl Data {
         Ok(())
     }
 
-    /// A client's write in `epoch`: its key and its journal frame at `pos`.
-    fn frame(&mut self, epoch: u8, pos: JournalPos) -> Result<(u64, Vec<u8>), String> {
+    /// A client's write on `primary` in `epoch`, through its writer; the writer's answer must
+    /// be the world's `outcome`.
+    fn write(&mut self, primary: usize, epoch: u8, outcome: Outcome) -> Result<(), String> {
         let key = self.next_key;
         self.next_key += 1;
-        // The change as the writer makes it: a session records the statement's changeset.
-        let mut changeset = Vec::new();
-        {
-            let mut session = sql("session", Session::new(&self.scratch))?;
-            sql("attach", session.attach(None::<&str>))?;
-            sql(
-                "insert",
-                self.scratch.execute(
-                    "INSERT INTO t(k, v) VALUES (?1, ?2)",
-                    rusqlite::params![key as i64, format!("row {key} of epoch {epoch}")],
-                ),
-            )?;
-            sql("changeset", session.changeset_strm(&mut changeset))?;
-        }
-        sql("clear scratch", self.scratch.execute_batch("DELETE FROM t"))?;
-        let mut frames = Vec::new();
-        let mut frame = FrameBuilder::begin(&mut frames, pos, Epoch(u64::from(epoch)), 0);
-        io(
-            "frame",
-            frame.add_changes(DB, |buf| {
-                buf.extend_from_slice(&changeset);
-                Ok(())
-            }),
-        )?;
-        frame.finish();
-        Ok((key, frames))
-    }
-
-    fn write(&mut self, primary: usize, epoch: u8, outcome: Outcome) -> Result<(), String> {
-        if self.queue_behind_parked(primary, epoch, outcome)? {
-            return Ok(());
-        }
-        let batch = self.publish_batch(primary, epoch, 1)?;
-        let (pos, key, since) = (batch.last, batch.keys[0], batch.since);
         let p = &mut self.stores[primary];
+        // The world writes only while the primary's rules accept writes; a hub holding them
+        // then would hold them for good (the driver lifts its hold at every look that lets
+        // writes go on).
+        if !p.primary_hub().may_commit() {
+            return Err(format!(
+                "member {primary}'s hub holds mirrored writes while its rules accept them: \
+                 write {key} would wait for good"
+            ));
+        }
+        let queued = !p.pending.is_empty();
+        let submitted = p.writer(primary, epoch)?.submit(key, epoch);
+        p.pending.push(submitted);
+        let answered = self.settle(primary)?;
+        let acknowledged = answered.contains(&key);
         match outcome {
-            Outcome::Pending => {
-                // The real hub must hold what the mirror holds: acknowledging it now could
-                // lose it to a takeover.
-                if p.hub.acknowledgement(pos, since) == Acknowledged::Yes {
-                    return Err(format!(
-                        "member {primary}'s hub acknowledged write {key} (position {pos}) while \
-                         its backup could not have stored it and may take over"
-                    ));
+            // The real writer must hold what the mirror holds: acknowledging it now could
+            // lose it to a takeover.
+            Outcome::Pending if acknowledged => Err(format!(
+                "member {primary}'s writer acknowledged write {key} while its backup could not \
+                 have stored it and may take over"
+            )),
+            Outcome::Pending => Ok(()),
+            // No active backup: the writer must not make the write wait either.
+            Outcome::Alone if !acknowledged => Err(format!(
+                "member {primary}'s writer did not acknowledge write {key}, which the world \
+                 acknowledges alone (no backup is active){}",
+                if queued {
+                    ": it queued behind writes that wait"
+                } else {
+                    ""
                 }
-                p.pending.push(key);
-                p.waiting_since.get_or_insert(since);
-                return Ok(());
-            }
-            Outcome::Alone => {
-                // No active backup: the hub must not make the write wait either.
-                let why = "the primary acknowledges alone: no backup is active";
-                p.hub_answers_yes(primary, pos, since, why)?;
-                p.committed = pos
-            }
+            )),
+            Outcome::Alone => Ok(()),
+            Outcome::WithBackup if acknowledged => Err(format!(
+                "member {primary}'s writer acknowledged write {key} before its active backup \
+                 stored it"
+            )),
             Outcome::WithBackup => {
-                let backup = 1 - primary;
-                self.ship(primary, backup)?;
-                self.acknowledge(primary, backup);
-                // The active backup stored and acknowledged it: so must the hub say.
-                let why = "its active backup stored and acknowledged";
-                self.stores[primary].hub_answers_yes(primary, pos, since, why)?;
-                self.stores[primary].committed = pos;
-                self.stores[backup].committed = pos;
-                self.stores[backup].apply()?;
+                self.release(primary, Some(1 - primary))?;
+                match self.acknowledged.contains(&key) {
+                    true => Ok(()),
+                    false => Err(format!(
+                        "member {primary}'s writer did not acknowledge write {key} once its \
+                         active backup stored and acknowledged it"
+                    )),
+                }
             }
         }
-        self.acknowledged.insert(key);
-        self.stores[primary].apply()
     }
 
     /// A client's write on `primary` meets `fault` in the journal's write path: the write fails
-    /// (the caller then stops the instance, as the writer does). Nothing is acknowledged.
+    /// and the writer stops (the caller then stops the instance). Nothing is acknowledged. A
+    /// write that queues behind a parked batch never reaches the journal: the fault does not
+    /// strike, and the instance stops all the same.
     pub(crate) fn fail_write(
         &mut self,
         primary: usize,
         epoch: u8,
         fault: JournalFault,
     ) -> Result<(), String> {
-        let pos = self.stores[primary].end().next();
-        let (_, frames) = self.frame(epoch, pos)?;
+        let key = self.next_key;
+        self.next_key += 1;
         let p = &mut self.stores[primary];
         let (op, fault) = match fault {
-            JournalFault::TornAppend => (JournalOp::Append, Fault::Tear(frames.len() / 2)),
+            JournalFault::TornAppend => (
+                JournalOp::Append,
+                Fault::Tear(crate::journal::record::FRAME_HEADER_LEN + 3),
+            ),
             JournalFault::FailedSync => (JournalOp::Sync, Fault::Fail(libc::EIO)),
             JournalFault::DiskFull => (JournalOp::Append, Fault::Fail(libc::ENOSPC)),
         };
+        let queued = !p.pending.is_empty();
+        p.writer(primary, epoch)?;
         p.faults.next(op, fault);
-        p.primary_hub();
-        let written = p
-            .hub
-            .publish(&mut p.journal, &frames, pos, pos)
-            .and_then(|()| p.journal.sync());
-        if written.is_ok() {
-            return Err(format!(
-                "the injected {fault:?} on {op:?} did not fail the write"
-            ));
+        p.fault_planned = true;
+        let submitted = p.writer(primary, epoch)?.submit(key, epoch);
+        p.pending.push(submitted);
+        let answered = self.settle(primary)?;
+        let p = &self.stores[primary];
+        let stopped = p.writer.as_ref().and_then(PrimaryWriter::failure);
+        match (answered.contains(&key), stopped) {
+            (true, _) => Err(format!(
+                "the injected {fault:?} on {op:?} did not fail write {key}: it was acknowledged"
+            )),
+            (false, Some(_)) => Ok(()),
+            (false, None) if queued => Ok(()),
+            (false, None) => Err(format!(
+                "the injected {fault:?} on {op:?} did not stop member {primary}'s writer"
+            )),
         }
-        Ok(())
     }
 
     /// Sends the backup every record of the primary it lacks, as the data channel does: frames
@@ -637,19 +699,15 @@ impl Data {
             return Ok(Ok(()));
         }
         let mut frames = Vec::new();
-        for record in self.stores[primary]
-            .journal
-            .shared()
-            .read_range(from, until)
-        {
+        for record in self.stores[primary].shared.read_range(from, until) {
             io("read", record)?.encode_into(&mut frames);
         }
         let (first, last) = (from.next(), until);
         let records = io("check frames", check_frames(&frames, first, last))?;
-        let b = &mut self.stores[backup];
-        Ok(b.journal
+        let journal = self.stores[backup].journal(backup)?;
+        Ok(journal
             .append(&frames, last, records)
-            .and_then(|()| b.journal.sync()))
+            .and_then(|()| journal.sync()))
     }
 
     /// The active backup's journal meets `fault` while it stores what the primary just wrote
@@ -692,12 +750,16 @@ impl Data {
         // The new primary's hub starts serving at the end of its journal (the takeover step's
         // reset). The old primary's notices its link ending when the world delivers that.
         let m = &mut self.stores[member];
+        if m.writer.is_some() {
+            return Err(format!(
+                "member {member} took over while its writer ran as the primary's"
+            ));
+        }
         m.serving = false;
         m.links.clear();
         m.primary_hub();
         // A new primary applies everything it holds: its history is the mirror's now.
         m.committed = m.end();
-        m.clear_pending();
         m.apply()?;
         let rows = m.rows()?;
         if let Some(lost) = self.acknowledged.iter().find(|k| !rows.contains(k)) {
@@ -736,71 +798,9 @@ impl Data {
                 b.applied
             ));
         }
-        io("cut", b.journal.truncate_after(cut))?;
+        io("cut", b.journal(backup)?.truncate_after(cut))?;
         b.committed = b.committed.min(cut);
-        b.clear_pending();
         Ok(true)
-    }
-
-    /// The async member receives what primary `primary` has (after a hello, when its link is
-    /// new) and applies what the primary committed. It never counts for an acknowledgement.
-    /// `epoch` is the primary's: a stale one (from an older epoch than the async member's
-    /// records) turns it away, and it receives nothing.
-    pub(crate) fn async_receives(&mut self, primary: usize, epoch: u8) -> Result<(), String> {
-        if self.async_follows != Some(primary) {
-            if !self.cut_at_hello(primary, ASYNC, epoch)? {
-                return Ok(());
-            }
-            self.async_follows = Some(primary);
-        }
-        self.ship(primary, ASYNC)?;
-        self.stores[ASYNC].committed = self.stores[primary].committed;
-        self.stores[ASYNC].apply()
-    }
-
-    /// The async member's link breaks.
-    pub(crate) fn async_lost(&mut self) {
-        if self.async_follows.take().is_some() {
-            // It had been welcomed: the member it knows is the one to ask first again.
-            self.async_follow.ended(Ended::Closed);
-        }
-    }
-
-    /// The async member's turn. Following a failover member, it receives from it — or its link
-    /// breaks, when that member no longer runs as primary. Following none, it says hello to the
-    /// member its receiver's decisions choose ([`Follow::target`]: the one it knows as the
-    /// primary, then the failover members in turn); a member that does not run as primary, or
-    /// turns it away, is a failed attempt. `primaries[i]` is failover member `i`'s epoch while
-    /// it runs as primary. Returns the member it tried or received from.
-    pub(crate) fn async_turn(&mut self, primaries: [Option<u8>; 2]) -> Result<usize, String> {
-        if let Some(p) = self.async_follows {
-            match primaries[p] {
-                Some(epoch) => self.async_receives(p, epoch)?,
-                None => self.async_lost(),
-            }
-            return Ok(p);
-        }
-        let target = match self
-            .async_follow
-            .target(true, Some(self.async_knows), &["A", "B"])
-        {
-            Target::Primary => self.async_knows,
-            Target::Member(i) => i,
-        };
-        if let Some(epoch) = primaries[target] {
-            self.async_receives(target, epoch)?;
-        }
-        if self.async_follows == Some(target) {
-            self.async_knows = target;
-        } else {
-            self.async_follow.ended(Ended::Failed);
-        }
-        Ok(target)
-    }
-
-    /// The failover member the async member follows now, if any.
-    pub(crate) fn async_follows(&self) -> Option<usize> {
-        self.async_follows
     }
 
     /// The final checks, once the pair settled with `primary` (in `epoch`) and its backup.
@@ -819,6 +819,12 @@ impl Data {
                 ));
             }
             tried.push(self.async_turn(primaries)?);
+        }
+        let waiting: Vec<u64> = self.stores[primary].pending.iter().map(|s| s.key).collect();
+        if !waiting.is_empty() {
+            return Err(format!(
+                "the pair settled with writes {waiting:?} still waiting on the primary"
+            ));
         }
         let backup = 1 - primary;
         self.ship(primary, backup)?;
@@ -853,6 +859,10 @@ impl Data {
 
 impl Drop for Data {
     fn drop(&mut self) {
+        // The writers' threads end before their files go.
+        for store in &mut self.stores {
+            let _ = store.stop_writer();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

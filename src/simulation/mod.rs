@@ -11,12 +11,13 @@
 //! cancelled).
 //!
 //! With a folder for files, each member also keeps a real mirror journal and a real SQLite
-//! database ([`data`]): every client write is a real changeset in a real journal frame,
-//! appended through the member's real replication hub and fsynced (at every write the hub's
-//! verdict must be the world's: waiting for the backup, or acknowledged alone or with it; the
-//! writes that wait are one parked batch, and those that come meanwhile queue behind it); a
-//! backup stores what it is sent after checking it; each member applies what is committed
-//! with the dejournaling code; a hello cuts what the primary's history does
+//! database ([`data`]), and a primary runs the instance's real writer thread on them: every
+//! client write goes through it — a real statement, its changeset in a real journal frame,
+//! appended through the member's real replication hub and fsynced, the batch parked until
+//! the hub acknowledges it, the writes that come meanwhile queued behind it and committed as
+//! one batch — and at every write the writer's answer must be the world's (waiting for the
+//! backup, or acknowledged alone or once the backup stored it); a backup stores what it is
+//! sent after checking it; each member applies what is committed with the dejournaling code; a hello cuts what the primary's history does
 //! not share; an async member finds the primary by its receiver's own decisions
 //! ([`crate::mirror::core::follow`]: the member it knows, then each failover member in turn,
 //! a stale primary among them) and follows it; clients read rows
@@ -102,14 +103,13 @@
 //!
 //! # Left out (for now)
 //!
-//! The world carries out what the cores decide through a model of the driver and the receiver,
-//! and it decides when a write is acknowledged — checked against the real hub at every write
-//! and whenever writes that waited are answered, but decided by the hub in one case only (it
-//! revokes a backup that left writes waiting a QoS, and the world follows); the writer thread
-//! is not in the loop yet (the files model its parked batch and the batch queued behind it).
-//! It joins, with the receiver, when the network side gets a transport seam. On the data
-//! channel a one-way partition is a half-open link (one side notices before the other); TCP
-//! turns any one-way loss into that.
+//! The world carries out what the cores decide through a model of the driver and the receiver
+//! (they join when the network side gets a transport seam), and it says when a write should
+//! be acknowledged — checked against the real writer and hub at every write and whenever
+//! writes that waited are answered, and decided by them in one case (the hub revokes a backup
+//! that left writes waiting a QoS, and the world follows). On the data channel a one-way
+//! partition is a half-open link (one side notices before the other); TCP turns any one-way
+//! loss into that.
 //!
 //! [`MemberCore`]: crate::mirror::core::MemberCore
 //! [`ArbiterBook`]: crate::mirror::failover::ArbiterBook

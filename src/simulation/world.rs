@@ -822,6 +822,7 @@ impl World {
         if std::mem::replace(&mut m.pending, false) {
             self.record(DataEvent::PendingDropped { primary: i });
         }
+        self.record(DataEvent::Stopped { member: i });
         self.inbox.retain(|d| d.to != i);
         self.lose_channel(graceful);
         self.drop_arbiter(i);

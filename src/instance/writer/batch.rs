@@ -93,7 +93,7 @@ impl Writer {
                 // The transaction stays open on its connection until the backup acknowledged.
                 self.parked = Some(Parked {
                     last,
-                    since: Instant::now(),
+                    since: self.clock.now(),
                     work: ParkedWork::Batch {
                         namespace,
                         conn: Box::new(conn),
@@ -307,7 +307,7 @@ impl Writer {
     /// with a mirrored database, and everything but writes), and in the trouble state every
     /// mirrored write. Writes to local databases go on.
     pub(super) fn must_wait(&self, command: &Command) -> bool {
-        if self.mirror_journal.is_none() || matches!(command, Command::Wake) {
+        if self.mirror_journal.is_none() || matches!(command, Command::Wake | Command::Settled(_)) {
             return false;
         }
         let parked = self.parked.as_ref();
@@ -466,7 +466,7 @@ impl Writer {
     pub(crate) fn park(&mut self, last: JournalPos, then: Box<dyn ExtensionCommand>) {
         self.parked = Some(Parked {
             last,
-            since: Instant::now(),
+            since: self.clock.now(),
             work: ParkedWork::Extension(then),
         });
     }

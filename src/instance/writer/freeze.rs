@@ -21,7 +21,7 @@ impl Writer {
                 Error::Conflict(format!("{} is busy; try Freeze again", entry.name))
             })?;
         }
-        self.frozen_until = Some(Instant::now() + timeout);
+        self.frozen_until = Some(self.clock.now() + timeout);
         self.frozen_flag.store(true, Ordering::Release);
         tracing::info!("writes frozen for at most {} s", timeout.as_secs());
         Ok(format!(

@@ -33,7 +33,11 @@
 //! undo: members apply only what the primary committed ([`Replication::committed`]).
 //!
 //! The writer reaches replication only through the [`replication`] seam, which the mirror's hub
-//! implements.
+//! implements. Its deadlines (a parked batch's QoS, the end of a Freeze) read a clock passed
+//! in ([`crate::clock`]): the deterministic simulation runs the writer on a clock that moves
+//! only when told, and waits after each event until the writer took up everything sent to it
+//! ([`WriterHandle::settled`]), so what the writer decides depends on the order of events
+//! only.
 //!
 //! # The trouble state
 //!
@@ -85,6 +89,7 @@ use std::time::{Duration, Instant};
 use rusqlite::session::Session;
 use tokio::sync::oneshot;
 
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::journal::{Epoch, FrameBuilder, Journal, JournalPos, StreamId};
 use crate::names::{DbName, NamespaceName};
@@ -150,6 +155,9 @@ enum Command {
     Turn,
     /// Something a waiting batch depends on changed (the replication hub's wake-up).
     Wake,
+    /// Answered once every command queued before it was taken up (see
+    /// [`WriterHandle::settled`]).
+    Settled(Reply<()>),
     Shutdown,
 }
 
@@ -258,6 +266,22 @@ impl WriterHandle {
         }
     }
 
+    /// Blocks until the writer took up every command queued before this call — committed it,
+    /// parked it or held it back — after looking again at what its parked batch waits for.
+    /// The simulation waits for it after each thing it does, so that what the writer decides
+    /// depends on the order of events, never on the timing of threads. Not for async tasks.
+    pub(crate) fn settled(&self) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        // The wake-up first: the writer looks at its parked batch (and lets what waited behind
+        // it go) before it takes up the question.
+        if self.tx.send(Command::Wake).is_err() || self.tx.send(Command::Settled(reply)).is_err() {
+            return Err(self.unavailable());
+        }
+        answer
+            .blocking_recv()
+            .unwrap_or_else(|_| Err(self.unavailable()))
+    }
+
     /// Asks the writer to finish queued work and stop.
     pub fn shutdown(&self) {
         let _ = self.tx.send(Command::Shutdown);
@@ -284,6 +308,9 @@ pub struct Writer {
     role: Arc<dyn MemberRole>,
     /// Where mirrored batches go (see [`replication`]).
     replication: Arc<dyn Replication>,
+    /// What the writer's waits and deadlines read: how long a batch was parked, when a Freeze
+    /// ends.
+    clock: Arc<dyn Clock>,
     /// Work of the layer above that runs here (see [`extension`]); taken out while it runs.
     extension: Option<Box<dyn WriterExtension>>,
     local: Journal,
@@ -339,6 +366,8 @@ pub struct WriterSetup {
     pub role: Arc<dyn MemberRole>,
     /// Where mirrored batches go.
     pub replication: Arc<dyn Replication>,
+    /// The clock the writer's deadlines read (the machine's, but in the simulation).
+    pub clock: Arc<dyn Clock>,
     /// Work of the layer above that runs on the writer thread.
     pub extension: Option<Box<dyn WriterExtension>>,
     /// How long one write statement may run (ms).
@@ -359,6 +388,7 @@ impl Writer {
             readers,
             role,
             replication,
+            clock,
             extension,
             write_timeout_ms,
             on_fatal,
@@ -386,6 +416,7 @@ impl Writer {
             readers,
             role,
             replication,
+            clock,
             extension,
             local_stream: local.shared().stream(),
             local,
@@ -472,6 +503,10 @@ impl Writer {
                     None
                 }
                 Command::Wake => None,
+                Command::Settled(reply) => {
+                    let _ = reply.send(Ok(()));
+                    None
+                }
                 Command::Shutdown => break,
             };
             // Whatever the command was, a file may have changed: a batch, Mount's replay, a
@@ -507,7 +542,7 @@ impl Writer {
     fn next_command(&mut self, rx: &mpsc::Receiver<Command>) -> Option<Command> {
         loop {
             if let Some(until) = self.frozen_until
-                && Instant::now() >= until
+                && self.clock.now() >= until
             {
                 tracing::warn!("the freeze timed out; writes resume");
                 self.frozen_until = None;
@@ -525,7 +560,7 @@ impl Writer {
                 }
                 return Some(command);
             }
-            let now = Instant::now();
+            let now = self.clock.now();
             if let Some(due) = self.turn_due
                 && due <= now
                 && self.frozen_until.is_none()
@@ -551,20 +586,22 @@ impl Writer {
                 revoke_at,
                 retry_at,
             ];
+            // A clock that moves only when told (the simulation's) never brings a deadline by
+            // waiting: whoever moves it wakes the writer.
             let wait = deadlines
                 .into_iter()
                 .flatten()
                 .min()
-                .map(|at| at.saturating_duration_since(now));
+                .and_then(|at| self.clock.timeout_until(at));
             let command = match wait {
                 None => rx.recv().ok()?,
                 Some(wait) => match rx.recv_timeout(wait) {
                     Ok(command) => command,
                     Err(RecvTimeoutError::Timeout) => {
-                        if revoke_at.is_some_and(|at| at <= Instant::now()) {
+                        if revoke_at.is_some_and(|at| at <= self.clock.now()) {
                             return Some(Command::Wake);
                         }
-                        if retry_at.is_some_and(|at| at <= Instant::now()) {
+                        if retry_at.is_some_and(|at| at <= self.clock.now()) {
                             return Some(Command::Turn);
                         }
                         continue;
@@ -730,6 +767,7 @@ fn refuse(command: Command, err: Error) {
         Command::Thaw(reply) => drop(reply.send(Err(err))),
         Command::StampPositions(reply) => drop(reply.send(Err(err))),
         Command::Extension(command) => command.refuse(err),
+        Command::Settled(reply) => drop(reply.send(Err(err))),
         Command::Turn | Command::Wake | Command::Shutdown => {}
     }
 }

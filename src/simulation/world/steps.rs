@@ -375,6 +375,7 @@ impl World {
             }
             Step::Freeze(i) => {
                 self.faults += 1;
+                self.record(DataEvent::Froze { member: i });
                 self.m[i].frozen = Some(self.now);
                 self.m[i].silence_noticed = false;
             }
@@ -387,6 +388,7 @@ impl World {
             }
             Step::Thaw(i) => {
                 let since = self.m[i].frozen.take().expect("thaws a frozen member");
+                self.record(DataEvent::Thawed { member: i });
                 // Its driver's first look after the pause sees how long it stood still.
                 let mut look = self.look(i);
                 look.gap_ms = self.now - since;
@@ -413,15 +415,19 @@ impl World {
             Step::Connect => self.connect()?,
             Step::CatchUp => {
                 let (p, b) = (self.primary().unwrap(), self.backup().unwrap());
+                let heard = self.m[p].frozen.is_none();
                 self.record(DataEvent::CaughtUp {
                     primary: p,
                     backup: b,
-                    heard: self.m[p].frozen.is_none(),
+                    heard,
                 });
                 // The backup received everything the primary holds; the primary counts it
-                // active and tells it so.
+                // active and tells it so. A frozen primary answers the writes that waited
+                // only once it thaws and reads the acknowledgement.
                 self.m[b].lacks = false;
-                self.m[p].pending = false;
+                if heard {
+                    self.m[p].pending = false;
+                }
                 self.deliver(p, Event::PartnerActive, None)?;
                 if self.m[p].rules().active() {
                     self.activation += 1;
