@@ -67,7 +67,8 @@ pub(super) struct Submitted {
 }
 
 impl Submitted {
-    /// The writer's answer, if it came (call once it settled).
+    /// The writer's answer, if it came (look once the writer settled). An answered write is
+    /// done with: the caller drops it rather than ask again.
     pub(super) fn answer(&mut self) -> Option<DbResult<QueryResult>> {
         let mut context = Context::from_waker(Waker::noop());
         match self.answer.as_mut().poll(&mut context) {
