@@ -36,6 +36,8 @@ impl Data {
     /// primary, then the failover members in turn); a member that does not run as primary, or
     /// turns it away, is a failed attempt. `primaries[i]` is failover member `i`'s epoch while
     /// it runs as primary. Returns the member it tried or received from.
+    ///
+    /// [`Follow::target`]: crate::mirror::core::follow::Follow::target
     pub(crate) fn async_turn(&mut self, primaries: [Option<u8>; 2]) -> Result<usize, String> {
         if let Some(p) = self.async_follows {
             match primaries[p] {
