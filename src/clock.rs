@@ -11,14 +11,21 @@
 //! ([`Clock::timeout_until`]): the writer waits so for a parked batch's QoS and a Freeze's end;
 //! on a [`ManualClock`] it waits for a command instead, and whoever moves the clock wakes it.
 //!
-//! Left out: the driver's ticks and the receiver's last-heard times still read the machine's
-//! time.
+//! A member reads one clock everywhere a timing decision is made
+//! (`InstanceSettings::clock`, kept in the mirror's state): the writer, the replication hub,
+//! the failover driver (the time it gives its core, the gap between looks that the stall rule
+//! reads, how long the trouble state held) and the receiver (when the primary was last heard,
+//! a round that stalled, when to acknowledge again).
+//!
+//! Left out: the waits that are I/O rather than decisions stay on the machine's time — the
+//! sockets' timeouts (the kernel's), the driver's tick and the retry pauses between
+//! connections (how often a thread looks, not what it concludes), the arbiter link's pings.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Where the time comes from.
-pub trait Clock: Send + Sync {
+pub trait Clock: Send + Sync + std::fmt::Debug {
     /// A monotonic reading, for waits and timeouts.
     fn now(&self) -> Instant;
     /// Milliseconds since the Unix epoch, for people.
@@ -27,6 +34,7 @@ pub trait Clock: Send + Sync {
     fn since(&self, since: Instant) -> Duration {
         self.now().saturating_duration_since(since)
     }
+
     /// How long a thread should wait on the machine's time for the deadline `at` to come;
     /// `None` when such a wait would not bring it (a clock that moves only when told: whoever
     /// moves it wakes the waiters).

@@ -107,6 +107,10 @@ pub struct InstanceSettings {
     /// The write path's file operations of the journals opened at start (the instance's, and a
     /// primary's mirror journal): [`DirectIo`](crate::journal::DirectIo) but in fault tests.
     pub journal_io: Arc<dyn JournalIo>,
+    /// The clock every timing decision of the member reads — the writer's waits, the
+    /// replication hub's, the failover driver's and the receiver's ([`crate::clock`]): the
+    /// machine's but in tests that move time themselves.
+    pub clock: Arc<dyn crate::clock::Clock>,
 }
 
 impl InstanceSettings {
@@ -127,6 +131,7 @@ impl InstanceSettings {
             lab: false,
             superuser_password_file: None,
             journal_io: Arc::new(crate::journal::DirectIo),
+            clock: Arc::new(crate::clock::SystemClock),
         }
     }
 }
@@ -385,7 +390,7 @@ impl Prepared {
             readers: readers.clone(),
             role: role.clone(),
             replication: replication.clone(),
-            clock: Arc::new(crate::clock::SystemClock),
+            clock: settings.clock.clone(),
             extension,
             write_timeout_ms: settings.write_timeout_ms,
             on_fatal,

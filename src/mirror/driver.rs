@@ -70,6 +70,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::agent::{self, AgentRequest};
+use crate::clock::Clock;
 use crate::journal::{Epoch, StreamId};
 use crate::mirror::steps::MirrorCommand;
 
@@ -114,6 +115,9 @@ struct Driver {
     service: Arc<MirrorService>,
     /// Where every decision is made (see [`MemberCore`]); the driver gathers and carries out.
     core: MemberCore,
+    /// The member's clock: every time the core is given is read from it (see
+    /// [`crate::clock`]), and so is the gap between looks that the stall rule reads.
+    clock: Arc<dyn Clock>,
     started: Instant,
     /// The driver's channel (see [`DriverInput`]) and what came on it that no look used yet.
     inbox: mpsc::Receiver<DriverInput>,
@@ -183,13 +187,16 @@ impl Taken {
 
 impl Driver {
     fn new(service: Arc<MirrorService>, inbox: mpsc::Receiver<DriverInput>) -> Driver {
+        let clock = service.context().mirror.clock.clone();
+        let now = clock.now();
         Driver {
             service,
             core: MemberCore::new(),
-            started: Instant::now(),
+            clock,
+            started: now,
             inbox,
             taken: Taken::default(),
-            last_step: Instant::now(),
+            last_step: now,
             superseded: false,
             trouble_since: None,
         }
@@ -203,12 +210,13 @@ impl Driver {
     }
 
     fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        self.clock.since(self.started).as_millis() as u64
     }
 
     fn step(&mut self) {
-        let gap = self.last_step.elapsed();
-        self.last_step = Instant::now();
+        let now = self.clock.now();
+        let gap = now.saturating_duration_since(self.last_step);
+        self.last_step = now;
         let context = self.service.context().clone();
         // Read before taking the channel: never newer than the events taken (see
         // `Hub::loss_generation`), so a lift decided on them is refused after a newer loss.
@@ -364,7 +372,7 @@ impl Driver {
             &context.mirror,
             (mode_before, status_before),
             &after,
-            &mut self.trouble_since,
+            (&mut self.trouble_since, now),
         );
     }
 

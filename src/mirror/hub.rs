@@ -45,9 +45,10 @@
 //!
 //! Every decision about time here — how long a batch waited (QoS revocation, and what load
 //! balancers are told), how long writes were held, when a member was last heard from — reads
-//! the hub's [`Clock`], passed in: the machine's in a member, one that moves only when told in
-//! the tests, so they check the QoS boundary to the millisecond without sleeping. The writer's
-//! `since` comes from the machine's clock, which is the hub's in a member.
+//! the hub's [`Clock`], passed in: the member's (the machine's, from
+//! `InstanceSettings::clock`), one that moves only when told in the tests, so they check the
+//! QoS boundary to the millisecond without sleeping. The writer's `since` comes from the same
+//! clock: a member gives its writer, hub, failover driver and receiver one.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

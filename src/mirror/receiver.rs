@@ -42,7 +42,6 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::journal::{Epoch, Journal, JournalOptions, JournalPos};
-use crate::util::now_ms;
 
 use super::MirrorContext;
 use super::core::follow::{Before, Ended, Follow, Next, Target};
@@ -106,7 +105,7 @@ pub fn start(
                     Next::Stop => return,
                 }
                 let result = receive(&context, &journal, &stop, &follow, &inbox);
-                let now = now_ms();
+                let now = context.mirror.clock.now_ms();
                 let (was_connected, last_error) = context
                     .mirror
                     .read(|s| (s.link.connected, s.link.last_error.clone()));
@@ -339,11 +338,15 @@ fn receive(
     // What was meant for the old connection is forgotten before the driver hears of the new
     // one (what it asks after that is for this connection).
     while inbox.try_recv().is_ok() {}
+    // Every time the receiver keeps, and every wait of the protocol below, reads the member's
+    // clock, as the driver does when it compares them (see `crate::clock`); the sockets' own
+    // timeouts stay the machine's: they are the kernel's.
+    let clock = &context.mirror.clock;
     context.mirror.update_link(|link| {
         link.connected = true;
-        link.last_heard = Some(Instant::now());
+        link.last_heard = Some(clock.now());
         link.primary = Some(primary.clone());
-        link.since_ms = now_ms();
+        link.since_ms = clock.now_ms();
         link.disconnected_ms = None;
         link.last_error = None;
     });
@@ -365,7 +368,7 @@ fn receive(
 
     let mut primary_durable = JournalPos::ZERO;
     let mut pending: Vec<u8> = Vec::new();
-    let mut last_status = Instant::now() - Duration::from_secs(10);
+    let mut last_status: Option<Instant> = None;
     let mut last_ack: Option<(JournalPos, Instant)> = None;
     let mut reports = Vec::new();
     let mut reconnect = false;
@@ -381,7 +384,7 @@ fn receive(
         }
         let message = read_message(&mut reader)?
             .ok_or_else(|| Error::Unavailable("the primary closed the connection".into()))?;
-        let round = Instant::now();
+        let round = clock.now();
         let mut batch_first = None;
         let mut batch_last = JournalPos::ZERO;
         let mut handle = |message: Message, pending: &mut Vec<u8>| -> Result<()> {
@@ -489,24 +492,24 @@ fn receive(
             None => true,
             // At least every quarter QoS: the primary tells load balancers it acknowledges
             // writes only while it heard from its active backup within half a QoS.
-            Some((pos, at)) => received_end > pos || at.elapsed() >= ACK_REFRESH.min(qos / 4),
+            Some((pos, at)) => received_end > pos || clock.since(at) >= ACK_REFRESH.min(qos / 4),
         };
         if ack_due {
             write_ack(&mut writer, received_end)?;
-            last_ack = Some((received_end, Instant::now()));
+            last_ack = Some((received_end, clock.now()));
         }
         reconnect |= take_inputs(inbox, &mut reports);
         for (report, _) in &reports {
             write_control(&mut writer, report)?;
         }
-        if last_status.elapsed() >= Duration::from_secs(1) {
+        if last_status.is_none_or(|at| clock.since(at) >= Duration::from_secs(1)) {
             write_control(
                 &mut writer,
                 &Control::Status {
                     dejournaling: context.dejournal_summary(),
                 },
             )?;
-            last_status = Instant::now();
+            last_status = Some(clock.now());
         }
         writer.flush()?;
         for (_, sent) in reports.drain(..) {
@@ -515,20 +518,20 @@ fn receive(
             }
         }
         let received = pending.len() as u64;
-        let stored_ms = batch_first.is_some().then(crate::util::now_ms);
+        let stored_ms = batch_first.is_some().then(|| clock.now_ms());
         context.mirror.update_link(|link| {
             link.stored_ms = stored_ms.or(link.stored_ms);
             link.received_bytes += received;
             link.received_end = received_end;
             link.primary_durable = primary_durable;
-            link.last_heard = Some(Instant::now());
+            link.last_heard = Some(clock.now());
             link.sample();
         });
         pending.clear();
         // A round that took half a QoS (a stalled fsync) may have let the primary give up on
         // this member while it could not answer: what it reads next may be stale.
         // (Only while active: a member catching up a large backlog is not waited for.)
-        if round.elapsed() > qos / 2 && context.mirror.read(|s| s.link.active) {
+        if clock.since(round) > qos / 2 && context.mirror.read(|s| s.link.active) {
             context.mirror.tell_driver(DriverInput::ReceiverStalled);
         }
         let target = received_end.min(primary_durable);

@@ -71,11 +71,12 @@ fn decide_role(prepared: &Prepared) -> Result<MemberStart> {
     let settings = &prepared.settings;
     let config = &prepared.config;
     let membership = config.get().mirror.membership.clone();
-    let state = Arc::new(MirrorState::new(
+    let state = Arc::new(MirrorState::with_clock(
         membership
             .as_ref()
             .map(|m| m.mirror.qos_timeout_ms)
             .unwrap_or(DEFAULT_QOS_MS),
+        settings.clock.clone(),
     ));
     let Some(m) = &membership else {
         return Ok(MemberStart {

@@ -44,6 +44,7 @@ use std::sync::{Arc, Mutex, RwLock, mpsc};
 
 use tokio::sync::watch;
 
+use crate::clock::{Clock, SystemClock};
 use crate::journal::{JournalPos, JournalShared};
 use crate::names::DbName;
 use crate::util::now_ms;
@@ -313,6 +314,9 @@ pub struct MirrorState {
     arbiter_rx: Mutex<Option<mpsc::Receiver<ArbiterInput>>>,
     /// Where the member's decisions and changes are recorded ([`super::events`]).
     pub events: EventLog,
+    /// The clock the member's timing decisions read ([`crate::clock`]): the hub's waits, the
+    /// failover driver's looks and the receiver's last-heard times.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// What the failover driver asks of the arbiter link, in order, on the link's one channel (the
@@ -367,14 +371,25 @@ impl FailoverView {
 }
 
 impl MirrorState {
-    /// State of an instance that is not (yet) a member.
+    /// State of an instance that is not (yet) a member, on the machine's clock.
     pub fn new(qos_ms: u64) -> MirrorState {
+        MirrorState::with_clock(qos_ms, Arc::new(SystemClock))
+    }
+
+    /// [`MirrorState::new`] reading time from `clock`.
+    pub fn with_clock(qos_ms: u64, clock: Arc<dyn Clock>) -> MirrorState {
         let (driver_tx, driver_rx) = mpsc::channel();
         let (arbiter_tx, arbiter_rx) = mpsc::channel();
         let events = EventLog::detached();
         MirrorState {
-            hub: Arc::new(Hub::new(qos_ms, driver_tx.clone(), events.clone())),
+            hub: Arc::new(Hub::with_clock(
+                qos_ms,
+                driver_tx.clone(),
+                events.clone(),
+                clock.clone(),
+            )),
             events,
+            clock,
             driver_tx,
             driver_rx: Mutex::new(Some(driver_rx)),
             status: watch::Sender::new(MemberStatus::default()),

@@ -23,6 +23,11 @@ use crate::names::DbName;
 
 /// A member whose install adds a namespace NOTES holding only the PERSONAL database.
 fn open_with_notes(dir: &std::path::Path) -> Arc<Node> {
+    open_with_notes_on(dir, Arc::new(crate::clock::SystemClock))
+}
+
+/// [`open_with_notes`], the member reading time from `clock`.
+fn open_with_notes_on(dir: &std::path::Path, clock: Arc<dyn crate::clock::Clock>) -> Arc<Node> {
     let install = dir.join("install");
     std::fs::create_dir_all(install.join("schema")).unwrap();
     let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("install");
@@ -43,6 +48,7 @@ fn open_with_notes(dir: &std::path::Path) -> Arc<Node> {
     std::fs::write(install.join("manifest.json"), manifest.to_string()).unwrap();
     let mut settings = InstanceSettings::for_dir(dir.join("data"));
     settings.install_dir = install;
+    settings.clock = clock;
     Node::open(settings, crate::node::Exits::unexpected()).unwrap()
 }
 
@@ -245,6 +251,48 @@ async fn in_trouble_mirrored_writes_wait_before_they_begin_and_local_writes_go_o
         before + committed
     );
     hub.unregister(back, "the test ends");
+}
+
+/// The failover driver reads the member's clock, not the machine's: a primary that lost its
+/// active backup in agent mode stays in trouble for 2 × QoS *on that clock* — one millisecond
+/// short of it, however long the machine waits, it is still in trouble; at it, the trouble
+/// ends — and the event says how long mirrored commits were held, on the same clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_trouble_state_ends_after_twice_the_qos_on_the_members_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(crate::clock::ManualClock::new());
+    let node = open_with_notes_on(dir.path(), clock.clone());
+    mirror_company(&node, dir.path()).await;
+    let hub = &node.mirror.hub;
+    let (id, _outbox, snapshot) = hub.register(member("MIRRORB/IRIS")).unwrap();
+    hub.on_ack(id, snapshot);
+    hub.unregister(id, "connection lost");
+    let in_trouble = || {
+        node.mirror
+            .read(|s| s.failover.status == Some("In Trouble"))
+    };
+    until("in trouble", in_trouble).await;
+    // The QoS here is 60 s: the trouble lasts 120 s of the member's clock.
+    clock.advance(Duration::from_millis(119_999));
+    // The driver looks every tick (25 ms): twenty looks at the moved clock.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        in_trouble(),
+        "out of trouble before 2 × QoS on the member's clock"
+    );
+    clock.advance(Duration::from_millis(1));
+    until("out of trouble", || !in_trouble()).await;
+    node.mirror.events.flush(Duration::from_secs(5));
+    let left: Vec<String> = crate::mirror::events::read(&dir.path().join("data"), 0)
+        .into_iter()
+        .filter(|e| e.kind == crate::mirror::events::EventKind::TroubleLeft)
+        .map(|e| e.reason)
+        .collect();
+    assert_eq!(
+        left,
+        ["out of trouble: mirrored commits were held 120000 ms"],
+        "held for as long as the member's clock moved"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -80,12 +80,12 @@ pub(super) fn links(
 }
 
 /// Records a change of the failover mode, and the trouble state entered or left (with how long
-/// it held the primary's mirrored commits).
+/// it held the primary's mirrored commits, on the member's clock: the look's time is `now`).
 pub(super) fn mode_and_trouble(
     mirror: &MirrorState,
     (mode_before, status_before): (Option<&'static str>, Option<&'static str>),
     after: &After,
-    trouble_since: &mut Option<Instant>,
+    (trouble_since, now): (&mut Option<Instant>, Instant),
 ) {
     if mode_before.is_some_and(|before| before != after.mode) {
         mirror.record(
@@ -96,7 +96,7 @@ pub(super) fn mode_and_trouble(
     let in_trouble = after.status == "In Trouble";
     match (status_before == Some("In Trouble"), in_trouble) {
         (false, true) => {
-            *trouble_since = Some(Instant::now());
+            *trouble_since = Some(now);
             mirror.record(
                 EventKind::TroubleEntered,
                 "lost the active backup: mirrored commits wait until it is known not to \
@@ -104,7 +104,9 @@ pub(super) fn mode_and_trouble(
             );
         }
         (true, false) => {
-            let held = trouble_since.take().map(|t| t.elapsed().as_millis());
+            let held = trouble_since
+                .take()
+                .map(|t| now.saturating_duration_since(t).as_millis());
             mirror.record(
                 EventKind::TroubleLeft,
                 format!(
