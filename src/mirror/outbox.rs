@@ -215,6 +215,13 @@ impl Outbox {
         }
     }
 
+    /// Takes everything queued for the sender thread, appended to `out`: whole messages, what
+    /// the sender thread would write next. The simulation delivers a link's bytes so, with no
+    /// socket and no sender thread (`crate::simulation::data`).
+    pub(crate) fn take_queued(&self, out: &mut Vec<u8>) {
+        out.append(&mut self.state.lock().unwrap().queued);
+    }
+
     /// How many bytes wait for the sender thread, for tests.
     #[cfg(test)]
     fn queued_len(&self) -> usize {

@@ -52,6 +52,9 @@ use super::state::{DriverInput, LinkError};
 use crate::config::mirror::{MemberInfo, MemberKind, Membership};
 use crate::tls::Channel;
 
+pub(crate) mod round;
+use round::Round;
+
 /// Longest time without an acknowledgement while the primary keeps sending, even when nothing
 /// new was stored.
 const ACK_REFRESH: Duration = Duration::from_millis(500);
@@ -367,7 +370,7 @@ fn receive(
     stream.set_write_timeout(Some((qos / 2).max(Duration::from_millis(100))))?;
 
     let mut primary_durable = JournalPos::ZERO;
-    let mut pending: Vec<u8> = Vec::new();
+    let mut round = Round::default();
     let mut last_status: Option<Instant> = None;
     let mut last_ack: Option<(JournalPos, Instant)> = None;
     let mut reports = Vec::new();
@@ -384,27 +387,10 @@ fn receive(
         }
         let message = read_message(&mut reader)?
             .ok_or_else(|| Error::Unavailable("the primary closed the connection".into()))?;
-        let round = clock.now();
-        let mut batch_first = None;
-        let mut batch_last = JournalPos::ZERO;
-        let mut handle = |message: Message, pending: &mut Vec<u8>| -> Result<()> {
+        let began = clock.now();
+        let mut handle = |message: Message, round: &mut Round| -> Result<()> {
             match message {
-                Message::Frames { first, last, bytes } => {
-                    let expected = batch_last.next().max(JournalPos(1));
-                    let continues = match batch_first {
-                        None => true,
-                        Some(_) => first == expected,
-                    };
-                    if !continues {
-                        return Err(Error::Corrupt(format!(
-                            "received records from {first} where {expected} was expected"
-                        )));
-                    }
-                    check_frames(&bytes, first, last)?;
-                    batch_first.get_or_insert(first);
-                    batch_last = last;
-                    pending.extend_from_slice(&bytes);
-                }
+                Message::Frames { first, last, bytes } => round.take(first, last, &bytes)?,
                 Message::Control(control) => match *control {
                     Control::Durable { pos } => primary_durable = primary_durable.max(pos),
                     Control::Heartbeat { durable, .. } => {
@@ -459,32 +445,15 @@ fn receive(
             }
             Ok(())
         };
-        handle(message, &mut pending)?;
+        handle(message, &mut round)?;
         // Everything already buffered joins this round: one fsync, one acknowledgement.
         while buffered_message(&reader) {
             let Some(message) = read_message(&mut reader)? else {
                 break;
             };
-            handle(message, &mut pending)?;
+            handle(message, &mut round)?;
         }
-        let received_end = {
-            let mut guard = shared.lock().unwrap();
-            let journal = guard.as_mut().expect("opened above");
-            if let Some(first) = batch_first {
-                if first != journal.end().next() {
-                    return Err(Error::Corrupt(format!(
-                        "received records from {first} but this member's journal ends at {}",
-                        journal.end()
-                    ))
-                    .into());
-                }
-                journal
-                    .append(&pending, batch_last, batch_last.0 + 1 - first.0)
-                    .and_then(|()| journal.sync())
-                    .map_err(|e| LinkError::JournalFailed(e.to_string()))?;
-            }
-            journal.end()
-        };
+        let received_end = round.store(shared.lock().unwrap().as_mut().expect("opened above"))?;
         // A round that stored nothing new (only the primary's durable end or a heartbeat came)
         // has nothing to acknowledge: the primary would wake only to learn what it knows. Now
         // and then the position is sent anyway, so an idle link is heard from both ways.
@@ -517,8 +486,8 @@ fn receive(
                 let _ = sent.try_send(());
             }
         }
-        let received = pending.len() as u64;
-        let stored_ms = batch_first.is_some().then(|| clock.now_ms());
+        let received = round.len() as u64;
+        let stored_ms = round.first().is_some().then(|| clock.now_ms());
         context.mirror.update_link(|link| {
             link.stored_ms = stored_ms.or(link.stored_ms);
             link.received_bytes += received;
@@ -527,11 +496,11 @@ fn receive(
             link.last_heard = Some(clock.now());
             link.sample();
         });
-        pending.clear();
+        round.clear();
         // A round that took half a QoS (a stalled fsync) may have let the primary give up on
         // this member while it could not answer: what it reads next may be stale.
         // (Only while active: a member catching up a large backlog is not waited for.)
-        if clock.since(round) > qos / 2 && context.mirror.read(|s| s.link.active) {
+        if clock.since(began) > qos / 2 && context.mirror.read(|s| s.link.active) {
             context.mirror.tell_driver(DriverInput::ReceiverStalled);
         }
         let target = received_end.min(primary_durable);

@@ -471,9 +471,24 @@ fn serve_fetch(
     Ok(())
 }
 
+/// What a member that connected is sent before the hub's outbox opens: the records it lacks up
+/// to the hub's snapshot (`after+1..=snapshot`: everything later waits in the outbox), from
+/// the journal files, then what it may apply — only what the primary committed (see
+/// `Hub::committed`). The simulation sends a connecting backup the same bytes.
+pub(crate) fn catch_up(
+    writer: &mut impl Write,
+    journal: &JournalShared,
+    after: JournalPos,
+    snapshot: JournalPos,
+    committed: JournalPos,
+) -> Result<()> {
+    send_range(writer, journal, after, snapshot)?;
+    write_control(writer, &Control::Durable { pos: committed })
+}
+
 /// Sends records `after+1..=until` from the journal files in chunks.
 fn send_range(
-    writer: &mut BufWriter<Channel>,
+    writer: &mut impl Write,
     journal: &JournalShared,
     after: JournalPos,
     until: JournalPos,
@@ -773,14 +788,12 @@ fn serve_member(
                     stream.close();
                 })?
         };
-        // What the member lacks up to the snapshot comes from the files; the rest waits in the outbox.
-        send_range(&mut writer, &journal, JournalPos(from.0 - 1), snapshot)?;
-        // What it may apply: only what the primary committed (see `Hub::committed`).
-        write_control(
+        catch_up(
             &mut writer,
-            &Control::Durable {
-                pos: hub.committed_end(),
-            },
+            &journal,
+            JournalPos(from.0 - 1),
+            snapshot,
+            hub.committed_end(),
         )?;
         writer.flush()?;
         let heartbeat = (qos / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));

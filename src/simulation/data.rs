@@ -11,9 +11,12 @@
 //! a real frame, appends it through the member's real replication [`Hub`], fsyncs it, and
 //! parks the batch until the hub acknowledges it — or answers at once. Writes that come while
 //! a batch is parked queue behind it in the writer and go as one batch once it is answered
-//! (the group commit). The writer's answer must be the world's (below). A backup stores the
-//! frames it is sent at the same positions, after checking their CRCs and positions
-//! ([`check_frames`]); each member applies what is committed with the [`Applier`] dejournaling
+//! (the group commit). The writer's answer must be the world's (below). A backup reads the
+//! real bytes of its data channel — what the superserver's catch-up sends from the journal
+//! files when it connects, then what the primary's hub queued in the link's outbox — and
+//! stores their frames with the receiver's own receive round ([`Round`]: contiguous, CRCs and
+//! positions checked, after its journal's end, one append and one fsync; see [`wire`]); each
+//! member applies what is committed with the [`Applier`] dejournaling
 //! uses (the rows and the applied position in one transaction); a backup that says hello to a
 //! new primary first cuts what the primary's history does not share — after the fork point of
 //! its epoch or after the primary's durable end: the member core's decision at a hello
@@ -73,23 +76,27 @@
 //!   that meets the fault is not acknowledged.
 //! - A member that takes over holds every acknowledged write in its rows.
 //! - Nothing a cut removes was ever applied (applied rows are rows a client may have read).
-//! - A backup stores only frames that continue its journal, with the primary's history.
+//! - A backup stores only frames that continue its journal, with the primary's history; what
+//!   the primary's hub sent it over a delivered channel is everything the primary's journal
+//!   holds, and the committed end it was told never passes what the primary's writer
+//!   committed (members apply nothing beyond it).
 //! - At the end: no write still waits, the final primary holds every acknowledged write and
 //!   every row any client read on any member (a read on the primary sees only what its writer
 //!   committed), and the backup's and the async member's rows are the primary's, row by row.
 //!
 //! # Left out
 //!
-//! The receiver and the driver: the world's model carries out the cores' decisions and says
-//! when the backup stores and acknowledges. The writer's extension (the mirror's lifecycle
+//! The receiver's and the driver's threads: the world's model carries out the cores'
+//! decisions and says when a channel's bytes are delivered and the backup acknowledges (the
+//! acknowledgement goes to the hub directly, not as bytes). The writer's extension (the mirror's lifecycle
 //! steps): a member becomes the writer of the mirror's database by the world's takeover. A
 //! power loss (what the page cache held but no fsync made durable survives a process crash
 //! here).
 //!
 //! [`Writer`]: crate::instance::writer::Writer
 //! [`Hub`]: crate::mirror::hub::Hub
-//! [`check_frames`]: crate::mirror::protocol::check_frames
 //! [`Applier`]: crate::storage::database::Applier
+//! [`Round`]: crate::mirror::receiver::round::Round
 //! [`at_hello`]: crate::mirror::core::hello::at_hello
 //! [`InjectedFaults`]: crate::journal::InjectedFaults
 
@@ -109,17 +116,19 @@ use crate::journal::{
 use crate::mirror::core::follow::Follow;
 use crate::mirror::core::hello::{Cut, Hello, at_hello};
 use crate::mirror::hub::Hub;
-use crate::mirror::protocol::check_frames;
 use crate::mirror::state::DriverInput;
+use crate::mirror::state::LinkError;
 use crate::names::DbName;
 use crate::storage::CatalogState;
 use crate::storage::database::{self, Applier, set_applied_sql};
 
 mod async_member;
 mod hubs;
+mod wire;
 mod writer;
 
 use hubs::member_info;
+use wire::Link;
 use writer::{DB_DIRECTORY, PrimaryWriter, Submitted};
 
 /// The async member's index among the stores (the failover members are 0 and 1).
@@ -247,8 +256,8 @@ struct Store {
     clock: Arc<ManualClock>,
     /// The hub serves this member's journal as the primary's (reset at the journal's end).
     serving: bool,
-    /// Primary: the hub's link of each data channel generation.
-    links: Vec<(u8, u64)>,
+    /// Primary: the hub's link of each data channel generation, newest last.
+    links: Vec<Link>,
 }
 
 /// The files of both failover members, and what clients were told and saw.
@@ -258,6 +267,8 @@ pub(crate) struct Data {
     stores: [Store; 3],
     /// The failover member the async member said hello to, while its link lives.
     async_follows: Option<usize>,
+    /// That link, as the followed member's hub knows it.
+    async_link: Option<Link>,
     /// The async member's following decisions (the receiver's, [`Follow`]) and the failover
     /// member it knows as the primary (the last to welcome it).
     async_follow: Follow,
@@ -408,6 +419,7 @@ impl Data {
             dir,
             stores,
             async_follows: None,
+            async_link: None,
             async_follow: Follow::new(),
             async_knows: 0,
             epochs: Vec::new(),
@@ -481,10 +493,13 @@ impl Data {
                 true => {
                     // The primary's hub registers the link (replacing the one it may still
                     // hold: losing that counts as losing any link).
+                    let backup_end = self.stores[backup].end();
                     let p = &mut self.stores[primary];
                     let registered = p.primary_hub().register(member_info(backup));
-                    let (id, ..) = io("register the backup", registered)?;
-                    p.links.push((generation, id));
+                    let registered = io("register the backup", registered)?;
+                    let committed = p.hub.committed_end();
+                    let link = Link::new(generation, registered, &p.shared, backup_end, committed)?;
+                    p.links.push(link);
                     Ok(())
                 }
                 // The world lets a backup follow only a primary of its epoch or a newer one.
@@ -498,9 +513,10 @@ impl Data {
                 generation,
             } => {
                 let p = &mut self.stores[primary];
-                if let Some(i) = p.links.iter().position(|(g, _)| *g == generation) {
-                    let (_, id) = p.links.remove(i);
-                    p.primary_hub().unregister(id, "the data channel ended");
+                if let Some(i) = p.links.iter().position(|l| l.generation == generation) {
+                    let link = p.links.remove(i);
+                    p.primary_hub()
+                        .unregister(link.id, "the data channel ended");
                 }
                 Ok(())
             }
@@ -509,7 +525,12 @@ impl Data {
                 generation,
             } => {
                 let p = &mut self.stores[primary];
-                if let Some(&(_, id)) = p.links.iter().find(|(g, _)| *g == generation) {
+                if let Some(id) = p
+                    .links
+                    .iter()
+                    .find(|l| l.generation == generation)
+                    .map(|l| l.id)
+                {
                     p.primary_hub().on_stood_down(id);
                 }
                 Ok(())
@@ -677,16 +698,14 @@ impl Data {
     /// Sends the backup every record of the primary it lacks, as the data channel does: frames
     /// checked, stored at the same positions, fsynced.
     fn ship(&mut self, primary: usize, backup: usize) -> Result<(), String> {
-        io("store", self.try_ship(primary, backup)?)
+        self.try_ship(primary, backup)?
+            .map_err(|err| format!("member {backup} stores: {err}"))
     }
 
     /// [`Data::ship`], the backup's journal failure apart from the rest: the outer error is a
-    /// violation, the inner one what the backup's journal said.
-    fn try_ship(
-        &mut self,
-        primary: usize,
-        backup: usize,
-    ) -> Result<crate::error::Result<()>, String> {
+    /// violation, the inner one what the backup's journal said. The member reads its data
+    /// channel ([`Data::deliver`]).
+    fn try_ship(&mut self, primary: usize, backup: usize) -> Result<Result<(), LinkError>, String> {
         let from = self.stores[backup].end();
         let until = self.stores[primary].end();
         if from > until {
@@ -695,19 +714,7 @@ impl Data {
                  hello should have cut it"
             ));
         }
-        if from == until {
-            return Ok(Ok(()));
-        }
-        let mut frames = Vec::new();
-        for record in self.stores[primary].shared.read_range(from, until) {
-            io("read", record)?.encode_into(&mut frames);
-        }
-        let (first, last) = (from.next(), until);
-        let records = io("check frames", check_frames(&frames, first, last))?;
-        let journal = self.stores[backup].journal(backup)?;
-        Ok(journal
-            .append(&frames, last, records)
-            .and_then(|()| journal.sync()))
+        self.deliver(primary, backup)
     }
 
     /// The active backup's journal meets `fault` while it stores what the primary just wrote
@@ -745,7 +752,8 @@ impl Data {
     ) -> Result<(), String> {
         if fetched && self.stores[old].end() > self.stores[member].end() {
             // The old primary's agent handed over its journal (what it made durable).
-            self.ship(old, member)?;
+            self.send_from_files(old, member)?
+                .map_err(|err| format!("member {member} stores what it fetched: {err}"))?;
         }
         // The new primary's hub starts serving at the end of its journal (the takeover step's
         // reset). The old primary's notices its link ending when the world delivers that.
@@ -827,8 +835,8 @@ impl Data {
             ));
         }
         let backup = 1 - primary;
+        // The last commit's announcement is delivered with the rest: the backup may apply all.
         self.ship(primary, backup)?;
-        self.stores[backup].committed = self.stores[primary].committed;
         self.stores[backup].apply()?;
         self.stores[primary].apply()?;
         let rows = self.stores[primary].rows()?;

@@ -16,9 +16,11 @@
 //! appended through the member's real replication hub and fsynced, the batch parked until
 //! the hub acknowledges it, the writes that come meanwhile queued behind it and committed as
 //! one batch — and at every write the writer's answer must be the world's (waiting for the
-//! backup, or acknowledged alone or once the backup stored it); a backup stores what it is
-//! sent after checking it; each member applies what is committed with the dejournaling code; a hello cuts what the primary's history does
-//! not share; an async member finds the primary by its receiver's own decisions
+//! backup, or acknowledged alone or once the backup stored it); a backup reads the real bytes
+//! the primary sent it (the superserver's catch-up from the files, then what the hub queued in
+//! the link's outbox) and stores them with the receiver's own receive round; each member
+//! applies what is committed with the dejournaling code; a hello cuts what the primary's
+//! history does not share; an async member finds the primary by its receiver's own decisions
 //! ([`crate::mirror::core::follow`]: the member it knows, then each failover member in turn,
 //! a stale primary among them) and follows it; clients read rows
 //! on any member now and then. The files then answer for the invariants about rows: a member
@@ -103,9 +105,10 @@
 //!
 //! # Left out (for now)
 //!
-//! The world carries out what the cores decide through a model of the driver and the receiver
-//! (they join when the network side gets a transport seam), and it says when a write should
-//! be acknowledged — checked against the real writer and hub at every write and whenever
+//! The world carries out what the cores decide through a model of the driver's and the
+//! receiver's threads (the receiver's storing is its own code, fed the hub's real bytes; the
+//! threads would join with a transport seam on the network side), and it says when a write
+//! should be acknowledged — checked against the real writer and hub at every write and whenever
 //! writes that waited are answered, and decided by them in one case (the hub revokes a backup
 //! that left writes waiting a QoS, and the world follows). On the data channel a one-way
 //! partition is a half-open link (one side notices before the other); TCP turns any one-way

@@ -3,7 +3,9 @@
 
 use crate::mirror::core::follow::{Ended, Target};
 
-use super::{ASYNC, Data};
+use super::hubs::member_info;
+use super::wire::Link;
+use super::{ASYNC, Data, io};
 
 impl Data {
     /// The async member receives what primary `primary` has (after a hello, when its link is
@@ -15,15 +17,35 @@ impl Data {
             if !self.cut_at_hello(primary, ASYNC, epoch)? {
                 return Ok(());
             }
+            // The primary's hub registers the link, as for a backup (see `wire`).
+            let backup_end = self.stores[ASYNC].end();
+            let p = &mut self.stores[primary];
+            let registered = io(
+                "register the async member",
+                p.primary_hub().register(member_info(ASYNC)),
+            )?;
+            let committed = p.hub.committed_end();
+            self.async_link = Some(Link::new(0, registered, &p.shared, backup_end, committed)?);
             self.async_follows = Some(primary);
         }
+        // It applies what the primary said it committed (see `Data::deliver`).
         self.ship(primary, ASYNC)?;
-        self.stores[ASYNC].committed = self.stores[primary].committed;
         self.stores[ASYNC].apply()
     }
 
-    /// The async member's link breaks.
+    /// The async member's link breaks: the hub it was registered with drops it (the hub is
+    /// still the one it registered with: a restart or a takeover breaks the link first) —
+    /// unless that member's host is frozen: it notices nothing, and holds the link until the
+    /// async member's next hello replaces it (dropping a link wakes the writer, which a frozen
+    /// host's must not be).
     pub(crate) fn async_lost(&mut self) {
+        if let (Some(primary), Some(link)) = (self.async_follows, self.async_link.take())
+            && !self.stores[primary].frozen
+        {
+            self.stores[primary]
+                .hub
+                .unregister(link.id, "the link broke");
+        }
         if self.async_follows.take().is_some() {
             // It had been welcomed: the member it knows is the one to ask first again.
             self.async_follow.ended(Ended::Closed);

@@ -26,10 +26,14 @@ impl Store {
     }
 
     /// The hub, serving this member's journal as the primary's from now on (a member becoming
-    /// primary resets it at its journal's end, as the takeover step does).
+    /// primary resets it at its journal's end, as the takeover step does). Everything its
+    /// journal holds counts as committed from then on — the hub tells every member it may
+    /// apply it, and the member's database is brought to it (start-up recovery, the takeover
+    /// step) before its writer takes the journal.
     pub(super) fn primary_hub(&mut self) -> &Hub {
         if !self.serving {
             self.hub.reset(self.end());
+            self.committed = self.committed.max(self.end());
             self.serving = true;
         }
         // What the hub reported is the world's to deliver.
@@ -172,7 +176,7 @@ impl Data {
             }
         }
         if let Some(b) = backup {
-            self.stores[b].committed = self.stores[primary].committed;
+            // Up to what the primary told it was committed (see `Data::deliver`).
             self.stores[b].apply()?;
         }
         Ok(())
@@ -192,7 +196,6 @@ impl Data {
             return self.release(primary, Some(backup));
         }
         self.ship(primary, backup)?;
-        self.stores[backup].committed = self.stores[primary].committed;
         self.stores[backup].apply()
     }
 
@@ -201,7 +204,7 @@ impl Data {
     pub(super) fn acknowledge(&mut self, primary: usize, backup: usize) {
         let end = self.stores[backup].end();
         let p = &mut self.stores[primary];
-        if let Some(&(_, id)) = p.links.last() {
+        if let Some(id) = p.links.last().map(|l| l.id) {
             p.primary_hub().on_ack(id, end);
         }
     }
@@ -239,11 +242,16 @@ impl Data {
     }
 }
 
-/// Failover member `i` as its hub knows it.
+/// Member `i` as a primary's hub knows it: failover member A or B, or the async member C (a
+/// DR async).
 pub(super) fn member_info(i: usize) -> MemberInfo {
     MemberInfo {
-        name: MemberName::new(["A", "B"][i]).expect("a member name"),
-        kind: MemberKind::Failover,
+        name: MemberName::new(["A", "B", "C"][i]).expect("a member name"),
+        kind: if i == super::ASYNC {
+            MemberKind::Dr
+        } else {
+            MemberKind::Failover
+        },
         superserver_address: String::new(),
         mirror_private_address: String::new(),
         agent_address: String::new(),
