@@ -6,7 +6,9 @@
 //! appended together and made durable with one `fdatasync`, then acknowledged with one `Ack`
 //! (group acknowledgement). The writer is asked to dejournal up to what is durable here *and*
 //! announced durable by the primary — never further, so nothing is applied that a restarted
-//! primary might not have.
+//! primary might not have. What a round does with the frames it read — check them, gather them,
+//! append and fsync them after the journal's end — is [`round::Round`], apart from the socket,
+//! so the simulation stores what a primary's hub sent with this very code.
 //!
 //! Whether to connect now, to whom, and what follows when a connection ends are decisions of
 //! the member core ([`follow`](super::core::follow)): a link that failed is tried again a

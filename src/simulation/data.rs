@@ -74,6 +74,8 @@
 //!   batch.
 //! - A writer stops only on an injected journal fault, refuses no write otherwise, and a write
 //!   that meets the fault is not acknowledged.
+//! - A writer announces a committed end (members may apply up to it) only once its database
+//!   holds it — checked at the moment it says so (see [`writer`]).
 //! - A member that takes over holds every acknowledged write in its rows.
 //! - Nothing a cut removes was ever applied (applied rows are rows a client may have read).
 //! - A backup stores only frames that continue its journal, with the primary's history; what
@@ -675,6 +677,7 @@ impl Data {
             JournalFault::DiskFull => (JournalOp::Append, Fault::Fail(libc::ENOSPC)),
         };
         let queued = !p.pending.is_empty();
+        // Started before the fault is planned: the start must not be what meets it.
         p.writer(primary, epoch)?;
         p.faults.next(op, fault);
         p.fault_planned = true;
@@ -695,8 +698,8 @@ impl Data {
         }
     }
 
-    /// Sends the backup every record of the primary it lacks, as the data channel does: frames
-    /// checked, stored at the same positions, fsynced.
+    /// Member `backup` receives everything in flight on its data channel from `primary` (see
+    /// [`wire`]): frames checked, stored at the same positions, fsynced.
     fn ship(&mut self, primary: usize, backup: usize) -> Result<(), String> {
         self.try_ship(primary, backup)?
             .map_err(|err| format!("member {backup} stores: {err}"))

@@ -103,6 +103,13 @@
 //! a QoS instead of revoking the backup, or one that revokes it without holding writes, within
 //! a hundred seeds (tried by putting each into the hub).
 //!
+//! Checking the order of the writer's calls as they happen (its replication is the hub
+//! wrapped, see [`data`]'s writer): the writer told the hub a batch was committed — and the
+//! hub told every member it may apply it — *before* its own `COMMIT`. A backup could show a
+//! row for a moment before the primary did, and a `COMMIT` that failed had been announced
+//! all the same. The writer now announces after its commit, and only when it succeeded;
+//! every seed found the old order.
+//!
 //! # Left out (for now)
 //!
 //! The world carries out what the cores decide through a model of the driver's and the

@@ -284,8 +284,7 @@ impl Writer {
             }
             Acknowledged::Yes => {
                 let parked = self.parked.take().expect("looked at above");
-                self.replication.committed(last);
-                match parked.work {
+                let result = match parked.work {
                     ParkedWork::Batch {
                         namespace,
                         conn,
@@ -297,7 +296,15 @@ impl Writer {
                         result
                     }
                     ParkedWork::Extension(command) => self.extension_command(command),
+                };
+                // Ordering: the members learn they may apply the batch only once it is
+                // committed here, so no member shows a row before the primary does. A commit
+                // that failed announces nothing (the instance stops; its restart replays the
+                // journal, and only then says where the committed end is).
+                if result.is_ok() {
+                    self.replication.committed(last);
                 }
+                result
             }
         }
     }

@@ -53,7 +53,7 @@ impl Store {
                 format!("member {member} writes as the primary while its instance is down")
             })?;
             let writer = PrimaryWriter::start(
-                &self.dir,
+                (&self.dir, &self.file),
                 journal,
                 self.hub.clone(),
                 self.clock.clone(),
@@ -100,6 +100,9 @@ impl Data {
         };
         let held = p.hub.suspended();
         writer.settled()?;
+        if let Some(why) = writer.announced_early() {
+            return Err(format!("member {i}'s writer {why}"));
+        }
         if let Some(why) = writer.failure().filter(|_| !p.fault_planned) {
             return Err(format!("member {i}'s writer stopped: {why}"));
         }
@@ -117,11 +120,15 @@ impl Data {
                 false
             }
         });
+        // Only a commit moves the applied position, and every commit answers a write.
+        let moved = !answered.is_empty() || refused.is_some();
         if let Some((key, err)) = refused.filter(|_| !p.fault_planned) {
             return Err(format!("member {i}'s writer refused write {key}: {err}"));
         }
-        p.applied = p.applied_in_file()?;
-        p.committed = p.applied;
+        if moved {
+            p.applied = p.applied_in_file()?;
+            p.committed = p.applied;
+        }
         if revoked {
             self.revoked.push(i);
             self.qos_revocations += 1;

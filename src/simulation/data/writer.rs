@@ -17,6 +17,16 @@
 //! A client's write is the writer's own future ([`WriterHandle::write`]), polled without a
 //! runtime: once to send it, then after each settle to see whether it was answered.
 //!
+//! # One ordering checked as it happens
+//!
+//! The writer tells its replication what it committed ([`Replication::committed`]: the hub
+//! then tells every member it may apply it). It must say so only once its own database holds
+//! the batch, or a backup could show a row the primary does not. A check after the writer
+//! settled cannot see the order of the two, so the hub is handed to the writer wrapped
+//! ([`CheckedHub`]): at the moment of each such call, it reads the applied position of the
+//! database file on a connection of its own (which sees committed transactions only), and keeps
+//! the first call that came before its commit for the simulation to report.
+//!
 //! # What it leaves out
 //!
 //! No extension (the mirror's lifecycle steps): a member becomes the writer of the mirror's
@@ -28,9 +38,10 @@
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::clock::ManualClock;
 use crate::config::mirror::{Membership, MirrorDefinition};
@@ -39,11 +50,13 @@ use crate::error::Result as DbResult;
 use crate::instance::reader::ReadPool;
 use crate::instance::role::MemberRole;
 use crate::instance::sql::{QueryResult, SqlValue};
+use crate::instance::writer::replication::{Acknowledged, Replication, Waker as ReplicationWaker};
 use crate::instance::writer::{WriteRequest, Writer, WriterHandle, WriterSetup};
 use crate::journal::{Epoch, Journal, JournalOptions, JournalPos, JournalShared};
 use crate::mirror::hub::Hub;
 use crate::names::{DbName, NamespaceName};
 use crate::storage::Catalog;
+use crate::storage::database;
 
 use super::hubs::member_info;
 use super::{DB, STREAM, io};
@@ -55,6 +68,8 @@ pub(super) const DB_DIRECTORY: &str = "sim";
 pub(super) struct PrimaryWriter {
     handle: WriterHandle,
     thread: Option<JoinHandle<()>>,
+    /// The first committed end it announced before its database held it.
+    early: Arc<Mutex<Option<String>>>,
     /// The epoch its records carry (the world's when the member became primary).
     pub(super) epoch: u8,
 }
@@ -105,9 +120,10 @@ impl MemberRole for Primary {
 impl PrimaryWriter {
     /// Starts the writer of the member in `dir` as the mirror's primary in `epoch`: its
     /// configuration says so (the database mirrored, the epoch), and it writes `journal`
-    /// through `hub`, on the hub's `clock`.
+    /// through `hub` (checked, see the module essay: `file` is the database's), on the hub's
+    /// `clock`.
     pub(super) fn start(
-        dir: &Path,
+        (dir, file): (&Path, &Path),
         journal: Journal,
         hub: Arc<Hub>,
         clock: Arc<ManualClock>,
@@ -149,6 +165,12 @@ impl PrimaryWriter {
             ),
         )?;
         let readers = Arc::new(ReadPool::new(catalog.clone(), 5_000));
+        let early = Arc::new(Mutex::new(None));
+        let replication = Arc::new(CheckedHub {
+            hub,
+            db: Mutex::new(io("open the database", database::open_for_apply(file))?),
+            early: early.clone(),
+        });
         let (handle, thread) = Writer::spawn(WriterSetup {
             data_dir: dir.to_path_buf(),
             catalog,
@@ -157,7 +179,7 @@ impl PrimaryWriter {
             mirror_journal: Some(journal),
             readers,
             role: Arc::new(Primary),
-            replication: hub,
+            replication,
             clock,
             extension: None,
             write_timeout_ms: 5_000,
@@ -167,6 +189,7 @@ impl PrimaryWriter {
         Ok(PrimaryWriter {
             handle,
             thread: Some(thread),
+            early,
             epoch,
         })
     }
@@ -204,6 +227,11 @@ impl PrimaryWriter {
         }
     }
 
+    /// The first committed end the writer announced before its database held it.
+    pub(super) fn announced_early(&self) -> Option<String> {
+        self.early.lock().unwrap().clone()
+    }
+
     /// Why the writer stopped, if a failure stopped it.
     pub(super) fn failure(&self) -> Option<String> {
         self.handle.failure()
@@ -215,6 +243,67 @@ impl PrimaryWriter {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// A member's hub as its writer's replication, checking that the writer announces a committed
+/// end only once its database holds it (see the module essay); everything else is the hub's.
+struct CheckedHub {
+    hub: Arc<Hub>,
+    /// The member's database file, on a connection of its own.
+    db: Mutex<rusqlite::Connection>,
+    early: Arc<Mutex<Option<String>>>,
+}
+
+impl Replication for CheckedHub {
+    fn publish(
+        &self,
+        journal: &mut Journal,
+        frames: &[u8],
+        first: JournalPos,
+        last: JournalPos,
+    ) -> DbResult<()> {
+        self.hub.publish(journal, frames, first, last)
+    }
+
+    fn acknowledgement(&self, last: JournalPos, since: Instant) -> Acknowledged {
+        self.hub.acknowledgement(last, since)
+    }
+
+    fn committed(&self, pos: JournalPos) {
+        let applied = database::read_identity(&self.db.lock().unwrap(), "main")
+            .map(|identity| identity.applied_pos);
+        let mut early = self.early.lock().unwrap();
+        match applied {
+            Ok(applied) if applied >= pos => {}
+            Ok(applied) => {
+                early.get_or_insert(format!(
+                    "announced that members may apply up to {pos} while its database held up \
+                     to {applied}"
+                ));
+            }
+            Err(err) => {
+                early.get_or_insert(format!("announced {pos}: its database unread: {err}"));
+            }
+        }
+        drop(early);
+        self.hub.committed(pos);
+    }
+
+    fn may_commit(&self) -> bool {
+        self.hub.may_commit()
+    }
+
+    fn qos(&self) -> Duration {
+        Replication::qos(&*self.hub)
+    }
+
+    fn set_waker(&self, waker: ReplicationWaker) {
+        self.hub.set_waker(waker)
+    }
+
+    fn close(&self, why: &str) {
+        Replication::close(&*self.hub, why)
     }
 }
 
