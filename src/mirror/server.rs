@@ -63,10 +63,11 @@ use crate::util::now_ms;
 
 use super::MirrorContext;
 use super::core::hello::{AtHello, Cut, Hello, at_hello};
+use super::hub::Hub;
 use super::pending::{self, Heard};
 use super::protocol::{Control, Message, read_message, write_control, write_frames};
 use super::state::Role;
-use crate::config::mirror::{MemberInfo, MemberKind};
+use crate::config::mirror::{MemberInfo, MemberKind, MemberName};
 
 /// Why the primary turns a member away at its hello: said on the wire as `Control::Refused`,
 /// whose flag tells a member that waits (and keeps asking) from one refused.
@@ -820,33 +821,57 @@ fn serve_member(
 
 /// Reads a member's acknowledgements and reports until the connection ends; returns why.
 fn read_acks(reader: &mut BufReader<Channel>, context: &MirrorContext, id: u64) -> String {
+    let hub = &context.mirror.hub;
     loop {
-        match read_message(reader) {
-            Ok(Some(Message::Ack(pos))) => context.mirror.hub.on_ack(id, pos),
-            Ok(Some(Message::Control(control))) => match *control {
-                Control::Status { dejournaling } => context.mirror.hub.on_status(id, dejournaling),
-                Control::FailoverMode { arbiter } => {
-                    context.mirror.hub.on_partner_mode(id, arbiter)
-                }
-                Control::StoodDown => context.mirror.hub.on_stood_down(id),
-                // The backup asked: the primary's setting is the mirror's, and every member
-                // hears it back.
-                Control::NoFailover { defined_primary }
-                    if super::service::store_no_failover(context, defined_primary.clone())
-                        .is_ok() =>
-                {
-                    context
-                        .mirror
-                        .hub
-                        .announce(Control::NoFailover { defined_primary })
-                }
-                _ => {}
-            },
-            Ok(Some(Message::Frames { .. } | Message::Chunk { .. })) => {
-                return "the member sent journal frames or copy bytes".into();
-            }
-            Ok(None) => return "the member closed the connection".into(),
+        let message = match read_message(reader) {
+            Ok(message) => message,
             Err(err) => return format!("connection lost: {err}"),
+        };
+        match hear_member(hub, id, message) {
+            MemberSaid::Handled => {}
+            // The backup asked: the primary's setting is the mirror's, and every member hears
+            // it back.
+            MemberSaid::NoFailover(defined_primary) => {
+                if super::service::store_no_failover(context, defined_primary.clone()).is_ok() {
+                    hub.announce(Control::NoFailover { defined_primary })
+                }
+            }
+            MemberSaid::Ended(why) => return why,
         }
     }
+}
+
+/// What the primary does with one message a connected member sent on the data channel.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum MemberSaid {
+    /// The hub took it (an acknowledgement, a report, a stand-down) or it means nothing here.
+    Handled,
+    /// The member asks for No Failover with this defined primary (or for it to end): the
+    /// caller stores it and tells every member.
+    NoFailover(Option<MemberName>),
+    /// The connection ends, for this reason.
+    Ended(String),
+}
+
+/// Hands one message of link `id` (`None`: the member closed the connection) to the hub — the
+/// primary's side of the data channel apart from the socket, so the simulation's backups
+/// speak to their primary's hub through it.
+pub(crate) fn hear_member(hub: &Hub, id: u64, message: Option<Message>) -> MemberSaid {
+    match message {
+        Some(Message::Ack(pos)) => hub.on_ack(id, pos),
+        Some(Message::Control(control)) => match *control {
+            Control::Status { dejournaling } => hub.on_status(id, dejournaling),
+            Control::FailoverMode { arbiter } => hub.on_partner_mode(id, arbiter),
+            Control::StoodDown => hub.on_stood_down(id),
+            Control::NoFailover { defined_primary } => {
+                return MemberSaid::NoFailover(defined_primary);
+            }
+            _ => {}
+        },
+        Some(Message::Frames { .. } | Message::Chunk { .. }) => {
+            return MemberSaid::Ended("the member sent journal frames or copy bytes".into());
+        }
+        None => return MemberSaid::Ended("the member closed the connection".into()),
+    }
+    MemberSaid::Handled
 }

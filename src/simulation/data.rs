@@ -118,6 +118,7 @@ use crate::journal::{
 use crate::mirror::core::follow::Follow;
 use crate::mirror::core::hello::{Cut, Hello, at_hello};
 use crate::mirror::hub::Hub;
+use crate::mirror::protocol::{Control, write_control};
 use crate::mirror::state::DriverInput;
 use crate::mirror::state::LinkError;
 use crate::names::DbName;
@@ -527,15 +528,16 @@ impl Data {
                 generation,
             } => {
                 let p = &mut self.stores[primary];
-                if let Some(id) = p
-                    .links
-                    .iter()
-                    .find(|l| l.generation == generation)
-                    .map(|l| l.id)
-                {
-                    p.primary_hub().on_stood_down(id);
+                match p.links.iter().find(|l| l.generation == generation) {
+                    // Said on the link, as the backup's receiver says it.
+                    Some(link) => {
+                        let id = link.id;
+                        let stood_down =
+                            |out: &mut Vec<u8>| write_control(out, &Control::StoodDown);
+                        wire::hear(p.primary_hub(), id, stood_down)
+                    }
+                    None => Ok(()),
                 }
-                Ok(())
             }
             DataEvent::StandDownRelayed { primary } => {
                 let hub = self.stores[primary].primary_hub();

@@ -18,7 +18,8 @@
 //! one batch — and at every write the writer's answer must be the world's (waiting for the
 //! backup, or acknowledged alone or once the backup stored it); a backup reads the real bytes
 //! the primary sent it (the superserver's catch-up from the files, then what the hub queued in
-//! the link's outbox) and stores them with the receiver's own receive round; each member
+//! the link's outbox) and stores them with the receiver's own receive round, and its
+//! acknowledgements go back as bytes the primary's superserver code reads; each member
 //! applies what is committed with the dejournaling code; a hello cuts what the primary's
 //! history does not share; an async member finds the primary by its receiver's own decisions
 //! ([`crate::mirror::core::follow`]: the member it knows, then each failover member in turn,

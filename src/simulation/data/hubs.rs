@@ -14,7 +14,9 @@ use crate::mirror::hub::Hub;
 use crate::mirror::state::DriverInput;
 
 use super::super::world::QOS;
+use super::wire::hear;
 use super::{Data, PrimaryWriter, Store};
+use crate::mirror::protocol::write_ack;
 
 impl Store {
     /// A fresh hub, as an instance starts with.
@@ -156,7 +158,7 @@ impl Data {
         loop {
             if let Some(b) = backup {
                 self.ship(primary, b)?;
-                self.acknowledge(primary, b);
+                self.acknowledge(primary, b)?;
             }
             let before = self.stores[primary].end();
             let answered = self.settle(primary)?;
@@ -207,13 +209,15 @@ impl Data {
     }
 
     /// The backup acknowledges what it holds on the primary's newest link (the hub makes it
-    /// active once that covers what the primary had when it connected).
-    pub(super) fn acknowledge(&mut self, primary: usize, backup: usize) {
+    /// active once that covers what the primary had when it connected), as its receiver
+    /// writes an acknowledgement and the primary's superserver reads it ([`hear`]).
+    pub(super) fn acknowledge(&mut self, primary: usize, backup: usize) -> Result<(), String> {
         let end = self.stores[backup].end();
         let p = &mut self.stores[primary];
         if let Some(id) = p.links.last().map(|l| l.id) {
-            p.primary_hub().on_ack(id, end);
+            return hear(p.primary_hub(), id, |out| write_ack(out, end));
         }
+        Ok(())
     }
 
     /// `ms` of simulated time passed: every hub's clock (its writer's too) moves with the

@@ -22,17 +22,21 @@
 //! The async member's link is one more link of the same hub, with bytes of its own: it is
 //! registered at its hello and dropped when its link breaks.
 //!
+//! The other way, what a backup says to its primary — its acknowledgements, its stand-down —
+//! is encoded as the receiver writes it and read back by the superserver's own code
+//! ([`hear_member`]), which hands it to the hub ([`hear`]).
+//!
 //! Left out: the messages a member reads other than frames and the committed end (activation,
-//! mode, hand-over: the world tells the cores itself), and what a member sends back (a
-//! backup's acknowledgements are given to the hub directly).
+//! mode, hand-over: the world tells the cores itself).
 
 use std::sync::Arc;
 
 use crate::journal::{JournalPos, JournalShared};
+use crate::mirror::hub::Hub;
 use crate::mirror::outbox::Outbox;
 use crate::mirror::protocol::{Control, Message, read_message};
 use crate::mirror::receiver::round::Round;
-use crate::mirror::server::catch_up;
+use crate::mirror::server::{MemberSaid, catch_up, hear_member};
 use crate::mirror::state::LinkError;
 
 use super::{ASYNC, Data, io};
@@ -82,6 +86,24 @@ impl Link {
             catch_up: catch_up_bytes,
             durable: JournalPos::ZERO,
         })
+    }
+}
+
+/// A backup says something to its primary on link `id`: `write` encodes it as the receiver
+/// does, and the primary's superserver code reads it and hands it to `hub`.
+pub(super) fn hear(
+    hub: &Hub,
+    id: u64,
+    write: impl FnOnce(&mut Vec<u8>) -> crate::error::Result<()>,
+) -> Result<(), String> {
+    let mut bytes = Vec::new();
+    io("write to the data channel", write(&mut bytes))?;
+    let message = io("read the data channel", read_message(&mut bytes.as_slice()))?;
+    match hear_member(hub, id, message) {
+        MemberSaid::Handled => Ok(()),
+        other => Err(format!(
+            "the primary took its backup's message as {other:?}"
+        )),
     }
 }
 
