@@ -9,17 +9,22 @@
 //!
 //! A thread that waits for a deadline asks the clock how long to wait on the machine's time
 //! ([`Clock::timeout_until`]): the writer waits so for a parked batch's QoS and a Freeze's end;
-//! on a [`ManualClock`] it waits for a command instead, and whoever moves the clock wakes it.
+//! on a [`ManualClock`] it waits for a command instead, and whoever moves the clock must wake
+//! the waiters ([`ManualClock::advance`] wakes nobody: the simulation sends the writer a
+//! command after moving it).
 //!
-//! A member reads one clock everywhere a timing decision is made
-//! (`InstanceSettings::clock`, kept in the mirror's state): the writer, the replication hub,
-//! the failover driver (the time it gives its core, the gap between looks that the stall rule
-//! reads, how long the trouble state held) and the receiver (when the primary was last heard,
-//! a round that stalled, when to acknowledge again).
+//! A member's writer, replication hub, failover driver and receiver read one clock for their
+//! timing decisions (`InstanceSettings::clock`, kept in the mirror's state): the writer's
+//! waits, the hub's (QoS revocation, how long writes were held, when a member was last heard),
+//! the driver's (the time it gives its core, the gap between looks that the stall rule reads,
+//! how long the trouble state held) and the receiver's (when the primary was last heard, a
+//! round that stalled).
 //!
-//! Left out: the waits that are I/O rather than decisions stay on the machine's time — the
-//! sockets' timeouts (the kernel's), the driver's tick and the retry pauses between
-//! connections (how often a thread looks, not what it concludes), the arbiter link's pings.
+//! Left out: what paces a thread rather than decides stays on the machine's time — the
+//! sockets' timeouts (the kernel's), the driver's tick, the retry pauses between connections,
+//! how often the receiver repeats its acknowledgement and reports, the arbiter link's pings —
+//! and so do the times the receiver shows to people and the decisions outside these four (a
+//! Pending New Members request's expiry, the no-click mirror's waits).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

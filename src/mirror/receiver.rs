@@ -53,6 +53,7 @@ use super::protocol::{Control, Message, check_frames, read_message, write_ack, w
 use super::state::{DriverInput, LinkError};
 use crate::config::mirror::{MemberInfo, MemberKind, Membership};
 use crate::tls::Channel;
+use crate::util::now_ms;
 
 pub(crate) mod round;
 use round::Round;
@@ -110,7 +111,7 @@ pub fn start(
                     Next::Stop => return,
                 }
                 let result = receive(&context, &journal, &stop, &follow, &inbox);
-                let now = context.mirror.clock.now_ms();
+                let now = now_ms();
                 let (was_connected, last_error) = context
                     .mirror
                     .read(|s| (s.link.connected, s.link.last_error.clone()));
@@ -343,15 +344,16 @@ fn receive(
     // What was meant for the old connection is forgotten before the driver hears of the new
     // one (what it asks after that is for this connection).
     while inbox.try_recv().is_ok() {}
-    // Every time the receiver keeps, and every wait of the protocol below, reads the member's
-    // clock, as the driver does when it compares them (see `crate::clock`); the sockets' own
-    // timeouts stay the machine's: they are the kernel's.
+    // What the failover decisions read — when the primary was last heard, how long a round
+    // took — is on the member's clock, as the driver compares it (see `crate::clock`). How
+    // often acknowledgements and reports are repeated, the times shown to people and the
+    // sockets' timeouts stay the machine's: they pace the link, they decide nothing.
     let clock = &context.mirror.clock;
     context.mirror.update_link(|link| {
         link.connected = true;
         link.last_heard = Some(clock.now());
         link.primary = Some(primary.clone());
-        link.since_ms = clock.now_ms();
+        link.since_ms = now_ms();
         link.disconnected_ms = None;
         link.last_error = None;
     });
@@ -463,24 +465,24 @@ fn receive(
             None => true,
             // At least every quarter QoS: the primary tells load balancers it acknowledges
             // writes only while it heard from its active backup within half a QoS.
-            Some((pos, at)) => received_end > pos || clock.since(at) >= ACK_REFRESH.min(qos / 4),
+            Some((pos, at)) => received_end > pos || at.elapsed() >= ACK_REFRESH.min(qos / 4),
         };
         if ack_due {
             write_ack(&mut writer, received_end)?;
-            last_ack = Some((received_end, clock.now()));
+            last_ack = Some((received_end, Instant::now()));
         }
         reconnect |= take_inputs(inbox, &mut reports);
         for (report, _) in &reports {
             write_control(&mut writer, report)?;
         }
-        if last_status.is_none_or(|at| clock.since(at) >= Duration::from_secs(1)) {
+        if last_status.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
             write_control(
                 &mut writer,
                 &Control::Status {
                     dejournaling: context.dejournal_summary(),
                 },
             )?;
-            last_status = Some(clock.now());
+            last_status = Some(Instant::now());
         }
         writer.flush()?;
         for (_, sent) in reports.drain(..) {
@@ -489,7 +491,7 @@ fn receive(
             }
         }
         let received = round.len() as u64;
-        let stored_ms = round.first().is_some().then(|| clock.now_ms());
+        let stored_ms = round.first().is_some().then(now_ms);
         context.mirror.update_link(|link| {
             link.stored_ms = stored_ms.or(link.stored_ms);
             link.received_bytes += received;

@@ -89,8 +89,7 @@
 //! # Left out
 //!
 //! The receiver's and the driver's threads: the world's model carries out the cores'
-//! decisions and says when a channel's bytes are delivered and the backup acknowledges (the
-//! acknowledgement goes to the hub directly, not as bytes). The writer's extension (the mirror's lifecycle
+//! decisions and says when a channel's bytes are delivered and the backup acknowledges. The writer's extension (the mirror's lifecycle
 //! steps): a member becomes the writer of the mirror's database by the world's takeover. A
 //! power loss (what the page cache held but no fsync made durable survives a process crash
 //! here).
@@ -449,7 +448,7 @@ impl Data {
             event,
             DataEvent::Restarted { .. } | DataEvent::TookOver { .. } | DataEvent::Connected { .. }
         ) {
-            self.async_lost();
+            self.async_lost()?;
         }
         self.follow_event(event)?;
         // Whatever the hubs heard may have woken a writer: what it does about it happens
@@ -820,7 +819,7 @@ impl Data {
     pub(crate) fn check_end(&mut self, primary: usize, epoch: u8) -> Result<(), String> {
         // The async member finds the primary by its receiver's decisions, whatever it knew: in
         // two attempts (the member it knows, then the other one).
-        self.async_lost();
+        self.async_lost()?;
         let mut primaries = [None, None];
         primaries[primary] = Some(epoch);
         let mut tried = Vec::new();

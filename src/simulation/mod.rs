@@ -683,7 +683,9 @@ impl Run {
             return Ok(());
         };
         if rng.below(40) == 0 {
-            data.async_lost();
+            if let Err(why) = data.async_lost() {
+                return Err(self.violation(format!("the members' files, async member: {why}")));
+            }
             self.trace.push(format!(
                 "t={} the async member's link breaks",
                 self.world.now

@@ -230,17 +230,22 @@ impl Writer {
             });
         }
         // Only now, with the batch durable here, do its changes become visible.
-        self.commit_and_answer(conn, outcomes, local_records > 0, began)?;
+        self.commit_and_answer(conn, outcomes, local_records > 0, None, began)?;
         Ok(Committed::Done)
     }
 
     /// `COMMIT` and answer the batch's clients. After a journal write, a failed commit leaves
-    /// the files behind the durable journal: fail-stop, recovery replays it.
+    /// the files behind the durable journal: fail-stop, recovery replays it. A mirrored batch
+    /// (`mirrored`: its last mirror journal record) is announced committed to the members
+    /// between the two: only once it is committed here, so no member shows a row before the
+    /// primary does, and before its clients hear, so a client told its write is done knows the
+    /// members were told; a commit that failed announces nothing.
     pub(super) fn commit_and_answer(
         &mut self,
         conn: &NamespaceConn,
         outcomes: Vec<Outcome>,
         journaled: bool,
+        mirrored: Option<JournalPos>,
         began: Began,
     ) -> Result<(), Fatal> {
         if let Err(err) = conn.internal(|c| c.execute_batch("COMMIT")) {
@@ -252,6 +257,9 @@ impl Writer {
             } else {
                 Ok(())
             };
+        }
+        if let Some(last) = mirrored {
+            self.replication.committed(last);
         }
         let commits = outcomes.iter().filter(|(result, _)| result.is_ok()).count();
         for (result, reply) in outcomes {
@@ -284,27 +292,30 @@ impl Writer {
             }
             Acknowledged::Yes => {
                 let parked = self.parked.take().expect("looked at above");
-                let result = match parked.work {
+                // Ordering: the members learn they may apply the batch only once it is
+                // committed here, so no member shows a row before the primary does. A commit
+                // that failed announces nothing (the instance stops; its restart replays the
+                // journal, and only then says where the committed end is).
+                match parked.work {
                     ParkedWork::Batch {
                         namespace,
                         conn,
                         outcomes,
                         began,
                     } => {
-                        let result = self.commit_and_answer(&conn, outcomes, true, began);
+                        let result =
+                            self.commit_and_answer(&conn, outcomes, true, Some(last), began);
                         self.conns.insert(namespace, *conn);
                         result
                     }
-                    ParkedWork::Extension(command) => self.extension_command(command),
-                };
-                // Ordering: the members learn they may apply the batch only once it is
-                // committed here, so no member shows a row before the primary does. A commit
-                // that failed announces nothing (the instance stops; its restart replays the
-                // journal, and only then says where the committed end is).
-                if result.is_ok() {
-                    self.replication.committed(last);
+                    ParkedWork::Extension(command) => {
+                        let result = self.extension_command(command);
+                        if result.is_ok() {
+                            self.replication.committed(last);
+                        }
+                        result
+                    }
                 }
-                result
             }
         }
     }

@@ -37,19 +37,22 @@ impl Data {
     /// still the one it registered with: a restart or a takeover breaks the link first) —
     /// unless that member's host is frozen: it notices nothing, and holds the link until the
     /// async member's next hello replaces it (dropping a link wakes the writer, which a frozen
-    /// host's must not be).
-    pub(crate) fn async_lost(&mut self) {
+    /// host's must not be). A running member's writer, woken so, is waited for at once, as after
+    /// every event.
+    pub(crate) fn async_lost(&mut self) -> Result<(), String> {
         if let (Some(primary), Some(link)) = (self.async_follows, self.async_link.take())
             && !self.stores[primary].frozen
         {
             self.stores[primary]
                 .hub
                 .unregister(link.id, "the link broke");
+            self.settle(primary)?;
         }
         if self.async_follows.take().is_some() {
             // It had been welcomed: the member it knows is the one to ask first again.
             self.async_follow.ended(Ended::Closed);
         }
+        Ok(())
     }
 
     /// The async member's turn. Following a failover member, it receives from it — or its link
@@ -64,7 +67,7 @@ impl Data {
         if let Some(p) = self.async_follows {
             match primaries[p] {
                 Some(epoch) => self.async_receives(p, epoch)?,
-                None => self.async_lost(),
+                None => self.async_lost()?,
             }
             return Ok(p);
         }
