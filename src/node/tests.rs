@@ -495,3 +495,148 @@ fn a_receiving_member_whose_journal_fails_an_fsync_stops_and_acknowledges_nothin
     }
     node.close();
 }
+
+/// The stall rule reads the member's clock: a backup whose failover driver sees its clock jump
+/// by more than half a QoS between two looks (what a process that stood still sees) starts its
+/// rules afresh, drops the data link and says hello again; a jump of exactly half a QoS is no
+/// stall. The primary is the test itself, on a real socket; the backup a real node on a clock
+/// the test moves.
+#[test]
+fn a_backup_whose_clock_jumps_past_half_a_qos_reconnects_and_one_that_jumps_half_does_not() {
+    use crate::mirror::protocol::{
+        Control, Message, MirrorDescription, read_message, write_control,
+    };
+    use crate::mirror::state::Role;
+    use std::net::{TcpListener, TcpStream};
+
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(crate::clock::ManualClock::new());
+    let mut settings = InstanceSettings::for_dir(dir.path().join("data"));
+    settings.clock = clock.clone();
+    let node = Node::open(settings, crate::node::Exits::unexpected()).unwrap();
+
+    // The primary: this test, listening where the backup will look for it.
+    let primary_port = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = primary_port.local_addr().unwrap().to_string();
+    let primary = MemberInfo {
+        superserver_address: address.clone(),
+        mirror_private_address: address,
+        ..member("MIRRORA/IRIS")
+    };
+    let this = member("MIRRORB/IRIS");
+    // No Failover: a backup that lost its primary then does not ask the primary's agent (there
+    // is none here) and holds its link back meanwhile; it just reconnects.
+    let definition = MirrorDefinition {
+        defined_primary: Some(primary.name.clone()),
+        ..mirror_definition(2_000)
+    };
+    node.instance
+        .config
+        .update(|c| {
+            c.mirror.membership = Some(Membership {
+                mirror: definition.clone(),
+                this: this.clone(),
+                others: vec![primary.clone()],
+                was_primary: false,
+                databases: Vec::new(),
+                activated: Vec::new(),
+                primary_name: Some(primary.name.clone()),
+                pending_adds: Vec::new(),
+                epochs: Vec::new(),
+                stopped: false,
+                pending: Vec::new(),
+            });
+            Ok(())
+        })
+        .unwrap();
+    node.mirror.set_role(Role::Backup);
+    node.mirror_service.start_receiver();
+
+    // Welcomes the backup's next hello and makes it the active backup.
+    let welcome = |primary_port: &TcpListener| -> TcpStream {
+        let (mut link, _) = primary_port.accept().unwrap();
+        link.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        match read_message(&mut link).unwrap() {
+            Some(Message::Control(hello)) => assert!(matches!(*hello, Control::Hello { .. })),
+            other => panic!("the backup said {other:?} instead of hello"),
+        }
+        let description = MirrorDescription {
+            mirror: definition.clone(),
+            members: vec![primary.clone(), this.clone()],
+            primary: Some(primary.name.clone()),
+            databases: Vec::new(),
+            journal_first: JournalPos(1),
+            journal_end: JournalPos(0),
+            epoch: crate::journal::Epoch(1),
+            epochs: Vec::new(),
+            deciding: false,
+        };
+        let welcome = Control::Welcome {
+            description,
+            truncate_after: None,
+            divergent: false,
+            from: JournalPos(1),
+        };
+        write_control(&mut link, &welcome).unwrap();
+        write_control(&mut link, &Control::Activated { activation: 7 }).unwrap();
+        link
+    };
+    // A heartbeat, as the primary's sender thread sends on an idle link; the backup's next
+    // round (and so its look at what the driver asked) follows it.
+    let beat = |link: &mut TcpStream| {
+        let heartbeat = Control::Heartbeat {
+            durable: JournalPos(0),
+            time_ms: 0,
+        };
+        write_control(link, &heartbeat).is_ok()
+    };
+    let active = || node.mirror.read(|s| s.link.connected && s.link.active);
+    let wait_until = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+
+    let mut link = welcome(&primary_port);
+    wait_until("the backup is active", &|| active());
+    // Half a QoS (1 000 ms) in one jump: no stall. Twenty looks later the link still stands,
+    // with heartbeats every 50 ms so that the backup's own read timeout never runs out.
+    clock.advance(Duration::from_millis(1_000));
+    for _ in 0..10 {
+        assert!(
+            beat(&mut link),
+            "the backup dropped the link after half a QoS"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(active(), "no longer the active backup after half a QoS");
+
+    // A millisecond more in one jump: a stall. The backup drops the link and says hello again.
+    primary_port.set_nonblocking(true).unwrap();
+    clock.advance(Duration::from_millis(1_001));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let again = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the backup never said hello again after its clock jumped past half a QoS"
+        );
+        beat(&mut link);
+        if let Ok((again, _)) = primary_port.accept() {
+            break again;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Read while the new connection waits for its welcome: the error is the last link's.
+    let why = node.mirror.read(|s| s.link.last_error.clone());
+    assert!(
+        why.as_ref()
+            .is_some_and(|why| why.to_string().contains("stalled")),
+        "the link ended for another reason than the stall: {why:?}"
+    );
+    assert_eq!(node.mirror.role(), Role::Backup);
+    drop(again);
+    node.close();
+}
