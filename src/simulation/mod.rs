@@ -122,6 +122,12 @@
 //! partition is a half-open link (one side notices before the other); TCP turns any one-way
 //! loss into that.
 //!
+//! Not yet exact in one rare path: with two seeds running at once in a debug build, seed 878
+//! sometimes sees no QoS revocation where a replay of it alone always sees one (a primary
+//! thawed a QoS after its backup's store failed): something still wakes or outpaces a real
+//! writer outside the simulation's settle. The invariants hold both ways; a violation on that
+//! path might not replay exactly.
+//!
 //! [`MemberCore`]: crate::mirror::core::MemberCore
 //! [`ArbiterBook`]: crate::mirror::failover::ArbiterBook
 
