@@ -348,6 +348,95 @@ async fn add_to_mirror_waits_for_the_backup_without_freezing_writes_and_fails_wh
     );
 }
 
+/// The primary of a following member under test: the test itself, on a real socket.
+struct TestPrimary {
+    port: std::net::TcpListener,
+    primary: MemberInfo,
+    this: MemberInfo,
+    definition: MirrorDefinition,
+}
+
+impl TestPrimary {
+    /// Makes `node` the member `this` of the mirror `definition` (given the primary's name,
+    /// the result's), following the test as its primary in `role`, and starts its receiver.
+    fn followed_by(
+        node: &Node,
+        this: MemberInfo,
+        definition: impl FnOnce(&MemberInfo) -> MirrorDefinition,
+        role: crate::mirror::state::Role,
+    ) -> TestPrimary {
+        // Listening where the member will look for its primary.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = port.local_addr().unwrap().to_string();
+        let primary = MemberInfo {
+            superserver_address: address.clone(),
+            mirror_private_address: address,
+            ..member("MIRRORA/IRIS")
+        };
+        let definition = definition(&primary);
+        node.instance
+            .config
+            .update(|c| {
+                c.mirror.membership = Some(Membership {
+                    mirror: definition.clone(),
+                    this: this.clone(),
+                    others: vec![primary.clone()],
+                    was_primary: false,
+                    databases: Vec::new(),
+                    activated: Vec::new(),
+                    primary_name: Some(primary.name.clone()),
+                    pending_adds: Vec::new(),
+                    epochs: Vec::new(),
+                    stopped: false,
+                    pending: Vec::new(),
+                });
+                Ok(())
+            })
+            .unwrap();
+        node.mirror.set_role(role);
+        node.mirror_service.start_receiver();
+        TestPrimary {
+            port,
+            primary,
+            this,
+            definition,
+        }
+    }
+
+    /// Accepts the member's next connection, checks that it says hello, and welcomes it to
+    /// receive from position 1.
+    fn welcome(&self) -> std::net::TcpStream {
+        use crate::mirror::protocol::{Control, Message, MirrorDescription};
+        use crate::mirror::protocol::{read_message, write_control};
+        let (mut link, _) = self.port.accept().unwrap();
+        link.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        match read_message(&mut link).unwrap() {
+            Some(Message::Control(hello)) => assert!(matches!(*hello, Control::Hello { .. })),
+            other => panic!("the member said {other:?} instead of hello"),
+        }
+        let description = MirrorDescription {
+            mirror: self.definition.clone(),
+            members: vec![self.primary.clone(), self.this.clone()],
+            primary: Some(self.primary.name.clone()),
+            databases: Vec::new(),
+            journal_first: JournalPos(1),
+            journal_end: JournalPos(0),
+            epoch: crate::journal::Epoch(1),
+            epochs: Vec::new(),
+            deciding: false,
+        };
+        let welcome = Control::Welcome {
+            description,
+            truncate_after: None,
+            divergent: false,
+            from: JournalPos(1),
+        };
+        write_control(&mut link, &welcome).unwrap();
+        link
+    }
+}
+
 /// A receiving member whose mirror journal fails an fsync acknowledges nothing more, does not
 /// reconnect, and has its instance stop: were it to reconnect, its hello would count the batch
 /// whose fsync failed, and the next fsync that succeeded would acknowledge records the system
@@ -357,11 +446,8 @@ async fn add_to_mirror_waits_for_the_backup_without_freezing_writes_and_fails_wh
 #[test]
 fn a_receiving_member_whose_journal_fails_an_fsync_stops_and_acknowledges_nothing_more() {
     use crate::journal::{Fault, FrameBuilder, InjectedFaults, JournalOp};
-    use crate::mirror::protocol::{
-        Control, Message, MirrorDescription, read_message, write_control, write_frames,
-    };
+    use crate::mirror::protocol::{Message, read_message, write_frames};
     use crate::mirror::state::Role;
-    use std::net::TcpListener;
     use std::sync::Mutex;
 
     let dir = tempfile::tempdir().unwrap();
@@ -378,66 +464,18 @@ fn a_receiving_member_whose_journal_fails_an_fsync_stops_and_acknowledges_nothin
     };
     let node = Node::open(settings, exits).unwrap();
 
-    // The primary: this test, listening where the member will look for it.
-    let primary_port = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = primary_port.local_addr().unwrap().to_string();
-    let primary = MemberInfo {
-        superserver_address: address.clone(),
-        mirror_private_address: address,
-        ..member("MIRRORA/IRIS")
-    };
+    // The primary: this test.
     let this = MemberInfo {
         kind: MemberKind::Dr,
         ..member("MIRRORB/IRIS")
     };
-    let definition = mirror_definition(2_000);
-    node.instance
-        .config
-        .update(|c| {
-            c.mirror.membership = Some(Membership {
-                mirror: definition.clone(),
-                this: this.clone(),
-                others: vec![primary.clone()],
-                was_primary: false,
-                databases: Vec::new(),
-                activated: Vec::new(),
-                primary_name: Some(primary.name.clone()),
-                pending_adds: Vec::new(),
-                epochs: Vec::new(),
-                stopped: false,
-                pending: Vec::new(),
-            });
-            Ok(())
-        })
-        .unwrap();
-    node.mirror.set_role(Role::Async(MemberKind::Dr));
-    node.mirror_service.start_receiver();
-
-    let (mut link, _) = primary_port.accept().unwrap();
-    link.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    match read_message(&mut link).unwrap() {
-        Some(Message::Control(hello)) => assert!(matches!(*hello, Control::Hello { .. })),
-        other => panic!("the member said {other:?} instead of hello"),
-    }
-    let description = MirrorDescription {
-        mirror: definition,
-        members: vec![primary.clone(), this],
-        primary: Some(primary.name.clone()),
-        databases: Vec::new(),
-        journal_first: JournalPos(1),
-        journal_end: JournalPos(0),
-        epoch: crate::journal::Epoch(1),
-        epochs: Vec::new(),
-        deciding: false,
-    };
-    let welcome = Control::Welcome {
-        description,
-        truncate_after: None,
-        divergent: false,
-        from: JournalPos(1),
-    };
-    write_control(&mut link, &welcome).unwrap();
+    let test = TestPrimary::followed_by(
+        &node,
+        this,
+        |_| mirror_definition(2_000),
+        Role::Async(MemberKind::Dr),
+    );
+    let mut link = test.welcome();
     let frame = |pos: u64| {
         let mut frames = Vec::new();
         let mut frame =
@@ -485,10 +523,10 @@ fn a_receiving_member_whose_journal_fails_an_fsync_stops_and_acknowledges_nothin
     assert!(why.contains("fsync"), "{why}");
 
     // And it does not come back (it would within a second: the receiver's retry).
-    primary_port.set_nonblocking(true).unwrap();
+    test.port.set_nonblocking(true).unwrap();
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
-        if let Ok((_, from)) = primary_port.accept() {
+        if let Ok((_, from)) = test.port.accept() {
             panic!("the member connected again (from {from}) after its journal failed");
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -503,11 +541,9 @@ fn a_receiving_member_whose_journal_fails_an_fsync_stops_and_acknowledges_nothin
 /// the test moves.
 #[test]
 fn a_backup_whose_clock_jumps_past_half_a_qos_reconnects_and_one_that_jumps_half_does_not() {
-    use crate::mirror::protocol::{
-        Control, Message, MirrorDescription, read_message, write_control,
-    };
+    use crate::mirror::protocol::{Control, write_control};
     use crate::mirror::state::Role;
-    use std::net::{TcpListener, TcpStream};
+    use std::net::TcpStream;
 
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(crate::clock::ManualClock::new());
@@ -515,70 +551,21 @@ fn a_backup_whose_clock_jumps_past_half_a_qos_reconnects_and_one_that_jumps_half
     settings.clock = clock.clone();
     let node = Node::open(settings, crate::node::Exits::unexpected()).unwrap();
 
-    // The primary: this test, listening where the backup will look for it.
-    let primary_port = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = primary_port.local_addr().unwrap().to_string();
-    let primary = MemberInfo {
-        superserver_address: address.clone(),
-        mirror_private_address: address,
-        ..member("MIRRORA/IRIS")
-    };
-    let this = member("MIRRORB/IRIS");
-    // No Failover: a backup that lost its primary then does not ask the primary's agent (there
-    // is none here) and holds its link back meanwhile; it just reconnects.
-    let definition = MirrorDefinition {
-        defined_primary: Some(primary.name.clone()),
-        ..mirror_definition(2_000)
-    };
-    node.instance
-        .config
-        .update(|c| {
-            c.mirror.membership = Some(Membership {
-                mirror: definition.clone(),
-                this: this.clone(),
-                others: vec![primary.clone()],
-                was_primary: false,
-                databases: Vec::new(),
-                activated: Vec::new(),
-                primary_name: Some(primary.name.clone()),
-                pending_adds: Vec::new(),
-                epochs: Vec::new(),
-                stopped: false,
-                pending: Vec::new(),
-            });
-            Ok(())
-        })
-        .unwrap();
-    node.mirror.set_role(Role::Backup);
-    node.mirror_service.start_receiver();
-
+    // The primary: this test. No Failover: a backup that lost its primary then does not ask
+    // the primary's agent (there is none here) and hold its link back meanwhile; it just
+    // reconnects.
+    let test = TestPrimary::followed_by(
+        &node,
+        member("MIRRORB/IRIS"),
+        |primary| MirrorDefinition {
+            defined_primary: Some(primary.name.clone()),
+            ..mirror_definition(2_000)
+        },
+        Role::Backup,
+    );
     // Welcomes the backup's next hello and makes it the active backup.
-    let welcome = |primary_port: &TcpListener| -> TcpStream {
-        let (mut link, _) = primary_port.accept().unwrap();
-        link.set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        match read_message(&mut link).unwrap() {
-            Some(Message::Control(hello)) => assert!(matches!(*hello, Control::Hello { .. })),
-            other => panic!("the backup said {other:?} instead of hello"),
-        }
-        let description = MirrorDescription {
-            mirror: definition.clone(),
-            members: vec![primary.clone(), this.clone()],
-            primary: Some(primary.name.clone()),
-            databases: Vec::new(),
-            journal_first: JournalPos(1),
-            journal_end: JournalPos(0),
-            epoch: crate::journal::Epoch(1),
-            epochs: Vec::new(),
-            deciding: false,
-        };
-        let welcome = Control::Welcome {
-            description,
-            truncate_after: None,
-            divergent: false,
-            from: JournalPos(1),
-        };
-        write_control(&mut link, &welcome).unwrap();
+    let welcome = || {
+        let mut link = test.welcome();
         write_control(&mut link, &Control::Activated { activation: 7 }).unwrap();
         link
     };
@@ -600,7 +587,7 @@ fn a_backup_whose_clock_jumps_past_half_a_qos_reconnects_and_one_that_jumps_half
         }
     };
 
-    let mut link = welcome(&primary_port);
+    let mut link = welcome();
     wait_until("the backup is active", &|| active());
     // Half a QoS (1 000 ms) in one jump: no stall. Twenty looks later the link still stands,
     // with heartbeats every 50 ms so that the backup's own read timeout never runs out.
@@ -615,7 +602,7 @@ fn a_backup_whose_clock_jumps_past_half_a_qos_reconnects_and_one_that_jumps_half
     assert!(active(), "no longer the active backup after half a QoS");
 
     // A millisecond more in one jump: a stall. The backup drops the link and says hello again.
-    primary_port.set_nonblocking(true).unwrap();
+    test.port.set_nonblocking(true).unwrap();
     clock.advance(Duration::from_millis(1_001));
     let deadline = Instant::now() + Duration::from_secs(10);
     let again = loop {
@@ -624,7 +611,7 @@ fn a_backup_whose_clock_jumps_past_half_a_qos_reconnects_and_one_that_jumps_half
             "the backup never said hello again after its clock jumped past half a QoS"
         );
         beat(&mut link);
-        if let Ok((again, _)) = primary_port.accept() {
+        if let Ok((again, _)) = test.port.accept() {
             break again;
         }
         std::thread::sleep(Duration::from_millis(20));
