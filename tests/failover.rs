@@ -1,7 +1,8 @@
 //! Automatic failover between real member processes on loopback: the backup taking over when
 //! the primary's instance dies, hangs or its host is lost (with an arbiter), the old primary
 //! rejoining (its divergent tail undone and quarantined), a restarted primary that resumes, the
-//! arbiter's comings and goings, and the monitor's No Failover, Stop Mirror and Force actions.
+//! arbiter's comings and goings, a backup getting back to a primary whose agent does not
+//! answer, and the monitor's No Failover, Stop Mirror and Force actions.
 //! Every test runs writers and ends with the mirror's invariants: every acknowledged write is on
 //! the primary, and the members converge row by row.
 
@@ -778,6 +779,41 @@ async fn without_an_arbiter_a_lost_primary_host_needs_a_person_to_force_the_back
     a.wait_mirror(20, "B's backup", |v| v["status"] == "Backup")
         .await;
     assert_identical(&a, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_gets_back_to_a_running_primary_whose_agent_does_not_answer() {
+    // Agent controlled; B's data channel runs through a proxy. A's agent process stands still
+    // (it accepts connections and answers nothing) while its instance runs on, and the members
+    // lose each other for a while.
+    let (a, b, data) = pair_full(1000, &[], true, None).await;
+    let data = data.unwrap();
+    mirror_databases(&a, &b).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers = start_writers_on_primary([a.api(), b.api()], 3, "agentless", stop.clone());
+    common::before_fault(300).await;
+    a.freeze_agent();
+    let fault = common::now_ms();
+    data.blackhole
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    // B cannot learn from A's agent whether A is down: no takeover.
+    b.api()
+        .wait_event_since(fault, B, "takeover_refused", "agent does not answer")
+        .await;
+    data.blackhole
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    // The agent still answers nothing, and B gets back to A all the same: it tries the primary
+    // between its questions (it used to hold its link back for as long as the agent was silent).
+    b.wait_mirror(30, "a backup again", |v| v["status"] == "Backup")
+        .await;
+    assert_eq!(a.get("/api/mirror").await.1["role"], "Primary");
+    assert_eq!(b.get("/api/mirror").await.1["role"], "Backup");
+    writes_go_on(&a, 5).await;
+    a.thaw_agent();
+    let acked = stop_writers(&stop, writers).await;
+    assert_identical(&a, &b).await;
+    assert_all_present(&b, &acked, "B").await;
+    assert_all_present(&a, &acked, "A").await;
 }
 
 /// A pair in arbiter-controlled mode whose links can be cut: B's data channel to A runs through

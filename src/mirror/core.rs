@@ -152,6 +152,9 @@ pub struct After {
     pub writes_may_resume: bool,
     /// The receiver may connect to the primary.
     pub may_connect: bool,
+    /// A backup that lost the primary has not settled what follows: it may still take over
+    /// (see [`Failover::undecided`](super::failover::Failover::undecided)).
+    pub undecided: bool,
     /// Repeat the arbiter mode to the backup now.
     pub repeat_mode: bool,
     /// The Mirror Monitor's Failover Mode and status.
@@ -217,7 +220,7 @@ pub enum Refusal {
     DatabasesNotReady,
     /// The primary's agent says its instance runs.
     PrimaryRunning,
-    /// The primary's agent does not answer: its host is down or cut off.
+    /// The primary's agent does not answer: its host is down or cut off, or the agent is.
     AgentUnreachable,
     /// The primary is down, but this member was not its active backup within a QoS of losing
     /// it, and has not its journal.
@@ -245,10 +248,11 @@ impl Refusal {
                 "the primary's agent says its instance is running: reconnecting to it"
             }
             Refusal::AgentUnreachable => {
-                "the primary's agent does not answer (its host is down or cut off), and without \
-                 the arbiter's word or the agent's this member cannot know that the primary \
-                 stopped: start the primary's host, or Force This Member To Become The Primary \
-                 if it is gone"
+                "the primary's agent does not answer (its host is down or cut off, or the agent \
+                 is), and without the arbiter's word or the agent's this member cannot know \
+                 that the primary stopped; it keeps trying to reconnect to the primary: start \
+                 the primary's host or agent, or Force This Member To Become The Primary if it \
+                 is gone"
             }
             Refusal::NotActiveInWindow => {
                 "the primary is down, but this member was not its active backup when it was \
@@ -557,6 +561,7 @@ impl MemberCore {
             writes_may_resume: failover.role() == FailoverRole::Primary
                 && failover.trouble().is_none(),
             may_connect: failover.may_connect(),
+            undecided: failover.undecided(),
             repeat_mode,
             mode: failover.mode().display(),
             status: failover.status(),

@@ -343,10 +343,14 @@ impl Driver {
             context.mirror.hub.resume(loss_generation);
         }
         // Published only when it changed: every change wakes whoever watches the status.
-        if context.mirror.rules_allow_connect() != after.may_connect {
-            context
-                .mirror
-                .update_failover(|view| view.holds_link = !after.may_connect);
+        let (holds_link, undecided) = context
+            .mirror
+            .read(|s| (s.failover.holds_link, s.failover.undecided));
+        if holds_link == after.may_connect || undecided != after.undecided {
+            context.mirror.update_failover(|view| {
+                view.holds_link = !after.may_connect;
+                view.undecided = after.undecided;
+            });
         }
         // A backup follows the primary into arbiter mode only once it sees the arbiter too,
         // which may come later than the primary's word: the primary repeats it (the backup

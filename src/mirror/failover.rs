@@ -19,7 +19,8 @@
 //!   then goes on alone. A backup that loses the primary asks the primary's agent: "running" →
 //!   stand down and reconnect; "down" → take over, if it was active and is still inside its
 //!   takeover window, otherwise only with the down primary's journal fetched through the agent.
-//!   No answer → no takeover.
+//!   No answer → no takeover: it asks again a QoS timeout later, and in between tries to
+//!   reconnect (the primary may run while its agent does not).
 //! - **Arbiter controlled** (both members connected to each other and to the arbiter, backup
 //!   active). A primary that loses the backup asks the arbiter: it lost the backup too → go on
 //!   alone in agent mode; it still sees it → trouble until the backup stands down; arbiter lost as
@@ -104,7 +105,7 @@ pub enum AgentAnswer {
         /// The down primary's journal was fetched through its agent.
         journal: bool,
     },
-    /// No answer: the primary's host is down or cut off.
+    /// No answer: the primary's host is down or cut off, or its agent is.
     Unreachable,
 }
 
@@ -212,8 +213,16 @@ pub struct Failover {
     booking_arbiter_mode: bool,
     /// Backup: when it noticed the primary was gone (ms).
     lost_ms: Option<u64>,
-    /// Backup: an agent question is outstanding since this time (ms).
+    /// Backup: it asks the primary's agent whether the primary is down, last at this time (ms),
+    /// or heard last at this time that the agent could not be reached. It asks (again) a QoS
+    /// timeout later while the question is not settled.
     asked_agent_ms: Option<u64>,
+    /// Backup: the agent could not be reached about the outstanding question, and it has not
+    /// been asked again since. Until it is (a QoS timeout after that answer), no answer is
+    /// on its way that a reconnection could overtake, so the receiver may try the primary
+    /// itself: a primary whose agent process is down but which runs would otherwise never see
+    /// its backup again.
+    agent_unreachable: bool,
     /// Backup: the agent said the primary runs, at this time (ms), and the backup has not
     /// reconnected since. If it still has not after a QoS timeout, it asks again: the primary
     /// may have died again before the backup got back to it (a crash during its restart), and
@@ -257,6 +266,7 @@ impl Failover {
             booking_arbiter_mode: false,
             lost_ms: None,
             asked_agent_ms: None,
+            agent_unreachable: false,
             told_running_ms: None,
             asked_arbiter: false,
             no_failover: false,
@@ -332,13 +342,23 @@ impl Failover {
 
     /// Whether a backup may open the data channel to the primary now. Not while it waits for
     /// the arbiter's verdict or the agent's answer: a takeover booked while it reconnected would
-    /// leave two members writing.
+    /// leave two members writing. Once the agent could not be reached, it may, until it asks
+    /// again: nothing is on its way then, and the primary may well run.
     pub fn may_connect(&self) -> bool {
         match self.role {
-            FailoverRole::Backup => !self.asked_arbiter && self.asked_agent_ms.is_none(),
+            FailoverRole::Backup => {
+                !self.asked_arbiter && (self.asked_agent_ms.is_none() || self.agent_unreachable)
+            }
             FailoverRole::Primary => true,
             FailoverRole::Down => false,
         }
+    }
+
+    /// Whether this backup lost the primary and has not settled what follows: it waits for the
+    /// arbiter's verdict, or asks the primary's agent (again, while it cannot be reached). It
+    /// may still take over, so a restarted former primary asking it must wait.
+    pub fn undecided(&self) -> bool {
+        self.role == FailoverRole::Backup && (self.asked_arbiter || self.asked_agent_ms.is_some())
     }
 
     /// The member's Status in the Mirror Monitor.
@@ -435,8 +455,7 @@ impl Failover {
                 && now_ms >= asked + self.qos_ms
                 && self.may_take_over()
             {
-                self.asked_agent_ms = Some(now_ms);
-                out.push(Action::AskAgent);
+                self.ask_agent(now_ms, out);
             }
             // Told the primary runs, but still not connected to it a QoS later: ask again.
             if self
@@ -448,8 +467,7 @@ impl Failover {
                 && self.may_take_over()
             {
                 self.told_running_ms = None;
-                self.asked_agent_ms = Some(now_ms);
-                out.push(Action::AskAgent);
+                self.ask_agent(now_ms, out);
             }
         }
     }
@@ -778,52 +796,9 @@ impl Failover {
         }
     }
 
-    fn ask_agent_now(&mut self, out: &mut Vec<Action>) {
-        if self.asked_agent_ms.is_none() {
-            self.asked_agent_ms = Some(self.lost_ms.unwrap_or_default());
-            out.push(Action::AskAgent);
-        }
-    }
-
-    fn agent_answer(&mut self, now_ms: u64, answer: AgentAnswer, out: &mut Vec<Action>) {
-        // An answer nobody waits for any more (a newer one settled the question) is stale: the
-        // primary may have restarted since it was given.
-        if self.role != FailoverRole::Backup
-            || self.partner_connected
-            || self.asked_agent_ms.is_none()
-        {
-            return;
-        }
-        match answer {
-            AgentAnswer::PrimaryRunning => {
-                self.asked_agent_ms = None;
-                self.told_running_ms = Some(now_ms);
-                self.active = false;
-                out.push(Action::StandDown);
-                out.push(Action::Reconnect);
-            }
-            AgentAnswer::PrimaryDown { journal } => {
-                let in_window = self
-                    .lost_ms
-                    .is_some_and(|lost| now_ms <= lost + self.qos_ms);
-                if (self.active && self.window_trusted && in_window) || journal {
-                    if !self.take_over_if_allowed(out) {
-                        self.asked_agent_ms = None;
-                        self.active = false;
-                    }
-                } else {
-                    // Too late to be sure nothing was acknowledged without this member, and no
-                    // journal to make up for it: keep asking until the agent supplies it.
-                    self.active = false;
-                }
-            }
-            AgentAnswer::Unreachable => {}
-        }
-    }
-
     /// Whether this backup may become the primary: not while No Failover is set, a mirrored
     /// database is not ready, or mirroring is stopped here.
-    fn may_take_over(&self) -> bool {
+    pub(super) fn may_take_over(&self) -> bool {
         !self.no_failover && self.databases_ready && !self.stopped
     }
 
@@ -859,7 +834,7 @@ impl Failover {
     /// *old* primary: a new primary enters it only through its own booking
     /// ([`Action::BookArbiterMode`]), so that a monitor never shows Arbiter Controlled while the
     /// arbiter would refuse the backup a takeover.
-    fn take_over_if_allowed(&mut self, out: &mut Vec<Action>) -> bool {
+    pub(super) fn take_over_if_allowed(&mut self, out: &mut Vec<Action>) -> bool {
         if !self.may_take_over() {
             return false;
         }
@@ -881,6 +856,7 @@ impl Failover {
     }
 }
 
+mod agent;
 mod book;
 mod restart;
 

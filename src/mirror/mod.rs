@@ -255,13 +255,13 @@ impl MirrorContext {
         let journal = self.mirror.journal();
         // One look at the published status: the role, the link and the driver's decisions of
         // the same moment.
-        let (role, deciding, connected, taking_over, holds_link) = self.mirror.read(|s| {
+        let (role, deciding, connected, taking_over, undecided) = self.mirror.read(|s| {
             (
                 s.role,
                 s.deciding,
                 s.link.connected,
                 s.failover.taking_over,
-                s.failover.holds_link,
+                s.failover.undecided,
             )
         });
         let primary = if role == state::Role::Primary {
@@ -284,11 +284,12 @@ impl MirrorContext {
             epochs: m.epochs.clone(),
             // A restarted former primary asking must wait while this member may be about to take
             // over: it is deciding itself, taking over, or a backup that has not yet noticed
-            // the loss of the primary (it still counts itself connected) or still waits for the
-            // arbiter's or the agent's answer.
+            // the loss of the primary (it still counts itself connected) or has not settled it
+            // (it waits for the arbiter's verdict, or asks the primary's agent, again while the
+            // agent cannot be reached).
             deciding: deciding
                 || taking_over
-                || (role == state::Role::Backup && (connected || holds_link)),
+                || (role == state::Role::Backup && (connected || undecided)),
         })
     }
 

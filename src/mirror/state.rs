@@ -358,6 +358,11 @@ pub struct FailoverView {
     /// The rules hold the receiver back: it may not open the data channel now (see
     /// [`Failover::may_connect`](super::failover::Failover::may_connect)).
     pub holds_link: bool,
+    /// A backup that lost the primary has not settled what follows (it waits for the arbiter's
+    /// verdict or asks the primary's agent): it may still take over, so a restarted former
+    /// primary asking now must wait (see
+    /// [`Failover::undecided`](super::failover::Failover::undecided)).
+    pub undecided: bool,
     /// A takeover is under way (the journal is being applied before the role changes): a
     /// restarted former primary asking now must wait, not resume.
     pub taking_over: bool,

@@ -591,6 +591,17 @@ impl TestMember {
         pid
     }
 
+    /// Freezes the agent process alone (SIGSTOP): it accepts connections and answers nothing,
+    /// while its instance runs on.
+    pub fn freeze_agent(&self) {
+        send_signal(self.agent_process.id(), Signal::Stop).unwrap();
+    }
+
+    /// Lets a frozen agent run again.
+    pub fn thaw_agent(&self) {
+        let _ = send_signal(self.agent_process.id(), Signal::Cont);
+    }
+
     /// Lets a frozen host run again (`docker unpause`).
     pub fn thaw_host(&self, pid: Option<u32>) {
         if let Some(pid) = pid {

@@ -284,17 +284,31 @@ fn a_non_active_backup_takes_over_only_with_the_primary_journal_from_its_agent()
 }
 
 #[test]
-fn without_the_agent_there_is_no_takeover_and_the_backup_keeps_asking() {
+fn without_the_agent_there_is_no_takeover_and_the_backup_keeps_asking_and_trying_the_primary() {
     // Primary host down (instance and agent), no arbiter: the backup waits.
     let (_, mut b, _) = pair(false);
     feed(&mut b, 1_000, &[Event::PartnerLost]);
+    assert!(!b.may_connect(), "the agent's answer is on its way");
     let actions = feed(&mut b, 1_100, &[Event::Agent(AgentAnswer::Unreachable)]);
     assert!(actions.is_empty(), "{actions:?}");
     assert_eq!(b.status(), "Waiting");
+    assert!(
+        b.may_connect(),
+        "no answer on its way: it may try the primary"
+    );
+    assert!(
+        b.undecided(),
+        "it may still take over once the agent answers"
+    );
+    assert!(
+        feed(&mut b, 1_099 + QOS, &[Event::Tick]).is_empty(),
+        "the next question comes a QoS after the answer"
+    );
     assert_eq!(
-        feed(&mut b, 1_000 + QOS, &[Event::Tick]),
+        feed(&mut b, 1_100 + QOS, &[Event::Tick]),
         vec![Action::AskAgent]
     );
+    assert!(!b.may_connect(), "asked again");
     assert_eq!(b.role(), FailoverRole::Backup);
 }
 
@@ -484,11 +498,11 @@ fn a_backup_that_may_no_longer_take_over_stops_asking_the_agent() {
             feed(&mut b, 1_000, &[Event::PartnerLost]),
             vec![Action::AskAgent]
         );
-        feed(&mut b, 1_100, &[Event::Agent(AgentAnswer::Unreachable)]);
+        feed(&mut b, 1_000, &[Event::Agent(AgentAnswer::Unreachable)]);
         assert_eq!(
             feed(&mut b, 1_000 + QOS, &[Event::Tick]),
             vec![Action::AskAgent],
-            "without a blocker it asks again every QoS"
+            "without a blocker it asks again a QoS after the agent could not be reached"
         );
         feed(&mut b, 1_200 + QOS, &[blocker]);
         for k in 2..6 {

@@ -607,13 +607,14 @@ impl World {
         let other = 1 - i;
         let o = &self.m[other];
         // A backup that has not yet noticed the loss of this member (it still counts itself
-        // connected: stale, since this member restarted), or that still waits for the arbiter's
-        // or the agent's answer, is deciding too: it may be about to take over.
+        // connected: stale, since this member restarted), or that has not settled the loss (it
+        // waits for the arbiter's verdict or asks the agent), is deciding too: it may be about
+        // to take over.
         let (names, deciding) = match o.role() {
             Some(FailoverRole::Primary) => (other, false),
             Some(_) => (
                 o.primary,
-                o.rules().partner_is_connected() || !o.rules().may_connect(),
+                o.rules().partner_is_connected() || o.rules().undecided(),
             ),
             None => (o.primary, o.deciding),
         };

@@ -12,7 +12,8 @@
 //!   `arbiter`) both on the arbiter and in arbiter-controlled mode, as the arbiter booked it.
 //! - `p 1000 PartnerLost`: member `p` sees an event at time 1000 ms (the event as Rust prints
 //!   it: `ArbiterSeesPartner(false)`, `Agent(PrimaryDown { journal: true })`, …). The output is
-//!   each action, in order, then the member's state.
+//!   each action, in order, then the member's state (its status, mode, whether it is or has
+//!   an active backup, its trouble, and `holds the link` while a backup may not reconnect).
 //! - `p 1000 arbiter-answer`: the arbiter answers the member's question from its book (the
 //!   primary hears whether the arbiter sees the backup, the backup hears its verdict).
 //! - `book sees_backup=false …`: changes what the arbiter sees; the output is the book.
@@ -68,8 +69,14 @@ fn state(who: &str, f: &Failover) -> String {
         Some(Trouble::Coordinating) => ", in trouble until the arbiter coordinates".into(),
         Some(Trouble::Indefinite) => ", in trouble indefinitely".into(),
     };
+    // A backup whose rules keep its receiver from reconnecting says so.
+    let holds = if f.role() != FailoverRole::Backup || f.may_connect() {
+        ""
+    } else {
+        ", holds the link"
+    };
     format!(
-        "{who}: {}, {}, {}{trouble}",
+        "{who}: {}, {}, {}{trouble}{holds}",
         f.status(),
         f.mode().display(),
         if f.active() { "active" } else { "not active" }
