@@ -19,8 +19,8 @@
 //!   then goes on alone. A backup that loses the primary asks the primary's agent: "running" →
 //!   stand down and reconnect; "down" → take over, if it was active and is still inside its
 //!   takeover window, otherwise only with the down primary's journal fetched through the agent.
-//!   No answer → no takeover: it asks again a QoS timeout later, and in between tries to
-//!   reconnect (the primary may run while its agent does not).
+//!   No answer → no takeover: it asks again a QoS timeout after the last question, and in
+//!   between tries to reconnect (the primary may run while its agent does not).
 //! - **Arbiter controlled** (both members connected to each other and to the arbiter, backup
 //!   active). A primary that loses the backup asks the arbiter: it lost the backup too → go on
 //!   alone in agent mode; it still sees it → trouble until the backup stands down; arbiter lost as
@@ -213,16 +213,14 @@ pub struct Failover {
     booking_arbiter_mode: bool,
     /// Backup: when it noticed the primary was gone (ms).
     lost_ms: Option<u64>,
-    /// Backup: it asks the primary's agent whether the primary is down, last at this time (ms),
-    /// or heard last at this time that the agent could not be reached. It asks (again) a QoS
-    /// timeout later while the question is not settled.
+    /// Backup: an agent question is outstanding (unsettled) since this time (ms); it is asked
+    /// again a QoS timeout later.
     asked_agent_ms: Option<u64>,
-    /// Backup: the agent could not be reached about the outstanding question, and it has not
-    /// been asked again since. Until it is (a QoS timeout after that answer), no answer is
-    /// on its way that a reconnection could overtake, so the receiver may try the primary
-    /// itself: a primary whose agent process is down but which runs would otherwise never see
-    /// its backup again.
-    agent_unreachable: bool,
+    /// Backup: the agent could not be reached about the outstanding question, at this time
+    /// (ms), and it has not been asked again since. Until it is, no answer is on its way that
+    /// a reconnection could overtake, so the receiver may try the primary itself: a primary
+    /// whose agent process is down but which runs would otherwise never see its backup again.
+    agent_unreachable_ms: Option<u64>,
     /// Backup: the agent said the primary runs, at this time (ms), and the backup has not
     /// reconnected since. If it still has not after a QoS timeout, it asks again: the primary
     /// may have died again before the backup got back to it (a crash during its restart), and
@@ -266,7 +264,7 @@ impl Failover {
             booking_arbiter_mode: false,
             lost_ms: None,
             asked_agent_ms: None,
-            agent_unreachable: false,
+            agent_unreachable_ms: None,
             told_running_ms: None,
             asked_arbiter: false,
             no_failover: false,
@@ -347,7 +345,8 @@ impl Failover {
     pub fn may_connect(&self) -> bool {
         match self.role {
             FailoverRole::Backup => {
-                !self.asked_arbiter && (self.asked_agent_ms.is_none() || self.agent_unreachable)
+                !self.asked_arbiter
+                    && (self.asked_agent_ms.is_none() || self.agent_unreachable_ms.is_some())
             }
             FailoverRole::Primary => true,
             FailoverRole::Down => false,
@@ -450,9 +449,17 @@ impl Failover {
             if self.lost_ms.is_some_and(|lost| now_ms > lost + self.qos_ms) {
                 self.active = false;
             }
-            // Without an answer from the agent, ask again every QoS timeout.
+            // Without an answer from the agent, ask again every QoS timeout — but no sooner
+            // than a quarter of a QoS after it could not be reached: a question that took its
+            // whole timeout (an agent that accepts and never answers) would otherwise be asked
+            // again at once, and the receiver (which looks every 50 ms) would never get its
+            // turn to find the primary itself. No later than that, either: a restarted former
+            // primary may be waiting for this member to settle its question (see `undecided`).
             if let Some(asked) = self.asked_agent_ms
                 && now_ms >= asked + self.qos_ms
+                && self
+                    .agent_unreachable_ms
+                    .is_none_or(|at| now_ms >= at + self.qos_ms / 4)
                 && self.may_take_over()
             {
                 self.ask_agent(now_ms, out);

@@ -11,11 +11,10 @@
 //!   its takeover window, or if the agent handed over the down primary's journal; otherwise keep
 //!   asking until it does;
 //! - *no answer* (the agent cannot be reached): no takeover. The question is asked again a QoS
-//!   timeout after the answer, and meanwhile the receiver may try the primary itself: nothing is
-//!   on its way
-//!   that a reconnection could overtake, and a primary whose agent process is down may well run
-//!   (holding the link back then left the backup out of the mirror for as long as the agent
-//!   stayed down).
+//!   timeout after the last one (and at least a quarter of a QoS after the answer), and meanwhile the
+//!   receiver may try the primary itself: nothing is on its way that a reconnection could
+//!   overtake, and a primary whose agent process is down may well run (holding the link back
+//!   then left the backup out of the mirror for as long as the agent stayed down).
 //!
 //! An answer nobody waits for any more is dropped: a newer connection settled the question,
 //! and the primary may have restarted since the answer was given.
@@ -33,7 +32,7 @@ impl Failover {
     /// the receiver waits for it (see [`Failover::may_connect`]).
     pub(super) fn ask_agent(&mut self, now_ms: u64, out: &mut Vec<Action>) {
         self.asked_agent_ms = Some(now_ms);
-        self.agent_unreachable = false;
+        self.agent_unreachable_ms = None;
         out.push(Action::AskAgent);
     }
 
@@ -69,14 +68,9 @@ impl Failover {
                     self.active = false;
                 }
             }
-            // No takeover without the agent. It is asked again a QoS timeout after this answer,
-            // not after the question: a question that took as long as its timeout (an agent
-            // that accepts and never answers) would otherwise be asked again at once, and the
-            // receiver would never get its turn to find the primary itself.
-            AgentAnswer::Unreachable => {
-                self.asked_agent_ms = Some(now_ms);
-                self.agent_unreachable = true;
-            }
+            // No takeover without the agent: it is asked again (see `timers`), and meanwhile
+            // the receiver may find the primary itself.
+            AgentAnswer::Unreachable => self.agent_unreachable_ms = Some(now_ms),
         }
     }
 }
