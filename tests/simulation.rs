@@ -4,7 +4,9 @@
 //! and ends with the line `simulation: N seeds, 0 violations`; `MIRRORLAB_SIM_SEED=S` replays
 //! one seed and prints every step it took. A violation prints the seed and the steps that led
 //! to it, and fails the run. Every run keeps the members' real journals and databases in a
-//! folder of its own (see `files`), removed afterwards.
+//! folder of its own (see `files`), removed afterwards. Then the first 300 seeds
+//! (`MIRRORLAB_SIM_REPLAYS`) run again, as many at once: each must take the same steps as the
+//! first time, or a failing seed would not replay exactly, and the run fails.
 //!
 //! Before the summary it shows that the simulation finds the two worst bugs of the
 //! failover-correctness work when they are put back: a takeover that kept the backup's
@@ -19,6 +21,9 @@ use mirrorlab::simulation::{Bug, RunReport, run_many, run_traced};
 
 /// Seeds tried per old bug before the simulation counts as blind to it.
 const BUG_SEEDS: u64 = 500;
+/// Seeds run a second time (unless `MIRRORLAB_SIM_REPLAYS` says how many), to check that a
+/// seed replays exactly.
+const REPLAYED: u64 = 300;
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
@@ -36,6 +41,40 @@ fn files() -> PathBuf {
         .or_else(|| Some(PathBuf::from("/dev/shm")).filter(|p| p.is_dir()))
         .unwrap_or_else(std::env::temp_dir);
     base.join(format!("mirrorlab-simulation-{}", std::process::id()))
+}
+
+/// Runs the first seeds again, on as many threads as the first time: each must take the same
+/// steps, whatever the threads' timing, or a failing seed would not replay exactly. `reports`
+/// holds every seed's report, in seed order. True when all matched.
+fn replays_match(reports: &[RunReport], files: &std::path::Path) -> bool {
+    let again = env_u64("MIRRORLAB_SIM_REPLAYS")
+        .unwrap_or(REPLAYED)
+        .min(reports.len() as u64);
+    let started = Instant::now();
+    let (replays, violations) = run_many(0, again, threads(), None, Some(files.to_path_buf()));
+    let mut differ: Vec<u64> = violations.iter().map(|v| v.seed).collect();
+    if differ.is_empty() {
+        differ = (0..again)
+            .filter(|&seed| reports[seed as usize] != replays[seed as usize])
+            .collect();
+    }
+    match differ.first() {
+        None => {
+            println!(
+                "replays: the first {again} seeds ran again and took the same steps ({:.1} s)",
+                started.elapsed().as_secs_f64()
+            );
+            true
+        }
+        Some(seed) => {
+            println!(
+                "REPLAY: {} of the first {again} seeds took other steps when run again, first \
+                 seed {seed} (compare MIRRORLAB_SIM_SEED={seed} runs)",
+                differ.len()
+            );
+            false
+        }
+    }
 }
 
 fn threads() -> usize {
@@ -70,6 +109,9 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let files = files();
     let (reports, violations) = run_many(0, seeds, threads(), None, Some(files.clone()));
+    if violations.is_empty() {
+        failed |= !replays_match(&reports, &files);
+    }
     let _ = std::fs::remove_dir_all(&files);
     for violation in &violations {
         println!("VIOLATION {violation}");

@@ -58,7 +58,8 @@
 //! itself, and the world carries out what follows (the primary closes the channel; its driver
 //! hears of the loss at once). Everything else the hub reports to the driver is dropped: the
 //! world tells the cores itself. After every event the simulation waits until each running
-//! writer settled, so what the writer does depends on the order of events only.
+//! writer settled (it answers once it looked again and has nothing left to do but wait for a
+//! command), so what the writer does depends on the order of events only.
 //!
 //! # What it checks
 //!
@@ -251,6 +252,10 @@ struct Store {
     writer: Option<PrimaryWriter>,
     /// Its host is frozen: its writer takes nothing up.
     frozen: bool,
+    /// How many times its writer had looked at its parked batch when its host froze: no more
+    /// when it thaws, or the writer acted while it stood still (it looks once settled only
+    /// when told something, and the world tells a frozen primary nothing).
+    looks_at_freeze: u64,
     /// The member's replication hub, the real one, on a clock that moves with the world's.
     hub: Arc<Hub>,
     /// What the hub tells the failover driver (the world tells the cores itself).
@@ -323,6 +328,7 @@ impl Store {
             pending: Vec::new(),
             writer: None,
             frozen: false,
+            looks_at_freeze: 0,
             hub,
             hub_reports,
             clock,
@@ -555,14 +561,24 @@ impl Data {
                 Ok(())
             }
             DataEvent::Froze { member } => {
-                self.stores[member].frozen = true;
+                let m = &mut self.stores[member];
+                m.frozen = true;
+                m.looks_at_freeze = m.writer.as_ref().map_or(0, PrimaryWriter::looks);
                 Ok(())
             }
             DataEvent::Thawed { member } => {
                 // Its writer's deadline passed while it stood still: it looks at once (the
-                // settle after every event).
-                self.stores[member].frozen = false;
-                Ok(())
+                // settle after every event) — not before.
+                let m = &mut self.stores[member];
+                m.frozen = false;
+                match m.writer.as_ref().map(PrimaryWriter::looks) {
+                    Some(looks) if looks != m.looks_at_freeze => Err(format!(
+                        "member {member}'s writer looked at its parked batch {} times while its \
+                         host was frozen",
+                        looks - m.looks_at_freeze
+                    )),
+                    _ => Ok(()),
+                }
             }
             DataEvent::Stopped { member } => self.stores[member].stop_writer(),
             DataEvent::Restarted { member } => {

@@ -267,9 +267,13 @@ impl WriterHandle {
     }
 
     /// Blocks until the writer took up every command queued before this call — committed it,
-    /// parked it or held it back — after looking again at what its parked batch waits for.
-    /// The simulation waits for it after each thing it does, so that what the writer decides
-    /// depends on the order of events, never on the timing of threads. Not for async tasks.
+    /// parked it or held it back — after looking again at what its parked batch waits for,
+    /// and until it has nothing left to do but wait for the next command: the look it takes
+    /// after every command, and whatever that look let go, come before the answer. The
+    /// simulation waits for it after each thing it does, so that what the writer decides
+    /// depends on the order of events, never on the timing of threads (a look that ran after
+    /// the answer would read a clock the simulation may have moved meanwhile). Not for async
+    /// tasks.
     pub(crate) fn settled(&self) -> Result<()> {
         let (reply, answer) = oneshot::channel();
         // The wake-up first: the writer looks at its parked batch (and lets what waited behind
@@ -331,6 +335,9 @@ pub struct Writer {
     deferred: VecDeque<Command>,
     /// Writes (and the extension's turns) waiting for a Thaw.
     held: VecDeque<Command>,
+    /// [`Command::Settled`] questions taken up, answered once the writer has looked again and
+    /// has nothing left to take up but new commands (see [`WriterHandle::settled`]).
+    settled: Vec<Reply<()>>,
     frozen_until: Option<Instant>,
     /// When a postponed turn of the extension runs.
     turn_due: Option<Instant>,
@@ -428,6 +435,7 @@ impl Writer {
             local_frames: Vec::with_capacity(64 * 1024),
             mirror_frames: Vec::with_capacity(64 * 1024),
             deferred: VecDeque::new(),
+            settled: Vec::new(),
             held: VecDeque::new(),
             frozen_until: None,
             turn_due: None,
@@ -456,6 +464,7 @@ impl Writer {
                 return;
             }
             self.release_waiting();
+            self.answer_settled();
             let Some(command) = self.next_command(&rx) else {
                 break;
             };
@@ -504,7 +513,9 @@ impl Writer {
                 }
                 Command::Wake => None,
                 Command::Settled(reply) => {
-                    let _ = reply.send(Ok(()));
+                    // Answered at the top of the loop, after the look that follows every
+                    // command: answered here, that look would run while the asker goes on.
+                    self.settled.push(reply);
                     None
                 }
                 Command::Shutdown => break,
@@ -532,6 +543,20 @@ impl Writer {
         self.waiting.clear();
         if let Some(parked) = self.parked.take() {
             parked.fail(&Error::Unavailable(why));
+        }
+    }
+
+    /// Answers the [`Command::Settled`] questions taken up, unless something the last look let
+    /// go (a batch's waiting commands, a Thaw's held writes) is still to be taken up: the
+    /// writer then does nothing more until a new command comes (or a deadline on the machine's
+    /// clock, which the simulation's clock never brings).
+    fn answer_settled(&mut self) {
+        let idle =
+            self.deferred.is_empty() && (self.held.is_empty() || self.frozen_until.is_some());
+        if idle {
+            for reply in self.settled.drain(..) {
+                let _ = reply.send(Ok(()));
+            }
         }
     }
 

@@ -38,6 +38,7 @@
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
@@ -70,6 +71,8 @@ pub(super) struct PrimaryWriter {
     thread: Option<JoinHandle<()>>,
     /// The first committed end it announced before its database held it.
     early: Arc<Mutex<Option<String>>>,
+    /// How many times it looked at its parked batch (see [`CheckedHub`]).
+    looks: Arc<AtomicU64>,
     /// The epoch its records carry (the world's when the member became primary).
     pub(super) epoch: u8,
 }
@@ -166,10 +169,12 @@ impl PrimaryWriter {
         )?;
         let readers = Arc::new(ReadPool::new(catalog.clone(), 5_000));
         let early = Arc::new(Mutex::new(None));
+        let looks = Arc::new(AtomicU64::new(0));
         let replication = Arc::new(CheckedHub {
             hub,
             db: Mutex::new(io("open the database", database::open_for_apply(file))?),
             early: early.clone(),
+            looks: looks.clone(),
         });
         let (handle, thread) = Writer::spawn(WriterSetup {
             data_dir: dir.to_path_buf(),
@@ -190,6 +195,7 @@ impl PrimaryWriter {
             handle,
             thread: Some(thread),
             early,
+            looks,
             epoch,
         })
     }
@@ -227,6 +233,11 @@ impl PrimaryWriter {
         }
     }
 
+    /// How many times the writer looked at where its parked batch's acknowledgement stands.
+    pub(super) fn looks(&self) -> u64 {
+        self.looks.load(Ordering::Relaxed)
+    }
+
     /// The first committed end the writer announced before its database held it.
     pub(super) fn announced_early(&self) -> Option<String> {
         self.early.lock().unwrap().clone()
@@ -253,6 +264,8 @@ struct CheckedHub {
     /// The member's database file, on a connection of its own.
     db: Mutex<rusqlite::Connection>,
     early: Arc<Mutex<Option<String>>>,
+    /// How many times the writer looked at where its parked batch's acknowledgement stands.
+    looks: Arc<AtomicU64>,
 }
 
 impl Replication for CheckedHub {
@@ -267,6 +280,7 @@ impl Replication for CheckedHub {
     }
 
     fn acknowledgement(&self, last: JournalPos, since: Instant) -> Acknowledged {
+        self.looks.fetch_add(1, Ordering::Relaxed);
         self.hub.acknowledgement(last, since)
     }
 
@@ -334,5 +348,54 @@ fn membership() -> Membership {
         epochs: Vec::new(),
         stopped: false,
         pending: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Data, DataEvent, Outcome};
+
+    /// The writer says it settled only once it is done looking: the look at its parked batch
+    /// that follows every command comes before the answer. A look after it would read a clock
+    /// the simulation may have moved meanwhile (at a frozen primary, which it does not wait
+    /// for), and revoke the backup at a moment thread timing chose.
+    #[test]
+    fn a_writer_that_settled_looks_no_more_until_told_something() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut data = Data::create(dir.path().join("files")).unwrap();
+        let events = [
+            DataEvent::Connected {
+                primary: 0,
+                backup: 1,
+                epoch: 1,
+                generation: 0,
+            },
+            DataEvent::CaughtUp {
+                primary: 0,
+                backup: 1,
+                heard: true,
+            },
+            // The backup is active and hears nothing more: the batch stays parked.
+            DataEvent::Written {
+                primary: 0,
+                epoch: 1,
+                outcome: Outcome::Pending,
+            },
+        ];
+        for event in &events {
+            data.follow(event).unwrap();
+        }
+        let writer = data.stores[0].writer.as_ref().expect("a running writer");
+        let settled = writer.looks();
+        assert!(settled > 0, "the writer looked at its parked batch");
+        // Ample time for a look that came after the answer to show.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(
+            writer.looks(),
+            settled,
+            "it looked after it said it settled"
+        );
+        writer.settled().unwrap();
+        assert!(writer.looks() > settled, "told to look again, it does");
     }
 }
