@@ -453,8 +453,9 @@ impl Failover {
             // than a quarter of a QoS after it could not be reached: a question that took its
             // whole timeout (an agent that accepts and never answers) would otherwise be asked
             // again at once, and the receiver (which looks every 50 ms) would never get its
-            // turn to find the primary itself. No later than that, either: a restarted former
-            // primary may be waiting for this member to settle its question (see `undecided`).
+            // turn to find the primary itself. Only a quarter: a restarted former primary may
+            // be waiting for this member to settle its question (see `undecided`), so the
+            // questions should come little further apart than they did.
             if let Some(asked) = self.asked_agent_ms
                 && now_ms >= asked + self.qos_ms
                 && self

@@ -11,10 +11,11 @@
 //!   its takeover window, or if the agent handed over the down primary's journal; otherwise keep
 //!   asking until it does;
 //! - *no answer* (the agent cannot be reached): no takeover. The question is asked again a QoS
-//!   timeout after the last one (and at least a quarter of a QoS after the answer), and meanwhile the
-//!   receiver may try the primary itself: nothing is on its way that a reconnection could
-//!   overtake, and a primary whose agent process is down may well run (holding the link back
-//!   then left the backup out of the mirror for as long as the agent stayed down).
+//!   timeout after the last one (and at least a quarter of a QoS after the answer), and
+//!   meanwhile the receiver may try the primary itself: nothing is on its way that a
+//!   reconnection could overtake, and a primary whose agent process is down may well run
+//!   (holding the link back then left the backup out of the mirror for as long as the agent
+//!   stayed down).
 //!
 //! An answer nobody waits for any more is dropped: a newer connection settled the question,
 //! and the primary may have restarted since the answer was given.
