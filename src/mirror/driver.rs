@@ -24,7 +24,8 @@
 //!   cancels any takeover the arbiter granted to rules that are gone.
 //! - `AskAgent` asks the primary's agent, on a helper thread, whether the primary is down
 //!   (the agent forces a hung one down). The answer comes back as an event on a later tick.
-//!   Meanwhile the receiver does not reconnect ([`Failover::may_connect`](super::failover::Failover::may_connect)). An answer belongs to
+//!   Meanwhile the receiver does not reconnect; after "no answer" it may, until the next
+//!   question ([`Failover::may_connect`](super::failover::Failover::may_connect)). An answer belongs to
 //!   the link whose loss it was asked about: once the rules heard of a newer connection it is
 //!   dropped, however late it comes (a "the primary runs" from before the primary died must not
 //!   make the backup that lost it again stand down).

@@ -552,7 +552,7 @@ fn a_backup_whose_clock_jumps_past_half_a_qos_reconnects_and_one_that_jumps_half
     let node = Node::open(settings, crate::node::Exits::unexpected()).unwrap();
 
     // The primary: this test. No Failover: a backup that lost its primary then does not ask
-    // the primary's agent (there is none here) and hold its link back meanwhile; it just
+    // the primary's agent (there is none here) and hold its link back while it asks; it just
     // reconnects.
     let test = TestPrimary::followed_by(
         &node,

@@ -584,7 +584,7 @@ impl TestMember {
     /// closes, as with `docker pause`. Returns the instance's pid, for [`TestMember::thaw_host`].
     pub async fn freeze_host(&self) -> Option<u32> {
         let pid = self.status().await.pid;
-        send_signal(self.agent_process.id(), Signal::Stop).unwrap();
+        self.freeze_agent();
         if let Some(pid) = pid {
             send_signal(pid, Signal::Stop).unwrap();
         }
@@ -607,7 +607,7 @@ impl TestMember {
         if let Some(pid) = pid {
             let _ = send_signal(pid, Signal::Cont);
         }
-        let _ = send_signal(self.agent_process.id(), Signal::Cont);
+        self.thaw_agent();
     }
 
     /// Lets a frozen instance run again (SIGCONT); it may have been forced down meanwhile.
