@@ -139,6 +139,7 @@ impl MemberArgs {
             lab: self.lab,
             superuser_password_file: self.superuser_password_file.clone(),
             journal_io: std::sync::Arc::new(crate::journal::DirectIo),
+            network: std::sync::Arc::new(crate::transport::Tcp),
             clock: std::sync::Arc::new(crate::clock::SystemClock),
         }
     }

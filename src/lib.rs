@@ -31,9 +31,11 @@
 //!   benchmark is a program of its own (`src/bin/mirrorlab-bench/`): it drives members from
 //!   outside, and the member does not ship it.
 //! - [`metrics`] — what a member counts for Prometheus (the portal serves it at `/metrics`).
-//! - [`error`], [`names`], [`util`], [`clock`], [`os`], [`wire`], [`tls`] — shared small pieces
-//!   (the clock that timing decisions read, passed in so tests move time themselves; the last:
-//!   identities and mutual TLS, async for the agent and blocking for the data channel).
+//! - [`error`], [`names`], [`util`], [`clock`], [`os`], [`wire`], [`tls`], [`transport`] —
+//!   shared small pieces (the clock that timing decisions read, passed in so tests move time
+//!   themselves; identities and mutual TLS, async for the agent and blocking for the data
+//!   channel; the network between members, passed in so tests run members in one process and
+//!   cut the network between them).
 //!
 //! ## Who may call whom
 //!
@@ -77,6 +79,7 @@ pub mod server;
 pub mod simulation;
 pub mod storage;
 pub mod tls;
+pub mod transport;
 pub mod util;
 pub mod web;
 pub mod wire;

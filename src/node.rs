@@ -74,12 +74,15 @@ impl Node {
             Some(&settings.install_dir),
             &settings.host_name,
         )?);
-        let superserver = std::net::TcpListener::bind(&settings.superserver).map_err(|e| {
-            Error::Io(format!(
-                "listen on the superserver address {}: {e}",
-                settings.superserver
-            ))
-        })?;
+        let superserver = settings
+            .network
+            .listen(&settings.superserver)
+            .map_err(|e| {
+                Error::Io(format!(
+                    "the superserver address {}: {e}",
+                    settings.superserver
+                ))
+            })?;
         let mirror = member.state;
         let instance = prepared.start(
             Attachments {
@@ -106,6 +109,7 @@ impl Node {
             superserver: settings.superserver.clone(),
             agent: settings.agent.clone(),
             identity,
+            network: settings.network.clone(),
             superseded: exits.superseded,
             journal_failed: exits.failed,
             journal_io: settings.journal_io.clone(),
@@ -140,3 +144,6 @@ impl Node {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod pair_tests;

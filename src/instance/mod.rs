@@ -111,6 +111,9 @@ pub struct InstanceSettings {
     /// replication hub's, the failover driver's and the receiver's ([`crate::clock`]): the
     /// machine's but in tests that move time themselves.
     pub clock: Arc<dyn crate::clock::Clock>,
+    /// Where the superserver listens and the mirror's connections to other members go
+    /// ([`crate::transport`]): TCP but in tests that run members in one process.
+    pub network: Arc<dyn crate::transport::Network>,
 }
 
 impl InstanceSettings {
@@ -132,6 +135,7 @@ impl InstanceSettings {
             superuser_password_file: None,
             journal_io: Arc::new(crate::journal::DirectIo),
             clock: Arc::new(crate::clock::SystemClock),
+            network: Arc::new(crate::transport::Tcp),
         }
     }
 }

@@ -20,7 +20,7 @@ pub(crate) fn ns(name: &str) -> NamespaceName {
     NamespaceName::new(name).unwrap()
 }
 
-async fn sql(instance: &Instance, namespace: &str, text: &str) -> Result<QueryResult> {
+pub(crate) async fn sql(instance: &Instance, namespace: &str, text: &str) -> Result<QueryResult> {
     instance.sql(&ns(namespace), text.to_string(), vec![]).await
 }
 

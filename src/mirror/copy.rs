@@ -390,6 +390,7 @@ impl Copies {
 /// there, and verifies it. Returns the verified copy's path.
 #[allow(clippy::too_many_arguments)]
 pub fn fetch(
+    network: &dyn crate::transport::Network,
     identity: &crate::tls::Identity,
     membership: &Membership,
     primary: &MemberInfo,
@@ -414,7 +415,7 @@ pub fn fetch(
         max_bytes_per_s,
     };
     let (mut reader, _writer) =
-        super::open_conversation(identity, membership, primary, &ask, READ_TIMEOUT)?;
+        super::open_conversation(network, identity, membership, primary, &ask, READ_TIMEOUT)?;
     let (snapshot, size, sha256, from) = match read_message(&mut reader)? {
         Some(Message::Control(control)) => match *control {
             Control::CopyBegin {

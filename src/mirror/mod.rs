@@ -147,6 +147,8 @@ pub struct MirrorContext {
     pub agent: String,
     /// This member's TLS key and certificate.
     pub identity: Arc<crate::tls::Identity>,
+    /// Where connections to the other members go ([`crate::transport`]).
+    pub network: Arc<dyn crate::transport::Network>,
     /// What stopping at once means here (see [`SupersededHook`]).
     pub superseded: SupersededHook,
     /// Called when this member's mirror journal failed on the receiving side: the instance
@@ -191,9 +193,10 @@ pub fn agent_target(
     })
 }
 
-/// Opens a connection to `member` at `address` (its superserver port): over TLS, pinned to its
-/// certificate, when the mirror requires SSL/TLS; plain TCP otherwise.
+/// Opens a connection to `member` at `address` (its superserver port) on `network`: over TLS,
+/// pinned to its certificate, when the mirror requires SSL/TLS; plain otherwise.
 pub fn dial(
+    network: &dyn crate::transport::Network,
     identity: &crate::tls::Identity,
     m: &crate::config::mirror::Membership,
     member: &crate::config::mirror::MemberInfo,
@@ -202,11 +205,16 @@ pub fn dial(
 ) -> Result<crate::tls::Channel> {
     // While the Lab cuts the link to the other members, no connection to one is made.
     crate::lab::cuts::global().wait_to_connect(crate::lab::cuts::Link::Members, timeout)?;
-    let tcp = crate::wire::connect(address, timeout)?;
-    tcp.set_nodelay(true)?;
+    let connection = network.connect(address, timeout)?;
     if !m.mirror.require_tls {
-        return Ok(crate::tls::Channel::Plain(tcp));
+        return Ok(connection.plain());
     }
+    let crate::transport::Connection::Tcp(tcp) = connection else {
+        return Err(crate::error::Error::Conflict(format!(
+            "mirror {} requires SSL/TLS, which this network does not carry",
+            m.mirror.name
+        )));
+    };
     crate::tls::connect_blocking(
         tcp,
         identity,
@@ -220,6 +228,7 @@ pub fn dial(
 /// sends its first message: the channel's two halves, buffered, and reads that give up after
 /// `read_timeout`. For the short conversations a member starts itself: a Fetch, a Copy.
 pub fn open_conversation(
+    network: &dyn crate::transport::Network,
     identity: &crate::tls::Identity,
     m: &crate::config::mirror::Membership,
     member: &crate::config::mirror::MemberInfo,
@@ -232,6 +241,7 @@ pub fn open_conversation(
     use std::io::Write as _;
     let address = member.data_channel_address()?;
     let stream = dial(
+        network,
         identity,
         m,
         member,

@@ -235,6 +235,7 @@ fn receive(
         .ok_or_else(|| Error::Conflict("not a mirror member".into()))?;
     let qos = Duration::from_millis(membership.mirror.qos_timeout_ms);
     let stream = super::dial(
+        &*context.network,
         &context.identity,
         &membership,
         &primary,
@@ -541,6 +542,7 @@ fn buffered_message(reader: &BufReader<Channel>) -> bool {
 
 /// Fetches records `from..=to` from the primary (for a Catchup that needs older journal).
 pub fn fetch(
+    network: &dyn crate::transport::Network,
     identity: &crate::tls::Identity,
     membership: &Membership,
     primary: &MemberInfo,
@@ -553,6 +555,7 @@ pub fn fetch(
         to,
     };
     let (mut reader, _writer) = super::open_conversation(
+        network,
         identity,
         membership,
         primary,

@@ -26,7 +26,8 @@
 //! (the local agent's probes and questions arrive that way), to others only over TLS.
 //!
 //! Sockets are blocking with timeouts: a member that stops reading is dropped after the QoS
-//! timeout instead of stalling the primary.
+//! timeout instead of stalling the primary. The listener and its connections come from the
+//! member's network ([`crate::transport`]): TCP, or a test's in-process network.
 //!
 //! # Strangers on the port
 //!
@@ -45,7 +46,7 @@
 //!   a name server.
 
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::net::{IpAddr, TcpListener, TcpStream};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
@@ -59,6 +60,7 @@ use crate::limits::{
     SUPERSERVER_FIRST_MESSAGE, SUPERSERVER_STRANGER_CONNECTIONS,
 };
 use crate::tls::Channel;
+use crate::transport::{Connection, Incoming, Listener};
 use crate::util::now_ms;
 
 use super::MirrorContext;
@@ -101,7 +103,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts accepting on `listener`; stops when `stop` is set (and a connection wakes it).
 pub fn start(
-    listener: TcpListener,
+    listener: Listener,
     context: Arc<MirrorContext>,
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<()> {
@@ -115,14 +117,18 @@ pub fn start(
                 SUPERSERVER_STRANGER_CONNECTIONS,
                 SUPERSERVER_CONNECTIONS_PER_STRANGER,
             );
-            for stream in listener.incoming() {
+            loop {
+                let incoming = listener.accept();
                 if stop.load(Ordering::Acquire) {
                     break;
                 }
-                let Ok(stream) = stream else { continue };
-                let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
-                    continue;
+                let incoming = match incoming {
+                    Ok(incoming) => incoming,
+                    // Nobody can connect any more (an in-process network's listener).
+                    Err(err) if err.kind() == std::io::ErrorKind::NotConnected => break,
+                    Err(_) => continue,
                 };
+                let (peer, local) = (incoming.peer, incoming.local);
                 // This host's own address on both ends is the local agent's probes and
                 // questions (a Confirm Down that finds no slot would take the instance for hung).
                 // Not loopback as a whole: any local process may pick another loopback source
@@ -138,7 +144,7 @@ pub fn start(
                     .name("mirror-link".into())
                     .spawn(move || {
                         let _slot = slot;
-                        if let Err(err) = serve(stream, &context) {
+                        if let Err(err) = serve(incoming, &context) {
                             tracing::debug!("superserver connection from {peer} ended: {err}");
                         }
                     });
@@ -213,10 +219,14 @@ impl Read for UntilDeadline<'_> {
 /// Takes TLS when the connection starts with a handshake; returns the connection and the
 /// client's certificate fingerprint (None: plain). The handshake must be over by `deadline`.
 fn open(
-    tcp: TcpStream,
+    connection: Connection,
     context: &MirrorContext,
     deadline: Instant,
 ) -> Result<(Channel, Option<String>)> {
+    // Only a TCP connection may carry TLS (see `crate::transport`).
+    let Connection::Tcp(tcp) = connection else {
+        return Ok((connection.plain(), None));
+    };
     tcp.set_nodelay(true)?;
     let left = || deadline.saturating_duration_since(Instant::now());
     tcp.set_read_timeout(Some(left().max(Duration::from_millis(1))))?;
@@ -228,16 +238,14 @@ fn open(
     Ok((Channel::Plain(tcp), None))
 }
 
-fn serve(tcp: TcpStream, context: &Arc<MirrorContext>) -> Result<()> {
+fn serve(incoming: Incoming, context: &Arc<MirrorContext>) -> Result<()> {
     // The clock for the first message starts at once (see the module's essay).
     let deadline = Instant::now() + SUPERSERVER_FIRST_MESSAGE;
     // Loopback, or this host's own address on both ends (an agent bound to a LAN address).
-    let from_this_host = match (tcp.peer_addr(), tcp.local_addr()) {
-        (Ok(peer), Ok(local)) => peer.ip().is_loopback() || peer.ip() == local.ip(),
-        _ => false,
-    };
-    let peer_ip = tcp.peer_addr().map(|a| a.ip()).ok();
-    let (stream, peer) = open(tcp, context, deadline)?;
+    let from_this_host =
+        incoming.peer.ip().is_loopback() || incoming.peer.ip() == incoming.local.ip();
+    let peer_ip = Some(incoming.peer.ip());
+    let (stream, peer) = open(incoming.connection, context, deadline)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = BufWriter::new(stream.try_clone()?);
     // The first message says who calls: this member's own agent (Info) or another member. It

@@ -28,6 +28,14 @@ fn open_with_notes(dir: &std::path::Path) -> Arc<Node> {
 
 /// [`open_with_notes`], the member reading time from `clock`.
 fn open_with_notes_on(dir: &std::path::Path, clock: Arc<dyn crate::clock::Clock>) -> Arc<Node> {
+    let mut settings = notes_settings(dir);
+    settings.clock = clock;
+    Node::open(settings, crate::node::Exits::unexpected()).unwrap()
+}
+
+/// The settings of a member in `dir` whose install adds a namespace NOTES holding only the
+/// PERSONAL database.
+pub(super) fn notes_settings(dir: &std::path::Path) -> InstanceSettings {
     let install = dir.join("install");
     std::fs::create_dir_all(install.join("schema")).unwrap();
     let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("install");
@@ -48,11 +56,10 @@ fn open_with_notes_on(dir: &std::path::Path, clock: Arc<dyn crate::clock::Clock>
     std::fs::write(install.join("manifest.json"), manifest.to_string()).unwrap();
     let mut settings = InstanceSettings::for_dir(dir.join("data"));
     settings.install_dir = install;
-    settings.clock = clock;
-    Node::open(settings, crate::node::Exits::unexpected()).unwrap()
+    settings
 }
 
-fn member(name: &str) -> MemberInfo {
+pub(super) fn member(name: &str) -> MemberInfo {
     MemberInfo {
         name: crate::config::mirror::MemberName::new(name).unwrap(),
         kind: MemberKind::Failover,
@@ -66,7 +73,7 @@ fn member(name: &str) -> MemberInfo {
 }
 
 /// A new mirror MIRRORSET with a fresh id, agent controlled, with this QoS timeout.
-fn mirror_definition(qos_timeout_ms: u64) -> MirrorDefinition {
+pub(super) fn mirror_definition(qos_timeout_ms: u64) -> MirrorDefinition {
     MirrorDefinition {
         name: "MIRRORSET".into(),
         id: crate::journal::StreamId::random(),

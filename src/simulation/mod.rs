@@ -123,8 +123,11 @@
 //! # Left out (for now)
 //!
 //! The world carries out what the cores decide through a model of the driver's and the
-//! receiver's threads (the receiver's storing is its own code, fed the hub's real bytes; the
-//! threads would join with a transport seam on the network side), and it says when a write
+//! receiver's threads (the receiver's storing is its own code, fed the hub's real bytes). The
+//! threads themselves run on the in-process network of [`crate::transport`] (two real members
+//! in `node::pair_tests`), but not here: a thread blocked on a socket's timeout or its channel
+//! does not tell the simulation when it has settled, as the writer does, so a seed would not
+//! replay. And the world says when a write
 //! should be acknowledged — checked against the real writer and hub at every write and whenever
 //! writes that waited are answered, and decided by them in one case (the hub revokes a backup
 //! that left writes waiting a QoS, and the world follows). On the data channel a one-way

@@ -1,5 +1,6 @@
 //! A member-to-member connection for blocking threads — the TCP socket itself, or TLS made by
-//! rustls on it — that one thread reads while another writes.
+//! rustls on it, or in tests a connection on an in-process network ([`crate::transport`]) —
+//! that one thread reads while another writes.
 //!
 //! # Why not `rustls::StreamOwned`
 //!
@@ -52,6 +53,7 @@ use super::{Identity, SERVER_NAME, peer_of, tls_error};
 use crate::error::{Error, Result};
 use crate::lab::cuts::{Link, global as cuts};
 use crate::os::send_without_waiting;
+use crate::transport::memory::MemoryStream;
 
 /// Most plaintext encrypted at once by one write: bounds what a send that must not wait can
 /// leave unsent.
@@ -67,6 +69,8 @@ pub enum Channel {
     Plain(TcpStream),
     /// TLS, made by rustls on the socket.
     Tls(TlsChannel),
+    /// A connection on an in-process network ([`crate::transport::memory`]), for tests.
+    Memory(MemoryStream),
 }
 
 /// One handle on a TLS connection; every clone shares the socket, the session and the send
@@ -352,12 +356,13 @@ impl Channel {
     /// Writes what fits in the connection's send buffer without waiting (see
     /// [`send_without_waiting`]); over TLS the bytes counted may be partly [owed](Self::owes).
     pub fn send_now(&self, bytes: &[u8]) -> io::Result<usize> {
-        if cuts().any() && cuts().sending_is_cut(Link::Members) {
+        if self.socket_under_cuts().is_some() && cuts().sending_is_cut(Link::Members) {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         match self {
             Channel::Plain(s) => send_without_waiting(s.as_fd(), bytes),
             Channel::Tls(s) => s.send_now(bytes),
+            Channel::Memory(s) => s.send_now(bytes),
         }
     }
 
@@ -365,7 +370,7 @@ impl Channel {
     /// (by the next write or flush on any handle).
     pub fn owes(&self) -> bool {
         match self {
-            Channel::Plain(_) => false,
+            Channel::Plain(_) | Channel::Memory(_) => false,
             Channel::Tls(s) => s.owes.load(Ordering::Acquire),
         }
     }
@@ -375,32 +380,58 @@ impl Channel {
         Ok(match self {
             Channel::Plain(s) => Channel::Plain(s.try_clone()?),
             Channel::Tls(s) => Channel::Tls(s.clone()),
+            Channel::Memory(s) => Channel::Memory(s.clone()),
         })
     }
 
-    fn socket(&self) -> &TcpStream {
+    /// The TCP socket underneath; none on an in-process network (the Lab's cuts, which act on
+    /// sockets, do not apply there).
+    fn socket(&self) -> Option<&TcpStream> {
         match self {
-            Channel::Plain(s) => s,
-            Channel::Tls(s) => &s.socket,
+            Channel::Plain(s) => Some(s),
+            Channel::Tls(s) => Some(&s.socket),
+            Channel::Memory(_) => None,
         }
     }
 
     /// How long a read may block.
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.socket().set_read_timeout(timeout)
+        match self {
+            Channel::Plain(s) => s.set_read_timeout(timeout),
+            Channel::Tls(s) => s.socket.set_read_timeout(timeout),
+            Channel::Memory(s) => {
+                s.set_read_timeout(timeout);
+                Ok(())
+            }
+        }
     }
 
     /// How long a write may block.
     pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.socket().set_write_timeout(timeout)
+        match self {
+            Channel::Plain(s) => s.set_write_timeout(timeout),
+            Channel::Tls(s) => s.socket.set_write_timeout(timeout),
+            Channel::Memory(s) => {
+                s.set_write_timeout(timeout);
+                Ok(())
+            }
+        }
+    }
+
+    /// The socket when the Lab cuts links now (see [`crate::lab::cuts`]); `None` otherwise,
+    /// and always on an in-process network.
+    fn socket_under_cuts(&self) -> Option<&TcpStream> {
+        self.socket().filter(|_| cuts().any())
     }
 
     /// Ends the connection in both directions (errors ignored: it may be gone already) —
     /// unless the Lab cut this member's sending: then the end waits for the cut to end (see
     /// [`crate::lab::cuts::Cuts::hold_end`]), as TCP's would.
     pub fn close(&self) {
-        if cuts().any() && cuts().sending_is_cut(Link::Members) {
-            cuts().hold_end(Link::Members, self.socket());
+        if let Some(socket) = self.socket_under_cuts()
+            && cuts().sending_is_cut(Link::Members)
+        {
+            cuts().hold_end(Link::Members, socket);
             return;
         }
         match self {
@@ -408,14 +439,15 @@ impl Channel {
                 let _ = s.shutdown(Shutdown::Both);
             }
             Channel::Tls(s) => s.close(),
+            Channel::Memory(s) => s.shutdown(),
         }
     }
 }
 
 impl Drop for Channel {
     fn drop(&mut self) {
-        if cuts().any() {
-            cuts().hold_end(Link::Members, self.socket());
+        if let Some(socket) = self.socket_under_cuts() {
+            cuts().hold_end(Link::Members, socket);
         }
     }
 }
@@ -424,34 +456,37 @@ impl Drop for Channel {
 // ([`crate::lab::cuts`]) holds its reads and writes.
 impl Read for Channel {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if cuts().any() {
-            cuts().wait_to_receive(Link::Members, self.socket().read_timeout()?)?;
+        if let Some(socket) = self.socket_under_cuts() {
+            cuts().wait_to_receive(Link::Members, socket.read_timeout()?)?;
         }
         match self {
             Channel::Plain(s) => s.read(buf),
             Channel::Tls(s) => s.read(buf),
+            Channel::Memory(s) => s.read(buf),
         }
     }
 }
 
 impl Write for Channel {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if cuts().any() {
-            cuts().wait_to_send(Link::Members, self.socket().write_timeout()?)?;
+        if let Some(socket) = self.socket_under_cuts() {
+            cuts().wait_to_send(Link::Members, socket.write_timeout()?)?;
         }
         match self {
             Channel::Plain(s) => s.write(buf),
             Channel::Tls(s) => TlsChannel::write(s, buf),
+            Channel::Memory(s) => s.write(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if cuts().any() {
-            cuts().wait_to_send(Link::Members, self.socket().write_timeout()?)?;
+        if let Some(socket) = self.socket_under_cuts() {
+            cuts().wait_to_send(Link::Members, socket.write_timeout()?)?;
         }
         match self {
             Channel::Plain(s) => s.flush(),
             Channel::Tls(s) => TlsChannel::flush(s),
+            Channel::Memory(s) => s.flush(),
         }
     }
 }

@@ -170,6 +170,7 @@ impl MirrorService {
             .ok_or_else(|| Error::Unavailable("the primary is not known yet".into()))?;
         let file = self.context.catalog.snapshot().database(db)?.file.clone();
         let identity = self.context.identity.clone();
+        let network = self.context.network.clone();
         let copies = self.copies.clone();
         let name = db.clone();
         tokio::task::spawn_blocking(move || {
@@ -195,6 +196,7 @@ impl MirrorService {
                 });
             };
             copy::fetch(
+                &*network,
                 &identity,
                 &m,
                 &primary,

@@ -23,7 +23,6 @@
 //!   the Mirror Monitor's actions and Remove Mirror Configuration;
 //! - [`view`]: the Mirror Monitor's view, built in one pass from the shared state.
 
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
@@ -139,7 +138,7 @@ impl MirrorService {
     /// Starts the superserver listener (and, on a backup, the receiver).
     pub fn start(
         context: Arc<MirrorContext>,
-        listener: TcpListener,
+        listener: crate::transport::Listener,
         backup_journal: Option<Journal>,
     ) -> Arc<MirrorService> {
         let address = listener.local_addr().expect("bound listener");
@@ -306,12 +305,7 @@ impl MirrorService {
         self.stop_receiver();
         if let Some((thread, stop, address)) = self.listener.lock().unwrap().take() {
             stop.store(true, Ordering::Release);
-            let wake = if address.ip().is_unspecified() {
-                std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), address.port())
-            } else {
-                address
-            };
-            let _ = std::net::TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+            crate::transport::Listener::wake(address, &*self.context.network);
             let _ = thread.join();
         }
         self.context

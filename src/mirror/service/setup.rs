@@ -367,6 +367,7 @@ impl MirrorService {
             .ok_or_else(|| Error::Conflict("the primary is not known".into()))?;
         let (membership, primary) = (m.clone(), primary.clone());
         let tls_identity = self.context.identity.clone();
+        let network = self.context.network.clone();
         self.context.mirror.update_database(db, |d| {
             d.phase = CatchupPhase::Running {
                 done: 0,
@@ -375,7 +376,7 @@ impl MirrorService {
         });
         tracing::info!("catchup of {db}: fetching journal records {from}..={to} from the primary");
         let fetched = tokio::task::spawn_blocking(move || {
-            receiver::fetch(&tls_identity, &membership, &primary, from, to)
+            receiver::fetch(&*network, &tls_identity, &membership, &primary, from, to)
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))?;
