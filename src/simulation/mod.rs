@@ -38,7 +38,8 @@
 //!    steps chosen at random among those the world allows: messages delivered in any order the
 //!    connections allow, time passing, and a handful of faults — links between the members or to
 //!    the arbiter cut, instances and whole hosts crashed, whole hosts frozen (the others notice
-//!    the silence after half a QoS to a QoS), graceful stops (a primary hands over), a backup's
+//!    the silence after half a QoS to a QoS), an agent stopped while its host and instance run
+//!    on, graceful stops (a primary hands over), a backup's
 //!    process stalled, half-open links, one-way partitions to the arbiter (the member stops
 //!    hearing it and closes; the arbiter notices later), Stop Mirror, No Failover, a database
 //!    made unready, and
@@ -314,6 +315,7 @@ fn is_fault(step: &Step) -> bool {
             | Step::Shutdown(_)
             | Step::Stall(_)
             | Step::Freeze(_)
+            | Step::StopAgent(_)
             | Step::HalfOpen
             | Step::StopMirror
             | Step::SetNoFailover
@@ -329,6 +331,7 @@ fn heals(step: &Step) -> bool {
             | Step::HealArbiterLink(_)
             | Step::Restart(_)
             | Step::Thaw(_)
+            | Step::StartAgent(_)
             | Step::StartMirror
             | Step::ClearNoFailover
             | Step::Ready

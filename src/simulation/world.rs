@@ -39,7 +39,8 @@
 //! members, each member's link to the arbiter); crash an instance or a whole host; stop a member
 //! gracefully (a primary hands over); restart a member; stall a backup's process (its driver
 //! starts fresh rules, its arbiter link stays up); freeze and thaw a whole host (the others
-//! notice its silence after half a QoS to a QoS); a restarted former primary decides;
+//! notice its silence after half a QoS to a QoS); stop and start a member's agent while its
+//! host and instance run (it answers no question meanwhile); a restarted former primary decides;
 //! the backup connects (replacing a link the primary still holds half-open) and catches up; the
 //! backup's side of the data channel dies while the primary's stays (a half-open link); Stop and
 //! Start Mirror on the backup; set and clear No Failover; a mirrored database of the backup
@@ -70,6 +71,7 @@ use crate::mirror::failover::{
 
 mod arbiter;
 mod steps;
+pub(crate) use steps::Step;
 
 /// The members' QoS timeout (ms).
 pub(crate) const QOS: u64 = 2_000;
@@ -126,8 +128,11 @@ pub(crate) struct Member {
     pub(crate) core: MemberCore,
     /// The instance runs.
     pub(crate) up: bool,
-    /// The host runs: its agent answers.
+    /// The host runs.
     pub(crate) host: bool,
+    /// Its agent process runs (on a host that runs): it answers questions, forces its instance
+    /// down when told, hands over the journal of an instance that is down.
+    pub(crate) agent: bool,
     /// A restarted former primary that has not learned its role yet (read-only, no rules).
     pub(crate) deciding: bool,
     /// Stored: its epoch, whether it was the primary, whom it follows.
@@ -176,6 +181,7 @@ impl Member {
             core,
             up: true,
             host: true,
+            agent: true,
             deciding: false,
             epoch: 1,
             was_primary: role == FailoverRole::Primary,
@@ -192,6 +198,11 @@ impl Member {
             frozen: None,
             silence_noticed: false,
         }
+    }
+
+    /// Whether its agent answers: the host and the agent run, and the host is not frozen.
+    pub(crate) fn agent_answers(&self) -> bool {
+        self.host && self.agent && self.frozen.is_none()
     }
 
     /// Its rules (a member always has some: a restart starts fresh ones).
@@ -324,52 +335,6 @@ pub(crate) struct World {
     /// A member closed a connection to the arbiter that went quiet, and the arbiter has not
     /// noticed yet.
     pub(crate) arbiter_close_pending: [bool; 2],
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Step {
-    Deliver(usize),
-    /// Deliver an agent's "the primary is down, here is its journal" as "… but its journal could
-    /// not be fetched".
-    DeliverWithoutJournal(usize),
-    Advance,
-    CutLink,
-    HealLink,
-    CutArbiterLink(usize),
-    HealArbiterLink(usize),
-    ConnectArbiter(usize),
-    Crash(usize),
-    CrashHost(usize),
-    Shutdown(usize),
-    Restart(usize),
-    Stall(usize),
-    /// A one-way partition: what the arbiter sends no longer reaches member `i`, which notices
-    /// the silence and closes its side; the arbiter notices later
-    /// ([`Step::ArbiterNoticesClose`]), and until then still counts `i` as connected.
-    ArbiterGoesQuiet(usize),
-    /// The arbiter notices that member `i` closed a connection that went quiet.
-    ArbiterNoticesClose(usize),
-    /// The whole host of a member is frozen (paused), and later thawed.
-    Freeze(usize),
-    /// The others notice that a frozen member went silent: no sooner than half a QoS after it
-    /// froze (the arbiter and the hub wait for a QoS of silence, less a heartbeat), and no later
-    /// than a QoS.
-    NoticeSilence(usize),
-    Thaw(usize),
-    Decide(usize),
-    Connect,
-    CatchUp,
-    HalfOpen,
-    PrimaryNoticesHalfOpen,
-    RepeatMode,
-    ForceDown,
-    StopMirror,
-    StartMirror,
-    SetNoFailover,
-    ClearNoFailover,
-    Unready,
-    Ready,
-    Write,
 }
 
 /// How many faults a search may inject, and whether time may pass.
@@ -754,7 +719,7 @@ impl World {
                 // The core asks once per link generation; the answers carry it.
                 let target = self.m[i].primary;
                 // A frozen host's agent does not answer either.
-                let reachable = self.m[target].host && self.m[target].frozen.is_none();
+                let reachable = self.m[target].agent_answers();
                 let answers = if target != i && self.link && reachable {
                     if self.m[target].up {
                         vec![AgentAnswer::PrimaryRunning]

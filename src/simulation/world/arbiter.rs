@@ -1,4 +1,10 @@
-//! ARB
+//! The arbiter as the world plays it: the real [`ArbiterBook`], with a slot for the primary's
+//! connection and one for the backup's.
+//!
+//! A member's hello to the arbiter takes the slot of its role (the book learns who it sees), a
+//! connection that breaks or goes quiet frees it (the member notices at once, the arbiter may
+//! notice later), and a stand-down carried by a connection ends the activation it names. What
+//! the arbiter answers is the real book's answer, delivered to the member on its arbiter queue.
 
 use super::*;
 

@@ -1,7 +1,70 @@
-//! STEPS
+//! The world's invariants and its steps.
+//!
+//! [`World::check`] is what must hold after every step: at most one member acknowledges
+//! writes, and once nothing is in flight, what each member's rules believe of its arbiter link
+//! and what the monitors show agree with the arbiter. [`World::steps`] lists what may happen next from a state — within a
+//! [`Budget`] of faults and writes, and never a notice before its time — and [`World::apply`]
+//! makes one of them happen; the explorer walks every order of them, the simulation picks one
+//! at random. Beside them, what a step sets off: how a write ends, a hub's revocation, a
+//! backup's stall, a restarted former primary's decision.
+//!
+//! Invariant: a step never fails by itself — an `Err` from [`World::apply`] is a broken rule
+//! (a takeover by a member that lacks acknowledged writes and did not fetch them, a member that
+//! may not take over asking the agent), reported with the path that led to it.
 
 use super::*;
 use crate::mirror::failover::{OtherMember, Restart, restart_as};
+
+/// One step of the world: what may happen next (see the module essay of [`super`] for the
+/// list in words).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Step {
+    Deliver(usize),
+    /// Deliver an agent's "the primary is down, here is its journal" as "… but its journal could
+    /// not be fetched".
+    DeliverWithoutJournal(usize),
+    Advance,
+    CutLink,
+    HealLink,
+    CutArbiterLink(usize),
+    HealArbiterLink(usize),
+    ConnectArbiter(usize),
+    Crash(usize),
+    CrashHost(usize),
+    Shutdown(usize),
+    Restart(usize),
+    Stall(usize),
+    /// A one-way partition: what the arbiter sends no longer reaches member `i`, which notices
+    /// the silence and closes its side; the arbiter notices later
+    /// ([`Step::ArbiterNoticesClose`]), and until then still counts `i` as connected.
+    ArbiterGoesQuiet(usize),
+    /// The arbiter notices that member `i` closed a connection that went quiet.
+    ArbiterNoticesClose(usize),
+    /// The whole host of a member is frozen (paused), and later thawed.
+    Freeze(usize),
+    /// Member `i`'s agent process stops (its host and instance run on), and later starts again.
+    StopAgent(usize),
+    StartAgent(usize),
+    /// The others notice that a frozen member went silent: no sooner than half a QoS after it
+    /// froze (the arbiter and the hub wait for a QoS of silence, less a heartbeat), and no later
+    /// than a QoS.
+    NoticeSilence(usize),
+    Thaw(usize),
+    Decide(usize),
+    Connect,
+    CatchUp,
+    HalfOpen,
+    PrimaryNoticesHalfOpen,
+    RepeatMode,
+    ForceDown,
+    StopMirror,
+    StartMirror,
+    SetNoFailover,
+    ClearNoFailover,
+    Unready,
+    Ready,
+    Write,
+}
 
 impl World {
     // -----------------------------------------------------------------------------------------
@@ -182,7 +245,13 @@ impl World {
             if fault && m.role() == Some(FailoverRole::Backup) && !frozen(i) {
                 steps.push(Step::Stall(i));
             }
-            if m.deciding && self.link && self.m[1 - i].host && !frozen(1 - i) {
+            if fault && m.host && m.agent && m.frozen.is_none() {
+                steps.push(Step::StopAgent(i));
+            }
+            if m.host && !m.agent {
+                steps.push(Step::StartAgent(i));
+            }
+            if m.deciding && self.link && self.m[1 - i].agent_answers() {
                 steps.push(Step::Decide(i));
             }
         }
@@ -363,7 +432,9 @@ impl World {
                 self.record(DataEvent::Restarted { member: i });
                 let m = &mut self.m[i];
                 m.up = true;
+                // Starting a member starts its host and its agent, which starts the instance.
                 m.host = true;
+                m.agent = true;
                 m.activation = 0;
                 // A former primary does not know whether the other took over meanwhile.
                 m.deciding = m.was_primary;
@@ -373,6 +444,11 @@ impl World {
                 self.faults += 1;
                 self.stall(i)?;
             }
+            Step::StopAgent(i) => {
+                self.faults += 1;
+                self.m[i].agent = false;
+            }
+            Step::StartAgent(i) => self.m[i].agent = true,
             Step::Freeze(i) => {
                 self.faults += 1;
                 self.record(DataEvent::Froze { member: i });
@@ -459,7 +535,7 @@ impl World {
                 let (target, epoch) = self.force.take().unwrap();
                 let m = &self.m[target];
                 // The target's agent must answer to carry it out.
-                if !m.host || m.frozen.is_some() {
+                if !m.agent_answers() {
                     self.force = Some((target, epoch));
                 } else if m.role() == Some(FailoverRole::Primary) && m.epoch < epoch {
                     self.instance_down(target, true);
