@@ -107,6 +107,52 @@ async fn concurrent_writers_share_fsyncs_and_every_write_lands() {
     assert_eq!(positions, (1..=records).collect::<Vec<_>>());
 }
 
+/// Writes held behind a Freeze commit together once it is thawed — one journal record, one
+/// fsync — instead of one fsync each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_held_behind_a_freeze_commit_together_after_the_thaw() {
+    use std::task::{Context, Waker};
+    let dir = tempfile::tempdir().unwrap();
+    let instance = open(dir.path());
+    let writer = instance.writer().clone();
+    writer
+        .freeze(std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    let names: Vec<String> = (0..20).map(|i| format!("held {i}")).collect();
+    let mut writes: Vec<_> = names
+        .iter()
+        .map(|name| Box::pin(insert_company(&instance, name)))
+        .collect();
+    // The first poll sends each write; none may be answered behind the Freeze.
+    for write in &mut writes {
+        let mut context = Context::from_waker(Waker::noop());
+        assert!(write.as_mut().poll(&mut context).is_pending());
+    }
+    // Every one of them is held before the Thaw.
+    let settled = writer.clone();
+    tokio::task::spawn_blocking(move || settled.settled())
+        .await
+        .unwrap()
+        .unwrap();
+    let (records, syncs) = (instance.journal.appended(), instance.journal.syncs());
+    writer.thaw().await.unwrap();
+    for write in writes {
+        write.await.unwrap();
+    }
+    assert_eq!(count(&instance, "COMPANY", "Company").await, 20);
+    assert_eq!(
+        instance.journal.appended() - records,
+        1,
+        "one record for the held writes"
+    );
+    assert_eq!(
+        instance.journal.syncs() - syncs,
+        1,
+        "one fsync for the held writes"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_statement_fails_alone() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,7 +1,9 @@
 //! Freeze and Thaw: writes stop and every database file is made complete on its own, so a user
 //! can copy the files (the walk-through's "copy the database files" step) while the instance
-//! runs. Writes and the extension's turns wait behind a Freeze (see `Writer::next_command`);
-//! the Freeze ends by itself after its timeout, so a forgotten one cannot stop a member for good.
+//! runs. Writes and the extension's turns wait behind a Freeze (see `Writer::next_command`)
+//! and go back in line, first and in order, at the Thaw, where the writes that waited commit
+//! together (one fsync, not one each); the Freeze ends by itself after its timeout, so a
+//! forgotten one cannot stop a member for good.
 
 use super::*;
 

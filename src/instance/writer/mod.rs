@@ -573,10 +573,12 @@ impl Writer {
                 self.frozen_until = None;
                 self.frozen_flag.store(false, Ordering::Release);
             }
-            if self.frozen_until.is_none()
-                && let Some(command) = self.held.pop_front()
-            {
-                return Some(command);
+            // What a Freeze held goes back in line first, in order, where a batch collects it:
+            // the writes that waited behind a Freeze commit together, not one fsync each.
+            if self.frozen_until.is_none() {
+                while let Some(command) = self.held.pop_back() {
+                    self.deferred.push_front(command);
+                }
             }
             if let Some(command) = self.deferred.pop_front() {
                 if self.is_held(&command) {
