@@ -13,13 +13,11 @@ use std::time::{Duration, Instant};
 
 use rusqlite::types::Value;
 
-use super::tests::{member, mirror_definition, notes_settings};
+use super::tests::{create_mirror, member, membership, mirror_definition, notes_settings};
 use super::*;
 use crate::config::mirror::{MemberInfo, Membership, MirrorDefinition};
 use crate::instance::tests::{insert_company, sql};
-use crate::journal::{Journal, JournalOptions, JournalPos};
 use crate::mirror::state::Role;
-use crate::mirror::steps::MirrorCommand;
 use crate::names::DbName;
 use crate::transport::MemoryNetwork;
 use crate::transport::memory::Direction;
@@ -71,52 +69,6 @@ fn open_on(
     node
 }
 
-/// Makes `node` the primary of mirror `definition`, with `backup` as its other failover
-/// member and COMPANY mirrored.
-async fn create_mirror(
-    node: &Node,
-    dir: &std::path::Path,
-    definition: &MirrorDefinition,
-    this: &MemberInfo,
-    backup: &MemberInfo,
-) {
-    let membership = Membership {
-        mirror: definition.clone(),
-        this: this.clone(),
-        others: vec![backup.clone()],
-        was_primary: true,
-        databases: Vec::new(),
-        activated: Vec::new(),
-        primary_name: Some(this.name.clone()),
-        pending_adds: Vec::new(),
-        epochs: Vec::new(),
-        stopped: false,
-        pending: Vec::new(),
-    };
-    let (journal, _) = Journal::open(
-        &dir.join("data/mgr/journal"),
-        definition.id,
-        JournalOptions::mirror(&definition.name, 1 << 20, JournalPos(1)),
-    )
-    .unwrap();
-    let writer = node.instance.writer();
-    writer
-        .extension(|reply| MirrorCommand::Create {
-            journal,
-            membership: Box::new(membership),
-            reply,
-        })
-        .await
-        .unwrap();
-    writer
-        .extension(|reply| MirrorCommand::AddDatabases {
-            dbs: vec![DbName::new("COMPANY").unwrap()],
-            reply,
-        })
-        .await
-        .unwrap();
-}
-
 /// Makes `node` the backup `this` following `primary` in `definition` (as Join as Failover
 /// leaves it), knowing the mirrored databases the primary lists, and starts its receiver.
 fn join_as_backup(
@@ -130,17 +82,8 @@ fn join_as_backup(
         .config
         .update(|c| {
             c.mirror.membership = Some(Membership {
-                mirror: definition.clone(),
-                this: this.clone(),
-                others: vec![primary.clone()],
-                was_primary: false,
                 databases: databases.clone(),
-                activated: Vec::new(),
-                primary_name: Some(primary.name.clone()),
-                pending_adds: Vec::new(),
-                epochs: Vec::new(),
-                stopped: false,
-                pending: Vec::new(),
+                ..membership(definition, this, vec![primary.clone()], primary)
             });
             Ok(())
         })
@@ -185,7 +128,8 @@ async fn a_backup_on_an_in_process_network_follows_its_primary_through_cuts_and_
     let definition = mirror_definition(QOS_MS);
 
     let a = open_on(&dir.path().join("a"), &network, A_AT, &exits);
-    create_mirror(&a, &dir.path().join("a"), &definition, &a_info, &b_info).await;
+    let others = vec![b_info.clone()];
+    create_mirror(&a, &dir.path().join("a"), &definition, &a_info, others).await;
     let databases = a
         .instance
         .config
@@ -278,6 +222,9 @@ async fn a_backup_on_an_in_process_network_follows_its_primary_through_cuts_and_
         );
     };
 
+    let active_again =
+        async |what: &str| until(what, Duration::from_secs(30), async || active()).await;
+
     // 1. The backup's acknowledgements stop reaching the primary; the backup is active again
     //    once they flow.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -285,12 +232,7 @@ async fn a_backup_on_an_in_process_network_follows_its_primary_through_cuts_and_
     tokio::time::sleep(Duration::from_millis(100)).await;
     goes_on_alone("the primary goes on alone after a one-way cut").await;
     network.heal(A_AT, Direction::ToListener);
-    until(
-        "the backup is active after a one-way cut",
-        Duration::from_secs(20),
-        async || active(),
-    )
-    .await;
+    active_again("the backup is active after a one-way cut").await;
 
     // 2. Both ways cut for longer than a QoS: the backup cannot reach the primary's agent, so
     //    it does not take over; it reconnects once the network heals.
@@ -300,21 +242,11 @@ async fn a_backup_on_an_in_process_network_follows_its_primary_through_cuts_and_
     goes_on_alone("the primary goes on alone in a partition").await;
     network.heal(A_AT, Direction::ToListener);
     network.heal(A_AT, Direction::FromListener);
-    until(
-        "the backup is active after a partition",
-        Duration::from_secs(30),
-        async || active(),
-    )
-    .await;
+    active_again("the backup is active after a partition").await;
 
     // 3. Every connection reset at once.
     network.reset(A_AT);
-    until(
-        "the backup is active after a reset",
-        Duration::from_secs(30),
-        async || active(),
-    )
-    .await;
+    active_again("the backup is active after a reset").await;
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Release);

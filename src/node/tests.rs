@@ -89,27 +89,49 @@ pub(super) fn mirror_definition(qos_timeout_ms: u64) -> MirrorDefinition {
     }
 }
 
-/// Makes `instance` the primary of a new mirror, alone, with COMPANY mirrored.
-async fn mirror_company(node: &Node, dir: &std::path::Path) {
-    let definition = mirror_definition(60_000);
-    let id = definition.id;
-    let membership = Membership {
-        mirror: definition,
-        this: member("MIRRORA/IRIS"),
-        others: Vec::new(),
-        was_primary: true,
+/// Member `this`'s membership of mirror `definition`, beside `others`, following `primary`
+/// (itself: the primary), with no database yet.
+pub(super) fn membership(
+    definition: &MirrorDefinition,
+    this: &MemberInfo,
+    others: Vec<MemberInfo>,
+    primary: &MemberInfo,
+) -> Membership {
+    Membership {
+        mirror: definition.clone(),
+        this: this.clone(),
+        others,
+        was_primary: this.name == primary.name,
         databases: Vec::new(),
         activated: Vec::new(),
-        primary_name: Some(crate::config::mirror::MemberName::new("MIRRORA/IRIS").unwrap()),
+        primary_name: Some(primary.name.clone()),
         pending_adds: Vec::new(),
         epochs: Vec::new(),
         stopped: false,
         pending: Vec::new(),
-    };
+    }
+}
+
+/// Makes `instance` the primary of a new mirror, alone, with COMPANY mirrored.
+async fn mirror_company(node: &Node, dir: &std::path::Path) {
+    let this = member("MIRRORA/IRIS");
+    create_mirror(node, dir, &mirror_definition(60_000), &this, Vec::new()).await;
+}
+
+/// Makes `node` the primary `this` of the new mirror `definition`, beside `others`, with
+/// COMPANY mirrored.
+pub(super) async fn create_mirror(
+    node: &Node,
+    dir: &std::path::Path,
+    definition: &MirrorDefinition,
+    this: &MemberInfo,
+    others: Vec<MemberInfo>,
+) {
+    let membership = membership(definition, this, others, this);
     let (journal, _) = Journal::open(
         &dir.join("data/mgr/journal"),
-        id,
-        JournalOptions::mirror("MIRRORSET", 1 << 20, JournalPos(1)),
+        definition.id,
+        JournalOptions::mirror(&definition.name, 1 << 20, JournalPos(1)),
     )
     .unwrap();
     let writer = node.instance.writer();
@@ -384,19 +406,12 @@ impl TestPrimary {
         node.instance
             .config
             .update(|c| {
-                c.mirror.membership = Some(Membership {
-                    mirror: definition.clone(),
-                    this: this.clone(),
-                    others: vec![primary.clone()],
-                    was_primary: false,
-                    databases: Vec::new(),
-                    activated: Vec::new(),
-                    primary_name: Some(primary.name.clone()),
-                    pending_adds: Vec::new(),
-                    epochs: Vec::new(),
-                    stopped: false,
-                    pending: Vec::new(),
-                });
+                c.mirror.membership = Some(membership(
+                    &definition,
+                    &this,
+                    vec![primary.clone()],
+                    &primary,
+                ));
                 Ok(())
             })
             .unwrap();
