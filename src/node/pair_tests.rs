@@ -5,7 +5,8 @@
 //! both ways, and every connection at once. Writes go on throughout, and the mirror's
 //! invariants are checked: the backup never accepts writes, every acknowledged write is on
 //! both members, and after the faults heal the backup is active again and holds the
-//! primary's rows.
+//! primary's rows. And the first outage the backup covers, a graceful stop of the primary:
+//! the backup takes over with every acknowledged write.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -119,50 +120,89 @@ async fn until(what: &str, within: Duration, mut done: impl AsyncFnMut() -> bool
     }
 }
 
+/// A primary and its active backup on an in-process network (see the module essay).
+struct Pair {
+    network: MemoryNetwork,
+    a: Arc<Node>,
+    b: Arc<Node>,
+    /// What would have stopped either member's process.
+    exits: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Pair {
+    /// Member A the primary of a new mirror with COMPANY mirrored; member B joined as its
+    /// failover member, COMPANY copied from the primary, activated and caught up, and active.
+    async fn start() -> Pair {
+        let dir = tempfile::tempdir().unwrap();
+        let network = MemoryNetwork::new();
+        let exits = Arc::new(Mutex::new(Vec::new()));
+        let (a_info, b_info) = (at("MIRRORA/IRIS", A_AT), at("MIRRORB/IRIS", B_AT));
+        let definition = mirror_definition(QOS_MS);
+
+        let a = open_on(&dir.path().join("a"), &network, A_AT, &exits);
+        let others = vec![b_info.clone()];
+        create_mirror(&a, &dir.path().join("a"), &definition, &a_info, others).await;
+        let databases = a
+            .instance
+            .config
+            .get()
+            .mirror
+            .member()
+            .unwrap()
+            .databases
+            .clone();
+        let b = open_on(&dir.path().join("b"), &network, B_AT, &exits);
+        join_as_backup(&b, &definition, &b_info, &a_info, databases);
+
+        // Copy from Primary goes over the network too; then Activate and Catchup follow by
+        // themselves, and the primary counts the backup as active once it caught up.
+        insert_company(&a.instance, "before the copy")
+            .await
+            .unwrap();
+        until(
+            "the backup is connected",
+            Duration::from_secs(10),
+            async || b.mirror.status().link.connected,
+        )
+        .await;
+        b.mirror_service
+            .copy_from_primary(DbName::new("COMPANY").unwrap(), None)
+            .unwrap();
+        until(
+            "the backup is active",
+            Duration::from_secs(30),
+            async || a.mirror.hub.has_active_backup(),
+        )
+        .await;
+
+        Pair {
+            network,
+            a,
+            b,
+            exits,
+            _dir: dir,
+        }
+    }
+
+    fn backup_is_active(&self) -> bool {
+        self.a.mirror.hub.has_active_backup()
+    }
+
+    /// Neither member stopped by itself.
+    fn check_no_exits(&self) {
+        let exits = self.exits.lock().unwrap();
+        assert!(exits.is_empty(), "no member stopped: {exits:?}");
+    }
+}
+
+/// The network cut one way, then both ways, then every connection reset, with writes on the
+/// primary and reads on the backup throughout (see the module essay for what is checked).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_on_an_in_process_network_follows_its_primary_through_cuts_and_resets() {
-    let dir = tempfile::tempdir().unwrap();
-    let network = MemoryNetwork::new();
-    let exits = Arc::new(Mutex::new(Vec::new()));
-    let (a_info, b_info) = (at("MIRRORA/IRIS", A_AT), at("MIRRORB/IRIS", B_AT));
-    let definition = mirror_definition(QOS_MS);
-
-    let a = open_on(&dir.path().join("a"), &network, A_AT, &exits);
-    let others = vec![b_info.clone()];
-    create_mirror(&a, &dir.path().join("a"), &definition, &a_info, others).await;
-    let databases = a
-        .instance
-        .config
-        .get()
-        .mirror
-        .member()
-        .unwrap()
-        .databases
-        .clone();
-    let b = open_on(&dir.path().join("b"), &network, B_AT, &exits);
-    join_as_backup(&b, &definition, &b_info, &a_info, databases);
-
-    // Copy from Primary goes over the network too; then Activate and Catchup follow by
-    // themselves, and the primary counts the backup as active once it caught up.
-    insert_company(&a.instance, "before the copy")
-        .await
-        .unwrap();
-    until(
-        "the backup is connected",
-        Duration::from_secs(10),
-        async || b.mirror.status().link.connected,
-    )
-    .await;
-    b.mirror_service
-        .copy_from_primary(DbName::new("COMPANY").unwrap(), None)
-        .unwrap();
-    let active = || a.mirror.hub.has_active_backup();
-    until(
-        "the backup is active",
-        Duration::from_secs(30),
-        async || active(),
-    )
-    .await;
+    let pair = Pair::start().await;
+    let (network, a, b) = (&pair.network, &pair.a, &pair.b);
+    let active = || pair.backup_is_active();
 
     // Writers on the primary, all along; a watcher that the backup never takes writes.
     let stop = Arc::new(AtomicBool::new(false));
@@ -267,11 +307,11 @@ async fn a_backup_on_an_in_process_network_follows_its_primary_through_cuts_and_
         "writes went on: {}",
         acknowledged.len()
     );
-    let on_a = companies(&a).await;
+    let on_a = companies(a).await;
     until(
         "the backup holds the primary's rows",
         Duration::from_secs(20),
-        async || companies(&b).await == on_a,
+        async || companies(b).await == on_a,
     )
     .await;
     for name in &acknowledged {
@@ -287,11 +327,51 @@ async fn a_backup_on_an_in_process_network_follows_its_primary_through_cuts_and_
             "{name} read on the backup but not on the primary"
         );
     }
-    assert!(
-        exits.lock().unwrap().is_empty(),
-        "no member stopped: {:?}",
-        exits.lock().unwrap()
-    );
+    pair.check_no_exits();
     b.close();
     a.close();
+}
+
+/// A primary that stops gracefully hands over to its active backup on the in-process network:
+/// the backup takes over at once (the handover rule: it asks no agent, and there is none to
+/// ask here), holds every write the primary acknowledged, and takes writes itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_that_stops_hands_over_to_its_backup_on_an_in_process_network() {
+    let pair = Pair::start().await;
+    let (a, b) = (pair.a.clone(), pair.b.clone());
+    let mut acknowledged = Vec::new();
+    for i in 0..50 {
+        let name = format!("before the handover {i}");
+        insert_company(&a.instance, &name).await.unwrap();
+        acknowledged.push(name);
+    }
+    tokio::task::spawn_blocking(move || a.close())
+        .await
+        .unwrap();
+    until(
+        "the backup took over",
+        Duration::from_secs(10),
+        async || b.mirror.role() == Role::Primary,
+    )
+    .await;
+    until(
+        "the new primary takes writes",
+        Duration::from_secs(10),
+        async || {
+            insert_company(&b.instance, "after the handover")
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    let on_b = companies(&b).await;
+    for name in &acknowledged {
+        assert!(
+            on_b.contains(name),
+            "{name} acknowledged but lost in the handover"
+        );
+    }
+    assert!(on_b.contains(&"after the handover".to_string()));
+    pair.check_no_exits();
+    b.close();
 }
