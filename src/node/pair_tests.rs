@@ -132,7 +132,8 @@ struct Pair {
 
 impl Pair {
     /// Member A the primary of a new mirror with COMPANY mirrored; member B joined as its
-    /// failover member, COMPANY copied from the primary, activated and caught up, and active.
+    /// failover member, COMPANY copied from the primary, activated and caught up, and active:
+    /// a backup that may take over.
     async fn start() -> Pair {
         let dir = tempfile::tempdir().unwrap();
         let network = MemoryNetwork::new();
@@ -173,6 +174,18 @@ impl Pair {
             "the backup is active",
             Duration::from_secs(30),
             async || a.mirror.hub.has_active_backup(),
+        )
+        .await;
+        // Active is about the journal; the backup may take over only once its copy of COMPANY
+        // is dejournaled too (the monitor's "Dejournaling").
+        let company = DbName::new("COMPANY").unwrap();
+        until(
+            "the backup's copy is dejournaling",
+            Duration::from_secs(30),
+            async || {
+                let facts = b.mirror_service.context().database_facts(&company);
+                crate::mirror::status::database_status(facts) == Some("Dejournaling")
+            },
         )
         .await;
 
