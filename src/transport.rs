@@ -7,8 +7,9 @@
 //! - [`Tcp`], the real one: TCP sockets (TLS is put on them afterwards, by
 //!   [`crate::mirror::dial`] and the superserver, when the mirror requires it);
 //! - [`MemoryNetwork`], a network inside one process: the members of a test are its hosts
-//!   ([`MemoryHost`]) and listen and connect by address as they would over TCP, and the test cuts a direction of traffic, or every
-//!   connection, where a real network would fail ([`memory`]).
+//!   ([`MemoryHost`]) and listen and connect by address as they would over TCP, and the test
+//!   cuts a direction of traffic, or every connection, where a real network would fail
+//!   ([`memory`]).
 //!
 //! What goes through the seam is the mirror's data channel and every conversation on the
 //! superserver port (a backup's or async's link, a Catchup's fetch, Copy from Primary): the
@@ -87,7 +88,7 @@ pub struct Incoming {
     pub connection: Connection,
     /// The other end's address.
     pub peer: SocketAddr,
-    /// This end's address (the same IP on both ends: a process on this host).
+    /// This end's address (a peer with the same IP is a process on this host).
     pub local: SocketAddr,
 }
 

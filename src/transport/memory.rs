@@ -2,8 +2,9 @@
 //!
 //! Each member is a host on the network ([`MemoryNetwork::host`], by its IP address): it listens
 //! on an address (`ip:port`, never bound on the machine) and connects to others as over TCP,
-//! and a listener sees the caller's IP as the connection's peer. A connection is two one-way *pipes* of bytes; every handle on one end shares its
-//! pipes and its timeouts, as handles on one socket do. What a writer puts in a pipe waits there
+//! and a listener sees the caller's IP as the connection's peer. A connection is two one-way
+//! *pipes* of bytes; every handle on one end shares its pipes and its timeouts, as handles on
+//! one socket do. What a writer puts in a pipe waits there
 //! until the other end reads it; a pipe holds at most [`PIPE_CAPACITY`] bytes, beyond which a
 //! write waits for room — at most its write timeout, as a full socket buffer makes it.
 //!

@@ -2,11 +2,11 @@
 //!
 //! [`World::check`] is what must hold after every step: at most one member acknowledges
 //! writes, and once nothing is in flight, what each member's rules believe of its arbiter link
-//! and what the monitors show agree with the arbiter. [`World::steps`] lists what may happen next from a state — within a
-//! [`Budget`] of faults and writes, and never a notice before its time — and [`World::apply`]
-//! makes one of them happen; the explorer walks every order of them, the simulation picks one
-//! at random. Beside them, what a step sets off: how a write ends, a hub's revocation, a
-//! backup's stall, a restarted former primary's decision.
+//! and what the monitors show agree with the arbiter. [`World::steps`] lists what may happen
+//! next from a state — within a [`Budget`] of faults and writes, and never a notice before its
+//! time — and [`World::apply`] makes one of them happen; the explorer walks every order of
+//! them, the simulation picks one at random. Beside them, what a step sets off: how a write
+//! ends, a hub's revocation, a backup's stall, a restarted former primary's decision.
 //!
 //! Invariant: a step never fails by itself — an `Err` from [`World::apply`] is a broken rule
 //! (a takeover by a member that lacks acknowledged writes and did not fetch them, a member that
