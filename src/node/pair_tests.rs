@@ -6,7 +6,8 @@
 //! invariants are checked: the backup never accepts writes, every acknowledged write is on
 //! both members, and after the faults heal the backup is active again and holds the
 //! primary's rows. And the first outage the backup covers, a graceful stop of the primary:
-//! the backup takes over with every acknowledged write.
+//! the backup takes over with every acknowledged write, and an async member finds the new
+//! primary.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +17,7 @@ use rusqlite::types::Value;
 
 use super::tests::{create_mirror, member, membership, mirror_definition, notes_settings};
 use super::*;
-use crate::config::mirror::{MemberInfo, Membership, MirrorDefinition};
+use crate::config::mirror::{MemberInfo, MemberKind, Membership, MirrorDefinition};
 use crate::instance::tests::{insert_company, sql};
 use crate::mirror::state::Role;
 use crate::names::DbName;
@@ -27,6 +28,8 @@ use crate::transport::memory::Direction;
 const A_AT: &str = "10.0.0.1:1972";
 /// The backup's.
 const B_AT: &str = "10.0.0.2:1972";
+/// An async member's.
+const C_AT: &str = "10.0.0.3:1972";
 /// The mirror's QoS timeout.
 const QOS_MS: u64 = 2_000;
 
@@ -70,13 +73,15 @@ fn open_on(
     node
 }
 
-/// Makes `node` the backup `this` following `primary` in `definition` (as Join as Failover
-/// leaves it), knowing the mirrored databases the primary lists, and starts its receiver.
-fn join_as_backup(
+/// Makes `node` the member `this` of `definition` beside `others`, following `primary` in
+/// `role` (as a Join leaves it), knowing the mirrored databases the primary lists, and starts
+/// its receiver.
+fn join(
     node: &Node,
     definition: &MirrorDefinition,
-    this: &MemberInfo,
+    (this, role): (&MemberInfo, Role),
     primary: &MemberInfo,
+    others: Vec<MemberInfo>,
     databases: Vec<crate::config::mirror::MirroredDatabase>,
 ) {
     node.instance
@@ -84,12 +89,12 @@ fn join_as_backup(
         .update(|c| {
             c.mirror.membership = Some(Membership {
                 databases: databases.clone(),
-                ..membership(definition, this, vec![primary.clone()], primary)
+                ..membership(definition, this, others.clone(), primary)
             });
             Ok(())
         })
         .unwrap();
-    node.mirror.set_role(Role::Backup);
+    node.mirror.set_role(role);
     node.mirror_service.start_receiver();
 }
 
@@ -123,6 +128,9 @@ async fn until(what: &str, within: Duration, mut done: impl AsyncFnMut() -> bool
 /// A primary and its active backup on an in-process network (see the module essay).
 struct Pair {
     network: MemoryNetwork,
+    definition: MirrorDefinition,
+    a_info: MemberInfo,
+    b_info: MemberInfo,
     a: Arc<Node>,
     b: Arc<Node>,
     /// What would have stopped either member's process.
@@ -154,7 +162,15 @@ impl Pair {
             .databases
             .clone();
         let b = open_on(&dir.path().join("b"), &network, B_AT, &exits);
-        join_as_backup(&b, &definition, &b_info, &a_info, databases);
+        let others = vec![a_info.clone()];
+        join(
+            &b,
+            &definition,
+            (&b_info, Role::Backup),
+            &a_info,
+            others,
+            databases,
+        );
 
         // Copy from Primary goes over the network too; then Activate and Catchup follow by
         // themselves, and the primary counts the backup as active once it caught up.
@@ -191,11 +207,59 @@ impl Pair {
 
         Pair {
             network,
+            definition,
+            a_info,
+            b_info,
             a,
             b,
             exits,
             _dir: dir,
         }
+    }
+
+    /// Member C, a disaster recovery async member following the primary, known to both
+    /// failover members (it keeps the journal only: no database of the mirror is copied).
+    async fn add_async(&self) -> Arc<Node> {
+        let c_info = MemberInfo {
+            kind: MemberKind::Dr,
+            ..at("MIRRORC/IRIS", C_AT)
+        };
+        for node in [&self.a, &self.b] {
+            node.instance
+                .config
+                .update(|c| {
+                    let m = c.mirror.membership.as_mut().expect("a member");
+                    m.others.push(c_info.clone());
+                    Ok(())
+                })
+                .unwrap();
+        }
+        let c = open_on(
+            &self._dir.path().join("c"),
+            &self.network,
+            C_AT,
+            &self.exits,
+        );
+        let others = vec![self.a_info.clone(), self.b_info.clone()];
+        let role = Role::Async(MemberKind::Dr);
+        join(
+            &c,
+            &self.definition,
+            (&c_info, role),
+            &self.a_info,
+            others,
+            Vec::new(),
+        );
+        until(
+            "the async member follows the primary",
+            Duration::from_secs(10),
+            async || {
+                let link = c.mirror.status().link;
+                link.connected && link.primary.is_some_and(|p| p.name == self.a_info.name)
+            },
+        )
+        .await;
+        c
     }
 
     fn backup_is_active(&self) -> bool {
@@ -347,10 +411,13 @@ async fn a_backup_on_an_in_process_network_follows_its_primary_through_cuts_and_
 
 /// A primary that stops gracefully hands over to its active backup on the in-process network:
 /// the backup takes over at once (the handover rule: it asks no agent, and there is none to
-/// ask here), holds every write the primary acknowledged, and takes writes itself.
+/// ask here), holds every write the primary acknowledged, and takes writes itself; the async
+/// member, which followed the old primary, finds the new one by trying the failover members in
+/// turn and receives its journal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_primary_that_stops_hands_over_to_its_backup_on_an_in_process_network() {
     let pair = Pair::start().await;
+    let c = pair.add_async().await;
     let (a, b) = (pair.a.clone(), pair.b.clone());
     let mut acknowledged = Vec::new();
     for i in 0..50 {
@@ -385,6 +452,19 @@ async fn a_primary_that_stops_hands_over_to_its_backup_on_an_in_process_network(
         );
     }
     assert!(on_b.contains(&"after the handover".to_string()));
+    until(
+        "the async member follows the new primary and holds its journal",
+        Duration::from_secs(20),
+        async || {
+            let link = c.mirror.status().link;
+            link.connected
+                && link.primary.is_some_and(|p| p.name == pair.b_info.name)
+                && link.received_end >= b.mirror.hub.committed_end()
+        },
+    )
+    .await;
+    assert_eq!(c.mirror.role(), Role::Async(MemberKind::Dr));
     pair.check_no_exits();
+    c.close();
     b.close();
 }
