@@ -74,14 +74,13 @@ impl Node {
             Some(&settings.install_dir),
             &settings.host_name,
         )?);
+        // The network's error names the address ("listen on …: Address in use").
         let superserver = settings
             .network
             .listen(&settings.superserver)
-            .map_err(|e| {
-                Error::Io(format!(
-                    "the superserver address {}: {e}",
-                    settings.superserver
-                ))
+            .map_err(|e| match e {
+                Error::Io(why) => Error::Io(format!("the superserver port: {why}")),
+                other => other,
             })?;
         let mirror = member.state;
         let instance = prepared.start(
