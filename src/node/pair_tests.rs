@@ -135,7 +135,7 @@ struct Pair {
     b: Arc<Node>,
     /// What would have stopped either member's process.
     exits: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Pair {
@@ -213,7 +213,7 @@ impl Pair {
             a,
             b,
             exits,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -234,12 +234,7 @@ impl Pair {
                 })
                 .unwrap();
         }
-        let c = open_on(
-            &self._dir.path().join("c"),
-            &self.network,
-            C_AT,
-            &self.exits,
-        );
+        let c = open_on(&self.dir.path().join("c"), &self.network, C_AT, &self.exits);
         let others = vec![self.a_info.clone(), self.b_info.clone()];
         let role = Role::Async(MemberKind::Dr);
         join(

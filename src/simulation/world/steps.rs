@@ -245,7 +245,7 @@ impl World {
             if fault && m.role() == Some(FailoverRole::Backup) && !frozen(i) {
                 steps.push(Step::Stall(i));
             }
-            if fault && m.host && m.agent && m.frozen.is_none() {
+            if fault && m.agent_answers() {
                 steps.push(Step::StopAgent(i));
             }
             if m.host && !m.agent {
